@@ -1,0 +1,2 @@
+cdef extern from "debug.h":
+    const int DAQD_DEBUG

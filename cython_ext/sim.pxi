@@ -1,0 +1,319 @@
+# The reference workloads (DESIGN.md): generator, sim: source and senders.
+#
+# Every packet carries the six item pointers of spead2's sender with
+# repeat_pointers: HEAP_CNT, HEAP_SIZE, HEAP_OFFSET, PAYLOAD_LENGTH, the
+# immediate timestamp 0x1600 and the data item 0x3300 at address 0, in
+# SPEAD-64-48.  Heap i (from 0) has HEAP_CNT first_cnt + i and timestamp
+# i * step.  Payload bytes are a fixed pattern except the first 8 bytes of
+# each packet, which hold (HEAP_CNT << 16 | packet index) so that misplaced
+# data is visible.
+
+cdef enum:
+    SIM_HEADER_BYTES = 56
+    TIMESTAMP_ID = 0x1600
+    DATA_ID = 0x3300
+
+
+WORKLOADS = {
+    # name: (heap payload bytes, packets per heap, timestamp step)
+    "W1": (8192, 1, 8192),
+    "W2": (1024, 1, 1024),
+    "W3": (65536, 8, 65536),
+}
+
+
+cdef inline uint64_t imm(uint64_t item_id, uint64_t value) noexcept nogil:
+    return (1ULL << 63) | (item_id << 48) | (value & 0xFFFFFFFFFFFFULL)
+
+
+cdef inline uint64_t monotonic_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
+
+
+cdef class SimReader(Reader):
+    """Generates a reference workload into a reusable batch buffer.
+
+    Parameters
+    ----------
+    workload : str
+        ``"W1"``, ``"W2"`` or ``"W3"``.
+    heaps : int
+        Heaps to generate, 0 for an endless stream.
+    rate : float
+        Bytes per second of whole packets, 0 for as fast as possible.
+    batch : int
+        Packets per batch.
+    """
+
+    cdef uint8_t *buf
+    cdef readonly size_t packet_size
+    cdef readonly size_t heap_bytes
+    cdef readonly size_t packets_per_heap
+    cdef readonly uint64_t step
+    cdef readonly uint64_t heaps
+    cdef readonly uint64_t first_cnt
+    cdef uint64_t next_packet         # packets generated so far
+    cdef double rate
+    cdef uint64_t start_ns
+
+    def __init__(self, str workload="W1", *, uint64_t heaps=0, double rate=0.0,
+                 size_t batch=64, uint64_t first_cnt=1):
+        if workload not in WORKLOADS:
+            raise ValueError(f"unknown workload {workload!r} (expected W1, W2 or W3)")
+        if rate < 0:
+            raise ValueError("rate must be >= 0")
+        heap_bytes, per_heap, step = WORKLOADS[workload]
+        self.alloc_batch(batch)
+        self.heap_bytes = heap_bytes
+        self.packets_per_heap = per_heap
+        self.step = step
+        self.heaps = heaps
+        self.rate = rate
+        self.first_cnt = first_cnt
+        self.finite = heaps != 0
+        self.packet_size = SIM_HEADER_BYTES + self.heap_bytes // self.packets_per_heap
+        self.buf = <uint8_t *>malloc(batch * self.packet_size)
+        if self.buf == NULL:
+            raise MemoryError()
+        cdef size_t i, j
+        cdef uint8_t *pkt
+        cdef size_t payload = self.packet_size - SIM_HEADER_BYTES
+        for i in range(batch):
+            pkt = self.buf + i * self.packet_size
+            pkt[0] = SPEAD_MAGIC
+            pkt[1] = SPEAD_VERSION
+            pkt[2] = 2                          # 16-bit item ids
+            pkt[3] = 6                          # 48-bit heap addresses
+            pkt[4] = 0
+            pkt[5] = 0
+            store_be16(pkt + 6, 6)
+            store_be64(pkt + 48, (<uint64_t>DATA_ID) << 48)  # addressed, offset 0
+            for j in range(payload):
+                pkt[SIM_HEADER_BYTES + j] = <uint8_t>(j * 7 + 3)
+            self.pkt_data[i] = pkt
+            self.pkt_len[i] = self.packet_size
+
+    def __dealloc__(self):
+        free(self.buf)
+
+    @property
+    def total_packets(self):
+        """Packets in the whole finite stream (0 when endless)."""
+        return self.heaps * self.packets_per_heap
+
+    cdef void pace(self, size_t n) noexcept nogil:
+        """Sleep until `n` more packets are due at the configured rate."""
+        cdef uint64_t now, due
+        cdef timespec ts
+        if self.rate <= 0:
+            return
+        if self.start_ns == 0:
+            self.start_ns = monotonic_ns()
+        due = self.start_ns + <uint64_t>(
+            <double>((self.next_packet + n) * self.packet_size) / self.rate * 1e9)
+        now = monotonic_ns()
+        if due > now:
+            ts.tv_sec = <long>((due - now) // 1000000000ULL)
+            ts.tv_nsec = <long>((due - now) % 1000000000ULL)
+            nanosleep(&ts, NULL)
+
+    cdef int fill(self, uint64_t *stats) noexcept nogil:
+        cdef size_t i, n = self.capacity
+        cdef uint64_t k, heap, index, cnt
+        cdef uint8_t *pkt
+        cdef size_t payload = self.packet_size - SIM_HEADER_BYTES
+        self.pos = 0
+        self.n = 0
+        if self.stop_flag:
+            return READ_EOF
+        if self.heaps:
+            if self.next_packet >= self.heaps * self.packets_per_heap:
+                self.eof = True
+                return READ_EOF
+            if self.heaps * self.packets_per_heap - self.next_packet < n:
+                n = <size_t>(self.heaps * self.packets_per_heap - self.next_packet)
+        self.pace(n)
+        for i in range(n):
+            k = self.next_packet + i
+            heap = k // self.packets_per_heap
+            index = k % self.packets_per_heap
+            cnt = self.first_cnt + heap
+            pkt = self.buf + i * self.packet_size
+            store_be64(pkt + 8, imm(HEAP_CNT_ID, cnt))
+            store_be64(pkt + 16, imm(HEAP_LENGTH_ID, self.heap_bytes))
+            store_be64(pkt + 24, imm(PAYLOAD_OFFSET_ID, index * payload))
+            store_be64(pkt + 32, imm(PAYLOAD_LENGTH_ID, payload))
+            store_be64(pkt + 40, imm(TIMESTAMP_ID, heap * self.step))
+            store_be64(pkt + SIM_HEADER_BYTES, (cnt << 16) | index)
+        self.next_packet += n
+        self.n = n
+        return <int>n
+
+
+def stop_packet(uint64_t cnt):
+    """A single-packet heap carrying only the stream-control stop item."""
+    cdef bytearray pkt = bytearray(8 + 5 * 8)
+    cdef uint8_t *p = <uint8_t *>pkt
+    p[0] = SPEAD_MAGIC
+    p[1] = SPEAD_VERSION
+    p[2] = 2
+    p[3] = 6
+    store_be16(p + 6, 5)
+    store_be64(p + 8, imm(HEAP_CNT_ID, cnt))
+    store_be64(p + 16, imm(HEAP_LENGTH_ID, 0))
+    store_be64(p + 24, imm(PAYLOAD_OFFSET_ID, 0))
+    store_be64(p + 32, imm(PAYLOAD_LENGTH_ID, 0))
+    store_be64(p + 40, imm(STREAM_CTRL_ID, CTRL_STREAM_STOP))
+    return bytes(pkt)
+
+
+cdef int write_all(int fd, const uint8_t *data, size_t size) noexcept nogil:
+    """write() until done; 0 or an errno value."""
+    cdef ssize_t got
+    cdef pollfd pfd
+    while size > 0:
+        got = write(fd, data, size)
+        if got < 0:
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN:
+                pfd.fd = fd
+                pfd.events = POLLOUT
+                poll(&pfd, 1, 100)
+                continue
+            return errno
+        data += got
+        size -= <size_t>got
+    return 0
+
+
+cdef enum:
+    SEND_DATAGRAM = 0
+    SEND_STREAM = 1
+    SEND_PCAP = 2
+
+
+cdef int send_batch(int fd, int mode, const uint8_t **data, const size_t *length, size_t n,
+                    mmsghdr *msgs, iovec *iovs, uint8_t *scratch, uint16_t port,
+                    uint64_t *dropped) noexcept nogil:
+    """Send one batch of packets; 0 or an errno value."""
+    cdef size_t i, done, off
+    cdef int got, err
+    if mode == SEND_DATAGRAM:
+        for i in range(n):
+            iovs[i].iov_base = <void *>data[i]
+            iovs[i].iov_len = length[i]
+            msgs[i].msg_hdr.msg_iov = &iovs[i]
+            msgs[i].msg_hdr.msg_iovlen = 1
+        done = 0
+        while done < n:
+            got = sendmmsg(fd, msgs + done, <unsigned int>(n - done), 0)
+            if got < 0:
+                if errno == EINTR or errno == EAGAIN \
+                        or errno == ENOBUFS:    # the kernel dropped it: count it
+                    if errno == ENOBUFS:
+                        dropped[0] += 1
+                        done += 1
+                    continue
+                return errno
+            done += <size_t>got
+        return 0
+    if mode == SEND_STREAM:
+        # Packets of one batch may be contiguous (sim) or not (anything else).
+        i = 0
+        while i < n:
+            done = length[i]
+            while i + 1 < n and data[i] + done == data[i + 1]:
+                i += 1
+                done += length[i]
+            err = write_all(fd, data[i] + length[i] - done, done)
+            if err:
+                return err
+            i += 1
+        return 0
+    # pcap: record header + Ethernet/IPv4/UDP header, then the payload
+    off = 0
+    for i in range(n):
+        off += pcap_frame_header(scratch + off, length[i], port, monotonic_ns())
+        memcpy(scratch + off, data[i], length[i])
+        off += length[i]
+    return write_all(fd, scratch, off)
+
+
+def send(Reader source, int fd, str mode, *, int port=7148, object max_packets=None):
+    """Send every packet of `source` to `fd` until it ends.
+
+    Parameters
+    ----------
+    source : Reader
+        Where packets come from (a SimReader for ``daqd simulate``).
+    fd : int
+        A connected UDP socket (``mode="udp"``), a stream socket or file
+        (``"stream"``), or a file already holding a pcap file header
+        (``"pcap"``).
+    port : int
+        UDP destination port recorded in pcap frames.
+    max_packets : int, optional
+        Stop after this many packets.
+
+    Returns
+    -------
+    (packets, bytes, dropped) : tuple of int
+    """
+    cdef int imode = {"udp": SEND_DATAGRAM, "stream": SEND_STREAM, "pcap": SEND_PCAP}[mode]
+    cdef size_t cap = source.capacity
+    cdef mmsghdr *msgs = <mmsghdr *>malloc(cap * sizeof(mmsghdr))
+    cdef iovec *iovs = <iovec *>malloc(cap * sizeof(iovec))
+    cdef uint8_t *scratch = NULL
+    cdef uint64_t stats[<int>N_STATS]
+    cdef uint64_t packets = 0, nbytes = 0, dropped = 0
+    cdef uint64_t limit = max_packets if max_packets is not None else 0
+    cdef int rc = 0, err = 0
+    memset(stats, 0, sizeof(stats))
+    cdef size_t i, n = 0, need = 0, scratch_size = 0
+    if msgs == NULL or iovs == NULL:
+        free(msgs)
+        free(iovs)
+        raise MemoryError()
+    memset(msgs, 0, cap * sizeof(mmsghdr))
+    try:
+        while True:
+            need = 0
+            with nogil:
+                rc = source.fill(stats)
+                if rc > 0:
+                    n = source.n
+                    if limit and packets + n > limit:
+                        n = <size_t>(limit - packets)
+                    for i in range(n):
+                        need += source.pkt_len[i] + 58
+            if rc == READ_ERROR:
+                raise OSError(source.errno_value, os.strerror(source.errno_value))
+            if rc == READ_EOF:
+                break
+            if rc == READ_AGAIN:
+                continue
+            if imode == SEND_PCAP and need > scratch_size:
+                free(scratch)
+                scratch = <uint8_t *>malloc(need)
+                if scratch == NULL:
+                    raise MemoryError()
+                scratch_size = need
+            with nogil:
+                err = send_batch(fd, imode, source.pkt_data, source.pkt_len, n, msgs, iovs,
+                                 scratch, <uint16_t>port, &dropped)
+                for i in range(n):
+                    nbytes += source.pkt_len[i]
+                packets += n
+            source.pos = source.n
+            if err:
+                raise OSError(err, os.strerror(err))
+            if limit and packets >= limit:
+                break
+    finally:
+        free(msgs)
+        free(iovs)
+        free(scratch)
+    return packets, nbytes, dropped

@@ -1,0 +1,52 @@
+# Receive statistics: one flat array of uint64 counters per stream.
+#
+# Header-only (no stats.pyx): cimported by spead.pyx.  The hot loop adds into a
+# stack-local array and merges it into the stream's array once per batch
+# (spead2's batch_stats), so the shared array is only touched with the GIL.
+#
+# Every counter is monotonic except the ones whose mode is "maximum"
+# (STAT_MAX_BATCH); see STAT_MODES in spead.pyx.
+#
+# WARNING: daqd/counters.py mirrors this enum by name and order
+# (katgpucbf's rule).  Add new counters at the end of a group and update the
+# Python mirror and docs/monitoring.md in the same change;
+# tests/test_counters.py checks that they agree.
+
+cdef enum StatIndex:
+    # spead2's stream statistics, same names and meaning
+    STAT_PACKETS                    # packets handed to the decoder
+    STAT_BATCHES                    # batches of packets processed
+    STAT_HEAPS                      # heaps that left assembly (complete or not)
+    STAT_INCOMPLETE_HEAPS_EVICTED   # evicted from the max_heaps window incomplete
+    STAT_INCOMPLETE_HEAPS_FLUSHED   # incomplete when the stream ended/flushed
+    STAT_SINGLE_PACKET_HEAPS        # heaps completed by their first packet
+    STAT_WORKER_BLOCKED             # times the receive loop waited for the consumer
+    STAT_MAX_BATCH                  # largest batch seen (maximum, not a sum)
+    # daqd's own totals
+    STAT_BYTES                      # bytes of all packets handed to the decoder
+    STAT_PAYLOAD_BYTES              # payload bytes accepted into heaps
+    STAT_HEAPS_COMPLETE             # heaps delivered complete
+    STAT_STOP_HEAPS                 # heaps carrying a stream-control stop item
+    # packets not used, one counter per reason
+    STAT_REJECT_TOO_SHORT           # shorter than the 8-byte header
+    STAT_REJECT_BAD_MAGIC           # first byte is not 0x53
+    STAT_REJECT_BAD_VERSION         # version byte is not 4
+    STAT_REJECT_BAD_FLAVOUR         # not SPEAD-64-XX with XX a multiple of 8
+    STAT_REJECT_ITEMS_OVERFLOW      # item pointers run past the end of the packet
+    STAT_REJECT_MISSING_ITEMS       # no HEAP_CNT, HEAP_OFFSET or PAYLOAD_LENGTH
+    STAT_REJECT_PAYLOAD_LENGTH      # PAYLOAD_LENGTH larger than the packet holds
+    STAT_REJECT_PAYLOAD_OUTSIDE_HEAP  # HEAP_OFFSET + PAYLOAD_LENGTH > HEAP_SIZE
+    STAT_REJECT_HEAP_TOO_LARGE      # heap would exceed max_heap_size
+    STAT_REJECT_INCONSISTENT_HEAP   # HEAP_SIZE or flavour disagrees with the heap
+    STAT_REJECT_OUT_OF_ORDER        # offset behind the heap's data, in-order mode
+    STAT_REJECT_DUPLICATE           # payload range already received
+    STAT_REJECT_AFTER_STOP          # arrived after the stream stopped
+    STAT_REJECT_TRUNCATED           # datagram longer than max_packet_size
+    STAT_REJECT_NO_MEMORY           # allocation for the heap failed
+    # reader-level counters
+    STAT_STREAM_BYTES_SKIPPED       # bytes skipped to resynchronise a byte stream
+    STAT_PCAP_SKIPPED_NOT_UDP       # pcap frames that are not IPv4/IPv6 UDP
+    STAT_PCAP_SKIPPED_FRAGMENT      # pcap frames that are IP fragments
+    STAT_PCAP_SKIPPED_PORT          # pcap frames to another destination port
+    STAT_PCAP_TRUNCATED             # pcap record cut short (file or frame end)
+    N_STATS
