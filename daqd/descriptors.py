@@ -1,0 +1,78 @@
+"""SPEAD item descriptors decoded from a heap's descriptor items (id 0x5).
+
+A descriptor's value is itself a SPEAD packet stream; it is decoded with the
+same compiled assembler, as spead2 does (one live heap, contiguous heaps
+only, a heap without a descriptor id is ignored).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daqd import _spead
+
+DESCRIPTOR_ID = 0x05
+DESCRIPTOR_NAME_ID = 0x10
+DESCRIPTOR_DESCRIPTION_ID = 0x11
+DESCRIPTOR_SHAPE_ID = 0x12
+DESCRIPTOR_FORMAT_ID = 0x13
+DESCRIPTOR_ID_ID = 0x14
+DESCRIPTOR_DTYPE_ID = 0x15
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, int):
+        return ""
+    return bytes(value).decode("utf-8", errors="replace")
+
+
+def _descriptor_from_heap(heap: Any) -> dict[str, Any] | None:
+    immediate_size = heap.address_bits // 8
+    id_size = 8 - immediate_size
+    out: dict[str, Any] = {
+        "id": 0, "name": "", "description": "", "shape": [], "format": [], "dtype": None,
+    }
+    for item in heap.items:
+        if item.id == DESCRIPTOR_ID_ID:
+            if item.immediate:
+                out["id"] = item.value
+        elif item.id == DESCRIPTOR_NAME_ID:
+            out["name"] = _text(item.value)
+        elif item.id == DESCRIPTOR_DESCRIPTION_ID:
+            out["description"] = _text(item.value)
+        elif item.id == DESCRIPTOR_FORMAT_ID and not item.immediate:
+            size = 1 + id_size
+            raw = item.value
+            out["format"] = [
+                [chr(raw[i]), int.from_bytes(raw[i + 1:i + size], "big")]
+                for i in range(0, len(raw) - size + 1, size)
+            ]
+        elif item.id == DESCRIPTOR_SHAPE_ID and not item.immediate:
+            size = 1 + immediate_size
+            raw = item.value
+            # A set low bit marks a variable-length dimension: null in JSON.
+            out["shape"] = [
+                None if raw[i] & 1 else int.from_bytes(raw[i + 1:i + size], "big")
+                for i in range(0, len(raw) - size + 1, size)
+            ]
+        elif item.id == DESCRIPTOR_DTYPE_ID:
+            out["dtype"] = _text(item.value) or None
+    if out["dtype"]:
+        out["shape"] = []
+        out["format"] = []
+    return out if out["id"] != 0 else None
+
+
+def decode_descriptors(heap: Any) -> list[dict[str, Any]]:
+    """Descriptors carried by `heap`, in item order: id, name, description, shape, ..."""
+    found = []
+    for item in heap.items:
+        if item.id != DESCRIPTOR_ID or item.immediate:
+            continue
+        stream = _spead.HeapStream(max_heaps=1)
+        for inner in stream.run(_spead.ByteStreamReader(item.value)):
+            if inner.complete:
+                descriptor = _descriptor_from_heap(inner)
+                if descriptor is not None:
+                    found.append(descriptor)
+    return found

@@ -1,0 +1,116 @@
+"""``daqd dump``: decode a source and write one JSON line per heap."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
+
+from daqd import _spead
+from daqd.descriptors import DESCRIPTOR_ID, decode_descriptors
+from daqd.sources import Source
+
+# Packet-structure items are not part of a heap's payload items.
+STRUCTURE_IDS = frozenset({0, 1, 2, 3, 4, DESCRIPTOR_ID})
+
+
+def heap_record(heap: Any) -> dict[str, Any]:
+    """The JSON object INTERFACES.md specifies for one heap."""
+    record: dict[str, Any] = {
+        "cnt": heap.cnt,
+        "complete": heap.complete,
+        "start": heap.is_start,
+        "stop": heap.is_stop,
+    }
+    if not heap.complete:
+        record["received"] = heap.received
+        record["length"] = heap.length
+        return record
+    record["items"] = [
+        {"id": item.id, "immediate": True, "value": item.value}
+        if item.immediate
+        else {"id": item.id, "immediate": False, "hex": item.value.hex()}
+        for item in heap.items
+        if item.id not in STRUCTURE_IDS
+    ]
+    descriptors = decode_descriptors(heap)
+    if descriptors:
+        record["descriptors"] = descriptors
+    return record
+
+
+def receive_heaps(
+    source: Source, stream: Any, should_stop: Callable[[], bool] = lambda: False
+) -> Iterator[Any]:
+    """Yield heaps from `source` through `stream` until it ends, stops or is told to."""
+    while not source.wait_ready(0.2):
+        if should_stop():
+            return
+    reader = source.reader
+    while True:
+        done = stream.process(reader) < 0 or stream.stopped
+        yield from stream.pop_ready()
+        if done or should_stop():
+            break
+    yield from stream.flush()
+
+
+def run_dump(
+    source: Source,
+    *,
+    max_heaps: int,
+    allow_out_of_order: bool,
+    incomplete: bool,
+    stop_on_stop_item: bool,
+    max_heap_size: int,
+    count: int | None,
+    out: TextIO,
+    err: TextIO,
+) -> dict[str, int]:
+    """Print heaps as JSON lines; returns the stream's counters.
+
+    SIGINT and SIGTERM end the dump cleanly: the partial heaps still live are
+    flushed (and printed with ``--incomplete``) and the counters summarised.
+    """
+    stream = _spead.HeapStream(
+        max_heaps=max_heaps,
+        allow_out_of_order=allow_out_of_order,
+        max_heap_size=max_heap_size,
+        stop_on_stop_item=stop_on_stop_item,
+    )
+    interrupted = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+        source.stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    printed = 0
+    started = time.monotonic()
+    try:
+        for heap in receive_heaps(source, stream, lambda: interrupted):
+            if not heap.complete and not incomplete:
+                continue
+            if count is not None and printed >= count:
+                interrupted = True
+                source.stop()
+                continue
+            out.write(json.dumps(heap_record(heap), separators=(", ", ": ")) + "\n")
+            printed += 1
+        out.flush()
+    except BrokenPipeError:
+        # The reader of our output went away (e.g. `| head`): not an error.
+        sys.stdout = None  # type: ignore[assignment]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        source.close()
+    counters = stream.stats()
+    summary = {"counters": counters, "heaps_printed": printed,
+               "seconds": round(time.monotonic() - started, 3)}
+    err.write(json.dumps(summary) + "\n")
+    return counters

@@ -1,0 +1,9 @@
+"""Exceptions that name a person's mistake (configuration, arguments, URIs)."""
+
+
+class UsageProblem(ValueError):
+    """Bad input from a person: reported as one line, exit status 2."""
+
+
+class SourceError(UsageProblem):
+    """A source URI that cannot be parsed or opened."""

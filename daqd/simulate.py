@@ -1,0 +1,89 @@
+"""``daqd simulate``: send a reference workload to a network target or a file."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from daqd import _spead
+from daqd.errors import UsageProblem
+
+
+def _connect(uri: str, kind: int) -> socket.socket:
+    parts = urlsplit(uri)
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise UsageProblem(f"{uri}: bad port") from None
+    if not host or port is None:
+        raise UsageProblem(f"{uri}: expected HOST:PORT")
+    sock = socket.socket(socket.AF_INET, kind)
+    try:
+        if kind == socket.SOCK_DGRAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        sock.connect((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageProblem(f"{uri}: cannot connect: {exc.strerror}") from None
+    return sock
+
+
+def simulate(target: str, workload: str, *, rate: float, heaps: int, stop: bool,
+             port: int = 7148) -> dict[str, Any]:
+    """Send `heaps` heaps of `workload` to `target`; returns what was sent.
+
+    Targets: ``udp://HOST:PORT`` (sendmmsg batches), ``tcp://HOST:PORT``,
+    ``file:PATH`` (packets back to back; ``file:-`` is standard output) and
+    ``pcap:PATH`` or any path ending in ``.pcap`` (a classic pcap file of
+    UDP frames to `port`).  A stop heap follows unless `stop` is False.
+    """
+    try:
+        source = _spead.SimReader(workload, heaps=heaps, rate=rate)
+    except ValueError as exc:
+        raise UsageProblem(f"--workload: {exc}") from None
+    scheme, _, rest = target.partition(":")
+    if target.endswith(".pcap") and scheme not in ("file", "pcap"):
+        scheme, rest = "pcap", target
+    closer: Any = None
+    if scheme in ("udp", "tcp"):
+        kind = socket.SOCK_DGRAM if scheme == "udp" else socket.SOCK_STREAM
+        sock = _connect(target, kind)
+        fd, mode, closer = sock.fileno(), ("udp" if scheme == "udp" else "stream"), sock
+    elif scheme in ("file", "pcap"):
+        if not heaps:
+            raise UsageProblem(f"{target}: --heaps is required when writing a file")
+        path = rest[2:] if rest.startswith("//") else rest
+        if path == "-" and scheme == "file":
+            fd, mode = sys.stdout.fileno(), "stream"
+        else:
+            if os.path.exists(path):
+                raise UsageProblem(f"{target}: {path} exists; daqd never overwrites a file")
+            try:
+                closer = open(path, "xb")
+            except OSError as exc:
+                raise UsageProblem(f"{target}: cannot create: {exc.strerror}") from None
+            fd, mode = closer.fileno(), ("pcap" if scheme == "pcap" else "stream")
+            if mode == "pcap":
+                closer.write(_spead.PCAP_FILE_HEADER)
+                closer.flush()
+    else:
+        raise UsageProblem(f"{target}: unknown target (expected udp://, tcp://, file: or pcap:)")
+    started = time.monotonic()
+    try:
+        packets, nbytes, dropped = _spead.send(source, fd, mode, port=port)
+        if stop:
+            last = _spead.ByteListReader([_spead.stop_packet(source.first_cnt + heaps)])
+            _spead.send(last, fd, mode, port=port)
+    finally:
+        if closer is not None:
+            closer.close()
+    seconds = time.monotonic() - started
+    return {
+        "target": target, "workload": workload, "heaps": heaps, "packets": packets,
+        "bytes": nbytes, "send_dropped": dropped, "seconds": round(seconds, 3),
+        "gbit_per_s": round(nbytes * 8 / seconds / 1e9, 3) if seconds > 0 else None,
+    }
