@@ -19,7 +19,7 @@
 # are reused: a live slot takes one from the free stack, a ready heap keeps it
 # until Python has converted the heap, then it goes back.
 
-from libc.stdlib cimport malloc, realloc, free, qsort
+from libc.stdlib cimport malloc, realloc, free, qsort, abort
 from libc.string cimport memcpy, memset, memmove
 
 cdef enum:
@@ -256,6 +256,8 @@ cdef inline bint assembler_has_room(Assembler *a) noexcept nogil:
 
 
 cdef void heap_to_ready(Assembler *a, LiveHeap *h, int reason, uint64_t *stats) noexcept nogil:
+    if DAQD_DEBUG and a.n_ready >= a.ready_cap:
+        abort()                 # assembler_has_room() must prevent this
     h.reason = reason
     stats[<int>STAT_HEAPS] += 1
     if reason == READY_COMPLETE:

@@ -221,8 +221,7 @@ cdef size_t pcap_frame_header(uint8_t *out, size_t payload_len, uint16_t dst_por
     ip[8] = 64
     ip[9] = IPPROTO_UDP_
     store_be16(ip + 10, 0)
-    ip[12] = 127; ip[13] = 0; ip[14] = 0; ip[15] = 1
-    ip[16] = 127; ip[17] = 0; ip[18] = 0; ip[19] = 1
+    memcpy(ip + 12, b"\x7f\x00\x00\x01\x7f\x00\x00\x01", 8)  # 127.0.0.1 both ways
     cdef uint32_t csum = 0
     cdef int i
     for i in range(0, 20, 2):

@@ -22,23 +22,48 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("source")
-@click.option("--max-heaps", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Partial heaps alive at once.")
-@click.option("--allow-out-of-order", is_flag=True,
-              help="Accept the packets of a heap in any order.")
-@click.option("--incomplete", is_flag=True,
-              help="Print incomplete heaps too (received and length instead of items).")
-@click.option("--stop-on-stop-item/--no-stop-on-stop-item", default=True, show_default=True,
-              help="End at a stream-control stop heap (else print it).")
-@click.option("--max-packet-size", type=click.IntRange(min=8), default=9200,
-              show_default=True)
-@click.option("--max-heap-size", type=click.IntRange(min=0), default=128 << 20,
-              show_default=True, help="Larger heaps are rejected and counted.")
-@click.option("--count", type=click.IntRange(min=0), default=None,
-              help="Stop after printing this many heaps.")
-def dump(source: str, max_heaps: int, allow_out_of_order: bool, incomplete: bool,
-         stop_on_stop_item: bool, max_packet_size: int, max_heap_size: int,
-         count: int | None) -> None:
+@click.option(
+    "--max-heaps",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Partial heaps alive at once.",
+)
+@click.option(
+    "--allow-out-of-order", is_flag=True, help="Accept the packets of a heap in any order."
+)
+@click.option(
+    "--incomplete",
+    is_flag=True,
+    help="Print incomplete heaps too (received and length instead of items).",
+)
+@click.option(
+    "--stop-on-stop-item/--no-stop-on-stop-item",
+    default=True,
+    show_default=True,
+    help="End at a stream-control stop heap (else print it).",
+)
+@click.option("--max-packet-size", type=click.IntRange(min=8), default=9200, show_default=True)
+@click.option(
+    "--max-heap-size",
+    type=click.IntRange(min=0),
+    default=128 << 20,
+    show_default=True,
+    help="Larger heaps are rejected and counted.",
+)
+@click.option(
+    "--count", type=click.IntRange(min=0), default=None, help="Stop after printing this many heaps."
+)
+def dump(
+    source: str,
+    max_heaps: int,
+    allow_out_of_order: bool,
+    incomplete: bool,
+    stop_on_stop_item: bool,
+    max_packet_size: int,
+    max_heap_size: int,
+    count: int | None,
+) -> None:
     """Decode SOURCE and print one JSON line per heap; counters go to stderr.
 
     SOURCE is udp://HOST:PORT, tcp://HOST:PORT, pcap:PATH, file:PATH (file:- for
@@ -50,25 +75,45 @@ def dump(source: str, max_heaps: int, allow_out_of_order: bool, incomplete: bool
     src = open_source(source, max_packet_size=max_packet_size)
     for warning in src.warnings:
         click.echo(f"daqd: warning: {warning}", err=True)
-    run_dump(src, max_heaps=max_heaps, allow_out_of_order=allow_out_of_order,
-             incomplete=incomplete, stop_on_stop_item=stop_on_stop_item,
-             max_heap_size=max_heap_size, count=count, out=sys.stdout, err=sys.stderr)
+    run_dump(
+        src,
+        max_heaps=max_heaps,
+        allow_out_of_order=allow_out_of_order,
+        incomplete=incomplete,
+        stop_on_stop_item=stop_on_stop_item,
+        max_heap_size=max_heap_size,
+        count=count,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
 
 
 @cli.command()
 @click.argument("target")
-@click.option("--workload", type=click.Choice(["W1", "W2", "W3"]), default="W1",
-              show_default=True)
-@click.option("--rate", type=click.FloatRange(min=0), default=0.0,
-              help="Bytes per second of whole packets; 0 sends as fast as possible.")
-@click.option("--heaps", type=click.IntRange(min=0), default=0,
-              help="Heaps to send (0: until interrupted; required for files).")
-@click.option("--stop/--no-stop", default=True, show_default=True,
-              help="End with a stream-control stop heap.")
-@click.option("--port", type=click.IntRange(0, 65535), default=7148, show_default=True,
-              help="UDP destination port written into pcap frames.")
-def simulate(target: str, workload: str, rate: float, heaps: int, stop: bool,
-             port: int) -> None:
+@click.option("--workload", type=click.Choice(["W1", "W2", "W3"]), default="W1", show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Bytes per second of whole packets; 0 sends as fast as possible.",
+)
+@click.option(
+    "--heaps",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Heaps to send (0: until interrupted; required for files).",
+)
+@click.option(
+    "--stop/--no-stop", default=True, show_default=True, help="End with a stream-control stop heap."
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=7148,
+    show_default=True,
+    help="UDP destination port written into pcap frames.",
+)
+def simulate(target: str, workload: str, rate: float, heaps: int, stop: bool, port: int) -> None:
     """Send a reference workload to TARGET (udp://, tcp://, file:PATH, pcap:PATH)."""
     from daqd.simulate import simulate as run
 

@@ -49,5 +49,6 @@ class StatIndex(IntEnum):
 MAXIMA = frozenset({StatIndex.MAX_BATCH})
 
 #: Counters that count packets (or frames) not used, one per reason.
-DROP_COUNTERS = tuple(s.name.lower() for s in StatIndex
-                      if s.name.startswith(("PACKETS_REJECTED", "PCAP_FRAMES")))
+DROP_COUNTERS = tuple(
+    s.name.lower() for s in StatIndex if s.name.startswith(("PACKETS_REJECTED", "PCAP_FRAMES"))
+)

@@ -30,7 +30,12 @@ def _descriptor_from_heap(heap: Any) -> dict[str, Any] | None:
     immediate_size = heap.address_bits // 8
     id_size = 8 - immediate_size
     out: dict[str, Any] = {
-        "id": 0, "name": "", "description": "", "shape": [], "format": [], "dtype": None,
+        "id": 0,
+        "name": "",
+        "description": "",
+        "shape": [],
+        "format": [],
+        "dtype": None,
     }
     for item in heap.items:
         if item.id == DESCRIPTOR_ID_ID:
@@ -44,7 +49,7 @@ def _descriptor_from_heap(heap: Any) -> dict[str, Any] | None:
             size = 1 + id_size
             raw = item.value
             out["format"] = [
-                [chr(raw[i]), int.from_bytes(raw[i + 1:i + size], "big")]
+                [chr(raw[i]), int.from_bytes(raw[i + 1 : i + size], "big")]
                 for i in range(0, len(raw) - size + 1, size)
             ]
         elif item.id == DESCRIPTOR_SHAPE_ID and not item.immediate:
@@ -52,7 +57,7 @@ def _descriptor_from_heap(heap: Any) -> dict[str, Any] | None:
             raw = item.value
             # A set low bit marks a variable-length dimension: null in JSON.
             out["shape"] = [
-                None if raw[i] & 1 else int.from_bytes(raw[i + 1:i + size], "big")
+                None if raw[i] & 1 else int.from_bytes(raw[i + 1 : i + size], "big")
                 for i in range(0, len(raw) - size + 1, size)
             ]
         elif item.id == DESCRIPTOR_DTYPE_ID:

@@ -18,7 +18,7 @@ STRUCTURE_IDS = frozenset({0, 1, 2, 3, 4, DESCRIPTOR_ID})
 
 
 def heap_record(heap: Any) -> dict[str, Any]:
-    """The JSON object INTERFACES.md specifies for one heap."""
+    """Build the JSON object INTERFACES.md specifies for one heap."""
     record: dict[str, Any] = {
         "cnt": heap.cnt,
         "complete": heap.complete,
@@ -81,22 +81,21 @@ def run_dump(
         max_heap_size=max_heap_size,
         stop_on_stop_item=stop_on_stop_item,
     )
-    interrupted = False
+    interrupted = [False]
 
     def on_signal(signum: int, frame: Any) -> None:
-        nonlocal interrupted
-        interrupted = True
+        interrupted[0] = True
         source.stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     printed = 0
     started = time.monotonic()
     try:
-        for heap in receive_heaps(source, stream, lambda: interrupted):
+        for heap in receive_heaps(source, stream, lambda: interrupted[0]):
             if not heap.complete and not incomplete:
                 continue
             if count is not None and printed >= count:
-                interrupted = True
+                interrupted[0] = True
                 source.stop()
                 continue
             out.write(json.dumps(heap_record(heap), separators=(", ", ": ")) + "\n")
@@ -110,7 +109,10 @@ def run_dump(
             signal.signal(s, handler)
         source.close()
     counters = stream.stats()
-    summary = {"counters": counters, "heaps_printed": printed,
-               "seconds": round(time.monotonic() - started, 3)}
+    summary = {
+        "counters": counters,
+        "heaps_printed": printed,
+        "seconds": round(time.monotonic() - started, 3),
+    }
     err.write(json.dumps(summary) + "\n")
     return counters

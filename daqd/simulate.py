@@ -32,8 +32,9 @@ def _connect(uri: str, kind: int) -> socket.socket:
     return sock
 
 
-def simulate(target: str, workload: str, *, rate: float, heaps: int, stop: bool,
-             port: int = 7148) -> dict[str, Any]:
+def simulate(
+    target: str, workload: str, *, rate: float, heaps: int, stop: bool, port: int = 7148
+) -> dict[str, Any]:
     """Send `heaps` heaps of `workload` to `target`; returns what was sent.
 
     Targets: ``udp://HOST:PORT`` (sendmmsg batches), ``tcp://HOST:PORT``,
@@ -83,7 +84,12 @@ def simulate(target: str, workload: str, *, rate: float, heaps: int, stop: bool,
             closer.close()
     seconds = time.monotonic() - started
     return {
-        "target": target, "workload": workload, "heaps": heaps, "packets": packets,
-        "bytes": nbytes, "send_dropped": dropped, "seconds": round(seconds, 3),
+        "target": target,
+        "workload": workload,
+        "heaps": heaps,
+        "packets": packets,
+        "bytes": nbytes,
+        "send_dropped": dropped,
+        "seconds": round(seconds, 3),
         "gbit_per_s": round(nbytes * 8 / seconds / 1e9, 3) if seconds > 0 else None,
     }

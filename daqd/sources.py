@@ -145,7 +145,9 @@ def _open_udp(uri: str, parts: Any, max_packet_size: int, socket_buffer: int) ->
             try:
                 mreq = socket.inet_aton(str(addr)) + socket.inet_aton(interface)
             except OSError:
-                raise SourceError(f"{uri}: interface={interface!r} is not an IPv4 address")
+                raise SourceError(
+                    f"{uri}: interface={interface!r} is not an IPv4 address"
+                ) from None
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
         else:
             if "interface" in params:
@@ -173,8 +175,9 @@ def _open_tcp(uri: str, parts: Any, max_packet_size: int, socket_buffer: int) ->
     except OSError as exc:
         sock.close()
         raise SourceError(f"{uri}: cannot listen: {exc.strerror}") from None
-    return Source(uri, None, [], sock,
-                  {"max_packet_size": max_packet_size, "socket_buffer": socket_buffer})
+    return Source(
+        uri, None, [], sock, {"max_packet_size": max_packet_size, "socket_buffer": socket_buffer}
+    )
 
 
 def _file_path(uri: str, rest: str) -> str:
@@ -250,8 +253,9 @@ def open_source(
     """
     scheme, sep, rest = uri.partition(":")
     if not sep:
-        raise SourceError(f"{uri}: not a source URI (expected udp://, tcp://, pcap:, file: "
-                          "or sim:)")
+        raise SourceError(
+            f"{uri}: not a source URI (expected udp://, tcp://, pcap:, file: or sim:)"
+        )
     if scheme == "udp":
         return _open_udp(uri, urlsplit(uri), max_packet_size, socket_buffer)
     if scheme == "tcp":
