@@ -40,6 +40,17 @@ cdef extern from "<sys/socket.h>" nogil:
     struct mmsghdr:
         msghdr msg_hdr
         unsigned int msg_len
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    cmsghdr *CMSG_FIRSTHDR(msghdr *msg)
+    cmsghdr *CMSG_NXTHDR(msghdr *msg, cmsghdr *cmsg)
+    unsigned char *CMSG_DATA(cmsghdr *cmsg)
+    size_t CMSG_SPACE(size_t length)
+    enum: SOL_SOCKET
+    enum: SO_RXQ_OVFL
+    int setsockopt(int sockfd, int level, int optname, const void *optval, unsigned int optlen)
     int recvmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags, timespec *timeout)
     int sendmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags)
     enum: MSG_DONTWAIT
@@ -262,6 +273,9 @@ cdef class UdpReader(Reader):
     cdef iovec *iovs
     cdef int timeout_ms
     cdef object sock
+    cdef uint8_t *control           # one SO_RXQ_OVFL control message per slot
+    cdef size_t control_size
+    cdef uint32_t kernel_drops      # last cumulative drop count the kernel reported
 
     def __init__(self, sock, *, size_t max_packet_size=9200, size_t batch=64,
                  int timeout_ms=200):
@@ -275,9 +289,15 @@ cdef class UdpReader(Reader):
         self.buf = <uint8_t *>malloc(batch * self.slot)
         self.msgs = <mmsghdr *>malloc(batch * sizeof(mmsghdr))
         self.iovs = <iovec *>malloc(batch * sizeof(iovec))
-        if self.buf == NULL or self.msgs == NULL or self.iovs == NULL:
+        self.control_size = CMSG_SPACE(sizeof(uint32_t))
+        self.control = <uint8_t *>malloc(batch * self.control_size)
+        if self.buf == NULL or self.msgs == NULL or self.iovs == NULL or self.control == NULL:
             raise MemoryError()
         memset(self.msgs, 0, batch * sizeof(mmsghdr))
+        # The kernel then reports, with each datagram, how many it has dropped
+        # on this socket so far: loss before daqd ever saw a packet is counted.
+        cdef int on = 1
+        setsockopt(self.fd, SOL_SOCKET, SO_RXQ_OVFL, &on, sizeof(on))
         cdef size_t i
         for i in range(batch):
             self.iovs[i].iov_base = self.buf + i * self.slot
@@ -289,9 +309,32 @@ cdef class UdpReader(Reader):
         free(self.buf)
         free(self.msgs)
         free(self.iovs)
+        free(self.control)
 
     def close(self):
         self.sock.close()
+
+    cdef void reset_control(self) noexcept nogil:
+        cdef size_t i
+        for i in range(self.capacity):
+            self.msgs[i].msg_hdr.msg_control = self.control + i * self.control_size
+            self.msgs[i].msg_hdr.msg_controllen = self.control_size
+
+    cdef void count_kernel_drops(self, int got, uint64_t *stats) noexcept nogil:
+        cdef int i
+        cdef cmsghdr *c
+        cdef uint32_t drops, newest = self.kernel_drops
+        for i in range(got):
+            c = CMSG_FIRSTHDR(&self.msgs[i].msg_hdr)
+            while c != NULL:
+                if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SO_RXQ_OVFL:
+                    memcpy(&drops, CMSG_DATA(c), sizeof(uint32_t))
+                    # The count is cumulative and wraps at 2**32.
+                    if <uint32_t>(drops - newest) < 0x80000000U:
+                        newest = drops
+                c = CMSG_NXTHDR(&self.msgs[i].msg_hdr, c)
+        stats[<int>STAT_SOCKET_DROPS] += <uint32_t>(newest - self.kernel_drops)
+        self.kernel_drops = newest
 
     cdef int fill(self, uint64_t *stats) noexcept nogil:
         cdef pollfd pfd
@@ -301,6 +344,7 @@ cdef class UdpReader(Reader):
         self.pos = 0
         if self.stop_flag:
             return READ_EOF
+        self.reset_control()
         got = recvmmsg(self.fd, self.msgs, <unsigned int>self.capacity, MSG_DONTWAIT, NULL)
         if got < 0 and (errno == EAGAIN):
             pfd.fd = self.fd
@@ -312,12 +356,14 @@ cdef class UdpReader(Reader):
                     self.errno_value = errno
                     return READ_ERROR
                 return READ_AGAIN
+            self.reset_control()
             got = recvmmsg(self.fd, self.msgs, <unsigned int>self.capacity, MSG_DONTWAIT, NULL)
         if got < 0:
             if errno == EAGAIN or errno == EINTR:
                 return READ_AGAIN
             self.errno_value = errno
             return READ_ERROR
+        self.count_kernel_drops(got, stats)
         for i in range(got):
             length = self.msgs[i].msg_len
             if length >= self.slot or (self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC):

@@ -58,6 +58,7 @@ STAT_NAMES = (
     "pcap_frames_skipped_fragment",
     "pcap_frames_skipped_port",
     "pcap_records_truncated",
+    "packets_dropped_socket_buffer",
 )
 assert len(STAT_NAMES) == N_STATS
 # Counters whose mode is "maximum" rather than a running sum.

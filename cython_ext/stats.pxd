@@ -49,4 +49,5 @@ cdef enum StatIndex:
     STAT_PCAP_SKIPPED_FRAGMENT      # pcap frames that are IP fragments
     STAT_PCAP_SKIPPED_PORT          # pcap frames to another destination port
     STAT_PCAP_TRUNCATED             # pcap record cut short (file or frame end)
+    STAT_SOCKET_DROPS               # datagrams the kernel dropped (socket buffer full)
     N_STATS

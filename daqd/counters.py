@@ -43,6 +43,7 @@ class StatIndex(IntEnum):
     PCAP_FRAMES_SKIPPED_FRAGMENT = 29
     PCAP_FRAMES_SKIPPED_PORT = 30
     PCAP_RECORDS_TRUNCATED = 31
+    PACKETS_DROPPED_SOCKET_BUFFER = 32
 
 
 #: Counters whose mode is "maximum" (spead2's stream_stat_config::mode).
