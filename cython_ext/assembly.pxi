@@ -4,9 +4,11 @@
 # recv_live_heap.cpp, 4.5.1) so that daqd and spead2 yield the same heaps:
 # - a window of `max_heaps` live heaps in a ring; a packet of an unknown heap
 #   takes the next slot, evicting whatever heap was there;
-# - in-order mode rejects a packet whose offset is behind the furthest payload
-#   byte already received for its heap; allow_out_of_order keeps a sorted set
-#   of received ranges and rejects overlaps;
+# - in-order mode accepts a packet only at the offset where the heap's received
+#   bytes end, and starts a heap only from a packet at offset 0 (so a heap with
+#   a lost packet stays incomplete, and a late packet of a finished heap does
+#   not resurrect it); allow_out_of_order keeps a sorted set of received ranges
+#   and rejects overlaps;
 # - a heap is complete when received == HEAP_SIZE == min_length (the largest
 #   offset or item address seen), and is delivered with its items when it is
 #   contiguous (received == min_length) even if HEAP_SIZE never arrived;
@@ -52,7 +54,6 @@ cdef struct LiveHeap:
     int64_t heap_length         # -1 until a packet carries HEAP_SIZE
     int64_t received_length
     int64_t min_length
-    int64_t in_order_end        # end of the furthest payload accepted
     int64_t last_offset         # offset of the last accepted packet
     int heap_address_bits
     int n_packets
@@ -377,10 +378,10 @@ cdef StatIndex live_heap_add_packet(
             return STAT_REJECT_DUPLICATE
         if rc < 0:
             return STAT_REJECT_NO_MEMORY
-    elif first < h.in_order_end:
-        # spead2 drops these too; the common network duplicate repeats the
-        # packet just received, which is counted as such.
-        if first == h.last_offset:
+    elif first != h.received_length:
+        # The common network duplicate repeats the packet just received; it
+        # is counted as such, anything else as out of order.
+        if first == h.last_offset and h.n_packets > 0:
             return STAT_REJECT_DUPLICATE
         return STAT_REJECT_OUT_OF_ORDER
     # Accepted: from here on the heap changes.
@@ -410,8 +411,6 @@ cdef StatIndex live_heap_add_packet(
     if p.payload_length > 0:
         memcpy(st.payload + first, p.payload, <size_t>p.payload_length)
         h.received_length += p.payload_length
-    if last > h.in_order_end:
-        h.in_order_end = last
     h.last_offset = first
     h.n_packets += 1
     return N_STATS
@@ -439,6 +438,11 @@ cdef void assembler_add_packet(
                 h = &a.live[i]
                 break
     cdef bint new_heap = h == NULL
+    if new_heap and not a.allow_out_of_order and p.payload_offset != 0:
+        # In order, a heap can only start at offset 0 (spead2): this packet's
+        # predecessors were lost, or its heap has already left the window.
+        stats[<int>STAT_REJECT_OUT_OF_ORDER] += 1
+        return
     if new_heap:
         a.head += 1
         if a.head == a.max_heaps:

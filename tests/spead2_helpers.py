@@ -212,6 +212,9 @@ def collect_spead2(stream: spead2.recv.Stream, timeout: float = 20.0) -> list[di
     exc = result.get()
     if exc is not None:
         raise exc
+    # Stopping joins the readers: only then are spead2's statistics final
+    # (read straight after the ring stops they can miss the last batch).
+    stream.stop()
     return out
 
 
