@@ -33,11 +33,11 @@ import spead2.send
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import spead2_helpers as h  # noqa: E402
+import spead2_helpers as h
 
-from daqd import _spead  # noqa: E402
-from daqd.dump import heap_record, receive_heaps  # noqa: E402
-from daqd.sources import open_source  # noqa: E402
+from daqd import _spead
+from daqd.dump import heap_record, receive_heaps
+from daqd.sources import open_source
 
 # spead2 logs every rejected packet; the tests look at results, not logs.
 logging.getLogger("spead2").setLevel(logging.CRITICAL)
