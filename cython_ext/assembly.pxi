@@ -423,12 +423,17 @@ cdef void assembler_add_packet(
     cdef size_t i, position = 0
     cdef LiveHeap *h = NULL
     cdef int64_t cnt = p.heap_cnt
-    if p.heap_length >= 0 and p.payload_length == p.heap_length:
+    cdef bint whole = p.heap_length >= 0 and p.payload_length == p.heap_length
+    if whole:
         stats[<int>STAT_SINGLE_PACKET_HEAPS] += 1
     if packet_too_large(a, p):
         stats[<int>STAT_REJECT_HEAP_TOO_LARGE] += 1
         return
-    if a.live[a.head].cnt == cnt:
+    if whole:
+        # A packet that is a whole heap never joins a live heap (spead2): it
+        # takes the next slot of the window like any new heap.
+        pass
+    elif a.live[a.head].cnt == cnt:
         position = a.head
         h = &a.live[position]
     else:
@@ -500,6 +505,10 @@ cdef size_t assembler_add_batch(
         stats[<int>STAT_PACKETS] += 1
         stats[<int>STAT_BYTES] += length[i]
         status = decode_packet(data[i], length[i], &hdr)
+        if status == DECODE_OK and hdr.size != length[i]:
+            # spead2 discards a datagram whose header describes fewer bytes
+            # than it holds (byte-stream readers always pass exact sizes).
+            status = DECODE_PAYLOAD_LENGTH
         if status != DECODE_OK:
             stats[<int>decode_status_stat(status)] += 1
             continue

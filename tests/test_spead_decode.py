@@ -15,9 +15,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import spead_packets as sp  # noqa: E402
+import spead_packets as sp
 
-from daqd import _spead  # noqa: E402
+from daqd import _spead
 
 # An item id that fits every flavour (SPEAD-64-56 has 7-bit ids).
 ITEM = 0x30
