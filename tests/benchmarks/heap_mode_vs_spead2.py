@@ -1,4 +1,6 @@
-"""Heap mode from memory, daqd beside spead2 in one run: ``python tests/benchmarks/heap_mode_vs_spead2.py``.
+"""Heap mode from memory, daqd beside spead2 in one run.
+
+Run: ``python tests/benchmarks/heap_mode_vs_spead2.py``.
 
 Both decode the same pre-built workload bytes and hand every heap to Python
 (spead2: ring stream iterated from Python; daqd: HeapStream.run).  Prints
