@@ -14,6 +14,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from daqd import _spead
+
 MAGIC = 0x53
 VERSION = 4
 
@@ -197,23 +199,7 @@ def max_extent(d: Decoded) -> int:
     return extent
 
 
-REJECT_COUNTERS = (
-    "packets_rejected_too_short",
-    "packets_rejected_bad_magic",
-    "packets_rejected_bad_version",
-    "packets_rejected_bad_flavour",
-    "packets_rejected_items_overflow",
-    "packets_rejected_missing_items",
-    "packets_rejected_payload_length",
-    "packets_rejected_payload_outside_heap",
-    "packets_rejected_heap_too_large",
-    "packets_rejected_inconsistent_heap",
-    "packets_rejected_out_of_order",
-    "packets_rejected_duplicate",
-    "packets_rejected_after_stop",
-    "packets_rejected_truncated",
-    "packets_rejected_no_memory",
-)
+REJECT_COUNTERS = tuple(n for n in _spead.STAT_NAMES if n.startswith("packets_rejected_"))
 
 
 # ---------------------------------------------------------------------------
@@ -279,7 +265,6 @@ def spead2_decode(datagrams: list[bytes], *, max_heaps: int = 4,
 
 def daqd_decode(datagrams: list[bytes], **kwargs) -> tuple[list[tuple], dict[str, int]]:
     """Heaps daqd yields for `datagrams` (HeapStream.add_packets), normalised, and counters."""
-    from daqd import _spead
 
     stream = _spead.HeapStream(**kwargs)
     heaps = stream.add_packets([bytes(d) for d in datagrams])

@@ -380,35 +380,23 @@ class DaqdReceiver:
 
 
 @pytest.mark.network
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
 @pytest.mark.parametrize("address_bits", FLAVOURS)
-def test_spead2_udp_sender_to_daqd(address_bits):
+def test_spead2_sender_to_daqd(address_bits, transport):
+    packet_size = 1472 if transport == "udp" else 8000
     heaps = build_heaps(address_bits, n_updates=20)
-    config = spead2.send.StreamConfig(max_packet_size=1472, rate=20e6)
     expected, _ = h.spead2_decode_bytes(h.spead2_stream_bytes(build_heaps(address_bits, 20),
-                                                              max_packet_size=1472))
-    port = free_port(socket.SOCK_DGRAM)
-    receiver = DaqdReceiver(f"udp://127.0.0.1:{port}")
-    sender = spead2.send.UdpStream(h.THREAD_POOL, [("127.0.0.1", port)], config)
-    for heap in heaps:
-        sender.send_heap(heap)
-    got = receiver.join()
-    del sender
-    assert got == expected
-    counters = receiver.stream.stats()
-    assert counters["stop_heaps"] == 1
-    assert h.rejected_total(counters) == 0
-
-
-@pytest.mark.network
-@pytest.mark.parametrize("address_bits", FLAVOURS)
-def test_spead2_tcp_sender_to_daqd(address_bits):
-    heaps = build_heaps(address_bits, n_updates=20)
-    config = spead2.send.StreamConfig(max_packet_size=8000)
-    expected, _ = h.spead2_decode_bytes(h.spead2_stream_bytes(build_heaps(address_bits, 20),
-                                                              max_packet_size=8000))
-    port = free_port(socket.SOCK_STREAM)
-    receiver = DaqdReceiver(f"tcp://127.0.0.1:{port}")
-    sender = spead2.send.TcpStream(h.THREAD_POOL, [("127.0.0.1", port)], config)
+                                                              max_packet_size=packet_size))
+    if transport == "udp":
+        port = free_port(socket.SOCK_DGRAM)
+        config = spead2.send.StreamConfig(max_packet_size=packet_size, rate=20e6)
+        stream_class = spead2.send.UdpStream
+    else:
+        port = free_port(socket.SOCK_STREAM)
+        config = spead2.send.StreamConfig(max_packet_size=packet_size)
+        stream_class = spead2.send.TcpStream
+    receiver = DaqdReceiver(f"{transport}://127.0.0.1:{port}")
+    sender = stream_class(h.THREAD_POOL, [("127.0.0.1", port)], config)
     for heap in heaps:
         sender.send_heap(heap)
     got = receiver.join()
