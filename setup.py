@@ -24,7 +24,7 @@ extensions = [
     Extension(
         "daqd._spead",
         ["cython_ext/spead.pyx"],
-        include_dirs=["cython_ext"],
+        include_dirs=["cython_ext", "daqd/include"],
         extra_compile_args=compile_args,
         define_macros=macros,
     ),
@@ -33,7 +33,7 @@ extensions = [
 setup(
     ext_modules=cythonize(
         extensions,
-        include_path=["cython_ext"],
+        include_path=["cython_ext", "daqd/include"],
         compiler_directives=directives,
         annotate=annotate or debug,
     ),

@@ -352,28 +352,32 @@ cdef StatIndex live_heap_add_pointers(
     return N_STATS
 
 
-cdef StatIndex live_heap_add_packet(
-    Assembler *a, LiveHeap *h, const PacketHeader *p
+cdef inline StatIndex live_heap_accept(
+    LiveHeap *h, const PacketHeader *p, bint allow_out_of_order, int64_t max_heap_size,
+    int64_t pointer_bytes
 ) noexcept nogil:
-    """Add a packet to its heap; N_STATS when accepted, else the reject counter."""
+    """spead2's rules for adding a packet to its live heap (both modes).
+
+    `pointer_bytes` is the pointer memory the heap would hold with this packet.
+    Returns N_STATS when the packet is accepted (its range is then recorded in
+    out-of-order mode), else the reject counter.
+    """
     if h.heap_length >= 0 and p.heap_length >= 0 and p.heap_length != h.heap_length:
         return STAT_REJECT_INCONSISTENT_HEAP
     if p.heap_length >= 0 and p.heap_length < h.min_length:
         return STAT_REJECT_INCONSISTENT_HEAP
     if p.heap_address_bits != h.heap_address_bits:
         return STAT_REJECT_INCONSISTENT_HEAP
-    cdef HeapStorage *st = h.st
     # Pointer memory counts against max_heap_size too, so a stream of empty
     # packets full of distinct pointers cannot grow a heap without bound.
-    if <int64_t>(st.n_pointers + <size_t>p.n_items) * 8 > a.max_heap_size:
+    if pointer_bytes > max_heap_size:
         return STAT_REJECT_HEAP_TOO_LARGE
     cdef int64_t first = p.payload_offset
-    cdef int64_t last = p.payload_offset + p.payload_length
     cdef int rc
-    if a.allow_out_of_order:
-        if <int64_t>(st.n_ranges + 1) * 16 > a.max_heap_size:
+    if allow_out_of_order:
+        if <int64_t>(h.st.n_ranges + 1) * 16 > max_heap_size:
             return STAT_REJECT_HEAP_TOO_LARGE
-        rc = add_payload_range(st, first, last)
+        rc = add_payload_range(h.st, first, first + p.payload_length)
         if rc == 0:
             return STAT_REJECT_DUPLICATE
         if rc < 0:
@@ -384,6 +388,21 @@ cdef StatIndex live_heap_add_packet(
         if first == h.last_offset and h.n_packets > 0:
             return STAT_REJECT_DUPLICATE
         return STAT_REJECT_OUT_OF_ORDER
+    return N_STATS
+
+
+cdef StatIndex live_heap_add_packet(
+    Assembler *a, LiveHeap *h, const PacketHeader *p
+) noexcept nogil:
+    """Add a packet to its heap; N_STATS when accepted, else the reject counter."""
+    cdef HeapStorage *st = h.st
+    cdef StatIndex verdict = live_heap_accept(
+        h, p, a.allow_out_of_order, a.max_heap_size,
+        <int64_t>(st.n_pointers + <size_t>p.n_items) * 8)
+    if verdict != N_STATS:
+        return verdict
+    cdef int64_t first = p.payload_offset
+    cdef int64_t last = p.payload_offset + p.payload_length
     # Accepted: from here on the heap changes.
     cdef size_t need
     cdef bint exact

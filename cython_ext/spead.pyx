@@ -22,6 +22,7 @@ include "heaps.pxi"
 include "readers.pxi"
 include "pcap.pxi"
 include "sim.pxi"
+include "chunks.pxi"
 
 
 # WARNING: the order must match StatIndex in stats.pxd.
@@ -53,12 +54,27 @@ STAT_NAMES = (
     "packets_rejected_after_stop",
     "packets_rejected_truncated",
     "packets_rejected_no_memory",
+    "packets_rejected_unsized",
     "stream_bytes_skipped",
     "pcap_frames_skipped_not_udp",
     "pcap_frames_skipped_fragment",
     "pcap_frames_skipped_port",
     "pcap_records_truncated",
     "packets_dropped_socket_buffer",
+    "chunks_completed",
+    "chunk_heaps_placed",
+    "chunk_heaps_present",
+    "chunk_heaps_too_old",
+    "chunk_heaps_rejected_size",
+    "chunk_heaps_rejected_no_timestamp",
+    "chunk_heaps_rejected_misaligned",
+    "chunk_heaps_rejected_substream",
+    "chunk_heaps_rejected_by_place",
+    "chunk_heaps_rejected_placement",
+    "chunk_heaps_no_free_chunk",
+    "chunk_packets_discarded",
+    "chunk_slots_missing",
+    "chunk_window_resets",
 )
 assert len(STAT_NAMES) == N_STATS
 # Counters whose mode is "maximum" rather than a running sum.

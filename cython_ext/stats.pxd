@@ -43,6 +43,7 @@ cdef enum StatIndex:
     STAT_REJECT_AFTER_STOP          # arrived after the stream stopped
     STAT_REJECT_TRUNCATED           # datagram longer than max_packet_size
     STAT_REJECT_NO_MEMORY           # allocation for the heap failed
+    STAT_REJECT_UNSIZED             # chunk mode: packet without HEAP_SIZE
     # reader-level counters
     STAT_STREAM_BYTES_SKIPPED       # bytes skipped to resynchronise a byte stream
     STAT_PCAP_SKIPPED_NOT_UDP       # pcap frames that are not IPv4/IPv6 UDP
@@ -50,4 +51,19 @@ cdef enum StatIndex:
     STAT_PCAP_SKIPPED_PORT          # pcap frames to another destination port
     STAT_PCAP_TRUNCATED             # pcap record cut short (file or frame end)
     STAT_SOCKET_DROPS               # datagrams the kernel dropped (socket buffer full)
+    # chunk mode (chunks.pxi); a heap is counted once, on its first packet
+    STAT_CHUNKS_COMPLETED           # chunks handed to the data ring
+    STAT_CHUNK_HEAPS_PLACED         # heaps given a slot in an open chunk
+    STAT_CHUNK_HEAPS_PRESENT        # placed heaps that completed (present set)
+    STAT_CHUNK_HEAPS_TOO_OLD        # chunk already left the window (spead2 too_old_heaps)
+    STAT_CHUNK_REJECTED_SIZE        # HEAP_SIZE is not the layout's heap_bytes
+    STAT_CHUNK_REJECTED_NO_TIMESTAMP  # timestamp item missing
+    STAT_CHUNK_REJECTED_MISALIGNED  # timestamp not a multiple of timestamp_step
+    STAT_CHUNK_REJECTED_SUBSTREAM   # substream item missing or >= substreams
+    STAT_CHUNK_REJECTED_BY_PLACE    # placement hook left chunk_id negative
+    STAT_CHUNK_REJECTED_PLACEMENT   # hook's slot or offset outside the chunk
+    STAT_CHUNK_HEAPS_NO_FREE_CHUNK  # no free chunk for the heap's chunk (when_full)
+    STAT_CHUNK_PACKETS_DISCARDED    # packets of heaps not placed, or whose chunk left
+    STAT_CHUNK_SLOTS_MISSING        # slots of completed chunks without a complete heap
+    STAT_CHUNK_WINDOW_RESETS        # window re-anchored after a run of too-old heaps
     N_STATS

@@ -1,0 +1,1050 @@
+# Chunk mode: heaps placed straight into preallocated chunk arrays.
+#
+# The receive loop (ChunkStream.process, one nogil region per batch) decodes
+# each packet, finds its live heap (the same spead2 rules as heap mode:
+# live_heap_accept), and on a heap's first packet decides where the heap goes:
+# declaratively (timestamp // step -> chunk and slot, optional substream axis)
+# or through a compiled placement hook (daqd_place.h).  Payload bytes are then
+# copied once, from the receive buffer into the heap's slot in the chunk.
+#
+# The chunk window follows spead2's chunk_stream_state::allocate (4.5.1): at
+# most max_chunks chunks are open, head..tail; a heap of a newer chunk opens
+# every chunk up to it, closing the oldest ones; a heap older than the head is
+# too old; a jump of max_chunks or more closes the whole window and restarts it
+# just below the new chunk.  daqd adds one rule: a run of `too_old_reset`
+# consecutive too-old heaps (a sender restarted, a timestamp wrapped) closes
+# the window and re-anchors it at the new timestamps, where spead2 would call
+# every later heap too old.
+#
+# Chunks come from a pool allocated once: the free ring holds unused chunks,
+# the data ring completed ones waiting for the consumer.  Only the rings are
+# shared between threads (a mutex and two condition variables, touched once
+# per chunk); window and live heaps belong to the thread calling process().
+
+cimport cython
+from cpython.pycapsule cimport (
+    PyCapsule_New, PyCapsule_SetContext, PyCapsule_IsValid, PyCapsule_GetPointer,
+    PyCapsule_GetContext,
+)
+
+from libc.string cimport memchr
+
+import numpy as np
+
+cdef extern from "daqd_copy.h" nogil:
+    void daqd_copy_init()
+    void daqd_copy_payload(uint8_t *dst, const uint8_t *src, size_t n)
+    void daqd_copy_fence()
+
+cdef extern from "daqd_place.h" nogil:
+    ctypedef struct daqd_place_data:
+        const uint8_t *packet
+        size_t packet_size
+        const int64_t *items
+        size_t n_items
+        int64_t heap_length
+        int64_t chunk_id
+        size_t heap_index
+        size_t heap_offset
+        uint64_t *extra
+        size_t n_extra
+    ctypedef void (*daqd_place_fn)(daqd_place_data *data, void *user_data)
+    const char *DAQD_PLACE_CAPSULE
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    ctypedef struct pthread_condattr_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_condattr_init(pthread_condattr_t *a)
+    int pthread_condattr_setclock(pthread_condattr_t *a, int clock)
+    int pthread_condattr_destroy(pthread_condattr_t *a)
+    int pthread_cond_init(pthread_cond_t *c, const pthread_condattr_t *a)
+    int pthread_cond_destroy(pthread_cond_t *c)
+    int pthread_cond_timedwait(pthread_cond_t *c, pthread_mutex_t *m, const timespec *t)
+    int pthread_cond_broadcast(pthread_cond_t *c)
+    int pthread_cond_signal(pthread_cond_t *c)
+
+cdef extern from "<sys/mman.h>" nogil:
+    int madvise(void *addr, size_t length, int advice)
+    enum: MADV_HUGEPAGE
+
+cdef enum:
+    MAX_PLACE_ITEMS = 64
+    HUGE_PAGE = 2 << 20
+    CHUNK_FREE = 0
+    CHUNK_OPEN = 1              # in the window, being filled
+    CHUNK_READY = 2             # in the data ring
+    CHUNK_HELD = 3              # handed to the consumer
+
+WHEN_FULL = ("wait", "drop")
+
+
+cdef struct ChunkHeap:
+    LiveHeap h                  # h.cnt == -1: the slot is empty
+    int64_t chunk_id            # -1: not placed; its packets are discarded
+    uint8_t *dest               # the heap's first byte in its chunk's data
+    uint8_t *present            # its presence byte (the first one with packet presence)
+    bint empty                  # HEAP_SIZE 0: nothing to place
+
+
+cdef inline timespec deadline_after(double seconds) noexcept nogil:
+    cdef timespec ts
+    cdef uint64_t t = monotonic_ns() + <uint64_t>(seconds * 1e9)
+    ts.tv_sec = <long>(t // 1000000000ULL)
+    ts.tv_nsec = <long>(t % 1000000000ULL)
+    return ts
+
+
+cdef class ChunkStream
+
+
+@cython.final
+cdef class Chunk:
+    """One chunk of the pool, handed out by a ChunkStream.
+
+    `data` (heaps_per_chunk, substreams, samples), `present` (heaps_per_chunk,
+    substreams[, packets_per_heap]) and `extra` (heaps_per_chunk, substreams,
+    len(extra_items)) are views of memory allocated once; a slot whose heap
+    did not arrive complete has present == 0 (and zeroed data).  Release the
+    chunk (or leave its ``with`` block) to give it back to the pool; the views
+    must not be used after that.
+    """
+
+    cdef ChunkStream stream
+    cdef readonly size_t index
+    cdef readonly object data
+    cdef readonly object present
+    cdef readonly object extra
+
+    @property
+    def chunk_id(self):
+        """The chunk's number: timestamp // (timestamp_step * heaps_per_chunk)."""
+        return self.stream.chunk_ids[self.index]
+
+    @property
+    def timestamp(self):
+        """Timestamp of the chunk's first heap slot."""
+        return int(self.stream.chunk_ids[self.index]) * int(self.stream.chunk_step)
+
+    def release(self):
+        """Give the chunk back to the pool's free ring."""
+        self.stream.release_chunk(self.index)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def __repr__(self):
+        return f"<Chunk {self.chunk_id} of pool slot {self.index}>"
+
+
+@cython.final
+cdef class ChunkStream:
+    """Chunk-mode receive stream (DESIGN.md, INTERFACES.md [stream.chunk]).
+
+    Parameters
+    ----------
+    timestamp_item, timestamp_step, heaps_per_chunk, heap_bytes, dtype
+        The declarative layout: heap i of a stream with timestamp T goes to
+        chunk T // step // heaps_per_chunk, slot (T // step) % heaps_per_chunk.
+    substream_item, substreams
+        Optional second axis: the slot's substream index comes from this item.
+    extra_items
+        Immediate items whose values are stored per heap in ``extra``
+        (2**64 - 1 where the heap's first packet lacks one).
+    max_chunks, pool
+        Chunks open at once; chunks allocated (pool >= max_chunks).
+    max_heaps, allow_out_of_order, stop_on_stop_item, max_heap_size
+        As for heap mode.
+    when_full, wait_timeout
+        No free chunk: "wait" up to wait_timeout seconds for the consumer, then
+        drop; "drop" at once.  Both count (worker_blocked, chunk_heaps_no_free_chunk).
+    packet_presence
+        0, or a packet payload size: ``present`` then has one byte per packet
+        of that size in each heap (spead2's packet presence).
+    too_old_reset
+        Consecutive too-old heaps that re-anchor the window (0: never);
+        default two chunks' worth of heaps.
+    zero_missing
+        Zero the data of slots without a complete heap when a chunk completes.
+    place, place_items
+        A compiled placement hook (a capsule, see daqd_place.h) and the
+        immediate items it is given; replaces the timestamp/substream rule.
+    """
+
+    # layout
+    cdef readonly uint64_t timestamp_item
+    cdef readonly uint64_t timestamp_step
+    cdef readonly size_t heaps_per_chunk
+    cdef readonly uint64_t substream_item
+    cdef readonly size_t substreams
+    cdef readonly size_t heap_bytes
+    cdef readonly object dtype
+    cdef readonly tuple extra_items
+    cdef readonly size_t packet_presence
+    cdef size_t packets_per_heap        # presence bytes per slot
+    cdef bint has_substream
+    cdef uint64_t chunk_step            # timestamp span of one chunk
+    cdef size_t n_slots                 # heaps_per_chunk * substreams
+    cdef size_t chunk_bytes
+    cdef size_t chunk_stride
+    cdef size_t present_per_chunk
+    cdef size_t n_extra
+    # placement items: [timestamp, substream?, extras...] or the hook's place_items
+    cdef uint64_t item_ids[<int>MAX_PLACE_ITEMS]
+    cdef size_t n_item_ids
+    cdef daqd_place_fn place_fn
+    cdef void *place_user
+    cdef object place_keepalive
+    # assembly
+    cdef readonly size_t max_heaps
+    cdef readonly bint allow_out_of_order
+    cdef readonly bint stop_on_stop_item
+    cdef readonly int64_t max_heap_size
+    cdef ChunkHeap *live
+    cdef HeapStorage *live_storage     # out-of-order range sets, one per live slot
+    cdef size_t live_head
+    cdef bint stopped_flag
+    # window (receive thread only)
+    cdef readonly size_t max_chunks
+    cdef int64_t head_chunk, tail_chunk
+    cdef size_t head_pos, tail_pos
+    cdef ssize_t *window                # pool index, -1: no chunk
+    cdef bint anchored                  # the window has been placed by a first heap
+    cdef uint64_t too_old_run
+    cdef readonly uint64_t too_old_reset
+    cdef readonly bint zero_missing
+    # pool
+    cdef readonly size_t pool
+    cdef object raw                     # owns the data memory
+    cdef object present_all
+    cdef object extra_all
+    cdef uint8_t *data_base
+    cdef uint8_t *present_base
+    cdef uint64_t *extra_base
+    cdef int64_t *chunk_ids
+    cdef uint8_t *state
+    cdef list chunk_objects
+    # rings: guarded by lock
+    cdef pthread_mutex_t lock
+    cdef pthread_cond_t free_cond
+    cdef pthread_cond_t data_cond
+    cdef bint sync_ready
+    cdef size_t *free_ring
+    cdef size_t free_head, free_count
+    cdef size_t *data_ring
+    cdef size_t data_head, data_count
+    cdef bint ended
+    cdef volatile bint stop_waiting
+    cdef readonly bint drop_when_full
+    cdef double wait_timeout
+    # counters
+    cdef uint64_t counters[<int>N_STATS]
+
+    def __cinit__(self):
+        self.sync_ready = False
+
+    def __init__(self, *, uint64_t timestamp_item=0x1600, uint64_t timestamp_step=8192,
+                 size_t heaps_per_chunk=64, size_t heap_bytes=8192, dtype="uint8",
+                 substream_item=None, size_t substreams=1, extra_items=(),
+                 size_t max_chunks=4, size_t pool=16, size_t max_heaps=8,
+                 bint allow_out_of_order=False, bint stop_on_stop_item=True,
+                 int64_t max_heap_size=128 << 20,
+                 str when_full="wait", double wait_timeout=1.0, size_t packet_presence=0,
+                 too_old_reset=None, bint zero_missing=True, place=None, place_items=()):
+        if timestamp_step == 0:
+            raise ValueError("timestamp_step must be at least 1")
+        if heaps_per_chunk == 0 or substreams == 0 or heap_bytes == 0:
+            raise ValueError("heaps_per_chunk, substreams and heap_bytes must be at least 1")
+        if max_chunks == 0 or max_heaps == 0:
+            raise ValueError("max_chunks and max_heaps must be at least 1")
+        if pool < max_chunks:
+            raise ValueError(f"pool ({pool}) must be at least max_chunks ({max_chunks})")
+        if when_full not in WHEN_FULL:
+            raise ValueError(f"when_full must be one of {', '.join(WHEN_FULL)}, not {when_full!r}")
+        if wait_timeout < 0:
+            raise ValueError("wait_timeout must be >= 0")
+        self.dtype = np.dtype(dtype)
+        if heap_bytes % self.dtype.itemsize:
+            raise ValueError(f"heap_bytes ({heap_bytes}) is not a multiple of the "
+                             f"{self.dtype} item size ({self.dtype.itemsize})")
+        if packet_presence and heap_bytes % packet_presence:
+            raise ValueError(f"heap_bytes ({heap_bytes}) is not a multiple of "
+                             f"packet_presence ({packet_presence})")
+        self.timestamp_item = timestamp_item
+        self.timestamp_step = timestamp_step
+        self.heaps_per_chunk = heaps_per_chunk
+        self.heap_bytes = heap_bytes
+        self.has_substream = substream_item is not None
+        self.substream_item = substream_item if substream_item is not None else 0
+        self.substreams = substreams
+        if not self.has_substream and substreams != 1:
+            raise ValueError("substreams > 1 needs a substream_item")
+        self.extra_items = tuple(int(x) for x in extra_items)
+        self.n_extra = len(self.extra_items)
+        self.packet_presence = packet_presence
+        self.packets_per_heap = heap_bytes // packet_presence if packet_presence else 1
+        self.chunk_step = timestamp_step * heaps_per_chunk
+        self.n_slots = heaps_per_chunk * substreams
+        self.chunk_bytes = self.n_slots * heap_bytes
+        self.chunk_stride = (self.chunk_bytes + 4095) & ~(<size_t>4095)
+        self.present_per_chunk = self.n_slots * self.packets_per_heap
+        self.max_chunks = max_chunks
+        self.pool = pool
+        self.max_heaps = max_heaps
+        self.allow_out_of_order = allow_out_of_order
+        self.stop_on_stop_item = stop_on_stop_item
+        self.max_heap_size = max_heap_size
+        self.drop_when_full = when_full == "drop"
+        self.wait_timeout = wait_timeout
+        self.zero_missing = zero_missing
+        self.too_old_reset = 2 * self.n_slots if too_old_reset is None else too_old_reset
+        self.setup_items(place, place_items)
+        self.allocate_pool()
+        self.allocate_state()
+        memset(self.counters, 0, sizeof(self.counters))
+        daqd_copy_init()
+
+    cdef setup_items(self, place, place_items):
+        ids = list(place_items) if place is not None else (
+            [self.timestamp_item] + ([self.substream_item] if self.has_substream else []))
+        ids += list(self.extra_items)
+        if len(ids) > MAX_PLACE_ITEMS:
+            raise ValueError(f"at most {MAX_PLACE_ITEMS} placement and extra items")
+        self.n_item_ids = len(ids)
+        for i, item in enumerate(ids):
+            self.item_ids[i] = item
+        if place is None:
+            return
+        if not PyCapsule_IsValid(place, DAQD_PLACE_CAPSULE):
+            raise TypeError(f"place must be a PyCapsule named {DAQD_PLACE_CAPSULE.decode()!r}")
+        self.place_fn = <daqd_place_fn>PyCapsule_GetPointer(place, DAQD_PLACE_CAPSULE)
+        self.place_user = PyCapsule_GetContext(place)
+        self.place_keepalive = place
+
+    cdef allocate_pool(self):
+        # One block for every chunk's data, aligned to a huge page (and each
+        # chunk to a page) so copies are aligned and THP can back it; touched
+        # once now, so the first heaps do not pay for page faults.
+        cdef size_t total = self.pool * self.chunk_stride
+        self.raw = np.empty(total + HUGE_PAGE, np.uint8)
+        cdef uint8_t[::1] raw_view = self.raw
+        cdef size_t addr = <size_t>&raw_view[0]
+        cdef size_t skip = (HUGE_PAGE - addr % HUGE_PAGE) % HUGE_PAGE
+        self.data_base = &raw_view[0] + skip
+        with nogil:
+            madvise(self.data_base, total - total % HUGE_PAGE, MADV_HUGEPAGE)
+            memset(self.data_base, 0, total)
+        present_shape = (self.pool, self.heaps_per_chunk, self.substreams)
+        if self.packet_presence:
+            present_shape += (self.packets_per_heap,)
+        self.present_all = np.zeros(present_shape, np.uint8)
+        self.extra_all = np.zeros(
+            (self.pool, self.heaps_per_chunk, self.substreams, self.n_extra), np.uint64)
+        cdef uint8_t[::1] present_view = self.present_all.reshape(-1)
+        self.present_base = &present_view[0]
+        cdef uint64_t[::1] extra_view
+        if self.n_extra:
+            extra_view = self.extra_all.reshape(-1)
+            self.extra_base = &extra_view[0]
+        samples = self.heap_bytes // self.dtype.itemsize
+        self.chunk_objects = []
+        cdef Chunk c
+        cdef size_t i
+        for i in range(self.pool):
+            c = Chunk.__new__(Chunk)
+            c.stream = self
+            c.index = i
+            start = skip + i * self.chunk_stride
+            c.data = self.raw[start:start + self.chunk_bytes].view(self.dtype).reshape(
+                self.heaps_per_chunk, self.substreams, samples)
+            c.present = self.present_all[i]
+            c.extra = self.extra_all[i]
+            self.chunk_objects.append(c)
+
+    cdef allocate_state(self):
+        self.live = <ChunkHeap *>malloc(self.max_heaps * sizeof(ChunkHeap))
+        self.live_storage = <HeapStorage *>malloc(self.max_heaps * sizeof(HeapStorage))
+        self.window = <ssize_t *>malloc(self.max_chunks * sizeof(ssize_t))
+        self.chunk_ids = <int64_t *>malloc(self.pool * sizeof(int64_t))
+        self.state = <uint8_t *>malloc(self.pool)
+        self.free_ring = <size_t *>malloc(self.pool * sizeof(size_t))
+        self.data_ring = <size_t *>malloc(self.pool * sizeof(size_t))
+        if (self.live == NULL or self.live_storage == NULL or self.window == NULL
+                or self.chunk_ids == NULL or self.state == NULL or self.free_ring == NULL
+                or self.data_ring == NULL):
+            raise MemoryError()
+        memset(self.live, 0, self.max_heaps * sizeof(ChunkHeap))
+        memset(self.live_storage, 0, self.max_heaps * sizeof(HeapStorage))
+        cdef size_t i
+        for i in range(self.max_heaps):
+            self.live[i].h.cnt = -1
+            self.live[i].h.st = &self.live_storage[i]
+        self.live_head = self.max_heaps - 1
+        for i in range(self.max_chunks):
+            self.window[i] = -1
+        for i in range(self.pool):
+            self.chunk_ids[i] = -1
+            self.state[i] = CHUNK_FREE
+            self.free_ring[i] = i
+        self.free_count = self.pool
+        cdef pthread_condattr_t attr
+        pthread_mutex_init(&self.lock, NULL)
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(&self.free_cond, &attr)
+        pthread_cond_init(&self.data_cond, &attr)
+        pthread_condattr_destroy(&attr)
+        self.sync_ready = True
+
+    def __dealloc__(self):
+        cdef size_t i
+        if self.live_storage != NULL:
+            for i in range(self.max_heaps):
+                storage_free(&self.live_storage[i])
+        free(self.live)
+        free(self.live_storage)
+        free(self.window)
+        free(self.chunk_ids)
+        free(self.state)
+        free(self.free_ring)
+        free(self.data_ring)
+        if self.sync_ready:
+            pthread_cond_destroy(&self.free_cond)
+            pthread_cond_destroy(&self.data_cond)
+            pthread_mutex_destroy(&self.lock)
+
+    # ------------------------------------------------------------------
+    # Pool and rings
+
+    cdef ssize_t take_free_chunk(self, int64_t chunk_id, uint64_t *stats) noexcept nogil:
+        """A chunk from the free ring for `chunk_id`, or -1 (when_full policy)."""
+        cdef ssize_t c = -1
+        cdef timespec until
+        cdef bint blocked = False
+        pthread_mutex_lock(&self.lock)
+        if self.free_count == 0 and not self.drop_when_full and not self.stop_waiting:
+            stats[<int>STAT_WORKER_BLOCKED] += 1
+            blocked = True
+            until = deadline_after(self.wait_timeout)
+            while self.free_count == 0 and not self.stop_waiting:
+                if pthread_cond_timedwait(&self.free_cond, &self.lock, &until) != 0:
+                    break
+        if self.free_count > 0:
+            c = <ssize_t>self.free_ring[self.free_head]
+            self.free_head = (self.free_head + 1) % self.pool
+            self.free_count -= 1
+            self.state[c] = CHUNK_OPEN
+            self.chunk_ids[c] = chunk_id
+        pthread_mutex_unlock(&self.lock)
+        return c
+
+    cdef void close_chunk(self, size_t c, uint64_t *stats) noexcept nogil:
+        """A chunk leaves the window: account for its slots, hand it to the data ring."""
+        cdef uint8_t *present = self.present_base + c * self.present_per_chunk
+        cdef uint8_t *data = self.data_base + c * self.chunk_stride
+        cdef size_t i, missing = 0
+        cdef size_t unit = self.heap_bytes // self.packets_per_heap
+        for i in range(self.present_per_chunk):
+            if not present[i]:
+                missing += 1
+                if self.zero_missing:
+                    memset(data + i * unit, 0, unit)
+        if self.packet_presence:
+            # Count slots, not packets: a slot is missing if any packet is.
+            missing = 0
+            for i in range(self.n_slots):
+                if memchr(present + i * self.packets_per_heap, 0, self.packets_per_heap) != NULL:
+                    missing += 1
+        stats[<int>STAT_CHUNK_SLOTS_MISSING] += missing
+        stats[<int>STAT_CHUNKS_COMPLETED] += 1
+        daqd_copy_fence()       # streaming stores visible before another thread reads
+        pthread_mutex_lock(&self.lock)
+        self.state[c] = CHUNK_READY
+        self.data_ring[(self.data_head + self.data_count) % self.pool] = c
+        self.data_count += 1
+        pthread_cond_signal(&self.data_cond)
+        pthread_mutex_unlock(&self.lock)
+
+    cdef int release_chunk(self, size_t c) except -1:
+        if c >= self.pool or self.state[c] != CHUNK_HELD:
+            raise RuntimeError(f"chunk {c} released twice or never handed out")
+        cdef uint8_t *present = self.present_base + c * self.present_per_chunk
+        with nogil:
+            memset(present, 0, self.present_per_chunk)
+            if self.n_extra:
+                memset(self.extra_base + c * self.n_slots * self.n_extra, 0,
+                       self.n_slots * self.n_extra * sizeof(uint64_t))
+            pthread_mutex_lock(&self.lock)
+            self.state[c] = CHUNK_FREE
+            self.chunk_ids[c] = -1
+            self.free_ring[(self.free_head + self.free_count) % self.pool] = c
+            self.free_count += 1
+            pthread_cond_signal(&self.free_cond)
+            pthread_mutex_unlock(&self.lock)
+        return 0
+
+    # ------------------------------------------------------------------
+    # Window
+
+    cdef void flush_head(self, uint64_t *stats) noexcept nogil:
+        cdef ssize_t c = self.window[self.head_pos]
+        if c >= 0:
+            self.close_chunk(<size_t>c, stats)
+            self.window[self.head_pos] = -1
+        self.head_chunk += 1
+        self.head_pos += 1
+        if self.head_pos == self.max_chunks:
+            self.head_pos = 0
+
+    cdef void flush_window(self, uint64_t *stats) noexcept nogil:
+        while self.head_chunk != self.tail_chunk:
+            self.flush_head(stats)
+
+    cdef void restart_window(self, int64_t chunk_id, bint below, uint64_t *stats) noexcept nogil:
+        """Close every open chunk and restart the window at `chunk_id`.
+
+        With `below` (a jump ahead, as spead2) the window ends at `chunk_id`,
+        so late heaps of the chunks just before it still fit; otherwise it
+        starts there, so no empty chunk is opened before the first heap.
+        """
+        self.flush_window(stats)
+        if below and chunk_id > <int64_t>self.max_chunks - 1:
+            self.head_chunk = chunk_id - <int64_t>(self.max_chunks - 1)
+        elif below:
+            self.head_chunk = 0
+        else:
+            self.head_chunk = chunk_id
+        self.tail_chunk = self.head_chunk
+        self.head_pos = 0
+        self.tail_pos = 0
+
+    cdef StatIndex chunk_for(self, int64_t chunk_id, ssize_t *out, uint64_t *stats) noexcept nogil:
+        """The pool index of `chunk_id`'s chunk, opening chunks as needed."""
+        if not self.anchored:
+            # spead2 starts its window at chunk 0 and opens every chunk up to
+            # the first heap's (empty chunks that would read as loss); daqd
+            # starts it at the first heap's chunk.
+            self.anchored = True
+            self.restart_window(chunk_id, False, stats)
+        elif chunk_id < self.head_chunk:
+            self.too_old_run += 1
+            if self.too_old_reset == 0 or self.too_old_run < self.too_old_reset:
+                return STAT_CHUNK_HEAPS_TOO_OLD
+            stats[<int>STAT_CHUNK_WINDOW_RESETS] += 1
+            self.restart_window(chunk_id, False, stats)
+        self.too_old_run = 0
+        if chunk_id >= self.tail_chunk:
+            if chunk_id >= self.tail_chunk + <int64_t>self.max_chunks:
+                self.restart_window(chunk_id, True, stats)
+            while chunk_id >= self.tail_chunk:
+                if <size_t>(self.tail_chunk - self.head_chunk) == self.max_chunks:
+                    self.flush_head(stats)
+                self.window[self.tail_pos] = self.take_free_chunk(self.tail_chunk, stats)
+                self.tail_chunk += 1
+                self.tail_pos += 1
+                if self.tail_pos == self.max_chunks:
+                    self.tail_pos = 0
+        cdef size_t pos = <size_t>(chunk_id - self.head_chunk) + self.head_pos
+        if pos >= self.max_chunks:
+            pos -= self.max_chunks
+        out[0] = self.window[pos]
+        if out[0] < 0:
+            return STAT_CHUNK_HEAPS_NO_FREE_CHUNK
+        return N_STATS
+
+    # ------------------------------------------------------------------
+    # Placement
+
+    cdef StatIndex place(self, ChunkHeap *ch, const PacketHeader *p, const int64_t *items,
+                         uint64_t *stats) noexcept nogil:
+        """Decide where the heap of first packet `p` goes; N_STATS when placed."""
+        cdef int64_t chunk_id
+        cdef size_t slot, heap_index, heap_offset, last_present
+        cdef uint64_t index, substream = 0
+        cdef daqd_place_data pd
+        cdef uint64_t extra[<int>MAX_PLACE_ITEMS]
+        cdef size_t first_extra = self.n_item_ids - self.n_extra
+        cdef size_t i
+        for i in range(self.n_extra):
+            extra[i] = <uint64_t>items[first_extra + i]
+        if self.place_fn != NULL:
+            pd.packet = p.pointers - 8
+            pd.packet_size = p.size
+            pd.items = items
+            pd.n_items = first_extra
+            pd.heap_length = p.heap_length
+            pd.chunk_id = -1
+            pd.heap_index = 0
+            pd.heap_offset = 0
+            pd.extra = extra
+            pd.n_extra = self.n_extra
+            self.place_fn(&pd, self.place_user)
+            if pd.chunk_id < 0:
+                return STAT_CHUNK_REJECTED_BY_PLACE
+            last_present = pd.heap_index
+            if self.packet_presence and p.heap_length > 0:
+                last_present += <size_t>(p.heap_length - 1) // self.packet_presence
+            if last_present >= self.present_per_chunk or pd.heap_offset > self.chunk_bytes \
+                    or <uint64_t>p.heap_length > self.chunk_bytes - pd.heap_offset:
+                return STAT_CHUNK_REJECTED_PLACEMENT
+            chunk_id = pd.chunk_id
+            heap_index = pd.heap_index
+            heap_offset = pd.heap_offset
+            slot = heap_index // self.packets_per_heap
+        else:
+            if <uint64_t>p.heap_length != self.heap_bytes:
+                return STAT_CHUNK_REJECTED_SIZE
+            if items[0] < 0:
+                return STAT_CHUNK_REJECTED_NO_TIMESTAMP
+            if <uint64_t>items[0] % self.timestamp_step:
+                return STAT_CHUNK_REJECTED_MISALIGNED
+            if self.has_substream:
+                if items[1] < 0 or <uint64_t>items[1] >= self.substreams:
+                    return STAT_CHUNK_REJECTED_SUBSTREAM
+                substream = <uint64_t>items[1]
+            index = <uint64_t>items[0] // self.timestamp_step
+            chunk_id = <int64_t>(index // self.heaps_per_chunk)
+            slot = <size_t>(index % self.heaps_per_chunk) * self.substreams + <size_t>substream
+            heap_index = slot * self.packets_per_heap
+            heap_offset = slot * self.heap_bytes
+        cdef ssize_t c = -1
+        cdef StatIndex verdict = self.chunk_for(chunk_id, &c, stats)
+        if verdict != N_STATS:
+            return verdict
+        ch.chunk_id = chunk_id
+        ch.dest = self.data_base + <size_t>c * self.chunk_stride + heap_offset
+        ch.present = self.present_base + <size_t>c * self.present_per_chunk + heap_index
+        if self.n_extra:
+            memcpy(self.extra_base + (<size_t>c * self.n_slots + slot) * self.n_extra,
+                   extra, self.n_extra * sizeof(uint64_t))
+        return N_STATS
+
+    # ------------------------------------------------------------------
+    # Packets
+
+    cdef void scan_pointers(self, LiveHeap *h, const PacketHeader *p,
+                            int64_t *items) noexcept nogil:
+        """Update min_length and the stop flag of `h`; item values into `items`."""
+        cdef int i
+        cdef size_t j
+        cdef uint64_t ptr, item_id, value
+        cdef int bits = p.heap_address_bits
+        for i in range(p.n_items):
+            ptr = load_be64(p.pointers + 8 * i)
+            value = ptr_value(ptr, bits)
+            if not ptr_is_immediate(ptr):
+                if <int64_t>value > h.min_length:
+                    h.min_length = <int64_t>value
+                continue
+            item_id = ptr_id(ptr, bits)
+            if item_id == STREAM_CTRL_ID and value == CTRL_STREAM_STOP:
+                h.end_of_stream = True
+            if items != NULL:
+                for j in range(self.n_item_ids):
+                    if self.item_ids[j] == item_id:
+                        items[j] = <int64_t>value
+
+    cdef void heap_done(self, ChunkHeap *ch, int reason, uint64_t *stats) noexcept nogil:
+        """A live heap leaves the window (spead2's heap_ready)."""
+        stats[<int>STAT_HEAPS] += 1
+        if reason == READY_COMPLETE:
+            stats[<int>STAT_HEAPS_COMPLETE] += 1
+            if ch.chunk_id >= self.head_chunk and not self.packet_presence:
+                ch.present[0] = 1
+                stats[<int>STAT_CHUNK_HEAPS_PRESENT] += 1
+            elif ch.empty:
+                stats[<int>STAT_CHUNK_REJECTED_SIZE] += 1   # a complete heap of 0 bytes
+        elif reason == READY_EVICTED:
+            stats[<int>STAT_INCOMPLETE_HEAPS_EVICTED] += 1
+        else:
+            stats[<int>STAT_INCOMPLETE_HEAPS_FLUSHED] += 1
+        ch.h.cnt = -1
+
+    cdef void flush_heaps(self, uint64_t *stats) noexcept nogil:
+        cdef size_t i
+        for i in range(self.max_heaps):
+            self.live_head += 1
+            if self.live_head == self.max_heaps:
+                self.live_head = 0
+            if self.live[self.live_head].h.cnt != -1:
+                self.heap_done(&self.live[self.live_head], READY_FLUSHED, stats)
+
+    cdef void finish_nogil(self, uint64_t *stats) noexcept nogil:
+        self.flush_heaps(stats)
+        self.flush_window(stats)
+        pthread_mutex_lock(&self.lock)
+        self.ended = True
+        pthread_cond_broadcast(&self.data_cond)
+        pthread_mutex_unlock(&self.lock)
+
+    cdef void add_packet(self, const PacketHeader *p, uint64_t *stats) noexcept nogil:
+        if p.heap_length < 0:
+            stats[<int>STAT_REJECT_UNSIZED] += 1    # spead2 chunk streams need HEAP_SIZE
+            return
+        cdef bint whole = p.payload_length == p.heap_length
+        if whole:
+            stats[<int>STAT_SINGLE_PACKET_HEAPS] += 1
+        cdef ChunkHeap *ch = NULL
+        cdef size_t i
+        cdef int64_t cnt = p.heap_cnt
+        if whole:
+            pass                # never joins a live heap (spead2), takes a new slot
+        elif self.live[self.live_head].h.cnt == cnt:
+            ch = &self.live[self.live_head]
+        else:
+            for i in range(self.max_heaps):
+                if self.live[i].h.cnt == cnt:
+                    ch = &self.live[i]
+                    break
+        cdef bint new_heap = ch == NULL
+        cdef int64_t items[<int>MAX_PLACE_ITEMS]
+        cdef StatIndex verdict
+        if new_heap:
+            if not self.allow_out_of_order and p.payload_offset != 0:
+                stats[<int>STAT_REJECT_OUT_OF_ORDER] += 1
+                return
+            self.live_head += 1
+            if self.live_head == self.max_heaps:
+                self.live_head = 0
+            ch = &self.live[self.live_head]
+            if ch.h.cnt != -1:
+                self.heap_done(ch, READY_EVICTED, stats)
+            storage_reset(ch.h.st)
+            ch.h.cnt = cnt
+            ch.h.heap_length = -1
+            ch.h.received_length = 0
+            ch.h.min_length = 0
+            ch.h.last_offset = 0
+            ch.h.heap_address_bits = p.heap_address_bits
+            ch.h.n_packets = 0
+            ch.h.end_of_stream = False
+            ch.chunk_id = -1
+            ch.empty = p.heap_length == 0
+        verdict = live_heap_accept(&ch.h, p, self.allow_out_of_order, self.max_heap_size, 0)
+        if verdict != N_STATS:
+            stats[<int>verdict] += 1
+            if new_heap:
+                ch.h.cnt = -1
+            return
+        if not new_heap:
+            self.scan_pointers(&ch.h, p, NULL)
+        else:
+            for i in range(self.n_item_ids):
+                items[i] = -1
+            self.scan_pointers(&ch.h, p, items)
+        if new_heap and not ch.empty:
+            verdict = self.place(ch, p, items, stats)
+            if verdict == N_STATS:
+                stats[<int>STAT_CHUNK_HEAPS_PLACED] += 1
+            else:
+                stats[<int>verdict] += 1
+        if ch.h.heap_length < 0:
+            ch.h.heap_length = p.heap_length
+            if ch.h.heap_length > ch.h.min_length:
+                ch.h.min_length = ch.h.heap_length
+        if ch.chunk_id >= self.head_chunk:
+            if p.payload_length > 0:
+                daqd_copy_payload(ch.dest + p.payload_offset, p.payload,
+                                  <size_t>p.payload_length)
+                stats[<int>STAT_PAYLOAD_BYTES] += <uint64_t>p.payload_length
+            if self.packet_presence:
+                ch.present[<size_t>p.payload_offset // self.packet_presence] = 1
+        elif not ch.empty:
+            stats[<int>STAT_CHUNK_PACKETS_DISCARDED] += 1
+        ch.h.received_length += p.payload_length
+        ch.h.last_offset = p.payload_offset
+        ch.h.n_packets += 1
+        cdef bint end_of_stream = self.stop_on_stop_item and ch.h.end_of_stream
+        if ch.h.received_length == ch.h.heap_length and ch.h.received_length == ch.h.min_length:
+            if end_of_stream:
+                stats[<int>STAT_STOP_HEAPS] += 1
+                ch.h.cnt = -1
+            else:
+                self.heap_done(ch, READY_COMPLETE, stats)
+        if end_of_stream:
+            self.stopped_flag = True
+            self.finish_nogil(stats)
+
+    cdef void add_batch(self, Reader reader, uint64_t *stats) noexcept nogil:
+        cdef PacketHeader hdr
+        cdef DecodeStatus status
+        cdef size_t i, n = reader.n
+        for i in range(reader.pos, n):
+            if self.stopped_flag:
+                stats[<int>STAT_REJECT_AFTER_STOP] += n - i
+                break
+            stats[<int>STAT_PACKETS] += 1
+            stats[<int>STAT_BYTES] += reader.pkt_len[i]
+            status = decode_packet(reader.pkt_data[i], reader.pkt_len[i], &hdr)
+            if status == DECODE_OK and hdr.size != reader.pkt_len[i]:
+                status = DECODE_PAYLOAD_LENGTH      # as in heap mode (spead2)
+            if status != DECODE_OK:
+                stats[<int>decode_status_stat(status)] += 1
+                continue
+            self.add_packet(&hdr, stats)
+        reader.pos = n
+
+    # ------------------------------------------------------------------
+    # Python API
+
+    @property
+    def stopped(self):
+        """Whether a stop item has ended the stream."""
+        return self.stopped_flag
+
+    def process(self, Reader reader):
+        """Receive and place one batch from `reader` (GIL released throughout).
+
+        Only one thread may call process() (and finish()) on a stream.
+
+        Returns
+        -------
+        int
+            Packets handled (>= 0), or -1 once the reader has ended.
+        """
+        cdef uint64_t local[<int>N_STATS]
+        cdef int rc = 1
+        cdef size_t before = reader.pos
+        memset(local, 0, sizeof(local))
+        with nogil:
+            if reader.pos >= reader.n:
+                rc = reader.fill(local)
+                before = 0
+                if rc > 0:
+                    local[<int>STAT_BATCHES] += 1
+                    local[<int>STAT_MAX_BATCH] = reader.n
+            if reader.pos < reader.n:
+                self.add_batch(reader, local)
+            merge_stats(self.counters, local)
+        if rc == READ_ERROR:
+            raise OSError(reader.errno_value, os.strerror(reader.errno_value))
+        if rc == READ_EOF:
+            return -1
+        return <int>(reader.pos - before) if rc > 0 else 0
+
+    def finish(self):
+        """End the stream: live heaps are flushed, open chunks go to the data ring."""
+        cdef uint64_t local[<int>N_STATS]
+        memset(local, 0, sizeof(local))
+        with nogil:
+            self.finish_nogil(local)
+            merge_stats(self.counters, local)
+
+    def stop_waiting_for_chunks(self):
+        """Make a receive loop blocked on the free ring drop instead of waiting."""
+        self.stop_waiting = True
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            pthread_cond_broadcast(&self.free_cond)
+            pthread_mutex_unlock(&self.lock)
+
+    cdef Chunk take_ready(self):
+        """The next chunk of the data ring (the caller holds the lock), or None."""
+        if self.data_count == 0:
+            return None
+        cdef size_t c = self.data_ring[self.data_head]
+        self.data_head = (self.data_head + 1) % self.pool
+        self.data_count -= 1
+        self.state[c] = CHUNK_HELD
+        return self.chunk_objects[c]
+
+    def get(self, timeout=None):
+        """The next completed chunk, waiting for it if need be.
+
+        Returns None once the stream has ended and every chunk has been taken.
+
+        Raises
+        ------
+        TimeoutError
+            No chunk arrived within `timeout` seconds.
+        """
+        cdef timespec until
+        cdef bint forever = timeout is None
+        cdef int rc = 0
+        if not forever:
+            until = deadline_after(max(0.0, timeout))
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            while self.data_count == 0 and not self.ended and rc == 0:
+                if forever:
+                    until = deadline_after(0.2)
+                    pthread_cond_timedwait(&self.data_cond, &self.lock, &until)
+                else:
+                    rc = pthread_cond_timedwait(&self.data_cond, &self.lock, &until)
+            # take_ready needs the GIL: the ring cannot shrink meanwhile, as
+            # get() is the only consumer, so the lock is dropped first.
+            pthread_mutex_unlock(&self.lock)
+        if self.data_count == 0:
+            if self.ended:
+                return None
+            if not forever:
+                raise TimeoutError(f"no chunk within {timeout} s")
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+        try:
+            return self.take_ready()
+        finally:
+            pthread_mutex_unlock(&self.lock)
+
+    def __iter__(self):
+        """Completed chunks until the stream has ended (a consumer thread's loop)."""
+        while True:
+            chunk = self.get()
+            if chunk is None:
+                return
+            yield chunk
+
+    def chunks(self, Reader reader):
+        """Receive from `reader` in this thread, yielding each chunk as it completes.
+
+        At the end of the reader (or a stop item) the stream is finished and
+        the remaining chunks follow.  Release every chunk (``with chunk:``).
+        """
+        cdef Chunk chunk
+        while True:
+            rc = self.process(reader)
+            while True:
+                with nogil:
+                    pthread_mutex_lock(&self.lock)
+                try:
+                    chunk = self.take_ready()
+                finally:
+                    pthread_mutex_unlock(&self.lock)
+                if chunk is None:
+                    break
+                yield chunk
+            if rc < 0 or self.stopped_flag:
+                break
+        if not self.ended:
+            self.finish()
+        while True:
+            chunk = self.get(0)
+            if chunk is None:
+                return
+            yield chunk
+
+    def pool_counts(self):
+        """How many pool chunks are free, open, ready (data ring) and held."""
+        counts = {"free": 0, "open": 0, "ready": 0, "held": 0}
+        names = ("free", "open", "ready", "held")
+        cdef size_t i
+        for i in range(self.pool):
+            counts[names[self.state[i]]] += 1
+        return counts
+
+    @property
+    def free_ring_size(self):
+        """Chunks in the free ring."""
+        return self.free_count
+
+    @property
+    def data_ring_size(self):
+        """Completed chunks waiting for the consumer."""
+        return self.data_count
+
+    def stats(self):
+        """A snapshot of the counters, name -> value."""
+        return _stats_dict(self.counters)
+
+    def add_packets(self, packets):
+        """Place packets given as bytes objects (tests and tools)."""
+        reader = ByteListReader(packets)
+        while self.process(reader) >= 0 and not self.stopped_flag:
+            pass
+
+
+# ----------------------------------------------------------------------
+# The same declarative layout as a spead2 chunk place callback, so that
+# benchmarks and tests run spead2's ChunkRingStream on identical placement.
+
+cdef struct Spead2PlaceData:     # spead2::recv::chunk_place_data (4.x)
+    const uint8_t *packet
+    size_t packet_size
+    const int64_t *items
+    int64_t chunk_id
+    size_t heap_index
+    size_t heap_offset
+    uint64_t *batch_stats
+    uint8_t *extra
+    size_t extra_offset
+    size_t extra_size
+
+
+cdef struct Spead2Layout:
+    uint64_t step
+    size_t heaps_per_chunk
+    size_t substreams
+    size_t heap_bytes
+    size_t packets_per_heap
+    bint has_substream
+    size_t n_extra
+
+
+cdef void spead2_place_layout(void *data, size_t size, void *user) noexcept nogil:
+    # items: [HEAP_SIZE, timestamp, substream?, extras...]
+    cdef Spead2PlaceData *pd = <Spead2PlaceData *>data
+    cdef Spead2Layout *lay = <Spead2Layout *>user
+    cdef const int64_t *items = pd.items
+    cdef size_t first_extra = 3 if lay.has_substream else 2
+    cdef int64_t substream = 0
+    cdef uint64_t index
+    cdef size_t slot, i
+    if items[0] != <int64_t>lay.heap_bytes or items[1] < 0 or <uint64_t>items[1] % lay.step:
+        return
+    if lay.has_substream:
+        substream = items[2]
+        if substream < 0 or <uint64_t>substream >= lay.substreams:
+            return
+    index = <uint64_t>items[1] // lay.step
+    slot = <size_t>(index % lay.heaps_per_chunk) * lay.substreams + <size_t>substream
+    pd.chunk_id = <int64_t>(index // lay.heaps_per_chunk)
+    pd.heap_index = slot * lay.packets_per_heap
+    pd.heap_offset = slot * lay.heap_bytes
+    if lay.n_extra:
+        pd.extra_offset = slot * lay.n_extra * 8
+        pd.extra_size = lay.n_extra * 8
+        for i in range(lay.n_extra):
+            (<uint64_t *>pd.extra)[i] = <uint64_t>items[first_extra + i]
+
+
+cdef class Spead2Placement:
+    """The declarative chunk layout as a spead2 place callback.
+
+    ``ChunkStreamConfig(items=p.items, place=p.place, max_heap_extra=p.max_heap_extra)``
+    gives spead2 the placement a ChunkStream with the same arguments uses.
+    """
+
+    cdef Spead2Layout layout
+    cdef readonly list items
+    cdef readonly object place
+    cdef readonly size_t max_heap_extra
+
+    def __init__(self, *, uint64_t timestamp_item=0x1600, uint64_t timestamp_step=8192,
+                 size_t heaps_per_chunk=64, size_t heap_bytes=8192, substream_item=None,
+                 size_t substreams=1, extra_items=(), size_t packet_presence=0):
+        self.layout.step = timestamp_step
+        self.layout.heaps_per_chunk = heaps_per_chunk
+        self.layout.substreams = substreams
+        self.layout.heap_bytes = heap_bytes
+        self.layout.packets_per_heap = heap_bytes // packet_presence if packet_presence else 1
+        self.layout.has_substream = substream_item is not None
+        self.layout.n_extra = len(extra_items)
+        self.items = [HEAP_LENGTH_ID, timestamp_item]
+        if substream_item is not None:
+            self.items.append(substream_item)
+        self.items += [int(x) for x in extra_items]
+        self.max_heap_extra = 8 * len(extra_items)
+        capsule = PyCapsule_New(<void *>spead2_place_layout, b"void (void *, size_t, void *)",
+                                NULL)
+        PyCapsule_SetContext(capsule, &self.layout)
+        self.place = (capsule, self)
