@@ -287,8 +287,8 @@ cdef class ChunkStream:
         self.has_substream = substream_item is not None
         self.substream_item = substream_item if substream_item is not None else 0
         self.substreams = substreams
-        if not self.has_substream and substreams != 1:
-            raise ValueError("substreams > 1 needs a substream_item")
+        if not self.has_substream and substreams != 1 and place is None:
+            raise ValueError("substreams > 1 needs a substream_item (or a place hook)")
         self.extra_items = tuple(int(x) for x in extra_items)
         self.n_extra = len(self.extra_items)
         self.packet_presence = packet_presence
@@ -325,10 +325,14 @@ cdef class ChunkStream:
             self.item_ids[i] = item
         if place is None:
             return
-        if not PyCapsule_IsValid(place, DAQD_PLACE_CAPSULE):
-            raise TypeError(f"place must be a PyCapsule named {DAQD_PLACE_CAPSULE.decode()!r}")
-        self.place_fn = <daqd_place_fn>PyCapsule_GetPointer(place, DAQD_PLACE_CAPSULE)
-        self.place_user = PyCapsule_GetContext(place)
+        # A capsule, or (as for spead2) a tuple whose first element is the
+        # capsule and whose other elements own whatever the context points to.
+        capsule = place[0] if isinstance(place, tuple) and place else place
+        if not PyCapsule_IsValid(capsule, DAQD_PLACE_CAPSULE):
+            raise TypeError(f"place must be a PyCapsule named {DAQD_PLACE_CAPSULE.decode()!r} "
+                            "or a tuple starting with one")
+        self.place_fn = <daqd_place_fn>PyCapsule_GetPointer(capsule, DAQD_PLACE_CAPSULE)
+        self.place_user = PyCapsule_GetContext(capsule)
         self.place_keepalive = place
 
     cdef allocate_pool(self):

@@ -1,0 +1,132 @@
+"""The compiled placement hook: examples/place_hook built and used by a ChunkStream."""
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from spead_packets import heap_packets  # noqa: E402
+
+from daqd import _spead
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "place_hook"
+TS, FREQ = 0x1600, 0x4103
+STEP, HPC, FIRST, PER_HEAP, SUBS, HEAP_BYTES = 256, 4, 1024, 64, 4, 256
+
+
+@pytest.fixture(scope="module")
+def frequency_place(tmp_path_factory):
+    """Build the example exactly as its README says, in a scratch copy."""
+    work = tmp_path_factory.mktemp("place_hook")
+    for name in ("frequency_place.pyx", "setup.py"):
+        shutil.copy(EXAMPLE / name, work / name)
+    subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], cwd=work,
+                   check=True, capture_output=True)
+    so = next(work.glob("frequency_place*.so"))
+    spec = importlib.util.spec_from_file_location("frequency_place", so)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_stream(module, **kwargs):
+    hook = module.FrequencyPlacement(
+        timestamp_step=STEP, heaps_per_chunk=HPC, first_channel=FIRST,
+        channels_per_heap=PER_HEAP, substreams=SUBS, heap_bytes=HEAP_BYTES)
+    return _spead.ChunkStream(
+        timestamp_step=STEP, heaps_per_chunk=HPC, heap_bytes=HEAP_BYTES,
+        substreams=SUBS, place=hook.place, place_items=hook.items,
+        max_chunks=2, pool=4, **kwargs)
+
+
+def heap(cnt, timestamp, channel, size=HEAP_BYTES):
+    payload = bytes([cnt % 251]) * size
+    return heap_packets(cnt, [(TS, timestamp), (FREQ, channel), (0x3300, payload)],
+                        packet_payload=128)
+
+
+def test_hook_places_by_frequency(frequency_place):
+    stream = make_stream(frequency_place)
+    packets, expect = [], {}
+    cnt = 1
+    for t in range(2 * HPC):
+        for sub in (3, 0, 2, 1):
+            packets += heap(cnt, t * STEP, FIRST + sub * PER_HEAP)
+            expect[(t // HPC, t % HPC, sub)] = cnt % 251
+            cnt += 1
+    stream.add_packets(packets)
+    stream.finish()
+    seen = 0
+    while (chunk := stream.get(0)) is not None:
+        with chunk:
+            assert chunk.present.all()
+            for (cid, t, sub), value in expect.items():
+                if cid == chunk.chunk_id:
+                    assert (chunk.data[t, sub] == value).all()
+                    seen += 1
+    assert seen == len(expect)
+    stats = stream.stats()
+    assert stats["chunk_heaps_present"] == len(expect)
+    assert stream.pool_counts()["free"] == 4
+
+
+def test_hook_rejections_are_counted(frequency_place):
+    stream = make_stream(frequency_place)
+    stream.add_packets(
+        heap(1, 0, FIRST + 1)                        # off the channel grid: hook rejects
+        + heap(2, 0, FIRST + SUBS * PER_HEAP)        # beyond the last substream
+        + heap(3, 0, FIRST, size=HEAP_BYTES // 2)    # wrong heap size
+        + heap(4, 0, FIRST))                         # placed
+    stream.finish()
+    stats = stream.stats()
+    assert stats["chunk_heaps_rejected_by_place"] == 3
+    assert stats["chunk_heaps_placed"] == 1
+    assert stats["chunk_packets_discarded"] == 2 + 2 + 1
+    while (chunk := stream.get(0)) is not None:
+        chunk.release()
+
+
+def test_place_must_be_a_daqd_capsule():
+    with pytest.raises(TypeError, match="daqd.place_v1"):
+        _spead.ChunkStream(place=object())
+    spead2_style = _spead.Spead2Placement().place    # a spead2 capsule is not daqd's
+    with pytest.raises(TypeError):
+        _spead.ChunkStream(place=spead2_style)
+
+
+def test_hook_data_matches_declarative_layout(frequency_place):
+    """Where both can express a layout, hook and declarative placement agree."""
+    packets = []
+    for i in range(3 * HPC * SUBS):
+        t, sub = divmod(i, SUBS)
+        packets += heap(i + 1, t * STEP, FIRST + sub * PER_HEAP)
+    hooked = make_stream(frequency_place)
+    # Declarative: substream item holding the substream index directly.
+    declared = _spead.ChunkStream(timestamp_step=STEP, heaps_per_chunk=HPC,
+                                  heap_bytes=HEAP_BYTES, substream_item=0x4104,
+                                  substreams=SUBS, max_chunks=2, pool=4)
+    declared_packets = []
+    for i in range(3 * HPC * SUBS):
+        t, sub = divmod(i, SUBS)
+        payload = bytes([(i + 1) % 251]) * HEAP_BYTES
+        declared_packets += heap_packets(i + 1, [(TS, t * STEP), (0x4104, sub),
+                                                 (0x3300, payload)], packet_payload=128)
+    out = []
+    for stream, pkts in ((hooked, packets), (declared, declared_packets)):
+        stream.add_packets(pkts)
+        stream.finish()
+        chunks = []
+        while (chunk := stream.get(0)) is not None:
+            with chunk:
+                chunks.append((chunk.chunk_id, chunk.data.copy(), chunk.present.copy()))
+        out.append(chunks)
+    assert len(out[0]) == len(out[1]) == 3
+    for a, b in zip(*out):
+        assert a[0] == b[0]
+        np.testing.assert_array_equal(a[1], b[1])
+        np.testing.assert_array_equal(a[2], b[2])
