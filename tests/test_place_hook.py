@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from spead_packets import heap_packets  # noqa: E402
+from spead_packets import heap_packets
 
 from daqd import _spead
 
@@ -126,7 +126,7 @@ def test_hook_data_matches_declarative_layout(frequency_place):
                 chunks.append((chunk.chunk_id, chunk.data.copy(), chunk.present.copy()))
         out.append(chunks)
     assert len(out[0]) == len(out[1]) == 3
-    for a, b in zip(*out):
+    for a, b in zip(*out, strict=True):
         assert a[0] == b[0]
         np.testing.assert_array_equal(a[1], b[1])
         np.testing.assert_array_equal(a[2], b[2])

@@ -13,7 +13,7 @@ Use:
     stream = daqd._spead.ChunkStream(..., place=hook.place, place_items=hook.items)
 """
 
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t
 from cpython.pycapsule cimport PyCapsule_New, PyCapsule_SetContext
 
 cdef extern from "daqd_place.h" nogil:
