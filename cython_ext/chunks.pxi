@@ -11,15 +11,24 @@
 # most max_chunks chunks are open, head..tail; a heap of a newer chunk opens
 # every chunk up to it, closing the oldest ones; a heap older than the head is
 # too old; a jump of max_chunks or more closes the whole window and restarts it
-# just below the new chunk.  daqd adds one rule: a run of `too_old_reset`
-# consecutive too-old heaps (a sender restarted, a timestamp wrapped) closes
-# the window and re-anchors it at the new timestamps, where spead2 would call
-# every later heap too old.
+# just below the new chunk.  daqd differs twice: the window starts at the first
+# heap's chunk (spead2 opens every chunk from 0 up to it, empty chunks that
+# would read as loss), and a run of `too_old_reset` consecutive too-old heaps
+# (a sender restarted, a timestamp wrapped) re-anchors the window at the new
+# timestamps, where spead2 would call every later heap too old.
 #
-# Chunks come from a pool allocated once: the free ring holds unused chunks,
-# the data ring completed ones waiting for the consumer.  Only the rings are
-# shared between threads (a mutex and two condition variables, touched once
-# per chunk); window and live heaps belong to the thread calling process().
+# Chunks belong to a ChunkGroup: the pool (allocated once), the free ring of
+# unused chunks, the data ring of completed ones, and the group's window.  Any
+# number of ChunkStreams (one per NIC, per polarisation, ...) fill the same
+# chunks, each from its own thread, as spead2's chunk stream groups do.  Each
+# stream keeps its own window of the chunks it writes to, holding a reference
+# ("writer") on each, so the group lock is taken once per chunk, never per
+# heap.  A chunk the group evicts is handed to the data ring only when no
+# stream writes to it any more: in "lossless" eviction the evicting stream
+# waits until every other stream has moved past it; in "lossy" eviction it
+# does not wait, and the other streams let go of evicted chunks at their next
+# batch (or poll timeout), dropping their late heaps as too old.  A lone
+# ChunkStream is a group of one.
 
 cimport cython
 from cpython.pycapsule cimport (
@@ -28,6 +37,7 @@ from cpython.pycapsule cimport (
 )
 
 from libc.string cimport memchr
+from libc.stdint cimport INT64_MIN, INT64_MAX
 
 import numpy as np
 
@@ -77,6 +87,7 @@ cdef extern from "<sys/mman.h>" nogil:
 
 cdef enum:
     MAX_PLACE_ITEMS = 64
+    MAX_GROUP_STREAMS = 64
     HUGE_PAGE = 2 << 20
     CHUNK_FREE = 0
     CHUNK_OPEN = 1              # in the window, being filled
@@ -84,6 +95,7 @@ cdef enum:
     CHUNK_HELD = 3              # handed to the consumer
 
 WHEN_FULL = ("wait", "drop")
+EVICTION = ("lossless", "lossy")
 
 
 cdef struct ChunkHeap:
@@ -102,12 +114,13 @@ cdef inline timespec deadline_after(double seconds) noexcept nogil:
     return ts
 
 
+cdef class ChunkGroup
 cdef class ChunkStream
 
 
 @cython.final
 cdef class Chunk:
-    """One chunk of the pool, handed out by a ChunkStream.
+    """One chunk of the pool, handed out by a ChunkGroup (or its ChunkStream).
 
     `data` (heaps_per_chunk, substreams, samples), `present` (heaps_per_chunk,
     substreams[, packets_per_heap]) and `extra` (heaps_per_chunk, substreams,
@@ -117,7 +130,7 @@ cdef class Chunk:
     must not be used after that.
     """
 
-    cdef ChunkStream stream
+    cdef ChunkGroup group
     cdef readonly size_t index
     cdef readonly object data
     cdef readonly object present
@@ -126,16 +139,16 @@ cdef class Chunk:
     @property
     def chunk_id(self):
         """The chunk's number: timestamp // (timestamp_step * heaps_per_chunk)."""
-        return self.stream.chunk_ids[self.index]
+        return self.group.chunk_ids[self.index]
 
     @property
     def timestamp(self):
         """Timestamp of the chunk's first heap slot."""
-        return int(self.stream.chunk_ids[self.index]) * int(self.stream.chunk_step)
+        return int(self.group.chunk_ids[self.index]) * int(self.group.chunk_step)
 
     def release(self):
         """Give the chunk back to the pool's free ring."""
-        self.stream.release_chunk(self.index)
+        self.group.release_chunk(self.index)
 
     def __enter__(self):
         return self
@@ -148,14 +161,14 @@ cdef class Chunk:
 
 
 @cython.final
-cdef class ChunkStream:
-    """Chunk-mode receive stream (DESIGN.md, INTERFACES.md [stream.chunk]).
+cdef class ChunkGroup:
+    """The chunks of one or more ChunkStreams: layout, pool, rings and window.
 
     Parameters
     ----------
     timestamp_item, timestamp_step, heaps_per_chunk, heap_bytes, dtype
-        The declarative layout: heap i of a stream with timestamp T goes to
-        chunk T // step // heaps_per_chunk, slot (T // step) % heaps_per_chunk.
+        The declarative layout: a heap with timestamp T goes to chunk
+        T // step // heaps_per_chunk, slot (T // step) % heaps_per_chunk.
     substream_item, substreams
         Optional second axis: the slot's substream index comes from this item.
     extra_items
@@ -163,22 +176,22 @@ cdef class ChunkStream:
         (2**64 - 1 where the heap's first packet lacks one).
     max_chunks, pool
         Chunks open at once; chunks allocated (pool >= max_chunks).
-    max_heaps, allow_out_of_order, stop_on_stop_item, max_heap_size
-        As for heap mode.
     when_full, wait_timeout
         No free chunk: "wait" up to wait_timeout seconds for the consumer, then
         drop; "drop" at once.  Both count (worker_blocked, chunk_heaps_no_free_chunk).
+    eviction
+        "lossless" or "lossy": whether evicting a chunk waits for every stream
+        of the group to finish writing to it (see the module comment).
     packet_presence
         0, or a packet payload size: ``present`` then has one byte per packet
         of that size in each heap (spead2's packet presence).
-    too_old_reset
-        Consecutive too-old heaps that re-anchor the window (0: never);
-        default two chunks' worth of heaps.
     zero_missing
-        Zero the data of slots without a complete heap when a chunk completes.
+        Zero the data of slots without a complete heap when a chunk completes
+        (declarative layout only: a hook's offsets are its own).
     place, place_items
-        A compiled placement hook (a capsule, see daqd_place.h) and the
-        immediate items it is given; replaces the timestamp/substream rule.
+        A compiled placement hook (a capsule named "daqd.place_v1", or a tuple
+        starting with one; see daqd_place.h) and the immediate items it is
+        given; replaces the timestamp/substream rule.
     """
 
     # layout
@@ -205,23 +218,6 @@ cdef class ChunkStream:
     cdef daqd_place_fn place_fn
     cdef void *place_user
     cdef object place_keepalive
-    # assembly
-    cdef readonly size_t max_heaps
-    cdef readonly bint allow_out_of_order
-    cdef readonly bint stop_on_stop_item
-    cdef readonly int64_t max_heap_size
-    cdef ChunkHeap *live
-    cdef HeapStorage *live_storage     # out-of-order range sets, one per live slot
-    cdef size_t live_head
-    cdef bint stopped_flag
-    # window (receive thread only)
-    cdef readonly size_t max_chunks
-    cdef int64_t head_chunk, tail_chunk
-    cdef size_t head_pos, tail_pos
-    cdef ssize_t *window                # pool index, -1: no chunk
-    cdef bint anchored                  # the window has been placed by a first heap
-    cdef uint64_t too_old_run
-    cdef readonly uint64_t too_old_reset
     cdef readonly bint zero_missing
     # pool
     cdef readonly size_t pool
@@ -233,22 +229,36 @@ cdef class ChunkStream:
     cdef uint64_t *extra_base
     cdef int64_t *chunk_ids
     cdef uint8_t *state
+    cdef int *writers                   # streams holding each chunk in their window
     cdef list chunk_objects
-    # rings: guarded by lock
+    cdef list streams
+    # everything below is guarded by lock
     cdef pthread_mutex_t lock
     cdef pthread_cond_t free_cond
     cdef pthread_cond_t data_cond
+    cdef pthread_cond_t evict_cond
     cdef bint sync_ready
     cdef size_t *free_ring
     cdef size_t free_head, free_count
     cdef size_t *data_ring
     cdef size_t data_head, data_count
-    cdef bint ended
+    cdef size_t *closing                # evicted chunks waiting for their writers
+    cdef size_t closing_head, closing_count
+    cdef readonly size_t max_chunks
+    cdef bint anchored
+    cdef int64_t head_chunk, tail_chunk
+    cdef size_t head_pos, tail_pos
+    cdef Py_ssize_t *window             # pool index per chunk of head..tail, -1: none
+    cdef volatile int64_t head_hint     # head_chunk, read by streams without the lock
+    cdef size_t active_streams
+    # each stream's window head: INT64_MIN before its first heap, INT64_MAX once finished
+    cdef int64_t stream_heads[<int>MAX_GROUP_STREAMS]
+    cdef size_t n_streams
+    cdef readonly bint ended            # every stream ended, every chunk handed over
     cdef volatile bint stop_waiting
     cdef readonly bint drop_when_full
+    cdef readonly bint lossless
     cdef double wait_timeout
-    # counters
-    cdef uint64_t counters[<int>N_STATS]
 
     def __cinit__(self):
         self.sync_ready = False
@@ -256,21 +266,21 @@ cdef class ChunkStream:
     def __init__(self, *, uint64_t timestamp_item=0x1600, uint64_t timestamp_step=8192,
                  size_t heaps_per_chunk=64, size_t heap_bytes=8192, dtype="uint8",
                  substream_item=None, size_t substreams=1, extra_items=(),
-                 size_t max_chunks=4, size_t pool=16, size_t max_heaps=8,
-                 bint allow_out_of_order=False, bint stop_on_stop_item=True,
-                 int64_t max_heap_size=128 << 20,
-                 str when_full="wait", double wait_timeout=1.0, size_t packet_presence=0,
-                 too_old_reset=None, bint zero_missing=True, place=None, place_items=()):
+                 size_t max_chunks=4, size_t pool=16, str when_full="wait",
+                 double wait_timeout=1.0, str eviction="lossless", size_t packet_presence=0,
+                 zero_missing=None, place=None, place_items=()):
         if timestamp_step == 0:
             raise ValueError("timestamp_step must be at least 1")
         if heaps_per_chunk == 0 or substreams == 0 or heap_bytes == 0:
             raise ValueError("heaps_per_chunk, substreams and heap_bytes must be at least 1")
-        if max_chunks == 0 or max_heaps == 0:
-            raise ValueError("max_chunks and max_heaps must be at least 1")
+        if max_chunks == 0:
+            raise ValueError("max_chunks must be at least 1")
         if pool < max_chunks:
             raise ValueError(f"pool ({pool}) must be at least max_chunks ({max_chunks})")
         if when_full not in WHEN_FULL:
             raise ValueError(f"when_full must be one of {', '.join(WHEN_FULL)}, not {when_full!r}")
+        if eviction not in EVICTION:
+            raise ValueError(f"eviction must be one of {', '.join(EVICTION)}, not {eviction!r}")
         if wait_timeout < 0:
             raise ValueError("wait_timeout must be >= 0")
         self.dtype = np.dtype(dtype)
@@ -300,18 +310,14 @@ cdef class ChunkStream:
         self.present_per_chunk = self.n_slots * self.packets_per_heap
         self.max_chunks = max_chunks
         self.pool = pool
-        self.max_heaps = max_heaps
-        self.allow_out_of_order = allow_out_of_order
-        self.stop_on_stop_item = stop_on_stop_item
-        self.max_heap_size = max_heap_size
         self.drop_when_full = when_full == "drop"
+        self.lossless = eviction == "lossless"
         self.wait_timeout = wait_timeout
-        self.zero_missing = zero_missing
-        self.too_old_reset = 2 * self.n_slots if too_old_reset is None else too_old_reset
+        self.zero_missing = (place is None) if zero_missing is None else zero_missing
+        self.streams = []
         self.setup_items(place, place_items)
         self.allocate_pool()
         self.allocate_state()
-        memset(self.counters, 0, sizeof(self.counters))
         daqd_copy_init()
 
     cdef setup_items(self, place, place_items):
@@ -366,7 +372,7 @@ cdef class ChunkStream:
         cdef size_t i
         for i in range(self.pool):
             c = Chunk.__new__(Chunk)
-            c.stream = self
+            c.group = self
             c.index = i
             start = skip + i * self.chunk_stride
             c.data = self.raw[start:start + self.chunk_bytes].view(self.dtype).reshape(
@@ -376,29 +382,24 @@ cdef class ChunkStream:
             self.chunk_objects.append(c)
 
     cdef allocate_state(self):
-        self.live = <ChunkHeap *>malloc(self.max_heaps * sizeof(ChunkHeap))
-        self.live_storage = <HeapStorage *>malloc(self.max_heaps * sizeof(HeapStorage))
-        self.window = <ssize_t *>malloc(self.max_chunks * sizeof(ssize_t))
+        self.window = <Py_ssize_t *>malloc(self.max_chunks * sizeof(Py_ssize_t))
         self.chunk_ids = <int64_t *>malloc(self.pool * sizeof(int64_t))
         self.state = <uint8_t *>malloc(self.pool)
+        self.writers = <int *>malloc(self.pool * sizeof(int))
         self.free_ring = <size_t *>malloc(self.pool * sizeof(size_t))
         self.data_ring = <size_t *>malloc(self.pool * sizeof(size_t))
-        if (self.live == NULL or self.live_storage == NULL or self.window == NULL
-                or self.chunk_ids == NULL or self.state == NULL or self.free_ring == NULL
-                or self.data_ring == NULL):
+        self.closing = <size_t *>malloc(self.pool * sizeof(size_t))
+        if (self.window == NULL or self.chunk_ids == NULL or self.state == NULL
+                or self.writers == NULL or self.free_ring == NULL or self.data_ring == NULL
+                or self.closing == NULL):
             raise MemoryError()
-        memset(self.live, 0, self.max_heaps * sizeof(ChunkHeap))
-        memset(self.live_storage, 0, self.max_heaps * sizeof(HeapStorage))
         cdef size_t i
-        for i in range(self.max_heaps):
-            self.live[i].h.cnt = -1
-            self.live[i].h.st = &self.live_storage[i]
-        self.live_head = self.max_heaps - 1
         for i in range(self.max_chunks):
             self.window[i] = -1
         for i in range(self.pool):
             self.chunk_ids[i] = -1
             self.state[i] = CHUNK_FREE
+            self.writers[i] = 0
             self.free_ring[i] = i
         self.free_count = self.pool
         cdef pthread_condattr_t attr
@@ -407,53 +408,47 @@ cdef class ChunkStream:
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
         pthread_cond_init(&self.free_cond, &attr)
         pthread_cond_init(&self.data_cond, &attr)
+        pthread_cond_init(&self.evict_cond, &attr)
         pthread_condattr_destroy(&attr)
         self.sync_ready = True
 
     def __dealloc__(self):
-        cdef size_t i
-        if self.live_storage != NULL:
-            for i in range(self.max_heaps):
-                storage_free(&self.live_storage[i])
-        free(self.live)
-        free(self.live_storage)
         free(self.window)
         free(self.chunk_ids)
         free(self.state)
+        free(self.writers)
         free(self.free_ring)
         free(self.data_ring)
+        free(self.closing)
         if self.sync_ready:
             pthread_cond_destroy(&self.free_cond)
             pthread_cond_destroy(&self.data_cond)
+            pthread_cond_destroy(&self.evict_cond)
             pthread_mutex_destroy(&self.lock)
 
     # ------------------------------------------------------------------
-    # Pool and rings
+    # Pool and rings (lock held)
 
-    cdef ssize_t take_free_chunk(self, int64_t chunk_id, uint64_t *stats) noexcept nogil:
+    cdef Py_ssize_t take_free_chunk(self, int64_t chunk_id, uint64_t *stats) noexcept nogil:
         """A chunk from the free ring for `chunk_id`, or -1 (when_full policy)."""
-        cdef ssize_t c = -1
         cdef timespec until
-        cdef bint blocked = False
-        pthread_mutex_lock(&self.lock)
+        cdef Py_ssize_t c = -1
         if self.free_count == 0 and not self.drop_when_full and not self.stop_waiting:
             stats[<int>STAT_WORKER_BLOCKED] += 1
-            blocked = True
             until = deadline_after(self.wait_timeout)
             while self.free_count == 0 and not self.stop_waiting:
                 if pthread_cond_timedwait(&self.free_cond, &self.lock, &until) != 0:
                     break
         if self.free_count > 0:
-            c = <ssize_t>self.free_ring[self.free_head]
+            c = <Py_ssize_t>self.free_ring[self.free_head]
             self.free_head = (self.free_head + 1) % self.pool
             self.free_count -= 1
             self.state[c] = CHUNK_OPEN
             self.chunk_ids[c] = chunk_id
-        pthread_mutex_unlock(&self.lock)
         return c
 
     cdef void close_chunk(self, size_t c, uint64_t *stats) noexcept nogil:
-        """A chunk leaves the window: account for its slots, hand it to the data ring."""
+        """Account for a chunk's slots and hand it to the data ring."""
         cdef uint8_t *present = self.present_base + c * self.present_per_chunk
         cdef uint8_t *data = self.data_base + c * self.chunk_stride
         cdef size_t i, missing = 0
@@ -472,12 +467,124 @@ cdef class ChunkStream:
         stats[<int>STAT_CHUNK_SLOTS_MISSING] += missing
         stats[<int>STAT_CHUNKS_COMPLETED] += 1
         daqd_copy_fence()       # streaming stores visible before another thread reads
-        pthread_mutex_lock(&self.lock)
         self.state[c] = CHUNK_READY
         self.data_ring[(self.data_head + self.data_count) % self.pool] = c
         self.data_count += 1
         pthread_cond_signal(&self.data_cond)
-        pthread_mutex_unlock(&self.lock)
+
+    cdef void close_ready(self, uint64_t *stats) noexcept nogil:
+        """Hand evicted chunks nobody writes to any more to the data ring, in order."""
+        cdef size_t c
+        while self.closing_count:
+            c = self.closing[self.closing_head]
+            if self.writers[c] > 0:
+                break
+            self.closing_head = (self.closing_head + 1) % self.pool
+            self.closing_count -= 1
+            self.close_chunk(c, stats)
+
+    cdef int64_t lowest_stream_head(self) noexcept nogil:
+        cdef int64_t low = INT64_MAX
+        cdef size_t i
+        for i in range(self.n_streams):
+            if self.stream_heads[i] < low:
+                low = self.stream_heads[i]
+        return low
+
+    cdef void unref(self, Py_ssize_t c) noexcept nogil:
+        if c >= 0:
+            self.writers[c] -= 1
+            if self.writers[c] == 0:
+                pthread_cond_broadcast(&self.evict_cond)
+
+    # ------------------------------------------------------------------
+    # Window (lock held)
+
+    cdef void evict_head(self, ChunkStream by, uint64_t *stats) noexcept nogil:
+        """Move the oldest chunk out of the window (waiting for writers if lossless)."""
+        cdef Py_ssize_t c = self.window[self.head_pos]
+        cdef int64_t head = self.head_chunk
+        cdef timespec until
+        if by is not None:
+            by.release_below(self.head_chunk + 1)
+        if self.lossless and c >= 0:
+            # Every stream must have moved past the chunk, including streams
+            # that have not received their first heap yet.
+            if self.lowest_stream_head() <= head and not self.stop_waiting:
+                stats[<int>STAT_WORKER_BLOCKED] += 1
+            while self.lowest_stream_head() <= head and not self.stop_waiting:
+                until = deadline_after(0.2)
+                pthread_cond_timedwait(&self.evict_cond, &self.lock, &until)
+            if self.head_chunk != head:
+                return          # another stream evicted it while we waited
+        if c >= 0:
+            self.closing[(self.closing_head + self.closing_count) % self.pool] = <size_t>c
+            self.closing_count += 1
+        self.window[self.head_pos] = -1
+        self.head_chunk += 1
+        self.head_hint = self.head_chunk
+        self.head_pos += 1
+        if self.head_pos == self.max_chunks:
+            self.head_pos = 0
+
+    cdef void restart(self, ChunkStream by, int64_t chunk_id, bint below,
+                      uint64_t *stats) noexcept nogil:
+        """Evict every open chunk and restart the window at `chunk_id`.
+
+        With `below` (a jump ahead, as spead2) the window ends at `chunk_id`,
+        so late heaps of the chunks just before it still fit; otherwise it
+        starts there.
+        """
+        while self.head_chunk != self.tail_chunk:
+            self.evict_head(by, stats)
+        if below and chunk_id > <int64_t>self.max_chunks - 1:
+            self.head_chunk = chunk_id - <int64_t>(self.max_chunks - 1)
+        elif below:
+            self.head_chunk = 0
+        else:
+            self.head_chunk = chunk_id
+        self.head_hint = self.head_chunk
+        self.tail_chunk = self.head_chunk
+        self.head_pos = 0
+        self.tail_pos = 0
+
+    cdef void extend(self, ChunkStream by, int64_t chunk_id, uint64_t *stats) noexcept nogil:
+        """Open chunks up to `chunk_id` (>= head_chunk), evicting the oldest."""
+        if not self.anchored:
+            self.anchored = True
+            self.restart(by, chunk_id, False, stats)
+        elif chunk_id >= self.tail_chunk + <int64_t>self.max_chunks:
+            self.restart(by, chunk_id, True, stats)
+        while chunk_id >= self.tail_chunk:
+            if <size_t>(self.tail_chunk - self.head_chunk) == self.max_chunks:
+                self.evict_head(by, stats)
+                continue        # a lossless wait may have let another stream move on
+            self.window[self.tail_pos] = self.take_free_chunk(self.tail_chunk, stats)
+            self.tail_chunk += 1
+            self.tail_pos += 1
+            if self.tail_pos == self.max_chunks:
+                self.tail_pos = 0
+
+    cdef inline Py_ssize_t window_chunk(self, int64_t chunk_id) noexcept nogil:
+        """The pool index of a chunk in head..tail (or -1)."""
+        cdef size_t pos = <size_t>(chunk_id - self.head_chunk) + self.head_pos
+        if pos >= self.max_chunks:
+            pos -= self.max_chunks
+        return self.window[pos]
+
+    cdef void stream_ended(self, uint64_t *stats) noexcept nogil:
+        """One stream has finished; after the last one every chunk is handed over."""
+        if self.active_streams > 0:
+            self.active_streams -= 1
+        if self.active_streams == 0:
+            while self.head_chunk != self.tail_chunk:
+                self.evict_head(None, stats)
+            self.close_ready(stats)
+            self.ended = True
+            pthread_cond_broadcast(&self.data_cond)
+
+    # ------------------------------------------------------------------
+    # Consumer side (Python)
 
     cdef int release_chunk(self, size_t c) except -1:
         if c >= self.pool or self.state[c] != CHUNK_HELD:
@@ -497,74 +604,296 @@ cdef class ChunkStream:
             pthread_mutex_unlock(&self.lock)
         return 0
 
-    # ------------------------------------------------------------------
-    # Window
+    cdef Chunk take_ready(self):
+        """The next chunk of the data ring, or None."""
+        cdef Py_ssize_t c = -1
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            if self.data_count:
+                c = <Py_ssize_t>self.data_ring[self.data_head]
+                self.data_head = (self.data_head + 1) % self.pool
+                self.data_count -= 1
+                self.state[c] = CHUNK_HELD
+            pthread_mutex_unlock(&self.lock)
+        return self.chunk_objects[c] if c >= 0 else None
 
-    cdef void flush_head(self, uint64_t *stats) noexcept nogil:
-        cdef ssize_t c = self.window[self.head_pos]
-        if c >= 0:
-            self.close_chunk(<size_t>c, stats)
-            self.window[self.head_pos] = -1
-        self.head_chunk += 1
-        self.head_pos += 1
-        if self.head_pos == self.max_chunks:
-            self.head_pos = 0
+    def get(self, timeout=None):
+        """The next completed chunk, waiting for it if need be.
 
-    cdef void flush_window(self, uint64_t *stats) noexcept nogil:
-        while self.head_chunk != self.tail_chunk:
-            self.flush_head(stats)
+        Returns None once every stream has ended and every chunk has been taken.
 
-    cdef void restart_window(self, int64_t chunk_id, bint below, uint64_t *stats) noexcept nogil:
-        """Close every open chunk and restart the window at `chunk_id`.
-
-        With `below` (a jump ahead, as spead2) the window ends at `chunk_id`,
-        so late heaps of the chunks just before it still fit; otherwise it
-        starts there, so no empty chunk is opened before the first heap.
+        Raises
+        ------
+        TimeoutError
+            No chunk arrived within `timeout` seconds.
         """
-        self.flush_window(stats)
-        if below and chunk_id > <int64_t>self.max_chunks - 1:
-            self.head_chunk = chunk_id - <int64_t>(self.max_chunks - 1)
-        elif below:
-            self.head_chunk = 0
-        else:
-            self.head_chunk = chunk_id
-        self.tail_chunk = self.head_chunk
-        self.head_pos = 0
-        self.tail_pos = 0
+        cdef timespec until
+        cdef bint forever = timeout is None
+        cdef int rc = 0
+        if not forever:
+            until = deadline_after(max(0.0, timeout))
+        while True:
+            with nogil:
+                pthread_mutex_lock(&self.lock)
+                while self.data_count == 0 and not self.ended and rc == 0:
+                    if forever:
+                        until = deadline_after(0.2)
+                        pthread_cond_timedwait(&self.data_cond, &self.lock, &until)
+                    else:
+                        rc = pthread_cond_timedwait(&self.data_cond, &self.lock, &until)
+                pthread_mutex_unlock(&self.lock)
+            # get() is the only consumer: a chunk seen here is still there.
+            chunk = self.take_ready()
+            if chunk is not None or self.ended:
+                return chunk
+            if rc != 0:
+                raise TimeoutError(f"no chunk within {timeout} s")
 
-    cdef StatIndex chunk_for(self, int64_t chunk_id, ssize_t *out, uint64_t *stats) noexcept nogil:
+    def __iter__(self):
+        """Completed chunks until every stream has ended (a consumer thread's loop)."""
+        while True:
+            chunk = self.get()
+            if chunk is None:
+                return
+            yield chunk
+
+    def stop_waiting_for_chunks(self):
+        """Make streams blocked on the free ring or a lossless eviction stop waiting."""
+        self.stop_waiting = True
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            pthread_cond_broadcast(&self.free_cond)
+            pthread_cond_broadcast(&self.evict_cond)
+            pthread_mutex_unlock(&self.lock)
+
+    def add_stream(self, **kwargs):
+        """A new ChunkStream filling this group's chunks (see ChunkStream)."""
+        return ChunkStream(group=self, **kwargs)
+
+    def pool_counts(self):
+        """How many pool chunks are free, open (incl. evicted, still written), ready, held."""
+        counts = {"free": 0, "open": 0, "ready": 0, "held": 0}
+        names = ("free", "open", "ready", "held")
+        cdef size_t i
+        for i in range(self.pool):
+            counts[names[self.state[i]]] += 1
+        return counts
+
+    @property
+    def free_ring_size(self):
+        """Chunks in the free ring."""
+        return self.free_count
+
+    @property
+    def data_ring_size(self):
+        """Completed chunks waiting for the consumer."""
+        return self.data_count
+
+    def stats(self):
+        """The counters of every stream of the group, summed (maxima: the maximum)."""
+        cdef uint64_t total[<int>N_STATS]
+        cdef ChunkStream s
+        memset(total, 0, sizeof(total))
+        for s in self.streams:
+            merge_stats(total, s.counters)
+        return _stats_dict(total)
+
+
+@cython.final
+cdef class ChunkStream:
+    """Chunk-mode receive stream (DESIGN.md, INTERFACES.md [stream.chunk]).
+
+    ``ChunkStream(**layout)`` makes a stream with a group of its own (every
+    ChunkGroup argument is accepted); ``ChunkStream(group=g)`` (or
+    ``self.group.add_stream()``) joins an existing group, whose chunks it fills
+    together with the group's other streams.
+
+    Parameters
+    ----------
+    group : ChunkGroup, optional
+        The chunks to fill; by default a new group from the other arguments.
+    max_heaps, allow_out_of_order, stop_on_stop_item, max_heap_size
+        As for heap mode.
+    too_old_reset
+        Consecutive too-old heaps that re-anchor the window (0: never);
+        default two chunks' worth of heaps.  Only a stream alone in its group
+        re-anchors.
+    """
+
+    cdef readonly ChunkGroup group
+    cdef size_t slot                    # index in the group's stream_heads
+    cdef readonly size_t max_heaps
+    cdef readonly bint allow_out_of_order
+    cdef readonly bint stop_on_stop_item
+    cdef readonly int64_t max_heap_size
+    cdef readonly uint64_t too_old_reset
+    cdef ChunkHeap *live
+    cdef HeapStorage *live_storage     # out-of-order range sets, one per live slot
+    cdef size_t live_head
+    cdef bint stopped_flag
+    cdef bint finished
+    # this stream's window of the group's chunks: head..tail, a writer reference on each
+    cdef int64_t head_chunk, tail_chunk
+    cdef size_t head_pos
+    cdef Py_ssize_t *window
+    cdef uint64_t too_old_run
+    cdef uint64_t counters[<int>N_STATS]
+
+    def __init__(self, ChunkGroup group=None, *, size_t max_heaps=8,
+                 bint allow_out_of_order=False, bint stop_on_stop_item=True,
+                 int64_t max_heap_size=128 << 20, too_old_reset=None, **group_kwargs):
+        if group is None:
+            group = ChunkGroup(**group_kwargs)
+        elif group_kwargs:
+            raise TypeError(f"layout arguments belong to the group: {', '.join(group_kwargs)}")
+        if max_heaps == 0:
+            raise ValueError("max_heaps must be at least 1")
+        self.group = group
+        self.max_heaps = max_heaps
+        self.allow_out_of_order = allow_out_of_order
+        self.stop_on_stop_item = stop_on_stop_item
+        self.max_heap_size = max_heap_size
+        self.too_old_reset = 2 * group.n_slots if too_old_reset is None else too_old_reset
+        self.live = <ChunkHeap *>malloc(max_heaps * sizeof(ChunkHeap))
+        self.live_storage = <HeapStorage *>malloc(max_heaps * sizeof(HeapStorage))
+        self.window = <Py_ssize_t *>malloc(group.max_chunks * sizeof(Py_ssize_t))
+        if self.live == NULL or self.live_storage == NULL or self.window == NULL:
+            raise MemoryError()
+        memset(self.live, 0, max_heaps * sizeof(ChunkHeap))
+        memset(self.live_storage, 0, max_heaps * sizeof(HeapStorage))
+        cdef size_t i
+        for i in range(max_heaps):
+            self.live[i].h.cnt = -1
+            self.live[i].h.st = &self.live_storage[i]
+        self.live_head = max_heaps - 1
+        memset(self.counters, 0, sizeof(self.counters))
+        cdef bint ended
+        with nogil:
+            pthread_mutex_lock(&group.lock)
+            ended = group.ended or group.n_streams == MAX_GROUP_STREAMS
+            if not ended:
+                group.active_streams += 1
+                self.slot = group.n_streams
+                group.stream_heads[self.slot] = INT64_MIN
+                group.n_streams += 1
+            pthread_mutex_unlock(&group.lock)
+        if ended:
+            raise RuntimeError(f"the group has ended or has {MAX_GROUP_STREAMS} streams already")
+        group.streams.append(self)
+
+    def __dealloc__(self):
+        cdef size_t i
+        if self.live_storage != NULL:
+            for i in range(self.max_heaps):
+                storage_free(&self.live_storage[i])
+        free(self.live)
+        free(self.live_storage)
+        free(self.window)
+
+    def __getattr__(self, name):
+        # Layout, pool and consumer side live in the group.
+        return getattr(self.group, name)
+
+    # ------------------------------------------------------------------
+    # This stream's window (group lock held)
+
+    cdef void release_below(self, int64_t chunk_id) noexcept nogil:
+        """Let go of this stream's chunks older than `chunk_id`."""
+        while self.head_chunk < self.tail_chunk and self.head_chunk < chunk_id:
+            self.group.unref(self.window[self.head_pos])
+            self.window[self.head_pos] = -1
+            self.head_chunk += 1
+            self.head_pos += 1
+            if self.head_pos == self.group.max_chunks:
+                self.head_pos = 0
+        if self.head_chunk == self.tail_chunk and self.head_chunk < chunk_id:
+            self.head_chunk = self.tail_chunk = chunk_id
+            self.head_pos = 0
+        self.publish_head()
+
+    cdef void publish_head(self) noexcept nogil:
+        """Tell the group (lossless eviction) how far this stream has moved on."""
+        cdef int64_t head = INT64_MAX if self.finished else self.head_chunk
+        if self.group.stream_heads[self.slot] != head:
+            self.group.stream_heads[self.slot] = head
+            pthread_cond_broadcast(&self.group.evict_cond)
+
+    cdef void acquire_to(self, int64_t chunk_id, uint64_t *stats) noexcept nogil:
+        """Extend this stream's window to `chunk_id` (the group's window covers it)."""
+        cdef int64_t first
+        cdef size_t pos
+        cdef Py_ssize_t c
+        cdef int *writers
+        self.release_below(max(chunk_id + 1 - <int64_t>self.group.max_chunks, self.group.head_chunk))
+        first = max(self.tail_chunk, self.group.head_chunk)
+        if self.head_chunk == self.tail_chunk:
+            self.head_chunk = self.tail_chunk = first
+            self.head_pos = 0
+        while self.tail_chunk <= chunk_id:
+            c = self.group.window_chunk(self.tail_chunk)
+            if c >= 0:
+                writers = self.group.writers
+                writers[c] += 1
+            pos = <size_t>(self.tail_chunk - self.head_chunk) + self.head_pos
+            if pos >= self.group.max_chunks:
+                pos -= self.group.max_chunks
+            self.window[pos] = c
+            self.tail_chunk += 1
+        self.publish_head()
+
+    cdef void sync_with_group(self, uint64_t *stats) noexcept nogil:
+        """Let go of chunks the group has evicted (lossy eviction, restarts)."""
+        if self.group.head_hint <= self.head_chunk or self.head_chunk == self.tail_chunk:
+            return
+        pthread_mutex_lock(&self.group.lock)
+        self.release_below(self.group.head_chunk)
+        self.group.close_ready(stats)
+        pthread_mutex_unlock(&self.group.lock)
+
+    cdef void forget_placements(self) noexcept nogil:
+        """Live heaps lose their slots (their chunks are about to leave for good)."""
+        cdef size_t i
+        for i in range(self.max_heaps):
+            self.live[i].chunk_id = -1
+
+    cdef StatIndex chunk_for(self, int64_t chunk_id, Py_ssize_t *out,
+                             uint64_t *stats) noexcept nogil:
         """The pool index of `chunk_id`'s chunk, opening chunks as needed."""
-        if not self.anchored:
-            # spead2 starts its window at chunk 0 and opens every chunk up to
-            # the first heap's (empty chunks that would read as loss); daqd
-            # starts it at the first heap's chunk.
-            self.anchored = True
-            self.restart_window(chunk_id, False, stats)
-        elif chunk_id < self.head_chunk:
+        cdef size_t pos
+        cdef StatIndex verdict = N_STATS
+        if self.head_chunk <= chunk_id < self.tail_chunk:
+            self.too_old_run = 0
+            pos = <size_t>(chunk_id - self.head_chunk) + self.head_pos
+            if pos >= self.group.max_chunks:
+                pos -= self.group.max_chunks
+            out[0] = self.window[pos]
+            return N_STATS if out[0] >= 0 else STAT_CHUNK_HEAPS_NO_FREE_CHUNK
+        pthread_mutex_lock(&self.group.lock)
+        if self.group.anchored and (chunk_id < self.group.head_chunk or chunk_id < self.head_chunk):
             self.too_old_run += 1
-            if self.too_old_reset == 0 or self.too_old_run < self.too_old_reset:
+            if (self.too_old_reset == 0 or self.too_old_run < self.too_old_reset
+                    or self.group.active_streams > 1):
+                pthread_mutex_unlock(&self.group.lock)
                 return STAT_CHUNK_HEAPS_TOO_OLD
             stats[<int>STAT_CHUNK_WINDOW_RESETS] += 1
-            self.restart_window(chunk_id, False, stats)
+            self.forget_placements()
+            self.release_below(self.tail_chunk)
+            self.group.restart(self, chunk_id, False, stats)
+            self.head_chunk = self.tail_chunk = chunk_id
+            self.head_pos = 0
+            self.publish_head()
         self.too_old_run = 0
-        if chunk_id >= self.tail_chunk:
-            if chunk_id >= self.tail_chunk + <int64_t>self.max_chunks:
-                self.restart_window(chunk_id, True, stats)
-            while chunk_id >= self.tail_chunk:
-                if <size_t>(self.tail_chunk - self.head_chunk) == self.max_chunks:
-                    self.flush_head(stats)
-                self.window[self.tail_pos] = self.take_free_chunk(self.tail_chunk, stats)
-                self.tail_chunk += 1
-                self.tail_pos += 1
-                if self.tail_pos == self.max_chunks:
-                    self.tail_pos = 0
-        cdef size_t pos = <size_t>(chunk_id - self.head_chunk) + self.head_pos
-        if pos >= self.max_chunks:
-            pos -= self.max_chunks
-        out[0] = self.window[pos]
-        if out[0] < 0:
-            return STAT_CHUNK_HEAPS_NO_FREE_CHUNK
-        return N_STATS
+        self.group.extend(self, chunk_id, stats)
+        if chunk_id < self.group.head_chunk:
+            verdict = STAT_CHUNK_HEAPS_TOO_OLD      # evicted while this stream waited
+        else:
+            self.acquire_to(chunk_id, stats)
+            out[0] = self.group.window_chunk(chunk_id)
+            if out[0] < 0:
+                verdict = STAT_CHUNK_HEAPS_NO_FREE_CHUNK
+        self.group.close_ready(stats)
+        pthread_mutex_unlock(&self.group.lock)
+        return verdict
 
     # ------------------------------------------------------------------
     # Placement
@@ -577,11 +906,11 @@ cdef class ChunkStream:
         cdef uint64_t index, substream = 0
         cdef daqd_place_data pd
         cdef uint64_t extra[<int>MAX_PLACE_ITEMS]
-        cdef size_t first_extra = self.n_item_ids - self.n_extra
+        cdef size_t first_extra = self.group.n_item_ids - self.group.n_extra
         cdef size_t i
-        for i in range(self.n_extra):
+        for i in range(self.group.n_extra):
             extra[i] = <uint64_t>items[first_extra + i]
-        if self.place_fn != NULL:
+        if self.group.place_fn != NULL:
             pd.packet = p.pointers - 8
             pd.packet_size = p.size
             pd.items = items
@@ -591,46 +920,46 @@ cdef class ChunkStream:
             pd.heap_index = 0
             pd.heap_offset = 0
             pd.extra = extra
-            pd.n_extra = self.n_extra
-            self.place_fn(&pd, self.place_user)
+            pd.n_extra = self.group.n_extra
+            self.group.place_fn(&pd, self.group.place_user)
             if pd.chunk_id < 0:
                 return STAT_CHUNK_REJECTED_BY_PLACE
             last_present = pd.heap_index
-            if self.packet_presence and p.heap_length > 0:
-                last_present += <size_t>(p.heap_length - 1) // self.packet_presence
-            if last_present >= self.present_per_chunk or pd.heap_offset > self.chunk_bytes \
-                    or <uint64_t>p.heap_length > self.chunk_bytes - pd.heap_offset:
+            if self.group.packet_presence and p.heap_length > 0:
+                last_present += <size_t>(p.heap_length - 1) // self.group.packet_presence
+            if last_present >= self.group.present_per_chunk or pd.heap_offset > self.group.chunk_bytes \
+                    or <uint64_t>p.heap_length > self.group.chunk_bytes - pd.heap_offset:
                 return STAT_CHUNK_REJECTED_PLACEMENT
             chunk_id = pd.chunk_id
             heap_index = pd.heap_index
             heap_offset = pd.heap_offset
-            slot = heap_index // self.packets_per_heap
+            slot = heap_index // self.group.packets_per_heap
         else:
-            if <uint64_t>p.heap_length != self.heap_bytes:
+            if <uint64_t>p.heap_length != self.group.heap_bytes:
                 return STAT_CHUNK_REJECTED_SIZE
             if items[0] < 0:
                 return STAT_CHUNK_REJECTED_NO_TIMESTAMP
-            if <uint64_t>items[0] % self.timestamp_step:
+            if <uint64_t>items[0] % self.group.timestamp_step:
                 return STAT_CHUNK_REJECTED_MISALIGNED
-            if self.has_substream:
-                if items[1] < 0 or <uint64_t>items[1] >= self.substreams:
+            if self.group.has_substream:
+                if items[1] < 0 or <uint64_t>items[1] >= self.group.substreams:
                     return STAT_CHUNK_REJECTED_SUBSTREAM
                 substream = <uint64_t>items[1]
-            index = <uint64_t>items[0] // self.timestamp_step
-            chunk_id = <int64_t>(index // self.heaps_per_chunk)
-            slot = <size_t>(index % self.heaps_per_chunk) * self.substreams + <size_t>substream
-            heap_index = slot * self.packets_per_heap
-            heap_offset = slot * self.heap_bytes
-        cdef ssize_t c = -1
+            index = <uint64_t>items[0] // self.group.timestamp_step
+            chunk_id = <int64_t>(index // self.group.heaps_per_chunk)
+            slot = <size_t>(index % self.group.heaps_per_chunk) * self.group.substreams + <size_t>substream
+            heap_index = slot * self.group.packets_per_heap
+            heap_offset = slot * self.group.heap_bytes
+        cdef Py_ssize_t c = -1
         cdef StatIndex verdict = self.chunk_for(chunk_id, &c, stats)
         if verdict != N_STATS:
             return verdict
         ch.chunk_id = chunk_id
-        ch.dest = self.data_base + <size_t>c * self.chunk_stride + heap_offset
-        ch.present = self.present_base + <size_t>c * self.present_per_chunk + heap_index
-        if self.n_extra:
-            memcpy(self.extra_base + (<size_t>c * self.n_slots + slot) * self.n_extra,
-                   extra, self.n_extra * sizeof(uint64_t))
+        ch.dest = self.group.data_base + <size_t>c * self.group.chunk_stride + heap_offset
+        ch.present = self.group.present_base + <size_t>c * self.group.present_per_chunk + heap_index
+        if self.group.n_extra:
+            memcpy(self.group.extra_base + (<size_t>c * self.group.n_slots + slot) * self.group.n_extra,
+                   extra, self.group.n_extra * sizeof(uint64_t))
         return N_STATS
 
     # ------------------------------------------------------------------
@@ -654,16 +983,20 @@ cdef class ChunkStream:
             if item_id == STREAM_CTRL_ID and value == CTRL_STREAM_STOP:
                 h.end_of_stream = True
             if items != NULL:
-                for j in range(self.n_item_ids):
-                    if self.item_ids[j] == item_id:
+                for j in range(self.group.n_item_ids):
+                    if self.group.item_ids[j] == item_id:
                         items[j] = <int64_t>value
+
+    cdef inline bint writable(self, const ChunkHeap *ch) noexcept nogil:
+        """Whether the heap's chunk is still in this stream's window."""
+        return ch.chunk_id >= self.head_chunk and ch.chunk_id >= 0
 
     cdef void heap_done(self, ChunkHeap *ch, int reason, uint64_t *stats) noexcept nogil:
         """A live heap leaves the window (spead2's heap_ready)."""
         stats[<int>STAT_HEAPS] += 1
         if reason == READY_COMPLETE:
             stats[<int>STAT_HEAPS_COMPLETE] += 1
-            if ch.chunk_id >= self.head_chunk and not self.packet_presence:
+            if self.writable(ch) and not self.group.packet_presence:
                 ch.present[0] = 1
                 stats[<int>STAT_CHUNK_HEAPS_PRESENT] += 1
             elif ch.empty:
@@ -674,22 +1007,23 @@ cdef class ChunkStream:
             stats[<int>STAT_INCOMPLETE_HEAPS_FLUSHED] += 1
         ch.h.cnt = -1
 
-    cdef void flush_heaps(self, uint64_t *stats) noexcept nogil:
+    cdef void finish_nogil(self, uint64_t *stats) noexcept nogil:
         cdef size_t i
+        if self.finished:
+            return
+        self.finished = True
         for i in range(self.max_heaps):
             self.live_head += 1
             if self.live_head == self.max_heaps:
                 self.live_head = 0
             if self.live[self.live_head].h.cnt != -1:
                 self.heap_done(&self.live[self.live_head], READY_FLUSHED, stats)
-
-    cdef void finish_nogil(self, uint64_t *stats) noexcept nogil:
-        self.flush_heaps(stats)
-        self.flush_window(stats)
-        pthread_mutex_lock(&self.lock)
-        self.ended = True
-        pthread_cond_broadcast(&self.data_cond)
-        pthread_mutex_unlock(&self.lock)
+        pthread_mutex_lock(&self.group.lock)
+        self.release_below(self.tail_chunk)
+        self.publish_head()
+        self.group.stream_ended(stats)
+        self.group.close_ready(stats)
+        pthread_mutex_unlock(&self.group.lock)
 
     cdef void add_packet(self, const PacketHeader *p, uint64_t *stats) noexcept nogil:
         if p.heap_length < 0:
@@ -743,26 +1077,26 @@ cdef class ChunkStream:
         if not new_heap:
             self.scan_pointers(&ch.h, p, NULL)
         else:
-            for i in range(self.n_item_ids):
+            for i in range(self.group.n_item_ids):
                 items[i] = -1
             self.scan_pointers(&ch.h, p, items)
-        if new_heap and not ch.empty:
-            verdict = self.place(ch, p, items, stats)
-            if verdict == N_STATS:
-                stats[<int>STAT_CHUNK_HEAPS_PLACED] += 1
-            else:
-                stats[<int>verdict] += 1
+            if not ch.empty:
+                verdict = self.place(ch, p, items, stats)
+                if verdict == N_STATS:
+                    stats[<int>STAT_CHUNK_HEAPS_PLACED] += 1
+                else:
+                    stats[<int>verdict] += 1
         if ch.h.heap_length < 0:
             ch.h.heap_length = p.heap_length
             if ch.h.heap_length > ch.h.min_length:
                 ch.h.min_length = ch.h.heap_length
-        if ch.chunk_id >= self.head_chunk:
+        if self.writable(ch):
             if p.payload_length > 0:
                 daqd_copy_payload(ch.dest + p.payload_offset, p.payload,
                                   <size_t>p.payload_length)
                 stats[<int>STAT_PAYLOAD_BYTES] += <uint64_t>p.payload_length
-            if self.packet_presence:
-                ch.present[<size_t>p.payload_offset // self.packet_presence] = 1
+            if self.group.packet_presence:
+                ch.present[<size_t>p.payload_offset // self.group.packet_presence] = 1
         elif not ch.empty:
             stats[<int>STAT_CHUNK_PACKETS_DISCARDED] += 1
         ch.h.received_length += p.payload_length
@@ -784,7 +1118,7 @@ cdef class ChunkStream:
         cdef DecodeStatus status
         cdef size_t i, n = reader.n
         for i in range(reader.pos, n):
-            if self.stopped_flag:
+            if self.stopped_flag or self.finished:
                 stats[<int>STAT_REJECT_AFTER_STOP] += n - i
                 break
             stats[<int>STAT_PACKETS] += 1
@@ -821,6 +1155,7 @@ cdef class ChunkStream:
         cdef size_t before = reader.pos
         memset(local, 0, sizeof(local))
         with nogil:
+            self.sync_with_group(local)
             if reader.pos >= reader.n:
                 rc = reader.fill(local)
                 before = 0
@@ -837,76 +1172,13 @@ cdef class ChunkStream:
         return <int>(reader.pos - before) if rc > 0 else 0
 
     def finish(self):
-        """End the stream: live heaps are flushed, open chunks go to the data ring."""
+        """End this stream: live heaps are flushed, its chunks let go; the
+        last stream of a group to finish hands every open chunk to the data ring."""
         cdef uint64_t local[<int>N_STATS]
         memset(local, 0, sizeof(local))
         with nogil:
             self.finish_nogil(local)
             merge_stats(self.counters, local)
-
-    def stop_waiting_for_chunks(self):
-        """Make a receive loop blocked on the free ring drop instead of waiting."""
-        self.stop_waiting = True
-        with nogil:
-            pthread_mutex_lock(&self.lock)
-            pthread_cond_broadcast(&self.free_cond)
-            pthread_mutex_unlock(&self.lock)
-
-    cdef Chunk take_ready(self):
-        """The next chunk of the data ring (the caller holds the lock), or None."""
-        if self.data_count == 0:
-            return None
-        cdef size_t c = self.data_ring[self.data_head]
-        self.data_head = (self.data_head + 1) % self.pool
-        self.data_count -= 1
-        self.state[c] = CHUNK_HELD
-        return self.chunk_objects[c]
-
-    def get(self, timeout=None):
-        """The next completed chunk, waiting for it if need be.
-
-        Returns None once the stream has ended and every chunk has been taken.
-
-        Raises
-        ------
-        TimeoutError
-            No chunk arrived within `timeout` seconds.
-        """
-        cdef timespec until
-        cdef bint forever = timeout is None
-        cdef int rc = 0
-        if not forever:
-            until = deadline_after(max(0.0, timeout))
-        with nogil:
-            pthread_mutex_lock(&self.lock)
-            while self.data_count == 0 and not self.ended and rc == 0:
-                if forever:
-                    until = deadline_after(0.2)
-                    pthread_cond_timedwait(&self.data_cond, &self.lock, &until)
-                else:
-                    rc = pthread_cond_timedwait(&self.data_cond, &self.lock, &until)
-            # take_ready needs the GIL: the ring cannot shrink meanwhile, as
-            # get() is the only consumer, so the lock is dropped first.
-            pthread_mutex_unlock(&self.lock)
-        if self.data_count == 0:
-            if self.ended:
-                return None
-            if not forever:
-                raise TimeoutError(f"no chunk within {timeout} s")
-        with nogil:
-            pthread_mutex_lock(&self.lock)
-        try:
-            return self.take_ready()
-        finally:
-            pthread_mutex_unlock(&self.lock)
-
-    def __iter__(self):
-        """Completed chunks until the stream has ended (a consumer thread's loop)."""
-        while True:
-            chunk = self.get()
-            if chunk is None:
-                return
-            yield chunk
 
     def chunks(self, Reader reader):
         """Receive from `reader` in this thread, yielding each chunk as it completes.
@@ -914,50 +1186,26 @@ cdef class ChunkStream:
         At the end of the reader (or a stop item) the stream is finished and
         the remaining chunks follow.  Release every chunk (``with chunk:``).
         """
-        cdef Chunk chunk
+        cdef ChunkGroup g = self.group
         while True:
             rc = self.process(reader)
-            while True:
-                with nogil:
-                    pthread_mutex_lock(&self.lock)
-                try:
-                    chunk = self.take_ready()
-                finally:
-                    pthread_mutex_unlock(&self.lock)
-                if chunk is None:
-                    break
+            while (chunk := g.take_ready()) is not None:
                 yield chunk
             if rc < 0 or self.stopped_flag:
                 break
-        if not self.ended:
-            self.finish()
-        while True:
-            chunk = self.get(0)
-            if chunk is None:
-                return
+        self.finish()
+        while (chunk := g.take_ready()) is not None:
             yield chunk
 
-    def pool_counts(self):
-        """How many pool chunks are free, open, ready (data ring) and held."""
-        counts = {"free": 0, "open": 0, "ready": 0, "held": 0}
-        names = ("free", "open", "ready", "held")
-        cdef size_t i
-        for i in range(self.pool):
-            counts[names[self.state[i]]] += 1
-        return counts
+    def get(self, timeout=None):
+        """The group's next completed chunk (see ChunkGroup.get)."""
+        return self.group.get(timeout)
 
-    @property
-    def free_ring_size(self):
-        """Chunks in the free ring."""
-        return self.free_count
-
-    @property
-    def data_ring_size(self):
-        """Completed chunks waiting for the consumer."""
-        return self.data_count
+    def __iter__(self):
+        return iter(self.group)
 
     def stats(self):
-        """A snapshot of the counters, name -> value."""
+        """A snapshot of this stream's counters, name -> value."""
         return _stats_dict(self.counters)
 
     def add_packets(self, packets):

@@ -1,0 +1,195 @@
+"""Chunk stream groups: several streams filling one set of chunks."""
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import spead2
+import spead2.recv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from spead_packets import heap_packets
+
+from daqd import _spead
+
+TS, POL, DATA = 0x1600, 0x4101, 0x3300
+STEP, HPC, HEAP_BYTES, MAX_CHUNKS, POOL = 512, 8, 512, 3, 8
+LAYOUT = dict(timestamp_step=STEP, heaps_per_chunk=HPC, heap_bytes=HEAP_BYTES,
+              substream_item=POL, substreams=2)
+
+
+def pol_packets(pol, n_heaps, first_chunk=0):
+    """One polarisation's heaps: payload bytes say (pol, heap index)."""
+    out = []
+    for i in range(n_heaps):
+        t = (first_chunk * HPC + i) * STEP
+        payload = bytes([pol * 100 + i % 100]) * HEAP_BYTES
+        out += heap_packets(2 * i + pol + 1, [(TS, t), (POL, pol), (DATA, payload)],
+                            packet_payload=256)
+    return out
+
+
+def collect(group, out):
+    for chunk in group:
+        with chunk:
+            out.append((chunk.chunk_id, chunk.data.copy(), chunk.present.copy()))
+
+
+def run_group(eviction, feeds):
+    """Feed each stream of a new group from its own thread; return the chunks."""
+    group = _spead.ChunkGroup(**LAYOUT, max_chunks=MAX_CHUNKS, pool=POOL, eviction=eviction)
+    streams = [group.add_stream(max_heaps=4) for _ in feeds]
+    chunks = []
+    consumer = threading.Thread(target=collect, args=(group, chunks))
+    consumer.start()
+    threads = [threading.Thread(target=feed, args=(stream,))
+               for stream, feed in zip(streams, feeds, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive()
+    consumer.join(timeout=30)
+    assert not consumer.is_alive()
+    assert group.pool_counts() == {"free": POOL, "open": 0, "ready": 0, "held": 0}
+    return group, streams, chunks
+
+
+def finish_after(packets):
+    def feed(stream):
+        stream.add_packets(packets)
+        stream.finish()
+    return feed
+
+
+def check_data(chunks):
+    for chunk_id, data, present in chunks:
+        for slot in range(HPC):
+            for pol in range(2):
+                if present[slot, pol]:
+                    i = chunk_id * HPC + slot
+                    assert (data[slot, pol] == pol * 100 + i % 100).all()
+                else:
+                    assert not data[slot, pol].any()
+
+
+@pytest.mark.parametrize("eviction", ["lossless", "lossy"])
+def test_two_streams_fill_the_same_chunks(eviction):
+    n = 5 * HPC
+    group, streams, chunks = run_group(eviction, [finish_after(pol_packets(p, n))
+                                                  for p in (0, 1)])
+    stats = group.stats()
+    placed = sum(s.stats()["chunk_heaps_placed"] for s in streams)
+    assert stats["chunk_heaps_placed"] == placed
+    assert stats["chunk_heaps_too_old"] + placed == 2 * n
+    assert stats["chunks_completed"] == len(chunks)
+    assert [c[0] for c in chunks] == sorted(c[0] for c in chunks)
+    check_data(chunks)
+    present = sum(int(c[2].sum()) for c in chunks)
+    assert present == stats["chunk_heaps_present"] == placed
+    if eviction == "lossless":
+        assert present == 2 * n
+
+
+def test_lossless_waits_for_the_slow_stream():
+    """A stream racing ahead waits until the other has finished its old chunks."""
+    n = 6 * HPC
+    slow_first, slow_rest = pol_packets(1, HPC // 2), pol_packets(1, n)[HPC // 2 * 2:]
+    slow_started = threading.Event()
+    fast_done = threading.Event()
+
+    def slow(stream):
+        stream.add_packets(slow_first)          # holds chunk 0 from here on
+        slow_started.set()
+        fast_done.wait(timeout=0.5)             # the fast stream cannot finish meanwhile
+        stream.add_packets(slow_rest)
+        stream.finish()
+
+    def fast(stream):
+        slow_started.wait(timeout=10)
+        stream.add_packets(pol_packets(0, n))
+        fast_done.set()
+        stream.finish()
+
+    group, streams, chunks = run_group("lossless", [fast, slow])
+    assert streams[0].stats()["worker_blocked"] > 0
+    assert sum(int(c[2].sum()) for c in chunks) == 2 * n
+    check_data(chunks)
+
+
+def test_lossy_does_not_wait_and_counts_late_heaps():
+    n = 6 * HPC
+    ahead = threading.Event()
+
+    def fast(stream):
+        stream.add_packets(pol_packets(0, n))
+        ahead.set()
+        stream.finish()
+
+    def slow(stream):
+        ahead.wait(timeout=10)                  # everything it sends is now too old
+        stream.add_packets(pol_packets(1, n))
+        stream.finish()
+
+    group, streams, chunks = run_group("lossy", [fast, slow])
+    assert streams[0].stats()["worker_blocked"] == 0
+    slow_stats = streams[1].stats()
+    assert slow_stats["chunk_heaps_too_old"] + slow_stats["chunk_heaps_placed"] == n
+    assert slow_stats["chunk_heaps_too_old"] >= n - MAX_CHUNKS * HPC
+    check_data(chunks)
+
+
+def test_group_matches_spead2_chunk_stream_group():
+    n = 4 * HPC
+    feeds = [pol_packets(p, n) for p in (0, 1)]
+    _, _, ours = run_group("lossless", [finish_after(f) for f in feeds])
+
+    placement = _spead.Spead2Placement(**LAYOUT)
+    config = spead2.recv.ChunkStreamGroupConfig(
+        max_chunks=MAX_CHUNKS,
+        eviction_mode=spead2.recv.ChunkStreamGroupConfig.EvictionMode.LOSSLESS)
+    data_ring = spead2.recv.ChunkRingbuffer(POOL)
+    free_ring = spead2.recv.ChunkRingbuffer(POOL)
+    group = spead2.recv.ChunkStreamRingGroup(config, data_ring, free_ring)
+    for _ in range(POOL):
+        group.add_free_chunk(spead2.recv.Chunk(
+            present=np.zeros((HPC, 2), np.uint8), data=np.zeros((HPC, 2, HEAP_BYTES), np.uint8)))
+    chunk_config = spead2.recv.ChunkStreamConfig(items=placement.items, max_chunks=MAX_CHUNKS,
+                                                 place=placement.place)
+    members = [group.emplace_back(spead2.ThreadPool(), spead2.recv.StreamConfig(max_heaps=4),
+                                  chunk_config) for _ in feeds]
+    for member, packets in zip(members, feeds, strict=True):
+        member.add_buffer_reader(b"".join(packets))
+    theirs = []
+    for chunk in data_ring:
+        if chunk.present.any():
+            theirs.append((chunk.chunk_id, np.array(chunk.data) * np.array(chunk.present)[..., None],
+                           np.array(chunk.present)))
+        chunk.data[:] = 0
+        group.add_free_chunk(chunk)
+        if len(theirs) == n // HPC:
+            break
+    group.stop()
+    assert len(ours) == len(theirs) == n // HPC
+    for (a_id, a_data, a_present), (b_id, b_data, b_present) in zip(ours, theirs, strict=True):
+        assert a_id == b_id
+        np.testing.assert_array_equal(a_present, b_present)
+        np.testing.assert_array_equal(a_data, b_data)
+
+
+def test_stream_cannot_join_an_ended_group():
+    group = _spead.ChunkGroup(**LAYOUT, max_chunks=MAX_CHUNKS, pool=POOL)
+    group.add_stream().finish()
+    assert group.ended
+    with pytest.raises(RuntimeError, match="ended"):
+        group.add_stream()
+
+
+def test_layout_arguments_belong_to_the_group():
+    group = _spead.ChunkGroup(**LAYOUT, max_chunks=MAX_CHUNKS, pool=POOL)
+    with pytest.raises(TypeError, match="heap_bytes"):
+        _spead.ChunkStream(group, heap_bytes=8)
+    with pytest.raises(ValueError, match="eviction"):
+        _spead.ChunkGroup(eviction="sometimes")
