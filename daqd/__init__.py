@@ -6,5 +6,5 @@ __version__ = "0.1.0"
 
 
 def get_include():
-    """The directory of daqd_place.h, for compiling a placement hook."""
+    """Return the directory of daqd_place.h, for compiling a placement hook."""
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")

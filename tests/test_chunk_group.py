@@ -165,8 +165,8 @@ def test_group_matches_spead2_chunk_stream_group():
     theirs = []
     for chunk in data_ring:
         if chunk.present.any():
-            theirs.append((chunk.chunk_id, np.array(chunk.data) * np.array(chunk.present)[..., None],
-                           np.array(chunk.present)))
+            present = np.array(chunk.present)
+            theirs.append((chunk.chunk_id, np.array(chunk.data) * present[..., None], present))
         chunk.data[:] = 0
         group.add_free_chunk(chunk)
         if len(theirs) == n // HPC:

@@ -1,0 +1,348 @@
+"""The daqd configuration file: TOML loaded into frozen, typed objects.
+
+Everything is checked before anything starts: unknown keys, wrong types,
+out-of-range values and inconsistent combinations.  Each problem is one
+`ConfigError` line naming the file, the key, the value and what was expected
+(INTERFACES.md, "Configuration").  Keys and defaults are those of
+INTERFACES.md; config/daqd.toml is the built-in default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from daqd.errors import UsageProblem
+
+#: The built-in default configuration (no hardware needed).
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "daqd.toml"
+
+SOURCE_SCHEMES = ("udp", "tcp", "pcap", "file", "sim")
+
+
+class ConfigError(UsageProblem):
+    """A configuration problem, as one line naming file, key, value and expectation."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """The `[daemon]` table."""
+
+    name: str = "daqd"
+    pidfile: str = "run/daqd.pid"
+    log_format: str = "console"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class ZmqConfig:
+    """The `[zmq]` table."""
+
+    stats: str = "tcp://127.0.0.1:5556"
+    control: str = "tcp://127.0.0.1:5557"
+    interval: float = 1.0
+    curve_secret_key: str = ""          # path of a zmq.auth secret key file
+    curve_clients: str = ""             # directory of allowed client public keys
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    """The `[stream.chunk]` table: chunk mode's declarative layout."""
+
+    timestamp_item: int = 0x1600
+    timestamp_step: int = 8192
+    heaps_per_chunk: int = 64
+    heap_bytes: int = 8192
+    dtype: str = "uint8"
+    substream_item: int = -1            # -1: no substream axis
+    substreams: int = 1
+    extra_items: tuple[int, ...] = ()
+    max_chunks: int = 4
+    pool: int = 16
+    when_full: str = "wait"
+    wait_timeout: float = 1.0
+    packet_presence: int = 0
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    """The `[stream.buffer]` table."""
+
+    kind: str = "circular"
+    capacity: int = 64
+    when_full: str = "block"
+    flush_count: int = 16
+    flush_bytes: int = 0
+    flush_interval: float = 5.0
+    flush_when: str = "any"
+    wal: str = ""
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """One `[[stream.sinks]]` entry."""
+
+    kind: str
+    path: str
+    rotate_bytes: int = 0
+    rotate_seconds: float = 0
+    fsync: str = "on-rotate"
+    header: bool = True
+    template: str = ""
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """One `[[stream]]` entry."""
+
+    name: str
+    sources: tuple[str, ...]
+    max_heaps: int = 8
+    allow_out_of_order: bool = False
+    max_packet_size: int = 9200
+    max_heap_size: int = 128 << 20
+    socket_buffer: int = 8 << 20
+    stop_on_stop_item: bool = True
+    chunk: ChunkConfig | None = None
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    sinks: tuple[SinkConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole, validated configuration file."""
+
+    path: str
+    text: str
+    daemon: DaemonConfig
+    zmq: ZmqConfig
+    streams: tuple[StreamConfig, ...]
+
+
+# Allowed values of the string keys that name a choice.
+CHOICES = {
+    "log_format": ("console", "json"),
+    "log_level": ("debug", "info", "warning", "error"),
+    "when_full": None,                  # depends on the table, see _CHOICES_BY_TABLE
+    "kind": None,
+    "flush_when": ("any", "all"),
+    "fsync": ("never", "on-rotate", "every-flush"),
+}
+_CHOICES_BY_TABLE = {
+    ("chunk", "when_full"): ("wait", "drop"),
+    ("buffer", "when_full"): ("block", "drop-newest", "overwrite-oldest"),
+    ("buffer", "kind"): ("fifo", "circular"),
+    ("sinks", "kind"): ("binary", "text", "pcap", "hdf5"),
+}
+# Fields that hold nested tables, filled by parse().
+NESTED = ("ChunkConfig | None", "BufferConfig", "tuple[SinkConfig, ...]")
+# Lower bounds of the numeric keys (inclusive).
+MINIMA = {
+    "interval": 0.01, "timestamp_step": 1, "heaps_per_chunk": 1, "heap_bytes": 1,
+    "substreams": 1, "max_chunks": 1, "pool": 1, "wait_timeout": 0, "packet_presence": 0,
+    "capacity": 1, "flush_count": 0, "flush_bytes": 0, "flush_interval": 0,
+    "max_heaps": 1, "max_packet_size": 64, "max_heap_size": 0, "socket_buffer": 0,
+    "rotate_bytes": 0, "rotate_seconds": 0, "timestamp_item": 0, "substream_item": -1,
+}
+
+
+class _Loader:
+    """Builds the dataclasses from parsed TOML, naming the first problem."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, key: str, value: Any, expected: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key} = {value!r}: expected {expected}")
+
+    def table(self, cls: type, data: Any, where: str, table: str) -> dict[str, Any]:
+        """Check one table's scalar keys (nested tables are the caller's); return them."""
+        if not isinstance(data, dict):
+            raise self.fail(where, data, "a table")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in fields:
+                raise self.fail(f"{where}.{key}", data[key],
+                                f"one of the keys {', '.join(sorted(fields))}")
+        values = {name: self.value(fields[name], value, f"{where}.{name}", table)
+                  for name, value in data.items() if fields[name].type not in NESTED}
+        for name, f in fields.items():
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING \
+                    and name not in values:
+                raise ConfigError(f"{self.path}: {where}: missing key {name}")
+        return values
+
+    def value(self, f: dataclasses.Field, value: Any, key: str, table: str) -> Any:
+        kind = f.type
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise self.fail(key, value, "true or false")
+        elif kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self.fail(key, value, "an integer")
+        elif kind == "float":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise self.fail(key, value, "a number")
+            value = float(value)
+        elif kind == "str":
+            if not isinstance(value, str):
+                raise self.fail(key, value, "a string")
+        elif kind.startswith("tuple[int"):
+            if not isinstance(value, list) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+                raise self.fail(key, value, "a list of non-negative integers")
+            value = tuple(value)
+        elif kind.startswith("tuple[str"):
+            if not isinstance(value, list) or not value or not all(
+                    isinstance(v, str) for v in value):
+                raise self.fail(key, value, "a non-empty list of strings")
+            value = tuple(value)
+        choices = _CHOICES_BY_TABLE.get((table, f.name)) or CHOICES.get(f.name)
+        if choices and value not in choices:
+            raise self.fail(key, value, "one of " + ", ".join(choices))
+        if f.name in MINIMA and value < MINIMA[f.name]:
+            raise self.fail(key, value, f"at least {MINIMA[f.name]}")
+        return value
+
+
+def _check_source(loader: _Loader, key: str, uri: str) -> tuple[str, int] | None:
+    """Check a source URI's shape; the (host, port) it binds, if any."""
+    scheme, sep, rest = uri.partition(":")
+    if not sep or scheme not in SOURCE_SCHEMES:
+        raise loader.fail(key, uri, "a source URI (" + ", ".join(
+            s + ":" for s in SOURCE_SCHEMES) + ")")
+    if scheme in ("udp", "tcp"):
+        parts = urllib.parse.urlsplit(uri)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or port is None:
+            raise loader.fail(key, uri, f"{scheme}://HOST:PORT")
+        return parts.hostname, port
+    if scheme == "sim" and rest.split("?")[0] not in ("W1", "W2", "W3"):
+        raise loader.fail(key, uri, "sim:W1, sim:W2 or sim:W3")
+    return None
+
+
+def _check_endpoint(loader: _Loader, key: str, endpoint: str, zmq_cfg: ZmqConfig) -> None:
+    if not endpoint or endpoint.startswith(("ipc://", "inproc://")):
+        return
+    if not endpoint.startswith("tcp://"):
+        raise loader.fail(key, endpoint, 'a ZeroMQ endpoint (tcp://HOST:PORT, ipc://PATH or "")')
+    host = endpoint[len("tcp://"):].rpartition(":")[0]
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not zmq_cfg.curve_secret_key:
+        raise loader.fail(key, endpoint, "a loopback or ipc:// endpoint, or CURVE keys "
+                          "(zmq.curve_secret_key) to bind elsewhere")
+
+
+def _check_stream(loader: _Loader, i: int, s: StreamConfig) -> None:
+    where = f"stream[{i}]"
+    c = s.chunk
+    if c is not None:
+        try:
+            itemsize = np.dtype(c.dtype).itemsize
+        except TypeError:
+            raise loader.fail(f"{where}.chunk.dtype", c.dtype, "a numpy dtype name") from None
+        if c.heap_bytes % itemsize:
+            raise loader.fail(f"{where}.chunk.heap_bytes", c.heap_bytes,
+                              f"a multiple of the {c.dtype} item size ({itemsize})")
+        if c.pool < c.max_chunks:
+            raise loader.fail(f"{where}.chunk.pool", c.pool,
+                              f"at least max_chunks ({c.max_chunks})")
+        if c.substreams > 1 and c.substream_item < 0:
+            raise loader.fail(f"{where}.chunk.substreams", c.substreams,
+                              "1, or a substream_item to index the substreams")
+        if c.packet_presence and c.heap_bytes % c.packet_presence:
+            raise loader.fail(f"{where}.chunk.packet_presence", c.packet_presence,
+                              f"a divisor of heap_bytes ({c.heap_bytes})")
+    for j, sink in enumerate(s.sinks):
+        directory = Path(sink.path).parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise loader.fail(f"{where}.sinks[{j}].path", sink.path,
+                              f"a path whose directory can be created ({exc.strerror})") from None
+        if not os.access(directory, os.W_OK):
+            raise loader.fail(f"{where}.sinks[{j}].path", sink.path,
+                              "a path in a writable directory")
+        if sink.kind == "hdf5" and c is None:
+            raise loader.fail(f"{where}.sinks[{j}].kind", sink.kind,
+                              "binary, text or pcap (hdf5 sinks need chunk mode)")
+
+
+def parse(text: str, path: str = "<config>") -> Config:
+    """Validate configuration text completely; raise ConfigError on the first problem."""
+    loader = _Loader(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    top = {"daemon", "zmq", "stream"}
+    for key in data:
+        if key not in top:
+            raise loader.fail(key, data[key], "one of the tables daemon, zmq, stream")
+    daemon = DaemonConfig(**loader.table(DaemonConfig, data.get("daemon", {}), "daemon",
+                                         "daemon"))
+    zmq_cfg = ZmqConfig(**loader.table(ZmqConfig, data.get("zmq", {}), "zmq", "zmq"))
+    _check_endpoint(loader, "zmq.stats", zmq_cfg.stats, zmq_cfg)
+    _check_endpoint(loader, "zmq.control", zmq_cfg.control, zmq_cfg)
+    raw_streams = data.get("stream", [])
+    if not isinstance(raw_streams, list) or not raw_streams:
+        raise loader.fail("stream", raw_streams, "one or more [[stream]] tables")
+    streams = []
+    names: set[str] = set()
+    bound: dict[tuple[str, int], str] = {}
+    for i, raw in enumerate(raw_streams):
+        where = f"stream[{i}]"
+        values = loader.table(StreamConfig, raw, where, "stream")
+        if "chunk" in raw:
+            values["chunk"] = ChunkConfig(**loader.table(ChunkConfig, raw["chunk"],
+                                                         f"{where}.chunk", "chunk"))
+        if "buffer" in raw:
+            values["buffer"] = BufferConfig(**loader.table(BufferConfig, raw["buffer"],
+                                                           f"{where}.buffer", "buffer"))
+        raw_sinks = raw.get("sinks", [])
+        if not isinstance(raw_sinks, list):
+            raise loader.fail(f"{where}.sinks", raw_sinks, "[[stream.sinks]] tables")
+        values["sinks"] = tuple(
+            SinkConfig(**loader.table(SinkConfig, sink, f"{where}.sinks[{j}]", "sinks"))
+            for j, sink in enumerate(raw_sinks))
+        stream = StreamConfig(**values)
+        if stream.name in names:
+            raise loader.fail(f"{where}.name", stream.name, "a name no other stream has")
+        names.add(stream.name)
+        for k, uri in enumerate(stream.sources):
+            endpoint = _check_source(loader, f"{where}.sources[{k}]", uri)
+            if endpoint is not None:
+                host_port = (uri.split(":", 1)[0], endpoint[1])
+                if host_port in bound:
+                    raise loader.fail(f"{where}.sources[{k}]", uri,
+                                      f"a port no other source uses ({bound[host_port]} "
+                                      "has it)")
+                bound[host_port] = f"{where}.sources[{k}]"
+        _check_stream(loader, i, stream)
+        streams.append(stream)
+    return Config(path=path, text=text, daemon=daemon, zmq=zmq_cfg, streams=tuple(streams))
+
+
+def load(path: str | os.PathLike | None = None) -> Config:
+    """Read and validate a configuration file (the built-in default when None)."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
+    return parse(text, str(path))

@@ -1,0 +1,95 @@
+"""Configuration validation: every malformed case is one line naming key and value."""
+
+import pytest
+
+from daqd.config import ConfigError, parse
+
+GOOD = """
+[daemon]
+name = "test"
+
+[[stream]]
+name = "adc0"
+sources = ["udp://127.0.0.1:7148"]
+
+[stream.chunk]
+heap_bytes = 8192
+dtype = "uint16"
+
+[[stream.sinks]]
+kind = "binary"
+path = "{tmp}/data/{{stream}}.bin"
+"""
+
+
+def config(tmp_path, text=GOOD):
+    return parse(text.format(tmp=tmp_path), "test.toml")
+
+
+def test_good_configuration_loads_into_frozen_objects(tmp_path):
+    cfg = config(tmp_path)
+    assert cfg.daemon.name == "test"
+    stream = cfg.streams[0]
+    assert stream.chunk.dtype == "uint16" and stream.chunk.max_chunks == 4
+    assert stream.buffer.kind == "circular"
+    assert stream.sinks[0].kind == "binary"
+    with pytest.raises(AttributeError):
+        stream.name = "other"
+
+
+BAD = [
+    ("[daemon]\nnmae = 'x'\n", "daemon.nmae"),
+    ("[daemon]\nlog_level = 'loud'\n", "daemon.log_level = 'loud': expected one of debug"),
+    ("[zmq]\ninterval = 'fast'\n", "zmq.interval = 'fast': expected a number"),
+    ("[zmq]\ninterval = 0\n", "zmq.interval = 0.0: expected at least 0.01"),
+    ("[zmq]\nstats = 'tcp://0.0.0.0:5556'\n", "expected a loopback or ipc:// endpoint"),
+    ("[zmq]\ncontrol = 'udp://x'\n", "zmq.control = 'udp://x'"),
+    ("[extra]\n", "extra = {}: expected one of the tables"),
+    ("[[stream]]\nname = 'a'\n", "stream[0]: missing key sources"),
+    ("[[stream]]\nname = 'a'\nsources = []\n", "stream[0].sources = []"),
+    ("[[stream]]\nname = 'a'\nsources = ['ftp://x']\n", "stream[0].sources[0] = 'ftp://x'"),
+    ("[[stream]]\nname = 'a'\nsources = ['udp://127.0.0.1']\n", "udp://HOST:PORT"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W9']\n", "sim:W1, sim:W2 or sim:W3"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\nmax_heaps = 0\n",
+     "stream[0].max_heaps = 0: expected at least 1"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\nallow_out_of_order = 1\n",
+     "expected true or false"),
+    ("[[stream]]\nname = 'a'\nsources = ['udp://127.0.0.1:7000']\n"
+     "[[stream]]\nname = 'b'\nsources = ['udp://127.0.0.1:7000']\n",
+     "stream[1].sources[0] = 'udp://127.0.0.1:7000': expected a port no other source uses"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[[stream]]\nname = 'a'\nsources = ['sim:W2']\n",
+     "stream[1].name = 'a'"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.chunk]\nheap_bytes = 8191\n"
+     "dtype = 'uint16'\n", "stream[0].chunk.heap_bytes = 8191: expected a multiple of the uint16"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.chunk]\npool = 2\nmax_chunks = 4\n",
+     "stream[0].chunk.pool = 2: expected at least max_chunks (4)"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.chunk]\ndtype = 'uint7'\n",
+     "a numpy dtype name"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.chunk]\nsubstreams = 2\n",
+     "substream_item"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.chunk]\nwhen_full = 'block'\n",
+     "expected one of wait, drop"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.buffer]\nwhen_full = 'wait'\n",
+     "expected one of block, drop-newest, overwrite-oldest"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.buffer]\nkind = 'ring'\n",
+     "stream[0].buffer.kind = 'ring'"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[[stream.sinks]]\nkind = 'csv'\npath = 'x'\n",
+     "stream[0].sinks[0].kind = 'csv'"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[[stream.sinks]]\nkind = 'binary'\n",
+     "stream[0].sinks[0]: missing key path"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[[stream.sinks]]\nkind = 'hdf5'\n"
+     "path = '{tmp}/x.h5'\n", "hdf5 sinks need chunk mode"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[[stream.sinks]]\nkind = 'binary'\n"
+     "path = '/proc/nope/x.bin'\n", "a path whose directory can be created"),
+    ("[[stream]\n", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD)
+def test_each_problem_is_one_line_naming_it(tmp_path, text, message):
+    with pytest.raises(ConfigError) as info:
+        parse(text.replace("{tmp}", str(tmp_path)), "bad.toml")
+    line = str(info.value)
+    assert "\n" not in line
+    assert line.startswith("bad.toml: ")
+    assert message in line
