@@ -996,9 +996,13 @@ cdef class ChunkStream:
         stats[<int>STAT_HEAPS] += 1
         if reason == READY_COMPLETE:
             stats[<int>STAT_HEAPS_COMPLETE] += 1
-            if self.writable(ch) and not self.group.packet_presence:
-                ch.present[0] = 1
-                stats[<int>STAT_CHUNK_HEAPS_PRESENT] += 1
+            if self.writable(ch):
+                if not self.group.packet_presence:
+                    ch.present[0] = 1
+                    stats[<int>STAT_CHUNK_HEAPS_PRESENT] += 1
+            elif ch.chunk_id >= 0:
+                # Placed, but its chunk left the window first (spead2 counts it so too).
+                stats[<int>STAT_CHUNK_HEAPS_TOO_OLD] += 1
             elif ch.empty:
                 stats[<int>STAT_CHUNK_REJECTED_SIZE] += 1   # a complete heap of 0 bytes
         elif reason == READY_EVICTED:
