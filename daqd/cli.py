@@ -124,6 +124,108 @@ def simulate(target: str, workload: str, rate: float, heaps: int, stop: bool, po
     click.echo(json.dumps(result), err=True)
 
 
+@cli.command()
+@click.option(
+    "--workload",
+    "workloads",
+    type=click.Choice(["W1", "W2", "W3"]),
+    multiple=True,
+    help="Reference workload (repeatable; default: all three).",
+)
+@click.option("--vs-spead2", is_flag=True, help="Run spead2 beside daqd and give the ratios.")
+@click.option(
+    "--mode",
+    type=click.Choice(["memory", "udp", "all"]),
+    default="all",
+    show_default=True,
+    help="From a buffer in memory, over loopback UDP, or both.",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Timed from-memory runs per receiver (median reported).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
+@click.option(
+    "--heaps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Heaps per from-memory run (default: about 1 GiB of packets).",
+)
+@click.option(
+    "--trial-seconds",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="Traffic per UDP trial.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="UDP rate search: bisection trials after the halving ladder.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="UDP rate search: further trials at a rate before it counts as failed.",
+)
+@click.option(
+    "--wait-idle",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Before each measurement, wait up to this many seconds for other processes "
+    "to leave the CPUs idle (shared machines).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+def bench(
+    workloads: tuple[str, ...],
+    vs_spead2: bool,
+    mode: str,
+    runs: int,
+    as_json: bool,
+    heaps: int | None,
+    trial_seconds: float,
+    steps: int,
+    retries: int,
+    wait_idle: float,
+    quiet: bool,
+) -> None:
+    """Run the chunk-mode throughput benchmarks and print figures (and ratios).
+
+    memory: one pre-built buffer of the workload through daqd's chunk path
+    (and spead2's ChunkRingStream), medians of interleaved runs.  udp: the
+    highest rate each receiver sustains over loopback with < 0.1 % heap loss.
+    """
+    from daqd.bench import format_report, run_bench
+
+    def log(line: str) -> None:
+        if not quiet:
+            click.echo(f"daqd bench: {line}", err=True)
+
+    report = run_bench(
+        workloads or ("W1", "W2", "W3"),
+        vs_spead2=vs_spead2,
+        mode=mode,
+        runs=runs,
+        heaps=heaps,
+        trial_seconds=trial_seconds,
+        steps=steps,
+        retries=retries,
+        wait_idle=wait_idle,
+        log=log,
+    )
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        click.echo(format_report(report))
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: click without its multi-line usage errors.
 
