@@ -176,6 +176,13 @@ def simulate(target: str, workload: str, rate: float, heaps: int, stop: bool, po
     help="UDP rate search: further trials at a rate before it counts as failed.",
 )
 @click.option(
+    "--socket-buffer",
+    type=click.IntRange(min=4096),
+    default=8 << 20,
+    show_default=True,
+    help="UDP receive buffer of both receivers (past net.core.rmem_max when permitted).",
+)
+@click.option(
     "--wait-idle",
     type=click.FloatRange(min=0),
     default=0.0,
@@ -193,6 +200,7 @@ def bench(
     trial_seconds: float,
     steps: int,
     retries: int,
+    socket_buffer: int,
     wait_idle: float,
     quiet: bool,
 ) -> None:
@@ -217,6 +225,7 @@ def bench(
         trial_seconds=trial_seconds,
         steps=steps,
         retries=retries,
+        socket_buffer=socket_buffer,
         wait_idle=wait_idle,
         log=log,
     )

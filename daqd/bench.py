@@ -1,0 +1,1117 @@
+"""Chunk-mode throughput benchmarks, daqd beside spead2 (``daqd bench``).
+
+Two measurements, each on the reference workloads W1-W3 (DESIGN.md), with
+the same chunk layout on both sides (timestamp placement, 64 heaps per chunk,
+``max_chunks=4``, a pool of 16 chunks, ``max_heaps=8``):
+
+from memory
+    One pre-built buffer of packets (the SimReader workload, back to back,
+    about 1 GiB so that it is cold in every cache) goes through daqd's chunk
+    path (``ChunkStream.chunks(ByteStreamReader(buffer))``, each chunk
+    released in Python) and through spead2's ``ChunkRingStream``
+    (``add_buffer_reader``, placement by ``_spead.Spead2Placement``, chunks
+    taken from the data ring and given back with ``add_free_chunk`` in
+    Python).  Runs alternate between the two receivers; the figure is the
+    median.  An untimed first run of each checks every placed byte, and every
+    run checks that every heap arrived (the sum of the presence flags).
+
+over loopback UDP
+    The highest offered rate each receiver sustains with less than 0.1 % of
+    heaps lost.  One sender process (``_spead.send`` over a connected UDP
+    socket, paced by the SimReader) runs pinned to one core, the receiver to
+    the other.  Each trial is about one second of traffic ending with a stop
+    heap; the rate is found by a trial at the sender's full speed, a halving
+    ladder below it, then a geometric bisection.
+
+spead2 is imported only when a spead2 figure is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+import numpy as np
+
+from daqd import __version__, _spead
+from daqd.errors import UsageProblem
+
+WORKLOAD_NAMES = ("W1", "W2", "W3")
+MODES = ("memory", "udp", "all")
+
+# The chunk layout and window both receivers use.
+HEAPS_PER_CHUNK = 64
+MAX_CHUNKS = 4
+POOL = 16
+MAX_HEAPS = 8
+MAX_PACKET_SIZE = 9200
+TIMESTAMP_ITEM = 0x1600
+FIRST_CNT = 1                   # SimReader's first HEAP_CNT
+
+MEMORY_TARGET_BYTES = 1 << 30   # packet bytes per from-memory buffer
+LOSS_LIMIT = 1e-3               # "sustained": fewer than 0.1 % of heaps lost
+SOCKET_BUFFER = 8 << 20         # default receive buffer asked for (daqd's and spead2's default)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+HUGE_PAGE = 2 << 20
+
+
+class BenchError(RuntimeError):
+    """A benchmark produced a wrong result (a missing heap, a misplaced byte)."""
+
+
+class MissingDependency(UsageProblem):
+    """An optional package a requested benchmark needs is not installed."""
+
+
+# ----------------------------------------------------------------------
+# Workloads and layout
+
+
+def layout(workload: str) -> dict[str, Any]:
+    """ChunkStream/Spead2Placement layout arguments for `workload`."""
+    heap_bytes, _, step = _spead.WORKLOADS[workload]
+    return {
+        "timestamp_item": TIMESTAMP_ITEM,
+        "timestamp_step": step,
+        "heaps_per_chunk": HEAPS_PER_CHUNK,
+        "heap_bytes": heap_bytes,
+    }
+
+
+def packet_size(workload: str) -> int:
+    """Bytes of one whole packet (56 header bytes plus its payload)."""
+    heap_bytes, per_heap, _ = _spead.WORKLOADS[workload]
+    return 56 + heap_bytes // per_heap
+
+
+def default_memory_heaps(workload: str) -> int:
+    """Heaps in about MEMORY_TARGET_BYTES of packets, a whole number of chunks."""
+    _, per_heap, _ = _spead.WORKLOADS[workload]
+    heaps = MEMORY_TARGET_BYTES // (packet_size(workload) * per_heap)
+    return max(HEAPS_PER_CHUNK, heaps - heaps % HEAPS_PER_CHUNK)
+
+
+def workload_buffer(workload: str, heaps: int) -> np.ndarray:
+    """Build the packets of `heaps` heaps of `workload`, back to back, in one array."""
+    sim = _spead.SimReader(workload, heaps=heaps, batch=256)
+    fd = os.memfd_create("daqd-bench")
+    try:
+        _spead.send(sim, fd, "stream")
+        size = os.fstat(fd).st_size
+        buf = np.empty(size, np.uint8)
+        view = memoryview(buf)
+        done = 0
+        while done < size:
+            got = os.preadv(fd, [view[done:]], done)
+            if got <= 0:
+                raise BenchError(f"short read building the {workload} buffer")
+            done += got
+    finally:
+        os.close(fd)
+    return buf
+
+
+def _pattern(workload: str) -> np.ndarray:
+    heap_bytes, per_heap, _ = _spead.WORKLOADS[workload]
+    payload = heap_bytes // per_heap
+    return ((np.arange(payload) * 7 + 3) & 0xFF).astype(np.uint8)
+
+
+def check_chunk(workload: str, chunk_id: int, data: np.ndarray, present: np.ndarray) -> None:
+    """Check every present slot of a chunk holds its heap's bytes (SimReader layout).
+
+    Each packet's payload starts with the big-endian ``HEAP_CNT << 16 | packet
+    index``; the rest is a fixed pattern.
+    """
+    heap_bytes, per_heap, _ = _spead.WORKLOADS[workload]
+    payload = heap_bytes // per_heap
+    slots = np.flatnonzero(np.asarray(present).reshape(HEAPS_PER_CHUNK))
+    packets = np.asarray(data).reshape(HEAPS_PER_CHUNK, per_heap, payload)[slots]
+    marker = np.ascontiguousarray(packets[:, :, :8]).view(">u8")[..., 0]
+    heap = chunk_id * HEAPS_PER_CHUNK + slots.astype(np.int64)
+    expected = ((heap + FIRST_CNT)[:, None] << 16) | np.arange(per_heap)[None, :]
+    if not np.array_equal(marker, expected):
+        raise BenchError(f"{workload}: chunk {chunk_id} holds heaps in the wrong slots")
+    if not np.array_equal(packets[:, :, 8:], np.broadcast_to(_pattern(workload)[8:],
+                                                             packets[:, :, 8:].shape)):
+        raise BenchError(f"{workload}: chunk {chunk_id} holds corrupted payload bytes")
+
+
+def import_spead2() -> Any:
+    """spead2 and spead2.recv, or one line saying that it is missing."""
+    try:
+        import spead2
+        import spead2.recv
+    except ImportError as exc:
+        raise MissingDependency(
+            f"--vs-spead2 needs spead2 (pip install 'spead2==4.5.1'): {exc}"
+        ) from None
+    return spead2
+
+
+class Spead2Chunks:
+    """A spead2 chunk pool laid out as daqd's own: one pre-touched block.
+
+    The block is aligned to a huge page and advised for transparent huge
+    pages, each chunk starts on a page, as ChunkStream allocates its pool, so
+    neither receiver gets better memory than the other.
+    """
+
+    def __init__(self, spead2: Any, workload: str, count: int = POOL) -> None:
+        heap_bytes = layout(workload)["heap_bytes"]
+        chunk_bytes = HEAPS_PER_CHUNK * heap_bytes
+        stride = (chunk_bytes + 4095) & ~4095
+        total = count * stride
+        self.map = mmap.mmap(-1, total + HUGE_PAGE)
+        raw = np.frombuffer(self.map, np.uint8)
+        skip = (-raw.ctypes.data) % HUGE_PAGE
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            self.map.madvise(mmap.MADV_HUGEPAGE, skip, total - total % HUGE_PAGE)
+        block = raw[skip:skip + total]
+        block.fill(0)
+        self.chunks = [
+            spead2.recv.Chunk(
+                present=np.zeros(HEAPS_PER_CHUNK, np.uint8),
+                data=block[i * stride:i * stride + chunk_bytes],
+            )
+            for i in range(count)
+        ]
+
+
+def spead2_chunk_stream(spead2: Any, workload: str) -> tuple[Any, Any, Spead2Chunks]:
+    """Make a ChunkRingStream with daqd's layout; return it, its data ring and chunks."""
+    placement = _spead.Spead2Placement(**layout(workload))
+    config = spead2.recv.StreamConfig(max_heaps=MAX_HEAPS)
+    chunk_config = spead2.recv.ChunkStreamConfig(
+        items=placement.items,
+        max_chunks=MAX_CHUNKS,
+        place=placement.place,
+        max_heap_extra=placement.max_heap_extra,
+    )
+    data_ring = spead2.recv.ChunkRingbuffer(POOL)
+    free_ring = spead2.recv.ChunkRingbuffer(POOL)
+    stream = spead2.recv.ChunkRingStream(
+        spead2.ThreadPool(1), config, chunk_config, data_ring, free_ring
+    )
+    pool = Spead2Chunks(spead2, workload)
+    for chunk in pool.chunks:
+        stream.add_free_chunk(chunk)
+    return stream, data_ring, pool
+
+
+def daqd_chunk_stream(workload: str) -> Any:
+    """Make a ChunkStream with the benchmark layout."""
+    return _spead.ChunkStream(
+        **layout(workload), max_chunks=MAX_CHUNKS, pool=POOL, max_heaps=MAX_HEAPS
+    )
+
+
+# ----------------------------------------------------------------------
+# From memory
+
+
+def memory_run_daqd(workload: str, buf: np.ndarray, *, verify: bool = False) -> tuple[float, int]:
+    """One pass of `buf` through daqd's chunk path: (seconds, heaps present)."""
+    stream = daqd_chunk_stream(workload)
+    reader = _spead.ByteStreamReader(buf, max_packet_size=MAX_PACKET_SIZE)
+    count = np.count_nonzero
+    present = 0
+    start = time.perf_counter()
+    for chunk in stream.chunks(reader):
+        present += count(chunk.present)
+        if verify:
+            check_chunk(workload, chunk.chunk_id, chunk.data, chunk.present)
+        chunk.release()
+    seconds = time.perf_counter() - start
+    present = int(present)
+    stats = stream.stats()
+    if stats["chunk_heaps_present"] != present:
+        raise BenchError(f"{workload}: daqd counted {stats['chunk_heaps_present']} heaps "
+                         f"present, its chunks {present}")
+    return seconds, present
+
+
+def memory_run_spead2(workload: str, buf: np.ndarray, *, verify: bool = False
+                      ) -> tuple[float, int]:
+    """One pass of `buf` through spead2's ChunkRingStream: (seconds, heaps present)."""
+    spead2 = import_spead2()
+    stream, data_ring, _pool = spead2_chunk_stream(spead2, workload)
+    count = np.count_nonzero
+    present = 0
+    start = time.perf_counter()
+    stream.add_buffer_reader(buf)
+    for chunk in data_ring:
+        present += count(chunk.present)
+        if verify:
+            check_chunk(workload, chunk.chunk_id, chunk.data, chunk.present)
+        stream.add_free_chunk(chunk)
+    seconds = time.perf_counter() - start
+    stream.stop()
+    return seconds, int(present)
+
+
+RUNNERS: dict[str, Callable[..., tuple[float, int]]] = {
+    "daqd": memory_run_daqd,
+    "spead2": memory_run_spead2,
+}
+
+
+@dataclass
+class MemoryResult:
+    """One receiver's from-memory figures on one workload."""
+
+    workload: str
+    receiver: str
+    heaps: int
+    packets: int
+    payload_bytes: int
+    buffer_bytes: int
+    seconds: list[float]
+    median_seconds: float
+    heaps_per_s: float
+    packets_per_s: float
+    gbit_per_s: float
+    other_load: float | None = None     # cores used by other processes during the runs
+    steal: float | None = None          # cores stolen by the hypervisor
+
+
+def bench_memory(workload: str, receivers: Sequence[str], *, runs: int, heaps: int | None = None,
+                 wait_idle: float = 0.0,
+                 log: Callable[[str], None] = lambda _: None) -> list[MemoryResult]:
+    """Median from-memory throughput of each receiver on `workload`.
+
+    An untimed first run of each receiver checks every placed byte; then
+    `runs` timed runs alternate between the receivers (the first one swaps
+    every run).  Every run must yield every heap.  With `wait_idle`, each
+    round of runs first waits up to that many seconds for other processes to
+    leave the CPUs alone.
+    """
+    heaps = heaps or default_memory_heaps(workload)
+    heap_bytes, per_heap, _ = _spead.WORKLOADS[workload]
+    t = time.perf_counter()
+    buf = workload_buffer(workload, heaps)
+    log(f"{workload}: built {buf.nbytes / 2**20:.0f} MiB of packets ({heaps} heaps) "
+        f"in {time.perf_counter() - t:.1f} s")
+    times: dict[str, list[float]] = {r: [] for r in receivers}
+    for r in receivers:
+        seconds, present = RUNNERS[r](workload, buf, verify=True)
+        _expect_all(workload, r, present, heaps)
+        log(f"{workload}: {r} checked every byte (untimed warm-up, {seconds:.3f} s)")
+    load = LoadMonitor()
+    for i in range(runs):
+        if wait_idle:
+            waited = wait_until_quiet(wait_idle)
+            if waited > 0.5:
+                log(f"{workload}: waited {waited:.1f} s for the CPUs to be idle")
+        order = list(receivers) if i % 2 == 0 else list(reversed(receivers))
+        for r in order:
+            seconds, present = RUNNERS[r](workload, buf)
+            _expect_all(workload, r, present, heaps)
+            times[r].append(seconds)
+        log(f"{workload}: run {i + 1}/{runs}: "
+            + ", ".join(f"{r} {times[r][-1]:.3f} s" for r in receivers))
+    other, steal = load.cores()
+    if other is not None and other > 0.1:
+        log(f"{workload}: other processes used {other:.2f} cores meanwhile")
+    results = []
+    for r in receivers:
+        median = statistics.median(times[r])
+        results.append(MemoryResult(
+            workload=workload, receiver=r, heaps=heaps, packets=heaps * per_heap,
+            payload_bytes=heaps * heap_bytes, buffer_bytes=int(buf.nbytes),
+            seconds=[round(s, 6) for s in times[r]], median_seconds=median,
+            heaps_per_s=heaps / median, packets_per_s=heaps * per_heap / median,
+            gbit_per_s=heaps * heap_bytes * 8 / median / 1e9,
+            other_load=other, steal=steal,
+        ))
+    return results
+
+
+def _expect_all(workload: str, receiver: str, present: int, heaps: int) -> None:
+    if present != heaps:
+        raise BenchError(f"{workload}: {receiver} received {present} of {heaps} heaps "
+                         "from memory")
+
+
+# ----------------------------------------------------------------------
+# Over loopback UDP: the sender process
+
+
+def sender_main() -> None:
+    """Run the sender process: one JSON command per line on stdin, one reply each.
+
+    Command: ``{"workload", "port", "rate" (packets/s, 0 = full speed),
+    "seconds"}``.  The sender sends about `seconds` of the workload to
+    127.0.0.1:port, then a stop heap (three times, in case one is dropped),
+    and replies ``{"packets", "bytes", "dropped", "seconds"}``.
+    """
+    cpu = int(sys.argv[1]) if len(sys.argv) > 1 else -1
+    if cpu >= 0:
+        os.sched_setaffinity(0, {cpu})
+    out = sys.stdout
+    out.write("ready\n")
+    out.flush()
+    for line in sys.stdin:
+        command = json.loads(line)
+        out.write(json.dumps(_send_trial(**command)) + "\n")
+        out.flush()
+
+
+def _send_trial(workload: str, port: int, rate: float, seconds: float) -> dict[str, Any]:
+    _, per_heap, _ = _spead.WORKLOADS[workload]
+    size = packet_size(workload)
+    # Whole batches of 64 packets (so no packet of a batch is skipped and every
+    # heap is whole), about 20 ms of traffic per send() call.
+    block = 64 * max(1, int(rate * 0.02) // 64) if rate else 1024
+    sim = _spead.SimReader(workload, heaps=0, rate=rate * size, first_cnt=FIRST_CNT)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    packets = nbytes = dropped = 0
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        sock.connect(("127.0.0.1", port))
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            p, b, d = _spead.send(sim, sock.fileno(), "udp", max_packets=block)
+            packets += p
+            nbytes += b
+            dropped += d
+        elapsed = time.perf_counter() - start
+        stop = _spead.stop_packet(FIRST_CNT + packets // per_heap)
+        for _ in range(3):
+            _spead.send(_spead.ByteListReader([stop]), sock.fileno(), "udp")
+            time.sleep(0.01)
+    finally:
+        sock.close()
+    return {"packets": packets, "bytes": nbytes, "dropped": dropped, "seconds": elapsed}
+
+
+class Sender:
+    """The sender process, pinned to `cpu` (None: not pinned)."""
+
+    def __init__(self, cpu: int | None) -> None:
+        code = "from daqd.bench import sender_main; sender_main()"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(-1 if cpu is None else cpu)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.stdin: TextIO = self.proc.stdin
+        self.stdout: TextIO = self.proc.stdout
+        if self.stdout.readline().strip() != "ready":
+            self.close()
+            raise BenchError("the sender process did not start")
+
+    def start(self, workload: str, port: int, rate: float, seconds: float) -> None:
+        """Start one trial's traffic (returns at once)."""
+        command = {"workload": workload, "port": port, "rate": rate, "seconds": seconds}
+        self.stdin.write(json.dumps(command) + "\n")
+        self.stdin.flush()
+
+    def result(self) -> dict[str, Any] | None:
+        """Wait for the trial's reply; None if the sender died."""
+        line = self.stdout.readline()
+        return json.loads(line) if line else None
+
+    def close(self) -> None:
+        """End the sender process."""
+        if self.proc.poll() is None:
+            try:
+                self.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ----------------------------------------------------------------------
+# Over loopback UDP: receivers and trials
+
+
+def _user_seconds() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_utime
+
+
+def receive_socket(size: int = SOCKET_BUFFER) -> tuple[socket.socket, int, bool]:
+    """Open a UDP socket on 127.0.0.1; return it, its receive buffer, whether forced.
+
+    The buffer is asked for with SO_RCVBUF, which the kernel caps at
+    net.core.rmem_max; if that gives less and the process may (CAP_NET_ADMIN),
+    SO_RCVBUFFORCE goes past the cap.  Both receivers get the same socket.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    forced = False
+    # Linux reports twice the usable size it granted.
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2 < size:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+            forced = True
+        except OSError:
+            pass
+    sock.bind(("127.0.0.1", 0))
+    return sock, sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2, forced
+
+
+def kernel_drops(sock: socket.socket) -> int | None:
+    """Datagrams the kernel dropped on `sock` (the drops column of /proc/net/udp)."""
+    inode = os.fstat(sock.fileno()).st_ino
+    try:
+        with open("/proc/net/udp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 13 and int(fields[9]) == inode:
+                    return int(fields[12])
+    except (OSError, ValueError, StopIteration):
+        pass
+    return None
+
+
+@dataclass
+class Trial:
+    """One trial at one offered rate."""
+
+    requested_pps: float        # 0: the sender's full speed
+    offered_pps: float          # what the sender managed
+    heaps_sent: int
+    heaps_present: int
+    loss: float
+    ok: bool
+    sender_dropped: int
+    kernel_drops: int | None
+    daqd_socket_drops: int | None
+    stopped_by: str             # "stop heap" or "timeout"
+    receiver_cpu: float         # receiver process CPU time / trial wall time
+    cpu_us_per_packet: float    # receiver process CPU time per packet sent
+    user_us_per_packet: float   # the user-space part of it (the rest is the kernel's)
+    other_load: float | None    # cores other processes used meanwhile
+    steal: float | None         # cores stolen by the hypervisor meanwhile
+
+
+class _Watch(threading.Thread):
+    """Waits for the sender's reply, then stops the receiver if no stop heap came."""
+
+    def __init__(self, sender: Sender, stop: Callable[[], None], grace: float) -> None:
+        super().__init__(daemon=True)
+        self.sender = sender
+        self.stop_receiver = stop
+        self.grace = grace
+        self.done = threading.Event()
+        self.reply: dict[str, Any] | None = None
+        self.timed_out = False
+
+    def run(self) -> None:
+        self.reply = self.sender.result()
+        if not self.done.wait(self.grace if self.reply is not None else 0):
+            self.timed_out = True
+            self.stop_receiver()
+
+
+def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds: float,
+              spead2: Any = None, socket_buffer: int = SOCKET_BUFFER) -> Trial:
+    """One trial: `seconds` of `workload` at `rate` packets/s into a fresh receiver."""
+    _, per_heap, _ = _spead.WORKLOADS[workload]
+    sock, _, _ = receive_socket(socket_buffer)
+    port = sock.getsockname()[1]
+    count = np.count_nonzero
+    present = 0
+    daqd_drops = None
+    try:
+        if receiver == "daqd":
+            stream = daqd_chunk_stream(workload)
+            reader = _spead.UdpReader(sock, max_packet_size=MAX_PACKET_SIZE)
+            watch = _Watch(sender, reader.stop, grace=1.0)
+            load = LoadMonitor(sender.proc.pid)
+            user, wall = _user_seconds(), time.perf_counter()
+            cpu = time.process_time()
+            sender.start(workload, port, rate, seconds)
+            watch.start()
+            for chunk in stream.chunks(reader):
+                present += count(chunk.present)
+                chunk.release()
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            user = _user_seconds() - user
+            daqd_drops = stream.stats()["packets_dropped_socket_buffer"]
+        else:
+            stream, data_ring, _pool = spead2_chunk_stream(spead2, workload)
+            stream.add_udp_reader(sock, max_size=MAX_PACKET_SIZE)
+            watch = _Watch(sender, stream.stop, grace=1.0)
+            load = LoadMonitor(sender.proc.pid)
+            user, wall = _user_seconds(), time.perf_counter()
+            cpu = time.process_time()
+            sender.start(workload, port, rate, seconds)
+            watch.start()
+            for chunk in data_ring:
+                present += count(chunk.present)
+                stream.add_free_chunk(chunk)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            user = _user_seconds() - user
+            stream.stop()
+        other, steal = load.cores()
+        watch.done.set()
+        watch.join()
+        drops = kernel_drops(sock)
+    finally:
+        sock.close()
+    present = int(present)
+    reply = watch.reply
+    if reply is None:
+        raise BenchError("the sender process died")
+    sent = reply["packets"] // per_heap
+    if present > sent:
+        raise BenchError(f"{workload}: {receiver} reports {present} heaps present of "
+                         f"{sent} sent")
+    loss = (sent - present) / sent if sent else 1.0
+    return Trial(
+        requested_pps=rate, offered_pps=reply["packets"] / reply["seconds"],
+        heaps_sent=sent, heaps_present=present, loss=loss, ok=loss < LOSS_LIMIT,
+        sender_dropped=reply["dropped"], kernel_drops=drops, daqd_socket_drops=daqd_drops,
+        stopped_by="timeout" if watch.timed_out else "stop heap",
+        receiver_cpu=cpu / wall if wall > 0 else 0.0,
+        cpu_us_per_packet=1e6 * cpu / reply["packets"] if reply["packets"] else 0.0,
+        user_us_per_packet=1e6 * user / reply["packets"] if reply["packets"] else 0.0,
+        other_load=other, steal=steal,
+    )
+
+
+@dataclass
+class UdpResult:
+    """The highest rate one receiver sustains on one workload over loopback UDP."""
+
+    workload: str
+    receiver: str
+    sustained: Trial | None     # the fastest trial with loss < 0.1 %
+    first_failed: Trial | None  # the slowest trial above it that lost more
+    sender_limited: bool        # even the sender's full speed was sustained
+    heaps_per_s: float
+    packets_per_s: float
+    gbit_per_s: float
+    trials: list[Trial] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def rate_search(*, ladder: int = 6, steps: int = 5
+                ) -> Generator[float, Trial, tuple[Trial | None, Trial | None]]:
+    """Search the highest sustained rate: full speed, a halving ladder, then bisection.
+
+    A generator: it yields the next rate to try (packets/s, 0 = full speed)
+    and is sent the trial's result; it returns (fastest passing trial,
+    slowest failing trial above it).  At most 1 + `ladder` + `steps` rates.
+    """
+    first = yield 0.0
+    if first.ok:
+        return first, None
+    hi, lo = first, None
+    rate = first.offered_pps / 2
+    for _ in range(ladder):
+        t = yield rate
+        if t.ok:
+            lo = t
+            break
+        hi = t
+        rate /= 2
+    if lo is None:
+        return None, hi
+    for _ in range(steps):
+        upper = hi.requested_pps or hi.offered_pps
+        t = yield math.sqrt(lo.requested_pps * upper)
+        if t.ok:
+            lo = t
+        else:
+            hi = t
+    return lo, hi
+
+
+def search_rate(trial: Callable[[float], Trial], *, ladder: int = 6, steps: int = 5
+                ) -> tuple[Trial | None, Trial | None, list[Trial]]:
+    """Run `rate_search` with `trial`; returns (best, first failed, every trial)."""
+    search = rate_search(ladder=ladder, steps=steps)
+    trials: list[Trial] = []
+    rate = next(search)
+    while True:
+        trials.append(trial(rate))
+        try:
+            rate = search.send(trials[-1])
+        except StopIteration as end:
+            best, failed = end.value
+            return best, failed, trials
+
+
+def bench_udp(workload: str, receivers: Sequence[str], sender: Sender, *,
+              seconds: float = 1.0, ladder: int = 6, steps: int = 5, retries: int = 1,
+              wait_idle: float = 0.0, socket_buffer: int = SOCKET_BUFFER,
+              log: Callable[[str], None] = lambda _: None) -> list[UdpResult]:
+    """Search the highest rate each receiver sustains on `workload`.
+
+    The receivers' searches run side by side, one trial of each in turn, so
+    that a slow spell of the machine hits both.  A rate fails only when
+    `retries` + 1 trials at it all lose 0.1 % or more: on a VM the receiver
+    now and then stops for several milliseconds (the host), and one such
+    stop in a trial overflows the socket buffer whatever the receiver.  With
+    `wait_idle`, each trial first waits up to that many seconds for other
+    processes to leave the CPUs alone.
+    """
+    spead2 = import_spead2() if "spead2" in receivers else None
+    heap_bytes, per_heap, _ = _spead.WORKLOADS[workload]
+
+    def note(receiver: str, t: Trial) -> None:
+        asked = f"{t.requested_pps / 1e3:.0f} kpkt/s" if t.requested_pps else "full speed"
+        log(f"{workload} udp {receiver}: {asked}: offered {t.offered_pps / 1e3:.0f} kpkt/s, "
+            f"loss {100 * t.loss:.3f} % ({t.heaps_sent - t.heaps_present} of {t.heaps_sent} "
+            f"heaps; kernel drops {t.kernel_drops}; rx CPU {100 * t.receiver_cpu:.0f} %; "
+            f"other load {_cores(t.other_load)} cores) {'ok' if t.ok else 'FAIL'}"
+            + (" [timeout]" if t.stopped_by == "timeout" else ""))
+
+    searches = {r: rate_search(ladder=ladder, steps=steps) for r in receivers}
+    rates = {r: next(search) for r, search in searches.items()}
+    every: dict[str, list[Trial]] = {r: [] for r in receivers}
+    spent = dict.fromkeys(receivers, 0.0)
+    results: dict[str, UdpResult] = {}
+    while rates:
+        for r in list(rates):
+            started = time.perf_counter()
+            for _attempt in range(retries + 1):
+                if wait_idle:
+                    wait_until_quiet(wait_idle)
+                t = udp_trial(r, workload, sender, rates[r], seconds, spead2, socket_buffer)
+                every[r].append(t)
+                note(r, t)
+                if t.ok:
+                    break
+            spent[r] += time.perf_counter() - started
+            try:
+                rates[r] = searches[r].send(t)
+                continue
+            except StopIteration as end:
+                best, failed = end.value
+            del rates[r]
+            pps = best.offered_pps if best else 0.0
+            results[r] = UdpResult(
+                workload=workload, receiver=r, sustained=best, first_failed=failed,
+                sender_limited=best is not None and best.requested_pps == 0,
+                heaps_per_s=pps / per_heap, packets_per_s=pps,
+                gbit_per_s=pps / per_heap * heap_bytes * 8 / 1e9,
+                trials=every[r], seconds=spent[r],
+            )
+    return [results[r] for r in receivers]
+
+
+# ----------------------------------------------------------------------
+# Machine
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def idle_fraction(seconds: float = 0.5) -> float | None:
+    """Fraction of all CPU time that was idle over `seconds` (other load skews figures)."""
+
+    def sample() -> list[int] | None:
+        first = (_read("/proc/stat") or "").splitlines()[:1]
+        if not first or not first[0].startswith("cpu "):
+            return None
+        return [int(x) for x in first[0].split()[1:]]
+
+    a = sample()
+    time.sleep(seconds)
+    b = sample()
+    if a is None or b is None:
+        return None
+    delta = [y - x for x, y in zip(a, b, strict=False)]
+    total = sum(delta[:8])     # user nice system idle iowait irq softirq steal
+    return (delta[3] + delta[4]) / total if total else None
+
+
+def wait_until_quiet(max_seconds: float, *, idle: float = 0.9) -> float:
+    """Wait (up to `max_seconds`) until the CPUs are `idle` idle; return the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < max_seconds:
+        fraction = idle_fraction(0.25)
+        if fraction is None or fraction >= idle:
+            break
+    return time.monotonic() - start
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(user + nice + system, steal) clock ticks of the whole machine."""
+    first = (_read("/proc/stat") or "").splitlines()[:1]
+    if not first or not first[0].startswith("cpu "):
+        return None
+    v = [int(x) for x in first[0].split()[1:]]
+    return v[0] + v[1] + v[2], (v[7] if len(v) > 7 else 0)
+
+
+def _process_ticks(pid: int | str) -> int:
+    """User + system clock ticks of a process (all its threads); 0 if it is gone."""
+    text = _read(f"/proc/{pid}/stat")
+    if not text:
+        return 0
+    fields = text.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+class LoadMonitor:
+    """CPU time other processes used while a measurement ran, in cores.
+
+    Everything the machine spent in user and system time, less this process
+    and the benchmark's own sender; softirq time (the loopback path) is left
+    out, steal time (the hypervisor) reported apart.  Figures taken while
+    something else ran are not comparable.
+    """
+
+    def __init__(self, *pids: int) -> None:
+        self.pids = ["self", *pids]
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self.start = self._sample()
+
+    def _sample(self) -> tuple[float, int, int, int] | None:
+        machine = _cpu_ticks()
+        if machine is None:
+            return None
+        own = sum(_process_ticks(p) for p in self.pids)
+        return time.monotonic(), machine[0], machine[1], own
+
+    def cores(self) -> tuple[float | None, float | None]:
+        """(other processes, steal) since the start, in cores (1.0 = one busy core)."""
+        end = self._sample()
+        if self.start is None or end is None or end[0] - self.start[0] < 0.5:
+            return None, None       # too short for clock ticks to say anything
+        wall = (end[0] - self.start[0]) * self.hz
+        other = (end[1] - self.start[1]) - (end[3] - self.start[3])
+        return max(0.0, other / wall), (end[2] - self.start[2]) / wall
+
+
+def machine_info() -> dict[str, Any]:
+    """Describe the machine the figures were measured on."""
+    cpu = "unknown"
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    try:
+        import spead2
+        spead2_version = spead2.__version__
+    except ImportError:
+        spead2_version = None
+    rmem = _read("/proc/sys/net/core/rmem_max")
+    thp = _read("/sys/kernel/mm/transparent_hugepage/enabled")
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "rmem_max": int(rmem) if rmem else None,
+        "transparent_hugepage": thp,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "spead2": spead2_version,
+        "daqd": __version__,
+        "idle_before": idle_fraction(),
+    }
+
+
+# ----------------------------------------------------------------------
+# The whole run and its table
+
+
+@dataclass
+class BenchReport:
+    """Everything ``daqd bench`` measured."""
+
+    machine: dict[str, Any]
+    memory: list[MemoryResult] = field(default_factory=list)
+    udp: list[UdpResult] = field(default_factory=list)
+    durations: dict[str, float] = field(default_factory=dict)
+    socket_buffer: int | None = None
+    socket_buffer_note: str | None = None
+    pinning: str | None = None
+    retries: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a JSON-ready dict, with daqd/spead2 ratios."""
+        out = asdict(self)
+        out["ratios"] = {
+            "memory": _ratios(self.memory),
+            "udp": {w: {"ratio": r, "kind": k} for w, (r, k) in udp_ratios(self.udp).items()},
+            "udp_cpu_per_packet": udp_cpu_ratios(self.udp),
+        }
+        return out
+
+
+def report_from_json(data: dict[str, Any]) -> BenchReport:
+    """Rebuild a BenchReport from `BenchReport.to_json` output (to print it again)."""
+
+    def trial(t: dict[str, Any] | None) -> Trial | None:
+        return Trial(**t) if t is not None else None
+
+    udp = []
+    for u in data.get("udp", []):
+        fields = dict(u)
+        fields["sustained"] = trial(fields["sustained"])
+        fields["first_failed"] = trial(fields["first_failed"])
+        fields["trials"] = [Trial(**t) for t in fields["trials"]]
+        udp.append(UdpResult(**fields))
+    return BenchReport(
+        machine=data["machine"],
+        memory=[MemoryResult(**m) for m in data.get("memory", [])],
+        udp=udp,
+        durations=data.get("durations", {}),
+        socket_buffer=data.get("socket_buffer"),
+        socket_buffer_note=data.get("socket_buffer_note"),
+        pinning=data.get("pinning"),
+        retries=data.get("retries", 1),
+    )
+
+
+def _ratios(results: Iterable[MemoryResult]) -> dict[str, float | None]:
+    by = {(r.workload, r.receiver): r.heaps_per_s for r in results}
+    ratios: dict[str, float | None] = {}
+    for w in dict.fromkeys(workload for workload, _ in by):
+        if (w, "daqd") in by and (w, "spead2") in by:
+            ratios[w] = by[w, "daqd"] / by[w, "spead2"] if by[w, "spead2"] else None
+    return ratios
+
+
+def _pairs(results: Iterable[UdpResult]) -> dict[str, tuple[UdpResult, UdpResult]]:
+    by = {(r.workload, r.receiver): r for r in results}
+    return {w: (by[w, "daqd"], by[w, "spead2"]) for w, r in by
+            if r == "daqd" and (w, "spead2") in by}
+
+
+def udp_ratios(results: Iterable[UdpResult]) -> dict[str, tuple[float | None, str]]:
+    """Map workload -> (daqd/spead2 sustained-rate ratio, what kind of figure it is).
+
+    The kind is ``measured`` when both receivers lost heaps at some rate the
+    sender reached, ``at least`` when only spead2 did (daqd took everything
+    the sender could offer), ``at most`` the other way round, and ``both
+    sender-limited`` (no ratio) when neither did.
+    """
+    out: dict[str, tuple[float | None, str]] = {}
+    for w, (d, s) in _pairs(results).items():
+        if d.sender_limited and s.sender_limited:
+            out[w] = (None, "both sender-limited")
+            continue
+        ratio = d.heaps_per_s / s.heaps_per_s if s.heaps_per_s else None
+        kind = "at least" if d.sender_limited else "at most" if s.sender_limited else "measured"
+        out[w] = (ratio, kind)
+    return out
+
+
+def udp_cpu_ratios(results: Iterable[UdpResult]) -> dict[str, dict[str, float] | None]:
+    """Map workload -> spead2/daqd receiver CPU time per packet at their sustained rates.
+
+    ``{"total": ..., "user": ...}``: all of it, and its user-space part (the
+    receiver's own work; the rest is the kernel's receive path, common to both).
+    """
+    out: dict[str, dict[str, float] | None] = {}
+    for w, (d, s) in _pairs(results).items():
+        a, b = d.sustained, s.sustained
+        if a and b and a.cpu_us_per_packet and a.user_us_per_packet:
+            out[w] = {"total": b.cpu_us_per_packet / a.cpu_us_per_packet,
+                      "user": b.user_us_per_packet / a.user_us_per_packet}
+        else:
+            out[w] = None
+    return out
+
+
+def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = False,
+              mode: str = "all", runs: int = 5, heaps: int | None = None,
+              trial_seconds: float = 1.0, ladder: int = 6, steps: int = 5,
+              retries: int = 1, wait_idle: float = 0.0, socket_buffer: int = SOCKET_BUFFER,
+              log: Callable[[str], None] = lambda _: None) -> BenchReport:
+    """Run the chunk-mode benchmarks.
+
+    Parameters
+    ----------
+    workloads : sequence of str
+        Among W1, W2, W3.
+    vs_spead2 : bool
+        Also run spead2 (which must then be installed) and give ratios.
+    mode : str
+        ``memory``, ``udp`` or ``all``.
+    runs : int
+        Timed from-memory runs per receiver (the median is reported).
+    heaps : int, optional
+        Heaps per from-memory run (default: about 1 GiB of packets).
+    trial_seconds : float
+        Traffic per UDP trial.
+    ladder, steps : int
+        UDP search: halvings below full speed, then bisection steps.
+    retries : int
+        UDP search: further trials at a rate before it counts as failed.
+    wait_idle : float
+        Before each round of runs and each trial, wait up to this many seconds
+        for other processes to leave the CPUs idle (0: do not wait).
+    socket_buffer : int
+        UDP receive buffer for both receivers (see `receive_socket`).
+    log : callable
+        Receives one line per step (progress).
+    """
+    bad = [w for w in workloads if w not in _spead.WORKLOADS]
+    if bad:
+        raise UsageProblem(f"--workload: unknown workload {bad[0]!r} (expected W1, W2 or W3)")
+    if mode not in MODES:
+        raise UsageProblem(f"--mode: {mode!r} is not one of {', '.join(MODES)}")
+    if runs < 1:
+        raise UsageProblem("--runs: must be at least 1")
+    receivers = ["daqd"]
+    if vs_spead2:
+        import_spead2()
+        receivers.append("spead2")
+    report = BenchReport(machine=machine_info(), retries=retries)
+    if mode in ("memory", "all"):
+        for w in workloads:
+            start = time.perf_counter()
+            report.memory += bench_memory(w, receivers, runs=runs, heaps=heaps,
+                                          wait_idle=wait_idle, log=log)
+            report.durations[f"memory {w}"] = time.perf_counter() - start
+    if mode in ("udp", "all"):
+        sock, report.socket_buffer, forced = receive_socket(socket_buffer)
+        sock.close()
+        rmem_max = report.machine["rmem_max"]
+        report.socket_buffer_note = (
+            f"forced past rmem_max {rmem_max} with SO_RCVBUFFORCE" if forced
+            else f"asked for {socket_buffer}; rmem_max {rmem_max}")
+        cpus = sorted(os.sched_getaffinity(0))
+        before = os.sched_getaffinity(0)
+        if len(cpus) >= 2:
+            receiver_cpu, sender_cpu = cpus[0], cpus[1]
+            report.pinning = f"receiver on CPU {receiver_cpu}, sender on CPU {sender_cpu}"
+            os.sched_setaffinity(0, {receiver_cpu})
+        else:
+            sender_cpu = None
+            report.pinning = "one CPU: receiver and sender share it"
+        sender = Sender(sender_cpu)
+        try:
+            for w in workloads:
+                start = time.perf_counter()
+                report.udp += bench_udp(w, receivers, sender, seconds=trial_seconds,
+                                        ladder=ladder, steps=steps, retries=retries,
+                                        wait_idle=wait_idle, socket_buffer=socket_buffer,
+                                        log=log)
+                report.durations[f"udp {w}"] = time.perf_counter() - start
+        finally:
+            sender.close()
+            os.sched_setaffinity(0, before)
+    return report
+
+
+def _cores(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"
+
+
+def format_report(report: BenchReport) -> str:
+    """Format the report as a plain-text table."""
+    m = report.machine
+    idle = "?" if m["idle_before"] is None else f"{100 * m['idle_before']:.0f} %"
+    if m["idle_before"] is not None and m["idle_before"] < 0.9:
+        idle += " (busy: see the 'other' columns, cores other processes used meanwhile)"
+    lines = [
+        f"machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
+        f"rmem_max {m['rmem_max']}, THP {m['transparent_hugepage']}",
+        f"software: daqd {m['daqd']}, python {m['python']}, numpy {m['numpy']}, "
+        f"spead2 {m['spead2'] or 'not installed'}",
+        f"CPU idle before the run: {idle}",
+        f"layout: {HEAPS_PER_CHUNK} heaps/chunk, max_chunks {MAX_CHUNKS}, pool {POOL}, "
+        f"max_heaps {MAX_HEAPS}",
+    ]
+    ratios = report.to_json()["ratios"]
+    if report.memory:
+        first = report.memory[0]
+        lines += [
+            "",
+            f"From memory (median of {len(first.seconds)} interleaved runs; "
+            "every heap and byte checked)",
+            f"{'workload':8} {'receiver':8} {'MiB':>6} {'kheaps/s':>10} {'Mpkt/s':>8} "
+            f"{'Gbit/s':>8} {'median s':>9} {'other':>5} {'daqd/spead2':>12}",
+        ]
+        for r in report.memory:
+            ratio = ratios["memory"].get(r.workload) if r.receiver == "spead2" else None
+            lines.append(
+                f"{r.workload:8} {r.receiver:8} {r.buffer_bytes / 2**20:6.0f} "
+                f"{r.heaps_per_s / 1e3:10.1f} {r.packets_per_s / 1e6:8.3f} "
+                f"{r.gbit_per_s:8.2f} {r.median_seconds:9.4f} {_cores(r.other_load):>5} "
+                f"{'' if ratio is None else f'{ratio:.2f}':>12}"
+            )
+    if report.udp:
+        kinds = udp_ratios(report.udp)
+        cpu_ratios = udp_cpu_ratios(report.udp)
+        lines += [
+            "",
+            f"Loopback UDP: highest offered rate with < {100 * LOSS_LIMIT:g} % heap loss "
+            f"(socket buffer {report.socket_buffer} bytes, {report.socket_buffer_note}; "
+            f"{report.pinning}; "
+            f"a rate fails when {report.retries + 1} trials at it all lose more)",
+            f"{'workload':8} {'receiver':8} {'kheaps/s':>10} {'Mpkt/s':>8} {'Gbit/s':>8} "
+            f"{'loss %':>7} {'drops':>6} {'rx CPU':>6} {'us/pkt (user)':>13} {'other':>5} "
+            f"{'next rate tried':>20} {'trials':>6} {'daqd/spead2':>12}",
+        ]
+        for u in report.udp:
+            ratio = ""
+            if u.receiver == "spead2" and u.workload in kinds:
+                value, kind = kinds[u.workload]
+                ratio = {"measured": "", "at least": ">= ", "at most": "<= "}.get(kind, "")
+                ratio = "n/a" if value is None else f"{ratio}{value:.2f}"
+            s = u.sustained
+            if s is None:
+                fail = u.first_failed
+                lines.append(
+                    f"{u.workload:8} {u.receiver:8} {'none':>10}  (lost >= 0.1 % even at "
+                    f"{(fail.offered_pps if fail else 0) / 1e3:.0f} kpkt/s)"
+                )
+                continue
+            drops = s.daqd_socket_drops if s.daqd_socket_drops is not None else s.kernel_drops
+            if u.sender_limited:
+                nxt = "(sender's top speed)"
+            elif u.first_failed is not None:
+                f = u.first_failed
+                nxt = f"{f.offered_pps / 1e6:.3f}M lost {100 * f.loss:.2f}%"
+            else:
+                nxt = ""
+            lines.append(
+                f"{u.workload:8} {u.receiver:8} {u.heaps_per_s / 1e3:10.1f} "
+                f"{u.packets_per_s / 1e6:8.3f} {u.gbit_per_s:8.2f} {100 * s.loss:7.3f} "
+                f"{'' if drops is None else drops:>6} {100 * s.receiver_cpu:5.0f}% "
+                f"{s.cpu_us_per_packet:6.2f} ({s.user_us_per_packet:4.2f}) "
+                f"{_cores(s.other_load):>5} {nxt:>20} "
+                f"{len(u.trials):6} {ratio:>12}"
+            )
+        lines.append(
+            "(drops: socket-buffer drops at that rate, daqd's packets_dropped_socket_buffer, "
+            "spead2's from /proc/net/udp; rx CPU: receiver process CPU time / trial time; "
+            "us/pkt: receiver CPU time per packet (user: its user-space part, the rest "
+            "is the kernel's); other: cores other processes used "
+            "meanwhile; next rate tried: the slowest rate above that lost >= 0.1 %)"
+        )
+        for w, value in cpu_ratios.items():
+            if value is not None:
+                lines.append(
+                    f"{w}: receiver CPU time per packet at the sustained rate, spead2/daqd = "
+                    f"{value['total']:.2f} (user space only: {value['user']:.2f})"
+                    + ("; both sender-limited, so the rate ratio says nothing"
+                       if kinds[w][1] == "both sender-limited" else ""))
+    if report.durations:
+        lines += ["", "took: " + ", ".join(f"{k} {v:.0f} s" for k, v in
+                                           report.durations.items())]
+    return "\n".join(lines)
