@@ -19,9 +19,17 @@ over loopback UDP
     The highest offered rate each receiver sustains with less than 0.1 % of
     heaps lost.  One sender process (``_spead.send`` over a connected UDP
     socket, paced by the SimReader) runs pinned to one core, the receiver to
-    the other.  Each trial is about one second of traffic ending with a stop
-    heap; the rate is found by a trial at the sender's full speed, a halving
-    ladder below it, then a geometric bisection.
+    the other; both receivers get the same socket (8 MiB receive buffer by
+    default, past net.core.rmem_max when the process may).  Each trial is
+    about one second of traffic ending with a stop heap; the rate is found by
+    a trial at the sender's full speed, a halving ladder below it, then a
+    geometric bisection, the two receivers' searches taking turns trial by
+    trial.  A rate fails only when two trials at it lose too much (a VM stops
+    a vCPU for milliseconds now and then, and one such stop overflows the
+    socket buffer whatever the receiver).  When the sender cannot outrun the
+    receivers, their rates say nothing; so each workload ends with a few
+    alternating trials of both at one fixed rate, comparing the receiver CPU
+    time per packet (all of it and its user-space part).
 
 spead2 is imported only when a spead2 figure is asked for.
 """
@@ -66,6 +74,7 @@ LOSS_LIMIT = 1e-3               # "sustained": fewer than 0.1 % of heaps lost
 SOCKET_BUFFER = 8 << 20         # default receive buffer asked for (daqd's and spead2's default)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 HUGE_PAGE = 2 << 20
+COST_FRACTION = 0.6             # fixed-rate CPU comparison: this much of the lower found rate
 
 
 class BenchError(RuntimeError):
@@ -712,6 +721,49 @@ def bench_udp(workload: str, receivers: Sequence[str], sender: Sender, *,
     return [results[r] for r in receivers]
 
 
+@dataclass
+class CostResult:
+    """One receiver's CPU time per packet at one fixed offered rate."""
+
+    workload: str
+    receiver: str
+    rate_pps: float             # offered (median of the trials)
+    cpu_us_per_packet: float    # median over the trials
+    user_us_per_packet: float   # its user-space part (median)
+    receiver_cpu: float         # receiver process CPU time / trial time (median)
+    losses: list[float]
+    other_load: list[float | None]
+
+
+def bench_cost(workload: str, receivers: Sequence[str], sender: Sender, rate: float, *,
+               trials: int = 3, seconds: float = 1.0, socket_buffer: int = SOCKET_BUFFER,
+               log: Callable[[str], None] = lambda _: None) -> list[CostResult]:
+    """Receiver CPU time per packet at one offered `rate` (packets/s), trials alternating.
+
+    Where the sender cannot outrun the receivers, what each spends on the same
+    traffic is what tells them apart.
+    """
+    spead2 = import_spead2() if "spead2" in receivers else None
+    got: dict[str, list[Trial]] = {r: [] for r in receivers}
+    for i in range(trials):
+        for r in (receivers if i % 2 == 0 else list(reversed(receivers))):
+            got[r].append(udp_trial(r, workload, sender, rate, seconds, spead2, socket_buffer))
+    out = []
+    for r in receivers:
+        ts = got[r]
+        out.append(CostResult(
+            workload=workload, receiver=r,
+            rate_pps=statistics.median(t.offered_pps for t in ts),
+            cpu_us_per_packet=statistics.median(t.cpu_us_per_packet for t in ts),
+            user_us_per_packet=statistics.median(t.user_us_per_packet for t in ts),
+            receiver_cpu=statistics.median(t.receiver_cpu for t in ts),
+            losses=[t.loss for t in ts], other_load=[t.other_load for t in ts],
+        ))
+        log(f"{workload} udp cost {r}: {out[-1].cpu_us_per_packet:.2f} us/pkt "
+            f"(user {out[-1].user_us_per_packet:.2f}) at {out[-1].rate_pps / 1e3:.0f} kpkt/s")
+    return out
+
+
 # ----------------------------------------------------------------------
 # Machine
 
@@ -842,6 +894,7 @@ class BenchReport:
     machine: dict[str, Any]
     memory: list[MemoryResult] = field(default_factory=list)
     udp: list[UdpResult] = field(default_factory=list)
+    cost: list[CostResult] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
     socket_buffer: int | None = None
     socket_buffer_note: str | None = None
@@ -854,7 +907,8 @@ class BenchReport:
         out["ratios"] = {
             "memory": _ratios(self.memory),
             "udp": {w: {"ratio": r, "kind": k} for w, (r, k) in udp_ratios(self.udp).items()},
-            "udp_cpu_per_packet": udp_cpu_ratios(self.udp),
+            "udp_cpu_per_packet_sustained": udp_cpu_ratios(self.udp),
+            "udp_cpu_per_packet_fixed_rate": cost_ratios(self.cost),
         }
         return out
 
@@ -876,6 +930,7 @@ def report_from_json(data: dict[str, Any]) -> BenchReport:
         machine=data["machine"],
         memory=[MemoryResult(**m) for m in data.get("memory", [])],
         udp=udp,
+        cost=[CostResult(**c) for c in data.get("cost", [])],
         durations=data.get("durations", {}),
         socket_buffer=data.get("socket_buffer"),
         socket_buffer_note=data.get("socket_buffer_note"),
@@ -918,6 +973,17 @@ def udp_ratios(results: Iterable[UdpResult]) -> dict[str, tuple[float | None, st
     return out
 
 
+def cost_ratios(results: Iterable[CostResult]) -> dict[str, dict[str, float]]:
+    """Map workload -> spead2/daqd CPU time per packet at the same fixed rate."""
+    by = {(c.workload, c.receiver): c for c in results}
+    return {
+        w: {"total": by[w, "spead2"].cpu_us_per_packet / c.cpu_us_per_packet,
+            "user": by[w, "spead2"].user_us_per_packet / c.user_us_per_packet}
+        for (w, r), c in by.items()
+        if r == "daqd" and (w, "spead2") in by and c.cpu_us_per_packet and c.user_us_per_packet
+    }
+
+
 def udp_cpu_ratios(results: Iterable[UdpResult]) -> dict[str, dict[str, float] | None]:
     """Map workload -> spead2/daqd receiver CPU time per packet at their sustained rates.
 
@@ -939,6 +1005,7 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
               mode: str = "all", runs: int = 5, heaps: int | None = None,
               trial_seconds: float = 1.0, ladder: int = 6, steps: int = 5,
               retries: int = 1, wait_idle: float = 0.0, socket_buffer: int = SOCKET_BUFFER,
+              cost_trials: int = 3,
               log: Callable[[str], None] = lambda _: None) -> BenchReport:
     """Run the chunk-mode benchmarks.
 
@@ -965,6 +1032,9 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
         for other processes to leave the CPUs idle (0: do not wait).
     socket_buffer : int
         UDP receive buffer for both receivers (see `receive_socket`).
+    cost_trials : int
+        After each workload's search, trials per receiver at one fixed rate
+        (COST_FRACTION of the lower sustained rate) for CPU time per packet.
     log : callable
         Receives one line per step (progress).
     """
@@ -1006,11 +1076,20 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
         try:
             for w in workloads:
                 start = time.perf_counter()
-                report.udp += bench_udp(w, receivers, sender, seconds=trial_seconds,
-                                        ladder=ladder, steps=steps, retries=retries,
-                                        wait_idle=wait_idle, socket_buffer=socket_buffer,
-                                        log=log)
+                found = bench_udp(w, receivers, sender, seconds=trial_seconds,
+                                  ladder=ladder, steps=steps, retries=retries,
+                                  wait_idle=wait_idle, socket_buffer=socket_buffer, log=log)
+                report.udp += found
                 report.durations[f"udp {w}"] = time.perf_counter() - start
+                sustained = [u.packets_per_s for u in found if u.sustained]
+                if cost_trials and len(sustained) == len(found):
+                    start = time.perf_counter()
+                    if wait_idle:
+                        wait_until_quiet(wait_idle)
+                    report.cost += bench_cost(w, receivers, sender, COST_FRACTION * min(sustained),
+                                              trials=cost_trials, seconds=trial_seconds,
+                                              socket_buffer=socket_buffer, log=log)
+                    report.durations[f"udp cost {w}"] = time.perf_counter() - start
         finally:
             sender.close()
             os.sched_setaffinity(0, before)
@@ -1056,7 +1135,6 @@ def format_report(report: BenchReport) -> str:
             )
     if report.udp:
         kinds = udp_ratios(report.udp)
-        cpu_ratios = udp_cpu_ratios(report.udp)
         lines += [
             "",
             f"Loopback UDP: highest offered rate with < {100 * LOSS_LIMIT:g} % heap loss "
@@ -1104,13 +1182,29 @@ def format_report(report: BenchReport) -> str:
             "is the kernel's); other: cores other processes used "
             "meanwhile; next rate tried: the slowest rate above that lost >= 0.1 %)"
         )
-        for w, value in cpu_ratios.items():
-            if value is not None:
-                lines.append(
-                    f"{w}: receiver CPU time per packet at the sustained rate, spead2/daqd = "
-                    f"{value['total']:.2f} (user space only: {value['user']:.2f})"
-                    + ("; both sender-limited, so the rate ratio says nothing"
-                       if kinds[w][1] == "both sender-limited" else ""))
+        limited = [w for w, (_, kind) in kinds.items() if kind == "both sender-limited"]
+        if limited:
+            lines.append(f"{', '.join(limited)}: both receivers took all the sender could "
+                         "send, so there is no rate ratio; see the CPU time below")
+    if report.cost:
+        costs = cost_ratios(report.cost)
+        lines += [
+            "",
+            "Receiver CPU time at one fixed offered rate "
+            f"({COST_FRACTION:g} x the lower sustained rate; median of "
+            f"{len(report.cost[0].losses)} alternating trials each)",
+            f"{'workload':8} {'receiver':8} {'kpkt/s':>8} {'rx CPU':>6} {'us/pkt':>7} "
+            f"{'user us/pkt':>11} {'max loss %':>10} {'spead2/daqd CPU (user)':>23}",
+        ]
+        for c in report.cost:
+            ratio = ""
+            if c.receiver == "spead2" and c.workload in costs:
+                ratio = f"{costs[c.workload]['total']:.2f} ({costs[c.workload]['user']:.2f})"
+            lines.append(
+                f"{c.workload:8} {c.receiver:8} {c.rate_pps / 1e3:8.0f} "
+                f"{100 * c.receiver_cpu:5.0f}% {c.cpu_us_per_packet:7.2f} "
+                f"{c.user_us_per_packet:11.2f} {100 * max(c.losses):10.3f} {ratio:>23}"
+            )
     if report.durations:
         lines += ["", "took: " + ", ".join(f"{k} {v:.0f} s" for k, v in
                                            report.durations.items())]

@@ -176,6 +176,13 @@ def simulate(target: str, workload: str, rate: float, heaps: int, stop: bool, po
     help="UDP rate search: further trials at a rate before it counts as failed.",
 )
 @click.option(
+    "--cost-trials",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="UDP: trials per receiver at one fixed rate for CPU time per packet (0: none).",
+)
+@click.option(
     "--socket-buffer",
     type=click.IntRange(min=4096),
     default=8 << 20,
@@ -200,6 +207,7 @@ def bench(
     trial_seconds: float,
     steps: int,
     retries: int,
+    cost_trials: int,
     socket_buffer: int,
     wait_idle: float,
     quiet: bool,
@@ -225,6 +233,7 @@ def bench(
         trial_seconds=trial_seconds,
         steps=steps,
         retries=retries,
+        cost_trials=cost_trials,
         socket_buffer=socket_buffer,
         wait_idle=wait_idle,
         log=log,

@@ -117,7 +117,8 @@ def test_search_rate_bisects():
 def test_udp_runs():
     """A short UDP search with both receivers (structure only, not figures)."""
     proc = daqd("bench", "--workload", "W2", "--mode", "udp", "--vs-spead2",
-                "--trial-seconds", "0.1", "--steps", "0", "--json", "--quiet")
+                "--trial-seconds", "0.1", "--steps", "0", "--cost-trials", "1", "--json",
+                "--quiet")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert [u["receiver"] for u in report["udp"]] == ["daqd", "spead2"]
@@ -127,6 +128,9 @@ def test_udp_runs():
             assert 0 <= t["heaps_present"] <= t["heaps_sent"]
             assert t["offered_pps"] > 0
     assert report["socket_buffer"] > 0
+    if all(u["sustained"] for u in report["udp"]):
+        assert [c["receiver"] for c in report["cost"]] == ["daqd", "spead2"]
+        assert all(len(c["losses"]) == 1 for c in report["cost"])
 
 
 @pytest.mark.parametrize("args, name", [
@@ -166,3 +170,8 @@ def test_full_benchmark():
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert len(report["memory"]) == 6 and len(report["udp"]) == 6
+    text = subprocess.run([sys.executable, "-c", (
+        "import json, sys; from daqd.bench import format_report, report_from_json; "
+        "print(format_report(report_from_json(json.load(sys.stdin))))")],
+        input=proc.stdout, capture_output=True, text=True, timeout=TIMEOUT)
+    assert text.returncode == 0 and "Loopback UDP" in text.stdout, text.stderr

@@ -12,9 +12,11 @@ and ``add_free_chunk``.  Medians of interleaved runs; every heap is checked
 present, and every byte of an untimed first run is checked in place.
 
 Over loopback UDP, the same sender process (``_spead.send``, pinned to one
-core) feeds each receiver (pinned to the other); the figure is the highest
-offered rate with < 0.1 % heap loss, found by a trial at full speed, a halving
-ladder and a bisection of ~1 s trials.
+core) feeds each receiver (pinned to the other) through the same socket setup;
+the figure is the highest offered rate with < 0.1 % heap loss, found by a
+trial at full speed, a halving ladder and a bisection of ~1 s trials (the two
+searches taking turns), then the receiver CPU time per packet at one fixed
+rate.  See ``daqd bench --help`` and the daqd.bench docstring.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--heaps", type=int, default=None)
     parser.add_argument("--trial-seconds", type=float, default=1.0)
+    parser.add_argument("--wait-idle", type=float, default=0.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     for w in args.workloads:
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"unknown workload {w!r} (expected W1, W2 or W3)")
     report = run_bench(args.workloads or WORKLOAD_NAMES, vs_spead2=True, mode=args.mode,
                        runs=args.runs, heaps=args.heaps, trial_seconds=args.trial_seconds,
+                       wait_idle=args.wait_idle,
                        log=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(report.to_json()) if args.json else format_report(report))
 
