@@ -546,31 +546,25 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
             stream = daqd_chunk_stream(workload)
             reader = _spead.UdpReader(sock, max_packet_size=MAX_PACKET_SIZE)
             watch = _Watch(sender, reader.stop, grace=1.0)
-            load = LoadMonitor(sender.proc.pid)
-            user, wall = _user_seconds(), time.perf_counter()
-            cpu = time.process_time()
-            sender.start(workload, port, rate, seconds)
-            watch.start()
-            for chunk in stream.chunks(reader):
-                present += count(chunk.present)
-                chunk.release()
-            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-            user = _user_seconds() - user
-            daqd_drops = stream.stats()["packets_dropped_socket_buffer"]
+            chunks, recycle = stream.chunks(reader), _spead.Chunk.release
         else:
             stream, data_ring, _pool = spead2_chunk_stream(spead2, workload)
             stream.add_udp_reader(sock, max_size=MAX_PACKET_SIZE)
             watch = _Watch(sender, stream.stop, grace=1.0)
-            load = LoadMonitor(sender.proc.pid)
-            user, wall = _user_seconds(), time.perf_counter()
-            cpu = time.process_time()
-            sender.start(workload, port, rate, seconds)
-            watch.start()
-            for chunk in data_ring:
-                present += count(chunk.present)
-                stream.add_free_chunk(chunk)
-            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-            user = _user_seconds() - user
+            chunks, recycle = data_ring, stream.add_free_chunk
+        load = LoadMonitor(sender.proc.pid)
+        user, wall = _user_seconds(), time.perf_counter()
+        cpu = time.process_time()
+        sender.start(workload, port, rate, seconds)
+        watch.start()
+        for chunk in chunks:
+            present += count(chunk.present)
+            recycle(chunk)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        user = _user_seconds() - user
+        if receiver == "daqd":
+            daqd_drops = stream.stats()["packets_dropped_socket_buffer"]
+        else:
             stream.stop()
         other, steal = load.cores()
         watch.done.set()

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import spead2
 import spead2.recv
+from spead_packets import inproc_queue
 
 from daqd import _spead
 
@@ -177,12 +178,7 @@ def spead2_chunk_receive(packets: Sequence[bytes], *, dtype: str = "uint8",
     thread = threading.Thread(target=consume, daemon=True)
     thread.start()
     if transport == "inproc":
-        queue = spead2.InprocQueue()
-        for p in packets:
-            if len(p) > 0:
-                queue.add_packet(bytes(p))
-        queue.stop()
-        stream.add_inproc_reader(queue)
+        stream.add_inproc_reader(inproc_queue(spead2, packets))
     elif transport == "buffer":
         stream.add_buffer_reader(b"".join(bytes(p) for p in packets))
     else:

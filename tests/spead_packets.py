@@ -235,6 +235,20 @@ def spead2_heap_key(heap) -> tuple:
     return (heap.cnt, True, tuple(sorted(items)))
 
 
+def inproc_queue(spead2, datagrams):
+    """A stopped spead2 InprocQueue holding `datagrams`.
+
+    spead2's in-process transport mishandles an empty packet (garbage header,
+    bad_alloc or deadlock); every decoder drops it anyway, so it is left out.
+    """
+    queue = spead2.InprocQueue()
+    for d in datagrams:
+        if len(d) > 0:
+            queue.add_packet(bytes(d))
+    queue.stop()
+    return queue
+
+
 def spead2_decode(datagrams: list[bytes], *, max_heaps: int = 4,
                   allow_out_of_order: bool = False,
                   stop_on_stop_item: bool = True) -> list[tuple]:
@@ -249,14 +263,7 @@ def spead2_decode(datagrams: list[bytes], *, max_heaps: int = 4,
     ring = spead2.recv.RingStreamConfig(heaps=len(datagrams) + max_heaps + 4,
                                         contiguous_only=False)
     stream = spead2.recv.Stream(thread_pool, config, ring)
-    queue = spead2.InprocQueue()
-    for d in datagrams:
-        # spead2's in-process transport mishandles an empty packet (garbage
-        # header, bad_alloc or deadlock); every decoder drops it anyway.
-        if len(d) > 0:
-            queue.add_packet(bytes(d))
-    queue.stop()
-    stream.add_inproc_reader(queue)
+    stream.add_inproc_reader(inproc_queue(spead2, datagrams))
     try:
         return [spead2_heap_key(h) for h in stream]
     finally:

@@ -9,29 +9,25 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cli_helpers import assert_one_line_error
+from cli_helpers import daqd as run_daqd
+
 TIMEOUT = 120
 HAVE_SPEAD2 = importlib.util.find_spec("spead2") is not None
+
+
+def daqd(*args: str, timeout: float = TIMEOUT):
+    return run_daqd(*args, timeout=timeout)
+
+
 TINY = ["--workload", "W2", "--mode", "memory", "--runs", "1", "--heaps", "300"]
-
-
-def daqd(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "daqd", *args], capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, name: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("daqd: error:"), lines[0]
-    assert name in lines[0], lines[0]
-    assert proc.stdout == ""
 
 
 def test_help():
