@@ -824,7 +824,8 @@ cdef class ChunkStream:
         cdef size_t pos
         cdef Py_ssize_t c
         cdef int *writers
-        self.release_below(max(chunk_id + 1 - <int64_t>self.group.max_chunks, self.group.head_chunk))
+        self.release_below(max(chunk_id + 1 - <int64_t>self.group.max_chunks,
+                               self.group.head_chunk))
         first = max(self.tail_chunk, self.group.head_chunk)
         if self.head_chunk == self.tail_chunk:
             self.head_chunk = self.tail_chunk = first
@@ -927,7 +928,8 @@ cdef class ChunkStream:
             last_present = pd.heap_index
             if self.group.packet_presence and p.heap_length > 0:
                 last_present += <size_t>(p.heap_length - 1) // self.group.packet_presence
-            if last_present >= self.group.present_per_chunk or pd.heap_offset > self.group.chunk_bytes \
+            if last_present >= self.group.present_per_chunk \
+                    or pd.heap_offset > self.group.chunk_bytes \
                     or <uint64_t>p.heap_length > self.group.chunk_bytes - pd.heap_offset:
                 return STAT_CHUNK_REJECTED_PLACEMENT
             chunk_id = pd.chunk_id
@@ -947,7 +949,8 @@ cdef class ChunkStream:
                 substream = <uint64_t>items[1]
             index = <uint64_t>items[0] // self.group.timestamp_step
             chunk_id = <int64_t>(index // self.group.heaps_per_chunk)
-            slot = <size_t>(index % self.group.heaps_per_chunk) * self.group.substreams + <size_t>substream
+            slot = (<size_t>(index % self.group.heaps_per_chunk) * self.group.substreams
+                    + <size_t>substream)
             heap_index = slot * self.group.packets_per_heap
             heap_offset = slot * self.group.heap_bytes
         cdef Py_ssize_t c = -1
@@ -958,7 +961,8 @@ cdef class ChunkStream:
         ch.dest = self.group.data_base + <size_t>c * self.group.chunk_stride + heap_offset
         ch.present = self.group.present_base + <size_t>c * self.group.present_per_chunk + heap_index
         if self.group.n_extra:
-            memcpy(self.group.extra_base + (<size_t>c * self.group.n_slots + slot) * self.group.n_extra,
+            memcpy(self.group.extra_base
+                   + (<size_t>c * self.group.n_slots + slot) * self.group.n_extra,
                    extra, self.group.n_extra * sizeof(uint64_t))
         return N_STATS
 
@@ -1166,6 +1170,8 @@ cdef class ChunkStream:
                 if rc > 0:
                     local[<int>STAT_BATCHES] += 1
                     local[<int>STAT_MAX_BATCH] = reader.n
+                    if reader.tap_buf != NULL:
+                        reader.tap_batch(local)
             if reader.pos < reader.n:
                 self.add_batch(reader, local)
             merge_stats(self.counters, local)

@@ -13,6 +13,8 @@ from libc.errno cimport errno, EINTR, EAGAIN
 from posix.unistd cimport read, write
 from posix.time cimport clock_gettime, CLOCK_MONOTONIC, timespec, nanosleep
 
+import numpy as np
+
 cdef extern from "<errno.h>" nogil:
     enum: ENOBUFS
 
@@ -74,6 +76,11 @@ cdef class Reader:
     cdef readonly bint finite   # ends by itself (file, pcap, sim with heaps=N)
     cdef readonly bint eof
     cdef volatile bint stop_flag
+    # Packet tap (for the pcap sink): a copy of every packet of each batch,
+    # back to back in tap_buf, until take_tap() hands them over.
+    cdef uint8_t *tap_buf
+    cdef uint32_t *tap_lens
+    cdef size_t tap_bytes_cap, tap_packets_cap, tap_used, tap_n
 
     def __cinit__(self, *args, **kwargs):
         self.capacity = 0
@@ -89,9 +96,59 @@ cdef class Reader:
     def __dealloc__(self):
         free(self.pkt_data)
         free(self.pkt_len)
+        free(self.tap_buf)
+        free(self.tap_lens)
 
     cdef int fill(self, uint64_t *stats) noexcept nogil:
         return READ_EOF
+
+    cdef void tap_batch(self, uint64_t *stats) noexcept nogil:
+        """Copy the batch's packets into the tap; count those it has no room for."""
+        cdef size_t i, length
+        for i in range(self.pos, self.n):
+            length = self.pkt_len[i]
+            if self.tap_n >= self.tap_packets_cap or \
+                    self.tap_used + length > self.tap_bytes_cap:
+                stats[<int>STAT_TAP_DROPPED] += self.n - i
+                return
+            memcpy(self.tap_buf + self.tap_used, self.pkt_data[i], length)
+            self.tap_lens[self.tap_n] = <uint32_t>length
+            self.tap_used += length
+            self.tap_n += 1
+
+    def enable_tap(self, size_t max_bytes, size_t max_packets):
+        """Keep a copy of every packet received, up to `max_bytes` and
+        `max_packets` between two take_tap() calls (more is counted as
+        ``packets_tap_dropped``).  Allocated once, here."""
+        if self.tap_buf != NULL:
+            raise RuntimeError("the packet tap is already enabled")
+        if max_bytes == 0 or max_packets == 0:
+            raise ValueError("the packet tap needs room for at least one packet")
+        self.tap_buf = <uint8_t *>malloc(max_bytes)
+        self.tap_lens = <uint32_t *>malloc(max_packets * sizeof(uint32_t))
+        if self.tap_buf == NULL or self.tap_lens == NULL:
+            free(self.tap_buf)
+            free(self.tap_lens)
+            self.tap_buf = NULL
+            self.tap_lens = NULL
+            raise MemoryError()
+        self.tap_bytes_cap = max_bytes
+        self.tap_packets_cap = max_packets
+        self.tap_used = 0
+        self.tap_n = 0
+
+    def take_tap(self):
+        """The packets tapped since the last call, as ``(blob, lengths)``
+        (bytes back to back, uint32 array), or None if there are none."""
+        if self.tap_n == 0:
+            return None
+        blob = self.tap_buf[:self.tap_used]
+        lengths = np.empty(self.tap_n, np.uint32)
+        cdef uint32_t[::1] view = lengths
+        memcpy(&view[0], self.tap_lens, self.tap_n * sizeof(uint32_t))
+        self.tap_used = 0
+        self.tap_n = 0
+        return blob, lengths
 
     def stop(self):
         """Ask a blocking fill() to return at its next poll timeout."""

@@ -61,6 +61,7 @@ STAT_NAMES = (
     "pcap_frames_skipped_port",
     "pcap_records_truncated",
     "packets_dropped_socket_buffer",
+    "packets_tap_dropped",
     "chunks_completed",
     "chunk_heaps_placed",
     "chunk_heaps_present",
@@ -189,6 +190,8 @@ cdef class HeapStream:
                 if rc > 0:
                     local[<int>STAT_BATCHES] += 1
                     local[<int>STAT_MAX_BATCH] = reader.n
+                    if reader.tap_buf != NULL:
+                        reader.tap_batch(local)
             if reader.pos < reader.n:
                 used = assembler_add_batch(&self.a, reader.pkt_data + reader.pos,
                                            reader.pkt_len + reader.pos,

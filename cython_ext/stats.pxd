@@ -51,6 +51,7 @@ cdef enum StatIndex:
     STAT_PCAP_SKIPPED_PORT          # pcap frames to another destination port
     STAT_PCAP_TRUNCATED             # pcap record cut short (file or frame end)
     STAT_SOCKET_DROPS               # datagrams the kernel dropped (socket buffer full)
+    STAT_TAP_DROPPED                # packets the packet tap (pcap sink) had no room for
     # chunk mode (chunks.pxi); a heap is counted once, on its first packet
     STAT_CHUNKS_COMPLETED           # chunks handed to the data ring
     STAT_CHUNK_HEAPS_PLACED         # heaps given a slot in an open chunk
