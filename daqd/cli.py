@@ -244,6 +244,153 @@ def bench(
         click.echo(format_report(report))
 
 
+
+# ----------------------------------------------------------------------
+# the daemon
+
+CONFIG_OPTION = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+    help="Configuration file (default: the built-in config/daqd.toml).")
+LOG_FORMATS = ["auto", "console", "json"]
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
+def _load(config_path: str | None) -> Any:
+    from daqd.config import load
+
+    return load(config_path)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--duration", type=click.FloatRange(min=0), default=None,
+              help="Drain and exit after this many seconds.")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None,
+              help="Default: the configuration's, else JSON unless on a terminal.")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None,
+              help="Default: the configuration's log_level.")
+def run(config_path: str | None, duration: float | None, log_format: str | None,
+        log_level: str | None) -> None:
+    """Run the daemon in the foreground.
+
+    It runs until SIGTERM/SIGINT, a stop request, the end of every finite
+    source, or --duration; then it drains and exits 0.
+    """
+    import faulthandler
+
+    from daqd import daemon
+    from daqd.logs import configure_logging
+    from daqd.pidfile import PidFile
+
+    cfg = _load(config_path)
+    faulthandler.enable()               # a watchdog SIGABRT dumps every thread's stack
+    fmt = log_format or cfg.daemon.log_format
+    configure_logging(None if fmt == "auto" else fmt, log_level or cfg.daemon.log_level,
+                      daemon=cfg.daemon.name)
+    with PidFile(cfg.daemon.pidfile):
+        status = daemon.run(cfg, duration)
+    sys.exit(status)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Where the daemon's JSON log lines go (default: beside the pidfile).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds to wait for the daemon to report ready.")
+def start(config_path: str | None, log_file: str | None, timeout: float) -> None:
+    """Start the daemon in the background (pidfile from the configuration)."""
+    from pathlib import Path
+
+    from daqd import background
+
+    cfg = _load(config_path)
+    path = Path(log_file) if log_file else background.default_log_file(cfg)
+    try:
+        pid = background.start(cfg, path, timeout)
+    except background.DaemonFailed as exc:
+        click.echo(f"daqd: error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"daqd: started, pid {pid}, log {path}", err=True)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
+              help="Seconds to wait for the drain.")
+def stop(config_path: str | None, timeout: float) -> None:
+    """Stop the background daemon: SIGTERM, then wait until it has drained and exited."""
+    from daqd import background
+
+    cfg = _load(config_path)
+    try:
+        pid = background.stop(cfg, timeout)
+    except background.DaemonFailed as exc:
+        click.echo(f"daqd: error: {exc}", err=True)
+        sys.exit(1)
+    if pid is None:
+        click.echo(f"daqd: not running (no live daemon holds {cfg.daemon.pidfile})", err=True)
+    else:
+        click.echo(f"daqd: stopped, pid {pid}", err=True)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True)
+def status(config_path: str | None, as_json: bool, timeout: float) -> None:
+    """Ask the daemon's control socket: state, uptime, per-stream rates and counters."""
+    from daqd.zmq_clients import format_status, request
+
+    cfg = _load(config_path)
+    if not cfg.zmq.control:
+        raise UsageProblem(f"{cfg.path}: zmq.control is off; no control socket to ask")
+    reply = request(cfg.zmq.control, "status", timeout=timeout)
+    click.echo(json.dumps(reply) if as_json else format_status(reply))
+    if not reply.get("ok", False):
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--endpoint", "endpoints", multiple=True,
+              help="Statistics endpoint (repeatable; default: the configuration's zmq.stats).")
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="Stop after this many messages.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
+              help="Give up when no message comes for this many seconds.")
+def stats(endpoints: tuple[str, ...], config_path: str | None, as_json: bool,
+          count: int | None, timeout: float | None) -> None:
+    """Subscribe to one or more daemons' statistics and print them as they come."""
+    from daqd.zmq_clients import format_stats_table, subscribe
+
+    if not endpoints:
+        cfg = _load(config_path)
+        if not cfg.zmq.stats:
+            raise UsageProblem(f"{cfg.path}: zmq.stats is off; give --endpoint")
+        endpoints = (cfg.zmq.stats,)
+    try:
+        for topic, message in subscribe(endpoints, count=count, timeout=timeout):
+            if as_json:
+                click.echo(json.dumps({"topic": topic, **message}))
+            else:
+                click.echo(format_stats_table(message))
+    except KeyboardInterrupt:
+        return
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
+              help="Configuration file to check.")
+def validate(config_path: str) -> None:
+    """Check a configuration completely without starting anything."""
+    cfg = _load(config_path)
+    modes = ", ".join(f"{s.name} ({'chunk' if s.chunk else 'heap'} mode, "
+                      f"{len(s.sources)} source(s), {len(s.sinks)} sink(s))"
+                      for s in cfg.streams)
+    click.echo(f"{cfg.path}: valid: {modes}")
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: click without its multi-line usage errors.
 

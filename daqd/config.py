@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import urllib.parse
 from dataclasses import dataclass, field
@@ -38,8 +39,9 @@ class DaemonConfig:
 
     name: str = "daqd"
     pidfile: str = "run/daqd.pid"
-    log_format: str = "console"
+    log_format: str = "auto"            # auto: JSON unless on a terminal
     log_level: str = "info"
+    prometheus: str = ""                # HOST:PORT of the Prometheus text endpoint; "" = off
 
 
 @dataclass(frozen=True)
@@ -70,25 +72,49 @@ class ChunkConfig:
     when_full: str = "wait"
     wait_timeout: float = 1.0
     packet_presence: int = 0
+    eviction: str = "lossless"          # several sources: wait for every one (or not)
 
 
 @dataclass(frozen=True)
 class BufferConfig:
-    """The `[stream.buffer]` table."""
+    """The `[stream.buffer]` table (daqd/buffers.py, daqd/flush.py, daqd/wal.py)."""
 
     kind: str = "circular"
-    capacity: int = 64
+    capacity: int = 64                  # records held at most (both kinds)
     when_full: str = "block"
+    block_timeout: float = 1.0          # seconds a blocked put waits before dropping
     flush_count: int = 16
     flush_bytes: int = 0
     flush_interval: float = 5.0
     flush_when: str = "any"
-    wal: str = ""
+    flush_custom: tuple[str, ...] = ()  # "module:function" predicates, called with the buffer
+    wal: str = ""                       # may contain {stream}
+    wal_fsync: str = "every-flush"
+    wal_max_bytes: int = 1 << 30
 
 
 @dataclass(frozen=True)
 class SinkConfig:
-    """One `[[stream.sinks]]` entry."""
+    """One `[[stream.sinks]]` entry (daqd/sinks/ describes the formats).
+
+    Attributes
+    ----------
+    kind : str
+        ``binary``, ``text``, ``pcap`` or ``hdf5`` (hdf5 needs chunk mode).
+    path : str
+        File name template: ``{stream}``, ``{start:STRFTIME}`` (UTC), ``{seq}``
+        and, except for pcap, ``{chunk_id}``.
+    rotate_bytes, rotate_seconds : int, float
+        Start a new file before one would exceed this size, or once one is
+        this old; 0 = never.
+    fsync : str
+        ``never``, ``on-rotate`` (a file is fsynced before it is published)
+        or ``every-flush``.
+    header : bool
+        Write the binary header or the text header line (pcap always has one).
+    template : str
+        Text sinks: the line template ("" = the mode's default).
+    """
 
     kind: str
     path: str
@@ -117,6 +143,21 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
+class SimulateConfig:
+    """One `[[simulate]]` entry: a built-in sender of a reference workload.
+
+    It lets a configuration run with no hardware: the daemon sends the
+    workload to one of its own sources (e.g. over loopback UDP).
+    """
+
+    target: str
+    workload: str = "W1"
+    rate: float = 0.0                   # bytes per second; 0 = as fast as possible
+    heaps: int = 0                      # 0 = until the daemon stops
+    stop: bool = True                   # end with a stop heap (finite runs)
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole, validated configuration file."""
 
@@ -125,19 +166,23 @@ class Config:
     daemon: DaemonConfig
     zmq: ZmqConfig
     streams: tuple[StreamConfig, ...]
+    simulate: tuple[SimulateConfig, ...] = ()
 
 
 # Allowed values of the string keys that name a choice.
 CHOICES = {
-    "log_format": ("console", "json"),
+    "log_format": ("auto", "console", "json"),
     "log_level": ("debug", "info", "warning", "error"),
     "when_full": None,                  # depends on the table, see _CHOICES_BY_TABLE
     "kind": None,
     "flush_when": ("any", "all"),
+    "wal_fsync": ("every-record", "every-flush", "never"),
     "fsync": ("never", "on-rotate", "every-flush"),
 }
 _CHOICES_BY_TABLE = {
     ("chunk", "when_full"): ("wait", "drop"),
+    ("chunk", "eviction"): ("lossless", "lossy"),
+    ("simulate", "workload"): ("W1", "W2", "W3"),
     ("buffer", "when_full"): ("block", "drop-newest", "overwrite-oldest"),
     ("buffer", "kind"): ("fifo", "circular"),
     ("sinks", "kind"): ("binary", "text", "pcap", "hdf5"),
@@ -149,8 +194,10 @@ MINIMA = {
     "interval": 0.01, "timestamp_step": 1, "heaps_per_chunk": 1, "heap_bytes": 1,
     "substreams": 1, "max_chunks": 1, "pool": 1, "wait_timeout": 0, "packet_presence": 0,
     "capacity": 1, "flush_count": 0, "flush_bytes": 0, "flush_interval": 0,
+    "block_timeout": 0, "wal_max_bytes": 1 << 16,
     "max_heaps": 1, "max_packet_size": 64, "max_heap_size": 0, "socket_buffer": 0,
     "rotate_bytes": 0, "rotate_seconds": 0, "timestamp_item": 0, "substream_item": -1,
+    "rate": 0, "heaps": 0,
 }
 
 
@@ -200,6 +247,8 @@ class _Loader:
                     isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
                 raise self.fail(key, value, "a list of non-negative integers")
             value = tuple(value)
+        elif f.name == "flush_custom":
+            value = self.predicates(value, key)
         elif kind.startswith("tuple[str"):
             if not isinstance(value, list) or not value or not all(
                     isinstance(v, str) for v in value):
@@ -211,6 +260,21 @@ class _Loader:
         if f.name in MINIMA and value < MINIMA[f.name]:
             raise self.fail(key, value, f"at least {MINIMA[f.name]}")
         return value
+
+    def predicates(self, value: Any, key: str) -> tuple[str, ...]:
+        """Check flush predicates: "module:function" strings that import now."""
+        from daqd.flush import resolve_predicate
+
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, value, 'a list of "module:function" strings')
+        for i, spec in enumerate(value):
+            try:
+                resolve_predicate(spec)
+            except ValueError as exc:
+                raise self.fail(f"{key}[{i}]", spec,
+                                f'"module:function" naming an importable callable ({exc})'
+                                ) from None
+        return tuple(value)
 
 
 def _check_source(loader: _Loader, key: str, uri: str) -> tuple[str, int] | None:
@@ -233,6 +297,49 @@ def _check_source(loader: _Loader, key: str, uri: str) -> tuple[str, int] | None
     return None
 
 
+def split_host_port(address: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[V6]:PORT`` for IPv6) into host and port.
+
+    Parameters
+    ----------
+    address
+        The address; HOST is an IP address or a host name, PORT 0-65535.
+
+    Returns
+    -------
+    tuple of (str, int)
+        The host (IPv6 without brackets) and the port.
+
+    Raises
+    ------
+    ValueError
+        Not of that form.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError("HOST:PORT with PORT 0-65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    elif ":" in host:
+        raise ValueError("an IPv6 host needs brackets: [ADDRESS]:PORT")
+    elif not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):
+        raise ValueError("a host name or IP address")
+    return host, int(port)
+
+
+def _check_prometheus(loader: _Loader, address: str) -> None:
+    """Check ``daemon.prometheus``; any interface may serve it, as it is read-only."""
+    if not address:
+        return
+    try:
+        split_host_port(address)
+    except ValueError:
+        raise loader.fail("daemon.prometheus", address,
+                          'HOST:PORT (e.g. "127.0.0.1:9100", "[::1]:9100"), or "" for off'
+                          ) from None
+
+
 def _check_endpoint(loader: _Loader, key: str, endpoint: str, zmq_cfg: ZmqConfig) -> None:
     if not endpoint or endpoint.startswith(("ipc://", "inproc://")):
         return
@@ -246,6 +353,47 @@ def _check_endpoint(loader: _Loader, key: str, endpoint: str, zmq_cfg: ZmqConfig
     if not loopback and not zmq_cfg.curve_secret_key:
         raise loader.fail(key, endpoint, "a loopback or ipc:// endpoint, or CURVE keys "
                           "(zmq.curve_secret_key) to bind elsewhere")
+
+
+def _try_mkdir(loader: _Loader, key: str, value: str, directory: Path, existing: Path) -> None:
+    """Check that `directory` can be made below `existing` (made, then removed)."""
+    made: list[Path] = []
+    try:
+        for part in reversed(directory.relative_to(existing).parents[:-1]):
+            (existing / part).mkdir()
+            made.append(existing / part)
+        directory.mkdir()
+        made.append(directory)
+    except OSError as exc:
+        raise loader.fail(key, value, "a path whose directory can be created "
+                          f"({exc.strerror})") from None
+    finally:
+        for path in reversed(made):
+            path.rmdir()
+
+
+def _check_sink_templates(loader: _Loader, where: str, sink: SinkConfig,
+                          chunk: ChunkConfig | None) -> Path:
+    """Check a sink's path and text templates; return the path's field-free directory."""
+    # Imported here: daqd.sinks needs this module's dataclasses.
+    from daqd.sinks.paths import PATH_FIELDS, PATH_FIELDS_BY_KIND, PathTemplate
+    from daqd.sinks.text import check_template
+
+    allowed = PATH_FIELDS_BY_KIND.get(sink.kind, PATH_FIELDS)
+    try:
+        template = PathTemplate(sink.path, allowed)
+    except ValueError as exc:
+        raise loader.fail(f"{where}.path", sink.path, f"a file name template ({exc})") from None
+    if sink.template and sink.kind != "text":
+        raise loader.fail(f"{where}.template", sink.template,
+                          f'"" (only text sinks have a template; this is {sink.kind})')
+    if sink.kind == "text" and sink.template:
+        try:
+            check_template(sink.template, chunk is not None)
+        except ValueError as exc:
+            raise loader.fail(f"{where}.template", sink.template,
+                              f"a line template ({exc})") from None
+    return template.static_directory
 
 
 def _check_stream(loader: _Loader, i: int, s: StreamConfig) -> None:
@@ -269,15 +417,22 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig) -> None:
             raise loader.fail(f"{where}.chunk.packet_presence", c.packet_presence,
                               f"a divisor of heap_bytes ({c.heap_bytes})")
     for j, sink in enumerate(s.sinks):
-        directory = Path(sink.path).parent
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
+        # The directory part before the first {field} is the one that must exist.
+        directory = _check_sink_templates(loader, f"{where}.sinks[{j}]", sink, c).absolute()
+        # Checked without creating anything (validate must not touch the disk): the
+        # nearest existing ancestor must be a directory we may create entries in.
+        existing = directory
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
             raise loader.fail(f"{where}.sinks[{j}].path", sink.path,
-                              f"a path whose directory can be created ({exc.strerror})") from None
-        if not os.access(directory, os.W_OK):
+                              f"a path whose directory can be created ({existing} is not "
+                              "a directory)")
+        if not os.access(existing, os.W_OK | os.X_OK):
             raise loader.fail(f"{where}.sinks[{j}].path", sink.path,
-                              "a path in a writable directory")
+                              f"a path in a writable directory ({existing} is not writable)")
+        if existing != directory:
+            _try_mkdir(loader, f"{where}.sinks[{j}].path", sink.path, directory, existing)
         if sink.kind == "hdf5" and c is None:
             raise loader.fail(f"{where}.sinks[{j}].kind", sink.kind,
                               "binary, text or pcap (hdf5 sinks need chunk mode)")
@@ -290,12 +445,13 @@ def parse(text: str, path: str = "<config>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    top = {"daemon", "zmq", "stream"}
+    top = {"daemon", "zmq", "stream", "simulate"}
     for key in data:
         if key not in top:
-            raise loader.fail(key, data[key], "one of the tables daemon, zmq, stream")
+            raise loader.fail(key, data[key], "one of the tables daemon, zmq, stream, simulate")
     daemon = DaemonConfig(**loader.table(DaemonConfig, data.get("daemon", {}), "daemon",
                                          "daemon"))
+    _check_prometheus(loader, daemon.prometheus)
     zmq_cfg = ZmqConfig(**loader.table(ZmqConfig, data.get("zmq", {}), "zmq", "zmq"))
     _check_endpoint(loader, "zmq.stats", zmq_cfg.stats, zmq_cfg)
     _check_endpoint(loader, "zmq.control", zmq_cfg.control, zmq_cfg)
@@ -335,7 +491,26 @@ def parse(text: str, path: str = "<config>") -> Config:
                 bound[host_port] = f"{where}.sources[{k}]"
         _check_stream(loader, i, stream)
         streams.append(stream)
-    return Config(path=path, text=text, daemon=daemon, zmq=zmq_cfg, streams=tuple(streams))
+    simulate = _simulators(loader, data.get("simulate", []), bound)
+    return Config(path=path, text=text, daemon=daemon, zmq=zmq_cfg, streams=tuple(streams),
+                  simulate=simulate)
+
+
+def _simulators(loader: _Loader, raw: Any, bound: dict[tuple[str, int], str],
+                ) -> tuple[SimulateConfig, ...]:
+    """Build the `[[simulate]]` senders; each must target a udp:// or tcp:// source of ours."""
+    if not isinstance(raw, list):
+        raise loader.fail("simulate", raw, "[[simulate]] tables")
+    out = []
+    for i, table in enumerate(raw):
+        where = f"simulate[{i}]"
+        sim = SimulateConfig(**loader.table(SimulateConfig, table, where, "simulate"))
+        endpoint = _check_source(loader, f"{where}.target", sim.target)
+        if endpoint is None or (sim.target.split(":", 1)[0], endpoint[1]) not in bound:
+            raise loader.fail(f"{where}.target", sim.target,
+                              "the udp:// or tcp:// URI of one of the streams' sources")
+        out.append(sim)
+    return tuple(out)
 
 
 def load(path: str | os.PathLike | None = None) -> Config:

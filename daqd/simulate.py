@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -93,3 +94,56 @@ def simulate(
         "seconds": round(seconds, 3),
         "gbit_per_s": round(nbytes * 8 / seconds / 1e9, 3) if seconds > 0 else None,
     }
+
+
+class Simulator:
+    """A `[[simulate]]` sender running inside the daemon, in its own thread.
+
+    It sends the configured workload to one of the daemon's own sources, so a
+    configuration runs with no hardware.  `stop()` makes a running send return
+    at its next batch.
+    """
+
+    def __init__(self, config: Any):
+        self.config = config
+        self.source: Any = None
+        self.thread: threading.Thread | None = None
+        self.sent: dict[str, Any] = {}
+        self.error = ""
+
+    @property
+    def running(self) -> bool:
+        """Whether the sender thread is still sending."""
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self) -> None:
+        """Connect (errors surface here) and start sending."""
+        c = self.config
+        kind = socket.SOCK_DGRAM if c.target.startswith("udp:") else socket.SOCK_STREAM
+        self.sock = _connect(c.target, kind)
+        self.source = _spead.SimReader(c.workload, heaps=c.heaps, rate=c.rate)
+        self.thread = threading.Thread(target=self._send, name=f"simulate:{c.target}",
+                                       daemon=True)
+        self.thread.start()
+
+    def _send(self) -> None:
+        c = self.config
+        mode = "udp" if c.target.startswith("udp:") else "stream"
+        try:
+            packets, nbytes, dropped = _spead.send(self.source, self.sock.fileno(), mode)
+            if c.stop and c.heaps:
+                last = _spead.ByteListReader([_spead.stop_packet(self.source.first_cnt
+                                                                  + c.heaps)])
+                _spead.send(last, self.sock.fileno(), mode)
+            self.sent = {"packets": packets, "bytes": nbytes, "send_dropped": dropped}
+        except OSError as exc:
+            self.error = f"{c.target}: {exc.strerror or exc}"
+        finally:
+            self.sock.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop sending and wait for the thread."""
+        if self.source is not None:
+            self.source.stop()
+        if self.thread is not None:
+            self.thread.join(timeout)

@@ -1,0 +1,827 @@
+"""Buffers: the bounded hand-off from the receive side to the sinks.
+
+Producers (receive threads) put records; one consumer (the flusher thread,
+see daqd/flush.py) writes them to every sink.  Puts from several threads are
+serialised (a stream may have a receive thread per source).  The contracts are in
+docs/dev-pipeline.md ("Buffers"); in short:
+
+- Every record gets a sequence number when it is accepted.  Each sink has a
+  cursor (the next sequence number it writes); a record leaves the buffer,
+  and is released, once every sink has written it.
+- Capacity is a hard bound on the records held.  When full, records held only
+  for a failing sink (some sink has written them) give way first, counted as
+  lost for that sink; otherwise `when_full` decides: ``block`` (wait up to
+  `block_timeout`, then drop), ``drop-newest`` or ``overwrite-oldest``.
+- Records being written by a flush are never released or overwritten under
+  the sink's feet: a flush moves everything waiting into the held part, which
+  only the flush touches until it ends.
+- With a write-ahead log the record's bytes are in the log before `put()`
+  returns True, and `recover()` must run once before the first `put()`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from daqd.flush import Flusher, FlushPolicy
+from daqd.records import Record, decode_record
+from daqd.wal import DoneMark, WalFull, WriteAheadLog
+
+if TYPE_CHECKING:
+    from daqd.config import BufferConfig
+
+log = structlog.get_logger("daqd.buffer")
+
+KINDS = ("fifo", "circular")
+WHEN_FULL = ("block", "drop-newest", "overwrite-oldest")
+
+#: ``recover(sink, checkpoint)``: bring a sink's output back to a checkpoint it
+#: gave before a crash (daqd.sinks.recover_sink with the sink's context bound);
+#: what it returns (e.g. recover_sink's report) is logged.
+RecoverSink = Callable[[Any, dict[str, Any]], Any]
+
+Entry = tuple[int, Record]          # (sequence number, record)
+
+
+class _Queue:
+    """Entries in a deque that grows as needed (`fifo`; the bound is the buffer's)."""
+
+    def __init__(self, capacity: int):
+        self._entries: collections.deque[Entry] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def append(self, entry: Entry) -> None:
+        self._entries.append(entry)
+
+    def popleft(self) -> Entry:
+        return self._entries.popleft()
+
+    def first_seq(self) -> int:
+        return self._entries[0][0]
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class _Ring:
+    """Entries in a ring of `capacity` slots allocated once (`circular`)."""
+
+    def __init__(self, capacity: int):
+        self._slots: list[Entry | None] = [None] * capacity
+        self._head = 0
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def append(self, entry: Entry) -> None:
+        size = len(self._slots)
+        if self._count == size:
+            raise OverflowError("ring full")        # the buffer checks room first
+        self._slots[(self._head + self._count) % size] = entry
+        self._count += 1
+
+    def popleft(self) -> Entry:
+        if not self._count:
+            raise IndexError("pop from an empty ring")
+        entry = self._slots[self._head]
+        self._slots[self._head] = None
+        self._head = (self._head + 1) % len(self._slots)
+        self._count -= 1
+        assert entry is not None
+        return entry
+
+    def first_seq(self) -> int:
+        entry = self._slots[self._head]
+        if not self._count or entry is None:
+            raise IndexError("empty ring")
+        return entry[0]
+
+    def __iter__(self) -> Iterator[Entry]:
+        size = len(self._slots)
+        for i in range(self._count):
+            entry = self._slots[(self._head + i) % size]
+            assert entry is not None
+            yield entry
+
+    def clear(self) -> None:
+        self._slots = [None] * len(self._slots)
+        self._head = self._count = 0
+
+
+@dataclass
+class _SinkState:
+    """One sink and where it stands."""
+
+    sink: Any
+    name: str
+    cursor: int                 # sequence number of the next record it writes
+    primary: bool = False
+    written: int = 0
+    bytes: int = 0
+    errors: int = 0
+    lost: int = 0
+    sync_errors: int = 0
+    failing: bool = False
+    failed_flushes: int = 0
+    last_error: str = ""
+    unsynced: bool = False      # wrote since its last sync()
+
+    def stats(self) -> dict[str, Any]:
+        return {"written": self.written, "bytes": self.bytes, "errors": self.errors,
+                "lost": self.lost, "sync_errors": self.sync_errors, "failing": self.failing,
+                "last_error": self.last_error}
+
+
+class Buffer:
+    """A bounded buffer of records between producers and one consumer.
+
+    Parameters
+    ----------
+    kind : str
+        ``"fifo"`` (storage grows as needed, up to `capacity`) or
+        ``"circular"`` (`capacity` slots allocated at once).  Both hold at
+        most `capacity` records and put and pop in constant time.
+    capacity : int
+        Most records held, including those kept for a failing sink.
+    when_full : str
+        ``"block"``, ``"drop-newest"`` or ``"overwrite-oldest"``.
+    policy : FlushPolicy, optional
+        When to flush (default: never on its own; forced flushes only).
+    wal : WriteAheadLog, optional
+        Log records before accepting them; call `recover` before `put`.
+    block_timeout : float
+        Longest wait of a blocked `put` (``block``), after which the record is
+        dropped and counted.
+    """
+
+    def __init__(self, kind: str = "circular", capacity: int = 64, when_full: str = "block",
+                 policy: FlushPolicy | None = None, wal: WriteAheadLog | None = None,
+                 block_timeout: float = 1.0):
+        if kind not in KINDS:
+            raise ValueError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
+        if when_full not in WHEN_FULL:
+            raise ValueError(f"when_full: {when_full!r} is not one of {', '.join(WHEN_FULL)}")
+        if capacity < 1:
+            raise ValueError(f"capacity: {capacity} is not at least 1")
+        if block_timeout < 0:
+            raise ValueError(f"block_timeout: {block_timeout} is negative")
+        self.kind = kind
+        self.capacity = capacity
+        self.when_full = when_full
+        self.policy = policy if policy is not None else FlushPolicy()
+        self.wal = wal
+        self.block_timeout = block_timeout
+        storage = _Ring if kind == "circular" else _Queue
+        # `held`: taken by a flush (being written, or kept for a failing sink);
+        # only the flush touches it while one runs.  `waiting`: not yet taken.
+        # Sequence numbers increase from the front of held to the back of waiting.
+        self._held = storage(capacity)
+        self._waiting = storage(capacity)
+        self._lock = threading.Lock()
+        self._put_lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)     # room made, flush ended
+        self._flushing = False
+        self._sinks: list[_SinkState] = []
+        self._next_seq = wal.next_seq if wal is not None else 0
+        self._ready = wal is None           # with a WAL, recover() first
+        self._flusher: Flusher | None = None
+        self._marked: dict[str, DoneMark] = {}
+        self._logged_drops: set[str] = set()
+        self._accepted = self._flushed = self._bytes_flushed = self._popped = 0
+        self._recovered = self._triggers = self._lagging_evictions = 0
+        self._block_waits = self._block_timeouts = self._wal_errors = 0
+        self._flush_ends = 0                # flushes completed, for waiters
+        self._flushes: collections.Counter[str] = collections.Counter()
+        self._dropped: collections.Counter[str] = collections.Counter()
+
+    # -- sinks ---------------------------------------------------------------
+
+    def set_primary_sink(self, sink: Any) -> None:
+        """Make `sink` the primary sink (replacing any), written first at each flush."""
+        with self._lock:
+            if self._sinks and self._sinks[0].primary:
+                self._sinks.pop(0)
+            state = self._new_sink_locked(sink)
+            state.primary = True
+            self._sinks.insert(0, state)
+
+    def add_custom_sink(self, sink: Any) -> None:
+        """Add a further sink; every flush writes to it too."""
+        with self._lock:
+            self._sinks.append(self._new_sink_locked(sink))
+
+    @property
+    def sinks(self) -> list[Any]:
+        """The sinks, primary first."""
+        return [s.sink for s in self._sinks]
+
+    def _new_sink_locked(self, sink: Any) -> _SinkState:
+        name = str(getattr(sink, "name", type(sink).__name__))
+        if any(s.name == name for s in self._sinks):
+            raise ValueError(f"a sink named {name!r} is already attached (names key the WAL)")
+        # A sink added late starts at the oldest record still held.
+        return _SinkState(sink, name, self._head_seq_locked())
+
+    def _head_seq_locked(self) -> int:
+        if len(self._held):
+            return self._held.first_seq()
+        if len(self._waiting):
+            return self._waiting.first_seq()
+        return self._next_seq
+
+    # -- producer ------------------------------------------------------------
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next accepted record gets."""
+        return self._next_seq
+
+    def put(self, record: Record) -> bool:
+        """Accept `record`, or drop it under the `when_full` policy (counted).
+
+        Returns
+        -------
+        bool
+            True if accepted (and, with a WAL, logged).  A dropped record has
+            been released.
+        """
+        if not self._ready:
+            raise RuntimeError("the buffer has a write-ahead log: call recover() first")
+        # One put at a time: room and a sequence number are reserved here and
+        # used after the (unlocked) WAL append.
+        with self._put_lock:
+            return self._put(record)
+
+    def _put(self, record: Record) -> bool:
+        evicted: list[Entry] = []
+        with self._lock:
+            reason = self._make_room_locked(evicted)
+            if reason == "wait":
+                reason = self._wait_for_room_locked(evicted)
+            seq = self._next_seq
+        self._after_evictions(evicted)
+        if reason is None and self.wal is not None:
+            reason = self._log(seq, record)
+        if reason is not None:
+            self._drop(record, reason)
+            return False
+        nbytes = record.nbytes
+        with self._lock:
+            self._waiting.append((seq, record))
+            self._next_seq = seq + 1
+            self._accepted += 1
+            self.policy.added(nbytes)
+        self._maybe_wake()
+        return True
+
+    def _make_room_locked(self, evicted: list[Entry]) -> str | None:
+        """Room for one more record (None), or why not: a drop reason, or "wait"."""
+        if len(self._held) + len(self._waiting) < self.capacity:
+            return None
+        if self._evict_lagging_locked(evicted):
+            return None
+        if self.when_full == "overwrite-oldest":
+            if self._evict_oldest_locked(evicted, "overwrite_oldest"):
+                return None
+            return "in_flight"          # everything is being written: nothing to overwrite
+        if self.when_full == "drop-newest":
+            self._ask_flush("full")
+            return "drop_newest"
+        return "wait"
+
+    def _evict_lagging_locked(self, evicted: list[Entry]) -> bool:
+        """Make room from records kept only for failing sinks (some sink wrote them)."""
+        if self._flushing or not len(self._held) or not self._sinks:
+            return False
+        seq = self._held.first_seq()
+        if seq >= max(s.cursor for s in self._sinks):
+            return False                # no sink has written it: when_full decides
+        evicted.append(self._held.popleft())
+        self._lagging_evictions += 1
+        for s in self._sinks:
+            if s.cursor <= seq:
+                s.lost += 1
+                s.cursor = seq + 1      # gone for it: its WAL done mark moves past
+        return True
+
+    def _evict_oldest_locked(self, evicted: list[Entry], reason: str) -> bool:
+        """Overwrite the oldest record not being written by a flush."""
+        if not self._flushing and len(self._held):
+            entry = self._held.popleft()        # every sink failing: nobody wrote it
+        elif len(self._waiting):
+            entry = self._waiting.popleft()
+        else:
+            return False
+        evicted.append(entry)
+        self._dropped[reason] += 1
+        for s in self._sinks:
+            if s.cursor <= entry[0]:
+                s.lost += 1
+        return True
+
+    def _wait_for_room_locked(self, evicted: list[Entry]) -> str | None:
+        """``block``: wait for a flush to make room, up to `block_timeout`."""
+        self._block_waits += 1
+        deadline = time.monotonic() + self.block_timeout
+        self._ask_flush("full")
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._block_timeouts += 1
+                return "block_timeout"
+            self._changed.wait(left)
+            reason = self._make_room_locked(evicted)
+            if reason != "wait":
+                return reason
+
+    def _log(self, seq: int, record: Record) -> str | None:
+        """Append `record` to the WAL; None when logged, else the drop reason."""
+        assert self.wal is not None
+        payload = record.encode()
+        deadline = None
+        while True:
+            try:
+                self.wal.append(seq, payload)
+                return None
+            except WalFull:
+                with self._lock:
+                    flushes_seen = self._flush_ends
+                self._ask_flush("wal_full")     # done marks let the log compact
+                if self.when_full == "overwrite-oldest":
+                    evicted: list[Entry] = []
+                    with self._lock:
+                        made = self._evict_oldest_locked(evicted, "overwrite_oldest")
+                    self._after_evictions(evicted)
+                    if made:
+                        continue
+                    return "wal_full"
+                if self.when_full == "drop-newest":
+                    return "wal_full"
+                if deadline is None:
+                    self._block_waits += 1
+                    deadline = time.monotonic() + self.block_timeout
+                with self._lock:        # until a flush asked for after the failure ends
+                    while self._flush_ends == flushes_seen:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            self._block_timeouts += 1
+                            return "wal_full"
+                        self._changed.wait(left)
+            except OSError as exc:
+                self._wal_errors += 1
+                log.error("write-ahead log append failed; record dropped",
+                          wal=str(self.wal.path), error=str(exc))
+                return "wal_error"
+
+    def _after_evictions(self, evicted: list[Entry]) -> None:
+        """Release evicted records and tell the WAL they will never be written."""
+        if not evicted:
+            return
+        skipped = []
+        for seq, record in evicted:
+            record.release()
+            skipped.append(seq)
+        if self.wal is not None:
+            try:
+                self.wal.skip(skipped)
+            except OSError as exc:      # harmless: they would be replayed after a crash
+                self._wal_errors += 1
+                log.warning("write-ahead log skip mark failed", error=str(exc))
+
+    def _drop(self, record: Record, reason: str) -> None:
+        record.release()
+        with self._lock:
+            self._dropped[reason] += 1
+            first = reason not in self._logged_drops
+            self._logged_drops.add(reason)
+        if first:
+            log.warning("buffer dropping records (counted; logged once per reason)",
+                        reason=reason, capacity=self.capacity, when_full=self.when_full)
+
+    def _maybe_wake(self) -> None:
+        flusher = self._flusher
+        if flusher is not None and not flusher.due_pending:
+            reason = self.policy.due(self)
+            if reason is not None:
+                flusher.wake_due(reason)
+
+    def _ask_flush(self, reason: str) -> None:
+        flusher = self._flusher
+        if flusher is not None and not flusher.due_pending:
+            flusher.wake_due(reason)
+
+    # -- consumer ------------------------------------------------------------
+
+    def flush(self, reason: str = "request") -> int:
+        """Write every record to every sink that has not written it.
+
+        With a `Flusher` running, a call from another thread is handed to it
+        (and waited for), so sinks are only called from one thread.
+
+        Returns
+        -------
+        int
+            Records that left the buffer (written by every sink).
+        """
+        flusher = self._flusher
+        if flusher is not None and flusher.running and threading.get_ident() != flusher.ident:
+            done = flusher.flush(reason)
+            return done if done is not None else 0
+        return self.flush_now(reason)
+
+    def trigger(self) -> int:
+        """Dump the buffer's content to the sinks now (transient capture).
+
+        A circular ``overwrite-oldest`` buffer with no flush conditions keeps
+        the last `capacity` records; a trigger writes exactly those.
+        """
+        flusher = self._flusher
+        if flusher is not None and flusher.running and threading.get_ident() != flusher.ident:
+            done = flusher.trigger()
+            return done if done is not None else 0
+        return self.flush_now("trigger", trigger=True)
+
+    def flush_now(self, reason: str, trigger: bool = False) -> int:
+        """Flush in this thread (the flusher's, or the only consumer's)."""
+        with self._lock:
+            if self._flushing:
+                return 0                # re-entered (e.g. from a sink): nothing to add
+            self._flushing = True
+            while len(self._waiting):
+                self._held.append(self._waiting.popleft())
+            entries = list(self._held)
+            sinks = list(self._sinks)
+            self.policy.reset()
+            self._flushes[reason] += 1
+            if trigger:
+                self._triggers += 1
+        # While `_flushing` is set the producer leaves `held` and the cursors
+        # alone, so the sinks are written (and synced) without the lock.
+        cursors = {s.name: s.cursor for s in sinks}
+        released: list[Entry] = []
+        try:
+            if self.wal is not None:
+                self._sync_wal()
+            seqs = [seq for seq, _ in entries]
+            for state in sinks:
+                batch = entries[bisect.bisect_left(seqs, state.cursor):]
+                if batch and self._write(state, batch):
+                    cursors[state.name] = batch[-1][0] + 1
+            self._advance(sinks, cursors)
+            if self.wal is not None:
+                self._mark_done(sinks)
+        finally:
+            with self._lock:
+                self._advance(sinks, cursors)
+                low = min((s.cursor for s in self._sinks), default=None)
+                while low is not None and len(self._held) and self._held.first_seq() < low:
+                    released.append(self._held.popleft())
+                self._flushed += len(released)
+                self._bytes_flushed += sum(r.nbytes for _, r in released)
+                self._flushing = False
+                self._flush_ends += 1
+                self._changed.notify_all()
+            for _, record in released:
+                record.release()
+        return len(released)
+
+    @staticmethod
+    def _advance(sinks: list[_SinkState], cursors: dict[str, int]) -> None:
+        for state in sinks:
+            state.cursor = max(state.cursor, cursors[state.name])
+
+    def _write(self, state: _SinkState, batch: list[Entry]) -> bool:
+        records = [record for _, record in batch]
+        try:
+            state.sink.write(records)
+        except Exception as exc:
+            # The protocol says OSError after rollback; anything else is a bug
+            # in the sink, counted and logged the same way (with a traceback)
+            # so that one sink cannot stop the others.
+            state.errors += 1
+            state.failed_flushes += 1
+            state.last_error = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, OSError):
+                log.exception("sink raised a non-OSError; counted as a failed write",
+                              sink=state.name)
+            elif not state.failing:
+                log.warning("sink write failed; its records stay buffered while there is room",
+                            sink=state.name, error=state.last_error, records=len(records))
+            state.failing = True
+            return False
+        if state.failing:
+            log.info("sink writing again", sink=state.name, failed_flushes=state.failed_flushes)
+            state.failing = False
+            state.failed_flushes = 0
+        state.written += len(records)
+        state.bytes += sum(r.nbytes for r in records)
+        state.unsynced = True
+        return True
+
+    def _sync_wal(self) -> None:
+        assert self.wal is not None
+        try:
+            self.wal.sync_records()
+        except OSError as exc:
+            self._wal_errors += 1
+            log.error("write-ahead log fsync failed", error=str(exc))
+
+    def _mark_done(self, sinks: list[_SinkState]) -> None:
+        """Append a done mark for every sink whose position moved (sinks synced first)."""
+        assert self.wal is not None
+        marks = {}
+        for state in sinks:
+            seq = state.cursor - 1
+            old = self._marked.get(state.name)
+            if old is not None and old.seq == seq:
+                continue
+            if state.unsynced and self.wal.fsync != "never":
+                try:
+                    state.sink.sync()
+                except OSError as exc:
+                    state.sync_errors += 1
+                    state.last_error = f"sync: {exc}"
+                    log.warning("sink sync failed; its done mark stays behind",
+                                sink=state.name, error=str(exc))
+                    continue
+            state.unsynced = False
+            try:
+                checkpoint = state.sink.checkpoint()
+            except OSError as exc:
+                state.last_error = f"checkpoint: {exc}"
+                continue
+            marks[state.name] = DoneMark(seq, checkpoint)
+        if not marks:
+            return
+        try:
+            self.wal.mark_done(marks)
+        except OSError as exc:
+            self._wal_errors += 1
+            log.error("write-ahead log done mark failed", error=str(exc))
+            return
+        self._marked.update(marks)
+
+    def reopen_sinks(self) -> None:
+        """SIGHUP: every sink finishes its current file (in the flusher's thread)."""
+        flusher = self._flusher
+        if flusher is not None and flusher.running and threading.get_ident() != flusher.ident:
+            flusher.request_reopen()
+            return
+        for state in list(self._sinks):
+            try:
+                state.sink.reopen()
+            except OSError as exc:
+                state.errors += 1
+                state.last_error = f"reopen: {exc}"
+                log.warning("sink reopen failed", sink=state.name, error=str(exc))
+
+    def pop(self) -> Record:
+        """Remove and return the oldest record; the caller now owns (and releases) it.
+
+        Raises
+        ------
+        IndexError
+            The buffer is empty.
+        RuntimeError
+            A flush is running (one consumer only).
+        """
+        with self._lock:
+            if self._flushing:
+                raise RuntimeError("pop() during a flush: a buffer has one consumer")
+            store = self._held if len(self._held) else self._waiting
+            if not len(store):
+                raise IndexError("pop from an empty buffer")
+            seq, record = store.popleft()
+            for s in self._sinks:
+                s.cursor = max(s.cursor, seq + 1)
+            self._popped += 1
+            self._changed.notify_all()
+        if self.wal is not None:
+            self.wal.skip([seq])
+        return record
+
+    def clear(self) -> int:
+        """Drop every record held (released, counted as ``cleared``); how many."""
+        with self._lock:
+            if self._flushing:
+                raise RuntimeError("clear() during a flush: a buffer has one consumer")
+            entries = list(self._held) + list(self._waiting)
+            self._held.clear()
+            self._waiting.clear()
+            for s in self._sinks:
+                s.lost += sum(1 for seq, _ in entries if seq >= s.cursor)
+                s.cursor = self._next_seq
+            self._dropped["cleared"] += len(entries)
+            self._changed.notify_all()
+        self._after_evictions(entries)
+        return len(entries)
+
+    def close(self) -> int:
+        """Let go of what is still held, after the final flush; how many records.
+
+        Records still held are ones a failing sink never wrote: they are
+        released and counted as ``unwritten_at_close`` (and lost for those
+        sinks).  With a write-ahead log they stay logged, so the next start
+        writes them; the log is closed.  Sinks are the caller's to close.
+        """
+        with self._lock:
+            if self._flushing:
+                raise RuntimeError("close() during a flush")
+            entries = list(self._held) + list(self._waiting)
+            self._held.clear()
+            self._waiting.clear()
+            for s in self._sinks:
+                s.lost += sum(1 for seq, _ in entries if seq >= s.cursor)
+            if entries:
+                self._dropped["unwritten_at_close"] += len(entries)
+            self._ready = False
+        for _, record in entries:
+            record.release()
+        if entries:
+            log.warning("buffer closed with records a sink never wrote",
+                        records=len(entries), logged=self.wal is not None)
+        if self.wal is not None:
+            self.wal.close()
+        return len(entries)
+
+    # -- state ---------------------------------------------------------------
+
+    def size(self) -> int:
+        """Count the records held (waiting, being written, or kept for a failing sink)."""
+        return len(self._held) + len(self._waiting)
+
+    def almost_full(self) -> bool:
+        """At least the policy's count threshold held (as in baldaquin), else 90 % of capacity."""
+        count = self.policy.count
+        high_water = count if 0 < count <= self.capacity else max(1, (9 * self.capacity) // 10)
+        return self.size() >= high_water
+
+    def time_since_last_flush(self) -> float:
+        """Seconds since the last flush, on the monotonic clock."""
+        return self.policy.age()
+
+    def flush_needed(self) -> bool:
+        """Whether the flush policy asks for a flush now."""
+        return self.policy.due(self) is not None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: records, flushes by reason, drops by reason, blocking, per sink, fill."""
+        with self._lock:
+            size = len(self._held) + len(self._waiting)
+            out: dict[str, Any] = {
+                "kind": self.kind, "capacity": self.capacity, "when_full": self.when_full,
+                "size": size, "fill": size / self.capacity,
+                "records_accepted": self._accepted, "records_flushed": self._flushed,
+                "bytes_flushed": self._bytes_flushed, "records_popped": self._popped,
+                "records_recovered": self._recovered,
+                "records_dropped": sum(self._dropped.values()),
+                "dropped": dict(self._dropped),
+                "flushes": sum(self._flushes.values()), "flushes_by_reason": dict(self._flushes),
+                "triggers": self._triggers,
+                "block_waits": self._block_waits, "block_timeouts": self._block_timeouts,
+                "lagging_evictions": self._lagging_evictions,
+                "wal_errors": self._wal_errors,
+                "sinks": {s.name: s.stats() for s in self._sinks},
+            }
+        out["wal"] = self.wal.stats() if self.wal is not None else None
+        return out
+
+    # -- flusher and recovery ------------------------------------------------
+
+    def attach_flusher(self, flusher: Flusher) -> None:
+        """From now on `flusher`'s thread makes every flush (Flusher.start calls this)."""
+        if self._flusher is not None and self._flusher is not flusher:
+            raise RuntimeError("the buffer already has a flusher")
+        self._flusher = flusher
+
+    def detach_flusher(self, flusher: Flusher) -> None:
+        """Flush in the caller's thread again (Flusher.stop calls this)."""
+        if self._flusher is flusher:
+            self._flusher = None
+
+    def recover(self, recover_sink: RecoverSink | None = None) -> int:
+        """After a crash: bring sinks back to their checkpoints and write what the WAL holds.
+
+        For every sink the log has a done mark for, `recover_sink(sink,
+        checkpoint)` is called first; then the logged records after each
+        sink's done mark are written to it, in order, before anything new.
+        A sink the log does not know starts with the next new record.  Call
+        once, after the sinks are attached and before `put` or a `Flusher`.
+        Without a WAL this does nothing.
+
+        Returns
+        -------
+        int
+            Records replayed from the log.
+        """
+        if self.wal is None:
+            self._ready = True
+            return 0
+        if self._ready:
+            raise RuntimeError("recover() has already run")
+        wal = self.wal
+        marks = wal.done
+        if marks and recover_sink is None:
+            log.warning("recovering without a recover callable: sink output written after "
+                        "the last done mark may be written twice", wal=str(wal.path))
+        for state in self._sinks:
+            mark = marks.get(state.name)
+            if mark is None:
+                state.cursor = wal.next_seq
+                continue
+            if recover_sink is not None:
+                report = recover_sink(state.sink, mark.checkpoint)
+                if report:
+                    log.info("sink brought back to its checkpoint", sink=state.name,
+                             report=report)
+            state.cursor = mark.seq + 1
+            self._marked[state.name] = mark
+        low = min((s.cursor for s in self._sinks), default=-1)
+        replayed = 0
+        for seq, blob in wal.records(after=low - 1):
+            if self.size() >= self.capacity:
+                self.flush_now("recover")
+            if self.size() >= self.capacity:
+                self._dropped["recover_overflow"] += 1
+                log.error("recovered record dropped: sinks failing and the buffer full", seq=seq)
+                for s in self._sinks:
+                    if s.cursor <= seq:
+                        s.lost += 1
+                continue
+            self._waiting.append((seq, decode_record(blob)))
+            replayed += 1
+        self._recovered = replayed
+        self._next_seq = wal.next_seq
+        if self._sinks and self.size():
+            self.flush_now("recover")
+        # Make the log describe exactly the sinks attached now.
+        with self._lock:
+            state_now = {}
+            for state in self._sinks:
+                mark = self._marked.get(state.name)
+                if mark is None:
+                    mark = DoneMark(state.cursor - 1, state.sink.checkpoint())
+                state_now[state.name] = mark
+            wal.mark_done(state_now, replace=True)
+            self._marked = dict(state_now)
+        self._ready = True
+        if replayed or marks:
+            log.info("recovered from the write-ahead log", wal=str(wal.path), replayed=replayed,
+                     sinks=len(self._sinks), next_seq=self._next_seq)
+        return replayed
+
+
+def build_buffer(config: BufferConfig, sinks: Sequence[Any] = (),
+                 recover: RecoverSink | None = None, *, name: str = "",
+                 clock: Callable[[], float] = time.monotonic) -> Buffer:
+    """Build a ready buffer from a ``[stream.buffer]`` table.
+
+    Parameters
+    ----------
+    config : BufferConfig
+        The validated table; ``wal`` may contain ``{stream}``.
+    sinks : sequence
+        The first is the primary sink, the others are added after it.
+    recover : callable, optional
+        ``recover(sink, checkpoint)``, given to `Buffer.recover` when there is
+        a write-ahead log.
+    name : str
+        The stream's name, for ``{stream}`` in the WAL path.
+    clock : callable
+        Monotonic seconds for the flush policy.
+
+    Returns
+    -------
+    Buffer
+        Recovered and ready for `put`; start a `Flusher` on it.
+    """
+    policy = FlushPolicy.from_config(config, clock=clock)
+    wal = None
+    if config.wal:
+        path = Path(config.wal.format(stream=name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        wal = WriteAheadLog(path, fsync=config.wal_fsync, max_bytes=config.wal_max_bytes)
+    buffer = Buffer(config.kind, config.capacity, config.when_full, policy, wal=wal,
+                    block_timeout=config.block_timeout)
+    for i, sink in enumerate(sinks):
+        if i == 0:
+            buffer.set_primary_sink(sink)
+        else:
+            buffer.add_custom_sink(sink)
+    buffer.recover(recover)
+    return buffer

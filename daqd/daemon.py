@@ -1,0 +1,294 @@
+"""The daemon: streams, statistics, control and lifecycle (``daqd run``).
+
+Startup order (DESIGN.md, "Process"): the configuration is already
+validated; every chunk pool and buffer is allocated and every sink and
+source opened (sockets bound), then the receive threads start, then the
+ZeroMQ sockets, then the built-in simulators; READY=1 goes to systemd last.
+
+Shutdown on SIGTERM/SIGINT, a ``stop`` request, ``--duration`` or the end of
+every finite source: STOPPING=1; readers stop, open chunks are closed,
+buffers flush, files are finalised, a last status ("stopped") is published,
+exit 0.  A second SIGTERM/SIGINT during the drain exits at once (status 1).
+SIGHUP reopens sink files; SIGUSR1 forces a flush.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import structlog
+import zmq
+
+from daqd import __version__
+from daqd.config import Config
+from daqd.control import COMMANDS, ControlServer
+from daqd.metrics import MetricsServer
+from daqd.sdnotify import Notifier, Watchdog, watchdog_interval
+from daqd.simulate import Simulator
+from daqd.stats_publisher import StatsPublisher
+from daqd.stream_runner import StreamRunner
+from daqd.zmq_security import Security
+
+log = structlog.get_logger("daqd.daemon")
+
+# Exit status when a second signal cuts the drain short.
+EXIT_INTERRUPTED = 1
+# Seconds the drain may take per stream before it is reported as stuck.
+DRAIN_TIMEOUT = 60.0
+
+
+class Daemon:
+    """One daqd process: its streams and the sockets that watch and steer it.
+
+    Parameters
+    ----------
+    config : Config
+        The validated configuration.
+    """
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.name = config.daemon.name
+        self.state = "starting"
+        self.started = time.monotonic()
+        self.runners = [StreamRunner(s, config) for s in config.streams]
+        self.simulators = [Simulator(s) for s in config.simulate]
+        self.stop_requested = threading.Event()
+        self.stop_reason = ""
+        self.notifier = Notifier()
+        self.context: zmq.Context | None = None
+        self.security: Security | None = None
+        self.publisher: StatsPublisher | None = None
+        self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
+        self.watchdog: Watchdog | None = None
+        self.signals_seen = 0
+        self.log = log.bind(daemon=self.name)
+
+    # ------------------------------------------------------------------
+    # lifecycle
+
+    def start(self) -> None:
+        """Allocate, bind and start everything; tell systemd we are ready."""
+        for runner in self.runners:
+            for warning in runner.open():
+                self.log.warning("source warning", stream=runner.name, warning=warning)
+        for runner in self.runners:
+            runner.start()
+        z = self.config.zmq
+        if z.stats or z.control:
+            self.context = zmq.Context()
+            self.security = Security.from_config(self.context, z)
+        if z.stats:
+            self.publisher = StatsPublisher(self.context, z.stats, z.interval, self.snapshot,
+                                            self.name, self.security)
+            self.publisher.start()
+        if z.control:
+            handlers = {name: getattr(self, "on_" + name.replace("-", "_")) for name in COMMANDS}
+            self.control = ControlServer(self.context, z.control, handlers, self.security)
+            self.control.start()
+        if self.config.daemon.prometheus:
+            self.metrics = MetricsServer(self.config.daemon.prometheus, self.snapshot,
+                                         daemon=self.name)
+            self.metrics.start()
+        for simulator in self.simulators:
+            simulator.start()
+        interval = watchdog_interval()
+        if interval:
+            self.watchdog = Watchdog(self.notifier, interval, self.heartbeat)
+            self.watchdog.start()
+        self.state = "running"
+        self.notifier.ready(f"receiving {len(self.runners)} stream(s)")
+        self.log.info("ready", version=__version__, config=self.config.path,
+                      streams=[r.name for r in self.runners],
+                      stats=self.publisher.endpoint if self.publisher else "",
+                      control=self.control.endpoint if self.control else "")
+
+    def wait(self, duration: float | None = None) -> None:
+        """Block until a stop is asked for, `duration` passes or every source ends."""
+        deadline = None if duration is None else time.monotonic() + duration
+        last_log = time.monotonic()
+        interval = max(self.config.zmq.interval, 1.0)
+        while not self.stop_requested.wait(0.1):
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self.stop_reason = "duration"
+                break
+            if all(r.ended for r in self.runners) and not any(
+                    s.running for s in self.simulators):
+                self.stop_reason = "sources ended"
+                break
+            if now - last_log >= interval:
+                last_log = now
+                self._log_interval()
+
+    def _log_interval(self) -> None:
+        """One log line per interval: the headline counters of each stream."""
+        for runner in self.runners:
+            c = runner.raw_counters()
+            fields = {k: c.get(k, 0) for k in ("packets", "heaps", "chunks_completed",
+                                                "chunk_heaps_too_old", "packets_tap_dropped")}
+            if runner.buffer is not None:
+                b = runner.buffer.stats()
+                fields["records_flushed"] = b.get("records_flushed", 0)
+            self.log.info("stats", stream=runner.name, **fields)
+        self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        parts = []
+        for runner in self.runners:
+            c = runner.raw_counters()
+            parts.append(f"{runner.name}: {c.get('packets', 0)} packets, "
+                         f"{c.get('heaps', 0)} heaps")
+        return f"{self.state}; " + "; ".join(parts)
+
+    def shutdown(self) -> int:
+        """Drain and finalise everything; returns the exit status."""
+        self.state = "draining"
+        self.notifier.stopping("draining")
+        self.log.info("draining", reason=self.stop_reason or "stop")
+        for simulator in self.simulators:
+            simulator.stop()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        for runner in self.runners:
+            runner.stop(DRAIN_TIMEOUT)
+        errors = [e for r in self.runners for e in r.errors]
+        if self.control is not None:
+            self.control.stop()
+        self.state = "stopped"
+        if self.publisher is not None:
+            self.publisher.stop(final=True)
+        if self.metrics is not None:
+            self.metrics.stop()
+        if self.security is not None:
+            self.security.close()
+        if self.context is not None:
+            self.context.term()
+        self.log.info("stopped", errors=len(errors),
+                      **{r.name: _summary(r) for r in self.runners})
+        return 0
+
+    # ------------------------------------------------------------------
+    # signals (installed by run(); handlers run in the main thread)
+
+    def install_signal_handlers(self) -> None:
+        """Route SIGTERM/SIGINT (drain), SIGHUP (reopen) and SIGUSR1 (flush) to the daemon."""
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, lambda *_: self.on_reopen({}))
+        signal.signal(signal.SIGUSR1, lambda *_: self.on_flush({"reason": "signal"}))
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        self.signals_seen += 1
+        if self.signals_seen > 1:
+            self.log.error("second signal during the drain: exiting at once",
+                           signal=signal.Signals(signum).name)
+            os._exit(EXIT_INTERRUPTED)
+        self.stop_reason = signal.Signals(signum).name
+        self.stop_requested.set()
+
+    # ------------------------------------------------------------------
+    # control requests (ControlServer thread) and their signal twins
+
+    def on_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control ``status``: state, uptime and every stream's counters."""
+        snap = self.snapshot()
+        return {"state": snap["state"], "uptime": snap["uptime"], "daemon": self.name,
+                "pid": os.getpid(), "version": __version__, "streams": snap["streams"]}
+
+    def on_flush(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control ``flush`` (and SIGUSR1): every buffer writes what it holds."""
+        reason = str(args.get("reason", "control"))
+        for runner in self.runners:
+            runner.flush(reason)
+        self.log.info("flush requested", reason=reason)
+        return {"flushing": [r.name for r in self.runners]}
+
+    def on_trigger(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control ``trigger``: dump the buffers' content (transient capture)."""
+        for runner in self.runners:
+            runner.trigger()
+        self.log.info("trigger", label=str(args.get("label", "")))
+        return {"triggered": [r.name for r in self.runners]}
+
+    def on_stop(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control ``stop``: drain and exit, as on SIGTERM."""
+        self.stop_reason = "control"
+        self.stop_requested.set()
+        return {"state": "draining"}
+
+    def on_capture_start(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control ``capture-start``: records go to the buffers again."""
+        for runner in self.runners:
+            runner.capturing = True
+        self.log.info("capture started")
+        return {"capturing": True}
+
+    def on_capture_stop(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control ``capture-stop``: keep receiving, stop writing (records let go are counted)."""
+        for runner in self.runners:
+            runner.capturing = False
+        self.log.info("capture stopped (still receiving)")
+        return {"capturing": False}
+
+    def on_reset_counters(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control ``reset-counters``: counters start from zero again."""
+        for runner in self.runners:
+            runner.reset_counters()
+        if self.publisher is not None:
+            self.publisher.reset_counters()
+        self.log.info("counters reset")
+        return {"reset": [r.name for r in self.runners]}
+
+    def on_reopen(self, args: dict[str, Any]) -> dict[str, Any]:
+        """SIGHUP: finalise the sinks' current files and start new ones."""
+        for runner in self.runners:
+            runner.reopen()
+        self.log.info("reopening sink files")
+        return {"reopened": [r.name for r in self.runners]}
+
+    # ------------------------------------------------------------------
+    # statistics
+
+    def heartbeat(self) -> tuple[int, ...]:
+        """One counter per stream, advanced by its receive loops (systemd watchdog)."""
+        return tuple(r.heartbeat for r in self.runners)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Collect the daemon's state for statistics, status and Prometheus (thread-safe)."""
+        streams = {r.name: r.snapshot() for r in self.runners}
+        return {
+            "state": self.state,
+            "uptime": round(time.monotonic() - self.started, 3),
+            "streams": streams,
+            "buffers": {name: s["buffer"] for name, s in streams.items() if "buffer" in s},
+            "sinks": {name: s["sinks"] for name, s in streams.items() if s.get("sinks")},
+            "errors": {name: s["errors"] for name, s in streams.items() if s.get("errors")},
+        }
+
+
+def _summary(runner: StreamRunner) -> dict[str, int]:
+    c = runner.raw_counters()
+    out = {k: c.get(k, 0) for k in ("packets", "heaps", "chunks_completed")}
+    if runner.buffer is not None:
+        out["records_flushed"] = runner.buffer.stats().get("records_flushed", 0)
+    return out
+
+
+def run(config: Config, duration: float | None = None) -> int:
+    """``daqd run``: start, wait, drain; returns the exit status."""
+    daemon = Daemon(config)
+    daemon.install_signal_handlers()
+    try:
+        daemon.start()
+        daemon.wait(duration)
+    except BaseException:
+        daemon.stop_reason = "error"
+        daemon.shutdown()
+        raise
+    return daemon.shutdown()

@@ -1,0 +1,372 @@
+"""Flush policies, and the flusher thread that applies them.
+
+A `FlushPolicy` decides when a buffer's records go to its sinks: by record
+count, by bytes, by age since the last flush, by custom predicates, combined
+with ``any`` (the default) or ``all``.  Its counters count what was accepted
+since the last flush; every flush resets them, whatever caused it.
+
+A `Flusher` owns the consumer side of one buffer: a thread that flushes when
+the policy says so, when the age timer runs out (on the monotonic clock, so an
+idle stream is still flushed on time), and when asked from another thread, a
+signal handler or Python.  Sinks are only ever called from that thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import os
+import select
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+if TYPE_CHECKING:
+    from daqd.config import BufferConfig
+
+log = structlog.get_logger("daqd.buffer")
+
+#: A custom flush predicate: called with the buffer, True when a flush is due.
+Predicate = Callable[[Any], bool]
+
+COMBINATIONS = ("any", "all")
+
+
+def resolve_predicate(spec: str) -> Predicate:
+    """Import the callable a ``"module:function"`` string names.
+
+    Parameters
+    ----------
+    spec : str
+        ``"package.module:function"``; the function part may be dotted
+        (``"module:Class.method"``).
+
+    Returns
+    -------
+    callable
+        The predicate, called later with the buffer.
+
+    Raises
+    ------
+    ValueError
+        One line saying why `spec` names no callable.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError('not of the form "module:function"')
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:    # any failure of the user's module is a config problem
+        raise ValueError(f"cannot import {module_name} ({type(exc).__name__}: {exc})") from None
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ValueError(f"{module_name} has no attribute {attr}") from None
+    if not callable(target):
+        raise ValueError(f"{spec} is not callable")
+    return target
+
+
+class FlushPolicy:
+    """When a buffer should be flushed.
+
+    Conditions are evaluated in a fixed order with short-circuiting: the
+    custom predicates in the order given, then count, bytes and age.  With
+    ``any`` the first true condition decides (later ones are not called); with
+    ``all`` the first false one does.  A threshold of 0 is off and takes no
+    part; a policy with no condition never asks for a flush (forced flushes
+    still happen).
+
+    Parameters
+    ----------
+    count : int
+        Flush once this many records were accepted since the last flush.
+    nbytes : int
+        Flush once this many payload bytes were accepted since the last flush.
+    interval : float
+        Flush when this many seconds have passed since the last flush and the
+        buffer holds records.
+    custom : sequence
+        Predicates ``f(buffer) -> bool``, or ``(name, f)`` pairs; the name
+        appears in the flush reason (``custom:name``).
+    when : str
+        ``"any"`` or ``"all"``.
+    clock : callable
+        Monotonic seconds (injected by tests).
+    """
+
+    def __init__(self, count: int = 0, nbytes: int = 0, interval: float = 0.0,
+                 custom: Sequence[Predicate | tuple[str, Predicate]] = (), when: str = "any",
+                 clock: Callable[[], float] = time.monotonic):
+        if when not in COMBINATIONS:
+            raise ValueError(f"when: {when!r} is not one of {', '.join(COMBINATIONS)}")
+        if count < 0 or nbytes < 0 or interval < 0:
+            raise ValueError("count, nbytes and interval must not be negative")
+        self.count = count
+        self.nbytes = nbytes
+        self.interval = interval
+        self.when = when
+        self.clock = clock
+        self.records = 0        # accepted since the last flush
+        self.bytes = 0
+        self.last_flush = clock()
+        self._conditions: list[tuple[str, Callable[[Any], bool]]] = []
+        for entry in custom:
+            name, predicate = entry if isinstance(entry, tuple) else (
+                getattr(entry, "__qualname__", repr(entry)), entry)
+            self._conditions.append((f"custom:{name}", predicate))
+        if count:
+            self._conditions.append(("count", lambda _: self.records >= self.count))
+        if nbytes:
+            self._conditions.append(("bytes", lambda _: self.bytes >= self.nbytes))
+        if interval:
+            self._conditions.append(("age", self._age_due))
+
+    @classmethod
+    def from_config(cls, config: BufferConfig,
+                    clock: Callable[[], float] = time.monotonic) -> FlushPolicy:
+        """Build the policy a ``[stream.buffer]`` table describes (predicates imported here)."""
+        custom = [(spec, resolve_predicate(spec)) for spec in config.flush_custom]
+        return cls(config.flush_count, config.flush_bytes, config.flush_interval, custom,
+                   config.flush_when, clock)
+
+    def added(self, nbytes: int) -> None:
+        """Count one accepted record of `nbytes` payload bytes."""
+        self.records += 1
+        self.bytes += nbytes
+
+    def reset(self) -> None:
+        """Zero the counters and restart the age timer: a flush happened."""
+        self.records = 0
+        self.bytes = 0
+        self.last_flush = self.clock()
+
+    def age(self) -> float:
+        """Seconds since the last flush (monotonic)."""
+        return self.clock() - self.last_flush
+
+    def next_deadline(self) -> float | None:
+        """Monotonic time at which the age condition comes due (None: no age condition)."""
+        return self.last_flush + self.interval if self.interval else None
+
+    def due(self, buffer: Any) -> str | None:
+        """Why a flush is due now (``count``, ``age``, ``custom:NAME``, ...), or None.
+
+        With ``all`` the reason names every condition, joined by ``+``.
+        """
+        if not self._conditions:
+            return None
+        if self.when == "any":
+            for name, test in self._conditions:
+                if test(buffer):
+                    return name
+            return None
+        for _, test in self._conditions:
+            if not test(buffer):
+                return None
+        return "+".join(name for name, _ in self._conditions)
+
+    def _age_due(self, buffer: Any) -> bool:
+        # An empty buffer has nothing to age; held-back records (a failing
+        # sink) do, so the timer also paces retries.
+        return self.clock() - self.last_flush >= self.interval and buffer.size() > 0
+
+
+class _Outcome:
+    """A requested flush the requester waits for."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.flushed = 0
+
+
+class Flusher:
+    """The thread that flushes one buffer.
+
+    It flushes when the buffer's policy is due (the producer wakes it), when
+    the age timer runs out, and when asked: `request_flush`,
+    `request_trigger` and `request_reopen` only append to a queue and write a
+    byte to a pipe, so a signal handler may call them; `flush` and `trigger`
+    ask and wait.  `stop`
+    makes a final flush (reason ``stop``) and joins the thread.
+
+    Parameters
+    ----------
+    buffer : Buffer
+        The buffer to flush; it sends all its sink calls to this thread while
+        the thread runs.
+    poll : float
+        Longest sleep between policy checks when no timer is due (custom
+        predicates that depend on time are checked this often).
+    """
+
+    def __init__(self, buffer: Any, *, poll: float = 0.25):
+        self.buffer = buffer
+        self.poll = poll
+        self._requests: collections.deque[tuple[str, str, _Outcome | None]] = collections.deque()
+        self._due_reason: str | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # The pipe stays open as long as this object lives: a late request
+        # from another thread must never write to a reused descriptor.
+        weakref.finalize(self, _close_pipe, self._wake_r, self._wake_w)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.flushes = 0
+        self.error: BaseException | None = None
+
+    # -- any thread, signal handlers included --------------------------------
+
+    def request_flush(self, reason: str = "request") -> None:
+        """Ask for a flush and return at once (safe in a signal handler)."""
+        self._requests.append(("flush", reason, None))
+        self._wake()
+
+    def request_trigger(self) -> None:
+        """Ask for a trigger (dump the buffer's content) and return at once."""
+        self._requests.append(("trigger", "trigger", None))
+        self._wake()
+
+    def request_reopen(self) -> None:
+        """Ask the sinks to finish their current files (SIGHUP) and return at once."""
+        self._requests.append(("reopen", "reopen", None))
+        self._wake()
+
+    def wake_due(self, reason: str) -> None:
+        """Flush soon with `reason`: the producer saw the policy come due."""
+        self._due_reason = reason
+        self._wake()
+
+    @property
+    def due_pending(self) -> bool:
+        """A policy flush was asked for and has not started yet."""
+        return self._due_reason is not None
+
+    # -- other threads -------------------------------------------------------
+
+    @property
+    def ident(self) -> int | None:
+        """The flusher thread's identifier (None before `start`)."""
+        return self._thread.ident if self._thread is not None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> Flusher:
+        """Start the thread; the buffer's sink calls go through it from now on."""
+        if self._thread is not None:
+            raise RuntimeError("the flusher has already been started")
+        self.buffer.attach_flusher(self)
+        self._thread = threading.Thread(target=self._run, name="daqd-flusher", daemon=True)
+        self._thread.start()
+        return self
+
+    def flush(self, reason: str = "request", timeout: float = 30.0) -> int | None:
+        """Flush and wait; the records that left the buffer, or None on timeout."""
+        return self._ask("flush", reason, timeout)
+
+    def trigger(self, timeout: float = 30.0) -> int | None:
+        """Dump the buffer's content to the sinks and wait (see `Buffer.trigger`)."""
+        return self._ask("trigger", "trigger", timeout)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Make a final flush (reason ``stop``) and join; False if the thread did not end."""
+        if self._thread is None:
+            self.buffer.flush("stop")
+            return True
+        self._stopping = True
+        self._requests.append(("stop", "stop", None))
+        self._wake()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("flusher did not stop", timeout=timeout)
+            return False
+        self.buffer.detach_flusher(self)
+        return True
+
+    # -- the thread ----------------------------------------------------------
+
+    def _ask(self, kind: str, reason: str, timeout: float) -> int | None:
+        if threading.get_ident() == self.ident:
+            return self.buffer.flush_now(reason, trigger=kind == "trigger")
+        if not self.running:
+            raise RuntimeError("the flusher is not running")
+        outcome = _Outcome()
+        self._requests.append((kind, reason, outcome))
+        self._wake()
+        return outcome.flushed if outcome.done.wait(timeout) else None
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except BlockingIOError:
+            pass                    # the pipe is full of wake-ups already
+
+    def _sleep(self) -> None:
+        """Wait for a wake-up or until the age timer (at most `poll`) runs out."""
+        timeout = self.poll
+        deadline = self.buffer.policy.next_deadline()
+        if deadline is not None:
+            left = deadline - self.buffer.policy.clock()
+            if left > 0:
+                timeout = min(timeout, left)
+        readable, _, _ = select.select([self._wake_r], [], [], timeout)
+        if readable:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def _run(self) -> None:
+        buffer = self.buffer
+        try:
+            while True:
+                if not self._requests and self._due_reason is None:
+                    self._sleep()
+                stop = False
+                while self._requests:
+                    kind, reason, outcome = self._requests.popleft()
+                    if kind == "stop":
+                        stop = True
+                        continue
+                    if kind == "reopen":
+                        buffer.reopen_sinks()
+                        continue
+                    flushed = buffer.flush_now(reason, trigger=kind == "trigger")
+                    self.flushes += 1
+                    if outcome is not None:
+                        outcome.flushed = flushed
+                        outcome.done.set()
+                if stop:
+                    buffer.flush_now("stop")
+                    self.flushes += 1
+                    return
+                # Clear before flushing: a put that comes due meanwhile asks again.
+                reason, self._due_reason = self._due_reason, None
+                if reason is None:
+                    reason = buffer.policy.due(buffer)
+                if reason is not None:
+                    buffer.flush_now(reason)
+                    self.flushes += 1
+        except BaseException as exc:
+            self.error = exc
+            log.exception("flusher thread failed; the buffer is no longer flushed")
+            raise
+        finally:
+            # Release anyone waiting on a request that will never be served.
+            while self._requests:
+                _, _, outcome = self._requests.popleft()
+                if outcome is not None:
+                    outcome.done.set()
+
+
+def _close_pipe(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)

@@ -1,0 +1,246 @@
+"""Records: what flows from the receive side through a buffer to the sinks.
+
+Three kinds, one per mode of DESIGN.md plus the raw packets the pcap sink
+keeps:
+
+- `ChunkRecord`: one completed chunk (chunk mode).  It wraps a pool chunk
+  without copying it; `release()` gives the chunk back to the free ring and
+  is called once, after every sink has written the record (or it is dropped).
+- `HeapRecord`: one complete heap's items (heap mode).
+- `PacketRecord`: a batch of raw packets as received, for the pcap sink.
+
+Every record has `nbytes` (payload bytes, for byte thresholds and sink
+accounting), `release()` (idempotent) and `encode()`; `decode_record()` turns
+`encode()`'s bytes back into a record (the write-ahead log stores these).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# encode() layouts: a kind byte, then a fixed header, then the variable parts.
+_KIND_CHUNK, _KIND_HEAP, _KIND_PACKETS = b"C", b"H", b"P"
+# chunk: chunk_id, timestamp, data bytes, present bytes, extra bytes, dtype len,
+# ndim of data, then dtype str, data shape, present shape, extra shape
+_CHUNK_HEAD = struct.Struct("<qQQQQBB")
+# heap: cnt, received time, number of items
+_HEAP_HEAD = struct.Struct("<QdI")
+# one heap item: id, immediate flag, value (immediate) or length (addressed)
+_ITEM = struct.Struct("<QBQ")
+# packets: receive time, number of packets
+_PACKETS_HEAD = struct.Struct("<dI")
+
+
+@dataclass(eq=False)
+class ChunkRecord:
+    """A completed chunk: `data`, `present`, optional `extra`, `chunk_id`, `timestamp`.
+
+    The arrays are views of the pool chunk (no copy) until `release()`; after
+    that they must not be read.  Records decoded from the write-ahead log own
+    their arrays and have nothing to release.
+    """
+
+    chunk_id: int
+    timestamp: int
+    data: np.ndarray
+    present: np.ndarray
+    extra: np.ndarray | None = None
+    received: float = field(default_factory=time.time)
+    _release: Callable[[], None] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_chunk(cls, chunk: Any, extra: bool = True) -> ChunkRecord:
+        """Wrap a `daqd._spead.Chunk` (its arrays are not copied)."""
+        return cls(
+            chunk_id=int(chunk.chunk_id),
+            timestamp=int(chunk.timestamp),
+            data=chunk.data,
+            present=chunk.present,
+            extra=chunk.extra if extra and chunk.extra is not None and chunk.extra.size else None,
+            _release=chunk.release,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Payload bytes (byte thresholds, sink accounting)."""
+        return int(self.data.nbytes)
+
+    @property
+    def fraction_present(self) -> float:
+        """Fraction of the chunk's heap slots that arrived."""
+        present = self.present.reshape(self.present.shape[0], -1) if self.present.ndim > 2 \
+            else self.present
+        return float(np.count_nonzero(present)) / present.size if present.size else 0.0
+
+    def release(self) -> None:
+        """Give the chunk back to the pool (once; later calls do nothing)."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def encode(self) -> bytes:
+        """Serialise for the write-ahead log (`decode_record` inverts it)."""
+        dtype = self.data.dtype.str.encode()
+        extra = self.extra if self.extra is not None else np.zeros((0,), np.uint64)
+        shapes = (self.data.shape, self.present.shape, extra.shape)
+        head = _CHUNK_HEAD.pack(
+            self.chunk_id, self.timestamp, self.data.nbytes, self.present.nbytes,
+            extra.nbytes, len(dtype), len(shapes[0]),
+        )
+        dims = struct.pack(
+            f"<B{len(shapes[1])}QB{len(shapes[2])}Q{len(shapes[0])}Q",
+            len(shapes[1]), *shapes[1], len(shapes[2]), *shapes[2], *shapes[0],
+        )
+        return b"".join((
+            _KIND_CHUNK, head, dtype, dims,
+            np.ascontiguousarray(self.data).tobytes(),
+            np.ascontiguousarray(self.present).tobytes(),
+            np.ascontiguousarray(extra, dtype=np.uint64).tobytes(),
+        ))
+
+
+@dataclass(eq=False)
+class HeapRecord:
+    """A complete heap's items: id -> int (immediate) or bytes (addressed)."""
+
+    cnt: int
+    items: dict[int, int | bytes]
+    received: float = field(default_factory=time.time)
+    descriptors: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_heap(cls, heap: Any, skip_ids: frozenset[int]) -> HeapRecord:
+        """Build from a `daqd._spead.Heap`, leaving out the ids in `skip_ids`."""
+        return cls(heap.cnt, {i.id: i.value for i in heap.items if i.id not in skip_ids})
+
+    @property
+    def nbytes(self) -> int:
+        """Payload bytes (byte thresholds, sink accounting)."""
+        return sum(len(v) if isinstance(v, bytes) else 8 for v in self.items.values())
+
+    @property
+    def payload(self) -> bytes:
+        """The addressed items' bytes, in item id order (what the binary sink writes)."""
+        return b"".join(v for _, v in sorted(self.items.items()) if isinstance(v, bytes))
+
+    def release(self) -> None:
+        """Nothing to give back: a heap record owns its values."""
+
+    def encode(self) -> bytes:
+        """Serialise for the write-ahead log (`decode_record` inverts it)."""
+        parts = [_KIND_HEAP, _HEAP_HEAD.pack(self.cnt, self.received, len(self.items))]
+        for item_id, value in self.items.items():
+            if isinstance(value, bytes):
+                parts += [_ITEM.pack(item_id, 0, len(value)), value]
+            else:
+                parts.append(_ITEM.pack(item_id, 1, value))
+        return b"".join(parts)
+
+
+@dataclass(eq=False)
+class PacketRecord:
+    """A batch of raw packets as received: `blob` holds them back to back."""
+
+    blob: bytes
+    lengths: np.ndarray          # uint32, one per packet
+    received: float = field(default_factory=time.time)
+
+    @property
+    def nbytes(self) -> int:
+        """Payload bytes (byte thresholds, sink accounting)."""
+        return len(self.blob)
+
+    def packets(self) -> list[memoryview]:
+        """Split `blob` into the packets, as views."""
+        view = memoryview(self.blob)
+        ends = np.cumsum(self.lengths, dtype=np.int64)
+        starts = ends - self.lengths
+        return [view[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+
+    def release(self) -> None:
+        """Nothing to give back."""
+
+    def encode(self) -> bytes:
+        """Serialise for the write-ahead log (`decode_record` inverts it)."""
+        lengths = np.ascontiguousarray(self.lengths, dtype="<u4")
+        return b"".join((_KIND_PACKETS, _PACKETS_HEAD.pack(self.received, len(lengths)),
+                         lengths.tobytes(), self.blob))
+
+
+Record = ChunkRecord | HeapRecord | PacketRecord
+
+
+def decode_record(blob: bytes) -> Record:
+    """Rebuild the record `encode()` produced `blob` from.
+
+    Raises
+    ------
+    ValueError
+        `blob` is not an encoded record.
+    """
+    view = memoryview(blob)
+    kind, body = bytes(view[:1]), view[1:]
+    try:
+        if kind == _KIND_CHUNK:
+            return _decode_chunk(body)
+        if kind == _KIND_HEAP:
+            return _decode_heap(body)
+        if kind == _KIND_PACKETS:
+            received, count = _PACKETS_HEAD.unpack_from(body)
+            pos = _PACKETS_HEAD.size
+            lengths = np.frombuffer(body, "<u4", count, pos).astype(np.uint32)
+            pos += 4 * count
+            if len(body) - pos != int(lengths.sum()):
+                raise ValueError("packet lengths do not match the blob")
+            return PacketRecord(bytes(body[pos:]), lengths, received)
+    except struct.error as exc:
+        raise ValueError(f"truncated record: {exc}") from None
+    raise ValueError(f"unknown record kind {kind!r}")
+
+
+def _decode_chunk(body: memoryview) -> ChunkRecord:
+    chunk_id, timestamp, n_data, n_present, n_extra, n_dtype, ndim = \
+        _CHUNK_HEAD.unpack_from(body)
+    pos = _CHUNK_HEAD.size
+    dtype = np.dtype(bytes(body[pos:pos + n_dtype]).decode())
+    pos += n_dtype
+    shapes = []
+    for count in (None, None):
+        (count,) = struct.unpack_from("<B", body, pos)
+        shapes.append(struct.unpack_from(f"<{count}Q", body, pos + 1))
+        pos += 1 + 8 * count
+    data_shape = struct.unpack_from(f"<{ndim}Q", body, pos)
+    pos += 8 * ndim
+    if len(body) - pos != n_data + n_present + n_extra:
+        raise ValueError("chunk sizes do not match the record")
+    data = np.frombuffer(body, dtype, n_data // dtype.itemsize, pos).reshape(data_shape).copy()
+    pos += n_data
+    present = np.frombuffer(body, np.uint8, n_present, pos).reshape(shapes[0]).copy()
+    pos += n_present
+    extra = np.frombuffer(body, "<u8", n_extra // 8, pos).reshape(shapes[1]).astype(np.uint64)
+    return ChunkRecord(chunk_id, timestamp, data, present, extra if extra.size else None)
+
+
+def _decode_heap(body: memoryview) -> HeapRecord:
+    cnt, received, count = _HEAP_HEAD.unpack_from(body)
+    pos = _HEAP_HEAD.size
+    items: dict[int, int | bytes] = {}
+    for _ in range(count):
+        item_id, immediate, value = _ITEM.unpack_from(body, pos)
+        pos += _ITEM.size
+        if immediate:
+            items[item_id] = value
+        else:
+            if pos + value > len(body):
+                raise ValueError("item value beyond the record")
+            items[item_id] = bytes(body[pos:pos + value])
+            pos += value
+    if pos != len(body):
+        raise ValueError("trailing bytes after the heap record")
+    return HeapRecord(cnt, items, received)

@@ -1,0 +1,152 @@
+"""Sinks: where a buffer's flushes go (binary, text, pcap and hdf5 files).
+
+Every sink follows the Sink protocol of docs/dev-pipeline.md::
+
+    sink = make_sink(SinkContext(stream, config, chunk, config_text, udp_port))
+    sink.write(records)         # one flush, all or nothing (OSError: nothing kept)
+    sink.sync(); sink.checkpoint(); sink.reopen(); sink.close(); sink.stats()
+    recover_sink(context, state)    # after a crash, with the last checkpoint()
+
+The kinds are imported when first used, so loading a configuration does not
+import h5py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:   # daqd.config imports daqd.sinks.paths to check sink keys
+    from daqd.config import ChunkConfig, SinkConfig, StreamConfig
+
+#: kind -> (module, class)
+KINDS = {
+    "binary": ("daqd.sinks.binary", "BinarySink"),
+    "text": ("daqd.sinks.text", "TextSink"),
+    "pcap": ("daqd.sinks.pcap", "PcapSink"),
+    "hdf5": ("daqd.sinks.hdf5", "Hdf5Sink"),
+}
+#: SPEAD's customary UDP port, for pcap frames when the stream names none.
+DEFAULT_UDP_PORT = 7148
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink needs to know besides its own configuration.
+
+    Attributes
+    ----------
+    stream : str
+        The stream's name (``{stream}``, file attributes and headers).
+    config : SinkConfig
+        This sink's ``[[stream.sinks]]`` entry.
+    chunk : ChunkConfig or None
+        The stream's chunk layout; None in heap mode.
+    config_text : str
+        The whole configuration file, stored in HDF5 files.
+    udp_port : int
+        UDP port written in pcap frames.
+    clock, wall_clock : callable
+        Monotonic seconds (rotation ages) and Unix seconds (file names,
+        headers); replaceable in tests.
+    """
+
+    stream: str
+    config: SinkConfig
+    chunk: ChunkConfig | None = None
+    config_text: str = ""
+    udp_port: int = DEFAULT_UDP_PORT
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False)
+    wall_clock: Callable[[], float] = field(default=time.time, compare=False)
+
+    @classmethod
+    def for_stream(cls, stream: StreamConfig, sink: SinkConfig,
+                   config_text: str = "") -> SinkContext:
+        """Build the context of one of `stream`'s sinks (UDP port from its sources)."""
+        return cls(stream.name, sink, stream.chunk, config_text, udp_port_of(stream.sources))
+
+
+def udp_port_of(sources: tuple[str, ...] | list[str]) -> int:
+    """Return the port of the first ``udp://`` source, a ``pcap:...?port=P``, or 7148."""
+    for uri in sources:
+        if uri.startswith("udp://"):
+            try:
+                port = urllib.parse.urlsplit(uri).port
+            except ValueError:
+                port = None
+            if port is not None:
+                return port
+    for uri in sources:
+        if uri.startswith("pcap:"):
+            query = urllib.parse.parse_qs(uri.partition("?")[2])
+            if query.get("port", [""])[-1].isdigit():
+                return int(query["port"][-1])
+    return DEFAULT_UDP_PORT
+
+
+def sink_class(kind: str) -> type:
+    """Return the class that implements sink `kind`.
+
+    Raises
+    ------
+    ValueError
+        `kind` is not binary, text, pcap or hdf5.
+    """
+    try:
+        module, name = KINDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown sink kind {kind!r} (expected "
+                         + ", ".join(KINDS) + ")") from None
+    cls: type = getattr(importlib.import_module(module), name)
+    return cls
+
+
+def make_sink(context: SinkContext) -> Any:
+    """Make the sink `context.config` describes (no file is created before a write).
+
+    Raises
+    ------
+    ValueError
+        A kind, path template or text template that cannot work (`daqd.config`
+        reports these at load time already).
+    """
+    return sink_class(context.config.kind)(context)
+
+
+def recover_sink(context: SinkContext, state: dict[str, Any]) -> dict[str, Any]:
+    """After a crash: make the file of `state` (a `checkpoint()`) final, cut back to it.
+
+    The file being written when the checkpoint was taken (``FINAL.tmp``, or
+    its final name if a later rotation published it) is truncated to the
+    checkpointed size (HDF5: its datasets resized to the checkpointed rows)
+    and published, so that records the write-ahead log replays are not in it
+    twice.  Files the checkpoint lists as waiting for a rename are published.
+    Nothing is raised: a file that cannot be repaired (e.g. an HDF5 file a
+    crash left unreadable) is left as it is and the report says why.
+
+    A flush interrupted by the crash after a rotation may have started newer
+    ``FINAL.tmp`` files; they hold only records the write-ahead log replays,
+    so they are not published, only listed under ``orphans`` (an operator
+    may delete them).
+
+    Returns
+    -------
+    dict
+        ``file`` (the final name, or None), ``action``, ``published`` (other
+        files renamed), ``orphans`` and ``error`` ("" when all went well).
+    """
+    cls = sink_class(context.config.kind)
+    try:
+        report: dict[str, Any] = cls.recover(context, state)
+    except OSError as exc:
+        from daqd.sinks.base import describe_error
+        report = {"file": None, "action": "", "published": [], "orphans": [],
+                  "error": describe_error(exc)}
+    return report
+
+
+__all__ = ["KINDS", "SinkContext", "make_sink", "recover_sink", "sink_class", "udp_port_of"]

@@ -1,0 +1,659 @@
+"""What every sink kind shares: temporary files, rotation, rollback, fsync, stats.
+
+`FileSink` implements the Sink protocol of docs/dev-pipeline.md around a few
+format hooks; `ByteSink` fills those hooks for formats that are a stream of
+bytes (binary, text, pcap).  The HDF5 sink fills them with h5py.
+
+One `write(records)` is all or nothing.  Records may span several files (a
+rotation inside one flush): the new files are created, every byte is written,
+the fsync policy is applied, and only then are the finished files published
+(renamed).  If anything fails before that, the files created by this write are
+deleted, the file that was current is cut back to where it stood (truncate;
+datasets resized for HDF5), and `OSError` is raised, so a retry of the same
+records never duplicates one.  The next `write()` first repairs what the
+failure left: it reopens a file it had to close, recreates a directory that
+vanished, and publishes files whose rename failed.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from daqd.sinks.paths import (
+    TMP_SUFFIX,
+    PathTemplate,
+    fsync_directory,
+    is_free,
+    publish,
+    template_glob,
+    with_suffix_number,
+)
+
+if TYPE_CHECKING:
+    from daqd.sinks import SinkContext
+
+FSYNC_POLICIES = ("never", "on-rotate", "every-flush")
+
+
+@dataclass
+class Piece:
+    """One record ready to write: its size in the file and its format's payload."""
+
+    record: Any
+    size: int
+    payload: Any
+    key: int = 0                # chunk id (or heap counter) for {chunk_id} and ordering
+    dropped: int = 0            # parts of the record the format could not hold (pcap)
+
+
+@dataclass
+class SinkFile:
+    """One output file while it is written (and until it is published)."""
+
+    final: str
+    tmp: str
+    seq: int
+    opened: float                   # monotonic time it was started
+    handle: Any = None              # the format's open file
+    identity: tuple[int, int] = (0, 0)   # (st_dev, st_ino) of tmp, to notice a vanished file
+    bytes: int = 0
+    records: int = 0
+    last_key: int | None = None
+    dir_synced: bool = False
+    broken: bool = False            # a failed rollback closed it; reopen before use
+
+    def describe(self) -> dict[str, Any]:
+        """Where this file stands (for `FileSink.checkpoint`)."""
+        return {"tmp": self.tmp, "final": self.final, "seq": self.seq,
+                "bytes": self.bytes, "records": self.records}
+
+
+@dataclass
+class _Mark:
+    """Where a file stood before a write, to cut it back to."""
+
+    bytes: int
+    records: int
+    last_key: int | None
+
+
+@dataclass
+class _Counters:
+    bytes: int = 0
+    records: int = 0
+    files: int = 0
+    errors: int = 0
+    lost_records: int = 0
+    last_error: str = ""
+    last_file: str = ""
+    unfinished: list[SinkFile] = field(default_factory=list)
+
+
+class FileUnusable(OSError):
+    """A file the sink cannot open again (e.g. HDF5 metadata damaged by a failed write).
+
+    Its records are counted in ``lost_records``; it is left as ``FINAL.tmp``
+    and the next write starts a new file.
+    """
+
+
+def describe_error(exc: BaseException) -> str:
+    """``ENOSPC: No space left on device: data/x.bin.tmp`` for an OSError."""
+    if isinstance(exc, OSError) and exc.errno:
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{name}: {exc.strerror}{where}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class FileSink:
+    """A sink that writes files of one format; see the module docstring.
+
+    Subclasses set `kind` and `accepts` and implement the format hooks
+    (`_encode`, `_create`, `_append`, `_cut_back`, `_fsync`, `_close`,
+    `_reopen`).
+
+    Parameters
+    ----------
+    context : SinkContext
+        The stream, its sink configuration, chunk layout and clocks.
+    """
+
+    kind = ""
+    accepts: tuple[type, ...] = ()
+    #: Fields the path template may use.
+    path_fields: tuple[str, ...] = ("stream", "start", "seq", "chunk_id")
+
+    def __init__(self, context: SinkContext):
+        self.context = context
+        self.config = context.config
+        self.template = PathTemplate(self.config.path, self.path_fields)
+        self.name = f"{self.kind}:{self.config.path}"
+        self._file: SinkFile | None = None
+        self._seq = 0
+        self._counts = _Counters()
+
+    # ------------------------------------------------------------------
+    # Format hooks
+
+    def _encode(self, record: Any) -> Piece:
+        """Turn one accepted record into a Piece (ValueError: cannot be written)."""
+        raise NotImplementedError
+
+    def _create(self, f: SinkFile, first: Piece) -> None:
+        """Create `f.tmp` (never replacing a file), write any header; set handle, bytes."""
+        raise NotImplementedError
+
+    def _append(self, f: SinkFile, pieces: Sequence[Piece]) -> None:
+        """Write `pieces` at the end of `f` (partial output is cut back by the caller)."""
+        raise NotImplementedError
+
+    def _cut_back(self, f: SinkFile, mark: _Mark) -> None:
+        """Remove everything written to `f` after `mark`."""
+        raise NotImplementedError
+
+    def _fsync(self, f: SinkFile) -> None:
+        raise NotImplementedError
+
+    def _close(self, f: SinkFile) -> None:
+        """Close the handle (for HDF5 this writes the last metadata)."""
+        raise NotImplementedError
+
+    def _reopen(self, f: SinkFile) -> None:
+        """Open `f.tmp` again after a failure closed it; cut it back to f.bytes/records."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------
+    # The Sink protocol
+
+    def write(self, records: Iterable[Any]) -> None:
+        """Write one flush's records, all or nothing.
+
+        Records of classes not in `accepts` are skipped.  An empty flush still
+        closes a file older than ``rotate_seconds``.
+
+        Raises
+        ------
+        OSError
+            Nothing of this flush was kept; the file is as it was before.
+        """
+        pieces = self._encode_all(records)
+        now = self.context.clock()
+        self._retry_publishing()
+        try:
+            self._repair(now)
+            if pieces:
+                self._write_pieces(pieces, now)
+        except OSError as exc:
+            self._note_error(exc)
+            raise
+
+    def sync(self) -> None:
+        """Make everything written so far durable (fsync the file and its directory).
+
+        Raises
+        ------
+        OSError
+            The data may not be on disk; the file is marked for repair.
+        """
+        f = self._file
+        if f is None:
+            return
+        try:
+            if f.broken and not self._reopen_broken(f):
+                raise OSError(errno.ENOENT, "output file vanished", f.tmp)
+            self._sync_file(f)
+        except OSError as exc:
+            self._note_error(exc)
+            raise
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Where this sink's output stands, for `recover_sink` after a crash (JSON-able).
+
+        ``file`` describes the file being written (temporary and final names,
+        bytes and records in it; HDF5 adds rows), or is None between files;
+        ``unfinished`` lists complete files still waiting for their rename.
+        """
+        return {
+            "kind": self.kind,
+            "path": self.config.path,
+            "file": self._file.describe() if self._file is not None else None,
+            "unfinished": [{"tmp": f.tmp, "final": f.final} for f in self._counts.unfinished],
+        }
+
+    def reopen(self) -> None:
+        """Finish the current file (SIGHUP); the next write starts a new one.
+
+        Never raises: a file that cannot be published stays ``FINAL.tmp``, is
+        counted in ``errors`` and is retried at the next write, reopen or close.
+        """
+        f, self._file = self._file, None
+        if f is not None:
+            self._finish_current(f)
+        self._retry_publishing()
+
+    def _finish_current(self, f: SinkFile) -> None:
+        try:
+            if f.broken and not self._reopen_broken(f):
+                return                  # vanished: counted
+        except OSError as exc:
+            # Still holding a partial write it could not cut back: keep it
+            # current so the next write repairs it before anything else.
+            self._note_error(exc)
+            self._file = f
+            return
+        try:
+            if self.config.fsync != "never":
+                self._sync_file(f)
+        except OSError as exc:
+            self._note_error(exc)
+        self._finish(f)
+
+    def close(self) -> None:
+        """Finish the current file and publish every pending one (see `reopen`)."""
+        self.reopen()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: bytes, records, files (completed), errors, last_error, lost_records..."""
+        c = self._counts
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "bytes": c.bytes,
+            "records": c.records,
+            "files": c.files,
+            "errors": c.errors,
+            "last_error": c.last_error,
+            "lost_records": c.lost_records,
+            "current_file": self._file.tmp if self._file is not None else "",
+            "last_file": c.last_file,
+            "unfinished_files": len(c.unfinished),
+        }
+
+    # ------------------------------------------------------------------
+    # After a crash
+
+    @classmethod
+    def recover(cls, context: SinkContext, state: dict[str, Any]) -> dict[str, Any]:
+        """Publish the file `state` (a `checkpoint()`) described, cut back to it.
+
+        See `daqd.sinks.recover_sink`.
+        """
+        report: dict[str, Any] = {"file": None, "action": "", "published": [], "orphans": [],
+                                  "error": ""}
+        problems = []
+        current = state.get("file")
+        if not current:
+            report["action"] = "no file was open"
+        else:
+            tmp, final = current["tmp"], current["final"]
+            # A rotation after the checkpoint may have published it already.
+            path = tmp if os.path.lexists(tmp) else final if os.path.lexists(final) else None
+            if path is None:
+                problems.append(f"{tmp}: gone ({current['records']} records lost)")
+            else:
+                try:
+                    report["action"] = cls.recover_file(context, path, current)
+                    report["file"] = publish(tmp, final) if path == tmp else final
+                except (OSError, ValueError) as exc:
+                    problems.append(f"{path}: {describe_error(exc)}; left as it is")
+            report["orphans"] = sorted(
+                other for other in glob.glob(template_glob(context.config.path) + TMP_SUFFIX)
+                if other != tmp)
+        for pending in state.get("unfinished", []):
+            try:
+                if os.path.lexists(pending["tmp"]):
+                    report["published"].append(publish(pending["tmp"], pending["final"]))
+            except OSError as exc:
+                problems.append(f"{pending['tmp']}: {describe_error(exc)}")
+        report["orphans"] = [o for o in report["orphans"]
+                             if o not in {u["tmp"] for u in state.get("unfinished", [])}]
+        report["error"] = "; ".join(problems)
+        return report
+
+    @classmethod
+    def recover_file(cls, context: SinkContext, path: str, state: dict[str, Any]) -> str:
+        """Cut the file at `path` back to its checkpoint `state`; say what was done."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------
+    # Writing
+
+    def _encode_all(self, records: Iterable[Any]) -> list[Piece]:
+        pieces = []
+        for record in records:
+            if not isinstance(record, self.accepts):
+                continue
+            try:
+                pieces.append(self._encode(record))
+            except ValueError as exc:
+                # A record this format cannot hold (e.g. a text template field it
+                # lacks): retrying would fail forever, so it is counted, not raised.
+                self._counts.lost_records += 1
+                self._note_error(exc)
+        return pieces
+
+    def _write_pieces(self, pieces: list[Piece], now: float) -> None:
+        start = self._file
+        mark = _Mark(start.bytes, start.records, start.last_key) if start else None
+        created: list[SinkFile] = []
+        finished: list[SinkFile] = []
+        try:
+            segment: list[Piece] = []
+            segment_bytes = 0
+            for piece in pieces:
+                f = self._file
+                if f is None or self._rotates_before(f, piece, segment, segment_bytes):
+                    if f is not None:
+                        self._append_segment(f, segment)
+                        finished.append(f)
+                    segment, segment_bytes = [], 0
+                    f = self._start_file(piece, now)
+                    created.append(f)
+                segment.append(piece)
+                segment_bytes += piece.size
+            current = self._file
+            assert current is not None
+            self._append_segment(current, segment)
+            if self.config.fsync == "every-flush":
+                # The file that was current was written unless this flush opened
+                # new files before writing anything to it.
+                written = created if start is None or start.bytes == mark.bytes \
+                    else [start, *created]       # type: ignore[union-attr]
+                for f in written:
+                    self._sync_file(f)
+            elif self.config.fsync == "on-rotate":
+                for f in finished:
+                    self._sync_file(f)
+        except OSError:
+            self._undo(start, mark, created)
+            raise
+        for f in finished:
+            self._finish(f)
+        self._counts.records += len(pieces)
+        self._counts.bytes += sum(p.size for p in pieces)
+        self._written(pieces)
+
+    def _written(self, pieces: list[Piece]) -> None:
+        """Count what a format counts once `pieces` are written for good."""
+
+    def _rotates_before(self, f: SinkFile, piece: Piece, segment: list[Piece],
+                        segment_bytes: int) -> bool:
+        """Whether `piece` must start a new file after `f` plus the unwritten `segment`."""
+        if f.records + len(segment) == 0:
+            return False                # a record too big for rotate_bytes still gets a file
+        size = f.bytes + segment_bytes + piece.size
+        if self.config.rotate_bytes and size > self.config.rotate_bytes:
+            return True
+        last = segment[-1].key if segment else f.last_key
+        return last is not None and self._starts_new_file_after(last, piece)
+
+    def _starts_new_file_after(self, last_key: int, piece: Piece) -> bool:
+        """Whether `piece` cannot follow a record with `last_key` in one file (HDF5)."""
+        return False
+
+    def _append_segment(self, f: SinkFile, segment: list[Piece]) -> None:
+        if not segment:
+            return
+        self._append(f, segment)
+        f.bytes += sum(p.size for p in segment)
+        f.records += len(segment)
+        f.last_key = segment[-1].key
+
+    def _undo(self, start: SinkFile | None, mark: _Mark | None, created: list[SinkFile]) -> None:
+        for f in created:
+            try:
+                self._close(f)
+            except OSError:
+                pass
+            try:
+                os.unlink(f.tmp)
+            except OSError:
+                pass
+        self._file = start
+        if start is None or mark is None:
+            return
+        # Always cut back: a failed write may have left part of a record behind
+        # without the counters having moved.
+        start.bytes, start.records, start.last_key = mark.bytes, mark.records, mark.last_key
+        try:
+            self._cut_back(start, mark)
+        except OSError:
+            # Cannot cut back now (e.g. EIO): close it; the next write reopens
+            # it and cuts it back to `mark` before writing anything.
+            self._mark_broken(start)
+
+    def _mark_broken(self, f: SinkFile) -> None:
+        f.broken = True
+        try:
+            self._close(f)
+        except OSError:
+            pass
+        f.handle = None
+
+    # ------------------------------------------------------------------
+    # Files
+
+    def _start_file(self, first: Piece, now: float) -> SinkFile:
+        """Choose a free name, create FINAL.tmp (and its directory), make it current."""
+        start = self.context.wall_clock()
+        reserved = {f.final for f in self._counts.unfinished}
+        seq = self._seq
+        final = ""
+        for attempt in range(100000):
+            if self.template.uses_seq:
+                final = self.template.render(self.context.stream, start, seq, first.key)
+            else:
+                final = with_suffix_number(
+                    self.template.render(self.context.stream, start, seq, first.key), attempt)
+            if is_free(final, reserved):
+                break
+            if self.template.uses_seq:
+                seq += 1
+        directory = os.path.dirname(final)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        f = SinkFile(final=final, tmp=final + TMP_SUFFIX, seq=seq, opened=now)
+        try:
+            self._create(f, first)
+            st = os.stat(f.tmp)
+        except FileExistsError:
+            # Somebody took the name between the check and the create: next name.
+            self._seq = seq + 1
+            return self._start_file(first, now)
+        except OSError:
+            if f.handle is not None:
+                try:
+                    self._close(f)
+                finally:
+                    try:
+                        os.unlink(f.tmp)
+                    except OSError:
+                        pass
+            raise
+        f.identity = (st.st_dev, st.st_ino)
+        self._seq = seq + 1
+        self._file = f
+        return f
+
+    def _sync_file(self, f: SinkFile) -> None:
+        self._fsync(f)
+        if not f.dir_synced:
+            fsync_directory(f.tmp)
+            f.dir_synced = True
+
+    def _finish(self, f: SinkFile) -> None:
+        """Close and publish `f`; a failure leaves it pending (counted), never raises."""
+        try:
+            self._close(f)
+        except OSError as exc:
+            self._note_error(exc)
+        f.handle = None
+        self._counts.unfinished.append(f)
+        self._retry_publishing()
+
+    def _retry_publishing(self) -> None:
+        """Publish files whose rename failed before; a failure is counted, not raised."""
+        try:
+            self._publish_unfinished()
+        except OSError as exc:
+            self._note_error(exc)
+
+    def _publish_unfinished(self) -> None:
+        c = self._counts
+        while c.unfinished:
+            f = c.unfinished[0]
+            if not os.path.lexists(f.tmp) and not os.path.lexists(f.final):
+                self._lose(f, "vanished before it could be renamed")
+                c.unfinished.pop(0)
+                continue
+            f.final = publish(f.tmp, f.final)
+            c.unfinished.pop(0)
+            c.files += 1
+            c.last_file = f.final
+            if self.config.fsync != "never":
+                fsync_directory(f.final)
+
+    def _repair(self, now: float) -> None:
+        """Before writing: reopen a broken file, notice a vanished one, rotate by age."""
+        f = self._file
+        if f is None:
+            return
+        if f.broken:
+            if not self._reopen_broken(f):
+                return
+        elif self._vanished(f):
+            try:
+                self._close(f)
+            except OSError:
+                pass
+            self._file = None
+            self._lose(f, "vanished while being written")
+            return
+        if self.config.rotate_seconds and now - f.opened >= self.config.rotate_seconds:
+            if self.config.fsync != "never":
+                self._sync_file(f)
+            self._file = None
+            self._finish(f)
+
+    def _reopen_broken(self, f: SinkFile) -> bool:
+        """Reopen a file a failed rollback closed; False (counted) if it is gone."""
+        if not os.path.lexists(f.tmp):
+            if self._file is f:
+                self._file = None
+            self._lose(f, "vanished after a failed write")
+            return False
+        try:
+            self._reopen(f)
+        except FileUnusable as exc:
+            if self._file is f:
+                self._file = None
+            self._lose(f, f"cannot be reopened ({exc.strerror}); left as it is")
+            return False
+        st = os.stat(f.tmp)
+        f.identity = (st.st_dev, st.st_ino)
+        f.broken = False
+        return True
+
+    def _vanished(self, f: SinkFile) -> bool:
+        try:
+            st = os.stat(f.tmp)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != f.identity
+
+    def _lose(self, f: SinkFile, why: str) -> None:
+        """Count the records of a file something outside daqd removed."""
+        self._counts.lost_records += f.records
+        self._counts.errors += 1
+        self._counts.last_error = f"{f.tmp}: {why} ({f.records} records lost)"
+
+    def _note_error(self, exc: BaseException) -> None:
+        self._counts.errors += 1
+        self._counts.last_error = describe_error(exc)
+
+
+class ByteSink(FileSink):
+    """A FileSink whose format is a plain stream of bytes: payloads are buffers.
+
+    Subclasses implement `_encode` (payload: a list of bytes-like objects) and
+    `_header`.
+    """
+
+    def _header(self, first: Piece) -> bytes:
+        return b""
+
+    def _wants_header(self) -> bool:
+        return bool(self.config.header)
+
+    def _create(self, f: SinkFile, first: Piece) -> None:
+        fd = os.open(f.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        f.handle = fd
+        header = self._header(first) if self._wants_header() else b""
+        if header:
+            write_all(fd, [header], 0)
+        f.bytes = len(header)
+
+    def _append(self, f: SinkFile, pieces: Sequence[Piece]) -> None:
+        buffers = [b for p in pieces for b in p.payload]
+        write_all(f.handle, buffers, f.bytes)
+
+    def _cut_back(self, f: SinkFile, mark: _Mark) -> None:
+        os.ftruncate(f.handle, mark.bytes)
+
+    def _fsync(self, f: SinkFile) -> None:
+        os.fsync(f.handle)
+
+    def _close(self, f: SinkFile) -> None:
+        if f.handle is not None:
+            fd, f.handle = f.handle, None
+            os.close(fd)
+
+    def _reopen(self, f: SinkFile) -> None:
+        fd = os.open(f.tmp, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, f.bytes)
+        except OSError:
+            os.close(fd)
+            raise
+        f.handle = fd
+
+    @classmethod
+    def recover_file(cls, context: SinkContext, path: str, state: dict[str, Any]) -> str:
+        """Cut `path` back to the checkpointed bytes; what was done."""
+        size = os.path.getsize(path)
+        if size < state["bytes"]:
+            raise OSError(errno.EIO, f"shorter ({size} bytes) than its checkpoint "
+                          f"({state['bytes']} bytes)", path)
+        os.truncate(path, state["bytes"])
+        return f"cut from {size} to {state['bytes']} bytes"
+
+
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 1024
+
+
+def write_all(fd: int, buffers: list[Any], offset: int) -> int:
+    """Write `buffers` at `offset` with as few system calls as possible.
+
+    Returns the bytes written; raises OSError (part may have been written).
+    """
+    views = [memoryview(b).cast("B") for b in buffers]
+    views = [v for v in views if v.nbytes]
+    done = 0
+    i = 0
+    while i < len(views):
+        n = os.pwritev(fd, views[i:i + _IOV_MAX], offset + done)
+        if n <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        done += n
+        while i < len(views) and n >= views[i].nbytes:
+            n -= views[i].nbytes
+            i += 1
+        if n:
+            views[i] = views[i][n:]
+    return done

@@ -1,0 +1,191 @@
+"""Output file names: path templates, free names, and publishing a finished file.
+
+A sink's ``path`` is a `str.format` template with these fields:
+
+``{stream}``
+    the stream's name;
+``{start:STRFTIME}``
+    when the file was started, UTC (a `datetime`, so any strftime format);
+``{seq}``
+    the file's sequence number in this run (0, 1, ...; e.g. ``{seq:04d}``);
+``{chunk_id}``
+    the first record's chunk id (chunk mode) or heap counter (heap mode).
+
+A file is written as ``FINAL.tmp`` in its final directory and published by
+`publish`, which never replaces an existing file: the name moves on (the next
+``{seq}``, or ``.1``, ``.2``, ... before the extension when the template has
+no ``{seq}``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import glob
+import os
+import string
+from pathlib import Path
+
+TMP_SUFFIX = ".tmp"
+PATH_FIELDS = ("stream", "start", "seq", "chunk_id")
+#: Kinds whose records have no chunk id or heap counter.
+PATH_FIELDS_BY_KIND = {"pcap": ("stream", "start", "seq")}
+
+# A sample of every field, to check a template's format specs once, at load time.
+_SAMPLE = {"stream": "adc0", "start": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+           "seq": 0, "chunk_id": 0}
+
+
+def template_fields(template: str) -> list[tuple[str, str]]:
+    """List the (field name, format spec) pairs of a `str.format` template, in order.
+
+    Raises
+    ------
+    ValueError
+        The template is not valid `str.format` syntax, or has a positional field.
+    """
+    fields = []
+    for _, name, spec, _ in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if name == "" or name.isdigit():
+            raise ValueError("positional fields ({}) are not allowed; name the field")
+        fields.append((name, spec or ""))
+    return fields
+
+
+def field_root(name: str) -> str:
+    """``items`` for ``items[0x1600]``, ``start`` for ``start.year``."""
+    for i, ch in enumerate(name):
+        if ch in ".[":
+            return name[:i]
+    return name
+
+
+class PathTemplate:
+    """A checked sink path template.
+
+    Parameters
+    ----------
+    template : str
+        The ``path`` key of a ``[[stream.sinks]]`` table.
+    allowed : tuple of str
+        Field names this sink kind can fill (a pcap sink has no ``chunk_id``).
+
+    Raises
+    ------
+    ValueError
+        An unknown field, a bad format spec, or a template naming a directory.
+    """
+
+    def __init__(self, template: str, allowed: tuple[str, ...] = PATH_FIELDS):
+        self.template = template
+        fields = template_fields(template)
+        for name, _ in fields:
+            if field_root(name) not in allowed:
+                raise ValueError(f"unknown field {{{name}}}; the fields are "
+                                 + ", ".join("{" + f + "}" for f in allowed))
+        try:
+            sample = template.format(**_SAMPLE)
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+            raise ValueError(f"cannot be formatted: {exc}") from None
+        if not sample or sample.endswith(("/", os.sep)):
+            raise ValueError("names a directory, not a file")
+        self.uses_seq = any(field_root(name) == "seq" for name, _ in fields)
+
+    @property
+    def static_directory(self) -> Path:
+        """The longest leading directory that holds no field (created at load time)."""
+        head = self.template.split("{", 1)[0]
+        if "{" in self.template:
+            return Path(head).parent if not head.endswith(("/", os.sep)) else Path(head)
+        return Path(self.template).parent
+
+    def render(self, stream: str, start: float, seq: int, chunk_id: int) -> str:
+        """Return the final name for a file started at Unix time `start`."""
+        when = dt.datetime.fromtimestamp(start, dt.UTC)
+        return self.template.format(stream=stream, start=when, seq=seq, chunk_id=chunk_id)
+
+
+def template_glob(template: str) -> str:
+    """Return a glob pattern matching every name `template` can produce."""
+    parts = []
+    for literal, name, _, _ in string.Formatter().parse(template):
+        parts.append(glob.escape(literal))
+        if name is not None:
+            parts.append("*")
+    return "".join(parts)
+
+
+def with_suffix_number(path: str, n: int) -> str:
+    """``data/x.h5`` -> ``data/x.1.h5`` (n = 1); unchanged for n = 0."""
+    if n == 0:
+        return path
+    p = Path(path)
+    if p.suffix and p.stem:
+        return str(p.with_name(f"{p.stem}.{n}{p.suffix}"))
+    return f"{path}.{n}"
+
+
+def is_free(path: str, reserved: set[str] | frozenset[str] = frozenset()) -> bool:
+    """Whether neither `path` nor its temporary name exists or is reserved."""
+    return (path not in reserved and not os.path.lexists(path)
+            and not os.path.lexists(path + TMP_SUFFIX))
+
+
+def fsync_directory(path: str) -> None:
+    """Make the directory entries of `path`'s directory durable."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: str, final: str) -> str:
+    """Give the finished file `tmp` its final name without replacing any file.
+
+    The name is `final` if free, else `final` numbered with `with_suffix_number`.
+    A hard link is made first (it fails rather than replace), then `tmp` is
+    removed; where hard links are not supported, a checked rename is used.
+
+    Returns
+    -------
+    str
+        The name the file now has.
+
+    Raises
+    ------
+    OSError
+        The file could not be renamed (it is still `tmp`).
+    """
+    if os.path.lexists(final) and _same_file(tmp, final):
+        os.unlink(tmp)              # a link made before a crash: only the temp name remains
+        return final
+    base = final
+    for n in range(1, 100000):
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            final = with_suffix_number(base, n)
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            # No hard links here (e.g. vfat, some FUSE file systems); EPERM is also
+            # an immutable directory, which the rename then reports.
+            if os.path.lexists(final):
+                final = with_suffix_number(base, n)
+                continue
+            os.rename(tmp, final)
+            return final
+        os.unlink(tmp)
+        return final
+    raise OSError(errno.EEXIST, "no free file name", base)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -1,0 +1,353 @@
+"""One configured `[[stream]]` at run time: sources, receive threads, buffer, sinks.
+
+Threads of a stream (each loop polls with a short timeout, so none can hang
+the shutdown):
+
+- one receive thread per source: ``process(reader)`` batches with the GIL
+  released inside; heap mode turns complete heaps into `HeapRecord`s here;
+  a packet tap (when a pcap sink is configured) is emptied here into
+  `PacketRecord`s;
+- chunk mode: one consumer thread taking completed chunks from the group's
+  data ring into the buffer as `ChunkRecord`s (no copy);
+- one flusher thread per buffer (daqd.flush), the only caller of the sinks.
+
+Shutdown (`stop`): readers are told to stop and joined, each stream finishes
+(live heaps flushed, open chunks closed), the consumer drains the data ring,
+the flushers write what is buffered and the sinks finalise their files.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import structlog
+
+from daqd import _spead
+from daqd.buffers import build_buffer
+from daqd.config import Config, StreamConfig
+from daqd.counters import MAXIMA
+from daqd.descriptors import DESCRIPTOR_ID, decode_descriptors
+from daqd.flush import Flusher
+from daqd.records import ChunkRecord, HeapRecord, PacketRecord
+from daqd.sinks import SinkContext, make_sink, recover_sink
+from daqd.sources import Source, open_source
+
+# Packet-structure items are not part of a heap record.
+STRUCTURE_IDS = frozenset({0, 1, 2, 3, 4, DESCRIPTOR_ID})
+# Packet tap (pcap sinks): room between two takes, and how often it is taken.
+TAP_BYTES = 64 << 20
+TAP_PACKETS = 1 << 16
+TAP_PERIOD = 0.05
+# Poll period of the threads' loops (seconds): bounds how long a stop takes.
+POLL = 0.2
+# Gauges, not sums: never reset, never turned into rates.
+GAUGE_COUNTERS = frozenset(name.name.lower() for name in MAXIMA)
+
+log = structlog.get_logger("daqd.stream")
+
+
+class StreamRunner:
+    """Sources, threads, buffer and sinks of one stream.
+
+    Parameters
+    ----------
+    config : StreamConfig
+        The stream's validated configuration.
+    whole : Config
+        The whole configuration (its text goes into file headers).
+    """
+
+    def __init__(self, config: StreamConfig, whole: Config):
+        self.config = config
+        self.name = config.name
+        self.whole = whole
+        self.sources: list[Source] = []
+        self.streams: list[Any] = []
+        self.group: Any = None
+        self.threads: list[threading.Thread] = []
+        self.stopping = threading.Event()
+        self.capturing = True
+        self.heartbeat = 0                  # receive loop iterations (watchdog)
+        self.ended_sources = 0
+        self.errors: list[str] = []
+        self.descriptors: dict[int, dict[str, Any]] = {}
+        self.baseline: dict[str, int] = {}
+        self.not_captured = 0               # records let go while capture was stopped
+        self.substream_missing = np.zeros(
+            config.chunk.substreams if config.chunk else 0, np.int64)
+        self.buffer: Any = None
+        self.flusher: Any = None
+        self.packet_buffer: Any = None
+        self.packet_flusher: Any = None
+        self.sinks: list[Any] = []
+        self.packet_sinks: list[Any] = []
+
+    # ------------------------------------------------------------------
+    # startup: allocate, bind, start
+
+    def open(self) -> list[str]:
+        """Allocate the pool and buffers, open sinks, bind every source.
+
+        Returns the warnings an operator should hear about.
+        """
+        c = self.config
+        warnings: list[str] = []
+        if c.chunk is not None:
+            k = c.chunk
+            self.group = _spead.ChunkGroup(
+                timestamp_item=k.timestamp_item, timestamp_step=k.timestamp_step,
+                heaps_per_chunk=k.heaps_per_chunk, heap_bytes=k.heap_bytes, dtype=k.dtype,
+                substream_item=k.substream_item if k.substream_item >= 0 else None,
+                substreams=k.substreams, extra_items=list(k.extra_items),
+                max_chunks=k.max_chunks, pool=k.pool, when_full=k.when_full,
+                wait_timeout=k.wait_timeout, packet_presence=k.packet_presence,
+            )
+        self._open_sinks()
+        for uri in c.sources:
+            source = open_source(uri, max_packet_size=c.max_packet_size,
+                                 socket_buffer=c.socket_buffer)
+            warnings.extend(source.warnings)
+            self.sources.append(source)
+            kwargs = dict(max_heaps=c.max_heaps, allow_out_of_order=c.allow_out_of_order,
+                          max_heap_size=c.max_heap_size, stop_on_stop_item=c.stop_on_stop_item)
+            if self.group is not None:
+                self.streams.append(self.group.add_stream(**kwargs))
+            else:
+                self.streams.append(_spead.HeapStream(**kwargs))
+        return warnings
+
+    def _context(self, sink_config: Any) -> SinkContext:
+        port = 7148
+        for uri in self.config.sources:
+            if uri.startswith(("udp://", "tcp://")):
+                port = int(uri.rsplit(":", 1)[1].split("?")[0])
+                break
+        return SinkContext(stream=self.name, config=sink_config, chunk=self.config.chunk,
+                           config_text=self.whole.text, udp_port=port)
+
+    def _open_sinks(self) -> None:
+        c = self.config
+        for sink_config in c.sinks:
+            sink = make_sink(self._context(sink_config))
+            (self.packet_sinks if sink_config.kind == "pcap" else self.sinks).append(sink)
+
+        def recover(sink: Any, state: dict[str, Any]) -> None:
+            recover_sink(sink.context, state)
+
+        if self.sinks:
+            self.buffer = build_buffer(c.buffer, self.sinks, name=self.name, recover=recover)
+            self.flusher = Flusher(self.buffer)
+        if self.packet_sinks:
+            # Raw packets get a buffer of their own (no WAL: pcap is a diagnostic copy).
+            packet_config = type(c.buffer)(**{**c.buffer.__dict__, "wal": ""})
+            self.packet_buffer = build_buffer(packet_config, self.packet_sinks,
+                                              name=self.name + ".packets")
+            self.packet_flusher = Flusher(self.packet_buffer)
+
+    def start(self) -> None:
+        """Start the flushers, the receive threads and (chunk mode) the consumer."""
+        for flusher in (self.flusher, self.packet_flusher):
+            if flusher is not None:
+                flusher.start()
+        for source, stream in zip(self.sources, self.streams, strict=True):
+            self._thread(f"{self.name}:{source.uri}", self._receive, source, stream)
+        if self.group is not None:
+            self._thread(f"{self.name}:chunks", self._consume_chunks)
+
+    def _thread(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=self._guarded, args=(target, *args), name=name,
+                                  daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def _guarded(self, target: Callable[..., None], *args: Any) -> None:
+        try:
+            target(*args)
+        except Exception as exc:  # a thread must report, never vanish silently
+            message = f"{threading.current_thread().name}: {type(exc).__name__}: {exc}"
+            self.errors.append(message)
+            log.error("thread failed", stream=self.name, error=message, exc_info=True)
+
+    # ------------------------------------------------------------------
+    # the threads
+
+    def _receive(self, source: Source, stream: Any) -> None:
+        while not source.wait_ready(POLL):
+            self.heartbeat += 1
+            if self.stopping.is_set():
+                self._finish(source, stream)
+                return
+        reader = source.reader
+        if self.packet_sinks:
+            reader.enable_tap(TAP_BYTES, TAP_PACKETS)
+        heap_mode = self.group is None
+        last_tap = time.monotonic()
+        while not self.stopping.is_set():
+            rc = stream.process(reader)
+            self.heartbeat += 1
+            if heap_mode:
+                self._put_heaps(stream.pop_ready())
+            if self.packet_sinks and time.monotonic() - last_tap >= TAP_PERIOD:
+                self._put_tap(reader)
+                last_tap = time.monotonic()
+            if rc < 0 or stream.stopped:
+                break
+        self._finish(source, stream)
+
+    def _finish(self, source: Source, stream: Any) -> None:
+        if self.group is not None:
+            stream.finish()
+        else:
+            self._put_heaps(stream.flush())
+        if source.reader is not None and self.packet_sinks:
+            self._put_tap(source.reader)
+        self.ended_sources += 1
+        log.info("source ended", stream=self.name, source=source.uri,
+                 stopped_by_item=bool(stream.stopped))
+
+    def _put_heaps(self, heaps: list[Any]) -> None:
+        for heap in heaps:
+            if not heap.complete:
+                continue                        # counted as incomplete_heaps_* by the stream
+            if any(item.id == DESCRIPTOR_ID for item in heap.items):
+                for d in decode_descriptors(heap):
+                    self.descriptors[d["id"]] = d
+            record = HeapRecord.from_heap(heap, STRUCTURE_IDS)
+            if not record.items or self.buffer is None:
+                continue
+            self._put(self.buffer, record)
+
+    def _put_tap(self, reader: Any) -> None:
+        taken = reader.take_tap()
+        if taken is not None:
+            self._put(self.packet_buffer, PacketRecord(*taken))
+
+    def _put(self, buffer: Any, record: Any) -> None:
+        if not self.capturing:
+            self.not_captured += 1
+            record.release()
+            return
+        buffer.put(record)
+
+    def _consume_chunks(self) -> None:
+        while True:
+            try:
+                chunk = self.group.get(POLL)
+            except TimeoutError:
+                continue
+            if chunk is None:                   # every stream finished, ring drained
+                return
+            present = chunk.present
+            if present.ndim > 2:
+                present = present.reshape(present.shape[0], present.shape[1], -1).min(axis=2)
+            self.substream_missing += present.shape[0] - np.count_nonzero(present, axis=0)
+            if self.buffer is None:
+                chunk.release()
+                continue
+            self._put(self.buffer, ChunkRecord.from_chunk(chunk))
+
+    # ------------------------------------------------------------------
+    # control
+
+    @property
+    def ended(self) -> bool:
+        """Every source has ended (finite sources, stop items)."""
+        return self.ended_sources >= len(self.sources)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop receiving, drain, flush and finalise (see the module comment)."""
+        self.stopping.set()
+        for source in self.sources:
+            source.stop()
+        if self.group is not None:
+            self.group.stop_waiting_for_chunks()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                self.errors.append(f"{thread.name}: did not stop within {timeout} s")
+                log.error("thread did not stop", stream=self.name, thread=thread.name)
+        for flusher in (self.flusher, self.packet_flusher):
+            if flusher is not None:
+                flusher.stop()
+        # What a failing sink never wrote is counted and released here (with a
+        # WAL it is written at the next start); the WAL is closed.
+        for buffer in (self.buffer, self.packet_buffer):
+            if buffer is not None:
+                buffer.close()
+        for sink in self.sinks + self.packet_sinks:
+            try:
+                sink.close()
+            except OSError as exc:
+                self.errors.append(f"{sink.name}: close failed: {exc}")
+                log.error("sink close failed", stream=self.name, sink=sink.name,
+                          error=str(exc))
+        for source in self.sources:
+            source.close()
+
+    def flush(self, reason: str) -> None:
+        """Ask the flushers for a flush (thread-safe, returns at once)."""
+        for flusher in (self.flusher, self.packet_flusher):
+            if flusher is not None:
+                flusher.request_flush(reason)
+
+    def trigger(self) -> None:
+        """Dump the buffer's current content to the sinks (transient capture)."""
+        for flusher in (self.flusher, self.packet_flusher):
+            if flusher is not None:
+                flusher.request_trigger()
+
+    def reopen(self) -> None:
+        """SIGHUP: finalise the sinks' current files; writing goes on in new ones."""
+        for flusher in (self.flusher, self.packet_flusher):
+            if flusher is not None:
+                flusher.request_reopen()
+
+    def reset_counters(self) -> None:
+        """Report counters from zero again (the compiled counters stay monotonic)."""
+        self.baseline = self.raw_counters()
+
+    # ------------------------------------------------------------------
+    # statistics
+
+    def raw_counters(self) -> dict[str, int]:
+        """Sum the counters of the stream's sources (maxima: the maximum), unreset."""
+        total: dict[str, int] = {}
+        for stream in self.streams:
+            for name, value in stream.stats().items():
+                if name in GAUGE_COUNTERS:
+                    total[name] = max(total.get(name, 0), value)
+                else:
+                    total[name] = total.get(name, 0) + value
+        total["records_not_captured"] = self.not_captured
+        return total
+
+    def snapshot(self) -> dict[str, Any]:
+        """Build the stream's part of a statistics message (JSON-able)."""
+        raw = self.raw_counters()
+        counters = {name: value - self.baseline.get(name, 0) if name not in GAUGE_COUNTERS
+                    else value for name, value in raw.items()}
+        gauges: dict[str, Any] = {name: counters.pop(name) for name in GAUGE_COUNTERS
+                                  if name in counters}
+        out: dict[str, Any] = {"counters": counters, "gauges": gauges,
+                               "sources": [s.uri for s in self.sources],
+                               "capturing": self.capturing}
+        if self.group is not None:
+            gauges["free_ring"] = self.group.free_ring_size
+            gauges["data_ring"] = self.group.data_ring_size
+            gauges["pool"] = self.config.chunk.pool if self.config.chunk else 0
+            out["heaps_missing_per_substream"] = self.substream_missing.tolist()
+        if self.buffer is not None:
+            out["buffer"] = self.buffer.stats()
+            gauges["buffer_fill"] = self.buffer.size()
+        if self.packet_buffer is not None:
+            out["packet_buffer"] = self.packet_buffer.stats()
+        out["sinks"] = [dict(sink.stats(), name=sink.name)
+                        for sink in self.sinks + self.packet_sinks]
+        if self.errors:
+            out["errors"] = list(self.errors)
+        return out

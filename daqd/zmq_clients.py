@@ -1,0 +1,343 @@
+"""Clients of a running daemon's ZeroMQ sockets, for ``daqd status`` and ``daqd stats``.
+
+`request` sends one control request and returns the reply; `subscribe`
+yields statistics messages from one or more daemons; `format_stats_table`
+and `format_status` turn them into text for a person at a terminal.
+Message and request formats are documented in `daqd.stats_publisher` and
+`daqd.control`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import zmq
+
+from daqd.counters import CHUNK_HEAP_DROP_COUNTERS, DROP_COUNTERS
+from daqd.errors import UsageProblem
+from daqd.zmq_security import ClientSecurity
+
+#: Counters shown first, in this order, when present.
+MAIN_COUNTERS = ("packets", "bytes", "payload_bytes", "batches", "heaps", "heaps_complete",
+                 "incomplete_heaps_evicted", "incomplete_heaps_flushed", "single_packet_heaps",
+                 "stop_heaps", "worker_blocked", "max_batch")
+
+_DROP_WORDS = ("rejected", "dropped", "skipped", "discarded", "truncated", "too_old",
+               "no_free", "missing")
+
+
+class DaemonUnreachable(UsageProblem):
+    """No reply or message from a daemon's socket within the timeout (one line)."""
+
+
+class BadReply(UsageProblem):
+    """A reply or message that is not a JSON object (one line)."""
+
+
+def _context(context: zmq.Context | None) -> zmq.Context:
+    return context if context is not None else zmq.Context.instance()
+
+
+def _connect(sock: zmq.Socket, endpoint: str) -> None:
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        raise UsageProblem(f"{endpoint}: not a ZeroMQ endpoint to connect to "
+                           f"({exc.strerror})") from None
+
+
+def request(endpoint: str, command: str, args: Mapping[str, Any] | None = None,
+            timeout: float = 2.0, security: ClientSecurity | None = None,
+            context: zmq.Context | None = None) -> dict[str, Any]:
+    """Send one control request to a daemon and return its reply.
+
+    Parameters
+    ----------
+    endpoint : str
+        The daemon's control endpoint (``zmq.control``).
+    command : str
+        ``status``, ``flush``, ``stop``, ...
+    args : mapping, optional
+        The command's arguments.
+    timeout : float, optional
+        Seconds to wait for the reply.
+    security : ClientSecurity, optional
+        CURVE client keys, for a daemon with ``zmq.curve_secret_key``.
+    context : zmq.Context, optional
+        Defaults to the process's shared context.
+
+    Returns
+    -------
+    dict
+        The reply: ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``.
+
+    Raises
+    ------
+    DaemonUnreachable
+        When no reply comes within `timeout`.
+    BadReply
+        When the reply is not a JSON object.
+    """
+    sock = _context(context).socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        if security is not None:
+            security.apply(sock)
+        _connect(sock, endpoint)
+        payload = json.dumps({**dict(args or {}), "command": command}).encode()
+        sock.send_multipart([b"", payload])    # the REQ envelope: empty delimiter frame
+        if not sock.poll(int(timeout * 1000), zmq.POLLIN):
+            keys = " and the CURVE keys accepted" if security is not None else ""
+            raise DaemonUnreachable(f"{endpoint}: no reply to {command!r} within {timeout:g} s "
+                                    f"(is the daemon running{keys}?)")
+        frames = sock.recv_multipart()
+    finally:
+        sock.close()
+    body = frames[-1]
+    try:
+        reply = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        reply = None
+    if not isinstance(reply, dict):
+        raise BadReply(f"{endpoint}: the reply to {command!r} is not a JSON object: "
+                       f"{body[:80]!r}")
+    return reply
+
+
+def subscribe(endpoints: str | Iterable[str], count: int | None = None,
+              timeout: float | None = None, topics: Iterable[str] = ("stats.", "status"),
+              security: ClientSecurity | None = None, context: zmq.Context | None = None,
+              ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield statistics messages from one or more daemons as they come.
+
+    Parameters
+    ----------
+    endpoints : str or iterable of str
+        Statistics endpoints (``zmq.stats``) of one or more daemons.
+    count : int, optional
+        Stop after this many messages; forever when None.
+    timeout : float, optional
+        Longest wait for each message; None waits forever.
+    topics : iterable of str, optional
+        Topic prefixes to subscribe to.
+    security : ClientSecurity, optional
+        CURVE client keys, for daemons with ``zmq.curve_secret_key``.
+    context : zmq.Context, optional
+        Defaults to the process's shared context.
+
+    Yields
+    ------
+    (str, dict)
+        The topic and the decoded message; a message that is not
+        ``[topic, JSON object]`` is skipped.
+
+    Raises
+    ------
+    DaemonUnreachable
+        When no message comes within `timeout`.
+    """
+    endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    if count is not None and count <= 0:
+        return
+    sock = _context(context).socket(zmq.SUB)
+    sock.linger = 0
+    try:
+        if security is not None:
+            security.apply(sock)
+        for topic in topics:
+            sock.subscribe(topic.encode())
+        for endpoint in endpoints:
+            _connect(sock, endpoint)
+        received = 0
+        while count is None or received < count:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                wait = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+                if wait > 0 and sock.poll(int(wait * 1000) or 1, zmq.POLLIN):
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise DaemonUnreachable(f"{', '.join(endpoints)}: no statistics within "
+                                            f"{timeout:g} s (is the daemon running?)")
+            frames = sock.recv_multipart()
+            if len(frames) != 2:
+                continue
+            try:
+                topic, message = frames[0].decode(), json.loads(frames[1])
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if isinstance(message, dict):
+                received += 1
+                yield topic, message
+    finally:
+        sock.close()
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+def _int(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "?"
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f} s"
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    d, h = divmod(h, 24)
+    return (f"{d}d" if d else "") + f"{h}h{m:02d}m{s:02d}s"
+
+
+def _rate(name: str, rate: Any) -> str:
+    if not isinstance(rate, int | float):
+        return ""
+    return f"{_bytes(rate)}/s" if "bytes" in name else f"{rate:,.1f}/s"
+
+
+def _value(name: str, value: Any) -> str:
+    if isinstance(value, float):
+        if name in ("fill", "fill_fraction", "cpu"):
+            return f"{value:.0%}"
+        return f"{value:,.3g}"
+    if isinstance(value, int) and not isinstance(value, bool) and "bytes" in name:
+        return f"{value:,} ({_bytes(value)})" if value >= 1024 else f"{value:,}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {_value(str(k), v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "-"
+    return _int(value)
+
+
+def _table(rows: list[tuple[str, str, str]], indent: str = "  ") -> list[str]:
+    if not rows:
+        return []
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    return [f"{indent}{a:<{w0}}  {b:>{w1}}  {c}".rstrip() for a, b, c in rows]
+
+
+def _is_drop(name: str) -> bool:
+    return name in DROP_COUNTERS or name in CHUNK_HEAP_DROP_COUNTERS \
+        or any(word in name for word in _DROP_WORDS)
+
+
+def _stream_lines(name: str, message: Mapping[str, Any]) -> list[str]:
+    counters = dict(message.get("counters") or {})
+    rates = dict(message.get("rates") or {})
+    gauges = dict(message.get("gauges") or {})
+    interval = message.get("interval")
+    over = f"  (rates over {interval:.2f} s)" if isinstance(interval, int | float) else ""
+    lines = [f"stream {name}{over}"]
+
+    def row(key: str) -> tuple[str, str, str]:
+        return key, _int(counters[key]), _rate(key, rates.get(key))
+
+    main = [k for k in MAIN_COUNTERS if k in counters]
+    chunk = [k for k in counters if k.startswith("chunk") and not _is_drop(k)]
+    drops = [k for k in counters if _is_drop(k) and k not in main]
+    other = [k for k in counters if k not in main and k not in chunk and k not in drops]
+    lines += _table([row(k) for k in main + chunk])
+    shown_drops = [k for k in drops if counters[k]]
+    if shown_drops:
+        lines.append("  drops by reason:")
+        lines += _table([row(k) for k in shown_drops], indent="    ")
+    elif drops:
+        lines.append("  drops: none")
+    lines += _table([row(k) for k in other if counters[k]])
+    if gauges:
+        lines.append("  gauges: " + _value("", gauges))
+    skip = {"schema", "daemon", "time", "stream", "interval", "counters", "rates", "gauges"}
+    for key, value in message.items():
+        if key not in skip:
+            lines.append(f"  {key}: {_value(str(key), value)}")
+    return lines
+
+
+def _status_lines(status: Mapping[str, Any]) -> list[str]:
+    head = [str(status.get("daemon", "daqd")), str(status.get("state", "unknown")),
+            f"uptime {_duration(status.get('uptime'))}"]
+    process = status.get("process") or {}
+    if isinstance(process.get("cpu"), int | float):
+        head.append(f"cpu {process['cpu']:.0%}")
+    if isinstance(process.get("rss_bytes"), int):
+        head.append(f"rss {_bytes(process['rss_bytes'])}")
+    if "pid" in process:
+        head.append(f"pid {process['pid']}")
+    lines = ["  ".join(head)]
+    for section in ("buffers", "sinks"):
+        entries = status.get(section) or {}
+        if isinstance(entries, Mapping):
+            for name, value in entries.items():
+                lines.append(f"  {section[:-1]} {name}: {_value('', value)}")
+    errors = status.get("errors") or {}
+    if errors:
+        lines.append(f"  errors: {_value('', errors)}")
+    publisher = status.get("publisher") or {}
+    if publisher.get("dropped_messages"):
+        lines.append(f"  statistics messages dropped: {publisher['dropped_messages']:,}")
+    return lines
+
+
+def format_stats_table(message: Mapping[str, Any]) -> str:
+    """Render one statistics message as a readable table.
+
+    Parameters
+    ----------
+    message : mapping
+        A ``stats.<stream>`` message (counters with their rates, drops by
+        reason, chunk counters, gauges) or a ``status`` message (state,
+        uptime, CPU, RSS, buffer fill, sink bytes/files/errors).
+
+    Returns
+    -------
+    str
+        Several lines, without a final newline.
+    """
+    when = message.get("time")
+    stamp = time.strftime("%H:%M:%S", time.localtime(when)) \
+        if isinstance(when, int | float) else "--:--:--"
+    if "counters" in message:
+        name = f"{message.get('daemon', '?')}/{message.get('stream', '?')}"
+        lines = _stream_lines(name, message)
+        lines[0] = f"{stamp} {lines[0]}"
+    else:
+        lines = _status_lines(message)
+        lines[0] = f"{stamp} {lines[0]}"
+    return "\n".join(lines)
+
+
+def format_status(reply: Mapping[str, Any]) -> str:
+    """Render a ``status`` control reply for ``daqd status``.
+
+    Parameters
+    ----------
+    reply : mapping
+        ``{"ok": true, "state", "uptime", "streams": {name: {"counters",
+        "rates", ...}}, "buffers", "sinks", ...}``, or an error reply.
+
+    Returns
+    -------
+    str
+        The state and uptime, then per stream its counters and rates.
+    """
+    if reply.get("ok") is False:
+        return f"error: {reply.get('error', 'unknown error')}"
+    lines = _status_lines(reply)
+    streams = reply.get("streams") or {}
+    if isinstance(streams, Mapping):
+        for name, stream in streams.items():
+            lines += _stream_lines(str(name), stream if isinstance(stream, Mapping) else {})
+    return "\n".join(lines)

@@ -1,0 +1,296 @@
+"""ZeroMQ security: which endpoints are local, and CURVE for the ones that are not.
+
+The statistics (PUB) and control (ROUTER) sockets bind to loopback or
+``ipc://`` by default.  Binding anywhere else requires CURVE: the daemon
+loads its server keypair from ``zmq.curve_secret_key`` (a
+``zmq.auth.create_certificates`` ``.key_secret`` file) and a
+``zmq.auth.thread.ThreadAuthenticator`` admits only the clients whose public
+keys are the ``.key`` files in ``zmq.curve_clients``.  A client without a
+key, or with a key not in that directory, fails the handshake: it receives no
+statistics and its control requests never reach the daemon.
+
+`Security` is the server side (one per `zmq.Context`: libzmq has one ZAP
+handler per context) and `ClientSecurity` the client side used by
+``daqd stats`` and ``daqd status``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import structlog
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from daqd.errors import UsageProblem
+
+if TYPE_CHECKING:
+    from daqd.config import ZmqConfig
+
+log = structlog.get_logger("daqd.zmq")
+
+
+def is_local_endpoint(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint can only be reached from this machine.
+
+    Parameters
+    ----------
+    endpoint : str
+        A ZeroMQ endpoint such as ``tcp://127.0.0.1:5556`` or ``ipc:///run/daqd.sock``.
+
+    Returns
+    -------
+    bool
+        True for ``ipc://``, ``inproc://`` and ``tcp://`` on a loopback address
+        (``127.0.0.0/8``, ``localhost``, ``[::1]``); False otherwise, including
+        wildcard binds (``tcp://*:5556``, ``tcp://0.0.0.0:5556``).
+    """
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = endpoint[len("tcp://"):].rpartition(":")[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(endpoint: str, security: Security | None) -> None:
+    """Refuse to bind a non-local endpoint without CURVE.
+
+    The configuration loader already refuses such configurations; this is
+    the same rule enforced where the socket is bound.
+
+    Parameters
+    ----------
+    endpoint : str
+        The endpoint about to be bound.
+    security : Security or None
+        The server-side CURVE configuration, if any.
+
+    Raises
+    ------
+    UsageProblem
+        When `endpoint` is not local and `security` is None.
+    """
+    if security is None and not is_local_endpoint(endpoint):
+        raise UsageProblem(f"{endpoint}: refusing to bind a non-loopback endpoint without "
+                           "CURVE keys (zmq.curve_secret_key)")
+
+
+def bind_checked(socket: zmq.Socket, endpoint: str, security: Security | None,
+                 what: str) -> str:
+    """Apply `security` to a server socket and bind it, or close it and explain.
+
+    Parameters
+    ----------
+    socket : zmq.Socket
+        A new, unbound socket; closed when this raises.
+    endpoint : str
+        Where to bind.
+    security : Security or None
+        Server-side CURVE; required for a non-local endpoint.
+    what : str
+        What the socket is for ("statistics", "control"), for the message.
+
+    Returns
+    -------
+    str
+        The bound endpoint (with the port chosen for ``tcp://HOST:*``).
+
+    Raises
+    ------
+    UsageProblem
+        When the endpoint is refused (`check_bind`) or cannot be bound.
+    """
+    try:
+        check_bind(endpoint, security)
+        if security is not None:
+            security.apply(socket)
+        try:
+            socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise UsageProblem(f"{endpoint}: cannot bind the {what} socket: "
+                               f"{exc.strerror}") from None
+    except BaseException:
+        socket.close(linger=0)
+        raise
+    return socket.last_endpoint.decode()
+
+
+def _load_keypair(path: str | os.PathLike[str], what: str) -> tuple[bytes, bytes | None]:
+    """Load a zmq.auth certificate; a one-line UsageProblem when it cannot be read."""
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise UsageProblem(f"{path}: cannot load the {what}: {reason}") from None
+    return public, secret
+
+
+class Security:
+    """Server-side CURVE: the daemon's keypair and the authenticator of its clients.
+
+    Parameters
+    ----------
+    context : zmq.Context
+        The context of the server sockets.  Only one `Security` per context,
+        for the context's lifetime: libzmq has one ZAP handler per context,
+        and its endpoint is released asynchronously after `close`.
+    secret_key_file : str or os.PathLike
+        The server's ``.key_secret`` file (``zmq.auth.create_certificates``).
+    clients_dir : str or os.PathLike
+        A directory of the ``.key`` public-key files of the allowed clients.
+
+    Raises
+    ------
+    UsageProblem
+        When a key file or the clients directory cannot be read, or the key
+        file has no secret key.
+    """
+
+    def __init__(self, context: zmq.Context, secret_key_file: str | os.PathLike[str],
+                 clients_dir: str | os.PathLike[str]):
+        public, secret = _load_keypair(secret_key_file, "CURVE secret key")
+        if secret is None:
+            raise UsageProblem(f"{secret_key_file}: expected a secret key file "
+                               "(zmq.auth .key_secret), found only a public key")
+        self.public_key = public
+        self._secret_key = secret
+        self.clients_dir = Path(clients_dir)
+        self._count_clients()
+        self._auth: ThreadAuthenticator | None = ThreadAuthenticator(context)
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(self.clients_dir))
+        log.info("curve enabled", clients_dir=str(self.clients_dir),
+                 clients=len(self._auth.certs.get("*", {})))
+
+    @classmethod
+    def from_config(cls, context: zmq.Context, cfg: ZmqConfig) -> Security | None:
+        """Build the `Security` a configuration asks for.
+
+        Parameters
+        ----------
+        context : zmq.Context
+            The context of the server sockets.
+        cfg : daqd.config.ZmqConfig
+            The ``[zmq]`` table.
+
+        Returns
+        -------
+        Security or None
+            None when ``curve_secret_key`` is empty (local endpoints only).
+
+        Raises
+        ------
+        UsageProblem
+            When ``curve_secret_key`` is set without ``curve_clients``, or a
+            file or directory cannot be read.
+        """
+        if not cfg.curve_secret_key:
+            return None
+        if not cfg.curve_clients:
+            raise UsageProblem(f"zmq.curve_clients = {cfg.curve_clients!r}: expected a "
+                               "directory of allowed client public keys when "
+                               "zmq.curve_secret_key is set")
+        return cls(context, cfg.curve_secret_key, cfg.curve_clients)
+
+    def _count_clients(self) -> int:
+        if not self.clients_dir.is_dir():
+            raise UsageProblem(f"zmq.curve_clients = {str(self.clients_dir)!r}: expected a "
+                               "directory of client public keys (.key files)")
+        try:
+            keys = zmq.auth.load_certificates(self.clients_dir)
+        except (OSError, ValueError) as exc:
+            raise UsageProblem(f"{self.clients_dir}: cannot load the client keys: "
+                               f"{str(exc).splitlines()[0]}") from None
+        if not keys:
+            log.warning("no curve client keys: no client can connect",
+                        clients_dir=str(self.clients_dir))
+        return len(keys)
+
+    def reload_clients(self) -> int:
+        """Re-read the clients directory (e.g. on SIGHUP); the number of keys allowed."""
+        count = self._count_clients()
+        if self._auth is not None:
+            self._auth.configure_curve(domain="*", location=str(self.clients_dir))
+        return count
+
+    def apply(self, socket: zmq.Socket) -> None:
+        """Make `socket` a CURVE server with the daemon's keypair; call before bind."""
+        socket.curve_secretkey = self._secret_key
+        socket.curve_publickey = self.public_key
+        socket.curve_server = True
+
+    def close(self) -> None:
+        """Stop the authenticator thread; idempotent.  Close the sockets first."""
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+    def __enter__(self) -> Security:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class ClientSecurity:
+    """Client-side CURVE: a client keypair and the daemon's public key.
+
+    Parameters
+    ----------
+    public_key, secret_key : bytes
+        The client's Z85-encoded keypair.
+    server_key : bytes
+        The daemon's Z85-encoded public key.
+    """
+
+    def __init__(self, public_key: bytes, secret_key: bytes, server_key: bytes):
+        self.public_key = public_key
+        self._secret_key = secret_key
+        self.server_key = server_key
+
+    @classmethod
+    def from_files(cls, client_secret_key_file: str | os.PathLike[str],
+                   server_key_file: str | os.PathLike[str]) -> ClientSecurity:
+        """Load a client keypair and the daemon's public key from zmq.auth key files.
+
+        Parameters
+        ----------
+        client_secret_key_file : str or os.PathLike
+            The client's ``.key_secret`` file; its public ``.key`` must be in
+            the daemon's ``zmq.curve_clients`` directory.
+        server_key_file : str or os.PathLike
+            The daemon's public ``.key`` file (its ``.key_secret`` works too).
+
+        Returns
+        -------
+        ClientSecurity
+
+        Raises
+        ------
+        UsageProblem
+            When a file cannot be read or the client file has no secret key.
+        """
+        public, secret = _load_keypair(client_secret_key_file, "CURVE client secret key")
+        if secret is None:
+            raise UsageProblem(f"{client_secret_key_file}: expected a secret key file "
+                               "(zmq.auth .key_secret), found only a public key")
+        server_public, _ = _load_keypair(server_key_file, "daemon's CURVE public key")
+        return cls(public, secret, server_public)
+
+    def apply(self, socket: zmq.Socket) -> None:
+        """Make `socket` a CURVE client of the daemon; call before connect."""
+        socket.curve_secretkey = self._secret_key
+        socket.curve_publickey = self.public_key
+        socket.curve_serverkey = self.server_key

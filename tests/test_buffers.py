@@ -1,0 +1,405 @@
+"""Buffers: bounds, when_full policies, release accounting, sinks with cursors, chunk mode."""
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+sys.path.insert(0, str(Path(__file__).parent))
+from buffer_sinks import CountingRecord, MemorySink
+
+from daqd import _spead
+from daqd.buffers import Buffer
+from daqd.flush import Flusher, FlushPolicy
+from daqd.records import ChunkRecord
+from daqd.wal import WriteAheadLog
+
+KINDS = ["fifo", "circular"]
+
+
+def fill(buffer, n, start=0):
+    records = [CountingRecord(i) for i in range(start, start + n)]
+    accepted = [buffer.put(r) for r in records]
+    return records, accepted
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_put_pop_in_order_and_ownership(kind):
+    buffer = Buffer(kind, capacity=4)
+    records, accepted = fill(buffer, 3)
+    assert all(accepted) and buffer.size() == 3
+    popped = [buffer.pop() for _ in range(3)]
+    assert popped == records
+    assert [r.releases for r in records] == [0, 0, 0]       # popped: the caller owns them
+    with pytest.raises(IndexError):
+        buffer.pop()
+    assert buffer.stats()["records_popped"] == 3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("when_full", ["drop-newest", "overwrite-oldest", "block"])
+def test_never_holds_more_than_capacity(kind, when_full):
+    buffer = Buffer(kind, capacity=5, when_full=when_full, block_timeout=0)
+    for i in range(40):
+        buffer.put(CountingRecord(i))
+        assert buffer.size() <= 5
+    assert buffer.size() == 5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_drop_newest_counts_and_releases_once(kind):
+    buffer = Buffer(kind, capacity=3, when_full="drop-newest")
+    records, accepted = fill(buffer, 5)
+    assert accepted == [True, True, True, False, False]
+    assert [r.releases for r in records] == [0, 0, 0, 1, 1]
+    stats = buffer.stats()
+    assert stats["dropped"] == {"drop_newest": 2}
+    assert stats["records_accepted"] == 3
+    assert [buffer.pop() for _ in range(3)] == records[:3]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_overwrite_oldest_counts_releases_once_and_keeps_the_newest(kind):
+    buffer = Buffer(kind, capacity=3, when_full="overwrite-oldest")
+    sink = MemorySink()
+    buffer.set_primary_sink(sink)
+    records, accepted = fill(buffer, 7)
+    assert all(accepted)
+    assert [r.releases for r in records] == [1, 1, 1, 1, 0, 0, 0]
+    stats = buffer.stats()
+    assert stats["dropped"] == {"overwrite_oldest": 4}
+    assert stats["sinks"]["memory"]["lost"] == 4
+    assert buffer.flush() == 3
+    assert sink.cnts == [4, 5, 6]
+    assert [r.releases for r in records] == [1] * 7
+
+
+def test_block_waits_then_drops_and_counts():
+    buffer = Buffer("fifo", capacity=2, when_full="block", block_timeout=0.05)
+    records, accepted = fill(buffer, 3)
+    assert accepted == [True, True, False]
+    assert records[2].releases == 1
+    stats = buffer.stats()
+    assert (stats["block_waits"], stats["block_timeouts"]) == (1, 1)
+    assert stats["dropped"] == {"block_timeout": 1}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_block_hands_everything_over_between_two_threads(kind):
+    """One producer, one flusher, a tiny buffer: every record arrives once, in order."""
+    sink = MemorySink()
+    buffer = Buffer(kind, capacity=4, when_full="block", block_timeout=10,
+                    policy=FlushPolicy(count=3))
+    buffer.set_primary_sink(sink)
+    flusher = Flusher(buffer).start()
+    records = [CountingRecord(i) for i in range(2000)]
+    producer = threading.Thread(target=lambda: [buffer.put(r) for r in records])
+    producer.start()
+    producer.join(timeout=60)
+    assert not producer.is_alive()
+    assert flusher.stop(timeout=30)
+    assert sink.cnts == list(range(2000))
+    assert all(r.releases == 1 for r in records)
+    stats = buffer.stats()
+    assert stats["records_flushed"] == 2000 and stats["block_timeouts"] == 0
+    assert stats["size"] == 0 and not stats["dropped"]
+
+
+def test_several_producers_are_serialised(tmp_path):
+    """A stream may put from one receive thread per source: numbers stay unique, bound held.
+
+    The WAL append (GIL released) sits between reserving room and a number and using them.
+    """
+    sink = MemorySink()
+    buffer = Buffer("circular", capacity=8, when_full="block", block_timeout=10,
+                    policy=FlushPolicy(count=5), wal=WriteAheadLog(tmp_path / "w", fsync="never"))
+    buffer.set_primary_sink(sink)
+    buffer.recover()
+    flusher = Flusher(buffer).start()
+    sizes = []
+
+    def produce(first):
+        for i in range(first, first + 500):
+            assert buffer.put(CountingRecord(i))
+            sizes.append(buffer.size())
+
+    producers = [threading.Thread(target=produce, args=(k * 1000,)) for k in range(3)]
+    for t in producers:
+        t.start()
+    for t in producers:
+        t.join(timeout=60)
+        assert not t.is_alive()
+    assert flusher.stop(timeout=30)
+    assert max(sizes) <= 8
+    assert sorted(sink.cnts) == sorted(k * 1000 + i for k in range(3) for i in range(500))
+    for k in range(3):                  # each producer's records stay in its order
+        mine = [c for c in sink.cnts if k * 1000 <= c < k * 1000 + 500]
+        assert mine == sorted(mine)
+    assert buffer.next_seq == 1500 and buffer.stats()["records_flushed"] == 1500
+
+
+def test_clear_releases_and_counts():
+    buffer = Buffer("circular", capacity=4)
+    sink = MemorySink()
+    buffer.set_primary_sink(sink)
+    records, _ = fill(buffer, 3)
+    assert buffer.clear() == 3
+    assert [r.releases for r in records] == [1, 1, 1]
+    assert buffer.stats()["dropped"] == {"cleared": 3}
+    assert buffer.stats()["sinks"]["memory"]["lost"] == 3
+    assert buffer.flush() == 0 and sink.cnts == []
+
+
+def test_trigger_dumps_exactly_the_last_n_records():
+    """A circular overwrite-oldest buffer is a 'last N' buffer; trigger() writes those N."""
+    sink = MemorySink()
+    buffer = Buffer("circular", capacity=4, when_full="overwrite-oldest", policy=FlushPolicy())
+    buffer.set_primary_sink(sink)
+    records, _ = fill(buffer, 10)
+    assert not buffer.flush_needed()
+    assert buffer.trigger() == 4
+    assert sink.cnts == [6, 7, 8, 9]
+    assert len(sink.batches) == 1
+    stats = buffer.stats()
+    assert stats["triggers"] == 1 and stats["flushes_by_reason"] == {"trigger": 1}
+    assert stats["dropped"] == {"overwrite_oldest": 6}
+    assert all(r.releases == 1 for r in records)
+
+
+def test_one_flush_writes_every_sink_and_releases_after_the_last():
+    primary, extra = MemorySink("primary"), MemorySink("extra")
+    seen_released = []
+    third = MemorySink("third", on_write=lambda recs: seen_released.append(
+        [r.releases for r in recs]))
+    buffer = Buffer("fifo", capacity=8)
+    buffer.set_primary_sink(primary)
+    buffer.add_custom_sink(extra)
+    buffer.add_custom_sink(third)
+    assert buffer.sinks == [primary, extra, third]
+    records, _ = fill(buffer, 5)
+    assert buffer.flush() == 5
+    assert primary.cnts == extra.cnts == third.cnts == list(range(5))
+    assert seen_released == [[0] * 5]           # not released before the last sink wrote
+    assert [r.releases for r in records] == [1] * 5
+    with pytest.raises(ValueError, match="already attached"):
+        buffer.add_custom_sink(MemorySink("extra"))
+
+
+def test_failing_sink_keeps_its_records_and_catches_up():
+    good, bad = MemorySink("good"), MemorySink("bad")
+    bad.fail = True
+    buffer = Buffer("fifo", capacity=8)
+    buffer.set_primary_sink(good)
+    buffer.add_custom_sink(bad)
+    records, _ = fill(buffer, 3)
+    with capture_logs() as logs:
+        assert buffer.flush() == 0              # good wrote them; bad holds them back
+    assert good.cnts == [0, 1, 2] and bad.cnts == []
+    assert buffer.size() == 3 and [r.releases for r in records] == [0, 0, 0]
+    stats = buffer.stats()["sinks"]
+    assert stats["bad"]["errors"] == 1 and stats["bad"]["failing"]
+    assert [(e["log_level"], e["sink"]) for e in logs
+            if e["event"].startswith("sink write failed")] == [("warning", "bad")]
+    more, _ = fill(buffer, 2, start=3)
+    buffer.flush()
+    assert stats["bad"]["errors"] == 1          # a snapshot: the live count moved on
+    assert buffer.stats()["sinks"]["bad"]["errors"] == 2
+    bad.fail = False
+    assert buffer.flush() == 5
+    assert good.cnts == bad.cnts == list(range(5))      # no duplicate for the good sink
+    assert [r.releases for r in records + more] == [1] * 5
+    assert not buffer.stats()["sinks"]["bad"]["failing"]
+
+
+def test_a_failing_sink_loses_records_rather_than_stopping_the_others():
+    """Full of records only a failing sink still needs: they give way, counted as lost."""
+    good, bad = MemorySink("good"), MemorySink("bad")
+    bad.fail = True
+    buffer = Buffer("fifo", capacity=4, when_full="block", block_timeout=5)
+    buffer.set_primary_sink(good)
+    buffer.add_custom_sink(bad)
+    records, _ = fill(buffer, 4)
+    buffer.flush()
+    more, accepted = fill(buffer, 2, start=4)
+    assert all(accepted)
+    stats = buffer.stats()
+    assert stats["block_waits"] == 0 and stats["lagging_evictions"] == 2
+    assert stats["sinks"]["bad"]["lost"] == 2 and stats["sinks"]["good"]["lost"] == 0
+    assert [r.releases for r in records] == [1, 1, 0, 0]
+    bad.fail = False
+    buffer.flush()
+    assert good.cnts == [0, 1, 2, 3, 4, 5]
+    assert bad.cnts == [2, 3, 4, 5]
+    assert all(r.releases == 1 for r in records + more)
+
+
+def test_every_sink_failing_leaves_it_to_when_full():
+    sink = MemorySink()
+    sink.fail = True
+    buffer = Buffer("circular", capacity=3, when_full="drop-newest")
+    buffer.set_primary_sink(sink)
+    records, _ = fill(buffer, 3)
+    buffer.flush()
+    _, accepted = fill(buffer, 1, start=3)
+    assert accepted == [False]
+    assert buffer.stats()["dropped"] == {"drop_newest": 1}
+    sink.fail = False
+    buffer.flush()
+    assert sink.cnts == [0, 1, 2]
+
+
+def test_records_being_written_are_neither_overwritten_nor_released():
+    """While a flush writes, a full overwrite buffer only overwrites what is not in flight."""
+    entered, go_on = threading.Event(), threading.Event()
+    seen = []
+
+    def slow_write(records):
+        entered.set()
+        assert go_on.wait(10)
+        seen.append([r.releases for r in records])
+
+    sink = MemorySink(on_write=slow_write)
+    buffer = Buffer("circular", capacity=3, when_full="overwrite-oldest")
+    buffer.set_primary_sink(sink)
+    records, _ = fill(buffer, 3)
+    flusher = Flusher(buffer).start()
+    flusher.request_flush("test")
+    assert entered.wait(10)
+    more, accepted = fill(buffer, 2, start=3)       # everything held is in flight
+    assert accepted == [False, False]
+    assert buffer.stats()["dropped"] == {"in_flight": 2}
+    assert [r.releases for r in records] == [0, 0, 0]
+    go_on.set()
+    assert flusher.stop(timeout=10)
+    assert seen[0] == [0, 0, 0]
+    assert sink.cnts == [0, 1, 2]
+    assert [r.releases for r in records + more] == [1] * 5
+
+
+def test_stats_names():
+    buffer = Buffer("fifo", capacity=2)
+    buffer.set_primary_sink(MemorySink())
+    stats = buffer.stats()
+    for key in ("records_accepted", "records_flushed", "bytes_flushed", "flushes_by_reason",
+                "dropped", "block_waits", "block_timeouts", "fill", "sinks", "triggers"):
+        assert key in stats
+    assert set(stats["sinks"]["memory"]) >= {"written", "errors", "lost"}
+
+
+# -- chunk mode: records wrap pool chunks; the pool must balance -------------
+
+HPC = 4             # heaps per chunk (W1: one 8192-byte heap per packet)
+POOL = 12
+
+
+def chunk_stream():
+    # when_full="drop": a pool run dry shows at once as chunks with heaps missing
+    return _spead.ChunkStream(timestamp_step=8192, heaps_per_chunk=HPC, heap_bytes=8192,
+                              max_chunks=2, pool=POOL, when_full="drop")
+
+
+def chunk_records(stream, n_chunks, releases):
+    """Yield ChunkRecords wrapping the stream's chunks; count each chunk's releases."""
+    reader = _spead.SimReader("W1", heaps=n_chunks * HPC, batch=HPC)  # a chunk per batch
+    for chunk in stream.chunks(reader):
+        record = ChunkRecord.from_chunk(chunk)
+        assert np.shares_memory(record.data, chunk.data)        # no copy
+
+        def release(chunk=chunk, cid=record.chunk_id):
+            releases[cid] = releases.get(cid, 0) + 1
+            chunk.release()                 # raises if the chunk was released already
+
+        record._release = release
+        yield record
+
+
+def check_chunk(record):
+    """Every heap of a W1 chunk starts with its HEAP_CNT << 16 (SimReader counts from 1)."""
+    assert record.present.all()
+    markers = np.ascontiguousarray(record.data[:, 0, :8]).view(">u8")[:, 0]
+    expected = (record.chunk_id * HPC + np.arange(HPC) + 1) << 16
+    assert np.array_equal(markers, expected), (record.chunk_id, markers)
+
+
+class CheckingSink(MemorySink):
+    """Checks each chunk's bytes at write time (a recycled chunk would fail)."""
+
+    def write(self, records):
+        if not self.fail:
+            for r in records:
+                check_chunk(r)
+        super().write([(r.chunk_id, int(r.present.sum())) for r in records])
+
+    @property
+    def ids(self):
+        return [cid for cid, _ in self.records]
+
+
+def held(stream):
+    return stream.pool_counts()["held"]
+
+
+def test_chunks_flow_through_without_leaks():
+    stream = chunk_stream()
+    sink = CheckingSink()
+    buffer = Buffer("circular", capacity=4, when_full="block", policy=FlushPolicy(count=3))
+    buffer.set_primary_sink(sink)
+    releases = {}
+    for record in chunk_records(stream, 20, releases):
+        assert buffer.put(record)
+        assert held(stream) == buffer.size()        # the buffer holds the chunks themselves
+        if buffer.flush_needed():
+            buffer.flush()
+            assert held(stream) == buffer.size()
+    buffer.flush("stop")
+    assert sink.ids == list(range(20))
+    assert all(n == HPC for _, n in sink.records)
+    assert releases == dict.fromkeys(range(20), 1)
+    assert stream.pool_counts() == {"free": POOL, "open": 0, "ready": 0, "held": 0}
+
+
+def test_overwritten_and_dropped_chunks_go_back_at_once():
+    for when_full in ("overwrite-oldest", "drop-newest"):
+        stream = chunk_stream()
+        sink = CheckingSink()
+        buffer = Buffer("circular", capacity=3, when_full=when_full)
+        buffer.set_primary_sink(sink)
+        releases = {}
+        for record in chunk_records(stream, 10, releases):
+            buffer.put(record)
+            assert held(stream) == buffer.size() <= 3
+        assert buffer.trigger() == 3
+        expected = [7, 8, 9] if when_full == "overwrite-oldest" else [0, 1, 2]
+        assert sink.ids == expected
+        assert releases == dict.fromkeys(range(10), 1)
+        assert stream.pool_counts() == {"free": POOL, "open": 0, "ready": 0, "held": 0}
+
+
+def test_a_chunk_goes_back_only_when_every_sink_has_written_it():
+    stream = chunk_stream()
+    good, bad = CheckingSink("good"), CheckingSink("bad")
+    bad.fail = True
+    buffer = Buffer("fifo", capacity=5, when_full="block", block_timeout=5)
+    buffer.set_primary_sink(good)
+    buffer.add_custom_sink(bad)
+    releases = {}
+    records = chunk_records(stream, 8, releases)
+    for _ in range(4):
+        buffer.put(next(records))
+    buffer.flush()
+    assert good.ids == [0, 1, 2, 3] and held(stream) == 4 and not releases
+    for _ in range(3):                  # the fifth fits; two more push out chunks 0 and 1
+        buffer.put(next(records))
+    assert releases == {0: 1, 1: 1} and held(stream) == 5
+    bad.fail = False
+    buffer.flush()
+    buffer.put(next(records))
+    buffer.flush()
+    assert good.ids == list(range(8))
+    assert bad.ids == list(range(2, 8))
+    assert buffer.stats()["sinks"]["bad"]["lost"] == 2
+    assert releases == dict.fromkeys(range(8), 1)
+    assert stream.pool_counts() == {"free": POOL, "open": 0, "ready": 0, "held": 0}

@@ -1,0 +1,336 @@
+"""The real daemon, started as a subprocess, fed over UDP, watched over ZeroMQ."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from daemon_helpers import (
+    DaemonProcess,
+    Subscriber,
+    W1Sender,
+    chunk_stream_config,
+    control,
+    free_port,
+    send_w1,
+    w1_payloads,
+)
+
+from daqd.sinks.binary import load as load_binary
+
+pytestmark = pytest.mark.network
+
+HEAPS_PER_CHUNK = 8
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "daqd.toml"
+    path.write_text(text)
+    return path
+
+
+def binary_chunks(tmp_path: Path) -> np.ndarray:
+    files = sorted((tmp_path / "data").glob("*.bin"))
+    assert files, "no binary file"
+    return np.concatenate([load_binary(str(f))[1].reshape(-1, HEAPS_PER_CHUNK * 8192)
+                           for f in files])
+
+
+def test_udp_into_chunk_files_stats_match_and_stop_item_ends_the_run(tmp_path):
+    port = free_port()
+    cfg = write_config(tmp_path, chunk_stream_config(tmp_path, port=port))
+    daemon = DaemonProcess(cfg)
+    try:
+        ready = daemon.ready()
+        sub = Subscriber(ready["stats"])
+        sub.until(lambda topic, m: topic == "stats.adc0")           # subscribed
+        heaps = 40 * HEAPS_PER_CHUNK
+        sent = send_w1(port, heaps)
+        # The stop heap ends the only (UDP) source: the daemon drains and exits 0.
+        assert daemon.wait() == 0
+        _, last = sub.until(lambda topic, m: topic == "status" and m["state"] == "stopped")
+        sub.close()
+    finally:
+        daemon.close()
+    assert not list((tmp_path / "data").glob("*.tmp")), "a file was left unfinalised"
+    data = binary_chunks(tmp_path)
+    expected = np.frombuffer(b"".join(w1_payloads(heaps)), np.uint8).reshape(-1, data.shape[1])
+    assert data.shape == expected.shape
+    np.testing.assert_array_equal(data, expected)
+    lines = [ln for f in sorted((tmp_path / "data").glob("*.txt"))
+             for ln in f.read_text().splitlines() if ln and not ln.startswith("#")]
+    assert len(lines) == heaps // HEAPS_PER_CHUNK
+    stats = [e for e in daemon.events if e.get("event") == "stopped"]
+    assert stats, daemon.lines[-5:]
+    assert sent["packets"] == heaps             # plus one stop heap
+    assert last["buffers"]["adc0"]["records_flushed"] == heaps // HEAPS_PER_CHUNK
+
+
+def test_counters_published_match_what_was_sent(tmp_path):
+    port = free_port()
+    cfg = write_config(tmp_path, chunk_stream_config(tmp_path, port=port))
+    daemon = DaemonProcess(cfg)
+    try:
+        ready = daemon.ready()
+        sub = Subscriber(ready["stats"])
+        sub.until(lambda topic, m: topic == "stats.adc0")
+        heaps = 24 * HEAPS_PER_CHUNK
+        send_w1(port, heaps, stop=False)
+        _, message = sub.until(lambda topic, m: topic == "stats.adc0"
+                               and m["counters"]["packets"] >= heaps)
+        counters = message["counters"]
+        assert counters["packets"] == heaps
+        assert counters["heaps"] == heaps
+        assert counters["chunk_heaps_placed"] == heaps
+        assert counters["packets_dropped_socket_buffer"] == 0
+        assert message["schema"] == "daqd.stats/1"
+        assert message["daemon"] == "test-daqd"
+        assert "free_ring" in message["gauges"]
+        assert set(message["rates"]) >= {"packets", "heaps"}
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+        _, final = sub.until(lambda topic, m: topic == "stats.adc0"
+                             and m["counters"]["chunks_completed"] == heaps // HEAPS_PER_CHUNK)
+        sub.close()
+    finally:
+        daemon.close()
+    assert final["heaps_missing_per_substream"] == [0]
+    assert binary_chunks(tmp_path).shape[0] == heaps // HEAPS_PER_CHUNK
+
+
+def wait_until(check, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def buffered(endpoint):
+    return control(endpoint, "status")["streams"]["adc0"]["buffer"]["size"]
+
+
+def test_every_control_request(tmp_path):
+    # max_chunks = 2: after sending n chunks' worth of heaps, n - 2 chunks are complete.
+    port = free_port()
+    cfg = write_config(tmp_path, chunk_stream_config(tmp_path, port=port, buffer="""
+[stream.buffer]
+kind = "circular"
+capacity = 16
+when_full = "overwrite-oldest"
+flush_count = 0
+flush_interval = 0
+"""))
+    daemon = DaemonProcess(cfg)
+    try:
+        endpoint = daemon.ready()["control"]
+        sender = W1Sender(port)
+        status = control(endpoint, {"command": "status"})
+        assert status["ok"] and status["state"] == "running"
+        assert "adc0" in status["streams"]
+        # Nothing flushes by itself (all thresholds off): chunks 0-3 wait in the buffer.
+        sender.send(6 * HEAPS_PER_CHUNK)
+        wait_until(lambda: buffered(endpoint) == 4)
+        assert not list((tmp_path / "data").glob("*.bin*"))
+        assert control(endpoint, {"command": "flush"})["ok"]
+        wait_until(lambda: buffered(endpoint) == 0)
+        # capture-stop: chunks 4 and 5 complete while still receiving, and are let go
+        assert control(endpoint, {"command": "capture-stop"})["ok"]
+        sender.send(2 * HEAPS_PER_CHUNK)
+        wait_until(lambda: control(endpoint, "status")["streams"]["adc0"]["counters"][
+            "records_not_captured"] == 2)
+        assert buffered(endpoint) == 0
+        assert control(endpoint, {"command": "capture-start"})["ok"]
+        sender.send(2 * HEAPS_PER_CHUNK)           # chunks 6 and 7 complete
+        wait_until(lambda: buffered(endpoint) == 2)
+        assert control(endpoint, {"command": "trigger", "label": "test"})["ok"]
+        wait_until(lambda: buffered(endpoint) == 0)
+        reset = control(endpoint, {"command": "reset-counters"})
+        assert reset["ok"]
+        assert control(endpoint, "status")["streams"]["adc0"]["counters"]["packets"] == 0
+        for bad in (b"{not json", b"[1, 2]", b'{"command": "explode"}', b"", b'{"x": 1}'):
+            reply = control(endpoint, bad)
+            assert reply["ok"] is False and reply["error"], bad
+        assert control(endpoint, "status")["ok"]            # the socket survived
+        assert control(endpoint, {"command": "stop"})["ok"]
+        assert daemon.wait() == 0
+    finally:
+        daemon.close()
+    assert not list((tmp_path / "data").glob("*.tmp"))
+    # 4 flushed, 2 let go while not capturing, 2 triggered, 2 closed by the stop
+    ids = [int(line.split()[0]) for f in sorted((tmp_path / "data").glob("*.txt"))
+           for line in f.read_text().splitlines() if not line.startswith("#")]
+    assert ids == [0, 1, 2, 3, 6, 7, 8, 9]
+    assert binary_chunks(tmp_path).shape[0] == 8
+
+
+def test_sigkill_leaves_a_stale_pidfile_that_the_next_run_replaces(tmp_path):
+    cfg = write_config(tmp_path, chunk_stream_config(tmp_path))
+    first = DaemonProcess(cfg)
+    try:
+        first.ready()
+        pidfile = tmp_path / "run" / "daqd.pid"
+        assert int(pidfile.read_text().split()[0]) == first.proc.pid
+        second = DaemonProcess(cfg)
+        assert second.wait(30) == 2                        # refused: the pidfile is held
+        assert any("pid" in ln and str(first.proc.pid) in ln for ln in second.lines), \
+            second.lines
+        first.signal(signal.SIGKILL)
+        first.wait()
+    finally:
+        first.close()
+    assert pidfile.exists()                                # stale: left by the crash
+    third = DaemonProcess(cfg)
+    try:
+        third.ready()
+        assert int(pidfile.read_text().split()[0]) == third.proc.pid
+        assert third.stop() == 0
+    finally:
+        third.close()
+    assert not pidfile.exists()
+
+
+def running(pid):
+    """Whether `pid` is a live process (a zombie nobody has reaped yet is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_start_and_stop_in_the_background(tmp_path):
+    cfg = write_config(tmp_path, chunk_stream_config(tmp_path))
+    daqd = [sys.executable, "-m", "daqd"]
+    started = subprocess.run([*daqd, "start", "--config", str(cfg)], capture_output=True,
+                             text=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+    pid = int((tmp_path / "run" / "daqd.pid").read_text().split()[0])
+    try:
+        again = subprocess.run([*daqd, "start", "--config", str(cfg)], capture_output=True,
+                               text=True, timeout=60)
+        assert again.returncode == 2
+        assert again.stderr.count("\n") == 1 and str(pid) in again.stderr
+        stopped = subprocess.run([*daqd, "stop", "--config", str(cfg)], capture_output=True,
+                                 text=True, timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
+        assert f"pid {pid}" in stopped.stderr
+        assert not running(pid)
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    log = (tmp_path / "run" / "daqd.log").read_text().splitlines()
+    events = [json.loads(line)["event"] for line in log if line.startswith("{")]
+    assert "ready" in events and "stopped" in events
+    again = subprocess.run([*daqd, "stop", "--config", str(cfg)], capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 0 and "not running" in again.stderr
+
+
+def test_second_signal_during_drain_exits_at_once(tmp_path):
+    # The sink's directory turns into a file, so nothing can be written; the
+    # buffer fills and the chunk consumer blocks in put() (block_timeout 30 s),
+    # which the drain waits for.  A second SIGTERM cuts the drain short.
+    port = free_port()
+    cfg = write_config(tmp_path, chunk_stream_config(tmp_path, port=port, buffer="""
+[stream.buffer]
+kind = "fifo"
+capacity = 2
+when_full = "block"
+block_timeout = 30.0
+flush_count = 1
+"""))
+    daemon = DaemonProcess(cfg)
+    try:
+        endpoint = daemon.ready()["control"]
+        assert not (tmp_path / "data").exists()              # made at the first write
+        (tmp_path / "data").write_text("not a directory")
+        send_w1(port, 6 * HEAPS_PER_CHUNK, stop=False)
+        wait_until(lambda: buffered(endpoint) == 2)
+        daemon.signal(signal.SIGTERM)
+        daemon.wait_event("draining")
+        time.sleep(0.5)
+        assert daemon.proc.poll() is None           # still draining (blocked put)
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        code = daemon.wait(25)
+        waited = time.monotonic() - started
+    finally:
+        daemon.close()
+    assert code == 1
+    assert waited < 20                               # not the 30 s block_timeout
+    assert any("second signal" in ln for ln in daemon.lines)
+
+
+def test_sighup_reopens_and_sigusr1_flushes(tmp_path):
+    port = free_port()
+    cfg = write_config(tmp_path, chunk_stream_config(tmp_path, port=port, buffer="""
+[stream.buffer]
+kind = "fifo"
+capacity = 64
+flush_count = 0
+flush_interval = 0
+"""))
+    daemon = DaemonProcess(cfg)
+    try:
+        endpoint = daemon.ready()["control"]
+        sender = W1Sender(port)
+        sender.send(5 * HEAPS_PER_CHUNK)         # chunks 0-2 complete
+        wait_until(lambda: buffered(endpoint) == 3)
+        daemon.signal(signal.SIGUSR1)
+        wait_until(lambda: buffered(endpoint) == 0)
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reopening sink files")
+        wait_until(lambda: len(list((tmp_path / "data").glob("*.bin"))) == 1)
+        sender.send(2 * HEAPS_PER_CHUNK)         # chunks 3, 4 complete
+        wait_until(lambda: buffered(endpoint) == 2)
+        assert daemon.stop() == 0                              # 5, 6 closed and flushed
+    finally:
+        daemon.close()
+    files = sorted((tmp_path / "data").glob("*.bin"))
+    assert len(files) == 2                               # one before SIGHUP, one after
+    assert binary_chunks(tmp_path).shape[0] == 7
+
+
+@pytest.mark.parametrize("problem,expected", [
+    ('[[stream]]\nname = "a"\nsources = ["udp://127.0.0.1:1"]\nmax_heaps = 0\n',
+     "stream[0].max_heaps = 0: expected at least 1"),
+    ('[[stream]]\nname = "a"\nsources = ["bogus://x"]\n', "stream[0].sources[0]"),
+    ('[zmq]\nstats = "tcp://0.0.0.0:5556"\n[[stream]]\nname = "a"\nsources = ["sim:W1"]\n',
+     "zmq.stats"),
+    ('[daemon]\nnmae = "x"\n', "daemon.nmae"),
+    ("[[stream]\n", "not valid TOML"),
+])
+def test_bad_configuration_is_one_line_and_status_2(tmp_path, problem, expected):
+    cfg = write_config(tmp_path, problem)
+    for command in ("validate", "run", "start"):
+        result = subprocess.run([sys.executable, "-m", "daqd", command, "--config", str(cfg)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.count("\n") == 1, (command, result.stderr)
+        assert expected in result.stderr and str(cfg) in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_validate_accepts_the_shipped_configurations(tmp_path):
+    for path in sorted((Path(__file__).resolve().parent.parent / "config").glob("*.toml")):
+        # system paths of the examples moved under tmp_path (validate checks directories)
+        text = path.read_text().replace("/var/lib/daqd", str(tmp_path / "lib")).replace(
+            "/run/daqd", str(tmp_path / "run"))
+        copy = tmp_path / path.name
+        copy.write_text(text)
+        result = subprocess.run([sys.executable, "-m", "daqd", "validate", "--config",
+                                 str(copy)], capture_output=True, text=True, timeout=60,
+                                cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "valid" in result.stdout
+    assert not list(tmp_path.glob("lib")), "validate created a directory"

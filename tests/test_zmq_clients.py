@@ -1,0 +1,239 @@
+"""daqd.zmq_clients: request/subscribe against real daqd sockets, and the text they print."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+
+import pytest
+import zmq
+
+from daqd.control import ControlServer
+from daqd.errors import UsageProblem
+from daqd.stats_publisher import StatsBuilder, StatsPublisher
+from daqd.zmq_clients import (
+    BadReply,
+    DaemonUnreachable,
+    format_stats_table,
+    format_status,
+    request,
+    subscribe,
+)
+
+TIMEOUT = 5.0          # bound on every wait; never reached when things work
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def ipc_dir():
+    path = tempfile.mkdtemp(prefix="daqd-", dir="/tmp")   # short: ipc paths are limited
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def snapshot(packets=1000, state="running"):
+    return {
+        "state": state, "uptime": 3725.0,
+        "streams": {"adc0": {
+            "counters": {"packets": packets, "heaps": packets, "bytes": packets * 8248,
+                         "max_batch": 64, "packets_rejected_bad_magic": 3,
+                         "packets_rejected_truncated": 0, "chunks_completed": 12,
+                         "chunk_heaps_placed": 768, "chunk_heaps_too_old": 5},
+            "gauges": {"ring_fill": 0.25}}},
+        "buffers": {"adc0": {"size": 16, "capacity": 64, "fill": 0.25}},
+        "sinks": {"adc0/hdf5": {"bytes": 5 << 20, "files": 2, "errors": 1}},
+        "errors": {"sink_write": 1},
+    }
+
+
+class Thread(threading.Thread):
+    """A thread that runs `target(stop_event)` until the test ends."""
+
+    def __init__(self, target):
+        self.halt = threading.Event()
+        super().__init__(target=target, args=(self.halt,), daemon=True)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.halt.set()
+        self.join(TIMEOUT)
+
+
+# --- request -----------------------------------------------------------------------------
+
+def test_request_returns_the_daemon_reply(ctx, ipc_dir):
+    seen = []
+    srv = ControlServer(ctx, f"ipc://{ipc_dir}/ctl",
+                        {"trigger": lambda args: seen.append(args) or {"n": len(seen)}},
+                        poll_interval=0.02)
+    srv.start()
+    try:
+        assert request(srv.endpoint, "trigger", {"label": "x"}, context=ctx) == \
+            {"ok": True, "n": 1}
+        assert request(srv.endpoint, "nope", context=ctx)["ok"] is False
+    finally:
+        srv.stop()
+    assert seen == [{"label": "x"}]
+
+
+def test_request_to_an_absent_daemon_is_a_one_line_error_naming_the_endpoint(ipc_dir):
+    endpoint = f"ipc://{ipc_dir}/nobody"
+    with pytest.raises(DaemonUnreachable) as err:
+        request(endpoint, "status", timeout=0.2)
+    assert isinstance(err.value, UsageProblem)
+    assert str(err.value).startswith(f"{endpoint}: no reply to 'status' within 0.2 s")
+    assert "\n" not in str(err.value)
+
+
+def test_request_with_a_bad_endpoint_is_a_usage_problem():
+    with pytest.raises(UsageProblem, match="not a ZeroMQ endpoint"):
+        request("carrier-pigeon://home", "status", timeout=0.2)
+
+
+def test_a_reply_that_is_not_a_json_object_is_bad(ctx, ipc_dir):
+    endpoint = f"ipc://{ipc_dir}/liar"
+    router = ctx.socket(zmq.ROUTER)
+    router.bind(endpoint)
+
+    def serve(halt):
+        while not halt.is_set():
+            if router.poll(20):
+                identity, *_ = router.recv_multipart()
+                router.send_multipart([identity, b"", b"[1, 2]"])
+
+    with Thread(serve), pytest.raises(BadReply, match="not a JSON object"):
+        request(endpoint, "status", timeout=TIMEOUT, context=ctx)
+    router.close(linger=0)
+
+
+# --- subscribe ---------------------------------------------------------------------------
+
+def test_subscribe_merges_several_daemons_and_stops_after_count(ctx, ipc_dir):
+    pubs = [StatsPublisher(ctx, f"ipc://{ipc_dir}/s{i}", 0.02, snapshot, f"daq-{i}")
+            for i in range(2)]
+    for pub in pubs:
+        pub.start()
+    try:
+        got = list(subscribe([p.endpoint for p in pubs], count=40, timeout=TIMEOUT,
+                             context=ctx))
+    finally:
+        for pub in pubs:
+            pub.stop()
+    assert len(got) == 40
+    assert {m["daemon"] for _, m in got} == {"daq-0", "daq-1"}
+    assert {t for t, _ in got} == {"stats.adc0", "status"}
+
+
+def test_subscribe_to_chosen_topics_only(ctx, ipc_dir):
+    pub = StatsPublisher(ctx, f"ipc://{ipc_dir}/s", 0.02, snapshot, "daq")
+    pub.start()
+    try:
+        got = list(subscribe(pub.endpoint, count=5, timeout=TIMEOUT, topics=("status",),
+                             context=ctx))
+    finally:
+        pub.stop()
+    assert [t for t, _ in got] == ["status"] * 5
+
+
+def test_subscribe_without_a_publisher_times_out_naming_the_endpoints(ipc_dir):
+    endpoints = [f"ipc://{ipc_dir}/a", f"ipc://{ipc_dir}/b"]
+    with pytest.raises(DaemonUnreachable) as err:
+        next(subscribe(endpoints, timeout=0.3))
+    assert str(err.value).startswith(f"{endpoints[0]}, {endpoints[1]}: no statistics within")
+
+
+def test_subscribe_skips_messages_that_are_not_topic_and_json_object(ctx, ipc_dir):
+    endpoint = f"ipc://{ipc_dir}/noisy"
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(endpoint)
+
+    def noise(halt):
+        while not halt.is_set():
+            pub.send(b"status")                                  # one frame
+            pub.send_multipart([b"status", b"{not json"])
+            pub.send_multipart([b"status", b"[1]"])              # not an object
+            pub.send_multipart([b"status", b"{}", b"extra"])     # three frames
+            pub.send_multipart([b"status", json.dumps({"state": "ok"}).encode()])
+            halt.wait(0.01)
+
+    with Thread(noise):
+        got = list(subscribe(endpoint, count=5, timeout=TIMEOUT, context=ctx))
+    pub.close(linger=0)
+    assert got == [("status", {"state": "ok"})] * 5
+
+
+def test_count_zero_yields_nothing():
+    assert list(subscribe("ipc:///nonexistent", count=0, timeout=0.1)) == []
+
+
+# --- formatting --------------------------------------------------------------------------
+
+def built_round(packets_before=1000, packets_after=3000):
+    now = [0.0]
+    builder = StatsBuilder("daq-a", clock=lambda: now[0], wall_clock=lambda: 1.7e9,
+                           cpu_clock=lambda: 0.0)
+    builder.prime(snapshot(packets_before))
+    now[0] = 2.0
+    return dict(builder.build(snapshot(packets_after)))
+
+
+def test_stats_table_for_a_stream_message():
+    text = format_stats_table(built_round()["stats.adc0"])
+    lines = text.splitlines()
+    assert "daq-a/adc0" in lines[0] and "rates over 2.00 s" in lines[0]
+    packets = next(line for line in lines if line.split()[0] == "packets")
+    assert packets.split()[1:] == ["3,000", "1,000.0/s"]
+    assert any(line.split()[0] == "bytes" and "MiB/s" in line for line in lines)
+    assert any(line.split()[:2] == ["chunks_completed", "12"] for line in lines)
+    assert any(line.split()[:2] == ["chunk_heaps_placed", "768"] for line in lines)
+    drops = lines[lines.index("  drops by reason:") + 1:]
+    assert any(line.split()[:2] == ["packets_rejected_bad_magic", "3"] for line in drops)
+    assert any(line.split()[:2] == ["chunk_heaps_too_old", "5"] for line in drops)
+    assert "packets_rejected_truncated" not in text               # zero drops left out
+    assert "ring_fill 0.25" in text
+
+
+def test_stats_table_for_a_status_message():
+    text = format_stats_table(built_round()["status"])
+    first = text.splitlines()[0]
+    assert "daq-a  running  uptime 1h02m05s" in first and "rss " in first
+    assert "buffer adc0: size 16, capacity 64, fill 25%" in text
+    assert "sink adc0/hdf5: bytes 5,242,880 (5.0 MiB), files 2, errors 1" in text
+    assert "errors: sink_write 1" in text
+
+
+def test_format_status_from_a_real_control_reply(ctx, ipc_dir):
+    packets = iter(range(1000, 10**9, 1000))
+    pub = StatsPublisher(ctx, f"ipc://{ipc_dir}/s", 3600.0,
+                         lambda: snapshot(next(packets)), "daq-a")
+    srv = ControlServer(ctx, f"ipc://{ipc_dir}/c", {"status": lambda args: pub.report()},
+                        poll_interval=0.02)
+    pub.start()
+    srv.start()
+    try:
+        pub.publish_now()
+        reply = request(srv.endpoint, "status", context=ctx)
+    finally:
+        srv.stop()
+        pub.stop()
+    text = format_status(reply)
+    assert text.splitlines()[0].startswith("daq-a  running  uptime 1h02m05s")
+    assert "stream adc0" in text and "rates over" in text
+    packets_line = next(line for line in text.splitlines() if line.split()[0] == "packets")
+    assert packets_line.endswith("/s")
+
+
+def test_format_status_of_an_error_reply():
+    assert format_status({"ok": False, "error": "unknown command 'x'"}) == \
+        "error: unknown command 'x'"
