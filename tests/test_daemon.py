@@ -334,3 +334,28 @@ def test_validate_accepts_the_shipped_configurations(tmp_path):
         assert result.returncode == 0, result.stderr
         assert "valid" in result.stdout
     assert not list(tmp_path.glob("lib")), "validate created a directory"
+
+
+def test_readme_first_command_runs_the_default_configuration(tmp_path):
+    """`daqd run --duration N` with no --config: data arrives within seconds."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    first = next(line for line in readme.splitlines() if line.startswith("python3 -m venv"))
+    assert "daqd run --duration" in first
+    result = subprocess.run([sys.executable, "-m", "daqd", "run", "--duration", "3"],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    names = [e["event"] for e in events]
+    assert names.index("ready") < names.index("draining") < names.index("stopped")
+    first_stats = next(e for e in events if e["event"] == "stats")
+    assert first_stats["packets"] > 0 and first_stats["chunks_completed"] > 0
+    stopped = next(e for e in events if e["event"] == "stopped")
+    assert stopped["errors"] == 0
+    chunks = stopped["sim0"]["chunks_completed"]
+    assert chunks == stopped["sim0"]["records_flushed"] > 0
+    binary = list((tmp_path / "data").glob("sim0-*.bin"))
+    text = list((tmp_path / "data").glob("sim0-*.txt"))
+    assert len(binary) == 1 and len(text) == 1
+    assert load_binary(str(binary[0]))[1].shape[0] == chunks
+    assert len(text[0].read_text().splitlines()) == chunks + 1        # + header line
+    assert not list((tmp_path / "data").glob("*.tmp"))
