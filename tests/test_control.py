@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import threading
 
 import pytest
@@ -13,20 +11,6 @@ import zmq
 from daqd.control import ControlServer, parse_request
 
 TIMEOUT = 5.0          # bound on every wait; never reached when things work
-
-
-@pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
-def ipc_dir():
-    path = tempfile.mkdtemp(prefix="daqd-", dir="/tmp")   # short: ipc paths are limited
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class Calls:

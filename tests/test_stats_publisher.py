@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import threading
 
 import numpy as np
@@ -22,20 +20,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.t
-
-
-@pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
-def ipc_dir():
-    path = tempfile.mkdtemp(prefix="daqd-", dir="/tmp")   # short: ipc paths are limited
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def make_snapshot(packets: int, state: str = "running", **stream_extra):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import threading
 
 import pytest
@@ -23,20 +21,6 @@ from daqd.zmq_clients import (
 )
 
 TIMEOUT = 5.0          # bound on every wait; never reached when things work
-
-
-@pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
-def ipc_dir():
-    path = tempfile.mkdtemp(prefix="daqd-", dir="/tmp")   # short: ipc paths are limited
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def snapshot(packets=1000, state="running"):

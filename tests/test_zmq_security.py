@@ -22,13 +22,6 @@ REFUSED = 0.5          # how long a refused client waits before giving up
 
 
 @pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
 def keys(tmp_path):
     """Key files: the daemon's, an allowed client's, and an intruder's."""
     made = {}
