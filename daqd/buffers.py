@@ -17,6 +17,9 @@ docs/dev-pipeline.md ("Buffers"); in short:
   only the flush touches until it ends.
 - With a write-ahead log the record's bytes are in the log before `put()`
   returns True, and `recover()` must run once before the first `put()`.
+- Sinks publish files only when told to (`commit()`): after a flush (or a
+  reopen), once the log's done mark covering what they wrote is appended;
+  without a log, after every flush.
 """
 
 from __future__ import annotations
@@ -199,6 +202,8 @@ class Buffer:
         self._sinks: list[_SinkState] = []
         self._next_seq = wal.next_seq if wal is not None else 0
         self._ready = wal is None           # with a WAL, recover() first
+        self._marking = False               # done marks may be logged (recover() has begun)
+        self._closed = False
         self._flusher: Flusher | None = None
         self._marked: dict[str, DoneMark] = {}
         self._logged_drops: set[str] = set()
@@ -483,8 +488,7 @@ class Buffer:
                 if batch and self._write(state, batch):
                     cursors[state.name] = batch[-1][0] + 1
             self._advance(sinks, cursors)
-            if self.wal is not None:
-                self._mark_done(sinks)
+            self._commit(self._mark_done(sinks) if self.wal is not None else sinks)
         finally:
             with self._lock:
                 self._advance(sinks, cursors)
@@ -541,16 +545,34 @@ class Buffer:
             self._wal_errors += 1
             log.error("write-ahead log fsync failed", error=str(exc))
 
-    def _mark_done(self, sinks: list[_SinkState]) -> None:
-        """Append a done mark for every sink whose position moved (sinks synced first)."""
+    def _mark_done(self, sinks: list[_SinkState]) -> list[_SinkState]:
+        """Log a done mark for every sink that moved or changed (synced first).
+
+        A sink needs a new mark when its position or its `checkpoint()` differs
+        from its last logged mark (a rotation or reopen changes the checkpoint
+        without writing).  Returns the sinks the log now fully covers (marked
+        here, or already covered): they may `commit()`.  A sink whose sync
+        fails, or every sink if the mark cannot be appended, is left out, and
+        its pending files wait for a later mark.
+        """
         assert self.wal is not None
+        if not self._marking:
+            return []                   # before recover(): a mark would skip logged records
+        covered = []
         marks = {}
         for state in sinks:
             seq = state.cursor - 1
             old = self._marked.get(state.name)
-            if old is not None and old.seq == seq:
+            try:
+                checkpoint = state.sink.checkpoint()
+            except OSError as exc:
+                state.last_error = f"checkpoint: {exc}"
                 continue
-            if state.unsynced and self.wal.fsync != "never":
+            if old is not None and old.seq == seq and not state.unsynced \
+                    and checkpoint == old.checkpoint:
+                covered.append(state)
+                continue
+            if self.wal.fsync != "never":
                 try:
                     state.sink.sync()
                 except OSError as exc:
@@ -559,32 +581,60 @@ class Buffer:
                     log.warning("sink sync failed; its done mark stays behind",
                                 sink=state.name, error=str(exc))
                     continue
+                try:
+                    checkpoint = state.sink.checkpoint()     # a sync may drop a vanished file
+                except OSError as exc:
+                    state.last_error = f"checkpoint: {exc}"
+                    continue
             state.unsynced = False
-            try:
-                checkpoint = state.sink.checkpoint()
-            except OSError as exc:
-                state.last_error = f"checkpoint: {exc}"
-                continue
             marks[state.name] = DoneMark(seq, checkpoint)
         if not marks:
-            return
+            return covered
         try:
             self.wal.mark_done(marks)
         except OSError as exc:
             self._wal_errors += 1
             log.error("write-ahead log done mark failed", error=str(exc))
-            return
+            return covered
         self._marked.update(marks)
+        return covered + [state for state in sinks if state.name in marks]
+
+    @staticmethod
+    def _commit(sinks: list[_SinkState]) -> None:
+        """Let `sinks` publish their pending files (`commit()`, where a sink has one)."""
+        for state in sinks:
+            commit = getattr(state.sink, "commit", None)
+            if commit is None:
+                continue
+            try:
+                commit()
+            except Exception as exc:        # the protocol says never; count it, go on
+                state.errors += 1
+                state.last_error = f"commit: {type(exc).__name__}: {exc}"
+                log.exception("sink commit raised", sink=state.name)
 
     def reopen_sinks(self) -> None:
-        """SIGHUP: every sink finishes its current file (in the flusher's thread)."""
+        """SIGHUP: every sink finishes its current file (in the flusher's thread).
+
+        The finished files are published once a done mark lists them (with a
+        write-ahead log), or at once.
+        """
         flusher = self._flusher
         if flusher is not None and flusher.running and threading.get_ident() != flusher.ident:
             flusher.request_reopen()
             return
-        for state in list(self._sinks):
+        sinks = list(self._sinks)
+        self._reopen(sinks)
+        self._commit(self._mark_done(sinks) if self.wal is not None else sinks)
+
+    @staticmethod
+    def _reopen(sinks: list[_SinkState]) -> None:
+        for state in sinks:
+            reopen = getattr(state.sink, "reopen", None)
+            if reopen is None:
+                continue
             try:
-                state.sink.reopen()
+                reopen()
             except OSError as exc:
                 state.errors += 1
                 state.last_error = f"reopen: {exc}"
@@ -637,11 +687,18 @@ class Buffer:
         Records still held are ones a failing sink never wrote: they are
         released and counted as ``unwritten_at_close`` (and lost for those
         sinks).  With a write-ahead log they stay logged, so the next start
-        writes them; the log is closed.  Sinks are the caller's to close.
+        writes them; every sink's current file is finished (`reopen`), a last
+        done mark lists it and it is published (`commit`) before the log is
+        closed, so the log's last word is that no file is open.  Sinks are the
+        caller's to close (with a log, nothing is left for their `close()` to
+        publish).  A second call does nothing.
         """
         with self._lock:
             if self._flushing:
                 raise RuntimeError("close() during a flush")
+            if self._closed:
+                return 0
+            self._closed = True
             entries = list(self._held) + list(self._waiting)
             self._held.clear()
             self._waiting.clear()
@@ -655,7 +712,19 @@ class Buffer:
         if entries:
             log.warning("buffer closed with records a sink never wrote",
                         records=len(entries), logged=self.wal is not None)
+        if self.wal is not None and self._marking:
+            sinks = list(self._sinks)
+            self._reopen(sinks)
+            covered = {s.name for s in self._mark_done(sinks)}
+            self._commit([s for s in sinks if s.name in covered])
+            behind = [s.name for s in sinks if s.name not in covered]
+            if behind:
+                # Their files hold records the log will replay: publishing them
+                # (their close()) may write those records twice after a restart.
+                log.error("write-ahead log closed without a done mark covering these sinks' "
+                          "files", sinks=behind, wal=str(self.wal.path))
         if self.wal is not None:
+            self._marking = False
             self.wal.close()
         return len(entries)
 
@@ -751,6 +820,7 @@ class Buffer:
                              report=report)
             state.cursor = mark.seq + 1
             self._marked[state.name] = mark
+        self._marking = True
         low = min((s.cursor for s in self._sinks), default=-1)
         replayed = 0
         for seq, blob in wal.records(after=low - 1):

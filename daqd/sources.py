@@ -20,6 +20,8 @@ from daqd.errors import SourceError
 
 DEFAULT_MAX_PACKET_SIZE = 9200
 DEFAULT_SOCKET_BUFFER = 8 << 20
+# <linux/in.h>; Python's socket module does not export it.
+IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
 
 
 @dataclass
@@ -149,6 +151,10 @@ def _open_udp(uri: str, parts: Any, max_packet_size: int, socket_buffer: int) ->
                     f"{uri}: interface={interface!r} is not an IPv4 address"
                 ) from None
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+            # Only this socket's own join: by default Linux also delivers the
+            # group's datagrams arriving on any interface another socket (another
+            # daemon) joined it on, mixing two interfaces' streams.
+            sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
         else:
             if "interface" in params:
                 raise SourceError(f"{uri}: interface= applies to multicast groups only")

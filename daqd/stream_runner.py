@@ -36,8 +36,10 @@ from daqd.records import ChunkRecord, HeapRecord, PacketRecord
 from daqd.sinks import SinkContext, make_sink, recover_sink
 from daqd.sources import Source, open_source
 
-# Packet-structure items are not part of a heap record.
-STRUCTURE_IDS = frozenset({0, 1, 2, 3, 4, DESCRIPTOR_ID})
+# Packet-structure items are not part of a heap record, nor is stream control
+# (0x6): spead2's start and stop heaps carry nothing else and make no record.
+STREAM_CTRL_ID = 0x6
+STRUCTURE_IDS = frozenset({0, 1, 2, 3, 4, DESCRIPTOR_ID, STREAM_CTRL_ID})
 # Packet tap (pcap sinks): room between two takes, and how often it is taken.
 TAP_BYTES = 64 << 20
 TAP_PACKETS = 1 << 16

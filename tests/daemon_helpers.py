@@ -235,3 +235,23 @@ class W1Sender:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def wait_until(check: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `check()` until it is true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
+        time.sleep(0.05)
+
+
+def last_messages(sub: Subscriber, timeout: float = 30.0) -> dict[str, dict[str, Any]]:
+    """The last message of each topic up to the daemon's final ``stopped`` status."""
+    last: dict[str, dict[str, Any]] = {}
+
+    def note(topic: str, message: dict[str, Any]) -> bool:
+        last[topic] = message
+        return topic == "status" and message.get("state") == "stopped"
+
+    sub.until(note, timeout)
+    return last

@@ -3,8 +3,9 @@
 Every sink follows the Sink protocol of docs/dev-pipeline.md::
 
     sink = make_sink(SinkContext(stream, config, chunk, config_text, udp_port))
-    sink.write(records)         # one flush, all or nothing (OSError: nothing kept)
-    sink.sync(); sink.checkpoint(); sink.reopen(); sink.close(); sink.stats()
+    sink.write(records)         # one flush, all or nothing (OSError: nothing kept);
+                                # files it finishes wait, pending, for commit()
+    sink.sync(); sink.checkpoint(); sink.commit(); sink.reopen(); sink.close(); sink.stats()
     recover_sink(context, state)    # after a crash, with the last checkpoint()
 
 The kinds are imported when first used, so loading a configuration does not
@@ -118,26 +119,30 @@ def make_sink(context: SinkContext) -> Any:
 
 
 def recover_sink(context: SinkContext, state: dict[str, Any]) -> dict[str, Any]:
-    """After a crash: make the file of `state` (a `checkpoint()`) final, cut back to it.
+    """After a crash: publish the files of `state` (a `checkpoint()`), cut back to it.
 
-    The file being written when the checkpoint was taken (``FINAL.tmp``, or
-    its final name if a later rotation published it) is truncated to the
-    checkpointed size (HDF5: its datasets resized to the checkpointed rows)
-    and published, so that records the write-ahead log replays are not in it
-    twice.  Files the checkpoint lists as waiting for a rename are published.
+    `state` is the checkpoint the write-ahead log's last done mark holds: the
+    mark covers every record in the files it names.  The files it lists as
+    pending (finished, waiting for `commit()`) are published as they are.  The
+    file being written (``FINAL.tmp``, or its final name if an earlier
+    recovery published it) is truncated to the checkpointed size (HDF5: its
+    datasets resized to the checkpointed rows) and published, so that records
+    the log replays are not in it twice.  Directories are fsynced after.
     Nothing is raised: a file that cannot be repaired (e.g. an HDF5 file a
     crash left unreadable) is left as it is and the report says why.
 
-    A flush interrupted by the crash after a rotation may have started newer
-    ``FINAL.tmp`` files; they hold only records the write-ahead log replays,
-    so they are not published, only listed under ``orphans`` (an operator
-    may delete them).
+    Any other ``.tmp`` file of the sink's template (``{stream}`` filled in) is
+    left as it is, never published nor deleted, and listed under ``orphans``:
+    one started after the checkpoint holds only records the log replays (an
+    operator may delete it), but one given up earlier (e.g. an HDF5 file that
+    could not be reopened) holds records the log no longer has, and the two
+    cannot be told apart by name.  Their names are never reused.
 
     Returns
     -------
     dict
-        ``file`` (the final name, or None), ``action``, ``published`` (other
-        files renamed), ``orphans`` and ``error`` ("" when all went well).
+        ``file`` (the final name, or None), ``action``, ``published`` (the
+        pending files renamed), ``orphans`` and ``error`` ("" when all went well).
     """
     cls = sink_class(context.config.kind)
     try:

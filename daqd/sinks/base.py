@@ -5,14 +5,23 @@ format hooks; `ByteSink` fills those hooks for formats that are a stream of
 bytes (binary, text, pcap).  The HDF5 sink fills them with h5py.
 
 One `write(records)` is all or nothing.  Records may span several files (a
-rotation inside one flush): the new files are created, every byte is written,
-the fsync policy is applied, and only then are the finished files published
-(renamed).  If anything fails before that, the files created by this write are
-deleted, the file that was current is cut back to where it stood (truncate;
-datasets resized for HDF5), and `OSError` is raised, so a retry of the same
-records never duplicates one.  The next `write()` first repairs what the
-failure left: it reopens a file it had to close, recreates a directory that
-vanished, and publishes files whose rename failed.
+rotation inside one flush): the new files are created, every byte is written
+and the fsync policy is applied.  If anything fails, the files created by this
+write are deleted, the file that was current is cut back to where it stood
+(truncate; datasets resized for HDF5), and `OSError` is raised, so a retry of
+the same records never duplicates one.  The next `write()` first repairs what
+the failure left: it reopens a file it had to close and recreates a directory
+that vanished.
+
+Nothing is published (renamed to its final name) during `write()`.  A file
+finished by a rotation (size, age, an HDF5 chunk id going back) or by
+`reopen()` becomes *pending*: complete, closed, still ``FINAL.tmp``, listed in
+`checkpoint()`.  `commit()` publishes the pending files; the buffer calls it
+once the write-ahead log's done mark covering their records (and listing them)
+is logged, so that a crash never leaves a published file holding records the
+log will replay.  `close()` finishes the current file and publishes
+everything.  After a crash, `recover` publishes the pending files a checkpoint
+lists and leaves any other ``.tmp`` file alone.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import errno
 import glob
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from daqd.sinks.paths import (
@@ -64,6 +73,7 @@ class SinkFile:
     bytes: int = 0
     records: int = 0
     last_key: int | None = None
+    dirty: bool = True              # written (or created) since it was last fsynced
     dir_synced: bool = False
     broken: bool = False            # a failed rollback closed it; reopen before use
 
@@ -71,6 +81,10 @@ class SinkFile:
         """Where this file stands (for `FileSink.checkpoint`)."""
         return {"tmp": self.tmp, "final": self.final, "seq": self.seq,
                 "bytes": self.bytes, "records": self.records}
+
+    def describe_pending(self) -> dict[str, Any]:
+        """Describe this file as pending, waiting to be published (`FileSink.checkpoint`)."""
+        return {"tmp": self.tmp, "final": self.final, "records": self.records}
 
 
 @dataclass
@@ -91,7 +105,6 @@ class _Counters:
     lost_records: int = 0
     last_error: str = ""
     last_file: str = ""
-    unfinished: list[SinkFile] = field(default_factory=list)
 
 
 class FileUnusable(OSError):
@@ -135,6 +148,11 @@ class FileSink:
         self.template = PathTemplate(self.config.path, self.path_fields)
         self.name = f"{self.kind}:{self.config.path}"
         self._file: SinkFile | None = None
+        # Finished files waiting for `commit()` (or for a rename that failed), oldest first.
+        self._pending: list[SinkFile] = []
+        # Directories where a file was published without a directory fsync
+        # (policy "never"), each with that file's name: `sync()` fsyncs them.
+        self._unsynced_dirs: dict[str, str] = {}
         self._seq = 0
         self._counts = _Counters()
 
@@ -175,7 +193,8 @@ class FileSink:
         """Write one flush's records, all or nothing.
 
         Records of classes not in `accepts` are skipped.  An empty flush still
-        closes a file older than ``rotate_seconds``.
+        finishes a file older than ``rotate_seconds``.  Files finished here
+        are not published: they wait, pending, for `commit()`.
 
         Raises
         ------
@@ -184,7 +203,6 @@ class FileSink:
         """
         pieces = self._encode_all(records)
         now = self.context.clock()
-        self._retry_publishing()
         try:
             self._repair(now)
             if pieces:
@@ -194,20 +212,31 @@ class FileSink:
             raise
 
     def sync(self) -> None:
-        """Make everything written so far durable (fsync the file and its directory).
+        """Make everything written so far durable, whatever the fsync policy.
+
+        Fsyncs the current file and the pending ones written since their last
+        fsync, their directory entries, and the directories of files published
+        without a directory fsync.  A pending file that vanished is counted in
+        ``lost_records`` and forgotten.
 
         Raises
         ------
         OSError
             The data may not be on disk; the file is marked for repair.
         """
-        f = self._file
-        if f is None:
-            return
         try:
-            if f.broken and not self._reopen_broken(f):
-                raise OSError(errno.ENOENT, "output file vanished", f.tmp)
-            self._sync_file(f)
+            for f in list(self._pending):
+                if f.dirty or not f.dir_synced:
+                    self._sync_finished(f)
+            f = self._file
+            if f is not None:
+                if f.broken and not self._reopen_broken(f):
+                    raise OSError(errno.ENOENT, "output file vanished", f.tmp)
+                if f.dirty or not f.dir_synced:
+                    self._sync_file(f)
+            for directory, path in list(self._unsynced_dirs.items()):
+                fsync_directory(path)
+                del self._unsynced_dirs[directory]
         except OSError as exc:
             self._note_error(exc)
             raise
@@ -217,25 +246,40 @@ class FileSink:
 
         ``file`` describes the file being written (temporary and final names,
         bytes and records in it; HDF5 adds rows), or is None between files;
-        ``unfinished`` lists complete files still waiting for their rename.
+        ``pending`` lists the finished files waiting for `commit()` (``tmp``,
+        ``final``, ``records``), oldest first.
         """
         return {
             "kind": self.kind,
             "path": self.config.path,
             "file": self._file.describe() if self._file is not None else None,
-            "unfinished": [{"tmp": f.tmp, "final": f.final} for f in self._counts.unfinished],
+            "pending": [f.describe_pending() for f in self._pending],
         }
+
+    def commit(self) -> None:
+        """Publish the pending files (rename ``FINAL.tmp`` to a free final name).
+
+        The buffer calls this once its write-ahead log covers every record in
+        them (right after each write when it has no log).  Never raises: a
+        file that cannot be renamed stays pending, counted in ``errors`` and
+        ``unfinished_files``, and is retried at the next commit or close.
+        """
+        try:
+            self._publish_pending()
+        except OSError as exc:
+            self._note_error(exc)
 
     def reopen(self) -> None:
         """Finish the current file (SIGHUP); the next write starts a new one.
 
-        Never raises: a file that cannot be published stays ``FINAL.tmp``, is
-        counted in ``errors`` and is retried at the next write, reopen or close.
+        The file joins the pending ones (fsynced unless the policy is
+        ``never``); `commit()` publishes it.  Never raises: a file holding a
+        partial write that cannot be cut back yet stays current, counted, and
+        the next write repairs it.
         """
         f, self._file = self._file, None
         if f is not None:
             self._finish_current(f)
-        self._retry_publishing()
 
     def _finish_current(self, f: SinkFile) -> None:
         try:
@@ -255,8 +299,13 @@ class FileSink:
         self._finish(f)
 
     def close(self) -> None:
-        """Finish the current file and publish every pending one (see `reopen`)."""
+        """Finish the current file and publish it with every pending one; never raises.
+
+        `reopen` then `commit`.  With a write-ahead log, `Buffer.close` has
+        already done both under a last done mark, so this has nothing left to do.
+        """
         self.reopen()
+        self.commit()
 
     def stats(self) -> dict[str, Any]:
         """Counters: bytes, records, files (completed), errors, last_error, lost_records..."""
@@ -272,7 +321,7 @@ class FileSink:
             "lost_records": c.lost_records,
             "current_file": self._file.tmp if self._file is not None else "",
             "last_file": c.last_file,
-            "unfinished_files": len(c.unfinished),
+            "unfinished_files": len(self._pending),
         }
 
     # ------------------------------------------------------------------
@@ -280,39 +329,56 @@ class FileSink:
 
     @classmethod
     def recover(cls, context: SinkContext, state: dict[str, Any]) -> dict[str, Any]:
-        """Publish the file `state` (a `checkpoint()`) described, cut back to it.
+        """Publish what `state` (a `checkpoint()`) described: the current file cut back to it.
 
         See `daqd.sinks.recover_sink`.
         """
         report: dict[str, Any] = {"file": None, "action": "", "published": [], "orphans": [],
                                   "error": ""}
         problems = []
+        known = set()
+        published = []
+        # Pending files hold only records the done mark covers: publish them as they are.
+        for pending in state.get("pending", state.get("unfinished", [])):
+            tmp, final = pending["tmp"], pending["final"]
+            known.add(tmp)
+            try:
+                if os.path.lexists(tmp):
+                    report["published"].append(publish(tmp, final))
+                    published.append(report["published"][-1])
+                elif not os.path.lexists(final):        # else published before the crash
+                    problems.append(f"{tmp}: gone ({pending.get('records', '?')} records lost)")
+            except OSError as exc:
+                problems.append(f"{tmp}: {describe_error(exc)}")
         current = state.get("file")
         if not current:
             report["action"] = "no file was open"
         else:
             tmp, final = current["tmp"], current["final"]
-            # A rotation after the checkpoint may have published it already.
+            known.add(tmp)
+            # Under its final name if an earlier recovery (or an old daqd) published it.
             path = tmp if os.path.lexists(tmp) else final if os.path.lexists(final) else None
             if path is None:
                 problems.append(f"{tmp}: gone ({current['records']} records lost)")
             else:
                 try:
                     report["action"] = cls.recover_file(context, path, current)
+                    _fsync_path(path)
                     report["file"] = publish(tmp, final) if path == tmp else final
+                    published.append(report["file"])
                 except (OSError, ValueError) as exc:
                     problems.append(f"{path}: {describe_error(exc)}; left as it is")
-            report["orphans"] = sorted(
-                other for other in glob.glob(template_glob(context.config.path) + TMP_SUFFIX)
-                if other != tmp)
-        for pending in state.get("unfinished", []):
+        # The next done marks forget these files: their new names must be durable first.
+        for path in {os.path.dirname(os.path.abspath(p)): p for p in published}.values():
             try:
-                if os.path.lexists(pending["tmp"]):
-                    report["published"].append(publish(pending["tmp"], pending["final"]))
+                fsync_directory(path)
             except OSError as exc:
-                problems.append(f"{pending['tmp']}: {describe_error(exc)}")
-        report["orphans"] = [o for o in report["orphans"]
-                             if o not in {u["tmp"] for u in state.get("unfinished", [])}]
+                problems.append(f"{path}: directory fsync: {describe_error(exc)}")
+        # Any other temporary file of this template was started after the checkpoint
+        # (records the log replays) or given up earlier (records not in the log): it
+        # is never published, never deleted, only reported.
+        pattern = template_glob(context.config.path, context.stream) + TMP_SUFFIX
+        report["orphans"] = sorted(other for other in glob.glob(pattern) if other not in known)
         report["error"] = "; ".join(problems)
         return report
 
@@ -361,12 +427,9 @@ class FileSink:
             assert current is not None
             self._append_segment(current, segment)
             if self.config.fsync == "every-flush":
-                # The file that was current was written unless this flush opened
-                # new files before writing anything to it.
-                written = created if start is None or start.bytes == mark.bytes \
-                    else [start, *created]       # type: ignore[union-attr]
-                for f in written:
-                    self._sync_file(f)
+                for f in [start, *created] if start is not None else created:
+                    if f.dirty:
+                        self._sync_file(f)
             elif self.config.fsync == "on-rotate":
                 for f in finished:
                     self._sync_file(f)
@@ -400,6 +463,7 @@ class FileSink:
     def _append_segment(self, f: SinkFile, segment: list[Piece]) -> None:
         if not segment:
             return
+        f.dirty = True
         self._append(f, segment)
         f.bytes += sum(p.size for p in segment)
         f.records += len(segment)
@@ -421,6 +485,7 @@ class FileSink:
         # Always cut back: a failed write may have left part of a record behind
         # without the counters having moved.
         start.bytes, start.records, start.last_key = mark.bytes, mark.records, mark.last_key
+        start.dirty = True
         try:
             self._cut_back(start, mark)
         except OSError:
@@ -442,7 +507,7 @@ class FileSink:
     def _start_file(self, first: Piece, now: float) -> SinkFile:
         """Choose a free name, create FINAL.tmp (and its directory), make it current."""
         start = self.context.wall_clock()
-        reserved = {f.final for f in self._counts.unfinished}
+        reserved = {f.final for f in self._pending}
         seq = self._seq
         final = ""
         for attempt in range(100000):
@@ -483,41 +548,48 @@ class FileSink:
 
     def _sync_file(self, f: SinkFile) -> None:
         self._fsync(f)
+        f.dirty = False
+        if not f.dir_synced:
+            fsync_directory(f.tmp)
+            f.dir_synced = True
+
+    def _sync_finished(self, f: SinkFile) -> None:
+        """Fsync a closed pending file by name; one that vanished is counted and dropped."""
+        try:
+            _fsync_path(f.tmp)
+        except FileNotFoundError:
+            self._pending.remove(f)
+            self._lose(f, "vanished before it could be renamed")
+            return
+        f.dirty = False
         if not f.dir_synced:
             fsync_directory(f.tmp)
             f.dir_synced = True
 
     def _finish(self, f: SinkFile) -> None:
-        """Close and publish `f`; a failure leaves it pending (counted), never raises."""
+        """Close `f` and make it pending (published by `commit`); never raises."""
         try:
             self._close(f)
         except OSError as exc:
             self._note_error(exc)
         f.handle = None
-        self._counts.unfinished.append(f)
-        self._retry_publishing()
+        self._pending.append(f)
 
-    def _retry_publishing(self) -> None:
-        """Publish files whose rename failed before; a failure is counted, not raised."""
-        try:
-            self._publish_unfinished()
-        except OSError as exc:
-            self._note_error(exc)
-
-    def _publish_unfinished(self) -> None:
-        c = self._counts
-        while c.unfinished:
-            f = c.unfinished[0]
-            if not os.path.lexists(f.tmp) and not os.path.lexists(f.final):
+    def _publish_pending(self) -> None:
+        while self._pending:
+            f = self._pending[0]
+            if not os.path.lexists(f.tmp):
+                self._pending.pop(0)
                 self._lose(f, "vanished before it could be renamed")
-                c.unfinished.pop(0)
                 continue
             f.final = publish(f.tmp, f.final)
-            c.unfinished.pop(0)
-            c.files += 1
-            c.last_file = f.final
+            self._pending.pop(0)
+            self._counts.files += 1
+            self._counts.last_file = f.final
             if self.config.fsync != "never":
                 fsync_directory(f.final)
+            else:
+                self._unsynced_dirs[os.path.dirname(os.path.abspath(f.final))] = f.final
 
     def _repair(self, now: float) -> None:
         """Before writing: reopen a broken file, notice a vanished one, rotate by age."""
@@ -632,6 +704,15 @@ class ByteSink(FileSink):
                           f"({state['bytes']} bytes)", path)
         os.truncate(path, state["bytes"])
         return f"cut from {size} to {state['bytes']} bytes"
+
+
+def _fsync_path(path: str) -> None:
+    """Fsync the file at `path` (closed files: pending ones, recovered ones)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 1024

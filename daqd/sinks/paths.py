@@ -107,12 +107,23 @@ class PathTemplate:
         return self.template.format(stream=stream, start=when, seq=seq, chunk_id=chunk_id)
 
 
-def template_glob(template: str) -> str:
-    """Return a glob pattern matching every name `template` can produce."""
+def template_glob(template: str, stream: str | None = None) -> str:
+    """Return a glob pattern matching every name `template` can produce.
+
+    With `stream`, a plain ``{stream}`` field (any format spec) is filled in,
+    so the pattern matches that stream's files only; every other field
+    matches anything.
+    """
     parts = []
-    for literal, name, _, _ in string.Formatter().parse(template):
+    converters = {"r": repr, "s": str, "a": ascii}
+    for literal, name, spec, conversion in string.Formatter().parse(template):
         parts.append(glob.escape(literal))
-        if name is not None:
+        if name is None:
+            continue
+        if stream is not None and name == "stream" and "{" not in (spec or ""):
+            value = converters[conversion](stream) if conversion else stream
+            parts.append(glob.escape(format(value, spec or "")))
+        else:
             parts.append("*")
     return "".join(parts)
 
