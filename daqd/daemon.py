@@ -256,8 +256,12 @@ class Daemon:
     # statistics
 
     def heartbeat(self) -> tuple[int, ...]:
-        """One counter per stream, advanced by its receive loops (systemd watchdog)."""
-        return tuple(r.heartbeat for r in self.runners)
+        """One counter per receive thread, advanced by each loop (systemd watchdog).
+
+        A source that has ended stops its counter; it is left out, so a daemon
+        draining after the end of a finite source is not reported as wedged.
+        """
+        return tuple(count for r in self.runners for count in r.live_heartbeats())
 
     def snapshot(self) -> dict[str, Any]:
         """Collect the daemon's state for statistics, status and Prometheus (thread-safe)."""

@@ -73,7 +73,7 @@ class StreamRunner:
         self.threads: list[threading.Thread] = []
         self.stopping = threading.Event()
         self.capturing = True
-        self.heartbeat = 0                  # receive loop iterations (watchdog)
+        self.heartbeats: list[int] = []     # per source: receive loop iterations (watchdog)
         self.ended_sources = 0
         self.errors: list[str] = []
         self.descriptors: dict[int, dict[str, Any]] = {}
@@ -155,8 +155,9 @@ class StreamRunner:
         for flusher in (self.flusher, self.packet_flusher):
             if flusher is not None:
                 flusher.start()
-        for source, stream in zip(self.sources, self.streams, strict=True):
-            self._thread(f"{self.name}:{source.uri}", self._receive, source, stream)
+        self.heartbeats = [0] * len(self.sources)
+        for i, (source, stream) in enumerate(zip(self.sources, self.streams, strict=True)):
+            self._thread(f"{self.name}:{source.uri}", self._receive, i, source, stream)
         if self.group is not None:
             self._thread(f"{self.name}:chunks", self._consume_chunks)
 
@@ -177,9 +178,9 @@ class StreamRunner:
     # ------------------------------------------------------------------
     # the threads
 
-    def _receive(self, source: Source, stream: Any) -> None:
+    def _receive(self, index: int, source: Source, stream: Any) -> None:
         while not source.wait_ready(POLL):
-            self.heartbeat += 1
+            self.heartbeats[index] += 1
             if self.stopping.is_set():
                 self._finish(source, stream)
                 return
@@ -190,7 +191,7 @@ class StreamRunner:
         last_tap = time.monotonic()
         while not self.stopping.is_set():
             rc = stream.process(reader)
-            self.heartbeat += 1
+            self.heartbeats[index] += 1
             if heap_mode:
                 self._put_heaps(stream.pop_ready())
             if self.packet_sinks and time.monotonic() - last_tap >= TAP_PERIOD:
@@ -254,6 +255,11 @@ class StreamRunner:
 
     # ------------------------------------------------------------------
     # control
+
+    def live_heartbeats(self) -> list[int]:
+        """Heartbeats of the receive threads still running."""
+        return [count for count, thread in zip(self.heartbeats, self.threads, strict=False)
+                if thread.is_alive()]
 
     @property
     def ended(self) -> bool:

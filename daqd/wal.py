@@ -12,8 +12,9 @@ Kinds:
 - ``R`` record: ``Record.encode()`` bytes of record number `seq`.
 - ``D`` done mark: JSON ``{"sinks": {name: {"seq": S, "checkpoint": {...}}}}``.
   Sink `name` has written (or lost, counted) every record up to S, and its
-  output then stood at `checkpoint`; the sink was synced first.  Later marks
-  update earlier ones per sink.
+  output then stood at `checkpoint`; the sink was synced first, and the files
+  the checkpoint lists as pending are published (``commit()``) only after
+  this frame is written.  Later marks update earlier ones per sink.
 - ``S`` skip mark: JSON ``{"seqs": [...]}``, records that left the buffer
   without being written (overwritten, popped, cleared); never replayed.
 

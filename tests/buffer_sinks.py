@@ -4,7 +4,8 @@
 docs/dev-pipeline.md: it appends length-prefixed `Record.encode()` bytes,
 rolls the file back (truncate) when a write fails, and its checkpoint is
 ``{"path", "size"}``; `recover_file` truncates a file back to a checkpoint.
-`MemorySink` keeps what it is given and can be told to fail.
+`MemorySink` keeps what it is given, counts `commit()` calls and can be told
+to fail.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class MemorySink:
         self.on_write = on_write
         self.written = threading.Event()
         self.reopens: list[int] = []
+        self.commits = 0
 
     @property
     def records(self) -> list[Any]:
@@ -67,6 +69,9 @@ class MemorySink:
 
     def reopen(self) -> None:
         self.reopens.append(threading.get_ident())
+
+    def commit(self) -> None:
+        self.commits += 1
 
     def checkpoint(self) -> dict[str, Any]:
         return {"records": len(self.records)}

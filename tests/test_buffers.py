@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 sys.path.insert(0, str(Path(__file__).parent))
-from buffer_sinks import CountingRecord, MemorySink
+from buffer_sinks import CountingRecord, MemorySink, numbered_record
 
 from daqd import _spead
 from daqd.buffers import Buffer
@@ -186,6 +186,30 @@ def test_one_flush_writes_every_sink_and_releases_after_the_last():
     assert [r.releases for r in records] == [1] * 5
     with pytest.raises(ValueError, match="already attached"):
         buffer.add_custom_sink(MemorySink("extra"))
+
+
+def test_without_a_wal_sinks_publish_after_every_flush_and_reopen(tmp_path):
+    from daqd.config import SinkConfig
+    from daqd.sinks import SinkContext, make_sink
+
+    binary = make_sink(SinkContext("s", SinkConfig(
+        "binary", str(tmp_path / "out-{seq}.bin"), rotate_bytes=4096 + 200, fsync="never")))
+    memory = MemorySink()
+    buffer = Buffer("fifo", capacity=64)
+    buffer.set_primary_sink(binary)
+    buffer.add_custom_sink(memory)
+    for n in range(10):                         # 32 to 104 bytes each: a few files
+        buffer.put(numbered_record(n))
+    buffer.flush()
+    assert memory.commits == 1
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) > 2 and [n for n in names if n.endswith(".tmp")] == [names[-1]]
+    buffer.reopen_sinks()
+    assert memory.commits == 2 and memory.reopens
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert binary.stats()["files"] == len(names)
+    buffer.close()
+    binary.close()
 
 
 def test_failing_sink_keeps_its_records_and_catches_up():

@@ -231,6 +231,21 @@ def test_directory_removed_between_finish_and_rename_is_counted(tmp_path, monkey
     assert stats["lost_records"] == 1 and "vanished" in stats["last_error"]
 
 
+def test_a_pending_file_removed_before_it_is_published_is_counted(tmp_path):
+    sink = make("binary", tmp_path / "x-{seq}.bin", rotate_bytes=1, fsync="never")
+    sink.write([make_record("binary", i) for i in range(3)])   # a file each: 2 pending
+    os.unlink(tmp_path / "x-0.bin.tmp")
+    sink.sync()                                          # no raise: counted and forgotten
+    assert [p["final"] for p in sink.checkpoint()["pending"]] == [str(tmp_path / "x-1.bin")]
+    os.unlink(tmp_path / "x-1.bin.tmp")
+    sink.commit()
+    sink.close()
+    stats = sink.stats()
+    assert (stats["lost_records"], stats["unfinished_files"], stats["files"]) == (2, 0, 1)
+    assert "vanished before it could be renamed" in stats["last_error"]
+    assert files_ids("binary", tmp_path) == [2]
+
+
 # ----------------------------------------------------------------------
 # Permission denied (root ignores mode bits: an immutable or read-only directory)
 
@@ -301,10 +316,15 @@ def test_a_refused_rename_does_not_fail_writes_elsewhere(tmp_path):
     sink = make("binary", tmp_path / "{seq}" / "x.bin", rotate_bytes=1)
     sink.write([make_record("binary", 0)])
     with immutable(tmp_path / "0"):
-        sink.write([make_record("binary", 1)])          # file 0 cannot be renamed: no raise
+        sink.write([make_record("binary", 1)])          # file 0 finished, pending
+        sink.commit()                                    # cannot be renamed: no raise
         assert sink.stats()["unfinished_files"] == 1 and "EPERM" in sink.stats()["last_error"]
         assert (tmp_path / "0" / "x.bin.tmp").exists()
-    sink.write([make_record("binary", 2)])              # renamed now
+        assert [p["tmp"] for p in sink.checkpoint()["pending"]] == \
+            [str(tmp_path / "0" / "x.bin.tmp")]       # recovery would publish it
+    sink.write([make_record("binary", 2)])
+    sink.commit()                                        # renamed now, with file 1
+    assert sink.stats()["files"] == 2 and sink.stats()["unfinished_files"] == 0
     sink.close()
     assert files_ids("binary", tmp_path) == [0, 1, 2]
     assert sink.stats()["files"] == 3 and sink.stats()["unfinished_files"] == 0

@@ -104,7 +104,10 @@ def test_only_the_temporary_name_exists_until_the_file_is_complete(tmp_path):
     assert names(tmp_path) == ["adc0-0000.bin.tmp"]
     assert sink.stats()["current_file"].endswith("adc0-0000.bin.tmp")
     sink.write([record(2)])
-    sink.reopen()                                   # SIGHUP
+    sink.reopen()                                   # SIGHUP: finished, pending
+    assert names(tmp_path) == ["adc0-0000.bin.tmp"]
+    assert sink.checkpoint()["file"] is None
+    sink.commit()                                   # the buffer's WAL covers it now
     assert names(tmp_path) == ["adc0-0000.bin"]
     sink.write([record(3)])
     assert names(tmp_path) == ["adc0-0000.bin", "adc0-0001.bin.tmp"]
@@ -140,6 +143,51 @@ def test_rotation_by_bytes_counts_the_header(tmp_path):
     assert sizes == [2, 2, 1]
 
 
+def test_files_finished_in_a_write_wait_for_commit(tmp_path):
+    sink = sink_for(tmp_path, header=False, rotate_bytes=2 * RECORD_BYTES)
+    sink.write([record(i) for i in range(5)])
+    assert names(tmp_path) == ["adc0-0000.bin.tmp", "adc0-0001.bin.tmp", "adc0-0002.bin.tmp"]
+    state = sink.checkpoint()
+    assert state["pending"] == [
+        {"tmp": str(tmp_path / f"adc0-000{i}.bin.tmp"), "final": str(tmp_path / f"adc0-000{i}.bin"),
+         "records": 2} for i in (0, 1)]
+    assert state["file"]["tmp"].endswith("adc0-0002.bin.tmp") and state["file"]["records"] == 1
+    stats = sink.stats()
+    assert (stats["files"], stats["unfinished_files"]) == (0, 2)
+    sink.commit()
+    assert names(tmp_path) == ["adc0-0000.bin", "adc0-0001.bin", "adc0-0002.bin.tmp"]
+    assert sink.checkpoint()["pending"] == []
+    stats = sink.stats()
+    assert (stats["files"], stats["unfinished_files"]) == (2, 0)
+    assert stats["last_file"].endswith("adc0-0001.bin")
+    sink.commit()                                    # nothing pending: nothing to do
+    sink.close()                                     # publishes the rest
+    assert [chunk_ids(tmp_path / f) for f in names(tmp_path)] == [[0, 1], [2, 3], [4]]
+
+
+def test_a_failed_write_keeps_no_file_it_finished(tmp_path, monkeypatch):
+    sink = sink_for(tmp_path, header=False, rotate_bytes=2 * RECORD_BYTES)
+    sink.write([record(0)])
+    real = os.pwritev
+    calls = []
+
+    def fail_third(fd, buffers, offset):
+        calls.append(offset)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "pwritev", fail_third)
+    with pytest.raises(OSError):
+        sink.write([record(i) for i in range(1, 6)])     # file 0 filled, file 1 done, file 2
+    monkeypatch.undo()
+    assert names(tmp_path) == ["adc0-0000.bin.tmp"]
+    assert sink.checkpoint()["pending"] == [] and sink.checkpoint()["file"]["records"] == 1
+    sink.write([record(i) for i in range(1, 6)])
+    sink.close()
+    assert [chunk_ids(tmp_path / f) for f in names(tmp_path)] == [[0, 1], [2, 3], [4, 5]]
+
+
 def test_a_record_larger_than_rotate_bytes_gets_a_file_of_its_own(tmp_path):
     sink = sink_for(tmp_path, header=False, rotate_bytes=10)
     sink.write([record(1), record(2)])
@@ -155,9 +203,14 @@ def test_rotation_by_time(tmp_path):
     sink.write([record(2)])
     clocks.advance(0.1)                              # the file is now 60 s old
     sink.write([record(3)])
+    assert names(tmp_path) == ["adc0-0000.bin.tmp", "adc0-0001.bin.tmp"]
+    sink.commit()
     assert names(tmp_path) == ["adc0-0000.bin", "adc0-0001.bin.tmp"]
     clocks.advance(61)
     sink.write([])                                   # an empty flush still rotates
+    assert [p["final"] for p in sink.checkpoint()["pending"]] == \
+        [str(tmp_path / "adc0-0001.bin")]
+    sink.commit()
     assert names(tmp_path) == ["adc0-0000.bin", "adc0-0001.bin"]
     sink.close()
     assert chunk_ids(tmp_path / "adc0-0000.bin") == [1, 2]
@@ -218,6 +271,21 @@ def test_sync_fsyncs_whatever_the_policy(tmp_path, fsyncs):
     sink.write([record(0)])
     sink.sync()
     assert fsyncs["file"] == 1 and fsyncs["dir"] == 1
+    sink.sync()                                      # nothing new: nothing to do
+    assert fsyncs["file"] == 1
+    sink.close()
+
+
+def test_sync_covers_pending_files_and_published_names(tmp_path, fsyncs):
+    sink = sink_for(tmp_path, fsync="never", rotate_bytes=4096 + RECORD_BYTES)
+    sink.write([record(0), record(1), record(2)])    # two pending files and a current one
+    assert fsyncs == {"file": 0, "dir": 0}
+    sink.sync()
+    assert fsyncs == {"file": 3, "dir": 3}
+    sink.commit()                                    # "never": renamed without a dir fsync
+    assert fsyncs == {"file": 3, "dir": 3}
+    sink.sync()                                      # the new names are made durable
+    assert fsyncs == {"file": 3, "dir": 4}
     sink.close()
 
 
@@ -280,13 +348,51 @@ def test_recover_cuts_the_file_back_to_its_checkpoint(tmp_path, kind):
 
 def test_recover_after_a_rotation_that_followed_the_checkpoint(tmp_path):
     path = str(tmp_path / "adc0-{seq}.binary")
-    # 4 records per file: the crashed flush filled file 0 (published) and began file 1.
+    # 4 records per file: the crashed flush filled file 0 and began file 1, and
+    # published neither (nothing is published before the WAL's done mark).
     state = crash_after_checkpoint("binary", path, rotate_bytes=4096 + 4 * RECORD_BYTES)
-    assert names(tmp_path) == ["adc0-0.binary", "adc0-1.binary.tmp"]
+    assert names(tmp_path) == ["adc0-0.binary.tmp", "adc0-1.binary.tmp"]
     report = recover_sink(SinkContext("adc0", SinkConfig("binary", path), CHUNK), state)
     assert report["error"] == "" and report["file"].endswith("adc0-0.binary")
     assert read_ids("binary", report["file"]) == [0, 1, 2]
     assert report["orphans"] == [str(tmp_path / "adc0-1.binary.tmp")]   # listed, not published
+    assert names(tmp_path) == ["adc0-0.binary", "adc0-1.binary.tmp"]
+
+
+def test_recover_publishes_the_pending_files_its_checkpoint_lists(tmp_path):
+    path = str(tmp_path / "adc0-{seq}.binary")
+    # 2 records per file: at the checkpoint file 0 (0, 1) was pending and file 1
+    # (2) current; the crashed flush finished file 1 (2, 3) and began file 2 (4, 5).
+    state = crash_after_checkpoint("binary", path, rotate_bytes=4096 + 2 * RECORD_BYTES)
+    assert [p["final"] for p in state["pending"]] == [str(tmp_path / "adc0-0.binary")]
+    assert names(tmp_path) == ["adc0-0.binary.tmp", "adc0-1.binary.tmp", "adc0-2.binary.tmp"]
+    ctx = SinkContext("adc0", SinkConfig("binary", path), CHUNK)
+    report = recover_sink(ctx, state)
+    assert report["error"] == "" and report["published"] == [str(tmp_path / "adc0-0.binary")]
+    assert report["file"] == str(tmp_path / "adc0-1.binary")
+    assert report["orphans"] == [str(tmp_path / "adc0-2.binary.tmp")]
+    assert read_ids("binary", str(tmp_path / "adc0-0.binary")) == [0, 1]
+    assert read_ids("binary", str(tmp_path / "adc0-1.binary")) == [2]
+    # Recovering again (a crash during the replay) changes nothing.
+    again = recover_sink(ctx, state)
+    assert (again["error"], again["file"], again["published"], again["orphans"]) == \
+        ("", report["file"], [], report["orphans"])
+    assert read_ids("binary", str(tmp_path / "adc0-1.binary")) == [2]
+    os.unlink(tmp_path / "adc0-0.binary")           # a pending file that is gone is reported
+    os.rename(tmp_path / "adc0-1.binary", tmp_path / "adc0-1.binary.tmp")
+    state["pending"][0]["final"] = str(tmp_path / "elsewhere.binary")
+    assert "adc0-0.binary.tmp: gone (2 records lost)" in recover_sink(ctx, state)["error"]
+
+
+def test_orphans_are_this_streams_only(tmp_path):
+    for name in ("adc0-7.binary.tmp", "adc1-7.binary.tmp", "adc0-8.binary"):
+        (tmp_path / name).write_bytes(b"x")
+    path = str(tmp_path / "{stream}-{seq}.binary")
+    report = recover_sink(SinkContext("adc0", SinkConfig("binary", path), CHUNK),
+                          {"kind": "binary", "path": path, "file": None, "pending": []})
+    assert report["orphans"] == [str(tmp_path / "adc0-7.binary.tmp")]
+    assert sorted(os.listdir(tmp_path)) == ["adc0-7.binary.tmp", "adc0-8.binary",
+                                            "adc1-7.binary.tmp"]       # nothing touched
 
 
 def test_recover_reports_a_file_it_cannot_open(tmp_path):

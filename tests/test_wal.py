@@ -311,39 +311,161 @@ def binary_numbers(paths):
     return out
 
 
+class DaqdSinkRun:
+    """A buffer with a write-ahead log in `directory` and one daqd binary sink, rotating.
+
+    The sink checks, at every `commit()`, that the log's last done mark for it
+    holds its current checkpoint: files are published only once a logged mark
+    lists them.  `fail_sync` makes its `sync()` fail.
+    """
+
+    def __init__(self, directory, rotate_bytes=4096 + 1000):
+        from daqd.config import SinkConfig
+        from daqd.sinks import SinkContext, make_sink
+
+        self.directory = directory
+        self.context = SinkContext("s", SinkConfig(
+            kind="binary", path=str(directory / "out-{seq}.bin"), rotate_bytes=rotate_bytes,
+            fsync="never"))
+        self.sink = make_sink(self.context)
+        self.name = self.sink.name
+        self.commits = 0
+        self.fail_sync = False
+        self.reports = []
+        self.buffer = Buffer("fifo", 64, wal=WriteAheadLog(directory / "w", fsync="every-flush"))
+        self.buffer.set_primary_sink(self)
+        self.buffer.recover(self.recover)
+
+    def recover(self, sink, checkpoint):
+        from daqd.sinks import recover_sink
+
+        self.reports.append(recover_sink(self.context, checkpoint))
+
+    def sync(self):
+        if self.fail_sync:
+            raise OSError(5, "Input/output error (test)")
+        self.sink.sync()
+
+    def commit(self):
+        assert self.buffer.wal.done[self.name].checkpoint == self.sink.checkpoint()
+        self.commits += 1
+        self.sink.commit()
+
+    def __getattr__(self, name):
+        return getattr(self.sink, name)
+
+    def put(self, numbers):
+        for n in numbers:
+            assert self.buffer.put(numbered_record(n))
+
+    def temporary(self):
+        return sorted(p.name for p in self.directory.glob("out-*.bin.tmp"))
+
+    def published(self):
+        return binary_numbers(self.directory.glob("out-*.bin"))
+
+
 def test_daqd_binary_sink_rotating_within_a_flush_that_never_got_its_done_mark(tmp_path):
-    from daqd.config import SinkConfig
-    from daqd.sinks import SinkContext, make_sink, recover_sink
-
-    context = SinkContext("s", SinkConfig(kind="binary", path=str(tmp_path / "out-{seq}.bin"),
-                                          rotate_bytes=4096 + 1000))
-
-    def recover(sink, checkpoint):
-        recover_sink(context, checkpoint)
-
-    def started():
-        buffer = Buffer("fifo", 64, wal=WriteAheadLog(tmp_path / "w", fsync="never"))
-        buffer.set_primary_sink(make_sink(context))
-        buffer.recover(recover)
-        return buffer
-
-    buffer = started()
-    for n in range(5):
-        buffer.put(numbered_record(n))
-    buffer.flush()
-    for n in range(5, 40):                  # a flush that rotates files...
-        buffer.put(numbered_record(n))
+    run = DaqdSinkRun(tmp_path)
+    run.put(range(5))
+    run.buffer.flush()
+    run.put(range(5, 40))                   # a flush that rotates files...
 
     def crash(*args, **kwargs):
         raise Crash()
 
-    buffer.wal.mark_done = crash            # ...and dies before its done mark
+    run.buffer.wal.mark_done = crash        # ...and dies before its done mark
     with pytest.raises(Crash):
-        buffer.flush()
-    buffer.wal.close()
-    buffer = started()                      # recovers and replays 5..39
-    buffer.sinks[0].close()
-    assert binary_numbers(tmp_path.glob("out-*.bin")) == list(range(40))
+        run.buffer.flush()
+    assert run.commits == 1 and run.published() == []       # nothing published meanwhile
+    finished = run.temporary()
+    assert len(finished) > 2
+    run.buffer.wal.close()
+    run = DaqdSinkRun(tmp_path)             # recovers and replays 5..39
+    report = run.reports[0]
+    assert report["error"] == "" and report["file"].endswith("out-0.bin")
+    # The files the crashed flush started hold only replayed records: left alone.
+    assert [Path(p).name for p in report["orphans"]] == finished[1:]
+    assert run.buffer.stats()["records_recovered"] == 35
+    run.buffer.close()
+    run.sink.close()
+    assert run.published() == list(range(40))
+    assert run.temporary() == finished[1:]
+
+
+def test_a_crash_between_the_done_mark_and_the_commit(tmp_path):
+    run = DaqdSinkRun(tmp_path)
+    run.put(range(40))
+
+    def crash():
+        raise Crash()
+
+    run.sink.commit = crash                 # the mark is logged, the files are not published
+    with pytest.raises(Crash):
+        run.buffer.flush()
+    assert run.published() == [] and len(run.temporary()) > 2
+    run.buffer.wal.close()
+    run = DaqdSinkRun(tmp_path)
+    report = run.reports[0]
+    assert report["error"] == "" and report["orphans"] == []
+    assert len(report["published"]) > 1 and report["file"] is not None
+    assert run.buffer.stats()["records_recovered"] == 0      # all of it was marked done
+    assert run.published() == list(range(40)) and run.temporary() == []
+    run.buffer.close()
+
+
+def test_files_are_published_only_under_a_done_mark_that_lists_them(tmp_path):
+    run = DaqdSinkRun(tmp_path)
+    run.put(range(20))
+    run.buffer.flush()
+    assert run.commits == 1 and len(run.temporary()) == 1      # only the current file
+    assert run.published() == list(range(len(run.published())))
+    done = len(run.published())
+    run.fail_sync = True                    # no done mark: what rotates out stays pending
+    run.put(range(20, 40))
+    run.buffer.flush()
+    stats = run.buffer.stats()["sinks"][run.name]
+    assert stats["sync_errors"] == 1 and run.commits == 1 and len(run.temporary()) > 1
+    assert len(run.published()) == done
+    run.fail_sync = False
+    run.buffer.flush()                      # nothing to write; the mark is logged now
+    assert run.commits == 2 and len(run.temporary()) == 1
+    run.buffer.reopen_sinks()               # SIGHUP: finished, marked, then published
+    assert run.commits == 3 and run.temporary() == []
+    assert run.published() == list(range(40))
+    run.put(range(40, 45))
+    run.buffer.flush()
+    assert run.commits == 4 and len(run.temporary()) == 1
+    run.buffer.close()                      # finishes the file under a last mark
+    assert run.commits == 5 and run.temporary() == []
+    assert run.buffer.wal.done[run.name].checkpoint["file"] is None
+    run.sink.close()                        # nothing left to do
+    assert run.published() == list(range(45))
+    run = DaqdSinkRun(tmp_path)             # a clean stop leaves nothing to recover
+    assert run.reports[0]["action"] == "no file was open" and run.reports[0]["error"] == ""
+    assert run.buffer.stats()["records_recovered"] == 0
+    run.buffer.close()
+    assert run.published() == list(range(45)) and run.temporary() == []
+
+
+def test_a_sink_whose_last_sync_fails_publishes_nothing_at_close(tmp_path):
+    run = DaqdSinkRun(tmp_path)
+    run.put(range(10))
+    run.buffer.flush()
+    run.fail_sync = True
+    run.put(range(10, 40))
+    run.buffer.flush()                      # written and rotated, never marked done
+    with capture_logs() as logs:
+        run.buffer.close()
+    assert [e["sinks"] for e in logs if "without a done mark" in e["event"]] == [[run.name]]
+    assert run.commits == 1 and len(run.temporary()) > 2 and run.published() == []
+    # The process ends here without the sink's close(), which would publish
+    # files whose records the log replays.
+    run = DaqdSinkRun(tmp_path)
+    assert run.reports[0]["error"] == "" and len(run.reports[0]["orphans"]) > 1
+    assert run.buffer.stats()["records_recovered"] == 30        # 0..9 were marked done
+    run.buffer.close()
+    assert run.published() == list(range(40))
 
 
 # -- real crashes ---------------------------------------------------------------

@@ -141,6 +141,8 @@ class FileSink:
     accepts: tuple[type, ...] = ()
     #: Fields the path template may use.
     path_fields: tuple[str, ...] = ("stream", "start", "seq", "chunk_id")
+    #: Whether `_close` writes to the file (HDF5 writes its last metadata then).
+    close_writes = False
 
     def __init__(self, context: SinkContext):
         self.context = context
@@ -151,7 +153,8 @@ class FileSink:
         # Finished files waiting for `commit()` (or for a rename that failed), oldest first.
         self._pending: list[SinkFile] = []
         # Directories where a file was published without a directory fsync
-        # (policy "never"), each with that file's name: `sync()` fsyncs them.
+        # (policy "never", or it failed), each with that file's name: `sync()`
+        # fsyncs them.
         self._unsynced_dirs: dict[str, str] = {}
         self._seq = 0
         self._counts = _Counters()
@@ -573,23 +576,35 @@ class FileSink:
         except OSError as exc:
             self._note_error(exc)
         f.handle = None
+        if self.close_writes:
+            f.dirty = True
+            if self.config.fsync != "never":
+                try:
+                    _fsync_path(f.tmp)
+                    f.dirty = False
+                except OSError as exc:      # `sync()` tries again before a done mark
+                    self._note_error(exc)
         self._pending.append(f)
 
     def _publish_pending(self) -> None:
         while self._pending:
             f = self._pending[0]
-            if not os.path.lexists(f.tmp):
+            try:
+                f.final = publish(f.tmp, f.final)
+            except OSError:
+                if os.path.lexists(f.tmp):
+                    raise               # still there: retried at the next commit or close
                 self._pending.pop(0)
                 self._lose(f, "vanished before it could be renamed")
                 continue
-            f.final = publish(f.tmp, f.final)
             self._pending.pop(0)
             self._counts.files += 1
             self._counts.last_file = f.final
+            directory = os.path.dirname(os.path.abspath(f.final))
+            self._unsynced_dirs[directory] = f.final
             if self.config.fsync != "never":
                 fsync_directory(f.final)
-            else:
-                self._unsynced_dirs[os.path.dirname(os.path.abspath(f.final))] = f.final
+                del self._unsynced_dirs[directory]
 
     def _repair(self, now: float) -> None:
         """Before writing: reopen a broken file, notice a vanished one, rotate by age."""

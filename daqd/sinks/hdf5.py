@@ -69,6 +69,7 @@ class Hdf5Sink(FileSink):
 
     kind = "hdf5"
     accepts = (ChunkRecord,)
+    close_writes = True
 
     def __init__(self, context: Any):
         super().__init__(context)
