@@ -46,6 +46,9 @@ TAP_PACKETS = 1 << 16
 TAP_PERIOD = 0.05
 # Poll period of the threads' loops (seconds): bounds how long a stop takes.
 POLL = 0.2
+# Per-source counters in the statistics (every counter is in the stream's sums).
+SOURCE_COUNTERS = ("packets", "bytes", "heaps", "batches", "packets_dropped_socket_buffer",
+                   "incomplete_heaps_evicted", "chunk_heaps_too_old")
 # Gauges, not sums: never reset, never turned into rates.
 GAUGE_COUNTERS = frozenset(name.name.lower() for name in MAXIMA)
 
@@ -334,6 +337,16 @@ class StreamRunner:
         total["records_not_captured"] = self.not_captured
         return total
 
+    def source_counters(self) -> dict[str, dict[str, int]]:
+        """Each source's own headline counters (the stream's are their sums)."""
+        out = {}
+        for source, stream in zip(self.sources, self.streams, strict=True):
+            c = stream.stats()
+            out[source.uri] = {name: c[name] for name in SOURCE_COUNTERS}
+            out[source.uri]["packets_rejected"] = sum(
+                v for k, v in c.items() if k.startswith("packets_rejected_"))
+        return out
+
     def snapshot(self) -> dict[str, Any]:
         """Build the stream's part of a statistics message (JSON-able)."""
         raw = self.raw_counters()
@@ -342,7 +355,7 @@ class StreamRunner:
         gauges: dict[str, Any] = {name: counters.pop(name) for name in GAUGE_COUNTERS
                                   if name in counters}
         out: dict[str, Any] = {"counters": counters, "gauges": gauges,
-                               "sources": [s.uri for s in self.sources],
+                               "sources": self.source_counters(),
                                "capturing": self.capturing}
         if self.group is not None:
             gauges["free_ring"] = self.group.free_ring_size

@@ -44,7 +44,7 @@ def binary_chunks(tmp_path: Path) -> np.ndarray:
                            for f in files])
 
 
-def test_udp_into_chunk_files_stats_match_and_stop_item_ends_the_run(tmp_path):
+def test_daqd_simulate_over_udp_into_chunk_files_and_stop_item_ends_the_run(tmp_path):
     port = free_port()
     cfg = write_config(tmp_path, chunk_stream_config(tmp_path, port=port))
     daemon = DaemonProcess(cfg)
@@ -53,7 +53,12 @@ def test_udp_into_chunk_files_stats_match_and_stop_item_ends_the_run(tmp_path):
         sub = Subscriber(ready["stats"])
         sub.until(lambda topic, m: topic == "stats.adc0")           # subscribed
         heaps = 40 * HEAPS_PER_CHUNK
-        sent = send_w1(port, heaps)
+        result = subprocess.run(
+            [sys.executable, "-m", "daqd", "simulate", f"udp://127.0.0.1:{port}",
+             "--workload", "W1", "--heaps", str(heaps), "--rate", "50e6"],
+            capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        sent = json.loads(result.stderr)
         # The stop heap ends the only (UDP) source: the daemon drains and exits 0.
         assert daemon.wait() == 0
         _, last = sub.until(lambda topic, m: topic == "status" and m["state"] == "stopped")
@@ -94,6 +99,10 @@ def test_counters_published_match_what_was_sent(tmp_path):
         assert message["schema"] == "daqd.stats/1"
         assert message["daemon"] == "test-daqd"
         assert "free_ring" in message["gauges"]
+        assert message["sources"] == {f"udp://127.0.0.1:{port}": {
+            "packets": heaps, "bytes": heaps * (8192 + 56), "heaps": heaps,
+            "batches": counters["batches"], "packets_dropped_socket_buffer": 0,
+            "incomplete_heaps_evicted": 0, "chunk_heaps_too_old": 0, "packets_rejected": 0}}
         assert set(message["rates"]) >= {"packets", "heaps"}
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
