@@ -82,6 +82,16 @@ BAD = [
     ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[[stream.sinks]]\nkind = 'binary'\n"
      "path = '/proc/nope/x.bin'\n", "a path whose directory can be created"),
     ("[[stream]\n", "not valid TOML"),
+    ("[[stream]]\nname = 'a'\nsources = ['udp://127.0.0.1:7000']\n[[simulate]]\n"
+     "target = 'udp://127.0.0.1:7001'\n", "simulate[0].target = 'udp://127.0.0.1:7001': "
+     "expected the udp:// or tcp:// URI of one of the streams' sources"),
+    ("[[stream]]\nname = 'a'\nsources = ['udp://127.0.0.1:7000']\n[[simulate]]\n"
+     "target = 'udp://127.0.0.1:7000'\nworkload = 'W9'\n",
+     "simulate[0].workload = 'W9': expected one of W1, W2, W3"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.chunk]\neviction = 'maybe'\n",
+     "stream[0].chunk.eviction = 'maybe': expected one of lossless, lossy"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.buffer]\n"
+     "flush_custom = ['no_such_module_xyz:f']\n", "stream[0].buffer.flush_custom[0]"),
 ]
 
 
