@@ -6,7 +6,9 @@ keeps:
 - `ChunkRecord`: one completed chunk (chunk mode).  It wraps a pool chunk
   without copying it; `release()` gives the chunk back to the free ring and
   is called once, after every sink has written the record (or it is dropped).
-- `HeapRecord`: one complete heap's items (heap mode).
+- `HeapRecord`: one complete heap's items (heap mode), raw, with the item
+  descriptors the stream knew when the heap arrived; `decode()` gives their
+  values as spead2's ItemGroup would (`daqd.descriptors`).
 - `PacketRecord`: a batch of raw packets as received, for the pcap sink.
 
 Every record has `nbytes` (payload bytes, for byte thresholds and sink
@@ -24,8 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from daqd.descriptors import EMPTY_DESCRIPTORS, DecodedItems, ItemDescriptors
+
 # encode() layouts: a kind byte, then a fixed header, then the variable parts.
 _KIND_CHUNK, _KIND_HEAP, _KIND_PACKETS = b"C", b"H", b"P"
+# A heap record with descriptors: the heap layout, then _DESCRIBED and the
+# descriptors of its items as JSON (daqd.descriptors.ItemDescriptors.encode).
+_KIND_DESCRIBED_HEAP = b"D"
 # chunk: chunk_id, timestamp, data bytes, present bytes, extra bytes, dtype len,
 # ndim of data, then dtype str, data shape, present shape, extra shape
 _CHUNK_HEAD = struct.Struct("<qQQQQBB")
@@ -33,6 +40,8 @@ _CHUNK_HEAD = struct.Struct("<qQQQQBB")
 _HEAP_HEAD = struct.Struct("<QdI")
 # one heap item: id, immediate flag, value (immediate) or length (addressed)
 _ITEM = struct.Struct("<QBQ")
+# after the items of a described heap: address bits, length of the descriptors' JSON
+_DESCRIBED = struct.Struct("<BI")
 # packets: receive time, number of packets
 _PACKETS_HEAD = struct.Struct("<dI")
 
@@ -107,17 +116,47 @@ class ChunkRecord:
 
 @dataclass(eq=False)
 class HeapRecord:
-    """A complete heap's items: id -> int (immediate) or bytes (addressed)."""
+    """A complete heap's items: id -> int (immediate) or bytes (addressed).
+
+    `items` stay raw (the binary sink writes them as they came); `decode()`
+    applies `descriptors`, the stream's item descriptors when the heap
+    arrived (given as an `ItemDescriptors`, or as `decode_descriptors`
+    dicts), and keeps the result.  `address_bits` is the heap's flavour
+    (how many bytes an immediate value holds).  Both go into `encode()`, so
+    a record replayed from the write-ahead log decodes as it did when it was
+    received, whatever the stream has learnt since.
+    """
 
     cnt: int
     items: dict[int, int | bytes]
     received: float = field(default_factory=time.time)
-    descriptors: list[dict[str, Any]] = field(default_factory=list)
+    descriptors: ItemDescriptors = field(default_factory=lambda: EMPTY_DESCRIPTORS)
+    address_bits: int = 48
+    _decoded: DecodedItems | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.descriptors, ItemDescriptors):
+            self.descriptors = ItemDescriptors.from_dicts(self.descriptors)
 
     @classmethod
-    def from_heap(cls, heap: Any, skip_ids: frozenset[int]) -> HeapRecord:
+    def from_heap(cls, heap: Any, skip_ids: frozenset[int],
+                  descriptors: ItemDescriptors = EMPTY_DESCRIPTORS) -> HeapRecord:
         """Build from a `daqd._spead.Heap`, leaving out the ids in `skip_ids`."""
-        return cls(heap.cnt, {i.id: i.value for i in heap.items if i.id not in skip_ids})
+        return cls(heap.cnt, {i.id: i.value for i in heap.items if i.id not in skip_ids},
+                   descriptors=descriptors, address_bits=heap.address_bits)
+
+    def decode(self) -> DecodedItems:
+        """Return the items decoded against `descriptors` (computed once, then kept).
+
+        Never raises: items without a descriptor, or whose value does not fit
+        it, keep their raw value and are counted (`DecodedItems.undescribed`,
+        `DecodedItems.failed`).
+        """
+        decoded = self._decoded
+        if decoded is None:
+            decoded = self._decoded = self.descriptors.decode_items(self.items,
+                                                                    self.address_bits)
+        return decoded
 
     @property
     def nbytes(self) -> int:
@@ -133,13 +172,22 @@ class HeapRecord:
         """Nothing to give back: a heap record owns its values."""
 
     def encode(self) -> bytes:
-        """Serialise for the write-ahead log (`decode_record` inverts it)."""
-        parts = [_KIND_HEAP, _HEAP_HEAD.pack(self.cnt, self.received, len(self.items))]
+        """Serialise for the write-ahead log (`decode_record` inverts it).
+
+        A record none of whose items has a descriptor encodes as before
+        descriptors were kept (kind ``H``); otherwise (kind ``D``) the
+        descriptors of its items and `address_bits` follow the items.
+        """
+        described = self.descriptors.encode(self.items) if self.descriptors else b""
+        kind = _KIND_DESCRIBED_HEAP if described else _KIND_HEAP
+        parts = [kind, _HEAP_HEAD.pack(self.cnt, self.received, len(self.items))]
         for item_id, value in self.items.items():
             if isinstance(value, bytes):
                 parts += [_ITEM.pack(item_id, 0, len(value)), value]
             else:
                 parts.append(_ITEM.pack(item_id, 1, value))
+        if described:
+            parts += [_DESCRIBED.pack(self.address_bits, len(described)), described]
         return b"".join(parts)
 
 
@@ -189,8 +237,8 @@ def decode_record(blob: bytes) -> Record:
     try:
         if kind == _KIND_CHUNK:
             return _decode_chunk(body)
-        if kind == _KIND_HEAP:
-            return _decode_heap(body)
+        if kind in (_KIND_HEAP, _KIND_DESCRIBED_HEAP):
+            return _decode_heap(body, kind == _KIND_DESCRIBED_HEAP)
         if kind == _KIND_PACKETS:
             received, count = _PACKETS_HEAD.unpack_from(body)
             pos = _PACKETS_HEAD.size
@@ -227,7 +275,7 @@ def _decode_chunk(body: memoryview) -> ChunkRecord:
     return ChunkRecord(chunk_id, timestamp, data, present, extra if extra.size else None)
 
 
-def _decode_heap(body: memoryview) -> HeapRecord:
+def _decode_heap(body: memoryview, described: bool) -> HeapRecord:
     cnt, received, count = _HEAP_HEAD.unpack_from(body)
     pos = _HEAP_HEAD.size
     items: dict[int, int | bytes] = {}
@@ -241,6 +289,14 @@ def _decode_heap(body: memoryview) -> HeapRecord:
                 raise ValueError("item value beyond the record")
             items[item_id] = bytes(body[pos:pos + value])
             pos += value
+    descriptors, address_bits = EMPTY_DESCRIPTORS, 48
+    if described:
+        address_bits, length = _DESCRIBED.unpack_from(body, pos)
+        pos += _DESCRIBED.size
+        if pos + length > len(body):
+            raise ValueError("descriptors beyond the record")
+        descriptors = ItemDescriptors.decode(bytes(body[pos:pos + length]))
+        pos += length
     if pos != len(body):
         raise ValueError("trailing bytes after the heap record")
-    return HeapRecord(cnt, items, received)
+    return HeapRecord(cnt, items, received, descriptors, address_bits)

@@ -30,7 +30,7 @@ from daqd import _spead
 from daqd.buffers import build_buffer
 from daqd.config import Config, StreamConfig
 from daqd.counters import MAXIMA
-from daqd.descriptors import DESCRIPTOR_ID, decode_descriptors
+from daqd.descriptors import DESCRIPTOR_ID, EMPTY_DESCRIPTORS, decode_descriptors
 from daqd.flush import Flusher
 from daqd.records import ChunkRecord, HeapRecord, PacketRecord
 from daqd.sinks import SinkContext, make_sink, recover_sink
@@ -80,6 +80,10 @@ class StreamRunner:
         self.ended_sources = 0
         self.errors: list[str] = []
         self.descriptors: dict[int, dict[str, Any]] = {}
+        self.item_descriptors = EMPTY_DESCRIPTORS   # what heap records are decoded against
+        self.undescribed_items = 0          # record items without a descriptor (kept raw)
+        self.undecoded_items = 0            # record items their descriptor does not fit (raw)
+        self._heap_lock = threading.Lock()  # the sources' receive threads share the above
         self.baseline: dict[str, int] = {}
         self.not_captured = 0               # records let go while capture was stopped
         self.substream_missing = np.zeros(
@@ -220,11 +224,32 @@ class StreamRunner:
             if not heap.complete:
                 continue                        # counted as incomplete_heaps_* by the stream
             if any(item.id == DESCRIPTOR_ID for item in heap.items):
-                for d in decode_descriptors(heap):
-                    self.descriptors[d["id"]] = d
-            record = HeapRecord.from_heap(heap, STRUCTURE_IDS)
+                found = decode_descriptors(heap)
+                with self._heap_lock:
+                    for d in found:
+                        self.descriptors[d["id"]] = d
+                    # As spead2's ItemGroup.update: a heap's descriptors apply to its items.
+                    self.item_descriptors = self.item_descriptors.updated(found)
+            # A record keeps the descriptors of its time (immutable, shared) and is
+            # decoded here, once: sinks read the result, failures are counted.
+            descriptors = self.item_descriptors
+            record = HeapRecord.from_heap(heap, STRUCTURE_IDS, descriptors)
             if not record.items or self.buffer is None:
                 continue
+            undescribed, failed = len(record.items), 0
+            if descriptors:
+                decoded = record.decode()
+                undescribed, failed = decoded.undescribed, len(decoded.failed)
+            if undescribed or failed:
+                with self._heap_lock:
+                    first = failed and not self.undecoded_items
+                    self.undescribed_items += undescribed
+                    self.undecoded_items += failed
+                if first:
+                    item_id, reason = next(iter(record.decode().failed.items()))
+                    log.warning("item value does not fit its descriptor: kept raw (counted in "
+                                "records_undecoded_items)", stream=self.name, cnt=record.cnt,
+                                item=hex(item_id), reason=reason)
             self._put(self.buffer, record)
 
     def _put_tap(self, reader: Any) -> None:
@@ -335,6 +360,8 @@ class StreamRunner:
                 else:
                     total[name] = total.get(name, 0) + value
         total["records_not_captured"] = self.not_captured
+        total["records_undescribed_items"] = self.undescribed_items
+        total["records_undecoded_items"] = self.undecoded_items
         return total
 
     def source_counters(self) -> dict[str, dict[str, int]]:

@@ -229,6 +229,45 @@ def _table(rows: list[tuple[str, str, str]], indent: str = "  ") -> list[str]:
     return [f"{indent}{a:<{w0}}  {b:>{w1}}  {c}".rstrip() for a, b, c in rows]
 
 
+def _grid(rows: list[list[str]], indent: str) -> list[str]:
+    """Align `rows` (the first one a header): first column left, the others right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [indent + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+                               ).rstrip()
+            for row in rows]
+
+
+def _is_sink_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(v, Mapping) for v in value)
+
+
+def _sink_lines(sinks: list[Mapping[str, Any]], indent: str = "    ") -> list[str]:
+    """Render a stream's sinks (their ``stats()``) as a table: name, bytes, records, ..."""
+    rows = [["name", "bytes", "records", "files", "errors", "lost"]]
+    notes: dict[int, list[str]] = {}
+    for sink in sinks:
+        lost = _int(sink.get("lost_records", 0))
+        if sink.get("lost_packets"):
+            lost += f" +{_int(sink['lost_packets'])} packets"
+        rows.append([str(sink.get("name", "?")), _value("bytes", sink.get("bytes", 0)),
+                     _int(sink.get("records", "-")), _int(sink.get("files", "-")),
+                     _int(sink.get("errors", 0)), lost])
+        extra = []
+        if sink.get("unfinished_files"):
+            extra.append(f"unfinished files: {_int(sink['unfinished_files'])}")
+        if sink.get("last_error"):
+            extra.append(f"last error: {sink['last_error']}")
+        if extra:
+            notes[len(rows) - 1] = extra
+    lines = []
+    for i, line in enumerate(_grid(rows, indent)):
+        lines.append(line)
+        lines += [f"{indent}  {note}" for note in notes.get(i, [])]
+    return lines
+
+
 def _is_drop(name: str) -> bool:
     return name in DROP_COUNTERS or name in CHUNK_HEAP_DROP_COUNTERS \
         or any(word in name for word in _DROP_WORDS)
@@ -261,12 +300,19 @@ def _stream_lines(name: str, message: Mapping[str, Any]) -> list[str]:
         lines.append("  gauges: " + _value("", gauges))
     skip = {"schema", "daemon", "time", "stream", "interval", "counters", "rates", "gauges"}
     for key, value in message.items():
-        if key not in skip:
+        if key in skip:
+            continue
+        if key == "sinks" and _is_sink_list(value):
+            lines.append("  sinks:")
+            lines += _sink_lines(value)
+        else:
             lines.append(f"  {key}: {_value(str(key), value)}")
     return lines
 
 
-def _status_lines(status: Mapping[str, Any]) -> list[str]:
+def _status_lines(status: Mapping[str, Any], shown: Iterable[str] = ()) -> list[str]:
+    """Render the daemon's lines; the sinks of the streams in `shown` are left to them."""
+    shown = set(shown)
     head = [str(status.get("daemon", "daqd")), str(status.get("state", "unknown")),
             f"uptime {_duration(status.get('uptime'))}"]
     process = status.get("process") or {}
@@ -281,7 +327,13 @@ def _status_lines(status: Mapping[str, Any]) -> list[str]:
         entries = status.get(section) or {}
         if isinstance(entries, Mapping):
             for name, value in entries.items():
-                lines.append(f"  {section[:-1]} {name}: {_value('', value)}")
+                if section == "sinks" and _is_sink_list(value):   # per stream: a table
+                    if name in shown:
+                        continue
+                    lines.append(f"  sinks of {name}:")
+                    lines += _sink_lines(value)
+                else:
+                    lines.append(f"  {section[:-1]} {name}: {_value('', value)}")
     errors = status.get("errors") or {}
     if errors:
         lines.append(f"  errors: {_value('', errors)}")
@@ -335,8 +387,10 @@ def format_status(reply: Mapping[str, Any]) -> str:
     """
     if reply.get("ok") is False:
         return f"error: {reply.get('error', 'unknown error')}"
-    lines = _status_lines(reply)
     streams = reply.get("streams") or {}
+    shown = [name for name, stream in streams.items() if isinstance(stream, Mapping)
+             and _is_sink_list(stream.get("sinks"))] if isinstance(streams, Mapping) else []
+    lines = _status_lines(reply, shown)
     if isinstance(streams, Mapping):
         for name, stream in streams.items():
             lines += _stream_lines(str(name), stream if isinstance(stream, Mapping) else {})

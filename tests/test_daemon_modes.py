@@ -137,19 +137,26 @@ def test_heap_mode_slow_control_example_writes_each_heap_once_in_order(tmp_path)
         counters = status["streams"]["sensors"]["counters"]
         assert counters["heaps"] == n + 3         # start, n data, descriptors, stop
         assert counters["packets_dropped_socket_buffer"] == 0
+        # every item of every record was decoded against spead2's descriptors
+        assert counters["records_undescribed_items"] == 0
+        assert counters["records_undecoded_items"] == 0
         assert daemon.stop() == 0
     finally:
         daemon.close()
     data = tmp_path / "lib" / "slow-control"
-    # text: one line per data heap, nothing for the start, descriptor and stop heaps
+    # text: one line per data heap, nothing for the start, descriptor and stop
+    # heaps; items by name, decoded (float32 readings at their shortest repr)
     (log,) = final_files(data, "sensors-*.log")
     header, *lines = log.read_text().splitlines()
-    assert header == "# time cnt items[6144] items[6145] items[6146] items[6160]"
+    assert header == "# time cnt time_ms sensor status readings"
     assert len(lines) == n
     for line, (cnt, values) in zip(lines, sent, strict=True):
         when, *fields = line.split(" ")
         assert fields == [str(cnt), str(values["time_ms"]), str(values["sensor"]),
-                          str(values["status"]), values["readings"].tobytes().hex()]
+                          str(values["status"]),
+                          "[" + ",".join(str(v) for v in values["readings"]) + "]"]
+        readings = np.array(fields[-1][1:-1].split(","), np.float32)
+        assert readings.astype(">f4").tobytes() == values["readings"].tobytes()
         assert abs(dt.datetime.fromisoformat(when).timestamp()
                    - dt.datetime.now(dt.UTC).timestamp()) < 600
     # binary: the readings' bytes back to back after the header

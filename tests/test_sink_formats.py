@@ -21,6 +21,7 @@ from daqd.records import ChunkRecord, HeapRecord, PacketRecord
 from daqd.sinks import SinkContext, make_sink
 from daqd.sinks.binary import load, read_header
 from daqd.sinks.pcap import MAX_UDP_PAYLOAD
+from daqd.sinks.text import check_template
 from daqd.sources import open_source
 
 TS = 0x1600
@@ -198,6 +199,119 @@ def test_text_record_the_template_cannot_format_is_counted_not_raised(tmp_path):
     stats = sink.stats()
     assert stats["records"] == 2 and stats["lost_records"] == 1 and stats["errors"] == 1
     assert "items[1]" in stats["last_error"]
+
+
+def descriptor(item_id, name, shape=(), fmt=None, dtype=None):
+    return {"id": item_id, "name": name, "description": "", "shape": list(shape),
+            "format": [list(f) for f in fmt or []], "dtype": dtype}
+
+
+SENSOR_DESCRIPTORS = [
+    descriptor(0x1000, "temperature", fmt=[("f", 64)]),
+    descriptor(0x1001, "readings", dtype="{'descr': '>f4', 'fortran_order': False, "
+                                         "'shape': (3,)}"),
+    descriptor(0x1002, "unit", shape=[None], fmt=[("c", 8)]),
+    descriptor(0x1003, "cryo stage 2.temp", fmt=[("u", 48)]),
+    descriptor(0x1004, "grid", shape=[2, 2], fmt=[("i", 8)]),
+]
+
+
+def sensor_record(cnt=1, unit=b"deg C", readings=(1.0, 2.5, -3.0), **extra):
+    items = {0x1000: struct.pack(">d", 21.5), 0x1001: np.array(readings, ">f4").tobytes(),
+             0x1002: unit, 0x1003: 0xABCDEF, 0x1004: bytes([1, 2, 0xFF, 4]),
+             0x3300: b"\x00\xff", **extra}
+    return HeapRecord(cnt, items, received=0.25, descriptors=SENSOR_DESCRIPTORS)
+
+
+def heap_text(tmp_path, template, records, name="h-{seq}.txt"):
+    sink = make_sink(context(tmp_path, "text", chunk=None, name=name, template=template))
+    sink.write(records)
+    sink.close()
+    return only_file(tmp_path, name.replace("{seq}", "*")).read_text().splitlines(), sink
+
+
+def test_text_heap_mode_fields_by_item_name_decoded(tmp_path):
+    template = ("{cnt} {temperature:.2f} {readings} {readings:.2f} {readings[1]} {unit} "
+                "{item[cryo stage 2.temp]:#x} {grid} {item[0x1000]} {item[4096]} "
+                "{items[0x3300]} {item[0x3300]}|{absent}|{absent:>3}|{absent:d}|")
+    lines, _ = heap_text(tmp_path, template, [sensor_record()])
+    assert lines == [
+        "# cnt temperature readings readings readings[1] unit item[cryo stage 2.temp] grid "
+        "item[0x1000] item[4096] items[0x3300] item[0x3300]|absent|absent|absent|",
+        "1 21.50 [1.0,2.5,-3.0] [1.00,2.50,-3.00] 2.5 deg C 0xabcdef [[1,2],[-1,4]] 21.5 "
+        "21.5 00ff 00ff||   ||"]
+
+
+def test_text_heap_mode_values_lists_names_then_raw_ids(tmp_path):
+    lines, _ = heap_text(tmp_path, "{cnt} {values}",
+                         [sensor_record(), HeapRecord(2, {0x3300: b"\x01", 0x1600: 7})])
+    assert lines == [
+        "# cnt values",
+        '1 temperature=21.5 readings=[1.0,2.5,-3.0] unit="deg C" cryo stage 2.temp=11259375 '
+        "grid=[[1,2],[-1,4]] 0x3300=00ff",
+        "2 0x1600=7 0x3300=01"]
+
+
+def test_text_heap_mode_hex_and_decimal_item_keys(tmp_path):
+    record = HeapRecord(1, {0x1600: 57344, 0x3300: b"\x00\xff"})
+    lines, _ = heap_text(tmp_path, "{items[0x1600]} {items[5632]} {items[0X3300]} "
+                         "{items[13056]} {items[0x10]}|", [record])
+    assert lines[1] == "57344 57344 00ff 00ff |"
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{items[temperature]}", "indexed by item id"),
+    ("{items[0x16zz]}", "indexed by item id"),
+    ("{items}", "takes one"),
+    ("{items[1][2]}", "takes one"),
+    ("{items[1].real}", "takes one"),
+    ("{item}", "takes one"),
+    ("{0}", "positional"),
+    ("{cnt:s}", "cannot be formatted"),
+    ("{time:d}", "cannot be formatted"),
+    ("{cnt}\n", "line break"),
+    ("{item[a}", "expected .}."),
+    ("{cnt} {chunk_id}", "unknown field {chunk_id}: a chunk-mode field"),
+    ("{timestamp:d}", "an item named timestamp: {item\\[timestamp\\]}"),
+])
+def test_text_heap_mode_bad_templates_are_refused(tmp_path, template, message):
+    with pytest.raises(ValueError, match=message):
+        check_template(template, chunk_mode=False)
+    with pytest.raises(ValueError, match=message):
+        make_sink(context(tmp_path, "text", chunk=None, template=template))
+
+
+def test_text_heap_mode_templates_with_names_are_accepted():
+    for template in ("{temperature:.2f}", "{item[name with space.and dot]}", "{a-b}",
+                     "{readings[0]:.3f}", "{status.real}", "{items[0x1600]:>8}",
+                     "{values} {cnt:05d} {time}", "{item[timestamp]} {item[chunk_id]}"):
+        check_template(template, chunk_mode=False)
+    with pytest.raises(ValueError, match="unknown field"):
+        check_template("{temperature}", chunk_mode=True)
+
+
+def test_text_heap_mode_values_that_do_not_fit_stay_raw(tmp_path):
+    record = sensor_record(readings=(1.0,))           # 4 bytes for a (3,) descriptor
+    lines, _ = heap_text(tmp_path, "{readings} {values}", [record])
+    assert record.decode().failed.keys() == {0x1001}
+    assert lines[1].startswith("3f800000 temperature=21.5 readings=3f800000 unit=")
+
+
+def test_text_heap_mode_one_record_stays_one_line(tmp_path):
+    lines, _ = heap_text(tmp_path, "{cnt} {unit} {values}",
+                         [sensor_record(unit=b"a\nb\rc"), sensor_record(2)])
+    assert len(lines) == 3
+    assert lines[1].startswith("1 a\\nb\\rc temperature=21.5")
+    assert 'unit="a\\nb\\rc"' in lines[1]
+
+
+def test_text_heap_mode_a_spec_a_value_cannot_take_loses_that_record(tmp_path):
+    lines, sink = heap_text(tmp_path, "{cnt} {unit:d}", [
+        HeapRecord(1, {}, descriptors=SENSOR_DESCRIPTORS), sensor_record(2),
+        HeapRecord(3, {}, descriptors=SENSOR_DESCRIPTORS)])
+    assert lines[1:] == ["1 ", "3 "]
+    stats = sink.stats()
+    assert stats["lost_records"] == 1 and "unit:d" in stats["last_error"]
 
 
 # ----------------------------------------------------------------------

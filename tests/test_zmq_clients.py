@@ -221,3 +221,62 @@ def test_format_status_from_a_real_control_reply(ctx, ipc_dir):
 def test_format_status_of_an_error_reply():
     assert format_status({"ok": False, "error": "unknown command 'x'"}) == \
         "error: unknown command 'x'"
+
+
+def sink_stats(name, **counts):
+    stats = {"name": name, "kind": name.split(":")[0], "bytes": 0, "records": 0, "files": 0,
+             "errors": 0, "last_error": "", "lost_records": 0, "current_file": "",
+             "last_file": "", "unfinished_files": 0}
+    return {**stats, **counts}
+
+
+STREAM_SINKS = [
+    sink_stats("text:/data/{stream}-{start:%Y%m%d}.log", bytes=5 << 20, records=4000, files=3),
+    sink_stats("pcap:/data/{stream}.pcap", bytes=512, records=4, errors=2, lost_records=1,
+               lost_packets=3, unfinished_files=1, last_error="ENOSPC: disk full"),
+]
+
+
+def sink_table(lines, title):
+    start = lines.index(title) + 1
+    rows = [line.split() for line in lines[start:start + 5]]
+    assert rows[0] == ["name", "bytes", "records", "files", "errors", "lost"]
+    return rows[1:]
+
+
+def test_stats_table_prints_a_stream_s_sinks_as_rows():
+    message = {**built_round()["stats.adc0"], "sinks": STREAM_SINKS}
+    text = format_stats_table(message)
+    assert "{'" not in text and "'name'" not in text          # no dict reprs
+    rows = sink_table(text.splitlines(), "  sinks:")
+    assert rows[0] == ["text:/data/{stream}-{start:%Y%m%d}.log", "5,242,880", "(5.0", "MiB)",
+                       "4,000", "3", "0", "0"]
+    assert rows[1] == ["pcap:/data/{stream}.pcap", "512", "4", "0", "2", "1", "+3", "packets"]
+    assert rows[2] == ["unfinished", "files:", "1"]
+    assert rows[3] == ["last", "error:", "ENOSPC:", "disk", "full"]
+    # the columns line up: each value ends where its heading does
+    lines = text.splitlines()
+    start = lines.index("  sinks:") + 1
+    header, first, second = lines[start:start + 3]
+    for heading in ("bytes", "records", "files", "errors", "lost"):
+        end = header.index(heading) + len(heading)
+        assert first[end - 1] != " " and first[end:end + 1] in ("", " ")
+        assert second[end - 1] != " "
+
+
+def test_status_reply_prints_sinks_once_under_their_stream():
+    reply = {"ok": True, **snapshot(), "daemon": "daq-a",
+             "sinks": {"adc0": STREAM_SINKS}}
+    reply["streams"]["adc0"]["sinks"] = STREAM_SINKS
+    text = format_status(reply)
+    assert "{'" not in text
+    assert text.count("text:/data/{stream}-{start:%Y%m%d}.log") == 1
+    lines = text.splitlines()
+    assert lines.index("  sinks:") > lines.index("stream adc0")
+    assert sink_table(lines, "  sinks:")[1][:6] == ["pcap:/data/{stream}.pcap", "512", "4",
+                                                   "0", "2", "1"]
+    # a status message (daqd stats) has no stream sections: the table is under the daemon
+    text = format_stats_table({"daemon": "daq-a", "state": "running", "uptime": 5.0,
+                               "sinks": {"adc0": STREAM_SINKS}})
+    assert sink_table(text.splitlines(), "  sinks of adc0:")[0][0] == \
+        "text:/data/{stream}-{start:%Y%m%d}.log"

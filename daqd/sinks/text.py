@@ -1,4 +1,4 @@
-"""The ``text`` sink: one line per record, through a `str.format` template.
+r"""The ``text`` sink: one line per record, through a `str.format` template.
 
 The ``template`` key of the sink names the fields; empty means the mode's
 default.  Chunk mode (`ChunkRecord`) fields:
@@ -16,10 +16,39 @@ default.  Chunk mode (`ChunkRecord`) fields:
 
 Default: ``{chunk_id} {timestamp} {fraction_present:.6f} {heaps_present}``.
 
-Heap mode (`HeapRecord`) fields: ``cnt``, ``nbytes``, ``received``, ``time``,
-``items`` (by item id: ``{items[5632]}`` is item 0x1600; immediate values are
-integers, addressed values hex strings, a missing item is empty) and
-``values`` (every item as ``0xID=VALUE``, by id).  Default: ``{cnt} {values}``.
+Heap mode (`HeapRecord`) fields:
+
+``cnt``, ``nbytes``, ``received``, ``time``
+    the heap counter, the items' bytes, and when the record was made;
+``NAME`` (any other field name)
+    the item of that name in the stream's descriptors, decoded as spead2's
+    ``ItemGroup`` would (`daqd.descriptors`), e.g. ``{temperature:.2f}``;
+    chunk-mode field names (``chunk_id``, ``timestamp``, ...) are refused
+    here, as a chunk-mode template's most likely;
+``item[NAME]``
+    the same, for any name (``{item[cryo stage 2.temp]}``: names with spaces,
+    dots or brackets, or the name of a field of either mode, such as
+    ``{item[timestamp]}``); ``item[0x1600]`` (an id in hex or decimal) is the
+    item of that id, decoded if it has a descriptor;
+``items[ID]``
+    the item's raw value by id, ``{items[0x1600]}`` or ``{items[5632]}``:
+    an immediate value as an integer, an addressed one as the hex of its
+    bytes; the key must be an integer (decimal or ``0x`` hex);
+``values``
+    every item, in id order, separated by spaces: ``NAME=VALUE`` for those
+    with a descriptor, ``0xID=RAW`` (raw as in ``items``) for the others;
+    strings are JSON-quoted there.
+
+A decoded value formats as itself with the field's format spec: numbers as
+numpy and Python print them (``{name:.3f}``, ``{name:#x}``); an array as
+``[v,v,...]`` (nested for more dimensions, no spaces), the spec applied to
+each element (``{readings:.4g}``); records of several fields as ``(a,b)``; a
+``c`` string as its text.  Indexing works on arrays (``{readings[0]}``).  An
+item the heap lacks, or a name no descriptor has given (yet: descriptors come
+from the sender), formats as empty text (padded to a given width).  An item
+whose value does not fit its descriptor keeps its raw value (counted by the
+stream in ``records_undecoded_items``).  A line break inside a value is
+written as ``\n``, so one record stays one line.  Default: ``{cnt} {values}``.
 
 With ``header = true`` (the default) each file starts with one line, ``#``
 and the template with every field replaced by its name, e.g.
@@ -29,7 +58,9 @@ and pandas read the files directly.
 
 from __future__ import annotations
 
+import _string  # the field-name parser of str.format (what string.Formatter uses)
 import datetime as dt
+import json
 import string
 from typing import Any
 
@@ -41,13 +72,43 @@ from daqd.sinks.paths import field_root, template_fields
 
 CHUNK_FIELDS = ("chunk_id", "timestamp", "fraction_present", "heaps_present", "heaps",
                 "nbytes", "received", "time")
-HEAP_FIELDS = ("cnt", "nbytes", "received", "time", "items", "values")
+HEAP_FIELDS = ("cnt", "nbytes", "received", "time", "items", "item", "values")
 CHUNK_TEMPLATE = "{chunk_id} {timestamp} {fraction_present:.6f} {heaps_present}"
 HEAP_TEMPLATE = "{cnt} {values}"
 
 _SAMPLE_CHUNK = {"chunk_id": 1, "timestamp": 8192, "fraction_present": 0.5,
                  "heaps_present": 1, "heaps": 2, "nbytes": 16, "received": 1.5,
                  "time": "2026-01-02T03:04:05.000000+00:00"}
+_FORMAT_ERRORS = (ValueError, KeyError, IndexError, AttributeError, TypeError)
+
+
+def _int_key(key: Any) -> int | None:
+    """Return the item id a ``[key]`` names (str.format passes digits as int), or None."""
+    if isinstance(key, int):
+        return key
+    try:
+        return int(key, 0)
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_heap_field(name: str) -> None:
+    root, rest = _string.formatter_field_name_split(name)
+    if not isinstance(root, str):
+        raise ValueError("positional fields ({}) are not allowed; name the field")
+    if root in CHUNK_FIELDS and root not in HEAP_FIELDS:
+        # Chunk-mode fields are reserved: most likely a chunk-mode template.
+        raise ValueError(f"unknown field {{{name}}}: a chunk-mode field; heap mode has "
+                         + ", ".join("{" + f + "}" for f in HEAP_FIELDS)
+                         + f" and item names (an item named {root}: {{item[{root}]}})")
+    if root not in ("items", "item"):
+        return
+    index = list(rest)
+    if len(index) != 1 or index[0][0]:
+        raise ValueError(f"{{{name}}}: {root} takes one [key], e.g. {{{root}[0x1600]}}")
+    if root == "items" and _int_key(index[0][1]) is None:
+        raise ValueError(f"{{{name}}}: items are indexed by item id, decimal or hex "
+                         "({items[5632]} or {items[0x1600]}); by name: {item[NAME]}")
 
 
 def check_template(template: str, chunk_mode: bool) -> None:
@@ -56,22 +117,29 @@ def check_template(template: str, chunk_mode: bool) -> None:
     Raises
     ------
     ValueError
-        An unknown field, a format spec the field's value cannot take, or a
-        line break (one record is one line).
+        An unknown field (chunk mode), an ``items[KEY]`` whose key is not an
+        item id, a format spec the field's value cannot take, or a line break
+        (one record is one line).
     """
     if "\n" in template or "\r" in template:
         raise ValueError("a line break (one record is one line)")
-    allowed = CHUNK_FIELDS if chunk_mode else HEAP_FIELDS
-    for name, _ in template_fields(template):
-        if field_root(name) not in allowed:
-            raise ValueError(f"unknown field {{{name}}}; "
-                             f"{'chunk' if chunk_mode else 'heap'} mode has "
-                             + ", ".join("{" + f + "}" for f in allowed))
+    fields = template_fields(template)
     if chunk_mode:
+        for name, _ in fields:
+            if field_root(name) not in CHUNK_FIELDS:
+                raise ValueError(f"unknown field {{{name}}}; chunk mode has "
+                                 + ", ".join("{" + f + "}" for f in CHUNK_FIELDS))
         try:
             template.format(**_SAMPLE_CHUNK)
-        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+        except _FORMAT_ERRORS as exc:
             raise ValueError(f"cannot be formatted: {exc}") from None
+        return
+    for name, _ in fields:
+        _check_heap_field(name)
+    try:
+        _HEAP_FORMATTER.vformat(template, (), _HeapFields(HeapRecord(1, {}, received=1.5)))
+    except _FORMAT_ERRORS as exc:
+        raise ValueError(f"cannot be formatted: {exc}") from None
 
 
 def header_line(template: str) -> str:
@@ -84,11 +152,117 @@ def header_line(template: str) -> str:
     return "# " + "".join(parts)
 
 
-class _Items(dict):  # type: ignore[type-arg]
-    """Item values by id; a missing item formats as an empty string."""
+class _Missing:
+    """An item a record lacks: formats as empty text, whatever is asked of it."""
 
-    def __missing__(self, key: Any) -> str:
+    def __getattr__(self, name: str) -> _Missing:
+        return self
+
+    def __getitem__(self, key: Any) -> _Missing:
+        return self
+
+    def __format__(self, spec: str) -> str:
+        try:
+            return format("", spec)
+        except ValueError:
+            return ""
+
+    def __str__(self) -> str:
         return ""
+
+    __repr__ = __str__
+
+
+MISSING = _Missing()
+
+
+def format_value(value: Any, spec: str = "") -> str:
+    """Format a decoded (or raw) item value on one line (see the module docstring)."""
+    if isinstance(value, np.ndarray):
+        if value.ndim == 0:
+            return format_value(value[()], spec)
+        return "[" + ",".join(format_value(v, spec) for v in value) + "]"
+    if isinstance(value, np.void):
+        if value.dtype.names is None:
+            return format(bytes(value).hex(), spec)
+        return "(" + ",".join(format_value(value[i], spec) for i in range(len(value))) + ")"
+    if isinstance(value, tuple):
+        return "(" + ",".join(format_value(v, spec) for v in value) + ")"
+    if isinstance(value, np.bytes_):            # a "c" field of a record
+        return format(value.decode("latin-1"), spec)
+    if isinstance(value, bytes):                # raw: an addressed item not decoded
+        return format(value.hex(), spec)
+    if not spec:
+        return str(value)                       # numpy scalars: their shortest repr
+    return format(value, spec)
+
+
+class _HeapFormatter(string.Formatter):
+    """`str.format` with `format_value` for every field."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        return format_value(value, format_spec)
+
+
+_HEAP_FORMATTER = _HeapFormatter()
+
+
+class _Items(dict):  # type: ignore[type-arg]
+    """Raw item values by id (int, or decimal/hex text); a missing item is `MISSING`."""
+
+    def __missing__(self, key: Any) -> Any:
+        item_id = _int_key(key)
+        if item_id is None or isinstance(key, int):
+            return MISSING
+        return self.get(item_id, MISSING)
+
+
+class _ByName:
+    """Decoded item values by name, or by id (int or decimal/hex text)."""
+
+    def __init__(self, record: HeapRecord):
+        self.decoded = record.decode()
+
+    def __getitem__(self, key: Any) -> Any:
+        decoded = self.decoded
+        item_id = decoded.ids.get(key) if isinstance(key, str) else None
+        if item_id is None:
+            item_id = _int_key(key)
+        return decoded.values.get(item_id, MISSING) if item_id is not None else MISSING
+
+
+def _listed(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) \
+        else format_value(value)
+
+
+class _HeapFields(dict):  # type: ignore[type-arg]
+    """A heap record's template fields; the costly ones, and item names, on demand."""
+
+    def __init__(self, record: HeapRecord):
+        super().__init__(cnt=record.cnt, nbytes=record.nbytes, received=record.received,
+                         time=_iso(record.received))
+        self.record = record
+
+    def __missing__(self, key: str) -> Any:
+        record = self.record
+        if key == "items":
+            value: Any = _Items((k, v.hex() if isinstance(v, bytes) else v)
+                                for k, v in sorted(record.items.items()))
+        elif key == "item":
+            value = _ByName(record)
+        elif key == "values":
+            decoded = record.decode()
+            value = " ".join(
+                f"{decoded.names[k]}={_listed(v)}" if k in decoded.names
+                else f"{k:#x}={v.hex() if isinstance(v, bytes) else v}"
+                for k, v in decoded.values.items())
+        else:
+            decoded = record.decode()
+            item_id = decoded.ids.get(key)
+            return MISSING if item_id is None else decoded.values[item_id]
+        self[key] = value
+        return value
 
 
 def _iso(t: float) -> str:
@@ -110,14 +284,25 @@ def chunk_fields(record: ChunkRecord) -> dict[str, Any]:
 
 
 def heap_fields(record: HeapRecord) -> dict[str, Any]:
-    """Return the template fields of a heap record."""
-    items = _Items((k, v.hex() if isinstance(v, bytes) else v)
-                   for k, v in sorted(record.items.items()))
-    return {
-        "cnt": record.cnt, "nbytes": record.nbytes, "received": record.received,
-        "time": _iso(record.received), "items": items,
-        "values": " ".join(f"{k:#x}={v}" for k, v in items.items()),
-    }
+    """Return the template fields of a heap record (a mapping filled on demand)."""
+    return _HeapFields(record)
+
+
+def format_heap(template: str, record: HeapRecord) -> str:
+    """Format one heap record through `template` (no line break added).
+
+    Raises
+    ------
+    ValueError, KeyError, IndexError, AttributeError, TypeError
+        A field the record's values cannot format as asked.
+    """
+    return _HEAP_FORMATTER.vformat(template, (), _HeapFields(record))
+
+
+def _one_line(line: str) -> str:
+    if "\n" in line or "\r" in line:
+        line = line.replace("\r", "\\r").replace("\n", "\\n")
+    return line
 
 
 class TextSink(ByteSink):
@@ -132,14 +317,17 @@ class TextSink(ByteSink):
         self.line_template = self.config.template or (
             CHUNK_TEMPLATE if chunk_mode else HEAP_TEMPLATE)
         check_template(self.line_template, chunk_mode)
-        self._fields = chunk_fields if chunk_mode else heap_fields
+        self._chunk_mode = chunk_mode
 
     def _encode(self, record: Any) -> Piece:
         try:
-            line = self.line_template.format(**self._fields(record))
-        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+            if self._chunk_mode:
+                line = self.line_template.format(**chunk_fields(record))
+            else:
+                line = format_heap(self.line_template, record)
+        except _FORMAT_ERRORS as exc:
             raise ValueError(f"template {self.line_template!r}: {exc}") from None
-        data = (line + "\n").encode()
+        data = (_one_line(line) + "\n").encode()
         key = record.chunk_id if isinstance(record, ChunkRecord) else record.cnt
         return Piece(record, len(data), [data], key)
 
