@@ -195,31 +195,175 @@ cdef enum:
     SEND_PCAP = 2
 
 
-cdef int send_batch(int fd, int mode, const uint8_t **data, const size_t *length, size_t n,
-                    mmsghdr *msgs, iovec *iovs, uint8_t *scratch, uint16_t port,
-                    uint64_t *dropped) noexcept nogil:
-    """Send one batch of packets; 0 or an errno value."""
-    cdef size_t i, done, off
-    cdef int got, err
-    if mode == SEND_DATAGRAM:
-        for i in range(n):
-            iovs[i].iov_base = <void *>data[i]
-            iovs[i].iov_len = length[i]
-            msgs[i].msg_hdr.msg_iov = &iovs[i]
-            msgs[i].msg_hdr.msg_iovlen = 1
-        done = 0
-        while done < n:
-            got = sendmmsg(fd, msgs + done, <unsigned int>(n - done), 0)
-            if got < 0:
-                if errno == EINTR or errno == EAGAIN \
-                        or errno == ENOBUFS:    # the kernel dropped it: count it
-                    if errno == ENOBUFS:
-                        dropped[0] += 1
-                        done += 1
-                    continue
-                return errno
-            done += <size_t>got
+# UDP generic segmentation offload (Linux >= 4.18): one sendmsg of up to 64 KiB
+# carries several equal-size datagrams, with a UDP_SEGMENT control message
+# giving their size; the kernel cuts it into separate datagrams (on loopback
+# as late as the receiving socket), which arrive exactly as if sent one by one.
+from libc.stdlib cimport calloc
+
+cdef extern from "<errno.h>" nogil:
+    enum: EINVAL
+    enum: EIO
+    enum: EMSGSIZE
+    enum: ENOPROTOOPT
+    enum: EOPNOTSUPP
+
+cdef extern from "<sys/socket.h>" nogil:
+    int getsockopt(int sockfd, int level, int optname, void *optval, unsigned int *optlen)
+    size_t CMSG_LEN(size_t length)
+
+cdef enum:
+    DAQD_SOL_UDP = 17           # SOL_UDP, IPPROTO_UDP
+    DAQD_UDP_SEGMENT = 103      # UDP_SEGMENT (linux/udp.h); older libc headers lack it
+    GSO_MAX_BYTES = 65507       # UDP payload of one IPv4 datagram: 65535 - 20 - 8
+    GSO_MAX_SEGMENTS = 64       # UDP_MAX_SEGMENTS of kernels before 6.x (now 128)
+
+
+cdef inline size_t gso_segments(size_t size) noexcept nogil:
+    """Datagrams of `size` bytes one GSO send may carry (0 or 1: GSO is no use)."""
+    if size == 0 or size > 0xFFFF:
         return 0
+    return min(<size_t>GSO_MAX_SEGMENTS, <size_t>GSO_MAX_BYTES // size)
+
+
+def udp_gso_segments(size_t size):
+    """How many `size`-byte datagrams one UDP GSO send carries (at most 64).
+
+    Senders get the most out of GSO with batches a multiple of this.
+    """
+    return gso_segments(size)
+
+
+cdef bint gso_refused(int err) noexcept nogil:
+    """Whether a send error means "no GSO here" (send the datagrams one by one).
+
+    EINVAL, EIO, ENOPROTOOPT and EOPNOTSUPP: this kernel, socket or route
+    cannot segment (no UDP_SEGMENT, SO_NO_CHECK, no checksum offload, IPsec);
+    EMSGSIZE: a datagram is over the path MTU, which the kernel would
+    fragment when sent alone but refuses to segment.
+    """
+    return (err == EINVAL or err == EIO or err == ENOPROTOOPT or err == EOPNOTSUPP
+            or err == EMSGSIZE)
+
+
+cdef int send_datagrams(int fd, const uint8_t **data, const size_t *length, size_t n,
+                        mmsghdr *msgs, iovec *iovs, uint64_t *dropped) noexcept nogil:
+    """sendmmsg every packet as its own message; 0 or an errno value."""
+    cdef size_t i, done
+    cdef int got
+    for i in range(n):
+        iovs[i].iov_base = <void *>data[i]
+        iovs[i].iov_len = length[i]
+        msgs[i].msg_hdr.msg_iov = &iovs[i]
+        msgs[i].msg_hdr.msg_iovlen = 1
+        msgs[i].msg_hdr.msg_control = NULL
+        msgs[i].msg_hdr.msg_controllen = 0
+    done = 0
+    while done < n:
+        got = sendmmsg(fd, msgs + done, <unsigned int>(n - done), 0)
+        if got < 0:
+            if errno == EINTR or errno == EAGAIN \
+                    or errno == ENOBUFS:    # the kernel dropped it: count it
+                if errno == ENOBUFS:
+                    dropped[0] += 1
+                    done += 1
+                continue
+            return errno
+        done += <size_t>got
+    return 0
+
+
+cdef int send_gso(int fd, const uint8_t **data, const size_t *length, size_t n,
+                  mmsghdr *msgs, iovec *iovs, uint8_t *control, size_t *first,
+                  uint64_t *dropped, int *gso) noexcept nogil:
+    """Send a batch with UDP GSO, runs of equal-size packets as one message each.
+
+    Runs of packets of one size (up to `gso_segments` of them) become one
+    message with a UDP_SEGMENT control message; the packets' bytes are
+    gathered with one iovec per stretch contiguous in memory.  A packet of
+    its own goes as a plain message.  If the kernel refuses to segment
+    (`gso_refused`), `gso[0]` is set to the errno value and the rest of the
+    batch, and every later one, goes out packet by packet.  0 or an errno
+    value.
+    """
+    cdef size_t i = 0, j, k, m = 0, v = 0, size, limit, done
+    cdef size_t space = CMSG_SPACE(sizeof(uint16_t))
+    cdef cmsghdr *c
+    cdef uint16_t seg
+    cdef int got, err
+    cdef msghdr *h
+    while i < n:
+        size = length[i]
+        limit = gso_segments(size)
+        j = i + 1
+        while j < n and j - i < limit and length[j] == size:
+            j += 1
+        h = &msgs[m].msg_hdr
+        first[m] = i
+        h.msg_iov = &iovs[v]
+        h.msg_iovlen = 1
+        iovs[v].iov_base = <void *>data[i]
+        iovs[v].iov_len = size
+        for k in range(i + 1, j):
+            if <const uint8_t *>iovs[v].iov_base + iovs[v].iov_len == data[k]:
+                iovs[v].iov_len += size
+            else:
+                v += 1
+                h.msg_iovlen += 1
+                iovs[v].iov_base = <void *>data[k]
+                iovs[v].iov_len = size
+        v += 1
+        if j - i > 1:
+            h.msg_control = control + m * space
+            h.msg_controllen = space
+            c = CMSG_FIRSTHDR(h)
+            c.cmsg_level = DAQD_SOL_UDP
+            c.cmsg_type = DAQD_UDP_SEGMENT
+            c.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+            seg = <uint16_t>size
+            memcpy(CMSG_DATA(c), &seg, sizeof(uint16_t))
+        else:
+            h.msg_control = NULL
+            h.msg_controllen = 0
+        m += 1
+        i = j
+    first[m] = n
+    done = 0
+    while done < m:
+        got = sendmmsg(fd, msgs + done, <unsigned int>(m - done), 0)
+        if got >= 0:
+            done += <size_t>got
+            continue
+        err = errno
+        if err == EINTR or err == EAGAIN:
+            continue
+        if err == ENOBUFS:          # the kernel dropped the message's datagrams
+            dropped[0] += first[done + 1] - first[done]
+            done += 1
+            continue
+        if msgs[done].msg_hdr.msg_control != NULL and gso_refused(err):
+            gso[0] = err
+            i = first[done]
+            return send_datagrams(fd, data + i, length + i, n - i, msgs, iovs, dropped)
+        return err
+    return 0
+
+
+cdef int send_batch(int fd, int mode, const uint8_t **data, const size_t *length, size_t n,
+                    mmsghdr *msgs, iovec *iovs, uint8_t *control, size_t *first,
+                    uint8_t *scratch, uint16_t port, uint64_t *dropped,
+                    int *gso) noexcept nogil:
+    """Send one batch of packets; 0 or an errno value.
+
+    In datagram mode `gso[0]` == 0 sends with UDP GSO (`send_gso`), anything
+    else (the errno value that turned GSO off, or -1) packet by packet.
+    """
+    cdef size_t i, done, off
+    cdef int err
+    if mode == SEND_DATAGRAM:
+        if gso[0] == 0:
+            return send_gso(fd, data, length, n, msgs, iovs, control, first, dropped, gso)
+        return send_datagrams(fd, data, length, n, msgs, iovs, dropped)
     if mode == SEND_STREAM:
         # Packets of one batch may be contiguous (sim) or not (anything else).
         i = 0
@@ -242,7 +386,8 @@ cdef int send_batch(int fd, int mode, const uint8_t **data, const size_t *length
     return write_all(fd, scratch, off)
 
 
-def send(Reader source, int fd, str mode, *, int port=7148, object max_packets=None):
+def send(Reader source, int fd, str mode, *, int port=7148, object max_packets=None,
+         bint gso=False, dict info=None):
     """Send every packet of `source` to `fd` until it ends.
 
     Parameters
@@ -257,6 +402,15 @@ def send(Reader source, int fd, str mode, *, int port=7148, object max_packets=N
         UDP destination port recorded in pcap frames.
     max_packets : int, optional
         Stop after this many packets.
+    gso : bool
+        In ``"udp"`` mode, send runs of equal-size packets with UDP generic
+        segmentation offload (several datagrams per system call; the same
+        datagrams arrive).  Where the kernel refuses it, the packets go one
+        by one, as without `gso`.
+    info : dict, optional
+        Filled in with ``"gso"``: whether GSO was still on at the end, and
+        ``"gso_errno"``: the errno value that turned it off (0: none; -1:
+        the socket has no UDP_SEGMENT option).
 
     Returns
     -------
@@ -264,18 +418,30 @@ def send(Reader source, int fd, str mode, *, int port=7148, object max_packets=N
     """
     cdef int imode = {"udp": SEND_DATAGRAM, "stream": SEND_STREAM, "pcap": SEND_PCAP}[mode]
     cdef size_t cap = source.capacity
+    cdef size_t space = CMSG_SPACE(sizeof(uint16_t))
     cdef mmsghdr *msgs = <mmsghdr *>malloc(cap * sizeof(mmsghdr))
     cdef iovec *iovs = <iovec *>malloc(cap * sizeof(iovec))
+    cdef uint8_t *control = NULL
+    cdef size_t *first = NULL
     cdef uint8_t *scratch = NULL
     cdef uint64_t stats[<int>N_STATS]
     cdef uint64_t packets = 0, nbytes = 0, dropped = 0
     cdef uint64_t limit = max_packets if max_packets is not None else 0
-    cdef int rc = 0, err = 0
+    cdef int rc = 0, err = 0, gso_state = -1, value = 0
+    cdef unsigned int value_size = sizeof(value)
     memset(stats, 0, sizeof(stats))
     cdef size_t i, n = 0, need = 0, scratch_size = 0
-    if msgs == NULL or iovs == NULL:
+    if gso and imode == SEND_DATAGRAM:
+        # Kernels before 4.18 have no such option: ENOPROTOOPT.
+        if getsockopt(fd, DAQD_SOL_UDP, DAQD_UDP_SEGMENT, &value, &value_size) == 0:
+            gso_state = 0
+            control = <uint8_t *>calloc(cap, space)
+            first = <size_t *>malloc((cap + 1) * sizeof(size_t))
+    if msgs == NULL or iovs == NULL or (gso_state == 0 and (control == NULL or first == NULL)):
         free(msgs)
         free(iovs)
+        free(control)
+        free(first)
         raise MemoryError()
     memset(msgs, 0, cap * sizeof(mmsghdr))
     try:
@@ -303,7 +469,7 @@ def send(Reader source, int fd, str mode, *, int port=7148, object max_packets=N
                 scratch_size = need
             with nogil:
                 err = send_batch(fd, imode, source.pkt_data, source.pkt_len, n, msgs, iovs,
-                                 scratch, <uint16_t>port, &dropped)
+                                 control, first, scratch, <uint16_t>port, &dropped, &gso_state)
                 for i in range(n):
                     nbytes += source.pkt_len[i]
                 packets += n
@@ -315,5 +481,10 @@ def send(Reader source, int fd, str mode, *, int port=7148, object max_packets=N
     finally:
         free(msgs)
         free(iovs)
+        free(control)
+        free(first)
         free(scratch)
+        if info is not None:
+            info["gso"] = gso_state == 0
+            info["gso_errno"] = gso_state if gso and imode == SEND_DATAGRAM else 0
     return packets, nbytes, dropped

@@ -20,16 +20,20 @@ over loopback UDP
     heaps lost.  One sender process (``_spead.send`` over a connected UDP
     socket, paced by the SimReader) runs pinned to one core, the receiver to
     the other; both receivers get the same socket (8 MiB receive buffer by
-    default, past net.core.rmem_max when the process may).  Each trial is
-    about one second of traffic ending with a stop heap; the rate is found by
-    a trial at the sender's full speed, a halving ladder below it, then a
-    geometric bisection, the two receivers' searches taking turns trial by
-    trial.  A rate fails only when two trials at it lose too much (a VM stops
-    a vCPU for milliseconds now and then, and one such stop overflows the
-    socket buffer whatever the receiver).  When the sender cannot outrun the
-    receivers, their rates say nothing; so each workload ends with a few
-    alternating trials of both at one fixed rate, comparing the receiver CPU
-    time per packet (all of it and its user-space part).
+    default, past net.core.rmem_max when the process may).  The sender uses
+    UDP GSO: messages of up to 64 KiB of equal-size datagrams, several per
+    ``sendmmsg``, which the kernel cuts up (on loopback only just before the
+    receiving socket, so the receivers see the same separate datagrams); where
+    the kernel refuses it, or with ``sender_gso=False``, one datagram per
+    message.  Each trial is about one second of traffic ending with a stop
+    heap; the rate is found by a trial at the sender's full speed, a halving
+    ladder below it, then a geometric bisection, the two receivers' searches
+    taking turns trial by trial.  A rate fails only when two trials at it lose
+    too much (a VM stops a vCPU for milliseconds now and then, and one such
+    stop overflows the socket buffer whatever the receiver).  When the sender
+    cannot outrun the receivers, their rates say nothing; so each workload
+    ends with a few alternating trials of both at one fixed rate, comparing
+    the receiver CPU time per packet (all of it and its user-space part).
 
 spead2 is imported only when a spead2 figure is asked for.
 """
@@ -56,6 +60,7 @@ import numpy as np
 
 from daqd import __version__, _spead
 from daqd.errors import UsageProblem
+from daqd.simulate import udp_batch
 
 WORKLOAD_NAMES = ("W1", "W2", "W3")
 MODES = ("memory", "udp", "all")
@@ -363,9 +368,10 @@ def sender_main() -> None:
     """Run the sender process: one JSON command per line on stdin, one reply each.
 
     Command: ``{"workload", "port", "rate" (packets/s, 0 = full speed),
-    "seconds"}``.  The sender sends about `seconds` of the workload to
+    "seconds", "gso"}``.  The sender sends about `seconds` of the workload to
     127.0.0.1:port, then a stop heap (three times, in case one is dropped),
-    and replies ``{"packets", "bytes", "dropped", "seconds"}``.
+    and replies ``{"packets", "bytes", "dropped", "seconds", "gso",
+    "gso_errno"}`` (see `_send_trial`).
     """
     cpu = int(sys.argv[1]) if len(sys.argv) > 1 else -1
     if cpu >= 0:
@@ -379,21 +385,33 @@ def sender_main() -> None:
         out.flush()
 
 
-def _send_trial(workload: str, port: int, rate: float, seconds: float) -> dict[str, Any]:
+def _send_trial(workload: str, port: int, rate: float, seconds: float,
+                gso: bool = True) -> dict[str, Any]:
+    """Send one trial's traffic; reply as `sender_main` says.
+
+    ``"gso"`` in the reply: whether UDP GSO stayed on to the end;
+    ``"gso_errno"``: the errno value with which the kernel refused it (0:
+    it did not, -1: no UDP_SEGMENT socket option).
+    """
     _, per_heap, _ = _spead.WORKLOADS[workload]
     size = packet_size(workload)
-    # Whole batches of 64 packets (so no packet of a batch is skipped and every
-    # heap is whole), about 20 ms of traffic per send() call.
-    block = 64 * max(1, int(rate * 0.02) // 64) if rate else 1024
-    sim = _spead.SimReader(workload, heaps=0, rate=rate * size, first_cnt=FIRST_CNT)
+    batch = udp_batch(workload, gso)
+    # Whole batches (so no packet of a batch is skipped and every heap is
+    # whole), about 20 ms of traffic per send() call.
+    block = batch * max(1, int(rate * 0.02) // batch if rate else 2048 // batch)
+    sim = _spead.SimReader(workload, heaps=0, rate=rate * size, batch=batch,
+                           first_cnt=FIRST_CNT)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     packets = nbytes = dropped = 0
+    info = {"gso": gso, "gso_errno": 0}
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
         sock.connect(("127.0.0.1", port))
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
-            p, b, d = _spead.send(sim, sock.fileno(), "udp", max_packets=block)
+            # Once refused, GSO is not asked for again.
+            p, b, d = _spead.send(sim, sock.fileno(), "udp", max_packets=block,
+                                  gso=info["gso"], info=info)
             packets += p
             nbytes += b
             dropped += d
@@ -404,7 +422,8 @@ def _send_trial(workload: str, port: int, rate: float, seconds: float) -> dict[s
             time.sleep(0.01)
     finally:
         sock.close()
-    return {"packets": packets, "bytes": nbytes, "dropped": dropped, "seconds": elapsed}
+    return {"packets": packets, "bytes": nbytes, "dropped": dropped, "seconds": elapsed,
+            "gso": bool(gso and info["gso"]), "gso_errno": info["gso_errno"]}
 
 
 class Sender:
@@ -423,9 +442,11 @@ class Sender:
             self.close()
             raise BenchError("the sender process did not start")
 
-    def start(self, workload: str, port: int, rate: float, seconds: float) -> None:
+    def start(self, workload: str, port: int, rate: float, seconds: float,
+              gso: bool = True) -> None:
         """Start one trial's traffic (returns at once)."""
-        command = {"workload": workload, "port": port, "rate": rate, "seconds": seconds}
+        command = {"workload": workload, "port": port, "rate": rate, "seconds": seconds,
+                   "gso": gso}
         self.stdin.write(json.dumps(command) + "\n")
         self.stdin.flush()
 
@@ -511,6 +532,8 @@ class Trial:
     user_us_per_packet: float   # the user-space part of it (the rest is the kernel's)
     other_load: float | None    # cores other processes used meanwhile
     steal: float | None         # cores stolen by the hypervisor meanwhile
+    sender_gso: bool = False    # the sender used UDP GSO throughout
+    sender_gso_errno: int = 0   # why not, when asked for: errno of the refusal, -1 no option
 
 
 class _Watch(threading.Thread):
@@ -533,8 +556,12 @@ class _Watch(threading.Thread):
 
 
 def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds: float,
-              spead2: Any = None, socket_buffer: int = SOCKET_BUFFER) -> Trial:
-    """One trial: `seconds` of `workload` at `rate` packets/s into a fresh receiver."""
+              spead2: Any = None, socket_buffer: int = SOCKET_BUFFER,
+              gso: bool = True) -> Trial:
+    """One trial: `seconds` of `workload` at `rate` packets/s into a fresh receiver.
+
+    `gso`: the sender sends with UDP GSO (where the kernel allows it).
+    """
     _, per_heap, _ = _spead.WORKLOADS[workload]
     sock, _, _ = receive_socket(socket_buffer)
     port = sock.getsockname()[1]
@@ -555,7 +582,7 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
         load = LoadMonitor(sender.proc.pid)
         user, wall = _user_seconds(), time.perf_counter()
         cpu = time.process_time()
-        sender.start(workload, port, rate, seconds)
+        sender.start(workload, port, rate, seconds, gso)
         watch.start()
         for chunk in chunks:
             present += count(chunk.present)
@@ -590,6 +617,7 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
         cpu_us_per_packet=1e6 * cpu / reply["packets"] if reply["packets"] else 0.0,
         user_us_per_packet=1e6 * user / reply["packets"] if reply["packets"] else 0.0,
         other_load=other, steal=steal,
+        sender_gso=reply.get("gso", False), sender_gso_errno=reply.get("gso_errno", 0),
     )
 
 
@@ -659,6 +687,7 @@ def search_rate(trial: Callable[[float], Trial], *, ladder: int = 6, steps: int 
 def bench_udp(workload: str, receivers: Sequence[str], sender: Sender, *,
               seconds: float = 1.0, ladder: int = 6, steps: int = 5, retries: int = 1,
               wait_idle: float = 0.0, socket_buffer: int = SOCKET_BUFFER,
+              gso: bool = True,
               log: Callable[[str], None] = lambda _: None) -> list[UdpResult]:
     """Search the highest rate each receiver sustains on `workload`.
 
@@ -668,7 +697,7 @@ def bench_udp(workload: str, receivers: Sequence[str], sender: Sender, *,
     now and then stops for several milliseconds (the host), and one such
     stop in a trial overflows the socket buffer whatever the receiver.  With
     `wait_idle`, each trial first waits up to that many seconds for other
-    processes to leave the CPUs alone.
+    processes to leave the CPUs alone.  `gso`: the sender uses UDP GSO.
     """
     spead2 = import_spead2() if "spead2" in receivers else None
     heap_bytes, per_heap, _ = _spead.WORKLOADS[workload]
@@ -692,7 +721,8 @@ def bench_udp(workload: str, receivers: Sequence[str], sender: Sender, *,
             for _attempt in range(retries + 1):
                 if wait_idle:
                     wait_until_quiet(wait_idle)
-                t = udp_trial(r, workload, sender, rates[r], seconds, spead2, socket_buffer)
+                t = udp_trial(r, workload, sender, rates[r], seconds, spead2, socket_buffer,
+                              gso)
                 every[r].append(t)
                 note(r, t)
                 if t.ok:
@@ -731,6 +761,7 @@ class CostResult:
 
 def bench_cost(workload: str, receivers: Sequence[str], sender: Sender, rate: float, *,
                trials: int = 3, seconds: float = 1.0, socket_buffer: int = SOCKET_BUFFER,
+               gso: bool = True,
                log: Callable[[str], None] = lambda _: None) -> list[CostResult]:
     """Receiver CPU time per packet at one offered `rate` (packets/s), trials alternating.
 
@@ -741,7 +772,8 @@ def bench_cost(workload: str, receivers: Sequence[str], sender: Sender, rate: fl
     got: dict[str, list[Trial]] = {r: [] for r in receivers}
     for i in range(trials):
         for r in (receivers if i % 2 == 0 else list(reversed(receivers))):
-            got[r].append(udp_trial(r, workload, sender, rate, seconds, spead2, socket_buffer))
+            got[r].append(udp_trial(r, workload, sender, rate, seconds, spead2, socket_buffer,
+                                    gso))
     out = []
     for r in receivers:
         ts = got[r]
@@ -894,6 +926,7 @@ class BenchReport:
     socket_buffer_note: str | None = None
     pinning: str | None = None
     retries: int = 1
+    sender: str | None = None       # how the UDP sender sent (GSO or sendmmsg)
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict, with daqd/spead2 ratios."""
@@ -930,6 +963,7 @@ def report_from_json(data: dict[str, Any]) -> BenchReport:
         socket_buffer_note=data.get("socket_buffer_note"),
         pinning=data.get("pinning"),
         retries=data.get("retries", 1),
+        sender=data.get("sender"),
     )
 
 
@@ -999,7 +1033,7 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
               mode: str = "all", runs: int = 5, heaps: int | None = None,
               trial_seconds: float = 1.0, ladder: int = 6, steps: int = 5,
               retries: int = 1, wait_idle: float = 0.0, socket_buffer: int = SOCKET_BUFFER,
-              cost_trials: int = 3,
+              cost_trials: int = 3, sender_gso: bool = True,
               log: Callable[[str], None] = lambda _: None) -> BenchReport:
     """Run the chunk-mode benchmarks.
 
@@ -1029,6 +1063,9 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
     cost_trials : int
         After each workload's search, trials per receiver at one fixed rate
         (COST_FRACTION of the lower sustained rate) for CPU time per packet.
+    sender_gso : bool
+        The UDP sender sends with UDP GSO (falling back to ``sendmmsg`` of one
+        datagram per message where the kernel refuses it).
     log : callable
         Receives one line per step (progress).
     """
@@ -1072,7 +1109,8 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
                 start = time.perf_counter()
                 found = bench_udp(w, receivers, sender, seconds=trial_seconds,
                                   ladder=ladder, steps=steps, retries=retries,
-                                  wait_idle=wait_idle, socket_buffer=socket_buffer, log=log)
+                                  wait_idle=wait_idle, socket_buffer=socket_buffer,
+                                  gso=sender_gso, log=log)
                 report.udp += found
                 report.durations[f"udp {w}"] = time.perf_counter() - start
                 sustained = [u.packets_per_s for u in found if u.sustained]
@@ -1082,12 +1120,26 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
                         wait_until_quiet(wait_idle)
                     report.cost += bench_cost(w, receivers, sender, COST_FRACTION * min(sustained),
                                               trials=cost_trials, seconds=trial_seconds,
-                                              socket_buffer=socket_buffer, log=log)
+                                              socket_buffer=socket_buffer, gso=sender_gso,
+                                              log=log)
                     report.durations[f"udp cost {w}"] = time.perf_counter() - start
         finally:
             sender.close()
             os.sched_setaffinity(0, before)
+        report.sender = describe_sender(sender_gso, [t for u in report.udp for t in u.trials])
     return report
+
+
+def describe_sender(asked: bool, trials: Sequence[Trial]) -> str:
+    """How the UDP sender sent in `trials`: with GSO, or why not."""
+    if not asked:
+        return "sendmmsg, one datagram per message (GSO not asked for)"
+    if all(t.sender_gso for t in trials):
+        return "UDP GSO (messages of up to 64 KiB of datagrams, several per sendmmsg)"
+    refused = sorted({t.sender_gso_errno for t in trials if not t.sender_gso})
+    why = ", ".join("no UDP_SEGMENT option" if e < 0 else os.strerror(e) for e in refused)
+    some = "" if not any(t.sender_gso for t in trials) else "in some trials "
+    return f"sendmmsg, one datagram per message {some}(the kernel refused UDP GSO: {why})"
 
 
 def _cores(value: float | None) -> str:
@@ -1135,6 +1187,7 @@ def format_report(report: BenchReport) -> str:
             f"(socket buffer {report.socket_buffer} bytes, {report.socket_buffer_note}; "
             f"{report.pinning}; "
             f"a rate fails when {report.retries + 1} trials at it all lose more)",
+            f"sender: {report.sender or '?'}",
             f"{'workload':8} {'receiver':8} {'kheaps/s':>10} {'Mpkt/s':>8} {'Gbit/s':>8} "
             f"{'loss %':>7} {'drops':>6} {'rx CPU':>6} {'us/pkt (user)':>13} {'other':>5} "
             f"{'next rate tried':>20} {'trials':>6} {'daqd/spead2':>12}",

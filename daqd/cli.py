@@ -196,6 +196,13 @@ def simulate(target: str, workload: str, rate: float, heaps: int, stop: bool, po
     help="Before each measurement, wait up to this many seconds for other processes "
     "to leave the CPUs idle (shared machines).",
 )
+@click.option(
+    "--sender-gso/--no-sender-gso",
+    default=True,
+    show_default=True,
+    help="UDP: the sender sends with UDP GSO (up to 64 KiB of datagrams per message; "
+    "one datagram per message where the kernel refuses it).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 def bench(
     workloads: tuple[str, ...],
@@ -210,6 +217,7 @@ def bench(
     cost_trials: int,
     socket_buffer: int,
     wait_idle: float,
+    sender_gso: bool,
     quiet: bool,
 ) -> None:
     """Run the chunk-mode throughput benchmarks and print figures (and ratios).
@@ -236,6 +244,7 @@ def bench(
         cost_trials=cost_trials,
         socket_buffer=socket_buffer,
         wait_idle=wait_idle,
+        sender_gso=sender_gso,
         log=log,
     )
     if as_json:

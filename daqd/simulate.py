@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -12,6 +13,21 @@ from urllib.parse import urlsplit
 
 from daqd import _spead
 from daqd.errors import UsageProblem
+
+
+def udp_batch(workload: str, gso: bool = True) -> int:
+    """Packets per SimReader batch for sending `workload` over UDP.
+
+    A whole number of heaps; with `gso`, also a whole number of full UDP GSO
+    sends (``_spead.udp_gso_segments``: 7 packets of W1 or W3, 60 of W2), and
+    at least 56 packets.  Without: 64, the SimReader's default.
+    """
+    heap_bytes, per_heap, _ = _spead.WORKLOADS[workload]
+    if not gso:
+        return 64
+    size = 56 + heap_bytes // per_heap         # header and payload of one packet
+    unit = math.lcm(per_heap, max(1, _spead.udp_gso_segments(size)))
+    return unit * max(1, 56 // unit)
 
 
 def _connect(uri: str, kind: int) -> socket.socket:
@@ -38,16 +54,18 @@ def simulate(
 ) -> dict[str, Any]:
     """Send `heaps` heaps of `workload` to `target`; returns what was sent.
 
-    Targets: ``udp://HOST:PORT`` (sendmmsg batches), ``tcp://HOST:PORT``,
+    Targets: ``udp://HOST:PORT`` (UDP GSO, or sendmmsg batches where the
+    kernel refuses it: the same datagrams either way), ``tcp://HOST:PORT``,
     ``file:PATH`` (packets back to back; ``file:-`` is standard output) and
     ``pcap:PATH`` or any path ending in ``.pcap`` (a classic pcap file of
     UDP frames to `port`).  A stop heap follows unless `stop` is False.
     """
+    scheme, _, rest = target.partition(":")
+    batch = udp_batch(workload) if scheme == "udp" and workload in _spead.WORKLOADS else 64
     try:
-        source = _spead.SimReader(workload, heaps=heaps, rate=rate)
+        source = _spead.SimReader(workload, heaps=heaps, rate=rate, batch=batch)
     except ValueError as exc:
         raise UsageProblem(f"--workload: {exc}") from None
-    scheme, _, rest = target.partition(":")
     if target.endswith(".pcap") and scheme not in ("file", "pcap"):
         scheme, rest = "pcap", target
     closer: Any = None
@@ -76,7 +94,7 @@ def simulate(
         raise UsageProblem(f"{target}: unknown target (expected udp://, tcp://, file: or pcap:)")
     started = time.monotonic()
     try:
-        packets, nbytes, dropped = _spead.send(source, fd, mode, port=port)
+        packets, nbytes, dropped = _spead.send(source, fd, mode, port=port, gso=True)
         if stop:
             last = _spead.ByteListReader([_spead.stop_packet(source.first_cnt + heaps)])
             _spead.send(last, fd, mode, port=port)
@@ -121,7 +139,8 @@ class Simulator:
         c = self.config
         kind = socket.SOCK_DGRAM if c.target.startswith("udp:") else socket.SOCK_STREAM
         self.sock = _connect(c.target, kind)
-        self.source = _spead.SimReader(c.workload, heaps=c.heaps, rate=c.rate)
+        batch = udp_batch(c.workload) if c.target.startswith("udp:") else 64
+        self.source = _spead.SimReader(c.workload, heaps=c.heaps, rate=c.rate, batch=batch)
         self.thread = threading.Thread(target=self._send, name=f"simulate:{c.target}",
                                        daemon=True)
         self.thread.start()
@@ -130,7 +149,8 @@ class Simulator:
         c = self.config
         mode = "udp" if c.target.startswith("udp:") else "stream"
         try:
-            packets, nbytes, dropped = _spead.send(self.source, self.sock.fileno(), mode)
+            packets, nbytes, dropped = _spead.send(self.source, self.sock.fileno(), mode,
+                                                   gso=True)
             if c.stop and c.heaps:
                 last = _spead.ByteListReader([_spead.stop_packet(self.source.first_cnt
                                                                   + c.heaps)])

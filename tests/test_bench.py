@@ -124,6 +124,7 @@ def test_udp_runs():
             assert 0 <= t["heaps_present"] <= t["heaps_sent"]
             assert t["offered_pps"] > 0
     assert report["socket_buffer"] > 0
+    assert "GSO" in report["sender"] or "sendmmsg" in report["sender"]
     if all(u["sustained"] for u in report["udp"]):
         assert [c["receiver"] for c in report["cost"]] == ["daqd", "spead2"]
         assert all(len(c["losses"]) == 1 for c in report["cost"])

@@ -11,7 +11,7 @@ spead2 ``ChunkRingStream`` + ``add_buffer_reader`` with the data ring iterated
 and ``add_free_chunk``.  Medians of interleaved runs; every heap is checked
 present, and every byte of an untimed first run is checked in place.
 
-Over loopback UDP, the same sender process (``_spead.send``, pinned to one
+Over loopback UDP, the same sender process (``_spead.send`` with UDP GSO, pinned to one
 core) feeds each receiver (pinned to the other) through the same socket setup;
 the figure is the highest offered rate with < 0.1 % heap loss, found by a
 trial at full speed, a halving ladder and a bisection of ~1 s trials (the two
