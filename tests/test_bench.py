@@ -250,6 +250,15 @@ def test_search_full_speed_pass_fail_pass_is_sender_limited():
     assert found.best.offered_pps == 950.0
 
 
+def test_search_unconfirmed_failure_above_the_passes_is_a_bound():
+    """A single full-speed failure (a stall) above two passes, never failed again below it."""
+    found, trials = run_fake(FakeLink(2000.0, [900.0, 1000.0, 950.0], stalls={1}), steps=8)
+    assert [t.ok for t in trials[:3]] == [True, False, True]
+    assert all(t.ok for t in trials[3:]) and len(trials) > 3
+    assert 950.0 < found.best.offered_pps < 1000.0
+    assert found.sender_limited                 # a lower bound: nothing confirmed a failure
+
+
 def test_search_failure_above_two_full_speed_passes():
     """Two slow full-speed passes around a faster failure: the search goes on between them."""
     found, trials = run_fake(FakeLink(300.0, [189.0, 368.0, 184.0]), steps=8)
