@@ -727,7 +727,9 @@ def rate_search(*, ladder: int = 6, steps: int = 5, retries: int = 0,
        end is the fastest pass below it; if there is none, a halving ladder
        (up to `ladder` rates) below the failing end.
     3. Up to `steps` rates of geometric bisection between the two ends,
-       until they are within `resolution` of each other.
+       until they are within `resolution` of each other.  A pass at which
+       the sender fell short of the lower end (it has slow spells) tells
+       nothing: the same rate is tried again, up to `steps` times in all.
 
     A paced rate fails only when `retries` + 1 trials at it all fail (one
     vCPU stop of the VM can make a single trial lose heaps).  A failure at or
@@ -756,7 +758,7 @@ def rate_search(*, ladder: int = 6, steps: int = 5, retries: int = 0,
         return max(below, key=_offered) if below else None
 
     lo = fastest_below(hi)
-    ladder_left, steps_left = ladder, steps
+    ladder_left, steps_left, short_left = ladder, steps, steps
     while True:
         if lo is None:
             if ladder_left <= 0:
@@ -764,16 +766,22 @@ def rate_search(*, ladder: int = 6, steps: int = 5, retries: int = 0,
             ladder_left -= 1
             rate = _ceiling(hi) / 2
         else:
-            if steps_left <= 0 or _ceiling(hi) <= lo.offered_pps * (1 + resolution):
+            if (steps_left <= 0 or short_left <= 0
+                    or _ceiling(hi) <= lo.offered_pps * (1 + resolution)):
                 return SearchResult(lo, hi, not confirmed)
-            steps_left -= 1
             rate = math.sqrt(lo.offered_pps * _ceiling(hi))
+        before = lo
         ok, t = yield from _verdict(rate, retries)
         if ok:
             passes.append(t)
         elif _ceiling(t) < _ceiling(hi):
             hi, confirmed = t, True
         lo = fastest_below(hi)
+        if before is not None:
+            if ok and lo is before:
+                short_left -= 1     # passed, but the sender fell short of the lower end
+            else:
+                steps_left -= 1
 
 
 def search_rate(trial: Callable[[float], Trial], *, ladder: int = 6, steps: int = 5,

@@ -316,6 +316,25 @@ def test_search_failure_below_a_pass_wins():
     assert 290.0 < found.best.offered_pps <= 300.0 < found.failed.offered_pps <= 450.0
 
 
+def test_search_tries_again_when_the_sender_falls_short():
+    """A pass offered below the lower end (a slow spell of the sender) does not use a step."""
+    link = FakeLink(300.0, [1000.0])
+    slow = {9, 10}                                  # the sender's slow spell, mid-bisection
+
+    def trial(rate):
+        t = link(rate)
+        return fake_trial(rate, rate * 0.5, True) if link.calls - 1 in slow else t
+
+    found, trials = run_fake(trial, retries=1, steps=8)
+    assert trials[9].requested_pps == trials[10].requested_pps == trials[11].requested_pps
+    assert trials[9].offered_pps < 250.0 and trials[11].offered_pps == trials[11].requested_pps
+    steady, steady_trials = run_fake(FakeLink(300.0, [1000.0]), retries=1, steps=8)
+    assert found.best.offered_pps == steady.best.offered_pps
+    # Trial 8 failed at 324 kpkt/s; its retry and one more verdict passed at
+    # half that, which moved nothing; then two failures confirmed 324.
+    assert len(trials) == len(steady_trials) + 3
+
+
 def test_search_nothing_passes():
     found, trials = run_fake(FakeLink(0.0, [1000.0]), retries=1, ladder=3, steps=5)
     assert found.best is None and not found.sender_limited
