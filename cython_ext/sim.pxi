@@ -45,6 +45,14 @@ cdef class SimReader(Reader):
         Bytes per second of whole packets, 0 for as fast as possible.
     batch : int
         Packets per batch.
+    catch_up : bool
+        With a `rate`: when the consumer falls behind the schedule, send
+        at full speed until back on it (the default: the average rate is
+        kept).  False: past `max_behind` seconds behind, the schedule starts
+        again from now, so the rate never exceeds `rate` for long (no catch-up
+        burst; the average rate is then below `rate`).
+    max_behind : float
+        How far behind the schedule the sender may fall without `catch_up`.
     """
 
     cdef uint8_t *buf
@@ -57,13 +65,21 @@ cdef class SimReader(Reader):
     cdef uint64_t next_packet         # packets generated so far
     cdef double rate
     cdef uint64_t start_ns
+    cdef bint catch_up
+    cdef uint64_t max_behind_ns
+    cdef readonly uint64_t schedule_resets  # times the schedule started again (no catch-up)
 
     def __init__(self, str workload="W1", *, uint64_t heaps=0, double rate=0.0,
-                 size_t batch=64, uint64_t first_cnt=1):
+                 size_t batch=64, uint64_t first_cnt=1, bint catch_up=True,
+                 double max_behind=0.001):
         if workload not in WORKLOADS:
             raise ValueError(f"unknown workload {workload!r} (expected W1, W2 or W3)")
         if rate < 0:
             raise ValueError("rate must be >= 0")
+        if max_behind < 0:
+            raise ValueError("max_behind must be >= 0")
+        self.catch_up = catch_up
+        self.max_behind_ns = <uint64_t>(max_behind * 1e9)
         heap_bytes, per_heap, step = WORKLOADS[workload]
         self.alloc_batch(batch)
         self.heap_bytes = heap_bytes
@@ -114,7 +130,10 @@ cdef class SimReader(Reader):
         due = self.start_ns + <uint64_t>(
             <double>((self.next_packet + n) * self.packet_size) / self.rate * 1e9)
         now = monotonic_ns()
-        if due > now:
+        if not self.catch_up and now > due + self.max_behind_ns:
+            self.start_ns += now - due          # behind: the schedule starts again now
+            self.schedule_resets += 1
+        elif due > now:
             ts.tv_sec = <long>((due - now) // 1000000000ULL)
             ts.tv_nsec = <long>((due - now) % 1000000000ULL)
             nanosleep(&ts, NULL)

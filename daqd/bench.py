@@ -19,19 +19,30 @@ over loopback UDP
     The highest offered rate each receiver sustains with less than 0.1 % of
     heaps lost.  One sender process (``_spead.send`` over a connected UDP
     socket, paced by the SimReader) runs pinned to one core, the receiver to
-    the other; both receivers get the same socket (8 MiB receive buffer by
-    default, past net.core.rmem_max when the process may).  The sender uses
-    UDP GSO: messages of up to 64 KiB of equal-size datagrams, several per
+    the other; both receivers get the same socket (64 MiB receive buffer by
+    default, past net.core.rmem_max with SO_RCVBUFFORCE when the process may:
+    a VM stops a vCPU for milliseconds now and then, and a smaller buffer
+    overflows in such a stop whatever the receiver).  The sender uses UDP GSO:
+    messages of up to 64 KiB of equal-size datagrams, several per
     ``sendmmsg``, which the kernel cuts up (on loopback only just before the
     receiving socket, so the receivers see the same separate datagrams); where
     the kernel refuses it, or with ``sender_gso=False``, one datagram per
     message.  Each trial is about one second of traffic ending with a stop
-    heap; the rate is found by a trial at the sender's full speed, a halving
-    ladder below it, then a geometric bisection, the two receivers' searches
-    taking turns trial by trial.  A rate fails only when two trials at it lose
-    too much (a VM stops a vCPU for milliseconds now and then, and one such
-    stop overflows the socket buffer whatever the receiver).  When the sender
-    cannot outrun the receivers, their rates say nothing; so each workload
+    heap; a paced sender that falls behind its schedule does not catch up in
+    a burst.  A trial passes when fewer than 0.1 % of the heaps were lost and
+    the receiver ended no more than 2 % of the trial behind the sender (the
+    deep buffer would otherwise hide a receiver a little too slow).  The
+    search (`rate_search`) works on the rates the sender actually offered:
+    trials at the sender's full speed (which varies from trial to trial)
+    until two pass, the receiver then being sender-limited (its rate only a
+    lower bound), or until `retries` + 1 fail; then a halving ladder below
+    the failing rate if nothing below it passed, and a geometric bisection
+    between the fastest pass and the slowest failure above it.  A paced rate
+    fails only when `retries` + 1 trials at it all fail.  The two receivers'
+    searches take turns trial by trial; the whole search is repeated
+    (``udp_runs``) and each receiver's figure is the median over the runs,
+    with the ratio of the medians and the spread of the runs.  When the
+    sender cannot outrun a receiver, its rate says little; so each workload
     ends with a few alternating trials of both at one fixed rate, comparing
     the receiver CPU time per packet (all of it and its user-space part).
 
@@ -76,9 +87,14 @@ FIRST_CNT = 1                   # SimReader's first HEAP_CNT
 
 MEMORY_TARGET_BYTES = 1 << 30   # packet bytes per from-memory buffer
 LOSS_LIMIT = 1e-3               # "sustained": fewer than 0.1 % of heaps lost
-SOCKET_BUFFER = 8 << 20         # default receive buffer asked for (daqd's and spead2's default)
+LAG_LIMIT = 0.02                # ... and the backlog drained within 2 % of the trial time
+MIN_LAG_LIMIT_MS = 10.0         # (but at least 10 ms)
+SOCKET_BUFFER = 64 << 20        # default UDP receive buffer of both receivers
+SEND_BUFFER = 8 << 20           # the sender's SO_SNDBUF
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 HUGE_PAGE = 2 << 20
+PACING_SLACK = 0.001            # UDP sender: behind its schedule by more, it starts it again
+OTHER_LOAD_LIMIT = 0.1          # UDP: a trial failing while others used more cores runs again
 COST_FRACTION = 0.6             # fixed-rate CPU comparison: this much of the lower found rate
 
 
@@ -370,8 +386,9 @@ def sender_main() -> None:
     Command: ``{"workload", "port", "rate" (packets/s, 0 = full speed),
     "seconds", "gso"}``.  The sender sends about `seconds` of the workload to
     127.0.0.1:port, then a stop heap (three times, in case one is dropped),
-    and replies ``{"packets", "bytes", "dropped", "seconds", "gso",
-    "gso_errno"}`` (see `_send_trial`).
+    and replies ``{"packets", "bytes", "dropped", "seconds", "end", "gso",
+    "gso_errno"}`` (see `_send_trial`; ``end``: ``time.perf_counter()`` when
+    the last data packet went, CLOCK_MONOTONIC as in the receiver).
     """
     cpu = int(sys.argv[1]) if len(sys.argv) > 1 else -1
     if cpu >= 0:
@@ -399,13 +416,16 @@ def _send_trial(workload: str, port: int, rate: float, seconds: float,
     # Whole batches (so no packet of a batch is skipped and every heap is
     # whole), about 20 ms of traffic per send() call.
     block = batch * max(1, int(rate * 0.02) // batch if rate else 2048 // batch)
+    # No catch-up bursts: a sender that fell behind (a slow spell of its
+    # core) goes on at the rate asked for, never faster, so that the offered
+    # rate is an upper bound on the rate the receiver saw at any time.
     sim = _spead.SimReader(workload, heaps=0, rate=rate * size, batch=batch,
-                           first_cnt=FIRST_CNT)
+                           first_cnt=FIRST_CNT, catch_up=False, max_behind=PACING_SLACK)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     packets = nbytes = dropped = 0
     info = {"gso": gso, "gso_errno": 0}
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         sock.connect(("127.0.0.1", port))
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
@@ -415,7 +435,8 @@ def _send_trial(workload: str, port: int, rate: float, seconds: float,
             packets += p
             nbytes += b
             dropped += d
-        elapsed = time.perf_counter() - start
+        end = time.perf_counter()
+        elapsed = end - start
         stop = _spead.stop_packet(FIRST_CNT + packets // per_heap)
         for _ in range(3):
             _spead.send(_spead.ByteListReader([stop]), sock.fileno(), "udp")
@@ -423,7 +444,8 @@ def _send_trial(workload: str, port: int, rate: float, seconds: float,
     finally:
         sock.close()
     return {"packets": packets, "bytes": nbytes, "dropped": dropped, "seconds": elapsed,
-            "gso": bool(gso and info["gso"]), "gso_errno": info["gso_errno"]}
+            "end": end, "gso": bool(gso and info["gso"]), "gso_errno": info["gso_errno"],
+            "resets": sim.schedule_resets}
 
 
 class Sender:
@@ -534,6 +556,8 @@ class Trial:
     steal: float | None         # cores stolen by the hypervisor meanwhile
     sender_gso: bool = False    # the sender used UDP GSO throughout
     sender_gso_errno: int = 0   # why not, when asked for: errno of the refusal, -1 no option
+    worker_blocked: int | None = None   # the receiver's worker_blocked counter (no free chunk)
+    lag_ms: float | None = None     # receiver's end - the sender's last data packet (backlog)
 
 
 class _Watch(threading.Thread):
@@ -555,12 +579,27 @@ class _Watch(threading.Thread):
             self.stop_receiver()
 
 
+def lag_limit_ms(seconds: float) -> float:
+    """Return how far (ms) behind the sender a receiver may end a `seconds` trial and pass.
+
+    A receiver slower than the offered rate falls behind by the difference
+    for the whole trial; a deep socket buffer hides that from the loss
+    figure (64 MiB holds about 33 ms of W1 at 450 kpackets/s, 58 ms of W2 at
+    1.2 M), so a trial also fails when the receiver finished its last packet
+    more than this long after the sender sent it: at most 2 % of the
+    trial's rate above what the receiver keeps up with passes.
+    """
+    return max(MIN_LAG_LIMIT_MS, 1e3 * LAG_LIMIT * seconds)
+
+
 def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds: float,
               spead2: Any = None, socket_buffer: int = SOCKET_BUFFER,
               gso: bool = True) -> Trial:
     """One trial: `seconds` of `workload` at `rate` packets/s into a fresh receiver.
 
-    `gso`: the sender sends with UDP GSO (where the kernel allows it).
+    It passes (``ok``) when fewer than 0.1 % of the heaps sent were lost
+    and the receiver was no more than `lag_limit_ms` behind the sender at its
+    end.  `gso`: the sender sends with UDP GSO (where the kernel allows it).
     """
     _, per_heap, _ = _spead.WORKLOADS[workload]
     sock, _, _ = receive_socket(socket_buffer)
@@ -587,12 +626,16 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
         for chunk in chunks:
             present += count(chunk.present)
             recycle(chunk)
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        end = time.perf_counter()
+        cpu, wall = time.process_time() - cpu, end - wall
         user = _user_seconds() - user
         if receiver == "daqd":
-            daqd_drops = stream.stats()["packets_dropped_socket_buffer"]
+            stats = stream.stats()
+            daqd_drops = stats["packets_dropped_socket_buffer"]
+            blocked = stats["worker_blocked"]
         else:
             stream.stop()
+            blocked = stream.stats["worker_blocked"]
         other, steal = load.cores()
         watch.done.set()
         watch.join()
@@ -603,6 +646,7 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
     reply = watch.reply
     if reply is None:
         raise BenchError("the sender process died")
+    lag = 1e3 * (end - reply["end"]) if "end" in reply else None
     sent = reply["packets"] // per_heap
     if present > sent:
         raise BenchError(f"{workload}: {receiver} reports {present} heaps present of "
@@ -610,7 +654,8 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
     loss = (sent - present) / sent if sent else 1.0
     return Trial(
         requested_pps=rate, offered_pps=reply["packets"] / reply["seconds"],
-        heaps_sent=sent, heaps_present=present, loss=loss, ok=loss < LOSS_LIMIT,
+        heaps_sent=sent, heaps_present=present, loss=loss,
+        ok=loss < LOSS_LIMIT and (lag is None or lag <= lag_limit_ms(seconds)),
         sender_dropped=reply["dropped"], kernel_drops=drops, daqd_socket_drops=daqd_drops,
         stopped_by="timeout" if watch.timed_out else "stop heap",
         receiver_cpu=cpu / wall if wall > 0 else 0.0,
@@ -618,61 +663,130 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
         user_us_per_packet=1e6 * user / reply["packets"] if reply["packets"] else 0.0,
         other_load=other, steal=steal,
         sender_gso=reply.get("gso", False), sender_gso_errno=reply.get("gso_errno", 0),
+        worker_blocked=blocked,
+        lag_ms=lag,
     )
 
 
 @dataclass
-class UdpResult:
-    """The highest rate one receiver sustains on one workload over loopback UDP."""
+class SearchResult:
+    """What one rate search found (see `rate_search`)."""
 
-    workload: str
-    receiver: str
-    sustained: Trial | None     # the fastest trial with loss < 0.1 %
-    first_failed: Trial | None  # the slowest trial above it that lost more
-    sender_limited: bool        # even the sender's full speed was sustained
-    heaps_per_s: float
-    packets_per_s: float
-    gbit_per_s: float
-    trials: list[Trial] = field(default_factory=list)
-    seconds: float = 0.0
+    best: Trial | None          # the fastest passing trial below `failed`
+    failed: Trial | None        # the slowest rate that failed (its fastest trial)
+    sender_limited: bool        # `best` is only a lower bound: see `rate_search`
 
 
-def rate_search(*, ladder: int = 6, steps: int = 5
-                ) -> Generator[float, Trial, tuple[Trial | None, Trial | None]]:
-    """Search the highest sustained rate: full speed, a halving ladder, then bisection.
+def _offered(t: Trial) -> float:
+    return t.offered_pps
 
-    A generator: it yields the next rate to try (packets/s, 0 = full speed)
-    and is sent the trial's result; it returns (fastest passing trial,
-    slowest failing trial above it).  At most 1 + `ladder` + `steps` rates.
+
+def _ceiling(t: Trial) -> float:
+    """Return the fastest the sender may have sent in `t`: the paced rate asked for or offered.
+
+    A paced sender that falls behind does not catch up (`_send_trial`), so
+    its rate was at most the one asked for throughout, and the receiver may
+    have lost heaps in the spells at that rate however slow the average was.
     """
-    first = yield 0.0
-    if first.ok:
-        return first, None
-    hi, lo = first, None
-    rate = first.offered_pps / 2
-    for _ in range(ladder):
+    return max(t.requested_pps, t.offered_pps)
+
+
+def _verdict(rate: float, retries: int) -> Generator[float, Trial, tuple[bool, Trial]]:
+    """Trials at one paced `rate` until one passes or `retries` + 1 fail.
+
+    Returns (passed, the passing trial or the failing one with the highest
+    `_ceiling`).
+    """
+    fails = []
+    for _ in range(retries + 1):
         t = yield rate
         if t.ok:
-            lo = t
-            break
-        hi = t
-        rate /= 2
-    if lo is None:
-        return None, hi
-    for _ in range(steps):
-        upper = hi.requested_pps or hi.offered_pps
-        t = yield math.sqrt(lo.requested_pps * upper)
-        if t.ok:
-            lo = t
+            return True, t
+        fails.append(t)
+    return False, max(fails, key=_ceiling)
+
+
+def rate_search(*, ladder: int = 6, steps: int = 5, retries: int = 0,
+                resolution: float = 0.01) -> Generator[float, Trial, SearchResult]:
+    """Search the highest sustained rate, on the rates the sender actually offered.
+
+    A generator: it yields the next rate to ask for (packets/s, 0 = the
+    sender's full speed) and is sent that trial's result; it returns a
+    `SearchResult`.  A pass counts at the rate the sender offered (its
+    average); a failure at its `_ceiling` (the rate asked for, or at full
+    speed what was offered).
+
+    1. Trials at full speed until two pass or `retries` + 1 fail.  Two
+       passes, and no failure at a faster offered rate than the fastest of
+       them, make the receiver sender-limited: the result is that fastest
+       pass, only a lower bound of the receiver's rate.  The sender's full
+       speed varies from trial to trial, so a pass at a slow full speed
+       proves nothing above it.
+    2. Otherwise the failing end is the fastest of the failed full-speed
+       trials (all of them lost too much at that rate or below).  The lower
+       end is the fastest pass below it; if there is none, a halving ladder
+       (up to `ladder` rates) below the failing end.
+    3. Up to `steps` rates of geometric bisection between the two ends,
+       until they are within `resolution` of each other.
+
+    A paced rate fails only when `retries` + 1 trials at it all fail (one
+    vCPU stop of the VM can make a single trial lose heaps).  A failure at or
+    below the fastest pass (a contradiction) wins: the lower end becomes the
+    fastest pass below it, or the ladder goes on below it.
+
+    The result is only a lower bound (``sender_limited``) when two
+    full-speed trials passed, or when the only failure above it is a single
+    full-speed trial (fewer than `retries` + 1 failed at full speed, and no
+    paced rate below that failed).
+    """
+    passes: list[Trial] = []
+    fails: list[Trial] = []
+    while len(passes) < 2 and len(fails) <= retries:
+        t = yield 0.0
+        (passes if t.ok else fails).append(t)
+    best = max(passes, key=_offered) if passes else None
+    hi = max(fails, key=_ceiling) if fails else None
+    if best is not None and len(passes) >= 2 and (hi is None or _ceiling(hi) <= best.offered_pps):
+        return SearchResult(best, None, True)
+    assert hi is not None
+    confirmed = len(fails) > retries     # else one full-speed failure, maybe a stall
+
+    def fastest_below(limit: Trial) -> Trial | None:
+        below = [p for p in passes if p.offered_pps < _ceiling(limit)]
+        return max(below, key=_offered) if below else None
+
+    lo = fastest_below(hi)
+    ladder_left, steps_left = ladder, steps
+    while True:
+        if lo is None:
+            if ladder_left <= 0:
+                return SearchResult(None, hi, False)
+            ladder_left -= 1
+            rate = _ceiling(hi) / 2
         else:
-            hi = t
-    return lo, hi
+            if steps_left <= 0 or _ceiling(hi) <= lo.offered_pps * (1 + resolution):
+                return SearchResult(lo, hi, not confirmed)
+            steps_left -= 1
+            rate = math.sqrt(lo.offered_pps * _ceiling(hi))
+        ok, t = yield from _verdict(rate, retries)
+        if ok:
+            passes.append(t)
+        elif _ceiling(t) < _ceiling(hi):
+            hi, confirmed = t, True
+        lo = fastest_below(hi)
 
 
-def search_rate(trial: Callable[[float], Trial], *, ladder: int = 6, steps: int = 5
-                ) -> tuple[Trial | None, Trial | None, list[Trial]]:
+def search_rate(trial: Callable[[float], Trial], *, ladder: int = 6, steps: int = 5,
+                retries: int = 0) -> tuple[Trial | None, Trial | None, list[Trial]]:
     """Run `rate_search` with `trial`; returns (best, first failed, every trial)."""
-    search = rate_search(ladder=ladder, steps=steps)
+    found, trials = run_search(trial, ladder=ladder, steps=steps, retries=retries)
+    return found.best, found.failed, trials
+
+
+def run_search(trial: Callable[[float], Trial], **options: Any
+               ) -> tuple[SearchResult, list[Trial]]:
+    """Run `rate_search` (with `options`) calling `trial(rate)`; (result, every trial)."""
+    search = rate_search(**options)
     trials: list[Trial] = []
     rate = next(search)
     while True:
@@ -680,69 +794,146 @@ def search_rate(trial: Callable[[float], Trial], *, ladder: int = 6, steps: int 
         try:
             rate = search.send(trials[-1])
         except StopIteration as end:
-            best, failed = end.value
-            return best, failed, trials
+            return end.value, trials
+
+
+@dataclass
+class UdpRun:
+    """One rate search of one receiver on one workload."""
+
+    sustained: Trial | None     # the fastest trial with loss < 0.1 % (below first_failed)
+    first_failed: Trial | None  # the slowest failing rate above it (its fastest trial)
+    sender_limited: bool        # packets_per_s is only a lower bound (see rate_search)
+    packets_per_s: float        # sustained.offered_pps (0 when nothing passed)
+    trials: int                 # this run's trials (in order, in UdpResult.trials)
+    seconds: float = 0.0
+
+
+@dataclass
+class UdpResult:
+    """The highest rate one receiver sustains on one workload over loopback UDP.
+
+    The rates are medians over the runs (`runs`); when any run was
+    sender-limited (a lower bound, see `rate_search`) the median is only a
+    lower bound (`sender_limited`).
+    """
+
+    workload: str
+    receiver: str
+    sustained: Trial | None     # the median run's fastest passing trial
+    first_failed: Trial | None  # the median run's slowest failing rate above it
+    sender_limited: bool        # some run gave only a lower bound: so is the median
+    heaps_per_s: float
+    packets_per_s: float
+    gbit_per_s: float
+    trials: list[Trial] = field(default_factory=list)
+    seconds: float = 0.0
+    runs: list[UdpRun] = field(default_factory=list)
+
+    @property
+    def run_rates(self) -> list[float]:
+        """Sustained packets/s of each run (0: nothing passed)."""
+        return [r.packets_per_s for r in self.runs] or [self.packets_per_s]
+
+    @property
+    def limited_runs(self) -> int:
+        """Runs in which the receiver took all the sender offered (lower bounds)."""
+        return sum(r.sender_limited for r in self.runs)
+
+
+def udp_result(workload: str, receiver: str, runs: Sequence[UdpRun],
+               trials: list[Trial]) -> UdpResult:
+    """Sum up one receiver's `runs` on `workload`: medians over the runs."""
+    heap_bytes, per_heap, _ = _spead.WORKLOADS[workload]
+    pps = statistics.median(r.packets_per_s for r in runs)
+    middle = sorted(runs, key=lambda r: r.packets_per_s)[(len(runs) - 1) // 2]
+    return UdpResult(
+        workload=workload, receiver=receiver, sustained=middle.sustained,
+        first_failed=middle.first_failed, sender_limited=any(r.sender_limited for r in runs),
+        heaps_per_s=pps / per_heap, packets_per_s=pps,
+        gbit_per_s=pps / per_heap * heap_bytes * 8 / 1e9,
+        trials=trials, seconds=sum(r.seconds for r in runs), runs=list(runs),
+    )
 
 
 def bench_udp(workload: str, receivers: Sequence[str], sender: Sender, *,
               seconds: float = 1.0, ladder: int = 6, steps: int = 5, retries: int = 1,
-              wait_idle: float = 0.0, socket_buffer: int = SOCKET_BUFFER,
-              gso: bool = True,
+              runs: int = 1, wait_idle: float = 0.0, socket_buffer: int = SOCKET_BUFFER,
+              gso: bool = True, max_other_load: float = OTHER_LOAD_LIMIT,
               log: Callable[[str], None] = lambda _: None) -> list[UdpResult]:
-    """Search the highest rate each receiver sustains on `workload`.
+    """Search the highest rate each receiver sustains on `workload`, `runs` times.
 
-    The receivers' searches run side by side, one trial of each in turn, so
-    that a slow spell of the machine hits both.  A rate fails only when
-    `retries` + 1 trials at it all lose 0.1 % or more: on a VM the receiver
-    now and then stops for several milliseconds (the host), and one such
-    stop in a trial overflows the socket buffer whatever the receiver.  With
-    `wait_idle`, each trial first waits up to that many seconds for other
-    processes to leave the CPUs alone.  `gso`: the sender uses UDP GSO.
+    The receivers' searches (`rate_search`) run side by side, one trial of
+    each in turn, so that a slow spell of the machine hits both; each run
+    starts with the other receiver.  A trial that fails while other processes
+    used more than `max_other_load` cores is run again (up to three times):
+    the machine is shared.  With `wait_idle`, each trial first waits up to
+    that many seconds for other processes to leave the CPUs alone.  `gso`:
+    the sender uses UDP GSO.
     """
     spead2 = import_spead2() if "spead2" in receivers else None
-    heap_bytes, per_heap, _ = _spead.WORKLOADS[workload]
+    _, per_heap, _ = _spead.WORKLOADS[workload]
 
-    def note(receiver: str, t: Trial) -> None:
+    def note(receiver: str, run: int, t: Trial, extra: str = "") -> None:
         asked = f"{t.requested_pps / 1e3:.0f} kpkt/s" if t.requested_pps else "full speed"
-        log(f"{workload} udp {receiver}: {asked}: offered {t.offered_pps / 1e3:.0f} kpkt/s, "
-            f"loss {100 * t.loss:.3f} % ({t.heaps_sent - t.heaps_present} of {t.heaps_sent} "
-            f"heaps; kernel drops {t.kernel_drops}; rx CPU {100 * t.receiver_cpu:.0f} %; "
-            f"other load {_cores(t.other_load)} cores) {'ok' if t.ok else 'FAIL'}"
-            + (" [timeout]" if t.stopped_by == "timeout" else ""))
+        blocked = "" if t.worker_blocked is None else f"; worker_blocked {t.worker_blocked}"
+        if t.lag_ms is not None:
+            blocked += f"; lag {t.lag_ms:.0f} ms"
+        log(f"{workload} udp {receiver} run {run + 1}: {asked}: offered "
+            f"{t.offered_pps / 1e3:.0f} kpkt/s, loss {100 * t.loss:.3f} % "
+            f"({t.heaps_sent - t.heaps_present} of {t.heaps_sent} heaps; kernel drops "
+            f"{t.kernel_drops}{blocked}; rx CPU {100 * t.receiver_cpu:.0f} %; "
+            f"other load {_cores(t.other_load)}, steal {_cores(t.steal)} cores) "
+            f"{'ok' if t.ok else 'FAIL'}"
+            + (" [timeout]" if t.stopped_by == "timeout" else "") + extra)
 
-    searches = {r: rate_search(ladder=ladder, steps=steps) for r in receivers}
-    rates = {r: next(search) for r, search in searches.items()}
-    every: dict[str, list[Trial]] = {r: [] for r in receivers}
-    spent = dict.fromkeys(receivers, 0.0)
-    results: dict[str, UdpResult] = {}
-    while rates:
-        for r in list(rates):
-            started = time.perf_counter()
-            for _attempt in range(retries + 1):
-                if wait_idle:
-                    wait_until_quiet(wait_idle)
-                t = udp_trial(r, workload, sender, rates[r], seconds, spead2, socket_buffer,
-                              gso)
-                every[r].append(t)
-                note(r, t)
-                if t.ok:
-                    break
-            spent[r] += time.perf_counter() - started
-            try:
-                rates[r] = searches[r].send(t)
-                continue
-            except StopIteration as end:
-                best, failed = end.value
-            del rates[r]
-            pps = best.offered_pps if best else 0.0
-            results[r] = UdpResult(
-                workload=workload, receiver=r, sustained=best, first_failed=failed,
-                sender_limited=best is not None and best.requested_pps == 0,
-                heaps_per_s=pps / per_heap, packets_per_s=pps,
-                gbit_per_s=pps / per_heap * heap_bytes * 8 / 1e9,
-                trials=every[r], seconds=spent[r],
-            )
-    return [results[r] for r in receivers]
+    def trial(receiver: str, run: int, rate: float) -> Trial:
+        again = 3
+        while True:
+            if wait_idle:
+                wait_until_quiet(wait_idle)
+            t = udp_trial(receiver, workload, sender, rate, seconds, spead2, socket_buffer, gso)
+            busy = (not t.ok and t.other_load is not None and t.other_load > max_other_load
+                    and again > 0)
+            note(receiver, run, t, " [other load: run again]" if busy else "")
+            if not busy:
+                return t
+            again -= 1
+
+    trials: dict[str, list[Trial]] = {r: [] for r in receivers}
+    done: dict[str, list[UdpRun]] = {r: [] for r in receivers}
+    for run in range(runs):
+        order = list(receivers) if run % 2 == 0 else list(reversed(receivers))
+        searches = {r: rate_search(ladder=ladder, steps=steps, retries=retries) for r in order}
+        rates = {r: next(searches[r]) for r in order}
+        count = dict.fromkeys(order, 0)
+        spent = dict.fromkeys(order, 0.0)
+        while rates:
+            for r in list(rates):
+                started = time.perf_counter()
+                t = trial(r, run, rates[r])
+                trials[r].append(t)
+                count[r] += 1
+                spent[r] += time.perf_counter() - started
+                try:
+                    rates[r] = searches[r].send(t)
+                    continue
+                except StopIteration as end:
+                    found: SearchResult = end.value
+                del rates[r]
+                best = found.best
+                done[r].append(UdpRun(
+                    sustained=best, first_failed=found.failed,
+                    sender_limited=found.sender_limited,
+                    packets_per_s=best.offered_pps if best else 0.0,
+                    trials=count[r], seconds=spent[r],
+                ))
+                log(f"{workload} udp {r} run {run + 1}: sustained "
+                    f"{done[r][-1].packets_per_s / 1e3:.0f} kpkt/s"
+                    + (" (a lower bound: sender-limited)" if found.sender_limited else
+                       f", failed at {_ceiling(found.failed) / 1e3:.0f} kpkt/s"
+                       if found.failed else ""))
+    return [udp_result(workload, r, done[r], trials[r]) for r in receivers]
 
 
 @dataclass
@@ -927,13 +1118,14 @@ class BenchReport:
     pinning: str | None = None
     retries: int = 1
     sender: str | None = None       # how the UDP sender sent (GSO or sendmmsg)
+    udp_runs: int = 1               # rate searches per receiver and workload (medians)
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict, with daqd/spead2 ratios."""
         out = asdict(self)
         out["ratios"] = {
             "memory": _ratios(self.memory),
-            "udp": {w: {"ratio": r, "kind": k} for w, (r, k) in udp_ratios(self.udp).items()},
+            "udp": udp_spread(self.udp),
             "udp_cpu_per_packet_sustained": udp_cpu_ratios(self.udp),
             "udp_cpu_per_packet_fixed_rate": cost_ratios(self.cost),
         }
@@ -952,6 +1144,13 @@ def report_from_json(data: dict[str, Any]) -> BenchReport:
         fields["sustained"] = trial(fields["sustained"])
         fields["first_failed"] = trial(fields["first_failed"])
         fields["trials"] = [Trial(**t) for t in fields["trials"]]
+        runs = []
+        for r in fields.get("runs", []):
+            run = dict(r)
+            run["sustained"] = trial(run["sustained"])
+            run["first_failed"] = trial(run["first_failed"])
+            runs.append(UdpRun(**run))
+        fields["runs"] = runs
         udp.append(UdpResult(**fields))
     return BenchReport(
         machine=data["machine"],
@@ -964,6 +1163,7 @@ def report_from_json(data: dict[str, Any]) -> BenchReport:
         pinning=data.get("pinning"),
         retries=data.get("retries", 1),
         sender=data.get("sender"),
+        udp_runs=data.get("udp_runs", 1),
     )
 
 
@@ -982,22 +1182,60 @@ def _pairs(results: Iterable[UdpResult]) -> dict[str, tuple[UdpResult, UdpResult
             if r == "daqd" and (w, "spead2") in by}
 
 
-def udp_ratios(results: Iterable[UdpResult]) -> dict[str, tuple[float | None, str]]:
-    """Map workload -> (daqd/spead2 sustained-rate ratio, what kind of figure it is).
+def _kind(daqd_limited: bool, spead2_limited: bool) -> str:
+    if daqd_limited and spead2_limited:
+        return "both sender-limited"
+    return "at least" if daqd_limited else "at most" if spead2_limited else "measured"
 
-    The kind is ``measured`` when both receivers lost heaps at some rate the
-    sender reached, ``at least`` when only spead2 did (daqd took everything
-    the sender could offer), ``at most`` the other way round, and ``both
-    sender-limited`` (no ratio) when neither did.
+
+def udp_ratios(results: Iterable[UdpResult]) -> dict[str, tuple[float | None, str]]:
+    """Map workload -> (daqd/spead2 ratio of the median sustained rates, its kind).
+
+    The kind is ``measured`` when in every run both receivers lost heaps at
+    some rate the sender reached, ``at least`` when daqd took everything the
+    sender could offer in some run (its median is then a lower bound), ``at
+    most`` when spead2 did, and ``both sender-limited`` (no ratio) when both did.
     """
     out: dict[str, tuple[float | None, str]] = {}
     for w, (d, s) in _pairs(results).items():
-        if d.sender_limited and s.sender_limited:
-            out[w] = (None, "both sender-limited")
-            continue
-        ratio = d.heaps_per_s / s.heaps_per_s if s.heaps_per_s else None
-        kind = "at least" if d.sender_limited else "at most" if s.sender_limited else "measured"
-        out[w] = (ratio, kind)
+        kind = _kind(d.sender_limited, s.sender_limited)
+        if kind == "both sender-limited":
+            out[w] = (None, kind)
+        else:
+            out[w] = (d.packets_per_s / s.packets_per_s if s.packets_per_s else None, kind)
+    return out
+
+
+def udp_spread(results: Iterable[UdpResult]) -> dict[str, dict[str, Any]]:
+    """Map workload -> the ratio of the medians, its kind and the runs' spread.
+
+    ``ratio``, ``kind``: see `udp_ratios`; ``runs``: each run's daqd/spead2
+    ratio and its kind (runs paired in order); ``min``, ``max``: the range of
+    the per-run ratios that are measured (None if none is); ``daqd`` and
+    ``spead2``: each receiver's median, lowest and highest sustained packets/s
+    and how many runs were sender-limited.
+    """
+    results = list(results)
+    kinds = udp_ratios(results)
+    out: dict[str, dict[str, Any]] = {}
+    for w, (d, s) in _pairs(results).items():
+        runs = []
+        for a, b in zip(d.runs, s.runs, strict=False):
+            kind = _kind(a.sender_limited, b.sender_limited)
+            ratio = (a.packets_per_s / b.packets_per_s
+                     if b.packets_per_s and kind != "both sender-limited" else None)
+            runs.append({"ratio": ratio, "kind": kind})
+        measured = [r["ratio"] for r in runs if r["kind"] == "measured" and r["ratio"]]
+        ratio, kind = kinds[w]
+        out[w] = {
+            "ratio": ratio, "kind": kind, "runs": runs,
+            "min": min(measured) if measured else None,
+            "max": max(measured) if measured else None,
+        }
+        for u in (d, s):
+            rates = u.run_rates
+            out[w][u.receiver] = {"median_pps": u.packets_per_s, "min_pps": min(rates),
+                                  "max_pps": max(rates), "limited_runs": u.limited_runs}
     return out
 
 
@@ -1033,7 +1271,7 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
               mode: str = "all", runs: int = 5, heaps: int | None = None,
               trial_seconds: float = 1.0, ladder: int = 6, steps: int = 5,
               retries: int = 1, wait_idle: float = 0.0, socket_buffer: int = SOCKET_BUFFER,
-              cost_trials: int = 3, sender_gso: bool = True,
+              cost_trials: int = 3, sender_gso: bool = True, udp_runs: int = 3,
               log: Callable[[str], None] = lambda _: None) -> BenchReport:
     """Run the chunk-mode benchmarks.
 
@@ -1047,6 +1285,9 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
         ``memory``, ``udp`` or ``all``.
     runs : int
         Timed from-memory runs per receiver (the median is reported).
+    udp_runs : int
+        UDP rate searches per receiver and workload (the median is reported,
+        with the spread).
     heaps : int, optional
         Heaps per from-memory run (default: about 1 GiB of packets).
     trial_seconds : float
@@ -1059,7 +1300,9 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
         Before each round of runs and each trial, wait up to this many seconds
         for other processes to leave the CPUs idle (0: do not wait).
     socket_buffer : int
-        UDP receive buffer for both receivers (see `receive_socket`).
+        UDP receive buffer for both receivers (see `receive_socket`; default
+        64 MiB, so that the VM's vCPU stops of a few milliseconds do not
+        overflow it).
     cost_trials : int
         After each workload's search, trials per receiver at one fixed rate
         (COST_FRACTION of the lower sustained rate) for CPU time per packet.
@@ -1076,11 +1319,13 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
         raise UsageProblem(f"--mode: {mode!r} is not one of {', '.join(MODES)}")
     if runs < 1:
         raise UsageProblem("--runs: must be at least 1")
+    if udp_runs < 1:
+        raise UsageProblem("--udp-runs: must be at least 1")
     receivers = ["daqd"]
     if vs_spead2:
         import_spead2()
         receivers.append("spead2")
-    report = BenchReport(machine=machine_info(), retries=retries)
+    report = BenchReport(machine=machine_info(), retries=retries, udp_runs=udp_runs)
     if mode in ("memory", "all"):
         for w in workloads:
             start = time.perf_counter()
@@ -1109,11 +1354,11 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
                 start = time.perf_counter()
                 found = bench_udp(w, receivers, sender, seconds=trial_seconds,
                                   ladder=ladder, steps=steps, retries=retries,
-                                  wait_idle=wait_idle, socket_buffer=socket_buffer,
-                                  gso=sender_gso, log=log)
+                                  runs=udp_runs, wait_idle=wait_idle,
+                                  socket_buffer=socket_buffer, gso=sender_gso, log=log)
                 report.udp += found
                 report.durations[f"udp {w}"] = time.perf_counter() - start
-                sustained = [u.packets_per_s for u in found if u.sustained]
+                sustained = [u.packets_per_s for u in found if u.packets_per_s > 0]
                 if cost_trials and len(sustained) == len(found):
                     start = time.perf_counter()
                     if wait_idle:
@@ -1144,6 +1389,91 @@ def describe_sender(asked: bool, trials: Sequence[Trial]) -> str:
 
 def _cores(value: float | None) -> str:
     return "?" if value is None else f"{value:.2f}"
+
+
+def _kpps(value: float) -> str:
+    return f"{value / 1e3:.0f}"
+
+
+def _format_udp(report: BenchReport) -> list[str]:
+    """Format the UDP part of `format_report`: every run, then medians and ratios."""
+    lines = [
+        f"Loopback UDP: highest offered rate with < {100 * LOSS_LIMIT:g} % heap loss "
+        f"(socket buffer {report.socket_buffer} bytes, {report.socket_buffer_note}; "
+        f"{report.pinning}; a paced rate fails when {report.retries + 1} trials at it all "
+        "lose more; sender-limited, a lower bound, after two passing full-speed trials "
+        "or with no confirmed failure above)",
+        f"sender: {report.sender or '?'}",
+        f"{'workload':8} {'receiver':8} {'run':>3} {'kheaps/s':>10} {'Mpkt/s':>8} "
+        f"{'Gbit/s':>8} {'loss %':>7} {'drops':>6} {'rx CPU':>6} {'us/pkt (user)':>13} "
+        f"{'other':>5} {'next rate tried':>20} {'trials':>6}",
+    ]
+    for u in report.udp:
+        _, per_heap, _ = _spead.WORKLOADS[u.workload]
+        heap_bytes = layout(u.workload)["heap_bytes"]
+        runs = u.runs or [UdpRun(u.sustained, u.first_failed, u.sender_limited,
+                                 u.packets_per_s, len(u.trials), u.seconds)]
+        for i, run in enumerate(runs, 1):
+            head = f"{u.workload:8} {u.receiver:8} {i:3}"
+            s = run.sustained
+            if s is None:
+                fail = run.first_failed
+                lines.append(f"{head} {'none':>10}  (lost >= 0.1 % even at "
+                             f"{_kpps(fail.offered_pps if fail else 0)} kpkt/s)")
+                continue
+            drops = s.daqd_socket_drops if s.daqd_socket_drops is not None else s.kernel_drops
+            if run.sender_limited:
+                nxt = "(lower bound)"
+            elif run.first_failed is not None:
+                f = run.first_failed
+                nxt = (f"{_ceiling(f) / 1e6:.3f}M lost {100 * f.loss:.2f}%"
+                       if f.loss >= LOSS_LIMIT or f.lag_ms is None else
+                       f"{_ceiling(f) / 1e6:.3f}M {f.lag_ms:.0f} ms late")
+            else:
+                nxt = ""
+            pps = run.packets_per_s
+            lines.append(
+                f"{head} {pps / per_heap / 1e3:10.1f} {pps / 1e6:8.3f} "
+                f"{pps / per_heap * heap_bytes * 8 / 1e9:8.2f} {100 * s.loss:7.3f} "
+                f"{'' if drops is None else drops:>6} {100 * s.receiver_cpu:5.0f}% "
+                f"{s.cpu_us_per_packet:6.2f} ({s.user_us_per_packet:4.2f}) "
+                f"{_cores(s.other_load):>5} {nxt:>20} {run.trials:6}"
+            )
+    lines.append(
+        "(drops: socket-buffer drops at that rate, daqd's packets_dropped_socket_buffer, "
+        "spead2's from /proc/net/udp; rx CPU: receiver process CPU time / trial time; "
+        "us/pkt: receiver CPU time per packet (user: its user-space part, the rest "
+        "is the kernel's); other: cores other processes used "
+        "meanwhile; next rate tried: the slowest rate above that failed, paced (the rate "
+        "asked for) or full speed (offered), losing >= 0.1 % or ending too far behind)"
+    )
+    spread = udp_spread(report.udp)
+    lines += [
+        "",
+        f"Loopback UDP, medians over {report.udp_runs} runs (kpkt/s; lowest-highest run; "
+        "'>=': some run was sender-limited, so the median is a lower bound)",
+        f"{'workload':8} {'daqd':>20} {'spead2':>20} {'daqd/spead2':>12} "
+        f"{'per-run ratios':>24}",
+    ]
+
+    def cell(figures: dict[str, Any]) -> str:
+        bound = ">=" if figures["limited_runs"] else ""
+        return (f"{bound}{_kpps(figures['median_pps'])} "
+                f"({_kpps(figures['min_pps'])}-{_kpps(figures['max_pps'])})")
+
+    for w, x in spread.items():
+        prefix = {"at least": ">= ", "at most": "<= "}.get(x["kind"], "")
+        ratio = "n/a" if x["ratio"] is None else f"{prefix}{x['ratio']:.2f}"
+        runs = " ".join("-" if r["ratio"] is None else
+                        {"at least": ">=", "at most": "<="}.get(r["kind"], "")
+                        + f"{r['ratio']:.2f}" for r in x["runs"])
+        lines.append(f"{w:8} {cell(x['daqd']):>20} {cell(x['spead2']):>20} {ratio:>12} "
+                     f"{runs:>24}")
+    limited = [w for w, x in spread.items() if x["kind"] == "both sender-limited"]
+    if limited:
+        lines.append(f"{', '.join(limited)}: both receivers took all the sender could "
+                     "send in some run, so there is no rate ratio; see the CPU time below")
+    return lines
 
 
 def format_report(report: BenchReport) -> str:
@@ -1180,59 +1510,7 @@ def format_report(report: BenchReport) -> str:
                 f"{'' if ratio is None else f'{ratio:.2f}':>12}"
             )
     if report.udp:
-        kinds = udp_ratios(report.udp)
-        lines += [
-            "",
-            f"Loopback UDP: highest offered rate with < {100 * LOSS_LIMIT:g} % heap loss "
-            f"(socket buffer {report.socket_buffer} bytes, {report.socket_buffer_note}; "
-            f"{report.pinning}; "
-            f"a rate fails when {report.retries + 1} trials at it all lose more)",
-            f"sender: {report.sender or '?'}",
-            f"{'workload':8} {'receiver':8} {'kheaps/s':>10} {'Mpkt/s':>8} {'Gbit/s':>8} "
-            f"{'loss %':>7} {'drops':>6} {'rx CPU':>6} {'us/pkt (user)':>13} {'other':>5} "
-            f"{'next rate tried':>20} {'trials':>6} {'daqd/spead2':>12}",
-        ]
-        for u in report.udp:
-            ratio = ""
-            if u.receiver == "spead2" and u.workload in kinds:
-                value, kind = kinds[u.workload]
-                ratio = {"measured": "", "at least": ">= ", "at most": "<= "}.get(kind, "")
-                ratio = "n/a" if value is None else f"{ratio}{value:.2f}"
-            s = u.sustained
-            if s is None:
-                fail = u.first_failed
-                lines.append(
-                    f"{u.workload:8} {u.receiver:8} {'none':>10}  (lost >= 0.1 % even at "
-                    f"{(fail.offered_pps if fail else 0) / 1e3:.0f} kpkt/s)"
-                )
-                continue
-            drops = s.daqd_socket_drops if s.daqd_socket_drops is not None else s.kernel_drops
-            if u.sender_limited:
-                nxt = "(sender's top speed)"
-            elif u.first_failed is not None:
-                f = u.first_failed
-                nxt = f"{f.offered_pps / 1e6:.3f}M lost {100 * f.loss:.2f}%"
-            else:
-                nxt = ""
-            lines.append(
-                f"{u.workload:8} {u.receiver:8} {u.heaps_per_s / 1e3:10.1f} "
-                f"{u.packets_per_s / 1e6:8.3f} {u.gbit_per_s:8.2f} {100 * s.loss:7.3f} "
-                f"{'' if drops is None else drops:>6} {100 * s.receiver_cpu:5.0f}% "
-                f"{s.cpu_us_per_packet:6.2f} ({s.user_us_per_packet:4.2f}) "
-                f"{_cores(s.other_load):>5} {nxt:>20} "
-                f"{len(u.trials):6} {ratio:>12}"
-            )
-        lines.append(
-            "(drops: socket-buffer drops at that rate, daqd's packets_dropped_socket_buffer, "
-            "spead2's from /proc/net/udp; rx CPU: receiver process CPU time / trial time; "
-            "us/pkt: receiver CPU time per packet (user: its user-space part, the rest "
-            "is the kernel's); other: cores other processes used "
-            "meanwhile; next rate tried: the slowest rate above that lost >= 0.1 %)"
-        )
-        limited = [w for w, (_, kind) in kinds.items() if kind == "both sender-limited"]
-        if limited:
-            lines.append(f"{', '.join(limited)}: both receivers took all the sender could "
-                         "send, so there is no rate ratio; see the CPU time below")
+        lines += ["", *_format_udp(report)]
     if report.cost:
         costs = cost_ratios(report.cost)
         lines += [

@@ -185,9 +185,16 @@ def simulate(target: str, workload: str, rate: float, heaps: int, stop: bool, po
 @click.option(
     "--socket-buffer",
     type=click.IntRange(min=4096),
-    default=8 << 20,
+    default=64 << 20,
     show_default=True,
     help="UDP receive buffer of both receivers (past net.core.rmem_max when permitted).",
+)
+@click.option(
+    "--udp-runs",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="UDP rate searches per receiver and workload (median and spread reported).",
 )
 @click.option(
     "--wait-idle",
@@ -216,6 +223,7 @@ def bench(
     retries: int,
     cost_trials: int,
     socket_buffer: int,
+    udp_runs: int,
     wait_idle: float,
     sender_gso: bool,
     quiet: bool,
@@ -224,7 +232,8 @@ def bench(
 
     memory: one pre-built buffer of the workload through daqd's chunk path
     (and spead2's ChunkRingStream), medians of interleaved runs.  udp: the
-    highest rate each receiver sustains over loopback with < 0.1 % heap loss.
+    highest rate each receiver sustains over loopback with < 0.1 % heap loss,
+    medians of --udp-runs searches.
     """
     from daqd.bench import format_report, run_bench
 
@@ -243,6 +252,7 @@ def bench(
         retries=retries,
         cost_trials=cost_trials,
         socket_buffer=socket_buffer,
+        udp_runs=udp_runs,
         wait_idle=wait_idle,
         sender_gso=sender_gso,
         log=log,

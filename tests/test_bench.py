@@ -172,3 +172,247 @@ def test_full_benchmark():
         "print(format_report(report_from_json(json.load(sys.stdin))))")],
         input=proc.stdout, capture_output=True, text=True, timeout=TIMEOUT)
     assert text.returncode == 0 and "Loopback UDP" in text.stdout, text.stderr
+
+
+# ----------------------------------------------------------------------
+# The UDP rate search, with a fake (deterministic) trial function
+
+
+def fake_trial(requested: float, offered: float, ok: bool):
+    from daqd.bench import Trial
+
+    return Trial(requested_pps=requested, offered_pps=offered, heaps_sent=1000,
+                 heaps_present=1000 if ok else 900, loss=0.0 if ok else 0.1, ok=ok,
+                 sender_dropped=0, kernel_drops=0, daqd_socket_drops=0,
+                 stopped_by="stop heap", receiver_cpu=0.5, cpu_us_per_packet=1.0,
+                 user_us_per_packet=0.5, other_load=0.0, steal=0.0)
+
+
+class FakeLink:
+    """A receiver sustaining `capacity` packets/s behind a sender whose full speed varies.
+
+    `full_speed`: the offered rate of each successive full-speed trial (the
+    last one repeats); `pacing`: offered / requested for paced trials;
+    `stalls`: indices of trials (0-based, in order) that fail whatever the
+    rate, as a vCPU stop would make them.
+    """
+
+    def __init__(self, capacity, full_speed, pacing=1.0, stalls=()):
+        self.capacity = capacity
+        self.full_speed = list(full_speed)
+        self.pacing = pacing
+        self.stalls = set(stalls)
+        self.calls = 0
+
+    def __call__(self, rate):
+        if rate == 0:
+            offered = self.full_speed.pop(0) if len(self.full_speed) > 1 else self.full_speed[0]
+        else:
+            offered = rate * self.pacing
+        ok = offered <= self.capacity and self.calls not in self.stalls
+        self.calls += 1
+        return fake_trial(rate, offered, ok)
+
+
+def run_fake(link, **options):
+    from daqd.bench import run_search
+
+    options.setdefault("retries", 1)
+    return run_search(link, **options)
+
+
+def test_search_two_full_speed_passes_are_sender_limited():
+    found, trials = run_fake(FakeLink(2000.0, [900.0, 800.0]))
+    assert found.sender_limited
+    assert [t.requested_pps for t in trials] == [0.0, 0.0]
+    assert found.best.offered_pps == 900.0 and found.failed is None
+
+
+def test_search_slow_full_speed_pass_is_not_accepted():
+    """One full-speed trial that happened to be slow passes; the next ones at speed fail."""
+    link = FakeLink(300.0, [200.0, 1000.0, 950.0])
+    found, trials = run_fake(link, steps=8)
+    assert not found.sender_limited
+    assert [t.requested_pps for t in trials[:3]] == [0.0, 0.0, 0.0]
+    # The failing end is the fastest of the failed full-speed trials; the
+    # bisection starts between the offered rates 200 and 1000.
+    assert trials[3].requested_pps == pytest.approx((200.0 * 1000.0) ** 0.5)
+    assert found.best is not None and found.failed is not None
+    assert 290.0 < found.best.offered_pps <= 300.0 < found.failed.offered_pps < 310.0
+    # The result is what the sender offered, not what was asked for.
+    assert found.best.offered_pps in {t.offered_pps for t in trials if t.ok}
+
+
+def test_search_full_speed_pass_fail_pass_is_sender_limited():
+    """A stall fails the second full-speed trial, slower than the passes; the retry passes."""
+    found, trials = run_fake(FakeLink(2000.0, [900.0, 850.0, 950.0], stalls={1}))
+    assert found.sender_limited and len(trials) == 3
+    assert found.best.offered_pps == 950.0
+
+
+def test_search_unconfirmed_failure_above_the_passes_is_a_bound():
+    """A single full-speed failure (a stall) above two passes, never failed again below it."""
+    found, trials = run_fake(FakeLink(2000.0, [900.0, 1000.0, 950.0], stalls={1}), steps=8)
+    assert [t.ok for t in trials[:3]] == [True, False, True]
+    assert all(t.ok for t in trials[3:]) and len(trials) > 3
+    assert 950.0 < found.best.offered_pps < 1000.0
+    assert found.sender_limited                 # a lower bound: nothing confirmed a failure
+
+
+def test_search_failure_above_two_full_speed_passes():
+    """Two slow full-speed passes around a faster failure: the search goes on between them."""
+    found, trials = run_fake(FakeLink(300.0, [189.0, 368.0, 184.0]), steps=8)
+    assert [t.ok for t in trials[:3]] == [True, False, True]
+    assert not found.sender_limited
+    assert trials[3].requested_pps == pytest.approx((189.0 * 368.0) ** 0.5)
+    assert 290.0 < found.best.offered_pps <= 300.0 < found.failed.offered_pps
+
+
+def test_search_full_speed_needs_two_failures_with_retries():
+    found, trials = run_fake(FakeLink(300.0, [1000.0]), retries=1, steps=0)
+    assert [t.requested_pps for t in trials[:2]] == [0.0, 0.0]
+    assert trials[2].requested_pps == 500.0     # the ladder starts below the failure
+    assert found.best is not None and found.best.offered_pps == 250.0
+
+
+def test_search_bisects_on_offered_rates():
+    """The sender offers 90 % of the paced rate asked for.
+
+    A pass counts at the rate offered, a paced failure at the rate asked for
+    (the sender never went faster, and not slower throughout).
+    """
+    found, trials = run_fake(FakeLink(300.0, [1000.0], pacing=0.9), retries=0, steps=6)
+    assert [t.requested_pps for t in trials[:3]] == [0.0, 500.0, 250.0]
+    assert trials[2].ok and trials[2].offered_pps == 225.0
+    assert trials[3].requested_pps == pytest.approx((225.0 * 500.0) ** 0.5)
+    assert found.best.offered_pps == max(t.offered_pps for t in trials if t.ok)
+    assert found.best.offered_pps <= 300.0 < found.failed.offered_pps
+    assert found.best.requested_pps < found.failed.requested_pps < 340.0
+
+
+def test_search_retries_a_stall_below_capacity():
+    """One stalled trial at a paced rate the receiver sustains does not fail that rate."""
+    stalled = FakeLink(300.0, [1000.0], stalls={4})
+    found, trials = run_fake(stalled, retries=1, steps=8)
+    assert trials[4].requested_pps == trials[5].requested_pps == 250.0
+    assert not trials[4].ok and trials[5].ok
+    assert 290.0 < found.best.offered_pps <= 300.0
+    # Without retries the same stall makes the search settle lower.
+    low, _ = run_fake(FakeLink(300.0, [1000.0], stalls={2}), retries=0, steps=8)
+    assert low.best.offered_pps < 260.0
+
+
+def test_search_failure_below_a_pass_wins():
+    """A lucky full-speed pass above two failures is not taken as the lower end."""
+    link = FakeLink(300.0, [500.0, 400.0, 450.0])
+
+    def trial(rate):
+        t = link(rate)
+        return fake_trial(rate, t.offered_pps, True) if link.calls == 1 else t
+
+    found, trials = run_fake(trial, steps=8)
+    assert [t.ok for t in trials[:3]] == [True, False, False]
+    assert trials[3].requested_pps == 225.0     # half the fastest failure: 450
+    assert 290.0 < found.best.offered_pps <= 300.0 < found.failed.offered_pps <= 450.0
+
+
+def test_search_nothing_passes():
+    found, trials = run_fake(FakeLink(0.0, [1000.0]), retries=1, ladder=3, steps=5)
+    assert found.best is None and not found.sender_limited
+    assert found.failed.offered_pps == 125.0
+    assert len(trials) == 2 + 3 * 2
+
+
+def test_search_stops_at_resolution():
+    found, trials = run_fake(FakeLink(300.0, [600.0]), retries=0, steps=50)
+    assert found.failed.offered_pps <= found.best.offered_pps * 1.01
+    assert len(trials) < 20
+
+
+# ----------------------------------------------------------------------
+# Medians over runs, ratios and bounds
+
+
+def udp_fixture(rates):
+    """UdpResults from {(workload, receiver): [(pps, sender_limited), ...]}."""
+    from daqd.bench import UdpRun, udp_result
+
+    out = []
+    for (w, r), runs in rates.items():
+        made = [UdpRun(sustained=fake_trial(0.0 if lim else pps, pps, True),
+                       first_failed=None if lim else fake_trial(pps * 1.1, pps * 1.1, False),
+                       sender_limited=lim, packets_per_s=pps, trials=3)
+                for pps, lim in runs]
+        out.append(udp_result(w, r, made, [t for m in made for t in (m.sustained,)]))
+    return out
+
+
+def test_udp_medians_ratio_and_spread():
+    from daqd.bench import udp_spread
+
+    results = udp_fixture({
+        ("W1", "daqd"): [(400e3, False), (300e3, False), (500e3, False)],
+        ("W1", "spead2"): [(380e3, False), (420e3, False), (200e3, False)],
+        ("W2", "daqd"): [(900e3, True), (800e3, False), (850e3, False)],
+        ("W2", "spead2"): [(700e3, False), (600e3, False), (650e3, False)],
+        ("W3", "daqd"): [(300e3, True), (310e3, True), (305e3, True)],
+        ("W3", "spead2"): [(290e3, True), (280e3, True), (200e3, False)],
+    })
+    w1_daqd = results[0]
+    assert w1_daqd.packets_per_s == 400e3 and w1_daqd.sustained.offered_pps == 400e3
+    assert w1_daqd.heaps_per_s == 400e3         # one packet per heap
+    spread = udp_spread(results)
+    assert spread["W1"]["kind"] == "measured"
+    assert spread["W1"]["ratio"] == pytest.approx(400 / 380)
+    assert spread["W1"]["min"] == pytest.approx(300 / 420)
+    assert spread["W1"]["max"] == pytest.approx(500 / 200)
+    assert spread["W1"]["daqd"]["min_pps"] == 300e3 and spread["W1"]["daqd"]["max_pps"] == 500e3
+    assert spread["W2"]["kind"] == "at least"   # a daqd run was sender-limited
+    assert spread["W2"]["ratio"] == pytest.approx(850 / 650)
+    assert [r["kind"] for r in spread["W2"]["runs"]] == ["at least", "measured", "measured"]
+    assert spread["W2"]["min"] == pytest.approx(850 / 650)
+    assert spread["W3"]["kind"] == "both sender-limited" and spread["W3"]["ratio"] is None
+
+
+def test_udp_report_text_and_json_round_trip():
+    from daqd.bench import BenchReport, format_report, report_from_json
+
+    results = udp_fixture({
+        ("W1", "daqd"): [(400e3, False), (300e3, True)],
+        ("W1", "spead2"): [(380e3, False), (420e3, False)],
+    })
+    report = BenchReport(machine={"cpu": "x", "cores": 2, "kernel": "k", "rmem_max": 1,
+                                  "transparent_hugepage": "t", "python": "3", "numpy": "2",
+                                  "spead2": "4", "daqd": "0", "idle_before": 1.0},
+                         udp=results, socket_buffer=64 << 20, socket_buffer_note="forced",
+                         udp_runs=2)
+    text = format_report(report)
+    assert "medians over 2 runs" in text
+    assert ">= 0.88" in text                    # (400 + 300) / 2 / 400: a lower bound
+    again = report_from_json(json.loads(json.dumps(report.to_json())))
+    assert again.udp[0].runs[1].sender_limited
+    assert format_report(again) == text
+
+
+@pytest.mark.parametrize("catch_up", [True, False])
+def test_sim_reader_pacing_without_catch_up(catch_up):
+    """A paced SimReader that fell behind bursts to catch up, or (catch_up=False) does not."""
+    import time
+
+    from daqd import _spead
+
+    rate = 100_000                                  # packets/s
+    sim = _spead.SimReader("W2", rate=rate * 1080, batch=60, catch_up=catch_up)
+    fd = os.memfd_create("pacing")
+    try:
+        _spead.send(sim, fd, "stream", max_packets=60)
+        time.sleep(0.1)                             # 10 000 packets behind
+        start = time.perf_counter()
+        _spead.send(sim, fd, "stream", max_packets=1200)     # 12 ms of schedule
+        took = time.perf_counter() - start
+    finally:
+        os.close(fd)
+    if catch_up:
+        assert took < 0.008 and sim.schedule_resets == 0
+    else:
+        assert took > 0.010 and sim.schedule_resets >= 1

@@ -12,11 +12,13 @@ and ``add_free_chunk``.  Medians of interleaved runs; every heap is checked
 present, and every byte of an untimed first run is checked in place.
 
 Over loopback UDP, the same sender process (``_spead.send`` with UDP GSO, pinned to one
-core) feeds each receiver (pinned to the other) through the same socket setup;
-the figure is the highest offered rate with < 0.1 % heap loss, found by a
-trial at full speed, a halving ladder and a bisection of ~1 s trials (the two
-searches taking turns), then the receiver CPU time per packet at one fixed
-rate.  See ``daqd bench --help`` and the daqd.bench docstring.
+core) feeds each receiver (pinned to the other) through the same socket setup
+(64 MiB receive buffer); the figure is the highest offered rate with < 0.1 %
+heap loss, found by trials at full speed (sender-limited only when two pass),
+a halving ladder and a bisection on the offered rates of ~1 s trials (the two
+searches taking turns), the median of ``--udp-runs`` searches; then the
+receiver CPU time per packet at one fixed rate.  See ``daqd bench --help`` and
+the daqd.bench docstring.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("workloads", nargs="*", metavar="W1|W2|W3")
     parser.add_argument("--mode", choices=["memory", "udp", "all"], default="all")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--udp-runs", type=int, default=3)
     parser.add_argument("--heaps", type=int, default=None)
     parser.add_argument("--trial-seconds", type=float, default=1.0)
     parser.add_argument("--wait-idle", type=float, default=0.0)
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"unknown workload {w!r} (expected W1, W2 or W3)")
     report = run_bench(args.workloads or WORKLOAD_NAMES, vs_spead2=True, mode=args.mode,
                        runs=args.runs, heaps=args.heaps, trial_seconds=args.trial_seconds,
-                       wait_idle=args.wait_idle,
+                       wait_idle=args.wait_idle, udp_runs=args.udp_runs,
                        log=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(report.to_json()) if args.json else format_report(report))
 
