@@ -11,24 +11,32 @@
 # most max_chunks chunks are open, head..tail; a heap of a newer chunk opens
 # every chunk up to it, closing the oldest ones; a heap older than the head is
 # too old; a jump of max_chunks or more closes the whole window and restarts it
-# just below the new chunk.  daqd differs twice: the window starts at the first
-# heap's chunk (spead2 opens every chunk from 0 up to it, empty chunks that
-# would read as loss), and a run of `too_old_reset` consecutive too-old heaps
-# (a sender restarted, a timestamp wrapped) re-anchors the window at the new
-# timestamps, where spead2 would call every later heap too old.
+# just below the new chunk.  Chunk ids are 0 .. 2**63 - 1 and the window's ends
+# are unsigned (the tail may be 2**63), compared by difference, never by sum, so
+# no chunk id a hook returns can overflow them.  daqd differs twice: the window
+# starts at the first heap's chunk (spead2 opens every chunk from 0 up to it,
+# empty chunks that would read as loss), and a run of `too_old_reset`
+# consecutive too-old heaps (a sender restarted, a timestamp wrapped) re-anchors
+# the window at the new timestamps, where spead2 would call every later heap too
+# old.
 #
 # Chunks belong to a ChunkGroup: the pool (allocated once), the free ring of
 # unused chunks, the data ring of completed ones, and the group's window.  Any
 # number of ChunkStreams (one per NIC, per polarisation, ...) fill the same
 # chunks, each from its own thread, as spead2's chunk stream groups do.  Each
-# stream keeps its own window of the chunks it writes to, holding a reference
-# ("writer") on each, so the group lock is taken once per chunk, never per
-# heap.  A chunk the group evicts is handed to the data ring only when no
-# stream writes to it any more: in "lossless" eviction the evicting stream
-# waits until every other stream has moved past it; in "lossy" eviction it
-# does not wait, and the other streams let go of evicted chunks at their next
-# batch (or poll timeout), dropping their late heaps as too old.  A lone
-# ChunkStream is a group of one.
+# stream keeps its own window of the chunks it writes to (a StreamWindow),
+# holding a reference ("writer") on each, so the group lock is taken once per
+# chunk, never per heap.  A chunk the group evicts is handed to the data ring
+# only when no stream writes to it any more.  In "lossless" eviction the
+# evicting stream waits until every other stream has moved past it.  In "lossy"
+# eviction nobody waits: a stream that is not inside a batch (idle, blocked on
+# its source, or waiting on the group) is "parked", and the evicting stream
+# lets go of the evicted chunks for it at once; a stream inside a batch lets go
+# of them at the end of the batch.  Its later heaps for them are too old.
+#
+# Every wait on the group (a free chunk, a lossless eviction) releases the group
+# lock, so after it nothing is assumed: ChunkGroup.extend() re-reads the whole
+# window state and starts over.  A lone ChunkStream is a group of one.
 
 cimport cython
 from cpython.pycapsule cimport (
@@ -37,7 +45,8 @@ from cpython.pycapsule cimport (
 )
 
 from libc.string cimport memchr
-from libc.stdint cimport INT64_MIN, INT64_MAX
+from libc.stdint cimport UINT64_MAX
+from libc.errno cimport ETIMEDOUT
 
 import numpy as np
 
@@ -104,6 +113,21 @@ cdef struct ChunkHeap:
     uint8_t *dest               # the heap's first byte in its chunk's data
     uint8_t *present            # its presence byte (the first one with packet presence)
     bint empty                  # HEAP_SIZE 0: nothing to place
+
+
+cdef struct StreamWindow:
+    # One stream's window of the group's chunks: chunk ids head..tail-1, each
+    # with a writer reference (pool index, -1: the chunk could not be opened).
+    # Changed only under the group lock: by its stream, or, while the stream is
+    # parked, by the group (lossy eviction).  Its stream reads it without the
+    # lock only while not parked.
+    uint64_t head
+    uint64_t tail
+    size_t head_pos
+    Py_ssize_t *chunks          # a ring of max_chunks entries
+    bint parked                 # lossy group: not inside a batch, writes to no chunk
+    bint finished
+    size_t slot                 # index in the group's stream_heads and windows
 
 
 cdef inline timespec deadline_after(double seconds) noexcept nogil:
@@ -234,9 +258,9 @@ cdef class ChunkGroup:
     cdef list streams
     # everything below is guarded by lock
     cdef pthread_mutex_t lock
-    cdef pthread_cond_t free_cond
+    cdef pthread_cond_t wake_cond       # the window, a stream head or the free ring changed
     cdef pthread_cond_t data_cond
-    cdef pthread_cond_t evict_cond
+    cdef size_t n_waiting               # streams waiting on wake_cond
     cdef bint sync_ready
     cdef size_t *free_ring
     cdef size_t free_head, free_count
@@ -246,13 +270,14 @@ cdef class ChunkGroup:
     cdef size_t closing_head, closing_count
     cdef readonly size_t max_chunks
     cdef bint anchored
-    cdef int64_t head_chunk, tail_chunk
+    cdef uint64_t head_chunk, tail_chunk
     cdef size_t head_pos, tail_pos
     cdef Py_ssize_t *window             # pool index per chunk of head..tail, -1: none
-    cdef volatile int64_t head_hint     # head_chunk, read by streams without the lock
+    cdef volatile uint64_t head_hint    # head_chunk, read by streams without the lock
     cdef size_t active_streams
-    # each stream's window head: INT64_MIN before its first heap, INT64_MAX once finished
-    cdef int64_t stream_heads[<int>MAX_GROUP_STREAMS]
+    # each stream's window head: 0 before its first heap, UINT64_MAX once finished
+    cdef uint64_t stream_heads[<int>MAX_GROUP_STREAMS]
+    cdef StreamWindow *windows[<int>MAX_GROUP_STREAMS]
     cdef size_t n_streams
     cdef readonly bint ended            # every stream ended, every chunk handed over
     cdef volatile bint stop_waiting
@@ -406,9 +431,8 @@ cdef class ChunkGroup:
         pthread_mutex_init(&self.lock, NULL)
         pthread_condattr_init(&attr)
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
-        pthread_cond_init(&self.free_cond, &attr)
+        pthread_cond_init(&self.wake_cond, &attr)
         pthread_cond_init(&self.data_cond, &attr)
-        pthread_cond_init(&self.evict_cond, &attr)
         pthread_condattr_destroy(&attr)
         self.sync_ready = True
 
@@ -421,30 +445,52 @@ cdef class ChunkGroup:
         free(self.data_ring)
         free(self.closing)
         if self.sync_ready:
-            pthread_cond_destroy(&self.free_cond)
+            pthread_cond_destroy(&self.wake_cond)
             pthread_cond_destroy(&self.data_cond)
-            pthread_cond_destroy(&self.evict_cond)
             pthread_mutex_destroy(&self.lock)
 
     # ------------------------------------------------------------------
     # Pool and rings (lock held)
 
-    cdef Py_ssize_t take_free_chunk(self, int64_t chunk_id, uint64_t *stats) noexcept nogil:
-        """A chunk from the free ring for `chunk_id`, or -1 (when_full policy)."""
-        cdef timespec until
-        cdef Py_ssize_t c = -1
-        if self.free_count == 0 and not self.drop_when_full and not self.stop_waiting:
-            stats[<int>STAT_WORKER_BLOCKED] += 1
-            until = deadline_after(self.wait_timeout)
-            while self.free_count == 0 and not self.stop_waiting:
-                if pthread_cond_timedwait(&self.free_cond, &self.lock, &until) != 0:
-                    break
-        if self.free_count > 0:
-            c = <Py_ssize_t>self.free_ring[self.free_head]
-            self.free_head = (self.free_head + 1) % self.pool
-            self.free_count -= 1
-            self.state[c] = CHUNK_OPEN
-            self.chunk_ids[c] = chunk_id
+    cdef inline void wake(self) noexcept nogil:
+        """Wake every stream waiting on the group: something they wait for changed."""
+        if self.n_waiting:
+            pthread_cond_broadcast(&self.wake_cond)
+
+    cdef int wait_for_change(self, StreamWindow *by, const timespec *until,
+                             uint64_t *stats) noexcept nogil:
+        """Wait (the lock released) until woken or `until`; 0, or ETIMEDOUT.
+
+        The waiting stream writes to no chunk meanwhile, so it is parked: it
+        lets go of the chunks already evicted first (they may be what the
+        others, or the consumer, wait for), and a lossy eviction may let go of
+        more for it while it waits.
+        """
+        cdef bint parked = False
+        cdef int rc
+        if by != NULL:
+            if by.head < self.head_chunk and by.head < by.tail:
+                self.win_release_below(by, self.head_chunk)
+                self.close_ready(stats)
+            parked = by.parked
+            by.parked = True
+        self.n_waiting += 1
+        rc = pthread_cond_timedwait(&self.wake_cond, &self.lock, until)
+        self.n_waiting -= 1
+        if by != NULL:
+            by.parked = parked
+        return rc
+
+    cdef Py_ssize_t take_free(self, uint64_t chunk_id) noexcept nogil:
+        """A chunk from the free ring for `chunk_id`, or -1 if it is empty."""
+        cdef Py_ssize_t c
+        if self.free_count == 0:
+            return -1
+        c = <Py_ssize_t>self.free_ring[self.free_head]
+        self.free_head = (self.free_head + 1) % self.pool
+        self.free_count -= 1
+        self.state[c] = CHUNK_OPEN
+        self.chunk_ids[c] = <int64_t>chunk_id
         return c
 
     cdef void close_chunk(self, size_t c, uint64_t *stats) noexcept nogil:
@@ -483,40 +529,76 @@ cdef class ChunkGroup:
             self.closing_count -= 1
             self.close_chunk(c, stats)
 
-    cdef int64_t lowest_stream_head(self) noexcept nogil:
-        cdef int64_t low = INT64_MAX
+    cdef uint64_t lowest_stream_head(self) noexcept nogil:
+        cdef uint64_t low = UINT64_MAX
         cdef size_t i
         for i in range(self.n_streams):
             if self.stream_heads[i] < low:
                 low = self.stream_heads[i]
         return low
 
-    cdef void unref(self, Py_ssize_t c) noexcept nogil:
-        if c >= 0:
-            self.writers[c] -= 1
-            if self.writers[c] == 0:
-                pthread_cond_broadcast(&self.evict_cond)
+    # ------------------------------------------------------------------
+    # Stream windows (lock held)
+
+    cdef void win_publish(self, StreamWindow *w) noexcept nogil:
+        """Record how far a stream has moved on (lossless eviction waits on it)."""
+        cdef uint64_t head = UINT64_MAX if w.finished else w.head
+        if self.stream_heads[w.slot] != head:
+            self.stream_heads[w.slot] = head
+            self.wake()
+
+    cdef void win_release_below(self, StreamWindow *w, uint64_t chunk_id) noexcept nogil:
+        """Let go of a stream's chunks older than `chunk_id`."""
+        cdef Py_ssize_t c
+        while w.head < w.tail and w.head < chunk_id:
+            c = w.chunks[w.head_pos]
+            if c >= 0:
+                self.writers[c] -= 1
+            w.chunks[w.head_pos] = -1
+            w.head += 1
+            w.head_pos += 1
+            if w.head_pos == self.max_chunks:
+                w.head_pos = 0
+        if w.head == w.tail and w.head < chunk_id:
+            w.head = w.tail = chunk_id
+            w.head_pos = 0
+        self.win_publish(w)
+
+    cdef void win_acquire_to(self, StreamWindow *w, uint64_t chunk_id) noexcept nogil:
+        """Extend a stream's window to `chunk_id` (head_chunk <= chunk_id < tail_chunk)."""
+        cdef uint64_t low = chunk_id + 1 - self.max_chunks if chunk_id >= self.max_chunks else 0
+        cdef size_t pos
+        cdef Py_ssize_t c
+        if low < self.head_chunk:
+            low = self.head_chunk
+        # Afterwards head >= low >= head_chunk, so head..chunk_id lies in the group's window.
+        self.win_release_below(w, low)
+        while w.tail <= chunk_id:
+            c = self.window_chunk(w.tail)
+            if c >= 0:
+                self.writers[c] += 1
+            pos = <size_t>(w.tail - w.head) + w.head_pos
+            if pos >= self.max_chunks:
+                pos -= self.max_chunks
+            w.chunks[pos] = c
+            w.tail += 1
+
+    cdef void release_parked(self) noexcept nogil:
+        """Lossy eviction: let go of evicted chunks for every parked stream."""
+        cdef size_t i
+        cdef StreamWindow *w
+        for i in range(self.n_streams):
+            w = self.windows[i]
+            if w.parked and w.head < self.head_chunk and w.head < w.tail:
+                self.win_release_below(w, self.head_chunk)
 
     # ------------------------------------------------------------------
     # Window (lock held)
 
-    cdef void evict_head(self, ChunkStream by, uint64_t *stats) noexcept nogil:
-        """Move the oldest chunk out of the window (waiting for writers if lossless)."""
+    cdef void evict_head(self, uint64_t *stats) noexcept nogil:
+        """Move the oldest chunk out of the window, to the data ring once nobody
+        writes to it."""
         cdef Py_ssize_t c = self.window[self.head_pos]
-        cdef int64_t head = self.head_chunk
-        cdef timespec until
-        if by is not None:
-            by.release_below(self.head_chunk + 1)
-        if self.lossless and c >= 0:
-            # Every stream must have moved past the chunk, including streams
-            # that have not received their first heap yet.
-            if self.lowest_stream_head() <= head and not self.stop_waiting:
-                stats[<int>STAT_WORKER_BLOCKED] += 1
-            while self.lowest_stream_head() <= head and not self.stop_waiting:
-                until = deadline_after(0.2)
-                pthread_cond_timedwait(&self.evict_cond, &self.lock, &until)
-            if self.head_chunk != head:
-                return          # another stream evicted it while we waited
         if c >= 0:
             self.closing[(self.closing_head + self.closing_count) % self.pool] = <size_t>c
             self.closing_count += 1
@@ -526,46 +608,104 @@ cdef class ChunkGroup:
         self.head_pos += 1
         if self.head_pos == self.max_chunks:
             self.head_pos = 0
+        if not self.lossless:
+            self.release_parked()
+        self.close_ready(stats)
+        self.wake()
 
-    cdef void restart(self, ChunkStream by, int64_t chunk_id, bint below,
-                      uint64_t *stats) noexcept nogil:
-        """Evict every open chunk and restart the window at `chunk_id`.
-
-        With `below` (a jump ahead, as spead2) the window ends at `chunk_id`,
-        so late heaps of the chunks just before it still fit; otherwise it
-        starts there.
-        """
+    cdef void reanchor(self, uint64_t chunk_id, uint64_t *stats) noexcept nogil:
+        """Evict every open chunk and start the window afresh at `chunk_id`
+        (too_old_reset, in a group of one stream)."""
         while self.head_chunk != self.tail_chunk:
-            self.evict_head(by, stats)
-        if below and chunk_id > <int64_t>self.max_chunks - 1:
-            self.head_chunk = chunk_id - <int64_t>(self.max_chunks - 1)
-        elif below:
-            self.head_chunk = 0
-        else:
-            self.head_chunk = chunk_id
-        self.head_hint = self.head_chunk
-        self.tail_chunk = self.head_chunk
-        self.head_pos = 0
-        self.tail_pos = 0
+            self.evict_head(stats)
+        self.head_chunk = self.tail_chunk = chunk_id
+        self.head_hint = chunk_id
+        self.head_pos = self.tail_pos = 0
 
-    cdef void extend(self, ChunkStream by, int64_t chunk_id, uint64_t *stats) noexcept nogil:
-        """Open chunks up to `chunk_id` (>= head_chunk), evicting the oldest."""
+    cdef void extend(self, StreamWindow *by, uint64_t chunk_id, uint64_t *stats) noexcept nogil:
+        """Open chunks up to `chunk_id`, evicting the oldest (spead2's get_chunk).
+
+        Returns once chunk_id < tail_chunk (it may also have fallen below
+        head_chunk meanwhile: too old).  Every wait releases the lock, so each
+        step re-reads the window from scratch.  Lossless, the head never
+        passes a chunk some stream has not moved past (spead2: the group's
+        head is the lowest of its streams' heads); lossy, it moves regardless.
+        """
+        cdef uint64_t max_chunks = self.max_chunks
+        # the first chunk of the window that ends at chunk_id
+        cdef uint64_t target = chunk_id - (max_chunks - 1) if chunk_id >= max_chunks - 1 else 0
+        cdef uint64_t low
+        cdef bint blocked = False, have_deadline = False, timed_out = False
+        cdef bint gated
+        cdef timespec until
+        cdef Py_ssize_t c
         if not self.anchored:
             self.anchored = True
-            self.restart(by, chunk_id, False, stats)
-        elif chunk_id >= self.tail_chunk + <int64_t>self.max_chunks:
-            self.restart(by, chunk_id, True, stats)
+            self.head_chunk = self.tail_chunk = chunk_id
+            self.head_hint = chunk_id
+            self.head_pos = self.tail_pos = 0
         while chunk_id >= self.tail_chunk:
-            if <size_t>(self.tail_chunk - self.head_chunk) == self.max_chunks:
-                self.evict_head(by, stats)
-                continue        # a lossless wait may have let another stream move on
-            self.window[self.tail_pos] = self.take_free_chunk(self.tail_chunk, stats)
+            if self.head_chunk != self.tail_chunk and (
+                    chunk_id - self.tail_chunk >= max_chunks
+                    or self.tail_chunk - self.head_chunk == max_chunks):
+                # The head chunk has to leave.  This stream first lets go of
+                # every chunk it will not need, as spead2's stream flushes its
+                # own window before asking the group.
+                if by != NULL:
+                    self.win_release_below(by, target)
+                if (self.lossless and not self.stop_waiting
+                        and self.lowest_stream_head() <= self.head_chunk):
+                    if not blocked:
+                        stats[<int>STAT_WORKER_BLOCKED] += 1
+                        blocked = True
+                    until = deadline_after(0.2)
+                    self.wait_for_change(by, &until, stats)
+                    continue
+                self.evict_head(stats)
+                continue
+            if chunk_id - self.tail_chunk >= max_chunks:
+                # A jump: the (now empty) window moves on to end at chunk_id,
+                # lossless no further than every stream has moved.
+                if by != NULL:
+                    self.win_release_below(by, target)
+                low = target
+                gated = self.lossless and not self.stop_waiting
+                if gated:
+                    low = self.lowest_stream_head()
+                    if low > target:
+                        low = target
+                if low > self.head_chunk:
+                    self.head_chunk = self.tail_chunk = low
+                    self.head_hint = low
+                    self.head_pos = self.tail_pos = 0
+                    self.wake()
+                    continue
+                if not blocked:
+                    stats[<int>STAT_WORKER_BLOCKED] += 1
+                    blocked = True
+                until = deadline_after(0.2)
+                self.wait_for_change(by, &until, stats)
+                continue
+            if (self.free_count == 0 and not self.drop_when_full and not self.stop_waiting
+                    and not timed_out):
+                if not have_deadline:
+                    if not blocked:
+                        stats[<int>STAT_WORKER_BLOCKED] += 1
+                        blocked = True
+                    until = deadline_after(self.wait_timeout)
+                    have_deadline = True
+                if self.wait_for_change(by, &until, stats) == ETIMEDOUT:
+                    timed_out = True
+                continue
+            c = self.take_free(self.tail_chunk)
+            self.window[self.tail_pos] = c
             self.tail_chunk += 1
             self.tail_pos += 1
             if self.tail_pos == self.max_chunks:
                 self.tail_pos = 0
+            self.wake()         # streams waiting for this very chunk
 
-    cdef inline Py_ssize_t window_chunk(self, int64_t chunk_id) noexcept nogil:
+    cdef inline Py_ssize_t window_chunk(self, uint64_t chunk_id) noexcept nogil:
         """The pool index of a chunk in head..tail (or -1)."""
         cdef size_t pos = <size_t>(chunk_id - self.head_chunk) + self.head_pos
         if pos >= self.max_chunks:
@@ -578,10 +718,11 @@ cdef class ChunkGroup:
             self.active_streams -= 1
         if self.active_streams == 0:
             while self.head_chunk != self.tail_chunk:
-                self.evict_head(None, stats)
+                self.evict_head(stats)
             self.close_ready(stats)
             self.ended = True
             pthread_cond_broadcast(&self.data_cond)
+        self.wake()
 
     # ------------------------------------------------------------------
     # Consumer side (Python)
@@ -600,7 +741,7 @@ cdef class ChunkGroup:
             self.chunk_ids[c] = -1
             self.free_ring[(self.free_head + self.free_count) % self.pool] = c
             self.free_count += 1
-            pthread_cond_signal(&self.free_cond)
+            self.wake()
             pthread_mutex_unlock(&self.lock)
         return 0
 
@@ -662,8 +803,7 @@ cdef class ChunkGroup:
         self.stop_waiting = True
         with nogil:
             pthread_mutex_lock(&self.lock)
-            pthread_cond_broadcast(&self.free_cond)
-            pthread_cond_broadcast(&self.evict_cond)
+            pthread_cond_broadcast(&self.wake_cond)
             pthread_mutex_unlock(&self.lock)
 
     def add_stream(self, **kwargs):
@@ -717,11 +857,11 @@ cdef class ChunkStream:
     too_old_reset
         Consecutive too-old heaps that re-anchor the window (0: never);
         default two chunks' worth of heaps.  Only a stream alone in its group
-        re-anchors.
+        re-anchors (in a group of several, a stream left behind by the others,
+        even once they have finished, would deliver chunk ids again).
     """
 
     cdef readonly ChunkGroup group
-    cdef size_t slot                    # index in the group's stream_heads
     cdef readonly size_t max_heaps
     cdef readonly bint allow_out_of_order
     cdef readonly bint stop_on_stop_item
@@ -731,11 +871,7 @@ cdef class ChunkStream:
     cdef HeapStorage *live_storage     # out-of-order range sets, one per live slot
     cdef size_t live_head
     cdef bint stopped_flag
-    cdef bint finished
-    # this stream's window of the group's chunks: head..tail, a writer reference on each
-    cdef int64_t head_chunk, tail_chunk
-    cdef size_t head_pos
-    cdef Py_ssize_t *window
+    cdef StreamWindow win               # this stream's window of the group's chunks
     cdef uint64_t too_old_run
     cdef uint64_t counters[<int>N_STATS]
 
@@ -756,8 +892,8 @@ cdef class ChunkStream:
         self.too_old_reset = 2 * group.n_slots if too_old_reset is None else too_old_reset
         self.live = <ChunkHeap *>malloc(max_heaps * sizeof(ChunkHeap))
         self.live_storage = <HeapStorage *>malloc(max_heaps * sizeof(HeapStorage))
-        self.window = <Py_ssize_t *>malloc(group.max_chunks * sizeof(Py_ssize_t))
-        if self.live == NULL or self.live_storage == NULL or self.window == NULL:
+        self.win.chunks = <Py_ssize_t *>malloc(group.max_chunks * sizeof(Py_ssize_t))
+        if self.live == NULL or self.live_storage == NULL or self.win.chunks == NULL:
             raise MemoryError()
         memset(self.live, 0, max_heaps * sizeof(ChunkHeap))
         memset(self.live_storage, 0, max_heaps * sizeof(HeapStorage))
@@ -765,6 +901,9 @@ cdef class ChunkStream:
         for i in range(max_heaps):
             self.live[i].h.cnt = -1
             self.live[i].h.st = &self.live_storage[i]
+        for i in range(group.max_chunks):
+            self.win.chunks[i] = -1
+        self.win.parked = True          # outside a batch (it holds no chunk yet)
         self.live_head = max_heaps - 1
         memset(self.counters, 0, sizeof(self.counters))
         cdef bint ended
@@ -773,8 +912,9 @@ cdef class ChunkStream:
             ended = group.ended or group.n_streams == MAX_GROUP_STREAMS
             if not ended:
                 group.active_streams += 1
-                self.slot = group.n_streams
-                group.stream_heads[self.slot] = INT64_MIN
+                self.win.slot = group.n_streams
+                group.stream_heads[self.win.slot] = 0
+                group.windows[self.win.slot] = &self.win
                 group.n_streams += 1
             pthread_mutex_unlock(&group.lock)
         if ended:
@@ -788,67 +928,33 @@ cdef class ChunkStream:
                 storage_free(&self.live_storage[i])
         free(self.live)
         free(self.live_storage)
-        free(self.window)
+        free(self.win.chunks)
 
     def __getattr__(self, name):
         # Layout, pool and consumer side live in the group.
         return getattr(self.group, name)
 
     # ------------------------------------------------------------------
-    # This stream's window (group lock held)
-
-    cdef void release_below(self, int64_t chunk_id) noexcept nogil:
-        """Let go of this stream's chunks older than `chunk_id`."""
-        while self.head_chunk < self.tail_chunk and self.head_chunk < chunk_id:
-            self.group.unref(self.window[self.head_pos])
-            self.window[self.head_pos] = -1
-            self.head_chunk += 1
-            self.head_pos += 1
-            if self.head_pos == self.group.max_chunks:
-                self.head_pos = 0
-        if self.head_chunk == self.tail_chunk and self.head_chunk < chunk_id:
-            self.head_chunk = self.tail_chunk = chunk_id
-            self.head_pos = 0
-        self.publish_head()
-
-    cdef void publish_head(self) noexcept nogil:
-        """Tell the group (lossless eviction) how far this stream has moved on."""
-        cdef int64_t head = INT64_MAX if self.finished else self.head_chunk
-        if self.group.stream_heads[self.slot] != head:
-            self.group.stream_heads[self.slot] = head
-            pthread_cond_broadcast(&self.group.evict_cond)
-
-    cdef void acquire_to(self, int64_t chunk_id, uint64_t *stats) noexcept nogil:
-        """Extend this stream's window to `chunk_id` (the group's window covers it)."""
-        cdef int64_t first
-        cdef size_t pos
-        cdef Py_ssize_t c
-        cdef int *writers
-        self.release_below(max(chunk_id + 1 - <int64_t>self.group.max_chunks,
-                               self.group.head_chunk))
-        first = max(self.tail_chunk, self.group.head_chunk)
-        if self.head_chunk == self.tail_chunk:
-            self.head_chunk = self.tail_chunk = first
-            self.head_pos = 0
-        while self.tail_chunk <= chunk_id:
-            c = self.group.window_chunk(self.tail_chunk)
-            if c >= 0:
-                writers = self.group.writers
-                writers[c] += 1
-            pos = <size_t>(self.tail_chunk - self.head_chunk) + self.head_pos
-            if pos >= self.group.max_chunks:
-                pos -= self.group.max_chunks
-            self.window[pos] = c
-            self.tail_chunk += 1
-        self.publish_head()
+    # This stream's window
 
     cdef void sync_with_group(self, uint64_t *stats) noexcept nogil:
-        """Let go of chunks the group has evicted (lossy eviction, restarts)."""
-        if self.group.head_hint <= self.head_chunk or self.head_chunk == self.tail_chunk:
+        """Let go of chunks the group has evicted (lossless: restarts, stops)."""
+        if self.group.head_hint <= self.win.head or self.win.head == self.win.tail:
             return
         pthread_mutex_lock(&self.group.lock)
-        self.release_below(self.group.head_chunk)
+        self.group.win_release_below(&self.win, self.group.head_chunk)
         self.group.close_ready(stats)
+        pthread_mutex_unlock(&self.group.lock)
+
+    cdef void set_parked(self, bint parked, uint64_t *stats) noexcept nogil:
+        """Lossy group: enter (False) or leave (True) a batch.  Either way the
+        chunks the group evicted meanwhile are let go of; while parked, the
+        group lets go of them itself."""
+        pthread_mutex_lock(&self.group.lock)
+        self.win.parked = parked
+        if self.win.head < self.group.head_chunk and self.win.head < self.win.tail:
+            self.group.win_release_below(&self.win, self.group.head_chunk)
+            self.group.close_ready(stats)
         pthread_mutex_unlock(&self.group.lock)
 
     cdef void forget_placements(self) noexcept nogil:
@@ -859,37 +965,39 @@ cdef class ChunkStream:
 
     cdef StatIndex chunk_for(self, int64_t chunk_id, Py_ssize_t *out,
                              uint64_t *stats) noexcept nogil:
-        """The pool index of `chunk_id`'s chunk, opening chunks as needed."""
+        """The pool index of `chunk_id`'s chunk (>= 0), opening chunks as needed."""
         cdef size_t pos
         cdef StatIndex verdict = N_STATS
-        if self.head_chunk <= chunk_id < self.tail_chunk:
+        cdef uint64_t cid = <uint64_t>chunk_id
+        if self.win.head <= cid < self.win.tail:
             self.too_old_run = 0
-            pos = <size_t>(chunk_id - self.head_chunk) + self.head_pos
+            pos = <size_t>(cid - self.win.head) + self.win.head_pos
             if pos >= self.group.max_chunks:
                 pos -= self.group.max_chunks
-            out[0] = self.window[pos]
+            out[0] = self.win.chunks[pos]
             return N_STATS if out[0] >= 0 else STAT_CHUNK_HEAPS_NO_FREE_CHUNK
         pthread_mutex_lock(&self.group.lock)
-        if self.group.anchored and (chunk_id < self.group.head_chunk or chunk_id < self.head_chunk):
+        if self.group.anchored and (cid < self.group.head_chunk or cid < self.win.head):
             self.too_old_run += 1
             if (self.too_old_reset == 0 or self.too_old_run < self.too_old_reset
-                    or self.group.active_streams > 1):
+                    or self.group.n_streams > 1):
                 pthread_mutex_unlock(&self.group.lock)
                 return STAT_CHUNK_HEAPS_TOO_OLD
+            # The group's only stream: start afresh at the new chunk.
             stats[<int>STAT_CHUNK_WINDOW_RESETS] += 1
             self.forget_placements()
-            self.release_below(self.tail_chunk)
-            self.group.restart(self, chunk_id, False, stats)
-            self.head_chunk = self.tail_chunk = chunk_id
-            self.head_pos = 0
-            self.publish_head()
+            self.group.win_release_below(&self.win, self.win.tail)
+            self.group.reanchor(cid, stats)
+            self.win.head = self.win.tail = cid
+            self.win.head_pos = 0
+            self.group.win_publish(&self.win)
         self.too_old_run = 0
-        self.group.extend(self, chunk_id, stats)
-        if chunk_id < self.group.head_chunk:
+        self.group.extend(&self.win, cid, stats)
+        if cid < self.group.head_chunk or cid < self.win.head:
             verdict = STAT_CHUNK_HEAPS_TOO_OLD      # evicted while this stream waited
         else:
-            self.acquire_to(chunk_id, stats)
-            out[0] = self.group.window_chunk(chunk_id)
+            self.group.win_acquire_to(&self.win, cid)
+            out[0] = self.group.window_chunk(cid)
             if out[0] < 0:
                 verdict = STAT_CHUNK_HEAPS_NO_FREE_CHUNK
         self.group.close_ready(stats)
@@ -993,7 +1101,7 @@ cdef class ChunkStream:
 
     cdef inline bint writable(self, const ChunkHeap *ch) noexcept nogil:
         """Whether the heap's chunk is still in this stream's window."""
-        return ch.chunk_id >= self.head_chunk and ch.chunk_id >= 0
+        return ch.chunk_id >= 0 and <uint64_t>ch.chunk_id >= self.win.head
 
     cdef void heap_done(self, ChunkHeap *ch, int reason, uint64_t *stats) noexcept nogil:
         """A live heap leaves the window (spead2's heap_ready)."""
@@ -1017,9 +1125,8 @@ cdef class ChunkStream:
 
     cdef void finish_nogil(self, uint64_t *stats) noexcept nogil:
         cdef size_t i
-        if self.finished:
+        if self.win.finished:
             return
-        self.finished = True
         for i in range(self.max_heaps):
             self.live_head += 1
             if self.live_head == self.max_heaps:
@@ -1027,8 +1134,8 @@ cdef class ChunkStream:
             if self.live[self.live_head].h.cnt != -1:
                 self.heap_done(&self.live[self.live_head], READY_FLUSHED, stats)
         pthread_mutex_lock(&self.group.lock)
-        self.release_below(self.tail_chunk)
-        self.publish_head()
+        self.win.finished = True
+        self.group.win_release_below(&self.win, self.win.tail)     # publishes "finished"
         self.group.stream_ended(stats)
         self.group.close_ready(stats)
         pthread_mutex_unlock(&self.group.lock)
@@ -1126,7 +1233,7 @@ cdef class ChunkStream:
         cdef DecodeStatus status
         cdef size_t i, n = reader.n
         for i in range(reader.pos, n):
-            if self.stopped_flag or self.finished:
+            if self.stopped_flag or self.win.finished:
                 stats[<int>STAT_REJECT_AFTER_STOP] += n - i
                 break
             stats[<int>STAT_PACKETS] += 1
@@ -1162,8 +1269,10 @@ cdef class ChunkStream:
         cdef int rc = 1
         cdef size_t before = reader.pos
         memset(local, 0, sizeof(local))
+        cdef bint lossy = not self.group.lossless
         with nogil:
-            self.sync_with_group(local)
+            if not lossy:
+                self.sync_with_group(local)
             if reader.pos >= reader.n:
                 rc = reader.fill(local)
                 before = 0
@@ -1173,7 +1282,11 @@ cdef class ChunkStream:
                     if reader.tap_buf != NULL:
                         reader.tap_batch(local)
             if reader.pos < reader.n:
+                if lossy:
+                    self.set_parked(False, local)
                 self.add_batch(reader, local)
+                if lossy:
+                    self.set_parked(True, local)
             merge_stats(self.counters, local)
         if rc == READ_ERROR:
             raise OSError(reader.errno_value, os.strerror(reader.errno_value))

@@ -13,7 +13,9 @@
 # decode_packet() returns a DecodeStatus.  DECODE_OK means the PacketHeader is
 # filled in and `size` bytes starting at `data` form the packet; any other
 # value names the reason the packet is unusable, and the caller counts it
-# under the matching STAT_REJECT_* counter (decode_status_stat).
+# under the matching STAT_REJECT_* counter (decode_status_stat).  With
+# DECODE_PAYLOAD_LENGTH, `size` alone is set: the size the header declares
+# (a byte stream skips an over-long packet by it, as spead2's TCP reader does).
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
@@ -134,6 +136,7 @@ cdef inline DecodeStatus decode_packet(
         return DECODE_MISSING_ITEMS
     cdef uint64_t size = <uint64_t>payload_length + <uint64_t>n_items * 8 + 8
     if size > max_size:
+        out.size = <size_t>size
         return DECODE_PAYLOAD_LENGTH
     if heap_length >= 0 and payload_offset + payload_length > heap_length:
         return DECODE_PAYLOAD_OUTSIDE_HEAP

@@ -182,7 +182,11 @@ cdef class ByteStreamReader(Reader):
     A stream has no packet boundaries of its own: each packet's length comes
     from its header.  Where a header cannot be decoded, spead2 gives up on the
     rest of the stream; daqd counts the packet, then skips forward to the next
-    plausible SPEAD header (counting the skipped bytes) and carries on.
+    plausible SPEAD header (counting the skipped bytes) and carries on.  A
+    packet whose header decodes but declares more than max_packet_size bytes is
+    skipped whole by its declared size, as spead2's TCP reader does (counted
+    once, as packets_rejected_payload_length; its bytes as skipped), so nothing
+    in its payload is taken for a packet.
     """
 
     cdef int fd                 # -1 for an in-memory buffer
@@ -190,6 +194,7 @@ cdef class ByteStreamReader(Reader):
     cdef size_t bufsize
     cdef size_t start, end      # unconsumed bytes are buf[start:end]
     cdef size_t max_packet_size
+    cdef size_t to_skip         # bytes of an over-long packet still to skip
     cdef int timeout_ms
     cdef object keepalive       # the Python buffer or file object behind fd/buf
     cdef const uint8_t[::1] view
@@ -281,6 +286,26 @@ cdef class ByteStreamReader(Reader):
             if self.stop_flag:
                 self.eof = True
                 return READ_EOF
+            if self.to_skip:
+                avail = self.end - self.start
+                if avail > self.to_skip:
+                    avail = self.to_skip
+                self.start += avail
+                self.to_skip -= avail
+                stats[<int>STAT_STREAM_BYTES_SKIPPED] += avail
+                if self.to_skip == 0:
+                    continue
+                if self.eof:
+                    self.to_skip = 0        # the stream ended inside the packet
+                    continue
+                if self.n > 0:
+                    return <int>self.n      # hand over what we have first
+                rc = self.read_more()
+                if rc == READ_EOF:
+                    self.eof = True
+                elif rc <= 0:
+                    return rc
+                continue
             avail = self.end - self.start
             limit = avail if avail < self.max_packet_size else self.max_packet_size
             status = decode_packet(self.buf + self.start, limit, &hdr)
@@ -289,6 +314,11 @@ cdef class ByteStreamReader(Reader):
                 self.pkt_len[self.n] = hdr.size
                 self.n += 1
                 self.start += hdr.size
+                continue
+            if status == DECODE_PAYLOAD_LENGTH and hdr.size > self.max_packet_size:
+                # Longer than any packet accepted: skip it whole by its declared size.
+                stats[<int>STAT_REJECT_PAYLOAD_LENGTH] += 1
+                self.to_skip = hdr.size
                 continue
             # Too few bytes may only mean the rest has not been read yet.
             if (status == DECODE_TOO_SHORT or status == DECODE_ITEMS_OVERFLOW

@@ -504,6 +504,30 @@ class Buffer:
                 record.release()
         return len(released)
 
+    def rotate_idle(self) -> None:
+        """Let sinks finish files older than their ``rotate_seconds`` on an idle stream.
+
+        A file is otherwise only rotated by age when a record arrives; the
+        flusher calls this about once a second while the buffer is empty.  Not
+        counted as a flush.
+        """
+        with self._lock:
+            if self._flushing or len(self._waiting) or len(self._held):
+                return                  # a flush is due or running: it rotates itself
+            self._flushing = True
+            sinks = list(self._sinks)
+        try:
+            timed = [s for s in sinks
+                     if getattr(getattr(s.sink, "config", None), "rotate_seconds", 0)]
+            for state in timed:
+                self._write(state, [])
+            if timed:
+                self._commit(self._mark_done(sinks) if self.wal is not None else sinks)
+        finally:
+            with self._lock:
+                self._flushing = False
+                self._changed.notify_all()
+
     @staticmethod
     def _advance(sinks: list[_SinkState], cursors: dict[str, int]) -> None:
         for state in sinks:

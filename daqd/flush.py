@@ -72,6 +72,9 @@ def resolve_predicate(spec: str) -> Predicate:
     return target
 
 
+# Seconds between checks for files to rotate by age on an idle stream.
+IDLE_ROTATE_PERIOD = 1.0
+
 class FlushPolicy:
     """When a buffer should be flushed.
 
@@ -326,6 +329,7 @@ class Flusher:
 
     def _run(self) -> None:
         buffer = self.buffer
+        idle_check = time.monotonic()
         try:
             while True:
                 if not self._requests and self._due_reason is None:
@@ -355,6 +359,9 @@ class Flusher:
                 if reason is not None:
                     buffer.flush_now(reason)
                     self.flushes += 1
+                elif time.monotonic() - idle_check >= IDLE_ROTATE_PERIOD:
+                    idle_check = time.monotonic()
+                    buffer.rotate_idle()
         except BaseException as exc:
             self.error = exc
             log.exception("flusher thread failed; the buffer is no longer flushed")

@@ -25,6 +25,13 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
         return s.getsockname()[1]
 
 
+def write_config(tmp_path: Path, text: str) -> Path:
+    """Write `text` as tmp_path/daqd.toml and return its path."""
+    path = tmp_path / "daqd.toml"
+    path.write_text(text)
+    return path
+
+
 def chunk_stream_config(tmp: Path, *, name: str = "adc0", port: int | None = None,
                         sinks: str = "", buffer: str = "", chunk: str = "",
                         heaps_per_chunk: int = 8, extra: str = "") -> str:

@@ -22,6 +22,7 @@ from daemon_helpers import (
     free_port,
     send_w1,
     w1_payloads,
+    write_config,
 )
 
 from daqd.sinks.binary import load as load_binary
@@ -29,12 +30,6 @@ from daqd.sinks.binary import load as load_binary
 pytestmark = pytest.mark.network
 
 HEAPS_PER_CHUNK = 8
-
-
-def write_config(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "daqd.toml"
-    path.write_text(text)
-    return path
 
 
 def binary_chunks(tmp_path: Path) -> np.ndarray:

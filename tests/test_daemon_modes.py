@@ -34,6 +34,7 @@ from daemon_helpers import (
     last_messages,
     w1_payloads,
     wait_until,
+    write_config,
 )
 from spead2_helpers import (
     THREAD_POOL,
@@ -52,12 +53,6 @@ from daqd.sources import open_source
 pytestmark = pytest.mark.network
 
 HEAPS_PER_CHUNK = 8
-
-
-def write_config(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "daqd.toml"
-    path.write_text(text)
-    return path
 
 
 def final_files(directory: Path, pattern: str) -> list[Path]:

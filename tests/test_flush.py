@@ -295,3 +295,30 @@ def test_build_buffer_from_config(tmp_path):
     buffer.put(CountingRecord(0))
     buffer.put(CountingRecord(1))
     assert buffer.flush_needed()
+
+
+def test_an_idle_stream_rotates_its_file_by_age_without_a_new_record(tmp_path):
+    import numpy as np
+
+    from daqd.config import ChunkConfig, SinkConfig
+    from daqd.records import ChunkRecord
+    from daqd.sinks import SinkContext, make_sink
+
+    layout = ChunkConfig(heaps_per_chunk=2, heap_bytes=16)
+    sink = make_sink(SinkContext("s", SinkConfig(
+        kind="binary", path=str(tmp_path / "{stream}-{seq}.bin"), rotate_seconds=0.5),
+        chunk=layout))
+    buffer = Buffer("fifo", 8, "block", FlushPolicy(count=1))
+    buffer.set_primary_sink(sink)
+    flusher = Flusher(buffer).start()
+    try:
+        buffer.put(ChunkRecord(0, 0, np.zeros((2, 1, 16), np.uint8), np.ones((2, 1), np.uint8)))
+        deadline = time.monotonic() + 10
+        while not list(tmp_path.glob("s-0.bin")):
+            assert time.monotonic() < deadline, "an idle stream's file was never rotated"
+            time.sleep(0.05)
+        assert list(tmp_path.glob("*.tmp")) == []
+        assert buffer.stats()["flushes"] == 1           # the rotation is not a flush
+    finally:
+        flusher.stop()
+        sink.close()

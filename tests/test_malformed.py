@@ -143,6 +143,64 @@ def test_byte_stream_packet_larger_than_max_packet_size():
     assert stats["bytes"] + stats["stream_bytes_skipped"] == len(data)
 
 
+def _over_long_with_nested_packets(size: int) -> bytes:
+    """A valid packet of `size` payload bytes whose payload is whole packets of heap 7."""
+    nested = b"".join(good_heap(7))
+    payload = (nested * (size // len(nested) + 1))[:size]
+    return sp.packet(1, payload)
+
+
+def test_byte_stream_over_long_packet_skipped_whole():
+    """A packet whose header decodes but declares more than max_packet_size is skipped by
+    its declared size (spead2's TCP reader): the packets inside its payload are not
+    decoded, and it is counted once."""
+    big = _over_long_with_nested_packets(20_000)
+    data = big + b"".join(good_heap(2))
+    stream = _spead.HeapStream()
+    heaps = stream.run(_spead.ByteStreamReader(data, max_packet_size=9200))
+    stats = stream.stats()
+    assert cnts(heaps) == [(2, True)]
+    assert stats["packets_rejected_payload_length"] == 1
+    assert rejected(stats) == 1, nonzero(stats)
+    assert stats["stream_bytes_skipped"] == len(big)
+    assert stats["bytes"] + stats["stream_bytes_skipped"] == len(data)
+    check_invariants(stats)
+
+
+@pytest.mark.parametrize("end", ["whole", "last_byte_cut", "inside_big"])
+def test_byte_stream_over_long_packet_across_reads(tmp_path, end):
+    """The same from a descriptor, the packet several read buffers long; the stream
+    complete, short of its last byte, or ending inside the over-long packet."""
+    big = _over_long_with_nested_packets(100_000)
+    after = b"".join(good_heap(2)) + b"".join(good_heap(3))
+    data = {"whole": big + after, "last_byte_cut": big + after[:-1],
+            "inside_big": big[:-10_000]}[end]
+    path = tmp_path / "stream.bin"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        stream = _spead.HeapStream()
+        # the smallest buffer: 2 * max_packet_size + 16 bytes
+        heaps = stream.run(_spead.ByteStreamReader(fd, max_packet_size=9200, bufsize=0))
+    finally:
+        os.close(fd)
+    stats = stream.stats()
+    assert stats["bytes"] + stats["stream_bytes_skipped"] == len(data)
+    check_invariants(stats)
+    if end == "whole":
+        assert cnts(heaps) == [(2, True), (3, True)]
+        assert stats["stream_bytes_skipped"] == len(big)
+        assert stats["packets_rejected_payload_length"] == rejected(stats) == 1, nonzero(stats)
+    elif end == "last_byte_cut":
+        assert cnts(heaps) == [(2, True), (3, False)]
+        assert stats["stream_bytes_skipped"] == len(big) + len(good_heap(3)[-1]) - 1
+        assert stats["packets_rejected_payload_length"] == rejected(stats) == 2, nonzero(stats)
+    else:
+        assert cnts(heaps) == []
+        assert stats["stream_bytes_skipped"] == len(data)
+        assert stats["packets_rejected_payload_length"] == rejected(stats) == 1, nonzero(stats)
+
+
 def test_byte_stream_length_that_lies_short():
     """PAYLOAD_LENGTH shorter than the bytes sent: the rest is garbage to skip."""
     liar = sp.packet(1, b"\x00" * 64, length=16, heap_size=16)

@@ -39,7 +39,7 @@ TestDecode.test_out_of_order_disallowed         existing: test_interop_spead2.py
 TestDecode.test_substreams                      n/a: HeapStream has no substreams option (spead2's
                                                 per-substream heap windows); daqd has one window
 TestDecode.test_incomplete_heaps                test_incomplete_heaps (length, received, counters);
-                                                test_incomplete_heap_keeps_immediate_items (XFAIL);
+                                                test_incomplete_heap_items_are_not_handed_out;
                                                 payload_ranges n/a (no incomplete_keep_payload_
                                                 ranges option)
 TestDecode.test_is_start_of_stream              test_is_start_of_stream
@@ -98,7 +98,7 @@ TestUdpReader.test_out_of_range_udp_port        test_out_of_range_udp_port
 TestUdpReader.test_illegal_udp_port             n/a: relies on an unprivileged user being refused
                                                 port 22; this suite runs as root
 TestTcpReader.test_bad_header                   test_tcp_reader_case[bad_header]
-TestTcpReader.test_packet_too_big               test_tcp_reader_case[packet_too_big] (XFAIL)
+TestTcpReader.test_packet_too_big               test_tcp_reader_case[packet_too_big]
 TestTcpReader.test_partial_header               test_tcp_reader_case[partial_header]
 TestTcpReader.test_partial_packet               test_tcp_reader_case[partial_packet]
 TestTcpReader.test_partial_payload              test_tcp_reader_case[partial_payload]
@@ -522,15 +522,6 @@ TCP_CASES = {
     "partial_packet": lambda: simple_packet()[:45],
     "partial_payload": lambda: simple_packet()[:-1],
 }
-TCP_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "spead2's TCP reader skips an over-long packet by its declared size (tcp_reader: "
-    "to_skip = pkt_size) and decodes the next packet; daqd's ByteStreamReader rejects it "
-    "(packets_rejected_payload_length) and rescans its payload byte by byte for a SPEAD "
-    "header, so the descriptor packet nested inside the big packet's payload is decoded as a "
-    "spurious heap 1 (items 0x10, 0x11, 0x14, 0x15).  README.md's byte-stream difference "
-    "covers resynchronising after undecodable packets, not this packet, whose length is known"))
-
-
 def spead2_tcp_receive(data: bytes) -> list[dict]:
     """spead2's TCP reader (default max_size) fed `data` over a loopback connection."""
     stream = spead2.recv.Stream(h.THREAD_POOL, spead2.recv.StreamConfig(),
@@ -546,10 +537,13 @@ def spead2_tcp_receive(data: bytes) -> list[dict]:
 
 
 @pytest.mark.network
-@pytest.mark.parametrize("case", [pytest.param(c, marks=TCP_XFAIL) if c == "packet_too_big"
-                                  else c for c in TCP_CASES])
+@pytest.mark.parametrize("case", list(TCP_CASES))
 def test_tcp_reader_case(case):
-    """The bytes of a TCP connection: spead2's TCP reader, daqd's byte-stream reader (tcp://)."""
+    """The bytes of a TCP connection: spead2's TCP reader, daqd's byte-stream reader (tcp://).
+
+    packet_too_big: both skip the over-long packet by its declared size (daqd used to
+    rescan its payload and decode the descriptor packet nested in it as a spurious heap).
+    """
     data = TCP_CASES[case]()
     expected = spead2_tcp_receive(data)
     assert len(expected) == (1 if case in ("bad_header", "packet_too_big") else 0)
