@@ -1,10 +1,14 @@
-"""Fixtures shared by the ZeroMQ tests."""
+"""Fixtures shared by several test files."""
 
+import io
+import json
 import shutil
 import tempfile
 
 import pytest
 import zmq
+
+from daqd import logs
 
 
 @pytest.fixture
@@ -21,3 +25,12 @@ def ipc_dir():
     path = tempfile.mkdtemp(prefix="daqd-", dir="/tmp")
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def json_logs():
+    """Collect log events as parsed JSON objects."""
+    stream = io.StringIO()
+    logs.configure_logging("json", "debug", stream, cache_loggers=False)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    logs.reset_logging()

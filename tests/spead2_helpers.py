@@ -14,7 +14,8 @@ import queue
 import socket
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import spead2
@@ -190,6 +191,17 @@ def make_spead2_stream(max_heaps: int = 4, allow_out_of_order: bool = False
 
 def collect_spead2(stream: spead2.recv.Stream, timeout: float = 20.0) -> list[dict[str, Any]]:
     """Every heap of a spead2 stream until it stops; bounded by `timeout`."""
+    return start_collecting_spead2(stream, timeout)()
+
+
+def start_collecting_spead2(stream: spead2.recv.Stream,
+                            timeout: float = 20.0) -> Callable[[], list[dict[str, Any]]]:
+    """Start taking a spead2 stream's heaps in a thread (while the test sends).
+
+    Returns a function that waits for the stream to stop (`timeout` seconds
+    from now at most) and returns the heaps as records, or raises what the
+    thread raised.
+    """
     out: list[dict[str, Any]] = []
     result: queue.Queue = queue.Queue()
 
@@ -204,18 +216,23 @@ def collect_spead2(stream: spead2.recv.Stream, timeout: float = 20.0) -> list[di
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
+    deadline = time.monotonic() + timeout
+
+    def wait() -> list[dict[str, Any]]:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            stream.stop()
+            thread.join(5)
+            raise TimeoutError("spead2 stream did not end in time")
+        exc = result.get()
+        if exc is not None:
+            raise exc
+        # Stopping joins the readers: only then are spead2's statistics final
+        # (read straight after the ring stops they can miss the last batch).
         stream.stop()
-        thread.join(5)
-        raise TimeoutError("spead2 stream did not end in time")
-    exc = result.get()
-    if exc is not None:
-        raise exc
-    # Stopping joins the readers: only then are spead2's statistics final
-    # (read straight after the ring stops they can miss the last batch).
-    stream.stop()
-    return out
+        return out
+
+    return wait
 
 
 def spead2_decode_bytes(data: bytes, *, max_heaps: int = 4,

@@ -446,23 +446,11 @@ def test_daqd_simulate_to_spead2(workload, n, transport):
     else:
         port = free_port(socket.SOCK_STREAM)
         stream.add_tcp_reader(port, max_size=9200, bind_hostname="127.0.0.1")
-    result: dict = {}
-
-    def collect() -> None:
-        try:
-            result["records"] = h.collect_spead2(stream, timeout=TIMEOUT)
-        except BaseException as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=collect, daemon=True)
-    thread.start()
+    received = h.start_collecting_spead2(stream, timeout=TIMEOUT)
     sent = simulate(f"{transport}://127.0.0.1:{port}", workload, n, "--rate", "50e6")
-    thread.join(TIMEOUT + 10)
-    assert not thread.is_alive()
-    if "error" in result:
-        raise result["error"]
+    records = received()
     assert sent["send_dropped"] == 0
-    assert result["records"] == expected_sim_heaps(workload, n)
+    assert records == expected_sim_heaps(workload, n)
 
 
 @pytest.mark.parametrize("workload, n", [("W1", 100), ("W2", 50), ("W3", 20)])

@@ -336,16 +336,7 @@ def scenario_receive() -> dict[str, Any]:
     assert joined.get(("lo", GROUP)) == 4, joined
     assert joined.get(("lo", OTHER_GROUP)) == 1, joined
     reference = spead2_stream("127.0.0.1")
-    spead2_result: dict[str, Any] = {}
-
-    def collect() -> None:
-        try:
-            spead2_result["records"] = h.collect_spead2(reference, timeout=TIMEOUT)
-        except BaseException as exc:
-            spead2_result["error"] = exc
-
-    spead2_thread = threading.Thread(target=collect, daemon=True)
-    spead2_thread.start()
+    spead2_received = h.start_collecting_spead2(reference, timeout=TIMEOUT)
     sent = send_w1(N_HEAPS)
     expected = expected_w1(N_HEAPS)
     for name, receiver in [("daemon A", daemon_a), ("daemon B", daemon_b),
@@ -353,11 +344,7 @@ def scenario_receive() -> dict[str, Any]:
         records = receiver.join()
         check_clean(name, receiver.stream.stats(), N_HEAPS)
         assert records == expected, f"{name}: heaps differ from the W1 reference"
-    spead2_thread.join(TIMEOUT + 10)
-    assert not spead2_thread.is_alive()
-    if "error" in spead2_result:
-        raise spead2_result["error"]
-    assert spead2_result["records"] == expected, "spead2 on the same group differs"
+    assert spead2_received() == expected, "spead2 on the same group differs"
     time.sleep(0.2)   # anything misdelivered has long arrived: loopback is synchronous
     for name, receiver in [("other group", other_group), ("other port", other_port)]:
         assert receiver.finish() == [], name

@@ -1,7 +1,5 @@
 """The pidfile with real processes: live owners refuse, dead owners' files are replaced."""
 
-import io
-import json
 import os
 import select
 import signal
@@ -11,7 +9,6 @@ import textwrap
 
 import pytest
 
-from daqd import logs
 from daqd.errors import UsageProblem
 from daqd.pidfile import (
     DaemonAlreadyRunning,
@@ -83,14 +80,6 @@ def holders():
     yield start
     for holder in started:
         holder.kill()
-
-
-@pytest.fixture
-def json_logs():
-    stream = io.StringIO()
-    logs.configure_logging("json", "debug", stream, cache_loggers=False)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    logs.reset_logging()
 
 
 def test_a_live_owner_refuses_a_second_daemon_naming_pidfile_and_pid(tmp_path, holders):

@@ -1,7 +1,5 @@
 """The systemd notify protocol against a real AF_UNIX datagram socket (path and abstract)."""
 
-import io
-import json
 import os
 import socket
 import threading
@@ -10,7 +8,7 @@ import uuid
 
 import pytest
 
-from daqd import logs, sdnotify
+from daqd import sdnotify
 from daqd.sdnotify import Notifier, Watchdog, watchdog_interval
 
 WAIT = 10.0          # upper bound of every wait; never a speed requirement
@@ -30,15 +28,6 @@ def notify_socket(request, tmp_path):
     sock.settimeout(WAIT)
     yield address, sock
     sock.close()
-
-
-@pytest.fixture
-def json_logs():
-    """Collect log events as parsed JSON objects."""
-    stream = io.StringIO()
-    logs.configure_logging("json", "debug", stream, cache_loggers=False)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    logs.reset_logging()
 
 
 def pending(sock):
