@@ -350,40 +350,87 @@ cdef class ByteStreamReader(Reader):
 # --------------------------------------------------------------------------
 # UDP: recvmmsg batches.
 
+cdef extern from "<netinet/udp.h>" nogil:
+    """
+    #ifndef UDP_GRO
+    #define UDP_GRO 104
+    #endif
+    #ifndef SOL_UDP
+    #define SOL_UDP 17
+    #endif
+    """
+    enum: SOL_UDP
+    enum: UDP_GRO
+
+cdef enum:
+    # Receive slots of this many bytes with UDP GRO (more than the largest
+    # UDP payload an IPv4 datagram, or a GRO super-datagram, can carry).
+    GRO_SLOT = 65536
+
+
 cdef class UdpReader(Reader):
-    """Datagrams from a bound UDP socket, received in recvmmsg batches."""
+    """Datagrams from a bound UDP socket, received in recvmmsg batches.
+
+    With `gro` (the default) the socket asks the kernel for UDP GRO: runs of
+    equal-size datagrams of one flow (GRO-merged by the NIC driver, or sent
+    with UDP GSO on this machine) then arrive as one message of up to 64 KiB
+    with their size in a control message, and are cut up here.  One message
+    costs the kernel's receive path (and one copy call) what one datagram
+    does, so small datagrams become much cheaper.  Where the kernel lacks
+    UDP_GRO, the reader goes on without it (`gro` then reads False).
+    """
 
     cdef int fd
     cdef uint8_t *buf
-    cdef size_t slot                # bytes per datagram slot
+    cdef size_t slot                # bytes per message slot
+    cdef size_t max_packet_size
+    cdef size_t messages            # recvmmsg slots
     cdef mmsghdr *msgs
     cdef iovec *iovs
     cdef int timeout_ms
     cdef object sock
-    cdef uint8_t *control           # one SO_RXQ_OVFL control message per slot
+    cdef uint8_t *control           # per slot: SO_RXQ_OVFL and UDP_GRO control messages
+    cdef uint32_t *gro_size         # per slot: datagram size of a GRO message, else 0
     cdef size_t control_size
     cdef uint32_t kernel_drops      # last cumulative drop count the kernel reported
+    cdef readonly bint gro
+    # Messages of the last recvmmsg not yet cut up (a GRO batch may have more
+    # datagrams than the batch holds): next message, and offset in it.
+    cdef int got, next_msg
+    cdef size_t next_offset
+    cdef int used_msgs              # slots whose control length the kernel changed
 
     def __init__(self, sock, *, size_t max_packet_size=9200, size_t batch=64,
-                 int timeout_ms=200):
-        self.alloc_batch(batch)
+                 int timeout_ms=200, bint gro=True):
         self.sock = sock
         self.fd = sock.fileno()
         self.timeout_ms = timeout_ms
         self.finite = False
+        self.max_packet_size = max_packet_size
+        self.messages = batch
+        cdef int on = 1
+        self.gro = gro and setsockopt(self.fd, SOL_UDP, UDP_GRO, &on, sizeof(on)) == 0
         # One spare byte per slot: a datagram that fills it is too long.
         self.slot = max_packet_size + 1
+        if self.gro and self.slot < GRO_SLOT:
+            self.slot = GRO_SLOT
+        # Still `batch` packets per batch with GRO (a chunk stream hands on
+        # completed chunks between batches, so a batch must stay within its
+        # window); datagrams beyond it wait for the next fill(), without a
+        # system call.
+        self.alloc_batch(batch)
         self.buf = <uint8_t *>malloc(batch * self.slot)
         self.msgs = <mmsghdr *>malloc(batch * sizeof(mmsghdr))
         self.iovs = <iovec *>malloc(batch * sizeof(iovec))
-        self.control_size = CMSG_SPACE(sizeof(uint32_t))
+        self.control_size = CMSG_SPACE(sizeof(uint32_t)) + CMSG_SPACE(sizeof(int))
         self.control = <uint8_t *>malloc(batch * self.control_size)
-        if self.buf == NULL or self.msgs == NULL or self.iovs == NULL or self.control == NULL:
+        self.gro_size = <uint32_t *>malloc(batch * sizeof(uint32_t))
+        if self.buf == NULL or self.msgs == NULL or self.iovs == NULL or self.control == NULL \
+                or self.gro_size == NULL:
             raise MemoryError()
         memset(self.msgs, 0, batch * sizeof(mmsghdr))
         # The kernel then reports, with each datagram, how many it has dropped
         # on this socket so far: loss before daqd ever saw a packet is counted.
-        cdef int on = 1
         setsockopt(self.fd, SOL_SOCKET, SO_RXQ_OVFL, &on, sizeof(on))
         cdef size_t i
         for i in range(batch):
@@ -391,27 +438,41 @@ cdef class UdpReader(Reader):
             self.iovs[i].iov_len = self.slot
             self.msgs[i].msg_hdr.msg_iov = &self.iovs[i]
             self.msgs[i].msg_hdr.msg_iovlen = 1
+        self.used_msgs = <int>batch
 
     def __dealloc__(self):
         free(self.buf)
         free(self.msgs)
         free(self.iovs)
         free(self.control)
+        free(self.gro_size)
 
     def close(self):
         self.sock.close()
 
     cdef void reset_control(self) noexcept nogil:
-        cdef size_t i
-        for i in range(self.capacity):
+        # Only the slots the last recvmmsg filled have a changed length.
+        cdef int i
+        for i in range(self.used_msgs):
             self.msgs[i].msg_hdr.msg_control = self.control + i * self.control_size
             self.msgs[i].msg_hdr.msg_controllen = self.control_size
+        self.used_msgs = 0
 
-    cdef void count_kernel_drops(self, int got, uint64_t *stats) noexcept nogil:
+    cdef int receive(self) noexcept nogil:
+        self.reset_control()
+        cdef int got = recvmmsg(self.fd, self.msgs, <unsigned int>self.messages,
+                                MSG_DONTWAIT, NULL)
+        self.used_msgs = got if got > 0 else 0
+        return got
+
+    cdef void read_control(self, int got, uint64_t *stats) noexcept nogil:
+        """Count the kernel's drops; note each message's GRO datagram size."""
         cdef int i
         cdef cmsghdr *c
         cdef uint32_t drops, newest = self.kernel_drops
+        cdef int segment
         for i in range(got):
+            segment = 0
             c = CMSG_FIRSTHDR(&self.msgs[i].msg_hdr)
             while c != NULL:
                 if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SO_RXQ_OVFL:
@@ -419,20 +480,68 @@ cdef class UdpReader(Reader):
                     # The count is cumulative and wraps at 2**32.
                     if <uint32_t>(drops - newest) < 0x80000000U:
                         newest = drops
+                elif c.cmsg_level == SOL_UDP and c.cmsg_type == UDP_GRO:
+                    memcpy(&segment, CMSG_DATA(c), sizeof(int))
                 c = CMSG_NXTHDR(&self.msgs[i].msg_hdr, c)
+            self.gro_size[i] = <uint32_t>segment if segment > 0 else 0
         stats[<int>STAT_SOCKET_DROPS] += <uint32_t>(newest - self.kernel_drops)
         self.kernel_drops = newest
 
+    cdef void cut_up(self, uint64_t *stats) noexcept nogil:
+        """Put the datagrams of the pending messages into the batch, while it has room."""
+        cdef size_t length, size, offset, part
+        cdef const uint8_t *base
+        cdef mmsghdr *m
+        while self.next_msg < self.got and self.n < self.capacity:
+            m = &self.msgs[self.next_msg]
+            length = m.msg_len
+            base = self.buf + <size_t>self.next_msg * self.slot
+            size = self.gro_size[self.next_msg]
+            if (m.msg_hdr.msg_flags & MSG_TRUNC) or length >= self.slot:
+                stats[<int>STAT_REJECT_TRUNCATED] += 1
+                self.next_msg += 1
+                continue
+            if size == 0 or size >= length:
+                # One datagram.
+                if length > self.max_packet_size:
+                    stats[<int>STAT_REJECT_TRUNCATED] += 1
+                else:
+                    self.pkt_data[self.n] = base
+                    self.pkt_len[self.n] = length
+                    self.n += 1
+                self.next_msg += 1
+                continue
+            # A GRO message: datagrams of `size` bytes, the last maybe shorter.
+            offset = self.next_offset
+            while offset < length and self.n < self.capacity:
+                part = length - offset if length - offset < size else size
+                if part > self.max_packet_size:
+                    stats[<int>STAT_REJECT_TRUNCATED] += 1
+                else:
+                    self.pkt_data[self.n] = base + offset
+                    self.pkt_len[self.n] = part
+                    self.n += 1
+                offset += part
+            if offset < length:
+                self.next_offset = offset
+            else:
+                self.next_offset = 0
+                self.next_msg += 1
+
     cdef int fill(self, uint64_t *stats) noexcept nogil:
         cdef pollfd pfd
-        cdef int got, i
-        cdef unsigned int length
+        cdef int got
         self.n = 0
         self.pos = 0
         if self.stop_flag:
             return READ_EOF
-        self.reset_control()
-        got = recvmmsg(self.fd, self.msgs, <unsigned int>self.capacity, MSG_DONTWAIT, NULL)
+        if self.next_msg < self.got:
+            # Datagrams left over from the last messages go first.
+            self.cut_up(stats)
+            return <int>self.n
+        self.got = self.next_msg = 0
+        self.next_offset = 0
+        got = self.receive()
         if got < 0 and (errno == EAGAIN):
             pfd.fd = self.fd
             pfd.events = POLLIN
@@ -443,20 +552,13 @@ cdef class UdpReader(Reader):
                     self.errno_value = errno
                     return READ_ERROR
                 return READ_AGAIN
-            self.reset_control()
-            got = recvmmsg(self.fd, self.msgs, <unsigned int>self.capacity, MSG_DONTWAIT, NULL)
+            got = self.receive()
         if got < 0:
             if errno == EAGAIN or errno == EINTR:
                 return READ_AGAIN
             self.errno_value = errno
             return READ_ERROR
-        self.count_kernel_drops(got, stats)
-        for i in range(got):
-            length = self.msgs[i].msg_len
-            if length >= self.slot or (self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC):
-                stats[<int>STAT_REJECT_TRUNCATED] += 1
-                continue
-            self.pkt_data[self.n] = self.buf + <size_t>i * self.slot
-            self.pkt_len[self.n] = length
-            self.n += 1
+        self.read_control(got, stats)
+        self.got = got
+        self.cut_up(stats)
         return <int>self.n if self.n > 0 else READ_AGAIN

@@ -75,6 +75,7 @@ from daqd.simulate import udp_batch
 
 WORKLOAD_NAMES = ("W1", "W2", "W3")
 MODES = ("memory", "udp", "all")
+LOOPBACKS = ("auto", "rps", "shared")
 
 # The chunk layout and window both receivers use.
 HEAPS_PER_CHUNK = 64
@@ -558,6 +559,7 @@ class Trial:
     sender_gso_errno: int = 0   # why not, when asked for: errno of the refusal, -1 no option
     worker_blocked: int | None = None   # the receiver's worker_blocked counter (no free chunk)
     lag_ms: float | None = None     # receiver's end - the sender's last data packet (backlog)
+    receiver_gro: bool | None = None    # daqd: its socket had UDP GRO (None: spead2)
 
 
 class _Watch(threading.Thread):
@@ -594,23 +596,25 @@ def lag_limit_ms(seconds: float) -> float:
 
 def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds: float,
               spead2: Any = None, socket_buffer: int = SOCKET_BUFFER,
-              gso: bool = True) -> Trial:
+              gso: bool = True, gro: bool = True) -> Trial:
     """One trial: `seconds` of `workload` at `rate` packets/s into a fresh receiver.
 
     It passes (``ok``) when fewer than 0.1 % of the heaps sent were lost
     and the receiver was no more than `lag_limit_ms` behind the sender at its
-    end.  `gso`: the sender sends with UDP GSO (where the kernel allows it).
+    end.  `gso`: the sender sends with UDP GSO (where the kernel allows it);
+    `gro`: daqd's socket asks for UDP GRO (see `_spead.UdpReader`).
     """
     _, per_heap, _ = _spead.WORKLOADS[workload]
     sock, _, _ = receive_socket(socket_buffer)
     port = sock.getsockname()[1]
     count = np.count_nonzero
     present = 0
-    daqd_drops = None
+    daqd_drops = receiver_gro = None
     try:
         if receiver == "daqd":
             stream = daqd_chunk_stream(workload)
-            reader = _spead.UdpReader(sock, max_packet_size=MAX_PACKET_SIZE)
+            reader = _spead.UdpReader(sock, max_packet_size=MAX_PACKET_SIZE, gro=gro)
+            receiver_gro = reader.gro
             watch = _Watch(sender, reader.stop, grace=1.0)
             chunks, recycle = stream.chunks(reader), _spead.Chunk.release
         else:
@@ -665,6 +669,7 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
         sender_gso=reply.get("gso", False), sender_gso_errno=reply.get("gso_errno", 0),
         worker_blocked=blocked,
         lag_ms=lag,
+        receiver_gro=receiver_gro,
     )
 
 
@@ -867,7 +872,7 @@ def udp_result(workload: str, receiver: str, runs: Sequence[UdpRun],
 def bench_udp(workload: str, receivers: Sequence[str], sender: Sender, *,
               seconds: float = 1.0, ladder: int = 6, steps: int = 5, retries: int = 1,
               runs: int = 1, wait_idle: float = 0.0, socket_buffer: int = SOCKET_BUFFER,
-              gso: bool = True, max_other_load: float = OTHER_LOAD_LIMIT,
+              gso: bool = True, gro: bool = True, max_other_load: float = OTHER_LOAD_LIMIT,
               log: Callable[[str], None] = lambda _: None) -> list[UdpResult]:
     """Search the highest rate each receiver sustains on `workload`, `runs` times.
 
@@ -877,7 +882,7 @@ def bench_udp(workload: str, receivers: Sequence[str], sender: Sender, *,
     used more than `max_other_load` cores is run again (up to three times):
     the machine is shared.  With `wait_idle`, each trial first waits up to
     that many seconds for other processes to leave the CPUs alone.  `gso`:
-    the sender uses UDP GSO.
+    the sender uses UDP GSO; `gro`: daqd's socket asks for UDP GRO.
     """
     spead2 = import_spead2() if "spead2" in receivers else None
     _, per_heap, _ = _spead.WORKLOADS[workload]
@@ -900,7 +905,8 @@ def bench_udp(workload: str, receivers: Sequence[str], sender: Sender, *,
         while True:
             if wait_idle:
                 wait_until_quiet(wait_idle)
-            t = udp_trial(receiver, workload, sender, rate, seconds, spead2, socket_buffer, gso)
+            t = udp_trial(receiver, workload, sender, rate, seconds, spead2, socket_buffer, gso,
+                          gro)
             busy = (not t.ok and t.other_load is not None and t.other_load > max_other_load
                     and again > 0)
             note(receiver, run, t, " [other load: run again]" if busy else "")
@@ -960,7 +966,7 @@ class CostResult:
 
 def bench_cost(workload: str, receivers: Sequence[str], sender: Sender, rate: float, *,
                trials: int = 3, seconds: float = 1.0, socket_buffer: int = SOCKET_BUFFER,
-               gso: bool = True,
+               gso: bool = True, gro: bool = True,
                log: Callable[[str], None] = lambda _: None) -> list[CostResult]:
     """Receiver CPU time per packet at one offered `rate` (packets/s), trials alternating.
 
@@ -972,7 +978,7 @@ def bench_cost(workload: str, receivers: Sequence[str], sender: Sender, rate: fl
     for i in range(trials):
         for r in (receivers if i % 2 == 0 else list(reversed(receivers))):
             got[r].append(udp_trial(r, workload, sender, rate, seconds, spead2, socket_buffer,
-                                    gso))
+                                    gso, gro))
     out = []
     for r in receivers:
         ts = got[r]
@@ -1127,6 +1133,8 @@ class BenchReport:
     retries: int = 1
     sender: str | None = None       # how the UDP sender sent (GSO or sendmmsg)
     udp_runs: int = 1               # rate searches per receiver and workload (medians)
+    loopback: str | None = None     # where the UDP part ran (see daqd.bench_netns)
+    daqd_gro: str | None = None     # whether daqd received with UDP GRO
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict, with daqd/spead2 ratios."""
@@ -1172,6 +1180,8 @@ def report_from_json(data: dict[str, Any]) -> BenchReport:
         retries=data.get("retries", 1),
         sender=data.get("sender"),
         udp_runs=data.get("udp_runs", 1),
+        loopback=data.get("loopback"),
+        daqd_gro=data.get("daqd_gro"),
     )
 
 
@@ -1280,6 +1290,7 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
               trial_seconds: float = 1.0, ladder: int = 6, steps: int = 5,
               retries: int = 1, wait_idle: float = 0.0, socket_buffer: int = SOCKET_BUFFER,
               cost_trials: int = 3, sender_gso: bool = True, udp_runs: int = 3,
+              loopback: str = "auto", daqd_gro: bool = True,
               log: Callable[[str], None] = lambda _: None) -> BenchReport:
     """Run the chunk-mode benchmarks.
 
@@ -1317,6 +1328,15 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
     sender_gso : bool
         The UDP sender sends with UDP GSO (falling back to ``sendmmsg`` of one
         datagram per message where the kernel refuses it).
+    loopback : str
+        Where the UDP part runs (see `daqd.bench_netns`): ``rps``, in a
+        private network namespace whose loopback has RPS steer the kernel's
+        receive work to the receiver's CPU; ``shared``, on the machine's
+        loopback, the sender's core doing that work; ``auto`` (default),
+        ``rps`` where the process may make the namespace, else ``shared``.
+    daqd_gro : bool
+        daqd's UDP socket asks for UDP GRO, as it does by default in the
+        daemon; False gives daqd the kernel's per-datagram path, as spead2's.
     log : callable
         Receives one line per step (progress).
     """
@@ -1329,6 +1349,8 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
         raise UsageProblem("--runs: must be at least 1")
     if udp_runs < 1:
         raise UsageProblem("--udp-runs: must be at least 1")
+    if loopback not in LOOPBACKS:
+        raise UsageProblem(f"--loopback: {loopback!r} is not one of {', '.join(LOOPBACKS)}")
     receivers = ["daqd"]
     if vs_spead2:
         import_spead2()
@@ -1341,46 +1363,102 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
                                           wait_idle=wait_idle, log=log)
             report.durations[f"memory {w}"] = time.perf_counter() - start
     if mode in ("udp", "all"):
-        sock, report.socket_buffer, forced = receive_socket(socket_buffer)
-        sock.close()
-        rmem_max = report.machine["rmem_max"]
-        report.socket_buffer_note = (
-            f"forced past rmem_max {rmem_max} with SO_RCVBUFFORCE" if forced
-            else f"asked for {socket_buffer}; rmem_max {rmem_max}")
-        cpus = sorted(os.sched_getaffinity(0))
-        before = os.sched_getaffinity(0)
-        if len(cpus) >= 2:
-            receiver_cpu, sender_cpu = cpus[0], cpus[1]
-            report.pinning = f"receiver on CPU {receiver_cpu}, sender on CPU {sender_cpu}"
-            os.sched_setaffinity(0, {receiver_cpu})
-        else:
-            sender_cpu = None
-            report.pinning = "one CPU: receiver and sender share it"
-        sender = Sender(sender_cpu)
-        try:
-            for w in workloads:
-                start = time.perf_counter()
-                found = bench_udp(w, receivers, sender, seconds=trial_seconds,
-                                  ladder=ladder, steps=steps, retries=retries,
-                                  runs=udp_runs, wait_idle=wait_idle,
-                                  socket_buffer=socket_buffer, gso=sender_gso, log=log)
-                report.udp += found
-                report.durations[f"udp {w}"] = time.perf_counter() - start
-                sustained = [u.packets_per_s for u in found if u.packets_per_s > 0]
-                if cost_trials and len(sustained) == len(found):
-                    start = time.perf_counter()
-                    if wait_idle:
-                        wait_until_quiet(wait_idle)
-                    report.cost += bench_cost(w, receivers, sender, COST_FRACTION * min(sustained),
-                                              trials=cost_trials, seconds=trial_seconds,
-                                              socket_buffer=socket_buffer, gso=sender_gso,
-                                              log=log)
-                    report.durations[f"udp cost {w}"] = time.perf_counter() - start
-        finally:
-            sender.close()
-            os.sched_setaffinity(0, before)
-        report.sender = describe_sender(sender_gso, [t for u in report.udp for t in u.trials])
+        options = dict(workloads=list(workloads), receivers=receivers,
+                       trial_seconds=trial_seconds, ladder=ladder, steps=steps,
+                       retries=retries, wait_idle=wait_idle, socket_buffer=socket_buffer,
+                       cost_trials=cost_trials, sender_gso=sender_gso, udp_runs=udp_runs,
+                       daqd_gro=daqd_gro)
+        refused = None
+        if loopback in ("auto", "rps"):
+            from daqd.bench_netns import run_udp_with_rps
+
+            found, refused = run_udp_with_rps(pick_cpus()[0], options, log)
+            if found is not None:
+                merge_udp(report, report_from_json(found))
+            elif loopback == "rps":
+                raise UsageProblem(f"--loopback rps: cannot set up the namespace: {refused}")
+            else:
+                log(f"udp: on the machine's loopback (no private namespace with RPS: {refused})")
+        if loopback == "shared" or refused is not None:
+            report.loopback = ("the machine's loopback; the sender's core does the kernel's "
+                               "receive work" + (f" (no RPS namespace: {refused})"
+                                                 if refused else ""))
+            run_udp(report, **options, log=log)
     return report
+
+
+def pick_cpus() -> tuple[int, int | None]:
+    """Return the receiver's CPU and the sender's (None: one CPU, shared)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return cpus[0], (cpus[1] if len(cpus) >= 2 else None)
+
+
+def run_udp(report: BenchReport, *, workloads: Sequence[str], receivers: Sequence[str],
+            trial_seconds: float, ladder: int, steps: int, retries: int, wait_idle: float,
+            socket_buffer: int, cost_trials: int, sender_gso: bool, udp_runs: int,
+            daqd_gro: bool, log: Callable[[str], None]) -> None:
+    """Run the UDP part of `run_bench` in this process's network namespace, into `report`."""
+    sock, report.socket_buffer, forced = receive_socket(socket_buffer)
+    sock.close()
+    rmem_max = report.machine["rmem_max"]
+    report.socket_buffer_note = (
+        f"forced past rmem_max {rmem_max} with SO_RCVBUFFORCE" if forced
+        else f"asked for {socket_buffer}; rmem_max {rmem_max}")
+    before = os.sched_getaffinity(0)
+    receiver_cpu, sender_cpu = pick_cpus()
+    if sender_cpu is not None:
+        report.pinning = f"receiver on CPU {receiver_cpu}, sender on CPU {sender_cpu}"
+        os.sched_setaffinity(0, {receiver_cpu})
+    else:
+        report.pinning = "one CPU: receiver and sender share it"
+    sender = Sender(sender_cpu)
+    try:
+        for w in workloads:
+            start = time.perf_counter()
+            found = bench_udp(w, receivers, sender, seconds=trial_seconds,
+                              ladder=ladder, steps=steps, retries=retries,
+                              runs=udp_runs, wait_idle=wait_idle,
+                              socket_buffer=socket_buffer, gso=sender_gso, gro=daqd_gro,
+                              log=log)
+            report.udp += found
+            report.durations[f"udp {w}"] = time.perf_counter() - start
+            sustained = [u.packets_per_s for u in found if u.packets_per_s > 0]
+            if cost_trials and len(sustained) == len(found):
+                start = time.perf_counter()
+                if wait_idle:
+                    wait_until_quiet(wait_idle)
+                report.cost += bench_cost(w, receivers, sender, COST_FRACTION * min(sustained),
+                                          trials=cost_trials, seconds=trial_seconds,
+                                          socket_buffer=socket_buffer, gso=sender_gso,
+                                          gro=daqd_gro, log=log)
+                report.durations[f"udp cost {w}"] = time.perf_counter() - start
+    finally:
+        sender.close()
+        os.sched_setaffinity(0, before)
+    trials = [t for u in report.udp for t in u.trials]
+    report.sender = describe_sender(sender_gso, trials)
+    report.daqd_gro = describe_gro(daqd_gro, trials)
+
+
+def merge_udp(report: BenchReport, found: BenchReport) -> None:
+    """Copy the UDP part of `found` (from the namespaced child) into `report`."""
+    report.udp += found.udp
+    report.cost += found.cost
+    report.durations.update(found.durations)
+    for name in ("socket_buffer", "socket_buffer_note", "pinning", "sender", "loopback",
+                 "daqd_gro"):
+        setattr(report, name, getattr(found, name))
+
+
+def describe_gro(asked: bool, trials: Sequence[Trial]) -> str:
+    """How daqd's socket received in `trials`: with UDP GRO or not."""
+    if not asked:
+        return "without UDP GRO (--no-daqd-gro: the kernel's path per datagram, as spead2's)"
+    got = [t.receiver_gro for t in trials if t.receiver_gro is not None]
+    if got and all(got):
+        return ("with UDP GRO (its default: runs of datagrams arrive as one message, "
+                "cut up in daqd)")
+    return "without UDP GRO (asked for, but the kernel refused UDP_GRO)"
 
 
 def describe_sender(asked: bool, trials: Sequence[Trial]) -> str:
@@ -1412,6 +1490,8 @@ def _format_udp(report: BenchReport) -> list[str]:
         "lose more; sender-limited, a lower bound, after two passing full-speed trials "
         "or with no confirmed failure above)",
         f"sender: {report.sender or '?'}",
+        f"loopback: {report.loopback or '?'}",
+        f"daqd receives {report.daqd_gro or '?'}",
         f"{'workload':8} {'receiver':8} {'run':>3} {'kheaps/s':>10} {'Mpkt/s':>8} "
         f"{'Gbit/s':>8} {'loss %':>7} {'drops':>6} {'rx CPU':>6} {'us/pkt (user)':>13} "
         f"{'other':>5} {'next rate tried':>20} {'trials':>6}",

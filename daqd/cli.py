@@ -210,6 +210,22 @@ def simulate(target: str, workload: str, rate: float, heaps: int, stop: bool, po
     help="UDP: the sender sends with UDP GSO (up to 64 KiB of datagrams per message; "
     "one datagram per message where the kernel refuses it).",
 )
+@click.option(
+    "--loopback",
+    type=click.Choice(["auto", "rps", "shared"]),
+    default="auto",
+    show_default=True,
+    help="UDP: rps runs in a private network namespace whose loopback steers the kernel's "
+    "receive work to the receiver's CPU (needs root); shared uses the machine's loopback, "
+    "where the sender's CPU does that work; auto: rps where permitted.",
+)
+@click.option(
+    "--daqd-gro/--no-daqd-gro",
+    default=True,
+    show_default=True,
+    help="UDP: daqd's socket asks for UDP GRO, as the daemon's does by default "
+    "(--no-daqd-gro: the kernel's per-datagram path, as spead2 uses).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 def bench(
     workloads: tuple[str, ...],
@@ -226,6 +242,8 @@ def bench(
     udp_runs: int,
     wait_idle: float,
     sender_gso: bool,
+    loopback: str,
+    daqd_gro: bool,
     quiet: bool,
 ) -> None:
     """Run the chunk-mode throughput benchmarks and print figures (and ratios).
@@ -255,6 +273,8 @@ def bench(
         udp_runs=udp_runs,
         wait_idle=wait_idle,
         sender_gso=sender_gso,
+        loopback=loopback,
+        daqd_gro=daqd_gro,
         log=log,
     )
     if as_json:

@@ -117,6 +117,18 @@ def _number(uri: str, params: dict[str, str], key: str, kind: type, minimum: flo
     return value
 
 
+SWITCH_VALUES = {"1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
+
+
+def _switch(uri: str, params: dict[str, str], key: str, default: bool) -> bool:
+    if key not in params:
+        return default
+    value = SWITCH_VALUES.get(params[key].lower())
+    if value is None:
+        raise SourceError(f"{uri}: {key}={params[key]!r} must be 1 or 0 (on/off, true/false)")
+    return value
+
+
 def set_receive_buffer(sock: socket.socket, requested: int, uri: str) -> list[str]:
     """Ask for SO_RCVBUF; return a warning if the kernel grants less."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, requested)
@@ -132,7 +144,8 @@ def set_receive_buffer(sock: socket.socket, requested: int, uri: str) -> list[st
 
 def _open_udp(uri: str, parts: Any, max_packet_size: int, socket_buffer: int) -> Source:
     host, port = _host_port(uri, parts)
-    params = _query(uri, parts.query, {"interface"})
+    params = _query(uri, parts.query, {"interface", "gro"})
+    gro = _switch(uri, params, "gro", True)
     try:
         addr = ipaddress.ip_address(socket.gethostbyname(host))
     except (OSError, ValueError):
@@ -166,7 +179,10 @@ def _open_udp(uri: str, parts: Any, max_packet_size: int, socket_buffer: int) ->
     except OSError as exc:
         sock.close()
         raise SourceError(f"{uri}: cannot listen: {exc.strerror}") from None
-    reader = _spead.UdpReader(sock, max_packet_size=max_packet_size)
+    reader = _spead.UdpReader(sock, max_packet_size=max_packet_size, gro=gro)
+    if gro and not reader.gro:
+        warnings.append(f"{uri}: the kernel refused UDP_GRO (Linux >= 5.0 has it); "
+                        "receiving one datagram per message")
     return Source(uri, reader, warnings)
 
 

@@ -111,12 +111,21 @@ def test_search_rate_bisects():
 @pytest.mark.network
 @pytest.mark.skipif(not HAVE_SPEAD2, reason="spead2 is not installed")
 def test_udp_runs():
-    """A short UDP search with both receivers (structure only, not figures)."""
+    """A short UDP search with both receivers (structure only, not figures).
+
+    As root this runs in the private namespace with RPS on its loopback
+    (``--loopback auto``), which must leave the machine's loopback alone.
+    """
+    rps_before = _read(RPS_CPUS)
     proc = daqd("bench", "--workload", "W2", "--mode", "udp", "--vs-spead2",
                 "--trial-seconds", "0.1", "--steps", "0", "--cost-trials", "1", "--json",
                 "--quiet")
     assert proc.returncode == 0, proc.stderr
+    assert _read(RPS_CPUS) == rps_before
     report = json.loads(proc.stdout)
+    if os.geteuid() == 0 and rps_before is not None:
+        assert report["loopback"].startswith("a private network namespace"), report["loopback"]
+    assert report["daqd_gro"].startswith("with UDP GRO") or "refused" in report["daqd_gro"]
     assert [u["receiver"] for u in report["udp"]] == ["daqd", "spead2"]
     for u in report["udp"]:
         assert u["trials"], u
@@ -130,6 +139,29 @@ def test_udp_runs():
         assert all(len(c["losses"]) == 1 for c in report["cost"])
 
 
+@pytest.mark.network
+@pytest.mark.skipif(not HAVE_SPEAD2, reason="spead2 is not installed")
+def test_udp_on_the_machines_loopback_without_gro():
+    proc = daqd("bench", "--workload", "W1", "--mode", "udp", "--vs-spead2",
+                "--trial-seconds", "0.1", "--steps", "0", "--cost-trials", "0", "--udp-runs",
+                "1", "--loopback", "shared", "--no-daqd-gro")
+    assert proc.returncode == 0, proc.stderr
+    assert "loopback: the machine's loopback" in proc.stdout
+    assert "daqd receives without UDP GRO (--no-daqd-gro" in proc.stdout
+    assert "receiver on CPU" in proc.stdout or "one CPU" in proc.stdout
+
+
+RPS_CPUS = "/sys/class/net/lo/queues/rx-0/rps_cpus"
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 @pytest.mark.parametrize("args, name", [
     (["--workload", "W9"], "--workload"),
     (["--mode", "bogus"], "--mode"),
@@ -138,6 +170,7 @@ def test_udp_runs():
     (["--heaps", "0"], "--heaps"),
     (["--trial-seconds", "0"], "--trial-seconds"),
     (["--bogus"], "--bogus"),
+    (["--loopback", "elsewhere"], "--loopback"),
 ], ids=lambda x: x if isinstance(x, str) else None)
 def test_bad_arguments(args, name):
     assert_one_line_error(daqd("bench", *args), name)
@@ -435,3 +468,23 @@ def test_sim_reader_pacing_without_catch_up(catch_up):
         assert took < 0.008 and sim.schedule_resets == 0
     else:
         assert took > 0.010 and sim.schedule_resets >= 1
+
+
+@pytest.mark.network
+def test_refused_namespace_falls_back_or_fails(monkeypatch):
+    """Where the RPS namespace cannot be made: auto uses the machine's loopback, rps fails."""
+    from daqd import bench_netns
+    from daqd.bench import run_bench
+    from daqd.errors import UsageProblem
+
+    monkeypatch.setattr(bench_netns, "run_udp_with_rps",
+                        lambda cpu, options, log: (None, "unshare: Operation not permitted"))
+    lines = []
+    report = run_bench(["W2"], mode="udp", trial_seconds=0.1, steps=0, cost_trials=0,
+                       udp_runs=1, log=lines.append)
+    assert report.loopback.startswith("the machine's loopback")
+    assert "Operation not permitted" in report.loopback
+    assert any("no private namespace with RPS" in line for line in lines)
+    assert [u.receiver for u in report.udp] == ["daqd"] and report.udp[0].trials
+    with pytest.raises(UsageProblem, match="--loopback rps: cannot set up the namespace"):
+        run_bench(["W2"], mode="udp", loopback="rps")

@@ -13,10 +13,14 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import tempfile
+import sys
 import threading
 
 import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from udp_helpers import HAVE_GSO, workload_stream
 
 from daqd import _spead
 from daqd.simulate import udp_batch
@@ -24,21 +28,6 @@ from daqd.simulate import udp_batch
 pytestmark = pytest.mark.network
 
 SO_NO_CHECK = getattr(socket, "SO_NO_CHECK", 11)
-SOL_UDP = 17
-UDP_SEGMENT = 103
-
-
-def kernel_has_gso() -> bool:
-    """Whether UDP sockets have the UDP_SEGMENT option (Linux >= 4.18)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.getsockopt(SOL_UDP, UDP_SEGMENT)
-        except OSError:
-            return False
-    return True
-
-
-HAVE_GSO = kernel_has_gso()
 
 
 class Collector(threading.Thread):
@@ -103,16 +92,8 @@ def test_sim_workload_identical(workload):
     assert len(plain) == len(fast) == n
     assert fast == plain
     # And they are the workload's packets, in order.
-    expected = bytes(_spead_stream(workload, heaps))
+    expected = bytes(workload_stream(workload, heaps))
     assert b"".join(fast) == expected
-
-
-def _spead_stream(workload: str, heaps: int) -> bytearray:
-    """The workload's packets back to back, as ``send(..., "stream")`` writes them."""
-    with tempfile.TemporaryFile() as f:
-        _spead.send(_spead.SimReader(workload, heaps=heaps), f.fileno(), "stream")
-        f.seek(0)
-        return bytearray(os.read(f.fileno(), 1 << 24))
 
 
 def mixed_packets() -> list[bytes]:
@@ -195,6 +176,6 @@ def test_simulate_udp_identical(workload):
     sent = simulate(f"udp://127.0.0.1:{port}", workload, rate=0.0, heaps=heaps, stop=True)
     collector.join(5.0)
     assert sent["packets"] == heaps * per_heap and sent["send_dropped"] == 0
-    assert b"".join(collector.got[:-1]) == bytes(_spead_stream(workload, heaps))
+    assert b"".join(collector.got[:-1]) == bytes(workload_stream(workload, heaps))
     assert len(collector.got) == heaps * per_heap + 1
     assert collector.got[-1] == _spead.stop_packet(1 + heaps)
