@@ -44,7 +44,18 @@ over loopback UDP
     with the ratio of the medians and the spread of the runs.  When the
     sender cannot outrun a receiver, its rate says little; so each workload
     ends with a few alternating trials of both at one fixed rate, comparing
-    the receiver CPU time per packet (all of it and its user-space part).
+    the receiver CPU time per packet (all of it, its user-space part, and
+    the receiver CPU's busy time with the kernel's softirq work on it).
+
+    Where the UDP part runs (``loopback``): on the machine's loopback the
+    sender's core also runs the kernel's receive path for every datagram,
+    and runs out before a fast receiver does.  Where the process may (root),
+    it runs instead in a private network namespace whose loopback has RPS
+    steer that receive path to the receiver's CPU (`daqd.bench_netns`), as a
+    NIC queue's interrupt on the capture core would: then the receiver's
+    core carries the kernel's work and its own, and is what runs out.
+    daqd's socket asks for UDP GRO, as the daemon's does (``daqd_gro``);
+    spead2's receives one datagram per message.
 
 spead2 is imported only when a spead2 figure is asked for.
 """
