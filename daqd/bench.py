@@ -44,7 +44,18 @@ over loopback UDP
     with the ratio of the medians and the spread of the runs.  When the
     sender cannot outrun a receiver, its rate says little; so each workload
     ends with a few alternating trials of both at one fixed rate, comparing
-    the receiver CPU time per packet (all of it and its user-space part).
+    the receiver CPU time per packet (all of it, its user-space part, and
+    the receiver CPU's busy time with the kernel's softirq work on it).
+
+    Where the UDP part runs (``loopback``): on the machine's loopback the
+    sender's core also runs the kernel's receive path for every datagram,
+    and runs out before a fast receiver does.  Where the process may (root),
+    it runs instead in a private network namespace whose loopback has RPS
+    steer that receive path to the receiver's CPU (`daqd.bench_netns`), as a
+    NIC queue's interrupt on the capture core would: then the receiver's
+    core carries the kernel's work and its own, and is what runs out.
+    daqd's socket asks for UDP GRO, as the daemon's does (``daqd_gro``);
+    spead2's receives one datagram per message.
 
 spead2 is imported only when a spead2 figure is asked for.
 """
@@ -560,6 +571,8 @@ class Trial:
     worker_blocked: int | None = None   # the receiver's worker_blocked counter (no free chunk)
     lag_ms: float | None = None     # receiver's end - the sender's last data packet (backlog)
     receiver_gro: bool | None = None    # daqd: its socket had UDP GRO (None: spead2)
+    receiver_core_busy: float | None = None     # the receiver's CPU busy, with softirq
+    core_us_per_packet: float | None = None     # that CPU's busy time per packet sent
 
 
 class _Watch(threading.Thread):
@@ -623,6 +636,7 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
             watch = _Watch(sender, stream.stop, grace=1.0)
             chunks, recycle = data_ring, stream.add_free_chunk
         load = LoadMonitor(sender.proc.pid)
+        core = CoreMonitor()
         user, wall = _user_seconds(), time.perf_counter()
         cpu = time.process_time()
         sender.start(workload, port, rate, seconds, gso)
@@ -641,6 +655,7 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
             stream.stop()
             blocked = stream.stats["worker_blocked"]
         other, steal = load.cores()
+        core_busy, core_seconds = core.busy()
         watch.done.set()
         watch.join()
         drops = kernel_drops(sock)
@@ -670,6 +685,9 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
         worker_blocked=blocked,
         lag_ms=lag,
         receiver_gro=receiver_gro,
+        receiver_core_busy=core_busy,
+        core_us_per_packet=(1e6 * core_seconds / reply["packets"]
+                            if core_seconds is not None and reply["packets"] else None),
     )
 
 
@@ -895,7 +913,8 @@ def bench_udp(workload: str, receivers: Sequence[str], sender: Sender, *,
         log(f"{workload} udp {receiver} run {run + 1}: {asked}: offered "
             f"{t.offered_pps / 1e3:.0f} kpkt/s, loss {100 * t.loss:.3f} % "
             f"({t.heaps_sent - t.heaps_present} of {t.heaps_sent} heaps; kernel drops "
-            f"{t.kernel_drops}{blocked}; rx CPU {100 * t.receiver_cpu:.0f} %; "
+            f"{t.kernel_drops}{blocked}; rx CPU {100 * t.receiver_cpu:.0f} %, core "
+            f"{'?' if t.receiver_core_busy is None else f'{100 * t.receiver_core_busy:.0f}'} %; "
             f"other load {_cores(t.other_load)}, steal {_cores(t.steal)} cores) "
             f"{'ok' if t.ok else 'FAIL'}"
             + (" [timeout]" if t.stopped_by == "timeout" else "") + extra)
@@ -962,6 +981,12 @@ class CostResult:
     receiver_cpu: float         # receiver process CPU time / trial time (median)
     losses: list[float]
     other_load: list[float | None]
+    core_us_per_packet: float | None = None     # the receiver's CPU, softirq included
+
+
+def _median_or_none(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def bench_cost(workload: str, receivers: Sequence[str], sender: Sender, rate: float, *,
@@ -989,9 +1014,11 @@ def bench_cost(workload: str, receivers: Sequence[str], sender: Sender, rate: fl
             user_us_per_packet=statistics.median(t.user_us_per_packet for t in ts),
             receiver_cpu=statistics.median(t.receiver_cpu for t in ts),
             losses=[t.loss for t in ts], other_load=[t.other_load for t in ts],
+            core_us_per_packet=_median_or_none(t.core_us_per_packet for t in ts),
         ))
         log(f"{workload} udp cost {r}: {out[-1].cpu_us_per_packet:.2f} us/pkt "
-            f"(user {out[-1].user_us_per_packet:.2f}) at {out[-1].rate_pps / 1e3:.0f} kpkt/s")
+            f"(user {out[-1].user_us_per_packet:.2f}; its CPU "
+            f"{_us(out[-1].core_us_per_packet)}) at {out[-1].rate_pps / 1e3:.0f} kpkt/s")
     return out
 
 
@@ -1043,6 +1070,42 @@ def _cpu_ticks() -> tuple[int, int] | None:
         return None
     v = [int(x) for x in first[0].split()[1:]]
     return v[0] + v[1] + v[2], (v[7] if len(v) > 7 else 0)
+
+
+def _core_ticks(cpu: int) -> tuple[int, int] | None:
+    """(busy, busy + idle) clock ticks of one CPU; busy includes irq and softirq time."""
+    name = f"cpu{cpu} "
+    for line in (_read("/proc/stat") or "").splitlines():
+        if line.startswith(name):
+            v = [int(x) for x in line.split()[1:8]]
+            busy = v[0] + v[1] + v[2] + v[5] + v[6]
+            return busy, busy + v[3] + v[4]
+    return None
+
+
+class CoreMonitor:
+    """How busy this process's CPU was (when it is pinned to one), from /proc/stat.
+
+    Unlike the process's own CPU time this includes the kernel's interrupt
+    and softirq work on that CPU: with RPS on the loopback, the receive path
+    of every datagram.
+    """
+
+    def __init__(self) -> None:
+        cpus = os.sched_getaffinity(0)
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self.cpu = next(iter(cpus)) if len(cpus) == 1 else None
+        self.start = _core_ticks(self.cpu) if self.cpu is not None else None
+
+    def busy(self) -> tuple[float, float] | tuple[None, None]:
+        """(fraction of the CPU's non-stolen time it was busy, busy seconds) since the start."""
+        if self.start is None or self.cpu is None:
+            return None, None
+        end = _core_ticks(self.cpu)
+        if end is None or end[1] - self.start[1] < 20:
+            return None, None       # too few clock ticks to say anything
+        busy = end[0] - self.start[0]
+        return busy / (end[1] - self.start[1]), busy / self.hz
 
 
 def _process_ticks(pid: int | str) -> int:
@@ -1260,12 +1323,15 @@ def udp_spread(results: Iterable[UdpResult]) -> dict[str, dict[str, Any]]:
 def cost_ratios(results: Iterable[CostResult]) -> dict[str, dict[str, float]]:
     """Map workload -> spead2/daqd CPU time per packet at the same fixed rate."""
     by = {(c.workload, c.receiver): c for c in results}
-    return {
-        w: {"total": by[w, "spead2"].cpu_us_per_packet / c.cpu_us_per_packet,
-            "user": by[w, "spead2"].user_us_per_packet / c.user_us_per_packet}
-        for (w, r), c in by.items()
-        if r == "daqd" and (w, "spead2") in by and c.cpu_us_per_packet and c.user_us_per_packet
-    }
+    out = {}
+    for (w, r), c in by.items():
+        if r == "daqd" and (w, "spead2") in by and c.cpu_us_per_packet and c.user_us_per_packet:
+            s = by[w, "spead2"]
+            out[w] = {"total": s.cpu_us_per_packet / c.cpu_us_per_packet,
+                      "user": s.user_us_per_packet / c.user_us_per_packet}
+            if c.core_us_per_packet and s.core_us_per_packet:
+                out[w]["core"] = s.core_us_per_packet / c.core_us_per_packet
+    return out
 
 
 def udp_cpu_ratios(results: Iterable[UdpResult]) -> dict[str, dict[str, float] | None]:
@@ -1473,6 +1539,14 @@ def describe_sender(asked: bool, trials: Sequence[Trial]) -> str:
     return f"sendmmsg, one datagram per message {some}(the kernel refused UDP GSO: {why})"
 
 
+def _percent(value: float | None) -> str:
+    return "?" if value is None else f"{100 * value:.0f}%"
+
+
+def _us(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"
+
+
 def _cores(value: float | None) -> str:
     return "?" if value is None else f"{value:.2f}"
 
@@ -1493,7 +1567,8 @@ def _format_udp(report: BenchReport) -> list[str]:
         f"loopback: {report.loopback or '?'}",
         f"daqd receives {report.daqd_gro or '?'}",
         f"{'workload':8} {'receiver':8} {'run':>3} {'kheaps/s':>10} {'Mpkt/s':>8} "
-        f"{'Gbit/s':>8} {'loss %':>7} {'drops':>6} {'rx CPU':>6} {'us/pkt (user)':>13} "
+        f"{'Gbit/s':>8} {'loss %':>7} {'drops':>6} {'rx CPU':>6} {'core':>5} "
+        f"{'us/pkt (user)':>13} "
         f"{'other':>5} {'next rate tried':>20} {'trials':>6}",
     ]
     for u in report.udp:
@@ -1524,12 +1599,14 @@ def _format_udp(report: BenchReport) -> list[str]:
                 f"{head} {pps / per_heap / 1e3:10.1f} {pps / 1e6:8.3f} "
                 f"{pps / per_heap * heap_bytes * 8 / 1e9:8.2f} {100 * s.loss:7.3f} "
                 f"{'' if drops is None else drops:>6} {100 * s.receiver_cpu:5.0f}% "
+                f"{_percent(s.receiver_core_busy):>5} "
                 f"{s.cpu_us_per_packet:6.2f} ({s.user_us_per_packet:4.2f}) "
                 f"{_cores(s.other_load):>5} {nxt:>20} {run.trials:6}"
             )
     lines.append(
         "(drops: socket-buffer drops at that rate, daqd's packets_dropped_socket_buffer, "
         "spead2's from /proc/net/udp; rx CPU: receiver process CPU time / trial time; "
+        "core: how busy the receiver's CPU was, the kernel's softirq work included; "
         "us/pkt: receiver CPU time per packet (user: its user-space part, the rest "
         "is the kernel's); other: cores other processes used "
         "meanwhile; next rate tried: the slowest rate above that failed, paced (the rate "
@@ -1607,17 +1684,23 @@ def format_report(report: BenchReport) -> str:
             f"({COST_FRACTION:g} x the lower sustained rate; median of "
             f"{len(report.cost[0].losses)} alternating trials each)",
             f"{'workload':8} {'receiver':8} {'kpkt/s':>8} {'rx CPU':>6} {'us/pkt':>7} "
-            f"{'user us/pkt':>11} {'max loss %':>10} {'spead2/daqd CPU (user)':>23}",
+            f"{'user us/pkt':>11} {'core us/pkt':>11} {'max loss %':>10} "
+            f"{'spead2/daqd CPU (user; core)':>29}",
         ]
         for c in report.cost:
             ratio = ""
             if c.receiver == "spead2" and c.workload in costs:
-                ratio = f"{costs[c.workload]['total']:.2f} ({costs[c.workload]['user']:.2f})"
+                x = costs[c.workload]
+                core = f"; {x['core']:.2f}" if "core" in x else ""
+                ratio = f"{x['total']:.2f} ({x['user']:.2f}{core})"
             lines.append(
                 f"{c.workload:8} {c.receiver:8} {c.rate_pps / 1e3:8.0f} "
                 f"{100 * c.receiver_cpu:5.0f}% {c.cpu_us_per_packet:7.2f} "
-                f"{c.user_us_per_packet:11.2f} {100 * max(c.losses):10.3f} {ratio:>23}"
+                f"{c.user_us_per_packet:11.2f} {_us(c.core_us_per_packet):>11} "
+                f"{100 * max(c.losses):10.3f} {ratio:>29}"
             )
+        lines.append("(core us/pkt: the receiver's CPU busy time per packet, the kernel's "
+                     "interrupt and softirq work on it included)")
     if report.durations:
         lines += ["", "took: " + ", ".join(f"{k} {v:.0f} s" for k, v in
                                            report.durations.items())]

@@ -427,7 +427,7 @@ def test_udp_medians_ratio_and_spread():
 
 
 def test_udp_report_text_and_json_round_trip():
-    from daqd.bench import BenchReport, format_report, report_from_json
+    from daqd.bench import BenchReport, CostResult, format_report, report_from_json
 
     results = udp_fixture({
         ("W1", "daqd"): [(400e3, False), (300e3, True)],
@@ -437,10 +437,16 @@ def test_udp_report_text_and_json_round_trip():
                                   "transparent_hugepage": "t", "python": "3", "numpy": "2",
                                   "spead2": "4", "daqd": "0", "idle_before": 1.0},
                          udp=results, socket_buffer=64 << 20, socket_buffer_note="forced",
-                         udp_runs=2)
+                         udp_runs=2, loopback="a private network namespace (test)",
+                         daqd_gro="with UDP GRO (test)",
+                         cost=[CostResult("W1", r, 1e5, us, us / 2, 0.5, [0.0], [0.0], core)
+                               for r, us, core in [("daqd", 1.0, 2.0), ("spead2", 1.5, 3.0)]])
     text = format_report(report)
     assert "medians over 2 runs" in text
     assert ">= 0.88" in text                    # (400 + 300) / 2 / 400: a lower bound
+    assert "loopback: a private network namespace (test)" in text
+    assert "daqd receives with UDP GRO (test)" in text
+    assert "1.50 (1.50; 1.50)" in text          # spead2/daqd: process, user, core
     again = report_from_json(json.loads(json.dumps(report.to_json())))
     assert again.udp[0].runs[1].sender_limited
     assert format_report(again) == text

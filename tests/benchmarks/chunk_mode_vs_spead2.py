@@ -17,8 +17,11 @@ core) feeds each receiver (pinned to the other) through the same socket setup
 heap loss, found by trials at full speed (sender-limited only when two pass),
 a halving ladder and a bisection on the offered rates of ~1 s trials (the two
 searches taking turns), the median of ``--udp-runs`` searches; then the
-receiver CPU time per packet at one fixed rate.  See ``daqd bench --help`` and
-the daqd.bench docstring.
+receiver CPU time per packet at one fixed rate.  As root the UDP part runs in
+a private network namespace whose loopback steers the kernel's receive work
+to the receiver's CPU with RPS (``--loopback``); daqd receives with UDP GRO
+unless ``--no-daqd-gro``.  See ``daqd bench --help`` and the daqd.bench
+docstring.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heaps", type=int, default=None)
     parser.add_argument("--trial-seconds", type=float, default=1.0)
     parser.add_argument("--wait-idle", type=float, default=0.0)
+    parser.add_argument("--loopback", choices=["auto", "rps", "shared"], default="auto")
+    parser.add_argument("--no-daqd-gro", dest="daqd_gro", action="store_false")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     for w in args.workloads:
@@ -47,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     report = run_bench(args.workloads or WORKLOAD_NAMES, vs_spead2=True, mode=args.mode,
                        runs=args.runs, heaps=args.heaps, trial_seconds=args.trial_seconds,
                        wait_idle=args.wait_idle, udp_runs=args.udp_runs,
+                       loopback=args.loopback, daqd_gro=args.daqd_gro,
                        log=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(report.to_json()) if args.json else format_report(report))
 
