@@ -533,12 +533,13 @@ cdef class UdpReader(Reader):
         cdef int got
         self.n = 0
         self.pos = 0
-        if self.stop_flag:
-            return READ_EOF
         if self.next_msg < self.got:
-            # Datagrams left over from the last messages go first.
+            # Datagrams left over from the last messages go first, even after
+            # stop(): they have left the kernel, so only daqd can count them.
             self.cut_up(stats)
             return <int>self.n
+        if self.stop_flag:
+            return READ_EOF
         self.got = self.next_msg = 0
         self.next_offset = 0
         got = self.receive()

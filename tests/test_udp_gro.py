@@ -174,3 +174,19 @@ def test_source_uri_gro_switch():
         off.reader.close()
     with pytest.raises(UsageProblem, match=r"gro='maybe' must be 1 or 0"):
         open_source("udp://127.0.0.1:0?gro=maybe")
+
+
+@needs_gso_gro
+def test_stop_still_hands_over_datagrams_already_received():
+    """After stop(), the rest of a message already taken from the kernel comes first."""
+    sock, reader = receiver(batch=4)
+    with sock, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+        out.connect(sock.getsockname())
+        _spead.send(_spead.SimReader("W2", heaps=60, batch=60), out.fileno(), "udp", gso=True)
+        first, _, _ = read_all(reader, 4)
+        reader.stop()
+        rest = []
+        while (got := reader.read_batch()) is not None:
+            rest += got[0]
+    assert len(first) == 4
+    assert b"".join(first + rest) == bytes(workload_stream("W2", 60))
