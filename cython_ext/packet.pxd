@@ -14,8 +14,10 @@
 # filled in and `size` bytes starting at `data` form the packet; any other
 # value names the reason the packet is unusable, and the caller counts it
 # under the matching STAT_REJECT_* counter (decode_status_stat).  With
-# DECODE_PAYLOAD_LENGTH, `size` alone is set: the size the header declares
-# (a byte stream skips an over-long packet by it, as spead2's TCP reader does).
+# DECODE_PAYLOAD_LENGTH and DECODE_PAYLOAD_OUTSIDE_HEAP, `size` alone is set:
+# the size the header declares; with DECODE_MISSING_ITEMS too when
+# PAYLOAD_LENGTH is there (else 0).  A byte stream skips such a packet whole
+# by it, as spead2's TCP reader does, rather than searching its payload.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
@@ -132,11 +134,14 @@ cdef inline DecodeStatus decode_packet(
                 payload_offset = <int64_t>(p & value_mask)
             elif item_id == PAYLOAD_LENGTH_ID:
                 payload_length = <int64_t>(p & value_mask)
-    if heap_cnt == -1 or payload_offset == -1 or payload_length == -1:
-        return DECODE_MISSING_ITEMS
     cdef uint64_t size = <uint64_t>payload_length + <uint64_t>n_items * 8 + 8
+    if heap_cnt == -1 or payload_offset == -1 or payload_length == -1:
+        # The size is known (for a byte stream to skip the packet whole)
+        # when PAYLOAD_LENGTH is there.
+        out.size = <size_t>size if payload_length != -1 else 0
+        return DECODE_MISSING_ITEMS
+    out.size = <size_t>size
     if size > max_size:
-        out.size = <size_t>size
         return DECODE_PAYLOAD_LENGTH
     if heap_length >= 0 and payload_offset + payload_length > heap_length:
         return DECODE_PAYLOAD_OUTSIDE_HEAP

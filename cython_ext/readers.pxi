@@ -315,9 +315,13 @@ cdef class ByteStreamReader(Reader):
                 self.n += 1
                 self.start += hdr.size
                 continue
-            if status == DECODE_PAYLOAD_LENGTH and hdr.size > self.max_packet_size:
-                # Longer than any packet accepted: skip it whole by its declared size.
-                stats[<int>STAT_REJECT_PAYLOAD_LENGTH] += 1
+            if (status == DECODE_PAYLOAD_LENGTH and hdr.size > self.max_packet_size) \
+                    or status == DECODE_PAYLOAD_OUTSIDE_HEAP \
+                    or (status == DECODE_MISSING_ITEMS and hdr.size > 0):
+                # Longer than any packet accepted, or unusable but of a known
+                # size: skip it whole by its declared size (its bytes counted
+                # as skipped), never searching its payload for packets.
+                stats[<int>decode_status_stat(status)] += 1
                 self.to_skip = hdr.size
                 continue
             # Too few bytes may only mean the rest has not been read yet.

@@ -515,8 +515,22 @@ def big_packet() -> bytes:
                             (0x2345, bytes(100000))])[0]
 
 
+def nested_reject(kind: str) -> bytes:
+    """A packet of known size that is rejected, carrying a whole valid packet as payload."""
+    inner = simple_packet()
+    pointers = [sp.imm(sp.HEAP_CNT_ID, 2), sp.imm(sp.HEAP_OFFSET_ID, 0),
+                sp.imm(sp.PAYLOAD_LENGTH_ID, len(inner))]
+    if kind == "outside":
+        pointers.append(sp.imm(sp.HEAP_SIZE_ID, 10))     # payload runs past the heap
+    else:
+        pointers = pointers[1:]                         # no HEAP_CNT
+    return sp.raw_packet(pointers, inner)
+
+
 TCP_CASES = {
     "bad_header": lambda: b"deadbeef" + simple_packet(),
+    "payload_outside_heap": lambda: nested_reject("outside") + simple_packet(),
+    "missing_heap_cnt": lambda: nested_reject("missing") + simple_packet(),
     "packet_too_big": lambda: big_packet() + simple_packet(),
     "partial_header": lambda: simple_packet()[:6],
     "partial_packet": lambda: simple_packet()[:45],
@@ -543,10 +557,12 @@ def test_tcp_reader_case(case):
 
     packet_too_big: both skip the over-long packet by its declared size (daqd used to
     rescan its payload and decode the descriptor packet nested in it as a spurious heap).
+    payload_outside_heap, missing_heap_cnt: a rejected packet whose size is known is
+    skipped whole in the same way, never rescanned for a nested packet.
     """
     data = TCP_CASES[case]()
     expected = spead2_tcp_receive(data)
-    assert len(expected) == (1 if case in ("bad_header", "packet_too_big") else 0)
+    assert len(expected) == (0 if case.startswith("partial") else 1)
     stream = _spead.HeapStream()
     heaps = stream.run(_spead.ByteStreamReader(data, max_packet_size=DEFAULT_MAX_PACKET_SIZE))
     assert [h.daqd_record(x) for x in heaps] == expected
