@@ -57,7 +57,10 @@ over loopback UDP
     daqd's socket asks for UDP GRO, as the daemon's does (``daqd_gro``);
     spead2's receives one datagram per message.
 
-spead2 is imported only when a spead2 figure is asked for.
+spead2 is imported only when a spead2 figure is asked for.  The fixed
+parameters are in `daqd.bench_params`, the machine's description and load in
+`daqd.bench_machine`, the results, ratios and table in `daqd.bench_report`,
+the private namespace for the UDP part in `daqd.bench_netns`.
 """
 
 from __future__ import annotations
@@ -66,7 +69,6 @@ import json
 import math
 import mmap
 import os
-import platform
 import resource
 import socket
 import statistics
@@ -75,12 +77,38 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import numpy as np
 
-from daqd import __version__, _spead
+from daqd import _spead
+from daqd.bench_machine import CoreMonitor, LoadMonitor, machine_info, wait_until_quiet
+from daqd.bench_params import (
+    COST_FRACTION,
+    FIRST_CNT,
+    HEAPS_PER_CHUNK,
+    LOSS_LIMIT,
+    MAX_CHUNKS,
+    MAX_HEAPS,
+    MAX_PACKET_SIZE,
+    POOL,
+    layout,
+    packet_size,
+)
+from daqd.bench_report import (
+    BenchReport,
+    CostResult,
+    MemoryResult,
+    Trial,
+    UdpResult,
+    UdpRun,
+    failed_ceiling,
+    fmt_cores,
+    fmt_us,
+    offered_rate,
+    report_from_json,
+)
 from daqd.errors import UsageProblem
 from daqd.simulate import udp_batch
 
@@ -88,17 +116,8 @@ WORKLOAD_NAMES = ("W1", "W2", "W3")
 MODES = ("memory", "udp", "all")
 LOOPBACKS = ("auto", "rps", "shared")
 
-# The chunk layout and window both receivers use.
-HEAPS_PER_CHUNK = 64
-MAX_CHUNKS = 4
-POOL = 16
-MAX_HEAPS = 8
-MAX_PACKET_SIZE = 9200
-TIMESTAMP_ITEM = 0x1600
-FIRST_CNT = 1                   # SimReader's first HEAP_CNT
 
 MEMORY_TARGET_BYTES = 1 << 30   # packet bytes per from-memory buffer
-LOSS_LIMIT = 1e-3               # "sustained": fewer than 0.1 % of heaps lost
 LAG_LIMIT = 0.02                # ... and the backlog drained within 2 % of the trial time
 MIN_LAG_LIMIT_MS = 10.0         # (but at least 10 ms)
 SOCKET_BUFFER = 64 << 20        # default UDP receive buffer of both receivers
@@ -107,7 +126,6 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 HUGE_PAGE = 2 << 20
 PACING_SLACK = 0.001            # UDP sender: behind its schedule by more, it starts it again
 OTHER_LOAD_LIMIT = 0.1          # UDP: a trial failing while others used more cores runs again
-COST_FRACTION = 0.6             # fixed-rate CPU comparison: this much of the lower found rate
 
 
 class BenchError(RuntimeError):
@@ -120,23 +138,6 @@ class MissingDependency(UsageProblem):
 
 # ----------------------------------------------------------------------
 # Workloads and layout
-
-
-def layout(workload: str) -> dict[str, Any]:
-    """ChunkStream/Spead2Placement layout arguments for `workload`."""
-    heap_bytes, _, step = _spead.WORKLOADS[workload]
-    return {
-        "timestamp_item": TIMESTAMP_ITEM,
-        "timestamp_step": step,
-        "heaps_per_chunk": HEAPS_PER_CHUNK,
-        "heap_bytes": heap_bytes,
-    }
-
-
-def packet_size(workload: str) -> int:
-    """Bytes of one whole packet (56 header bytes plus its payload)."""
-    heap_bytes, per_heap, _ = _spead.WORKLOADS[workload]
-    return 56 + heap_bytes // per_heap
 
 
 def default_memory_heaps(workload: str) -> int:
@@ -309,25 +310,6 @@ RUNNERS: dict[str, Callable[..., tuple[float, int]]] = {
     "daqd": memory_run_daqd,
     "spead2": memory_run_spead2,
 }
-
-
-@dataclass
-class MemoryResult:
-    """One receiver's from-memory figures on one workload."""
-
-    workload: str
-    receiver: str
-    heaps: int
-    packets: int
-    payload_bytes: int
-    buffer_bytes: int
-    seconds: list[float]
-    median_seconds: float
-    heaps_per_s: float
-    packets_per_s: float
-    gbit_per_s: float
-    other_load: float | None = None     # cores used by other processes during the runs
-    steal: float | None = None          # cores stolen by the hypervisor
 
 
 def bench_memory(workload: str, receivers: Sequence[str], *, runs: int, heaps: int | None = None,
@@ -547,34 +529,6 @@ def kernel_drops(sock: socket.socket) -> int | None:
     return None
 
 
-@dataclass
-class Trial:
-    """One trial at one offered rate."""
-
-    requested_pps: float        # 0: the sender's full speed
-    offered_pps: float          # what the sender managed
-    heaps_sent: int
-    heaps_present: int
-    loss: float
-    ok: bool
-    sender_dropped: int
-    kernel_drops: int | None
-    daqd_socket_drops: int | None
-    stopped_by: str             # "stop heap" or "timeout"
-    receiver_cpu: float         # receiver process CPU time / trial wall time
-    cpu_us_per_packet: float    # receiver process CPU time per packet sent
-    user_us_per_packet: float   # the user-space part of it (the rest is the kernel's)
-    other_load: float | None    # cores other processes used meanwhile
-    steal: float | None         # cores stolen by the hypervisor meanwhile
-    sender_gso: bool = False    # the sender used UDP GSO throughout
-    sender_gso_errno: int = 0   # why not, when asked for: errno of the refusal, -1 no option
-    worker_blocked: int | None = None   # the receiver's worker_blocked counter (no free chunk)
-    lag_ms: float | None = None     # receiver's end - the sender's last data packet (backlog)
-    receiver_gro: bool | None = None    # daqd: its socket had UDP GRO (None: spead2)
-    receiver_core_busy: float | None = None     # the receiver's CPU busy, with softirq
-    core_us_per_packet: float | None = None     # that CPU's busy time per packet sent
-
-
 class _Watch(threading.Thread):
     """Waits for the sender's reply, then stops the receiver if no stop heap came."""
 
@@ -700,25 +654,11 @@ class SearchResult:
     sender_limited: bool        # `best` is only a lower bound: see `rate_search`
 
 
-def _offered(t: Trial) -> float:
-    return t.offered_pps
-
-
-def _ceiling(t: Trial) -> float:
-    """Return the fastest the sender may have sent in `t`: the paced rate asked for or offered.
-
-    A paced sender that falls behind does not catch up (`_send_trial`), so
-    its rate was at most the one asked for throughout, and the receiver may
-    have lost heaps in the spells at that rate however slow the average was.
-    """
-    return max(t.requested_pps, t.offered_pps)
-
-
 def _verdict(rate: float, retries: int) -> Generator[float, Trial, tuple[bool, Trial]]:
     """Trials at one paced `rate` until one passes or `retries` + 1 fail.
 
     Returns (passed, the passing trial or the failing one with the highest
-    `_ceiling`).
+    `failed_ceiling`).
     """
     fails = []
     for _ in range(retries + 1):
@@ -726,7 +666,7 @@ def _verdict(rate: float, retries: int) -> Generator[float, Trial, tuple[bool, T
         if t.ok:
             return True, t
         fails.append(t)
-    return False, max(fails, key=_ceiling)
+    return False, max(fails, key=failed_ceiling)
 
 
 def rate_search(*, ladder: int = 6, steps: int = 5, retries: int = 0,
@@ -736,7 +676,7 @@ def rate_search(*, ladder: int = 6, steps: int = 5, retries: int = 0,
     A generator: it yields the next rate to ask for (packets/s, 0 = the
     sender's full speed) and is sent that trial's result; it returns a
     `SearchResult`.  A pass counts at the rate the sender offered (its
-    average); a failure at its `_ceiling` (the rate asked for, or at full
+    average); a failure at its `failed_ceiling` (the rate asked for, or at full
     speed what was offered).
 
     1. Trials at full speed until two pass or `retries` + 1 fail.  Two
@@ -769,16 +709,17 @@ def rate_search(*, ladder: int = 6, steps: int = 5, retries: int = 0,
     while len(passes) < 2 and len(fails) <= retries:
         t = yield 0.0
         (passes if t.ok else fails).append(t)
-    best = max(passes, key=_offered) if passes else None
-    hi = max(fails, key=_ceiling) if fails else None
-    if best is not None and len(passes) >= 2 and (hi is None or _ceiling(hi) <= best.offered_pps):
+    best = max(passes, key=offered_rate) if passes else None
+    hi = max(fails, key=failed_ceiling) if fails else None
+    if best is not None and len(passes) >= 2 and (hi is None
+                                                  or failed_ceiling(hi) <= best.offered_pps):
         return SearchResult(best, None, True)
     assert hi is not None
     confirmed = len(fails) > retries     # else one full-speed failure, maybe a stall
 
     def fastest_below(limit: Trial) -> Trial | None:
-        below = [p for p in passes if p.offered_pps < _ceiling(limit)]
-        return max(below, key=_offered) if below else None
+        below = [p for p in passes if p.offered_pps < failed_ceiling(limit)]
+        return max(below, key=offered_rate) if below else None
 
     lo = fastest_below(hi)
     ladder_left, steps_left, short_left = ladder, steps, steps
@@ -787,17 +728,17 @@ def rate_search(*, ladder: int = 6, steps: int = 5, retries: int = 0,
             if ladder_left <= 0:
                 return SearchResult(None, hi, False)
             ladder_left -= 1
-            rate = _ceiling(hi) / 2
+            rate = failed_ceiling(hi) / 2
         else:
             if (steps_left <= 0 or short_left <= 0
-                    or _ceiling(hi) <= lo.offered_pps * (1 + resolution)):
+                    or failed_ceiling(hi) <= lo.offered_pps * (1 + resolution)):
                 return SearchResult(lo, hi, not confirmed)
-            rate = math.sqrt(lo.offered_pps * _ceiling(hi))
+            rate = math.sqrt(lo.offered_pps * failed_ceiling(hi))
         before = lo
         ok, t = yield from _verdict(rate, retries)
         if ok:
             passes.append(t)
-        elif _ceiling(t) < _ceiling(hi):
+        elif failed_ceiling(t) < failed_ceiling(hi):
             hi, confirmed = t, True
         lo = fastest_below(hi)
         if before is not None:
@@ -826,50 +767,6 @@ def run_search(trial: Callable[[float], Trial], **options: Any
             rate = search.send(trials[-1])
         except StopIteration as end:
             return end.value, trials
-
-
-@dataclass
-class UdpRun:
-    """One rate search of one receiver on one workload."""
-
-    sustained: Trial | None     # the fastest trial with loss < 0.1 % (below first_failed)
-    first_failed: Trial | None  # the slowest failing rate above it (its fastest trial)
-    sender_limited: bool        # packets_per_s is only a lower bound (see rate_search)
-    packets_per_s: float        # sustained.offered_pps (0 when nothing passed)
-    trials: int                 # this run's trials (in order, in UdpResult.trials)
-    seconds: float = 0.0
-
-
-@dataclass
-class UdpResult:
-    """The highest rate one receiver sustains on one workload over loopback UDP.
-
-    The rates are medians over the runs (`runs`); when any run was
-    sender-limited (a lower bound, see `rate_search`) the median is only a
-    lower bound (`sender_limited`).
-    """
-
-    workload: str
-    receiver: str
-    sustained: Trial | None     # the median run's fastest passing trial
-    first_failed: Trial | None  # the median run's slowest failing rate above it
-    sender_limited: bool        # some run gave only a lower bound: so is the median
-    heaps_per_s: float
-    packets_per_s: float
-    gbit_per_s: float
-    trials: list[Trial] = field(default_factory=list)
-    seconds: float = 0.0
-    runs: list[UdpRun] = field(default_factory=list)
-
-    @property
-    def run_rates(self) -> list[float]:
-        """Sustained packets/s of each run (0: nothing passed)."""
-        return [r.packets_per_s for r in self.runs] or [self.packets_per_s]
-
-    @property
-    def limited_runs(self) -> int:
-        """Runs in which the receiver took all the sender offered (lower bounds)."""
-        return sum(r.sender_limited for r in self.runs)
 
 
 def udp_result(workload: str, receiver: str, runs: Sequence[UdpRun],
@@ -915,7 +812,7 @@ def bench_udp(workload: str, receivers: Sequence[str], sender: Sender, *,
             f"({t.heaps_sent - t.heaps_present} of {t.heaps_sent} heaps; kernel drops "
             f"{t.kernel_drops}{blocked}; rx CPU {100 * t.receiver_cpu:.0f} %, core "
             f"{'?' if t.receiver_core_busy is None else f'{100 * t.receiver_core_busy:.0f}'} %; "
-            f"other load {_cores(t.other_load)}, steal {_cores(t.steal)} cores) "
+            f"other load {fmt_cores(t.other_load)}, steal {fmt_cores(t.steal)} cores) "
             f"{'ok' if t.ok else 'FAIL'}"
             + (" [timeout]" if t.stopped_by == "timeout" else "") + extra)
 
@@ -964,24 +861,9 @@ def bench_udp(workload: str, receivers: Sequence[str], sender: Sender, *,
                 log(f"{workload} udp {r} run {run + 1}: sustained "
                     f"{done[r][-1].packets_per_s / 1e3:.0f} kpkt/s"
                     + (" (a lower bound: sender-limited)" if found.sender_limited else
-                       f", failed at {_ceiling(found.failed) / 1e3:.0f} kpkt/s"
+                       f", failed at {failed_ceiling(found.failed) / 1e3:.0f} kpkt/s"
                        if found.failed else ""))
     return [udp_result(workload, r, done[r], trials[r]) for r in receivers]
-
-
-@dataclass
-class CostResult:
-    """One receiver's CPU time per packet at one fixed offered rate."""
-
-    workload: str
-    receiver: str
-    rate_pps: float             # offered (median of the trials)
-    cpu_us_per_packet: float    # median over the trials
-    user_us_per_packet: float   # its user-space part (median)
-    receiver_cpu: float         # receiver process CPU time / trial time (median)
-    losses: list[float]
-    other_load: list[float | None]
-    core_us_per_packet: float | None = None     # the receiver's CPU, softirq included
 
 
 def _median_or_none(values: Iterable[float | None]) -> float | None:
@@ -1018,337 +900,12 @@ def bench_cost(workload: str, receivers: Sequence[str], sender: Sender, rate: fl
         ))
         log(f"{workload} udp cost {r}: {out[-1].cpu_us_per_packet:.2f} us/pkt "
             f"(user {out[-1].user_us_per_packet:.2f}; its CPU "
-            f"{_us(out[-1].core_us_per_packet)}) at {out[-1].rate_pps / 1e3:.0f} kpkt/s")
+            f"{fmt_us(out[-1].core_us_per_packet)}) at {out[-1].rate_pps / 1e3:.0f} kpkt/s")
     return out
 
 
 # ----------------------------------------------------------------------
-# Machine
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def idle_fraction(seconds: float = 0.5) -> float | None:
-    """Fraction of all CPU time that was idle over `seconds` (other load skews figures)."""
-
-    def sample() -> list[int] | None:
-        first = (_read("/proc/stat") or "").splitlines()[:1]
-        if not first or not first[0].startswith("cpu "):
-            return None
-        return [int(x) for x in first[0].split()[1:]]
-
-    a = sample()
-    time.sleep(seconds)
-    b = sample()
-    if a is None or b is None:
-        return None
-    delta = [y - x for x, y in zip(a, b, strict=False)]
-    total = sum(delta[:8])     # user nice system idle iowait irq softirq steal
-    return (delta[3] + delta[4]) / total if total else None
-
-
-def wait_until_quiet(max_seconds: float, *, idle: float = 0.9) -> float:
-    """Wait (up to `max_seconds`) until the CPUs are `idle` idle; return the seconds waited."""
-    start = time.monotonic()
-    while time.monotonic() - start < max_seconds:
-        fraction = idle_fraction(0.25)
-        if fraction is None or fraction >= idle:
-            break
-    return time.monotonic() - start
-
-
-def _cpu_ticks() -> tuple[int, int] | None:
-    """(user + nice + system, steal) clock ticks of the whole machine."""
-    first = (_read("/proc/stat") or "").splitlines()[:1]
-    if not first or not first[0].startswith("cpu "):
-        return None
-    v = [int(x) for x in first[0].split()[1:]]
-    return v[0] + v[1] + v[2], (v[7] if len(v) > 7 else 0)
-
-
-def _core_ticks(cpu: int) -> tuple[int, int] | None:
-    """(busy, busy + idle) clock ticks of one CPU; busy includes irq and softirq time."""
-    name = f"cpu{cpu} "
-    for line in (_read("/proc/stat") or "").splitlines():
-        if line.startswith(name):
-            v = [int(x) for x in line.split()[1:8]]
-            busy = v[0] + v[1] + v[2] + v[5] + v[6]
-            return busy, busy + v[3] + v[4]
-    return None
-
-
-class CoreMonitor:
-    """How busy this process's CPU was (when it is pinned to one), from /proc/stat.
-
-    Unlike the process's own CPU time this includes the kernel's interrupt
-    and softirq work on that CPU: with RPS on the loopback, the receive path
-    of every datagram.
-    """
-
-    def __init__(self) -> None:
-        cpus = os.sched_getaffinity(0)
-        self.hz = os.sysconf("SC_CLK_TCK")
-        self.cpu = next(iter(cpus)) if len(cpus) == 1 else None
-        self.start = _core_ticks(self.cpu) if self.cpu is not None else None
-
-    def busy(self) -> tuple[float, float] | tuple[None, None]:
-        """(fraction of the CPU's non-stolen time it was busy, busy seconds) since the start."""
-        if self.start is None or self.cpu is None:
-            return None, None
-        end = _core_ticks(self.cpu)
-        if end is None or end[1] - self.start[1] < 20:
-            return None, None       # too few clock ticks to say anything
-        busy = end[0] - self.start[0]
-        return busy / (end[1] - self.start[1]), busy / self.hz
-
-
-def _process_ticks(pid: int | str) -> int:
-    """User + system clock ticks of a process (all its threads); 0 if it is gone."""
-    text = _read(f"/proc/{pid}/stat")
-    if not text:
-        return 0
-    fields = text.rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-class LoadMonitor:
-    """CPU time other processes used while a measurement ran, in cores.
-
-    Everything the machine spent in user and system time, less this process
-    and the benchmark's own sender; softirq time (the loopback path) is left
-    out, steal time (the hypervisor) reported apart.  Figures taken while
-    something else ran are not comparable.
-    """
-
-    def __init__(self, *pids: int) -> None:
-        self.pids = ["self", *pids]
-        self.hz = os.sysconf("SC_CLK_TCK")
-        self.start = self._sample()
-
-    def _sample(self) -> tuple[float, int, int, int] | None:
-        machine = _cpu_ticks()
-        if machine is None:
-            return None
-        own = sum(_process_ticks(p) for p in self.pids)
-        return time.monotonic(), machine[0], machine[1], own
-
-    def cores(self) -> tuple[float | None, float | None]:
-        """(other processes, steal) since the start, in cores (1.0 = one busy core)."""
-        end = self._sample()
-        if self.start is None or end is None or end[0] - self.start[0] < 0.5:
-            return None, None       # too short for clock ticks to say anything
-        wall = (end[0] - self.start[0]) * self.hz
-        other = (end[1] - self.start[1]) - (end[3] - self.start[3])
-        return max(0.0, other / wall), (end[2] - self.start[2]) / wall
-
-
-def machine_info() -> dict[str, Any]:
-    """Describe the machine the figures were measured on."""
-    cpu = "unknown"
-    for line in (_read("/proc/cpuinfo") or "").splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    try:
-        import spead2
-        spead2_version = spead2.__version__
-    except ImportError:
-        spead2_version = None
-    rmem = _read("/proc/sys/net/core/rmem_max")
-    thp = _read("/sys/kernel/mm/transparent_hugepage/enabled")
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "kernel": platform.release(),
-        "rmem_max": int(rmem) if rmem else None,
-        "transparent_hugepage": thp,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "spead2": spead2_version,
-        "daqd": __version__,
-        "idle_before": idle_fraction(),
-    }
-
-
-# ----------------------------------------------------------------------
-# The whole run and its table
-
-
-@dataclass
-class BenchReport:
-    """Everything ``daqd bench`` measured."""
-
-    machine: dict[str, Any]
-    memory: list[MemoryResult] = field(default_factory=list)
-    udp: list[UdpResult] = field(default_factory=list)
-    cost: list[CostResult] = field(default_factory=list)
-    durations: dict[str, float] = field(default_factory=dict)
-    socket_buffer: int | None = None
-    socket_buffer_note: str | None = None
-    pinning: str | None = None
-    retries: int = 1
-    sender: str | None = None       # how the UDP sender sent (GSO or sendmmsg)
-    udp_runs: int = 1               # rate searches per receiver and workload (medians)
-    loopback: str | None = None     # where the UDP part ran (see daqd.bench_netns)
-    daqd_gro: str | None = None     # whether daqd received with UDP GRO
-
-    def to_json(self) -> dict[str, Any]:
-        """Return a JSON-ready dict, with daqd/spead2 ratios."""
-        out = asdict(self)
-        out["ratios"] = {
-            "memory": _ratios(self.memory),
-            "udp": udp_spread(self.udp),
-            "udp_cpu_per_packet_sustained": udp_cpu_ratios(self.udp),
-            "udp_cpu_per_packet_fixed_rate": cost_ratios(self.cost),
-        }
-        return out
-
-
-def report_from_json(data: dict[str, Any]) -> BenchReport:
-    """Rebuild a BenchReport from `BenchReport.to_json` output (to print it again)."""
-
-    def trial(t: dict[str, Any] | None) -> Trial | None:
-        return Trial(**t) if t is not None else None
-
-    udp = []
-    for u in data.get("udp", []):
-        fields = dict(u)
-        fields["sustained"] = trial(fields["sustained"])
-        fields["first_failed"] = trial(fields["first_failed"])
-        fields["trials"] = [Trial(**t) for t in fields["trials"]]
-        runs = []
-        for r in fields.get("runs", []):
-            run = dict(r)
-            run["sustained"] = trial(run["sustained"])
-            run["first_failed"] = trial(run["first_failed"])
-            runs.append(UdpRun(**run))
-        fields["runs"] = runs
-        udp.append(UdpResult(**fields))
-    return BenchReport(
-        machine=data["machine"],
-        memory=[MemoryResult(**m) for m in data.get("memory", [])],
-        udp=udp,
-        cost=[CostResult(**c) for c in data.get("cost", [])],
-        durations=data.get("durations", {}),
-        socket_buffer=data.get("socket_buffer"),
-        socket_buffer_note=data.get("socket_buffer_note"),
-        pinning=data.get("pinning"),
-        retries=data.get("retries", 1),
-        sender=data.get("sender"),
-        udp_runs=data.get("udp_runs", 1),
-        loopback=data.get("loopback"),
-        daqd_gro=data.get("daqd_gro"),
-    )
-
-
-def _ratios(results: Iterable[MemoryResult]) -> dict[str, float | None]:
-    by = {(r.workload, r.receiver): r.heaps_per_s for r in results}
-    ratios: dict[str, float | None] = {}
-    for w in dict.fromkeys(workload for workload, _ in by):
-        if (w, "daqd") in by and (w, "spead2") in by:
-            ratios[w] = by[w, "daqd"] / by[w, "spead2"] if by[w, "spead2"] else None
-    return ratios
-
-
-def _pairs(results: Iterable[UdpResult]) -> dict[str, tuple[UdpResult, UdpResult]]:
-    by = {(r.workload, r.receiver): r for r in results}
-    return {w: (by[w, "daqd"], by[w, "spead2"]) for w, r in by
-            if r == "daqd" and (w, "spead2") in by}
-
-
-def _kind(daqd_limited: bool, spead2_limited: bool) -> str:
-    if daqd_limited and spead2_limited:
-        return "both sender-limited"
-    return "at least" if daqd_limited else "at most" if spead2_limited else "measured"
-
-
-def udp_ratios(results: Iterable[UdpResult]) -> dict[str, tuple[float | None, str]]:
-    """Map workload -> (daqd/spead2 ratio of the median sustained rates, its kind).
-
-    The kind is ``measured`` when in every run both receivers lost heaps at
-    some rate the sender reached, ``at least`` when daqd took everything the
-    sender could offer in some run (its median is then a lower bound), ``at
-    most`` when spead2 did, and ``both sender-limited`` (no ratio) when both did.
-    """
-    out: dict[str, tuple[float | None, str]] = {}
-    for w, (d, s) in _pairs(results).items():
-        kind = _kind(d.sender_limited, s.sender_limited)
-        if kind == "both sender-limited":
-            out[w] = (None, kind)
-        else:
-            out[w] = (d.packets_per_s / s.packets_per_s if s.packets_per_s else None, kind)
-    return out
-
-
-def udp_spread(results: Iterable[UdpResult]) -> dict[str, dict[str, Any]]:
-    """Map workload -> the ratio of the medians, its kind and the runs' spread.
-
-    ``ratio``, ``kind``: see `udp_ratios`; ``runs``: each run's daqd/spead2
-    ratio and its kind (runs paired in order); ``min``, ``max``: the range of
-    the per-run ratios that are measured (None if none is); ``daqd`` and
-    ``spead2``: each receiver's median, lowest and highest sustained packets/s
-    and how many runs were sender-limited.
-    """
-    results = list(results)
-    kinds = udp_ratios(results)
-    out: dict[str, dict[str, Any]] = {}
-    for w, (d, s) in _pairs(results).items():
-        runs = []
-        for a, b in zip(d.runs, s.runs, strict=False):
-            kind = _kind(a.sender_limited, b.sender_limited)
-            ratio = (a.packets_per_s / b.packets_per_s
-                     if b.packets_per_s and kind != "both sender-limited" else None)
-            runs.append({"ratio": ratio, "kind": kind})
-        measured = [r["ratio"] for r in runs if r["kind"] == "measured" and r["ratio"]]
-        ratio, kind = kinds[w]
-        out[w] = {
-            "ratio": ratio, "kind": kind, "runs": runs,
-            "min": min(measured) if measured else None,
-            "max": max(measured) if measured else None,
-        }
-        for u in (d, s):
-            rates = u.run_rates
-            out[w][u.receiver] = {"median_pps": u.packets_per_s, "min_pps": min(rates),
-                                  "max_pps": max(rates), "limited_runs": u.limited_runs}
-    return out
-
-
-def cost_ratios(results: Iterable[CostResult]) -> dict[str, dict[str, float]]:
-    """Map workload -> spead2/daqd CPU time per packet at the same fixed rate."""
-    by = {(c.workload, c.receiver): c for c in results}
-    out = {}
-    for (w, r), c in by.items():
-        if r == "daqd" and (w, "spead2") in by and c.cpu_us_per_packet and c.user_us_per_packet:
-            s = by[w, "spead2"]
-            out[w] = {"total": s.cpu_us_per_packet / c.cpu_us_per_packet,
-                      "user": s.user_us_per_packet / c.user_us_per_packet}
-            if c.core_us_per_packet and s.core_us_per_packet:
-                out[w]["core"] = s.core_us_per_packet / c.core_us_per_packet
-    return out
-
-
-def udp_cpu_ratios(results: Iterable[UdpResult]) -> dict[str, dict[str, float] | None]:
-    """Map workload -> spead2/daqd receiver CPU time per packet at their sustained rates.
-
-    ``{"total": ..., "user": ...}``: all of it, and its user-space part (the
-    receiver's own work; the rest is the kernel's receive path, common to both).
-    """
-    out: dict[str, dict[str, float] | None] = {}
-    for w, (d, s) in _pairs(results).items():
-        a, b = d.sustained, s.sustained
-        if a and b and a.cpu_us_per_packet and a.user_us_per_packet:
-            out[w] = {"total": b.cpu_us_per_packet / a.cpu_us_per_packet,
-                      "user": b.user_us_per_packet / a.user_us_per_packet}
-        else:
-            out[w] = None
-    return out
+# The whole run (its results and table: daqd.bench_report)
 
 
 def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = False,
@@ -1539,169 +1096,3 @@ def describe_sender(asked: bool, trials: Sequence[Trial]) -> str:
     return f"sendmmsg, one datagram per message {some}(the kernel refused UDP GSO: {why})"
 
 
-def _percent(value: float | None) -> str:
-    return "?" if value is None else f"{100 * value:.0f}%"
-
-
-def _us(value: float | None) -> str:
-    return "?" if value is None else f"{value:.2f}"
-
-
-def _cores(value: float | None) -> str:
-    return "?" if value is None else f"{value:.2f}"
-
-
-def _kpps(value: float) -> str:
-    return f"{value / 1e3:.0f}"
-
-
-def _format_udp(report: BenchReport) -> list[str]:
-    """Format the UDP part of `format_report`: every run, then medians and ratios."""
-    lines = [
-        f"Loopback UDP: highest offered rate with < {100 * LOSS_LIMIT:g} % heap loss "
-        f"(socket buffer {report.socket_buffer} bytes, {report.socket_buffer_note}; "
-        f"{report.pinning}; a paced rate fails when {report.retries + 1} trials at it all "
-        "lose more; sender-limited, a lower bound, after two passing full-speed trials "
-        "or with no confirmed failure above)",
-        f"sender: {report.sender or '?'}",
-        f"loopback: {report.loopback or '?'}",
-        f"daqd receives {report.daqd_gro or '?'}",
-        f"{'workload':8} {'receiver':8} {'run':>3} {'kheaps/s':>10} {'Mpkt/s':>8} "
-        f"{'Gbit/s':>8} {'loss %':>7} {'drops':>6} {'rx CPU':>6} {'core':>5} "
-        f"{'us/pkt (user)':>13} "
-        f"{'other':>5} {'next rate tried':>20} {'trials':>6}",
-    ]
-    for u in report.udp:
-        _, per_heap, _ = _spead.WORKLOADS[u.workload]
-        heap_bytes = layout(u.workload)["heap_bytes"]
-        runs = u.runs or [UdpRun(u.sustained, u.first_failed, u.sender_limited,
-                                 u.packets_per_s, len(u.trials), u.seconds)]
-        for i, run in enumerate(runs, 1):
-            head = f"{u.workload:8} {u.receiver:8} {i:3}"
-            s = run.sustained
-            if s is None:
-                fail = run.first_failed
-                lines.append(f"{head} {'none':>10}  (lost >= 0.1 % even at "
-                             f"{_kpps(fail.offered_pps if fail else 0)} kpkt/s)")
-                continue
-            drops = s.daqd_socket_drops if s.daqd_socket_drops is not None else s.kernel_drops
-            if run.sender_limited:
-                nxt = "(lower bound)"
-            elif run.first_failed is not None:
-                f = run.first_failed
-                nxt = (f"{_ceiling(f) / 1e6:.3f}M lost {100 * f.loss:.2f}%"
-                       if f.loss >= LOSS_LIMIT or f.lag_ms is None else
-                       f"{_ceiling(f) / 1e6:.3f}M {f.lag_ms:.0f} ms late")
-            else:
-                nxt = ""
-            pps = run.packets_per_s
-            lines.append(
-                f"{head} {pps / per_heap / 1e3:10.1f} {pps / 1e6:8.3f} "
-                f"{pps / per_heap * heap_bytes * 8 / 1e9:8.2f} {100 * s.loss:7.3f} "
-                f"{'' if drops is None else drops:>6} {100 * s.receiver_cpu:5.0f}% "
-                f"{_percent(s.receiver_core_busy):>5} "
-                f"{s.cpu_us_per_packet:6.2f} ({s.user_us_per_packet:4.2f}) "
-                f"{_cores(s.other_load):>5} {nxt:>20} {run.trials:6}"
-            )
-    lines.append(
-        "(drops: socket-buffer drops at that rate, daqd's packets_dropped_socket_buffer, "
-        "spead2's from /proc/net/udp; rx CPU: receiver process CPU time / trial time; "
-        "core: how busy the receiver's CPU was, the kernel's softirq work included; "
-        "us/pkt: receiver CPU time per packet (user: its user-space part, the rest "
-        "is the kernel's); other: cores other processes used "
-        "meanwhile; next rate tried: the slowest rate above that failed, paced (the rate "
-        "asked for) or full speed (offered), losing >= 0.1 % or ending too far behind)"
-    )
-    spread = udp_spread(report.udp)
-    lines += [
-        "",
-        f"Loopback UDP, medians over {report.udp_runs} runs (kpkt/s; lowest-highest run; "
-        "'>=': some run was sender-limited, so the median is a lower bound)",
-        f"{'workload':8} {'daqd':>20} {'spead2':>20} {'daqd/spead2':>12} "
-        f"{'per-run ratios':>24}",
-    ]
-
-    def cell(figures: dict[str, Any]) -> str:
-        bound = ">=" if figures["limited_runs"] else ""
-        return (f"{bound}{_kpps(figures['median_pps'])} "
-                f"({_kpps(figures['min_pps'])}-{_kpps(figures['max_pps'])})")
-
-    for w, x in spread.items():
-        prefix = {"at least": ">= ", "at most": "<= "}.get(x["kind"], "")
-        ratio = "n/a" if x["ratio"] is None else f"{prefix}{x['ratio']:.2f}"
-        runs = " ".join("-" if r["ratio"] is None else
-                        {"at least": ">=", "at most": "<="}.get(r["kind"], "")
-                        + f"{r['ratio']:.2f}" for r in x["runs"])
-        lines.append(f"{w:8} {cell(x['daqd']):>20} {cell(x['spead2']):>20} {ratio:>12} "
-                     f"{runs:>24}")
-    limited = [w for w, x in spread.items() if x["kind"] == "both sender-limited"]
-    if limited:
-        lines.append(f"{', '.join(limited)}: both receivers took all the sender could "
-                     "send in some run, so there is no rate ratio; see the CPU time below")
-    return lines
-
-
-def format_report(report: BenchReport) -> str:
-    """Format the report as a plain-text table."""
-    m = report.machine
-    idle = "?" if m["idle_before"] is None else f"{100 * m['idle_before']:.0f} %"
-    if m["idle_before"] is not None and m["idle_before"] < 0.9:
-        idle += " (busy: see the 'other' columns, cores other processes used meanwhile)"
-    lines = [
-        f"machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
-        f"rmem_max {m['rmem_max']}, THP {m['transparent_hugepage']}",
-        f"software: daqd {m['daqd']}, python {m['python']}, numpy {m['numpy']}, "
-        f"spead2 {m['spead2'] or 'not installed'}",
-        f"CPU idle before the run: {idle}",
-        f"layout: {HEAPS_PER_CHUNK} heaps/chunk, max_chunks {MAX_CHUNKS}, pool {POOL}, "
-        f"max_heaps {MAX_HEAPS}",
-    ]
-    ratios = report.to_json()["ratios"]
-    if report.memory:
-        first = report.memory[0]
-        lines += [
-            "",
-            f"From memory (median of {len(first.seconds)} interleaved runs; "
-            "every heap and byte checked)",
-            f"{'workload':8} {'receiver':8} {'MiB':>6} {'kheaps/s':>10} {'Mpkt/s':>8} "
-            f"{'Gbit/s':>8} {'median s':>9} {'other':>5} {'daqd/spead2':>12}",
-        ]
-        for r in report.memory:
-            ratio = ratios["memory"].get(r.workload) if r.receiver == "spead2" else None
-            lines.append(
-                f"{r.workload:8} {r.receiver:8} {r.buffer_bytes / 2**20:6.0f} "
-                f"{r.heaps_per_s / 1e3:10.1f} {r.packets_per_s / 1e6:8.3f} "
-                f"{r.gbit_per_s:8.2f} {r.median_seconds:9.4f} {_cores(r.other_load):>5} "
-                f"{'' if ratio is None else f'{ratio:.2f}':>12}"
-            )
-    if report.udp:
-        lines += ["", *_format_udp(report)]
-    if report.cost:
-        costs = cost_ratios(report.cost)
-        lines += [
-            "",
-            "Receiver CPU time at one fixed offered rate "
-            f"({COST_FRACTION:g} x the lower sustained rate; median of "
-            f"{len(report.cost[0].losses)} alternating trials each)",
-            f"{'workload':8} {'receiver':8} {'kpkt/s':>8} {'rx CPU':>6} {'us/pkt':>7} "
-            f"{'user us/pkt':>11} {'core us/pkt':>11} {'max loss %':>10} "
-            f"{'spead2/daqd CPU (user; core)':>29}",
-        ]
-        for c in report.cost:
-            ratio = ""
-            if c.receiver == "spead2" and c.workload in costs:
-                x = costs[c.workload]
-                core = f"; {x['core']:.2f}" if "core" in x else ""
-                ratio = f"{x['total']:.2f} ({x['user']:.2f}{core})"
-            lines.append(
-                f"{c.workload:8} {c.receiver:8} {c.rate_pps / 1e3:8.0f} "
-                f"{100 * c.receiver_cpu:5.0f}% {c.cpu_us_per_packet:7.2f} "
-                f"{c.user_us_per_packet:11.2f} {_us(c.core_us_per_packet):>11} "
-                f"{100 * max(c.losses):10.3f} {ratio:>29}"
-            )
-        lines.append("(core us/pkt: the receiver's CPU busy time per packet, the kernel's "
-                     "interrupt and softirq work on it included)")
-    if report.durations:
-        lines += ["", "took: " + ", ".join(f"{k} {v:.0f} s" for k, v in
-                                           report.durations.items())]
-    return "\n".join(lines)

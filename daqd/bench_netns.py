@@ -102,7 +102,9 @@ def child_main() -> None:
         emit(refused=e.strerror or str(e))
         return
     # Imported only now: numpy may start threads, and unshare() wants one.
-    from daqd.bench import BenchReport, machine_info, run_udp
+    from daqd.bench import run_udp
+    from daqd.bench_machine import machine_info
+    from daqd.bench_report import BenchReport
 
     report = BenchReport(machine=machine_info(), retries=request["options"]["retries"],
                          udp_runs=request["options"]["udp_runs"], loopback=description)

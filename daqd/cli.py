@@ -253,7 +253,8 @@ def bench(
     highest rate each receiver sustains over loopback with < 0.1 % heap loss,
     medians of --udp-runs searches.
     """
-    from daqd.bench import format_report, run_bench
+    from daqd.bench import run_bench
+    from daqd.bench_report import format_report
 
     def log(line: str) -> None:
         if not quiet:

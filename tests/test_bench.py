@@ -89,7 +89,8 @@ def test_library_checks_placement():
 
 
 def test_search_rate_bisects():
-    from daqd.bench import Trial, search_rate
+    from daqd.bench import search_rate
+    from daqd.bench_report import Trial
 
     def trial(rate: float) -> Trial:
         offered = rate or 1000.0
@@ -201,7 +202,7 @@ def test_full_benchmark():
     report = json.loads(proc.stdout)
     assert len(report["memory"]) == 6 and len(report["udp"]) == 6
     text = subprocess.run([sys.executable, "-c", (
-        "import json, sys; from daqd.bench import format_report, report_from_json; "
+        "import json, sys; from daqd.bench_report import format_report, report_from_json; "
         "print(format_report(report_from_json(json.load(sys.stdin))))")],
         input=proc.stdout, capture_output=True, text=True, timeout=TIMEOUT)
     assert text.returncode == 0 and "Loopback UDP" in text.stdout, text.stderr
@@ -212,7 +213,7 @@ def test_full_benchmark():
 
 
 def fake_trial(requested: float, offered: float, ok: bool):
-    from daqd.bench import Trial
+    from daqd.bench_report import Trial
 
     return Trial(requested_pps=requested, offered_pps=offered, heaps_sent=1000,
                  heaps_present=1000 if ok else 900, loss=0.0 if ok else 0.1, ok=ok,
@@ -387,7 +388,8 @@ def test_search_stops_at_resolution():
 
 def udp_fixture(rates):
     """UdpResults from {(workload, receiver): [(pps, sender_limited), ...]}."""
-    from daqd.bench import UdpRun, udp_result
+    from daqd.bench import udp_result
+    from daqd.bench_report import UdpRun
 
     out = []
     for (w, r), runs in rates.items():
@@ -400,7 +402,7 @@ def udp_fixture(rates):
 
 
 def test_udp_medians_ratio_and_spread():
-    from daqd.bench import udp_spread
+    from daqd.bench_report import udp_spread
 
     results = udp_fixture({
         ("W1", "daqd"): [(400e3, False), (300e3, False), (500e3, False)],
@@ -427,7 +429,7 @@ def test_udp_medians_ratio_and_spread():
 
 
 def test_udp_report_text_and_json_round_trip():
-    from daqd.bench import BenchReport, CostResult, format_report, report_from_json
+    from daqd.bench_report import BenchReport, CostResult, format_report, report_from_json
 
     results = udp_fixture({
         ("W1", "daqd"): [(400e3, False), (300e3, True)],

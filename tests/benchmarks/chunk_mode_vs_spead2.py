@@ -30,7 +30,8 @@ import argparse
 import json
 import sys
 
-from daqd.bench import WORKLOAD_NAMES, format_report, run_bench
+from daqd.bench import WORKLOAD_NAMES, run_bench
+from daqd.bench_report import format_report
 
 
 def main(argv: list[str] | None = None) -> None:
