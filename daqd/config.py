@@ -53,6 +53,8 @@ class ZmqConfig:
     interval: float = 1.0
     curve_secret_key: str = ""          # path of a zmq.auth secret key file
     curve_clients: str = ""             # directory of allowed client public keys
+    stats_hwm: int = 100                # statistics messages queued per subscriber
+    stats_nodrop: bool = False          # refuse (and count) rather than drop silently
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ MINIMA = {
     "block_timeout": 0, "wal_max_bytes": 1 << 16,
     "max_heaps": 1, "max_packet_size": 64, "max_heap_size": 0, "socket_buffer": 0,
     "rotate_bytes": 0, "rotate_seconds": 0, "timestamp_item": 0, "substream_item": -1,
-    "rate": 0, "heaps": 0,
+    "rate": 0, "heaps": 0, "stats_hwm": 1,
 }
 
 

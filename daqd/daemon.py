@@ -85,7 +85,8 @@ class Daemon:
             self.security = Security.from_config(self.context, z)
         if z.stats:
             self.publisher = StatsPublisher(self.context, z.stats, z.interval, self.snapshot,
-                                            self.name, self.security)
+                                            self.name, self.security, sndhwm=z.stats_hwm,
+                                            nodrop=z.stats_nodrop)
             self.publisher.start()
         if z.control:
             handlers = {name: getattr(self, "on_" + name.replace("-", "_")) for name in COMMANDS}
@@ -196,10 +197,13 @@ class Daemon:
     # control requests (ControlServer thread) and their signal twins
 
     def on_status(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Control ``status``: state, uptime and every stream's counters."""
+        """Control ``status``: state, uptime, every stream's counters, the publisher's."""
         snap = self.snapshot()
-        return {"state": snap["state"], "uptime": snap["uptime"], "daemon": self.name,
-                "pid": os.getpid(), "version": __version__, "streams": snap["streams"]}
+        reply = {"state": snap["state"], "uptime": snap["uptime"], "daemon": self.name,
+                 "pid": os.getpid(), "version": __version__, "streams": snap["streams"]}
+        if self.publisher is not None:
+            reply["publisher"] = self.publisher.stats()
+        return reply
 
     def on_flush(self, args: dict[str, Any]) -> dict[str, Any]:
         """Control ``flush`` (and SIGUSR1): every buffer writes what it holds."""

@@ -414,7 +414,11 @@ class StatsPublisher:
         return report(self.last_messages())
 
     def stats(self) -> dict[str, int]:
-        """Return the publisher's counters: rounds, messages_sent, dropped_messages, errors."""
+        """Return the publisher's counters.
+
+        ``rounds``, ``messages_sent``, ``dropped_messages``, ``snapshot_errors``,
+        ``encode_errors``.
+        """
         return dict(self._stats)
 
     def stop(self, final: bool = False, timeout: float = 2.0) -> None:

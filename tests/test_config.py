@@ -42,6 +42,8 @@ BAD = [
     ("[daemon]\nlog_level = 'loud'\n", "daemon.log_level = 'loud': expected one of debug"),
     ("[zmq]\ninterval = 'fast'\n", "zmq.interval = 'fast': expected a number"),
     ("[zmq]\ninterval = 0\n", "zmq.interval = 0.0: expected at least 0.01"),
+    ("[zmq]\nstats_hwm = 0\n", "zmq.stats_hwm = 0: expected at least 1"),
+    ("[zmq]\nstats_nodrop = 'yes'\n", "zmq.stats_nodrop = 'yes'"),
     ("[zmq]\nstats = 'tcp://0.0.0.0:5556'\n", "expected a loopback or ipc:// endpoint"),
     ("[zmq]\ncontrol = 'udp://x'\n", "zmq.control = 'udp://x'"),
     ("[extra]\n", "extra = {}: expected one of the tables"),

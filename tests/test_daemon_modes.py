@@ -20,6 +20,7 @@ import pytest
 import spead2
 import spead2.recv
 import spead2.send
+import zmq
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -455,3 +456,41 @@ def test_prometheus_endpoint_shows_the_published_counters(tmp_path):
     assert samples['daqd_state{state="running"}'] == 1
     info = f'daqd_info{{daemon="test-daqd",version="{daqd.__version__}"}}'
     assert samples[info] == 1
+
+
+def test_stats_nodrop_counts_what_a_stuck_subscriber_has_no_room_for(tmp_path):
+    """``zmq.stats_nodrop``: a subscriber that never reads makes messages be refused, counted.
+
+    The stuck SUB socket has the smallest queue and kernel buffer libzmq allows,
+    so with messages every 10 ms its queue fills within seconds; from then on the
+    daemon's `dropped_messages` (in the control ``status`` reply) must grow while
+    the daemon keeps serving.
+    """
+    text = chunk_stream_config(tmp_path).replace(
+        "interval = 0.2", "interval = 0.01\nstats_hwm = 1\nstats_nodrop = true")
+    daemon = DaemonProcess(write_config(tmp_path, text))
+    context = zmq.Context()
+    try:
+        ready = daemon.ready()
+        stuck = context.socket(zmq.SUB)
+        stuck.linger = 0
+        stuck.rcvhwm = 1
+        stuck.setsockopt(zmq.RCVBUF, 4096)
+        stuck.setsockopt(zmq.SUBSCRIBE, b"")
+        stuck.connect(ready["stats"])
+
+        def dropped() -> int:
+            return control(ready["control"], {"command": "status"})["publisher"][
+                "dropped_messages"]
+
+        wait_until(lambda: dropped() > 0, timeout=30.0, what="a refused statistics message")
+        first = dropped()
+        wait_until(lambda: dropped() > first, timeout=10.0, what="more refusals")
+        status = control(ready["control"], {"command": "status"})
+        assert status["state"] == "running"
+        assert status["publisher"]["snapshot_errors"] == status["publisher"]["encode_errors"] == 0
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    finally:
+        context.destroy(linger=0)
+        daemon.close()
