@@ -744,9 +744,15 @@ class Buffer:
             behind = [s.name for s in sinks if s.name not in covered]
             if behind:
                 # Their files hold records the log will replay: publishing them
-                # (their close()) may write those records twice after a restart.
+                # (their close()) would write those records twice after a
+                # restart, so they stay unpublished, for recovery to leave alone.
+                for state in sinks:
+                    hold = getattr(state.sink, "hold", None)
+                    if state.name not in covered and hold is not None:
+                        hold()
                 log.error("write-ahead log closed without a done mark covering these sinks' "
-                          "files", sinks=behind, wal=str(self.wal.path))
+                          "files; they stay unpublished and the log replays their records "
+                          "at the next start", sinks=behind, wal=str(self.wal.path))
         if self.wal is not None:
             self._marking = False
             self.wal.close()

@@ -459,8 +459,8 @@ def test_a_sink_whose_last_sync_fails_publishes_nothing_at_close(tmp_path):
         run.buffer.close()
     assert [e["sinks"] for e in logs if "without a done mark" in e["event"]] == [[run.name]]
     assert run.commits == 1 and len(run.temporary()) > 2 and run.published() == []
-    # The process ends here without the sink's close(), which would publish
-    # files whose records the log replays.
+    run.sink.close()                        # as the daemon does: finishes, publishes nothing
+    assert run.published() == [] and len(run.temporary()) > 2
     run = DaqdSinkRun(tmp_path)
     assert run.reports[0]["error"] == "" and len(run.reports[0]["orphans"]) > 1
     assert run.buffer.stats()["records_recovered"] == 30        # 0..9 were marked done

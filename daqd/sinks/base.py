@@ -152,6 +152,8 @@ class FileSink:
         self._file: SinkFile | None = None
         # Finished files waiting for `commit()` (or for a rename that failed), oldest first.
         self._pending: list[SinkFile] = []
+        # Set by `hold`: files are finished but never published from here on.
+        self._held = False
         # Directories where a file was published without a directory fsync
         # (policy "never", or it failed), each with that file's name: `sync()`
         # fsyncs them.
@@ -301,14 +303,26 @@ class FileSink:
             self._note_error(exc)
         self._finish(f)
 
+    def hold(self) -> None:
+        """Never publish another file: the write-ahead log will replay their records.
+
+        `Buffer.close` calls this for a sink no done mark covers (its last sync
+        failed): publishing its files would put the records the log replays at
+        the next start into the output twice.  They stay ``FINAL.tmp``, and
+        recovery leaves them as orphans.
+        """
+        self._held = True
+
     def close(self) -> None:
         """Finish the current file and publish it with every pending one; never raises.
 
         `reopen` then `commit`.  With a write-ahead log, `Buffer.close` has
-        already done both under a last done mark, so this has nothing left to do.
+        already done both under a last done mark, so this has nothing left to
+        do; after `hold`, the file is finished but nothing is published.
         """
         self.reopen()
-        self.commit()
+        if not self._held:
+            self.commit()
 
     def stats(self) -> dict[str, Any]:
         """Counters: bytes, records, files (completed), errors, last_error, lost_records..."""
