@@ -505,19 +505,12 @@ cdef class UdpReader(Reader):
                 stats[<int>STAT_REJECT_TRUNCATED] += 1
                 self.next_msg += 1
                 continue
-            if size == 0 or size >= length:
-                # One datagram.
-                if length > self.max_packet_size:
-                    stats[<int>STAT_REJECT_TRUNCATED] += 1
-                else:
-                    self.pkt_data[self.n] = base
-                    self.pkt_len[self.n] = length
-                    self.n += 1
-                self.next_msg += 1
-                continue
-            # A GRO message: datagrams of `size` bytes, the last maybe shorter.
+            if size == 0 or size > length:
+                size = length           # one datagram
+            # Datagrams of `size` bytes, the last maybe shorter (an empty
+            # datagram is one too, for the decoder to count).
             offset = self.next_offset
-            while offset < length and self.n < self.capacity:
+            while self.n < self.capacity:
                 part = length - offset if length - offset < size else size
                 if part > self.max_packet_size:
                     stats[<int>STAT_REJECT_TRUNCATED] += 1
@@ -526,6 +519,8 @@ cdef class UdpReader(Reader):
                     self.pkt_len[self.n] = part
                     self.n += 1
                 offset += part
+                if offset >= length:
+                    break
             if offset < length:
                 self.next_offset = offset
             else:

@@ -741,18 +741,19 @@ class Buffer:
             self._reopen(sinks)
             covered = {s.name for s in self._mark_done(sinks)}
             self._commit([s for s in sinks if s.name in covered])
-            behind = [s.name for s in sinks if s.name not in covered]
+            behind = [s for s in sinks if s.name not in covered]
             if behind:
                 # Their files hold records the log will replay: publishing them
                 # (their close()) would write those records twice after a
                 # restart, so they stay unpublished, for recovery to leave alone.
-                for state in sinks:
+                for state in behind:
                     hold = getattr(state.sink, "hold", None)
-                    if state.name not in covered and hold is not None:
+                    if hold is not None:
                         hold()
                 log.error("write-ahead log closed without a done mark covering these sinks' "
                           "files; they stay unpublished and the log replays their records "
-                          "at the next start", sinks=behind, wal=str(self.wal.path))
+                          "at the next start", sinks=[s.name for s in behind],
+                          wal=str(self.wal.path))
         if self.wal is not None:
             self._marking = False
             self.wal.close()

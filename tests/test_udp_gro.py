@@ -89,6 +89,17 @@ def test_same_datagrams_with_and_without_gro(workload, heaps, gro):
     assert max(sizes) <= 64                 # never more than a batch of packets
 
 
+@pytest.mark.parametrize("gro", [True, False], ids=["gro", "no-gro"])
+def test_empty_datagram_is_a_packet_for_the_decoder_to_count(gro):
+    sock, reader = receiver(gro)
+    with sock, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+        out.sendto(b"", sock.getsockname())
+        out.sendto(b"x" * 100, sock.getsockname())
+        packets, stats, _ = read_all(reader, 2)
+    assert packets == [b"", b"x" * 100]
+    assert stats["packets_rejected_truncated"] == 0
+
+
 @needs_gso_gro
 def test_kernel_hands_gso_messages_whole_to_a_gro_socket():
     """The premise of the tests below: loopback keeps a GSO message whole for UDP_GRO."""
