@@ -69,8 +69,8 @@ def dump(
     SOURCE is udp://HOST:PORT, tcp://HOST:PORT, pcap:PATH, file:PATH (file:- for
     stdin) or sim:W1 (W2, W3; ?heaps=N&rate=BPS).
     """
-    from daqd.dump import run_dump
-    from daqd.sources import open_source
+    from daqd.recv.sources import open_source
+    from daqd.tools.dump import run_dump
 
     src = open_source(source, max_packet_size=max_packet_size)
     for warning in src.warnings:
@@ -115,7 +115,7 @@ def dump(
 )
 def simulate(target: str, workload: str, rate: float, heaps: int, stop: bool, port: int) -> None:
     """Send a reference workload to TARGET (udp://, tcp://, file:PATH, pcap:PATH)."""
-    from daqd.simulate import simulate as run
+    from daqd.tools.simulate import simulate as run
 
     try:
         result = run(target, workload, rate=rate, heaps=heaps, stop=stop, port=port)
@@ -253,8 +253,8 @@ def bench(
     highest rate each receiver sustains over loopback with < 0.1 % heap loss,
     medians of --udp-runs searches.
     """
-    from daqd.bench import run_bench
-    from daqd.bench_report import format_report
+    from daqd.tools.bench.report import format_report
+    from daqd.tools.bench.run import run_bench
 
     def log(line: str) -> None:
         if not quiet:
@@ -318,9 +318,9 @@ def run(config_path: str | None, duration: float | None, log_format: str | None,
     """
     import faulthandler
 
-    from daqd import daemon
-    from daqd.logs import configure_logging
-    from daqd.pidfile import PidFile
+    from daqd.service import daemon
+    from daqd.service.logs import configure_logging
+    from daqd.service.pidfile import PidFile
 
     cfg = _load(config_path)
     faulthandler.enable()               # a watchdog SIGABRT dumps every thread's stack
@@ -342,8 +342,7 @@ def start(config_path: str | None, log_file: str | None, timeout: float) -> None
     """Start the daemon in the background (pidfile from the configuration)."""
     from pathlib import Path
 
-    from daqd import background
-
+    from daqd.service import background
     cfg = _load(config_path)
     path = Path(log_file) if log_file else background.default_log_file(cfg)
     try:
@@ -360,8 +359,7 @@ def start(config_path: str | None, log_file: str | None, timeout: float) -> None
               help="Seconds to wait for the drain.")
 def stop(config_path: str | None, timeout: float) -> None:
     """Stop the background daemon: SIGTERM, then wait until it has drained and exited."""
-    from daqd import background
-
+    from daqd.service import background
     cfg = _load(config_path)
     try:
         pid = background.stop(cfg, timeout)
@@ -380,7 +378,7 @@ def stop(config_path: str | None, timeout: float) -> None:
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True)
 def status(config_path: str | None, as_json: bool, timeout: float) -> None:
     """Ask the daemon's control socket: state, uptime, per-stream rates and counters."""
-    from daqd.zmq_clients import format_status, request
+    from daqd.service.zmq_clients import format_status, request
 
     cfg = _load(config_path)
     if not cfg.zmq.control:
@@ -403,7 +401,7 @@ def status(config_path: str | None, as_json: bool, timeout: float) -> None:
 def stats(endpoints: tuple[str, ...], config_path: str | None, as_json: bool,
           count: int | None, timeout: float | None) -> None:
     """Subscribe to one or more daemons' statistics and print them as they come."""
-    from daqd.zmq_clients import format_stats_table, subscribe
+    from daqd.service.zmq_clients import format_stats_table, subscribe
 
     if not endpoints:
         cfg = _load(config_path)

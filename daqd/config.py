@@ -265,7 +265,7 @@ class _Loader:
 
     def predicates(self, value: Any, key: str) -> tuple[str, ...]:
         """Check flush predicates: "module:function" strings that import now."""
-        from daqd.flush import resolve_predicate
+        from daqd.pipeline.flush import resolve_predicate
 
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.fail(key, value, 'a list of "module:function" strings')

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from daqd.records import ChunkRecord, HeapRecord, PacketRecord, decode_record
+from daqd.pipeline.records import ChunkRecord, HeapRecord, PacketRecord, decode_record
 
 _LENGTH = struct.Struct("<I")
 

@@ -8,7 +8,7 @@ import tempfile
 import pytest
 import zmq
 
-from daqd import logs
+from daqd.service import logs
 
 
 @pytest.fixture

@@ -157,7 +157,7 @@ class DaemonProcess:
 
 def send_w1(port: int, heaps: int, *, rate: float = 50e6, stop: bool = True) -> dict[str, Any]:
     """Send W1 to the daemon's UDP port with daqd's own sender (paced: no loss on loopback)."""
-    from daqd.simulate import simulate
+    from daqd.tools.simulate import simulate
 
     return simulate(f"udp://127.0.0.1:{port}", "W1", rate=rate, heaps=heaps, stop=stop)
 

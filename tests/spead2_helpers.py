@@ -23,7 +23,7 @@ import spead2.recv
 import spead2.send
 
 from daqd import _spead
-from daqd.descriptors import decode_descriptors
+from daqd.recv.descriptors import decode_descriptors
 
 # Items spead2's Python Heap.get_items() leaves out besides ids 0..4:
 # descriptors (they come back through get_descriptors instead).

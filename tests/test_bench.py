@@ -77,7 +77,7 @@ def test_library_checks_placement():
     """The from-memory runs refuse a receiver that drops or misplaces heaps."""
     import numpy as np
 
-    from daqd import bench
+    from daqd.tools.bench import run as bench
 
     buf = bench.workload_buffer("W1", 128)
     seconds, present = bench.memory_run_daqd("W1", buf, verify=True)
@@ -89,8 +89,8 @@ def test_library_checks_placement():
 
 
 def test_search_rate_bisects():
-    from daqd.bench import search_rate
-    from daqd.bench_report import Trial
+    from daqd.tools.bench.report import Trial
+    from daqd.tools.bench.run import search_rate
 
     def trial(rate: float) -> Trial:
         offered = rate or 1000.0
@@ -186,7 +186,7 @@ def test_vs_spead2_without_spead2():
 
 
 def test_bench_imports_without_spead2():
-    code = ("import sys; sys.modules['spead2'] = None; import daqd.bench, daqd.cli; "
+    code = ("import sys; sys.modules['spead2'] = None; import daqd.tools.bench.run, daqd.cli; "
             "print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=TIMEOUT)
@@ -202,7 +202,7 @@ def test_full_benchmark():
     report = json.loads(proc.stdout)
     assert len(report["memory"]) == 6 and len(report["udp"]) == 6
     text = subprocess.run([sys.executable, "-c", (
-        "import json, sys; from daqd.bench_report import format_report, report_from_json; "
+        "import json, sys; from daqd.tools.bench.report import format_report, report_from_json; "
         "print(format_report(report_from_json(json.load(sys.stdin))))")],
         input=proc.stdout, capture_output=True, text=True, timeout=TIMEOUT)
     assert text.returncode == 0 and "Loopback UDP" in text.stdout, text.stderr
@@ -213,7 +213,7 @@ def test_full_benchmark():
 
 
 def fake_trial(requested: float, offered: float, ok: bool):
-    from daqd.bench_report import Trial
+    from daqd.tools.bench.report import Trial
 
     return Trial(requested_pps=requested, offered_pps=offered, heaps_sent=1000,
                  heaps_present=1000 if ok else 900, loss=0.0 if ok else 0.1, ok=ok,
@@ -249,7 +249,7 @@ class FakeLink:
 
 
 def run_fake(link, **options):
-    from daqd.bench import run_search
+    from daqd.tools.bench.run import run_search
 
     options.setdefault("retries", 1)
     return run_search(link, **options)
@@ -388,8 +388,8 @@ def test_search_stops_at_resolution():
 
 def udp_fixture(rates):
     """UdpResults from {(workload, receiver): [(pps, sender_limited), ...]}."""
-    from daqd.bench import udp_result
-    from daqd.bench_report import UdpRun
+    from daqd.tools.bench.report import UdpRun
+    from daqd.tools.bench.run import udp_result
 
     out = []
     for (w, r), runs in rates.items():
@@ -402,7 +402,7 @@ def udp_fixture(rates):
 
 
 def test_udp_medians_ratio_and_spread():
-    from daqd.bench_report import udp_spread
+    from daqd.tools.bench.report import udp_spread
 
     results = udp_fixture({
         ("W1", "daqd"): [(400e3, False), (300e3, False), (500e3, False)],
@@ -429,7 +429,7 @@ def test_udp_medians_ratio_and_spread():
 
 
 def test_udp_report_text_and_json_round_trip():
-    from daqd.bench_report import BenchReport, CostResult, format_report, report_from_json
+    from daqd.tools.bench.report import BenchReport, CostResult, format_report, report_from_json
 
     results = udp_fixture({
         ("W1", "daqd"): [(400e3, False), (300e3, True)],
@@ -481,9 +481,9 @@ def test_sim_reader_pacing_without_catch_up(catch_up):
 @pytest.mark.network
 def test_refused_namespace_falls_back_or_fails(monkeypatch):
     """Where the RPS namespace cannot be made: auto uses the machine's loopback, rps fails."""
-    from daqd import bench_netns
-    from daqd.bench import run_bench
     from daqd.errors import UsageProblem
+    from daqd.tools.bench import netns as bench_netns
+    from daqd.tools.bench.run import run_bench
 
     monkeypatch.setattr(bench_netns, "run_udp_with_rps",
                         lambda cpu, options, log: (None, "unshare: Operation not permitted"))

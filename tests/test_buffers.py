@@ -12,10 +12,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from buffer_sinks import CountingRecord, MemorySink, numbered_record
 
 from daqd import _spead
-from daqd.buffers import Buffer
-from daqd.flush import Flusher, FlushPolicy
-from daqd.records import ChunkRecord
-from daqd.wal import WriteAheadLog
+from daqd.pipeline.buffers import Buffer
+from daqd.pipeline.flush import Flusher, FlushPolicy
+from daqd.pipeline.records import ChunkRecord
+from daqd.pipeline.wal import WriteAheadLog
 
 KINDS = ["fifo", "circular"]
 

@@ -1,4 +1,4 @@
-"""daqd.control: the ROUTER control server on real ZeroMQ sockets."""
+"""daqd.service.control: the ROUTER control server on real ZeroMQ sockets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 import pytest
 import zmq
 
-from daqd.control import ControlServer, parse_request
+from daqd.service.control import ControlServer, parse_request
 
 TIMEOUT = 5.0          # bound on every wait; never reached when things work
 

@@ -1,7 +1,7 @@
 """daqd/counters.py mirrors the compiled core's counter enum by name and order."""
 
 from daqd import _spead
-from daqd.counters import DROP_COUNTERS, MAXIMA, StatIndex
+from daqd.recv.counters import DROP_COUNTERS, MAXIMA, StatIndex
 
 
 def test_stat_index_matches_compiled_names():

@@ -47,9 +47,9 @@ from spead2_helpers import (
 
 import daqd
 from daqd import _spead
-from daqd.dump import receive_heaps
+from daqd.recv.sources import open_source
 from daqd.sinks.binary import read_header
-from daqd.sources import open_source
+from daqd.tools.dump import receive_heaps
 
 pytestmark = pytest.mark.network
 

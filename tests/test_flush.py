@@ -12,9 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from buffer_sinks import CountingRecord, MemorySink
 
-from daqd.buffers import Buffer, build_buffer
 from daqd.config import BufferConfig, ConfigError, parse
-from daqd.flush import Flusher, FlushPolicy, resolve_predicate
+from daqd.pipeline.buffers import Buffer, build_buffer
+from daqd.pipeline.flush import Flusher, FlushPolicy, resolve_predicate
 
 
 class FakeClock:
@@ -301,7 +301,7 @@ def test_an_idle_stream_rotates_its_file_by_age_without_a_new_record(tmp_path):
     import numpy as np
 
     from daqd.config import ChunkConfig, SinkConfig
-    from daqd.records import ChunkRecord
+    from daqd.pipeline.records import ChunkRecord
     from daqd.sinks import SinkContext, make_sink
 
     layout = ChunkConfig(heaps_per_chunk=2, heap_bytes=16)

@@ -27,11 +27,11 @@ from spead2_helpers import THREAD_POOL, split_packets
 
 from daqd import _spead
 from daqd.config import StreamConfig
-from daqd.descriptors import EMPTY_DESCRIPTORS, ItemDescriptors, decode_descriptors
-from daqd.records import HeapRecord, decode_record
+from daqd.pipeline.records import HeapRecord, decode_record
+from daqd.pipeline.wal import WriteAheadLog
+from daqd.recv.descriptors import EMPTY_DESCRIPTORS, ItemDescriptors, decode_descriptors
+from daqd.service.stream_runner import STRUCTURE_IDS, StreamRunner
 from daqd.sinks.text import format_heap
-from daqd.stream_runner import STRUCTURE_IDS, StreamRunner
-from daqd.wal import WriteAheadLog
 
 
 class ListBuffer:

@@ -36,8 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import spead2_helpers as h
 
 from daqd import _spead
-from daqd.dump import heap_record, receive_heaps
-from daqd.sources import open_source
+from daqd.recv.sources import open_source
+from daqd.tools.dump import heap_record, receive_heaps
 
 # spead2 logs every rejected packet; the tests look at results, not logs.
 logging.getLogger("spead2").setLevel(logging.CRITICAL)

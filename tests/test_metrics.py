@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from daqd import __version__
 from daqd.config import ConfigError, parse
 from daqd.errors import UsageProblem
-from daqd.metrics import MetricsError, MetricsServer
+from daqd.service.metrics import MetricsError, MetricsServer
 
 WAIT = 10.0          # upper bound of every wait; never a speed requirement
 

@@ -52,10 +52,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import spead2_helpers as h
 
 from daqd import _spead
-from daqd.dump import receive_heaps
 from daqd.errors import SourceError
-from daqd.simulate import simulate
-from daqd.sources import open_source
+from daqd.recv.sources import open_source
+from daqd.tools.dump import receive_heaps
+from daqd.tools.simulate import simulate
 
 GROUP = "239.1.2.3"
 OTHER_GROUP = "239.1.2.4"

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from daqd.errors import UsageProblem
-from daqd.pidfile import (
+from daqd.service.pidfile import (
     DaemonAlreadyRunning,
     PidFile,
     PidFileError,
@@ -23,7 +23,7 @@ WAIT = 10.0          # upper bound of every wait; never a speed requirement
 # Takes the pidfile (after GO exists, if given), says so, holds it until stdin closes.
 HOLDER = textwrap.dedent("""
     import os, sys, time
-    from daqd.pidfile import PidFile
+    from daqd.service.pidfile import PidFile
     path, go = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None
     if go:
         print("ready", flush=True)

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from daqd import sdnotify
-from daqd.sdnotify import Notifier, Watchdog, watchdog_interval
+from daqd.service import sdnotify
+from daqd.service.sdnotify import Notifier, Watchdog, watchdog_interval
 
 WAIT = 10.0          # upper bound of every wait; never a speed requirement
 

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from udp_helpers import HAVE_GSO, workload_stream
 
 from daqd import _spead
-from daqd.simulate import udp_batch
+from daqd.tools.simulate import udp_batch
 
 pytestmark = pytest.mark.network
 
@@ -149,7 +149,7 @@ def test_fallback_mixed_sizes():
 
 def test_bench_sender_uses_gso():
     """The bench sender's trial reports GSO, and its receiver gets whole heaps."""
-    from daqd import bench
+    from daqd.tools.bench import run as bench
 
     collector = Collector(1 << 30, timeout=0.5)
     collector.start()
@@ -166,7 +166,7 @@ def test_bench_sender_uses_gso():
 @pytest.mark.parametrize("workload", ["W1", "W2", "W3"])
 def test_simulate_udp_identical(workload):
     """``daqd simulate udp://`` (GSO) sends exactly the workload's packets, then a stop heap."""
-    from daqd.simulate import simulate
+    from daqd.tools.simulate import simulate
 
     heaps = COUNTS[workload]
     _, per_heap, _ = _spead.WORKLOADS[workload]

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from daqd.config import ChunkConfig, SinkConfig
-from daqd.records import ChunkRecord, PacketRecord
+from daqd.pipeline.records import ChunkRecord, PacketRecord
 from daqd.sinks import SinkContext, make_sink
 from daqd.sinks.binary import load
 
@@ -41,7 +41,7 @@ def make_record(kind, i):
 
 
 # The same, for child processes.
-RECORDS = ("import numpy as np\nfrom daqd.records import ChunkRecord, PacketRecord\n"
+RECORDS = ("import numpy as np\nfrom daqd.pipeline.records import ChunkRecord, PacketRecord\n"
            f"HEAP_BYTES = {HEAP_BYTES}\n" + inspect.getsource(make_record))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from daqd.config import ChunkConfig, ConfigError, SinkConfig, parse
-from daqd.records import ChunkRecord, HeapRecord
+from daqd.pipeline.records import ChunkRecord, HeapRecord
 from daqd.sinks import SinkContext, make_sink, recover_sink, udp_port_of
 from daqd.sinks.binary import load
 
@@ -296,7 +296,7 @@ CRASHING_WRITER = textwrap.dedent("""
     import json, os, sys
     import numpy as np
     from daqd.config import ChunkConfig, SinkConfig
-    from daqd.records import ChunkRecord
+    from daqd.pipeline.records import ChunkRecord
     from daqd.sinks import SinkContext, make_sink
 
     kind, path, rotate = sys.argv[1], sys.argv[2], int(sys.argv[3])

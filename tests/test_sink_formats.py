@@ -17,12 +17,12 @@ from spead_packets import daqd_heap_key, spead2_heap_key
 import daqd
 from daqd import _spead
 from daqd.config import ChunkConfig, SinkConfig
-from daqd.records import ChunkRecord, HeapRecord, PacketRecord
+from daqd.pipeline.records import ChunkRecord, HeapRecord, PacketRecord
+from daqd.recv.sources import open_source
 from daqd.sinks import SinkContext, make_sink
 from daqd.sinks.binary import load, read_header
 from daqd.sinks.pcap import MAX_UDP_PAYLOAD
 from daqd.sinks.text import check_template
-from daqd.sources import open_source
 
 TS = 0x1600
 HPC = 8

@@ -70,7 +70,7 @@ TestStreamConfig.test_bad_bug_compat            n/a: no bug_compat (SPEAD-64-XX 
 TestStreamConfig.test_bad_kwarg                 test_stream_config_bad_kwarg
 TestStreamConfig.test_stats                     n/a: no user-defined statistics (fixed counters)
 TestRingStreamConfig.test_default_construct     n/a: heap mode has no heap ring (process/pop_ready
-TestRingStreamConfig.test_set_get               return heaps; buffering is daqd.buffers); it
+TestRingStreamConfig.test_set_get               return heaps; buffering is in daqd.pipeline); it
 TestRingStreamConfig.test_heaps_zero            always acts as contiguous_only=False (incomplete
                                                 heaps delivered, flagged)
 TestUdpIbvConfig.* (10 cases: test_default_construct, test_kwargs_construct,
@@ -122,7 +122,7 @@ import spead2_helpers as h
 import spead_packets as sp
 
 from daqd import _spead
-from daqd.sources import DEFAULT_MAX_PACKET_SIZE, SourceError, open_source
+from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE, SourceError, open_source
 
 logging.getLogger("spead2").setLevel(logging.CRITICAL)
 

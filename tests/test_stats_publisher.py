@@ -1,4 +1,4 @@
-"""daqd.stats_publisher: message building, rates, and the PUB thread on real sockets."""
+"""daqd.service.stats_publisher: message building, rates, and the PUB thread on real sockets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
-from daqd.stats_publisher import SCHEMA, StatsBuilder, StatsPublisher, encode, report
+from daqd.service.stats_publisher import SCHEMA, StatsBuilder, StatsPublisher, encode, report
 
 TIMEOUT = 5.0          # bound on every wait; never reached when things work
 

@@ -31,8 +31,8 @@ from udp_helpers import (
 
 from daqd import _spead
 from daqd.errors import UsageProblem
-from daqd.simulate import udp_batch
-from daqd.sources import open_source
+from daqd.recv.sources import open_source
+from daqd.tools.simulate import udp_batch
 
 pytestmark = pytest.mark.network
 needs_gso_gro = pytest.mark.skipif(not (HAVE_GSO and HAVE_GRO),

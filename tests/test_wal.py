@@ -22,11 +22,10 @@ from buffer_sinks import (
     recover_file,
 )
 
-from daqd.buffers import Buffer
-from daqd.flush import FlushPolicy
-from daqd.records import decode_record
-from daqd.sinks.binary import read_header
-from daqd.wal import (
+from daqd.pipeline.buffers import Buffer
+from daqd.pipeline.flush import FlushPolicy
+from daqd.pipeline.records import decode_record
+from daqd.pipeline.wal import (
     HEADER_BYTES,
     MAGIC,
     DoneMark,
@@ -35,6 +34,7 @@ from daqd.wal import (
     WriteAheadLog,
     frame,
 )
+from daqd.sinks.binary import read_header
 
 DRIVER = Path(__file__).parent / "wal_driver.py"
 
@@ -72,7 +72,7 @@ def test_a_log_of_another_version_is_refused_not_truncated(tmp_path):
 def test_a_second_process_cannot_share_the_log(tmp_path):
     WriteAheadLog(tmp_path / "w")
     child = subprocess.run(
-        [sys.executable, "-c", "import sys; from daqd.wal import WriteAheadLog; "
+        [sys.executable, "-c", "import sys; from daqd.pipeline.wal import WriteAheadLog; "
          "WriteAheadLog(sys.argv[1])", str(tmp_path / "w")],
         capture_output=True, text=True, timeout=60)
     assert child.returncode != 0 and "in use by another process" in child.stderr

@@ -1,4 +1,4 @@
-"""daqd.zmq_clients: request/subscribe against real daqd sockets, and the text they print."""
+"""daqd.service.zmq_clients: request/subscribe against real daqd sockets, and their text."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import threading
 import pytest
 import zmq
 
-from daqd.control import ControlServer
 from daqd.errors import UsageProblem
-from daqd.stats_publisher import StatsBuilder, StatsPublisher
-from daqd.zmq_clients import (
+from daqd.service.control import ControlServer
+from daqd.service.stats_publisher import StatsBuilder, StatsPublisher
+from daqd.service.zmq_clients import (
     BadReply,
     DaemonUnreachable,
     format_stats_table,

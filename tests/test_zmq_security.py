@@ -1,4 +1,4 @@
-"""daqd.zmq_security: local endpoints, and CURVE end to end on loopback TCP."""
+"""daqd.service.zmq_security: local endpoints, and CURVE end to end on loopback TCP."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import zmq.auth
 
 from daqd import config as daqd_config
 from daqd.config import ConfigError, ZmqConfig
-from daqd.control import ControlServer
 from daqd.errors import UsageProblem
-from daqd.stats_publisher import StatsPublisher
-from daqd.zmq_clients import DaemonUnreachable, request, subscribe
-from daqd.zmq_security import ClientSecurity, Security, check_bind, is_local_endpoint
+from daqd.service.control import ControlServer
+from daqd.service.stats_publisher import StatsPublisher
+from daqd.service.zmq_clients import DaemonUnreachable, request, subscribe
+from daqd.service.zmq_security import ClientSecurity, Security, check_bind, is_local_endpoint
 
 STREAM = '[[stream]]\nname = "a"\nsources = ["sim:W1"]\n'
 REFUSED = 0.5          # how long a refused client waits before giving up

@@ -28,9 +28,9 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from buffer_sinks import FileSink, numbered_record, recover_file
 
-from daqd.buffers import build_buffer
 from daqd.config import BufferConfig
-from daqd.flush import Flusher
+from daqd.pipeline.buffers import build_buffer
+from daqd.pipeline.flush import Flusher
 
 
 def binary_sinks(directory, flaky_every, rotate):

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 import daqd
-from daqd.records import ChunkRecord, HeapRecord
+from daqd.pipeline.records import ChunkRecord, HeapRecord
 from daqd.sinks.base import ByteSink, Piece
 
 MAGIC = b"DAQDBIN1"

@@ -46,7 +46,7 @@ import h5py
 import numpy as np
 
 import daqd
-from daqd.records import ChunkRecord
+from daqd.pipeline.records import ChunkRecord
 from daqd.sinks.base import FileSink, FileUnusable, Piece, SinkFile, _Mark
 
 INDEX_CHUNK_ROWS = 4096

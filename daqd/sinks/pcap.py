@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from daqd.records import PacketRecord
+from daqd.pipeline.records import PacketRecord
 from daqd.sinks.base import ByteSink, Piece
 from daqd.sinks.paths import PATH_FIELDS_BY_KIND
 

@@ -22,7 +22,7 @@ Heap mode (`HeapRecord`) fields:
     the heap counter, the items' bytes, and when the record was made;
 ``NAME`` (any other field name)
     the item of that name in the stream's descriptors, decoded as spead2's
-    ``ItemGroup`` would (`daqd.descriptors`), e.g. ``{temperature:.2f}``;
+    ``ItemGroup`` would (`daqd.recv.descriptors`), e.g. ``{temperature:.2f}``;
     chunk-mode field names (``chunk_id``, ``timestamp``, ...) are refused
     here, as a chunk-mode template's most likely;
 ``item[NAME]``
@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from daqd.records import ChunkRecord, HeapRecord
+from daqd.pipeline.records import ChunkRecord, HeapRecord
 from daqd.sinks.base import ByteSink, Piece
 from daqd.sinks.paths import field_root, template_fields
 

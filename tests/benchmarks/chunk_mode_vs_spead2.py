@@ -20,7 +20,7 @@ searches taking turns), the median of ``--udp-runs`` searches; then the
 receiver CPU time per packet at one fixed rate.  As root the UDP part runs in
 a private network namespace whose loopback steers the kernel's receive work
 to the receiver's CPU with RPS (``--loopback``); daqd receives with UDP GRO
-unless ``--no-daqd-gro``.  See ``daqd bench --help`` and the daqd.bench
+unless ``--no-daqd-gro``.  See ``daqd bench --help`` and the daqd.tools.bench.run
 docstring.
 """
 
@@ -30,8 +30,8 @@ import argparse
 import json
 import sys
 
-from daqd.bench import WORKLOAD_NAMES, run_bench
-from daqd.bench_report import format_report
+from daqd.tools.bench.report import format_report
+from daqd.tools.bench.run import WORKLOAD_NAMES, run_bench
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 
 from daqd import _spead
 from daqd.config import ChunkConfig, SinkConfig
-from daqd.records import ChunkRecord
+from daqd.pipeline.records import ChunkRecord
 from daqd.sinks import SinkContext, make_sink
 
 HPC, HEAP_BYTES, STEP = 64, 8192, 8192

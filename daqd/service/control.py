@@ -45,7 +45,7 @@ import structlog
 import zmq
 
 from daqd.errors import UsageProblem
-from daqd.zmq_security import Security, bind_checked
+from daqd.service.zmq_security import Security, bind_checked
 
 log = structlog.get_logger("daqd.control")
 

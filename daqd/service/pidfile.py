@@ -39,7 +39,7 @@ from daqd.errors import UsageProblem
 
 __all__ = ["DaemonAlreadyRunning", "PidFile", "PidFileError", "read_pid", "wait_until_released"]
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("daqd.pidfile")
 
 # How long a reader waits for a starting daemon to write its pid.
 _SETTLE_SECONDS = 1.0

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from daqd.config import Config
 from daqd.errors import UsageProblem
-from daqd.pidfile import DaemonAlreadyRunning, read_pid, wait_until_released
+from daqd.service.pidfile import DaemonAlreadyRunning, read_pid, wait_until_released
 
 
 class DaemonFailed(RuntimeError):

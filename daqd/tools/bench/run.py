@@ -51,16 +51,16 @@ over loopback UDP
     sender's core also runs the kernel's receive path for every datagram,
     and runs out before a fast receiver does.  Where the process may (root),
     it runs instead in a private network namespace whose loopback has RPS
-    steer that receive path to the receiver's CPU (`daqd.bench_netns`), as a
+    steer that receive path to the receiver's CPU (`daqd.tools.bench.netns`), as a
     NIC queue's interrupt on the capture core would: then the receiver's
     core carries the kernel's work and its own, and is what runs out.
     daqd's socket asks for UDP GRO, as the daemon's does (``daqd_gro``);
     spead2's receives one datagram per message.
 
 spead2 is imported only when a spead2 figure is asked for.  The fixed
-parameters are in `daqd.bench_params`, the machine's description and load in
-`daqd.bench_machine`, the results, ratios and table in `daqd.bench_report`,
-the private namespace for the UDP part in `daqd.bench_netns`.
+parameters are in `daqd.tools.bench.params`, the machine's description and load in
+`daqd.tools.bench.machine`, the results, ratios and table in `daqd.tools.bench.report`,
+the private namespace for the UDP part in `daqd.tools.bench.netns`.
 """
 
 from __future__ import annotations
@@ -83,8 +83,9 @@ from typing import Any, TextIO
 import numpy as np
 
 from daqd import _spead
-from daqd.bench_machine import CoreMonitor, LoadMonitor, machine_info, wait_until_quiet
-from daqd.bench_params import (
+from daqd.errors import UsageProblem
+from daqd.tools.bench.machine import CoreMonitor, LoadMonitor, machine_info, wait_until_quiet
+from daqd.tools.bench.params import (
     COST_FRACTION,
     FIRST_CNT,
     HEAPS_PER_CHUNK,
@@ -96,7 +97,7 @@ from daqd.bench_params import (
     layout,
     packet_size,
 )
-from daqd.bench_report import (
+from daqd.tools.bench.report import (
     BenchReport,
     CostResult,
     MemoryResult,
@@ -109,8 +110,7 @@ from daqd.bench_report import (
     offered_rate,
     report_from_json,
 )
-from daqd.errors import UsageProblem
-from daqd.simulate import udp_batch
+from daqd.tools.simulate import udp_batch
 
 WORKLOAD_NAMES = ("W1", "W2", "W3")
 MODES = ("memory", "udp", "all")
@@ -446,7 +446,7 @@ class Sender:
     """The sender process, pinned to `cpu` (None: not pinned)."""
 
     def __init__(self, cpu: int | None) -> None:
-        code = "from daqd.bench import sender_main; sender_main()"
+        code = "from daqd.tools.bench.run import sender_main; sender_main()"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, str(-1 if cpu is None else cpu)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
@@ -905,7 +905,7 @@ def bench_cost(workload: str, receivers: Sequence[str], sender: Sender, rate: fl
 
 
 # ----------------------------------------------------------------------
-# The whole run (its results and table: daqd.bench_report)
+# The whole run (its results and table: daqd.tools.bench.report)
 
 
 def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = False,
@@ -952,7 +952,7 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
         The UDP sender sends with UDP GSO (falling back to ``sendmmsg`` of one
         datagram per message where the kernel refuses it).
     loopback : str
-        Where the UDP part runs (see `daqd.bench_netns`): ``rps``, in a
+        Where the UDP part runs (see `daqd.tools.bench.netns`): ``rps``, in a
         private network namespace whose loopback has RPS steer the kernel's
         receive work to the receiver's CPU; ``shared``, on the machine's
         loopback, the sender's core doing that work; ``auto`` (default),
@@ -993,7 +993,7 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
                        daqd_gro=daqd_gro)
         refused = None
         if loopback in ("auto", "rps"):
-            from daqd.bench_netns import run_udp_with_rps
+            from daqd.tools.bench.netns import run_udp_with_rps
 
             found, refused = run_udp_with_rps(pick_cpus()[0], options, log)
             if found is not None:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from daqd import _spead
-from daqd.bench_params import (
+from daqd.tools.bench.params import (
     COST_FRACTION,
     HEAPS_PER_CHUNK,
     LOSS_LIMIT,
@@ -139,7 +139,7 @@ class BenchReport:
     retries: int = 1
     sender: str | None = None       # how the UDP sender sent (GSO or sendmmsg)
     udp_runs: int = 1               # rate searches per receiver and workload (medians)
-    loopback: str | None = None     # where the UDP part ran (see daqd.bench_netns)
+    loopback: str | None = None     # where the UDP part ran (see daqd.tools.bench.netns)
     daqd_gro: str | None = None     # whether daqd received with UDP GRO
 
     def to_json(self) -> dict[str, Any]:
@@ -302,7 +302,7 @@ def offered_rate(t: Trial) -> float:
 def failed_ceiling(t: Trial) -> float:
     """Return the fastest the sender may have sent in `t`: the paced rate asked for or offered.
 
-    A paced sender that falls behind does not catch up (`daqd.bench._send_trial`), so
+    A paced sender that falls behind does not catch up (`daqd.tools.bench.run._send_trial`), so
     its rate was at most the one asked for throughout, and the receiver may
     have lost heaps in the spells at that rate however slow the average was.
     """

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from daqd import _spead
-from daqd.descriptors import DESCRIPTOR_ID, decode_descriptors
-from daqd.sources import Source
+from daqd.recv.descriptors import DESCRIPTOR_ID, decode_descriptors
+from daqd.recv.sources import Source
 
 # Packet-structure items are not part of a heap's payload items.
 STRUCTURE_IDS = frozenset({0, 1, 2, 3, 4, DESCRIPTOR_ID})

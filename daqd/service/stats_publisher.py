@@ -23,7 +23,7 @@ the daemon and publishes multipart ``[topic, json]`` messages
 ``counters`` are the snapshot's monotonic integers.  ``rates`` are per second
 over the time since the previous round, measured with the monotonic clock;
 there is no rate for a gauge (a name in the snapshot's ``gauges``) nor for a
-maximum-mode counter (`daqd.counters.MAXIMA`, e.g. ``max_batch``).  A counter
+maximum-mode counter (`daqd.recv.counters.MAXIMA`, e.g. ``max_batch``).  A counter
 that decreased was reset: its rate counts from zero, never negative.
 ``rates`` is empty in a stream's first message when no earlier snapshot
 exists.  ``process.cpu`` is CPU seconds per second (1.0 = one core busy).
@@ -50,8 +50,8 @@ from typing import Any
 import structlog
 import zmq
 
-from daqd.counters import MAXIMA
-from daqd.zmq_security import Security, bind_checked
+from daqd.recv.counters import MAXIMA
+from daqd.service.zmq_security import Security, bind_checked
 
 log = structlog.get_logger("daqd.stats")
 

@@ -3,8 +3,8 @@
 `request` sends one control request and returns the reply; `subscribe`
 yields statistics messages from one or more daemons; `format_stats_table`
 and `format_status` turn them into text for a person at a terminal.
-Message and request formats are documented in `daqd.stats_publisher` and
-`daqd.control`.
+Message and request formats are documented in `daqd.service.stats_publisher` and
+`daqd.service.control`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import zmq
 
-from daqd.counters import CHUNK_HEAP_DROP_COUNTERS, DROP_COUNTERS
 from daqd.errors import UsageProblem
-from daqd.zmq_security import ClientSecurity
+from daqd.recv.counters import CHUNK_HEAP_DROP_COUNTERS, DROP_COUNTERS
+from daqd.service.zmq_security import ClientSecurity
 
 #: Counters shown first, in this order, when present.
 MAIN_COUNTERS = ("packets", "bytes", "payload_bytes", "batches", "heaps", "heaps_complete",

@@ -102,9 +102,9 @@ def child_main() -> None:
         emit(refused=e.strerror or str(e))
         return
     # Imported only now: numpy may start threads, and unshare() wants one.
-    from daqd.bench import run_udp
-    from daqd.bench_machine import machine_info
-    from daqd.bench_report import BenchReport
+    from daqd.tools.bench.machine import machine_info
+    from daqd.tools.bench.report import BenchReport
+    from daqd.tools.bench.run import run_udp
 
     report = BenchReport(machine=machine_info(), retries=request["options"]["retries"],
                          udp_runs=request["options"]["udp_runs"], loopback=description)
@@ -114,13 +114,13 @@ def child_main() -> None:
 
 def run_udp_with_rps(rps_cpu: int, options: dict[str, Any],
                      log: Callable[[str], None]) -> tuple[dict[str, Any] | None, str | None]:
-    """Run `daqd.bench.run_udp` with `options` in the namespace (see the module).
+    """Run `daqd.tools.bench.run.run_udp` with `options` in the namespace (see the module).
 
     Returns ``(report JSON, None)``, or ``(None, reason)`` when the namespace
     was refused.  Progress lines go to `log` as they come.
     """
     request = json.dumps({"rps_cpu": rps_cpu, "options": options})
-    code = "from daqd.bench_netns import child_main; child_main()"
+    code = "from daqd.tools.bench.netns import child_main; child_main()"
     proc = subprocess.Popen([sys.executable, "-c", code, request],
                             stdout=subprocess.PIPE, text=True, bufsize=1)
     assert proc.stdout is not None

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from daqd.flush import Flusher, FlushPolicy
-from daqd.records import Record, decode_record
-from daqd.wal import DoneMark, WalFull, WriteAheadLog
+from daqd.pipeline.flush import Flusher, FlushPolicy
+from daqd.pipeline.records import Record, decode_record
+from daqd.pipeline.wal import DoneMark, WalFull, WriteAheadLog
 
 if TYPE_CHECKING:
     from daqd.config import BufferConfig

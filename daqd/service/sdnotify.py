@@ -29,7 +29,7 @@ import structlog
 
 __all__ = ["Notifier", "Watchdog", "notify", "watchdog_interval"]
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("daqd.sdnotify")
 
 
 class Notifier:

@@ -9,7 +9,7 @@ the shutdown):
   `PacketRecord`s;
 - chunk mode: one consumer thread taking completed chunks from the group's
   data ring into the buffer as `ChunkRecord`s (no copy);
-- one flusher thread per buffer (daqd.flush), the only caller of the sinks.
+- one flusher thread per buffer (daqd.pipeline.flush), the only caller of the sinks.
 
 Shutdown (`stop`): readers are told to stop and joined, each stream finishes
 (live heaps flushed, open chunks closed), the consumer drains the data ring,
@@ -27,14 +27,14 @@ import numpy as np
 import structlog
 
 from daqd import _spead
-from daqd.buffers import build_buffer
 from daqd.config import Config, StreamConfig
-from daqd.counters import MAXIMA
-from daqd.descriptors import DESCRIPTOR_ID, EMPTY_DESCRIPTORS, decode_descriptors
-from daqd.flush import Flusher
-from daqd.records import ChunkRecord, HeapRecord, PacketRecord
+from daqd.pipeline.buffers import build_buffer
+from daqd.pipeline.flush import Flusher
+from daqd.pipeline.records import ChunkRecord, HeapRecord, PacketRecord
+from daqd.recv.counters import MAXIMA
+from daqd.recv.descriptors import DESCRIPTOR_ID, EMPTY_DESCRIPTORS, decode_descriptors
+from daqd.recv.sources import Source, open_source
 from daqd.sinks import SinkContext, make_sink, recover_sink
-from daqd.sources import Source, open_source
 
 # Packet-structure items are not part of a heap record, nor is stream control
 # (0x6): spead2's start and stop heaps carry nothing else and make no record.

@@ -25,13 +25,13 @@ import zmq
 
 from daqd import __version__
 from daqd.config import Config
-from daqd.control import COMMANDS, ControlServer
-from daqd.metrics import MetricsServer
-from daqd.sdnotify import Notifier, Watchdog, watchdog_interval
-from daqd.simulate import Simulator
-from daqd.stats_publisher import StatsPublisher
-from daqd.stream_runner import StreamRunner
-from daqd.zmq_security import Security
+from daqd.service.control import COMMANDS, ControlServer
+from daqd.service.metrics import MetricsServer
+from daqd.service.sdnotify import Notifier, Watchdog, watchdog_interval
+from daqd.service.stats_publisher import StatsPublisher
+from daqd.service.stream_runner import StreamRunner
+from daqd.service.zmq_security import Security
+from daqd.tools.simulate import Simulator
 
 log = structlog.get_logger("daqd.daemon")
 

@@ -1,7 +1,7 @@
 """The Prometheus text endpoint (``[daemon] prometheus = "HOST:PORT"``; off by default).
 
 Nothing is counted twice: a custom collector reads the daemon's snapshot (the
-same one the ZeroMQ statistics publish, see `daqd.stats_publisher`) at each
+same one the ZeroMQ statistics publish, see `daqd.service.stats_publisher`) at each
 scrape and turns it into metric families:
 
 ============================================  =====================================
@@ -48,12 +48,12 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from daqd import __version__
 from daqd.config import split_host_port
-from daqd.counters import MAXIMA
 from daqd.errors import UsageProblem
+from daqd.recv.counters import MAXIMA
 
 __all__ = ["TABLE_GAUGES", "MetricsError", "MetricsServer", "SnapshotCollector"]
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("daqd.metrics")
 
 Snapshot = Mapping[str, Any]
 

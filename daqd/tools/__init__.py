@@ -1,0 +1,1 @@
+"""Commands beside the daemon: ``daqd simulate``, ``daqd dump`` and ``daqd bench``."""
