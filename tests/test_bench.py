@@ -77,7 +77,7 @@ def test_library_checks_placement():
     """The from-memory runs refuse a receiver that drops or misplaces heaps."""
     import numpy as np
 
-    from daqd.tools.bench import run as bench
+    from daqd.tools.bench import memory as bench
 
     buf = bench.workload_buffer("W1", 128)
     seconds, present = bench.memory_run_daqd("W1", buf, verify=True)
@@ -90,7 +90,7 @@ def test_library_checks_placement():
 
 def test_search_rate_bisects():
     from daqd.tools.bench.report import Trial
-    from daqd.tools.bench.run import search_rate
+    from daqd.tools.bench.udp import search_rate
 
     def trial(rate: float) -> Trial:
         offered = rate or 1000.0
@@ -249,7 +249,7 @@ class FakeLink:
 
 
 def run_fake(link, **options):
-    from daqd.tools.bench.run import run_search
+    from daqd.tools.bench.udp import run_search
 
     options.setdefault("retries", 1)
     return run_search(link, **options)
@@ -389,7 +389,7 @@ def test_search_stops_at_resolution():
 def udp_fixture(rates):
     """UdpResults from {(workload, receiver): [(pps, sender_limited), ...]}."""
     from daqd.tools.bench.report import UdpRun
-    from daqd.tools.bench.run import udp_result
+    from daqd.tools.bench.udp import udp_result
 
     out = []
     for (w, r), runs in rates.items():

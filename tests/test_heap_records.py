@@ -27,9 +27,10 @@ from spead2_helpers import THREAD_POOL, split_packets
 
 from daqd import _spead
 from daqd.config import StreamConfig
+from daqd.pipeline.items import EMPTY_DESCRIPTORS, ItemDescriptors
 from daqd.pipeline.records import HeapRecord, decode_record
 from daqd.pipeline.wal import WriteAheadLog
-from daqd.recv.descriptors import EMPTY_DESCRIPTORS, ItemDescriptors, decode_descriptors
+from daqd.recv.descriptors import decode_descriptors
 from daqd.service.stream_runner import STRUCTURE_IDS, StreamRunner
 from daqd.sinks.text import format_heap
 

@@ -37,6 +37,7 @@ import spead2_helpers as h
 
 from daqd import _spead
 from daqd.recv.sources import open_source
+from daqd.recv.workloads import WORKLOADS
 from daqd.tools.dump import heap_record, receive_heaps
 
 # spead2 logs every rejected packet; the tests look at results, not logs.
@@ -410,7 +411,8 @@ def test_spead2_sender_to_daqd(address_bits, transport):
 
 def expected_sim_heaps(workload: str, n: int) -> list[dict]:
     """The records the reference workload must decode to (sim.pxi)."""
-    heap_bytes, per_heap, step = _spead.WORKLOADS[workload]
+    w = WORKLOADS[workload]
+    heap_bytes, per_heap, step = w.heap_bytes, w.packets_per_heap, w.timestamp_step
     payload = heap_bytes // per_heap
     pattern = bytes((j * 7 + 3) & 0xFF for j in range(payload))
     out = []

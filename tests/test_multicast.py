@@ -54,6 +54,7 @@ import spead2_helpers as h
 from daqd import _spead
 from daqd.errors import SourceError
 from daqd.recv.sources import open_source
+from daqd.recv.workloads import WORKLOADS
 from daqd.tools.dump import receive_heaps
 from daqd.tools.simulate import simulate
 
@@ -243,7 +244,8 @@ class Receiver:
 
 def expected_w1(n: int, first_cnt: int = 1) -> list[dict[str, Any]]:
     """The records W1 heaps must decode to (cython_ext/sim.pxi), built independently."""
-    heap_bytes, per_heap, step = _spead.WORKLOADS["W1"]
+    w = WORKLOADS["W1"]
+    heap_bytes, per_heap, step = w.heap_bytes, w.packets_per_heap, w.timestamp_step
     payload = heap_bytes // per_heap
     pattern = bytes((j * 7 + 3) & 0xFF for j in range(payload))
     out = []

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from udp_helpers import HAVE_GSO, workload_stream
 
 from daqd import _spead
-from daqd.tools.simulate import udp_batch
+from daqd.recv.workloads import WORKLOADS, udp_batch
 
 pytestmark = pytest.mark.network
 
@@ -74,7 +74,7 @@ COUNTS = {"W1": 24, "W2": 180, "W3": 3}
 @pytest.mark.parametrize("workload", ["W1", "W2", "W3"])
 def test_sim_workload_identical(workload):
     heaps = COUNTS[workload]
-    _, per_heap, _ = _spead.WORKLOADS[workload]
+    per_heap = WORKLOADS[workload].packets_per_heap
     n = heaps * per_heap
 
     def source():
@@ -149,7 +149,7 @@ def test_fallback_mixed_sizes():
 
 def test_bench_sender_uses_gso():
     """The bench sender's trial reports GSO, and its receiver gets whole heaps."""
-    from daqd.tools.bench import run as bench
+    from daqd.tools.bench import udp as bench
 
     collector = Collector(1 << 30, timeout=0.5)
     collector.start()
@@ -169,7 +169,7 @@ def test_simulate_udp_identical(workload):
     from daqd.tools.simulate import simulate
 
     heaps = COUNTS[workload]
-    _, per_heap, _ = _spead.WORKLOADS[workload]
+    per_heap = WORKLOADS[workload].packets_per_heap
     collector = Collector(heaps * per_heap + 1)
     collector.start()
     port = collector.sock.getsockname()[1]

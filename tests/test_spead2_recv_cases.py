@@ -9,7 +9,7 @@ test_recv_chunk_stream_group.py) are in tests/test_spead2_chunk_cases.py.
 spead2's TestDecode cases end in ``spead2.ItemGroup.update``, which turns raw
 items into values with the descriptors.  Here they are compared at the level
 of the receive core: the heaps, their raw items and the descriptors decoded
-from them (daqd/descriptors.py ``decode_descriptors``), which must equal
+from them (daqd/recv/descriptors.py ``decode_descriptors``), which must equal
 spead2's (``Heap.get_items()``, ``Heap.get_descriptors()``).  The value step
 itself (ItemGroup.update: numpy values, ValueError/UnicodeDecodeError) is not
 tested in this file.

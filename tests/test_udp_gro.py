@@ -32,7 +32,7 @@ from udp_helpers import (
 from daqd import _spead
 from daqd.errors import UsageProblem
 from daqd.recv.sources import open_source
-from daqd.tools.simulate import udp_batch
+from daqd.recv.workloads import WORKLOADS, udp_batch
 
 pytestmark = pytest.mark.network
 needs_gso_gro = pytest.mark.skipif(not (HAVE_GSO and HAVE_GRO),
@@ -76,7 +76,7 @@ def send_gso(sock: socket.socket, dest, payload: bytes, segment: int) -> None:
 @pytest.mark.parametrize("gro", [True, False], ids=["gro", "no-gro"])
 @pytest.mark.parametrize("workload, heaps", [("W1", 24), ("W2", 180), ("W3", 3)])
 def test_same_datagrams_with_and_without_gro(workload, heaps, gro):
-    _, per_heap, _ = _spead.WORKLOADS[workload]
+    per_heap = WORKLOADS[workload].packets_per_heap
     sock, reader = receiver(gro)
     with sock, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
         assert reader.gro == (gro and HAVE_GRO)
@@ -118,7 +118,6 @@ def test_kernel_hands_gso_messages_whole_to_a_gro_socket():
 @needs_gso_gro
 def test_message_larger_than_the_batch_carries_over():
     """60 datagrams in one message, 4 packets per batch: 15 batches, in order, none lost."""
-    _, per_heap, _ = _spead.WORKLOADS["W2"]
     sock, reader = receiver(batch=4)
     with sock, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
         out.connect(sock.getsockname())

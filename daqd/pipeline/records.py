@@ -8,7 +8,7 @@ keeps:
   is called once, after every sink has written the record (or it is dropped).
 - `HeapRecord`: one complete heap's items (heap mode), raw, with the item
   descriptors the stream knew when the heap arrived; `decode()` gives their
-  values as spead2's ItemGroup would (`daqd.recv.descriptors`).
+  values as spead2's ItemGroup would (`daqd.pipeline.items`).
 - `PacketRecord`: a batch of raw packets as received, for the pcap sink.
 
 Every record has `nbytes` (payload bytes, for byte thresholds and sink
@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from daqd.recv.descriptors import EMPTY_DESCRIPTORS, DecodedItems, ItemDescriptors
+from daqd.pipeline.items import EMPTY_DESCRIPTORS, DecodedItems, ItemDescriptors
 
 # encode() layouts: a kind byte, then a fixed header, then the variable parts.
 _KIND_CHUNK, _KIND_HEAP, _KIND_PACKETS = b"C", b"H", b"P"
 # A heap record with descriptors: the heap layout, then _DESCRIBED and the
-# descriptors of its items as JSON (daqd.recv.descriptors.ItemDescriptors.encode).
+# descriptors of its items as JSON (daqd.pipeline.items.ItemDescriptors.encode).
 _KIND_DESCRIBED_HEAP = b"D"
 # chunk: chunk_id, timestamp, data bytes, present bytes, extra bytes, dtype len,
 # ndim of data, then dtype str, data shape, present shape, extra shape

@@ -13,10 +13,10 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from daqd import _spead
 from daqd.errors import SourceError
+from daqd.recv.uri import SourceUri, parse_uri
 
 DEFAULT_MAX_PACKET_SIZE = 9200
 DEFAULT_SOCKET_BUFFER = 8 << 20
@@ -86,49 +86,6 @@ class Source:
             self.listener = None
 
 
-def _host_port(uri: str, parts: Any) -> tuple[str, int]:
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError as exc:
-        raise SourceError(f"{uri}: bad port ({exc})") from None
-    if not host or port is None:
-        raise SourceError(f"{uri}: expected HOST:PORT")
-    return host, port
-
-
-def _query(uri: str, query: str, allowed: set[str]) -> dict[str, str]:
-    params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-    unknown = set(params) - allowed
-    if unknown:
-        expected = ", ".join(sorted(allowed)) or "none"
-        raise SourceError(f"{uri}: unknown option {sorted(unknown)[0]!r} (expected: {expected})")
-    return params
-
-
-def _number(uri: str, params: dict[str, str], key: str, kind: type, minimum: float) -> Any:
-    if key not in params:
-        return None
-    try:
-        value = kind(float(params[key])) if kind is int else kind(params[key])
-    except ValueError:
-        raise SourceError(f"{uri}: {key}={params[key]!r} is not a number") from None
-    if value < minimum:
-        raise SourceError(f"{uri}: {key}={params[key]!r} must be >= {minimum}")
-    return value
-
-
-SWITCH_VALUES = {"1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
-
-
-def _switch(uri: str, params: dict[str, str], key: str, default: bool) -> bool:
-    if key not in params:
-        return default
-    value = SWITCH_VALUES.get(params[key].lower())
-    if value is None:
-        raise SourceError(f"{uri}: {key}={params[key]!r} must be 1 or 0 (on/off, true/false)")
-    return value
-
-
 def set_receive_buffer(sock: socket.socket, requested: int, uri: str) -> list[str]:
     """Ask for SO_RCVBUF; return a warning if the kernel grants less."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, requested)
@@ -142,10 +99,9 @@ def set_receive_buffer(sock: socket.socket, requested: int, uri: str) -> list[st
     return []
 
 
-def _open_udp(uri: str, parts: Any, max_packet_size: int, socket_buffer: int) -> Source:
-    host, port = _host_port(uri, parts)
-    params = _query(uri, parts.query, {"interface", "gro"})
-    gro = _switch(uri, params, "gro", True)
+def _open_udp(u: SourceUri, max_packet_size: int, socket_buffer: int) -> Source:
+    uri, host, port, params = u.text, u.host, u.port, u.options
+    gro = u.switch("gro", True)
     try:
         addr = ipaddress.ip_address(socket.gethostbyname(host))
     except (OSError, ValueError):
@@ -186,9 +142,8 @@ def _open_udp(uri: str, parts: Any, max_packet_size: int, socket_buffer: int) ->
     return Source(uri, reader, warnings)
 
 
-def _open_tcp(uri: str, parts: Any, max_packet_size: int, socket_buffer: int) -> Source:
-    host, port = _host_port(uri, parts)
-    _query(uri, parts.query, set())
+def _open_tcp(u: SourceUri, max_packet_size: int, socket_buffer: int) -> Source:
+    uri, host, port = u.text, u.host, u.port
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -202,16 +157,8 @@ def _open_tcp(uri: str, parts: Any, max_packet_size: int, socket_buffer: int) ->
     )
 
 
-def _file_path(uri: str, rest: str) -> str:
-    path = rest[2:] if rest.startswith("//") else rest
-    path, _, _ = path.partition("?")
-    if not path:
-        raise SourceError(f"{uri}: no path given")
-    return path
-
-
-def _open_file(uri: str, rest: str, max_packet_size: int) -> Source:
-    path = _file_path(uri, rest)
+def _open_file(u: SourceUri, max_packet_size: int) -> Source:
+    uri, path = u.text, u.path
     if path == "-":
         reader = _spead.ByteStreamReader(sys.stdin.fileno(), max_packet_size=max_packet_size)
         return Source(uri, reader)
@@ -224,10 +171,8 @@ def _open_file(uri: str, rest: str, max_packet_size: int) -> Source:
     return Source(uri, reader)
 
 
-def _open_pcap(uri: str, rest: str) -> Source:
-    path = _file_path(uri, rest)
-    params = _query(uri, rest.partition("?")[2], {"port"})
-    port = _number(uri, params, "port", int, 0)
+def _open_pcap(u: SourceUri) -> Source:
+    uri, path, port = u.text, u.path, u.udp_port
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -241,14 +186,10 @@ def _open_pcap(uri: str, rest: str) -> Source:
     return Source(uri, reader)
 
 
-def _open_sim(uri: str, rest: str) -> Source:
-    workload, _, query = rest.partition("?")
-    params = _query(uri, query, {"rate", "heaps"})
-    if workload not in _spead.WORKLOADS:
-        raise SourceError(f"{uri}: unknown workload {workload!r} (expected W1, W2 or W3)")
-    rate = _number(uri, params, "rate", float, 0) or 0.0
-    heaps = _number(uri, params, "heaps", int, 1) or 0
-    return Source(uri, _spead.SimReader(workload, heaps=heaps, rate=rate))
+def _open_sim(u: SourceUri) -> Source:
+    rate = u.number("rate", float, 0) or 0.0
+    heaps = u.number("heaps", int, 1) or 0
+    return Source(u.text, _spead.SimReader(u.path, heaps=heaps, rate=rate))
 
 
 def open_source(
@@ -273,19 +214,13 @@ def open_source(
     SourceError
         One line naming the URI and the problem.
     """
-    scheme, sep, rest = uri.partition(":")
-    if not sep:
-        raise SourceError(
-            f"{uri}: not a source URI (expected udp://, tcp://, pcap:, file: or sim:)"
-        )
-    if scheme == "udp":
-        return _open_udp(uri, urlsplit(uri), max_packet_size, socket_buffer)
-    if scheme == "tcp":
-        return _open_tcp(uri, urlsplit(uri), max_packet_size, socket_buffer)
-    if scheme == "file":
-        return _open_file(uri, rest, max_packet_size)
-    if scheme == "pcap":
-        return _open_pcap(uri, rest)
-    if scheme == "sim":
-        return _open_sim(uri, rest)
-    raise SourceError(f"{uri}: unknown scheme {scheme!r} (expected udp, tcp, pcap, file or sim)")
+    u = parse_uri(uri)
+    if u.scheme == "udp":
+        return _open_udp(u, max_packet_size, socket_buffer)
+    if u.scheme == "tcp":
+        return _open_tcp(u, max_packet_size, socket_buffer)
+    if u.scheme == "file":
+        return _open_file(u, max_packet_size)
+    if u.scheme == "pcap":
+        return _open_pcap(u)
+    return _open_sim(u)

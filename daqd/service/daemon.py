@@ -25,13 +25,13 @@ import zmq
 
 from daqd import __version__
 from daqd.config import Config
+from daqd.recv.workloads import WorkloadSender
 from daqd.service.control import COMMANDS, ControlServer
 from daqd.service.metrics import MetricsServer
 from daqd.service.sdnotify import Notifier, Watchdog, watchdog_interval
 from daqd.service.stats_publisher import StatsPublisher
 from daqd.service.stream_runner import StreamRunner
 from daqd.service.zmq_security import Security
-from daqd.tools.simulate import Simulator
 
 log = structlog.get_logger("daqd.daemon")
 
@@ -56,7 +56,7 @@ class Daemon:
         self.state = "starting"
         self.started = time.monotonic()
         self.runners = [StreamRunner(s, config) for s in config.streams]
-        self.simulators = [Simulator(s) for s in config.simulate]
+        self.simulators = [WorkloadSender(s) for s in config.simulate]
         self.stop_requested = threading.Event()
         self.stop_reason = ""
         self.notifier = Notifier()

@@ -30,9 +30,10 @@ from daqd import _spead
 from daqd.config import Config, StreamConfig
 from daqd.pipeline.buffers import build_buffer
 from daqd.pipeline.flush import Flusher
+from daqd.pipeline.items import EMPTY_DESCRIPTORS
 from daqd.pipeline.records import ChunkRecord, HeapRecord, PacketRecord
 from daqd.recv.counters import MAXIMA
-from daqd.recv.descriptors import DESCRIPTOR_ID, EMPTY_DESCRIPTORS, decode_descriptors
+from daqd.recv.descriptors import DESCRIPTOR_ID, decode_descriptors
 from daqd.recv.sources import Source, open_source
 from daqd.sinks import SinkContext, make_sink, recover_sink
 

@@ -22,7 +22,7 @@ Heap mode (`HeapRecord`) fields:
     the heap counter, the items' bytes, and when the record was made;
 ``NAME`` (any other field name)
     the item of that name in the stream's descriptors, decoded as spead2's
-    ``ItemGroup`` would (`daqd.recv.descriptors`), e.g. ``{temperature:.2f}``;
+    ``ItemGroup`` would (`daqd.pipeline.items`), e.g. ``{temperature:.2f}``;
     chunk-mode field names (``chunk_id``, ``timestamp``, ...) are refused
     here, as a chunk-mode template's most likely;
 ``item[NAME]``

@@ -18,6 +18,7 @@ import spead2
 import spead2.recv
 
 from daqd import _spead
+from daqd.recv.workloads import WORKLOADS
 
 HEAPS = {"W1": 40000, "W2": 200000, "W3": 5000}
 
@@ -56,7 +57,8 @@ def main(runs: int = 5) -> None:
     print(f"python {sys.version.split()[0]}, spead2 {spead2.__version__}")
     for name, heaps in HEAPS.items():
         data = workload_bytes(name, heaps)
-        payload, per_heap, _ = _spead.WORKLOADS[name]
+        w = WORKLOADS[name]
+        payload, per_heap = w.heap_bytes, w.packets_per_heap
         results = {}
         for label, fn in (("daqd", run_daqd), ("spead2", run_spead2)):
             times = []

@@ -104,7 +104,7 @@ def child_main() -> None:
     # Imported only now: numpy may start threads, and unshare() wants one.
     from daqd.tools.bench.machine import machine_info
     from daqd.tools.bench.report import BenchReport
-    from daqd.tools.bench.run import run_udp
+    from daqd.tools.bench.udp import run_udp
 
     report = BenchReport(machine=machine_info(), retries=request["options"]["retries"],
                          udp_runs=request["options"]["udp_runs"], loopback=description)
@@ -114,7 +114,7 @@ def child_main() -> None:
 
 def run_udp_with_rps(rps_cpu: int, options: dict[str, Any],
                      log: Callable[[str], None]) -> tuple[dict[str, Any] | None, str | None]:
-    """Run `daqd.tools.bench.run.run_udp` with `options` in the namespace (see the module).
+    """Run `daqd.tools.bench.udp.run_udp` with `options` in the namespace (see the module).
 
     Returns ``(report JSON, None)``, or ``(None, reason)`` when the namespace
     was refused.  Progress lines go to `log` as they come.

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from daqd import _spead
+from daqd.recv.workloads import WORKLOADS
 from daqd.tools.bench.params import (
     COST_FRACTION,
     HEAPS_PER_CHUNK,
@@ -302,7 +302,7 @@ def offered_rate(t: Trial) -> float:
 def failed_ceiling(t: Trial) -> float:
     """Return the fastest the sender may have sent in `t`: the paced rate asked for or offered.
 
-    A paced sender that falls behind does not catch up (`daqd.tools.bench.run._send_trial`), so
+    A paced sender that falls behind does not catch up (`daqd.tools.bench.udp._send_trial`), so
     its rate was at most the one asked for throughout, and the receiver may
     have lost heaps in the spells at that rate however slow the average was.
     """
@@ -346,7 +346,7 @@ def _format_udp(report: BenchReport) -> list[str]:
         f"{'other':>5} {'next rate tried':>20} {'trials':>6}",
     ]
     for u in report.udp:
-        _, per_heap, _ = _spead.WORKLOADS[u.workload]
+        per_heap = WORKLOADS[u.workload].packets_per_heap
         heap_bytes = layout(u.workload)["heap_bytes"]
         runs = u.runs or [UdpRun(u.sustained, u.first_failed, u.sender_limited,
                                  u.packets_per_s, len(u.trials), u.seconds)]
