@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from daqd import __version__
+from daqd import __version__, logs
 from daqd.errors import UsageProblem
 
 CONTEXT = {"auto_envvar_prefix": "DAQD", "help_option_names": ["-h", "--help"]}
@@ -291,8 +291,6 @@ def bench(
 CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
     help="Configuration file (default: the built-in config/daqd.toml).")
-LOG_FORMATS = ["auto", "console", "json"]
-LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
 def _load(config_path: str | None) -> Any:
@@ -305,9 +303,9 @@ def _load(config_path: str | None) -> Any:
 @CONFIG_OPTION
 @click.option("--duration", type=click.FloatRange(min=0), default=None,
               help="Drain and exit after this many seconds.")
-@click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None,
+@click.option("--log-format", type=click.Choice(logs.FORMAT_CHOICES), default=None,
               help="Default: the configuration's, else JSON unless on a terminal.")
-@click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None,
+@click.option("--log-level", type=click.Choice(logs.LEVEL_CHOICES), default=None,
               help="Default: the configuration's log_level.")
 def run(config_path: str | None, duration: float | None, log_format: str | None,
         log_level: str | None) -> None:
@@ -318,8 +316,8 @@ def run(config_path: str | None, duration: float | None, log_format: str | None,
     """
     import faulthandler
 
+    from daqd.logs import configure_logging
     from daqd.service import daemon
-    from daqd.service.logs import configure_logging
     from daqd.service.pidfile import PidFile
 
     cfg = _load(config_path)

@@ -10,94 +10,121 @@ INTERFACES.md; config/daqd.toml is the built-in default.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
+import importlib.resources
 import os
-import re
 import tomllib
-import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from daqd.errors import UsageProblem
+from daqd import _spead, logs
+from daqd.addresses import is_local_endpoint, split_host_port
+from daqd.errors import SourceError, UsageProblem
+from daqd.pipeline import buffers, flush
+from daqd.pipeline import wal as wal_log
+from daqd.recv.uri import NETWORK_SCHEMES, parse_uri
+from daqd.recv.workloads import WORKLOADS
+from daqd.sinks import KINDS as SINK_KINDS
+from daqd.sinks.base import FSYNC_POLICIES as SINK_FSYNC_POLICIES
+from daqd.sinks.paths import PATH_FIELDS, PATH_FIELDS_BY_KIND, PathTemplate
+from daqd.sinks.text import check_template
 
-#: The built-in default configuration (no hardware needed).
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "daqd.toml"
-
-SOURCE_SCHEMES = ("udp", "tcp", "pcap", "file", "sim")
+#: The built-in default configuration (no hardware needed), shipped as package data.
+DEFAULT_CONFIG_NAME = "daqd.toml"
 
 
 class ConfigError(UsageProblem):
     """A configuration problem, as one line naming file, key, value and expectation."""
 
 
+def key(default: Any = dataclasses.MISSING, *, choices: Sequence[Any] | None = None,
+        minimum: float | None = None) -> Any:
+    """Declare a configuration key: its default, and the values it accepts.
+
+    `choices` are the values of a key that names a choice, taken from the
+    layer the key configures (the one definition of them); `minimum` is the
+    inclusive lower bound of a number.
+    """
+    metadata: dict[str, Any] = {}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if minimum is not None:
+        metadata["minimum"] = minimum
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class DaemonConfig:
-    """The `[daemon]` table."""
+    """The `[daemon]` table (the service's own)."""
 
     name: str = "daqd"
     pidfile: str = "run/daqd.pid"
-    log_format: str = "auto"            # auto: JSON unless on a terminal
-    log_level: str = "info"
+    log_format: str = key("auto", choices=logs.FORMAT_CHOICES)  # auto: JSON unless a terminal
+    log_level: str = key("info", choices=logs.LEVEL_CHOICES)
     prometheus: str = ""                # HOST:PORT of the Prometheus text endpoint; "" = off
 
 
 @dataclass(frozen=True)
 class ZmqConfig:
-    """The `[zmq]` table."""
+    """The `[zmq]` table (the service's own)."""
 
     stats: str = "tcp://127.0.0.1:5556"
     control: str = "tcp://127.0.0.1:5557"
-    interval: float = 1.0
+    interval: float = key(1.0, minimum=0.01)
     curve_secret_key: str = ""          # path of a zmq.auth secret key file
     curve_clients: str = ""             # directory of allowed client public keys
-    stats_hwm: int = 100                # statistics messages queued per subscriber
+    stats_hwm: int = key(100, minimum=1)  # statistics messages queued per subscriber
     stats_nodrop: bool = False          # refuse (and count) rather than drop silently
 
 
 @dataclass(frozen=True)
 class ChunkConfig:
-    """The `[stream.chunk]` table: chunk mode's declarative layout."""
+    """The `[stream.chunk]` table: chunk mode's declarative layout.
 
-    timestamp_item: int = 0x1600
-    timestamp_step: int = 8192
-    heaps_per_chunk: int = 64
-    heap_bytes: int = 8192
+    Every key is a `daqd._spead.ChunkGroup` argument of the same name
+    (`daqd.recv.builder.build_group`).
+    """
+
+    timestamp_item: int = key(0x1600, minimum=0)
+    timestamp_step: int = key(8192, minimum=1)
+    heaps_per_chunk: int = key(64, minimum=1)
+    heap_bytes: int = key(8192, minimum=1)
     dtype: str = "uint8"
-    substream_item: int = -1            # -1: no substream axis
-    substreams: int = 1
+    substream_item: int = key(-1, minimum=-1)   # -1: no substream axis
+    substreams: int = key(1, minimum=1)
     extra_items: tuple[int, ...] = ()
-    max_chunks: int = 4
-    pool: int = 16
-    when_full: str = "wait"
-    wait_timeout: float = 1.0
-    packet_presence: int = 0
-    eviction: str = "lossless"          # several sources: wait for every one (or not)
+    max_chunks: int = key(4, minimum=1)
+    pool: int = key(16, minimum=1)
+    when_full: str = key("wait", choices=_spead.WHEN_FULL)
+    wait_timeout: float = key(1.0, minimum=0)
+    packet_presence: int = key(0, minimum=0)
+    eviction: str = key("lossless", choices=_spead.EVICTION)  # several sources: wait for all?
 
 
 @dataclass(frozen=True)
 class BufferConfig:
-    """The `[stream.buffer]` table (daqd/buffers.py, daqd/flush.py, daqd/wal.py)."""
+    """The `[stream.buffer]` table (`daqd.pipeline.buffers.build_buffer`)."""
 
-    kind: str = "circular"
-    capacity: int = 64                  # records held at most (both kinds)
-    when_full: str = "block"
-    block_timeout: float = 1.0          # seconds a blocked put waits before dropping
-    flush_count: int = 16
-    flush_bytes: int = 0
-    flush_interval: float = 5.0
-    flush_when: str = "any"
+    kind: str = key("circular", choices=buffers.KINDS)
+    capacity: int = key(64, minimum=1)  # records held at most (both kinds)
+    when_full: str = key("block", choices=buffers.WHEN_FULL)
+    block_timeout: float = key(1.0, minimum=0)  # seconds a blocked put waits before dropping
+    flush_count: int = key(16, minimum=0)
+    flush_bytes: int = key(0, minimum=0)
+    flush_interval: float = key(5.0, minimum=0)
+    flush_when: str = key("any", choices=flush.COMBINATIONS)
     flush_custom: tuple[str, ...] = ()  # "module:function" predicates, called with the buffer
     wal: str = ""                       # may contain {stream}
-    wal_fsync: str = "every-flush"
-    wal_max_bytes: int = 1 << 30
+    wal_fsync: str = key("every-flush", choices=wal_log.FSYNC_POLICIES)
+    wal_max_bytes: int = key(1 << 30, minimum=1 << 16)
 
 
 @dataclass(frozen=True)
 class SinkConfig:
-    """One `[[stream.sinks]]` entry (daqd/sinks/ describes the formats).
+    """One `[[stream.sinks]]` entry (`daqd.sinks.make_sink`; daqd/sinks/ describes the formats).
 
     Attributes
     ----------
@@ -118,26 +145,26 @@ class SinkConfig:
         Text sinks: the line template ("" = the mode's default).
     """
 
-    kind: str
-    path: str
-    rotate_bytes: int = 0
-    rotate_seconds: float = 0
-    fsync: str = "on-rotate"
+    kind: str = key(choices=SINK_KINDS)
+    path: str = key()
+    rotate_bytes: int = key(0, minimum=0)
+    rotate_seconds: float = key(0.0, minimum=0)
+    fsync: str = key("on-rotate", choices=SINK_FSYNC_POLICIES)
     header: bool = True
     template: str = ""
 
 
 @dataclass(frozen=True)
 class StreamConfig:
-    """One `[[stream]]` entry."""
+    """One `[[stream]]` entry (`daqd.recv.builder.build_receiver` builds its receive side)."""
 
     name: str
     sources: tuple[str, ...]
-    max_heaps: int = 8
+    max_heaps: int = key(8, minimum=1)
     allow_out_of_order: bool = False
-    max_packet_size: int = 9200
-    max_heap_size: int = 128 << 20
-    socket_buffer: int = 8 << 20
+    max_packet_size: int = key(9200, minimum=64)
+    max_heap_size: int = key(128 << 20, minimum=0)
+    socket_buffer: int = key(8 << 20, minimum=0)
     stop_on_stop_item: bool = True
     chunk: ChunkConfig | None = None
     buffer: BufferConfig = field(default_factory=BufferConfig)
@@ -149,13 +176,14 @@ class SimulateConfig:
     """One `[[simulate]]` entry: a built-in sender of a reference workload.
 
     It lets a configuration run with no hardware: the daemon sends the
-    workload to one of its own sources (e.g. over loopback UDP).
+    workload to one of its own sources, e.g. over loopback UDP
+    (`daqd.recv.workloads.WorkloadSender`).
     """
 
     target: str
-    workload: str = "W1"
-    rate: float = 0.0                   # bytes per second; 0 = as fast as possible
-    heaps: int = 0                      # 0 = until the daemon stops
+    workload: str = key("W1", choices=WORKLOADS)
+    rate: float = key(0.0, minimum=0)   # bytes per second; 0 = as fast as possible
+    heaps: int = key(0, minimum=0)      # 0 = until the daemon stops
     stop: bool = True                   # end with a stop heap (finite runs)
 
 
@@ -171,36 +199,20 @@ class Config:
     simulate: tuple[SimulateConfig, ...] = ()
 
 
-# Allowed values of the string keys that name a choice.
-CHOICES = {
-    "log_format": ("auto", "console", "json"),
-    "log_level": ("debug", "info", "warning", "error"),
-    "when_full": None,                  # depends on the table, see _CHOICES_BY_TABLE
-    "kind": None,
-    "flush_when": ("any", "all"),
-    "wal_fsync": ("every-record", "every-flush", "never"),
-    "fsync": ("never", "on-rotate", "every-flush"),
-}
-_CHOICES_BY_TABLE = {
-    ("chunk", "when_full"): ("wait", "drop"),
-    ("chunk", "eviction"): ("lossless", "lossy"),
-    ("simulate", "workload"): ("W1", "W2", "W3"),
-    ("buffer", "when_full"): ("block", "drop-newest", "overwrite-oldest"),
-    ("buffer", "kind"): ("fifo", "circular"),
-    ("sinks", "kind"): ("binary", "text", "pcap", "hdf5"),
+#: The tables of the file: where each section class is found.
+SECTIONS: dict[str, type] = {
+    "daemon": DaemonConfig, "zmq": ZmqConfig, "stream": StreamConfig,
+    "stream.chunk": ChunkConfig, "stream.buffer": BufferConfig, "stream.sinks": SinkConfig,
+    "simulate": SimulateConfig,
 }
 # Fields that hold nested tables, filled by parse().
 NESTED = ("ChunkConfig | None", "BufferConfig", "tuple[SinkConfig, ...]")
-# Lower bounds of the numeric keys (inclusive).
-MINIMA = {
-    "interval": 0.01, "timestamp_step": 1, "heaps_per_chunk": 1, "heap_bytes": 1,
-    "substreams": 1, "max_chunks": 1, "pool": 1, "wait_timeout": 0, "packet_presence": 0,
-    "capacity": 1, "flush_count": 0, "flush_bytes": 0, "flush_interval": 0,
-    "block_timeout": 0, "wal_max_bytes": 1 << 16,
-    "max_heaps": 1, "max_packet_size": 64, "max_heap_size": 0, "socket_buffer": 0,
-    "rotate_bytes": 0, "rotate_seconds": 0, "timestamp_item": 0, "substream_item": -1,
-    "rate": 0, "heaps": 0, "stats_hwm": 1,
-}
+
+
+def schema_keys() -> list[str]:
+    """Every key of the configuration file, as ``table.key`` (nested tables excluded)."""
+    return [f"{table}.{f.name}" for table, cls in SECTIONS.items()
+            for f in dataclasses.fields(cls) if f.type not in NESTED]
 
 
 class _Loader:
@@ -256,22 +268,21 @@ class _Loader:
                     isinstance(v, str) for v in value):
                 raise self.fail(key, value, "a non-empty list of strings")
             value = tuple(value)
-        choices = _CHOICES_BY_TABLE.get((table, f.name)) or CHOICES.get(f.name)
+        choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise self.fail(key, value, "one of " + ", ".join(choices))
-        if f.name in MINIMA and value < MINIMA[f.name]:
-            raise self.fail(key, value, f"at least {MINIMA[f.name]}")
+        minimum = f.metadata.get("minimum")
+        if minimum is not None and value < minimum:
+            raise self.fail(key, value, f"at least {minimum}")
         return value
 
     def predicates(self, value: Any, key: str) -> tuple[str, ...]:
         """Check flush predicates: "module:function" strings that import now."""
-        from daqd.pipeline.flush import resolve_predicate
-
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.fail(key, value, 'a list of "module:function" strings')
         for i, spec in enumerate(value):
             try:
-                resolve_predicate(spec)
+                flush.resolve_predicate(spec)
             except ValueError as exc:
                 raise self.fail(f"{key}[{i}]", spec,
                                 f'"module:function" naming an importable callable ({exc})'
@@ -279,55 +290,17 @@ class _Loader:
         return tuple(value)
 
 
-def _check_source(loader: _Loader, key: str, uri: str) -> tuple[str, int] | None:
-    """Check a source URI's shape; the (host, port) it binds, if any."""
-    scheme, sep, rest = uri.partition(":")
-    if not sep or scheme not in SOURCE_SCHEMES:
-        raise loader.fail(key, uri, "a source URI (" + ", ".join(
-            s + ":" for s in SOURCE_SCHEMES) + ")")
-    if scheme in ("udp", "tcp"):
-        parts = urllib.parse.urlsplit(uri)
-        try:
-            port = parts.port
-        except ValueError:
-            port = None
-        if not parts.hostname or port is None:
-            raise loader.fail(key, uri, f"{scheme}://HOST:PORT")
-        return parts.hostname, port
-    if scheme == "sim" and rest.split("?")[0] not in ("W1", "W2", "W3"):
-        raise loader.fail(key, uri, "sim:W1, sim:W2 or sim:W3")
+def _check_source(loader: _Loader, key: str, uri: str,
+                  schemes: tuple[str, ...] = ()) -> tuple[str, int] | None:
+    """Check a source URI (`daqd.recv.uri`); the (scheme, port) it binds, if any."""
+    try:
+        parsed = parse_uri(uri, schemes) if schemes else parse_uri(uri)
+    except SourceError as exc:
+        raise loader.fail(key, uri, str(exc).removeprefix(f"{uri}: ")) from None
+    if parsed.listens:
+        assert parsed.port is not None
+        return parsed.scheme, parsed.port
     return None
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[V6]:PORT`` for IPv6) into host and port.
-
-    Parameters
-    ----------
-    address
-        The address; HOST is an IP address or a host name, PORT 0-65535.
-
-    Returns
-    -------
-    tuple of (str, int)
-        The host (IPv6 without brackets) and the port.
-
-    Raises
-    ------
-    ValueError
-        Not of that form.
-    """
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError("HOST:PORT with PORT 0-65535")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        ipaddress.IPv6Address(host)
-    elif ":" in host:
-        raise ValueError("an IPv6 host needs brackets: [ADDRESS]:PORT")
-    elif not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):
-        raise ValueError("a host name or IP address")
-    return host, int(port)
 
 
 def _check_prometheus(loader: _Loader, address: str) -> None:
@@ -347,12 +320,7 @@ def _check_endpoint(loader: _Loader, key: str, endpoint: str, zmq_cfg: ZmqConfig
         return
     if not endpoint.startswith("tcp://"):
         raise loader.fail(key, endpoint, 'a ZeroMQ endpoint (tcp://HOST:PORT, ipc://PATH or "")')
-    host = endpoint[len("tcp://"):].rpartition(":")[0]
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not zmq_cfg.curve_secret_key:
+    if not is_local_endpoint(endpoint) and not zmq_cfg.curve_secret_key:
         raise loader.fail(key, endpoint, "a loopback or ipc:// endpoint, or CURVE keys "
                           "(zmq.curve_secret_key) to bind elsewhere")
 
@@ -377,10 +345,6 @@ def _try_mkdir(loader: _Loader, key: str, value: str, directory: Path, existing:
 def _check_sink_templates(loader: _Loader, where: str, sink: SinkConfig,
                           chunk: ChunkConfig | None) -> Path:
     """Check a sink's path and text templates; return the path's field-free directory."""
-    # Imported here: daqd.sinks needs this module's dataclasses.
-    from daqd.sinks.paths import PATH_FIELDS, PATH_FIELDS_BY_KIND, PathTemplate
-    from daqd.sinks.text import check_template
-
     allowed = PATH_FIELDS_BY_KIND.get(sink.kind, PATH_FIELDS)
     try:
         template = PathTemplate(sink.path, allowed)
@@ -483,9 +447,8 @@ def parse(text: str, path: str = "<config>") -> Config:
             raise loader.fail(f"{where}.name", stream.name, "a name no other stream has")
         names.add(stream.name)
         for k, uri in enumerate(stream.sources):
-            endpoint = _check_source(loader, f"{where}.sources[{k}]", uri)
-            if endpoint is not None:
-                host_port = (uri.split(":", 1)[0], endpoint[1])
+            host_port = _check_source(loader, f"{where}.sources[{k}]", uri)
+            if host_port is not None:
                 if host_port in bound:
                     raise loader.fail(f"{where}.sources[{k}]", uri,
                                       f"a port no other source uses ({bound[host_port]} "
@@ -507,17 +470,23 @@ def _simulators(loader: _Loader, raw: Any, bound: dict[tuple[str, int], str],
     for i, table in enumerate(raw):
         where = f"simulate[{i}]"
         sim = SimulateConfig(**loader.table(SimulateConfig, table, where, "simulate"))
-        endpoint = _check_source(loader, f"{where}.target", sim.target)
-        if endpoint is None or (sim.target.split(":", 1)[0], endpoint[1]) not in bound:
+        if _check_source(loader, f"{where}.target", sim.target, NETWORK_SCHEMES) not in bound:
             raise loader.fail(f"{where}.target", sim.target,
                               "the udp:// or tcp:// URI of one of the streams' sources")
         out.append(sim)
     return tuple(out)
 
 
+def default_config_text() -> str:
+    """Return the built-in default configuration (``daqd/data/daqd.toml``, package data)."""
+    return importlib.resources.files("daqd.data").joinpath(DEFAULT_CONFIG_NAME).read_text()
+
+
 def load(path: str | os.PathLike | None = None) -> Config:
     """Read and validate a configuration file (the built-in default when None)."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if path is None:
+        return parse(default_config_text(), f"<built-in {DEFAULT_CONFIG_NAME}>")
+    path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:

@@ -8,7 +8,7 @@ import tempfile
 import pytest
 import zmq
 
-from daqd.service import logs
+from daqd import logs
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ BAD = [
     ("[[stream]]\nname = 'a'\nsources = []\n", "stream[0].sources = []"),
     ("[[stream]]\nname = 'a'\nsources = ['ftp://x']\n", "stream[0].sources[0] = 'ftp://x'"),
     ("[[stream]]\nname = 'a'\nsources = ['udp://127.0.0.1']\n", "udp://HOST:PORT"),
-    ("[[stream]]\nname = 'a'\nsources = ['sim:W9']\n", "sim:W1, sim:W2 or sim:W3"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W9']\n", "sim:W1, sim:W2, sim:W3"),
     ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\nmax_heaps = 0\n",
      "stream[0].max_heaps = 0: expected at least 1"),
     ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\nallow_out_of_order = 1\n",

@@ -16,14 +16,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import structlog
 
-from daqd.service import logs
+from daqd import logs
 
 WAIT = 10.0          # upper bound of every wait; never a speed requirement
 
 EMITTER = textwrap.dedent("""
     import logging, sys
     import structlog
-    from daqd.service.logs import configure_logging
+    from daqd.logs import configure_logging
     fmt = None if sys.argv[1] == "auto" else sys.argv[1]
     configure_logging(fmt, "info", daemon="dq")
     structlog.get_logger("daqd.test").info("hello", answer=42)

@@ -10,12 +10,13 @@ import zmq
 import zmq.auth
 
 from daqd import config as daqd_config
+from daqd.addresses import is_local_endpoint
 from daqd.config import ConfigError, ZmqConfig
 from daqd.errors import UsageProblem
 from daqd.service.control import ControlServer
 from daqd.service.stats_publisher import StatsPublisher
 from daqd.service.zmq_clients import DaemonUnreachable, request, subscribe
-from daqd.service.zmq_security import ClientSecurity, Security, check_bind, is_local_endpoint
+from daqd.service.zmq_security import ClientSecurity, Security, check_bind
 
 STREAM = '[[stream]]\nname = "a"\nsources = ["sim:W1"]\n'
 REFUSED = 0.5          # how long a refused client waits before giving up

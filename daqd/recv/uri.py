@@ -152,7 +152,7 @@ def parse_uri(text: str, schemes: tuple[str, ...] = SCHEMES) -> SourceUri:
             raise SourceError(f"{text}: no path given")
         if scheme == "sim" and path not in _spead.WORKLOADS:
             raise SourceError(f"{text}: unknown workload {path!r} (expected "
-                              + ", ".join(_spead.WORKLOADS) + ")")
+                              + ", ".join("sim:" + w for w in _spead.WORKLOADS) + ")")
         uri = SourceUri(text, scheme, path=path, options=options)
     # Check option values now, so that they fail at validate, not at run.
     uri.switch("gro", True)

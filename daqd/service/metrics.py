@@ -47,7 +47,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from daqd import __version__
-from daqd.config import split_host_port
+from daqd.addresses import split_host_port
 from daqd.errors import UsageProblem
 from daqd.recv.counters import MAXIMA
 

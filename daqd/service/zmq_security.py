@@ -16,7 +16,6 @@ handler per context) and `ClientSecurity` the client side used by
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from types import TracebackType
@@ -27,40 +26,13 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from daqd.addresses import is_local_endpoint
 from daqd.errors import UsageProblem
 
 if TYPE_CHECKING:
     from daqd.config import ZmqConfig
 
 log = structlog.get_logger("daqd.zmq")
-
-
-def is_local_endpoint(endpoint: str) -> bool:
-    """Whether a ZeroMQ endpoint can only be reached from this machine.
-
-    Parameters
-    ----------
-    endpoint : str
-        A ZeroMQ endpoint such as ``tcp://127.0.0.1:5556`` or ``ipc:///run/daqd.sock``.
-
-    Returns
-    -------
-    bool
-        True for ``ipc://``, ``inproc://`` and ``tcp://`` on a loopback address
-        (``127.0.0.0/8``, ``localhost``, ``[::1]``); False otherwise, including
-        wildcard binds (``tcp://*:5556``, ``tcp://0.0.0.0:5556``).
-    """
-    if endpoint.startswith(("ipc://", "inproc://")):
-        return True
-    if not endpoint.startswith("tcp://"):
-        return False
-    host = endpoint[len("tcp://"):].rpartition(":")[0]
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(endpoint: str, security: Security | None) -> None:

@@ -26,7 +26,8 @@ from typing import Any, TextIO
 import structlog
 
 __all__ = [
-    "FORMATS", "LEVELS", "choose_format", "configure_logging", "reset_logging", "set_log_level",
+    "FORMATS", "FORMAT_CHOICES", "LEVELS", "LEVEL_CHOICES", "choose_format",
+    "configure_logging", "reset_logging", "set_log_level",
 ]
 
 FORMATS = ("console", "json")
@@ -37,6 +38,10 @@ LEVELS = {
     "error": logging.ERROR,
     "critical": logging.CRITICAL,
 }
+#: What ``[daemon] log_format`` and ``--log-format`` accept ("auto": JSON unless on a terminal).
+FORMAT_CHOICES = ("auto", *FORMATS)
+#: What ``[daemon] log_level`` and ``--log-level`` accept.
+LEVEL_CHOICES = ("debug", "info", "warning", "error")
 
 # Processors run on structlog events before they are handed to `logging`; the
 # rest (which may change on reconfiguration) lives in the handler's formatter.
