@@ -1,8 +1,8 @@
 """Heap records decoded against their descriptors, compared with spead2's ItemGroup.
 
 spead2 is the reference: heaps are built and sent by spead2's ItemGroup,
-received by daqd's HeapStream and turned into records by the stream runner's
-heap path (`StreamRunner._put_heaps`), and every decoded value must equal,
+received by daqd's HeapStream and turned into records by the heap recorder
+(`daqd.recv.heap_records.HeapRecorder`), and every decoded value must equal,
 type and dtype included, what ``spead2.ItemGroup.update`` gives for the same
 heaps.  Also: descriptor replacement, values that do not fit (kept raw and
 counted), and records that keep their descriptors through the write-ahead log.
@@ -26,30 +26,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from spead2_helpers import THREAD_POOL, split_packets
 
 from daqd import _spead
-from daqd.config import StreamConfig
 from daqd.pipeline.items import EMPTY_DESCRIPTORS, ItemDescriptors
 from daqd.pipeline.records import HeapRecord, decode_record
 from daqd.pipeline.wal import WriteAheadLog
 from daqd.recv.descriptors import decode_descriptors
-from daqd.service.stream_runner import STRUCTURE_IDS, StreamRunner
+from daqd.recv.heap_records import STRUCTURE_IDS, HeapRecorder
 from daqd.sinks.text import format_heap
-
-
-class ListBuffer:
-    """What the runner puts records into (a buffer that only keeps them)."""
-
-    def __init__(self) -> None:
-        self.records: list[HeapRecord] = []
-
-    def put(self, record: HeapRecord) -> bool:
-        self.records.append(record)
-        return True
-
-
-def heap_runner() -> StreamRunner:
-    runner = StreamRunner(StreamConfig("sensors", ()), None)  # type: ignore[arg-type]
-    runner.buffer = ListBuffer()
-    return runner
 
 
 def send(heaps: list[Any], max_packet_size: int = 1472) -> list[bytes]:
@@ -61,12 +43,12 @@ def send(heaps: list[Any], max_packet_size: int = 1472) -> list[bytes]:
     return split_packets(stream.getvalue())
 
 
-def daqd_records(packets: list[bytes]) -> tuple[list[HeapRecord], StreamRunner]:
-    """Records the runner makes of `packets`, received by daqd's HeapStream."""
-    runner = heap_runner()
+def daqd_records(packets: list[bytes]) -> tuple[list[HeapRecord], HeapRecorder]:
+    """Records the recorder makes of `packets`, received by daqd's HeapStream."""
+    recorder = HeapRecorder("sensors")
     stream = _spead.HeapStream(max_heaps=4)
-    runner._put_heaps(stream.add_packets(packets) + stream.flush())
-    return runner.buffer.records, runner
+    records = list(recorder.records(stream.add_packets(packets) + stream.flush()))
+    return records, recorder
 
 
 def spead2_updates(packets: list[bytes]) -> list[dict[str, Any]]:
@@ -98,7 +80,7 @@ def assert_same(ours: Any, theirs: Any, name: str) -> None:
 
 def check_against_spead2(packets: list[bytes]) -> list[HeapRecord]:
     """Every record's decoded items equal spead2's update of the same heap."""
-    records, runner = daqd_records(packets)
+    records, recorder = daqd_records(packets)
     expected = spead2_updates(packets)
     assert len(records) == len(expected)
     for record, theirs in zip(records, expected, strict=True):
@@ -107,7 +89,7 @@ def check_against_spead2(packets: list[bytes]) -> list[HeapRecord]:
         assert set(decoded.by_name) == set(theirs)
         for name, value in theirs.items():
             assert_same(decoded.by_name[name], value, name)
-    counters = runner.raw_counters()
+    counters = recorder.counters()
     assert counters["records_undecoded_items"] == 0
     assert counters["records_undescribed_items"] == 0
     return records
@@ -268,7 +250,7 @@ def test_descriptor_replacement_follows_spead2_and_records_keep_theirs():
     orphan.add_item(spead2.Item(0x1000, "old", "", (), format=[("u", 16)], value=9))
     heaps.append(orphan)
     packets = send(heaps)
-    records, runner = daqd_records(packets)
+    records, recorder = daqd_records(packets)
     expected = spead2_updates(packets)      # the orphan updates nothing in spead2
     assert len(records) == 4 and len(expected) == 3
     for record, theirs in zip(records, expected, strict=False):
@@ -278,14 +260,14 @@ def test_descriptor_replacement_follows_spead2_and_records_keep_theirs():
     assert records[1].decode().by_name["level"] == -5
     last = records[3].decode()
     assert last.by_name == {} and last.values == {0x1000: 9} and last.undescribed == 1
-    assert runner.raw_counters()["records_undescribed_items"] == 1
+    assert recorder.counters()["records_undescribed_items"] == 1
     # Each record keeps the descriptors of its time.
     assert records[0].descriptors[0x1000].descriptor["format"] == [["u", 16]]
     assert 0x1000 not in records[2].descriptors
     assert records[0].descriptors is not records[1].descriptors
     # A descriptor sent again unchanged keeps the same set (records share it).
-    assert runner.item_descriptors.updated(
-        runner.item_descriptors.descriptors()) is runner.item_descriptors
+    assert recorder.item_descriptors.updated(
+        recorder.item_descriptors.descriptors()) is recorder.item_descriptors
 
 
 def test_value_too_short_for_its_shape_is_kept_raw_and_counted():
@@ -308,12 +290,12 @@ def test_value_too_short_for_its_shape_is_kept_raw_and_counted():
     with pytest.raises(ValueError, match="too few elements"):
         group.update(second)
     with capture_logs() as logs:
-        records, runner = daqd_records(packets)
+        records, recorder = daqd_records(packets)
     decoded = records[1].decode()
     assert decoded.values[0x1000] == np.ones(8, ">f4").tobytes()        # raw
     assert list(decoded.failed) == [0x1000] and "too few" in decoded.failed[0x1000]
     assert decoded.by_name == {"readings": np.ones(8, ">f4").tobytes(), "sensor": 3}
-    assert runner.raw_counters()["records_undecoded_items"] == 1
+    assert recorder.counters()["records_undecoded_items"] == 1
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
         "item value does not fit its descriptor: kept raw (counted in "
         "records_undecoded_items)"]

@@ -12,7 +12,7 @@ import pytest
 
 from daqd.config import ChunkConfig, ConfigError, SinkConfig, parse
 from daqd.pipeline.records import ChunkRecord, HeapRecord
-from daqd.sinks import SinkContext, make_sink, recover_sink, udp_port_of
+from daqd.sinks import SinkContext, make_sink, recover_sink
 from daqd.sinks.binary import load
 
 CHUNK = ChunkConfig(heaps_per_chunk=4, heap_bytes=16)       # 64 data bytes per record
@@ -457,15 +457,9 @@ def test_config_accepts_templates_with_fields_in_directories(tmp_path, monkeypat
     assert (sink.template, sink.rotate_seconds, sink.fsync) == \
         ("{chunk_id},{time}", 3600.0, "every-flush")
     assert not (tmp_path / "d" / "{stream}").exists()
-    ctx = SinkContext.for_stream(config.streams[0], sink, config.text)
-    assert (ctx.stream, ctx.chunk, ctx.udp_port) == ("adc0", config.streams[0].chunk, 7148)
+    ctx = SinkContext.for_stream(config.streams[0], sink, config.text, 7150)
+    assert (ctx.stream, ctx.chunk, ctx.udp_port) == ("adc0", config.streams[0].chunk, 7150)
     assert make_sink(ctx).accepts == (ChunkRecord,)
-
-
-def test_udp_port_of_sources():
-    assert udp_port_of(["sim:W1", "udp://127.0.0.1:7150"]) == 7150
-    assert udp_port_of(["pcap:x.pcap?port=7200"]) == 7200
-    assert udp_port_of(["sim:W1"]) == 7148
 
 
 def test_heap_mode_records_go_to_heap_mode_sinks_only(tmp_path):

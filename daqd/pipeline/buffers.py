@@ -888,7 +888,7 @@ class Buffer:
 
 
 def build_buffer(config: BufferConfig, sinks: Sequence[Any] = (),
-                 recover: RecoverSink | None = None, *, name: str = "",
+                 recover: RecoverSink | None = None, *, name: str = "", wal: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> Buffer:
     """Build a ready buffer from a ``[stream.buffer]`` table.
 
@@ -903,6 +903,9 @@ def build_buffer(config: BufferConfig, sinks: Sequence[Any] = (),
         a write-ahead log.
     name : str
         The stream's name, for ``{stream}`` in the WAL path.
+    wal : bool
+        Keep the write-ahead log the table asks for (False: none, e.g. for
+        the raw packets of pcap sinks, a diagnostic copy).
     clock : callable
         Monotonic seconds for the flush policy.
 
@@ -912,12 +915,13 @@ def build_buffer(config: BufferConfig, sinks: Sequence[Any] = (),
         Recovered and ready for `put`; start a `Flusher` on it.
     """
     policy = FlushPolicy.from_config(config, clock=clock)
-    wal = None
-    if config.wal:
+    write_ahead = None
+    if config.wal and wal:
         path = Path(config.wal.format(stream=name))
         path.parent.mkdir(parents=True, exist_ok=True)
-        wal = WriteAheadLog(path, fsync=config.wal_fsync, max_bytes=config.wal_max_bytes)
-    buffer = Buffer(config.kind, config.capacity, config.when_full, policy, wal=wal,
+        write_ahead = WriteAheadLog(path, fsync=config.wal_fsync,
+                                    max_bytes=config.wal_max_bytes)
+    buffer = Buffer(config.kind, config.capacity, config.when_full, policy, wal=write_ahead,
                     block_timeout=config.block_timeout)
     for i, sink in enumerate(sinks):
         if i == 0:

@@ -46,6 +46,18 @@ _DESCRIBED = struct.Struct("<BI")
 _PACKETS_HEAD = struct.Struct("<dI")
 
 
+def slots_present(present: np.ndarray) -> np.ndarray:
+    """Return which heap slots of a chunk arrived whole (bool, ``present``'s slot axes).
+
+    ``present`` is one flag per heap slot, ``(heaps_per_chunk, substreams)``,
+    or with packet presence one per packet, ``(..., packets_per_heap)``: a
+    slot is present when every one of its packets arrived.  This is the one
+    place that reduction is written (records, sinks, statistics use it).
+    """
+    present = np.asarray(present)
+    return present.all(axis=-1) if present.ndim > 2 else present != 0
+
+
 @dataclass(eq=False)
 class ChunkRecord:
     """A completed chunk: `data`, `present`, optional `extra`, `chunk_id`, `timestamp`.
@@ -81,11 +93,25 @@ class ChunkRecord:
         return int(self.data.nbytes)
 
     @property
+    def slots_present(self) -> np.ndarray:
+        """Which heap slots arrived whole, ``(heaps_per_chunk, substreams)`` (`slots_present`)."""
+        return slots_present(self.present)
+
+    @property
+    def heaps_present(self) -> int:
+        """Heap slots that arrived whole."""
+        return int(np.count_nonzero(self.slots_present))
+
+    @property
+    def heaps(self) -> int:
+        """Heap slots in the chunk."""
+        return int(self.slots_present.size)
+
+    @property
     def fraction_present(self) -> float:
-        """Fraction of the chunk's heap slots that arrived."""
-        present = self.present.reshape(self.present.shape[0], -1) if self.present.ndim > 2 \
-            else self.present
-        return float(np.count_nonzero(present)) / present.size if present.size else 0.0
+        """Fraction of the chunk's heap slots that arrived whole (heaps_present / heaps)."""
+        slots = self.slots_present
+        return float(np.count_nonzero(slots)) / slots.size if slots.size else 0.0
 
     def release(self) -> None:
         """Give the chunk back to the pool (once; later calls do nothing)."""

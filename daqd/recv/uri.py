@@ -39,8 +39,6 @@ OPTIONS: Mapping[str, frozenset[str]] = {
 SCHEMES = tuple(OPTIONS)
 #: Schemes whose sources listen on a port (and may be a [[simulate]] target).
 NETWORK_SCHEMES = ("udp", "tcp")
-#: SPEAD's customary UDP port, for pcap frames when a stream names none.
-DEFAULT_UDP_PORT = 7148
 
 _SWITCH = {"1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
 
@@ -162,14 +160,14 @@ def parse_uri(text: str, schemes: tuple[str, ...] = SCHEMES) -> SourceUri:
     return uri
 
 
-def stream_udp_port(sources: tuple[str, ...] | list[str]) -> int:
-    """Return the UDP port a stream's raw packets are written to (pcap sinks).
+def stream_udp_port(sources: tuple[str, ...] | list[str]) -> int | None:
+    """Return the UDP port a stream's packets are addressed to (pcap sinks write it).
 
     The first source that says (a ``udp://``/``tcp://`` port, a ``pcap:``
-    ``port=``), else `DEFAULT_UDP_PORT`.
+    ``port=``), else None.
     """
     for text in sources:
         port = parse_uri(text).udp_port
         if port is not None:
             return port
-    return DEFAULT_UDP_PORT
+    return None

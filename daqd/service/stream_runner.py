@@ -26,21 +26,16 @@ from typing import Any
 import numpy as np
 import structlog
 
-from daqd import _spead
 from daqd.config import Config, StreamConfig
 from daqd.pipeline.buffers import build_buffer
 from daqd.pipeline.flush import Flusher
-from daqd.pipeline.items import EMPTY_DESCRIPTORS
-from daqd.pipeline.records import ChunkRecord, HeapRecord, PacketRecord
+from daqd.pipeline.records import ChunkRecord, PacketRecord
+from daqd.recv.builder import Receiver, build_receiver
 from daqd.recv.counters import MAXIMA
-from daqd.recv.descriptors import DESCRIPTOR_ID, decode_descriptors
-from daqd.recv.sources import Source, open_source
-from daqd.sinks import SinkContext, make_sink, recover_sink
+from daqd.recv.heap_records import HeapRecorder
+from daqd.recv.sources import Source
+from daqd.sinks import build_sinks, recover_sink
 
-# Packet-structure items are not part of a heap record, nor is stream control
-# (0x6): spead2's start and stop heaps carry nothing else and make no record.
-STREAM_CTRL_ID = 0x6
-STRUCTURE_IDS = frozenset({0, 1, 2, 3, 4, DESCRIPTOR_ID, STREAM_CTRL_ID})
 # Packet tap (pcap sinks): room between two takes, and how often it is taken.
 TAP_BYTES = 64 << 20
 TAP_PACKETS = 1 << 16
@@ -71,24 +66,17 @@ class StreamRunner:
         self.config = config
         self.name = config.name
         self.whole = whole
-        self.sources: list[Source] = []
-        self.streams: list[Any] = []
-        self.group: Any = None
+        self.receiver = Receiver()
         self.threads: list[threading.Thread] = []
         self.stopping = threading.Event()
         self.capturing = True
         self.heartbeats: list[int] = []     # per source: receive loop iterations (watchdog)
         self.ended_sources = 0
         self.errors: list[str] = []
-        self.descriptors: dict[int, dict[str, Any]] = {}
-        self.item_descriptors = EMPTY_DESCRIPTORS   # what heap records are decoded against
-        self.undescribed_items = 0          # record items without a descriptor (kept raw)
-        self.undecoded_items = 0            # record items their descriptor does not fit (raw)
-        self._heap_lock = threading.Lock()  # the sources' receive threads share the above
+        self.recorder = HeapRecorder(config.name)   # heap mode: heaps into records
         self.baseline: dict[str, int] = {}
         self.not_captured = 0               # records let go while capture was stopped
-        self.substream_missing = np.zeros(
-            config.chunk.substreams if config.chunk else 0, np.int64)
+        self.substream_missing: np.ndarray | None = None   # chunk mode, from the first chunk
         self.buffer: Any = None
         self.flusher: Any = None
         self.packet_buffer: Any = None
@@ -102,48 +90,14 @@ class StreamRunner:
     def open(self) -> list[str]:
         """Allocate the pool and buffers, open sinks, bind every source.
 
-        Returns the warnings an operator should hear about.
+        Each layer is built from its own sections: the receive side from the
+        ``[[stream]]`` section, the sinks from ``[[stream.sinks]]``, the
+        buffers from ``[stream.buffer]``.  Returns the warnings an operator
+        should hear about.
         """
         c = self.config
-        warnings: list[str] = []
-        if c.chunk is not None:
-            k = c.chunk
-            self.group = _spead.ChunkGroup(
-                timestamp_item=k.timestamp_item, timestamp_step=k.timestamp_step,
-                heaps_per_chunk=k.heaps_per_chunk, heap_bytes=k.heap_bytes, dtype=k.dtype,
-                substream_item=k.substream_item if k.substream_item >= 0 else None,
-                substreams=k.substreams, extra_items=list(k.extra_items),
-                max_chunks=k.max_chunks, pool=k.pool, when_full=k.when_full,
-                wait_timeout=k.wait_timeout, packet_presence=k.packet_presence,
-            )
-        self._open_sinks()
-        for uri in c.sources:
-            source = open_source(uri, max_packet_size=c.max_packet_size,
-                                 socket_buffer=c.socket_buffer)
-            warnings.extend(source.warnings)
-            self.sources.append(source)
-            kwargs = dict(max_heaps=c.max_heaps, allow_out_of_order=c.allow_out_of_order,
-                          max_heap_size=c.max_heap_size, stop_on_stop_item=c.stop_on_stop_item)
-            if self.group is not None:
-                self.streams.append(self.group.add_stream(**kwargs))
-            else:
-                self.streams.append(_spead.HeapStream(**kwargs))
-        return warnings
-
-    def _context(self, sink_config: Any) -> SinkContext:
-        port = 7148
-        for uri in self.config.sources:
-            if uri.startswith(("udp://", "tcp://")):
-                port = int(uri.rsplit(":", 1)[1].split("?")[0])
-                break
-        return SinkContext(stream=self.name, config=sink_config, chunk=self.config.chunk,
-                           config_text=self.whole.text, udp_port=port)
-
-    def _open_sinks(self) -> None:
-        c = self.config
-        for sink_config in c.sinks:
-            sink = make_sink(self._context(sink_config))
-            (self.packet_sinks if sink_config.kind == "pcap" else self.sinks).append(sink)
+        self.receiver = build_receiver(c)
+        self.sinks, self.packet_sinks = build_sinks(c, self.whole.text, self.receiver.udp_port)
 
         def recover(sink: Any, state: dict[str, Any]) -> None:
             recover_sink(sink.context, state)
@@ -153,10 +107,25 @@ class StreamRunner:
             self.flusher = Flusher(self.buffer)
         if self.packet_sinks:
             # Raw packets get a buffer of their own (no WAL: pcap is a diagnostic copy).
-            packet_config = type(c.buffer)(**{**c.buffer.__dict__, "wal": ""})
-            self.packet_buffer = build_buffer(packet_config, self.packet_sinks,
-                                              name=self.name + ".packets")
+            self.packet_buffer = build_buffer(c.buffer, self.packet_sinks,
+                                              name=self.name + ".packets", wal=False)
             self.packet_flusher = Flusher(self.packet_buffer)
+        return list(self.receiver.warnings)
+
+    @property
+    def sources(self) -> list[Source]:
+        """The stream's opened sources."""
+        return self.receiver.sources
+
+    @property
+    def streams(self) -> list[Any]:
+        """The compiled stream of each source."""
+        return self.receiver.streams
+
+    @property
+    def group(self) -> Any:
+        """Chunk mode: the chunk group of the stream's sources; None in heap mode."""
+        return self.receiver.group
 
     def start(self) -> None:
         """Start the flushers, the receive threads and (chunk mode) the consumer."""
@@ -221,37 +190,9 @@ class StreamRunner:
                  stopped_by_item=bool(stream.stopped))
 
     def _put_heaps(self, heaps: list[Any]) -> None:
-        for heap in heaps:
-            if not heap.complete:
-                continue                        # counted as incomplete_heaps_* by the stream
-            if any(item.id == DESCRIPTOR_ID for item in heap.items):
-                found = decode_descriptors(heap)
-                with self._heap_lock:
-                    for d in found:
-                        self.descriptors[d["id"]] = d
-                    # As spead2's ItemGroup.update: a heap's descriptors apply to its items.
-                    self.item_descriptors = self.item_descriptors.updated(found)
-            # A record keeps the descriptors of its time (immutable, shared) and is
-            # decoded here, once: sinks read the result, failures are counted.
-            descriptors = self.item_descriptors
-            record = HeapRecord.from_heap(heap, STRUCTURE_IDS, descriptors)
-            if not record.items or self.buffer is None:
-                continue
-            undescribed, failed = len(record.items), 0
-            if descriptors:
-                decoded = record.decode()
-                undescribed, failed = decoded.undescribed, len(decoded.failed)
-            if undescribed or failed:
-                with self._heap_lock:
-                    first = failed and not self.undecoded_items
-                    self.undescribed_items += undescribed
-                    self.undecoded_items += failed
-                if first:
-                    item_id, reason = next(iter(record.decode().failed.items()))
-                    log.warning("item value does not fit its descriptor: kept raw (counted in "
-                                "records_undecoded_items)", stream=self.name, cnt=record.cnt,
-                                item=hex(item_id), reason=reason)
-            self._put(self.buffer, record)
+        for record in self.recorder.records(heaps):
+            if self.buffer is not None:
+                self._put(self.buffer, record)
 
     def _put_tap(self, reader: Any) -> None:
         taken = reader.take_tap()
@@ -273,14 +214,16 @@ class StreamRunner:
                 continue
             if chunk is None:                   # every stream finished, ring drained
                 return
-            present = chunk.present
-            if present.ndim > 2:
-                present = present.reshape(present.shape[0], present.shape[1], -1).min(axis=2)
-            self.substream_missing += present.shape[0] - np.count_nonzero(present, axis=0)
+            record = ChunkRecord.from_chunk(chunk)
+            slots = record.slots_present            # (heaps_per_chunk, substreams)
+            missing = slots.shape[0] - np.count_nonzero(slots, axis=0)
+            if self.substream_missing is None:
+                self.substream_missing = np.zeros(slots.shape[1], np.int64)
+            self.substream_missing += missing
             if self.buffer is None:
-                chunk.release()
+                record.release()
                 continue
-            self._put(self.buffer, ChunkRecord.from_chunk(chunk))
+            self._put(self.buffer, record)
 
     # ------------------------------------------------------------------
     # control
@@ -323,8 +266,7 @@ class StreamRunner:
                 self.errors.append(f"{sink.name}: close failed: {exc}")
                 log.error("sink close failed", stream=self.name, sink=sink.name,
                           error=str(exc))
-        for source in self.sources:
-            source.close()
+        self.receiver.close()
 
     def flush(self, reason: str) -> None:
         """Ask the flushers for a flush (thread-safe, returns at once)."""
@@ -361,8 +303,7 @@ class StreamRunner:
                 else:
                     total[name] = total.get(name, 0) + value
         total["records_not_captured"] = self.not_captured
-        total["records_undescribed_items"] = self.undescribed_items
-        total["records_undecoded_items"] = self.undecoded_items
+        total.update(self.recorder.counters())
         return total
 
     def source_counters(self) -> dict[str, dict[str, int]]:
@@ -388,8 +329,10 @@ class StreamRunner:
         if self.group is not None:
             gauges["free_ring"] = self.group.free_ring_size
             gauges["data_ring"] = self.group.data_ring_size
-            gauges["pool"] = self.config.chunk.pool if self.config.chunk else 0
-            out["heaps_missing_per_substream"] = self.substream_missing.tolist()
+            gauges["pool"] = self.group.pool
+            out["heaps_missing_per_substream"] = (
+                self.substream_missing.tolist() if self.substream_missing is not None
+                else [0] * self.group.substreams)
         if self.buffer is not None:
             out["buffer"] = self.buffer.stats()
             gauges["buffer_fill"] = self.buffer.size()

@@ -2,6 +2,7 @@
 
 Every sink follows the Sink protocol of docs/dev-pipeline.md::
 
+    sinks, packet_sinks = build_sinks(stream_config, config_text, udp_port)
     sink = make_sink(SinkContext(stream, config, chunk, config_text, udp_port))
     sink.write(records)         # one flush, all or nothing (OSError: nothing kept);
                                 # files it finishes wait, pending, for commit()
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import importlib
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from daqd.pipeline.records import PacketRecord
 
 if TYPE_CHECKING:   # daqd.config imports daqd.sinks.paths to check sink keys
     from daqd.config import ChunkConfig, SinkConfig, StreamConfig
@@ -31,8 +33,6 @@ KINDS = {
     "pcap": ("daqd.sinks.pcap", "PcapSink"),
     "hdf5": ("daqd.sinks.hdf5", "Hdf5Sink"),
 }
-#: SPEAD's customary UDP port, for pcap frames when the stream names none.
-DEFAULT_UDP_PORT = 7148
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,8 @@ class SinkContext:
         The stream's chunk layout; None in heap mode.
     config_text : str
         The whole configuration file, stored in HDF5 files.
-    udp_port : int
-        UDP port written in pcap frames.
+    udp_port : int or None
+        UDP port written in pcap frames (None: SPEAD's customary 7148).
     clock, wall_clock : callable
         Monotonic seconds (rotation ages) and Unix seconds (file names,
         headers); replaceable in tests.
@@ -60,33 +60,15 @@ class SinkContext:
     config: SinkConfig
     chunk: ChunkConfig | None = None
     config_text: str = ""
-    udp_port: int = DEFAULT_UDP_PORT
+    udp_port: int | None = None
     clock: Callable[[], float] = field(default=time.monotonic, compare=False)
     wall_clock: Callable[[], float] = field(default=time.time, compare=False)
 
     @classmethod
-    def for_stream(cls, stream: StreamConfig, sink: SinkConfig,
-                   config_text: str = "") -> SinkContext:
-        """Build the context of one of `stream`'s sinks (UDP port from its sources)."""
-        return cls(stream.name, sink, stream.chunk, config_text, udp_port_of(stream.sources))
-
-
-def udp_port_of(sources: tuple[str, ...] | list[str]) -> int:
-    """Return the port of the first ``udp://`` source, a ``pcap:...?port=P``, or 7148."""
-    for uri in sources:
-        if uri.startswith("udp://"):
-            try:
-                port = urllib.parse.urlsplit(uri).port
-            except ValueError:
-                port = None
-            if port is not None:
-                return port
-    for uri in sources:
-        if uri.startswith("pcap:"):
-            query = urllib.parse.parse_qs(uri.partition("?")[2])
-            if query.get("port", [""])[-1].isdigit():
-                return int(query["port"][-1])
-    return DEFAULT_UDP_PORT
+    def for_stream(cls, stream: StreamConfig, sink: SinkConfig, config_text: str = "",
+                   udp_port: int | None = None) -> SinkContext:
+        """Build the context of one of `stream`'s sinks."""
+        return cls(stream.name, sink, stream.chunk, config_text, udp_port)
 
 
 def sink_class(kind: str) -> type:
@@ -104,6 +86,24 @@ def sink_class(kind: str) -> type:
                          + ", ".join(KINDS) + ")") from None
     cls: type = getattr(importlib.import_module(module), name)
     return cls
+
+
+def build_sinks(stream: StreamConfig, config_text: str = "", udp_port: int | None = None
+                ) -> tuple[list[Any], list[Any]]:
+    """Make the sinks of a stream's ``[[stream.sinks]]`` sections, in order.
+
+    Returns
+    -------
+    records, packets : list, list
+        The sinks of the stream's records (chunks or heaps), and those of its
+        raw packets (pcap), which are fed by a packet tap in the readers.
+    """
+    records: list[Any] = []
+    packets: list[Any] = []
+    for section in stream.sinks:
+        sink = make_sink(SinkContext.for_stream(stream, section, config_text, udp_port))
+        (packets if PacketRecord in sink.accepts else records).append(sink)
+    return records, packets
 
 
 def make_sink(context: SinkContext) -> Any:
@@ -154,4 +154,4 @@ def recover_sink(context: SinkContext, state: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-__all__ = ["KINDS", "SinkContext", "make_sink", "recover_sink", "sink_class", "udp_port_of"]
+__all__ = ["KINDS", "SinkContext", "build_sinks", "make_sink", "recover_sink", "sink_class"]

@@ -46,7 +46,7 @@ import h5py
 import numpy as np
 
 import daqd
-from daqd.pipeline.records import ChunkRecord
+from daqd.pipeline.records import ChunkRecord, slots_present
 from daqd.sinks.base import FileSink, FileUnusable, Piece, SinkFile, _Mark
 
 INDEX_CHUNK_ROWS = 4096
@@ -99,7 +99,7 @@ class Hdf5Sink(FileSink):
             if packet_present.size != self.slots[0] * self.slots[1] * self.packets:
                 raise ValueError(f"chunk {record.chunk_id}: present shape {present.shape} "
                                  "does not fit the layout")
-            present = packet_present.reshape(*self.slots, self.packets).all(axis=-1)
+            present = slots_present(packet_present.reshape(*self.slots, self.packets))
         present = np.ascontiguousarray(present, np.uint8)
         if present.size != self.slots[0] * self.slots[1]:
             raise ValueError(f"chunk {record.chunk_id}: present shape {record.present.shape} "

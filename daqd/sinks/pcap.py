@@ -32,6 +32,8 @@ from daqd.sinks.base import ByteSink, Piece
 from daqd.sinks.paths import PATH_FIELDS_BY_KIND
 
 MAX_UDP_PAYLOAD = 65535 - 20 - 8
+#: SPEAD's customary UDP port, for frames of a stream whose sources name none.
+DEFAULT_UDP_PORT = 7148
 SNAPLEN = 262144
 FILE_HEADER = struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, SNAPLEN, 1)
 FRAME_HEADER_BYTES = 16 + 14 + 20 + 8
@@ -121,7 +123,7 @@ class PcapSink(ByteSink):
 
     def __init__(self, context: Any):
         super().__init__(context)
-        self.port = int(context.udp_port)
+        self.port = DEFAULT_UDP_PORT if context.udp_port is None else int(context.udp_port)
         self.lost_packets = 0
 
     def _encode(self, record: Any) -> Piece:

@@ -271,14 +271,10 @@ def _iso(t: float) -> str:
 
 def chunk_fields(record: ChunkRecord) -> dict[str, Any]:
     """Return the template fields of a chunk record."""
-    present = record.present
-    # With packet presence the last axis is per packet: a slot is complete
-    # when all of its packets arrived.
-    complete = present.all(axis=-1) if present.ndim > 2 else present != 0
     return {
         "chunk_id": record.chunk_id, "timestamp": record.timestamp,
         "fraction_present": record.fraction_present,
-        "heaps_present": int(np.count_nonzero(complete)), "heaps": int(complete.size),
+        "heaps_present": record.heaps_present, "heaps": record.heaps,
         "nbytes": record.nbytes, "received": record.received, "time": _iso(record.received),
     }
 

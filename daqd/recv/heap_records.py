@@ -1,0 +1,92 @@
+"""Heap mode: complete heaps into heap records, decoded against the stream's descriptors.
+
+A heap that carries descriptors (item 0x5) updates the stream's item
+descriptors first, as spead2's ``ItemGroup.update`` does: a heap's
+descriptors apply to its own items.  Each record keeps the descriptors of
+its time (immutable and shared) and is decoded once, here, so sinks read the
+result; items without a descriptor, or whose value does not fit it, stay raw
+and are counted (``records_undescribed_items``, ``records_undecoded_items``).
+Incomplete heaps make no record (the compiled stream counts them as
+``incomplete_heaps_*``), nor do heaps with nothing but packet-structure,
+descriptor and stream-control items (spead2's start and stop heaps).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import structlog
+
+from daqd.pipeline.items import EMPTY_DESCRIPTORS
+from daqd.pipeline.records import HeapRecord
+from daqd.recv.descriptors import DESCRIPTOR_ID, decode_descriptors
+
+#: Stream control (start, stop): it makes no record.
+STREAM_CTRL_ID = 0x6
+#: Items that are not part of a heap record: packet structure (NULL, HEAP_CNT,
+#: HEAP_SIZE, HEAP_OFFSET, PAYLOAD_LENGTH), descriptors and stream control.
+STRUCTURE_IDS = frozenset({0, 1, 2, 3, 4, DESCRIPTOR_ID, STREAM_CTRL_ID})
+
+log = structlog.get_logger("daqd.stream")
+
+
+class HeapRecorder:
+    """Turns one stream's complete heaps into `HeapRecord`s (thread-safe).
+
+    Several receive threads (one per source) share the stream's descriptors.
+
+    Parameters
+    ----------
+    stream : str
+        The stream's name, for log lines.
+    """
+
+    def __init__(self, stream: str):
+        self.stream = stream
+        self.descriptors: dict[int, dict[str, Any]] = {}   # id -> the newest descriptor
+        self.item_descriptors = EMPTY_DESCRIPTORS   # what records are decoded against
+        self.undescribed_items = 0          # record items without a descriptor (kept raw)
+        self.undecoded_items = 0            # record items their descriptor does not fit (raw)
+        self._lock = threading.Lock()
+
+    def records(self, heaps: Iterable[Any]) -> Iterator[HeapRecord]:
+        """Yield the records of `heaps` (``daqd._spead.Heap``), in order."""
+        for heap in heaps:
+            if not heap.complete:
+                continue
+            if any(item.id == DESCRIPTOR_ID for item in heap.items):
+                found = decode_descriptors(heap)
+                with self._lock:
+                    for d in found:
+                        self.descriptors[d["id"]] = d
+                    self.item_descriptors = self.item_descriptors.updated(found)
+            descriptors = self.item_descriptors
+            record = HeapRecord.from_heap(heap, STRUCTURE_IDS, descriptors)
+            if not record.items:
+                continue
+            self._count(record)
+            yield record
+
+    def _count(self, record: HeapRecord) -> None:
+        undescribed, failed = len(record.items), 0
+        if record.descriptors:
+            decoded = record.decode()
+            undescribed, failed = decoded.undescribed, len(decoded.failed)
+        if not (undescribed or failed):
+            return
+        with self._lock:
+            first = failed and not self.undecoded_items
+            self.undescribed_items += undescribed
+            self.undecoded_items += failed
+        if first:
+            item_id, reason = next(iter(record.decode().failed.items()))
+            log.warning("item value does not fit its descriptor: kept raw (counted in "
+                        "records_undecoded_items)", stream=self.stream, cnt=record.cnt,
+                        item=hex(item_id), reason=reason)
+
+    def counters(self) -> dict[str, int]:
+        """Return the recorder's counters (monotonic)."""
+        return {"records_undescribed_items": self.undescribed_items,
+                "records_undecoded_items": self.undecoded_items}
