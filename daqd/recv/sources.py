@@ -36,6 +36,8 @@ class Source:
         The compiled reader; None for ``tcp://`` until `wait_ready` accepts.
     warnings : list of str
         Things an operator should hear about (e.g. a smaller socket buffer).
+    sock : socket.socket or None
+        ``udp://``: the bound socket the reader receives from.
     """
 
     uri: str
@@ -43,6 +45,7 @@ class Source:
     warnings: list[str] = field(default_factory=list)
     listener: socket.socket | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    sock: socket.socket | None = None
 
     @property
     def finite(self) -> bool:
@@ -139,7 +142,7 @@ def _open_udp(u: SourceUri, max_packet_size: int, socket_buffer: int) -> Source:
     if gro and not reader.gro:
         warnings.append(f"{uri}: the kernel refused UDP_GRO (Linux >= 5.0 has it); "
                         "receiving one datagram per message")
-    return Source(uri, reader, warnings)
+    return Source(uri, reader, warnings, sock=sock)
 
 
 def _open_tcp(u: SourceUri, max_packet_size: int, socket_buffer: int) -> Source:

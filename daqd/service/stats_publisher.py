@@ -292,8 +292,8 @@ class StatsPublisher:
         self.interval = interval
         self._snapshot = snapshot
         self._security = security
-        self._sndhwm = sndhwm
-        self._nodrop = nodrop
+        self.sndhwm = sndhwm                # messages queued per subscriber
+        self.nodrop = nodrop                # refuse (and count) rather than drop
         self._linger = linger
         self._clock = clock
         self._builder = StatsBuilder(daemon_name, clock=clock)
@@ -318,9 +318,9 @@ class StatsPublisher:
         if self._thread is not None or self._stop.is_set():
             raise RuntimeError("start() may be called only once")
         sock = self.context.socket(zmq.PUB)
-        sock.sndhwm = self._sndhwm
+        sock.sndhwm = self.sndhwm
         sock.linger = 0
-        if self._nodrop:
+        if self.nodrop:
             sock.setsockopt(zmq.XPUB_NODROP, 1)
         self.endpoint = bind_checked(sock, self.endpoint, self._security, "statistics")
         self._socket = sock

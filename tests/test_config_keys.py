@@ -1,0 +1,446 @@
+"""Every key of the configuration schema takes effect.
+
+One case per key (``table.key``, as `daqd.config.schema_keys` lists them): a
+TOML value, and a probe of what the layers' own builders made of the whole
+configuration, or of what then happened (files written, datagrams sent, log
+lines).  Each case builds twice, from a base configuration and from the base
+with the case's value, and the probe must tell the two apart and see the
+case's value.  A key added to the schema without a case fails
+`test_every_key_has_a_case`.
+
+Builders used, as the daemon uses them: `daqd.recv.builder.build_receiver`
+(sources, compiled streams, chunk group), `daqd.sinks.build_sinks`,
+`daqd.pipeline.buffers.build_buffer`, `daqd.recv.workloads.WorkloadSender`,
+`daqd.service.daemon.Daemon` (in this process, started and shut down), and
+``daqd run`` as a subprocess for the keys the command line applies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+import zmq.auth
+
+sys.path.insert(0, str(Path(__file__).parent))
+from daemon_helpers import free_port
+
+from daqd.config import Config, parse, schema_keys
+from daqd.pipeline.buffers import build_buffer
+from daqd.pipeline.records import ChunkRecord, HeapRecord
+from daqd.recv.builder import build_receiver
+from daqd.recv.workloads import WorkloadSender
+from daqd.service.daemon import Daemon
+from daqd.sinks import build_sinks
+
+
+def base_tables(tmp: Path, port: int, port2: int) -> dict[str, Any]:
+    """The base configuration, as nested tables (one chunk-mode stream, one sender)."""
+    return {
+        "daemon": {"pidfile": f"{tmp}/run/daqd.pid"},
+        "zmq": {"stats": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*"},
+        "stream": [{
+            "name": "adc0",
+            "sources": [f"udp://127.0.0.1:{port}"],
+            "chunk": {"heaps_per_chunk": 8},
+            "buffer": {"wal": f"{tmp}/wal/{{stream}}.wal"},
+            "sinks": [{"kind": "binary", "path": f"{tmp}/data/{{stream}}-{{seq:04d}}.bin"}],
+        }],
+        "simulate": [{"target": f"udp://127.0.0.1:{port}", "heaps": 16}],
+    }
+
+
+def to_toml(tables: dict[str, Any]) -> str:
+    """TOML text of `tables` (scalars, lists of scalars, tables, arrays of tables)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+
+    lines: list[str] = []
+
+    def table(name: str, body: dict[str, Any], array: bool) -> None:
+        lines.append(f"[[{name}]]" if array else f"[{name}]")
+        nested = []
+        for k, v in body.items():
+            if isinstance(v, dict) or (isinstance(v, list) and v and isinstance(v[0], dict)):
+                nested.append((k, v))
+            else:
+                lines.append(f"{k} = {value(v)}")
+        for k, v in nested:
+            for sub in (v if isinstance(v, list) else [v]):
+                table(f"{name}.{k}", sub, isinstance(v, list))
+
+    for name, body in tables.items():
+        for entry in (body if isinstance(body, list) else [body]):
+            table(name, entry, isinstance(body, list))
+    return "\n".join(lines) + "\n"
+
+
+def set_key(tables: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``table.key`` (``stream``/``simulate`` mean their first entry)."""
+    *path, key = dotted.split(".")
+    node: Any = tables
+    for part in path:
+        node = node[part]
+        if isinstance(node, list):
+            node = node[0]
+    node[key] = value
+
+
+# ----------------------------------------------------------------------
+# What a configuration builds (each part made on first use)
+
+
+class World:
+    """The objects one configuration builds, and what they do."""
+
+    def __init__(self, tmp: Path, config: Config, ports: tuple[int, int]):
+        self.tmp = tmp
+        self.config = config
+        self.stream = config.streams[0]
+        self.ports = ports
+        self._close: list[Callable[[], Any]] = []
+
+    def close(self) -> None:
+        for close in reversed(self._close):
+            close()
+
+    @cached_property
+    def receiver(self) -> Any:
+        receiver = build_receiver(self.stream)
+        self._close.append(receiver.close)
+        return receiver
+
+    @cached_property
+    def sinks(self) -> list[Any]:
+        records, packets = build_sinks(self.stream, self.config.text)
+        return records + packets
+
+    @cached_property
+    def buffer(self) -> Any:
+        buffer = build_buffer(self.stream.buffer, [], name=self.stream.name)
+        self._close.append(buffer.close)
+        return buffer
+
+    def received(self, source: int = 0, datagram: bytes = b"") -> dict[str, int]:
+        """Send `datagram` to source `source` and receive it through its stream."""
+        src = self.receiver.sources[source]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+            out.sendto(datagram, src.sock.getsockname())
+        stream = self.receiver.streams[source]
+        deadline = time.monotonic() + 5
+        while stream.stats()["packets"] + stream.stats()["packets_rejected_truncated"] == 0:
+            stream.process(src.reader)
+            assert time.monotonic() < deadline, "nothing received"
+        return stream.stats()
+
+    @cached_property
+    def files(self) -> list[str]:
+        """Write four chunk records (or heap records) through the first sink; the files."""
+        real_fsync = os.fsync
+
+        def counted(fd: int) -> None:
+            self.fsyncs += 1
+            real_fsync(fd)
+
+        self.fsyncs = 0
+        os.fsync = counted
+        try:
+            return self._write_files()
+        finally:
+            os.fsync = real_fsync
+
+    def _write_files(self) -> list[str]:
+        sink = self.sinks[0]
+        chunk = self.stream.chunk
+        for i in range(4):
+            if chunk is not None and sink.kind != "pcap":
+                shape = (chunk.heaps_per_chunk, chunk.substreams,
+                         chunk.heap_bytes // np.dtype(chunk.dtype).itemsize)
+                record: Any = ChunkRecord(i, i * chunk.timestamp_step * chunk.heaps_per_chunk,
+                                          np.full(shape, i, chunk.dtype),
+                                          np.ones(shape[:2], np.uint8))
+            else:
+                record = HeapRecord(i, {0x1000: i})
+            sink.write([record])
+            sink.commit()
+            time.sleep(0.02)
+        sink.close()
+        root = self.tmp / "data"
+        return sorted(str(p.relative_to(self.tmp)) for p in root.rglob("*") if p.is_file())
+
+    @cached_property
+    def sent(self) -> dict[str, Any]:
+        """Start the [[simulate]] sender at test sockets on both ports; what arrived."""
+        socks = []
+        for port in self.ports:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+            s.settimeout(0.3)
+            socks.append(s)
+        sender = WorkloadSender(self.config.simulate[0])
+        started = time.monotonic()
+        sender.start()
+        assert sender.thread is not None
+        sender.thread.join(20)
+        seconds = time.monotonic() - started
+        got: dict[str, Any] = {"ports": [], "sizes": set(), "datagrams": 0, "last": b"",
+                               "seconds": seconds}
+        for port, s in zip(self.ports, socks, strict=True):
+            with s:
+                while True:
+                    try:
+                        data = s.recv(1 << 16)
+                    except TimeoutError:
+                        break
+                    got["ports"].append(port)
+                    got["sizes"].add(len(data))
+                    got["datagrams"] += 1
+                    got["last"] = data
+        got["ports"] = sorted(set(got["ports"]))
+        return got
+
+    @cached_property
+    def daemon(self) -> Daemon:
+        """The daemon, started in this process (sockets bound, threads running)."""
+        daemon = Daemon(self.config)
+        daemon.start()
+        self._close.append(daemon.shutdown)
+        return daemon
+
+    @cached_property
+    def run(self) -> dict[str, Any]:
+        """``daqd run --duration 1`` as a subprocess: log lines, the pidfile seen."""
+        path = self.tmp / "daqd.toml"
+        path.write_text(self.config.text)
+        proc = subprocess.Popen([sys.executable, "-m", "daqd", "run", "--config", str(path),
+                                 "--duration", "1.5"], cwd=self.tmp, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        pidfiles: set[str] = set()
+        while proc.poll() is None:
+            pidfiles |= {str(p.relative_to(self.tmp)) for p in self.tmp.rglob("*.pid")}
+            time.sleep(0.02)
+        _, err = proc.communicate(timeout=60)
+        events = []
+        for line in err.splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                events.append(None)
+        assert proc.returncode == 0, err[-2000:]
+        return {"events": events, "pidfiles": sorted(pidfiles)}
+
+
+@dataclass
+class Case:
+    """A non-default value of one key and how to see it."""
+
+    value: Any
+    probe: Callable[[World], Any]
+    expect: Any = None                  # what the probe gives with `value` (None: unchecked)
+    also: dict[str, Any] = field(default_factory=dict)     # other keys the value needs
+
+
+def group(name: str) -> Callable[[World], Any]:
+    return lambda w: getattr(w.receiver.group, name)
+
+
+def stream_attr(name: str) -> Callable[[World], Any]:
+    return lambda w: getattr(w.receiver.streams[0], name)
+
+
+def buffer_attr(name: str) -> Callable[[World], Any]:
+    return lambda w: getattr(w.buffer, name)
+
+
+def policy_due(w: World, records: int, nbytes: int) -> Any:
+    policy = w.buffer.policy
+    for _ in range(records):
+        policy.added(nbytes)
+    return policy.due(w.buffer)
+
+
+def rcvbuf(w: World) -> int:
+    return w.receiver.sources[0].sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def log_is_json(w: World) -> bool:
+    return all(e is not None for e in w.run["events"])
+
+
+def curve_keys(tmp: Path) -> tuple[str, str]:
+    keys = tmp / "keys"
+    clients = tmp / "clients"
+    keys.mkdir(exist_ok=True)
+    clients.mkdir(exist_ok=True)
+    _, secret = zmq.auth.create_certificates(str(keys), "server")
+    zmq.auth.create_certificates(str(clients), "client")
+    return secret, str(clients)
+
+
+CASES: dict[str, Case] = {
+    # [daemon]: applied by `daqd run`
+    "daemon.name": Case("lab-7", lambda w: {e["daemon"] for e in w.run["events"]
+                                            if e and "daemon" in e}, {"lab-7"}),
+    "daemon.pidfile": Case("{tmp}/other/lab.pid", lambda w: w.run["pidfiles"],
+                           ["other/lab.pid"]),
+    "daemon.log_format": Case("console", log_is_json, False),
+    "daemon.log_level": Case("warning", lambda w: any(
+        e and e.get("event") == "ready" for e in w.run["events"]), False),
+    "daemon.prometheus": Case("127.0.0.1:0", lambda w: w.daemon.metrics is not None, True),
+    # [zmq]: the daemon's sockets
+    "zmq.stats": Case("", lambda w: w.daemon.publisher is None, True),
+    "zmq.control": Case("", lambda w: w.daemon.control is None, True),
+    "zmq.interval": Case(0.25, lambda w: w.daemon.publisher.interval, 0.25),
+    "zmq.curve_secret_key": Case("{secret}", lambda w: w.daemon.security is not None, True,
+                                 also={"zmq.curve_clients": "{clients}"}),
+    "zmq.curve_clients": Case("{clients}", lambda w: w.daemon.security and str(
+                              w.daemon.security.clients_dir),
+                              "{clients}", also={"zmq.curve_secret_key": "{secret}"}),
+    "zmq.stats_hwm": Case(7, lambda w: w.daemon.publisher._socket.getsockopt(zmq.SNDHWM), 7),
+    "zmq.stats_nodrop": Case(True, lambda w: w.daemon.publisher.nodrop, True),
+    # [[stream]]: the receive side
+    "stream.name": Case("adc9", lambda w: w.daemon.runners[0].name, "adc9"),
+    "stream.sources": Case(["sim:W2?heaps=8"], lambda w: type(w.receiver.sources[0].reader)
+                           .__name__, "SimReader", also={"simulate": []}),
+    "stream.max_heaps": Case(3, stream_attr("max_heaps"), 3),
+    "stream.allow_out_of_order": Case(True, stream_attr("allow_out_of_order"), True),
+    "stream.max_packet_size": Case(512, lambda w: w.received(0, bytes(1000))[
+        "packets_rejected_truncated"], 1),
+    "stream.max_heap_size": Case(4096, stream_attr("max_heap_size"), 4096),
+    "stream.socket_buffer": Case(65536, rcvbuf, 2 * 65536),
+    "stream.stop_on_stop_item": Case(False, stream_attr("stop_on_stop_item"), False),
+    # [stream.chunk]: every key a ChunkGroup argument
+    "stream.chunk.timestamp_item": Case(0x1601, group("timestamp_item"), 0x1601),
+    "stream.chunk.timestamp_step": Case(4096, group("timestamp_step"), 4096),
+    "stream.chunk.heaps_per_chunk": Case(16, group("heaps_per_chunk"), 16),
+    "stream.chunk.heap_bytes": Case(4096, group("heap_bytes"), 4096),
+    "stream.chunk.dtype": Case("int16", lambda w: str(w.receiver.group.dtype), "int16"),
+    "stream.chunk.substream_item": Case(0x4101, group("substream_item"), 0x4101),
+    "stream.chunk.substreams": Case(2, group("substreams"), 2,
+                                    also={"stream.chunk.substream_item": 0x4101}),
+    "stream.chunk.extra_items": Case([0x4103], group("extra_items"), (0x4103,)),
+    "stream.chunk.max_chunks": Case(2, group("max_chunks"), 2),
+    "stream.chunk.pool": Case(6, group("pool"), 6),
+    "stream.chunk.when_full": Case("drop", group("drop_when_full"), True),
+    "stream.chunk.wait_timeout": Case(0.25, group("wait_timeout"), 0.25),
+    "stream.chunk.packet_presence": Case(1024, group("packet_presence"), 1024),
+    "stream.chunk.eviction": Case("lossy", group("lossless"), False),
+    # [stream.buffer]
+    "stream.buffer.kind": Case("fifo", buffer_attr("kind"), "fifo"),
+    "stream.buffer.capacity": Case(7, buffer_attr("capacity"), 7),
+    "stream.buffer.when_full": Case("drop-newest", buffer_attr("when_full"), "drop-newest"),
+    "stream.buffer.block_timeout": Case(0.25, buffer_attr("block_timeout"), 0.25),
+    "stream.buffer.flush_count": Case(2, lambda w: policy_due(w, 2, 1), "count"),
+    "stream.buffer.flush_bytes": Case(100, lambda w: policy_due(w, 1, 200), "bytes"),
+    "stream.buffer.flush_interval": Case(0.25, lambda w: w.buffer.policy.interval, 0.25),
+    "stream.buffer.flush_when": Case("all", lambda w: policy_due(w, 20, 1), None),
+    "stream.buffer.flush_custom": Case(["builtins:id"], lambda w: policy_due(w, 0, 0),
+                                       "custom:builtins:id"),
+    "stream.buffer.wal": Case("{tmp}/other.wal", lambda w: str(w.buffer.wal.path),
+                              "{tmp}/other.wal"),
+    "stream.buffer.wal_fsync": Case("never", lambda w: w.buffer.wal.fsync, "never"),
+    "stream.buffer.wal_max_bytes": Case(1 << 20, lambda w: w.buffer.wal.max_bytes, 1 << 20),
+    # [[stream.sinks]]: what the sink writes
+    "stream.sinks.kind": Case("text", lambda w: w.files and type(w.sinks[0]).__name__,
+                              "TextSink"),
+    "stream.sinks.path": Case("{tmp}/data/x/{seq}.dat", lambda w: w.files, ["data/x/0.dat"]),
+    "stream.sinks.rotate_bytes": Case(20000, lambda w: len(w.files), 4),
+    "stream.sinks.rotate_seconds": Case(0.01, lambda w: len(w.files), 4),
+    "stream.sinks.fsync": Case("every-flush", lambda w: w.files and w.fsyncs >= 4, True),
+    "stream.sinks.header": Case(False, lambda w: (w.tmp / w.files[0]).read_bytes()[:8]
+                                == b"DAQDBIN1", False),
+    "stream.sinks.template": Case("{chunk_id}!", lambda w: (w.tmp / w.files[0]).read_bytes()
+                                  .decode(errors="replace").splitlines()[1:],
+                                  ["0!", "1!", "2!", "3!"],
+                                  also={"stream.sinks.kind": "text",
+                                        "stream.sinks.path": "{tmp}/data/t.txt"}),
+    # [[simulate]]: the built-in sender
+    "simulate.target": Case("udp://127.0.0.1:{port2}", lambda w: w.sent["ports"], ["{port2}"],
+                            also={"stream.sources": ["udp://127.0.0.1:{port}",
+                                                     "udp://127.0.0.1:{port2}"]}),
+    "simulate.workload": Case("W2", lambda w: w.sent["sizes"] - {48}, {56 + 1024}),  # 48: stop
+    "simulate.rate": Case(1e6, lambda w: w.sent["seconds"] > 0.05, True),
+    "simulate.heaps": Case(4, lambda w: w.sent["datagrams"], 5),
+    "simulate.stop": Case(False, lambda w: w.sent["datagrams"], 16),
+}
+
+
+def test_every_key_has_a_case():
+    """A key added to the schema needs a case here (and one removed, its case gone)."""
+    assert sorted(CASES) == sorted(schema_keys())
+
+
+@pytest.fixture(scope="module")
+def keys_dir(tmp_path_factory):
+    return curve_keys(tmp_path_factory.mktemp("curve"))
+
+
+def build(tmp: Path, case: Case | None, key: str, ports: tuple[int, int],
+          keys: tuple[str, str]) -> World:
+    subst = {"tmp": str(tmp), "port": str(ports[0]), "port2": str(ports[1]),
+             "secret": keys[0], "clients": keys[1]}
+
+    def fill(v: Any) -> Any:
+        if isinstance(v, str):
+            for k, s in subst.items():
+                v = v.replace("{" + k + "}", s)
+            return v
+        if isinstance(v, list):
+            return [fill(x) for x in v]
+        return v
+
+    tables = base_tables(tmp, *ports)
+    if case is not None:
+        for k, v in {key: case.value, **case.also}.items():
+            if k == "simulate":
+                tables.pop("simulate")
+            else:
+                set_key(tables, k, fill(v))
+    return World(tmp, parse(to_toml(tables), str(tmp / "daqd.toml")), ports)
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("key", sorted(CASES))
+def test_key_takes_effect(key, tmp_path, keys_dir):
+    case = CASES[key]
+    ports = (free_port(), free_port())
+    (tmp_path / "base").mkdir()
+    base = build(tmp_path / "base", None, key, ports, keys_dir)
+    try:
+        before = case.probe(base)
+    finally:
+        base.close()
+    (tmp_path / "case").mkdir()
+    changed = build(tmp_path / "case", case, key, ports, keys_dir)
+    try:
+        after = case.probe(changed)
+    finally:
+        changed.close()
+    assert after != before, f"{key}: the value made no difference ({after!r})"
+    if case.expect is not None:
+        expect = case.expect
+        if isinstance(expect, str):
+            expect = expect.replace("{tmp}", str(tmp_path / "case")).replace(
+                "{clients}", keys_dir[1])
+        if expect == ["{port2}"]:
+            expect = [ports[1]]
+        assert after == expect, f"{key}: {after!r}"
