@@ -55,6 +55,8 @@ from typing import Any
 
 import structlog
 
+from daqd.pipeline.durable import fsync_path
+
 log = structlog.get_logger("daqd.buffer")
 
 MAGIC = b"DQWL"
@@ -176,7 +178,7 @@ class WriteAheadLog:
                 {"version": VERSION, "next_seq": self._next_seq}))
             self._sync_locked()
             if self.fsync != "never":
-                _fsync_directory(self.path.parent)      # the new file's name, too
+                fsync_path(self.path.parent, directory=True)      # the new file's name, too
         self._prune_locked()
 
     def _scan(self) -> int:
@@ -445,7 +447,7 @@ class WriteAheadLog:
                       path=str(self.path), error=str(exc))
             tmp.unlink(missing_ok=True)
             return
-        _fsync_directory(self.path.parent)
+        fsync_path(self.path.parent, directory=True)
         os.close(self._fd)
         self._fd = fd
         self._size = size
@@ -455,11 +457,3 @@ class WriteAheadLog:
         self._live_bytes = sum(s for _, s in where.values())
         self._unsynced = False
         self._counts["compactions"] += 1
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

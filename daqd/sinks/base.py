@@ -33,10 +33,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from daqd.pipeline.durable import fsync_directory_of, fsync_path
 from daqd.sinks.paths import (
     TMP_SUFFIX,
     PathTemplate,
-    fsync_directory,
     is_free,
     publish,
     template_glob,
@@ -240,7 +240,7 @@ class FileSink:
                 if f.dirty or not f.dir_synced:
                     self._sync_file(f)
             for directory, path in list(self._unsynced_dirs.items()):
-                fsync_directory(path)
+                fsync_directory_of(path)
                 del self._unsynced_dirs[directory]
         except OSError as exc:
             self._note_error(exc)
@@ -380,7 +380,7 @@ class FileSink:
             else:
                 try:
                     report["action"] = cls.recover_file(context, path, current)
-                    _fsync_path(path)
+                    fsync_path(path)
                     report["file"] = publish(tmp, final) if path == tmp else final
                     published.append(report["file"])
                 except (OSError, ValueError) as exc:
@@ -388,7 +388,7 @@ class FileSink:
         # The next done marks forget these files: their new names must be durable first.
         for path in {os.path.dirname(os.path.abspath(p)): p for p in published}.values():
             try:
-                fsync_directory(path)
+                fsync_directory_of(path)
             except OSError as exc:
                 problems.append(f"{path}: directory fsync: {describe_error(exc)}")
         # Any other temporary file of this template was started after the checkpoint
@@ -567,20 +567,20 @@ class FileSink:
         self._fsync(f)
         f.dirty = False
         if not f.dir_synced:
-            fsync_directory(f.tmp)
+            fsync_directory_of(f.tmp)
             f.dir_synced = True
 
     def _sync_finished(self, f: SinkFile) -> None:
         """Fsync a closed pending file by name; one that vanished is counted and dropped."""
         try:
-            _fsync_path(f.tmp)
+            fsync_path(f.tmp)
         except FileNotFoundError:
             self._pending.remove(f)
             self._lose(f, "vanished before it could be renamed")
             return
         f.dirty = False
         if not f.dir_synced:
-            fsync_directory(f.tmp)
+            fsync_directory_of(f.tmp)
             f.dir_synced = True
 
     def _finish(self, f: SinkFile) -> None:
@@ -594,7 +594,7 @@ class FileSink:
             f.dirty = True
             if self.config.fsync != "never":
                 try:
-                    _fsync_path(f.tmp)
+                    fsync_path(f.tmp)
                     f.dirty = False
                 except OSError as exc:      # `sync()` tries again before a done mark
                     self._note_error(exc)
@@ -617,7 +617,7 @@ class FileSink:
             directory = os.path.dirname(os.path.abspath(f.final))
             self._unsynced_dirs[directory] = f.final
             if self.config.fsync != "never":
-                fsync_directory(f.final)
+                fsync_directory_of(f.final)
                 del self._unsynced_dirs[directory]
 
     def _repair(self, now: float) -> None:
@@ -733,15 +733,6 @@ class ByteSink(FileSink):
                           f"({state['bytes']} bytes)", path)
         os.truncate(path, state["bytes"])
         return f"cut from {size} to {state['bytes']} bytes"
-
-
-def _fsync_path(path: str) -> None:
-    """Fsync the file at `path` (closed files: pending ones, recovered ones)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 1024

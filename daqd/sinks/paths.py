@@ -144,15 +144,6 @@ def is_free(path: str, reserved: set[str] | frozenset[str] = frozenset()) -> boo
             and not os.path.lexists(path + TMP_SUFFIX))
 
 
-def fsync_directory(path: str) -> None:
-    """Make the directory entries of `path`'s directory durable."""
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def publish(tmp: str, final: str) -> str:
     """Give the finished file `tmp` its final name without replacing any file.
 
