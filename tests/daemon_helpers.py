@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,43 +34,52 @@ def write_config(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def toml_table(table: str, *, array: bool = False, **keys: Any) -> str:
+    """One TOML table (``[[name]]`` with `array`) with `keys`, values written as TOML."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return json.dumps(v) if isinstance(v, str | list) else repr(v)
+
+    head = f"[[{table}]]" if array else f"[{table}]"
+    return "\n".join([head, *(f"{k} = {value(v)}" for k, v in keys.items())]) + "\n"
+
+
+def buffer_toml(**keys: Any) -> str:
+    """A ``[stream.buffer]`` table."""
+    return toml_table("stream.buffer", **keys)
+
+
+def sinks_toml(tmp: Path, *kinds: str, **keys: Any) -> str:
+    """One ``[[stream.sinks]]`` table per kind, writing ``tmp/data/{stream}-{seq:04d}.EXT``."""
+    ext = {"binary": "bin", "text": "txt", "pcap": "pcap", "hdf5": "h5"}
+    return "".join(toml_table("stream.sinks", array=True, kind=kind,
+                              path=f"{tmp}/data/{{stream}}-{{seq:04d}}.{ext[kind]}", **keys)
+                   for kind in kinds)
+
+
+def daemon_toml(tmp: Path, name: str = "test-daqd", interval: float = 0.2) -> str:
+    """The ``[daemon]`` and ``[zmq]`` tables of a test daemon (pidfile under `tmp`, free ports)."""
+    return (toml_table("daemon", name=name, pidfile=f"{tmp}/run/daqd.pid")
+            + toml_table("zmq", stats="tcp://127.0.0.1:*", control="tcp://127.0.0.1:*",
+                         interval=interval))
+
+
+def udp_stream_toml(name: str, port: int) -> str:
+    """A ``[[stream]]`` table receiving from one loopback UDP port."""
+    return toml_table("stream", array=True, name=name, sources=[f"udp://127.0.0.1:{port}"],
+                      socket_buffer=4 << 20)
+
+
 def chunk_stream_config(tmp: Path, *, name: str = "adc0", port: int | None = None,
                         sinks: str = "", buffer: str = "", chunk: str = "",
                         heaps_per_chunk: int = 8, extra: str = "") -> str:
     """TOML of a daemon with one W1 chunk-mode stream, its files under `tmp`."""
     port = port or free_port()
-    sinks = sinks or f"""
-[[stream.sinks]]
-kind = "binary"
-path = "{tmp}/data/{{stream}}-{{seq:04d}}.bin"
-
-[[stream.sinks]]
-kind = "text"
-path = "{tmp}/data/{{stream}}-{{seq:04d}}.txt"
-"""
-    buffer = buffer or """
-[stream.buffer]
-kind = "fifo"
-capacity = 64
-when_full = "block"
-flush_count = 4
-flush_interval = 0.5
-"""
-    return f"""
-[daemon]
-name = "test-daqd"
-pidfile = "{tmp}/run/daqd.pid"
-
-[zmq]
-stats = "tcp://127.0.0.1:*"
-control = "tcp://127.0.0.1:*"
-interval = 0.2
-
-[[stream]]
-name = "{name}"
-sources = ["udp://127.0.0.1:{port}"]
-socket_buffer = 4194304
-
+    sinks = sinks or sinks_toml(tmp, "binary", "text")
+    buffer = buffer or buffer_toml(kind="fifo", capacity=64, when_full="block", flush_count=4,
+                                   flush_interval=0.5)
+    return daemon_toml(tmp) + udp_stream_toml(name, port) + f"""
 [stream.chunk]
 timestamp_item = 0x1600
 timestamp_step = 8192
@@ -155,6 +166,18 @@ class DaemonProcess:
             self.proc.wait()
 
 
+@contextlib.contextmanager
+def chunk_daemon(tmp: Path, **options: Any) -> Iterator[tuple[DaemonProcess, dict[str, Any],
+                                                               int]]:
+    """A daemon on `chunk_stream_config(tmp, **options)`, once ready: (daemon, ready, port)."""
+    port = options.pop("port", None) or free_port()
+    daemon = DaemonProcess(write_config(tmp, chunk_stream_config(tmp, port=port, **options)))
+    try:
+        yield daemon, daemon.ready(), port
+    finally:
+        daemon.close()
+
+
 def send_w1(port: int, heaps: int, *, rate: float = 50e6, stop: bool = True) -> dict[str, Any]:
     """Send W1 to the daemon's UDP port with daqd's own sender (paced: no loss on loopback)."""
     from daqd.tools.simulate import simulate
@@ -204,6 +227,14 @@ class Subscriber:
     def close(self) -> None:
         self.sock.close()
         self.context.term()
+
+
+def subscribed(endpoint: str, topic: str = "stats.adc0") -> Subscriber:
+    """A Subscriber on `endpoint` that has seen a first `topic` message (so nothing later
+    is missed)."""
+    sub = Subscriber(endpoint)
+    sub.until(lambda t, m: t == topic)
+    return sub
 
 
 def control(endpoint: str, request: Any, timeout: float = 5.0) -> dict[str, Any]:

@@ -34,7 +34,10 @@ from typing import Any
 import numpy as np
 import spead2
 import spead2.recv
-from spead_packets import inproc_queue
+from spead_packets import (
+    inproc_queue,
+    sim_packets,  # noqa: F401  (sc.sim_packets in tests)
+)
 
 from daqd import _spead
 
@@ -334,12 +337,3 @@ def compare(packets: Sequence[bytes], *, counters: bool = True,
         mism = counter_mismatches(dq_stats, s2_stats)
         assert mism == {}, mism
     return got, dq_stats, s2_stats
-
-
-def sim_packets(workload: str, heaps: int) -> list[bytes]:
-    """The packets of a daqd SimReader reference workload, as bytes."""
-    reader = _spead.SimReader(workload, heaps=heaps)
-    out: list[bytes] = []
-    while (batch := reader.read_batch()) is not None:
-        out.extend(batch[0])
-    return out

@@ -262,6 +262,19 @@ def daqd_stream(max_heaps: int = 4, allow_out_of_order: bool = False,
     return _spead.HeapStream(max_heaps, allow_out_of_order, max_heap_size, stop_on_stop_item)
 
 
+def daqd_decode_uri(uri: str, **kwargs: Any) -> tuple[list[dict], dict]:
+    """daqd's decode of a finite source URI (pcap:, file:, sim:): records, counters."""
+    from daqd.recv.sources import open_source
+
+    src = open_source(uri)
+    try:
+        stream = daqd_stream(**kwargs)
+        records = [daqd_record(x) for x in stream.run(src.reader)]
+    finally:
+        src.close()
+    return records, stream.stats()
+
+
 def daqd_decode_bytes(data: bytes, **kwargs: Any) -> tuple[list[dict], dict, list]:
     """daqd's decode of a byte stream: records, counters, raw heaps."""
     stream = daqd_stream(**kwargs)

@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass, field
 
 from daqd import _spead
+from daqd.recv.workloads import WORKLOADS
 
 MAGIC = 0x53
 VERSION = 4
@@ -302,3 +303,37 @@ def pcap_file(payloads: list[bytes], dst_port: int = 7148) -> bytes:
     """A whole pcap file with one UDP frame per payload."""
     return PCAP_HEADER + b"".join(pcap_record(udp_frame(p, dst_port), i)
                                   for i, p in enumerate(payloads))
+
+
+# ---------------------------------------------------------------------------
+# The reference workloads (DESIGN.md), as daqd's SimReader sends them
+
+
+def sim_packets(workload: str, heaps: int) -> list[bytes]:
+    """The packets of `heaps` heaps of a reference workload (SimReader), as bytes."""
+    reader = _spead.SimReader(workload, heaps=heaps)
+    out: list[bytes] = []
+    while (batch := reader.read_batch()) is not None:
+        out.extend(batch[0])
+    return out
+
+
+def expected_sim_heaps(workload: str, n: int, first_cnt: int = 1) -> list[dict]:
+    """The records `n` heaps of a workload must decode to (cython_ext/sim.pxi), built here.
+
+    Heap i has HEAP_CNT first_cnt + i, timestamp i * step in item 0x1600 and
+    its payload in 0x3300: per packet, ``(HEAP_CNT << 16 | packet index)``
+    big-endian, then the fixed pattern.
+    """
+    w = WORKLOADS[workload]
+    payload = w.heap_bytes // w.packets_per_heap
+    pattern = bytes((j * 7 + 3) & 0xFF for j in range(payload))
+    out = []
+    for i in range(n):
+        cnt = first_cnt + i
+        data = b"".join(((cnt << 16) | k).to_bytes(8, "big") + pattern[8:]
+                        for k in range(w.packets_per_heap))
+        out.append({"cnt": cnt, "complete": True,
+                    "items": [(0x1600, True, i * w.timestamp_step), (0x3300, False, data)],
+                    "descriptors": [], "start": False, "stop": False})
+    return out

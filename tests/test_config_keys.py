@@ -418,23 +418,24 @@ def build(tmp: Path, case: Case | None, key: str, ports: tuple[int, int],
     return World(tmp, parse(to_toml(tables), str(tmp / "daqd.toml")), ports)
 
 
+def probe(tmp: Path, case: Case | None, key: str, ports: tuple[int, int],
+          keys: tuple[str, str]) -> Any:
+    """Build the base configuration (`case` None) or the case's in `tmp`; probe `key`."""
+    tmp.mkdir()
+    world = build(tmp, case, key, ports, keys)
+    try:
+        return CASES[key].probe(world)
+    finally:
+        world.close()
+
+
 @pytest.mark.network
 @pytest.mark.parametrize("key", sorted(CASES))
 def test_key_takes_effect(key, tmp_path, keys_dir):
     case = CASES[key]
     ports = (free_port(), free_port())
-    (tmp_path / "base").mkdir()
-    base = build(tmp_path / "base", None, key, ports, keys_dir)
-    try:
-        before = case.probe(base)
-    finally:
-        base.close()
-    (tmp_path / "case").mkdir()
-    changed = build(tmp_path / "case", case, key, ports, keys_dir)
-    try:
-        after = case.probe(changed)
-    finally:
-        changed.close()
+    before, after = (probe(tmp_path / name, c, key, ports, keys_dir)
+                     for name, c in (("base", None), ("case", case)))
     assert after != before, f"{key}: the value made no difference ({after!r})"
     if case.expect is not None:
         expect = case.expect

@@ -15,12 +15,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from daemon_helpers import (
     DaemonProcess,
-    Subscriber,
     W1Sender,
+    buffer_toml,
+    chunk_daemon,
     chunk_stream_config,
     control,
     free_port,
     send_w1,
+    subscribed,
     w1_payloads,
     write_config,
 )
@@ -40,13 +42,8 @@ def binary_chunks(tmp_path: Path) -> np.ndarray:
 
 
 def test_daqd_simulate_over_udp_into_chunk_files_and_stop_item_ends_the_run(tmp_path):
-    port = free_port()
-    cfg = write_config(tmp_path, chunk_stream_config(tmp_path, port=port))
-    daemon = DaemonProcess(cfg)
-    try:
-        ready = daemon.ready()
-        sub = Subscriber(ready["stats"])
-        sub.until(lambda topic, m: topic == "stats.adc0")           # subscribed
+    with chunk_daemon(tmp_path) as (daemon, ready, port):
+        sub = subscribed(ready["stats"])
         heaps = 40 * HEAPS_PER_CHUNK
         result = subprocess.run(
             [sys.executable, "-m", "daqd", "simulate", f"udp://127.0.0.1:{port}",
@@ -58,8 +55,6 @@ def test_daqd_simulate_over_udp_into_chunk_files_and_stop_item_ends_the_run(tmp_
         assert daemon.wait() == 0
         _, last = sub.until(lambda topic, m: topic == "status" and m["state"] == "stopped")
         sub.close()
-    finally:
-        daemon.close()
     assert not list((tmp_path / "data").glob("*.tmp")), "a file was left unfinalised"
     data = binary_chunks(tmp_path)
     expected = np.frombuffer(b"".join(w1_payloads(heaps)), np.uint8).reshape(-1, data.shape[1])
@@ -75,13 +70,8 @@ def test_daqd_simulate_over_udp_into_chunk_files_and_stop_item_ends_the_run(tmp_
 
 
 def test_counters_published_match_what_was_sent(tmp_path):
-    port = free_port()
-    cfg = write_config(tmp_path, chunk_stream_config(tmp_path, port=port))
-    daemon = DaemonProcess(cfg)
-    try:
-        ready = daemon.ready()
-        sub = Subscriber(ready["stats"])
-        sub.until(lambda topic, m: topic == "stats.adc0")
+    with chunk_daemon(tmp_path) as (daemon, ready, port):
+        sub = subscribed(ready["stats"])
         heaps = 24 * HEAPS_PER_CHUNK
         send_w1(port, heaps, stop=False)
         _, message = sub.until(lambda topic, m: topic == "stats.adc0"
@@ -104,8 +94,6 @@ def test_counters_published_match_what_was_sent(tmp_path):
         _, final = sub.until(lambda topic, m: topic == "stats.adc0"
                              and m["counters"]["chunks_completed"] == heaps // HEAPS_PER_CHUNK)
         sub.close()
-    finally:
-        daemon.close()
     assert final["heaps_missing_per_substream"] == [0]
     assert binary_chunks(tmp_path).shape[0] == heaps // HEAPS_PER_CHUNK
 
@@ -124,14 +112,10 @@ def buffered(endpoint):
 def test_every_control_request(tmp_path):
     # max_chunks = 2: after sending n chunks' worth of heaps, n - 2 chunks are complete.
     port = free_port()
-    cfg = write_config(tmp_path, chunk_stream_config(tmp_path, port=port, buffer="""
-[stream.buffer]
-kind = "circular"
-capacity = 16
-when_full = "overwrite-oldest"
-flush_count = 0
-flush_interval = 0
-"""))
+    cfg = write_config(tmp_path, chunk_stream_config(
+        tmp_path, port=port, buffer=buffer_toml(
+            kind="circular", capacity=16, when_full="overwrite-oldest",
+            flush_count=0, flush_interval=0)))
     daemon = DaemonProcess(cfg)
     try:
         endpoint = daemon.ready()["control"]
@@ -245,14 +229,10 @@ def test_second_signal_during_drain_exits_at_once(tmp_path):
     # buffer fills and the chunk consumer blocks in put() (block_timeout 30 s),
     # which the drain waits for.  A second SIGTERM cuts the drain short.
     port = free_port()
-    cfg = write_config(tmp_path, chunk_stream_config(tmp_path, port=port, buffer="""
-[stream.buffer]
-kind = "fifo"
-capacity = 2
-when_full = "block"
-block_timeout = 30.0
-flush_count = 1
-"""))
+    cfg = write_config(tmp_path, chunk_stream_config(
+        tmp_path, port=port, buffer=buffer_toml(
+            kind="fifo", capacity=2, when_full="block", block_timeout=30.0,
+            flush_count=1)))
     daemon = DaemonProcess(cfg)
     try:
         endpoint = daemon.ready()["control"]
@@ -277,13 +257,10 @@ flush_count = 1
 
 def test_sighup_reopens_and_sigusr1_flushes(tmp_path):
     port = free_port()
-    cfg = write_config(tmp_path, chunk_stream_config(tmp_path, port=port, buffer="""
-[stream.buffer]
-kind = "fifo"
-capacity = 64
-flush_count = 0
-flush_interval = 0
-"""))
+    cfg = write_config(tmp_path, chunk_stream_config(
+        tmp_path, port=port, buffer=buffer_toml(
+            kind="fifo", capacity=64,
+            flush_count=0, flush_interval=0)))
     daemon = DaemonProcess(cfg)
     try:
         endpoint = daemon.ready()["control"]

@@ -33,6 +33,8 @@ from daemon_helpers import (
     control,
     free_port,
     last_messages,
+    sinks_toml,
+    subscribed,
     w1_payloads,
     wait_until,
     write_config,
@@ -174,21 +176,13 @@ def test_pcap_sink_replays_through_spead2_and_daqd_to_the_heaps_sent(tmp_path):
     port = free_port()
     heaps = 10 * HEAPS_PER_CHUNK
     cfg = write_config(tmp_path, chunk_stream_config(
-        tmp_path, port=port, heaps_per_chunk=HEAPS_PER_CHUNK, sinks=f"""
-[[stream.sinks]]
-kind = "pcap"
-path = "{tmp_path}/data/{{stream}}-{{seq:04d}}.pcap"
-
-[[stream.sinks]]
-kind = "binary"
-path = "{tmp_path}/data/{{stream}}-{{seq:04d}}.bin"
-"""))
+        tmp_path, port=port, heaps_per_chunk=HEAPS_PER_CHUNK,
+        sinks=sinks_toml(tmp_path, "pcap", "binary")))
     daemon = DaemonProcess(cfg)
     sender = None
     try:
         ready = daemon.ready()
-        sub = Subscriber(ready["stats"])
-        sub.until(lambda topic, m: topic == "stats.adc0")           # subscribed
+        sub = subscribed(ready["stats"])
         sender = W1Sender(port, heaps)
         sender.send(heaps // 2)
         sender.send(heaps - heaps // 2)
@@ -250,11 +244,7 @@ def test_hdf5_sink_file_layout_and_data(tmp_path):
     text = chunk_stream_config(tmp_path, port=port, heaps_per_chunk=HEAPS_PER_CHUNK, chunk="""
 dtype = "uint16"
 extra_items = [0x1600]
-""", sinks=f"""
-[[stream.sinks]]
-kind = "hdf5"
-path = "{tmp_path}/data/{{stream}}-{{seq:04d}}.h5"
-""")
+""", sinks=sinks_toml(tmp_path, "hdf5"))
     cfg = write_config(tmp_path, text)
     daemon = DaemonProcess(cfg)
     sender = None
@@ -326,6 +316,22 @@ def fixed_endpoints_config(tmp_path: Path, port: int, prometheus: str = "") -> t
     return write_config(tmp_path, text), stats, control_endpoint
 
 
+def send_until_three_flushed(stats_endpoint: str, sender: W1Sender, heaps: int
+                             ) -> tuple[dict, dict]:
+    """Send `heaps` heaps once subscribed; the status and stream messages once the flush
+    policy (count 4 or 0.5 s) has written the 3 complete chunks."""
+    sub = Subscriber(stats_endpoint)
+    try:
+        sub.until(lambda topic, m: topic == "stats.adc0")
+        sender.send(heaps)
+        _, status = sub.until(lambda topic, m: topic == "status" and
+                              m["buffers"]["adc0"]["records_flushed"] == 3)
+        _, stream = sub.until(lambda topic, m: topic == "stats.adc0")
+    finally:
+        sub.close()
+    return status, stream
+
+
 def daqd_cli(*args: str) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "daqd", *args], capture_output=True,
                             text=True, timeout=60)
@@ -342,15 +348,8 @@ def test_status_message_and_the_status_and_stats_commands(tmp_path):
     try:
         ready = daemon.ready()
         assert (ready["stats"], ready["control"]) == (stats_endpoint, control_endpoint)
-        sub = Subscriber(stats_endpoint)
-        sub.until(lambda topic, m: topic == "stats.adc0")
         sender = W1Sender(port, heaps)
-        sender.send(heaps)
-        # The flush policy (count 4 or 0.5 s) writes the 3 complete chunks.
-        _, status = sub.until(lambda topic, m: topic == "status" and
-                              m["buffers"]["adc0"]["records_flushed"] == 3)
-        _, stream = sub.until(lambda topic, m: topic == "stats.adc0")
-        sub.close()
+        status, stream = send_until_three_flushed(stats_endpoint, sender, heaps)
 
         # the status message (INTERFACES.md: state, uptime, buffer fill, sink bytes/files/errors)
         assert status["schema"] == "daqd.stats/1" and status["daemon"] == "test-daqd"
@@ -432,14 +431,8 @@ def test_prometheus_endpoint_shows_the_published_counters(tmp_path):
         # port 0: the daemon picks one and logs the URL
         url = daemon.wait_event("serving Prometheus metrics")["url"]
         assert re.fullmatch(r"http://127\.0\.0\.1:[1-9][0-9]*/metrics", url), url
-        sub = Subscriber(stats_endpoint)
-        sub.until(lambda topic, m: topic == "stats.adc0")
         sender = W1Sender(port, heaps)
-        sender.send(heaps)
-        _, status = sub.until(lambda topic, m: topic == "status" and
-                              m["buffers"]["adc0"]["records_flushed"] == 3)
-        _, stream = sub.until(lambda topic, m: topic == "stats.adc0")
-        sub.close()
+        status, stream = send_until_three_flushed(stats_endpoint, sender, heaps)
         samples = scrape(url)
         assert daemon.stop() == 0
     finally:

@@ -71,7 +71,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from daemon_helpers import DaemonProcess, Subscriber, free_port, wait_until
+from daemon_helpers import (
+    DaemonProcess,
+    Subscriber,
+    daemon_toml,
+    free_port,
+    udp_stream_toml,
+    wait_until,
+)
 from spead_packets import heap_packets
 
 from daqd.sinks.binary import read_header
@@ -105,21 +112,7 @@ def wal_config(tmp: Path, port: int, rotate: bool) -> str:
     """
     text_rotation = "rotate_bytes = 3000" if rotate else ""
     binary_rotation = f"rotate_bytes = {4096 + 40 * PAYLOAD_BYTES}" if rotate else ""
-    return f"""
-[daemon]
-name = "wal-daqd"
-pidfile = "{tmp}/run/daqd.pid"
-
-[zmq]
-stats = "tcp://127.0.0.1:*"
-control = "tcp://127.0.0.1:*"
-interval = 0.1
-
-[[stream]]
-name = "{STREAM}"
-sources = ["udp://127.0.0.1:{port}"]
-socket_buffer = 4194304
-
+    return daemon_toml(tmp, "wal-daqd", 0.1) + udp_stream_toml(STREAM, port) + f"""
 [stream.buffer]
 kind = "fifo"
 capacity = 100000

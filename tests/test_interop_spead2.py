@@ -34,10 +34,10 @@ import spead2.send
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import spead2_helpers as h
+from spead_packets import expected_sim_heaps
 
 from daqd import _spead
 from daqd.recv.sources import open_source
-from daqd.recv.workloads import WORKLOADS
 from daqd.tools.dump import heap_record, receive_heaps
 
 # spead2 logs every rejected packet; the tests look at results, not logs.
@@ -273,12 +273,7 @@ def test_pcap_framings(tmp_path, link, big_endian, nanosecond):
     # The same file through a pcap: URI.
     path = tmp_path / "capture.pcap"
     path.write_bytes(data)
-    src = open_source(f"pcap:{path}")
-    try:
-        stream = h.daqd_stream()
-        got = [h.daqd_record(x) for x in stream.run(src.reader)]
-    finally:
-        src.close()
+    got, _ = h.daqd_decode_uri(f"pcap:{path}")
     assert got == expected
 
 
@@ -300,14 +295,8 @@ def test_pcap_port_filter_against_spead2_pcap_reader(tmp_path, link, big_endian,
     reference.add_udp_pcap_file_reader(str(path), f"udp dst port {PCAP_PORT}")
     assert h.collect_spead2(reference) == expected
 
-    src = open_source(f"pcap:{path}?port={PCAP_PORT}")
-    try:
-        stream = h.daqd_stream()
-        got = [h.daqd_record(x) for x in stream.run(src.reader)]
-    finally:
-        src.close()
+    got, counters = h.daqd_decode_uri(f"pcap:{path}?port={PCAP_PORT}")
     assert got == expected
-    counters = stream.stats()
     for name, value in counts.items():
         assert counters[name] == value, name
     assert counters["pcap_frames_skipped_port"] > 0
@@ -407,23 +396,6 @@ def test_spead2_sender_to_daqd(address_bits, transport):
     assert counters["stop_heaps"] == 1
     assert h.rejected_total(counters) == 0
     assert counters["stream_bytes_skipped"] == 0
-
-
-def expected_sim_heaps(workload: str, n: int) -> list[dict]:
-    """The records the reference workload must decode to (sim.pxi)."""
-    w = WORKLOADS[workload]
-    heap_bytes, per_heap, step = w.heap_bytes, w.packets_per_heap, w.timestamp_step
-    payload = heap_bytes // per_heap
-    pattern = bytes((j * 7 + 3) & 0xFF for j in range(payload))
-    out = []
-    for i in range(n):
-        cnt = 1 + i
-        data = b"".join(((cnt << 16) | k).to_bytes(8, "big") + pattern[8:]
-                        for k in range(per_heap))
-        out.append({"cnt": cnt, "complete": True,
-                    "items": [(0x1600, True, i * step), (0x3300, False, data)],
-                    "descriptors": [], "start": False, "stop": False})
-    return out
 
 
 def simulate(target: str, workload: str, heaps: int, *extra: str) -> dict:
@@ -539,23 +511,13 @@ IMPAIRMENTS = ["drop", "shuffle", "dup", "mixed"]
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("kind", IMPAIRMENTS)
 def test_impaired_datagrams_match_spead2(kind, seed, allow_out_of_order, max_heaps):
+    """The heaps are spead2's, and daqd's counters account for every packet."""
     packets = impair(impaired_source(), kind, seed)
     expected, _ = h.spead2_decode_packets(packets, max_heaps=max_heaps,
                                           allow_out_of_order=allow_out_of_order)
     got, counters, heaps = h.daqd_decode_packets(packets, max_heaps=max_heaps,
                                                  allow_out_of_order=allow_out_of_order)
     assert got == expected
-
-
-@pytest.mark.parametrize("max_heaps", [1, 3, 8])
-@pytest.mark.parametrize("allow_out_of_order", [False, True], ids=["in-order", "out-of-order"])
-@pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("kind", IMPAIRMENTS)
-def test_impaired_datagrams_counters(kind, seed, allow_out_of_order, max_heaps):
-    """daqd's counters account for every packet, whatever happened to it."""
-    packets = impair(impaired_source(), kind, seed)
-    _, counters, heaps = h.daqd_decode_packets(packets, max_heaps=max_heaps,
-                                               allow_out_of_order=allow_out_of_order)
     accepted = sum(x.n_packets for x in heaps) + counters["stop_heaps"]   # 1-packet stop heap
     assert counters["packets"] == accepted + h.rejected_total(counters)
     assert counters["packets"] + counters["packets_rejected_after_stop"] == len(packets)

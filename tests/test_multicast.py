@@ -50,11 +50,11 @@ import spead2.recv
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import spead2_helpers as h
+from spead_packets import expected_sim_heaps
 
 from daqd import _spead
 from daqd.errors import SourceError
 from daqd.recv.sources import open_source
-from daqd.recv.workloads import WORKLOADS
 from daqd.tools.dump import receive_heaps
 from daqd.tools.simulate import simulate
 
@@ -242,23 +242,6 @@ class Receiver:
         self.source.close()
 
 
-def expected_w1(n: int, first_cnt: int = 1) -> list[dict[str, Any]]:
-    """The records W1 heaps must decode to (cython_ext/sim.pxi), built independently."""
-    w = WORKLOADS["W1"]
-    heap_bytes, per_heap, step = w.heap_bytes, w.packets_per_heap, w.timestamp_step
-    payload = heap_bytes // per_heap
-    pattern = bytes((j * 7 + 3) & 0xFF for j in range(payload))
-    out = []
-    for i in range(n):
-        cnt = first_cnt + i
-        data = b"".join(((cnt << 16) | k).to_bytes(8, "big") + pattern[8:]
-                        for k in range(per_heap))
-        out.append({"cnt": cnt, "complete": True,
-                    "items": [(0x1600, True, i * step), (0x3300, False, data)],
-                    "descriptors": [], "start": False, "stop": False})
-    return out
-
-
 def check_clean(name: str, counters: dict[str, int], n: int) -> None:
     """Every datagram of n heaps plus the stop heap arrived, none dropped or rejected."""
     assert counters.get("packets_dropped_socket_buffer", 0) == 0, (
@@ -340,7 +323,7 @@ def scenario_receive() -> dict[str, Any]:
     reference = spead2_stream("127.0.0.1")
     spead2_received = h.start_collecting_spead2(reference, timeout=TIMEOUT)
     sent = send_w1(N_HEAPS)
-    expected = expected_w1(N_HEAPS)
+    expected = expected_sim_heaps("W1", N_HEAPS)
     for name, receiver in [("daemon A", daemon_a), ("daemon B", daemon_b),
                            ("no interface=", default_interface)]:
         records = receiver.join()
@@ -394,7 +377,7 @@ def scenario_leave() -> dict[str, Any]:
     first.close()
     assert igmp_groups().get(("lo", GROUP)) == 1
     send_w1(200)
-    assert second.join() == expected_w1(200)
+    assert second.join() == expected_sim_heaps("W1", 200)
     check_clean("the daemon left running", second.stream.stats(), 200)
     second.close()
     assert ("lo", GROUP) not in igmp_groups()
@@ -454,9 +437,9 @@ def scenario_interface_isolation() -> dict[str, Any]:
         sender.close()
     time.sleep(0.3)
     got_lo, got_veth = on_lo.finish(), on_veth.finish()
-    assert got_veth == expected_w1(n, 1), (
+    assert got_veth == expected_sim_heaps("W1", n, 1), (
         f"source on the veth should get heaps 1-{n} only, got {cnt_ranges(got_veth)}")
-    assert got_lo == expected_w1(n, 1001), (
+    assert got_lo == expected_sim_heaps("W1", n, 1001), (
         f"source on lo should get heaps 1001-{1000 + n} only, got {cnt_ranges(got_lo)} "
         "(another interface's datagrams leak in unless IP_MULTICAST_ALL is 0)")
     on_lo.close()

@@ -7,19 +7,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from spead_packets import sim_packets
 
 from daqd import _spead
 
 LAYOUT = dict(timestamp_item=0x1600, timestamp_step=8192, heaps_per_chunk=4, heap_bytes=8192,
               max_chunks=2, pool=6)
-
-
-def sim_packets(workload, heaps):
-    packets = []
-    reader = _spead.SimReader(workload, heaps=heaps)
-    while (batch := reader.read_batch()) is not None:
-        packets.extend(batch[0])
-    return packets
 
 
 def tapped(reader):

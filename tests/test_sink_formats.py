@@ -12,7 +12,7 @@ import spead2
 import spead2.recv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from spead_packets import daqd_heap_key, spead2_heap_key
+from spead_packets import daqd_heap_key, sim_packets, spead2_heap_key
 
 import daqd
 from daqd import _spead
@@ -29,14 +29,6 @@ HPC = 8
 W1_CHUNK = ChunkConfig(timestamp_item=TS, timestamp_step=8192, heaps_per_chunk=HPC,
                        heap_bytes=8192, extra_items=(TS,), max_chunks=2, pool=6)
 CONFIG_TEXT = "[[stream]]\nname = \"adc0\"\n"
-
-
-def sim_packets(workload, heaps):
-    packets = []
-    reader = _spead.SimReader(workload, heaps=heaps)
-    while (batch := reader.read_batch()) is not None:
-        packets.extend(batch[0])
-    return packets
 
 
 def pool_chunks(heaps, drop=frozenset()):

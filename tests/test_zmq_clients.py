@@ -38,20 +38,32 @@ def snapshot(packets=1000, state="running"):
     }
 
 
-class Thread(threading.Thread):
-    """A thread that runs `target(stop_event)` until the test ends."""
+class FakePeer(threading.Thread):
+    """A bound socket of `kind` that a thread drives with `step(sock, halt)` until the test ends.
 
-    def __init__(self, target):
+    ``with FakePeer(...) as endpoint:`` gives the endpoint to talk to.
+    """
+
+    def __init__(self, ctx, kind, endpoint, step):
         self.halt = threading.Event()
-        super().__init__(target=target, args=(self.halt,), daemon=True)
+        self.endpoint = endpoint
+        self.sock = ctx.socket(kind)
+        self.sock.bind(endpoint)
+        self.step = step
+        super().__init__(daemon=True)
+
+    def run(self):
+        while not self.halt.is_set():
+            self.step(self.sock, self.halt)
 
     def __enter__(self):
         self.start()
-        return self
+        return self.endpoint
 
     def __exit__(self, *exc):
         self.halt.set()
         self.join(TIMEOUT)
+        self.sock.close(linger=0)
 
 
 # --- request -----------------------------------------------------------------------------
@@ -86,19 +98,14 @@ def test_request_with_a_bad_endpoint_is_a_usage_problem():
 
 
 def test_a_reply_that_is_not_a_json_object_is_bad(ctx, ipc_dir):
-    endpoint = f"ipc://{ipc_dir}/liar"
-    router = ctx.socket(zmq.ROUTER)
-    router.bind(endpoint)
+    def serve(router, halt):
+        if router.poll(20):
+            identity, *_ = router.recv_multipart()
+            router.send_multipart([identity, b"", b"[1, 2]"])
 
-    def serve(halt):
-        while not halt.is_set():
-            if router.poll(20):
-                identity, *_ = router.recv_multipart()
-                router.send_multipart([identity, b"", b"[1, 2]"])
-
-    with Thread(serve), pytest.raises(BadReply, match="not a JSON object"):
+    with FakePeer(ctx, zmq.ROUTER, f"ipc://{ipc_dir}/liar", serve) as endpoint, \
+            pytest.raises(BadReply, match="not a JSON object"):
         request(endpoint, "status", timeout=TIMEOUT, context=ctx)
-    router.close(linger=0)
 
 
 # --- subscribe ---------------------------------------------------------------------------
@@ -138,22 +145,16 @@ def test_subscribe_without_a_publisher_times_out_naming_the_endpoints(ipc_dir):
 
 
 def test_subscribe_skips_messages_that_are_not_topic_and_json_object(ctx, ipc_dir):
-    endpoint = f"ipc://{ipc_dir}/noisy"
-    pub = ctx.socket(zmq.PUB)
-    pub.bind(endpoint)
+    def noise(pub, halt):
+        pub.send(b"status")                                      # one frame
+        pub.send_multipart([b"status", b"{not json"])
+        pub.send_multipart([b"status", b"[1]"])                  # not an object
+        pub.send_multipart([b"status", b"{}", b"extra"])         # three frames
+        pub.send_multipart([b"status", json.dumps({"state": "ok"}).encode()])
+        halt.wait(0.01)
 
-    def noise(halt):
-        while not halt.is_set():
-            pub.send(b"status")                                  # one frame
-            pub.send_multipart([b"status", b"{not json"])
-            pub.send_multipart([b"status", b"[1]"])              # not an object
-            pub.send_multipart([b"status", b"{}", b"extra"])     # three frames
-            pub.send_multipart([b"status", json.dumps({"state": "ok"}).encode()])
-            halt.wait(0.01)
-
-    with Thread(noise):
+    with FakePeer(ctx, zmq.PUB, f"ipc://{ipc_dir}/noisy", noise) as endpoint:
         got = list(subscribe(endpoint, count=5, timeout=TIMEOUT, context=ctx))
-    pub.close(linger=0)
     assert got == [("status", {"state": "ok"})] * 5
 
 

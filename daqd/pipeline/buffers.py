@@ -150,6 +150,21 @@ class _SinkState:
                 "last_error": self.last_error}
 
 
+def _call_each(sinks: list[_SinkState], method: str, failure: type[Exception]) -> None:
+    """Call `method` of every sink that has one; a `failure` is counted and logged."""
+    for state in sinks:
+        call = getattr(state.sink, method, None)
+        if call is None:
+            continue
+        try:
+            call()
+        except failure as exc:
+            state.errors += 1
+            state.last_error = f"{method}: {type(exc).__name__}: {exc}"
+            log.warning(f"sink {method} failed", sink=state.name, error=str(exc),
+                        exc_info=not isinstance(exc, OSError))
+
+
 class Buffer:
     """A bounded buffer of records between producers and one consumer.
 
@@ -626,16 +641,8 @@ class Buffer:
     @staticmethod
     def _commit(sinks: list[_SinkState]) -> None:
         """Let `sinks` publish their pending files (`commit()`, where a sink has one)."""
-        for state in sinks:
-            commit = getattr(state.sink, "commit", None)
-            if commit is None:
-                continue
-            try:
-                commit()
-            except Exception as exc:        # the protocol says never; count it, go on
-                state.errors += 1
-                state.last_error = f"commit: {type(exc).__name__}: {exc}"
-                log.exception("sink commit raised", sink=state.name)
+        # The protocol says commit() never raises: anything it does is counted.
+        _call_each(sinks, "commit", Exception)
 
     def reopen_sinks(self) -> None:
         """SIGHUP: every sink finishes its current file (in the flusher's thread).
@@ -653,16 +660,7 @@ class Buffer:
 
     @staticmethod
     def _reopen(sinks: list[_SinkState]) -> None:
-        for state in sinks:
-            reopen = getattr(state.sink, "reopen", None)
-            if reopen is None:
-                continue
-            try:
-                reopen()
-            except OSError as exc:
-                state.errors += 1
-                state.last_error = f"reopen: {exc}"
-                log.warning("sink reopen failed", sink=state.name, error=str(exc))
+        _call_each(sinks, "reopen", OSError)
 
     def pop(self) -> Record:
         """Remove and return the oldest record; the caller now owns (and releases) it.

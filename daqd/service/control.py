@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,7 +44,8 @@ import structlog
 import zmq
 
 from daqd.errors import UsageProblem
-from daqd.service.zmq_security import Security, bind_checked
+from daqd.service.zmq_security import Security
+from daqd.service.zmq_server import SocketServer
 
 log = structlog.get_logger("daqd.control")
 
@@ -120,16 +120,13 @@ def parse_request(body: bytes) -> tuple[str, dict[str, Any]]:
     return command, args
 
 
-class ControlServer:
+class ControlServer(SocketServer):
     """A thread answering control requests on a ZeroMQ ROUTER socket.
 
     Parameters
     ----------
-    context : zmq.Context
-        The context to make the socket in (the caller terminates it).
-    endpoint : str
-        Where to bind, e.g. ``tcp://127.0.0.1:5557``; ``tcp://127.0.0.1:*``
-        picks a free port (see `endpoint` after `start`).
+    context, endpoint
+        As for `SocketServer` (e.g. ``tcp://127.0.0.1:5557``).
     handlers : mapping
         Command name → callable taking the arguments dict and returning a
         JSON-able mapping (or None); called in the control thread, so keep
@@ -148,41 +145,28 @@ class ControlServer:
     def __init__(self, context: zmq.Context, endpoint: str, handlers: Mapping[str, Handler],
                  security: Security | None = None, *, poll_interval: float = 0.1,
                  max_request_bytes: int = 65536, linger: float = 0.2):
-        self.context = context
-        self.endpoint = endpoint
+        super().__init__(context, endpoint, security)
         self.handlers = dict(handlers)
-        self._security = security
         self._poll_ms = max(1, int(poll_interval * 1000))
         self._max_request_bytes = max_request_bytes
         self._linger_ms = int(linger * 1000)
-        self._stop = threading.Event()
-        self._socket: zmq.Socket | None = None
-        self._thread: threading.Thread | None = None
         self._stats = {"requests": 0, "replies_ok": 0, "errors": 0, "malformed": 0,
                        "unknown_command": 0, "handler_errors": 0, "send_failures": 0}
 
-    def start(self) -> None:
-        """Bind the socket (in the caller's thread, so errors surface here) and start.
+    socket_type = zmq.ROUTER
+    what = "control"
+    thread_name = "daqd-control"
 
-        Raises
-        ------
-        UsageProblem
-            When the endpoint is not local and there is no `security`, or it
-            cannot be bound.
-        """
-        if self._thread is not None or self._stop.is_set():
-            raise RuntimeError("start() may be called only once")
-        sock = self.context.socket(zmq.ROUTER)
+    def start(self) -> None:
+        """Bind the socket (errors surface here) and start answering."""
+        super().start()
+        log.info("control listening", endpoint=self.endpoint, commands=sorted(self.handlers))
+
+    def _configure(self, sock: zmq.Socket) -> None:
         sock.maxmsgsize = self._max_request_bytes
         sock.rcvhwm = 100
         sock.sndhwm = 100
         sock.linger = self._linger_ms
-        self.endpoint = bind_checked(sock, self.endpoint, self._security, "control")
-        self._socket = sock
-        self._thread = threading.Thread(target=self._run, args=(sock,), name="daqd-control",
-                                        daemon=True)
-        self._thread.start()
-        log.info("control listening", endpoint=self.endpoint, commands=sorted(self.handlers))
 
     def _run(self, sock: zmq.Socket) -> None:
         poller = zmq.Poller()
@@ -270,12 +254,8 @@ class ControlServer:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the thread and close the socket (within about one poll interval)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("control thread did not stop", timeout=timeout)
-            self._thread = None
+        if not self._join(timeout):
+            log.warning("control thread did not stop", timeout=timeout)
         self._socket = None
 
 

@@ -50,6 +50,7 @@ from daqd import __version__
 from daqd.addresses import split_host_port
 from daqd.errors import UsageProblem
 from daqd.recv.counters import MAXIMA
+from daqd.service.threads import ThreadOwner
 
 __all__ = ["TABLE_GAUGES", "MetricsError", "MetricsServer", "SnapshotCollector"]
 
@@ -219,7 +220,7 @@ def _logged_errors(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterabl
     return guarded
 
 
-class MetricsServer:
+class MetricsServer(ThreadOwner):
     """An HTTP server for Prometheus scrapes, in a daemon thread.
 
     Parameters
@@ -296,13 +297,4 @@ class MetricsServer:
             return
         server.shutdown()
         server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def __enter__(self) -> MetricsServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self._join_thread(timeout)

@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
+from daqd.service.threads import ThreadOwner
+
 __all__ = ["Notifier", "Watchdog", "notify", "watchdog_interval"]
 
 log = structlog.get_logger("daqd.sdnotify")
@@ -212,7 +214,7 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
 Heartbeat = int | Sequence[int]
 
 
-class Watchdog:
+class Watchdog(ThreadOwner):
     """Feeds the systemd watchdog while every reader thread is alive.
 
     A thread checks `progress` every half `interval` and sends ``WATCHDOG=1``
@@ -273,16 +275,7 @@ class Watchdog:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the feeding thread (before draining: a drain is not a wedge)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def __enter__(self) -> Watchdog:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self._join_thread(timeout)
 
     def check(self) -> bool:
         """Compare the heartbeat with the previous check's; feed the watchdog if all advanced.

@@ -51,7 +51,8 @@ import structlog
 import zmq
 
 from daqd.recv.counters import MAXIMA
-from daqd.service.zmq_security import Security, bind_checked
+from daqd.service.zmq_security import Security
+from daqd.service.zmq_server import SocketServer
 
 log = structlog.get_logger("daqd.stats")
 
@@ -250,16 +251,13 @@ def report(messages: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return status
 
 
-class StatsPublisher:
+class StatsPublisher(SocketServer):
     """A thread publishing the daemon's statistics on a ZeroMQ PUB socket.
 
     Parameters
     ----------
-    context : zmq.Context
-        The context to make the socket in (the caller terminates it).
-    endpoint : str
-        Where to bind, e.g. ``tcp://127.0.0.1:5556``; ``tcp://127.0.0.1:*``
-        picks a free port (see `endpoint` after `start`).
+    context, endpoint
+        As for `SocketServer` (e.g. ``tcp://127.0.0.1:5556``).
     interval : float
         Seconds between rounds.
     snapshot : callable
@@ -287,48 +285,36 @@ class StatsPublisher:
                  clock: Callable[[], float] = time.monotonic):
         if interval <= 0:
             raise ValueError(f"interval = {interval!r}: expected a positive number of seconds")
-        self.context = context
-        self.endpoint = endpoint
+        super().__init__(context, endpoint, security)
         self.interval = interval
         self._snapshot = snapshot
-        self._security = security
         self.sndhwm = sndhwm                # messages queued per subscriber
         self.nodrop = nodrop                # refuse (and count) rather than drop
         self._linger = linger
         self._clock = clock
         self._builder = StatsBuilder(daemon_name, clock=clock)
         self._lock = threading.Lock()          # serialises every use of the socket
-        self._stop = threading.Event()
-        self._socket: zmq.Socket | None = None
-        self._thread: threading.Thread | None = None
         self._last: dict[str, dict[str, Any]] = {}
         self._last_error = ""
         self._stats = {"rounds": 0, "messages_sent": 0, "dropped_messages": 0,
                        "snapshot_errors": 0, "encode_errors": 0}
 
-    def start(self) -> None:
-        """Bind the socket (in the caller's thread, so errors surface here) and start.
+    socket_type = zmq.PUB
+    what = "statistics"
+    thread_name = "daqd-stats"
 
-        Raises
-        ------
-        UsageProblem
-            When the endpoint is not local and there is no `security`, or it
-            cannot be bound.
-        """
-        if self._thread is not None or self._stop.is_set():
-            raise RuntimeError("start() may be called only once")
-        sock = self.context.socket(zmq.PUB)
+    def start(self) -> None:
+        """Bind the socket (errors surface here) and start publishing."""
+        super().start()
+        log.info("statistics publishing", endpoint=self.endpoint, interval=self.interval)
+
+    def _configure(self, sock: zmq.Socket) -> None:
         sock.sndhwm = self.sndhwm
         sock.linger = 0
         if self.nodrop:
             sock.setsockopt(zmq.XPUB_NODROP, 1)
-        self.endpoint = bind_checked(sock, self.endpoint, self._security, "statistics")
-        self._socket = sock
-        self._thread = threading.Thread(target=self._run, name="daqd-stats", daemon=True)
-        self._thread.start()
-        log.info("statistics publishing", endpoint=self.endpoint, interval=self.interval)
 
-    def _run(self) -> None:
+    def _run(self, sock: zmq.Socket) -> None:
         try:
             with self._lock:
                 self._builder.prime(self._snapshot())
@@ -432,10 +418,7 @@ class StatsPublisher:
         timeout : float, optional
             Seconds to wait for the thread.
         """
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._join(timeout)
         if final:
             self.publish_now()
         with self._lock:

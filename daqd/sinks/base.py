@@ -565,10 +565,7 @@ class FileSink:
 
     def _sync_file(self, f: SinkFile) -> None:
         self._fsync(f)
-        f.dirty = False
-        if not f.dir_synced:
-            fsync_directory_of(f.tmp)
-            f.dir_synced = True
+        self._synced(f)
 
     def _sync_finished(self, f: SinkFile) -> None:
         """Fsync a closed pending file by name; one that vanished is counted and dropped."""
@@ -578,6 +575,11 @@ class FileSink:
             self._pending.remove(f)
             self._lose(f, "vanished before it could be renamed")
             return
+        self._synced(f)
+
+    @staticmethod
+    def _synced(f: SinkFile) -> None:
+        """`f`'s data is on disk: make its directory entry durable too (once)."""
         f.dirty = False
         if not f.dir_synced:
             fsync_directory_of(f.tmp)
