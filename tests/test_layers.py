@@ -31,3 +31,29 @@ def test_the_daemon_imports_no_benchmark_code():
                             check=True, timeout=60).stdout.split()
     assert "daqd.service.daemon" in loaded
     assert not [m for m in loaded if m.startswith(("daqd.tools", "daqd._spead2compat", "spead2"))]
+
+
+def test_the_service_names_no_other_layers_keys_nor_item_ids():
+    """daqd/service passes sections to the layers' builders; it reads no key of theirs.
+
+    Section names (``buffer``, ``sinks``, ``chunk``) and a stream's ``name`` may
+    appear: they are the structure, not a setting.  A SPEAD item id would be a
+    hexadecimal literal.
+    """
+    import dataclasses
+    import re
+
+    from daqd import config
+
+    keys = {f.name for cls in (config.StreamConfig, config.ChunkConfig, config.BufferConfig,
+                                config.SinkConfig, config.SimulateConfig)
+            for f in dataclasses.fields(cls)}
+    structure = {"name", "sources", "chunk", "buffer", "sinks", "stop", "path", "kind",
+                 "pool", "substreams"}     # also methods and attributes of other objects
+    found = []
+    for path in sorted((ROOT / "daqd" / "service").glob("*.py")):
+        text = path.read_text()
+        for key in sorted(keys - structure):
+            found += [f"{path.name}: .{key}" for _ in re.finditer(rf"\.{key}\b", text)]
+        found += [f"{path.name}: {m.group()}" for m in re.finditer(r"\b0x[0-9a-fA-F]+\b", text)]
+    assert found == []
