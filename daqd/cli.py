@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from typing import Any
@@ -10,135 +11,36 @@ import click
 
 from daqd import __version__, logs
 from daqd.errors import UsageProblem
-from daqd.recv.workloads import WORKLOADS
 
 CONTEXT = {"auto_envvar_prefix": "DAQD", "help_option_names": ["-h", "--help"]}
 
 
-@click.group(context_settings=CONTEXT)
+class Commands(click.Group):
+    """The daemon's commands, and the tools' (``daqd/tools/``) loaded only when asked for.
+
+    So ``daqd run`` imports no tool code, benchmarks least of all; each tool
+    module defines its own ``command``, with the choices it owns.
+    """
+
+    TOOLS = {"dump": "daqd.tools.dump", "simulate": "daqd.tools.simulate",
+             "bench": "daqd.tools.bench.command"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Name every command, the tools' too."""
+        return sorted([*super().list_commands(ctx), *self.TOOLS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        """Return command `name`, importing a tool's module only now."""
+        if name in self.TOOLS:
+            command: click.Command = importlib.import_module(self.TOOLS[name]).command
+            return command
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=Commands, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="daqd")
 def cli() -> None:
     """daqd: receive, buffer and record SPEAD streams."""
-
-
-INT = click.IntRange
-FLOAT = click.FloatRange
-WORKLOAD = click.Choice(list(WORKLOADS))
-
-
-@cli.command()
-@click.argument("source")
-@click.option("--max-heaps", type=INT(min=1), default=4, show_default=True,
-              help="Partial heaps alive at once.")
-@click.option("--allow-out-of-order", is_flag=True,
-              help="Accept the packets of a heap in any order.")
-@click.option("--incomplete", is_flag=True,
-              help="Print incomplete heaps too (received and length instead of items).")
-@click.option("--stop-on-stop-item/--no-stop-on-stop-item", default=True, show_default=True,
-              help="End at a stream-control stop heap (else print it).")
-@click.option("--max-packet-size", type=INT(min=8), default=9200, show_default=True)
-@click.option("--max-heap-size", type=INT(min=0), default=128 << 20, show_default=True,
-              help="Larger heaps are rejected and counted.")
-@click.option("--count", type=INT(min=0), default=None, help="Stop after printing this many heaps.")
-def dump(source: str, max_heaps: int, allow_out_of_order: bool, incomplete: bool,
-         stop_on_stop_item: bool, max_packet_size: int, max_heap_size: int,
-         count: int | None) -> None:
-    """Decode SOURCE and print one JSON line per heap; counters go to stderr.
-
-    SOURCE is udp://HOST:PORT, tcp://HOST:PORT, pcap:PATH, file:PATH (file:- for
-    stdin) or sim:W1 (W2, W3; ?heaps=N&rate=BPS).
-    """
-    from daqd.recv.sources import open_source
-    from daqd.tools.dump import run_dump
-
-    src = open_source(source, max_packet_size=max_packet_size)
-    for warning in src.warnings:
-        click.echo(f"daqd: warning: {warning}", err=True)
-    run_dump(src, max_heaps=max_heaps, allow_out_of_order=allow_out_of_order,
-             incomplete=incomplete, stop_on_stop_item=stop_on_stop_item,
-             max_heap_size=max_heap_size, count=count, out=sys.stdout, err=sys.stderr)
-
-
-@cli.command()
-@click.argument("target")
-@click.option("--workload", type=WORKLOAD, default="W1", show_default=True)
-@click.option("--rate", type=FLOAT(min=0), default=0.0,
-              help="Bytes per second of whole packets; 0 sends as fast as possible.")
-@click.option("--heaps", type=INT(min=0), default=0,
-              help="Heaps to send (0: until interrupted; required for files).")
-@click.option("--stop/--no-stop", default=True, show_default=True,
-              help="End with a stream-control stop heap.")
-@click.option("--port", type=INT(0, 65535), default=7148, show_default=True,
-              help="UDP destination port written into pcap frames.")
-def simulate(target: str, workload: str, rate: float, heaps: int, stop: bool, port: int) -> None:
-    """Send a reference workload to TARGET (udp://, tcp://, file:PATH, pcap:PATH)."""
-    from daqd.tools.simulate import simulate as run
-
-    try:
-        result = run(target, workload, rate=rate, heaps=heaps, stop=stop, port=port)
-    except KeyboardInterrupt:
-        return
-    click.echo(json.dumps(result), err=True)
-
-
-@cli.command()
-@click.option("--workload", "workloads", type=WORKLOAD, multiple=True,
-              help="Reference workload (repeatable; default: all three).")
-@click.option("--vs-spead2", is_flag=True, help="Run spead2 beside daqd and give the ratios.")
-@click.option("--mode", type=click.Choice(["memory", "udp", "all"]), default="all",
-              show_default=True, help="From a buffer in memory, over loopback UDP, or both.")
-@click.option("--runs", type=INT(min=1), default=5, show_default=True,
-              help="Timed from-memory runs per receiver (median reported).")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
-@click.option("--heaps", type=INT(min=1), default=None,
-              help="Heaps per from-memory run (default: about 1 GiB of packets).")
-@click.option("--trial-seconds", type=FLOAT(min=0.05), default=1.0, show_default=True,
-              help="Traffic per UDP trial.")
-@click.option("--steps", type=INT(min=0), default=5, show_default=True,
-              help="UDP rate search: bisection trials after the halving ladder.")
-@click.option("--retries", type=INT(min=0), default=1, show_default=True,
-              help="UDP rate search: further trials at a rate before it counts as failed.")
-@click.option("--cost-trials", type=INT(min=0), default=3, show_default=True,
-              help="UDP: trials per receiver at one fixed rate for CPU time per packet "
-              "(0: none).")
-@click.option("--socket-buffer", type=INT(min=4096), default=64 << 20, show_default=True,
-              help="UDP receive buffer of both receivers (past net.core.rmem_max when "
-              "permitted).")
-@click.option("--udp-runs", type=INT(min=1), default=3, show_default=True,
-              help="UDP rate searches per receiver and workload (median and spread reported).")
-@click.option("--wait-idle", type=FLOAT(min=0), default=0.0,
-              help="Before each measurement, wait up to this many seconds for other processes "
-              "to leave the CPUs idle (shared machines).")
-@click.option("--sender-gso/--no-sender-gso", default=True, show_default=True,
-              help="UDP: the sender sends with UDP GSO (up to 64 KiB of datagrams per message; "
-              "one datagram per message where the kernel refuses it).")
-@click.option("--loopback", type=click.Choice(["auto", "rps", "shared"]), default="auto",
-              show_default=True,
-              help="UDP: rps runs in a private network namespace whose loopback steers the "
-              "kernel's receive work to the receiver's CPU (needs root); shared uses the "
-              "machine's loopback, where the sender's CPU does that work; auto: rps where "
-              "permitted.")
-@click.option("--daqd-gro/--no-daqd-gro", default=True, show_default=True,
-              help="UDP: daqd's socket asks for UDP GRO, as the daemon's does by default "
-              "(--no-daqd-gro: the kernel's per-datagram path, as spead2 uses).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
-def bench(workloads: tuple[str, ...], as_json: bool, quiet: bool, **options: Any) -> None:
-    """Run the chunk-mode throughput benchmarks and print figures (and ratios).
-
-    memory: one pre-built buffer of the workload through daqd's chunk path
-    (and spead2's ChunkRingStream), medians of interleaved runs.  udp: the
-    highest rate each receiver sustains over loopback with < 0.1 % heap loss,
-    medians of --udp-runs searches.
-    """
-    from daqd.tools.bench.report import format_report
-    from daqd.tools.bench.run import run_bench
-
-    def log(line: str) -> None:
-        if not quiet:
-            click.echo(f"daqd bench: {line}", err=True)
-
-    report = run_bench(workloads or tuple(WORKLOADS), **options, log=log)
-    click.echo(json.dumps(report.to_json()) if as_json else format_report(report))
 
 
 # ----------------------------------------------------------------------

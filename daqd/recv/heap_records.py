@@ -25,9 +25,11 @@ from daqd.recv.descriptors import DESCRIPTOR_ID, decode_descriptors
 
 #: Stream control (start, stop): it makes no record.
 STREAM_CTRL_ID = 0x6
-#: Items that are not part of a heap record: packet structure (NULL, HEAP_CNT,
-#: HEAP_SIZE, HEAP_OFFSET, PAYLOAD_LENGTH), descriptors and stream control.
-STRUCTURE_IDS = frozenset({0, 1, 2, 3, 4, DESCRIPTOR_ID, STREAM_CTRL_ID})
+#: The packet-structure items: NULL, HEAP_CNT, HEAP_SIZE, HEAP_OFFSET, PAYLOAD_LENGTH.
+PACKET_STRUCTURE_IDS = frozenset({0, 1, 2, 3, 4})
+#: Items that are not part of a heap record: packet structure, descriptors and
+#: stream control.
+STRUCTURE_IDS = PACKET_STRUCTURE_IDS | {DESCRIPTOR_ID, STREAM_CTRL_ID}
 
 log = structlog.get_logger("daqd.stream")
 

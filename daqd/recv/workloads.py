@@ -117,11 +117,12 @@ def connect(target: str) -> socket.socket:
 
 
 def send(source: Any, fd: int, mode: str, *, heaps: int, stop: bool,
-         port: int = 7148) -> tuple[int, int, int]:
+         port: int = 0) -> tuple[int, int, int]:
     """Send `source` (a SimReader of `heaps` heaps) to `fd`, then a stop heap if `stop`.
 
     `mode` is ``udp`` (UDP GSO where the kernel has it), ``stream`` or
-    ``pcap``; returns (packets, bytes, datagrams the kernel refused).
+    ``pcap`` (frames to UDP `port`); returns (packets, bytes, datagrams the
+    kernel refused).
     """
     sent = _spead.send(source, fd, mode, port=port, gso=True)
     if stop:

@@ -9,12 +9,15 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
+import click
+
 from daqd import _spead
 from daqd.recv.descriptors import DESCRIPTOR_ID, decode_descriptors
-from daqd.recv.sources import Source
+from daqd.recv.heap_records import PACKET_STRUCTURE_IDS
+from daqd.recv.sources import Source, open_source
 
-# Packet-structure items are not part of a heap's payload items.
-STRUCTURE_IDS = frozenset({0, 1, 2, 3, 4, DESCRIPTOR_ID})
+# Packet-structure items and descriptors are not printed as items (INTERFACES.md).
+STRUCTURE_IDS = PACKET_STRUCTURE_IDS | {DESCRIPTOR_ID}
 
 
 def heap_record(heap: Any) -> dict[str, Any]:
@@ -116,3 +119,36 @@ def run_dump(
     }
     err.write(json.dumps(summary) + "\n")
     return counters
+
+
+INT = click.IntRange
+
+
+@click.command("dump")
+@click.argument("source")
+@click.option("--max-heaps", type=INT(min=1), default=4, show_default=True,
+              help="Partial heaps alive at once.")
+@click.option("--allow-out-of-order", is_flag=True,
+              help="Accept the packets of a heap in any order.")
+@click.option("--incomplete", is_flag=True,
+              help="Print incomplete heaps too (received and length instead of items).")
+@click.option("--stop-on-stop-item/--no-stop-on-stop-item", default=True, show_default=True,
+              help="End at a stream-control stop heap (else print it).")
+@click.option("--max-packet-size", type=INT(min=8), default=9200, show_default=True)
+@click.option("--max-heap-size", type=INT(min=0), default=128 << 20, show_default=True,
+              help="Larger heaps are rejected and counted.")
+@click.option("--count", type=INT(min=0), default=None, help="Stop after printing this many heaps.")
+def command(source: str, max_heaps: int, allow_out_of_order: bool, incomplete: bool,
+         stop_on_stop_item: bool, max_packet_size: int, max_heap_size: int,
+         count: int | None) -> None:
+    """Decode SOURCE and print one JSON line per heap; counters go to stderr.
+
+    SOURCE is udp://HOST:PORT, tcp://HOST:PORT, pcap:PATH, file:PATH (file:- for
+    stdin) or sim:W1 (W2, W3; ?heaps=N&rate=BPS).
+    """
+    src = open_source(source, max_packet_size=max_packet_size)
+    for warning in src.warnings:
+        click.echo(f"daqd: warning: {warning}", err=True)
+    run_dump(src, max_heaps=max_heaps, allow_out_of_order=allow_out_of_order,
+             incomplete=incomplete, stop_on_stop_item=stop_on_stop_item,
+             max_heap_size=max_heap_size, count=count, out=sys.stdout, err=sys.stderr)

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from typing import Any
 
+import click
+
 from daqd import _spead
 from daqd.errors import UsageProblem
 from daqd.recv.uri import parse_uri
-from daqd.recv.workloads import connect, send, workload
+from daqd.recv.workloads import WORKLOADS, connect, send, workload
+from daqd.sinks.pcap import DEFAULT_UDP_PORT
 
 
 def simulate(
-    target: str, workload_name: str, *, rate: float, heaps: int, stop: bool, port: int = 7148
+    target: str, workload_name: str, *, rate: float, heaps: int, stop: bool,
+    port: int = DEFAULT_UDP_PORT
 ) -> dict[str, Any]:
     """Send `heaps` heaps of a workload to `target`; returns what was sent.
 
@@ -70,3 +75,23 @@ def simulate(
         "seconds": round(seconds, 3),
         "gbit_per_s": round(nbytes * 8 / seconds / 1e9, 3) if seconds > 0 else None,
     }
+
+
+@click.command("simulate")
+@click.argument("target")
+@click.option("--workload", type=click.Choice(list(WORKLOADS)), default="W1", show_default=True)
+@click.option("--rate", type=click.FloatRange(min=0), default=0.0,
+              help="Bytes per second of whole packets; 0 sends as fast as possible.")
+@click.option("--heaps", type=click.IntRange(min=0), default=0,
+              help="Heaps to send (0: until interrupted; required for files).")
+@click.option("--stop/--no-stop", default=True, show_default=True,
+              help="End with a stream-control stop heap.")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_UDP_PORT, show_default=True,
+              help="UDP destination port written into pcap frames.")
+def command(target: str, workload: str, rate: float, heaps: int, stop: bool, port: int) -> None:
+    """Send a reference workload to TARGET (udp://, tcp://, file:PATH, pcap:PATH)."""
+    try:
+        result = simulate(target, workload, rate=rate, heaps=heaps, stop=stop, port=port)
+    except KeyboardInterrupt:
+        return
+    click.echo(json.dumps(result), err=True)

@@ -78,7 +78,7 @@ from daqd.tools.bench.report import (
 )
 from daqd.tools.bench.udp import SOCKET_BUFFER, merge_udp, pick_cpus, run_udp
 
-WORKLOAD_NAMES = ("W1", "W2", "W3")
+WORKLOAD_NAMES = tuple(WORKLOADS)
 MODES = ("memory", "udp", "all")
 LOOPBACKS = ("auto", "rps", "shared")
 

@@ -49,11 +49,6 @@ from daqd.tools.bench.report import (
     offered_rate,
 )
 
-WORKLOAD_NAMES = ("W1", "W2", "W3")
-MODES = ("memory", "udp", "all")
-LOOPBACKS = ("auto", "rps", "shared")
-
-
 MEMORY_TARGET_BYTES = 1 << 30   # packet bytes per from-memory buffer
 LAG_LIMIT = 0.02                # ... and the backlog drained within 2 % of the trial time
 MIN_LAG_LIMIT_MS = 10.0         # (but at least 10 ms)
