@@ -334,14 +334,14 @@ cdef StatIndex live_heap_add_pointers(
                 continue
         if not grow(<void **>&st.pointers, &st.pointers_cap, st.n_pointers + 1,
                     sizeof(uint64_t), False):
-            return STAT_REJECT_NO_MEMORY
+            return STAT_PACKETS_REJECTED_NO_MEMORY
         if st.seen_cap == 0 and st.n_pointers >= INLINE_POINTERS:
             if not seen_rebuild(st, st.n_pointers + 1):
-                return STAT_REJECT_NO_MEMORY
+                return STAT_PACKETS_REJECTED_NO_MEMORY
         if st.seen_cap != 0:
             if 2 * (st.n_pointers + 1) > st.seen_cap:
                 if not seen_rebuild(st, st.n_pointers + 1):
-                    return STAT_REJECT_NO_MEMORY
+                    return STAT_PACKETS_REJECTED_NO_MEMORY
             if not seen_insert(st, ptr):
                 continue
         st.pointers[st.n_pointers] = ptr
@@ -363,31 +363,31 @@ cdef inline StatIndex live_heap_accept(
     out-of-order mode), else the reject counter.
     """
     if h.heap_length >= 0 and p.heap_length >= 0 and p.heap_length != h.heap_length:
-        return STAT_REJECT_INCONSISTENT_HEAP
+        return STAT_PACKETS_REJECTED_INCONSISTENT_HEAP
     if p.heap_length >= 0 and p.heap_length < h.min_length:
-        return STAT_REJECT_INCONSISTENT_HEAP
+        return STAT_PACKETS_REJECTED_INCONSISTENT_HEAP
     if p.heap_address_bits != h.heap_address_bits:
-        return STAT_REJECT_INCONSISTENT_HEAP
+        return STAT_PACKETS_REJECTED_INCONSISTENT_HEAP
     # Pointer memory counts against max_heap_size too, so a stream of empty
     # packets full of distinct pointers cannot grow a heap without bound.
     if pointer_bytes > max_heap_size:
-        return STAT_REJECT_HEAP_TOO_LARGE
+        return STAT_PACKETS_REJECTED_HEAP_TOO_LARGE
     cdef int64_t first = p.payload_offset
     cdef int rc
     if allow_out_of_order:
         if <int64_t>(h.st.n_ranges + 1) * 16 > max_heap_size:
-            return STAT_REJECT_HEAP_TOO_LARGE
+            return STAT_PACKETS_REJECTED_HEAP_TOO_LARGE
         rc = add_payload_range(h.st, first, first + p.payload_length)
         if rc == 0:
-            return STAT_REJECT_DUPLICATE
+            return STAT_PACKETS_REJECTED_DUPLICATE
         if rc < 0:
-            return STAT_REJECT_NO_MEMORY
+            return STAT_PACKETS_REJECTED_NO_MEMORY
     elif first != h.received_length:
         # The common network duplicate repeats the packet just received; it
         # is counted as such, anything else as out of order.
         if first == h.last_offset and h.n_packets > 0:
-            return STAT_REJECT_DUPLICATE
-        return STAT_REJECT_OUT_OF_ORDER
+            return STAT_PACKETS_REJECTED_DUPLICATE
+        return STAT_PACKETS_REJECTED_OUT_OF_ORDER
     return N_STATS
 
 
@@ -423,7 +423,7 @@ cdef StatIndex live_heap_add_packet(
         if <int64_t>need > a.max_heap_size:
             need = <size_t>a.max_heap_size
         if not grow(<void **>&st.payload, &st.payload_cap, need, 1, True):
-            return STAT_REJECT_NO_MEMORY
+            return STAT_PACKETS_REJECTED_NO_MEMORY
     cdef StatIndex status = live_heap_add_pointers(a, h, p)
     if status != N_STATS:
         return status
@@ -446,7 +446,7 @@ cdef void assembler_add_packet(
     if whole:
         stats[<int>STAT_SINGLE_PACKET_HEAPS] += 1
     if packet_too_large(a, p):
-        stats[<int>STAT_REJECT_HEAP_TOO_LARGE] += 1
+        stats[<int>STAT_PACKETS_REJECTED_HEAP_TOO_LARGE] += 1
         return
     if whole:
         # A packet that is a whole heap never joins a live heap (spead2): it
@@ -465,7 +465,7 @@ cdef void assembler_add_packet(
     if new_heap and not a.allow_out_of_order and p.payload_offset != 0:
         # In order, a heap can only start at offset 0 (spead2): this packet's
         # predecessors were lost, or its heap has already left the window.
-        stats[<int>STAT_REJECT_OUT_OF_ORDER] += 1
+        stats[<int>STAT_PACKETS_REJECTED_OUT_OF_ORDER] += 1
         return
     if new_heap:
         a.head += 1
@@ -517,7 +517,7 @@ cdef size_t assembler_add_batch(
     cdef size_t i
     for i in range(n):
         if a.stopped:
-            stats[<int>STAT_REJECT_AFTER_STOP] += n - i
+            stats[<int>STAT_PACKETS_REJECTED_AFTER_STOP] += n - i
             return n
         if not assembler_has_room(a):
             return i

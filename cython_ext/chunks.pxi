@@ -1032,28 +1032,28 @@ cdef class ChunkStream:
             pd.n_extra = self.group.n_extra
             self.group.place_fn(&pd, self.group.place_user)
             if pd.chunk_id < 0:
-                return STAT_CHUNK_REJECTED_BY_PLACE
+                return STAT_CHUNK_HEAPS_REJECTED_BY_PLACE
             last_present = pd.heap_index
             if self.group.packet_presence and p.heap_length > 0:
                 last_present += <size_t>(p.heap_length - 1) // self.group.packet_presence
             if last_present >= self.group.present_per_chunk \
                     or pd.heap_offset > self.group.chunk_bytes \
                     or <uint64_t>p.heap_length > self.group.chunk_bytes - pd.heap_offset:
-                return STAT_CHUNK_REJECTED_PLACEMENT
+                return STAT_CHUNK_HEAPS_REJECTED_PLACEMENT
             chunk_id = pd.chunk_id
             heap_index = pd.heap_index
             heap_offset = pd.heap_offset
             slot = heap_index // self.group.packets_per_heap
         else:
             if <uint64_t>p.heap_length != self.group.heap_bytes:
-                return STAT_CHUNK_REJECTED_SIZE
+                return STAT_CHUNK_HEAPS_REJECTED_SIZE
             if items[0] < 0:
-                return STAT_CHUNK_REJECTED_NO_TIMESTAMP
+                return STAT_CHUNK_HEAPS_REJECTED_NO_TIMESTAMP
             if <uint64_t>items[0] % self.group.timestamp_step:
-                return STAT_CHUNK_REJECTED_MISALIGNED
+                return STAT_CHUNK_HEAPS_REJECTED_MISALIGNED
             if self.group.has_substream:
                 if items[1] < 0 or <uint64_t>items[1] >= self.group.substreams:
-                    return STAT_CHUNK_REJECTED_SUBSTREAM
+                    return STAT_CHUNK_HEAPS_REJECTED_SUBSTREAM
                 substream = <uint64_t>items[1]
             index = <uint64_t>items[0] // self.group.timestamp_step
             chunk_id = <int64_t>(index // self.group.heaps_per_chunk)
@@ -1116,7 +1116,7 @@ cdef class ChunkStream:
                 # Placed, but its chunk left the window first (spead2 counts it so too).
                 stats[<int>STAT_CHUNK_HEAPS_TOO_OLD] += 1
             elif ch.empty:
-                stats[<int>STAT_CHUNK_REJECTED_SIZE] += 1   # a complete heap of 0 bytes
+                stats[<int>STAT_CHUNK_HEAPS_REJECTED_SIZE] += 1   # a complete heap of 0 bytes
         elif reason == READY_EVICTED:
             stats[<int>STAT_INCOMPLETE_HEAPS_EVICTED] += 1
         else:
@@ -1142,7 +1142,7 @@ cdef class ChunkStream:
 
     cdef void add_packet(self, const PacketHeader *p, uint64_t *stats) noexcept nogil:
         if p.heap_length < 0:
-            stats[<int>STAT_REJECT_UNSIZED] += 1    # spead2 chunk streams need HEAP_SIZE
+            stats[<int>STAT_PACKETS_REJECTED_UNSIZED] += 1    # spead2 chunk streams need HEAP_SIZE
             return
         cdef bint whole = p.payload_length == p.heap_length
         if whole:
@@ -1164,7 +1164,7 @@ cdef class ChunkStream:
         cdef StatIndex verdict
         if new_heap:
             if not self.allow_out_of_order and p.payload_offset != 0:
-                stats[<int>STAT_REJECT_OUT_OF_ORDER] += 1
+                stats[<int>STAT_PACKETS_REJECTED_OUT_OF_ORDER] += 1
                 return
             self.live_head += 1
             if self.live_head == self.max_heaps:
@@ -1234,7 +1234,7 @@ cdef class ChunkStream:
         cdef size_t i, n = reader.n
         for i in range(reader.pos, n):
             if self.stopped_flag or self.win.finished:
-                stats[<int>STAT_REJECT_AFTER_STOP] += n - i
+                stats[<int>STAT_PACKETS_REJECTED_AFTER_STOP] += n - i
                 break
             stats[<int>STAT_PACKETS] += 1
             stats[<int>STAT_BYTES] += reader.pkt_len[i]

@@ -32,53 +32,53 @@ cdef inline const uint8_t *udp_payload(
     cdef size_t ihl, total, udp_len
     cdef const uint8_t *udp
     if length < 1:
-        stats[<int>STAT_PCAP_SKIPPED_NOT_UDP] += 1
+        stats[<int>STAT_PCAP_FRAMES_SKIPPED_NOT_UDP] += 1
         return NULL
     if (ip[0] >> 4) == 4:
         if length < 20:
-            stats[<int>STAT_PCAP_TRUNCATED] += 1
+            stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
             return NULL
         ihl = (ip[0] & 0xF) * 4
         total = load_be16(ip + 2)
         if ihl < 20 or total < ihl:
-            stats[<int>STAT_PCAP_SKIPPED_NOT_UDP] += 1
+            stats[<int>STAT_PCAP_FRAMES_SKIPPED_NOT_UDP] += 1
             return NULL
         if ip[9] != IPPROTO_UDP_:
-            stats[<int>STAT_PCAP_SKIPPED_NOT_UDP] += 1
+            stats[<int>STAT_PCAP_FRAMES_SKIPPED_NOT_UDP] += 1
             return NULL
         if load_be16(ip + 6) & 0x3FFF:         # more-fragments flag or an offset
-            stats[<int>STAT_PCAP_SKIPPED_FRAGMENT] += 1
+            stats[<int>STAT_PCAP_FRAMES_SKIPPED_FRAGMENT] += 1
             return NULL
         if total < length:
             length = total                      # drop Ethernet padding
     elif (ip[0] >> 4) == 6:
         if length < 40:
-            stats[<int>STAT_PCAP_TRUNCATED] += 1
+            stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
             return NULL
         if ip[6] != IPPROTO_UDP_:               # extension headers are not followed
-            stats[<int>STAT_PCAP_SKIPPED_NOT_UDP] += 1
+            stats[<int>STAT_PCAP_FRAMES_SKIPPED_NOT_UDP] += 1
             return NULL
         ihl = 40
         total = 40 + load_be16(ip + 4)
         if total < length:
             length = total
     else:
-        stats[<int>STAT_PCAP_SKIPPED_NOT_UDP] += 1
+        stats[<int>STAT_PCAP_FRAMES_SKIPPED_NOT_UDP] += 1
         return NULL
     if length < ihl + 8:
-        stats[<int>STAT_PCAP_TRUNCATED] += 1
+        stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
         return NULL
     udp = ip + ihl
     if port >= 0 and load_be16(udp + 2) != port:
-        stats[<int>STAT_PCAP_SKIPPED_PORT] += 1
+        stats[<int>STAT_PCAP_FRAMES_SKIPPED_PORT] += 1
         return NULL
     udp_len = load_be16(udp + 4)
     if udp_len < 8:
-        stats[<int>STAT_PCAP_SKIPPED_NOT_UDP] += 1
+        stats[<int>STAT_PCAP_FRAMES_SKIPPED_NOT_UDP] += 1
         return NULL
     if udp_len > length - ihl:
         # Snapped capture: hand over what was captured; decoding will count it.
-        stats[<int>STAT_PCAP_TRUNCATED] += 1
+        stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
         udp_len = length - ihl
     out_len[0] = udp_len - 8
     return udp + 8
@@ -140,12 +140,12 @@ cdef class PcapReader(Reader):
             if self.stop_flag or self.offset >= self.size:
                 break
             if self.offset + 16 > self.size:
-                stats[<int>STAT_PCAP_TRUNCATED] += 1
+                stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
                 self.offset = self.size
                 break
             incl = pcap_u32(base + self.offset + 8, self.swapped)
             if incl > self.size - self.offset - 16:
-                stats[<int>STAT_PCAP_TRUNCATED] += 1
+                stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
                 self.offset = self.size
                 break
             frame = base + self.offset + 16
@@ -153,7 +153,7 @@ cdef class PcapReader(Reader):
             self.offset += 16 + incl
             if self.linktype == LINKTYPE_ETHERNET:
                 if frame_len < 14:
-                    stats[<int>STAT_PCAP_TRUNCATED] += 1
+                    stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
                     continue
                 ethertype = load_be16(frame + 12)
                 hdr_len = 14
@@ -166,13 +166,13 @@ cdef class PcapReader(Reader):
                     tags += 1
             elif self.linktype == LINKTYPE_LINUX_SLL:
                 if frame_len < 16:
-                    stats[<int>STAT_PCAP_TRUNCATED] += 1
+                    stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
                     continue
                 ethertype = load_be16(frame + 14)
                 hdr_len = 16
             elif self.linktype == LINKTYPE_LINUX_SLL2:
                 if frame_len < 20:
-                    stats[<int>STAT_PCAP_TRUNCATED] += 1
+                    stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
                     continue
                 ethertype = load_be16(frame)
                 hdr_len = 20
@@ -181,7 +181,7 @@ cdef class PcapReader(Reader):
                 ethertype = ETHERTYPE_IPV4 if frame_len and (frame[0] >> 4) == 4 \
                     else ETHERTYPE_IPV6
             if ethertype != ETHERTYPE_IPV4 and ethertype != ETHERTYPE_IPV6:
-                stats[<int>STAT_PCAP_SKIPPED_NOT_UDP] += 1
+                stats[<int>STAT_PCAP_FRAMES_SKIPPED_NOT_UDP] += 1
                 continue
             payload = udp_payload(frame + hdr_len, frame_len - hdr_len, self.port,
                                   &payload_len, stats)

@@ -109,7 +109,7 @@ cdef class Reader:
             length = self.pkt_len[i]
             if self.tap_n >= self.tap_packets_cap or \
                     self.tap_used + length > self.tap_bytes_cap:
-                stats[<int>STAT_TAP_DROPPED] += self.n - i
+                stats[<int>STAT_PACKETS_TAP_DROPPED] += self.n - i
                 return
             memcpy(self.tap_buf + self.tap_used, self.pkt_data[i], length)
             self.tap_lens[self.tap_n] = <uint32_t>length
@@ -488,7 +488,7 @@ cdef class UdpReader(Reader):
                     memcpy(&segment, CMSG_DATA(c), sizeof(int))
                 c = CMSG_NXTHDR(&self.msgs[i].msg_hdr, c)
             self.gro_size[i] = <uint32_t>segment if segment > 0 else 0
-        stats[<int>STAT_SOCKET_DROPS] += <uint32_t>(newest - self.kernel_drops)
+        stats[<int>STAT_PACKETS_DROPPED_SOCKET_BUFFER] += <uint32_t>(newest - self.kernel_drops)
         self.kernel_drops = newest
 
     cdef void cut_up(self, uint64_t *stats) noexcept nogil:
@@ -502,7 +502,7 @@ cdef class UdpReader(Reader):
             base = self.buf + <size_t>self.next_msg * self.slot
             size = self.gro_size[self.next_msg]
             if (m.msg_hdr.msg_flags & MSG_TRUNC) or length >= self.slot:
-                stats[<int>STAT_REJECT_TRUNCATED] += 1
+                stats[<int>STAT_PACKETS_REJECTED_TRUNCATED] += 1
                 self.next_msg += 1
                 continue
             if size == 0 or size > length:
@@ -513,7 +513,7 @@ cdef class UdpReader(Reader):
             while self.n < self.capacity:
                 part = length - offset if length - offset < size else size
                 if part > self.max_packet_size:
-                    stats[<int>STAT_REJECT_TRUNCATED] += 1
+                    stats[<int>STAT_PACKETS_REJECTED_TRUNCATED] += 1
                 else:
                     self.pkt_data[self.n] = base + offset
                     self.pkt_len[self.n] = part

@@ -14,8 +14,29 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memset
 
 from packet cimport *
-from stats cimport *
 from debug cimport DAQD_DEBUG
+
+include "stats.pxd"       # included, not cimported: see its header
+
+
+cdef inline StatIndex decode_status_stat(DecodeStatus status) noexcept nogil:
+    """The STAT_PACKETS_REJECTED_* counter for a failed decode."""
+    if status == DECODE_TOO_SHORT:
+        return STAT_PACKETS_REJECTED_TOO_SHORT
+    elif status == DECODE_BAD_MAGIC:
+        return STAT_PACKETS_REJECTED_BAD_MAGIC
+    elif status == DECODE_BAD_VERSION:
+        return STAT_PACKETS_REJECTED_BAD_VERSION
+    elif status == DECODE_BAD_FLAVOUR:
+        return STAT_PACKETS_REJECTED_BAD_FLAVOUR
+    elif status == DECODE_ITEMS_OVERFLOW:
+        return STAT_PACKETS_REJECTED_ITEMS_OVERFLOW
+    elif status == DECODE_MISSING_ITEMS:
+        return STAT_PACKETS_REJECTED_MISSING_ITEMS
+    elif status == DECODE_PAYLOAD_LENGTH:
+        return STAT_PACKETS_REJECTED_PAYLOAD_LENGTH
+    return STAT_PACKETS_REJECTED_PAYLOAD_OUTSIDE_HEAP
+
 
 include "assembly.pxi"
 include "heaps.pxi"
@@ -25,61 +46,11 @@ include "sim.pxi"
 include "chunks.pxi"
 
 
-# WARNING: the order must match StatIndex in stats.pxd.
-STAT_NAMES = (
-    "packets",
-    "batches",
-    "heaps",
-    "incomplete_heaps_evicted",
-    "incomplete_heaps_flushed",
-    "single_packet_heaps",
-    "worker_blocked",
-    "max_batch",
-    "bytes",
-    "payload_bytes",
-    "heaps_complete",
-    "stop_heaps",
-    "packets_rejected_too_short",
-    "packets_rejected_bad_magic",
-    "packets_rejected_bad_version",
-    "packets_rejected_bad_flavour",
-    "packets_rejected_items_overflow",
-    "packets_rejected_missing_items",
-    "packets_rejected_payload_length",
-    "packets_rejected_payload_outside_heap",
-    "packets_rejected_heap_too_large",
-    "packets_rejected_inconsistent_heap",
-    "packets_rejected_out_of_order",
-    "packets_rejected_duplicate",
-    "packets_rejected_after_stop",
-    "packets_rejected_truncated",
-    "packets_rejected_no_memory",
-    "packets_rejected_unsized",
-    "stream_bytes_skipped",
-    "pcap_frames_skipped_not_udp",
-    "pcap_frames_skipped_fragment",
-    "pcap_frames_skipped_port",
-    "pcap_records_truncated",
-    "packets_dropped_socket_buffer",
-    "packets_tap_dropped",
-    "chunks_completed",
-    "chunk_heaps_placed",
-    "chunk_heaps_present",
-    "chunk_heaps_too_old",
-    "chunk_heaps_rejected_size",
-    "chunk_heaps_rejected_no_timestamp",
-    "chunk_heaps_rejected_misaligned",
-    "chunk_heaps_rejected_substream",
-    "chunk_heaps_rejected_by_place",
-    "chunk_heaps_rejected_placement",
-    "chunk_heaps_no_free_chunk",
-    "chunk_packets_discarded",
-    "chunk_slots_missing",
-    "chunk_window_resets",
-)
-assert len(STAT_NAMES) == N_STATS
-# Counters whose mode is "maximum" rather than a running sum.
-STAT_MAXIMA = frozenset({"max_batch"})
+#: Every counter's name, in StatIndex order: the member names of stats.pxd's
+#: enum without "STAT_", lowercased.
+STAT_NAMES = tuple(s.name[5:].lower() for s in StatIndex if s != N_STATS)
+#: Counters whose mode is "maximum" rather than a running sum.
+STAT_MAXIMA = frozenset(STAT_NAMES[i] for i in range(<int>N_STATS) if stat_is_maximum(i))
 
 
 cdef dict _stats_dict(const uint64_t *stats):
@@ -90,7 +61,7 @@ cdef dict _stats_dict(const uint64_t *stats):
 cdef inline void merge_stats(uint64_t *into, const uint64_t *batch) noexcept nogil:
     cdef int i
     for i in range(<int>N_STATS):
-        if i == <int>STAT_MAX_BATCH:
+        if stat_is_maximum(i):
             if batch[i] > into[i]:
                 into[i] = batch[i]
         else:
