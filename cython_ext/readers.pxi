@@ -173,6 +173,33 @@ cdef class Reader:
         return packets, _stats_dict(stats)
 
 
+cdef class ByteListReader(Reader):
+    """Packets from a list of bytes objects, delivered as one batch."""
+
+    cdef list packets
+    cdef size_t count
+
+    def __init__(self, packets):
+        self.packets = [bytes(p) for p in packets]
+        self.count = len(self.packets)
+        self.alloc_batch(self.count if self.count > 0 else 1)
+        self.finite = True
+        cdef size_t i
+        for i in range(self.count):
+            self.pkt_data[i] = <const uint8_t *>(<bytes>self.packets[i])
+            self.pkt_len[i] = len(<bytes>self.packets[i])
+
+    cdef int fill(self, uint64_t *stats) noexcept nogil:
+        self.pos = 0
+        self.n = 0
+        if self.eof or self.count == 0:
+            self.eof = True
+            return READ_EOF
+        self.eof = True
+        self.n = self.count
+        return <int>self.n
+
+
 # --------------------------------------------------------------------------
 # Byte streams: file, stdin, TCP and in-memory buffers, packets back to back.
 

@@ -9,7 +9,7 @@ from memory
     about 1 GiB so that it is cold in every cache) goes through daqd's chunk
     path (``ChunkStream.chunks(ByteStreamReader(buffer))``, each chunk
     released in Python) and through spead2's ``ChunkRingStream``
-    (``add_buffer_reader``, placement by ``_spead.Spead2Placement``, chunks
+    (``add_buffer_reader``, placement by ``_spead2compat.Spead2Placement``, chunks
     taken from the data ring and given back with ``add_free_chunk`` in
     Python).  Runs alternate between the two receivers; the figure is the
     median.  An untimed first run of each checks every placed byte, and every
@@ -82,7 +82,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from daqd import _spead
+from daqd import _spead, _spead2compat
 from daqd.bench_machine import CoreMonitor, LoadMonitor, machine_info, wait_until_quiet
 from daqd.bench_params import (
     COST_FRACTION,
@@ -236,7 +236,7 @@ class Spead2Chunks:
 
 def spead2_chunk_stream(spead2: Any, workload: str) -> tuple[Any, Any, Spead2Chunks]:
     """Make a ChunkRingStream with daqd's layout; return it, its data ring and chunks."""
-    placement = _spead.Spead2Placement(**layout(workload))
+    placement = _spead2compat.Spead2Placement(**layout(workload))
     config = spead2.recv.StreamConfig(max_heaps=MAX_HEAPS)
     chunk_config = spead2.recv.ChunkStreamConfig(
         items=placement.items,

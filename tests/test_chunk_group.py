@@ -12,7 +12,7 @@ import spead2.recv
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from spead_packets import heap_packets
 
-from daqd import _spead
+from daqd import _spead, _spead2compat
 
 TS, POL, DATA = 0x1600, 0x4101, 0x3300
 STEP, HPC, HEAP_BYTES, MAX_CHUNKS, POOL = 512, 8, 512, 3, 8
@@ -146,7 +146,7 @@ def test_group_matches_spead2_chunk_stream_group():
     feeds = [pol_packets(p, n) for p in (0, 1)]
     _, _, ours = run_group("lossless", [finish_after(f) for f in feeds])
 
-    placement = _spead.Spead2Placement(**LAYOUT)
+    placement = _spead2compat.Spead2Placement(**LAYOUT)
     config = spead2.recv.ChunkStreamGroupConfig(
         max_chunks=MAX_CHUNKS,
         eviction_mode=spead2.recv.ChunkStreamGroupConfig.EvictionMode.LOSSLESS)

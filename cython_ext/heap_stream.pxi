@@ -1,4 +1,5 @@
-# Converting ready heaps into Python objects (with the GIL, once per heap).
+# Heap mode: HeapStream, and the Heap and Item objects its ready heaps become
+# (with the GIL, once per heap).
 
 cdef int _compare_sort_keys(const void *a, const void *b) noexcept nogil:
     # (key, index) pairs: ordering by index too makes qsort stable.
@@ -143,3 +144,126 @@ cdef object heap_from_live(LiveHeap *h):
     complete = contiguous
     return Heap(h.cnt, complete, items, h.received_length, h.heap_length,
                 _REASONS[h.reason], bits, h.n_packets)
+
+
+cdef class HeapStream:
+    """Heap-mode receive stream: packets from readers assembled into heaps.
+
+    Parameters
+    ----------
+    max_heaps : int
+        Partial heaps alive at once; a packet of a new heap evicts the oldest.
+    allow_out_of_order : bool
+        Accept a heap's packets in any order (costs a range set per heap).
+    max_heap_size : int
+        Larger heaps are rejected before anything is allocated for them.
+    stop_on_stop_item : bool
+        A complete heap with a stream-control stop item ends the stream.
+    """
+
+    cdef Assembler a
+    cdef uint64_t counters[<int>N_STATS]
+    cdef readonly size_t max_heaps
+    cdef readonly bint allow_out_of_order
+    cdef readonly int64_t max_heap_size
+    cdef readonly bint stop_on_stop_item
+
+    def __cinit__(self, size_t max_heaps=4, bint allow_out_of_order=False,
+                  int64_t max_heap_size=128 << 20, bint stop_on_stop_item=True):
+        if max_heaps < 1:
+            raise ValueError("max_heaps must be at least 1")
+        if max_heap_size < 0:
+            raise ValueError("max_heap_size must be >= 0")
+        assembler_init(&self.a, max_heaps, max_heap_size, allow_out_of_order,
+                       stop_on_stop_item)
+        memset(self.counters, 0, sizeof(self.counters))
+        self.max_heaps = max_heaps
+        self.allow_out_of_order = allow_out_of_order
+        self.max_heap_size = max_heap_size
+        self.stop_on_stop_item = stop_on_stop_item
+
+    def __dealloc__(self):
+        assembler_free(&self.a)
+
+    @property
+    def stopped(self):
+        """Whether a stop item has ended the stream."""
+        return self.a.stopped
+
+    def process(self, Reader reader):
+        """Receive and assemble one batch from `reader` (GIL released throughout).
+
+        Returns
+        -------
+        int
+            Packets consumed (>= 0), or -1 once the reader has ended.
+
+        Raises
+        ------
+        OSError
+            The reader's system call failed.
+        """
+        cdef uint64_t local[<int>N_STATS]
+        cdef int rc = 1
+        cdef size_t used = 0
+        memset(local, 0, sizeof(local))
+        with nogil:
+            if reader.pos >= reader.n:
+                rc = reader.fill(local)
+                if rc > 0:
+                    local[<int>STAT_BATCHES] += 1
+                    local[<int>STAT_MAX_BATCH] = reader.n
+                    if reader.tap_buf != NULL:
+                        reader.tap_batch(local)
+            if reader.pos < reader.n:
+                used = assembler_add_batch(&self.a, reader.pkt_data + reader.pos,
+                                           reader.pkt_len + reader.pos,
+                                           reader.n - reader.pos, local)
+                reader.pos += used
+            merge_stats(self.counters, local)
+        if rc == READ_ERROR:
+            raise OSError(reader.errno_value, os.strerror(reader.errno_value))
+        if rc == READ_EOF and reader.pos >= reader.n:
+            return -1
+        return <int>used
+
+    def pop_ready(self):
+        """Heaps that have left assembly since the last call, in order."""
+        cdef list out = []
+        cdef size_t i
+        try:
+            for i in range(self.a.n_ready):
+                out.append(heap_from_live(&self.a.ready[i]))
+        finally:
+            for i in range(self.a.n_ready):
+                release_storage(&self.a, self.a.ready[i].st)
+            self.a.n_ready = 0
+        return out
+
+    def flush(self):
+        """End assembly: every live heap leaves, oldest first; returns all ready heaps."""
+        out = self.pop_ready()
+        assembler_flush(&self.a, self.counters)
+        out.extend(self.pop_ready())
+        return out
+
+    def add_packets(self, packets):
+        """Assemble packets given as bytes objects; returns the heaps that left."""
+        return self.run(ByteListReader(packets))
+
+    def run(self, Reader reader, bint flush=True):
+        """Process `reader` to its end (or a stop item); returns the heaps, in order."""
+        cdef list out = []
+        while self.process(reader) >= 0:
+            out.extend(self.pop_ready())
+            if self.a.stopped:
+                break
+        if flush:
+            out.extend(self.flush())
+        else:
+            out.extend(self.pop_ready())
+        return out
+
+    def stats(self):
+        """A snapshot of the counters, name -> value."""
+        return _stats_dict(self.counters)
