@@ -101,14 +101,6 @@ WHEN_FULL = ("wait", "drop")
 EVICTION = ("lossless", "lossy")
 
 
-cdef struct ChunkHeap:
-    LiveHeap h                  # h.cnt == -1: the slot is empty
-    int64_t chunk_id            # -1: not placed; its packets are discarded
-    uint8_t *dest               # the heap's first byte in its chunk's data
-    uint8_t *present            # its presence byte (the first one with packet presence)
-    bint empty                  # HEAP_SIZE 0: nothing to place
-
-
 cdef struct StreamWindow:
     # One stream's window of the group's chunks: chunk ids head..tail-1, each
     # with a writer reference (pool index, -1: the chunk could not be opened).
@@ -133,7 +125,6 @@ cdef inline timespec deadline_after(double seconds) noexcept nogil:
 
 
 cdef class ChunkGroup
-cdef class ChunkStream
 
 
 @cython.final

@@ -1,12 +1,17 @@
 # Chunk mode, the stream: ChunkStream, heaps placed straight into the chunks
 # of its ChunkGroup (chunk_group.pxi).
 #
-# The receive loop (ChunkStream.process, one nogil region per batch) decodes
-# each packet, finds its live heap (the same spead2 rules as heap mode:
-# live_heap_accept), and on a heap's first packet decides where the heap goes:
-# declaratively (timestamp // step -> chunk and slot, optional substream axis)
-# or through a compiled placement hook (daqd_place.h).  Payload bytes are then
-# copied once, from the receive buffer into the heap's slot in the chunk.
+# A ChunkStream is the chunk-mode policy of the live-heap window (window.pxi),
+# as spead2's chunk stream is a policy on its live heaps: the window
+# (ChunkStream.process, one nogil region per batch) decodes each packet and
+# finds its live heap by the same spead2 rules as heap mode, then calls the
+# hooks at the end of this file.  On a heap's first packet, place() decides
+# where the heap goes (spead2's allocate + place): declaratively (timestamp //
+# step -> chunk and slot, optional substream axis) or through a compiled
+# placement hook (daqd_place.h), and opens its chunk in the group if need be.
+# Payload bytes are then copied once, from the receive buffer into the heap's
+# slot in the chunk; a heap that leaves the window complete sets its presence
+# (spead2's ready).
 
 @cython.final
 cdef class ChunkStream:
@@ -31,49 +36,30 @@ cdef class ChunkStream:
     """
 
     cdef readonly ChunkGroup group
-    cdef readonly size_t max_heaps
-    cdef readonly bint allow_out_of_order
-    cdef readonly bint stop_on_stop_item
-    cdef readonly int64_t max_heap_size
     cdef readonly uint64_t too_old_reset
-    cdef ChunkHeap *live
-    cdef HeapStorage *live_storage     # out-of-order range sets, one per live slot
-    cdef size_t live_head
-    cdef bint stopped_flag
+    cdef Window w                       # this stream's live heaps (window.pxi)
     cdef StreamWindow win               # this stream's window of the group's chunks
     cdef uint64_t too_old_run
     cdef uint64_t counters[<int>N_STATS]
 
-    def __init__(self, ChunkGroup group=None, *, size_t max_heaps=8,
+    def __init__(self, ChunkGroup group=None, *, size_t max_heaps=DEFAULT_MAX_HEAPS,
                  bint allow_out_of_order=False, bint stop_on_stop_item=True,
                  int64_t max_heap_size=128 << 20, too_old_reset=None, **group_kwargs):
+        window_check(max_heaps, max_heap_size)
         if group is None:
             group = ChunkGroup(**group_kwargs)
         elif group_kwargs:
             raise TypeError(f"layout arguments belong to the group: {', '.join(group_kwargs)}")
-        if max_heaps == 0:
-            raise ValueError("max_heaps must be at least 1")
         self.group = group
-        self.max_heaps = max_heaps
-        self.allow_out_of_order = allow_out_of_order
-        self.stop_on_stop_item = stop_on_stop_item
-        self.max_heap_size = max_heap_size
         self.too_old_reset = 2 * group.n_slots if too_old_reset is None else too_old_reset
-        self.live = <ChunkHeap *>malloc(max_heaps * sizeof(ChunkHeap))
-        self.live_storage = <HeapStorage *>malloc(max_heaps * sizeof(HeapStorage))
+        window_init(&self.w, max_heaps, max_heap_size, allow_out_of_order, stop_on_stop_item, 0)
         self.win.chunks = <Py_ssize_t *>malloc(group.max_chunks * sizeof(Py_ssize_t))
-        if self.live == NULL or self.live_storage == NULL or self.win.chunks == NULL:
+        if self.win.chunks == NULL:
             raise MemoryError()
-        memset(self.live, 0, max_heaps * sizeof(ChunkHeap))
-        memset(self.live_storage, 0, max_heaps * sizeof(HeapStorage))
         cdef size_t i
-        for i in range(max_heaps):
-            self.live[i].h.cnt = -1
-            self.live[i].h.st = &self.live_storage[i]
         for i in range(group.max_chunks):
             self.win.chunks[i] = -1
         self.win.parked = True          # outside a batch (it holds no chunk yet)
-        self.live_head = max_heaps - 1
         memset(self.counters, 0, sizeof(self.counters))
         cdef bint ended
         with nogil:
@@ -91,12 +77,7 @@ cdef class ChunkStream:
         group.streams.append(self)
 
     def __dealloc__(self):
-        cdef size_t i
-        if self.live_storage != NULL:
-            for i in range(self.max_heaps):
-                storage_free(&self.live_storage[i])
-        free(self.live)
-        free(self.live_storage)
+        window_free(&self.w)
         free(self.win.chunks)
 
     def __getattr__(self, name):
@@ -129,8 +110,8 @@ cdef class ChunkStream:
     cdef void forget_placements(self) noexcept nogil:
         """Live heaps lose their slots (their chunks are about to leave for good)."""
         cdef size_t i
-        for i in range(self.max_heaps):
-            self.live[i].chunk_id = -1
+        for i in range(self.w.max_heaps):
+            self.w.live[i].chunk_id = -1
 
     cdef StatIndex chunk_for(self, int64_t chunk_id, Py_ssize_t *out,
                              uint64_t *stats) noexcept nogil:
@@ -176,7 +157,7 @@ cdef class ChunkStream:
     # ------------------------------------------------------------------
     # Placement
 
-    cdef StatIndex place(self, ChunkHeap *ch, const PacketHeader *p, const int64_t *items,
+    cdef StatIndex place(self, LiveHeap *h, const PacketHeader *p, const int64_t *items,
                          uint64_t *stats) noexcept nogil:
         """Decide where the heap of first packet `p` goes; N_STATS when placed."""
         cdef int64_t chunk_id
@@ -234,9 +215,9 @@ cdef class ChunkStream:
         cdef StatIndex verdict = self.chunk_for(chunk_id, &c, stats)
         if verdict != N_STATS:
             return verdict
-        ch.chunk_id = chunk_id
-        ch.dest = self.group.data_base + <size_t>c * self.group.chunk_stride + heap_offset
-        ch.present = self.group.present_base + <size_t>c * self.group.present_per_chunk + heap_index
+        h.chunk_id = chunk_id
+        h.dest = self.group.data_base + <size_t>c * self.group.chunk_stride + heap_offset
+        h.present = self.group.present_base + <size_t>c * self.group.present_per_chunk + heap_index
         if self.group.n_extra:
             memcpy(self.group.extra_base
                    + (<size_t>c * self.group.n_slots + slot) * self.group.n_extra,
@@ -268,40 +249,58 @@ cdef class ChunkStream:
                     if self.group.item_ids[j] == item_id:
                         items[j] = <int64_t>value
 
-    cdef inline bint writable(self, const ChunkHeap *ch) noexcept nogil:
+    cdef inline bint writable(self, const LiveHeap *h) noexcept nogil:
         """Whether the heap's chunk is still in this stream's window."""
-        return ch.chunk_id >= 0 and <uint64_t>ch.chunk_id >= self.win.head
+        return h.chunk_id >= 0 and <uint64_t>h.chunk_id >= self.win.head
 
-    cdef void heap_done(self, ChunkHeap *ch, int reason, uint64_t *stats) noexcept nogil:
-        """A live heap leaves the window (spead2's heap_ready)."""
-        stats[<int>STAT_HEAPS] += 1
-        if reason == READY_COMPLETE:
-            stats[<int>STAT_HEAPS_COMPLETE] += 1
-            if self.writable(ch):
-                if not self.group.packet_presence:
-                    ch.present[0] = 1
-                    stats[<int>STAT_CHUNK_HEAPS_PRESENT] += 1
-            elif ch.chunk_id >= 0:
-                # Placed, but its chunk left the window first (spead2 counts it so too).
-                stats[<int>STAT_CHUNK_HEAPS_TOO_OLD] += 1
-            elif ch.empty:
-                stats[<int>STAT_CHUNK_HEAPS_REJECTED_SIZE] += 1   # a complete heap of 0 bytes
-        elif reason == READY_EVICTED:
-            stats[<int>STAT_INCOMPLETE_HEAPS_EVICTED] += 1
+    cdef inline void on_packet(self, LiveHeap *h, const PacketHeader *p, bint new_heap,
+                               uint64_t *stats) noexcept nogil:
+        """The window accepted packet `p` of heap `h`: place the heap on its first
+        packet, then copy the payload to its place (or count it discarded)."""
+        cdef int64_t items[<int>MAX_PLACE_ITEMS]
+        cdef StatIndex verdict
+        cdef size_t i
+        if not new_heap:
+            self.scan_pointers(h, p, NULL)
         else:
-            stats[<int>STAT_INCOMPLETE_HEAPS_FLUSHED] += 1
-        ch.h.cnt = -1
+            for i in range(self.group.n_item_ids):
+                items[i] = -1
+            self.scan_pointers(h, p, items)
+            if not h.empty:
+                verdict = self.place(h, p, items, stats)
+                if verdict == N_STATS:
+                    stats[<int>STAT_CHUNK_HEAPS_PLACED] += 1
+                else:
+                    stats[<int>verdict] += 1
+        if self.writable(h):
+            if p.payload_length > 0:
+                daqd_copy_payload(h.dest + p.payload_offset, p.payload,
+                                  <size_t>p.payload_length)
+                stats[<int>STAT_PAYLOAD_BYTES] += <uint64_t>p.payload_length
+            if self.group.packet_presence:
+                h.present[<size_t>p.payload_offset // self.group.packet_presence] = 1
+        elif not h.empty:
+            stats[<int>STAT_CHUNK_PACKETS_DISCARDED] += 1
+
+    cdef inline void on_ready(self, const LiveHeap *h, uint64_t *stats) noexcept nogil:
+        """A heap left the window (counted there): a complete one sets its presence."""
+        if h.reason != READY_COMPLETE:
+            return
+        if self.writable(h):
+            if not self.group.packet_presence:
+                h.present[0] = 1
+                stats[<int>STAT_CHUNK_HEAPS_PRESENT] += 1
+        elif h.chunk_id >= 0:
+            # Placed, but its chunk left the window first (spead2 counts it so too).
+            stats[<int>STAT_CHUNK_HEAPS_TOO_OLD] += 1
+        elif h.empty:
+            stats[<int>STAT_CHUNK_HEAPS_REJECTED_SIZE] += 1   # a complete heap of 0 bytes
 
     cdef void finish_nogil(self, uint64_t *stats) noexcept nogil:
-        cdef size_t i
         if self.win.finished:
             return
-        for i in range(self.max_heaps):
-            self.live_head += 1
-            if self.live_head == self.max_heaps:
-                self.live_head = 0
-            if self.live[self.live_head].h.cnt != -1:
-                self.heap_done(&self.live[self.live_head], READY_FLUSHED, stats)
+        self.w.closed = True
+        window_flush(&self.w, stats, self)
         pthread_mutex_lock(&self.group.lock)
         self.win.finished = True
         self.group.win_release_below(&self.win, self.win.tail)     # publishes "finished"
@@ -309,120 +308,33 @@ cdef class ChunkStream:
         self.group.close_ready(stats)
         pthread_mutex_unlock(&self.group.lock)
 
-    cdef void add_packet(self, const PacketHeader *p, uint64_t *stats) noexcept nogil:
-        if p.heap_length < 0:
-            stats[<int>STAT_PACKETS_REJECTED_UNSIZED] += 1    # spead2 chunk streams need HEAP_SIZE
-            return
-        cdef bint whole = p.payload_length == p.heap_length
-        if whole:
-            stats[<int>STAT_SINGLE_PACKET_HEAPS] += 1
-        cdef ChunkHeap *ch = NULL
-        cdef size_t i
-        cdef int64_t cnt = p.heap_cnt
-        if whole:
-            pass                # never joins a live heap (spead2), takes a new slot
-        elif self.live[self.live_head].h.cnt == cnt:
-            ch = &self.live[self.live_head]
-        else:
-            for i in range(self.max_heaps):
-                if self.live[i].h.cnt == cnt:
-                    ch = &self.live[i]
-                    break
-        cdef bint new_heap = ch == NULL
-        cdef int64_t items[<int>MAX_PLACE_ITEMS]
-        cdef StatIndex verdict
-        if new_heap:
-            if not self.allow_out_of_order and p.payload_offset != 0:
-                stats[<int>STAT_PACKETS_REJECTED_OUT_OF_ORDER] += 1
-                return
-            self.live_head += 1
-            if self.live_head == self.max_heaps:
-                self.live_head = 0
-            ch = &self.live[self.live_head]
-            if ch.h.cnt != -1:
-                self.heap_done(ch, READY_EVICTED, stats)
-            storage_reset(ch.h.st)
-            ch.h.cnt = cnt
-            ch.h.heap_length = -1
-            ch.h.received_length = 0
-            ch.h.min_length = 0
-            ch.h.last_offset = 0
-            ch.h.heap_address_bits = p.heap_address_bits
-            ch.h.n_packets = 0
-            ch.h.end_of_stream = False
-            ch.chunk_id = -1
-            ch.empty = p.heap_length == 0
-        verdict = live_heap_accept(&ch.h, p, self.allow_out_of_order, self.max_heap_size, 0)
-        if verdict != N_STATS:
-            stats[<int>verdict] += 1
-            if new_heap:
-                ch.h.cnt = -1
-            return
-        if not new_heap:
-            self.scan_pointers(&ch.h, p, NULL)
-        else:
-            for i in range(self.group.n_item_ids):
-                items[i] = -1
-            self.scan_pointers(&ch.h, p, items)
-            if not ch.empty:
-                verdict = self.place(ch, p, items, stats)
-                if verdict == N_STATS:
-                    stats[<int>STAT_CHUNK_HEAPS_PLACED] += 1
-                else:
-                    stats[<int>verdict] += 1
-        if ch.h.heap_length < 0:
-            ch.h.heap_length = p.heap_length
-            if ch.h.heap_length > ch.h.min_length:
-                ch.h.min_length = ch.h.heap_length
-        if self.writable(ch):
-            if p.payload_length > 0:
-                daqd_copy_payload(ch.dest + p.payload_offset, p.payload,
-                                  <size_t>p.payload_length)
-                stats[<int>STAT_PAYLOAD_BYTES] += <uint64_t>p.payload_length
-            if self.group.packet_presence:
-                ch.present[<size_t>p.payload_offset // self.group.packet_presence] = 1
-        elif not ch.empty:
-            stats[<int>STAT_CHUNK_PACKETS_DISCARDED] += 1
-        ch.h.received_length += p.payload_length
-        ch.h.last_offset = p.payload_offset
-        ch.h.n_packets += 1
-        cdef bint end_of_stream = self.stop_on_stop_item and ch.h.end_of_stream
-        if ch.h.received_length == ch.h.heap_length and ch.h.received_length == ch.h.min_length:
-            if end_of_stream:
-                stats[<int>STAT_STOP_HEAPS] += 1
-                ch.h.cnt = -1
-            else:
-                self.heap_done(ch, READY_COMPLETE, stats)
-        if end_of_stream:
-            self.stopped_flag = True
-            self.finish_nogil(stats)
-
-    cdef void add_batch(self, Reader reader, uint64_t *stats) noexcept nogil:
-        cdef PacketHeader hdr
-        cdef DecodeStatus status
-        cdef size_t i, n = reader.n
-        for i in range(reader.pos, n):
-            if self.stopped_flag or self.win.finished:
-                stats[<int>STAT_PACKETS_REJECTED_AFTER_STOP] += n - i
-                break
-            stats[<int>STAT_PACKETS] += 1
-            stats[<int>STAT_BYTES] += reader.pkt_len[i]
-            status = decode_packet(reader.pkt_data[i], reader.pkt_len[i], &hdr)
-            if status == DECODE_OK and hdr.size != reader.pkt_len[i]:
-                status = DECODE_PAYLOAD_LENGTH      # as in heap mode (spead2)
-            if status != DECODE_OK:
-                stats[<int>decode_status_stat(status)] += 1
-                continue
-            self.add_packet(&hdr, stats)
-        reader.pos = n
-
     # ------------------------------------------------------------------
     # Python API
 
     @property
+    def max_heaps(self):
+        """Partial heaps alive at once."""
+        return self.w.max_heaps
+
+    @property
+    def allow_out_of_order(self):
+        """Whether a heap's packets may arrive in any order."""
+        return self.w.allow_out_of_order
+
+    @property
+    def max_heap_size(self):
+        """The largest heap (and range-set memory) a live heap may have."""
+        return self.w.max_heap_size
+
+    @property
+    def stop_on_stop_item(self):
+        """Whether a stop item ends the stream."""
+        return self.w.stop_on_stop_item
+
+    @property
     def stopped(self):
         """Whether a stop item has ended the stream."""
-        return self.stopped_flag
+        return self.w.stopped
 
     def process(self, Reader reader):
         """Receive and place one batch from `reader` (GIL released throughout).
@@ -432,36 +344,21 @@ cdef class ChunkStream:
         Returns
         -------
         int
-            Packets handled (>= 0), or -1 once the reader has ended.
+            Packets consumed (>= 0), or -1 once the reader has ended.
+
+        Raises
+        ------
+        OSError
+            The reader's system call failed.
         """
         cdef uint64_t local[<int>N_STATS]
-        cdef int rc = 1
-        cdef size_t before = reader.pos
+        cdef int rc
+        cdef size_t used
         memset(local, 0, sizeof(local))
-        cdef bint lossy = not self.group.lossless
         with nogil:
-            if not lossy:
-                self.sync_with_group(local)
-            if reader.pos >= reader.n:
-                rc = reader.fill(local)
-                before = 0
-                if rc > 0:
-                    local[<int>STAT_BATCHES] += 1
-                    local[<int>STAT_MAX_BATCH] = reader.n
-                    if reader.tap_buf != NULL:
-                        reader.tap_batch(local)
-            if reader.pos < reader.n:
-                if lossy:
-                    self.set_parked(False, local)
-                self.add_batch(reader, local)
-                if lossy:
-                    self.set_parked(True, local)
+            rc = window_receive(&self.w, reader, local, &used, self)
             merge_stats(self.counters, local)
-        if rc == READ_ERROR:
-            raise OSError(reader.errno_value, os.strerror(reader.errno_value))
-        if rc == READ_EOF:
-            return -1
-        return <int>(reader.pos - before) if rc > 0 else 0
+        return receive_result(reader, rc, used)
 
     def finish(self):
         """End this stream: live heaps are flushed, its chunks let go; the
@@ -483,7 +380,7 @@ cdef class ChunkStream:
             rc = self.process(reader)
             while (chunk := g.take_ready()) is not None:
                 yield chunk
-            if rc < 0 or self.stopped_flag:
+            if rc < 0 or self.w.stopped:
                 break
         self.finish()
         while (chunk := g.take_ready()) is not None:
@@ -503,5 +400,35 @@ cdef class ChunkStream:
     def add_packets(self, packets):
         """Place packets given as bytes objects (tests and tools)."""
         reader = ByteListReader(packets)
-        while self.process(reader) >= 0 and not self.stopped_flag:
+        while self.process(reader) >= 0 and not self.w.stopped:
             pass
+
+
+# ----------------------------------------------------------------------
+# The chunk-mode policy: the hooks the window calls (window.pxi)
+
+cdef inline void _chunks_on_receive(ChunkStream cs, uint64_t *stats) noexcept nogil:
+    """Before a batch is read: lossless, let go of the chunks the group evicted."""
+    if cs.group.lossless:
+        cs.sync_with_group(stats)
+
+
+cdef inline void _chunks_on_batch(ChunkStream cs, bint entering, uint64_t *stats) noexcept nogil:
+    """Around a batch's packets: lossy, the stream is parked outside it."""
+    if not cs.group.lossless:
+        cs.set_parked(not entering, stats)
+
+
+cdef inline void _chunks_on_packet(ChunkStream cs, LiveHeap *h, const PacketHeader *p,
+                                   bint new_heap, uint64_t *stats) noexcept nogil:
+    cs.on_packet(h, p, new_heap, stats)
+
+
+cdef inline void _chunks_on_ready(ChunkStream cs, const LiveHeap *h,
+                                  uint64_t *stats) noexcept nogil:
+    cs.on_ready(h, stats)
+
+
+cdef inline void _chunks_on_stop(ChunkStream cs, uint64_t *stats) noexcept nogil:
+    """A stop item ended the stream: finish it (every live heap flushed)."""
+    cs.finish_nogil(stats)

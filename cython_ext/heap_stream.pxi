@@ -1,5 +1,137 @@
-# Heap mode: HeapStream, and the Heap and Item objects its ready heaps become
-# (with the GIL, once per heap).
+# Heap mode: HeapStream, the heap-mode policy of the live-heap window
+# (window.pxi: the heap's payload and item pointers kept in its storage, the
+# heaps that leave in a ready list), and the Heap and Item objects the ready
+# heaps become (with the GIL, once per heap).
+
+cdef enum:
+    # Room for the ready heaps one round of packets can produce.
+    READY_ROUND = 64
+
+
+cdef inline size_t hash_pointer(uint64_t p) noexcept nogil:
+    p ^= p >> 33
+    p *= 0xff51afd7ed558ccdULL
+    p ^= p >> 33
+    return <size_t>p
+
+
+cdef bint seen_insert(HeapStorage *st, uint64_t p) noexcept nogil:
+    """Insert into the hash set; the caller has made room (load <= 1/2)."""
+    if p == 0:
+        st.seen_zero = True
+        return True
+    cdef size_t mask = st.seen_cap - 1
+    cdef size_t i = hash_pointer(p) & mask
+    while st.seen[i] != 0:
+        if st.seen[i] == p:
+            return False
+        i = (i + 1) & mask
+    st.seen[i] = p
+    return True
+
+
+cdef bint seen_rebuild(HeapStorage *st, size_t want) noexcept nogil:
+    """Rebuild the hash set from the pointer array with room for `want`."""
+    cdef size_t cap = 64
+    while cap < 2 * want:
+        cap *= 2
+    cdef uint64_t *table = <uint64_t *>malloc(cap * sizeof(uint64_t))
+    if table == NULL:
+        return False
+    memset(table, 0, cap * sizeof(uint64_t))
+    free(st.seen)
+    st.seen = table
+    st.seen_cap = cap
+    st.seen_zero = False
+    cdef size_t i
+    for i in range(st.n_pointers):
+        seen_insert(st, st.pointers[i])
+    return True
+
+
+cdef StatIndex heap_add_pointers(LiveHeap *h, const PacketHeader *p) noexcept nogil:
+    """Keep the packet's item pointers (each once) and note a stop item."""
+    cdef HeapStorage *st = h.st
+    cdef int i
+    cdef size_t j
+    cdef uint64_t ptr, item_id
+    cdef bint seen
+    cdef int bits = h.heap_address_bits
+    for i in range(p.n_items):
+        ptr = load_be64(p.pointers + 8 * i)
+        if not ptr_is_immediate(ptr):
+            if <int64_t>ptr_value(ptr, bits) > h.min_length:
+                h.min_length = <int64_t>ptr_value(ptr, bits)
+        item_id = ptr_id(ptr, bits)
+        if item_id != 0 and item_id <= PAYLOAD_LENGTH_ID:
+            continue
+        # NULL items stay: as addressed items they can end the previous item.
+        if st.seen_cap == 0:
+            seen = False
+            for j in range(st.n_pointers):
+                if st.pointers[j] == ptr:
+                    seen = True
+                    break
+            if seen:
+                continue
+        if not grow(<void **>&st.pointers, &st.pointers_cap, st.n_pointers + 1,
+                    sizeof(uint64_t), False):
+            return STAT_PACKETS_REJECTED_NO_MEMORY
+        if st.seen_cap == 0 and st.n_pointers >= INLINE_POINTERS:
+            if not seen_rebuild(st, st.n_pointers + 1):
+                return STAT_PACKETS_REJECTED_NO_MEMORY
+        if st.seen_cap != 0:
+            if 2 * (st.n_pointers + 1) > st.seen_cap:
+                if not seen_rebuild(st, st.n_pointers + 1):
+                    return STAT_PACKETS_REJECTED_NO_MEMORY
+            if not seen_insert(st, ptr):
+                continue
+        st.pointers[st.n_pointers] = ptr
+        st.n_pointers += 1
+        if item_id == STREAM_CTRL_ID and ptr_is_immediate(ptr) \
+                and ptr_value(ptr, bits) == CTRL_STREAM_STOP:
+            h.end_of_stream = True
+    return N_STATS
+
+
+cdef inline bint _heaps_have_room(const ReadyHeaps *r, const Window *w) noexcept nogil:
+    """Whether one more packet (and a possible stop-flush) fits in the ready list."""
+    return r.n + 2 + w.max_heaps <= r.cap
+
+
+cdef inline StatIndex _heaps_on_packet(Window *w, LiveHeap *h, const PacketHeader *p,
+                                       uint64_t *stats) noexcept nogil:
+    """Keep an accepted packet's payload and item pointers in the heap's storage.
+
+    N_STATS, or STAT_PACKETS_REJECTED_NO_MEMORY.
+    """
+    cdef HeapStorage *st = h.st
+    cdef size_t need = <size_t>h.min_length
+    if need > st.payload_cap:
+        if p.heap_length < 0 and need < 2 * st.payload_cap:
+            need = 2 * st.payload_cap
+        if <int64_t>need > w.max_heap_size:
+            need = <size_t>w.max_heap_size
+        if not grow(<void **>&st.payload, &st.payload_cap, need, 1, True):
+            return STAT_PACKETS_REJECTED_NO_MEMORY
+    cdef StatIndex status = heap_add_pointers(h, p)
+    if status != N_STATS:
+        return status
+    if p.payload_length > 0:
+        memcpy(st.payload + p.payload_offset, p.payload, <size_t>p.payload_length)
+    stats[<int>STAT_PAYLOAD_BYTES] += <uint64_t>p.payload_length
+    return N_STATS
+
+
+cdef inline void _heaps_on_ready(ReadyHeaps *r, LiveHeap *h) noexcept nogil:
+    """A heap left the window: into the ready list, with its storage."""
+    if DAQD_DEBUG and r.n >= r.cap:
+        abort()                 # _heaps_have_room() must prevent this
+    r.heaps[r.n] = h[0]
+    r.n += 1
+    h.cnt = -1
+    h.st = NULL
+
 
 cdef int _compare_sort_keys(const void *a, const void *b) noexcept nogil:
     # (key, index) pairs: ordering by index too makes qsort stable.
@@ -161,34 +293,48 @@ cdef class HeapStream:
         A complete heap with a stream-control stop item ends the stream.
     """
 
-    cdef Assembler a
+    cdef Window w
+    cdef ReadyHeaps ready
     cdef uint64_t counters[<int>N_STATS]
-    cdef readonly size_t max_heaps
-    cdef readonly bint allow_out_of_order
-    cdef readonly int64_t max_heap_size
-    cdef readonly bint stop_on_stop_item
 
-    def __cinit__(self, size_t max_heaps=4, bint allow_out_of_order=False,
+    def __cinit__(self, size_t max_heaps=DEFAULT_MAX_HEAPS, bint allow_out_of_order=False,
                   int64_t max_heap_size=128 << 20, bint stop_on_stop_item=True):
-        if max_heaps < 1:
-            raise ValueError("max_heaps must be at least 1")
-        if max_heap_size < 0:
-            raise ValueError("max_heap_size must be >= 0")
-        assembler_init(&self.a, max_heaps, max_heap_size, allow_out_of_order,
-                       stop_on_stop_item)
         memset(self.counters, 0, sizeof(self.counters))
-        self.max_heaps = max_heaps
-        self.allow_out_of_order = allow_out_of_order
-        self.max_heap_size = max_heap_size
-        self.stop_on_stop_item = stop_on_stop_item
+        self.ready.cap = max_heaps + READY_ROUND
+        window_init(&self.w, max_heaps, max_heap_size, allow_out_of_order, stop_on_stop_item,
+                    self.ready.cap)
+        self.ready.heaps = <LiveHeap *>malloc(self.ready.cap * sizeof(LiveHeap))
+        if self.ready.heaps == NULL:
+            raise MemoryError()
 
     def __dealloc__(self):
-        assembler_free(&self.a)
+        window_free(&self.w)
+        free(self.ready.heaps)
+
+    @property
+    def max_heaps(self):
+        """Partial heaps alive at once."""
+        return self.w.max_heaps
+
+    @property
+    def allow_out_of_order(self):
+        """Whether a heap's packets may arrive in any order."""
+        return self.w.allow_out_of_order
+
+    @property
+    def max_heap_size(self):
+        """Larger heaps are rejected."""
+        return self.w.max_heap_size
+
+    @property
+    def stop_on_stop_item(self):
+        """Whether a stop item ends the stream."""
+        return self.w.stop_on_stop_item
 
     @property
     def stopped(self):
         """Whether a stop item has ended the stream."""
-        return self.a.stopped
+        return self.w.stopped
 
     def process(self, Reader reader):
         """Receive and assemble one batch from `reader` (GIL released throughout).
@@ -204,46 +350,31 @@ cdef class HeapStream:
             The reader's system call failed.
         """
         cdef uint64_t local[<int>N_STATS]
-        cdef int rc = 1
-        cdef size_t used = 0
+        cdef int rc
+        cdef size_t used
         memset(local, 0, sizeof(local))
         with nogil:
-            if reader.pos >= reader.n:
-                rc = reader.fill(local)
-                if rc > 0:
-                    local[<int>STAT_BATCHES] += 1
-                    local[<int>STAT_MAX_BATCH] = reader.n
-                    if reader.tap_buf != NULL:
-                        reader.tap_batch(local)
-            if reader.pos < reader.n:
-                used = assembler_add_batch(&self.a, reader.pkt_data + reader.pos,
-                                           reader.pkt_len + reader.pos,
-                                           reader.n - reader.pos, local)
-                reader.pos += used
+            rc = window_receive(&self.w, reader, local, &used, &self.ready)
             merge_stats(self.counters, local)
-        if rc == READ_ERROR:
-            raise OSError(reader.errno_value, os.strerror(reader.errno_value))
-        if rc == READ_EOF and reader.pos >= reader.n:
-            return -1
-        return <int>used
+        return receive_result(reader, rc, used)
 
     def pop_ready(self):
         """Heaps that have left assembly since the last call, in order."""
         cdef list out = []
         cdef size_t i
         try:
-            for i in range(self.a.n_ready):
-                out.append(heap_from_live(&self.a.ready[i]))
+            for i in range(self.ready.n):
+                out.append(heap_from_live(&self.ready.heaps[i]))
         finally:
-            for i in range(self.a.n_ready):
-                release_storage(&self.a, self.a.ready[i].st)
-            self.a.n_ready = 0
+            for i in range(self.ready.n):
+                window_release_storage(&self.w, self.ready.heaps[i].st)
+            self.ready.n = 0
         return out
 
     def flush(self):
         """End assembly: every live heap leaves, oldest first; returns all ready heaps."""
         out = self.pop_ready()
-        assembler_flush(&self.a, self.counters)
+        window_flush(&self.w, self.counters, &self.ready)
         out.extend(self.pop_ready())
         return out
 
@@ -256,7 +387,7 @@ cdef class HeapStream:
         cdef list out = []
         while self.process(reader) >= 0:
             out.extend(self.pop_ready())
-            if self.a.stopped:
+            if self.w.stopped:
                 break
         if flush:
             out.extend(self.flush())

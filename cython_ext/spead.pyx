@@ -2,44 +2,26 @@
 # cython: initializedcheck=False
 """daqd._spead: the compiled receive core.
 
-Decoding (packet.pxd), heap assembly (assembly.pxi), readers (readers.pxi,
-pcap.pxi), the reference-workload generator and senders (sim.pxi).  Python
-sees readers, streams, heaps and counter snapshots; packets never become
-Python objects on the receive path.
+Decoding (packet.pxd), counters (stats.pxd), readers (readers.pxi, pcap.pxi),
+the live-heap window both modes share (window.pxi), heap mode
+(heap_stream.pxi), chunk mode (chunk_group.pxi, chunk_stream.pxi), the
+reference-workload generator and senders (sim.pxi).  Python sees readers,
+streams, heaps, chunks and counter snapshots; packets never become Python
+objects on the receive path.
 """
 
 import os
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.string cimport memset
+from libc.stdlib cimport malloc, realloc, free, qsort, abort
+from libc.string cimport memcpy, memset, memmove
 
 from packet cimport *
 from debug cimport DAQD_DEBUG
 
 include "stats.pxd"       # included, not cimported: see its header
-
-
-cdef inline StatIndex decode_status_stat(DecodeStatus status) noexcept nogil:
-    """The STAT_PACKETS_REJECTED_* counter for a failed decode."""
-    if status == DECODE_TOO_SHORT:
-        return STAT_PACKETS_REJECTED_TOO_SHORT
-    elif status == DECODE_BAD_MAGIC:
-        return STAT_PACKETS_REJECTED_BAD_MAGIC
-    elif status == DECODE_BAD_VERSION:
-        return STAT_PACKETS_REJECTED_BAD_VERSION
-    elif status == DECODE_BAD_FLAVOUR:
-        return STAT_PACKETS_REJECTED_BAD_FLAVOUR
-    elif status == DECODE_ITEMS_OVERFLOW:
-        return STAT_PACKETS_REJECTED_ITEMS_OVERFLOW
-    elif status == DECODE_MISSING_ITEMS:
-        return STAT_PACKETS_REJECTED_MISSING_ITEMS
-    elif status == DECODE_PAYLOAD_LENGTH:
-        return STAT_PACKETS_REJECTED_PAYLOAD_LENGTH
-    return STAT_PACKETS_REJECTED_PAYLOAD_OUTSIDE_HEAP
-
-
-include "assembly.pxi"
 include "readers.pxi"
+include "window.pxi"
 include "heap_stream.pxi"
 include "pcap.pxi"
 include "sim.pxi"
