@@ -114,6 +114,13 @@ cdef struct StreamWindow:
     bint parked                 # lossy group: not inside a batch, writes to no chunk
     bint finished
     size_t slot                 # index in the group's stream_heads and windows
+    # The stream's waits on the group (worker_blocked, worker_blocked_ns), kept
+    # here rather than in its batch counters so that stats() sees a wait while
+    # it lasts: changed by the waiting stream and read by stats(), both under
+    # the group lock.
+    uint64_t blocked_times      # waits for a free chunk or a lossless eviction
+    uint64_t blocked_ns         # their time, the current wait's excepted
+    uint64_t blocked_since      # monotonic ns the current wait began, 0: none
 
 
 cdef inline timespec deadline_after(double seconds) noexcept nogil:
@@ -459,12 +466,22 @@ cdef class ChunkGroup:
                 self.close_ready(stats)
             parked = by.parked
             by.parked = True
+            by.blocked_since = monotonic_ns()
         self.n_waiting += 1
         rc = pthread_cond_timedwait(&self.wake_cond, &self.lock, until)
         self.n_waiting -= 1
         if by != NULL:
             by.parked = parked
+            by.blocked_ns += monotonic_ns() - by.blocked_since
+            by.blocked_since = 0
         return rc
+
+    cdef inline void note_blocked(self, StreamWindow *by, uint64_t *stats) noexcept nogil:
+        """A stream starts waiting on the group (counted once per chunk it waits for)."""
+        if by != NULL:
+            by.blocked_times += 1
+        else:
+            stats[<int>STAT_WORKER_BLOCKED] += 1
 
     cdef Py_ssize_t take_free(self, uint64_t chunk_id) noexcept nogil:
         """A chunk from the free ring for `chunk_id`, or -1 if it is empty."""
@@ -641,7 +658,7 @@ cdef class ChunkGroup:
                 if (self.lossless and not self.stop_waiting
                         and self.lowest_stream_head() <= self.head_chunk):
                     if not blocked:
-                        stats[<int>STAT_WORKER_BLOCKED] += 1
+                        self.note_blocked(by, stats)
                         blocked = True
                     until = deadline_after(0.2)
                     self.wait_for_change(by, &until, stats)
@@ -666,7 +683,7 @@ cdef class ChunkGroup:
                     self.wake()
                     continue
                 if not blocked:
-                    stats[<int>STAT_WORKER_BLOCKED] += 1
+                    self.note_blocked(by, stats)
                     blocked = True
                 until = deadline_after(0.2)
                 self.wait_for_change(by, &until, stats)
@@ -675,7 +692,7 @@ cdef class ChunkGroup:
                     and not timed_out):
                 if not have_deadline:
                     if not blocked:
-                        stats[<int>STAT_WORKER_BLOCKED] += 1
+                        self.note_blocked(by, stats)
                         blocked = True
                     until = deadline_after(self.wait_timeout)
                     have_deadline = True
@@ -817,8 +834,10 @@ cdef class ChunkGroup:
     def stats(self):
         """The counters of every stream of the group, summed (maxima: the maximum)."""
         cdef uint64_t total[<int>N_STATS]
+        cdef uint64_t one[<int>N_STATS]
         cdef ChunkStream s
         memset(total, 0, sizeof(total))
         for s in self.streams:
-            merge_stats(total, s.counters)
+            s.snapshot(one)
+            merge_stats(total, one)
         return _stats_dict(total)

@@ -393,9 +393,29 @@ cdef class ChunkStream:
     def __iter__(self):
         return iter(self.group)
 
+    cdef void snapshot(self, uint64_t *out) noexcept:
+        """This stream's counters, with its waits on the group up to now (even
+        one still going on: stats() shows a blocked stream as blocked)."""
+        cdef uint64_t times, ns, since, now
+        memcpy(out, self.counters, sizeof(self.counters))
+        with nogil:
+            pthread_mutex_lock(&self.group.lock)
+            times = self.win.blocked_times
+            ns = self.win.blocked_ns
+            since = self.win.blocked_since
+            pthread_mutex_unlock(&self.group.lock)
+            if since:
+                now = monotonic_ns()
+                if now > since:
+                    ns += now - since
+        out[<int>STAT_WORKER_BLOCKED] += times
+        out[<int>STAT_WORKER_BLOCKED_NS] += ns
+
     def stats(self):
         """A snapshot of this stream's counters, name -> value."""
-        return _stats_dict(self.counters)
+        cdef uint64_t out[<int>N_STATS]
+        self.snapshot(out)
+        return _stats_dict(out)
 
     def add_packets(self, packets):
         """Place packets given as bytes objects (tests and tools)."""

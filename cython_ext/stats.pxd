@@ -25,13 +25,14 @@ cpdef enum StatIndex:
     STAT_INCOMPLETE_HEAPS_EVICTED               # evicted from the max_heaps window incomplete
     STAT_INCOMPLETE_HEAPS_FLUSHED               # incomplete when the stream ended/flushed
     STAT_SINGLE_PACKET_HEAPS                    # heaps completed by their first packet
-    STAT_WORKER_BLOCKED                         # times the receive loop waited for the consumer
+    STAT_WORKER_BLOCKED                         # times the receive loop waited on its group
     STAT_MAX_BATCH                              # largest batch seen (maximum, not a sum)
     # daqd's own totals
     STAT_BYTES                                  # bytes of all packets handed to the decoder
     STAT_PAYLOAD_BYTES                          # payload bytes accepted into heaps
     STAT_HEAPS_COMPLETE                         # heaps delivered complete
     STAT_STOP_HEAPS                             # heaps carrying a stream-control stop item
+    STAT_WORKER_BLOCKED_NS                      # time the receive loop waited (sum, ns)
     # packets not used, one counter per reason
     STAT_PACKETS_REJECTED_TOO_SHORT             # shorter than the 8-byte header
     STAT_PACKETS_REJECTED_BAD_MAGIC             # first byte is not 0x53
