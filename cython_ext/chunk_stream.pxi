@@ -399,15 +399,18 @@ cdef class ChunkStream:
         cdef uint64_t times, ns, since, now
         memcpy(out, self.counters, sizeof(self.counters))
         with nogil:
+            # The clock is read under the lock too: a wait that ends meanwhile
+            # adds its time (measured with the lock held) before or after, never
+            # less than was shown.
             pthread_mutex_lock(&self.group.lock)
             times = self.win.blocked_times
             ns = self.win.blocked_ns
             since = self.win.blocked_since
-            pthread_mutex_unlock(&self.group.lock)
             if since:
                 now = monotonic_ns()
                 if now > since:
                     ns += now - since
+            pthread_mutex_unlock(&self.group.lock)
         out[<int>STAT_WORKER_BLOCKED] += times
         out[<int>STAT_WORKER_BLOCKED_NS] += ns
 

@@ -64,6 +64,13 @@ cdef enum:
     READ_ERROR = -2
 
 
+cdef inline uint64_t monotonic_ns() noexcept nogil:
+    """CLOCK_MONOTONIC in nanoseconds (pacing, waits, blocked time)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
+
+
 cdef class Reader:
     """Base of every packet source; see the module comment for the contract."""
 

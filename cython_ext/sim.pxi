@@ -26,12 +26,6 @@ cdef inline uint64_t imm(uint64_t item_id, uint64_t value) noexcept nogil:
     return (1ULL << 63) | (item_id << 48) | (value & 0xFFFFFFFFFFFFULL)
 
 
-cdef inline uint64_t monotonic_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
-
-
 cdef class SimReader(Reader):
     """Generates a reference workload into a reusable batch buffer.
 
