@@ -11,8 +11,11 @@
 #
 # The hot loop adds into a stack-local array and merges it into the stream's
 # array once per batch (spead2's batch_stats), so the shared array is only
-# touched once per batch.  Every counter is a monotonic sum except the ones
-# stat_is_maximum() names (spead2's stream_stat_config::mode).
+# touched once per batch.  The exceptions are a chunk stream's waits on its
+# group (worker_blocked, worker_blocked_ns): kept under the group lock and
+# added in by stats(), so that a wait shows while it lasts.  Every counter is a
+# monotonic sum except the ones stat_is_maximum() names (spead2's
+# stream_stat_config::mode).
 #
 # Add new counters at the end of a group, and document them in
 # docs/monitoring.md in the same change (tests/test_counters.py checks it).
