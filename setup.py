@@ -21,9 +21,18 @@ if debug:
     directives.update(boundscheck=True, wraparound=True, linetrace=True)
 
 extensions = [
+    # the receive core, everything the daemon runs
     Extension(
         "daqd._spead",
         ["cython_ext/spead.pyx"],
+        include_dirs=["cython_ext", "daqd/include"],
+        extra_compile_args=compile_args,
+        define_macros=macros,
+    ),
+    # spead2 compatibility (Spead2Placement), for the tests and benchmarks only
+    Extension(
+        "daqd._spead2compat",
+        ["cython_ext/spead2_compat.pyx"],
         include_dirs=["cython_ext", "daqd/include"],
         extra_compile_args=compile_args,
         define_macros=macros,

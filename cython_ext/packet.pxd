@@ -13,19 +13,13 @@
 # decode_packet() returns a DecodeStatus.  DECODE_OK means the PacketHeader is
 # filled in and `size` bytes starting at `data` form the packet; any other
 # value names the reason the packet is unusable, and the caller counts it
-# under the matching STAT_REJECT_* counter (decode_status_stat).  With
-# DECODE_PAYLOAD_LENGTH and DECODE_PAYLOAD_OUTSIDE_HEAP, `size` alone is set:
-# the size the header declares; with DECODE_MISSING_ITEMS too when
-# PAYLOAD_LENGTH is there (else 0).  A byte stream skips such a packet whole
+# under the matching STAT_PACKETS_REJECTED_* counter (decode_status_stat, in
+# window.pxi).  With DECODE_PAYLOAD_LENGTH and DECODE_PAYLOAD_OUTSIDE_HEAP,
+# `size` alone is set: the size the header declares; with DECODE_MISSING_ITEMS
+# too when PAYLOAD_LENGTH is there (else 0).  A byte stream skips such a packet whole
 # by it, as spead2's TCP reader does, rather than searching its payload.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-
-from stats cimport (
-    StatIndex, STAT_REJECT_TOO_SHORT, STAT_REJECT_BAD_MAGIC, STAT_REJECT_BAD_VERSION,
-    STAT_REJECT_BAD_FLAVOUR, STAT_REJECT_ITEMS_OVERFLOW, STAT_REJECT_MISSING_ITEMS,
-    STAT_REJECT_PAYLOAD_LENGTH, STAT_REJECT_PAYLOAD_OUTSIDE_HEAP,
-)
 
 cdef extern from "daqd_endian.h" nogil:
     uint64_t load_be64(const void *p)
@@ -155,22 +149,3 @@ cdef inline DecodeStatus decode_packet(
     out.payload = data + 8 + 8 * <size_t>n_items
     out.size = <size_t>size
     return DECODE_OK
-
-
-cdef inline StatIndex decode_status_stat(DecodeStatus status) noexcept nogil:
-    """The STAT_REJECT_* counter for a failed decode."""
-    if status == DECODE_TOO_SHORT:
-        return STAT_REJECT_TOO_SHORT
-    elif status == DECODE_BAD_MAGIC:
-        return STAT_REJECT_BAD_MAGIC
-    elif status == DECODE_BAD_VERSION:
-        return STAT_REJECT_BAD_VERSION
-    elif status == DECODE_BAD_FLAVOUR:
-        return STAT_REJECT_BAD_FLAVOUR
-    elif status == DECODE_ITEMS_OVERFLOW:
-        return STAT_REJECT_ITEMS_OVERFLOW
-    elif status == DECODE_MISSING_ITEMS:
-        return STAT_REJECT_MISSING_ITEMS
-    elif status == DECODE_PAYLOAD_LENGTH:
-        return STAT_REJECT_PAYLOAD_LENGTH
-    return STAT_REJECT_PAYLOAD_OUTSIDE_HEAP

@@ -1,4 +1,4 @@
-# Classic pcap files: read (PcapReader) and write (PcapWriter helpers).
+# Classic pcap files: read (PcapReader) and write (pcap_write_frame, pcap_frames).
 #
 # Byte order and timestamp resolution come from the magic number; link types
 # Ethernet (1, with up to two VLAN tags), Linux cooked capture v1 (113) and
@@ -32,53 +32,53 @@ cdef inline const uint8_t *udp_payload(
     cdef size_t ihl, total, udp_len
     cdef const uint8_t *udp
     if length < 1:
-        stats[<int>STAT_PCAP_SKIPPED_NOT_UDP] += 1
+        stats[<int>STAT_PCAP_FRAMES_SKIPPED_NOT_UDP] += 1
         return NULL
     if (ip[0] >> 4) == 4:
         if length < 20:
-            stats[<int>STAT_PCAP_TRUNCATED] += 1
+            stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
             return NULL
         ihl = (ip[0] & 0xF) * 4
         total = load_be16(ip + 2)
         if ihl < 20 or total < ihl:
-            stats[<int>STAT_PCAP_SKIPPED_NOT_UDP] += 1
+            stats[<int>STAT_PCAP_FRAMES_SKIPPED_NOT_UDP] += 1
             return NULL
         if ip[9] != IPPROTO_UDP_:
-            stats[<int>STAT_PCAP_SKIPPED_NOT_UDP] += 1
+            stats[<int>STAT_PCAP_FRAMES_SKIPPED_NOT_UDP] += 1
             return NULL
         if load_be16(ip + 6) & 0x3FFF:         # more-fragments flag or an offset
-            stats[<int>STAT_PCAP_SKIPPED_FRAGMENT] += 1
+            stats[<int>STAT_PCAP_FRAMES_SKIPPED_FRAGMENT] += 1
             return NULL
         if total < length:
             length = total                      # drop Ethernet padding
     elif (ip[0] >> 4) == 6:
         if length < 40:
-            stats[<int>STAT_PCAP_TRUNCATED] += 1
+            stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
             return NULL
         if ip[6] != IPPROTO_UDP_:               # extension headers are not followed
-            stats[<int>STAT_PCAP_SKIPPED_NOT_UDP] += 1
+            stats[<int>STAT_PCAP_FRAMES_SKIPPED_NOT_UDP] += 1
             return NULL
         ihl = 40
         total = 40 + load_be16(ip + 4)
         if total < length:
             length = total
     else:
-        stats[<int>STAT_PCAP_SKIPPED_NOT_UDP] += 1
+        stats[<int>STAT_PCAP_FRAMES_SKIPPED_NOT_UDP] += 1
         return NULL
     if length < ihl + 8:
-        stats[<int>STAT_PCAP_TRUNCATED] += 1
+        stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
         return NULL
     udp = ip + ihl
     if port >= 0 and load_be16(udp + 2) != port:
-        stats[<int>STAT_PCAP_SKIPPED_PORT] += 1
+        stats[<int>STAT_PCAP_FRAMES_SKIPPED_PORT] += 1
         return NULL
     udp_len = load_be16(udp + 4)
     if udp_len < 8:
-        stats[<int>STAT_PCAP_SKIPPED_NOT_UDP] += 1
+        stats[<int>STAT_PCAP_FRAMES_SKIPPED_NOT_UDP] += 1
         return NULL
     if udp_len > length - ihl:
         # Snapped capture: hand over what was captured; decoding will count it.
-        stats[<int>STAT_PCAP_TRUNCATED] += 1
+        stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
         udp_len = length - ihl
     out_len[0] = udp_len - 8
     return udp + 8
@@ -140,12 +140,12 @@ cdef class PcapReader(Reader):
             if self.stop_flag or self.offset >= self.size:
                 break
             if self.offset + 16 > self.size:
-                stats[<int>STAT_PCAP_TRUNCATED] += 1
+                stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
                 self.offset = self.size
                 break
             incl = pcap_u32(base + self.offset + 8, self.swapped)
             if incl > self.size - self.offset - 16:
-                stats[<int>STAT_PCAP_TRUNCATED] += 1
+                stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
                 self.offset = self.size
                 break
             frame = base + self.offset + 16
@@ -153,7 +153,7 @@ cdef class PcapReader(Reader):
             self.offset += 16 + incl
             if self.linktype == LINKTYPE_ETHERNET:
                 if frame_len < 14:
-                    stats[<int>STAT_PCAP_TRUNCATED] += 1
+                    stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
                     continue
                 ethertype = load_be16(frame + 12)
                 hdr_len = 14
@@ -166,13 +166,13 @@ cdef class PcapReader(Reader):
                     tags += 1
             elif self.linktype == LINKTYPE_LINUX_SLL:
                 if frame_len < 16:
-                    stats[<int>STAT_PCAP_TRUNCATED] += 1
+                    stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
                     continue
                 ethertype = load_be16(frame + 14)
                 hdr_len = 16
             elif self.linktype == LINKTYPE_LINUX_SLL2:
                 if frame_len < 20:
-                    stats[<int>STAT_PCAP_TRUNCATED] += 1
+                    stats[<int>STAT_PCAP_RECORDS_TRUNCATED] += 1
                     continue
                 ethertype = load_be16(frame)
                 hdr_len = 20
@@ -181,7 +181,7 @@ cdef class PcapReader(Reader):
                 ethertype = ETHERTYPE_IPV4 if frame_len and (frame[0] >> 4) == 4 \
                     else ETHERTYPE_IPV6
             if ethertype != ETHERTYPE_IPV4 and ethertype != ETHERTYPE_IPV6:
-                stats[<int>STAT_PCAP_SKIPPED_NOT_UDP] += 1
+                stats[<int>STAT_PCAP_FRAMES_SKIPPED_NOT_UDP] += 1
                 continue
             payload = udp_payload(frame + hdr_len, frame_len - hdr_len, self.port,
                                   &payload_len, stats)
@@ -194,6 +194,25 @@ cdef class PcapReader(Reader):
             self.eof = True
             return READ_EOF
         return <int>self.n
+
+
+# --------------------------------------------------------------------------
+# Writing: the one pcap frame writer, behind send(mode="pcap") (``daqd
+# simulate x.pcap``) and the pcap sink (pcap_frames()).
+#
+# Each packet becomes one record: the 16-byte record header (captured length
+# = original length), Ethernet II 02:00:00:00:00:00 -> 02:00:00:00:00:00 type
+# IPv4, IPv4 127.0.0.1 -> 127.0.0.1 (don't fragment, TTL 64, header checksum
+# set), UDP port -> port (no checksum), then the packet.  A packet longer than
+# one IPv4 UDP datagram can carry is not framed.
+
+cdef enum:
+    PCAP_FRAME_HEADER_BYTES = 58        # record header + Ethernet + IPv4 + UDP
+    UDP_MAX_PAYLOAD = 65507             # 65535 - 20 (IPv4) - 8 (UDP)
+    PCAP_SNAPLEN = 262144               # libpcap's MAXIMUM_SNAPLEN (PCAP_FILE_HEADER)
+
+#: The largest packet pcap_frames() (and send(mode="pcap")) can frame.
+MAX_UDP_PAYLOAD = UDP_MAX_PAYLOAD
 
 
 cdef size_t pcap_frame_header(uint8_t *out, size_t payload_len, uint16_t dst_port,
@@ -237,8 +256,63 @@ cdef size_t pcap_frame_header(uint8_t *out, size_t payload_len, uint16_t dst_por
     return 58
 
 
-PCAP_FILE_HEADER = (b"\x4d\x3c\xb2\xa1"      # nanosecond resolution, little-endian
+cdef inline size_t pcap_write_frame(uint8_t *out, const uint8_t *packet, size_t length,
+                                    uint16_t port, uint64_t ts_ns) noexcept nogil:
+    """Write one packet's record at `out`; the bytes written, 0 if it is too long."""
+    if length > UDP_MAX_PAYLOAD:
+        return 0
+    pcap_frame_header(out, length, port, ts_ns)
+    memcpy(out + PCAP_FRAME_HEADER_BYTES, packet, length)
+    return PCAP_FRAME_HEADER_BYTES + length
+
+
+def pcap_frames(const uint8_t[::1] blob not None, lengths, uint16_t port, uint64_t time_ns):
+    """Frame packets as pcap records, ready to append to a pcap file.
+
+    Parameters
+    ----------
+    blob : bytes-like
+        The packets back to back.
+    lengths : array of uint32
+        Each packet's size (their sum at most ``len(blob)``).
+    port : int
+        UDP source and destination port of every frame.
+    time_ns : int
+        Timestamp of every record, nanoseconds since the epoch.
+
+    Returns
+    -------
+    frames : numpy.ndarray
+        uint8, the records back to back.
+    dropped : int
+        Packets longer than MAX_UDP_PAYLOAD, left out.
+    """
+    cdef const uint32_t[::1] lens = np.ascontiguousarray(lengths, dtype=np.uint32)
+    cdef size_t n = lens.shape[0]
+    cdef size_t i, total = 0, out_bytes = 0, kept = 0, off = 0, pos = 0
+    for i in range(n):
+        total += lens[i]
+        if lens[i] <= UDP_MAX_PAYLOAD:
+            out_bytes += PCAP_FRAME_HEADER_BYTES + lens[i]
+            kept += 1
+    if total > <size_t>blob.shape[0]:
+        raise ValueError(f"the lengths add up to {total} bytes, the blob has {blob.shape[0]}")
+    out = np.empty(out_bytes, np.uint8)
+    if kept == 0:
+        return out, n - kept
+    cdef uint8_t[::1] view = out
+    cdef uint8_t *dst = &view[0]
+    cdef const uint8_t *src = &blob[0]
+    with nogil:
+        for i in range(n):
+            pos += pcap_write_frame(dst + pos, src + off, lens[i], port, time_ns)
+            off += lens[i]
+    return out, n - kept
+
+
+# The file header: nanosecond resolution, little-endian, version 2.4, link type Ethernet.
+PCAP_FILE_HEADER = (b"\x4d\x3c\xb2\xa1"      # magic 0xA1B23C4D
                     b"\x02\x00\x04\x00"      # version 2.4
                     b"\x00\x00\x00\x00\x00\x00\x00\x00"
-                    b"\xff\xff\x00\x00"      # snaplen 65535
+                    b"\x00\x00\x04\x00"      # snaplen 262144 (PCAP_SNAPLEN)
                     b"\x01\x00\x00\x00")     # LINKTYPE_ETHERNET

@@ -64,6 +64,13 @@ cdef enum:
     READ_ERROR = -2
 
 
+cdef inline uint64_t monotonic_ns() noexcept nogil:
+    """CLOCK_MONOTONIC in nanoseconds (pacing, waits, blocked time)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
+
+
 cdef class Reader:
     """Base of every packet source; see the module comment for the contract."""
 
@@ -109,7 +116,7 @@ cdef class Reader:
             length = self.pkt_len[i]
             if self.tap_n >= self.tap_packets_cap or \
                     self.tap_used + length > self.tap_bytes_cap:
-                stats[<int>STAT_TAP_DROPPED] += self.n - i
+                stats[<int>STAT_PACKETS_TAP_DROPPED] += self.n - i
                 return
             memcpy(self.tap_buf + self.tap_used, self.pkt_data[i], length)
             self.tap_lens[self.tap_n] = <uint32_t>length
@@ -171,6 +178,33 @@ cdef class Reader:
         packets = [self.pkt_data[i][:self.pkt_len[i]] for i in range(self.n)]
         self.pos = self.n
         return packets, _stats_dict(stats)
+
+
+cdef class ByteListReader(Reader):
+    """Packets from a list of bytes objects, delivered as one batch."""
+
+    cdef list packets
+    cdef size_t count
+
+    def __init__(self, packets):
+        self.packets = [bytes(p) for p in packets]
+        self.count = len(self.packets)
+        self.alloc_batch(self.count if self.count > 0 else 1)
+        self.finite = True
+        cdef size_t i
+        for i in range(self.count):
+            self.pkt_data[i] = <const uint8_t *>(<bytes>self.packets[i])
+            self.pkt_len[i] = len(<bytes>self.packets[i])
+
+    cdef int fill(self, uint64_t *stats) noexcept nogil:
+        self.pos = 0
+        self.n = 0
+        if self.eof or self.count == 0:
+            self.eof = True
+            return READ_EOF
+        self.eof = True
+        self.n = self.count
+        return <int>self.n
 
 
 # --------------------------------------------------------------------------
@@ -488,7 +522,7 @@ cdef class UdpReader(Reader):
                     memcpy(&segment, CMSG_DATA(c), sizeof(int))
                 c = CMSG_NXTHDR(&self.msgs[i].msg_hdr, c)
             self.gro_size[i] = <uint32_t>segment if segment > 0 else 0
-        stats[<int>STAT_SOCKET_DROPS] += <uint32_t>(newest - self.kernel_drops)
+        stats[<int>STAT_PACKETS_DROPPED_SOCKET_BUFFER] += <uint32_t>(newest - self.kernel_drops)
         self.kernel_drops = newest
 
     cdef void cut_up(self, uint64_t *stats) noexcept nogil:
@@ -502,7 +536,7 @@ cdef class UdpReader(Reader):
             base = self.buf + <size_t>self.next_msg * self.slot
             size = self.gro_size[self.next_msg]
             if (m.msg_hdr.msg_flags & MSG_TRUNC) or length >= self.slot:
-                stats[<int>STAT_REJECT_TRUNCATED] += 1
+                stats[<int>STAT_PACKETS_REJECTED_TRUNCATED] += 1
                 self.next_msg += 1
                 continue
             if size == 0 or size > length:
@@ -513,7 +547,7 @@ cdef class UdpReader(Reader):
             while self.n < self.capacity:
                 part = length - offset if length - offset < size else size
                 if part > self.max_packet_size:
-                    stats[<int>STAT_REJECT_TRUNCATED] += 1
+                    stats[<int>STAT_PACKETS_REJECTED_TRUNCATED] += 1
                 else:
                     self.pkt_data[self.n] = base + offset
                     self.pkt_len[self.n] = part

@@ -26,12 +26,6 @@ cdef inline uint64_t imm(uint64_t item_id, uint64_t value) noexcept nogil:
     return (1ULL << 63) | (item_id << 48) | (value & 0xFFFFFFFFFFFFULL)
 
 
-cdef inline uint64_t monotonic_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
-
-
 cdef class SimReader(Reader):
     """Generates a reference workload into a reusable batch buffer.
 
@@ -63,7 +57,7 @@ cdef class SimReader(Reader):
     cdef readonly uint64_t heaps
     cdef readonly uint64_t first_cnt
     cdef uint64_t next_packet         # packets generated so far
-    cdef double rate
+    cdef readonly double rate       # bytes per second of whole packets (0: full speed)
     cdef uint64_t start_ns
     cdef bint catch_up
     cdef uint64_t max_behind_ns
@@ -396,12 +390,13 @@ cdef int send_batch(int fd, int mode, const uint8_t **data, const size_t *length
                 return err
             i += 1
         return 0
-    # pcap: record header + Ethernet/IPv4/UDP header, then the payload
+    # pcap: one record per packet (pcap.pxi); one too long to frame is dropped
     off = 0
     for i in range(n):
-        off += pcap_frame_header(scratch + off, length[i], port, monotonic_ns())
-        memcpy(scratch + off, data[i], length[i])
-        off += length[i]
+        done = pcap_write_frame(scratch + off, data[i], length[i], port, monotonic_ns())
+        if done == 0:
+            dropped[0] += 1
+        off += done
     return write_all(fd, scratch, off)
 
 
@@ -473,7 +468,7 @@ def send(Reader source, int fd, str mode, *, int port=7148, object max_packets=N
                     if limit and packets + n > limit:
                         n = <size_t>(limit - packets)
                     for i in range(n):
-                        need += source.pkt_len[i] + 58
+                        need += source.pkt_len[i] + PCAP_FRAME_HEADER_BYTES
             if rc == READ_ERROR:
                 raise OSError(source.errno_value, os.strerror(source.errno_value))
             if rc == READ_EOF:

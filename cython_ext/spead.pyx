@@ -2,84 +2,38 @@
 # cython: initializedcheck=False
 """daqd._spead: the compiled receive core.
 
-Decoding (packet.pxd), heap assembly (assembly.pxi), readers (readers.pxi,
-pcap.pxi), the reference-workload generator and senders (sim.pxi).  Python
-sees readers, streams, heaps and counter snapshots; packets never become
-Python objects on the receive path.
+Decoding (packet.pxd), counters (stats.pxd), readers (readers.pxi, pcap.pxi),
+the live-heap window both modes share (window.pxi), heap mode
+(heap_stream.pxi), chunk mode (chunk_group.pxi, chunk_stream.pxi), the
+reference-workload generator and senders (sim.pxi).  Python sees readers,
+streams, heaps, chunks and counter snapshots; packets never become Python
+objects on the receive path.
 """
 
 import os
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.string cimport memset
+from libc.stdlib cimport malloc, realloc, free, qsort, abort
+from libc.string cimport memcpy, memset, memmove
 
 from packet cimport *
-from stats cimport *
 from debug cimport DAQD_DEBUG
 
-include "assembly.pxi"
-include "heaps.pxi"
+include "stats.pxd"       # included, not cimported: see its header
 include "readers.pxi"
+include "window.pxi"
+include "heap_stream.pxi"
 include "pcap.pxi"
 include "sim.pxi"
-include "chunks.pxi"
+include "chunk_group.pxi"
+include "chunk_stream.pxi"
 
 
-# WARNING: the order must match StatIndex in stats.pxd.
-STAT_NAMES = (
-    "packets",
-    "batches",
-    "heaps",
-    "incomplete_heaps_evicted",
-    "incomplete_heaps_flushed",
-    "single_packet_heaps",
-    "worker_blocked",
-    "max_batch",
-    "bytes",
-    "payload_bytes",
-    "heaps_complete",
-    "stop_heaps",
-    "packets_rejected_too_short",
-    "packets_rejected_bad_magic",
-    "packets_rejected_bad_version",
-    "packets_rejected_bad_flavour",
-    "packets_rejected_items_overflow",
-    "packets_rejected_missing_items",
-    "packets_rejected_payload_length",
-    "packets_rejected_payload_outside_heap",
-    "packets_rejected_heap_too_large",
-    "packets_rejected_inconsistent_heap",
-    "packets_rejected_out_of_order",
-    "packets_rejected_duplicate",
-    "packets_rejected_after_stop",
-    "packets_rejected_truncated",
-    "packets_rejected_no_memory",
-    "packets_rejected_unsized",
-    "stream_bytes_skipped",
-    "pcap_frames_skipped_not_udp",
-    "pcap_frames_skipped_fragment",
-    "pcap_frames_skipped_port",
-    "pcap_records_truncated",
-    "packets_dropped_socket_buffer",
-    "packets_tap_dropped",
-    "chunks_completed",
-    "chunk_heaps_placed",
-    "chunk_heaps_present",
-    "chunk_heaps_too_old",
-    "chunk_heaps_rejected_size",
-    "chunk_heaps_rejected_no_timestamp",
-    "chunk_heaps_rejected_misaligned",
-    "chunk_heaps_rejected_substream",
-    "chunk_heaps_rejected_by_place",
-    "chunk_heaps_rejected_placement",
-    "chunk_heaps_no_free_chunk",
-    "chunk_packets_discarded",
-    "chunk_slots_missing",
-    "chunk_window_resets",
-)
-assert len(STAT_NAMES) == N_STATS
-# Counters whose mode is "maximum" rather than a running sum.
-STAT_MAXIMA = frozenset({"max_batch"})
+#: Every counter's name, in StatIndex order: the member names of stats.pxd's
+#: enum without "STAT_", lowercased.
+STAT_NAMES = tuple(s.name[5:].lower() for s in StatIndex if s != N_STATS)
+#: Counters whose mode is "maximum" rather than a running sum.
+STAT_MAXIMA = frozenset(STAT_NAMES[i] for i in range(<int>N_STATS) if stat_is_maximum(i))
 
 
 cdef dict _stats_dict(const uint64_t *stats):
@@ -90,7 +44,7 @@ cdef dict _stats_dict(const uint64_t *stats):
 cdef inline void merge_stats(uint64_t *into, const uint64_t *batch) noexcept nogil:
     cdef int i
     for i in range(<int>N_STATS):
-        if i == <int>STAT_MAX_BATCH:
+        if stat_is_maximum(i):
             if batch[i] > into[i]:
                 into[i] = batch[i]
         else:
@@ -121,153 +75,3 @@ def decode_packet_header(const uint8_t[::1] data):
         "heap_address_bits": hdr.heap_address_bits,
         "size": hdr.size,
     }
-
-
-cdef class HeapStream:
-    """Heap-mode receive stream: packets from readers assembled into heaps.
-
-    Parameters
-    ----------
-    max_heaps : int
-        Partial heaps alive at once; a packet of a new heap evicts the oldest.
-    allow_out_of_order : bool
-        Accept a heap's packets in any order (costs a range set per heap).
-    max_heap_size : int
-        Larger heaps are rejected before anything is allocated for them.
-    stop_on_stop_item : bool
-        A complete heap with a stream-control stop item ends the stream.
-    """
-
-    cdef Assembler a
-    cdef uint64_t counters[<int>N_STATS]
-    cdef readonly size_t max_heaps
-    cdef readonly bint allow_out_of_order
-    cdef readonly int64_t max_heap_size
-    cdef readonly bint stop_on_stop_item
-
-    def __cinit__(self, size_t max_heaps=4, bint allow_out_of_order=False,
-                  int64_t max_heap_size=128 << 20, bint stop_on_stop_item=True):
-        if max_heaps < 1:
-            raise ValueError("max_heaps must be at least 1")
-        if max_heap_size < 0:
-            raise ValueError("max_heap_size must be >= 0")
-        assembler_init(&self.a, max_heaps, max_heap_size, allow_out_of_order,
-                       stop_on_stop_item)
-        memset(self.counters, 0, sizeof(self.counters))
-        self.max_heaps = max_heaps
-        self.allow_out_of_order = allow_out_of_order
-        self.max_heap_size = max_heap_size
-        self.stop_on_stop_item = stop_on_stop_item
-
-    def __dealloc__(self):
-        assembler_free(&self.a)
-
-    @property
-    def stopped(self):
-        """Whether a stop item has ended the stream."""
-        return self.a.stopped
-
-    def process(self, Reader reader):
-        """Receive and assemble one batch from `reader` (GIL released throughout).
-
-        Returns
-        -------
-        int
-            Packets consumed (>= 0), or -1 once the reader has ended.
-
-        Raises
-        ------
-        OSError
-            The reader's system call failed.
-        """
-        cdef uint64_t local[<int>N_STATS]
-        cdef int rc = 1
-        cdef size_t used = 0
-        memset(local, 0, sizeof(local))
-        with nogil:
-            if reader.pos >= reader.n:
-                rc = reader.fill(local)
-                if rc > 0:
-                    local[<int>STAT_BATCHES] += 1
-                    local[<int>STAT_MAX_BATCH] = reader.n
-                    if reader.tap_buf != NULL:
-                        reader.tap_batch(local)
-            if reader.pos < reader.n:
-                used = assembler_add_batch(&self.a, reader.pkt_data + reader.pos,
-                                           reader.pkt_len + reader.pos,
-                                           reader.n - reader.pos, local)
-                reader.pos += used
-            merge_stats(self.counters, local)
-        if rc == READ_ERROR:
-            raise OSError(reader.errno_value, os.strerror(reader.errno_value))
-        if rc == READ_EOF and reader.pos >= reader.n:
-            return -1
-        return <int>used
-
-    def pop_ready(self):
-        """Heaps that have left assembly since the last call, in order."""
-        cdef list out = []
-        cdef size_t i
-        try:
-            for i in range(self.a.n_ready):
-                out.append(heap_from_live(&self.a.ready[i]))
-        finally:
-            for i in range(self.a.n_ready):
-                release_storage(&self.a, self.a.ready[i].st)
-            self.a.n_ready = 0
-        return out
-
-    def flush(self):
-        """End assembly: every live heap leaves, oldest first; returns all ready heaps."""
-        out = self.pop_ready()
-        assembler_flush(&self.a, self.counters)
-        out.extend(self.pop_ready())
-        return out
-
-    def add_packets(self, packets):
-        """Assemble packets given as bytes objects; returns the heaps that left."""
-        return self.run(ByteListReader(packets))
-
-    def run(self, Reader reader, bint flush=True):
-        """Process `reader` to its end (or a stop item); returns the heaps, in order."""
-        cdef list out = []
-        while self.process(reader) >= 0:
-            out.extend(self.pop_ready())
-            if self.a.stopped:
-                break
-        if flush:
-            out.extend(self.flush())
-        else:
-            out.extend(self.pop_ready())
-        return out
-
-    def stats(self):
-        """A snapshot of the counters, name -> value."""
-        return _stats_dict(self.counters)
-
-
-cdef class ByteListReader(Reader):
-    """Packets from a list of bytes objects, delivered as one batch."""
-
-    cdef list packets
-    cdef size_t count
-
-    def __init__(self, packets):
-        self.packets = [bytes(p) for p in packets]
-        self.count = len(self.packets)
-        self.alloc_batch(self.count if self.count > 0 else 1)
-        self.finite = True
-        cdef size_t i
-        for i in range(self.count):
-            self.pkt_data[i] = <const uint8_t *>(<bytes>self.packets[i])
-            self.pkt_len[i] = len(<bytes>self.packets[i])
-
-    cdef int fill(self, uint64_t *stats) noexcept nogil:
-        self.pos = 0
-        self.n = 0
-        if self.eof or self.count == 0:
-            self.eof = True
-            return READ_EOF
-        self.eof = True
-        self.n = self.count
-        return <int>self.n

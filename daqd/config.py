@@ -25,6 +25,7 @@ from daqd.addresses import is_local_endpoint, split_host_port
 from daqd.errors import SourceError, UsageProblem
 from daqd.pipeline import buffers, flush
 from daqd.pipeline import wal as wal_log
+from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE, DEFAULT_SOCKET_BUFFER
 from daqd.recv.uri import NETWORK_SCHEMES, parse_uri
 from daqd.recv.workloads import WORKLOADS
 from daqd.sinks import KINDS as SINK_KINDS
@@ -160,11 +161,11 @@ class StreamConfig:
 
     name: str
     sources: tuple[str, ...]
-    max_heaps: int = key(8, minimum=1)
+    max_heaps: int = key(_spead.DEFAULT_MAX_HEAPS, minimum=1)
     allow_out_of_order: bool = False
-    max_packet_size: int = key(9200, minimum=64)
-    max_heap_size: int = key(128 << 20, minimum=0)
-    socket_buffer: int = key(8 << 20, minimum=0)
+    max_packet_size: int = key(DEFAULT_MAX_PACKET_SIZE, minimum=64)
+    max_heap_size: int = key(_spead.DEFAULT_MAX_HEAP_SIZE, minimum=0)
+    socket_buffer: int = key(DEFAULT_SOCKET_BUFFER, minimum=0)
     stop_on_stop_item: bool = True
     chunk: ChunkConfig | None = None
     buffer: BufferConfig = field(default_factory=BufferConfig)

@@ -1,6 +1,6 @@
 """Chunk-mode helpers: the same packets through spead2's ChunkRingStream and daqd's ChunkStream.
 
-Both receivers are given one declarative layout (``_spead.Spead2Placement`` is
+Both receivers are given one declarative layout (``_spead2compat.Spead2Placement`` is
 daqd's layout rule as a spead2 place callback) and return the chunks they
 deliver in one plain form, so that tests can compare them chunk for chunk::
 
@@ -39,7 +39,7 @@ from spead_packets import (
     sim_packets,  # noqa: F401  (sc.sim_packets in tests)
 )
 
-from daqd import _spead
+from daqd import _spead, _spead2compat
 
 # spead2 logs rejected packets and heaps; tests look at the results.
 logging.getLogger("spead2").setLevel(logging.CRITICAL)
@@ -130,7 +130,7 @@ def spead2_chunk_receive(packets: Sequence[bytes], *, dtype: str = "uint8",
         raise TypeError(f"unknown arguments {sorted(unknown)}")
     lay = _layout(layout)
     shp = shapes(dtype=dtype, **lay)
-    placement = _spead.Spead2Placement(**lay)
+    placement = _spead2compat.Spead2Placement(**lay)
     chunk_config = spead2.recv.ChunkStreamConfig(
         items=placement.items, max_chunks=max_chunks, place=placement.place,
         max_heap_extra=placement.max_heap_extra)

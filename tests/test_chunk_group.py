@@ -2,6 +2,7 @@
 
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import spead2.recv
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from spead_packets import heap_packets
 
-from daqd import _spead
+from daqd import _spead, _spead2compat
 
 TS, POL, DATA = 0x1600, 0x4101, 0x3300
 STEP, HPC, HEAP_BYTES, MAX_CHUNKS, POOL = 512, 8, 512, 3, 8
@@ -146,7 +147,7 @@ def test_group_matches_spead2_chunk_stream_group():
     feeds = [pol_packets(p, n) for p in (0, 1)]
     _, _, ours = run_group("lossless", [finish_after(f) for f in feeds])
 
-    placement = _spead.Spead2Placement(**LAYOUT)
+    placement = _spead2compat.Spead2Placement(**LAYOUT)
     config = spead2.recv.ChunkStreamGroupConfig(
         max_chunks=MAX_CHUNKS,
         eviction_mode=spead2.recv.ChunkStreamGroupConfig.EvictionMode.LOSSLESS)
@@ -193,3 +194,45 @@ def test_layout_arguments_belong_to_the_group():
         _spead.ChunkStream(group, heap_bytes=8)
     with pytest.raises(ValueError, match="eviction"):
         _spead.ChunkGroup(eviction="sometimes")
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_blocked_time_grows_while_the_stream_is_blocked():
+    """Lossless, one stream silent: the other waits on it, and stats() shows the wait
+    (worker_blocked, worker_blocked_ns) while it lasts, not only after the batch."""
+    group = _spead.ChunkGroup(**LAYOUT, max_chunks=MAX_CHUNKS, pool=POOL, eviction="lossless")
+    busy, silent = group.add_stream(max_heaps=4), group.add_stream(max_heaps=4)
+    n = (MAX_CHUNKS + 2) * HPC
+    chunks = []
+    consumer = threading.Thread(target=collect, args=(group, chunks))
+    consumer.start()
+    feeder = threading.Thread(target=busy.add_packets, args=(pol_packets(0, n),))
+    feeder.start()
+    try:
+        wait_for(lambda: busy.stats()["worker_blocked"] >= 1)
+        first = busy.stats()["worker_blocked_ns"]
+        time.sleep(0.3)
+        second = busy.stats()
+        assert feeder.is_alive()                    # still blocked, inside its batch
+        assert second["worker_blocked_ns"] - first >= 0.25e9
+        assert second["worker_blocked"] == 1
+        assert group.stats()["worker_blocked_ns"] >= second["worker_blocked_ns"]
+        assert busy.stats()["chunk_heaps_placed"] == 0   # batch counters: not merged yet
+    finally:
+        silent.finish()                             # the silent stream moves past everything
+        feeder.join(timeout=10)
+    assert not feeder.is_alive()
+    busy.finish()
+    consumer.join(timeout=10)
+    assert not consumer.is_alive()
+    stats = busy.stats()
+    assert stats["worker_blocked_ns"] >= second["worker_blocked_ns"]
+    assert stats["chunk_heaps_present"] == n         # lossless: nothing lost by the wait
+    assert sum(int(c[2].sum()) for c in chunks) == n
+    check_data(chunks)

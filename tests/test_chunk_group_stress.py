@@ -13,7 +13,12 @@ sometimes late and sometimes holding a second one.  Checked:
 - presence and counters agree: heaps present == chunk_heaps_present, and every heap
   sent is present, too old or without a free chunk; lossless without timeouts:
   every heap present from the chunk of the first heap the group saw on;
-- the pool is whole afterwards (every chunk free, rings empty).
+- the pool is whole afterwards (every chunk free, rings empty);
+- a sampler thread's stats() snapshots never see worker_blocked or
+  worker_blocked_ns go back, and a stream has blocked time iff it blocked.
+
+test_blocked_stream_shows_its_wait_under_threads: a lossless pair, one stream
+stalling, the other's wait seen growing by stats() while it is still blocked.
 
 The cases run in a child process (a crash or hang must not take pytest with it).
 ``python tests/test_chunk_group_stress.py FIRST LAST`` runs seeds FIRST..LAST-1.
@@ -157,16 +162,39 @@ def run_case(case: dict) -> dict:
                 time.sleep(0)
         stream.finish()
 
+    done = threading.Event()
+
+    def sample() -> None:
+        # A wait shows in stats() while it lasts, and never goes backwards.
+        last = [(0, 0)] * len(streams)
+        while not done.is_set():
+            for k, stream in enumerate(streams):
+                st = stream.stats()
+                now = (st["worker_blocked"], st["worker_blocked_ns"])
+                if now[0] < last[k][0] or now[1] < last[k][1]:
+                    errors.append(f"stream {k}: blocked counters went back: {last[k]} -> {now}")
+                last[k] = now
+            time.sleep(0.001)
+
     consumer = threading.Thread(target=consume)
+    sampler = threading.Thread(target=sample)
     feeders = [threading.Thread(target=feed, args=(s, f, random.Random(case["seed"] * 31 + k)))
                for k, (s, f) in enumerate(zip(streams, feeds, strict=True))]
     consumer.start()
+    sampler.start()
     for t in feeders:
         t.start()
     for t in feeders + [consumer]:
         t.join(60)
         assert not t.is_alive(), f"seed {case['seed']}: a thread is stuck"
+    done.set()
+    sampler.join(10)
     assert not errors, f"seed {case['seed']}: {errors[:5]}"
+    for stream in streams:
+        st = stream.stats()
+        # Every wait takes some time; no time without a wait.
+        assert st["worker_blocked_ns"] >= st["worker_blocked"], (case["seed"], st)
+        assert (st["worker_blocked"] == 0) == (st["worker_blocked_ns"] == 0), (case["seed"], st)
     stats = group.stats()
     assert ids == sorted(set(ids)), f"seed {case['seed']}: chunk ids {ids}"
     assert len(present_positions) == len(set(present_positions))
@@ -187,7 +215,89 @@ def run_case(case: dict) -> dict:
     assert group.free_ring_size == case["pool"] and group.data_ring_size == 0
     assert group.ended
     return {"chunks": len(ids), "present": len(present_positions), "lost": lost,
-            "blocked": stats["worker_blocked"]}
+            "blocked": stats["worker_blocked"], "blocked_ms": stats["worker_blocked_ns"] / 1e6}
+
+
+def run_blocked_case(rounds: int = 5, stall_timeout: float = 5.0) -> dict:
+    """Two streams, lossless: one stalls `rounds` times half-way through its heaps;
+    the other, racing ahead, waits on it.  A sampler thread must see the waiting
+    stream's worker_blocked_ns grow while it is blocked, inside a batch (its
+    batch-merged counters standing still), once per stall; the stalled stream
+    carries on only when that has been seen (or after `stall_timeout`)."""
+    from daqd import _spead
+
+    hpc, max_chunks = 4, 2
+    group = _spead.ChunkGroup(
+        timestamp_item=POSITION_ID, timestamp_step=1, heaps_per_chunk=hpc,
+        heap_bytes=HEAP_BYTES, max_chunks=max_chunks, pool=max_chunks + 2,
+        eviction="lossless", when_full="wait", wait_timeout=20.0)
+    fast, slow = group.add_stream(max_heaps=4), group.add_stream(max_heaps=4)
+    n = 2 * hpc * max_chunks * (rounds + 2)
+    heaps = {p: heap_packets(p + 1, [(POSITION_ID, p), (PAYLOAD_ID, payload(p))])
+             for p in range(n)}
+    seen = threading.Event()        # the sampler saw `fast` blocked, mid-batch
+    done = threading.Event()
+    errors: list[str] = []
+    observed = []
+    present = []
+
+    def feed_fast() -> None:
+        mine = [heaps[p] for p in range(0, n, 2)]
+        for i in range(0, len(mine), 3):
+            fast.add_packets([pkt for h in mine[i:i + 3] for pkt in h])
+        fast.finish()
+
+    def feed_slow() -> None:
+        mine = [heaps[p] for p in range(1, n, 2)]
+        per_round = len(mine) // (rounds + 1)
+        for r in range(rounds + 1):
+            slow.add_packets([pkt for h in mine[r * per_round:(r + 1) * per_round] for pkt in h])
+            if r < rounds:
+                observed.append(seen.wait(stall_timeout))
+                seen.clear()
+        slow.add_packets([pkt for h in mine[(rounds + 1) * per_round:] for pkt in h])
+        slow.finish()
+
+    def consume() -> None:
+        for chunk in group:
+            with chunk:
+                present.append(int(chunk.present.sum()))
+
+    def sample() -> None:
+        last = fast.stats()
+        while not done.is_set():
+            time.sleep(0.002)
+            now = fast.stats()
+            if now["worker_blocked_ns"] < last["worker_blocked_ns"] \
+                    or now["worker_blocked"] < last["worker_blocked"]:
+                errors.append(f"went back: {last} -> {now}")
+            if now["worker_blocked_ns"] > last["worker_blocked_ns"] \
+                    and now["packets"] == last["packets"] and now["batches"] == last["batches"]:
+                seen.set()
+            last = now
+
+    threads = [threading.Thread(target=f, daemon=True)
+               for f in (feed_fast, feed_slow, consume)]
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive(), "a thread is stuck"
+    done.set()
+    sampler.join(10)
+    assert not errors, errors[:3]
+    stats = group.stats()
+    fast_stats = fast.stats()
+    assert observed == [True] * rounds, observed
+    assert fast_stats["worker_blocked"] >= rounds
+    assert fast_stats["worker_blocked_ns"] > 0
+    # Lossless, no timeout: every heap is present; each is counted once.
+    assert stats["chunk_heaps_present"] == sum(present) == n, stats
+    assert stats["chunk_heaps_too_old"] == stats["chunk_heaps_no_free_chunk"] == 0
+    return {"blocked": fast_stats["worker_blocked"],
+            "blocked_ms": fast_stats["worker_blocked_ns"] / 1e6}
 
 
 def run_seeds(first: int, last: int, verbose: bool = False) -> None:
@@ -216,6 +326,18 @@ def run_in_child(first: int, last: int, timeout: float) -> None:
 def test_group_under_threads(block):
     """16 cases per block, about a second or two each block."""
     run_in_child(16 * block, 16 * block + 16, timeout=120)
+
+
+def test_blocked_stream_shows_its_wait_under_threads():
+    code = (f"import sys; sys.path.insert(0, {HERE!r})\n"
+            "import test_chunk_group_stress as m\n"
+            "print(m.run_blocked_case())\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                              timeout=120, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("hung (more than 120 s)")
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
 
 
 @pytest.mark.slow

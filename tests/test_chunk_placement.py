@@ -2,7 +2,7 @@
 
 spead2 is the reference for placement (cython_ext/chunks.pxi follows spead2's
 chunk_stream_state::allocate): the same packets go through both receivers
-with the same layout (``_spead.Spead2Placement``) and the delivered chunks
+with the same layout (``_spead2compat.Spead2Placement``) and the delivered chunks
 must match chunk for chunk -- chunk ids, ``present``, ``extra``, and ``data``
 wherever present (tests/spead2_chunks.py, which also lists the deliberate
 differences the comparison works around).  Where spead2's counters have a

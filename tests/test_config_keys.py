@@ -203,7 +203,7 @@ class World:
         sender.thread.join(20)
         seconds = time.monotonic() - started
         got: dict[str, Any] = {"ports": [], "sizes": set(), "datagrams": 0, "last": b"",
-                               "seconds": seconds}
+                               "seconds": seconds, "sender": sender}
         for port, s in zip(self.ports, socks, strict=True):
             with s:
                 while True:
@@ -246,7 +246,7 @@ class World:
             except json.JSONDecodeError:
                 events.append(None)
         assert proc.returncode == 0, err[-2000:]
-        return {"events": events, "pidfiles": sorted(pidfiles)}
+        return {"events": events, "pidfiles": sorted(pidfiles), "stderr": err[-3000:]}
 
 
 @dataclass
@@ -378,7 +378,8 @@ CASES: dict[str, Case] = {
                             also={"stream.sources": ["udp://127.0.0.1:{port}",
                                                      "udp://127.0.0.1:{port2}"]}),
     "simulate.workload": Case("W2", lambda w: w.sent["sizes"] - {48}, {56 + 1024}),  # 48: stop
-    "simulate.rate": Case(1e6, lambda w: w.sent["seconds"] > 0.05, True),
+    "simulate.rate": Case(1e6, lambda w: (w.sent["sender"].source.rate, w.sent["seconds"] > 0.05),
+                          (1e6, True)),
     "simulate.heaps": Case(4, lambda w: w.sent["datagrams"], 5),
     "simulate.stop": Case(False, lambda w: w.sent["datagrams"], 16),
 }
@@ -419,12 +420,15 @@ def build(tmp: Path, case: Case | None, key: str, ports: tuple[int, int],
 
 
 def probe(tmp: Path, case: Case | None, key: str, ports: tuple[int, int],
-          keys: tuple[str, str]) -> Any:
-    """Build the base configuration (`case` None) or the case's in `tmp`; probe `key`."""
+          keys: tuple[str, str]) -> tuple[Any, str]:
+    """Build the base configuration (`case` None) or the case's in `tmp`; probe `key`.
+
+    Returns what the probe saw, and what ``daqd run`` wrote if it ran (for messages).
+    """
     tmp.mkdir()
     world = build(tmp, case, key, ports, keys)
     try:
-        return CASES[key].probe(world)
+        return CASES[key].probe(world), world.__dict__.get("run", {}).get("stderr", "")
     finally:
         world.close()
 
@@ -434,9 +438,9 @@ def probe(tmp: Path, case: Case | None, key: str, ports: tuple[int, int],
 def test_key_takes_effect(key, tmp_path, keys_dir):
     case = CASES[key]
     ports = (free_port(), free_port())
-    before, after = (probe(tmp_path / name, c, key, ports, keys_dir)
-                     for name, c in (("base", None), ("case", case)))
-    assert after != before, f"{key}: the value made no difference ({after!r})"
+    (before, base_log), (after, log) = (probe(tmp_path / name, c, key, ports, keys_dir)
+                                        for name, c in (("base", None), ("case", case)))
+    assert after != before, f"{key}: the value made no difference ({after!r})\n{base_log}{log}"
     if case.expect is not None:
         expect = case.expect
         if isinstance(expect, str):
@@ -444,4 +448,4 @@ def test_key_takes_effect(key, tmp_path, keys_dir):
                 "{clients}", keys_dir[1])
         if expect == ["{port2}"]:
             expect = [ports[1]]
-        assert after == expect, f"{key}: {after!r}"
+        assert after == expect, f"{key}: {after!r}\n{log}"

@@ -1,7 +1,19 @@
-"""daqd/counters.py mirrors the compiled core's counter enum by name and order."""
+"""The counters: one list (cython_ext/stats.pxd), seen from Python and documented."""
+
+import pathlib
+import re
 
 from daqd import _spead
 from daqd.recv.counters import DROP_COUNTERS, MAXIMA, StatIndex
+
+MONITORING = pathlib.Path(__file__).resolve().parent.parent / "docs" / "monitoring.md"
+
+
+def test_names_come_from_the_compiled_enum():
+    members = [m for m in _spead.StatIndex if m.name != "N_STATS"]
+    assert [m.name for m in members] == ["STAT_" + n.upper() for n in _spead.STAT_NAMES]
+    assert [int(m) for m in members] == list(range(len(_spead.STAT_NAMES)))
+    assert _spead.StatIndex.N_STATS == len(_spead.STAT_NAMES)
 
 
 def test_stat_index_matches_compiled_names():
@@ -14,6 +26,7 @@ def test_stat_index_values_are_positions():
 
 def test_maxima_match():
     assert {s.name.lower() for s in MAXIMA} == set(_spead.STAT_MAXIMA)
+    assert "max_batch" in _spead.STAT_MAXIMA
 
 
 def test_drop_counters_exist_and_are_reported():
@@ -22,3 +35,12 @@ def test_drop_counters_exist_and_are_reported():
     assert DROP_COUNTERS
     for name in DROP_COUNTERS:
         assert name in stats
+
+
+def test_every_counter_is_documented_with_its_mode():
+    rows = dict(re.findall(r"^\| `([a-z0-9_]+)` \| (sum|maximum) \|",
+                           MONITORING.read_text(), re.M))
+    assert set(rows) == set(_spead.STAT_NAMES), (
+        f"undocumented: {sorted(set(_spead.STAT_NAMES) - set(rows))}, "
+        f"documented but unknown: {sorted(set(rows) - set(_spead.STAT_NAMES))}")
+    assert {n for n, mode in rows.items() if mode == "maximum"} == set(_spead.STAT_MAXIMA)

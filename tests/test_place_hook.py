@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from spead_packets import heap_packets
 
-from daqd import _spead
+from daqd import _spead, _spead2compat
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "place_hook"
 TS, FREQ = 0x1600, 0x4103
@@ -94,7 +94,7 @@ def test_hook_rejections_are_counted(frequency_place):
 def test_place_must_be_a_daqd_capsule():
     with pytest.raises(TypeError, match="daqd.place_v1"):
         _spead.ChunkStream(place=object())
-    spead2_style = _spead.Spead2Placement().place    # a spead2 capsule is not daqd's
+    spead2_style = _spead2compat.Spead2Placement().place    # a spead2 capsule is not daqd's
     with pytest.raises(TypeError):
         _spead.ChunkStream(place=spead2_style)
 

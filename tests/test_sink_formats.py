@@ -485,6 +485,34 @@ def test_pcap_packet_too_long_for_udp_is_counted(tmp_path):
     assert sink.stats()["lost_packets"] == 1 and sink.stats()["records"] == 1
 
 
+def test_pcap_sink_and_simulator_write_the_same_frames(tmp_path):
+    """One frame writer: the sink's records and send(mode="pcap")'s differ only in time."""
+    packets = [bytes([i]) * n for i, n in enumerate((1, 100, 8248, 0, MAX_UDP_PAYLOAD))]
+    packets.insert(2, b"x" * (MAX_UDP_PAYLOAD + 1))          # neither frames it
+    sink = pcap_sink(tmp_path, port=7150)
+    sink.write([packet_record(packets)])
+    sink.close()
+    sink_header, sink_frames = read_pcap(only_file(tmp_path))
+    sent = tmp_path / "sent.pcap.raw"
+    with open(sent, "xb") as f:
+        f.write(_spead.PCAP_FILE_HEADER)
+        f.flush()
+        count, _, dropped = _spead.send(_spead.ByteListReader(packets), f.fileno(), "pcap",
+                                        port=7150)
+    sent_header, sent_frames = read_pcap(sent)
+    assert sink_header == sent_header
+    assert (count, dropped) == (len(packets), 1) and sink.stats()["lost_packets"] == 1
+    assert [f[2] for f in sink_frames] == [f[2] for f in sent_frames]
+    assert [f[2][42:] for f in sink_frames] == [p for p in packets if len(p) <= MAX_UDP_PAYLOAD]
+
+
+def test_pcap_frames_checks_the_lengths():
+    with pytest.raises(ValueError, match="lengths"):
+        _spead.pcap_frames(b"abc", np.array([2, 2], np.uint32), 7148, 0)
+    frames, dropped = _spead.pcap_frames(b"", np.zeros(0, np.uint32), 7148, 0)
+    assert frames.size == 0 and dropped == 0
+
+
 def test_pcap_header_setting_does_not_drop_the_file_header(tmp_path):
     sink = pcap_sink(tmp_path, header=False)
     sink.write([packet_record([b"x" * 64])])

@@ -5,7 +5,7 @@ of spead2 4.5.1 (heap-mode cases: tests/test_spead2_recv_cases.py).  spead2's
 tests place heaps with numba callbacks: position item 0x1000 -> chunk
 position // 10, slot position % 10, 1024-byte heaps.  Here daqd's declarative
 layout does the same (timestamp_item 0x1000, timestamp_step 1, 10 heaps per
-chunk), and spead2 runs the same layout (``_spead.Spead2Placement``) on the
+chunk), and spead2 runs the same layout (``_spead2compat.Spead2Placement``) on the
 same packets (tests/spead2_chunks.py compares chunk for chunk, around the
 documented differences listed there).  Layouts a declarative rule cannot
 express (a chunk-id bias from user data) use a placement hook written with
@@ -123,7 +123,7 @@ import spead2_chunks as sc
 import spead2_helpers as h
 from spead_packets import heap_packets, inproc_queue
 
-from daqd import _spead
+from daqd import _spead, _spead2compat
 
 HEAP_PAYLOAD_SIZE = 1024
 HEAPS_PER_CHUNK = 10
@@ -524,7 +524,7 @@ def group_packets(scenario: str) -> list[list[bytes]]:
 
 def spead2_group(n_streams: int, layout: dict, max_chunks: int, lossless: bool, chunks: int):
     """A spead2 ChunkStreamRingGroup on `layout` with `chunks` free chunks: (group, members)."""
-    placement = _spead.Spead2Placement(**layout)
+    placement = _spead2compat.Spead2Placement(**layout)
     mode = spead2.recv.ChunkStreamGroupConfig.EvictionMode
     data_ring, free_ring = spead2.recv.ChunkRingbuffer(chunks), spead2.recv.ChunkRingbuffer(chunks)
     group = spead2.recv.ChunkStreamRingGroup(

@@ -454,10 +454,12 @@ def test_bad_offset(transport):
 
 
 def test_stream_config_default_construct():
-    """The defaults that change what a stream delivers are spead2's."""
+    """The defaults that change what a stream delivers are spead2's, but max_heaps:
+    daqd has one default for both modes and its configuration, 8 (spead2: 4)."""
     ref = spead2.recv.StreamConfig()
     stream = _spead.HeapStream()
-    assert stream.max_heaps == ref.max_heaps == spead2.recv.StreamConfig.DEFAULT_MAX_HEAPS
+    assert stream.max_heaps == _spead.DEFAULT_MAX_HEAPS == 8
+    assert ref.max_heaps == spead2.recv.StreamConfig.DEFAULT_MAX_HEAPS == 4
     assert stream.allow_out_of_order is ref.allow_out_of_order is False
     assert stream.stop_on_stop_item is ref.stop_on_stop_item is True
     assert ref.allow_unsized_heaps is True          # daqd: always (test_no_heap_size)

@@ -16,45 +16,25 @@ All packets of one record share its receive time.  A packet longer than an
 IPv4 UDP datagram can carry (65507 bytes, possible from a ``tcp://``
 source) cannot be framed: it is left out and counted in ``lost_packets``.
 The file header is always written (the ``header`` key does not apply).
-The headers of a record's packets are built together with numpy and the
-frames assembled in one array, not packet by packet.
+The frames are written by the compiled core's one pcap frame writer
+(``_spead.pcap_frames``, the same as ``daqd simulate x.pcap``'s).
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import numpy as np
 
+from daqd import _spead
 from daqd.pipeline.records import PacketRecord
 from daqd.sinks.base import ByteSink, Piece
 from daqd.sinks.paths import PATH_FIELDS_BY_KIND
 
-MAX_UDP_PAYLOAD = 65535 - 20 - 8
+MAX_UDP_PAYLOAD: int = _spead.MAX_UDP_PAYLOAD
+FILE_HEADER: bytes = _spead.PCAP_FILE_HEADER
 #: SPEAD's customary UDP port, for frames of a stream whose sources name none.
 DEFAULT_UDP_PORT = 7148
-SNAPLEN = 262144
-FILE_HEADER = struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, SNAPLEN, 1)
-FRAME_HEADER_BYTES = 16 + 14 + 20 + 8
-
-_MAC = b"\x02\x00\x00\x00\x00\x00"
-_LOOPBACK = b"\x7f\x00\x00\x01"
-
-
-def _header_template(port: int) -> np.ndarray:
-    """Return the 58 header bytes every frame shares (lengths, times, checksum zero)."""
-    eth = _MAC + _MAC + b"\x08\x00"
-    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 0, 0, 0x4000, 64, 17, 0, _LOOPBACK, _LOOPBACK)
-    udp = struct.pack(">HHHH", port, port, 0, 0)
-    return np.frombuffer(bytes(16) + eth + ip + udp, np.uint8)
-
-
-def _ones_complement_sum(words: bytes) -> int:
-    total = sum(struct.unpack(f">{len(words) // 2}H", words))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
 
 
 def frames(record: PacketRecord, port: int) -> tuple[np.ndarray, int]:
@@ -74,44 +54,11 @@ def frames(record: PacketRecord, port: int) -> tuple[np.ndarray, int]:
     dropped : int
         Packets too long for a UDP datagram, left out.
     """
-    lengths = np.asarray(record.lengths, dtype=np.int64)
-    blob = np.frombuffer(record.blob, np.uint8)
-    too_long = lengths > MAX_UDP_PAYLOAD
-    dropped = int(np.count_nonzero(too_long))
-    if dropped:
-        blob = blob[np.repeat(~too_long, lengths)]
-        lengths = lengths[~too_long]
-    n = len(lengths)
-    if n == 0:
-        return np.zeros(0, np.uint8), dropped
-    template = _header_template(port)
-    headers = np.tile(template, (n, 1))
     seconds = int(record.received)
     nanoseconds = min(int(round((record.received - seconds) * 1e9)), 999_999_999)
-    headers[:, 0:4] = np.frombuffer(struct.pack("<I", seconds), np.uint8)
-    headers[:, 4:8] = np.frombuffer(struct.pack("<I", nanoseconds), np.uint8)
-    frame_len = (lengths + 42).astype("<u4")
-    headers[:, 8:12] = frame_len.view(np.uint8).reshape(n, 4)
-    headers[:, 12:16] = headers[:, 8:12]
-    ip_len = (lengths + 28).astype(">u2")
-    headers[:, 32:34] = ip_len.view(np.uint8).reshape(n, 2)
-    # The IPv4 header checksum: only the total length differs between frames.
-    base = _ones_complement_sum(template[30:50].tobytes())
-    total = base + ip_len.astype(np.uint32)
-    total = (total & 0xFFFF) + (total >> 16)
-    total = (total & 0xFFFF) + (total >> 16)
-    headers[:, 40:42] = (~total & 0xFFFF).astype(">u2").view(np.uint8).reshape(n, 2)
-    headers[:, 54:56] = (lengths + 8).astype(">u2").view(np.uint8).reshape(n, 2)
-    # Scatter: each packet's header goes just before its payload.
-    starts = np.arange(n, dtype=np.int64) * FRAME_HEADER_BYTES
-    starts[1:] += np.cumsum(lengths[:-1])
-    out = np.empty(n * FRAME_HEADER_BYTES + int(lengths.sum()), np.uint8)
-    header_at = (starts[:, None] + np.arange(FRAME_HEADER_BYTES)).ravel()
-    is_payload = np.ones(out.size, bool)
-    is_payload[header_at] = False
-    out[header_at] = headers.ravel()
-    out[is_payload] = blob
-    return out, dropped
+    data, dropped = _spead.pcap_frames(record.blob, record.lengths, port,
+                                       seconds * 1_000_000_000 + nanoseconds)
+    return data, int(dropped)
 
 
 class PcapSink(ByteSink):

@@ -14,7 +14,7 @@ import click
 from daqd import _spead
 from daqd.recv.descriptors import DESCRIPTOR_ID, decode_descriptors
 from daqd.recv.heap_records import PACKET_STRUCTURE_IDS
-from daqd.recv.sources import Source, open_source
+from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE, Source, open_source
 
 # Packet-structure items and descriptors are not printed as items (INTERFACES.md).
 STRUCTURE_IDS = PACKET_STRUCTURE_IDS | {DESCRIPTOR_ID}
@@ -126,16 +126,18 @@ INT = click.IntRange
 
 @click.command("dump")
 @click.argument("source")
-@click.option("--max-heaps", type=INT(min=1), default=4, show_default=True,
-              help="Partial heaps alive at once.")
+@click.option("--max-heaps", type=INT(min=1), default=_spead.DEFAULT_MAX_HEAPS,
+              show_default=True, help="Partial heaps alive at once.")
 @click.option("--allow-out-of-order", is_flag=True,
               help="Accept the packets of a heap in any order.")
 @click.option("--incomplete", is_flag=True,
               help="Print incomplete heaps too (received and length instead of items).")
 @click.option("--stop-on-stop-item/--no-stop-on-stop-item", default=True, show_default=True,
               help="End at a stream-control stop heap (else print it).")
-@click.option("--max-packet-size", type=INT(min=8), default=9200, show_default=True)
-@click.option("--max-heap-size", type=INT(min=0), default=128 << 20, show_default=True,
+@click.option("--max-packet-size", type=INT(min=8), default=DEFAULT_MAX_PACKET_SIZE,
+              show_default=True)
+@click.option("--max-heap-size", type=INT(min=0), default=_spead.DEFAULT_MAX_HEAP_SIZE,
+              show_default=True,
               help="Larger heaps are rejected and counted.")
 @click.option("--count", type=INT(min=0), default=None, help="Stop after printing this many heaps.")
 def command(source: str, max_heaps: int, allow_out_of_order: bool, incomplete: bool,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from daqd import _spead
+from daqd import _spead, _spead2compat
 from daqd.errors import UsageProblem
 from daqd.recv.workloads import WORKLOADS
 from daqd.tools.bench.machine import LoadMonitor, wait_until_quiet
@@ -146,7 +146,7 @@ class Spead2Chunks:
 
 def spead2_chunk_stream(spead2: Any, workload: str) -> tuple[Any, Any, Spead2Chunks]:
     """Make a ChunkRingStream with daqd's layout; return it, its data ring and chunks."""
-    placement = _spead.Spead2Placement(**layout(workload))
+    placement = _spead2compat.Spead2Placement(**layout(workload))
     config = spead2.recv.StreamConfig(max_heaps=MAX_HEAPS)
     chunk_config = spead2.recv.ChunkStreamConfig(
         items=placement.items,

@@ -9,7 +9,7 @@ from memory
     about 1 GiB so that it is cold in every cache) goes through daqd's chunk
     path (``ChunkStream.chunks(ByteStreamReader(buffer))``, each chunk
     released in Python) and through spead2's ``ChunkRingStream``
-    (``add_buffer_reader``, placement by ``_spead.Spead2Placement``, chunks
+    (``add_buffer_reader``, placement by ``_spead2compat.Spead2Placement``, chunks
     taken from the data ring and given back with ``add_free_chunk`` in
     Python).  Runs alternate between the two receivers; the figure is the
     median.  An untimed first run of each checks every placed byte, and every

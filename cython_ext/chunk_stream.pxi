@@ -1,0 +1,457 @@
+# Chunk mode, the stream: ChunkStream, heaps placed straight into the chunks
+# of its ChunkGroup (chunk_group.pxi).
+#
+# A ChunkStream is the chunk-mode policy of the live-heap window (window.pxi),
+# as spead2's chunk stream is a policy on its live heaps: the window
+# (ChunkStream.process, one nogil region per batch) decodes each packet and
+# finds its live heap by the same spead2 rules as heap mode, then calls the
+# hooks at the end of this file.  On a heap's first packet, place() decides
+# where the heap goes (spead2's allocate + place): declaratively (timestamp //
+# step -> chunk and slot, optional substream axis) or through a compiled
+# placement hook (daqd_place.h), and opens its chunk in the group if need be.
+# Payload bytes are then copied once, from the receive buffer into the heap's
+# slot in the chunk; a heap that leaves the window complete sets its presence
+# (spead2's ready).
+
+@cython.final
+cdef class ChunkStream:
+    """Chunk-mode receive stream (DESIGN.md, INTERFACES.md [stream.chunk]).
+
+    ``ChunkStream(**layout)`` makes a stream with a group of its own (every
+    ChunkGroup argument is accepted); ``ChunkStream(group=g)`` (or
+    ``self.group.add_stream()``) joins an existing group, whose chunks it fills
+    together with the group's other streams.
+
+    Parameters
+    ----------
+    group : ChunkGroup, optional
+        The chunks to fill; by default a new group from the other arguments.
+    max_heaps, allow_out_of_order, stop_on_stop_item, max_heap_size
+        As for heap mode.
+    too_old_reset
+        Consecutive too-old heaps that re-anchor the window (0: never);
+        default two chunks' worth of heaps.  Only a stream alone in its group
+        re-anchors (in a group of several, a stream left behind by the others,
+        even once they have finished, would deliver chunk ids again).
+    """
+
+    cdef readonly ChunkGroup group
+    cdef readonly uint64_t too_old_reset
+    cdef Window w                       # this stream's live heaps (window.pxi)
+    cdef StreamWindow win               # this stream's window of the group's chunks
+    cdef uint64_t too_old_run
+    cdef uint64_t counters[<int>N_STATS]
+
+    def __init__(self, ChunkGroup group=None, *, size_t max_heaps=DEFAULT_MAX_HEAPS,
+                 bint allow_out_of_order=False, bint stop_on_stop_item=True,
+                 int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE, too_old_reset=None, **group_kwargs):
+        window_check(max_heaps, max_heap_size)
+        if group is None:
+            group = ChunkGroup(**group_kwargs)
+        elif group_kwargs:
+            raise TypeError(f"layout arguments belong to the group: {', '.join(group_kwargs)}")
+        self.group = group
+        self.too_old_reset = 2 * group.n_slots if too_old_reset is None else too_old_reset
+        window_init(&self.w, max_heaps, max_heap_size, allow_out_of_order, stop_on_stop_item, 0)
+        self.win.chunks = <Py_ssize_t *>malloc(group.max_chunks * sizeof(Py_ssize_t))
+        if self.win.chunks == NULL:
+            raise MemoryError()
+        cdef size_t i
+        for i in range(group.max_chunks):
+            self.win.chunks[i] = -1
+        self.win.parked = True          # outside a batch (it holds no chunk yet)
+        memset(self.counters, 0, sizeof(self.counters))
+        cdef bint ended
+        with nogil:
+            pthread_mutex_lock(&group.lock)
+            ended = group.ended or group.n_streams == MAX_GROUP_STREAMS
+            if not ended:
+                group.active_streams += 1
+                self.win.slot = group.n_streams
+                group.stream_heads[self.win.slot] = 0
+                group.windows[self.win.slot] = &self.win
+                group.n_streams += 1
+            pthread_mutex_unlock(&group.lock)
+        if ended:
+            raise RuntimeError(f"the group has ended or has {MAX_GROUP_STREAMS} streams already")
+        group.streams.append(self)
+
+    def __dealloc__(self):
+        window_free(&self.w)
+        free(self.win.chunks)
+
+    def __getattr__(self, name):
+        # Layout, pool and consumer side live in the group.
+        return getattr(self.group, name)
+
+    # ------------------------------------------------------------------
+    # This stream's window
+
+    cdef void sync_with_group(self, uint64_t *stats) noexcept nogil:
+        """Let go of chunks the group has evicted (lossless: restarts, stops)."""
+        if self.group.head_hint <= self.win.head or self.win.head == self.win.tail:
+            return
+        pthread_mutex_lock(&self.group.lock)
+        self.group.win_release_below(&self.win, self.group.head_chunk)
+        self.group.close_ready(stats)
+        pthread_mutex_unlock(&self.group.lock)
+
+    cdef void set_parked(self, bint parked, uint64_t *stats) noexcept nogil:
+        """Lossy group: enter (False) or leave (True) a batch.  Either way the
+        chunks the group evicted meanwhile are let go of; while parked, the
+        group lets go of them itself."""
+        pthread_mutex_lock(&self.group.lock)
+        self.win.parked = parked
+        if self.win.head < self.group.head_chunk and self.win.head < self.win.tail:
+            self.group.win_release_below(&self.win, self.group.head_chunk)
+            self.group.close_ready(stats)
+        pthread_mutex_unlock(&self.group.lock)
+
+    cdef void forget_placements(self) noexcept nogil:
+        """Live heaps lose their slots (their chunks are about to leave for good)."""
+        cdef size_t i
+        for i in range(self.w.max_heaps):
+            self.w.live[i].chunk_id = -1
+
+    cdef StatIndex chunk_for(self, int64_t chunk_id, Py_ssize_t *out,
+                             uint64_t *stats) noexcept nogil:
+        """The pool index of `chunk_id`'s chunk (>= 0), opening chunks as needed."""
+        cdef size_t pos
+        cdef StatIndex verdict = N_STATS
+        cdef uint64_t cid = <uint64_t>chunk_id
+        if self.win.head <= cid < self.win.tail:
+            self.too_old_run = 0
+            pos = <size_t>(cid - self.win.head) + self.win.head_pos
+            if pos >= self.group.max_chunks:
+                pos -= self.group.max_chunks
+            out[0] = self.win.chunks[pos]
+            return N_STATS if out[0] >= 0 else STAT_CHUNK_HEAPS_NO_FREE_CHUNK
+        pthread_mutex_lock(&self.group.lock)
+        if self.group.anchored and (cid < self.group.head_chunk or cid < self.win.head):
+            self.too_old_run += 1
+            if (self.too_old_reset == 0 or self.too_old_run < self.too_old_reset
+                    or self.group.n_streams > 1):
+                pthread_mutex_unlock(&self.group.lock)
+                return STAT_CHUNK_HEAPS_TOO_OLD
+            # The group's only stream: start afresh at the new chunk.
+            stats[<int>STAT_CHUNK_WINDOW_RESETS] += 1
+            self.forget_placements()
+            self.group.win_release_below(&self.win, self.win.tail)
+            self.group.reanchor(cid, stats)
+            self.win.head = self.win.tail = cid
+            self.win.head_pos = 0
+            self.group.win_publish(&self.win)
+        self.too_old_run = 0
+        self.group.extend(&self.win, cid, stats)
+        if cid < self.group.head_chunk or cid < self.win.head:
+            verdict = STAT_CHUNK_HEAPS_TOO_OLD      # evicted while this stream waited
+        else:
+            self.group.win_acquire_to(&self.win, cid)
+            out[0] = self.group.window_chunk(cid)
+            if out[0] < 0:
+                verdict = STAT_CHUNK_HEAPS_NO_FREE_CHUNK
+        self.group.close_ready(stats)
+        pthread_mutex_unlock(&self.group.lock)
+        return verdict
+
+    # ------------------------------------------------------------------
+    # Placement
+
+    cdef StatIndex place(self, LiveHeap *h, const PacketHeader *p, const int64_t *items,
+                         uint64_t *stats) noexcept nogil:
+        """Decide where the heap of first packet `p` goes; N_STATS when placed."""
+        cdef int64_t chunk_id
+        cdef size_t slot, heap_index, heap_offset, last_present
+        cdef uint64_t index, substream = 0
+        cdef daqd_place_data pd
+        cdef uint64_t extra[<int>MAX_PLACE_ITEMS]
+        cdef size_t first_extra = self.group.n_item_ids - self.group.n_extra
+        cdef size_t i
+        for i in range(self.group.n_extra):
+            extra[i] = <uint64_t>items[first_extra + i]
+        if self.group.place_fn != NULL:
+            pd.packet = p.pointers - 8
+            pd.packet_size = p.size
+            pd.items = items
+            pd.n_items = first_extra
+            pd.heap_length = p.heap_length
+            pd.chunk_id = -1
+            pd.heap_index = 0
+            pd.heap_offset = 0
+            pd.extra = extra
+            pd.n_extra = self.group.n_extra
+            self.group.place_fn(&pd, self.group.place_user)
+            if pd.chunk_id < 0:
+                return STAT_CHUNK_HEAPS_REJECTED_BY_PLACE
+            last_present = pd.heap_index
+            if self.group.packet_presence and p.heap_length > 0:
+                last_present += <size_t>(p.heap_length - 1) // self.group.packet_presence
+            if last_present >= self.group.present_per_chunk \
+                    or pd.heap_offset > self.group.chunk_bytes \
+                    or <uint64_t>p.heap_length > self.group.chunk_bytes - pd.heap_offset:
+                return STAT_CHUNK_HEAPS_REJECTED_PLACEMENT
+            chunk_id = pd.chunk_id
+            heap_index = pd.heap_index
+            heap_offset = pd.heap_offset
+            slot = heap_index // self.group.packets_per_heap
+        else:
+            if <uint64_t>p.heap_length != self.group.heap_bytes:
+                return STAT_CHUNK_HEAPS_REJECTED_SIZE
+            if items[0] < 0:
+                return STAT_CHUNK_HEAPS_REJECTED_NO_TIMESTAMP
+            if <uint64_t>items[0] % self.group.timestamp_step:
+                return STAT_CHUNK_HEAPS_REJECTED_MISALIGNED
+            if self.group.has_substream:
+                if items[1] < 0 or <uint64_t>items[1] >= self.group.substreams:
+                    return STAT_CHUNK_HEAPS_REJECTED_SUBSTREAM
+                substream = <uint64_t>items[1]
+            index = <uint64_t>items[0] // self.group.timestamp_step
+            chunk_id = <int64_t>(index // self.group.heaps_per_chunk)
+            slot = (<size_t>(index % self.group.heaps_per_chunk) * self.group.substreams
+                    + <size_t>substream)
+            heap_index = slot * self.group.packets_per_heap
+            heap_offset = slot * self.group.heap_bytes
+        cdef Py_ssize_t c = -1
+        cdef StatIndex verdict = self.chunk_for(chunk_id, &c, stats)
+        if verdict != N_STATS:
+            return verdict
+        h.chunk_id = chunk_id
+        h.dest = self.group.data_base + <size_t>c * self.group.chunk_stride + heap_offset
+        h.present = self.group.present_base + <size_t>c * self.group.present_per_chunk + heap_index
+        if self.group.n_extra:
+            memcpy(self.group.extra_base
+                   + (<size_t>c * self.group.n_slots + slot) * self.group.n_extra,
+                   extra, self.group.n_extra * sizeof(uint64_t))
+        return N_STATS
+
+    # ------------------------------------------------------------------
+    # Packets
+
+    cdef void scan_pointers(self, LiveHeap *h, const PacketHeader *p,
+                            int64_t *items) noexcept nogil:
+        """Update min_length and the stop flag of `h`; item values into `items`."""
+        cdef int i
+        cdef size_t j
+        cdef uint64_t ptr, item_id, value
+        cdef int bits = p.heap_address_bits
+        for i in range(p.n_items):
+            ptr = load_be64(p.pointers + 8 * i)
+            value = ptr_value(ptr, bits)
+            if not ptr_is_immediate(ptr):
+                if <int64_t>value > h.min_length:
+                    h.min_length = <int64_t>value
+                continue
+            item_id = ptr_id(ptr, bits)
+            if item_id == STREAM_CTRL_ID and value == CTRL_STREAM_STOP:
+                h.end_of_stream = True
+            if items != NULL:
+                for j in range(self.group.n_item_ids):
+                    if self.group.item_ids[j] == item_id:
+                        items[j] = <int64_t>value
+
+    cdef inline bint writable(self, const LiveHeap *h) noexcept nogil:
+        """Whether the heap's chunk is still in this stream's window."""
+        return h.chunk_id >= 0 and <uint64_t>h.chunk_id >= self.win.head
+
+    cdef inline void on_packet(self, LiveHeap *h, const PacketHeader *p, bint new_heap,
+                               uint64_t *stats) noexcept nogil:
+        """The window accepted packet `p` of heap `h`: place the heap on its first
+        packet, then copy the payload to its place (or count it discarded)."""
+        cdef int64_t items[<int>MAX_PLACE_ITEMS]
+        cdef StatIndex verdict
+        cdef size_t i
+        if not new_heap:
+            self.scan_pointers(h, p, NULL)
+        else:
+            for i in range(self.group.n_item_ids):
+                items[i] = -1
+            self.scan_pointers(h, p, items)
+            if not h.empty:
+                verdict = self.place(h, p, items, stats)
+                if verdict == N_STATS:
+                    stats[<int>STAT_CHUNK_HEAPS_PLACED] += 1
+                else:
+                    stats[<int>verdict] += 1
+        if self.writable(h):
+            if p.payload_length > 0:
+                daqd_copy_payload(h.dest + p.payload_offset, p.payload,
+                                  <size_t>p.payload_length)
+                stats[<int>STAT_PAYLOAD_BYTES] += <uint64_t>p.payload_length
+            if self.group.packet_presence:
+                h.present[<size_t>p.payload_offset // self.group.packet_presence] = 1
+        elif not h.empty:
+            stats[<int>STAT_CHUNK_PACKETS_DISCARDED] += 1
+
+    cdef inline void on_ready(self, const LiveHeap *h, uint64_t *stats) noexcept nogil:
+        """A heap left the window (counted there): a complete one sets its presence."""
+        if h.reason != READY_COMPLETE:
+            return
+        if self.writable(h):
+            if not self.group.packet_presence:
+                h.present[0] = 1
+                stats[<int>STAT_CHUNK_HEAPS_PRESENT] += 1
+        elif h.chunk_id >= 0:
+            # Placed, but its chunk left the window first (spead2 counts it so too).
+            stats[<int>STAT_CHUNK_HEAPS_TOO_OLD] += 1
+        elif h.empty:
+            stats[<int>STAT_CHUNK_HEAPS_REJECTED_SIZE] += 1   # a complete heap of 0 bytes
+
+    cdef void finish_nogil(self, uint64_t *stats) noexcept nogil:
+        if self.win.finished:
+            return
+        self.w.closed = True
+        window_flush(&self.w, stats, self)
+        pthread_mutex_lock(&self.group.lock)
+        self.win.finished = True
+        self.group.win_release_below(&self.win, self.win.tail)     # publishes "finished"
+        self.group.stream_ended(stats)
+        self.group.close_ready(stats)
+        pthread_mutex_unlock(&self.group.lock)
+
+    # ------------------------------------------------------------------
+    # Python API
+
+    @property
+    def max_heaps(self):
+        """Partial heaps alive at once."""
+        return self.w.max_heaps
+
+    @property
+    def allow_out_of_order(self):
+        """Whether a heap's packets may arrive in any order."""
+        return self.w.allow_out_of_order
+
+    @property
+    def max_heap_size(self):
+        """The largest heap (and range-set memory) a live heap may have."""
+        return self.w.max_heap_size
+
+    @property
+    def stop_on_stop_item(self):
+        """Whether a stop item ends the stream."""
+        return self.w.stop_on_stop_item
+
+    @property
+    def stopped(self):
+        """Whether a stop item has ended the stream."""
+        return self.w.stopped
+
+    def process(self, Reader reader):
+        """Receive and place one batch from `reader` (GIL released throughout).
+
+        Only one thread may call process() (and finish()) on a stream.
+
+        Returns
+        -------
+        int
+            Packets consumed (>= 0), or -1 once the reader has ended.
+
+        Raises
+        ------
+        OSError
+            The reader's system call failed.
+        """
+        cdef uint64_t local[<int>N_STATS]
+        cdef int rc
+        cdef size_t used
+        memset(local, 0, sizeof(local))
+        with nogil:
+            rc = window_receive(&self.w, reader, local, &used, self)
+            merge_stats(self.counters, local)
+        return receive_result(reader, rc, used)
+
+    def finish(self):
+        """End this stream: live heaps are flushed, its chunks let go; the
+        last stream of a group to finish hands every open chunk to the data ring."""
+        cdef uint64_t local[<int>N_STATS]
+        memset(local, 0, sizeof(local))
+        with nogil:
+            self.finish_nogil(local)
+            merge_stats(self.counters, local)
+
+    def chunks(self, Reader reader):
+        """Receive from `reader` in this thread, yielding each chunk as it completes.
+
+        At the end of the reader (or a stop item) the stream is finished and
+        the remaining chunks follow.  Release every chunk (``with chunk:``).
+        """
+        cdef ChunkGroup g = self.group
+        while True:
+            rc = self.process(reader)
+            while (chunk := g.take_ready()) is not None:
+                yield chunk
+            if rc < 0 or self.w.stopped:
+                break
+        self.finish()
+        while (chunk := g.take_ready()) is not None:
+            yield chunk
+
+    def get(self, timeout=None):
+        """The group's next completed chunk (see ChunkGroup.get)."""
+        return self.group.get(timeout)
+
+    def __iter__(self):
+        return iter(self.group)
+
+    cdef void snapshot(self, uint64_t *out) noexcept:
+        """This stream's counters, with its waits on the group up to now (even
+        one still going on: stats() shows a blocked stream as blocked)."""
+        cdef uint64_t times, ns, since, now
+        memcpy(out, self.counters, sizeof(self.counters))
+        with nogil:
+            # The clock is read under the lock too: a wait that ends meanwhile
+            # adds its time (measured with the lock held) before or after, never
+            # less than was shown.
+            pthread_mutex_lock(&self.group.lock)
+            times = self.win.blocked_times
+            ns = self.win.blocked_ns
+            since = self.win.blocked_since
+            if since:
+                now = monotonic_ns()
+                if now > since:
+                    ns += now - since
+            pthread_mutex_unlock(&self.group.lock)
+        out[<int>STAT_WORKER_BLOCKED] += times
+        out[<int>STAT_WORKER_BLOCKED_NS] += ns
+
+    def stats(self):
+        """A snapshot of this stream's counters, name -> value."""
+        cdef uint64_t out[<int>N_STATS]
+        self.snapshot(out)
+        return _stats_dict(out)
+
+    def add_packets(self, packets):
+        """Place packets given as bytes objects (tests and tools)."""
+        reader = ByteListReader(packets)
+        while self.process(reader) >= 0 and not self.w.stopped:
+            pass
+
+
+# ----------------------------------------------------------------------
+# The chunk-mode policy: the hooks the window calls (window.pxi)
+
+cdef inline void _chunks_on_receive(ChunkStream cs, uint64_t *stats) noexcept nogil:
+    """Before a batch is read: lossless, let go of the chunks the group evicted."""
+    if cs.group.lossless:
+        cs.sync_with_group(stats)
+
+
+cdef inline void _chunks_on_batch(ChunkStream cs, bint entering, uint64_t *stats) noexcept nogil:
+    """Around a batch's packets: lossy, the stream is parked outside it."""
+    if not cs.group.lossless:
+        cs.set_parked(not entering, stats)
+
+
+cdef inline void _chunks_on_packet(ChunkStream cs, LiveHeap *h, const PacketHeader *p,
+                                   bint new_heap, uint64_t *stats) noexcept nogil:
+    cs.on_packet(h, p, new_heap, stats)
+
+
+cdef inline void _chunks_on_ready(ChunkStream cs, const LiveHeap *h,
+                                  uint64_t *stats) noexcept nogil:
+    cs.on_ready(h, stats)
+
+
+cdef inline void _chunks_on_stop(ChunkStream cs, uint64_t *stats) noexcept nogil:
+    """A stop item ended the stream: finish it (every live heap flushed)."""
+    cs.finish_nogil(stats)

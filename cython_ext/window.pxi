@@ -1,0 +1,546 @@
+# The live-heap window: heap assembly by spead2's rules, the one copy that heap
+# mode (heap_stream.pxi) and chunk mode (chunk_stream.pxi) share.
+#
+# Mirrors spead2's stream_base/live_heap rules (recv_stream.cpp,
+# recv_live_heap.cpp, 4.5.1) so that daqd and spead2 yield the same heaps:
+# - a window of `max_heaps` live heaps in a ring; a packet of an unknown heap
+#   takes the next slot, evicting whatever heap was there; a packet that is a
+#   whole heap (PAYLOAD_LENGTH == HEAP_SIZE) never joins a live heap;
+# - in-order mode accepts a packet only at the offset where the heap's received
+#   bytes end, and starts a heap only from a packet at offset 0 (so a heap with
+#   a lost packet stays incomplete, and a late packet of a finished heap does
+#   not resurrect it); allow_out_of_order keeps a sorted set of received ranges
+#   and rejects overlaps;
+# - a heap is complete when received == HEAP_SIZE == min_length (the largest
+#   offset or item address seen);
+# - a complete heap carrying a stream-control stop item ends the stream and is
+#   not delivered (stop_on_stop_item): every other live heap is flushed.
+#
+# What becomes of a heap's bytes, and of a heap that leaves the window, is the
+# mode's policy, as spead2's chunk stream is a policy (allocate, place, ready)
+# on top of its live heaps:
+#   heap mode     the payload and item pointers are kept in the heap's storage,
+#   (ReadyHeaps)  and a heap that leaves goes to the ready list for Python
+#                 (heap_stream.pxi: _heaps_*).  Nothing is allocated for a
+#                 packet whose heap would be larger than max_heap_size (unlike
+#                 spead2): it is counted and dropped first.
+#   chunk mode    a heap's first packet places the heap in a chunk, each
+#   (ChunkStream) packet's payload is copied straight to its place there, and a
+#                 heap that leaves complete sets its presence (chunk_stream.pxi:
+#                 _chunks_*).  A packet without HEAP_SIZE is rejected (spead2's
+#                 chunk streams need it too).
+# The policy is chosen at compile time, not through a function pointer: the
+# window's functions take the mode's state, `owner`, as the fused type
+# WindowOwner (a HeapStream's ReadyHeaps, or the ChunkStream), and Cython
+# writes one C function per mode, each with only its own mode's branches (no
+# indirect call, no policy test per packet; with -O3 gcc then inlines the
+# whole batch loop into each mode's process()).  An `inline` function with a
+# constant policy argument, called from the two modes, was tried first: gcc
+# kept one shared out-of-line window_add_packet that tested the policy per
+# packet (as fast, within the noise); fused types make the specialisation sure.
+#
+# Storage (payload, pointer list, range set) lives in HeapStorage blocks that
+# are reused: a live slot takes one from the free stack; it goes back when the
+# heap leaves (chunk mode), or once Python has converted the ready heap (heap
+# mode).  Nothing is allocated per packet in steady state.
+
+cdef enum:
+    READY_COMPLETE = 0
+    READY_EVICTED = 1
+    READY_FLUSHED = 2
+    # Pointers kept in a plain array are deduplicated by linear search up to
+    # this many; beyond it a hash set takes over (spead2 does the same).
+    INLINE_POINTERS = 16
+
+#: max_heaps of a HeapStream or ChunkStream not given one (daqd.config's default too).
+DEFAULT_MAX_HEAPS = 8
+#: max_heap_size of a HeapStream or ChunkStream not given one (daqd.config's default too).
+DEFAULT_MAX_HEAP_SIZE = 128 << 20
+
+cdef class ChunkStream
+
+cdef inline StatIndex decode_status_stat(DecodeStatus status) noexcept nogil:
+    """The STAT_PACKETS_REJECTED_* counter for a failed decode."""
+    if status == DECODE_TOO_SHORT:
+        return STAT_PACKETS_REJECTED_TOO_SHORT
+    elif status == DECODE_BAD_MAGIC:
+        return STAT_PACKETS_REJECTED_BAD_MAGIC
+    elif status == DECODE_BAD_VERSION:
+        return STAT_PACKETS_REJECTED_BAD_VERSION
+    elif status == DECODE_BAD_FLAVOUR:
+        return STAT_PACKETS_REJECTED_BAD_FLAVOUR
+    elif status == DECODE_ITEMS_OVERFLOW:
+        return STAT_PACKETS_REJECTED_ITEMS_OVERFLOW
+    elif status == DECODE_MISSING_ITEMS:
+        return STAT_PACKETS_REJECTED_MISSING_ITEMS
+    elif status == DECODE_PAYLOAD_LENGTH:
+        return STAT_PACKETS_REJECTED_PAYLOAD_LENGTH
+    return STAT_PACKETS_REJECTED_PAYLOAD_OUTSIDE_HEAP
+
+
+# ----------------------------------------------------------------------
+# Heap storage
+
+cdef struct HeapStorage:
+    uint8_t *payload            # heap mode: the heap's bytes
+    size_t payload_cap
+    uint64_t *pointers          # heap mode: item pointers other than the packet-structure ones
+    size_t n_pointers
+    size_t pointers_cap
+    uint64_t *seen              # open-addressing hash set (0 = empty slot)
+    size_t seen_cap             # power of two, 0 while unused
+    bint seen_zero              # the all-zero pointer is in the set
+    int64_t *ranges             # sorted [first, last) pairs, out-of-order mode
+    size_t n_ranges
+    size_t ranges_cap
+
+
+cdef void storage_reset(HeapStorage *st) noexcept nogil:
+    st.n_pointers = 0
+    st.n_ranges = 0
+    st.seen_zero = False
+    if st.seen_cap:
+        free(st.seen)
+        st.seen = NULL
+        st.seen_cap = 0
+    # Keep the usual sizes for reuse, give back anything unusually large.
+    if st.payload_cap > (1 << 22):
+        free(st.payload)
+        st.payload = NULL
+        st.payload_cap = 0
+    if st.pointers_cap > 4096:
+        free(st.pointers)
+        st.pointers = NULL
+        st.pointers_cap = 0
+    if st.ranges_cap > 4096:
+        free(st.ranges)
+        st.ranges = NULL
+        st.ranges_cap = 0
+
+
+cdef void storage_free(HeapStorage *st) noexcept nogil:
+    free(st.payload)
+    free(st.pointers)
+    free(st.seen)
+    free(st.ranges)
+    memset(st, 0, sizeof(HeapStorage))
+
+
+cdef bint grow(void **ptr, size_t *cap, size_t need, size_t elem, bint exact) noexcept nogil:
+    """Make room for `need` elements; False when memory is exhausted."""
+    if need <= cap[0]:
+        return True
+    cdef size_t new_cap = need
+    if not exact and new_cap < 2 * cap[0]:
+        new_cap = 2 * cap[0]
+    cdef void *p = realloc(ptr[0], new_cap * elem)
+    if p == NULL:
+        return False
+    ptr[0] = p
+    cap[0] = new_cap
+    return True
+
+
+cdef int add_payload_range(HeapStorage *st, int64_t first, int64_t last) noexcept nogil:
+    """Record [first, last) in the sorted range set (spead2's add_payload_range).
+
+    Returns 1 when added, 0 for a duplicate or overlap, -1 when out of memory.
+    """
+    # next = first range whose start is > first
+    cdef size_t lo = 0, hi = st.n_ranges, mid
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if st.ranges[2 * mid] > first:
+            hi = mid
+        else:
+            lo = mid + 1
+    cdef size_t nxt = lo
+    cdef size_t pos
+    if nxt < st.n_ranges and st.ranges[2 * nxt] < last:
+        return 0                            # partial overlap with the next range
+    if nxt == 0 or st.ranges[2 * (nxt - 1) + 1] < first:
+        # disjoint from the previous range: insert a new one at nxt
+        if not grow(<void **>&st.ranges, &st.ranges_cap, 2 * (st.n_ranges + 1),
+                    sizeof(int64_t), False):
+            return -1
+        memmove(&st.ranges[2 * (nxt + 1)], &st.ranges[2 * nxt],
+                (st.n_ranges - nxt) * 2 * sizeof(int64_t))
+        st.ranges[2 * nxt] = first
+        st.ranges[2 * nxt + 1] = last
+        st.n_ranges += 1
+        pos = nxt
+        nxt += 1
+    elif st.ranges[2 * (nxt - 1) + 1] == first:
+        st.ranges[2 * (nxt - 1) + 1] = last  # extends the previous range
+        pos = nxt - 1
+    else:
+        return 0                            # starts inside the previous range
+    if nxt < st.n_ranges and st.ranges[2 * nxt] == last:
+        st.ranges[2 * pos + 1] = st.ranges[2 * nxt + 1]
+        memmove(&st.ranges[2 * nxt], &st.ranges[2 * (nxt + 1)],
+                (st.n_ranges - nxt - 1) * 2 * sizeof(int64_t))
+        st.n_ranges -= 1
+    return 1
+
+
+# ----------------------------------------------------------------------
+# Live heaps and the window
+
+cdef struct LiveHeap:
+    int64_t cnt                 # -1: slot is empty
+    int64_t heap_length         # -1 until a packet carries HEAP_SIZE
+    int64_t received_length
+    int64_t min_length
+    int64_t last_offset         # offset of the last accepted packet
+    int heap_address_bits
+    int n_packets
+    int reason                  # READY_* once the heap has left the window
+    bint end_of_stream
+    HeapStorage *st
+    # chunk mode: where the heap was placed (set by _chunks_on_packet)
+    int64_t chunk_id            # -1: not placed; its packets are discarded
+    uint8_t *dest               # the heap's first byte in its chunk's data
+    uint8_t *present            # its presence byte (the first one with packet presence)
+    bint empty                  # HEAP_SIZE 0: nothing to place
+
+
+cdef struct ReadyHeaps:         # heap mode's window owner (heap_stream.pxi)
+    LiveHeap *heaps             # heaps that have left the window, for Python
+    size_t n
+    size_t cap
+
+
+ctypedef ReadyHeaps *ReadyHeapsPtr
+
+# The mode whose policy the window runs (see the top of this file).
+ctypedef fused WindowOwner:
+    ReadyHeapsPtr
+    ChunkStream
+
+
+cdef struct Window:
+    # configuration
+    size_t max_heaps
+    int64_t max_heap_size
+    bint allow_out_of_order
+    bint stop_on_stop_item
+    # state
+    bint stopped                # a stop item has ended the stream
+    bint closed                 # no packet is taken any more (stopped, or finished)
+    size_t head                 # the newest heap's slot
+    LiveHeap *live              # max_heaps slots
+    HeapStorage *storage        # n_storage blocks
+    HeapStorage **free_storage  # stack of unused blocks
+    size_t n_storage
+    size_t n_free
+
+
+cdef int window_check(size_t max_heaps, int64_t max_heap_size) except -1:
+    """The one check of a stream's window arguments (both modes)."""
+    if max_heaps < 1:
+        raise ValueError("max_heaps must be at least 1")
+    if max_heap_size < 0:
+        raise ValueError("max_heap_size must be >= 0")
+    return 0
+
+
+cdef int window_init(Window *w, size_t max_heaps, int64_t max_heap_size,
+                     bint allow_out_of_order, bint stop_on_stop_item,
+                     size_t spare_storage) except -1:
+    """Allocate an empty window; `spare_storage` blocks beyond one per live slot
+    (heap mode: for the heaps waiting in the ready list)."""
+    window_check(max_heaps, max_heap_size)
+    memset(w, 0, sizeof(Window))
+    w.max_heaps = max_heaps
+    w.max_heap_size = max_heap_size
+    w.allow_out_of_order = allow_out_of_order
+    w.stop_on_stop_item = stop_on_stop_item
+    w.n_storage = max_heaps + spare_storage
+    w.live = <LiveHeap *>malloc(max_heaps * sizeof(LiveHeap))
+    w.storage = <HeapStorage *>malloc(w.n_storage * sizeof(HeapStorage))
+    w.free_storage = <HeapStorage **>malloc(w.n_storage * sizeof(HeapStorage *))
+    if w.live == NULL or w.storage == NULL or w.free_storage == NULL:
+        free(w.storage)
+        w.storage = NULL
+        window_free(w)
+        raise MemoryError()
+    memset(w.live, 0, max_heaps * sizeof(LiveHeap))
+    memset(w.storage, 0, w.n_storage * sizeof(HeapStorage))
+    cdef size_t i
+    for i in range(max_heaps):
+        w.live[i].cnt = -1
+    for i in range(w.n_storage):
+        w.free_storage[i] = &w.storage[i]
+    w.n_free = w.n_storage
+    w.head = max_heaps - 1
+    return 0
+
+
+cdef void window_free(Window *w) noexcept nogil:
+    cdef size_t i
+    if w.storage != NULL:
+        for i in range(w.n_storage):
+            storage_free(&w.storage[i])
+    free(w.live)
+    free(w.storage)
+    free(w.free_storage)
+    w.live = NULL
+    w.storage = NULL
+    w.free_storage = NULL
+
+
+cdef inline void window_release_storage(Window *w, HeapStorage *st) noexcept nogil:
+    storage_reset(st)
+    w.free_storage[w.n_free] = st
+    w.n_free += 1
+
+
+cdef inline void window_drop_heap(Window *w, LiveHeap *h) noexcept nogil:
+    """Empty a live slot without delivering its heap."""
+    window_release_storage(w, h.st)
+    h.cnt = -1
+    h.st = NULL
+
+
+cdef inline void window_heap_ready(Window *w, LiveHeap *h, int reason, uint64_t *stats,
+                                   WindowOwner owner) noexcept nogil:
+    """A heap leaves the window (spead2's heap_ready): counted, then the policy's."""
+    h.reason = reason
+    stats[<int>STAT_HEAPS] += 1
+    if reason == READY_COMPLETE:
+        stats[<int>STAT_HEAPS_COMPLETE] += 1
+    elif reason == READY_EVICTED:
+        stats[<int>STAT_INCOMPLETE_HEAPS_EVICTED] += 1
+    else:
+        stats[<int>STAT_INCOMPLETE_HEAPS_FLUSHED] += 1
+    if WindowOwner is ReadyHeapsPtr:
+        _heaps_on_ready(owner, h)        # takes the storage along
+    else:
+        _chunks_on_ready(owner, h, stats)
+        window_drop_heap(w, h)
+
+
+cdef inline void window_flush(Window *w, uint64_t *stats, WindowOwner owner) noexcept nogil:
+    """Every live heap leaves, oldest first (spead2's flush)."""
+    cdef size_t i
+    for i in range(w.max_heaps):
+        w.head += 1
+        if w.head == w.max_heaps:
+            w.head = 0
+        if w.live[w.head].cnt != -1:
+            window_heap_ready(w, &w.live[w.head], READY_FLUSHED, stats, owner)
+
+
+cdef bint packet_too_large(const Window *w, const PacketHeader *p) noexcept nogil:
+    """Would this packet make its heap larger than max_heap_size?"""
+    if p.heap_length > w.max_heap_size:
+        return True
+    if p.payload_offset + p.payload_length > w.max_heap_size:
+        return True
+    cdef int i
+    cdef uint64_t ptr
+    for i in range(p.n_items):
+        ptr = load_be64(p.pointers + 8 * i)
+        if not ptr_is_immediate(ptr) and \
+                <int64_t>ptr_value(ptr, p.heap_address_bits) > w.max_heap_size:
+            return True
+    return False
+
+
+cdef inline StatIndex live_heap_accept(
+    const Window *w, LiveHeap *h, const PacketHeader *p, int64_t pointer_bytes
+) noexcept nogil:
+    """spead2's rules for adding a packet to its live heap.
+
+    `pointer_bytes` is the pointer memory the heap would hold with this packet.
+    Returns N_STATS when the packet is accepted (its range is then recorded in
+    out-of-order mode), else the reject counter.
+    """
+    if h.heap_length >= 0 and p.heap_length >= 0 and p.heap_length != h.heap_length:
+        return STAT_PACKETS_REJECTED_INCONSISTENT_HEAP
+    if p.heap_length >= 0 and p.heap_length < h.min_length:
+        return STAT_PACKETS_REJECTED_INCONSISTENT_HEAP
+    if p.heap_address_bits != h.heap_address_bits:
+        return STAT_PACKETS_REJECTED_INCONSISTENT_HEAP
+    # Pointer memory counts against max_heap_size too, so a stream of empty
+    # packets full of distinct pointers cannot grow a heap without bound.
+    if pointer_bytes > w.max_heap_size:
+        return STAT_PACKETS_REJECTED_HEAP_TOO_LARGE
+    cdef int64_t first = p.payload_offset
+    cdef int rc
+    if w.allow_out_of_order:
+        if <int64_t>(h.st.n_ranges + 1) * 16 > w.max_heap_size:
+            return STAT_PACKETS_REJECTED_HEAP_TOO_LARGE
+        rc = add_payload_range(h.st, first, first + p.payload_length)
+        if rc == 0:
+            return STAT_PACKETS_REJECTED_DUPLICATE
+        if rc < 0:
+            return STAT_PACKETS_REJECTED_NO_MEMORY
+    elif first != h.received_length:
+        # The common network duplicate repeats the packet just received; it
+        # is counted as such, anything else as out of order.
+        if first == h.last_offset and h.n_packets > 0:
+            return STAT_PACKETS_REJECTED_DUPLICATE
+        return STAT_PACKETS_REJECTED_OUT_OF_ORDER
+    return N_STATS
+
+
+cdef inline void window_add_packet(Window *w, const PacketHeader *p, uint64_t *stats,
+                                   WindowOwner owner) noexcept nogil:
+    """spead2's stream_base::add_packet for one decoded packet."""
+    cdef size_t i
+    cdef LiveHeap *h = NULL
+    cdef int64_t cnt = p.heap_cnt
+    cdef bint whole = p.heap_length >= 0 and p.payload_length == p.heap_length
+    if whole:
+        stats[<int>STAT_SINGLE_PACKET_HEAPS] += 1
+    if WindowOwner is ChunkStream:
+        if p.heap_length < 0:
+            stats[<int>STAT_PACKETS_REJECTED_UNSIZED] += 1  # chunk placement needs HEAP_SIZE
+            return
+    elif packet_too_large(w, p):
+        stats[<int>STAT_PACKETS_REJECTED_HEAP_TOO_LARGE] += 1
+        return
+    if whole:
+        # A packet that is a whole heap never joins a live heap (spead2): it
+        # takes the next slot of the window like any new heap.
+        pass
+    elif w.live[w.head].cnt == cnt:
+        h = &w.live[w.head]
+    else:
+        for i in range(w.max_heaps):
+            if w.live[i].cnt == cnt:
+                h = &w.live[i]
+                break
+    cdef bint new_heap = h == NULL
+    if new_heap:
+        if not w.allow_out_of_order and p.payload_offset != 0:
+            # In order, a heap can only start at offset 0 (spead2): this packet's
+            # predecessors were lost, or its heap has already left the window.
+            stats[<int>STAT_PACKETS_REJECTED_OUT_OF_ORDER] += 1
+            return
+        w.head += 1
+        if w.head == w.max_heaps:
+            w.head = 0
+        h = &w.live[w.head]
+        if h.cnt != -1:
+            window_heap_ready(w, h, READY_EVICTED, stats, owner)
+        memset(h, 0, sizeof(LiveHeap))
+        h.cnt = cnt
+        h.heap_length = -1
+        h.heap_address_bits = p.heap_address_bits
+        h.chunk_id = -1
+        h.empty = p.heap_length == 0
+        if DAQD_DEBUG and w.n_free == 0:
+            abort()             # one block per live slot (and ready heap) is there
+        w.n_free -= 1
+        h.st = w.free_storage[w.n_free]
+    cdef StatIndex verdict = live_heap_accept(
+        w, h, p,
+        <int64_t>(h.st.n_pointers + <size_t>p.n_items) * 8 if WindowOwner is ReadyHeapsPtr else 0)
+    if verdict == N_STATS:
+        # Accepted: from here on the heap changes.
+        if p.heap_length >= 0:
+            if h.heap_length < 0:
+                h.heap_length = p.heap_length
+                if h.heap_length > h.min_length:
+                    h.min_length = h.heap_length
+        elif p.payload_offset + p.payload_length > h.min_length:
+            h.min_length = p.payload_offset + p.payload_length
+        if WindowOwner is ReadyHeapsPtr:
+            verdict = _heaps_on_packet(w, h, p, stats)
+        else:
+            _chunks_on_packet(owner, h, p, new_heap, stats)
+    if verdict != N_STATS:
+        stats[<int>verdict] += 1
+        if new_heap:
+            # Only a failed allocation can reject a new heap's first packet.
+            window_drop_heap(w, h)
+        return
+    h.received_length += p.payload_length
+    h.last_offset = p.payload_offset
+    h.n_packets += 1
+    cdef bint end_of_stream = w.stop_on_stop_item and h.end_of_stream
+    if h.received_length == h.heap_length and h.received_length == h.min_length:
+        if end_of_stream:
+            stats[<int>STAT_STOP_HEAPS] += 1
+            window_drop_heap(w, h)
+        else:
+            window_heap_ready(w, h, READY_COMPLETE, stats, owner)
+    if end_of_stream:
+        w.stopped = True
+        w.closed = True
+        if WindowOwner is ReadyHeapsPtr:
+            window_flush(w, stats, owner)
+        else:
+            _chunks_on_stop(owner, stats)
+
+
+cdef inline size_t window_add_batch(
+    Window *w, const uint8_t **data, const size_t *length, size_t n, uint64_t *stats,
+    WindowOwner owner
+) noexcept nogil:
+    """Decode and add packets until done (or, heap mode, the ready list is full).
+
+    Returns how many packets were consumed.
+    """
+    cdef PacketHeader hdr
+    cdef DecodeStatus status
+    cdef size_t i
+    for i in range(n):
+        if w.closed:
+            stats[<int>STAT_PACKETS_REJECTED_AFTER_STOP] += n - i
+            return n
+        if WindowOwner is ReadyHeapsPtr and not _heaps_have_room(owner, w):
+            return i
+        stats[<int>STAT_PACKETS] += 1
+        stats[<int>STAT_BYTES] += length[i]
+        status = decode_packet(data[i], length[i], &hdr)
+        if status == DECODE_OK and hdr.size != length[i]:
+            # spead2 discards a datagram whose header describes fewer bytes
+            # than it holds (byte-stream readers always pass exact sizes).
+            status = DECODE_PAYLOAD_LENGTH
+        if status != DECODE_OK:
+            stats[<int>decode_status_stat(status)] += 1
+            continue
+        window_add_packet(w, &hdr, stats, owner)
+    return n
+
+
+cdef inline int window_receive(Window *w, Reader reader, uint64_t *stats, size_t *used,
+                               WindowOwner owner) noexcept nogil:
+    """One step of a stream (its process()): fill the reader's batch if it is used
+    up, then add what is left of it to the window.
+
+    Returns the fill() result (1 when the batch still had packets); `used` is
+    set to the packets consumed.
+    """
+    cdef int rc = 1
+    used[0] = 0
+    if WindowOwner is ChunkStream:
+        _chunks_on_receive(owner, stats)
+    if reader.pos >= reader.n:
+        rc = reader.fill(stats)
+        if rc > 0:
+            stats[<int>STAT_BATCHES] += 1
+            stats[<int>STAT_MAX_BATCH] = reader.n
+            if reader.tap_buf != NULL:
+                reader.tap_batch(stats)
+    if reader.pos < reader.n:
+        if WindowOwner is ChunkStream:
+            _chunks_on_batch(owner, True, stats)
+        used[0] = window_add_batch(w, reader.pkt_data + reader.pos, reader.pkt_len + reader.pos,
+                                   reader.n - reader.pos, stats, owner)
+        reader.pos += used[0]
+        if WindowOwner is ChunkStream:
+            _chunks_on_batch(owner, False, stats)
+    return rc
+
+
+cdef int receive_result(Reader reader, int rc, size_t used) except -2:
+    """What a stream's process() returns after window_receive (with the GIL)."""
+    if rc == READ_ERROR:
+        raise OSError(reader.errno_value, os.strerror(reader.errno_value))
+    if rc == READ_EOF and reader.pos >= reader.n:
+        return -1
+    return <int>used
