@@ -14,7 +14,7 @@
 # (spead2's ready).
 
 @cython.final
-cdef class ChunkStream:
+cdef class ChunkStream(WindowStream):
     """Chunk-mode receive stream (DESIGN.md, INTERFACES.md [stream.chunk]).
 
     ``ChunkStream(**layout)`` makes a stream with a group of its own (every
@@ -37,10 +37,8 @@ cdef class ChunkStream:
 
     cdef readonly ChunkGroup group
     cdef readonly uint64_t too_old_reset
-    cdef Window w                       # this stream's live heaps (window.pxi)
     cdef StreamWindow win               # this stream's window of the group's chunks
     cdef uint64_t too_old_run
-    cdef uint64_t counters[<int>N_STATS]
 
     def __init__(self, ChunkGroup group=None, *, size_t max_heaps=DEFAULT_MAX_HEAPS,
                  bint allow_out_of_order=False, bint stop_on_stop_item=True,
@@ -52,7 +50,7 @@ cdef class ChunkStream:
             raise TypeError(f"layout arguments belong to the group: {', '.join(group_kwargs)}")
         self.group = group
         self.too_old_reset = 2 * group.n_slots if too_old_reset is None else too_old_reset
-        window_init(&self.w, max_heaps, max_heap_size, allow_out_of_order, stop_on_stop_item, 0)
+        self.init_window(max_heaps, max_heap_size, allow_out_of_order, stop_on_stop_item, 0)
         self.win.chunks = <Py_ssize_t *>malloc(group.max_chunks * sizeof(Py_ssize_t))
         if self.win.chunks == NULL:
             raise MemoryError()
@@ -60,7 +58,6 @@ cdef class ChunkStream:
         for i in range(group.max_chunks):
             self.win.chunks[i] = -1
         self.win.parked = True          # outside a batch (it holds no chunk yet)
-        memset(self.counters, 0, sizeof(self.counters))
         cdef bint ended
         with nogil:
             pthread_mutex_lock(&group.lock)
@@ -77,7 +74,6 @@ cdef class ChunkStream:
         group.streams.append(self)
 
     def __dealloc__(self):
-        window_free(&self.w)
         free(self.win.chunks)
 
     def __getattr__(self, name):
@@ -311,54 +307,8 @@ cdef class ChunkStream:
     # ------------------------------------------------------------------
     # Python API
 
-    @property
-    def max_heaps(self):
-        """Partial heaps alive at once."""
-        return self.w.max_heaps
-
-    @property
-    def allow_out_of_order(self):
-        """Whether a heap's packets may arrive in any order."""
-        return self.w.allow_out_of_order
-
-    @property
-    def max_heap_size(self):
-        """The largest heap (and range-set memory) a live heap may have."""
-        return self.w.max_heap_size
-
-    @property
-    def stop_on_stop_item(self):
-        """Whether a stop item ends the stream."""
-        return self.w.stop_on_stop_item
-
-    @property
-    def stopped(self):
-        """Whether a stop item has ended the stream."""
-        return self.w.stopped
-
-    def process(self, Reader reader):
-        """Receive and place one batch from `reader` (GIL released throughout).
-
-        Only one thread may call process() (and finish()) on a stream.
-
-        Returns
-        -------
-        int
-            Packets consumed (>= 0), or -1 once the reader has ended.
-
-        Raises
-        ------
-        OSError
-            The reader's system call failed.
-        """
-        cdef uint64_t local[<int>N_STATS]
-        cdef int rc
-        cdef size_t used
-        memset(local, 0, sizeof(local))
-        with nogil:
-            rc = window_receive(&self.w, reader, local, &used, self)
-            merge_stats(self.counters, local)
-        return receive_result(reader, rc, used)
+    cdef int receive(self, Reader reader, uint64_t *stats, size_t *used) noexcept nogil:
+        return window_receive(&self.w, reader, stats, used, self)
 
     def finish(self):
         """End this stream: live heaps are flushed, its chunks let go; the

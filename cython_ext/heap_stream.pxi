@@ -278,7 +278,7 @@ cdef object heap_from_live(LiveHeap *h):
                 _REASONS[h.reason], bits, h.n_packets)
 
 
-cdef class HeapStream:
+cdef class HeapStream(WindowStream):
     """Heap-mode receive stream: packets from readers assembled into heaps.
 
     Parameters
@@ -293,70 +293,22 @@ cdef class HeapStream:
         A complete heap with a stream-control stop item ends the stream.
     """
 
-    cdef Window w
     cdef ReadyHeaps ready
-    cdef uint64_t counters[<int>N_STATS]
 
     def __cinit__(self, size_t max_heaps=DEFAULT_MAX_HEAPS, bint allow_out_of_order=False,
                   int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE, bint stop_on_stop_item=True):
-        memset(self.counters, 0, sizeof(self.counters))
         self.ready.cap = max_heaps + READY_ROUND
-        window_init(&self.w, max_heaps, max_heap_size, allow_out_of_order, stop_on_stop_item,
-                    self.ready.cap)
+        self.init_window(max_heaps, max_heap_size, allow_out_of_order, stop_on_stop_item,
+                         self.ready.cap)
         self.ready.heaps = <LiveHeap *>malloc(self.ready.cap * sizeof(LiveHeap))
         if self.ready.heaps == NULL:
             raise MemoryError()
 
     def __dealloc__(self):
-        window_free(&self.w)
         free(self.ready.heaps)
 
-    @property
-    def max_heaps(self):
-        """Partial heaps alive at once."""
-        return self.w.max_heaps
-
-    @property
-    def allow_out_of_order(self):
-        """Whether a heap's packets may arrive in any order."""
-        return self.w.allow_out_of_order
-
-    @property
-    def max_heap_size(self):
-        """Larger heaps are rejected."""
-        return self.w.max_heap_size
-
-    @property
-    def stop_on_stop_item(self):
-        """Whether a stop item ends the stream."""
-        return self.w.stop_on_stop_item
-
-    @property
-    def stopped(self):
-        """Whether a stop item has ended the stream."""
-        return self.w.stopped
-
-    def process(self, Reader reader):
-        """Receive and assemble one batch from `reader` (GIL released throughout).
-
-        Returns
-        -------
-        int
-            Packets consumed (>= 0), or -1 once the reader has ended.
-
-        Raises
-        ------
-        OSError
-            The reader's system call failed.
-        """
-        cdef uint64_t local[<int>N_STATS]
-        cdef int rc
-        cdef size_t used
-        memset(local, 0, sizeof(local))
-        with nogil:
-            rc = window_receive(&self.w, reader, local, &used, &self.ready)
-            merge_stats(self.counters, local)
-        return receive_result(reader, rc, used)
+    cdef int receive(self, Reader reader, uint64_t *stats, size_t *used) noexcept nogil:
+        return window_receive(&self.w, reader, stats, used, &self.ready)
 
     def pop_ready(self):
         """Heaps that have left assembly since the last call, in order."""

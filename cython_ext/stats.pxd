@@ -18,7 +18,7 @@
 # stream_stat_config::mode).
 #
 # Add new counters at the end of a group, and document them in
-# docs/monitoring.md in the same change (tests/test_counters.py checks it).
+# docs/monitoring.md in the same change (tests/core/test_counters.py checks it).
 
 cpdef enum StatIndex:
     # spead2's stream statistics, same names and meaning

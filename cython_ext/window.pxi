@@ -57,7 +57,8 @@ DEFAULT_MAX_HEAPS = 8
 #: max_heap_size of a HeapStream or ChunkStream not given one (daqd.config's default too).
 DEFAULT_MAX_HEAP_SIZE = 128 << 20
 
-cdef class ChunkStream
+cdef class WindowStream
+cdef class ChunkStream(WindowStream)
 
 cdef inline StatIndex decode_status_stat(DecodeStatus status) noexcept nogil:
     """The STAT_PACKETS_REJECTED_* counter for a failed decode."""
@@ -544,3 +545,68 @@ cdef int receive_result(Reader reader, int rc, size_t used) except -2:
     if rc == READ_EOF and reader.pos >= reader.n:
         return -1
     return <int>used
+
+
+cdef class WindowStream:
+    """What a heap stream and a chunk stream share: the live-heap window, the counters,
+    and process().
+
+    The two modes (HeapStream, ChunkStream) subclass it and give `receive`, the
+    window's batch loop specialised for their policy; it is not made on its own.
+    """
+
+    cdef Window w
+    cdef uint64_t counters[<int>N_STATS]
+    cdef readonly size_t max_heaps          # partial heaps alive at once
+    cdef readonly bint allow_out_of_order   # a heap's packets in any order
+    cdef readonly int64_t max_heap_size     # larger heaps (and range sets) are rejected
+    cdef readonly bint stop_on_stop_item    # a stop item ends the stream
+
+    def __cinit__(self, *args, **kwargs):
+        memset(self.counters, 0, sizeof(self.counters))
+
+    def __dealloc__(self):
+        window_free(&self.w)
+
+    cdef int init_window(self, size_t max_heaps, int64_t max_heap_size, bint allow_out_of_order,
+                         bint stop_on_stop_item, size_t spare_storage) except -1:
+        window_init(&self.w, max_heaps, max_heap_size, allow_out_of_order, stop_on_stop_item,
+                    spare_storage)
+        self.max_heaps = max_heaps
+        self.max_heap_size = max_heap_size
+        self.allow_out_of_order = allow_out_of_order
+        self.stop_on_stop_item = stop_on_stop_item
+        return 0
+
+    cdef int receive(self, Reader reader, uint64_t *stats, size_t *used) noexcept nogil:
+        """One batch through the window (`window_receive` for the mode's policy)."""
+        return READ_ERROR
+
+    @property
+    def stopped(self):
+        """Whether a stop item has ended the stream."""
+        return self.w.stopped
+
+    def process(self, Reader reader):
+        """Receive one batch from `reader` and assemble or place it (GIL released throughout).
+
+        Only one thread may call process() on a stream (and, in chunk mode, finish()).
+
+        Returns
+        -------
+        int
+            Packets consumed (>= 0), or -1 once the reader has ended.
+
+        Raises
+        ------
+        OSError
+            The reader's system call failed.
+        """
+        cdef uint64_t local[<int>N_STATS]
+        cdef int rc
+        cdef size_t used = 0
+        memset(local, 0, sizeof(local))
+        with nogil:
+            rc = self.receive(reader, local, &used)
+            merge_stats(self.counters, local)
+        return receive_result(reader, rc, used)

@@ -3,7 +3,7 @@
 The one list of counters is the ``StatIndex`` enum in cython_ext/stats.pxd;
 ``daqd._spead`` makes ``STAT_NAMES`` and ``STAT_MAXIMA`` from it, and this
 module names the same indices without the ``STAT_`` prefix.  Meanings are in
-docs/monitoring.md (tests/test_counters.py checks each counter is there).
+docs/monitoring.md (tests/core/test_counters.py checks each counter is there).
 """
 
 from enum import IntEnum

@@ -2,7 +2,7 @@
 
 Loopback has no multicast route by default, so every scenario runs in a
 private network namespace: this file re-runs itself under ``unshare --net``
-(``python tests/test_multicast.py SCENARIO``), where it brings ``lo`` up,
+(``python tests/recv/test_multicast.py SCENARIO``), where it brings ``lo`` up,
 turns multicast on, adds ``224.0.0.0/4 dev lo`` and then exercises the real
 sockets.  The host's network configuration is never touched, and each
 scenario gets a fresh namespace (no memberships left over between them).
@@ -47,7 +47,7 @@ from typing import Any
 import pytest
 import spead2.recv
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import spead2_helpers as h
 from spead_packets import expected_sim_heaps

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from spead_packets import heap_packets
 
 from daqd import _spead, _spead2compat
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "place_hook"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "place_hook"
 TS, FREQ = 0x1600, 0x4103
 STEP, HPC, FIRST, PER_HEAP, SUBS, HEAP_BYTES = 256, 4, 1024, 64, 4, 256
 

@@ -11,7 +11,7 @@ import pytest
 import spead2
 import spead2.recv
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from spead_packets import daqd_heap_key, sim_packets, spead2_heap_key
 
 import daqd

@@ -21,7 +21,7 @@ test_blocked_stream_shows_its_wait_under_threads: a lossless pair, one stream
 stalling, the other's wait seen growing by stats() while it is still blocked.
 
 The cases run in a child process (a crash or hang must not take pytest with it).
-``python tests/test_chunk_group_stress.py FIRST LAST`` runs seeds FIRST..LAST-1.
+``python tests/core/test_chunk_group_stress.py FIRST LAST`` runs seeds FIRST..LAST-1.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+TESTS = os.path.dirname(HERE)           # the shared helpers
+sys.path.insert(0, TESTS)
 
 from spead_packets import heap_packets  # noqa: E402
 
@@ -310,7 +311,7 @@ def run_seeds(first: int, last: int, verbose: bool = False) -> None:
 
 
 def run_in_child(first: int, last: int, timeout: float) -> None:
-    code = (f"import sys; sys.path.insert(0, {HERE!r})\n"
+    code = (f"import sys; sys.path[:0] = [{HERE!r}, {TESTS!r}]\n"
             "import test_chunk_group_stress as m\n"
             f"m.run_seeds({first}, {last})\n")
     try:
@@ -329,7 +330,7 @@ def test_group_under_threads(block):
 
 
 def test_blocked_stream_shows_its_wait_under_threads():
-    code = (f"import sys; sys.path.insert(0, {HERE!r})\n"
+    code = (f"import sys; sys.path[:0] = [{HERE!r}, {TESTS!r}]\n"
             "import test_chunk_group_stress as m\n"
             "print(m.run_blocked_case())\n")
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from buffer_sinks import CountingRecord, MemorySink
 
 from daqd.config import BufferConfig, ConfigError, parse

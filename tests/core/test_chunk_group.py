@@ -10,7 +10,7 @@ import pytest
 import spead2
 import spead2.recv
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from spead_packets import heap_packets
 
 from daqd import _spead, _spead2compat

@@ -6,7 +6,7 @@ import re
 from daqd import _spead
 from daqd.recv.counters import DROP_COUNTERS, MAXIMA, StatIndex
 
-MONITORING = pathlib.Path(__file__).resolve().parent.parent / "docs" / "monitoring.md"
+MONITORING = pathlib.Path(__file__).resolve().parents[2] / "docs" / "monitoring.md"
 
 
 def test_names_come_from_the_compiled_enum():

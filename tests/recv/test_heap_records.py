@@ -22,7 +22,7 @@ import spead2.recv
 import spead2.send
 from structlog.testing import capture_logs
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from spead2_helpers import THREAD_POOL, split_packets
 
 from daqd import _spead

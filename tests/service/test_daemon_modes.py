@@ -22,7 +22,7 @@ import spead2.recv
 import spead2.send
 import zmq
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from daemon_helpers import (
     REPO,

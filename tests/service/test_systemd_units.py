@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-UNITS = Path(__file__).resolve().parent.parent / "systemd"
+UNITS = Path(__file__).resolve().parents[2] / "systemd"
 PLACEHOLDER = "/opt/daqd/bin/daqd"          # ExecStart in the shipped units
 INSTALL_TIMEOUT = 600
 

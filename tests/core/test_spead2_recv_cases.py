@@ -4,7 +4,7 @@ Every test case of spead2's receive test file is listed below with where it is
 covered: an existing daqd test, a test in this file (the same packets fed to
 spead2 4.5.1 and to daqd's ``HeapStream``, outcomes compared), or "n/a" with
 the reason it does not apply.  Chunk-mode cases (test_recv_chunk_stream.py,
-test_recv_chunk_stream_group.py) are in tests/test_spead2_chunk_cases.py.
+test_recv_chunk_stream_group.py) are in tests/core/test_spead2_chunk_cases.py.
 
 spead2's TestDecode cases end in ``spead2.ItemGroup.update``, which turns raw
 items into values with the descriptors.  Here they are compared at the level
@@ -116,7 +116,7 @@ import pytest
 import spead2
 import spead2.recv
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import spead2_helpers as h
 import spead_packets as sp

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from daemon_helpers import (
     DaemonProcess,
@@ -303,7 +303,7 @@ def test_bad_configuration_is_one_line_and_status_2(tmp_path, problem, expected)
 
 
 def test_validate_accepts_the_shipped_configurations(tmp_path):
-    for path in sorted((Path(__file__).resolve().parent.parent / "config").glob("*.toml")):
+    for path in sorted((Path(__file__).resolve().parents[2] / "config").glob("*.toml")):
         # system paths of the examples moved under tmp_path (validate checks directories)
         text = path.read_text().replace("/var/lib/daqd", str(tmp_path / "lib")).replace(
             "/run/daqd", str(tmp_path / "run"))
@@ -319,7 +319,7 @@ def test_validate_accepts_the_shipped_configurations(tmp_path):
 
 def test_readme_first_command_runs_the_default_configuration(tmp_path):
     """`daqd run --duration N` with no --config: data arrives within seconds."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     first = next(line for line in readme.splitlines() if line.startswith("python3 -m venv"))
     assert "daqd run --duration" in first
     result = subprocess.run([sys.executable, "-m", "daqd", "run", "--duration", "3"],

@@ -31,7 +31,7 @@ import spead2
 import spead2.recv
 import spead2.send
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import spead2_helpers as h
 from spead_packets import expected_sim_heaps

@@ -1,7 +1,7 @@
 """spead2 4.5.1's chunk-stream receive tests, case by case, against daqd's chunk mode.
 
 Covers tests/test_recv_chunk_stream.py and tests/test_recv_chunk_stream_group.py
-of spead2 4.5.1 (heap-mode cases: tests/test_spead2_recv_cases.py).  spead2's
+of spead2 4.5.1 (heap-mode cases: tests/core/test_spead2_recv_cases.py).  spead2's
 tests place heaps with numba callbacks: position item 0x1000 -> chunk
 position // 10, slot position % 10, 1024-byte heaps.  Here daqd's declarative
 layout does the same (timestamp_item 0x1000, timestamp_step 1, 10 heaps per
@@ -117,7 +117,7 @@ import spead2
 import spead2.recv
 import spead2.send
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import spead2_chunks as sc
 import spead2_helpers as h

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from buffer_sinks import (
     CountingRecord,
     FileSink,
@@ -36,7 +36,7 @@ from daqd.pipeline.wal import (
 )
 from daqd.sinks.binary import read_header
 
-DRIVER = Path(__file__).parent / "wal_driver.py"
+DRIVER = Path(__file__).resolve().parents[1] / "wal_driver.py"
 
 
 def payload(n):
