@@ -1,0 +1,51 @@
+"""daqd.recv.uri: the one reading of a source URI, as the configuration and the sources use it."""
+
+from __future__ import annotations
+
+import pytest
+
+from daqd.errors import SourceError
+from daqd.recv.uri import parse_uri, stream_udp_port
+
+
+@pytest.mark.parametrize("text, fields", [
+    ("udp://127.0.0.1:7148", {"scheme": "udp", "host": "127.0.0.1", "port": 7148}),
+    ("udp://239.1.2.3:7148?interface=10.0.0.1&gro=0",
+     {"scheme": "udp", "host": "239.1.2.3", "options": {"interface": "10.0.0.1", "gro": "0"}}),
+    ("tcp://localhost:7149", {"scheme": "tcp", "host": "localhost", "port": 7149}),
+    ("pcap:in.pcap?port=7200", {"scheme": "pcap", "path": "in.pcap", "udp_port": 7200}),
+    ("pcap://in.pcap", {"scheme": "pcap", "path": "in.pcap", "udp_port": None}),
+    ("file:-", {"scheme": "file", "path": "-"}),
+    ("sim:W2?heaps=10&rate=1e6", {"scheme": "sim", "path": "W2"}),
+])
+def test_parses(text, fields):
+    uri = parse_uri(text)
+    for name, value in fields.items():
+        assert getattr(uri, name) == value, name
+    assert uri.text == text
+
+
+@pytest.mark.parametrize("text, words", [
+    ("udp:7148", "expected udp://HOST:PORT"),
+    ("udp://127.0.0.1", "expected udp://HOST:PORT"),
+    ("udp://127.0.0.1:99999", "bad port"),
+    ("udp://127.0.0.1:7148?gro=maybe", "gro='maybe' must be 1 or 0"),
+    ("tcp://127.0.0.1:7148?interface=x", "unknown option 'interface' (expected: none)"),
+    ("pcap:in.pcap?port=x", "port='x' is not a number"),
+    ("pcap:", "no path given"),
+    ("sim:W9", "unknown workload 'W9'"),
+    ("sim:W1?heaps=0", "heaps='0' must be >= 1"),
+    ("http://x:1", "not a source URI"),
+])
+def test_refuses_in_one_line(text, words):
+    with pytest.raises(SourceError) as err:
+        parse_uri(text)
+    message = str(err.value)
+    assert message.startswith(f"{text}: ") and words in message and "\n" not in message
+
+
+def test_a_stream_s_udp_port_is_the_first_source_that_names_one():
+    assert stream_udp_port(["sim:W1", "udp://127.0.0.1:7150"]) == 7150
+    assert stream_udp_port(["pcap:x.pcap?port=7200", "udp://127.0.0.1:7150"]) == 7200
+    assert stream_udp_port(["file:x", "tcp://127.0.0.1:7151"]) == 7151
+    assert stream_udp_port(["sim:W1"]) is None
