@@ -483,6 +483,16 @@ cdef class ChunkGroup:
         else:
             stats[<int>STAT_WORKER_BLOCKED] += 1
 
+    cdef bint wait_blocked(self, StreamWindow *by, bint blocked, uint64_t *stats) noexcept nogil:
+        """Wait a poll period for the window to move (lossless eviction, a jump);
+        the first wait for a chunk counts the stream as blocked.  Returns True."""
+        cdef timespec until
+        if not blocked:
+            self.note_blocked(by, stats)
+        until = deadline_after(0.2)
+        self.wait_for_change(by, &until, stats)
+        return True
+
     cdef Py_ssize_t take_free(self, uint64_t chunk_id) noexcept nogil:
         """A chunk from the free ring for `chunk_id`, or -1 if it is empty."""
         cdef Py_ssize_t c
@@ -657,11 +667,7 @@ cdef class ChunkGroup:
                     self.win_release_below(by, target)
                 if (self.lossless and not self.stop_waiting
                         and self.lowest_stream_head() <= self.head_chunk):
-                    if not blocked:
-                        self.note_blocked(by, stats)
-                        blocked = True
-                    until = deadline_after(0.2)
-                    self.wait_for_change(by, &until, stats)
+                    blocked = self.wait_blocked(by, blocked, stats)
                     continue
                 self.evict_head(stats)
                 continue
@@ -682,11 +688,7 @@ cdef class ChunkGroup:
                     self.head_pos = self.tail_pos = 0
                     self.wake()
                     continue
-                if not blocked:
-                    self.note_blocked(by, stats)
-                    blocked = True
-                until = deadline_after(0.2)
-                self.wait_for_change(by, &until, stats)
+                blocked = self.wait_blocked(by, blocked, stats)
                 continue
             if (self.free_count == 0 and not self.drop_when_full and not self.stop_waiting
                     and not timed_out):

@@ -5,53 +5,19 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline uint64_t load_be64(const void *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return __builtin_bswap64(v);
-}
+/* One definition per width and byte order: NAME(p) loads, NAME(p, v) stores. */
+#define DAQD_LOAD(name, type, order) \
+    static inline type name(const void *p) { type v; memcpy(&v, p, sizeof v); return order(v); }
+#define DAQD_STORE(name, type, order) \
+    static inline void name(void *p, type v) { v = order(v); memcpy(p, &v, sizeof v); }
+#define DAQD_AS_IS(v) (v)
 
-static inline uint32_t load_be32(const void *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return __builtin_bswap32(v);
-}
-
-static inline uint16_t load_be16(const void *p)
-{
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return __builtin_bswap16(v);
-}
-
-static inline uint32_t load_le32(const void *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
-static inline void store_be64(void *p, uint64_t v)
-{
-    v = __builtin_bswap64(v);
-    memcpy(p, &v, 8);
-}
-
-static inline void store_be16(void *p, uint16_t v)
-{
-    v = __builtin_bswap16(v);
-    memcpy(p, &v, 2);
-}
-
-static inline void store_le32(void *p, uint32_t v)
-{
-    memcpy(p, &v, 4);
-}
-
-static inline void store_le16(void *p, uint16_t v)
-{
-    memcpy(p, &v, 2);
-}
+DAQD_LOAD(load_be64, uint64_t, __builtin_bswap64)
+DAQD_LOAD(load_be32, uint32_t, __builtin_bswap32)
+DAQD_LOAD(load_be16, uint16_t, __builtin_bswap16)
+DAQD_LOAD(load_le32, uint32_t, DAQD_AS_IS)
+DAQD_STORE(store_be64, uint64_t, __builtin_bswap64)
+DAQD_STORE(store_be16, uint16_t, __builtin_bswap16)
+DAQD_STORE(store_le32, uint32_t, DAQD_AS_IS)
+DAQD_STORE(store_le16, uint16_t, DAQD_AS_IS)
 #endif

@@ -45,6 +45,8 @@ cdef enum:
     CTRL_STREAM_STOP = 2
     CTRL_DESCRIPTOR_UPDATE = 3
 
+# WARNING: stats.pxd lists the STAT_PACKETS_REJECTED_* counters of these reasons in
+# this order (decode_status_stat maps one to the other by position).
 cdef enum DecodeStatus:
     DECODE_OK = 0
     DECODE_TOO_SHORT            # fewer than 8 bytes

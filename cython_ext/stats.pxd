@@ -36,7 +36,8 @@ cpdef enum StatIndex:
     STAT_HEAPS_COMPLETE                         # heaps delivered complete
     STAT_STOP_HEAPS                             # heaps carrying a stream-control stop item
     STAT_WORKER_BLOCKED_NS                      # time the receive loop waited (sum, ns)
-    # packets not used, one counter per reason
+    # packets not used, one counter per reason (the first eight in the order of
+    # packet.pxd's DecodeStatus: decode_status_stat maps them by position)
     STAT_PACKETS_REJECTED_TOO_SHORT             # shorter than the 8-byte header
     STAT_PACKETS_REJECTED_BAD_MAGIC             # first byte is not 0x53
     STAT_PACKETS_REJECTED_BAD_VERSION           # version byte is not 4
