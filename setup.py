@@ -20,23 +20,18 @@ if debug:
     macros = [("DAQD_DEBUG", "1"), ("CYTHON_TRACE_NOGIL", "1")]
     directives.update(boundscheck=True, wraparound=True, linetrace=True)
 
+
+
+def extension(name: str, source: str) -> Extension:
+    """One of the two compiled modules, with the build knobs above."""
+    return Extension(name, [source], include_dirs=["cython_ext", "daqd/include"],
+                     extra_compile_args=compile_args, define_macros=macros)
+
+
 extensions = [
-    # the receive core, everything the daemon runs
-    Extension(
-        "daqd._spead",
-        ["cython_ext/spead.pyx"],
-        include_dirs=["cython_ext", "daqd/include"],
-        extra_compile_args=compile_args,
-        define_macros=macros,
-    ),
+    extension("daqd._spead", "cython_ext/spead.pyx"),  # the receive core: all the daemon runs
     # spead2 compatibility (Spead2Placement), for the tests and benchmarks only
-    Extension(
-        "daqd._spead2compat",
-        ["cython_ext/spead2_compat.pyx"],
-        include_dirs=["cython_ext", "daqd/include"],
-        extra_compile_args=compile_args,
-        define_macros=macros,
-    ),
+    extension("daqd._spead2compat", "cython_ext/spead2_compat.pyx"),
 ]
 
 setup(
