@@ -213,6 +213,8 @@ cdef enum:
 
 #: The largest packet pcap_frames() (and send(mode="pcap")) can frame.
 MAX_UDP_PAYLOAD = UDP_MAX_PAYLOAD
+#: SPEAD's customary UDP port: pcap frames of packets whose port nobody named.
+DEFAULT_UDP_PORT = 7148
 
 
 cdef size_t pcap_frame_header(uint8_t *out, size_t payload_len, uint16_t dst_port,

@@ -58,6 +58,9 @@ cdef extern from "<sys/socket.h>" nogil:
     enum: MSG_DONTWAIT
     enum: MSG_TRUNC
 
+#: max_packet_size of a reader not given one (the configuration's default too).
+DEFAULT_MAX_PACKET_SIZE = 9200
+
 cdef enum:
     READ_AGAIN = 0
     READ_EOF = -1
@@ -233,8 +236,9 @@ cdef class ByteStreamReader(Reader):
     cdef object keepalive       # the Python buffer or file object behind fd/buf
     cdef const uint8_t[::1] view
 
-    def __init__(self, object source, *, size_t max_packet_size=9200, size_t batch=64,
-                 size_t bufsize=4 << 20, int timeout_ms=200, bint finite=True):
+    def __init__(self, object source, *, size_t max_packet_size=DEFAULT_MAX_PACKET_SIZE,
+                 size_t batch=64, size_t bufsize=4 << 20, int timeout_ms=200,
+                 bint finite=True):
         self.alloc_batch(batch)
         self.max_packet_size = max_packet_size
         self.timeout_ms = timeout_ms
@@ -438,7 +442,7 @@ cdef class UdpReader(Reader):
     cdef size_t next_offset
     cdef int used_msgs              # slots whose control length the kernel changed
 
-    def __init__(self, sock, *, size_t max_packet_size=9200, size_t batch=64,
+    def __init__(self, sock, *, size_t max_packet_size=DEFAULT_MAX_PACKET_SIZE, size_t batch=64,
                  int timeout_ms=200, bint gro=True):
         self.sock = sock
         self.fd = sock.fileno()

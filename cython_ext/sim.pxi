@@ -13,6 +13,12 @@ cdef enum:
     TIMESTAMP_ID = 0x1600
     DATA_ID = 0x3300
 
+# For Python (daqd.recv.workloads names the workloads from these).
+WORKLOAD_TIMESTAMP_ITEM = TIMESTAMP_ID
+WORKLOAD_DATA_ITEM = DATA_ID
+WORKLOAD_HEADER_BYTES = SIM_HEADER_BYTES
+WORKLOAD_FIRST_CNT = 1                  # HEAP_CNT of a SimReader's first heap, by default
+
 
 WORKLOADS = {
     # name: (heap payload bytes, packets per heap, timestamp step)
@@ -64,7 +70,7 @@ cdef class SimReader(Reader):
     cdef readonly uint64_t schedule_resets  # times the schedule started again (no catch-up)
 
     def __init__(self, str workload="W1", *, uint64_t heaps=0, double rate=0.0,
-                 size_t batch=64, uint64_t first_cnt=1, bint catch_up=True,
+                 size_t batch=64, uint64_t first_cnt=WORKLOAD_FIRST_CNT, bint catch_up=True,
                  double max_behind=0.001):
         if workload not in WORKLOADS:
             raise ValueError(f"unknown workload {workload!r} (expected W1, W2 or W3)")
@@ -400,7 +406,7 @@ cdef int send_batch(int fd, int mode, const uint8_t **data, const size_t *length
     return write_all(fd, scratch, off)
 
 
-def send(Reader source, int fd, str mode, *, int port=7148, object max_packets=None,
+def send(Reader source, int fd, str mode, *, int port=DEFAULT_UDP_PORT, object max_packets=None,
          bint gso=False, dict info=None):
     """Send every packet of `source` to `fd` until it ends.
 

@@ -6,7 +6,7 @@
 # module whose source holds it, never in a module that cimports it (checked
 # with Cython 3.2), and this way daqd._spead.StatIndex is made from this very
 # enum.  So only spead.pyx may use it (packet.pxd does not), and the counter
-# names seen from Python (daqd._spead.STAT_NAMES, daqd.counters.StatIndex,
+# names seen from Python (daqd._spead.STAT_NAMES, daqd.recv.counters.StatIndex,
 # every stats() dict) are the member names below without "STAT_", lowercased.
 #
 # The hot loop adds into a stack-local array and merges it into the stream's

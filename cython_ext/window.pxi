@@ -554,6 +554,9 @@ cdef class WindowStream:
     cdef readonly bint stop_on_stop_item    # a stop item ends the stream
 
     def __cinit__(self, *args, **kwargs):
+        if type(self) is WindowStream:
+            raise TypeError("WindowStream is the base of HeapStream and ChunkStream; "
+                            "make one of those")
         memset(self.counters, 0, sizeof(self.counters))
 
     def __dealloc__(self):

@@ -48,7 +48,8 @@ def cli() -> None:
 
 CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
-    help="Configuration file (default: the built-in config/daqd.toml).")
+    help="Configuration file (default: the built-in one, config/daqd.toml in the "
+         "source tree, shipped in the package).")
 
 
 def _load(config_path: str | None) -> Any:

@@ -225,7 +225,7 @@ class _Loader:
     def fail(self, key: str, value: Any, expected: str) -> ConfigError:
         return ConfigError(f"{self.path}: {key} = {value!r}: expected {expected}")
 
-    def table(self, cls: type, data: Any, where: str, table: str) -> dict[str, Any]:
+    def table(self, cls: type, data: Any, where: str) -> dict[str, Any]:
         """Check one table's scalar keys (nested tables are the caller's); return them."""
         if not isinstance(data, dict):
             raise self.fail(where, data, "a table")
@@ -234,7 +234,7 @@ class _Loader:
             if key not in fields:
                 raise self.fail(f"{where}.{key}", data[key],
                                 f"one of the keys {', '.join(sorted(fields))}")
-        values = {name: self.value(fields[name], value, f"{where}.{name}", table)
+        values = {name: self.value(fields[name], value, f"{where}.{name}")
                   for name, value in data.items() if fields[name].type not in NESTED}
         for name, f in fields.items():
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING \
@@ -242,7 +242,7 @@ class _Loader:
                 raise ConfigError(f"{self.path}: {where}: missing key {name}")
         return values
 
-    def value(self, f: dataclasses.Field, value: Any, key: str, table: str) -> Any:
+    def value(self, f: dataclasses.Field, value: Any, key: str) -> Any:
         kind = f.type
         if kind == "bool":
             if not isinstance(value, bool):
@@ -416,10 +416,9 @@ def parse(text: str, path: str = "<config>") -> Config:
     for key in data:
         if key not in top:
             raise loader.fail(key, data[key], "one of the tables daemon, zmq, stream, simulate")
-    daemon = DaemonConfig(**loader.table(DaemonConfig, data.get("daemon", {}), "daemon",
-                                         "daemon"))
+    daemon = DaemonConfig(**loader.table(DaemonConfig, data.get("daemon", {}), "daemon"))
     _check_prometheus(loader, daemon.prometheus)
-    zmq_cfg = ZmqConfig(**loader.table(ZmqConfig, data.get("zmq", {}), "zmq", "zmq"))
+    zmq_cfg = ZmqConfig(**loader.table(ZmqConfig, data.get("zmq", {}), "zmq"))
     _check_endpoint(loader, "zmq.stats", zmq_cfg.stats, zmq_cfg)
     _check_endpoint(loader, "zmq.control", zmq_cfg.control, zmq_cfg)
     raw_streams = data.get("stream", [])
@@ -430,18 +429,18 @@ def parse(text: str, path: str = "<config>") -> Config:
     bound: dict[tuple[str, int], str] = {}
     for i, raw in enumerate(raw_streams):
         where = f"stream[{i}]"
-        values = loader.table(StreamConfig, raw, where, "stream")
+        values = loader.table(StreamConfig, raw, where)
         if "chunk" in raw:
             values["chunk"] = ChunkConfig(**loader.table(ChunkConfig, raw["chunk"],
-                                                         f"{where}.chunk", "chunk"))
+                                                         f"{where}.chunk"))
         if "buffer" in raw:
             values["buffer"] = BufferConfig(**loader.table(BufferConfig, raw["buffer"],
-                                                           f"{where}.buffer", "buffer"))
+                                                           f"{where}.buffer"))
         raw_sinks = raw.get("sinks", [])
         if not isinstance(raw_sinks, list):
             raise loader.fail(f"{where}.sinks", raw_sinks, "[[stream.sinks]] tables")
         values["sinks"] = tuple(
-            SinkConfig(**loader.table(SinkConfig, sink, f"{where}.sinks[{j}]", "sinks"))
+            SinkConfig(**loader.table(SinkConfig, sink, f"{where}.sinks[{j}]"))
             for j, sink in enumerate(raw_sinks))
         stream = StreamConfig(**values)
         if stream.name in names:
@@ -470,7 +469,7 @@ def _simulators(loader: _Loader, raw: Any, bound: dict[tuple[str, int], str],
     out = []
     for i, table in enumerate(raw):
         where = f"simulate[{i}]"
-        sim = SimulateConfig(**loader.table(SimulateConfig, table, where, "simulate"))
+        sim = SimulateConfig(**loader.table(SimulateConfig, table, where))
         if _check_source(loader, f"{where}.target", sim.target, NETWORK_SCHEMES) not in bound:
             raise loader.fail(f"{where}.target", sim.target,
                               "the udp:// or tcp:// URI of one of the streams' sources")

@@ -36,11 +36,14 @@ import zmq.auth
 
 sys.path.insert(0, str(Path(__file__).parent))
 from daemon_helpers import free_port
+from spead_packets import sim_packets
 
+from daqd import _spead
 from daqd.config import Config, parse, schema_keys
 from daqd.pipeline.buffers import build_buffer
 from daqd.pipeline.records import ChunkRecord, HeapRecord
 from daqd.recv.builder import build_receiver
+from daqd.recv.uri import stream_udp_port
 from daqd.recv.workloads import WorkloadSender
 from daqd.service.daemon import Daemon
 from daqd.sinks import build_sinks
@@ -126,11 +129,13 @@ class World:
     def receiver(self) -> Any:
         receiver = build_receiver(self.stream)
         self._close.append(receiver.close)
+        receiver.open()
         return receiver
 
     @cached_property
     def sinks(self) -> list[Any]:
-        records, packets = build_sinks(self.stream, self.config.text)
+        records, packets = build_sinks(self.stream, self.config.text,
+                                       stream_udp_port(self.stream.sources))
         return records + packets
 
     @cached_property
@@ -138,6 +143,20 @@ class World:
         buffer = build_buffer(self.stream.buffer, [], name=self.stream.name)
         self._close.append(buffer.close)
         return buffer
+
+    def fed(self, packets: list[bytes]) -> Any:
+        """The first source's compiled stream, after `packets` went through it."""
+        stream = self.receiver.streams[0]
+        reader = _spead.ByteListReader(packets)
+        while stream.process(reader) >= 0 and not stream.stopped:
+            pass
+        return stream
+
+    def first_chunk_present_ndim(self) -> int:
+        """Feed a chunk's worth of W1 heaps, end the stream; the chunk's ``present`` dimensions."""
+        self.fed(sim_packets("W1", self.stream.chunk.heaps_per_chunk)).finish()
+        with self.receiver.group.get(timeout=5) as chunk:
+            return int(chunk.present.ndim)
 
     def received(self, source: int = 0, datagram: bytes = b"") -> dict[str, int]:
         """Send `datagram` to source `source` and receive it through its stream."""
@@ -249,14 +268,30 @@ class World:
         return {"events": events, "pidfiles": sorted(pidfiles), "stderr": err[-3000:]}
 
 
+#: A case whose probe's result is only compared with the base's, not with a value.
+UNCHECKED = object()
+
+
 @dataclass
 class Case:
     """A non-default value of one key and how to see it."""
 
     value: Any
     probe: Callable[[World], Any]
-    expect: Any = None                  # what the probe gives with `value` (None: unchecked)
+    expect: Any = UNCHECKED             # what the probe gives with `value`
     also: dict[str, Any] = field(default_factory=dict)     # other keys the value needs
+
+
+def interleaved(packets: list[bytes], per_heap: int = 8) -> list[bytes]:
+    """The packets of consecutive heaps, their k-th packets together: heaps overlap."""
+    heaps = [packets[i:i + per_heap] for i in range(0, len(packets), per_heap)]
+    return [heap[k] for k in range(per_heap) for heap in heaps]
+
+
+def reversed_heaps(packets: list[bytes], per_heap: int = 8) -> list[bytes]:
+    """Each heap's packets in reverse order."""
+    return [p for i in range(0, len(packets), per_heap)
+            for p in reversed(packets[i:i + per_heap])]
 
 
 def group(name: str) -> Callable[[World], Any]:
@@ -318,16 +353,19 @@ CASES: dict[str, Case] = {
     "zmq.stats_hwm": Case(7, lambda w: w.daemon.publisher._socket.getsockopt(zmq.SNDHWM), 7),
     "zmq.stats_nodrop": Case(True, lambda w: w.daemon.publisher.nodrop, True),
     # [[stream]]: the receive side
-    "stream.name": Case("adc9", lambda w: w.daemon.runners[0].name, "adc9"),
+    "stream.name": Case("adc9", lambda w: w.files[0], "data/adc9-0000.bin"),
     "stream.sources": Case(["sim:W2?heaps=8"], lambda w: type(w.receiver.sources[0].reader)
                            .__name__, "SimReader", also={"simulate": []}),
-    "stream.max_heaps": Case(3, stream_attr("max_heaps"), 3),
-    "stream.allow_out_of_order": Case(True, stream_attr("allow_out_of_order"), True),
+    "stream.max_heaps": Case(3, lambda w: w.fed(interleaved(sim_packets("W3", 4))).stats()[
+        "incomplete_heaps_evicted"] > 0, True),
+    "stream.allow_out_of_order": Case(True, lambda w: w.fed(reversed_heaps(sim_packets(
+        "W3", 4))).stats()["heaps_complete"], 4),
     "stream.max_packet_size": Case(512, lambda w: w.received(0, bytes(1000))[
         "packets_rejected_truncated"], 1),
     "stream.max_heap_size": Case(4096, stream_attr("max_heap_size"), 4096),
     "stream.socket_buffer": Case(65536, rcvbuf, 2 * 65536),
-    "stream.stop_on_stop_item": Case(False, stream_attr("stop_on_stop_item"), False),
+    "stream.stop_on_stop_item": Case(False, lambda w: w.fed(
+        [*sim_packets("W1", 2), _spead.stop_packet(3), *sim_packets("W1", 2)]).stopped, False),
     # [stream.chunk]: every key a ChunkGroup argument
     "stream.chunk.timestamp_item": Case(0x1601, group("timestamp_item"), 0x1601),
     "stream.chunk.timestamp_step": Case(4096, group("timestamp_step"), 4096),
@@ -342,7 +380,7 @@ CASES: dict[str, Case] = {
     "stream.chunk.pool": Case(6, group("pool"), 6),
     "stream.chunk.when_full": Case("drop", group("drop_when_full"), True),
     "stream.chunk.wait_timeout": Case(0.25, group("wait_timeout"), 0.25),
-    "stream.chunk.packet_presence": Case(1024, group("packet_presence"), 1024),
+    "stream.chunk.packet_presence": Case(1024, World.first_chunk_present_ndim, 3),
     "stream.chunk.eviction": Case("lossy", group("lossless"), False),
     # [stream.buffer]
     "stream.buffer.kind": Case("fifo", buffer_attr("kind"), "fifo"),
@@ -352,7 +390,7 @@ CASES: dict[str, Case] = {
     "stream.buffer.flush_count": Case(2, lambda w: policy_due(w, 2, 1), "count"),
     "stream.buffer.flush_bytes": Case(100, lambda w: policy_due(w, 1, 200), "bytes"),
     "stream.buffer.flush_interval": Case(0.25, lambda w: w.buffer.policy.interval, 0.25),
-    "stream.buffer.flush_when": Case("all", lambda w: policy_due(w, 20, 1), None),
+    "stream.buffer.flush_when": Case("all", lambda w: policy_due(w, 20, 1), None),   # all: age
     "stream.buffer.flush_custom": Case(["builtins:id"], lambda w: policy_due(w, 0, 0),
                                        "custom:builtins:id"),
     "stream.buffer.wal": Case("{tmp}/other.wal", lambda w: str(w.buffer.wal.path),
@@ -441,7 +479,7 @@ def test_key_takes_effect(key, tmp_path, keys_dir):
     (before, base_log), (after, log) = (probe(tmp_path / name, c, key, ports, keys_dir)
                                         for name, c in (("base", None), ("case", case)))
     assert after != before, f"{key}: the value made no difference ({after!r})\n{base_log}{log}"
-    if case.expect is not None:
+    if case.expect is not UNCHECKED:
         expect = case.expect
         if isinstance(expect, str):
             expect = expect.replace("{tmp}", str(tmp_path / "case")).replace(

@@ -9,6 +9,7 @@ built-in configuration read from package data, not from the source tree.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -24,8 +25,14 @@ def installed_wheel(tmp_path_factory):
     """A fresh venv with daqd installed from a wheel built from the repository."""
     root = tmp_path_factory.mktemp("wheel")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    # A copy of the sources, without build products a stale build/ could slip in.
+    source = root / "src"
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "*.so", "*.c", "*.html", "__pycache__",
+        "data", "run", ".hypothesis", ".pytest_cache"))
+    (source / "daqd" / "data").symlink_to("../config")
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-                            "-w", str(root / "dist"), str(REPO)],
+                            "-w", str(root / "dist"), str(source)],
                            capture_output=True, text=True, timeout=900, env=env)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     wheels = list((root / "dist").glob("daqd-*.whl"))

@@ -1,7 +1,7 @@
 """Buffers: the bounded hand-off from the receive side to the sinks.
 
 Producers (receive threads) put records; one consumer (the flusher thread,
-see daqd/flush.py) writes them to every sink.  Puts from several threads are
+see daqd/pipeline/flush.py) writes them to every sink.  Puts from several threads are
 serialised (a stream may have a receive thread per source).  The contracts are in
 docs/dev-pipeline.md ("Buffers"); in short:
 

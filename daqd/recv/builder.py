@@ -10,7 +10,7 @@ per source (``HeapStream``, or in chunk mode a ``ChunkStream`` of one shared
   sources (`SOURCE_KEYS`); ``name``, ``sources`` and the nested tables are the
   section's structure.
 
-tests/recv/test_config_keys.py shows every key of the schema takes effect.
+tests/test_config_keys.py shows every key of the schema takes effect.
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from daqd import _spead
+from daqd.pipeline.records import ChunkRecord
 from daqd.recv.sources import Source, open_source
 from daqd.recv.uri import stream_udp_port
 
@@ -60,60 +63,90 @@ def build_stream(section: StreamConfig, group: Any = None) -> Any:
 
 @dataclass
 class Receiver:
-    """The receive side of one stream: its sources, their compiled streams, the chunk group.
+    """The receive side of one stream: the chunk group, its sources and their streams.
+
+    Made by `build_receiver` with the chunk pool allocated; `open` then binds
+    the sources (the daemon does so last, after its buffers and write-ahead
+    log are ready).
 
     Attributes
     ----------
-    sources : list of Source
-        Opened (sockets bound), one per URI, in the section's order.
-    streams : list
-        The compiled stream of each source (same order).
+    section : StreamConfig
+        The ``[[stream]]`` section it is built from.
     group : daqd._spead.ChunkGroup or None
         Chunk mode: the chunks every stream fills; None in heap mode.
     udp_port : int or None
         The UDP port the stream's packets are addressed to, where a source
         says (pcap frames).
-    warnings : list of str
-        What an operator should hear about (e.g. a smaller socket buffer).
+    sources : list of Source
+        Once open: one per URI, in the section's order (sockets bound).
+    streams : list
+        The compiled stream of each source (same order).
     """
 
-    sources: list[Source] = field(default_factory=list)
-    streams: list[Any] = field(default_factory=list)
+    section: Any
     group: Any = None
     udp_port: int | None = None
-    warnings: list[str] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
+    streams: list[Any] = field(default_factory=list)
+    _missing: np.ndarray | None = None
 
     @property
     def chunk_mode(self) -> bool:
         """Whether heaps are placed into chunks (else they become heap records)."""
         return self.group is not None
 
+    def open(self) -> list[str]:
+        """Open every source and make its compiled stream; the warnings to pass on.
+
+        Raises
+        ------
+        SourceError
+            A source cannot be opened (one line naming it); the ones already
+            open are closed.
+        """
+        warnings: list[str] = []
+        try:
+            for uri in self.section.sources:
+                source = open_source(uri, **_arguments(self.section, SOURCE_KEYS))
+                warnings.extend(source.warnings)
+                self.sources.append(source)
+                self.streams.append(build_stream(self.section, self.group))
+        except BaseException:
+            self.close()
+            raise
+        return warnings
+
     def close(self) -> None:
         """Release every source's sockets, files and mappings."""
         for source in self.sources:
             source.close()
 
+    def chunk_record(self, chunk: Any) -> ChunkRecord:
+        """Wrap a completed chunk as a record (no copy), counting its missing heap slots."""
+        record = ChunkRecord.from_chunk(chunk)
+        slots = record.slots_present            # (heaps_per_chunk, substreams)
+        missing = slots.shape[0] - np.count_nonzero(slots, axis=0)
+        if self._missing is None:
+            self._missing = np.zeros(slots.shape[1], np.int64)
+        self._missing += missing
+        return record
+
+    def heaps_missing_per_substream(self) -> list[int]:
+        """Heap slots of completed chunks that arrived incomplete, per substream."""
+        if self._missing is not None:
+            return [int(x) for x in self._missing]
+        return [0] * (self.group.substreams if self.group is not None else 0)
+
+    def gauges(self) -> dict[str, int]:
+        """Chunk mode: the pool's free and data rings and its size (else nothing)."""
+        if self.group is None:
+            return {}
+        return {"free_ring": self.group.free_ring_size, "data_ring": self.group.data_ring_size,
+                "pool": self.group.pool}
+
 
 def build_receiver(section: StreamConfig) -> Receiver:
-    """Open `section`'s sources and make their compiled streams (and chunk group).
-
-    Allocates the chunk pool first, then binds the sources: a source that
-    cannot be opened closes the ones already open.
-
-    Raises
-    ------
-    SourceError
-        A source cannot be opened (one line naming it).
-    """
+    """Make `section`'s receive side: the chunk group (pool allocated), not yet open."""
     group = build_group(section.chunk) if section.chunk is not None else None
-    receiver = Receiver(group=group, udp_port=stream_udp_port(section.sources))
-    try:
-        for uri in section.sources:
-            source = open_source(uri, **_arguments(section, SOURCE_KEYS))
-            receiver.warnings.extend(source.warnings)
-            receiver.sources.append(source)
-            receiver.streams.append(build_stream(section, group))
-    except BaseException:
-        receiver.close()
-        raise
-    return receiver
+    return Receiver(section, group=group, udp_port=stream_udp_port(section.sources))

@@ -18,7 +18,7 @@ from daqd import _spead
 from daqd.errors import SourceError
 from daqd.recv.uri import SourceUri, parse_uri
 
-DEFAULT_MAX_PACKET_SIZE = 9200
+DEFAULT_MAX_PACKET_SIZE: int = _spead.DEFAULT_MAX_PACKET_SIZE
 DEFAULT_SOCKET_BUFFER = 8 << 20
 # <linux/in.h>; Python's socket module does not export it.
 IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)

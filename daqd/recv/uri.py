@@ -20,6 +20,7 @@ as at ``run``.
 
 from __future__ import annotations
 
+import math
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -77,17 +78,26 @@ class SourceUri:
         """Whether the source binds a port (``udp://``, ``tcp://``)."""
         return self.scheme in NETWORK_SCHEMES
 
-    def number(self, key: str, kind: type, minimum: float) -> Any:
-        """Option `key` as an int or float of at least `minimum`; None if absent."""
+    def number(self, key: str, kind: type, minimum: float,
+               maximum: float = math.inf) -> Any:
+        """Option `key` as an int or a finite float in [minimum, maximum]; None if absent."""
         if key not in self.options:
             return None
         raw = self.options[key]
+        what = "a whole number" if kind is int else "a number"
         try:
-            value = kind(float(raw)) if kind is int else kind(raw)
-        except ValueError:
-            raise self.fail(f"{key}={raw!r} is not a number") from None
-        if value < minimum:
-            raise self.fail(f"{key}={raw!r} must be >= {minimum}")
+            value = float(raw)
+            if kind is int:             # 7200 and 1e6 are whole numbers; 7200.9 and inf not
+                if not value.is_integer():
+                    raise ValueError(raw)
+                value = int(value)
+        except (ValueError, OverflowError):
+            raise self.fail(f"{key}={raw!r} is not {what}") from None
+        if not math.isfinite(value):
+            raise self.fail(f"{key}={raw!r} is not a finite number")
+        if not minimum <= value <= maximum:
+            bounds = f">= {minimum}" if maximum == math.inf else f"{minimum} to {maximum}"
+            raise self.fail(f"{key}={raw!r} must be {bounds}")
         return value
 
     def switch(self, key: str, default: bool) -> bool:
@@ -109,7 +119,7 @@ class SourceUri:
         if self.listens:
             return self.port
         if self.scheme == "pcap":
-            return self.number("port", int, 0)
+            return self.number("port", int, 0, 65535)
         return None
 
 
@@ -143,6 +153,9 @@ def parse_uri(text: str, schemes: tuple[str, ...] = SCHEMES) -> SourceUri:
             raise SourceError(f"{text}: bad port ({exc})") from None
         if not rest.startswith("//") or not host or port is None:
             raise SourceError(f"{text}: expected {scheme}://HOST:PORT")
+        if ":" in host:
+            # The sources are IPv4 sockets: refused here, not at run.
+            raise SourceError(f"{text}: expected an IPv4 address or a host name, not {host!r}")
         uri = SourceUri(text, scheme, host=host, port=port, options=options)
     else:
         path = rest[2:] if rest.startswith("//") else rest

@@ -19,9 +19,11 @@ from daqd.errors import UsageProblem
 from daqd.recv.uri import parse_uri
 
 #: The immediate item every workload heap carries its timestamp in (SimReader's).
-TIMESTAMP_ITEM = 0x1600
+TIMESTAMP_ITEM: int = _spead.WORKLOAD_TIMESTAMP_ITEM
 #: Bytes before a workload packet's payload: the SPEAD header and six item pointers.
-PACKET_HEADER_BYTES = 56
+PACKET_HEADER_BYTES: int = _spead.WORKLOAD_HEADER_BYTES
+#: HEAP_CNT of the first heap a SimReader makes (by default).
+FIRST_CNT: int = _spead.WORKLOAD_FIRST_CNT
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def connect(target: str) -> socket.socket:
 
 
 def send(source: Any, fd: int, mode: str, *, heaps: int, stop: bool,
-         port: int = 0) -> tuple[int, int, int]:
+         port: int = _spead.DEFAULT_UDP_PORT) -> tuple[int, int, int]:
     """Send `source` (a SimReader of `heaps` heaps) to `fd`, then a stop heap if `stop`.
 
     `mode` is ``udp`` (UDP GSO where the kernel has it), ``stream`` or

@@ -39,6 +39,9 @@ log = structlog.get_logger("daqd.daemon")
 EXIT_INTERRUPTED = 1
 # Seconds the drain may take per stream before it is reported as stuck.
 DRAIN_TIMEOUT = 60.0
+# The counters of the log line each stream gets per interval.
+LOG_COUNTERS = ("packets", "heaps", "chunks_completed", "chunk_heaps_too_old",
+                "packets_tap_dropped")
 
 
 class Daemon:
@@ -131,8 +134,7 @@ class Daemon:
         """One log line per interval: the headline counters of each stream."""
         for runner in self.runners:
             c = runner.raw_counters()
-            fields = {k: c.get(k, 0) for k in ("packets", "heaps", "chunks_completed",
-                                                "chunk_heaps_too_old", "packets_tap_dropped")}
+            fields = {k: c.get(k, 0) for k in LOG_COUNTERS}
             if runner.buffer is not None:
                 b = runner.buffer.stats()
                 fields["records_flushed"] = b.get("records_flushed", 0)

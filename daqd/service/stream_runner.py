@@ -23,13 +23,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import structlog
 
 from daqd.config import Config, StreamConfig
 from daqd.pipeline.buffers import build_buffer
 from daqd.pipeline.flush import Flusher
-from daqd.pipeline.records import ChunkRecord, PacketRecord
+from daqd.pipeline.records import PacketRecord
 from daqd.recv.builder import Receiver, build_receiver
 from daqd.recv.counters import MAXIMA
 from daqd.recv.heap_records import HeapRecorder
@@ -66,7 +65,7 @@ class StreamRunner:
         self.config = config
         self.name = config.name
         self.whole = whole
-        self.receiver = Receiver()
+        self.receiver = Receiver(config)       # built (pool allocated) by open()
         self.threads: list[threading.Thread] = []
         self.stopping = threading.Event()
         self.capturing = True
@@ -76,7 +75,6 @@ class StreamRunner:
         self.recorder = HeapRecorder(config.name)   # heap mode: heaps into records
         self.baseline: dict[str, int] = {}
         self.not_captured = 0               # records let go while capture was stopped
-        self.substream_missing: np.ndarray | None = None   # chunk mode, from the first chunk
         self.buffer: Any = None
         self.flusher: Any = None
         self.packet_buffer: Any = None
@@ -88,9 +86,10 @@ class StreamRunner:
     # startup: allocate, bind, start
 
     def open(self) -> list[str]:
-        """Allocate the pool and buffers, open sinks, bind every source.
+        """Allocate the pool and buffers, open sinks, then bind every source.
 
-        Each layer is built from its own sections: the receive side from the
+        A write-ahead log replays while the sources are still closed.  Each
+        layer is built from its own sections: the receive side from the
         ``[[stream]]`` section, the sinks from ``[[stream.sinks]]``, the
         buffers from ``[stream.buffer]``.  Returns the warnings an operator
         should hear about.
@@ -110,7 +109,7 @@ class StreamRunner:
             self.packet_buffer = build_buffer(c.buffer, self.packet_sinks,
                                               name=self.name + ".packets", wal=False)
             self.packet_flusher = Flusher(self.packet_buffer)
-        return list(self.receiver.warnings)
+        return self.receiver.open()
 
     @property
     def sources(self) -> list[Source]:
@@ -190,9 +189,10 @@ class StreamRunner:
                  stopped_by_item=bool(stream.stopped))
 
     def _put_heaps(self, heaps: list[Any]) -> None:
+        if self.buffer is None:
+            return                  # no sink keeps records: none are made (nor decoded)
         for record in self.recorder.records(heaps):
-            if self.buffer is not None:
-                self._put(self.buffer, record)
+            self._put(self.buffer, record)
 
     def _put_tap(self, reader: Any) -> None:
         taken = reader.take_tap()
@@ -214,12 +214,7 @@ class StreamRunner:
                 continue
             if chunk is None:                   # every stream finished, ring drained
                 return
-            record = ChunkRecord.from_chunk(chunk)
-            slots = record.slots_present            # (heaps_per_chunk, substreams)
-            missing = slots.shape[0] - np.count_nonzero(slots, axis=0)
-            if self.substream_missing is None:
-                self.substream_missing = np.zeros(slots.shape[1], np.int64)
-            self.substream_missing += missing
+            record = self.receiver.chunk_record(chunk)
             if self.buffer is None:
                 record.release()
                 continue
@@ -326,13 +321,9 @@ class StreamRunner:
         out: dict[str, Any] = {"counters": counters, "gauges": gauges,
                                "sources": self.source_counters(),
                                "capturing": self.capturing}
-        if self.group is not None:
-            gauges["free_ring"] = self.group.free_ring_size
-            gauges["data_ring"] = self.group.data_ring_size
-            gauges["pool"] = self.group.pool
-            out["heaps_missing_per_substream"] = (
-                self.substream_missing.tolist() if self.substream_missing is not None
-                else [0] * self.group.substreams)
+        gauges.update(self.receiver.gauges())
+        if self.receiver.chunk_mode:
+            out["heaps_missing_per_substream"] = self.receiver.heaps_missing_per_substream()
         if self.buffer is not None:
             out["buffer"] = self.buffer.stats()
             gauges["buffer_fill"] = self.buffer.size()

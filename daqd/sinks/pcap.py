@@ -34,7 +34,7 @@ from daqd.sinks.paths import PATH_FIELDS_BY_KIND
 MAX_UDP_PAYLOAD: int = _spead.MAX_UDP_PAYLOAD
 FILE_HEADER: bytes = _spead.PCAP_FILE_HEADER
 #: SPEAD's customary UDP port, for frames of a stream whose sources name none.
-DEFAULT_UDP_PORT = 7148
+DEFAULT_UDP_PORT: int = _spead.DEFAULT_UDP_PORT
 
 
 def frames(record: PacketRecord, port: int) -> tuple[np.ndarray, int]:

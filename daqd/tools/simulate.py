@@ -27,7 +27,8 @@ def simulate(
     kernel refuses it: the same datagrams either way), ``tcp://HOST:PORT``,
     ``file:PATH`` (packets back to back; ``file:-`` is standard output) and
     ``pcap:PATH`` or any path ending in ``.pcap`` (a classic pcap file of
-    UDP frames to `port`).  A stop heap follows unless `stop` is False.
+    UDP frames to `port`, or to the target's ``?port=P``).  A stop heap
+    follows unless `stop` is False.
     """
     try:
         w = workload(workload_name)
@@ -36,6 +37,8 @@ def simulate(
     if target.endswith(".pcap") and not target.startswith(("file:", "pcap:")):
         target = "pcap:" + target
     uri = parse_uri(target, ("udp", "tcp", "file", "pcap"))
+    if uri.scheme == "pcap" and uri.udp_port is not None:
+        port = uri.udp_port
     batch = w.udp_batch() if uri.scheme == "udp" else 64
     source = _spead.SimReader(w.name, heaps=heaps, rate=rate, batch=batch)
     closer: Any = None

@@ -1,6 +1,6 @@
 """Chunk mode: daqd's ChunkStream against spead2 4.5.1's ChunkRingStream, and on its own.
 
-spead2 is the reference for placement (cython_ext/chunks.pxi follows spead2's
+spead2 is the reference for placement (cython_ext/chunk_group.pxi follows spead2's
 chunk_stream_state::allocate): the same packets go through both receivers
 with the same layout (``_spead2compat.Spead2Placement``) and the delivered chunks
 must match chunk for chunk -- chunk ids, ``present``, ``extra``, and ``data``
@@ -33,6 +33,7 @@ import spead2_chunks as sc
 from spead_packets import heap_packets, raw_packet
 
 from daqd import _spead
+from daqd.recv.workloads import WORKLOADS as REFERENCE_WORKLOADS
 
 TS_ID = 0x1600
 SUB_ID = 0x1601
@@ -115,18 +116,16 @@ def unsized(p: bytes) -> bytes:
 # Reference workloads
 
 
-WORKLOADS = {
-    "W1": ({"timestamp_step": 8192, "heap_bytes": 8192}, 64 * 5 + 17),
-    "W2": ({"timestamp_step": 1024, "heap_bytes": 1024}, 64 * 5 + 17),
-    "W3": ({"timestamp_step": 65536, "heap_bytes": 65536}, 64 * 2 + 9),
-}
+# The reference workloads' layouts (64 heaps per chunk), and heaps to send of each.
+WORKLOADS = {name: (w.layout(), 64 * 2 + 9 if name == "W3" else 64 * 5 + 17)
+             for name, w in REFERENCE_WORKLOADS.items()}
 
 
 @pytest.mark.parametrize("workload", list(WORKLOADS))
 def test_reference_workload(workload):
     layout, heaps = WORKLOADS[workload]
     packets = sc.sim_packets(workload, heaps)
-    got, dq, s2 = sc.compare(packets, heaps_per_chunk=64, **layout)
+    got, dq, s2 = sc.compare(packets, **layout)
     assert [c["chunk_id"] for c in got] == list(range((heaps + 63) // 64))
     present = np.concatenate([c["present"].reshape(-1) for c in got])
     assert present[:heaps].all() and not present[heaps:].any()
@@ -134,7 +133,7 @@ def test_reference_workload(workload):
     assert dq["chunk_slots_missing"] == len(got) * 64 - heaps
     # daqd reading the SimReader itself (ChunkStream.chunks) gives the same chunks.
     direct, dq2 = sc.daqd_chunk_receive(reader=_spead.SimReader(workload, heaps=heaps),
-                                        heaps_per_chunk=64, **layout)
+                                        **layout)
     for a, b in zip(direct, got, strict=True):
         assert a["chunk_id"] == b["chunk_id"]
         np.testing.assert_array_equal(a["present"], b["present"])
@@ -146,9 +145,9 @@ def test_reference_workload_from_byte_stream():
     """spead2's buffer reader over W1 bytes, daqd's ByteStreamReader over the same bytes."""
     layout, heaps = WORKLOADS["W1"]
     packets = sc.sim_packets("W1", heaps)
-    ref, s2 = sc.spead2_chunk_receive(packets, transport="buffer", heaps_per_chunk=64, **layout)
+    ref, s2 = sc.spead2_chunk_receive(packets, transport="buffer", **layout)
     got, dq = sc.daqd_chunk_receive(reader=_spead.ByteStreamReader(b"".join(packets)),
-                                    heaps_per_chunk=64, **layout)
+                                    **layout)
     sc.assert_chunks_match(got, ref)
     assert sc.counter_mismatches(dq, s2) == {}
     assert dq["packets"] == s2["packets"] == heaps
@@ -169,7 +168,7 @@ def test_random_loss_reference_workload(workload, packet_presence, seed):
     packets = sc.sim_packets(workload, heaps)
     rng = random.Random(seed)
     kept = [packets[0]] + [p for p in packets[1:] if rng.random() > 0.1]
-    got, dq, s2 = sc.compare(kept, heaps_per_chunk=64, packet_presence=packet_presence,
+    got, dq, s2 = sc.compare(kept, packet_presence=packet_presence,
                              **layout)
     assert dq["chunk_slots_missing"] > len(got) * 64 - heaps
     if workload == "W3":

@@ -44,3 +44,14 @@ def test_every_counter_is_documented_with_its_mode():
         f"undocumented: {sorted(set(_spead.STAT_NAMES) - set(rows))}, "
         f"documented but unknown: {sorted(set(rows) - set(_spead.STAT_NAMES))}")
     assert {n for n, mode in rows.items() if mode == "maximum"} == set(_spead.STAT_MAXIMA)
+
+
+def test_counters_named_elsewhere_exist():
+    """The service's hand-picked lists (log line, per-source statistics, the stats table)
+    name counters that exist: a renamed counter would otherwise show as 0."""
+    from daqd.service.daemon import LOG_COUNTERS
+    from daqd.service.stream_runner import SOURCE_COUNTERS
+    from daqd.service.zmq_clients import MAIN_COUNTERS
+
+    for names in (LOG_COUNTERS, SOURCE_COUNTERS, MAIN_COUNTERS):
+        assert set(names) <= set(_spead.STAT_NAMES), set(names) - set(_spead.STAT_NAMES)

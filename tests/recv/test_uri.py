@@ -16,7 +16,7 @@ from daqd.recv.uri import parse_uri, stream_udp_port
     ("pcap:in.pcap?port=7200", {"scheme": "pcap", "path": "in.pcap", "udp_port": 7200}),
     ("pcap://in.pcap", {"scheme": "pcap", "path": "in.pcap", "udp_port": None}),
     ("file:-", {"scheme": "file", "path": "-"}),
-    ("sim:W2?heaps=10&rate=1e6", {"scheme": "sim", "path": "W2"}),
+    ("sim:W2?heaps=1e3&rate=1e6", {"scheme": "sim", "path": "W2"}),
 ])
 def test_parses(text, fields):
     uri = parse_uri(text)
@@ -31,7 +31,12 @@ def test_parses(text, fields):
     ("udp://127.0.0.1:99999", "bad port"),
     ("udp://127.0.0.1:7148?gro=maybe", "gro='maybe' must be 1 or 0"),
     ("tcp://127.0.0.1:7148?interface=x", "unknown option 'interface' (expected: none)"),
-    ("pcap:in.pcap?port=x", "port='x' is not a number"),
+    ("pcap:in.pcap?port=x", "port='x' is not a whole number"),
+    ("pcap:in.pcap?port=inf", "port='inf' is not a whole number"),
+    ("pcap:in.pcap?port=7200.5", "port='7200.5' is not a whole number"),
+    ("pcap:in.pcap?port=70000", "port='70000' must be 0 to 65535"),
+    ("sim:W1?rate=nan", "rate='nan' is not a finite number"),
+    ("udp://[::1]:7148", "expected an IPv4 address or a host name"),
     ("pcap:", "no path given"),
     ("sim:W9", "unknown workload 'W9'"),
     ("sim:W1?heaps=0", "heaps='0' must be >= 1"),

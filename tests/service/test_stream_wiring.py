@@ -1,4 +1,5 @@
-"""The wiring of one stream, through the real daemon: what the issue "one data path" found.
+"""The wiring of one stream: what the issue "one data path" found (the first two through
+the real daemon).
 
 - ``[stream.chunk] eviction = "lossy"`` reaches the chunk group: two sources
   in one group, the second silent, and chunks keep completing while the

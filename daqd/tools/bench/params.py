@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from daqd.recv.workloads import WORKLOADS
+from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE
+from daqd.recv.workloads import FIRST_CNT, WORKLOADS  # noqa: F401  (FIRST_CNT: the bench's)
 
 # The chunk layout and window both receivers use.
 HEAPS_PER_CHUNK = 64
 MAX_CHUNKS = 4
 POOL = 16
 MAX_HEAPS = 8
-MAX_PACKET_SIZE = 9200
-FIRST_CNT = 1                   # SimReader's first HEAP_CNT
+MAX_PACKET_SIZE = DEFAULT_MAX_PACKET_SIZE
 
 LOSS_LIMIT = 1e-3               # "sustained": fewer than 0.1 % of heaps lost
 COST_FRACTION = 0.6             # fixed-rate CPU comparison: this much of the lower found rate
