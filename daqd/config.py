@@ -27,6 +27,7 @@ from daqd.pipeline import buffers, flush
 from daqd.pipeline import wal as wal_log
 from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE, DEFAULT_SOCKET_BUFFER
 from daqd.recv.uri import NETWORK_SCHEMES, parse_uri
+from daqd.recv.uri import SCHEMES as SOURCE_SCHEMES
 from daqd.recv.workloads import WORKLOADS
 from daqd.sinks import KINDS as SINK_KINDS
 from daqd.sinks.base import FSYNC_POLICIES as SINK_FSYNC_POLICIES
@@ -292,10 +293,10 @@ class _Loader:
 
 
 def _check_source(loader: _Loader, key: str, uri: str,
-                  schemes: tuple[str, ...] = ()) -> tuple[str, int] | None:
+                  schemes: tuple[str, ...] = SOURCE_SCHEMES) -> tuple[str, int] | None:
     """Check a source URI (`daqd.recv.uri`); the (scheme, port) it binds, if any."""
     try:
-        parsed = parse_uri(uri, schemes) if schemes else parse_uri(uri)
+        parsed = parse_uri(uri, schemes)
     except SourceError as exc:
         raise loader.fail(key, uri, str(exc).removeprefix(f"{uri}: ")) from None
     if parsed.listens:

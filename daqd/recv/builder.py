@@ -1,8 +1,9 @@
 """A ``[[stream]]`` section's receive side, built from the section itself.
 
-`build_receiver` opens the section's sources and makes one compiled stream
-per source (``HeapStream``, or in chunk mode a ``ChunkStream`` of one shared
-``ChunkGroup``).  Each key reaches its object here and only here:
+`build_receiver` makes a section's receive side with its chunk pool
+allocated; `Receiver.open` then opens the sources and makes one compiled
+stream per source (``HeapStream``, or in chunk mode a ``ChunkStream`` of one
+shared ``ChunkGroup``).  Each key reaches its object here and only here:
 
 - ``[stream.chunk]``: every key is a `ChunkGroup` argument of the same name
   (`group_arguments`; ``substream_item = -1`` means none);

@@ -125,15 +125,13 @@ class ControlServer(SocketServer):
 
     Parameters
     ----------
-    context, endpoint
+    context, endpoint, security
         As for `SocketServer` (e.g. ``tcp://127.0.0.1:5557``).
     handlers : mapping
         Command name → callable taking the arguments dict and returning a
         JSON-able mapping (or None); called in the control thread, so keep
         them quick (set a flag, return).  A raised exception becomes an
         error reply.
-    security : Security, optional
-        Server-side CURVE; required for a non-loopback `endpoint`.
     poll_interval : float, optional
         Seconds between checks of the stop flag.
     max_request_bytes : int, optional

@@ -256,7 +256,7 @@ class StatsPublisher(SocketServer):
 
     Parameters
     ----------
-    context, endpoint
+    context, endpoint, security
         As for `SocketServer` (e.g. ``tcp://127.0.0.1:5556``).
     interval : float
         Seconds between rounds.
@@ -265,8 +265,6 @@ class StatsPublisher(SocketServer):
         the publisher thread, so it must be thread-safe.
     daemon_name : str
         The ``daemon`` field of every message.
-    security : Security, optional
-        Server-side CURVE; required for a non-loopback `endpoint`.
     sndhwm : int, optional
         Messages queued per subscriber before the socket drops them.
     nodrop : bool, optional

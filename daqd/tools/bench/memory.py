@@ -16,10 +16,9 @@ import numpy as np
 
 from daqd import _spead, _spead2compat
 from daqd.errors import UsageProblem
-from daqd.recv.workloads import WORKLOADS
+from daqd.recv.workloads import FIRST_CNT, WORKLOADS
 from daqd.tools.bench.machine import LoadMonitor, wait_until_quiet
 from daqd.tools.bench.params import (
-    FIRST_CNT,
     HEAPS_PER_CHUNK,
     MAX_CHUNKS,
     MAX_HEAPS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE
-from daqd.recv.workloads import FIRST_CNT, WORKLOADS  # noqa: F401  (FIRST_CNT: the bench's)
+from daqd.recv.workloads import WORKLOADS
 
 # The chunk layout and window both receivers use.
 HEAPS_PER_CHUNK = 64

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from daqd import _spead
-from daqd.recv.workloads import WORKLOADS, udp_batch
+from daqd.recv.workloads import FIRST_CNT, WORKLOADS, udp_batch
 from daqd.tools.bench.machine import CoreMonitor, LoadMonitor, wait_until_quiet
 from daqd.tools.bench.memory import (
     BenchError,
@@ -32,7 +32,6 @@ from daqd.tools.bench.memory import (
 )
 from daqd.tools.bench.params import (
     COST_FRACTION,
-    FIRST_CNT,
     LOSS_LIMIT,
     MAX_PACKET_SIZE,
     packet_size,
