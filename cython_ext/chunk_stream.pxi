@@ -26,8 +26,9 @@ cdef class ChunkStream(WindowStream):
     ----------
     group : ChunkGroup, optional
         The chunks to fill; by default a new group from the other arguments.
-    max_heaps, allow_out_of_order, stop_on_stop_item, max_heap_size
-        As for heap mode.
+    max_heaps, allow_out_of_order, stop_on_stop_item, stop_boundary, max_heap_size
+        As for heap mode; at a capture boundary (stop_boundary) the stream's
+        open chunks are completed too (`boundary_nogil`).
     too_old_reset
         Consecutive too-old heaps that re-anchor the window (0: never);
         default two chunks' worth of heaps.  Only a stream alone in its group
@@ -42,7 +43,7 @@ cdef class ChunkStream(WindowStream):
 
     def __init__(self, ChunkGroup group=None, *, size_t max_heaps=DEFAULT_MAX_HEAPS,
                  bint allow_out_of_order=False, bint stop_on_stop_item=True,
-                 int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE, too_old_reset=None, **group_kwargs):
+                 bint stop_boundary=False, int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE, too_old_reset=None, **group_kwargs):
         window_check(max_heaps, max_heap_size)
         if group is None:
             group = ChunkGroup(**group_kwargs)
@@ -50,7 +51,8 @@ cdef class ChunkStream(WindowStream):
             raise TypeError(f"layout arguments belong to the group: {', '.join(group_kwargs)}")
         self.group = group
         self.too_old_reset = 2 * group.n_slots if too_old_reset is None else too_old_reset
-        self.init_window(max_heaps, max_heap_size, allow_out_of_order, stop_on_stop_item, 0)
+        self.init_window(max_heaps, max_heap_size, allow_out_of_order, stop_on_stop_item,
+                         stop_boundary, 0)
         self.win.chunks = <Py_ssize_t *>malloc(group.max_chunks * sizeof(Py_ssize_t))
         if self.win.chunks == NULL:
             raise MemoryError()
@@ -304,6 +306,28 @@ cdef class ChunkStream(WindowStream):
         self.group.close_ready(stats)
         pthread_mutex_unlock(&self.group.lock)
 
+    cdef void boundary_nogil(self, uint64_t *stats) noexcept nogil:
+        """A stop heap on a capture-boundary stream: live heaps leave, then the
+        stream lets go of its chunks.  Alone in its group, it completes every open
+        chunk and un-anchors the window, so the next capture starts a new window
+        at whatever chunk id comes (lower or higher); in a group of several, the
+        chunks complete once the other streams let go of them too, and a later
+        heap behind the group's window is counted as too old."""
+        window_flush(&self.w, stats, self)
+        self.forget_placements()
+        self.too_old_run = 0
+        pthread_mutex_lock(&self.group.lock)
+        self.group.win_release_below(&self.win, self.win.tail)
+        if self.group.n_streams == 1:
+            while self.group.head_chunk != self.group.tail_chunk:
+                self.group.evict_head(stats)
+            self.group.anchored = False
+            self.win.head = self.win.tail = 0
+            self.win.head_pos = 0
+            self.group.win_publish(&self.win)
+        self.group.close_ready(stats)
+        pthread_mutex_unlock(&self.group.lock)
+
     # ------------------------------------------------------------------
     # Python API
 
@@ -400,6 +424,11 @@ cdef inline void _chunks_on_packet(ChunkStream cs, LiveHeap *h, const PacketHead
 cdef inline void _chunks_on_ready(ChunkStream cs, const LiveHeap *h,
                                   uint64_t *stats) noexcept nogil:
     cs.on_ready(h, stats)
+
+
+cdef inline void _chunks_on_boundary(ChunkStream cs, uint64_t *stats) noexcept nogil:
+    """A stop heap marked a capture boundary: complete the stream's chunks, go on."""
+    cs.boundary_nogil(stats)
 
 
 cdef inline void _chunks_on_stop(ChunkStream cs, uint64_t *stats) noexcept nogil:

@@ -291,15 +291,19 @@ cdef class HeapStream(WindowStream):
         Larger heaps are rejected before anything is allocated for them.
     stop_on_stop_item : bool
         A complete heap with a stream-control stop item ends the stream.
+    stop_boundary : bool
+        With stop_on_stop_item: a stop heap is a capture boundary instead (every
+        live heap is flushed to the ready list, the stream goes on).
     """
 
     cdef ReadyHeaps ready
 
     def __cinit__(self, size_t max_heaps=DEFAULT_MAX_HEAPS, bint allow_out_of_order=False,
-                  int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE, bint stop_on_stop_item=True):
+                  int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE, bint stop_on_stop_item=True,
+                  bint stop_boundary=False):
         self.ready.cap = max_heaps + READY_ROUND
         self.init_window(max_heaps, max_heap_size, allow_out_of_order, stop_on_stop_item,
-                         self.ready.cap)
+                         stop_boundary, self.ready.cap)
         self.ready.heaps = <LiveHeap *>malloc(self.ready.cap * sizeof(LiveHeap))
         if self.ready.heaps == NULL:
             raise MemoryError()

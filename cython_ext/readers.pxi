@@ -212,6 +212,118 @@ cdef class ByteListReader(Reader):
 
 # --------------------------------------------------------------------------
 # Byte streams: file, stdin, TCP and in-memory buffers, packets back to back.
+#
+# The cutting of one byte stream into packets is a struct and two functions,
+# so that a reader of one stream (ByteStreamReader) and the TCP server's
+# reader of many peers (tcp_server.pxi, one ByteStream per peer) share it.
+
+cdef struct ByteStream:
+    uint8_t *buf
+    size_t bufsize
+    size_t start, end           # unconsumed bytes are buf[start:end]
+    size_t to_skip              # bytes of an over-long packet still to skip
+    bint eof                    # no more bytes will come (they may still be cut up)
+
+cdef enum:
+    TAKE_FULL = 0               # the batch is full
+    TAKE_MORE = 1               # the stream needs more bytes to go on
+    TAKE_END = 2                # the stream has ended and every byte is accounted for
+
+
+cdef void bytes_resync(ByteStream *s, uint64_t *stats) noexcept nogil:
+    """Skip to the next byte pair that could start a SPEAD header."""
+    cdef size_t i = s.start + 1
+    cdef int bits
+    while i < s.end:
+        if s.buf[i] == SPEAD_MAGIC:
+            if i + 8 > s.end:
+                break       # maybe a header; decide once more bytes arrive
+            if decode_header_flavour(s.buf + i, 8, &bits) == DECODE_OK:
+                break
+        i += 1
+    stats[<int>STAT_STREAM_BYTES_SKIPPED] += i - s.start
+    s.start = i
+
+
+cdef int bytes_take(ByteStream *s, Reader r, size_t max_packet_size, StatIndex cut_stat,
+                    uint64_t *stats) noexcept nogil:
+    """Cut packets out of `s` into `r`'s batch until TAKE_FULL, TAKE_MORE or TAKE_END.
+
+    The bytes of a packet cut off by the end of the stream are counted under
+    `cut_stat` (a file: stream_bytes_skipped; a TCP peer: tcp_bytes_truncated).
+    """
+    cdef PacketHeader hdr
+    cdef DecodeStatus status
+    cdef size_t avail, limit
+    cdef bint cut
+    while r.n < r.capacity:
+        if s.to_skip:
+            avail = s.end - s.start
+            if avail > s.to_skip:
+                avail = s.to_skip
+            s.start += avail
+            s.to_skip -= avail
+            stats[<int>STAT_STREAM_BYTES_SKIPPED] += avail
+            if s.to_skip == 0:
+                continue
+            if s.eof:
+                s.to_skip = 0           # the stream ended inside the packet
+                continue
+            return TAKE_MORE
+        avail = s.end - s.start
+        if avail == 0:
+            return TAKE_END if s.eof else TAKE_MORE
+        limit = avail if avail < max_packet_size else max_packet_size
+        status = decode_packet(s.buf + s.start, limit, &hdr)
+        if status == DECODE_OK:
+            r.pkt_data[r.n] = s.buf + s.start
+            r.pkt_len[r.n] = hdr.size
+            r.n += 1
+            s.start += hdr.size
+            continue
+        if (status == DECODE_PAYLOAD_LENGTH and hdr.size > max_packet_size) \
+                or status == DECODE_PAYLOAD_OUTSIDE_HEAP \
+                or (status == DECODE_MISSING_ITEMS and hdr.size > 0):
+            # Longer than any packet accepted, or unusable but of a known
+            # size: skip it whole by its declared size (its bytes counted
+            # as skipped), never searching its payload for packets.
+            stats[<int>decode_status_stat(status)] += 1
+            s.to_skip = hdr.size
+            continue
+        cut = status == DECODE_TOO_SHORT or status == DECODE_ITEMS_OVERFLOW \
+            or status == DECODE_PAYLOAD_LENGTH
+        # Too few bytes may only mean the rest has not been read yet.
+        if cut and avail < max_packet_size and not s.eof:
+            return TAKE_MORE
+        stats[<int>decode_status_stat(status)] += 1
+        if cut and s.eof:
+            # A packet cut off by the end of the stream.
+            stats[<int>cut_stat] += avail
+            s.start = s.end
+            continue
+        bytes_resync(s, stats)
+    return TAKE_FULL
+
+
+cdef int bytes_read(ByteStream *s, int fd, size_t *count) noexcept nogil:
+    """Read what `fd` has into the stream's buffer (no wait): 1 (`count` bytes
+    read), READ_AGAIN (nothing yet), READ_EOF, or READ_ERROR (errno says why)."""
+    cdef ssize_t got
+    if s.start > 0:
+        memmove(s.buf, s.buf + s.start, s.end - s.start)
+        s.end -= s.start
+        s.start = 0
+    got = read(fd, s.buf + s.end, s.bufsize - s.end)
+    if got < 0:
+        if errno == EINTR or errno == EAGAIN:
+            return READ_AGAIN
+        return READ_ERROR
+    if got == 0:
+        return READ_EOF
+    s.end += <size_t>got
+    count[0] = <size_t>got
+    return 1
+
 
 cdef class ByteStreamReader(Reader):
     """Packets back to back on a byte stream (file, stdin, TCP, memory).
@@ -227,11 +339,8 @@ cdef class ByteStreamReader(Reader):
     """
 
     cdef int fd                 # -1 for an in-memory buffer
-    cdef uint8_t *buf
-    cdef size_t bufsize
-    cdef size_t start, end      # unconsumed bytes are buf[start:end]
+    cdef ByteStream bs
     cdef size_t max_packet_size
-    cdef size_t to_skip         # bytes of an over-long packet still to skip
     cdef int timeout_ms
     cdef object keepalive       # the Python buffer or file object behind fd/buf
     cdef const uint8_t[::1] view
@@ -245,21 +354,22 @@ cdef class ByteStreamReader(Reader):
         self.finite = finite
         if isinstance(source, int):
             self.fd = source
-            self.bufsize = max(bufsize, 2 * max_packet_size + 16)
-            self.buf = <uint8_t *>malloc(self.bufsize)
-            if self.buf == NULL:
+            self.bs.bufsize = max(bufsize, 2 * max_packet_size + 16)
+            self.bs.buf = <uint8_t *>malloc(self.bs.bufsize)
+            if self.bs.buf == NULL:
                 raise MemoryError()
         else:
             self.fd = -1
             self.view = memoryview(source).cast("B")
             self.keepalive = source
-            self.end = self.view.shape[0]
-            if self.end:
-                self.buf = <uint8_t *>&self.view[0]
+            self.bs.end = self.view.shape[0]
+            self.bs.eof = True
+            if self.bs.end:
+                self.bs.buf = <uint8_t *>&self.view[0]
 
     def __dealloc__(self):
         if self.fd >= 0:
-            free(self.buf)
+            free(self.bs.buf)
 
     def keep(self, obj):
         """Keep `obj` (a socket or file owning the descriptor) alive with the reader."""
@@ -270,15 +380,10 @@ cdef class ByteStreamReader(Reader):
             self.keepalive.close()
 
     cdef int read_more(self) noexcept nogil:
-        """Read into the buffer; READ_AGAIN, READ_EOF, READ_ERROR or > 0."""
+        """Wait for the descriptor, then read: READ_AGAIN, READ_EOF, READ_ERROR or > 0."""
         cdef pollfd pfd
-        cdef ssize_t got
-        if self.fd < 0:
-            return READ_EOF
-        if self.start > 0:
-            memmove(self.buf, self.buf + self.start, self.end - self.start)
-            self.end -= self.start
-            self.start = 0
+        cdef int got
+        cdef size_t count
         pfd.fd = self.fd
         pfd.events = POLLIN
         pfd.revents = 0
@@ -288,105 +393,33 @@ cdef class ByteStreamReader(Reader):
         if got < 0:
             self.errno_value = errno
             return READ_ERROR
-        got = read(self.fd, self.buf + self.end, self.bufsize - self.end)
-        if got < 0:
-            if errno == EINTR or errno == EAGAIN:
-                return READ_AGAIN
+        got = bytes_read(&self.bs, self.fd, &count)
+        if got == READ_ERROR:
             self.errno_value = errno
-            return READ_ERROR
-        if got == 0:
-            return READ_EOF
-        self.end += <size_t>got
-        return 1
-
-    cdef void resync(self, uint64_t *stats) noexcept nogil:
-        """Skip to the next byte pair that could start a SPEAD header."""
-        cdef size_t i = self.start + 1
-        cdef int bits
-        while i < self.end:
-            if self.buf[i] == SPEAD_MAGIC:
-                if i + 8 > self.end:
-                    break       # maybe a header; decide once more bytes arrive
-                if decode_header_flavour(self.buf + i, 8, &bits) == DECODE_OK:
-                    break
-            i += 1
-        stats[<int>STAT_STREAM_BYTES_SKIPPED] += i - self.start
-        self.start = i
+        return got
 
     cdef int fill(self, uint64_t *stats) noexcept nogil:
-        cdef PacketHeader hdr
-        cdef DecodeStatus status
-        cdef size_t avail, limit
         cdef int rc
         self.n = 0
         self.pos = 0
-        while self.n < self.capacity:
+        while True:
             if self.stop_flag:
                 self.eof = True
                 return READ_EOF
-            if self.to_skip:
-                avail = self.end - self.start
-                if avail > self.to_skip:
-                    avail = self.to_skip
-                self.start += avail
-                self.to_skip -= avail
-                stats[<int>STAT_STREAM_BYTES_SKIPPED] += avail
-                if self.to_skip == 0:
-                    continue
-                if self.eof:
-                    self.to_skip = 0        # the stream ended inside the packet
-                    continue
-                if self.n > 0:
-                    return <int>self.n      # hand over what we have first
-                rc = self.read_more()
-                if rc == READ_EOF:
-                    self.eof = True
-                elif rc <= 0:
-                    return rc
-                continue
-            avail = self.end - self.start
-            limit = avail if avail < self.max_packet_size else self.max_packet_size
-            status = decode_packet(self.buf + self.start, limit, &hdr)
-            if status == DECODE_OK:
-                self.pkt_data[self.n] = self.buf + self.start
-                self.pkt_len[self.n] = hdr.size
-                self.n += 1
-                self.start += hdr.size
-                continue
-            if (status == DECODE_PAYLOAD_LENGTH and hdr.size > self.max_packet_size) \
-                    or status == DECODE_PAYLOAD_OUTSIDE_HEAP \
-                    or (status == DECODE_MISSING_ITEMS and hdr.size > 0):
-                # Longer than any packet accepted, or unusable but of a known
-                # size: skip it whole by its declared size (its bytes counted
-                # as skipped), never searching its payload for packets.
-                stats[<int>decode_status_stat(status)] += 1
-                self.to_skip = hdr.size
-                continue
-            # Too few bytes may only mean the rest has not been read yet.
-            if (status == DECODE_TOO_SHORT or status == DECODE_ITEMS_OVERFLOW
-                    or status == DECODE_PAYLOAD_LENGTH) \
-                    and avail < self.max_packet_size and not self.eof:
-                if self.n > 0:
-                    return <int>self.n      # hand over what we have first
-                rc = self.read_more()
-                if rc == READ_EOF:
-                    self.eof = True
-                    continue
-                if rc <= 0:
-                    return rc
-                continue
-            if avail == 0:
+            rc = bytes_take(&self.bs, self, self.max_packet_size, STAT_STREAM_BYTES_SKIPPED,
+                            stats)
+            if rc == TAKE_FULL:
+                return <int>self.n
+            if rc == TAKE_END:
                 self.eof = True
                 return <int>self.n if self.n > 0 else READ_EOF
-            stats[<int>decode_status_stat(status)] += 1
-            if self.eof and (status == DECODE_TOO_SHORT or status == DECODE_ITEMS_OVERFLOW
-                             or status == DECODE_PAYLOAD_LENGTH):
-                # A packet cut off by the end of the stream.
-                stats[<int>STAT_STREAM_BYTES_SKIPPED] += avail
-                self.start = self.end
-                continue
-            self.resync(stats)
-        return <int>self.n
+            if self.n > 0:
+                return <int>self.n      # hand over what we have before reading
+            rc = self.read_more()
+            if rc == READ_EOF:
+                self.bs.eof = True
+            elif rc <= 0:
+                return rc
 
 
 # --------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 # cython: initializedcheck=False
 """daqd._spead: the compiled receive core.
 
-Decoding (packet.pxd), counters (stats.pxd), readers (readers.pxi, pcap.pxi),
+Decoding (packet.pxd), counters (stats.pxd), readers (readers.pxi, pcap.pxi,
+tcp_server.pxi),
 the live-heap window both modes share (window.pxi), heap mode
 (heap_stream.pxi), chunk mode (chunk_group.pxi, chunk_stream.pxi), the
 reference-workload generator and senders (sim.pxi).  Python sees readers,
@@ -27,6 +28,7 @@ include "pcap.pxi"
 include "sim.pxi"
 include "chunk_group.pxi"
 include "chunk_stream.pxi"
+include "tcp_server.pxi"
 
 
 #: Every counter's name, in StatIndex order: the member names of stats.pxd's

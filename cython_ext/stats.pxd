@@ -77,6 +77,12 @@ cpdef enum StatIndex:
     STAT_CHUNK_PACKETS_DISCARDED                # packets of heaps not placed, or whose chunk left
     STAT_CHUNK_SLOTS_MISSING                    # slots of completed chunks without a complete heap
     STAT_CHUNK_WINDOW_RESETS                    # window re-anchored after a run of too-old heaps
+    # tcp:// sources (the listener serves sender after sender)
+    STAT_TCP_CONNECTIONS_ACCEPTED               # peers accepted
+    STAT_TCP_CONNECTIONS_CLOSED                 # peers that closed (or reset) their connection
+    STAT_TCP_CONNECTIONS_REFUSED                # peers closed at once: every peer slot was taken
+    STAT_TCP_BYTES_RECEIVED                     # bytes read from peers
+    STAT_TCP_BYTES_TRUNCATED                    # bytes of a packet cut off by its peer closing
     N_STATS                                     # not a counter: how many there are
 
 

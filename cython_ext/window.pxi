@@ -14,7 +14,11 @@
 # - a heap is complete when received == HEAP_SIZE == min_length (the largest
 #   offset or item address seen);
 # - a complete heap carrying a stream-control stop item ends the stream and is
-#   not delivered (stop_on_stop_item): every other live heap is flushed.
+#   not delivered (stop_on_stop_item): every other live heap is flushed.  With
+#   stop_boundary (the daemon's default; not spead2's) the stop heap is a
+#   capture boundary instead: counted and not delivered, every other live heap
+#   (chunk mode: every open chunk of the stream) is flushed, and the stream
+#   goes on taking packets.
 #
 # What becomes of a heap's bytes, and of a heap that leaves the window, is the
 # mode's policy, as spead2's chunk stream is a policy (allocate, place, ready)
@@ -216,6 +220,7 @@ cdef struct Window:
     int64_t max_heap_size
     bint allow_out_of_order
     bint stop_on_stop_item
+    bint stop_boundary          # a stop heap flushes and the stream goes on
     # state
     bint stopped                # a stop item has ended the stream
     bint closed                 # no packet is taken any more (stopped, or finished)
@@ -238,7 +243,7 @@ cdef int window_check(size_t max_heaps, int64_t max_heap_size) except -1:
 
 cdef int window_init(Window *w, size_t max_heaps, int64_t max_heap_size,
                      bint allow_out_of_order, bint stop_on_stop_item,
-                     size_t spare_storage) except -1:
+                     bint stop_boundary, size_t spare_storage) except -1:
     """Allocate an empty window; `spare_storage` blocks beyond one per live slot
     (heap mode: for the heaps waiting in the ready list)."""
     window_check(max_heaps, max_heap_size)
@@ -247,6 +252,7 @@ cdef int window_init(Window *w, size_t max_heaps, int64_t max_heap_size,
     w.max_heap_size = max_heap_size
     w.allow_out_of_order = allow_out_of_order
     w.stop_on_stop_item = stop_on_stop_item
+    w.stop_boundary = stop_boundary
     w.n_storage = max_heaps + spare_storage
     w.live = <LiveHeap *>malloc(max_heaps * sizeof(LiveHeap))
     w.storage = <HeapStorage *>malloc(w.n_storage * sizeof(HeapStorage))
@@ -453,7 +459,19 @@ cdef inline void window_add_packet(Window *w, const PacketHeader *p, uint64_t *s
     h.last_offset = p.payload_offset
     h.n_packets += 1
     cdef bint end_of_stream = w.stop_on_stop_item and h.end_of_stream
-    if h.received_length == h.heap_length and h.received_length == h.min_length:
+    cdef bint complete = h.received_length == h.heap_length and h.received_length == h.min_length
+    if end_of_stream and w.stop_boundary:
+        # A capture boundary, once the stop heap is complete: it is counted and
+        # dropped, everything the stream holds is flushed, the stream goes on.
+        if complete:
+            stats[<int>STAT_STOP_HEAPS] += 1
+            window_drop_heap(w, h)
+            if WindowOwner is ReadyHeapsPtr:
+                window_flush(w, stats, owner)
+            else:
+                _chunks_on_boundary(owner, stats)
+        return
+    if complete:
         if end_of_stream:
             stats[<int>STAT_STOP_HEAPS] += 1
             window_drop_heap(w, h)
@@ -552,6 +570,7 @@ cdef class WindowStream:
     cdef readonly bint allow_out_of_order   # a heap's packets in any order
     cdef readonly int64_t max_heap_size     # larger heaps (and range sets) are rejected
     cdef readonly bint stop_on_stop_item    # a stop item ends the stream
+    cdef readonly bint stop_boundary        # ... or, with this, is a capture boundary
 
     def __cinit__(self, *args, **kwargs):
         if type(self) is WindowStream:
@@ -563,13 +582,15 @@ cdef class WindowStream:
         window_free(&self.w)
 
     cdef int init_window(self, size_t max_heaps, int64_t max_heap_size, bint allow_out_of_order,
-                         bint stop_on_stop_item, size_t spare_storage) except -1:
+                         bint stop_on_stop_item, bint stop_boundary,
+                         size_t spare_storage) except -1:
         window_init(&self.w, max_heaps, max_heap_size, allow_out_of_order, stop_on_stop_item,
-                    spare_storage)
+                    stop_boundary, spare_storage)
         self.max_heaps = max_heaps
         self.max_heap_size = max_heap_size
         self.allow_out_of_order = allow_out_of_order
         self.stop_on_stop_item = stop_on_stop_item
+        self.stop_boundary = stop_boundary
         return 0
 
     cdef int receive(self, Reader reader, uint64_t *stats, size_t *used) noexcept nogil:
@@ -580,6 +601,11 @@ cdef class WindowStream:
     def stopped(self):
         """Whether a stop item has ended the stream."""
         return self.w.stopped
+
+    @property
+    def stop_heaps(self):
+        """Stop heaps seen so far (the ``stop_heaps`` counter, without a stats() dict)."""
+        return self.counters[<int>STAT_STOP_HEAPS]
 
     def process(self, Reader reader):
         """Receive one batch from `reader` and assemble or place it (GIL released throughout).

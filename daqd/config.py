@@ -167,7 +167,8 @@ class StreamConfig:
     max_packet_size: int = key(DEFAULT_MAX_PACKET_SIZE, minimum=64)
     max_heap_size: int = key(_spead.DEFAULT_MAX_HEAP_SIZE, minimum=0)
     socket_buffer: int = key(DEFAULT_SOCKET_BUFFER, minimum=0)
-    stop_on_stop_item: bool = True
+    stop_on_stop_item: bool = True      # a stop item is stream control (false: an ordinary heap)
+    exit_on_stop_heap: bool = False     # a stop heap ends the source (else: capture boundary)
     chunk: ChunkConfig | None = None
     buffer: BufferConfig = field(default_factory=BufferConfig)
     sinks: tuple[SinkConfig, ...] = ()
@@ -366,6 +367,10 @@ def _check_sink_templates(loader: _Loader, where: str, sink: SinkConfig,
 
 def _check_stream(loader: _Loader, i: int, s: StreamConfig) -> None:
     where = f"stream[{i}]"
+    if s.exit_on_stop_heap and not s.stop_on_stop_item:
+        raise loader.fail(f"{where}.exit_on_stop_heap", True,
+                          "false while stop_on_stop_item = false (stop heaps are then "
+                          "not stream control, so none can end the stream)")
     c = s.chunk
     if c is not None:
         try:

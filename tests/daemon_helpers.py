@@ -65,21 +65,23 @@ def daemon_toml(tmp: Path, name: str = "test-daqd", interval: float = 0.2) -> st
                          interval=interval))
 
 
-def udp_stream_toml(name: str, port: int) -> str:
-    """A ``[[stream]]`` table receiving from one loopback UDP port."""
+def udp_stream_toml(name: str, port: int, **keys: Any) -> str:
+    """A ``[[stream]]`` table receiving from one loopback UDP port (more `keys` if given)."""
     return toml_table("stream", array=True, name=name, sources=[f"udp://127.0.0.1:{port}"],
-                      socket_buffer=4 << 20)
+                      socket_buffer=4 << 20, **keys)
 
 
 def chunk_stream_config(tmp: Path, *, name: str = "adc0", port: int | None = None,
                         sinks: str = "", buffer: str = "", chunk: str = "",
-                        heaps_per_chunk: int = 8, extra: str = "") -> str:
-    """TOML of a daemon with one W1 chunk-mode stream, its files under `tmp`."""
+                        heaps_per_chunk: int = 8, extra: str = "",
+                        stream_keys: dict[str, Any] | None = None) -> str:
+    """TOML of a daemon with one W1 chunk-mode stream, its files under `tmp`
+    (`stream_keys`: more ``[[stream]]`` keys)."""
     port = port or free_port()
     sinks = sinks or sinks_toml(tmp, "binary", "text")
     buffer = buffer or buffer_toml(kind="fifo", capacity=64, when_full="block", flush_count=4,
                                    flush_interval=0.5)
-    return daemon_toml(tmp) + udp_stream_toml(name, port) + f"""
+    return daemon_toml(tmp) + udp_stream_toml(name, port, **(stream_keys or {})) + f"""
 [stream.chunk]
 timestamp_item = 0x1600
 timestamp_step = 8192

@@ -364,8 +364,12 @@ CASES: dict[str, Case] = {
         "packets_rejected_truncated"], 1),
     "stream.max_heap_size": Case(4096, stream_attr("max_heap_size"), 4096),
     "stream.socket_buffer": Case(65536, rcvbuf, 2 * 65536),
+    # a stop heap between two runs of heaps: counted as one (a boundary), or,
+    # not being stream control, not at all; with exit_on_stop_heap it ends the stream
     "stream.stop_on_stop_item": Case(False, lambda w: w.fed(
-        [*sim_packets("W1", 2), _spead.stop_packet(3), *sim_packets("W1", 2)]).stopped, False),
+        [*sim_packets("W1", 2), _spead.stop_packet(3), *sim_packets("W1", 2)]).stop_heaps, 0),
+    "stream.exit_on_stop_heap": Case(True, lambda w: w.fed(
+        [*sim_packets("W1", 2), _spead.stop_packet(3), *sim_packets("W1", 2)]).stopped, True),
     # [stream.chunk]: every key a ChunkGroup argument
     "stream.chunk.timestamp_item": Case(0x1601, group("timestamp_item"), 0x1601),
     "stream.chunk.timestamp_step": Case(4096, group("timestamp_step"), 4096),

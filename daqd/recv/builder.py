@@ -7,7 +7,8 @@ shared ``ChunkGroup``).  Each key reaches its object here and only here:
 
 - ``[stream.chunk]``: every key is a `ChunkGroup` argument of the same name
   (`group_arguments`; ``substream_item = -1`` means none);
-- ``[[stream]]`` keys of the compiled stream (`STREAM_KEYS`) and of the
+- ``[[stream]]`` keys of the compiled stream (`STREAM_KEYS`, and
+  ``exit_on_stop_heap``: its `stop_boundary` is the opposite) and of the
   sources (`SOURCE_KEYS`); ``name``, ``sources`` and the nested tables are the
   section's structure.
 
@@ -55,8 +56,14 @@ def build_group(chunk: ChunkConfig) -> Any:
 
 
 def build_stream(section: StreamConfig, group: Any = None) -> Any:
-    """Make one compiled stream of `section`: a `ChunkStream` of `group`, or a `HeapStream`."""
+    """Make one compiled stream of `section`: a `ChunkStream` of `group`, or a `HeapStream`.
+
+    In the daemon a stop heap is a capture boundary (the stream flushes what it
+    holds and goes on) unless ``exit_on_stop_heap`` says it ends the stream, as
+    it does a library stream (spead2's behaviour).
+    """
     args = _arguments(section, STREAM_KEYS)
+    args["stop_boundary"] = not section.exit_on_stop_heap
     if group is not None:
         return group.add_stream(**args)
     return _spead.HeapStream(**args)

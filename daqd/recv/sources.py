@@ -26,54 +26,42 @@ IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
 
 @dataclass
 class Source:
-    """An opened source: its reader, or a listener still waiting for a sender.
+    """An opened source and its reader.
 
     Attributes
     ----------
     uri : str
         The URI it was opened from.
-    reader : daqd._spead.Reader or None
-        The compiled reader; None for ``tcp://`` until `wait_ready` accepts.
+    reader : daqd._spead.Reader
+        The compiled reader (``tcp://``: a `TcpServerReader`, listening).
     warnings : list of str
         Things an operator should hear about (e.g. a smaller socket buffer).
     sock : socket.socket or None
         ``udp://``: the bound socket the reader receives from.
+    address : tuple or None
+        ``udp://``, ``tcp://``: the (host, port) bound.
     """
 
     uri: str
     reader: Any = None
     warnings: list[str] = field(default_factory=list)
-    listener: socket.socket | None = None
-    options: dict[str, Any] = field(default_factory=dict)
     sock: socket.socket | None = None
+    address: tuple[str, int] | None = None
 
     @property
     def finite(self) -> bool:
         """Whether the source ends by itself."""
         return bool(self.reader is not None and self.reader.finite)
 
+    @property
+    def serves_connections(self) -> bool:
+        """Whether the source is a TCP listener (connection counters and events)."""
+        return isinstance(self.reader, _spead.TcpServerReader)
+
     def wait_ready(self, timeout: float) -> bool:
-        """Accept the TCP sender if there is one waiting; True once a reader exists."""
-        if self.reader is not None:
-            return True
-        assert self.listener is not None
-        self.listener.settimeout(timeout)
-        try:
-            conn, _ = self.listener.accept()
-        except TimeoutError:
-            return False
-        conn.setblocking(False)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.options["socket_buffer"])
-        reader = _spead.ByteStreamReader(
-            conn.fileno(),
-            max_packet_size=self.options["max_packet_size"],
-            finite=False,
-        )
-        reader.keep(conn)
-        self.reader = reader
-        self.listener.close()
-        self.listener = None
-        return True
+        """True: every source's reader exists once it is open (a ``tcp://``
+        listener accepts its peers in the reader itself)."""
+        return self.reader is not None
 
     def stop(self) -> None:
         """Make a blocked reader return at its next poll timeout."""
@@ -84,9 +72,6 @@ class Source:
         """Release sockets, files and mappings."""
         if self.reader is not None:
             self.reader.close()
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
 
 
 def set_receive_buffer(sock: socket.socket, requested: int, uri: str) -> list[str]:
@@ -142,22 +127,28 @@ def _open_udp(u: SourceUri, max_packet_size: int, socket_buffer: int) -> Source:
     if gro and not reader.gro:
         warnings.append(f"{uri}: the kernel refused UDP_GRO (Linux >= 5.0 has it); "
                         "receiving one datagram per message")
-    return Source(uri, reader, warnings, sock=sock)
+    return Source(uri, reader, warnings, sock=sock, address=sock.getsockname())
 
 
 def _open_tcp(u: SourceUri, max_packet_size: int, socket_buffer: int) -> Source:
+    """A listener served by a TcpServerReader (several peers, one after another
+    or at once); ``?once=1``: the first peer only, as spead2's TCP reader."""
     uri, host, port = u.text, u.host, u.port
+    once = u.switch("once", False)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit the listener's receive buffer.
+        warnings = set_receive_buffer(sock, socket_buffer, uri)
         sock.bind((host, port))
-        sock.listen(1)
+        sock.listen(_spead.TCP_MAX_PEERS)
+        sock.setblocking(False)
+        address = sock.getsockname()
     except OSError as exc:
         sock.close()
         raise SourceError(f"{uri}: cannot listen: {exc.strerror}") from None
-    return Source(
-        uri, None, [], sock, {"max_packet_size": max_packet_size, "socket_buffer": socket_buffer}
-    )
+    reader = _spead.TcpServerReader(sock.detach(), max_packet_size=max_packet_size, once=once)
+    return Source(uri, reader, warnings, address=address)
 
 
 def _open_file(u: SourceUri, max_packet_size: int) -> Source:

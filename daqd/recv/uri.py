@@ -9,7 +9,8 @@ as at ``run``.
 =================================  ===========================================
 ``udp://HOST:PORT``                 options ``interface=ADDR`` (multicast),
                                     ``gro=1|0``
-``tcp://HOST:PORT``                 (no options)
+``tcp://HOST:PORT``                 ``once=1|0``: serve one connection, as
+                                    spead2 does (default: sender after sender)
 ``pcap:PATH``                       ``port=P``: keep one destination port
 ``file:PATH`` (``-``: stdin)        (no options)
 ``sim:W1`` (``W2``, ``W3``)         ``rate=BYTES_PER_S``, ``heaps=N``
@@ -32,7 +33,7 @@ from daqd.errors import SourceError
 #: scheme -> the query options it takes
 OPTIONS: Mapping[str, frozenset[str]] = {
     "udp": frozenset({"interface", "gro"}),
-    "tcp": frozenset(),
+    "tcp": frozenset({"once"}),
     "pcap": frozenset({"port"}),
     "file": frozenset(),
     "sim": frozenset({"rate", "heaps"}),
@@ -167,6 +168,7 @@ def parse_uri(text: str, schemes: tuple[str, ...] = SCHEMES) -> SourceUri:
         uri = SourceUri(text, scheme, path=path, options=options)
     # Check option values now, so that they fail at validate, not at run.
     uri.switch("gro", True)
+    uri.switch("once", False)
     uri.udp_port  # noqa: B018  (checks port=)
     uri.number("rate", float, 0)
     uri.number("heaps", int, 1)

@@ -6,10 +6,15 @@ the shutdown):
 - one receive thread per source: ``process(reader)`` batches with the GIL
   released inside; heap mode turns complete heaps into `HeapRecord`s here;
   a packet tap (when a pcap sink is configured) is emptied here into
-  `PacketRecord`s;
+  `PacketRecord`s; a ``tcp://`` listener's connections are logged here;
 - chunk mode: one consumer thread taking completed chunks from the group's
   data ring into the buffer as `ChunkRecord`s (no copy);
 - one flusher thread per buffer (daqd.pipeline.flush), the only caller of the sinks.
+
+A stop heap is a capture boundary unless ``exit_on_stop_heap``: the compiled
+stream hands over what it holds (heaps; chunk mode: its open chunks) and goes
+on, and the buffer is asked for a flush once those records are in it (heap
+mode: at once; chunk mode: when the consumer has emptied the data ring).
 
 Shutdown (`stop`): readers are told to stop and joined, each stream finishes
 (live heaps flushed, open chunks closed), the consumer drains the data ring,
@@ -43,7 +48,10 @@ TAP_PERIOD = 0.05
 POLL = 0.2
 # Per-source counters in the statistics (every counter is in the stream's sums).
 SOURCE_COUNTERS = ("packets", "bytes", "heaps", "batches", "packets_dropped_socket_buffer",
-                   "incomplete_heaps_evicted", "chunk_heaps_too_old")
+                   "incomplete_heaps_evicted", "chunk_heaps_too_old", "stop_heaps")
+# ... and a tcp:// listener's (besides "peers", its open connections' bytes).
+TCP_SOURCE_COUNTERS = ("tcp_connections_accepted", "tcp_connections_closed",
+                       "tcp_connections_refused", "tcp_bytes_received", "tcp_bytes_truncated")
 # Gauges, not sums: never reset, never turned into rates.
 GAUGE_COUNTERS = frozenset(name.name.lower() for name in MAXIMA)
 
@@ -75,6 +83,7 @@ class StreamRunner:
         self.recorder = HeapRecorder(config.name)   # heap mode: heaps into records
         self.baseline: dict[str, int] = {}
         self.not_captured = 0               # records let go while capture was stopped
+        self.boundary = threading.Event()   # chunk mode: flush once the data ring is empty
         self.buffer: Any = None
         self.flusher: Any = None
         self.packet_buffer: Any = None
@@ -165,6 +174,8 @@ class StreamRunner:
             reader.enable_tap(TAP_BYTES, TAP_PACKETS)
         heap_mode = self.group is None
         last_tap = time.monotonic()
+        stop_heaps = stream.stop_heaps
+        serves = source.serves_connections
         while not self.stopping.is_set():
             rc = stream.process(reader)
             self.heartbeats[index] += 1
@@ -173,9 +184,29 @@ class StreamRunner:
             if self.packet_sinks and time.monotonic() - last_tap >= TAP_PERIOD:
                 self._put_tap(reader)
                 last_tap = time.monotonic()
+            if serves:
+                self._log_connections(source)
+            if stream.stop_heaps != stop_heaps and not stream.stopped:
+                stop_heaps = stream.stop_heaps
+                self._capture_boundary(source, stop_heaps, heap_mode)
             if rc < 0 or stream.stopped:
                 break
+        if serves:
+            self._log_connections(source)
         self._finish(source, stream)
+
+    def _capture_boundary(self, source: Source, stop_heaps: int, heap_mode: bool) -> None:
+        """A stop heap went by: what it closed is handed over, so have it written."""
+        log.info("capture boundary", stream=self.name, source=source.uri, stop_heaps=stop_heaps)
+        if heap_mode:
+            self.flush("stop heap")
+        else:
+            self.boundary.set()         # the consumer flushes once it has the chunks
+
+    def _log_connections(self, source: Source) -> None:
+        for event, peer, received in source.reader.take_events():
+            log.info(f"tcp peer {event}", stream=self.name, source=source.uri, peer=peer,
+                     bytes=received)
 
     def _finish(self, source: Source, stream: Any) -> None:
         if self.group is not None:
@@ -208,6 +239,10 @@ class StreamRunner:
 
     def _consume_chunks(self) -> None:
         while True:
+            if self.boundary.is_set() and self.group.data_ring_size == 0:
+                # Every chunk a stop heap completed is in the buffer now.
+                self.boundary.clear()
+                self.flush("stop heap")
             try:
                 chunk = self.group.get(POLL)
             except TimeoutError:
@@ -301,7 +336,7 @@ class StreamRunner:
         total.update(self.recorder.counters())
         return total
 
-    def source_counters(self) -> dict[str, dict[str, int]]:
+    def source_counters(self) -> dict[str, dict[str, Any]]:
         """Each source's own headline counters (the stream's are their sums)."""
         out = {}
         for source, stream in zip(self.sources, self.streams, strict=True):
@@ -309,6 +344,9 @@ class StreamRunner:
             out[source.uri] = {name: c[name] for name in SOURCE_COUNTERS}
             out[source.uri]["packets_rejected"] = sum(
                 v for k, v in c.items() if k.startswith("packets_rejected_"))
+            if source.serves_connections:
+                out[source.uri].update({name: c[name] for name in TCP_SOURCE_COUNTERS})
+                out[source.uri]["peers"] = source.reader.peers()
         return out
 
     def snapshot(self) -> dict[str, Any]:

@@ -42,7 +42,9 @@ def binary_chunks(tmp_path: Path) -> np.ndarray:
 
 
 def test_daqd_simulate_over_udp_into_chunk_files_and_stop_item_ends_the_run(tmp_path):
-    with chunk_daemon(tmp_path) as (daemon, ready, port):
+    # exit_on_stop_heap: the stop heap ends the source (by default it is a capture boundary)
+    with chunk_daemon(tmp_path, stream_keys={"exit_on_stop_heap": True}) as (daemon, ready,
+                                                                              port):
         sub = subscribed(ready["stats"])
         heaps = 40 * HEAPS_PER_CHUNK
         result = subprocess.run(
@@ -87,7 +89,8 @@ def test_counters_published_match_what_was_sent(tmp_path):
         assert message["sources"] == {f"udp://127.0.0.1:{port}": {
             "packets": heaps, "bytes": heaps * (8192 + 56), "heaps": heaps,
             "batches": counters["batches"], "packets_dropped_socket_buffer": 0,
-            "incomplete_heaps_evicted": 0, "chunk_heaps_too_old": 0, "packets_rejected": 0}}
+            "incomplete_heaps_evicted": 0, "chunk_heaps_too_old": 0, "stop_heaps": 0,
+            "packets_rejected": 0}}
         assert set(message["rates"]) >= {"packets", "heaps"}
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0

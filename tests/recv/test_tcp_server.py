@@ -1,0 +1,118 @@
+"""The compiled TCP server reader behind ``tcp://``: real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from daemon_helpers import free_port
+from spead_packets import sim_packets
+
+from daqd import _spead
+from daqd.recv.sources import open_source
+
+pytestmark = pytest.mark.network
+
+
+class Served:
+    """A tcp:// source and a heap stream fed from it."""
+
+    def __init__(self, query: str = ""):
+        self.port = free_port(socket.SOCK_STREAM)
+        self.source = open_source(f"tcp://127.0.0.1:{self.port}{query}")
+        self.stream = _spead.HeapStream(max_heaps=4)
+        self.heaps: list = []
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=5)
+
+    def until(self, check, timeout: float = 10.0) -> int:
+        """Process until `check(stats)`; the last process() result."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rc = self.stream.process(self.source.reader)
+            self.heaps += self.stream.pop_ready()
+            if check(self.stream.stats()) or rc < 0:
+                return rc
+            assert time.monotonic() < deadline, self.stream.stats()
+
+    def close(self) -> None:
+        self.source.close()
+
+
+@pytest.fixture
+def served():
+    s = Served()
+    yield s
+    s.close()
+
+
+def test_a_packet_never_spans_peers(served):
+    """Peer A's packet arrives in two halves with peer B's packet in between."""
+    a_packet, b_packet = sim_packets("W1", 2)
+    a, b = served.connect(), served.connect()
+    served.until(lambda s: s["tcp_connections_accepted"] == 2)
+    a.sendall(a_packet[:3000])
+    b.sendall(b_packet)
+    served.until(lambda s: s["packets"] == 1)
+    a.sendall(a_packet[3000:])
+    served.until(lambda s: s["packets"] == 2)
+    stats = served.stream.stats()
+    assert stats["heaps_complete"] == 2
+    assert stats["stream_bytes_skipped"] == 0
+    assert sorted(served.source.reader.peers().values()) == [len(a_packet), len(b_packet)]
+    a.close()
+    b.close()
+    served.until(lambda s: s["tcp_connections_closed"] == 2)
+
+
+def test_a_peer_closing_mid_packet_counts_the_cut_bytes_and_others_go_on(served):
+    packets = sim_packets("W1", 3)
+    a, b = served.connect(), served.connect()
+    a.sendall(packets[0] + packets[1][:100])
+    a.close()
+    served.until(lambda s: s["tcp_connections_closed"] == 1)
+    stats = served.stream.stats()
+    assert stats["tcp_bytes_truncated"] == 100
+    assert stats["packets_rejected_too_short"] + stats["packets_rejected_payload_length"] == 1
+    b.sendall(packets[2])
+    served.until(lambda s: s["heaps_complete"] == 2)
+    events = served.source.reader.take_events()
+    assert [e[0] for e in events] == ["accepted", "accepted", "closed"]
+    assert events[-1][2] == len(packets[0]) + 100
+    b.close()
+
+
+def test_peers_beyond_the_limit_are_refused_and_counted(served):
+    conns = [served.connect() for _ in range(_spead.TCP_MAX_PEERS + 1)]
+    served.until(lambda s: s["tcp_connections_accepted"] + s["tcp_connections_refused"]
+                 == _spead.TCP_MAX_PEERS + 1)
+    stats = served.stream.stats()
+    assert stats["tcp_connections_accepted"] == _spead.TCP_MAX_PEERS
+    assert stats["tcp_connections_refused"] == 1
+    for c in conns:
+        c.close()
+    served.until(lambda s: s["tcp_connections_closed"] == _spead.TCP_MAX_PEERS)
+    again = served.connect()                # slots free again: served
+    served.until(lambda s: s["tcp_connections_accepted"] == _spead.TCP_MAX_PEERS + 1)
+    again.close()
+
+
+def test_once_serves_one_peer_and_ends_with_it():
+    s = Served("?once=1")
+    try:
+        first = s.connect()
+        s.until(lambda st: st["tcp_connections_accepted"] == 1)
+        with pytest.raises(ConnectionRefusedError):
+            s.connect()                     # the listener closed, as spead2's acceptor
+        first.sendall(b"".join(sim_packets("W1", 3)))
+        first.close()
+        assert s.until(lambda st: False) == -1
+        assert len(s.heaps) == 3
+    finally:
+        s.close()
