@@ -43,7 +43,8 @@ cdef class ChunkStream(WindowStream):
 
     def __init__(self, ChunkGroup group=None, *, size_t max_heaps=DEFAULT_MAX_HEAPS,
                  bint allow_out_of_order=False, bint stop_on_stop_item=True,
-                 bint stop_boundary=False, int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE, too_old_reset=None, **group_kwargs):
+                 bint stop_boundary=False, int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE,
+                 too_old_reset=None, **group_kwargs):
         window_check(max_heaps, max_heap_size)
         if group is None:
             group = ChunkGroup(**group_kwargs)

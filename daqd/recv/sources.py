@@ -59,8 +59,10 @@ class Source:
         return isinstance(self.reader, _spead.TcpServerReader)
 
     def wait_ready(self, timeout: float) -> bool:
-        """True: every source's reader exists once it is open (a ``tcp://``
-        listener accepts its peers in the reader itself)."""
+        """Return True: a source's reader exists once it is open.
+
+        (A ``tcp://`` listener accepts its peers in the reader itself.)
+        """
         return self.reader is not None
 
     def stop(self) -> None:
@@ -131,8 +133,10 @@ def _open_udp(u: SourceUri, max_packet_size: int, socket_buffer: int) -> Source:
 
 
 def _open_tcp(u: SourceUri, max_packet_size: int, socket_buffer: int) -> Source:
-    """A listener served by a TcpServerReader (several peers, one after another
-    or at once); ``?once=1``: the first peer only, as spead2's TCP reader."""
+    """Listen, served by a TcpServerReader: peers one after another or at once.
+
+    ``?once=1``: the first peer only, as spead2's TCP reader.
+    """
     uri, host, port = u.text, u.host, u.port
     once = u.switch("once", False)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -13,8 +13,9 @@ the shutdown):
 
 A stop heap is a capture boundary unless ``exit_on_stop_heap``: the compiled
 stream hands over what it holds (heaps; chunk mode: its open chunks) and goes
-on, and the buffer is asked for a flush once those records are in it (heap
-mode: at once; chunk mode: when the consumer has emptied the data ring).
+on; once those records are in the buffer (heap mode: at once; chunk mode:
+when the consumer has emptied the data ring) the buffer is flushed and the
+sinks finish their files, so a capture's records are in files of their own.
 
 Shutdown (`stop`): readers are told to stop and joined, each stream finishes
 (live heaps flushed, open chunks closed), the consumer drains the data ring,
@@ -196,12 +197,17 @@ class StreamRunner:
         self._finish(source, stream)
 
     def _capture_boundary(self, source: Source, stop_heaps: int, heap_mode: bool) -> None:
-        """A stop heap went by: what it closed is handed over, so have it written."""
+        """Have what a stop heap closed written (it has been handed over already)."""
         log.info("capture boundary", stream=self.name, source=source.uri, stop_heaps=stop_heaps)
         if heap_mode:
-            self.flush("stop heap")
+            self._close_capture()
         else:
-            self.boundary.set()         # the consumer flushes once it has the chunks
+            self.boundary.set()         # the consumer does, once it has the chunks
+
+    def _close_capture(self) -> None:
+        """Write what the buffer holds, then finish the sinks' files (in that order)."""
+        self.flush("stop heap")
+        self.reopen()
 
     def _log_connections(self, source: Source) -> None:
         for event, peer, received in source.reader.take_events():
@@ -242,7 +248,7 @@ class StreamRunner:
             if self.boundary.is_set() and self.group.data_ring_size == 0:
                 # Every chunk a stop heap completed is in the buffer now.
                 self.boundary.clear()
-                self.flush("stop heap")
+                self._close_capture()
             try:
                 chunk = self.group.get(POLL)
             except TimeoutError:
