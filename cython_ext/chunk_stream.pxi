@@ -363,6 +363,7 @@ cdef class ChunkStream(WindowStream):
             pthread_mutex_unlock(&self.group.lock)
         out[<int>STAT_WORKER_BLOCKED] += times
         out[<int>STAT_WORKER_BLOCKED_NS] += ns
+        self.add_polled(out)
 
     def stats(self):
         """A snapshot of this stream's counters, name -> value."""

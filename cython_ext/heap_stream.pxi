@@ -349,4 +349,7 @@ cdef class HeapStream(WindowStream):
 
     def stats(self):
         """A snapshot of the counters, name -> value."""
-        return _stats_dict(self.counters)
+        cdef uint64_t out[<int>N_STATS]
+        memcpy(out, self.counters, sizeof(self.counters))
+        self.add_polled(out)
+        return _stats_dict(out)

@@ -552,6 +552,9 @@ cdef class WindowStream:
     cdef readonly bint allow_out_of_order   # a heap's packets in any order
     cdef readonly int64_t max_heap_size     # larger heaps (and range sets) are rejected
     cdef readonly bint stop_on_stop_item    # a stop item ends the stream
+    # Kernel drops found by poll_source() (the statistics path, with the GIL),
+    # added in by stats(): the receive loop's own count is in `counters`.
+    cdef uint64_t polled_drops
 
     def __cinit__(self, *args, **kwargs):
         if type(self) is WindowStream:
@@ -580,6 +583,20 @@ cdef class WindowStream:
     def stopped(self):
         """Whether a stop item has ended the stream."""
         return self.w.stopped
+
+    def poll_source(self, Reader reader):
+        """Count what `reader`'s source reports between packets: a UDP socket's
+        drops, read from the kernel now (SO_MEMINFO), so that they show without
+        a further datagram.  Any thread may call it (the statistics path does);
+        a drop is counted once, here or by the receive loop.  Returns the drops
+        it counted."""
+        cdef uint64_t drops = reader.poll_drops()
+        self.polled_drops += drops
+        return drops
+
+    cdef void add_polled(self, uint64_t *out) noexcept:
+        """Add what poll_source() counted into a snapshot of the counters."""
+        out[<int>STAT_PACKETS_DROPPED_SOCKET_BUFFER] += self.polled_drops
 
     def process(self, Reader reader):
         """Receive one batch from `reader` and assemble or place it (GIL released throughout).

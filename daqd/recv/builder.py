@@ -118,6 +118,21 @@ class Receiver:
             raise
         return warnings
 
+    def poll_sources(self) -> None:
+        """Count what the sources report between packets.
+
+        That is the kernel's drops on each UDP socket, read now: the statistics
+        path calls it, and the daemon once more before it closes the sources.
+        """
+        for source, stream in zip(self.sources, self.streams, strict=True):
+            if source.reader is not None:
+                stream.poll_source(source.reader)
+
+    def source_stats(self) -> list[dict[str, int]]:
+        """Each source's counters (its stream's), the sources polled first."""
+        self.poll_sources()
+        return [stream.stats() for stream in self.streams]
+
     def close(self) -> None:
         """Release every source's sockets, files and mappings."""
         for source in self.sources:
