@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from daqd.config import ChunkConfig, StreamConfig
 
 #: ``[[stream]]`` keys that are arguments of the compiled stream (HeapStream, ChunkStream).
-STREAM_KEYS = ("max_heaps", "allow_out_of_order", "max_heap_size", "stop_on_stop_item")
+STREAM_KEYS = ("max_heaps", "allow_out_of_order", "max_heap_size", "stop_on_stop_item",
+               "max_live_heap_bytes")
 #: ``[[stream]]`` keys that are arguments of `open_source`.
 SOURCE_KEYS = ("max_packet_size", "socket_buffer")
 
@@ -155,9 +156,13 @@ class Receiver:
         return [0] * (self.group.substreams if self.group is not None else 0)
 
     def gauges(self) -> dict[str, int]:
-        """Chunk mode: the pool's free and data rings and its size (else nothing)."""
+        """Return the receive side's gauges.
+
+        Chunk mode: the pool's free and data rings and its size; heap mode: the
+        payload bytes the sources' live heaps hold (`live_heap_bytes`).
+        """
         if self.group is None:
-            return {}
+            return {"live_heap_bytes": sum(s.live_heap_bytes for s in self.streams)}
         return {"free_ring": self.group.free_ring_size, "data_ring": self.group.data_ring_size,
                 "pool": self.group.pool}
 
