@@ -166,7 +166,8 @@ cdef class Reader:
         return blob, lengths
 
     def stop(self):
-        """Ask a blocking fill() to return at its next poll timeout."""
+        """Ask a blocking fill() to return at its next poll timeout (a UDP reader
+        then hands over what its socket held at the stop before it ends)."""
         self.stop_flag = True
 
     def close(self):

@@ -508,7 +508,7 @@ cdef inline void window_add_packet(Window *w, const PacketHeader *p, uint64_t *s
     if verdict != N_STATS:
         stats[<int>verdict] += 1
         if new_heap:
-            # Only a failed allocation can reject a new heap's first packet.
+            # Only a failed allocation (or reservation) rejects a new heap's first packet.
             window_drop_heap(w, h)
         return
     h.received_length += p.payload_length
