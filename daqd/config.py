@@ -168,6 +168,9 @@ class StreamConfig:
     max_heap_size: int = key(_spead.DEFAULT_MAX_HEAP_SIZE, minimum=0)
     socket_buffer: int = key(DEFAULT_SOCKET_BUFFER, minimum=0)
     stop_on_stop_item: bool = True
+    # Heap mode, per source: payload bytes its live (partial) heaps may hold together.
+    max_live_heap_bytes: int = key(_spead.DEFAULT_MAX_LIVE_HEAP_BYTES,
+                                   minimum=_spead.MIN_MAX_LIVE_HEAP_BYTES)
     chunk: ChunkConfig | None = None
     buffer: BufferConfig = field(default_factory=BufferConfig)
     sinks: tuple[SinkConfig, ...] = ()

@@ -36,13 +36,13 @@ import zmq.auth
 
 sys.path.insert(0, str(Path(__file__).parent))
 from daemon_helpers import free_port
-from spead_packets import sim_packets
+from spead_packets import packet, sim_packets
 
 from daqd import _spead
 from daqd.config import Config, parse, schema_keys
 from daqd.pipeline.buffers import build_buffer
 from daqd.pipeline.records import ChunkRecord, HeapRecord
-from daqd.recv.builder import build_receiver
+from daqd.recv.builder import build_receiver, build_stream
 from daqd.recv.uri import stream_udp_port
 from daqd.recv.workloads import WorkloadSender
 from daqd.service.daemon import Daemon
@@ -151,6 +151,14 @@ class World:
         while stream.process(reader) >= 0 and not stream.stopped:
             pass
         return stream
+
+    def heap_mode_refusals(self) -> int:
+        """Feed a heap announcing 2 MiB to the stream heap mode builds from the section;
+        its packets refused as over the live heaps' budget."""
+        stream = build_stream(self.stream)      # no chunk group: a HeapStream
+        stream.add_packets([packet(1, bytes(1024), offset=i * 1024, heap_size=2 << 20)
+                            for i in range(4)])
+        return stream.stats()["packets_rejected_heap_over_budget"]
 
     def first_chunk_present_ndim(self) -> int:
         """Feed a chunk's worth of W1 heaps, end the stream; the chunk's ``present`` dimensions."""
@@ -364,6 +372,7 @@ CASES: dict[str, Case] = {
         "packets_rejected_truncated"], 1),
     "stream.max_heap_size": Case(4096, stream_attr("max_heap_size"), 4096),
     "stream.socket_buffer": Case(65536, rcvbuf, 2 * 65536),
+    "stream.max_live_heap_bytes": Case(1 << 20, World.heap_mode_refusals, 4),
     "stream.stop_on_stop_item": Case(False, lambda w: w.fed(
         [*sim_packets("W1", 2), _spead.stop_packet(3), *sim_packets("W1", 2)]).stopped, False),
     # [stream.chunk]: every key a ChunkGroup argument

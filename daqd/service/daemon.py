@@ -41,7 +41,7 @@ EXIT_INTERRUPTED = 1
 DRAIN_TIMEOUT = 60.0
 # The counters of the log line each stream gets per interval.
 LOG_COUNTERS = ("packets", "heaps", "chunks_completed", "chunk_heaps_too_old",
-                "packets_tap_dropped")
+                "packets_tap_dropped", "packets_dropped_socket_buffer")
 
 
 class Daemon:
@@ -284,7 +284,8 @@ class Daemon:
 
 def _summary(runner: StreamRunner) -> dict[str, int]:
     c = runner.raw_counters()
-    out = {k: c.get(k, 0) for k in ("packets", "heaps", "chunks_completed")}
+    out = {k: c.get(k, 0) for k in ("packets", "heaps", "chunks_completed",
+                                     "packets_dropped_socket_buffer")}
     if runner.buffer is not None:
         out["records_flushed"] = runner.buffer.stats().get("records_flushed", 0)
     return out
