@@ -237,36 +237,39 @@ class Daemon:
         that a lock held where the signal interrupted the main thread cannot
         hold up the exit.
         """
-        self.state = "interrupted"
-        self.discarded = self.count_discarded()
-        helper = threading.Thread(target=self._close_sockets, name="daqd-final-status",
-                                  daemon=True)
-        helper.start()
-        helper.join(FINAL_STATUS_TIMEOUT)
-        if self.pidfile is not None:
-            self.pidfile.release()
-        total = sum(sum(counts.values()) for counts in self.discarded.values())
-        self.log.error("second signal: exiting without draining; buffered data discarded",
-                       signal=signame, discarded_total=total, discarded=self.discarded,
-                       pidfile_removed=self.pidfile is not None,
-                       final_status_sent=not helper.is_alive())
-        for stream in (sys.stdout, sys.stderr):
-            try:
+        try:
+            self.state = "interrupted"
+            self.discarded = self.count_discarded()
+            helper = threading.Thread(target=self._close_sockets, name="daqd-final-status",
+                                      daemon=True)
+            helper.start()
+            helper.join(FINAL_STATUS_TIMEOUT)
+            if self.pidfile is not None:
+                self.pidfile.release()
+            total = sum(sum(counts.values()) for counts in self.discarded.values())
+            final = "none (no statistics socket)" if self.publisher is None else \
+                "timed out" if helper.is_alive() else "published"
+            self.log.error("second signal: exiting without draining; buffered data discarded",
+                           signal=signame, discarded_total=total, discarded=self.discarded,
+                           pidfile_removed=self.pidfile is not None, final_status=final)
+            for stream in (sys.stdout, sys.stderr):
                 stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(EXIT_INTERRUPTED)
+        finally:
+            os._exit(EXIT_INTERRUPTED)      # whatever failed above, the exit happens
 
     def _close_sockets(self) -> None:
         """Publish the last status and let the ZeroMQ sockets deliver it (second signal)."""
-        if self.control is not None:
-            self.control.stop()
-        if self.publisher is not None:
-            self.publisher.stop(final=True)
-        if self.security is not None:
-            self.security.close()
-        if self.context is not None:
-            self.context.term()             # waits for the last status to leave (linger)
+        try:
+            if self.control is not None:
+                self.control.stop()
+            if self.publisher is not None:
+                self.publisher.stop(final=True)
+            if self.security is not None:
+                self.security.close()
+            if self.context is not None:
+                self.context.term()         # waits for the last status to leave (linger)
+        except Exception as exc:  # the exit goes on; the last log line says it was not sent
+            self.log.warning("last status not sent", error=f"{type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------
     # control requests (ControlServer thread) and their signal twins

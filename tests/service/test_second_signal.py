@@ -1,6 +1,7 @@
 """A second SIGTERM/SIGINT cuts the drain short, and says what it discarded (issue 12, 9).
 
-The real daemon, a heap-mode stream fed over loopback UDP, one text sink.  A
+The real daemon, a heap-mode stream fed over loopback TCP (lossless, so every
+heap sent is accepted whatever the machine's load), one text sink.  A
 flush predicate wedges the flusher thread (tests/stall_flusher.py), so the
 records sent after it are accepted into the buffer and never written, and the
 drain started by a first SIGTERM cannot finish.  The second SIGTERM must exit
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -28,17 +30,16 @@ from daemon_helpers import (
     daemon_toml,
     free_port,
     sinks_toml,
-    udp_stream_toml,
+    toml_table,
     wait_until,
     write_config,
 )
+from spead_packets import sim_packets
 from stall_flusher import SPEC, stall_environment
-
-from daqd.tools.simulate import simulate
 
 pytestmark = pytest.mark.network
 
-WRITTEN = 3000          # heaps written before the flusher wedges (3 flushes of 1000)
+WRITTEN = 3000          # heaps written before the flusher wedges
 DISCARDED = 5000        # heaps accepted afterwards, never written
 
 
@@ -52,26 +53,32 @@ def lines_in_files(directory: Path) -> int:
 
 
 def test_second_sigterm_counts_what_it_discards_and_removes_the_pidfile(tmp_path):
-    port = free_port()
+    port = free_port(socket.SOCK_STREAM)
     marker = tmp_path / "stall"
-    cfg = write_config(tmp_path, daemon_toml(tmp_path) + udp_stream_toml("adc0", port)
+    packets = sim_packets("W2", WRITTEN + DISCARDED)         # one packet per heap
+    stream = toml_table("stream", array=True, name="adc0", sources=[f"tcp://127.0.0.1:{port}"])
+    cfg = write_config(tmp_path, daemon_toml(tmp_path) + stream
                        + buffer_toml(kind="fifo", capacity=4 * DISCARDED, when_full="block",
                                      flush_count=1000, flush_interval=3600.0,
                                      flush_custom=[SPEC])
                        + sinks_toml(tmp_path, "text", header=False))
     pidfile = tmp_path / "run" / "daqd.pid"
     daemon = DaemonProcess(cfg, env=stall_environment(marker))
-    sub = None
+    sub = sender = None
     try:
         ready = daemon.ready()
         endpoint = ready["control"]
         sub = Subscriber(ready["stats"])
-        simulate(f"udp://127.0.0.1:{port}", "W2", rate=5e6, heaps=WRITTEN, stop=False)
+        sender = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sender.sendall(b"".join(packets[:WRITTEN]))
+        wait_until(lambda: buffer_stats(endpoint)["records_accepted"] == WRITTEN, 20,
+                   "the first heaps accepted")
+        assert control(endpoint, {"command": "flush"})["ok"]     # whatever count left over
         wait_until(lambda: buffer_stats(endpoint)["records_flushed"] == WRITTEN, 20,
                    "the first heaps written")
         marker.touch()                                        # wedge the flusher
         wait_until(Path(f"{marker}.entered").exists, 10, "the flusher wedged")
-        simulate(f"udp://127.0.0.1:{port}", "W2", rate=5e6, heaps=DISCARDED, stop=False)
+        sender.sendall(b"".join(packets[WRITTEN:]))
         wait_until(lambda: buffer_stats(endpoint)["records_accepted"] == WRITTEN + DISCARDED,
                    20, "every heap accepted")
         accepted = buffer_stats(endpoint)["records_accepted"]
@@ -84,8 +91,9 @@ def test_second_sigterm_counts_what_it_discards_and_removes_the_pidfile(tmp_path
         final = sub.until(lambda topic, m: topic == "status" and m["state"] == "interrupted",
                           10)[1]
     finally:
-        if sub is not None:
-            sub.close()
+        for closable in (sub, sender):
+            if closable is not None:
+                closable.close()
         daemon.close()
     assert code == 1
     assert not pidfile.exists()

@@ -34,7 +34,7 @@ from stall_flusher import SPEC, stall_environment
 
 pytestmark = pytest.mark.network
 
-WATCHDOG_USEC = 1_000_000          # checks every 0.5 s
+WATCHDOG_USEC = 2_000_000          # checks every second (idle loops poll every 0.2 s)
 STALLED = "adc0:flusher"
 
 
@@ -70,18 +70,18 @@ def test_a_wedged_flusher_stops_the_watchdog_pings_and_the_log_names_it(tmp_path
     daemon = DaemonProcess(cfg, env=env)
     try:
         daemon.ready()
-        assert pings(notify, 2.0) >= 2                       # healthy: fed every 0.5 s
+        assert pings(notify, 3.5) >= 2                       # healthy: fed every second
         marker.touch()
         wait_until(Path(f"{marker}.entered").exists, 10, "the flusher wedged")
         stalled = daemon.wait_event("heartbeat stalled; not feeding the systemd watchdog")
         assert stalled["stalled"] == [STALLED]
         pings(notify, 0.1)                                   # what was sent before
-        assert pings(notify, 2.5) == 0                       # 5 checks, none fed
+        assert pings(notify, 3.5) == 0                       # 3 checks, none fed
         wait_until(lambda: last_event(daemon)["event"] == "watchdog withheld: threads stalled",
                    10, "the withheld line last")
         assert last_event(daemon)["stalled"] == [STALLED]
         marker.unlink()                                      # the flusher comes back
-        assert pings(notify, 2.0) >= 2
+        assert pings(notify, 3.5) >= 2
         assert daemon.stop() == 0
     finally:
         daemon.close()
