@@ -281,6 +281,8 @@ class Daemon:
                  "pid": os.getpid(), "version": __version__, "streams": snap["streams"]}
         if self.publisher is not None:
             reply["publisher"] = self.publisher.stats()
+        if "discarded" in snap:             # answered while a second signal exits
+            reply["discarded"] = snap["discarded"]
         return reply
 
     def on_flush(self, args: dict[str, Any]) -> dict[str, Any]:
