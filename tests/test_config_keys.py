@@ -53,7 +53,7 @@ def base_tables(tmp: Path, port: int, port2: int) -> dict[str, Any]:
     """The base configuration, as nested tables (one chunk-mode stream, one sender)."""
     return {
         "daemon": {"pidfile": f"{tmp}/run/daqd.pid"},
-        "zmq": {"stats": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*"},
+        "zmq": {"stats": "tcp://127.0.0.1:*", "control": f"ipc://{tmp}/control/daqd.sock"},
         "stream": [{
             "name": "adc0",
             "sources": [f"udp://127.0.0.1:{port}"],
@@ -352,6 +352,9 @@ CASES: dict[str, Case] = {
     # [zmq]: the daemon's sockets
     "zmq.stats": Case("", lambda w: w.daemon.publisher is None, True),
     "zmq.control": Case("", lambda w: w.daemon.control is None, True),
+    "zmq.control_insecure_tcp": Case(True, lambda w: w.daemon.control.endpoint.startswith(
+                                     "tcp://127.0.0.1:"), True,
+                                     also={"zmq.control": "tcp://127.0.0.1:*"}),
     "zmq.interval": Case(0.25, lambda w: w.daemon.publisher.interval, 0.25),
     "zmq.curve_secret_key": Case("{secret}", lambda w: w.daemon.security is not None, True,
                                  also={"zmq.curve_clients": "{clients}"}),

@@ -228,10 +228,18 @@ class StreamRunner:
     # ------------------------------------------------------------------
     # control
 
-    def live_heartbeats(self) -> list[int]:
-        """Heartbeats of the receive threads still running."""
-        return [count for count, thread in zip(self.heartbeats, self.threads, strict=False)
-                if thread.is_alive()]
+    def live_heartbeats(self) -> dict[str, int]:
+        """Loop counters of the stream's threads still running, by thread name (watchdog).
+
+        ``STREAM:SOURCE_URI`` for a receive thread, ``STREAM:flusher`` (and
+        ``STREAM:packet-flusher``) for the flusher of the buffer (of raw packets).
+        """
+        out = {thread.name: count for count, thread in zip(self.heartbeats, self.threads,
+                                                          strict=False) if thread.is_alive()}
+        for label, flusher in (("flusher", self.flusher), ("packet-flusher", self.packet_flusher)):
+            if flusher is not None and flusher.running:
+                out[f"{self.name}:{label}"] = flusher.heartbeat
+        return out
 
     @property
     def ended(self) -> bool:
