@@ -29,6 +29,10 @@ cdef class ChunkStream(WindowStream):
     max_heaps, allow_out_of_order, stop_on_stop_item, stop_boundary, max_heap_size
         As for heap mode; at a capture boundary (stop_boundary) the stream's
         open chunks are completed too (`boundary_nogil`).
+    max_live_heap_bytes
+        Accepted and checked as for heap mode, without effect: a chunk
+        stream's heaps reserve no memory of their own (their payload goes
+        straight into the group's preallocated chunks).
     too_old_reset
         Consecutive too-old heaps that re-anchor the window (0: never);
         default two chunks' worth of heaps.  Only a stream alone in its group
@@ -44,16 +48,17 @@ cdef class ChunkStream(WindowStream):
     def __init__(self, ChunkGroup group=None, *, size_t max_heaps=DEFAULT_MAX_HEAPS,
                  bint allow_out_of_order=False, bint stop_on_stop_item=True,
                  bint stop_boundary=False, int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE,
-                 too_old_reset=None, **group_kwargs):
-        window_check(max_heaps, max_heap_size)
+                 int64_t max_live_heap_bytes=DEFAULT_MAX_LIVE_HEAP_BYTES, too_old_reset=None,
+                 **group_kwargs):
+        window_check(max_heaps, max_heap_size, max_live_heap_bytes)
         if group is None:
             group = ChunkGroup(**group_kwargs)
         elif group_kwargs:
             raise TypeError(f"layout arguments belong to the group: {', '.join(group_kwargs)}")
         self.group = group
         self.too_old_reset = 2 * group.n_slots if too_old_reset is None else too_old_reset
-        self.init_window(max_heaps, max_heap_size, allow_out_of_order, stop_on_stop_item,
-                         stop_boundary, 0)
+        self.init_window(max_heaps, max_heap_size, max_live_heap_bytes, allow_out_of_order,
+                         stop_on_stop_item, stop_boundary, 0)
         self.win.chunks = <Py_ssize_t *>malloc(group.max_chunks * sizeof(Py_ssize_t))
         if self.win.chunks == NULL:
             raise MemoryError()
@@ -388,6 +393,7 @@ cdef class ChunkStream(WindowStream):
             pthread_mutex_unlock(&self.group.lock)
         out[<int>STAT_WORKER_BLOCKED] += times
         out[<int>STAT_WORKER_BLOCKED_NS] += ns
+        self.add_polled(out)
 
     def stats(self):
         """A snapshot of this stream's counters, name -> value."""

@@ -100,10 +100,11 @@ cdef inline bint _heaps_have_room(const ReadyHeaps *r, const Window *w) noexcept
 
 
 cdef inline StatIndex _heaps_on_packet(Window *w, LiveHeap *h, const PacketHeader *p,
-                                       uint64_t *stats) noexcept nogil:
-    """Keep an accepted packet's payload and item pointers in the heap's storage.
+                                       uint64_t *stats, ReadyHeaps *ready) noexcept nogil:
+    """Keep an accepted packet's payload and item pointers in the heap's storage,
+    its payload bytes reserved in the live heaps' budget first.
 
-    N_STATS, or STAT_PACKETS_REJECTED_NO_MEMORY.
+    N_STATS, or STAT_PACKETS_REJECTED_NO_MEMORY (or _HEAP_OVER_BUDGET).
     """
     cdef HeapStorage *st = h.st
     cdef size_t need = <size_t>h.min_length
@@ -112,6 +113,12 @@ cdef inline StatIndex _heaps_on_packet(Window *w, LiveHeap *h, const PacketHeade
             need = 2 * st.payload_cap
         if <int64_t>need > w.max_heap_size:
             need = <size_t>w.max_heap_size
+        if <int64_t>need > w.max_live_heap_bytes:
+            need = <size_t>w.max_live_heap_bytes
+    if <int64_t>need > h.held:
+        if not window_reserve(w, h, <int64_t>need - h.held, stats, ready):
+            return STAT_PACKETS_REJECTED_HEAP_OVER_BUDGET
+    if need > st.payload_cap:
         if not grow(<void **>&st.payload, &st.payload_cap, need, 1, True):
             return STAT_PACKETS_REJECTED_NO_MEMORY
     cdef StatIndex status = heap_add_pointers(h, p)
@@ -294,16 +301,21 @@ cdef class HeapStream(WindowStream):
     stop_boundary : bool
         With stop_on_stop_item: a stop heap is a capture boundary instead (every
         live heap is flushed to the ready list, the stream goes on).
+    max_live_heap_bytes : int
+        Payload bytes the live (partial) heaps may reserve together: a heap
+        that needs more evicts the oldest others; one that alone would need
+        more is refused (``packets_rejected_heap_over_budget``).
     """
 
     cdef ReadyHeaps ready
 
     def __cinit__(self, size_t max_heaps=DEFAULT_MAX_HEAPS, bint allow_out_of_order=False,
                   int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE, bint stop_on_stop_item=True,
+                  int64_t max_live_heap_bytes=DEFAULT_MAX_LIVE_HEAP_BYTES,
                   bint stop_boundary=False):
         self.ready.cap = max_heaps + READY_ROUND
-        self.init_window(max_heaps, max_heap_size, allow_out_of_order, stop_on_stop_item,
-                         stop_boundary, self.ready.cap)
+        self.init_window(max_heaps, max_heap_size, max_live_heap_bytes, allow_out_of_order,
+                         stop_on_stop_item, stop_boundary, self.ready.cap)
         self.ready.heaps = <LiveHeap *>malloc(self.ready.cap * sizeof(LiveHeap))
         if self.ready.heaps == NULL:
             raise MemoryError()
@@ -353,4 +365,7 @@ cdef class HeapStream(WindowStream):
 
     def stats(self):
         """A snapshot of the counters, name -> value."""
-        return _stats_dict(self.counters)
+        cdef uint64_t out[<int>N_STATS]
+        memcpy(out, self.counters, sizeof(self.counters))
+        self.add_polled(out)
+        return _stats_dict(out)

@@ -53,6 +53,7 @@ cdef extern from "<sys/socket.h>" nogil:
     enum: SOL_SOCKET
     enum: SO_RXQ_OVFL
     int setsockopt(int sockfd, int level, int optname, const void *optval, unsigned int optlen)
+    int getsockopt(int sockfd, int level, int optname, void *optval, unsigned int *optlen)
     int recvmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags, timespec *timeout)
     int sendmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags)
     enum: MSG_DONTWAIT
@@ -112,6 +113,10 @@ cdef class Reader:
     cdef int fill(self, uint64_t *stats) noexcept nogil:
         return READ_EOF
 
+    cdef uint64_t poll_drops(self) noexcept nogil:
+        """Drops the source's kernel reports now, not counted yet (UdpReader)."""
+        return 0
+
     cdef void tap_batch(self, uint64_t *stats) noexcept nogil:
         """Copy the batch's packets into the tap; count those it has no room for."""
         cdef size_t i, length
@@ -161,7 +166,8 @@ cdef class Reader:
         return blob, lengths
 
     def stop(self):
-        """Ask a blocking fill() to return at its next poll timeout."""
+        """Ask a blocking fill() to return at its next poll timeout (a UDP reader
+        then hands over what its socket held at the stop before it ends)."""
         self.stop_flag = True
 
     def close(self):
@@ -437,6 +443,29 @@ cdef extern from "<netinet/udp.h>" nogil:
     enum: SOL_UDP
     enum: UDP_GRO
 
+cdef extern from *:
+    """
+    #include <linux/sock_diag.h>
+    #ifndef SO_MEMINFO
+    #define SO_MEMINFO 55
+    #endif
+    /* A UDP reader's count of the kernel's drops is advanced by two threads
+       (the receive loop and the statistics path), so atomically. */
+    static inline uint32_t daqd_load_u32(const uint32_t *p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    }
+    static inline int daqd_cas_u32(uint32_t *p, uint32_t *expected, uint32_t desired) {
+        return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQ_REL,
+                                           __ATOMIC_ACQUIRE);
+    }
+    """
+    enum: SO_MEMINFO
+    enum: SK_MEMINFO_RMEM_ALLOC
+    enum: SK_MEMINFO_DROPS
+    enum: SK_MEMINFO_VARS
+    uint32_t daqd_load_u32(const uint32_t *p) nogil
+    bint daqd_cas_u32(uint32_t *p, uint32_t *expected, uint32_t desired) nogil
+
 cdef enum:
     # Receive slots of this many bytes with UDP GRO (more than the largest
     # UDP payload an IPv4 datagram, or a GRO super-datagram, can carry).
@@ -453,6 +482,16 @@ cdef class UdpReader(Reader):
     costs the kernel's receive path (and one copy call) what one datagram
     does, so small datagrams become much cheaper.  Where the kernel lacks
     UDP_GRO, the reader goes on without it (`gro` then reads False).
+
+    Datagrams the kernel drops because the socket buffer is full are counted
+    (``packets_dropped_socket_buffer``) from the socket's cumulative drop
+    count, which the kernel reports two ways: with each datagram received
+    (SO_RXQ_OVFL), and on request (SO_MEMINFO, `poll_drops`, which the
+    statistics path calls, so that drops show without a further datagram).
+    Both are the same counter, taken from where it stood when the reader was
+    made; whichever way sees a drop first counts it, once.  After `stop()` the
+    reader still hands over what the kernel held at that moment (at most the
+    bytes then queued), then ends: what arrived before a stop is received.
     """
 
     cdef int fd
@@ -467,8 +506,13 @@ cdef class UdpReader(Reader):
     cdef uint8_t *control           # per slot: SO_RXQ_OVFL and UDP_GRO control messages
     cdef uint32_t *gro_size         # per slot: datagram size of a GRO message, else 0
     cdef size_t control_size
-    cdef uint32_t kernel_drops      # last cumulative drop count the kernel reported
+    # The kernel's cumulative drop count as far as counted (changed atomically:
+    # claim_drops).
+    cdef uint32_t kernel_drops
     cdef readonly bint gro
+    cdef readonly bint drops_readable   # SO_MEMINFO works: drops counted without a datagram
+    cdef bint draining                  # stop() seen: reading what was queued before it
+    cdef size_t drain_budget            # bytes still to read of those
     # Messages of the last recvmmsg not yet cut up (a GRO batch may have more
     # datagrams than the batch holds): next message, and offset in it.
     cdef int got, next_msg
@@ -507,6 +551,11 @@ cdef class UdpReader(Reader):
         # The kernel then reports, with each datagram, how many it has dropped
         # on this socket so far: loss before daqd ever saw a packet is counted.
         setsockopt(self.fd, SOL_SOCKET, SO_RXQ_OVFL, &on, sizeof(on))
+        # Drops before this reader existed are not its own: count from here.
+        cdef uint32_t mem[<int>SK_MEMINFO_VARS]
+        self.drops_readable = self.meminfo(mem)
+        if self.drops_readable:
+            self.kernel_drops = mem[<int>SK_MEMINFO_DROPS]
         cdef size_t i
         for i in range(batch):
             self.iovs[i].iov_base = self.buf + i * self.slot
@@ -523,7 +572,35 @@ cdef class UdpReader(Reader):
         free(self.gro_size)
 
     def close(self):
+        self.fd = -1                    # poll_drops() no longer asks the kernel
         self.sock.close()
+
+    cdef bint meminfo(self, uint32_t *mem) noexcept nogil:
+        """The socket's SO_MEMINFO counters (SK_MEMINFO_VARS of them); False if unknown."""
+        cdef unsigned int size = <unsigned int>(<int>SK_MEMINFO_VARS * sizeof(uint32_t))
+        if self.fd < 0:
+            return False
+        if getsockopt(self.fd, SOL_SOCKET, SO_MEMINFO, mem, &size) != 0:
+            return False
+        return size >= (<int>SK_MEMINFO_DROPS + 1) * sizeof(uint32_t)
+
+    cdef uint64_t claim_drops(self, uint32_t cumulative) noexcept nogil:
+        """The drops up to the kernel's cumulative count `cumulative` that are not
+        counted yet, now counted (by whichever thread sees them first)."""
+        cdef uint32_t seen = daqd_load_u32(&self.kernel_drops)
+        # The count wraps at 2**32: `cumulative` is newer if less than 2**31 ahead.
+        while <uint32_t>(<uint32_t>(cumulative - seen) - 1U) < 0x7fffffffU:
+            if daqd_cas_u32(&self.kernel_drops, &seen, cumulative):
+                return <uint32_t>(cumulative - seen)
+        return 0
+
+    cdef uint64_t poll_drops(self) noexcept nogil:
+        if not self.drops_readable:
+            return 0
+        cdef uint32_t mem[<int>SK_MEMINFO_VARS]
+        if not self.meminfo(mem):
+            return 0
+        return self.claim_drops(mem[<int>SK_MEMINFO_DROPS])
 
     cdef void reset_control(self) noexcept nogil:
         # Only the slots the last recvmmsg filled have a changed length.
@@ -544,7 +621,7 @@ cdef class UdpReader(Reader):
         """Count the kernel's drops; note each message's GRO datagram size."""
         cdef int i
         cdef cmsghdr *c
-        cdef uint32_t drops, newest = self.kernel_drops
+        cdef uint32_t drops, newest = daqd_load_u32(&self.kernel_drops)
         cdef int segment
         for i in range(got):
             segment = 0
@@ -559,8 +636,7 @@ cdef class UdpReader(Reader):
                     memcpy(&segment, CMSG_DATA(c), sizeof(int))
                 c = CMSG_NXTHDR(&self.msgs[i].msg_hdr, c)
             self.gro_size[i] = <uint32_t>segment if segment > 0 else 0
-        stats[<int>STAT_PACKETS_DROPPED_SOCKET_BUFFER] += <uint32_t>(newest - self.kernel_drops)
-        self.kernel_drops = newest
+        stats[<int>STAT_PACKETS_DROPPED_SOCKET_BUFFER] += self.claim_drops(newest)
 
     cdef void cut_up(self, uint64_t *stats) noexcept nogil:
         """Put the datagrams of the pending messages into the batch, while it has room."""
@@ -598,6 +674,33 @@ cdef class UdpReader(Reader):
                 self.next_offset = 0
                 self.next_msg += 1
 
+    cdef int drain(self, uint64_t *stats) noexcept nogil:
+        """After stop(): receive what the kernel held at the stop, then READ_EOF.
+
+        At most the bytes queued at the first call are read (SO_MEMINFO's
+        receive memory, at least the datagrams' bytes), so a sender that goes
+        on cannot keep the stop waiting.
+        """
+        cdef uint32_t mem[<int>SK_MEMINFO_VARS]
+        cdef int got, i
+        cdef size_t length
+        if not self.draining:
+            self.draining = True
+            self.drain_budget = mem[<int>SK_MEMINFO_RMEM_ALLOC] if self.meminfo(mem) else 0
+        if self.drain_budget == 0:
+            return READ_EOF
+        got = self.receive()
+        if got <= 0:
+            self.drain_budget = 0
+            return READ_EOF
+        for i in range(got):
+            length = self.msgs[i].msg_len if self.msgs[i].msg_len > 0 else 1
+            self.drain_budget = self.drain_budget - length if length < self.drain_budget else 0
+        self.read_control(got, stats)
+        self.got = got
+        self.cut_up(stats)
+        return <int>self.n if self.n > 0 else READ_AGAIN
+
     cdef int fill(self, uint64_t *stats) noexcept nogil:
         cdef pollfd pfd
         cdef int got
@@ -608,10 +711,10 @@ cdef class UdpReader(Reader):
             # stop(): they have left the kernel, so only daqd can count them.
             self.cut_up(stats)
             return <int>self.n
-        if self.stop_flag:
-            return READ_EOF
         self.got = self.next_msg = 0
         self.next_offset = 0
+        if self.stop_flag:
+            return self.drain(stats)
         got = self.receive()
         if got < 0 and (errno == EAGAIN):
             pfd.fd = self.fd

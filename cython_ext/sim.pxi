@@ -228,7 +228,6 @@ cdef extern from "<errno.h>" nogil:
     enum: EOPNOTSUPP
 
 cdef extern from "<sys/socket.h>" nogil:
-    int getsockopt(int sockfd, int level, int optname, void *optval, unsigned int *optlen)
     size_t CMSG_LEN(size_t length)
 
 cdef enum:

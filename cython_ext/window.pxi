@@ -27,7 +27,11 @@
 #   (ReadyHeaps)  and a heap that leaves goes to the ready list for Python
 #                 (heap_stream.pxi: _heaps_*).  Nothing is allocated for a
 #                 packet whose heap would be larger than max_heap_size (unlike
-#                 spead2): it is counted and dropped first.
+#                 spead2): it is counted and dropped first.  The payload bytes
+#                 reserved by the live heaps together stay within
+#                 max_live_heap_bytes: a heap that needs more evicts the oldest
+#                 other live heaps first, and a heap that alone would exceed it
+#                 is refused, packet by packet, before anything is allocated.
 #   chunk mode    a heap's first packet places the heap in a chunk, each
 #   (ChunkStream) packet's payload is copied straight to its place there, and a
 #                 heap that leaves complete sets its presence (chunk_stream.pxi:
@@ -60,6 +64,11 @@ cdef enum:
 DEFAULT_MAX_HEAPS = 8
 #: max_heap_size of a HeapStream or ChunkStream not given one (daqd.config's default too).
 DEFAULT_MAX_HEAP_SIZE = 128 << 20
+#: max_live_heap_bytes of a stream not given one (daqd.config's default too): the payload
+#: bytes a HeapStream's live (partial) heaps may hold together.
+DEFAULT_MAX_LIVE_HEAP_BYTES = 64 << 20
+#: The least max_live_heap_bytes accepted: one W3 heap (64 KiB).
+MIN_MAX_LIVE_HEAP_BYTES = 1 << 16
 
 cdef class WindowStream
 cdef class ChunkStream(WindowStream)
@@ -198,6 +207,7 @@ cdef struct LiveHeap:
     uint8_t *dest               # the heap's first byte in its chunk's data
     uint8_t *present            # its presence byte (the first one with packet presence)
     bint empty                  # HEAP_SIZE 0: nothing to place
+    int64_t held                # heap mode: payload bytes reserved (Window.live_bytes)
 
 
 cdef struct ReadyHeaps:         # heap mode's window owner (heap_stream.pxi)
@@ -218,6 +228,7 @@ cdef struct Window:
     # configuration
     size_t max_heaps
     int64_t max_heap_size
+    int64_t max_live_heap_bytes  # heap mode: payload bytes of the live heaps together
     bint allow_out_of_order
     bint stop_on_stop_item
     bint stop_boundary          # a stop heap flushes and the stream goes on
@@ -225,6 +236,7 @@ cdef struct Window:
     bint stopped                # a stop item has ended the stream
     bint closed                 # no packet is taken any more (stopped, or finished)
     size_t head                 # the newest heap's slot
+    int64_t live_bytes          # heap mode: payload bytes the live heaps reserved
     LiveHeap *live              # max_heaps slots
     HeapStorage *storage        # n_storage blocks
     HeapStorage **free_storage  # stack of unused blocks
@@ -232,24 +244,29 @@ cdef struct Window:
     size_t n_free
 
 
-cdef int window_check(size_t max_heaps, int64_t max_heap_size) except -1:
+cdef int window_check(size_t max_heaps, int64_t max_heap_size,
+                      int64_t max_live_heap_bytes) except -1:
     """The one check of a stream's window arguments (both modes)."""
     if max_heaps < 1:
         raise ValueError("max_heaps must be at least 1")
     if max_heap_size < 0:
         raise ValueError("max_heap_size must be >= 0")
+    if max_live_heap_bytes < MIN_MAX_LIVE_HEAP_BYTES:
+        raise ValueError(f"max_live_heap_bytes must be at least {MIN_MAX_LIVE_HEAP_BYTES}")
     return 0
 
 
 cdef int window_init(Window *w, size_t max_heaps, int64_t max_heap_size,
-                     bint allow_out_of_order, bint stop_on_stop_item,
-                     bint stop_boundary, size_t spare_storage) except -1:
+                     int64_t max_live_heap_bytes, bint allow_out_of_order,
+                     bint stop_on_stop_item, bint stop_boundary,
+                     size_t spare_storage) except -1:
     """Allocate an empty window; `spare_storage` blocks beyond one per live slot
     (heap mode: for the heaps waiting in the ready list)."""
-    window_check(max_heaps, max_heap_size)
+    window_check(max_heaps, max_heap_size, max_live_heap_bytes)
     memset(w, 0, sizeof(Window))
     w.max_heaps = max_heaps
     w.max_heap_size = max_heap_size
+    w.max_live_heap_bytes = max_live_heap_bytes
     w.allow_out_of_order = allow_out_of_order
     w.stop_on_stop_item = stop_on_stop_item
     w.stop_boundary = stop_boundary
@@ -293,8 +310,15 @@ cdef inline void window_release_storage(Window *w, HeapStorage *st) noexcept nog
     w.n_free += 1
 
 
+cdef inline void window_unreserve(Window *w, LiveHeap *h) noexcept nogil:
+    """The heap leaves the window: its reserved bytes leave the live total."""
+    w.live_bytes -= h.held
+    h.held = 0
+
+
 cdef inline void window_drop_heap(Window *w, LiveHeap *h) noexcept nogil:
     """Empty a live slot without delivering its heap."""
+    window_unreserve(w, h)
     window_release_storage(w, h.st)
     h.cnt = -1
     h.st = NULL
@@ -303,6 +327,7 @@ cdef inline void window_drop_heap(Window *w, LiveHeap *h) noexcept nogil:
 cdef inline void window_heap_ready(Window *w, LiveHeap *h, int reason, uint64_t *stats,
                                    WindowOwner owner) noexcept nogil:
     """A heap leaves the window (spead2's heap_ready): counted, then the policy's."""
+    window_unreserve(w, h)
     h.reason = reason
     stats[<int>STAT_HEAPS] += 1
     if reason == READY_COMPLETE:
@@ -329,20 +354,55 @@ cdef inline void window_flush(Window *w, uint64_t *stats, WindowOwner owner) noe
             window_heap_ready(w, &w.live[w.head], READY_FLUSHED, stats, owner)
 
 
-cdef bint packet_too_large(const Window *w, const PacketHeader *p) noexcept nogil:
-    """Would this packet make its heap larger than max_heap_size?"""
-    if p.heap_length > w.max_heap_size:
-        return True
-    if p.payload_offset + p.payload_length > w.max_heap_size:
-        return True
+cdef StatIndex packet_too_large(const Window *w, const PacketHeader *p) noexcept nogil:
+    """Would this packet make its heap larger than max_heap_size (heap_too_large), or
+    larger on its own than the live heaps' budget (heap_over_budget)?  N_STATS if not."""
+    cdef int64_t extent = p.heap_length
+    if p.payload_offset + p.payload_length > extent:
+        extent = p.payload_offset + p.payload_length
     cdef int i
     cdef uint64_t ptr
     for i in range(p.n_items):
         ptr = load_be64(p.pointers + 8 * i)
         if not ptr_is_immediate(ptr) and \
-                <int64_t>ptr_value(ptr, p.heap_address_bits) > w.max_heap_size:
-            return True
-    return False
+                <int64_t>ptr_value(ptr, p.heap_address_bits) > extent:
+            extent = <int64_t>ptr_value(ptr, p.heap_address_bits)
+    if extent > w.max_heap_size:
+        return STAT_PACKETS_REJECTED_HEAP_TOO_LARGE
+    if extent > w.max_live_heap_bytes:
+        return STAT_PACKETS_REJECTED_HEAP_OVER_BUDGET
+    return N_STATS
+
+
+cdef bint window_reserve(Window *w, LiveHeap *h, int64_t nbytes, uint64_t *stats,
+                         ReadyHeaps *owner) noexcept nogil:
+    """Heap mode: reserve `nbytes` more payload bytes for live heap `h`, evicting the
+    oldest other live heaps while the live heaps' total would exceed the budget.
+
+    An evicted heap whose bytes can never become items (not contiguous) gives its
+    payload memory back at once.  False if `h` alone would exceed the budget.
+    """
+    cdef size_t i, slot = w.head
+    cdef LiveHeap *old
+    if h.held + nbytes > w.max_live_heap_bytes:
+        return False
+    for i in range(w.max_heaps):
+        if w.live_bytes + nbytes <= w.max_live_heap_bytes:
+            break
+        slot += 1                       # from the oldest slot on
+        if slot == w.max_heaps:
+            slot = 0
+        old = &w.live[slot]
+        if old == h or old.cnt == -1:
+            continue
+        if old.received_length != old.min_length and old.st.payload != NULL:
+            free(old.st.payload)
+            old.st.payload = NULL
+            old.st.payload_cap = 0
+        window_heap_ready(w, old, READY_EVICTED, stats, owner)
+    w.live_bytes += nbytes
+    h.held += nbytes
+    return True
 
 
 cdef inline StatIndex live_heap_accept(
@@ -390,15 +450,18 @@ cdef inline void window_add_packet(Window *w, const PacketHeader *p, uint64_t *s
     cdef LiveHeap *h = NULL
     cdef int64_t cnt = p.heap_cnt
     cdef bint whole = p.heap_length >= 0 and p.payload_length == p.heap_length
+    cdef StatIndex verdict
     if whole:
         stats[<int>STAT_SINGLE_PACKET_HEAPS] += 1
     if WindowOwner is ChunkStream:
         if p.heap_length < 0:
             stats[<int>STAT_PACKETS_REJECTED_UNSIZED] += 1  # chunk placement needs HEAP_SIZE
             return
-    elif packet_too_large(w, p):
-        stats[<int>STAT_PACKETS_REJECTED_HEAP_TOO_LARGE] += 1
-        return
+    else:
+        verdict = packet_too_large(w, p)
+        if verdict != N_STATS:
+            stats[<int>verdict] += 1
+            return
     if whole:
         # A packet that is a whole heap never joins a live heap (spead2): it
         # takes the next slot of the window like any new heap.
@@ -433,7 +496,7 @@ cdef inline void window_add_packet(Window *w, const PacketHeader *p, uint64_t *s
             abort()             # one block per live slot (and ready heap) is there
         w.n_free -= 1
         h.st = w.free_storage[w.n_free]
-    cdef StatIndex verdict = live_heap_accept(
+    verdict = live_heap_accept(
         w, h, p,
         <int64_t>(h.st.n_pointers + <size_t>p.n_items) * 8 if WindowOwner is ReadyHeapsPtr else 0)
     if verdict == N_STATS:
@@ -446,13 +509,13 @@ cdef inline void window_add_packet(Window *w, const PacketHeader *p, uint64_t *s
         elif p.payload_offset + p.payload_length > h.min_length:
             h.min_length = p.payload_offset + p.payload_length
         if WindowOwner is ReadyHeapsPtr:
-            verdict = _heaps_on_packet(w, h, p, stats)
+            verdict = _heaps_on_packet(w, h, p, stats, owner)
         else:
             _chunks_on_packet(owner, h, p, new_heap, stats)
     if verdict != N_STATS:
         stats[<int>verdict] += 1
         if new_heap:
-            # Only a failed allocation can reject a new heap's first packet.
+            # Only a failed allocation (or reservation) rejects a new heap's first packet.
             window_drop_heap(w, h)
         return
     h.received_length += p.payload_length
@@ -569,8 +632,12 @@ cdef class WindowStream:
     cdef readonly size_t max_heaps          # partial heaps alive at once
     cdef readonly bint allow_out_of_order   # a heap's packets in any order
     cdef readonly int64_t max_heap_size     # larger heaps (and range sets) are rejected
+    cdef readonly int64_t max_live_heap_bytes   # heap mode: payload bytes of the live heaps
     cdef readonly bint stop_on_stop_item    # a stop item ends the stream
     cdef readonly bint stop_boundary        # ... or, with this, is a capture boundary
+    # Kernel drops found by poll_source() (the statistics path, with the GIL),
+    # added in by stats(): the receive loop's own count is in `counters`.
+    cdef uint64_t polled_drops
 
     def __cinit__(self, *args, **kwargs):
         if type(self) is WindowStream:
@@ -581,13 +648,15 @@ cdef class WindowStream:
     def __dealloc__(self):
         window_free(&self.w)
 
-    cdef int init_window(self, size_t max_heaps, int64_t max_heap_size, bint allow_out_of_order,
+    cdef int init_window(self, size_t max_heaps, int64_t max_heap_size,
+                         int64_t max_live_heap_bytes, bint allow_out_of_order,
                          bint stop_on_stop_item, bint stop_boundary,
                          size_t spare_storage) except -1:
-        window_init(&self.w, max_heaps, max_heap_size, allow_out_of_order, stop_on_stop_item,
-                    stop_boundary, spare_storage)
+        window_init(&self.w, max_heaps, max_heap_size, max_live_heap_bytes, allow_out_of_order,
+                    stop_on_stop_item, stop_boundary, spare_storage)
         self.max_heaps = max_heaps
         self.max_heap_size = max_heap_size
+        self.max_live_heap_bytes = max_live_heap_bytes
         self.allow_out_of_order = allow_out_of_order
         self.stop_on_stop_item = stop_on_stop_item
         self.stop_boundary = stop_boundary
@@ -606,6 +675,25 @@ cdef class WindowStream:
     def stop_heaps(self):
         """Stop heaps seen so far (the ``stop_heaps`` counter, without a stats() dict)."""
         return self.counters[<int>STAT_STOP_HEAPS]
+
+    @property
+    def live_heap_bytes(self):
+        """Heap mode: payload bytes the live (partial) heaps hold now (a gauge)."""
+        return self.w.live_bytes
+
+    def poll_source(self, Reader reader):
+        """Count what `reader`'s source reports between packets: a UDP socket's
+        drops, read from the kernel now (SO_MEMINFO), so that they show without
+        a further datagram.  Any thread may call it (the statistics path does);
+        a drop is counted once, here or by the receive loop.  Returns the drops
+        it counted."""
+        cdef uint64_t drops = reader.poll_drops()
+        self.polled_drops += drops
+        return drops
+
+    cdef void add_polled(self, uint64_t *out) noexcept:
+        """Add what poll_source() counted into a snapshot of the counters."""
+        out[<int>STAT_PACKETS_DROPPED_SOCKET_BUFFER] += self.polled_drops
 
     def process(self, Reader reader):
         """Receive one batch from `reader` and assemble or place it (GIL released throughout).

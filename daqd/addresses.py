@@ -67,3 +67,23 @@ def is_local_endpoint(endpoint: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def ipc_path(endpoint: str) -> str | None:
+    """Return the socket file of an ``ipc://`` endpoint.
+
+    Parameters
+    ----------
+    endpoint : str
+        A ZeroMQ endpoint.
+
+    Returns
+    -------
+    str or None
+        The path after ``ipc://`` (relative paths stay relative; ``*`` is
+        libzmq's "a new file of its choosing"); None for other transports and
+        for Linux abstract sockets (``ipc://@name``), which have no file.
+    """
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+        return None
+    return endpoint[len("ipc://"):]

@@ -84,8 +84,8 @@ def run(config_path: str | None, duration: float | None, log_format: str | None,
     fmt = log_format or cfg.daemon.log_format
     configure_logging(None if fmt == "auto" else fmt, log_level or cfg.daemon.log_level,
                       daemon=cfg.daemon.name)
-    with PidFile(cfg.daemon.pidfile):
-        status = daemon.run(cfg, duration)
+    with PidFile(cfg.daemon.pidfile) as pidfile:
+        status = daemon.run(cfg, duration, pidfile)
     sys.exit(status)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from daqd import _spead, logs
-from daqd.addresses import is_local_endpoint, split_host_port
+from daqd.addresses import ipc_path, is_local_endpoint, split_host_port
 from daqd.errors import SourceError, UsageProblem
 from daqd.pipeline import buffers, flush
 from daqd.pipeline import wal as wal_log
@@ -69,17 +69,22 @@ class DaemonConfig:
     prometheus: str = ""                # HOST:PORT of the Prometheus text endpoint; "" = off
 
 
+#: The owner's alone: a socket file (0600) in a directory the daemon makes 0700.
+DEFAULT_CONTROL = "ipc://run/control/daqd.sock"
+
+
 @dataclass(frozen=True)
 class ZmqConfig:
     """The `[zmq]` table (the service's own)."""
 
     stats: str = "tcp://127.0.0.1:5556"
-    control: str = "tcp://127.0.0.1:5557"
+    control: str = DEFAULT_CONTROL
     interval: float = key(1.0, minimum=0.01)
     curve_secret_key: str = ""          # path of a zmq.auth secret key file
     curve_clients: str = ""             # directory of allowed client public keys
     stats_hwm: int = key(100, minimum=1)  # statistics messages queued per subscriber
     stats_nodrop: bool = False          # refuse (and count) rather than drop silently
+    control_insecure_tcp: bool = False  # allow a tcp:// control socket without CURVE
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,9 @@ class StreamConfig:
     socket_buffer: int = key(DEFAULT_SOCKET_BUFFER, minimum=0)
     stop_on_stop_item: bool = True      # a stop item is stream control (false: an ordinary heap)
     exit_on_stop_heap: bool = False     # a stop heap ends the source (else: capture boundary)
+    # Heap mode, per source: payload bytes its live (partial) heaps may hold together.
+    max_live_heap_bytes: int = key(_spead.DEFAULT_MAX_LIVE_HEAP_BYTES,
+                                   minimum=_spead.MIN_MAX_LIVE_HEAP_BYTES)
     chunk: ChunkConfig | None = None
     buffer: BufferConfig = field(default_factory=BufferConfig)
     sinks: tuple[SinkConfig, ...] = ()
@@ -318,7 +326,15 @@ def _check_prometheus(loader: _Loader, address: str) -> None:
                           ) from None
 
 
+#: Longest ipc:// path: a Unix socket address holds 107 bytes and a NUL.
+IPC_PATH_MAX = 107
+
+
 def _check_endpoint(loader: _Loader, key: str, endpoint: str, zmq_cfg: ZmqConfig) -> None:
+    path = ipc_path(endpoint)
+    if path is not None and len(path.encode()) > IPC_PATH_MAX:
+        raise loader.fail(key, endpoint, f"an ipc:// path of at most {IPC_PATH_MAX} bytes "
+                          "(a Unix socket address)")
     if not endpoint or endpoint.startswith(("ipc://", "inproc://")):
         return
     if not endpoint.startswith("tcp://"):
@@ -326,6 +342,28 @@ def _check_endpoint(loader: _Loader, key: str, endpoint: str, zmq_cfg: ZmqConfig
     if not is_local_endpoint(endpoint) and not zmq_cfg.curve_secret_key:
         raise loader.fail(key, endpoint, "a loopback or ipc:// endpoint, or CURVE keys "
                           "(zmq.curve_secret_key) to bind elsewhere")
+
+
+def _check_control_access(loader: _Loader, zmq_cfg: ZmqConfig) -> None:
+    """Keep the control socket the owner's alone, unless a key says otherwise.
+
+    A file-system ``ipc://`` socket is made 0600 in a 0700 directory by the
+    daemon; an abstract one (``ipc://@name``) has no permissions at all, and a
+    TCP port on loopback is open to every local user: these need CURVE, or
+    ``zmq.control_insecure_tcp = true`` for loopback TCP.
+    """
+    control = zmq_cfg.control
+    if zmq_cfg.curve_secret_key:
+        return
+    if control.startswith("ipc://@"):
+        raise loader.fail("zmq.control", control, "an ipc:// socket file path (an abstract "
+                          "socket has no permissions: any local user could stop the daemon), "
+                          "or CURVE keys (zmq.curve_secret_key)")
+    if control.startswith("tcp://") and not zmq_cfg.control_insecure_tcp:
+        raise loader.fail("zmq.control", control,
+                          f"an ipc:// endpoint (the default, {DEFAULT_CONTROL!r}), CURVE keys "
+                          "(zmq.curve_secret_key), or zmq.control_insecure_tcp = true to let "
+                          "any local user control the daemon over TCP")
 
 
 def _try_mkdir(loader: _Loader, key: str, value: str, directory: Path, existing: Path) -> None:
@@ -427,6 +465,7 @@ def parse(text: str, path: str = "<config>") -> Config:
     zmq_cfg = ZmqConfig(**loader.table(ZmqConfig, data.get("zmq", {}), "zmq"))
     _check_endpoint(loader, "zmq.stats", zmq_cfg.stats, zmq_cfg)
     _check_endpoint(loader, "zmq.control", zmq_cfg.control, zmq_cfg)
+    _check_control_access(loader, zmq_cfg)
     raw_streams = data.get("stream", [])
     if not isinstance(raw_streams, list) or not raw_streams:
         raise loader.fail("stream", raw_streams, "one or more [[stream]] tables")

@@ -58,10 +58,19 @@ def sinks_toml(tmp: Path, *kinds: str, **keys: Any) -> str:
                    for kind in kinds)
 
 
+def control_endpoint(tmp: Path) -> str:
+    """A test daemon's control socket: a file under `tmp`, in a directory the daemon makes."""
+    return f"ipc://{tmp}/control/daqd.sock"
+
+
 def daemon_toml(tmp: Path, name: str = "test-daqd", interval: float = 0.2) -> str:
-    """The ``[daemon]`` and ``[zmq]`` tables of a test daemon (pidfile under `tmp`, free ports)."""
+    """The ``[daemon]`` and ``[zmq]`` tables of a test daemon.
+
+    The pidfile and the control socket are under `tmp`; statistics on a free
+    loopback TCP port.
+    """
     return (toml_table("daemon", name=name, pidfile=f"{tmp}/run/daqd.pid")
-            + toml_table("zmq", stats="tcp://127.0.0.1:*", control="tcp://127.0.0.1:*",
+            + toml_table("zmq", stats="tcp://127.0.0.1:*", control=control_endpoint(tmp),
                          interval=interval))
 
 

@@ -36,13 +36,13 @@ import zmq.auth
 
 sys.path.insert(0, str(Path(__file__).parent))
 from daemon_helpers import free_port
-from spead_packets import sim_packets
+from spead_packets import packet, sim_packets
 
 from daqd import _spead
 from daqd.config import Config, parse, schema_keys
 from daqd.pipeline.buffers import build_buffer
 from daqd.pipeline.records import ChunkRecord, HeapRecord
-from daqd.recv.builder import build_receiver
+from daqd.recv.builder import build_receiver, build_stream
 from daqd.recv.uri import stream_udp_port
 from daqd.recv.workloads import WorkloadSender
 from daqd.service.daemon import Daemon
@@ -53,7 +53,7 @@ def base_tables(tmp: Path, port: int, port2: int) -> dict[str, Any]:
     """The base configuration, as nested tables (one chunk-mode stream, one sender)."""
     return {
         "daemon": {"pidfile": f"{tmp}/run/daqd.pid"},
-        "zmq": {"stats": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*"},
+        "zmq": {"stats": "tcp://127.0.0.1:*", "control": f"ipc://{tmp}/control/daqd.sock"},
         "stream": [{
             "name": "adc0",
             "sources": [f"udp://127.0.0.1:{port}"],
@@ -151,6 +151,14 @@ class World:
         while stream.process(reader) >= 0 and not stream.stopped:
             pass
         return stream
+
+    def heap_mode_refusals(self) -> int:
+        """Feed a heap announcing 2 MiB to the stream heap mode builds from the section;
+        its packets refused as over the live heaps' budget."""
+        stream = build_stream(self.stream)      # no chunk group: a HeapStream
+        stream.add_packets([packet(1, bytes(1024), offset=i * 1024, heap_size=2 << 20)
+                            for i in range(4)])
+        return stream.stats()["packets_rejected_heap_over_budget"]
 
     def first_chunk_present_ndim(self) -> int:
         """Feed a chunk's worth of W1 heaps, end the stream; the chunk's ``present`` dimensions."""
@@ -344,6 +352,9 @@ CASES: dict[str, Case] = {
     # [zmq]: the daemon's sockets
     "zmq.stats": Case("", lambda w: w.daemon.publisher is None, True),
     "zmq.control": Case("", lambda w: w.daemon.control is None, True),
+    "zmq.control_insecure_tcp": Case(True, lambda w: w.daemon.control.endpoint.startswith(
+                                     "tcp://127.0.0.1:"), True,
+                                     also={"zmq.control": "tcp://127.0.0.1:*"}),
     "zmq.interval": Case(0.25, lambda w: w.daemon.publisher.interval, 0.25),
     "zmq.curve_secret_key": Case("{secret}", lambda w: w.daemon.security is not None, True,
                                  also={"zmq.curve_clients": "{clients}"}),
@@ -364,6 +375,7 @@ CASES: dict[str, Case] = {
         "packets_rejected_truncated"], 1),
     "stream.max_heap_size": Case(4096, stream_attr("max_heap_size"), 4096),
     "stream.socket_buffer": Case(65536, rcvbuf, 2 * 65536),
+    "stream.max_live_heap_bytes": Case(1 << 20, World.heap_mode_refusals, 4),
     # a stop heap between two runs of heaps: counted as one (a boundary), or,
     # not being stream control, not at all; with exit_on_stop_heap it ends the stream
     "stream.stop_on_stop_item": Case(False, lambda w: w.fed(

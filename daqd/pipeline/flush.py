@@ -220,6 +220,9 @@ class Flusher:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.flushes = 0
+        # Loop iterations, idle ones included: the systemd watchdog's life sign
+        # (it stops when a sink call or a predicate never returns).
+        self.heartbeat = 0
         self.error: BaseException | None = None
 
     # -- any thread, signal handlers included --------------------------------
@@ -332,6 +335,7 @@ class Flusher:
         idle_check = time.monotonic()
         try:
             while True:
+                self.heartbeat += 1
                 if not self._requests and self._due_reason is None:
                     self._sleep()
                 stop = False

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from daqd.config import ChunkConfig, StreamConfig
 
 #: ``[[stream]]`` keys that are arguments of the compiled stream (HeapStream, ChunkStream).
-STREAM_KEYS = ("max_heaps", "allow_out_of_order", "max_heap_size", "stop_on_stop_item")
+STREAM_KEYS = ("max_heaps", "allow_out_of_order", "max_heap_size", "stop_on_stop_item",
+               "max_live_heap_bytes")
 #: ``[[stream]]`` keys that are arguments of `open_source`.
 SOURCE_KEYS = ("max_packet_size", "socket_buffer")
 
@@ -125,6 +126,21 @@ class Receiver:
             raise
         return warnings
 
+    def poll_sources(self) -> None:
+        """Count what the sources report between packets.
+
+        That is the kernel's drops on each UDP socket, read now: the statistics
+        path calls it, and the daemon once more before it closes the sources.
+        """
+        for source, stream in zip(self.sources, self.streams, strict=True):
+            if source.reader is not None:
+                stream.poll_source(source.reader)
+
+    def source_stats(self) -> list[dict[str, int]]:
+        """Each source's counters (its stream's), the sources polled first."""
+        self.poll_sources()
+        return [stream.stats() for stream in self.streams]
+
     def close(self) -> None:
         """Release every source's sockets, files and mappings."""
         for source in self.sources:
@@ -147,9 +163,13 @@ class Receiver:
         return [0] * (self.group.substreams if self.group is not None else 0)
 
     def gauges(self) -> dict[str, int]:
-        """Chunk mode: the pool's free and data rings and its size (else nothing)."""
+        """Return the receive side's gauges.
+
+        Chunk mode: the pool's free and data rings and its size; heap mode: the
+        payload bytes the sources' live heaps hold (`live_heap_bytes`).
+        """
         if self.group is None:
-            return {}
+            return {"live_heap_bytes": sum(s.live_heap_bytes for s in self.streams)}
         return {"free_ring": self.group.free_ring_size, "data_ring": self.group.data_ring_size,
                 "pool": self.group.pool}
 

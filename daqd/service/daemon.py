@@ -8,14 +8,17 @@ ZeroMQ sockets, then the built-in simulators; READY=1 goes to systemd last.
 Shutdown on SIGTERM/SIGINT, a ``stop`` request, ``--duration`` or the end of
 every finite source: STOPPING=1; readers stop, open chunks are closed,
 buffers flush, files are finalised, a last status ("stopped") is published,
-exit 0.  A second SIGTERM/SIGINT during the drain exits at once (status 1).
-SIGHUP reopens sink files; SIGUSR1 forces a flush.
+exit 0.  A second SIGTERM/SIGINT during the drain exits at once (status 1)
+after counting what it discards (`Daemon.discarded`): a last status
+("interrupted") on the statistics socket, the pidfile removed, and a last log
+line with the counts.  SIGHUP reopens sink files; SIGUSR1 forces a flush.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -28,6 +31,7 @@ from daqd.config import Config
 from daqd.recv.workloads import WorkloadSender
 from daqd.service.control import COMMANDS, ControlServer
 from daqd.service.metrics import MetricsServer
+from daqd.service.pidfile import PidFile
 from daqd.service.sdnotify import Notifier, Watchdog, watchdog_interval
 from daqd.service.stats_publisher import StatsPublisher
 from daqd.service.stream_runner import StreamRunner
@@ -39,9 +43,11 @@ log = structlog.get_logger("daqd.daemon")
 EXIT_INTERRUPTED = 1
 # Seconds the drain may take per stream before it is reported as stuck.
 DRAIN_TIMEOUT = 60.0
+# Seconds a second signal gives the last status message to leave before the exit.
+FINAL_STATUS_TIMEOUT = 3.0
 # The counters of the log line each stream gets per interval.
 LOG_COUNTERS = ("packets", "heaps", "chunks_completed", "chunk_heaps_too_old",
-                "packets_tap_dropped")
+                "packets_tap_dropped", "packets_dropped_socket_buffer")
 
 
 class Daemon:
@@ -51,10 +57,15 @@ class Daemon:
     ----------
     config : Config
         The validated configuration.
+    pidfile : PidFile, optional
+        The pidfile the caller holds; a second signal removes it before
+        exiting (the normal exit leaves that to the caller).
     """
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, pidfile: PidFile | None = None):
         self.config = config
+        self.pidfile = pidfile
+        self.discarded: dict[str, dict[str, int]] | None = None
         self.name = config.daemon.name
         self.state = "starting"
         self.started = time.monotonic()
@@ -139,6 +150,10 @@ class Daemon:
                 b = runner.buffer.stats()
                 fields["records_flushed"] = b.get("records_flushed", 0)
             self.log.info("stats", stream=runner.name, **fields)
+        if self.watchdog is not None and self.watchdog.stalled:
+            # Repeated each interval, so the last line before systemd's kill names them.
+            self.log.error("watchdog withheld: threads stalled", stalled=self.watchdog.stalled,
+                           withheld=self.watchdog.withheld)
         self.notifier.status(self._status_line())
 
     def _status_line(self) -> str:
@@ -188,12 +203,73 @@ class Daemon:
 
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
         self.signals_seen += 1
-        if self.signals_seen > 1:
-            self.log.error("second signal during the drain: exiting at once",
-                           signal=signal.Signals(signum).name)
-            os._exit(EXIT_INTERRUPTED)
-        self.stop_reason = signal.Signals(signum).name
-        self.stop_requested.set()
+        if self.signals_seen == 2:
+            self._exit_interrupted(signal.Signals(signum).name)
+        elif self.signals_seen == 1:
+            self.stop_reason = signal.Signals(signum).name
+            self.stop_requested.set()
+        # a third signal while the second one's exit runs: that exit is bounded
+
+    def count_discarded(self) -> dict[str, dict[str, int]]:
+        """Count what exiting now would discard, per stream (read without taking any lock).
+
+        ``records``: records the stream's buffer accepted that not every sink
+        has written (waiting, being written, or kept for a failing sink);
+        ``packet_records``: the same for the raw-packet buffer of pcap sinks;
+        ``chunks``: chunk mode, completed chunks in the data ring that never
+        reached the buffer.  Open chunks and live partial heaps are not counted.
+        """
+        out = {}
+        for runner in self.runners:
+            counts = {"records": runner.buffer.size() if runner.buffer is not None else 0}
+            if runner.packet_buffer is not None:
+                counts["packet_records"] = runner.packet_buffer.size()
+            if runner.group is not None:
+                counts["chunks"] = runner.group.data_ring_size
+            out[runner.name] = counts
+        return out
+
+    def _exit_interrupted(self, signame: str) -> None:
+        """Exit on a second signal: count what is discarded, say so, remove the pidfile.
+
+        The last status message (state ``interrupted``, with ``discarded``) is
+        published from a helper thread given `FINAL_STATUS_TIMEOUT` seconds, so
+        that a lock held where the signal interrupted the main thread cannot
+        hold up the exit.
+        """
+        try:
+            self.state = "interrupted"
+            self.discarded = self.count_discarded()
+            helper = threading.Thread(target=self._close_sockets, name="daqd-final-status",
+                                      daemon=True)
+            helper.start()
+            helper.join(FINAL_STATUS_TIMEOUT)
+            if self.pidfile is not None:
+                self.pidfile.release()
+            total = sum(sum(counts.values()) for counts in self.discarded.values())
+            final = "none (no statistics socket)" if self.publisher is None else \
+                "timed out" if helper.is_alive() else "published"
+            self.log.error("second signal: exiting without draining; buffered data discarded",
+                           signal=signame, discarded_total=total, discarded=self.discarded,
+                           pidfile_removed=self.pidfile is not None, final_status=final)
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+        finally:
+            os._exit(EXIT_INTERRUPTED)      # whatever failed above, the exit happens
+
+    def _close_sockets(self) -> None:
+        """Publish the last status and let the ZeroMQ sockets deliver it (second signal)."""
+        try:
+            if self.control is not None:
+                self.control.stop()
+            if self.publisher is not None:
+                self.publisher.stop(final=True)
+            if self.security is not None:
+                self.security.close()
+            if self.context is not None:
+                self.context.term()         # waits for the last status to leave (linger)
+        except Exception as exc:  # the exit goes on; the last log line says it was not sent
+            self.log.warning("last status not sent", error=f"{type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------
     # control requests (ControlServer thread) and their signal twins
@@ -205,6 +281,8 @@ class Daemon:
                  "pid": os.getpid(), "version": __version__, "streams": snap["streams"]}
         if self.publisher is not None:
             reply["publisher"] = self.publisher.stats()
+        if "discarded" in snap:             # answered while a second signal exits
+            reply["discarded"] = snap["discarded"]
         return reply
 
     def on_flush(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -261,13 +339,14 @@ class Daemon:
     # ------------------------------------------------------------------
     # statistics
 
-    def heartbeat(self) -> tuple[int, ...]:
-        """One counter per receive thread, advanced by each loop (systemd watchdog).
+    def heartbeat(self) -> dict[str, int]:
+        """One counter per receive thread and flusher, by thread name (systemd watchdog).
 
-        A source that has ended stops its counter; it is left out, so a daemon
-        draining after the end of a finite source is not reported as wedged.
+        Each loop of the thread advances it.  A source that has ended stops
+        its counter; it is left out, so a daemon draining after the end of a
+        finite source is not reported as wedged.
         """
-        return tuple(count for r in self.runners for count in r.live_heartbeats())
+        return {name: count for r in self.runners for name, count in r.live_heartbeats().items()}
 
     def snapshot(self) -> dict[str, Any]:
         """Collect the daemon's state for statistics, status and Prometheus (thread-safe)."""
@@ -279,20 +358,22 @@ class Daemon:
             "buffers": {name: s["buffer"] for name, s in streams.items() if "buffer" in s},
             "sinks": {name: s["sinks"] for name, s in streams.items() if s.get("sinks")},
             "errors": {name: s["errors"] for name, s in streams.items() if s.get("errors")},
+            **({"discarded": self.discarded} if self.discarded is not None else {}),
         }
 
 
 def _summary(runner: StreamRunner) -> dict[str, int]:
     c = runner.raw_counters()
-    out = {k: c.get(k, 0) for k in ("packets", "heaps", "chunks_completed")}
+    out = {k: c.get(k, 0) for k in ("packets", "heaps", "chunks_completed",
+                                     "packets_dropped_socket_buffer")}
     if runner.buffer is not None:
         out["records_flushed"] = runner.buffer.stats().get("records_flushed", 0)
     return out
 
 
-def run(config: Config, duration: float | None = None) -> int:
+def run(config: Config, duration: float | None = None, pidfile: PidFile | None = None) -> int:
     """``daqd run``: start, wait, drain; returns the exit status."""
-    daemon = Daemon(config)
+    daemon = Daemon(config, pidfile)
     daemon.install_signal_handlers()
     try:
         daemon.start()

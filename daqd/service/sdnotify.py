@@ -13,8 +13,9 @@ Notification is best effort: a socket error is logged once and counted, never
 raised into the daemon (a missed STATUS line must not stop data acquisition).
 
 The watchdog (``WatchdogSec=`` in the unit) is fed by `Watchdog`, a thread
-that sends ``WATCHDOG=1`` only while every reader thread shows a life sign,
-so that a wedged reader gets the daemon restarted while an idle one does not.
+that sends ``WATCHDOG=1`` only while every watched thread (receive threads
+and flushers) shows a life sign, so that a wedged one gets the daemon
+restarted while an idle one does not.
 """
 
 from __future__ import annotations
@@ -210,21 +211,21 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
     return usec / 1e6
 
 
-#: A heartbeat: one counter per reader thread, or one counter for all.
-Heartbeat = int | Sequence[int]
+#: A heartbeat: one counter per watched thread, by name (or by position), or one for all.
+Heartbeat = int | Sequence[int] | Mapping[str, int]
 
 
 class Watchdog(ThreadOwner):
-    """Feeds the systemd watchdog while every reader thread is alive.
+    """Feeds the systemd watchdog while every watched thread shows progress.
 
     A thread checks `progress` every half `interval` and sends ``WATCHDOG=1``
     only if each heartbeat counter changed since the previous check.  Each
-    reader thread increments its counter once per loop iteration, *including
-    an iteration that ends in a poll timeout*, so an idle but healthy reader
-    (no traffic) still feeds the watchdog, while a reader wedged in a call
-    that never returns stops its counter and, after ``WatchdogSec``, systemd
-    restarts the daemon.  Packet counters are the wrong heartbeat: they stop
-    whenever the sender does.
+    watched thread (the daemon's receive threads and flushers) increments its
+    counter once per loop iteration, *including an iteration that ends in a
+    poll timeout*, so an idle but healthy thread (no traffic) still feeds the
+    watchdog, while a thread wedged in a call that never returns stops its
+    counter and, after ``WatchdogSec``, systemd restarts the daemon.  Packet
+    counters are the wrong heartbeat: they stop whenever the sender does.
 
     Parameters
     ----------
@@ -234,8 +235,11 @@ class Watchdog(ThreadOwner):
         The watchdog timeout in seconds (`watchdog_interval`); checks run at
         half of it, as sd_watchdog_enabled(3) advises.
     progress
-        Returns the heartbeat: one int per reader thread (all must advance)
-        or a single int.  An exception from it counts as no progress.
+        Returns the heartbeat: a mapping of thread name to counter (every
+        name present at two checks in a row must advance; a name that goes
+        away, e.g. an ended source, is no longer watched), a sequence (names
+        are the positions) or a single int.  An exception from it counts as
+        no progress.
 
     Attributes
     ----------
@@ -245,6 +249,9 @@ class Watchdog(ThreadOwner):
         ``WATCHDOG=1`` sent.
     withheld : int
         Checks that found a stalled heartbeat and sent nothing.
+    stalled : list of str
+        The names whose counters did not advance at the last check (empty
+        while the watchdog is fed).
     """
 
     def __init__(self, notifier: Notifier, interval: float, progress: Callable[[], Heartbeat]):
@@ -256,8 +263,8 @@ class Watchdog(ThreadOwner):
         self.checks = 0
         self.pings = 0
         self.withheld = 0
-        self._last: tuple[int, ...] | None = None
-        self._stalled = False
+        self.stalled: list[str] = []
+        self._last: dict[str, int] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -288,31 +295,34 @@ class Watchdog(ThreadOwner):
         self.checks += 1
         current = self._read()
         previous, self._last = self._last, current
-        stalled = [
-            i for i, (now, then) in enumerate(zip(current, previous or (), strict=False))
-            if now == then
-        ]
-        if current and previous is not None and len(current) == len(previous) and not stalled:
-            if self._stalled:
-                log.info("reader heartbeats advance again; feeding the watchdog")
-                self._stalled = False
+        before = previous or {}
+        common = [name for name in current if name in before]
+        stalled = [name for name in common if current[name] == before[name]]
+        if common and not stalled:
+            if self.stalled:
+                log.info("heartbeats advance again; feeding the watchdog", resumed=self.stalled)
+                self.stalled = []
             self.pings += 1
             self.notifier.watchdog()
             return True
         self.withheld += 1
-        if not self._stalled and previous is not None:
-            self._stalled = True
-            log.warning("reader heartbeat stalled; not feeding the systemd watchdog",
-                        stalled_readers=stalled, interval=self.interval)
+        if stalled and stalled != self.stalled:
+            log.warning("heartbeat stalled; not feeding the systemd watchdog",
+                        stalled=stalled, interval=self.interval)
+        self.stalled = stalled
         return False
 
-    def _read(self) -> tuple[int, ...]:
+    def _read(self) -> dict[str, int]:
         try:
             value = self.progress()
         except Exception as exc:  # the daemon's callable must not kill the watchdog thread
             log.warning("watchdog progress check failed", error=repr(exc))
-            return ()
-        return (value,) if isinstance(value, int) else tuple(value)
+            return {}
+        if isinstance(value, int):
+            return {"0": value}
+        if isinstance(value, Mapping):
+            return {str(name): int(count) for name, count in value.items()}
+        return {str(i): count for i, count in enumerate(value)}
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval / 2):

@@ -17,9 +17,11 @@ on; once those records are in the buffer (heap mode: at once; chunk mode:
 when the consumer has emptied the data ring) the buffer is flushed and the
 sinks finish their files, so a capture's records are in files of their own.
 
-Shutdown (`stop`): readers are told to stop and joined, each stream finishes
+Shutdown (`stop`): readers are told to stop (a UDP reader first hands over
+what its socket held at the stop) and joined, each stream finishes
 (live heaps flushed, open chunks closed), the consumer drains the data ring,
-the flushers write what is buffered and the sinks finalise their files.
+the flushers write what is buffered and the sinks finalise their files; the
+kernel's drop counts are read a last time before the sockets close.
 """
 
 from __future__ import annotations
@@ -177,7 +179,10 @@ class StreamRunner:
         last_tap = time.monotonic()
         stop_heaps = stream.stop_heaps
         serves = source.serves_connections
-        while not self.stopping.is_set():
+        while True:
+            if self.stopping.is_set():
+                # The reader hands over what its source held at the stop, then ends.
+                reader.stop()
             rc = stream.process(reader)
             self.heartbeats[index] += 1
             if heap_mode:
@@ -264,10 +269,18 @@ class StreamRunner:
     # ------------------------------------------------------------------
     # control
 
-    def live_heartbeats(self) -> list[int]:
-        """Heartbeats of the receive threads still running."""
-        return [count for count, thread in zip(self.heartbeats, self.threads, strict=False)
-                if thread.is_alive()]
+    def live_heartbeats(self) -> dict[str, int]:
+        """Loop counters of the stream's threads still running, by thread name (watchdog).
+
+        ``STREAM:SOURCE_URI`` for a receive thread, ``STREAM:flusher`` (and
+        ``STREAM:packet-flusher``) for the flusher of the buffer (of raw packets).
+        """
+        out = {thread.name: count for count, thread in zip(self.heartbeats, self.threads,
+                                                          strict=False) if thread.is_alive()}
+        for label, flusher in (("flusher", self.flusher), ("packet-flusher", self.packet_flusher)):
+            if flusher is not None and flusher.running:
+                out[f"{self.name}:{label}"] = flusher.heartbeat
+        return out
 
     @property
     def ended(self) -> bool:
@@ -302,6 +315,9 @@ class StreamRunner:
                 self.errors.append(f"{sink.name}: close failed: {exc}")
                 log.error("sink close failed", stream=self.name, sink=sink.name,
                           error=str(exc))
+        # The kernel's drops until now, read while the sockets are open: the
+        # final statistics and log line have them.
+        self.receiver.poll_sources()
         self.receiver.close()
 
     def flush(self, reason: str) -> None:
@@ -329,11 +345,14 @@ class StreamRunner:
     # ------------------------------------------------------------------
     # statistics
 
-    def raw_counters(self) -> dict[str, int]:
-        """Sum the counters of the stream's sources (maxima: the maximum), unreset."""
+    def raw_counters(self, per_source: list[dict[str, int]] | None = None) -> dict[str, int]:
+        """Sum the counters of the stream's sources (maxima: the maximum), unreset.
+
+        `per_source`: the sources' counters if already read (Receiver.source_stats).
+        """
         total: dict[str, int] = {}
-        for stream in self.streams:
-            for name, value in stream.stats().items():
+        for stats in self.receiver.source_stats() if per_source is None else per_source:
+            for name, value in stats.items():
                 if name in GAUGE_COUNTERS:
                     total[name] = max(total.get(name, 0), value)
                 else:
@@ -342,11 +361,10 @@ class StreamRunner:
         total.update(self.recorder.counters())
         return total
 
-    def source_counters(self) -> dict[str, dict[str, Any]]:
+    def source_counters(self, per_source: list[dict[str, int]]) -> dict[str, dict[str, Any]]:
         """Each source's own headline counters (the stream's are their sums)."""
         out = {}
-        for source, stream in zip(self.sources, self.streams, strict=True):
-            c = stream.stats()
+        for source, c in zip(self.sources, per_source, strict=True):
             out[source.uri] = {name: c[name] for name in SOURCE_COUNTERS}
             out[source.uri]["packets_rejected"] = sum(
                 v for k, v in c.items() if k.startswith("packets_rejected_"))
@@ -357,13 +375,14 @@ class StreamRunner:
 
     def snapshot(self) -> dict[str, Any]:
         """Build the stream's part of a statistics message (JSON-able)."""
-        raw = self.raw_counters()
+        per_source = self.receiver.source_stats()
+        raw = self.raw_counters(per_source)
         counters = {name: value - self.baseline.get(name, 0) if name not in GAUGE_COUNTERS
                     else value for name, value in raw.items()}
         gauges: dict[str, Any] = {name: counters.pop(name) for name in GAUGE_COUNTERS
                                   if name in counters}
         out: dict[str, Any] = {"counters": counters, "gauges": gauges,
-                               "sources": self.source_counters(),
+                               "sources": self.source_counters(per_source),
                                "capturing": self.capturing}
         gauges.update(self.receiver.gauges())
         if self.receiver.chunk_mode:

@@ -9,6 +9,12 @@ keys are the ``.key`` files in ``zmq.curve_clients``.  A client without a
 key, or with a key not in that directory, fails the handshake: it receives no
 statistics and its control requests never reach the daemon.
 
+An ``ipc://`` socket file is the owner's alone: its directory is made 0700
+when the daemon creates it, and the socket file is made 0600 right after the
+bind, before the socket is served (`bind_checked`).  Linux lets a process
+connect to a Unix socket only with write permission on its file; the private
+directory keeps it out of reach where that rule is not enforced.
+
 `Security` is the server side (one per `zmq.Context`: libzmq has one ZAP
 handler per context) and `ClientSecurity` the client side used by
 ``daqd stats`` and ``daqd status``.
@@ -26,7 +32,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from daqd.addresses import is_local_endpoint
+from daqd.addresses import ipc_path, is_local_endpoint
 from daqd.errors import UsageProblem
 
 if TYPE_CHECKING:
@@ -87,15 +93,40 @@ def bind_checked(socket: zmq.Socket, endpoint: str, security: Security | None,
         check_bind(endpoint, security)
         if security is not None:
             security.apply(socket)
+        path = ipc_path(endpoint)
+        if path is not None and path != "*":
+            _private_directory(endpoint, os.path.dirname(path) or ".", what)
         try:
             socket.bind(endpoint)
         except zmq.ZMQError as exc:
             raise UsageProblem(f"{endpoint}: cannot bind the {what} socket: "
                                f"{exc.strerror}") from None
+        bound = socket.last_endpoint.decode()
+        path = ipc_path(bound)
+        if path is not None:
+            try:
+                os.chmod(path, 0o600)
+            except OSError as exc:
+                raise UsageProblem(f"{bound}: cannot make the {what} socket private (0600): "
+                                   f"{exc.strerror}") from None
     except BaseException:
         socket.close(linger=0)
         raise
-    return socket.last_endpoint.decode()
+    return bound
+
+
+def _private_directory(endpoint: str, directory: str, what: str) -> None:
+    """Make the directory of an ipc:// socket 0700 if it is missing; warn if others may enter."""
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        mode = os.stat(directory).st_mode
+    except OSError as exc:
+        raise UsageProblem(f"{endpoint}: cannot make the directory of the {what} socket: "
+                           f"{exc.strerror}") from None
+    if mode & 0o077:
+        log.warning("ipc socket directory is open to other users; the socket file is made "
+                    "0600 (a directory of its own, mode 0700, keeps it private everywhere)",
+                    endpoint=endpoint, directory=directory, mode=oct(mode & 0o777))
 
 
 def _load_keypair(path: str | os.PathLike[str], what: str) -> tuple[bytes, bytes | None]:

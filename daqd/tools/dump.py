@@ -72,6 +72,7 @@ def run_dump(
     count: int | None,
     out: TextIO,
     err: TextIO,
+    max_live_heap_bytes: int = _spead.DEFAULT_MAX_LIVE_HEAP_BYTES,
 ) -> dict[str, int]:
     """Print heaps as JSON lines; returns the stream's counters.
 
@@ -83,6 +84,7 @@ def run_dump(
         allow_out_of_order=allow_out_of_order,
         max_heap_size=max_heap_size,
         stop_on_stop_item=stop_on_stop_item,
+        max_live_heap_bytes=max_live_heap_bytes,
     )
     interrupted = [False]
 
@@ -110,6 +112,8 @@ def run_dump(
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if source.reader is not None:
+            stream.poll_source(source.reader)   # the kernel's drops up to now
         source.close()
     counters = stream.stats()
     summary = {
@@ -139,10 +143,14 @@ INT = click.IntRange
 @click.option("--max-heap-size", type=INT(min=0), default=_spead.DEFAULT_MAX_HEAP_SIZE,
               show_default=True,
               help="Larger heaps are rejected and counted.")
+@click.option("--max-live-heap-bytes", type=INT(min=_spead.MIN_MAX_LIVE_HEAP_BYTES),
+              default=_spead.DEFAULT_MAX_LIVE_HEAP_BYTES, show_default=True,
+              help="Payload bytes the partial heaps may hold together (else the oldest "
+                   "are evicted; a heap larger on its own is refused and counted).")
 @click.option("--count", type=INT(min=0), default=None, help="Stop after printing this many heaps.")
 def command(source: str, max_heaps: int, allow_out_of_order: bool, incomplete: bool,
          stop_on_stop_item: bool, max_packet_size: int, max_heap_size: int,
-         count: int | None) -> None:
+         max_live_heap_bytes: int, count: int | None) -> None:
     """Decode SOURCE and print one JSON line per heap; counters go to stderr.
 
     SOURCE is udp://HOST:PORT, tcp://HOST:PORT, pcap:PATH, file:PATH (file:- for
@@ -153,4 +161,5 @@ def command(source: str, max_heaps: int, allow_out_of_order: bool, incomplete: b
         click.echo(f"daqd: warning: {warning}", err=True)
     run_dump(src, max_heaps=max_heaps, allow_out_of_order=allow_out_of_order,
              incomplete=incomplete, stop_on_stop_item=stop_on_stop_item,
-             max_heap_size=max_heap_size, count=count, out=sys.stdout, err=sys.stderr)
+             max_heap_size=max_heap_size, count=count, out=sys.stdout, err=sys.stderr,
+             max_live_heap_bytes=max_live_heap_bytes)

@@ -39,6 +39,7 @@ from daemon_helpers import (
     wait_until,
     write_config,
 )
+from daemon_helpers import control_endpoint as daemon_control_endpoint
 from spead2_helpers import (
     THREAD_POOL,
     collect_spead2,
@@ -301,19 +302,17 @@ extra_items = [0x1600]
 
 def fixed_endpoints_config(tmp_path: Path, port: int, prometheus: str = "") -> tuple[Path, str,
                                                                                       str]:
-    """A W1 chunk stream whose control and stats sockets are on known TCP ports.
+    """A W1 chunk stream whose stats socket is on a known TCP port (control: an ipc file).
 
     ``daqd status`` and ``daqd stats`` read the endpoints from the configuration,
     so they cannot be ``tcp://127.0.0.1:*`` there.
     """
     stats = f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}"
-    control_endpoint = f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}"
     text = chunk_stream_config(tmp_path, port=port, heaps_per_chunk=HEAPS_PER_CHUNK)
-    text = text.replace('stats = "tcp://127.0.0.1:*"', f'stats = "{stats}"').replace(
-        'control = "tcp://127.0.0.1:*"', f'control = "{control_endpoint}"')
+    text = text.replace('stats = "tcp://127.0.0.1:*"', f'stats = "{stats}"')
     if prometheus:
         text = text.replace("[zmq]", f'prometheus = "{prometheus}"\n\n[zmq]', 1)
-    return write_config(tmp_path, text), stats, control_endpoint
+    return write_config(tmp_path, text), stats, daemon_control_endpoint(tmp_path)
 
 
 def send_until_three_flushed(stats_endpoint: str, sender: W1Sender, heaps: int

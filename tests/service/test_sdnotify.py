@@ -149,7 +149,7 @@ def test_each_check_feeds_only_if_every_reader_heartbeat_advanced(notify_socket)
     address, sock = notify_socket
     heartbeats = [0, 0]
     dog = Watchdog(Notifier(address), 10.0, lambda: list(heartbeats))
-    dog._last = (0, 0)                  # the baseline start() would take
+    dog._last = dog._read()             # the baseline start() would take
     heartbeats[:] = [1, 1]
     assert dog.check() and pending(sock) == ["WATCHDOG=1"]
     heartbeats[0] += 1                  # reader 1 wedged
@@ -158,6 +158,21 @@ def test_each_check_feeds_only_if_every_reader_heartbeat_advanced(notify_socket)
     heartbeats[:] = [5, 5]              # both alive again
     assert dog.check() and pending(sock) == ["WATCHDOG=1"]
     assert (dog.checks, dog.pings, dog.withheld) == (4, 2, 2)
+
+
+def test_named_heartbeats_say_which_thread_stalled_and_ended_threads_leave(notify_socket):
+    address, sock = notify_socket
+    beats = {"adc0:udp://127.0.0.1:7148": 0, "adc0:flusher": 0}
+    dog = Watchdog(Notifier(address), 10.0, lambda: dict(beats))
+    dog._last = dog._read()
+    beats["adc0:udp://127.0.0.1:7148"] += 1              # the flusher is wedged
+    assert not dog.check() and dog.stalled == ["adc0:flusher"] and pending(sock) == []
+    beats["adc0:flusher"] += 1
+    beats["adc0:udp://127.0.0.1:7148"] += 1
+    assert dog.check() and dog.stalled == [] and pending(sock) == ["WATCHDOG=1"]
+    del beats["adc0:udp://127.0.0.1:7148"]               # a finite source ended
+    beats["adc0:flusher"] += 1
+    assert dog.check() and pending(sock) == ["WATCHDOG=1"]
 
 
 def test_a_failing_progress_callable_withholds_without_killing_the_watchdog(notify_socket):

@@ -44,7 +44,7 @@ pidfile = "{tmp}/run/daqd.pid"
 
 [zmq]
 stats = ""
-control = "tcp://127.0.0.1:*"
+control = "ipc://{tmp}/control/daqd.sock"
 
 [[stream]]
 name = "adc0"

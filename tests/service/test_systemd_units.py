@@ -99,6 +99,8 @@ def test_the_unit_runs_daqd_as_a_notify_service_with_watchdog_and_drain(unit):
     assert int(service["TimeoutStopSec"].rstrip("s")) >= 60
     assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
     assert service["CapabilityBoundingSet"] == ""
+    # the control socket and the pidfile: a runtime directory only the daqd user may enter
+    assert service["RuntimeDirectoryMode"] == "0700"
     if unit == "daqd@.service":
         assert " --config /etc/daqd/%i.toml " in service["ExecStart"]
         assert service["StateDirectory"] == "daqd/%i"

@@ -1,0 +1,93 @@
+"""The systemd watchdog follows the receive threads and the flushers (issue 12, watchdog).
+
+The real daemon is started as systemd would start it with ``WatchdogSec=``:
+``NOTIFY_SOCKET`` names a datagram socket this test reads, ``WATCHDOG_USEC``
+the timeout.  While healthy it sends ``WATCHDOG=1``; once its flusher is
+wedged for real (a flush predicate that never returns, as a write to a hung
+disk would not: tests/stall_flusher.py) the pings stop, so systemd would
+restart it, and its log says which stream and thread stalled, repeated each
+statistics interval so the last line before the restart names it.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from daemon_helpers import (
+    DaemonProcess,
+    buffer_toml,
+    daemon_toml,
+    free_port,
+    sinks_toml,
+    udp_stream_toml,
+    wait_until,
+    write_config,
+)
+from stall_flusher import SPEC, stall_environment
+
+pytestmark = pytest.mark.network
+
+WATCHDOG_USEC = 2_000_000          # checks every second (idle loops poll every 0.2 s)
+STALLED = "adc0:flusher"
+
+
+def pings(sock: socket.socket, within: float) -> int:
+    """Count the WATCHDOG=1 datagrams that arrive within `within` seconds."""
+    count = 0
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            message = sock.recv(4096).decode()
+        except TimeoutError:
+            break
+        count += "WATCHDOG=1" in message.splitlines()
+    return count
+
+
+def last_event(daemon: DaemonProcess) -> dict:
+    return next(e for e in reversed(daemon.events) if isinstance(e, dict))
+
+
+def test_a_wedged_flusher_stops_the_watchdog_pings_and_the_log_names_it(tmp_path):
+    port = free_port()
+    marker = tmp_path / "stall"
+    cfg = write_config(tmp_path, daemon_toml(tmp_path) + udp_stream_toml("adc0", port)
+                       + buffer_toml(kind="fifo", capacity=64, when_full="block",
+                                     flush_count=8, flush_interval=1.0, flush_custom=[SPEC])
+                       + sinks_toml(tmp_path, "text"))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    env = {**stall_environment(marker), "NOTIFY_SOCKET": str(tmp_path / "notify"),
+           "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+    daemon = DaemonProcess(cfg, env=env)
+    try:
+        daemon.ready()
+        assert pings(notify, 3.5) >= 2                       # healthy: fed every second
+        marker.touch()
+        wait_until(Path(f"{marker}.entered").exists, 10, "the flusher wedged")
+        stalled = daemon.wait_event("heartbeat stalled; not feeding the systemd watchdog")
+        assert stalled["stalled"] == [STALLED]
+        pings(notify, 0.1)                                   # what was sent before
+        assert pings(notify, 3.5) == 0                       # 3 checks, none fed
+        wait_until(lambda: last_event(daemon)["event"] == "watchdog withheld: threads stalled",
+                   10, "the withheld line last")
+        assert last_event(daemon)["stalled"] == [STALLED]
+        marker.unlink()                                      # the flusher comes back
+        assert pings(notify, 3.5) >= 2
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+        notify.close()
+    resumed = [e for e in daemon.events if e.get("event", "").startswith("heartbeats advance")]
+    assert resumed and resumed[0]["resumed"] == [STALLED]
+    # the idle receive thread (no traffic at all) never counted as stalled
+    assert {name for e in daemon.events if e.get("event", "").startswith("heartbeat stalled")
+            for name in e["stalled"]} == {STALLED}
