@@ -195,7 +195,8 @@ class SimulateConfig:
     workload: str = key("W1", choices=WORKLOADS)
     rate: float = key(0.0, minimum=0)   # bytes per second; 0 = as fast as possible
     heaps: int = key(0, minimum=0)      # 0 = until the daemon stops
-    stop: bool = True                   # end with a stop heap (finite runs)
+    stop: bool = True                   # end with a stop heap (a capture boundary, or
+                                        # with exit_on_stop_heap the end of a finite run)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,10 @@ from daemon_helpers import (
     buffer_toml,
     chunk_stream_config,
     control,
+    daemon_toml,
     free_port,
     sinks_toml,
+    udp_stream_toml,
     w1_payloads,
     wait_until,
     write_config,
@@ -29,6 +31,7 @@ from daemon_helpers import (
 
 from daqd import _spead
 from daqd.sinks.binary import load as load_binary
+from daqd.sinks.binary import read_header
 
 pytestmark = pytest.mark.network
 
@@ -108,3 +111,41 @@ def test_a_stop_heap_completes_and_writes_the_open_chunks_and_the_stream_goes_on
     for got, expected in ((before_stop, expected_before), (after_stop, expected_after)):
         for chunk_id, data in expected.items():
             np.testing.assert_array_equal(got[chunk_id], data, err_msg=f"chunk {chunk_id}")
+
+
+def test_heap_mode_writes_the_heaps_before_the_stop_heap_in_their_own_file(tmp_path):
+    port = free_port()
+    cfg = (daemon_toml(tmp_path) + udp_stream_toml("adc0", port)
+           + buffer_toml(kind="fifo", capacity=64, when_full="block", flush_count=60,
+                         flush_interval=3600.0)
+           + sinks_toml(tmp_path, "binary"))
+    daemon = DaemonProcess(write_config(tmp_path, cfg))
+    sender = W1Sender(port, heaps=10)
+    try:
+        endpoint = daemon.ready()["control"]
+
+        def stream() -> dict:
+            return control(endpoint, {"command": "status"})["streams"]["adc0"]
+
+        sender.send(5)
+        wait_until(lambda: stream()["counters"]["heaps"] == 5, what="5 heaps")
+        assert stream()["buffer"]["records_flushed"] == 0
+        sender.sock.send(_spead.stop_packet(1000))
+        wait_until(lambda: stream()["buffer"]["records_flushed"] == 5,
+                   what="the heaps written at the stop heap")
+        wait_until(lambda: len(list((tmp_path / "data").glob("*.bin"))) == 1,
+                   what="the capture's file finished")
+        sender.send(5)
+        wait_until(lambda: stream()["counters"]["heaps_complete"] == 10, what="5 more heaps")
+        counters = stream()["counters"]
+        assert counters["stop_heaps"] == 1 and counters["packets_rejected_after_stop"] == 0
+        assert daemon.stop() == 0
+    finally:
+        sender.close()
+        daemon.close()
+    payloads = w1_payloads(10)
+    files = sorted((tmp_path / "data").glob("*.bin"))
+    assert len(files) == 2
+    for path, expected in zip(files, (payloads[:5], payloads[5:]), strict=True):
+        got = path.read_bytes()[read_header(str(path))["header_bytes"]:]
+        assert got == b"".join(expected)
