@@ -23,6 +23,9 @@ cdef extern from "<sys/socket.h>" nogil:
     enum: SOCK_NONBLOCK
     enum: SOCK_CLOEXEC
 
+cdef extern from "<errno.h>" nogil:
+    enum: ECONNABORTED
+
 cdef extern from "<netinet/in.h>" nogil:
     struct in_addr:
         uint32_t s_addr
@@ -87,6 +90,7 @@ cdef class TcpServerReader(Reader):
     cdef int timeout_ms
     cdef readonly bint once
     cdef bint served                # once: the one connection has come and gone
+    cdef bint accept_failed         # accept() failed (e.g. EMFILE): skip the listener once
     cdef pollfd pfds[<int>MAX_TCP_PEERS + 1]
     cdef int pfd_peer[<int>MAX_TCP_PEERS + 1]
     cdef TcpEvent events[<int>TCP_EVENTS]
@@ -161,7 +165,13 @@ cdef class TcpServerReader(Reader):
             fd = accept4(self.listen_fd, <sockaddr *>&addr, &addrlen,
                          SOCK_NONBLOCK | SOCK_CLOEXEC)
             if fd < 0:
-                return              # none left (EAGAIN), or one gave up meanwhile
+                # None left (EAGAIN), or one gave up meanwhile (ECONNABORTED);
+                # anything else (out of descriptors) leaves the connection
+                # waiting, and the listener readable: it is left out of the
+                # next poll, so that fill() waits rather than spins.
+                self.accept_failed = errno != EAGAIN and errno != EINTR \
+                    and errno != ECONNABORTED
+                return
             p = NULL
             for i in range(<size_t>MAX_TCP_PEERS):
                 if self.slots[i].fd < 0:
@@ -249,7 +259,9 @@ cdef class TcpServerReader(Reader):
             self.eof = True
             return READ_EOF
         # Nothing buffered makes a packet: wait for the listener or a peer.
-        if self.listen_fd >= 0:
+        if self.accept_failed:
+            self.accept_failed = False
+        elif self.listen_fd >= 0:
             self.pfds[nfds].fd = self.listen_fd
             self.pfds[nfds].events = POLLIN
             self.pfds[nfds].revents = 0
