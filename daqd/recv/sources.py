@@ -58,13 +58,6 @@ class Source:
         """Whether the source is a TCP listener (connection counters and events)."""
         return isinstance(self.reader, _spead.TcpServerReader)
 
-    def wait_ready(self, timeout: float) -> bool:
-        """Return True: a source's reader exists once it is open.
-
-        (A ``tcp://`` listener accepts its peers in the reader itself.)
-        """
-        return self.reader is not None
-
     def stop(self) -> None:
         """Make a blocked reader return at its next poll timeout."""
         if self.reader is not None:

@@ -167,11 +167,6 @@ class StreamRunner:
     # the threads
 
     def _receive(self, index: int, source: Source, stream: Any) -> None:
-        while not source.wait_ready(POLL):
-            self.heartbeats[index] += 1
-            if self.stopping.is_set():
-                self._finish(source, stream)
-                return
         reader = source.reader
         if self.packet_sinks:
             reader.enable_tap(TAP_BYTES, TAP_PACKETS)

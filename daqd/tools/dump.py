@@ -49,9 +49,6 @@ def receive_heaps(
     source: Source, stream: Any, should_stop: Callable[[], bool] = lambda: False
 ) -> Iterator[Any]:
     """Yield heaps from `source` through `stream` until it ends, stops or is told to."""
-    while not source.wait_ready(0.2):
-        if should_stop():
-            return
     reader = source.reader
     while True:
         done = stream.process(reader) < 0 or stream.stopped
