@@ -362,6 +362,7 @@ class Flusher:
                 elif time.monotonic() - idle_check >= IDLE_ROTATE_PERIOD:
                     idle_check = time.monotonic()
                     buffer.rotate_idle()
+                buffer.summarise_errors()       # repeating errors: one summary per interval
         except BaseException as exc:
             self.error = exc
             log.exception("flusher thread failed; the buffer is no longer flushed")
