@@ -266,6 +266,7 @@ class Buffer:
         self._dropped: collections.Counter[str] = collections.Counter()
         # Evicted while a sink write may still read them: released after it.
         self._deferred: list[Entry] = []
+        self._written_early: list[Entry] = []  # written by every sink, taken before the flush ended
         self._errors = RepeatedErrors(log, error_interval)
 
     # -- sinks ---------------------------------------------------------------
@@ -376,6 +377,10 @@ class Buffer:
         if seq >= max(s.cursor for s in self._sinks):
             return False                # no sink has written it: when_full decides
         entry = self._held.popleft()
+        if min(s.cursor for s in self._sinks) > seq:
+            # Every sink has written it (a flush is ending): it leaves as flushed.
+            self._written_early.append(entry)
+            return True
         (self._deferred if self._flushing else evicted).append(entry)
         self._lagging_evictions += 1
         for s in self._sinks:
@@ -563,6 +568,7 @@ class Buffer:
                 for state in sinks:
                     self._settle_write_locked(state, False)     # a write that raised
                 deferred, self._deferred = self._deferred, []
+                released, self._written_early = self._written_early, []
                 low = min((s.cursor for s in self._sinks), default=None)
                 while low is not None and len(self._held) and self._held.first_seq() < low:
                     released.append(self._held.popleft())
@@ -960,9 +966,10 @@ class Buffer:
             wal.mark_done(state_now, replace=True)
             self._marked = dict(state_now)
         self._ready = True
-        if replayed or marks:
+        lost = wal.stats()["records_lost"]
+        if replayed or marks or lost:
             log.info("recovered from the write-ahead log", wal=str(wal.path), replayed=replayed,
-                     sinks=len(self._sinks), next_seq=self._next_seq)
+                     sinks=len(self._sinks), next_seq=self._next_seq, records_lost=lost)
         return replayed
 
 

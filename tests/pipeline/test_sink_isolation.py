@@ -54,7 +54,8 @@ def cnts_in(directory):
 
 
 @pytest.mark.parametrize("when_full", WHEN_FULL)
-def test_a_sink_on_a_full_disk_costs_the_healthy_sink_nothing(tmp_path, full_disk, when_full, switch_often):
+def test_a_sink_on_a_full_disk_costs_the_healthy_sink_nothing(tmp_path, full_disk, when_full,
+                                                              switch_often):
     bad = text_sink(full_disk / "bad-{seq}.txt")
     good = text_sink(tmp_path / "good" / "good-{seq}.txt")
     buffer = Buffer("circular", CAPACITY, when_full, FlushPolicy(count=32, interval=0.05),
