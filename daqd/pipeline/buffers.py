@@ -59,6 +59,11 @@ WHEN_FULL = ("block", "drop-newest", "overwrite-oldest")
 #: its backlog passed the capacity while it fell behind (other sinks wrote it);
 #: ``when_full = "overwrite-oldest"`` overwrote it; ``clear()``; still held at
 #: ``close()``; a replayed record that found the buffer full at recovery.
+#: Seconds a failing sink waits before a flush the policy asked for retries it
+#: (a forced flush always does): its retries must not take the flusher's time
+#: from the healthy sinks.
+FAILING_SINK_RETRY = 0.2
+
 SINK_LOSS_REASONS = ("backlog_overflow", "overwrite_oldest", "cleared", "unwritten_at_close",
                      "recover_overflow")
 
@@ -162,6 +167,7 @@ class _SinkState:
     # records overflowed its backlog meanwhile (lost only if the write fails).
     writing_end: int = -1
     overflowed_in_write: int = 0
+    retry_at: float = 0.0       # failing: monotonic time of the next policy-driven retry
 
     @property
     def lost(self) -> int:
@@ -528,8 +534,12 @@ class Buffer:
             return done if done is not None else 0
         return self.flush_now("trigger", trigger=True)
 
-    def flush_now(self, reason: str, trigger: bool = False) -> int:
-        """Flush in this thread (the flusher's, or the only consumer's)."""
+    def flush_now(self, reason: str, trigger: bool = False, due: bool = False) -> int:
+        """Flush in this thread (the flusher's, or the only consumer's).
+
+        `due`: the policy asked for it; a failing sink is then retried only
+        every `FAILING_SINK_RETRY` seconds.
+        """
         with self._lock:
             if self._flushing:
                 return 0                # re-entered (e.g. from a sink): nothing to add
@@ -551,7 +561,10 @@ class Buffer:
             if self.wal is not None:
                 self._sync_wal()
             seqs = [seq for seq, _ in entries]
+            now = time.monotonic()
             for state in sinks:
+                if due and state.failing and now < state.retry_at:
+                    continue            # falls behind; its backlog overflows if need be
                 with self._lock:
                     batch = entries[bisect.bisect_left(seqs, state.cursor):]
                     if batch:
@@ -639,6 +652,7 @@ class Buffer:
                                      sink=state.name, error=state.last_error,
                                      records=len(records), errors=state.errors)
             state.failing = True
+            state.retry_at = time.monotonic() + FAILING_SINK_RETRY
             return False
         if state.failing:
             log.info("sink writing again", sink=state.name, failed_flushes=state.failed_flushes)

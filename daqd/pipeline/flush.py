@@ -357,7 +357,7 @@ class Flusher:
                 if reason is None:
                     reason = buffer.policy.due(buffer)
                 if reason is not None:
-                    buffer.flush_now(reason)
+                    buffer.flush_now(reason, due=True)
                     self.flushes += 1
                 elif time.monotonic() - idle_check >= IDLE_ROTATE_PERIOD:
                     idle_check = time.monotonic()
