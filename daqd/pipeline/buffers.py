@@ -891,8 +891,13 @@ class Buffer:
 
     def _backlog_locked(self, state: _SinkState) -> int:
         """Count the records held that `state` has neither written nor counted lost."""
-        return sum(1 for store in (self._held, self._waiting) for seq, _ in store
-                   if seq >= state.cursor)
+        behind = 0                      # numbers increase: count from the front up to the cursor
+        for store in (self._held, self._waiting):
+            for seq, _ in store:
+                if seq >= state.cursor:
+                    return len(self._held) + len(self._waiting) - behind
+                behind += 1
+        return 0
 
     def summarise_errors(self) -> None:
         """Log the summaries of repeating errors that are due (the flusher calls this)."""

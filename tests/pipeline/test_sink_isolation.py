@@ -8,12 +8,14 @@ under their reason, and ``written + lost == accepted`` for each sink.
 """
 
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from buffer_sinks import CountingRecord, MemorySink
 from fs_helpers import fill_up, small_tmpfs
 
 from daqd.config import SinkConfig
@@ -98,3 +100,47 @@ def test_a_sink_on_a_full_disk_costs_the_healthy_sink_nothing(tmp_path, full_dis
                                          "unwritten_at_close": CAPACITY}
     assert stats["lagging_evictions"] == total - CAPACITY
     assert failing["errors"] >= 1 and "No space left" in failing["last_error"]
+
+
+@pytest.mark.parametrize("write_succeeds", [True, False])
+def test_records_that_overflow_while_the_sink_behind_writes_them_count_by_its_outcome(
+        write_succeeds):
+    """The backlog of a sink overflows during its own write: released after it, counted once."""
+    entered, go_on = threading.Event(), threading.Event()
+    blocking = []
+
+    def maybe_block(records):
+        if blocking:
+            entered.set()
+            assert go_on.wait(10)
+
+    bad, good = MemorySink("bad", on_write=maybe_block), MemorySink("good")
+    bad.fail = True
+    buffer = Buffer("fifo", capacity=4, when_full="block", block_timeout=5)
+    buffer.set_primary_sink(bad)
+    buffer.add_custom_sink(good)
+    records = [CountingRecord(i) for i in range(6)]
+    for record in records[:4]:
+        assert buffer.put(record)
+    buffer.flush()                          # good has 0-3; bad holds all four back
+    blocking.append(True)
+    bad.fail = not write_succeeds
+    flusher = Flusher(buffer).start()
+    flusher.request_flush("test")
+    assert entered.wait(10)                 # bad is writing 0-3
+    assert buffer.put(records[4]) and buffer.put(records[5])   # 0 and 1 overflow for bad
+    assert [r.releases for r in records[:2]] == [0, 0]         # not under bad's feet
+    assert buffer.stats()["block_waits"] == 0
+    go_on.set()
+    assert flusher.stop(timeout=10)
+    stats = buffer.stats()["sinks"]
+    assert good.cnts == list(range(6)) and stats["good"]["lost"] == 0
+    if write_succeeds:
+        assert bad.cnts == list(range(6)) and stats["bad"]["lost"] == 0
+    else:
+        assert bad.cnts == [] and stats["bad"]["lost_by_reason"] == {"backlog_overflow": 2}
+        assert stats["bad"]["backlog"] == 4
+    assert stats["bad"]["written"] + stats["bad"]["lost"] + stats["bad"]["backlog"] == 6
+    assert [r.releases for r in records[:2]] == [1, 1]
+    buffer.close()
+    assert all(r.releases == 1 for r in records)
