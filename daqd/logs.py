@@ -375,7 +375,8 @@ class RepeatedErrors:
                         what: str) -> tuple[str, str, dict[str, Any]]:
         line = (repeats.level if what == "repeated" else "warning",
                 f"{repeats.event} ({what})",
-                {**repeats.fields, "repeats": repeats.since_line, "total": repeats.total,
+                {**{k: v for k, v in repeats.fields.items() if k != "exc_info"},
+                 "repeats": repeats.since_line, "total": repeats.total,
                  "seconds": round(now - repeats.last_line, 3)})
         repeats.since_line = 0
         repeats.last_line = now

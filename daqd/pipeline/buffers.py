@@ -55,15 +55,15 @@ log = structlog.get_logger("daqd.buffer")
 KINDS = ("fifo", "circular")
 WHEN_FULL = ("block", "drop-newest", "overwrite-oldest")
 
-#: Why a record a sink never wrote is lost for that sink (``lost_by_reason``):
-#: its backlog passed the capacity while it fell behind (other sinks wrote it);
-#: ``when_full = "overwrite-oldest"`` overwrote it; ``clear()``; still held at
-#: ``close()``; a replayed record that found the buffer full at recovery.
 #: Seconds a failing sink waits before a flush the policy asked for retries it
 #: (a forced flush always does): its retries must not take the flusher's time
 #: from the healthy sinks.
 FAILING_SINK_RETRY = 0.2
 
+#: Why a record a sink never wrote is lost for that sink (``lost_by_reason``):
+#: its backlog passed the capacity while it fell behind (other sinks wrote it);
+#: ``when_full = "overwrite-oldest"`` overwrote it; ``clear()``; still held at
+#: ``close()``; a replayed record that found the buffer full at recovery.
 SINK_LOSS_REASONS = ("backlog_overflow", "overwrite_oldest", "cleared", "unwritten_at_close",
                      "recover_overflow")
 
@@ -175,6 +175,7 @@ class _SinkState:
 
     def lose(self, seq: int, reason: str) -> None:
         """Record `seq`, not written by this sink, will never be: count it (lock held)."""
+        assert reason in SINK_LOSS_REASONS, reason
         if reason == "backlog_overflow" and seq < self.writing_end:
             self.overflowed_in_write += 1       # settled when the write returns
         else:
@@ -182,7 +183,8 @@ class _SinkState:
 
     def stats(self, backlog: int) -> dict[str, Any]:
         return {"written": self.written, "bytes": self.bytes, "errors": self.errors,
-                "lost": self.lost, "lost_by_reason": dict(self.lost_by), "backlog": backlog,
+                "lost": self.lost, "backlog": backlog,
+                "lost_by_reason": {r: self.lost_by[r] for r in SINK_LOSS_REASONS},
                 "sync_errors": self.sync_errors, "failing": self.failing,
                 "last_error": self.last_error}
 
