@@ -20,13 +20,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import MutableMapping
+import threading
+import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import structlog
 
 __all__ = [
-    "FORMATS", "FORMAT_CHOICES", "LEVELS", "LEVEL_CHOICES", "choose_format",
+    "FORMATS", "FORMAT_CHOICES", "LEVELS", "LEVEL_CHOICES", "RepeatedErrors", "choose_format",
     "configure_logging", "reset_logging", "set_log_level",
 ]
 
@@ -256,3 +259,129 @@ def _is_journal(stream: TextIO) -> bool:
     except (AttributeError, OSError, ValueError):
         return False
     return expected == f"{st.st_dev}:{st.st_ino}"
+
+
+# ----------------------------------------------------------------------
+# Errors that repeat: the first line, then one summary per interval
+
+
+@dataclass
+class _Repeats:
+    """One kind of repeating error: its last fields and how often it came."""
+
+    event: str
+    level: str
+    fields: dict[str, Any]
+    total: int = 1              # occurrences since it started
+    since_line: int = 0         # occurrences not yet in a line
+    last_line: float = 0.0      # when a line about it was last written
+    last_seen: float = 0.0
+
+
+class RepeatedErrors:
+    """Log an error once, then a summary (count, last error) once per interval.
+
+    An error that comes per record, packet or write (a full disk) would
+    otherwise write a line each time.  The first occurrence of a `key` is
+    logged at once, as it is; later ones are counted, and at most once per
+    `interval` a line ``"<event> (repeated)"`` gives ``repeats`` (since the
+    previous line), ``total`` (since it started) and the last occurrence's
+    fields.  Once a key has not come for a whole interval, a last line
+    ``"<event> (stopped)"`` gives its ``total`` (and any repeats not yet told),
+    and the next occurrence is logged at once again.  Counters elsewhere keep
+    the exact numbers; ``total`` matches them for as long as the error lasts.
+
+    Summaries are written when an occurrence finds the interval over, and by
+    `summarise()`, which the owner calls regularly (the buffer's flusher does,
+    a few times a second), so a summary never waits for the next occurrence.
+    `close()` writes what is left.  Thread-safe.
+
+    Parameters
+    ----------
+    logger
+        A structlog logger.
+    interval : float
+        Seconds between summaries of one key (the daemon passes its
+        statistics interval).
+    clock : callable
+        Monotonic seconds.
+    """
+
+    def __init__(self, logger: Any, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
+        if interval <= 0:
+            raise ValueError(f"interval: {interval} is not positive")
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._repeats: dict[str, _Repeats] = {}
+
+    def error(self, key: str, event: str, **fields: Any) -> None:
+        """Count an occurrence of error `key` (level error)."""
+        self.log("error", key, event, **fields)
+
+    def warning(self, key: str, event: str, **fields: Any) -> None:
+        """Count an occurrence of `key` (level warning)."""
+        self.log("warning", key, event, **fields)
+
+    def log(self, level: str, key: str, event: str, **fields: Any) -> None:
+        """Count an occurrence of `key`: its first line, a summary if one is due, or nothing."""
+        now = self.clock()
+        lines = []
+        with self._lock:
+            repeats = self._repeats.get(key)
+            if repeats is None:
+                self._repeats[key] = _Repeats(event, level, fields, last_line=now,
+                                              last_seen=now)
+                lines.append((level, event, fields))
+            else:
+                repeats.event, repeats.level, repeats.fields = event, level, fields
+                repeats.total += 1
+                repeats.since_line += 1
+                repeats.last_seen = now
+                if now - repeats.last_line >= self.interval:
+                    lines.append(self._summary_locked(repeats, now, "repeated"))
+        self._write(lines)
+
+    def summarise(self) -> None:
+        """Write the summaries that are due, and the last line of errors that stopped."""
+        now = self.clock()
+        lines = []
+        with self._lock:
+            for key, repeats in list(self._repeats.items()):
+                if now - repeats.last_seen >= self.interval:
+                    lines.append(self._summary_locked(repeats, now, "stopped"))
+                    del self._repeats[key]
+                elif repeats.since_line and now - repeats.last_line >= self.interval:
+                    lines.append(self._summary_locked(repeats, now, "repeated"))
+        self._write(lines)
+
+    def close(self) -> None:
+        """Write the last line of every error still counted (its repeats and total)."""
+        now = self.clock()
+        with self._lock:
+            lines = [self._summary_locked(r, now, "stopped") for r in self._repeats.values()
+                     if r.total > 1]
+            self._repeats.clear()
+        self._write(lines)
+
+    def totals(self) -> dict[str, int]:
+        """Occurrences of each error still being counted, since it started."""
+        with self._lock:
+            return {key: r.total for key, r in self._repeats.items()}
+
+    def _summary_locked(self, repeats: _Repeats, now: float,
+                        what: str) -> tuple[str, str, dict[str, Any]]:
+        line = (repeats.level if what == "repeated" else "warning",
+                f"{repeats.event} ({what})",
+                {**{k: v for k, v in repeats.fields.items() if k != "exc_info"},
+                 "repeats": repeats.since_line, "total": repeats.total,
+                 "seconds": round(now - repeats.last_line, 3)})
+        repeats.since_line = 0
+        repeats.last_line = now
+        return line
+
+    def _write(self, lines: list[tuple[str, str, dict[str, Any]]]) -> None:
+        for level, event, fields in lines:
+            getattr(self.logger, level)(event, **fields)

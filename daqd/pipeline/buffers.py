@@ -8,13 +8,20 @@ docs/dev-pipeline.md ("Buffers"); in short:
 - Every record gets a sequence number when it is accepted.  Each sink has a
   cursor (the next sequence number it writes); a record leaves the buffer,
   and is released, once every sink has written it.
-- Capacity is a hard bound on the records held.  When full, records held only
-  for a failing sink (some sink has written them) give way first, counted as
-  lost for that sink; otherwise `when_full` decides: ``block`` (wait up to
-  `block_timeout`, then drop), ``drop-newest`` or ``overwrite-oldest``.
+- Capacity is a hard bound on the records held, so on each sink's backlog.
+  When full, the oldest record gives way for the sinks behind if some sink has
+  written it (it is held only for sinks that fall behind, e.g. a failing
+  disk): dropped for those sinks alone, counted per sink as
+  ``backlog_overflow``, also while a flush runs.  Only when no sink has
+  written the oldest record (the healthy sinks cannot keep up, or every sink
+  fails) does `when_full` decide: ``block`` (wait up to `block_timeout`, then
+  drop), ``drop-newest`` or ``overwrite-oldest``.
 - Records being written by a flush are never released or overwritten under
   the sink's feet: a flush moves everything waiting into the held part, which
-  only the flush touches until it ends.
+  only the flush and backlog overflows touch until it ends.  A record that
+  overflows a backlog while a sink write runs is released after that write;
+  if the sink being written was behind on it, its outcome decides whether the
+  record counts as written or lost for it.
 - With a write-ahead log the record's bytes are in the log before `put()`
   returns True, and `recover()` must run once before the first `put()`.
 - Sinks publish files only when told to (`commit()`): after a flush (or a
@@ -29,12 +36,13 @@ import collections
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from daqd.logs import RepeatedErrors
 from daqd.pipeline.flush import Flusher, FlushPolicy
 from daqd.pipeline.records import Record, decode_record
 from daqd.pipeline.wal import DoneMark, WalFull, WriteAheadLog
@@ -46,6 +54,18 @@ log = structlog.get_logger("daqd.buffer")
 
 KINDS = ("fifo", "circular")
 WHEN_FULL = ("block", "drop-newest", "overwrite-oldest")
+
+#: Seconds a failing sink waits before a flush the policy asked for retries it
+#: (a forced flush always does): its retries must not take the flusher's time
+#: from the healthy sinks.
+FAILING_SINK_RETRY = 0.2
+
+#: Why a record a sink never wrote is lost for that sink (``lost_by_reason``):
+#: its backlog passed the capacity while it fell behind (other sinks wrote it);
+#: ``when_full = "overwrite-oldest"`` overwrote it; ``clear()``; still held at
+#: ``close()``; a replayed record that found the buffer full at recovery.
+SINK_LOSS_REASONS = ("backlog_overflow", "overwrite_oldest", "cleared", "unwritten_at_close",
+                     "recover_overflow")
 
 #: ``recover(sink, checkpoint)``: bring a sink's output back to a checkpoint it
 #: gave before a crash (daqd.sinks.recover_sink with the sink's context bound);
@@ -137,20 +157,40 @@ class _SinkState:
     written: int = 0
     bytes: int = 0
     errors: int = 0
-    lost: int = 0
     sync_errors: int = 0
     failing: bool = False
     failed_flushes: int = 0
     last_error: str = ""
     unsynced: bool = False      # wrote since its last sync()
+    lost_by: collections.Counter[str] = field(default_factory=collections.Counter)
+    # While its write runs: the end of its batch, and how many of the batch's
+    # records overflowed its backlog meanwhile (lost only if the write fails).
+    writing_end: int = -1
+    overflowed_in_write: int = 0
+    retry_at: float = 0.0       # failing: monotonic time of the next policy-driven retry
 
-    def stats(self) -> dict[str, Any]:
+    @property
+    def lost(self) -> int:
+        return sum(self.lost_by.values())
+
+    def lose(self, seq: int, reason: str) -> None:
+        """Record `seq`, not written by this sink, will never be: count it (lock held)."""
+        assert reason in SINK_LOSS_REASONS, reason
+        if reason == "backlog_overflow" and seq < self.writing_end:
+            self.overflowed_in_write += 1       # settled when the write returns
+        else:
+            self.lost_by[reason] += 1
+
+    def stats(self, backlog: int) -> dict[str, Any]:
         return {"written": self.written, "bytes": self.bytes, "errors": self.errors,
-                "lost": self.lost, "sync_errors": self.sync_errors, "failing": self.failing,
+                "lost": self.lost, "backlog": backlog,
+                "lost_by_reason": {r: self.lost_by[r] for r in SINK_LOSS_REASONS},
+                "sync_errors": self.sync_errors, "failing": self.failing,
                 "last_error": self.last_error}
 
 
-def _call_each(sinks: list[_SinkState], method: str, failure: type[Exception]) -> None:
+def _call_each(sinks: list[_SinkState], method: str, failure: type[Exception],
+               _repeated: RepeatedErrors) -> None:
     """Call `method` of every sink that has one; a `failure` is counted and logged."""
     for state in sinks:
         call = getattr(state.sink, method, None)
@@ -161,8 +201,9 @@ def _call_each(sinks: list[_SinkState], method: str, failure: type[Exception]) -
         except failure as exc:
             state.errors += 1
             state.last_error = f"{method}: {type(exc).__name__}: {exc}"
-            log.warning(f"sink {method} failed", sink=state.name, error=str(exc),
-                        exc_info=not isinstance(exc, OSError))
+            _repeated.warning(f"{method}:{state.name}", f"sink {method} failed",
+                              sink=state.name, error=str(exc),
+                              exc_info=not isinstance(exc, OSError))
 
 
 class Buffer:
@@ -185,11 +226,14 @@ class Buffer:
     block_timeout : float
         Longest wait of a blocked `put` (``block``), after which the record is
         dropped and counted.
+    error_interval : float
+        Seconds between the summaries of an error that repeats (a WAL or sink
+        on a full disk): logged once, then summarised (`RepeatedErrors`).
     """
 
     def __init__(self, kind: str = "circular", capacity: int = 64, when_full: str = "block",
                  policy: FlushPolicy | None = None, wal: WriteAheadLog | None = None,
-                 block_timeout: float = 1.0):
+                 block_timeout: float = 1.0, error_interval: float = 10.0):
         if kind not in KINDS:
             raise ValueError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
         if when_full not in WHEN_FULL:
@@ -228,6 +272,10 @@ class Buffer:
         self._flush_ends = 0                # flushes completed, for waiters
         self._flushes: collections.Counter[str] = collections.Counter()
         self._dropped: collections.Counter[str] = collections.Counter()
+        # Evicted while a sink write may still read them: released after it.
+        self._deferred: list[Entry] = []
+        self._written_early: list[Entry] = []  # written by every sink, taken before the flush ended
+        self._errors = RepeatedErrors(log, error_interval)
 
     # -- sinks ---------------------------------------------------------------
 
@@ -325,17 +373,27 @@ class Buffer:
         return "wait"
 
     def _evict_lagging_locked(self, evicted: list[Entry]) -> bool:
-        """Make room from records kept only for failing sinks (some sink wrote them)."""
-        if self._flushing or not len(self._held) or not self._sinks:
+        """Make room from a record kept only for sinks that fell behind (some sink wrote it).
+
+        The backlog of the sinks behind overflows: the oldest record is dropped
+        for them alone.  Allowed during a flush: the record then waits in
+        `_deferred` until the sink write that may be reading it returns.
+        """
+        if not len(self._held) or not self._sinks:
             return False
         seq = self._held.first_seq()
         if seq >= max(s.cursor for s in self._sinks):
             return False                # no sink has written it: when_full decides
-        evicted.append(self._held.popleft())
+        entry = self._held.popleft()
+        if min(s.cursor for s in self._sinks) > seq:
+            # Every sink has written it (a flush is ending): it leaves as flushed.
+            self._written_early.append(entry)
+            return True
+        (self._deferred if self._flushing else evicted).append(entry)
         self._lagging_evictions += 1
         for s in self._sinks:
             if s.cursor <= seq:
-                s.lost += 1
+                s.lose(seq, "backlog_overflow")
                 s.cursor = seq + 1      # gone for it: its WAL done mark moves past
         return True
 
@@ -351,7 +409,7 @@ class Buffer:
         self._dropped[reason] += 1
         for s in self._sinks:
             if s.cursor <= entry[0]:
-                s.lost += 1
+                s.lose(entry[0], reason)
         return True
 
     def _wait_for_room_locked(self, evicted: list[Entry]) -> str | None:
@@ -404,8 +462,9 @@ class Buffer:
                         self._changed.wait(left)
             except OSError as exc:
                 self._wal_errors += 1
-                log.error("write-ahead log append failed; record dropped",
-                          wal=str(self.wal.path), error=str(exc))
+                self._errors.error("wal_append", "write-ahead log append failed; record dropped",
+                                   wal=str(self.wal.path), error=str(exc),
+                                   wal_errors=self._wal_errors)
                 return "wal_error"
 
     def _after_evictions(self, evicted: list[Entry]) -> None:
@@ -421,7 +480,8 @@ class Buffer:
                 self.wal.skip(skipped)
             except OSError as exc:      # harmless: they would be replayed after a crash
                 self._wal_errors += 1
-                log.warning("write-ahead log skip mark failed", error=str(exc))
+                self._errors.warning("wal_skip", "write-ahead log skip mark failed",
+                                     error=str(exc), wal_errors=self._wal_errors)
 
     def _drop(self, record: Record, reason: str) -> None:
         record.release()
@@ -476,8 +536,12 @@ class Buffer:
             return done if done is not None else 0
         return self.flush_now("trigger", trigger=True)
 
-    def flush_now(self, reason: str, trigger: bool = False) -> int:
-        """Flush in this thread (the flusher's, or the only consumer's)."""
+    def flush_now(self, reason: str, trigger: bool = False, due: bool = False) -> int:
+        """Flush in this thread (the flusher's, or the only consumer's).
+
+        `due`: the policy asked for it; a failing sink is then retried only
+        every `FAILING_SINK_RETRY` seconds.
+        """
         with self._lock:
             if self._flushing:
                 return 0                # re-entered (e.g. from a sink): nothing to add
@@ -490,23 +554,36 @@ class Buffer:
             self._flushes[reason] += 1
             if trigger:
                 self._triggers += 1
-        # While `_flushing` is set the producer leaves `held` and the cursors
-        # alone, so the sinks are written (and synced) without the lock.
-        cursors = {s.name: s.cursor for s in sinks}
+        # While `_flushing` is set the producer only takes the oldest held
+        # records of sinks that fell behind (backlog overflow; released after
+        # the sink write in progress) and moves their cursors, so the sinks
+        # are written (and synced) without the lock.
         released: list[Entry] = []
         try:
             if self.wal is not None:
                 self._sync_wal()
             seqs = [seq for seq, _ in entries]
+            now = time.monotonic()
             for state in sinks:
-                batch = entries[bisect.bisect_left(seqs, state.cursor):]
-                if batch and self._write(state, batch):
-                    cursors[state.name] = batch[-1][0] + 1
-            self._advance(sinks, cursors)
+                if due and state.failing and now < state.retry_at:
+                    continue            # falls behind; its backlog overflows if need be
+                with self._lock:
+                    batch = entries[bisect.bisect_left(seqs, state.cursor):]
+                    if batch:
+                        state.writing_end = batch[-1][0] + 1
+                if batch:
+                    written = self._write(state, batch)
+                    with self._lock:
+                        self._settle_write_locked(state, written)
+                        deferred, self._deferred = self._deferred, []
+                    self._after_evictions(deferred)
             self._commit(self._mark_done(sinks) if self.wal is not None else sinks)
         finally:
             with self._lock:
-                self._advance(sinks, cursors)
+                for state in sinks:
+                    self._settle_write_locked(state, False)     # a write that raised
+                deferred, self._deferred = self._deferred, []
+                released, self._written_early = self._written_early, []
                 low = min((s.cursor for s in self._sinks), default=None)
                 while low is not None and len(self._held) and self._held.first_seq() < low:
                     released.append(self._held.popleft())
@@ -515,9 +592,22 @@ class Buffer:
                 self._flushing = False
                 self._flush_ends += 1
                 self._changed.notify_all()
+            self._after_evictions(deferred)
             for _, record in released:
                 record.release()
         return len(released)
+
+    @staticmethod
+    def _settle_write_locked(state: _SinkState, written: bool) -> None:
+        """Settle a sink write that returned: its cursor, what overflowed meanwhile."""
+        if state.writing_end < 0:
+            return
+        if written:
+            state.cursor = max(state.cursor, state.writing_end)
+        elif state.overflowed_in_write:
+            state.lost_by["backlog_overflow"] += state.overflowed_in_write
+        state.writing_end = -1
+        state.overflowed_in_write = 0
 
     def rotate_idle(self) -> None:
         """Let sinks finish files older than their ``rotate_seconds`` on an idle stream.
@@ -543,11 +633,6 @@ class Buffer:
                 self._flushing = False
                 self._changed.notify_all()
 
-    @staticmethod
-    def _advance(sinks: list[_SinkState], cursors: dict[str, int]) -> None:
-        for state in sinks:
-            state.cursor = max(state.cursor, cursors[state.name])
-
     def _write(self, state: _SinkState, batch: list[Entry]) -> bool:
         records = [record for _, record in batch]
         try:
@@ -560,12 +645,16 @@ class Buffer:
             state.failed_flushes += 1
             state.last_error = f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, OSError):
-                log.exception("sink raised a non-OSError; counted as a failed write",
-                              sink=state.name)
-            elif not state.failing:
-                log.warning("sink write failed; its records stay buffered while there is room",
-                            sink=state.name, error=state.last_error, records=len(records))
+                self._errors.error(f"write:{state.name}", "sink raised a non-OSError; counted "
+                                   "as a failed write", sink=state.name, exc_info=True,
+                                   errors=state.errors)
+            else:
+                self._errors.warning(f"write:{state.name}", "sink write failed; its records "
+                                     "stay buffered until its backlog passes the capacity",
+                                     sink=state.name, error=state.last_error,
+                                     records=len(records), errors=state.errors)
             state.failing = True
+            state.retry_at = time.monotonic() + FAILING_SINK_RETRY
             return False
         if state.failing:
             log.info("sink writing again", sink=state.name, failed_flushes=state.failed_flushes)
@@ -582,7 +671,8 @@ class Buffer:
             self.wal.sync_records()
         except OSError as exc:
             self._wal_errors += 1
-            log.error("write-ahead log fsync failed", error=str(exc))
+            self._errors.error("wal_fsync", "write-ahead log fsync failed", error=str(exc),
+                               wal_errors=self._wal_errors)
 
     def _mark_done(self, sinks: list[_SinkState]) -> list[_SinkState]:
         """Log a done mark for every sink that moved or changed (synced first).
@@ -617,8 +707,9 @@ class Buffer:
                 except OSError as exc:
                     state.sync_errors += 1
                     state.last_error = f"sync: {exc}"
-                    log.warning("sink sync failed; its done mark stays behind",
-                                sink=state.name, error=str(exc))
+                    self._errors.warning(f"sync:{state.name}", "sink sync failed; its done "
+                                         "mark stays behind", sink=state.name, error=str(exc),
+                                         sync_errors=state.sync_errors)
                     continue
                 try:
                     checkpoint = state.sink.checkpoint()     # a sync may drop a vanished file
@@ -633,16 +724,16 @@ class Buffer:
             self.wal.mark_done(marks)
         except OSError as exc:
             self._wal_errors += 1
-            log.error("write-ahead log done mark failed", error=str(exc))
+            self._errors.error("wal_done_mark", "write-ahead log done mark failed",
+                               error=str(exc), wal_errors=self._wal_errors)
             return covered
         self._marked.update(marks)
         return covered + [state for state in sinks if state.name in marks]
 
-    @staticmethod
-    def _commit(sinks: list[_SinkState]) -> None:
+    def _commit(self, sinks: list[_SinkState]) -> None:
         """Let `sinks` publish their pending files (`commit()`, where a sink has one)."""
         # The protocol says commit() never raises: anything it does is counted.
-        _call_each(sinks, "commit", Exception)
+        _call_each(sinks, "commit", Exception, self._errors)
 
     def reopen_sinks(self) -> None:
         """SIGHUP: every sink finishes its current file (in the flusher's thread).
@@ -658,9 +749,8 @@ class Buffer:
         self._reopen(sinks)
         self._commit(self._mark_done(sinks) if self.wal is not None else sinks)
 
-    @staticmethod
-    def _reopen(sinks: list[_SinkState]) -> None:
-        _call_each(sinks, "reopen", OSError)
+    def _reopen(self, sinks: list[_SinkState]) -> None:
+        _call_each(sinks, "reopen", OSError, self._errors)
 
     def pop(self) -> Record:
         """Remove and return the oldest record; the caller now owns (and releases) it.
@@ -696,7 +786,7 @@ class Buffer:
             self._held.clear()
             self._waiting.clear()
             for s in self._sinks:
-                s.lost += sum(1 for seq, _ in entries if seq >= s.cursor)
+                s.lost_by["cleared"] += sum(1 for seq, _ in entries if seq >= s.cursor)
                 s.cursor = self._next_seq
             self._dropped["cleared"] += len(entries)
             self._changed.notify_all()
@@ -725,7 +815,8 @@ class Buffer:
             self._held.clear()
             self._waiting.clear()
             for s in self._sinks:
-                s.lost += sum(1 for seq, _ in entries if seq >= s.cursor)
+                s.lost_by["unwritten_at_close"] += sum(1 for seq, _ in entries
+                                                       if seq >= s.cursor)
             if entries:
                 self._dropped["unwritten_at_close"] += len(entries)
             self._ready = False
@@ -755,6 +846,7 @@ class Buffer:
         if self.wal is not None:
             self._marking = False
             self.wal.close()
+        self._errors.close()
         return len(entries)
 
     # -- state ---------------------------------------------------------------
@@ -794,10 +886,24 @@ class Buffer:
                 "block_waits": self._block_waits, "block_timeouts": self._block_timeouts,
                 "lagging_evictions": self._lagging_evictions,
                 "wal_errors": self._wal_errors,
-                "sinks": {s.name: s.stats() for s in self._sinks},
+                "sinks": {s.name: s.stats(self._backlog_locked(s)) for s in self._sinks},
             }
         out["wal"] = self.wal.stats() if self.wal is not None else None
         return out
+
+    def _backlog_locked(self, state: _SinkState) -> int:
+        """Count the records held that `state` has neither written nor counted lost."""
+        behind = 0                      # numbers increase: count from the front up to the cursor
+        for store in (self._held, self._waiting):
+            for seq, _ in store:
+                if seq >= state.cursor:
+                    return len(self._held) + len(self._waiting) - behind
+                behind += 1
+        return 0
+
+    def summarise_errors(self) -> None:
+        """Log the summaries of repeating errors that are due (the flusher calls this)."""
+        self._errors.summarise()
 
     # -- flusher and recovery ------------------------------------------------
 
@@ -857,10 +963,12 @@ class Buffer:
                 self.flush_now("recover")
             if self.size() >= self.capacity:
                 self._dropped["recover_overflow"] += 1
-                log.error("recovered record dropped: sinks failing and the buffer full", seq=seq)
+                self._errors.error("recover_overflow", "recovered record dropped: sinks "
+                                   "failing and the buffer full", seq=seq,
+                                   dropped=self._dropped["recover_overflow"])
                 for s in self._sinks:
                     if s.cursor <= seq:
-                        s.lost += 1
+                        s.lost_by["recover_overflow"] += 1
                 continue
             self._waiting.append((seq, decode_record(blob)))
             replayed += 1
@@ -879,15 +987,17 @@ class Buffer:
             wal.mark_done(state_now, replace=True)
             self._marked = dict(state_now)
         self._ready = True
-        if replayed or marks:
+        lost = wal.stats()["records_lost"]
+        if replayed or marks or lost:
             log.info("recovered from the write-ahead log", wal=str(wal.path), replayed=replayed,
-                     sinks=len(self._sinks), next_seq=self._next_seq)
+                     sinks=len(self._sinks), next_seq=self._next_seq, records_lost=lost)
         return replayed
 
 
 def build_buffer(config: BufferConfig, sinks: Sequence[Any] = (),
                  recover: RecoverSink | None = None, *, name: str = "", wal: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> Buffer:
+                 clock: Callable[[], float] = time.monotonic,
+                 error_interval: float = 10.0) -> Buffer:
     """Build a ready buffer from a ``[stream.buffer]`` table.
 
     Parameters
@@ -906,6 +1016,9 @@ def build_buffer(config: BufferConfig, sinks: Sequence[Any] = (),
         the raw packets of pcap sinks, a diagnostic copy).
     clock : callable
         Monotonic seconds for the flush policy.
+    error_interval : float
+        Seconds between summaries of a repeating error (the daemon's
+        statistics interval).
 
     Returns
     -------
@@ -920,7 +1033,7 @@ def build_buffer(config: BufferConfig, sinks: Sequence[Any] = (),
         write_ahead = WriteAheadLog(path, fsync=config.wal_fsync,
                                     max_bytes=config.wal_max_bytes)
     buffer = Buffer(config.kind, config.capacity, config.when_full, policy, wal=write_ahead,
-                    block_timeout=config.block_timeout)
+                    block_timeout=config.block_timeout, error_interval=error_interval)
     for i, sink in enumerate(sinks):
         if i == 0:
             buffer.set_primary_sink(sink)

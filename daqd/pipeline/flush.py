@@ -361,11 +361,12 @@ class Flusher:
                 if reason is None:
                     reason = buffer.policy.due(buffer)
                 if reason is not None:
-                    buffer.flush_now(reason)
+                    buffer.flush_now(reason, due=True)
                     self.flushes += 1
                 elif time.monotonic() - idle_check >= IDLE_ROTATE_PERIOD:
                     idle_check = time.monotonic()
                     buffer.rotate_idle()
+                buffer.summarise_errors()       # repeating errors: one summary per interval
         except BaseException as exc:
             self.error = exc
             log.exception("flusher thread failed; the buffer is no longer flushed")

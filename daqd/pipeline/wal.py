@@ -18,10 +18,18 @@ Kinds:
 - ``S`` skip mark: JSON ``{"seqs": [...]}``, records that left the buffer
   without being written (overwritten, popped, cleared); never replayed.
 
-Opening a log reads it from the start.  The first frame that is short, has
-the wrong magic or kind, or fails its CRC ends the log: a crash in the middle
-of an append leaves exactly such a torn tail.  The file is truncated there
-(counted and logged), so a torn frame is never replayed as data.
+Opening a log reads it from the start.  A frame that is short, has the
+wrong magic or kind, fails its CRC or numbers a record out of order is bad.
+If a good frame follows (header and CRC check out, found by scanning forward
+for the magic), the bytes between are a corrupt region: skipped, counted
+(``corrupt_regions``, ``corrupt_bytes``) and the records it held counted
+exactly in ``records_lost`` (from the record numbers on either side, less
+those skipped or already done for every sink); the log is then compacted, so
+the region is gone.  Bytes of a payload that only look like a frame are never
+taken: their CRC must check out too.  A bad frame with no good one after it
+is the torn tail a crash in the middle of an append leaves: the file is
+truncated there (``torn_truncations``, ``torn_bytes``), so a torn frame is
+never replayed as data.
 
 Compaction rewrites the file as a header, the current done marks and the
 records some sink still needs, into ``PATH.compact``, fsyncs it and renames it
@@ -44,6 +52,7 @@ from __future__ import annotations
 import collections
 import fcntl
 import json
+import mmap
 import os
 import struct
 import threading
@@ -145,6 +154,7 @@ class WriteAheadLog:
         self._live_bytes = 0        # frames of records some sink still needs
         self._unsynced = False
         self._counts: collections.Counter[str] = collections.Counter()
+        self._skips_read: set[int] = set()      # while opening: every skip mark's records
         self._open()
 
     # -- opening and recovery ------------------------------------------------
@@ -173,6 +183,7 @@ class WriteAheadLog:
             self._counts["torn_truncations"] += 1
             self._counts["torn_bytes"] += size - good
         self._size = good
+        self._skips_read.clear()
         if good == 0:
             self._append_locked(KIND_HEADER, 0, _json(
                 {"version": VERSION, "next_seq": self._next_seq}))
@@ -180,46 +191,124 @@ class WriteAheadLog:
             if self.fsync != "never":
                 fsync_path(self.path.parent, directory=True)      # the new file's name, too
         self._prune_locked()
+        if self._counts["corrupt_regions"]:
+            self._compact_locked()      # the corrupt bytes go: the next open finds none
 
     def _scan(self) -> int:
-        """Read every good frame; return the offset where the good part ends."""
-        offset = 0
-        last_record = -1
+        """Read every good frame; return the offset where the good part ends.
+
+        A bad frame followed by a good one is a corrupt region in the middle:
+        it is skipped (`_resync`), and the records it held are counted lost.
+        A bad frame with no good one after it is the torn tail.
+        """
         with open(self.path, "rb") as f:
-            while True:
-                head = f.read(HEADER_BYTES)
-                if not head:
-                    return offset
-                why = None
-                if len(head) < HEADER_BYTES:
-                    why = "short header"
-                else:
-                    magic, kind, seq, length = _HEAD.unpack_from(head)
-                    (crc,) = _CRC.unpack_from(head, _HEAD.size)
-                    if magic != MAGIC or kind not in _KINDS:
-                        why = "bad magic or kind"
-                    else:
-                        payload = f.read(length)
-                        if len(payload) < length:
-                            why = "short payload"
-                        elif zlib.crc32(payload, zlib.crc32(head[:_HEAD.size])) != crc:
-                            why = "CRC mismatch"
-                        elif kind == KIND_RECORD and seq <= last_record:
-                            why = "record numbers out of order"
-                        else:
-                            try:
-                                self._apply(kind, seq, payload, offset)
-                            except (ValueError, KeyError, TypeError):
-                                why = "unreadable control frame"
-                            if kind == KIND_RECORD:
-                                last_record = seq
-                if why is not None:
-                    end = os.fstat(f.fileno()).st_size
-                    log.warning("write-ahead log has a torn or corrupt tail; truncated",
-                                path=str(self.path), offset=offset, why=why,
-                                discarded_bytes=end - offset)
-                    return offset
-                offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return 0
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                offset = 0
+                last_record = -1
+                gaps: list[tuple[int, int, int, int]] = []  # (offset, bytes, after, before)
+                while offset < size:
+                    why, end = self._check_frame(data, offset, last_record)
+                    if why is None:
+                        kind, seq = self._take_frame(data, offset, end)
+                        if kind == KIND_RECORD:
+                            if gaps and gaps[-1][3] < 0:
+                                gaps[-1] = (*gaps[-1][:3], seq)
+                            last_record = seq
+                        offset = end
+                        continue
+                    found = self._resync(data, offset, last_record)
+                    if found is None:
+                        log.warning("write-ahead log has a torn or corrupt tail; truncated",
+                                    path=str(self.path), offset=offset, why=why,
+                                    discarded_bytes=size - offset)
+                        self._count_gaps(gaps)
+                        return offset
+                    if gaps and gaps[-1][3] < 0:    # no record since the last region
+                        gaps[-1] = (*gaps[-1][:3], gaps[-1][2] + 1)
+                    gaps.append((offset, found - offset, last_record, -1))
+                    log.warning("write-ahead log has a corrupt frame; skipped to the next good "
+                                "one", path=str(self.path), offset=offset, why=why,
+                                skipped_bytes=found - offset)
+                    offset = found
+                self._count_gaps(gaps)
+                return offset
+
+    def _check_frame(self, data: mmap.mmap, offset: int,
+                     last_record: int) -> tuple[str | None, int]:
+        """Why the frame at `offset` is not good (None if it is), and where it ends."""
+        if offset + HEADER_BYTES > len(data):
+            return "short header", -1
+        magic, kind, seq, length = _HEAD.unpack_from(data, offset)
+        (crc,) = _CRC.unpack_from(data, offset + _HEAD.size)
+        if magic != MAGIC or kind not in _KINDS:
+            return "bad magic or kind", -1
+        end = offset + HEADER_BYTES + length
+        if end > len(data):
+            return "short payload", -1
+        head = data[offset:offset + _HEAD.size]
+        if zlib.crc32(data[offset + HEADER_BYTES:end], zlib.crc32(head)) != crc:
+            return "CRC mismatch", end
+        if kind == KIND_RECORD and seq <= last_record:
+            return "record numbers out of order", end
+        return None, end
+
+    def _take_frame(self, data: mmap.mmap, offset: int, end: int) -> tuple[bytes, int]:
+        """Apply the good frame at `offset` (a control frame that makes no sense: skipped)."""
+        _, kind, seq, _ = _HEAD.unpack_from(data, offset)
+        try:
+            self._apply(kind, seq, data[offset + HEADER_BYTES:end], offset)
+        except (ValueError, KeyError, TypeError):
+            self._counts["unreadable_frames"] += 1
+            log.warning("write-ahead log frame unreadable; skipped", path=str(self.path),
+                        offset=offset, kind=kind.decode(errors="replace"))
+            return b"", seq
+        return kind, seq
+
+    def _resync(self, data: mmap.mmap, bad: int, last_record: int) -> int | None:
+        """Find the next good frame after the bad one at `bad`: its offset, or None.
+
+        A good frame is one whose header and CRC check out, so bytes inside a
+        payload that merely look like a header are never taken.  When the bad
+        frame's own header is intact (its payload failed the CRC), the frame
+        after it is tried first, so that frames embedded in its payload are
+        not even looked at.
+        """
+        if bad + HEADER_BYTES <= len(data):
+            magic, kind, _, length = _HEAD.unpack_from(data, bad)
+            after = bad + HEADER_BYTES + length
+            if magic == MAGIC and kind in _KINDS and after < len(data) \
+                    and self._check_frame(data, after, last_record)[0] is None:
+                return after
+        candidate = data.find(MAGIC, bad + 1)
+        while candidate >= 0:
+            if self._check_frame(data, candidate, last_record)[0] is None:
+                return candidate
+            candidate = data.find(MAGIC, candidate + 1)
+        return None
+
+    def _count_gaps(self, gaps: list[tuple[int, int, int, int]]) -> None:
+        """Count the records lost in skipped regions, exactly, from the record numbers.
+
+        Record numbers increase by one from frame to frame, except where
+        records were skipped (never to be written) or every sink is done with
+        them (a compaction leaves both out): the numbers missing between the
+        good records on either side of a region, less those, were in it.
+        """
+        done = self._min_done()
+        for offset, nbytes, after, before in gaps:
+            if before < 0:
+                before = self._next_seq     # no record after it: up to the last number seen
+            lost = sum(1 for seq in range(max(after, done) + 1, before)
+                       if seq not in self._skips_read)
+            self._counts["corrupt_regions"] += 1
+            self._counts["corrupt_bytes"] += nbytes
+            self._counts["records_lost"] += lost
+            log.error("write-ahead log: a corrupt region was skipped; the records in it are "
+                      "lost", path=str(self.path), offset=offset, bytes=nbytes,
+                      records_lost=lost, after_record=after, next_record=before)
 
     def _apply(self, kind: bytes, seq: int, payload: bytes, offset: int) -> None:
         """Take one good frame into the in-memory state."""
@@ -242,6 +331,7 @@ class WriteAheadLog:
         else:
             for skipped in json.loads(payload)["seqs"]:
                 self._skip_locked(int(skipped))
+                self._skips_read.add(int(skipped))
 
     @property
     def next_seq(self) -> int:
@@ -364,7 +454,8 @@ class WriteAheadLog:
                     **{name: self._counts[name] for name in (
                         "records", "done_marks", "skip_marks", "compactions",
                         "compaction_errors", "fsyncs", "full", "torn_truncations",
-                        "torn_bytes")}}
+                        "torn_bytes", "corrupt_regions", "corrupt_bytes", "records_lost",
+                        "unreadable_frames")}}
 
     # -- internals (lock held) ----------------------------------------------
 

@@ -113,13 +113,17 @@ class StreamRunner:
         def recover(sink: Any, state: dict[str, Any]) -> None:
             recover_sink(sink.context, state)
 
+        # A repeating error (a full disk) is summarised once per statistics interval.
+        every = self.whole.zmq.interval
         if self.sinks:
-            self.buffer = build_buffer(c.buffer, self.sinks, name=self.name, recover=recover)
+            self.buffer = build_buffer(c.buffer, self.sinks, name=self.name, recover=recover,
+                                       error_interval=every)
             self.flusher = Flusher(self.buffer)
         if self.packet_sinks:
             # Raw packets get a buffer of their own (no WAL: pcap is a diagnostic copy).
             self.packet_buffer = build_buffer(c.buffer, self.packet_sinks,
-                                              name=self.name + ".packets", wal=False)
+                                              name=self.name + ".packets", wal=False,
+                                              error_interval=every)
             self.packet_flusher = Flusher(self.packet_buffer)
         return self.receiver.open()
 
