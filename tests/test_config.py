@@ -94,6 +94,11 @@ BAD = [
      "stream[0].chunk.eviction = 'maybe': expected one of lossless, lossy"),
     ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.buffer]\n"
      "flush_custom = ['no_such_module_xyz:f']\n", "stream[0].buffer.flush_custom[0]"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\nstop_on_stop_item = false\n"
+     "exit_on_stop_heap = true\n", "stream[0].exit_on_stop_heap = True: expected false while "
+     "stop_on_stop_item = false"),
+    ("[[stream]]\nname = 'a'\nsources = ['tcp://127.0.0.1:7000?once=yes']\n",
+     "once='yes' must be 1 or 0"),
 ]
 
 
