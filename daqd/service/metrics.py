@@ -17,6 +17,9 @@ snapshot                                      exposed as
 ... K in `TABLE_GAUGES` (fill, size, ...)     ``daqd_buffer_K{stream=S}`` (gauge)
 ... a flag                                    ``daqd_buffer_K{stream=S}`` (gauge, 0/1)
 ``buffers[S][K][R]`` (by reason)              ``daqd_buffer_K_total{stream=S,reason=R}``
+``buffers[S].sinks[N][K]`` (the buffer's      ``daqd_buffer_sink_K_total{stream=S,sink=N}``
+account of sink N: written, lost, backlog)    (``..._lost_by_reason_total`` with ``reason=R``),
+                                              with the same rules as buffers
 ``sinks[S][i][K]``, sink ``name`` N           ``daqd_sink_K_total{stream=S,sink=N}``,
                                               with the same rules as buffers
 ============================================  =====================================
@@ -64,7 +67,7 @@ _TABLES = {"buffers": "buffer", "sinks": "sink"}
 
 #: Numbers in a buffer's or sink's statistics that go up and down; every other
 #: number there is monotonic and exposed as a counter.
-TABLE_GAUGES = frozenset({"capacity", "size", "fill", "unfinished_files"})
+TABLE_GAUGES = frozenset({"capacity", "size", "fill", "unfinished_files", "backlog"})
 
 
 class MetricsError(UsageProblem):
@@ -181,6 +184,12 @@ def _add_table_entry(out: _Families, prefix: str, labels: dict[str, str],
                 kind = "counter" if key == "counters" else "gauge"
                 out.add(kind, _metric_name("daqd", prefix, str(sub)),
                         f"daqd {prefix} {kind} {sub}.", labels, number)
+        elif prefix == "buffer" and key == "sinks" and isinstance(value, Mapping):
+            # The buffer's account of each sink (its own cursor: written, lost
+            # by reason, backlog), labelled by the sink's name.
+            for sink, account in value.items():
+                if isinstance(account, Mapping):
+                    _add_table_entry(out, "buffer_sink", {**labels, "sink": str(sink)}, account)
         elif isinstance(value, Mapping):         # e.g. drops by reason
             for reason, number in value.items():
                 out.add("counter", name, f"daqd {prefix} {key}, by reason.",

@@ -233,3 +233,35 @@ def test_prometheus_addresses_refused_naming_the_key(address):
     message = str(failed.value)
     assert message.startswith("t.toml: daemon.prometheus = ") and "HOST:PORT" in message
     assert "\n" not in message
+
+
+def test_each_sinks_account_in_the_buffer_is_exposed_per_sink_and_reason():
+    """A real Buffer with a healthy and a failing sink: the failing sink's losses
+    by reason and its backlog reach Prometheus under its own name."""
+    from daqd.pipeline.buffers import Buffer
+    from tests.buffer_sinks import MemorySink, numbered_record
+
+    healthy, failing = MemorySink("healthy"), MemorySink("failing")
+    failing.fail = True
+    buffer = Buffer(kind="circular", capacity=4, when_full="drop-newest")
+    buffer.set_primary_sink(healthy)
+    buffer.add_custom_sink(failing)
+    for n in range(10):
+        assert buffer.put(numbered_record(n))
+        buffer.flush_now("request")
+    snap = {"buffers": {"adc0": buffer.stats()}}
+    account = snap["buffers"]["adc0"]["sinks"]
+    assert account["healthy"]["written"] == 10
+    lost = account["failing"]["lost_by_reason"]["backlog_overflow"]
+    assert lost > 0 and lost + account["failing"]["backlog"] == 10
+    with MetricsServer("127.0.0.1:0", lambda: snap) as running:
+        values, types = samples(scrape(running))
+    failing_labels = frozenset({("stream", "adc0"), ("sink", "failing")})
+    assert values["daqd_buffer_sink_written_total",
+                  frozenset({("stream", "adc0"), ("sink", "healthy")})] == 10
+    assert values["daqd_buffer_sink_lost_by_reason_total",
+                  failing_labels | {("reason", "backlog_overflow")}] == lost
+    assert values["daqd_buffer_sink_backlog", failing_labels] == account["failing"]["backlog"]
+    assert types["daqd_buffer_sink_backlog"] == "gauge"
+    assert values["daqd_buffer_sink_failing", failing_labels] == 1
+    buffer.close()
