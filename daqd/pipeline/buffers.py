@@ -885,6 +885,36 @@ class Buffer:
         return replayed
 
 
+#: Bytes one buffered record costs beside its data (slot, entry, record object).
+ENTRY_BYTES = 256
+#: Bytes a record's write-ahead log frame adds to its data (frame, record and item headers).
+WAL_RECORD_SLACK = 4096
+
+
+def memory_needs(config: BufferConfig, record_bytes: int, shares_pool: bool
+                 ) -> list[tuple[str, str, int]]:
+    """List what a buffer built from `config` may hold: (key, what, bytes) triples.
+
+    Parameters
+    ----------
+    record_bytes : int
+        Bytes of one record (its largest or expected size).
+    shares_pool : bool
+        The records live in memory allocated elsewhere (chunk records are the
+        chunk pool's), so the buffer holds only references to them.
+
+    A write-ahead log replays into fresh records (decoded copies, up to
+    `capacity` of them) and encodes each record before appending it.
+    """
+    own = 0 if shares_pool else record_bytes
+    needs = [("capacity", "buffer (capacity x record)", config.capacity * (ENTRY_BYTES + own))]
+    if config.wal:
+        replay = config.capacity * record_bytes if shares_pool else 0
+        needs.append(("wal", "write-ahead log (replayed copies, a record encoded)",
+                      replay + record_bytes + WAL_RECORD_SLACK))
+    return needs
+
+
 def build_buffer(config: BufferConfig, sinks: Sequence[Any] = (),
                  recover: RecoverSink | None = None, *, name: str = "", wal: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> Buffer:
