@@ -361,6 +361,21 @@ def _check_endpoint(loader: _Loader, key: str, endpoint: str, zmq_cfg: ZmqConfig
                           "(zmq.curve_secret_key) to bind elsewhere")
 
 
+#: Longest ipc:// socket path (sockaddr_un's sun_path, less its terminating NUL).
+IPC_PATH_MAX = 107
+
+
+def _check_ipc(loader: _Loader, key: str, endpoint: str, host: bool) -> None:
+    """Check an ``ipc://`` endpoint: a path the kernel takes, in a directory we can write."""
+    if not endpoint.startswith("ipc://"):
+        return
+    path = endpoint.removeprefix("ipc://")
+    if len(os.fsencode(path)) > IPC_PATH_MAX:
+        raise loader.fail(key, endpoint, f"an ipc:// path of at most {IPC_PATH_MAX} bytes")
+    if host:
+        _check_directory(loader, key, endpoint, Path(path).parent)
+
+
 def _try_mkdir(loader: _Loader, key: str, value: str, directory: Path, existing: Path) -> None:
     """Check that `directory` can be made below `existing` (made, then removed)."""
     made: list[Path] = []
@@ -635,6 +650,8 @@ def parse(text: str, path: str = "<config>", *, host: bool = True) -> Config:
     zmq_cfg = ZmqConfig(**loader.table(ZmqConfig, data.get("zmq", {}), "zmq"))
     _check_endpoint(loader, "zmq.stats", zmq_cfg.stats, zmq_cfg)
     _check_endpoint(loader, "zmq.control", zmq_cfg.control, zmq_cfg)
+    _check_ipc(loader, "zmq.stats", zmq_cfg.stats, host)
+    _check_ipc(loader, "zmq.control", zmq_cfg.control, host)
     if host:
         _check_directory(loader, "daemon.pidfile", daemon.pidfile, Path(daemon.pidfile).parent)
     raw_streams = data.get("stream", [])

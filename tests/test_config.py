@@ -123,6 +123,8 @@ BAD = [
      "[[stream.sinks]]\nkind = 'binary'\npath = '{tmp}/{stream}.x'\n",
      "stream[0].buffer.wal = '{tmp}/a.x': expected a file name no other sink"),
     ("[daemon]\npidfile = '/proc/nope/daqd.pid'\n", "daemon.pidfile = '/proc/nope/daqd.pid'"),
+    ("[zmq]\ncontrol = 'ipc:///proc/nope/control'\n", "zmq.control = 'ipc:///proc/nope/control'"),
+    ("[zmq]\nstats = 'ipc:///tmp/" + "x" * 120 + "'\n", "expected an ipc:// path of at most 107"),
     ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.buffer]\nflush_custom = "
      "['shutil:copy']\n", "shutil:copy(src, dst, *, follow_symlinks=True) cannot be called"),
 ]
