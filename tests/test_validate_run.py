@@ -29,12 +29,8 @@ RUN_ADDRESS_SPACE = 4 << 30
 
 BASE = """
 [daemon]
-name = "v"
-pidfile = "{tmp}/run/daqd.pid"
 {daemon}
 [zmq]
-stats = ""
-control = ""
 {zmq}
 [[stream]]
 name = {name}
@@ -72,6 +68,13 @@ CASES = {
                                'path = "{tmp}/data/v.bin"'}, "stream[1].sinks[0].path"),
     "wal-in-read-only-dir": ({"buffer": 'wal = "{ro}/wal/{{stream}}.wal"'},
                              "stream[0].buffer.wal"),
+    "sink-in-read-only-dir": ({"sink": "", "extra": '[[stream.sinks]]\nkind = "text"\n'
+                                          'path = "{ro}/{{stream}}.txt"'},
+                              "stream[0].sinks[1].path"),
+    "pidfile-in-read-only-dir": ({"daemon": 'pidfile = "{ro}/run/daqd.pid"'},
+                                 "daemon.pidfile"),
+    "ipc-endpoint-in-read-only-dir": ({"zmq": 'control = "ipc://{ro}/control"'},
+                                      "zmq.control"),
     "wal-field-not-stream": ({"buffer": 'wal = "{tmp}/wal/{{seq}}.wal"'},
                              "stream[0].buffer.wal"),
     "wal-smaller-than-a-chunk": ({"buffer": 'wal = "{tmp}/x.wal"\nwal_max_bytes = 65536'},
@@ -103,14 +106,16 @@ CASES = {
 
 
 # Keys of the base tables a case may replace.
-DEFAULTS = {"chunk": {"heaps_per_chunk": "8"},
+DEFAULTS = {"daemon": {"name": '"v"', "pidfile": '"{tmp}/run/daqd.pid"'},
+            "zmq": {"stats": '""', "control": '""'},
+            "chunk": {"heaps_per_chunk": "8"},
             "buffer": {"kind": '"circular"', "capacity": "16", "flush_count": "4",
                        "flush_interval": "1.0"}}
 
 
 def config_text(tmp: Path, ro: Path | None = None, **parts: str) -> str:
     """BASE with a case's lines added to its tables (a key given replaces the base's)."""
-    fields = {"daemon": "", "zmq": "", "name": '"v"', "sources": '"sim:W1?heaps=64"',
+    fields = {"name": '"v"', "sources": '"sim:W1?heaps=64"',
               "stream": "", "sink": "", "extra": "", **parts}
     for table, keys in DEFAULTS.items():
         lines = dict(keys)
@@ -185,8 +190,8 @@ def test_a_good_configuration_validates_and_runs(tmp_path):
 
 def test_clients_of_a_running_daemon_skip_the_machine_checks(tmp_path):
     """``daqd status`` asks a daemon that holds the memory: the budget is not checked again."""
-    text = config_text(tmp_path, daemon="memory_budget = 1048576").replace(
-        'control = ""', 'control = "tcp://127.0.0.1:1"')
+    text = config_text(tmp_path, daemon="memory_budget = 1048576",
+                       zmq='control = "tcp://127.0.0.1:1"')
     config = tmp_path / "daqd.toml"
     config.write_text(text)
     assert_one_line_error(daqd("validate", "--config", str(config)), "memory_budget")
