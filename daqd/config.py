@@ -517,8 +517,8 @@ def _check_wal(loader: _Loader, where: str, s: StreamConfig, host: bool) -> None
     frame = recv_builder.largest_record_bytes(s) + buffers.WAL_RECORD_SLACK
     if b.wal_max_bytes < frame:
         raise loader.fail(f"{where}.buffer.wal_max_bytes", b.wal_max_bytes,
-                          f"at least one record's frame ({frame} bytes), else no record "
-                          "can be logged")
+                          f"at least one record's frame ({frame} bytes: a chunk, or a heap "
+                          "of max_heap_size), else such a record cannot be logged")
     if host:
         _check_directory(loader, f"{where}.buffer.wal", b.wal, Path(path).parent)
         if os.path.lexists(path) and not (
