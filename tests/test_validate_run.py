@@ -11,6 +11,7 @@ the machine's memory.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import resource
@@ -197,3 +198,19 @@ def test_clients_of_a_running_daemon_skip_the_machine_checks(tmp_path):
     assert_one_line_error(daqd("validate", "--config", str(config)), "memory_budget")
     asked = daqd("status", "--config", str(config), "--timeout", "0.2")
     assert "fits in" not in asked.stderr and "Traceback" not in asked.stderr
+
+
+def test_a_write_ahead_log_another_daemon_holds_is_one_line_at_run(tmp_path):
+    """Not a configuration mistake (validate passes it, as it does a port in use), but run
+    says it in one line, exit 2, as it does a port or a pidfile in use."""
+    config = tmp_path / "daqd.toml"
+    config.write_text(config_text(tmp_path, buffer='wal = "{tmp}/x.wal"'))
+    with open(tmp_path / "x.wal", "wb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert daqd("validate", "--config", str(config)).returncode == 0
+        ran = run(config)
+    assert ran.returncode == 2, ran.stderr
+    assert "Traceback" not in ran.stderr
+    last = ran.stderr.strip().splitlines()[-1]
+    assert last == (f"daqd: error: {tmp_path}/x.wal: cannot open the write-ahead log: "
+                    f"write-ahead log {tmp_path}/x.wal is in use by another process")

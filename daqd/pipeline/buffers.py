@@ -35,9 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from daqd.errors import UsageProblem
 from daqd.pipeline.flush import Flusher, FlushPolicy
 from daqd.pipeline.records import Record, decode_record
-from daqd.pipeline.wal import DoneMark, WalFull, WriteAheadLog
+from daqd.pipeline.wal import DoneMark, WalFormatError, WalFull, WriteAheadLog
 
 if TYPE_CHECKING:
     from daqd.config import BufferConfig
@@ -885,6 +886,10 @@ class Buffer:
         return replayed
 
 
+class WalUnavailable(UsageProblem):
+    """The write-ahead log cannot be opened (another daemon holds it, another format, ...)."""
+
+
 #: Bytes one buffered record costs beside its data (slot, entry, record object).
 ENTRY_BYTES = 256
 #: Bytes a record's write-ahead log frame adds to its data (frame, record and item headers).
@@ -941,14 +946,26 @@ def build_buffer(config: BufferConfig, sinks: Sequence[Any] = (),
     -------
     Buffer
         Recovered and ready for `put`; start a `Flusher` on it.
+
+    Raises
+    ------
+    WalUnavailable
+        The write-ahead log cannot be opened: one line naming it (e.g. another
+        daemon holds it).
     """
     policy = FlushPolicy.from_config(config, clock=clock)
     write_ahead = None
     if config.wal and wal:
         path = Path(config.wal.format(stream=name))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_ahead = WriteAheadLog(path, fsync=config.wal_fsync,
-                                    max_bytes=config.wal_max_bytes)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_ahead = WriteAheadLog(path, fsync=config.wal_fsync,
+                                        max_bytes=config.wal_max_bytes)
+        except OSError as exc:      # e.g. in use by another daemon: one line, as a port in use
+            raise WalUnavailable(f"{path}: cannot open the write-ahead log: "
+                                 f"{exc.strerror or exc}") from None
+        except WalFormatError as exc:
+            raise WalUnavailable(str(exc)) from None
     buffer = Buffer(config.kind, config.capacity, config.when_full, policy, wal=write_ahead,
                     block_timeout=config.block_timeout)
     for i, sink in enumerate(sinks):
