@@ -53,8 +53,9 @@ def key(default: Any = dataclasses.MISSING, *, choices: Sequence[Any] | None = N
     `choices` are the values of a key that names a choice, taken from the
     layer the key configures (the one definition of them); `minimum` and
     `maximum` are the inclusive bounds of a number (of each number of a
-    list), which every numeric key has; `off` is a value outside them that
-    turns the setting off (e.g. ``rotate_bytes = 0``).
+    list), which every numeric key has; `off` is a value outside them with a
+    meaning of its own (``rotate_bytes = 0``: never; ``memory_budget = 0``:
+    the machine's).
     """
     metadata: dict[str, Any] = {}
     if choices is not None:
@@ -306,7 +307,7 @@ class _Loader:
         """Check a number against its key's `minimum`, `maximum` and `off` value."""
         if "off" in metadata and value == metadata["off"]:
             return
-        off = f"{metadata['off']} (off) or " if "off" in metadata else ""
+        off = f"{metadata['off']} or " if "off" in metadata else ""
         if "minimum" in metadata and value < metadata["minimum"]:
             raise self.fail(key, value, f"{off}at least {metadata['minimum']}")
         if "maximum" in metadata and value > metadata["maximum"]:

@@ -96,8 +96,8 @@ BAD = [
      "flush_custom = ['no_such_module_xyz:f']\n", "stream[0].buffer.flush_custom[0]"),
     # issue 12, finding 6: what `run` would crash on or run although wrong
     ("[zmq]\ninterval = inf\n", "zmq.interval = inf: expected a finite number"),
-    ("[daemon]\nmemory_budget = 1000\n", "daemon.memory_budget = 1000: expected 0 (off) or at "
-     "least 1048576"),
+    ("[daemon]\nmemory_budget = 1000\n", "daemon.memory_budget = 1000: expected 0 or at least "
+     "1048576"),
     ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\nmax_heap_size = 4096\n[stream.chunk]\n",
      "stream[0].chunk.heap_bytes = 8192: expected at most max_heap_size (4096)"),
     ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.chunk]\ntimestamp_step = "
