@@ -185,11 +185,13 @@ def stats(endpoints: tuple[str, ...], config_path: str | None, as_json: bool,
               help="Configuration file to check.")
 def validate(config_path: str) -> None:
     """Check a configuration completely without starting anything."""
+    from daqd.config import memory_summary
+
     cfg = _load(config_path)
     modes = ", ".join(f"{s.name} ({'chunk' if s.chunk else 'heap'} mode, "
                       f"{len(s.sources)} source(s), {len(s.sinks)} sink(s))"
                       for s in cfg.streams)
-    click.echo(f"{cfg.path}: valid: {modes}")
+    click.echo(f"{cfg.path}: valid: {modes}; memory {memory_summary(cfg)}")
 
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: click without its multi-line usage errors.

@@ -608,13 +608,24 @@ def memory_needs(streams: Sequence[StreamConfig]) -> list[tuple[str, Any, str, i
     return needs
 
 
+def memory_budget(daemon: DaemonConfig) -> tuple[int | None, str]:
+    """Return the memory budget (None: unknown) and where it comes from."""
+    if daemon.memory_budget:
+        return daemon.memory_budget, "daemon.memory_budget"
+    return available_memory(), "MemAvailable"
+
+
+def memory_summary(config: Config) -> str:
+    """Say what a configuration needs of its budget: ``36.1 MiB of 22.6 GiB (MemAvailable)``."""
+    budget, source = memory_budget(config.daemon)
+    total = _size(sum(n for *_, n in memory_needs(config.streams)))
+    return f"{total} of {_size(budget)} ({source})" if budget is not None else total
+
+
 def _check_memory(loader: _Loader, daemon: DaemonConfig,
                   streams: Sequence[StreamConfig]) -> None:
     """Check that what the configuration allocates fits the memory budget."""
-    budget: int | None = daemon.memory_budget
-    source = "daemon.memory_budget"
-    if not budget:
-        budget, source = available_memory(), "MemAvailable"
+    budget, source = memory_budget(daemon)
     if budget is None:
         return
     needs = memory_needs(streams)

@@ -182,6 +182,7 @@ def test_a_good_configuration_validates_and_runs(tmp_path):
     checked = daqd("validate", "--config", str(config))
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.startswith(f"{config}: valid: v (chunk mode")
+    assert " (MemAvailable)" in checked.stdout          # what it needs of the budget
     ran = run(config)
     assert ran.returncode == 0, ran.stderr
     assert (tmp_path / "data" / "v.bin").stat().st_size > 8 * 8 * 8192     # 8 chunks of W1
