@@ -98,6 +98,10 @@ cdef enum:
     CHUNK_HELD = 3              # handed to the consumer
 
 WHEN_FULL = ("wait", "drop")
+#: Most placement and extra items a group reads per heap, and most streams (sources)
+#: it takes: daqd.config checks a configuration against them before anything is built.
+GROUP_MAX_ITEMS = MAX_PLACE_ITEMS
+GROUP_MAX_STREAMS = MAX_GROUP_STREAMS
 EVICTION = ("lossless", "lossy")
 
 

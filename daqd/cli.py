@@ -52,10 +52,15 @@ CONFIG_OPTION = click.option(
          "source tree, shipped in the package).")
 
 
-def _load(config_path: str | None) -> Any:
+def _load(config_path: str | None, host: bool = True) -> Any:
+    """Load a configuration (`host`: check the machine too, to start a daemon).
+
+    Clients of a running daemon leave out the writable directories and the
+    memory budget: the daemon holds that memory itself.
+    """
     from daqd.config import load
 
-    return load(config_path)
+    return load(config_path, host=host)
 
 
 @cli.command()
@@ -117,7 +122,7 @@ def start(config_path: str | None, log_file: str | None, timeout: float) -> None
 def stop(config_path: str | None, timeout: float) -> None:
     """Stop the background daemon: SIGTERM, then wait until it has drained and exited."""
     from daqd.service import background
-    cfg = _load(config_path)
+    cfg = _load(config_path, host=False)
     try:
         pid = background.stop(cfg, timeout)
     except background.DaemonFailed as exc:
@@ -137,7 +142,7 @@ def status(config_path: str | None, as_json: bool, timeout: float) -> None:
     """Ask the daemon's control socket: state, uptime, per-stream rates and counters."""
     from daqd.service.zmq_clients import format_status, request
 
-    cfg = _load(config_path)
+    cfg = _load(config_path, host=False)
     if not cfg.zmq.control:
         raise UsageProblem(f"{cfg.path}: zmq.control is off; no control socket to ask")
     reply = request(cfg.zmq.control, "status", timeout=timeout)
@@ -161,7 +166,7 @@ def stats(endpoints: tuple[str, ...], config_path: str | None, as_json: bool,
     from daqd.service.zmq_clients import format_stats_table, subscribe
 
     if not endpoints:
-        cfg = _load(config_path)
+        cfg = _load(config_path, host=False)
         if not cfg.zmq.stats:
             raise UsageProblem(f"{cfg.path}: zmq.stats is off; give --endpoint")
         endpoints = (cfg.zmq.stats,)
@@ -180,11 +185,13 @@ def stats(endpoints: tuple[str, ...], config_path: str | None, as_json: bool,
               help="Configuration file to check.")
 def validate(config_path: str) -> None:
     """Check a configuration completely without starting anything."""
+    from daqd.config import memory_summary
+
     cfg = _load(config_path)
     modes = ", ".join(f"{s.name} ({'chunk' if s.chunk else 'heap'} mode, "
                       f"{len(s.sources)} source(s), {len(s.sinks)} sink(s))"
                       for s in cfg.streams)
-    click.echo(f"{cfg.path}: valid: {modes}")
+    click.echo(f"{cfg.path}: valid: {modes}; memory {memory_summary(cfg)}")
 
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: click without its multi-line usage errors.

@@ -10,7 +10,9 @@ INTERFACES.md; config/daqd.toml is the built-in default.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import importlib.resources
+import math
 import os
 import tomllib
 from collections.abc import Sequence
@@ -25,13 +27,14 @@ from daqd.addresses import ipc_path, is_local_endpoint, split_host_port
 from daqd.errors import SourceError, UsageProblem
 from daqd.pipeline import buffers, flush
 from daqd.pipeline import wal as wal_log
+from daqd.recv import builder as recv_builder
 from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE, DEFAULT_SOCKET_BUFFER
 from daqd.recv.uri import NETWORK_SCHEMES, parse_uri
 from daqd.recv.uri import SCHEMES as SOURCE_SCHEMES
 from daqd.recv.workloads import WORKLOADS
 from daqd.sinks import KINDS as SINK_KINDS
 from daqd.sinks.base import FSYNC_POLICIES as SINK_FSYNC_POLICIES
-from daqd.sinks.paths import PATH_FIELDS, PATH_FIELDS_BY_KIND, PathTemplate
+from daqd.sinks.paths import PATH_FIELDS, PATH_FIELDS_BY_KIND, PathTemplate, template_glob
 from daqd.sinks.text import check_template
 
 #: The built-in default configuration (no hardware needed), shipped as package data.
@@ -43,19 +46,34 @@ class ConfigError(UsageProblem):
 
 
 def key(default: Any = dataclasses.MISSING, *, choices: Sequence[Any] | None = None,
-        minimum: float | None = None) -> Any:
+        minimum: float | None = None, maximum: float | None = None,
+        off: float | None = None) -> Any:
     """Declare a configuration key: its default, and the values it accepts.
 
     `choices` are the values of a key that names a choice, taken from the
-    layer the key configures (the one definition of them); `minimum` is the
-    inclusive lower bound of a number.
+    layer the key configures (the one definition of them); `minimum` and
+    `maximum` are the inclusive bounds of a number (of each number of a
+    list), which every numeric key has; `off` is a value outside them with a
+    meaning of its own (``rotate_bytes = 0``: never; ``memory_budget = 0``:
+    the machine's).
     """
     metadata: dict[str, Any] = {}
     if choices is not None:
         metadata["choices"] = tuple(choices)
-    if minimum is not None:
-        metadata["minimum"] = minimum
+    for name, value in (("minimum", minimum), ("maximum", maximum), ("off", off)):
+        if value is not None:
+            metadata[name] = value
     return field(default=default, metadata=metadata)
+
+
+# Bounds shared by several keys.
+#: The widest SPEAD item id (SPEAD-64-8: 55 bits).
+ITEM_ID_MAX = (1 << 55) - 1
+#: The longest wait or period a key may ask for, in seconds.
+HOUR = 3600.0
+DAY = 86400.0
+#: setsockopt takes a C int.
+INT_MAX = (1 << 31) - 1
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,9 @@ class DaemonConfig:
     log_format: str = key("auto", choices=logs.FORMAT_CHOICES)  # auto: JSON unless a terminal
     log_level: str = key("info", choices=logs.LEVEL_CHOICES)
     prometheus: str = ""                # HOST:PORT of the Prometheus text endpoint; "" = off
+    # Bytes the configuration may plan to allocate (pools, buffers, live heaps, write-ahead
+    # log replay); 0 = the machine's available memory (MemAvailable) when it is loaded.
+    memory_budget: int = key(0, minimum=1 << 20, maximum=1 << 50, off=0)
 
 
 #: The owner's alone: a socket file (0600) in a directory the daemon makes 0700.
@@ -79,10 +100,10 @@ class ZmqConfig:
 
     stats: str = "tcp://127.0.0.1:5556"
     control: str = DEFAULT_CONTROL
-    interval: float = key(1.0, minimum=0.01)
+    interval: float = key(1.0, minimum=0.01, maximum=HOUR)
     curve_secret_key: str = ""          # path of a zmq.auth secret key file
     curve_clients: str = ""             # directory of allowed client public keys
-    stats_hwm: int = key(100, minimum=1)  # statistics messages queued per subscriber
+    stats_hwm: int = key(100, minimum=1, maximum=1_000_000)  # messages queued per subscriber
     stats_nodrop: bool = False          # refuse (and count) rather than drop silently
     control_insecure_tcp: bool = False  # allow a tcp:// control socket without CURVE
 
@@ -95,19 +116,19 @@ class ChunkConfig:
     (`daqd.recv.builder.build_group`).
     """
 
-    timestamp_item: int = key(0x1600, minimum=0)
-    timestamp_step: int = key(8192, minimum=1)
-    heaps_per_chunk: int = key(64, minimum=1)
-    heap_bytes: int = key(8192, minimum=1)
-    dtype: str = "uint8"
-    substream_item: int = key(-1, minimum=-1)   # -1: no substream axis
-    substreams: int = key(1, minimum=1)
-    extra_items: tuple[int, ...] = ()
-    max_chunks: int = key(4, minimum=1)
-    pool: int = key(16, minimum=1)
+    timestamp_item: int = key(0x1600, minimum=0, maximum=ITEM_ID_MAX)
+    timestamp_step: int = key(8192, minimum=1, maximum=1 << 56)
+    heaps_per_chunk: int = key(64, minimum=1, maximum=1 << 20)
+    heap_bytes: int = key(8192, minimum=1, maximum=1 << 30)
+    dtype: str = "uint8"                        # a fixed-size numeric numpy dtype
+    substream_item: int = key(-1, minimum=-1, maximum=ITEM_ID_MAX)   # -1: no substream axis
+    substreams: int = key(1, minimum=1, maximum=1 << 16)
+    extra_items: tuple[int, ...] = key((), minimum=0, maximum=ITEM_ID_MAX)
+    max_chunks: int = key(4, minimum=1, maximum=1 << 16)
+    pool: int = key(16, minimum=1, maximum=1 << 20)
     when_full: str = key("wait", choices=_spead.WHEN_FULL)
-    wait_timeout: float = key(1.0, minimum=0)
-    packet_presence: int = key(0, minimum=0)
+    wait_timeout: float = key(1.0, minimum=0, maximum=HOUR)
+    packet_presence: int = key(0, minimum=0, maximum=1 << 30)
     eviction: str = key("lossless", choices=_spead.EVICTION)  # several sources: wait for all?
 
 
@@ -116,17 +137,17 @@ class BufferConfig:
     """The `[stream.buffer]` table (`daqd.pipeline.buffers.build_buffer`)."""
 
     kind: str = key("circular", choices=buffers.KINDS)
-    capacity: int = key(64, minimum=1)  # records held at most (both kinds)
+    capacity: int = key(64, minimum=1, maximum=1 << 24)  # records held at most (both kinds)
     when_full: str = key("block", choices=buffers.WHEN_FULL)
-    block_timeout: float = key(1.0, minimum=0)  # seconds a blocked put waits before dropping
-    flush_count: int = key(16, minimum=0)
-    flush_bytes: int = key(0, minimum=0)
-    flush_interval: float = key(5.0, minimum=0)
+    block_timeout: float = key(1.0, minimum=0, maximum=HOUR)  # a blocked put's wait, then drop
+    flush_count: int = key(16, minimum=0, maximum=1 << 24)
+    flush_bytes: int = key(0, minimum=0, maximum=1 << 50)
+    flush_interval: float = key(5.0, minimum=0, maximum=DAY)
     flush_when: str = key("any", choices=flush.COMBINATIONS)
     flush_custom: tuple[str, ...] = ()  # "module:function" predicates, called with the buffer
     wal: str = ""                       # may contain {stream}
     wal_fsync: str = key("every-flush", choices=wal_log.FSYNC_POLICIES)
-    wal_max_bytes: int = key(1 << 30, minimum=1 << 16)
+    wal_max_bytes: int = key(1 << 30, minimum=1 << 16, maximum=1 << 50)
 
 
 @dataclass(frozen=True)
@@ -154,8 +175,9 @@ class SinkConfig:
 
     kind: str = key(choices=SINK_KINDS)
     path: str = key()
-    rotate_bytes: int = key(0, minimum=0)
-    rotate_seconds: float = key(0.0, minimum=0)
+    # A file smaller than a file-system block holds less than it wastes: 0 or >= 4096.
+    rotate_bytes: int = key(0, minimum=4096, maximum=1 << 50, off=0)
+    rotate_seconds: float = key(0.0, minimum=0, maximum=366 * DAY)
     fsync: str = key("on-rotate", choices=SINK_FSYNC_POLICIES)
     header: bool = True
     template: str = ""
@@ -167,16 +189,16 @@ class StreamConfig:
 
     name: str
     sources: tuple[str, ...]
-    max_heaps: int = key(_spead.DEFAULT_MAX_HEAPS, minimum=1)
+    max_heaps: int = key(_spead.DEFAULT_MAX_HEAPS, minimum=1, maximum=4096)
     allow_out_of_order: bool = False
-    max_packet_size: int = key(DEFAULT_MAX_PACKET_SIZE, minimum=64)
-    max_heap_size: int = key(_spead.DEFAULT_MAX_HEAP_SIZE, minimum=0)
-    socket_buffer: int = key(DEFAULT_SOCKET_BUFFER, minimum=0)
+    max_packet_size: int = key(DEFAULT_MAX_PACKET_SIZE, minimum=64, maximum=1 << 20)
+    max_heap_size: int = key(_spead.DEFAULT_MAX_HEAP_SIZE, minimum=64, maximum=1 << 36)
+    socket_buffer: int = key(DEFAULT_SOCKET_BUFFER, minimum=0, maximum=INT_MAX)
     stop_on_stop_item: bool = True      # a stop item is stream control (false: an ordinary heap)
     exit_on_stop_heap: bool = False     # a stop heap ends the source (else: capture boundary)
     # Heap mode, per source: payload bytes its live (partial) heaps may hold together.
     max_live_heap_bytes: int = key(_spead.DEFAULT_MAX_LIVE_HEAP_BYTES,
-                                   minimum=_spead.MIN_MAX_LIVE_HEAP_BYTES)
+                                   minimum=_spead.MIN_MAX_LIVE_HEAP_BYTES, maximum=1 << 40)
     chunk: ChunkConfig | None = None
     buffer: BufferConfig = field(default_factory=BufferConfig)
     sinks: tuple[SinkConfig, ...] = ()
@@ -193,8 +215,8 @@ class SimulateConfig:
 
     target: str
     workload: str = key("W1", choices=WORKLOADS)
-    rate: float = key(0.0, minimum=0)   # bytes per second; 0 = as fast as possible
-    heaps: int = key(0, minimum=0)      # 0 = until the daemon stops
+    rate: float = key(0.0, minimum=0, maximum=1e12)  # bytes per second; 0 = as fast as possible
+    heaps: int = key(0, minimum=0, maximum=1 << 48)  # 0 = until the daemon stops
     stop: bool = True                   # end with a stop heap (a capture boundary, or
                                         # with exit_on_stop_heap the end of a finite run)
 
@@ -265,14 +287,18 @@ class _Loader:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise self.fail(key, value, "a number")
             value = float(value)
+            if not math.isfinite(value):
+                raise self.fail(key, value, "a finite number")
         elif kind == "str":
             if not isinstance(value, str):
                 raise self.fail(key, value, "a string")
         elif kind.startswith("tuple[int"):
             if not isinstance(value, list) or not all(
-                    isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
-                raise self.fail(key, value, "a list of non-negative integers")
-            value = tuple(value)
+                    isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise self.fail(key, value, "a list of integers")
+            for i, v in enumerate(value):
+                self.bounds(f.metadata, v, f"{key}[{i}]")
+            return tuple(value)
         elif f.name == "flush_custom":
             value = self.predicates(value, key)
         elif kind.startswith("tuple[str"):
@@ -283,10 +309,19 @@ class _Loader:
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise self.fail(key, value, "one of " + ", ".join(choices))
-        minimum = f.metadata.get("minimum")
-        if minimum is not None and value < minimum:
-            raise self.fail(key, value, f"at least {minimum}")
+        if kind in ("int", "float"):
+            self.bounds(f.metadata, value, key)
         return value
+
+    def bounds(self, metadata: Any, value: float, key: str) -> None:
+        """Check a number against its key's `minimum`, `maximum` and `off` value."""
+        if "off" in metadata and value == metadata["off"]:
+            return
+        off = f"{metadata['off']} or " if "off" in metadata else ""
+        if "minimum" in metadata and value < metadata["minimum"]:
+            raise self.fail(key, value, f"{off}at least {metadata['minimum']}")
+        if "maximum" in metadata and value > metadata["maximum"]:
+            raise self.fail(key, value, f"{off}at most {metadata['maximum']}")
 
     def predicates(self, value: Any, key: str) -> tuple[str, ...]:
         """Check flush predicates: "module:function" strings that import now."""
@@ -297,7 +332,7 @@ class _Loader:
                 flush.resolve_predicate(spec)
             except ValueError as exc:
                 raise self.fail(f"{key}[{i}]", spec,
-                                f'"module:function" naming an importable callable ({exc})'
+                                f'"module:function" naming a predicate f(buffer) -> bool ({exc})'
                                 ) from None
         return tuple(value)
 
@@ -367,6 +402,13 @@ def _check_control_access(loader: _Loader, zmq_cfg: ZmqConfig) -> None:
                           "any local user control the daemon over TCP")
 
 
+def _check_ipc_directory(loader: _Loader, key: str, endpoint: str) -> None:
+    """Check an ``ipc://`` socket file's directory: writable, or creatable (the daemon makes it)."""
+    path = ipc_path(endpoint)
+    if path is not None and path != "*":
+        _check_directory(loader, key, endpoint, Path(path).parent)
+
+
 def _try_mkdir(loader: _Loader, key: str, value: str, directory: Path, existing: Path) -> None:
     """Check that `directory` can be made below `existing` (made, then removed)."""
     made: list[Path] = []
@@ -404,54 +446,244 @@ def _check_sink_templates(loader: _Loader, where: str, sink: SinkConfig,
     return template.static_directory
 
 
-def _check_stream(loader: _Loader, i: int, s: StreamConfig) -> None:
+def _check_directory(loader: _Loader, key: str, value: str, directory: Path) -> None:
+    """Check that files can be made in `directory` (made later if missing), making none."""
+    directory = directory.absolute()
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise loader.fail(key, value, f"a path whose directory can be created ({existing} is "
+                          "not a directory)")
+    # os.access sees read-only mounts and immutable directories, for root too.
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise loader.fail(key, value, f"a path in a writable directory ({existing} is not "
+                          "writable)")
+    if existing != directory:
+        _try_mkdir(loader, key, value, directory, existing)
+
+
+def _fixed_numeric(dtype: np.dtype) -> bool:
+    """Whether a dtype is a fixed-size number, or a record of them (e.g. complex int8)."""
+    if dtype.fields is not None:
+        return dtype.itemsize > 0 and all(
+            _fixed_numeric(sub.subdtype[0] if sub.subdtype else sub)
+            for sub, *_ in dtype.fields.values())
+    return dtype.subdtype is None and dtype.kind in "biufc"
+
+
+def _check_name(loader: _Loader, key: str, name: str) -> None:
+    """Check a stream's name: part of file names ({stream}), so one safe path component."""
+    if not name or name in (".", "..") or "/" in name or not name.isprintable():
+        raise loader.fail(key, name, "a name usable as one file name component (not empty, "
+                          "not . or .., no /, no control characters)")
+
+
+def _check_chunk(loader: _Loader, where: str, s: StreamConfig, c: ChunkConfig) -> None:
+    try:
+        dtype = np.dtype(c.dtype)
+    except TypeError:
+        raise loader.fail(f"{where}.chunk.dtype", c.dtype, "a numpy dtype name") from None
+    if not _fixed_numeric(dtype):
+        raise loader.fail(f"{where}.chunk.dtype", c.dtype, "a fixed-size numeric dtype "
+                          "(e.g. uint8, int16, float32, complex64), or a record of them")
+    if c.heap_bytes % dtype.itemsize:
+        raise loader.fail(f"{where}.chunk.heap_bytes", c.heap_bytes,
+                          f"a multiple of the {c.dtype} item size ({dtype.itemsize})")
+    if c.heap_bytes > s.max_heap_size:
+        raise loader.fail(f"{where}.chunk.heap_bytes", c.heap_bytes,
+                          f"at most max_heap_size ({s.max_heap_size}): larger heaps are "
+                          "rejected")
+    if c.timestamp_step * c.heaps_per_chunk >= 1 << 63:
+        raise loader.fail(f"{where}.chunk.timestamp_step", c.timestamp_step,
+                          "a step whose chunk (timestamp_step x heaps_per_chunk) is below 2**63")
+    if c.pool < c.max_chunks:
+        raise loader.fail(f"{where}.chunk.pool", c.pool,
+                          f"at least max_chunks ({c.max_chunks})")
+    if c.substreams > 1 and c.substream_item < 0:
+        raise loader.fail(f"{where}.chunk.substreams", c.substreams,
+                          "1, or a substream_item to index the substreams")
+    items = 1 + (c.substream_item >= 0) + len(c.extra_items)
+    if items > _spead.GROUP_MAX_ITEMS:
+        raise loader.fail(f"{where}.chunk.extra_items", list(c.extra_items),
+                          f"at most {_spead.GROUP_MAX_ITEMS} items with the timestamp and "
+                          "substream items")
+    if len(s.sources) > _spead.GROUP_MAX_STREAMS:
+        raise loader.fail(f"{where}.sources", list(s.sources),
+                          f"at most {_spead.GROUP_MAX_STREAMS} sources in chunk mode")
+    if c.packet_presence and c.heap_bytes % c.packet_presence:
+        raise loader.fail(f"{where}.chunk.packet_presence", c.packet_presence,
+                          f"a divisor of heap_bytes ({c.heap_bytes})")
+
+
+def _check_flush(loader: _Loader, where: str, s: StreamConfig) -> None:
+    """Flush conditions that can fire: one at least, none beyond what the buffer holds."""
+    b = s.buffer
+    if not (b.flush_count or b.flush_bytes or b.flush_interval or b.flush_custom):
+        raise loader.fail(f"{where}.buffer.flush_count", b.flush_count,
+                          "a flush condition that can fire (flush_count, flush_bytes, "
+                          "flush_interval and flush_custom are all off)")
+    if b.flush_count > b.capacity:
+        raise loader.fail(f"{where}.buffer.flush_count", b.flush_count,
+                          f"at most capacity ({b.capacity}): the buffer never holds more")
+    reach = b.capacity * recv_builder.largest_record_bytes(s)
+    if b.flush_bytes > reach:
+        raise loader.fail(f"{where}.buffer.flush_bytes", b.flush_bytes,
+                          f"at most capacity x the largest record ({reach}): the buffer "
+                          "never holds more")
+
+
+def _wal_path(s: StreamConfig) -> str:
+    return s.buffer.wal.format(stream=s.name)
+
+
+def _check_wal(loader: _Loader, where: str, s: StreamConfig, host: bool) -> None:
+    """Check the write-ahead log's path template, size bound and (`host`) directory."""
+    b = s.buffer
+    if not b.wal:
+        return
+    try:
+        path = _wal_path(s)
+    except (KeyError, IndexError, ValueError, AttributeError):
+        raise loader.fail(f"{where}.buffer.wal", b.wal,
+                          "a path whose only field is {stream}") from None
+    frame = recv_builder.largest_record_bytes(s) + buffers.WAL_RECORD_SLACK
+    if b.wal_max_bytes < frame:
+        raise loader.fail(f"{where}.buffer.wal_max_bytes", b.wal_max_bytes,
+                          f"at least one record's frame ({frame} bytes: a chunk, or a heap "
+                          "of max_heap_size), else such a record cannot be logged")
+    if host:
+        _check_directory(loader, f"{where}.buffer.wal", b.wal, Path(path).parent)
+        if os.path.lexists(path) and not (
+                os.path.isfile(path) and os.access(path, os.R_OK | os.W_OK)):
+            raise loader.fail(f"{where}.buffer.wal", b.wal,
+                              f"a write-ahead log file we may read and write ({path} is not)")
+
+
+def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
     where = f"stream[{i}]"
+    _check_name(loader, f"{where}.name", s.name)
     if s.exit_on_stop_heap and not s.stop_on_stop_item:
         raise loader.fail(f"{where}.exit_on_stop_heap", True,
                           "false while stop_on_stop_item = false (stop heaps are then "
                           "not stream control, so none can end the stream)")
     c = s.chunk
     if c is not None:
-        try:
-            itemsize = np.dtype(c.dtype).itemsize
-        except TypeError:
-            raise loader.fail(f"{where}.chunk.dtype", c.dtype, "a numpy dtype name") from None
-        if c.heap_bytes % itemsize:
-            raise loader.fail(f"{where}.chunk.heap_bytes", c.heap_bytes,
-                              f"a multiple of the {c.dtype} item size ({itemsize})")
-        if c.pool < c.max_chunks:
-            raise loader.fail(f"{where}.chunk.pool", c.pool,
-                              f"at least max_chunks ({c.max_chunks})")
-        if c.substreams > 1 and c.substream_item < 0:
-            raise loader.fail(f"{where}.chunk.substreams", c.substreams,
-                              "1, or a substream_item to index the substreams")
-        if c.packet_presence and c.heap_bytes % c.packet_presence:
-            raise loader.fail(f"{where}.chunk.packet_presence", c.packet_presence,
-                              f"a divisor of heap_bytes ({c.heap_bytes})")
+        _check_chunk(loader, where, s, c)
+    _check_flush(loader, where, s)
     for j, sink in enumerate(s.sinks):
         # The directory part before the first {field} is the one that must exist.
-        directory = _check_sink_templates(loader, f"{where}.sinks[{j}]", sink, c).absolute()
-        # Checked without creating anything (validate must not touch the disk): the
-        # nearest existing ancestor must be a directory we may create entries in.
-        existing = directory
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            raise loader.fail(f"{where}.sinks[{j}].path", sink.path,
-                              f"a path whose directory can be created ({existing} is not "
-                              "a directory)")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise loader.fail(f"{where}.sinks[{j}].path", sink.path,
-                              f"a path in a writable directory ({existing} is not writable)")
-        if existing != directory:
-            _try_mkdir(loader, f"{where}.sinks[{j}].path", sink.path, directory, existing)
+        directory = _check_sink_templates(loader, f"{where}.sinks[{j}]", sink, c)
+        if host:
+            _check_directory(loader, f"{where}.sinks[{j}].path", sink.path, directory)
         if sink.kind == "hdf5" and c is None:
             raise loader.fail(f"{where}.sinks[{j}].kind", sink.kind,
                               "binary, text or pcap (hdf5 sinks need chunk mode)")
+    _check_wal(loader, where, s, host)
 
 
-def parse(text: str, path: str = "<config>") -> Config:
-    """Validate configuration text completely; raise ConfigError on the first problem."""
+def _check_files(loader: _Loader, streams: Sequence[StreamConfig]) -> None:
+    """No two sinks or write-ahead logs write the same files (any stream, any kind).
+
+    Paths are compared with ``{stream}`` filled in and every other field as a
+    wildcard, so ``{seq}`` and ``{chunk_id}`` in the same place collide too.
+    """
+    writers: dict[str, str] = {}
+    for i, s in enumerate(streams):
+        named = [(f"stream[{i}].sinks[{j}].path", sink.path, template_glob(sink.path, s.name))
+                 for j, sink in enumerate(s.sinks)]
+        if s.buffer.wal:
+            named.append((f"stream[{i}].buffer.wal", s.buffer.wal, glob.escape(_wal_path(s))))
+        for key, value, pattern in named:
+            pattern = os.path.normpath(os.path.abspath(pattern))
+            if pattern in writers:
+                raise loader.fail(key, value, "a file name no other sink or write-ahead log "
+                                  f"uses ({writers[pattern]} writes {pattern})")
+            writers[pattern] = key
+
+
+def available_memory() -> int | None:
+    """Return the machine's available memory (MemAvailable of /proc/meminfo), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _size(n: float) -> str:
+    """Bytes for a person: 512 B, 8.0 MiB, 477.0 TiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def memory_needs(streams: Sequence[StreamConfig]) -> list[tuple[str, Any, str, int]]:
+    """List what a configuration's streams may allocate: (key, value, what, bytes) per part.
+
+    Each layer says what its objects hold (`daqd.recv.builder.memory_needs`,
+    `daqd.pipeline.buffers.memory_needs`); the key named is the one that sizes
+    the part.
+    """
+    needs = []
+    for i, s in enumerate(streams):
+        parts = recv_builder.memory_needs(s)
+        if s.sinks:
+            parts += [(f"buffer.{k}", what, n) for k, what, n in buffers.memory_needs(
+                s.buffer, recv_builder.expected_record_bytes(s), shares_pool=s.chunk is not None)]
+        for key, what, n in parts:
+            value: Any = s
+            for name in key.split("."):
+                value = getattr(value, name)
+            needs.append((f"stream[{i}].{key}", value, what, n))
+    return needs
+
+
+def memory_budget(daemon: DaemonConfig) -> tuple[int | None, str]:
+    """Return the memory budget (None: unknown) and where it comes from."""
+    if daemon.memory_budget:
+        return daemon.memory_budget, "daemon.memory_budget"
+    return available_memory(), "MemAvailable"
+
+
+def memory_summary(config: Config) -> str:
+    """Say what a configuration needs of its budget: ``36.1 MiB of 22.6 GiB (MemAvailable)``."""
+    budget, source = memory_budget(config.daemon)
+    total = _size(sum(n for *_, n in memory_needs(config.streams)))
+    return f"{total} of {_size(budget)} ({source})" if budget is not None else total
+
+
+def _check_memory(loader: _Loader, daemon: DaemonConfig,
+                  streams: Sequence[StreamConfig]) -> None:
+    """Check that what the configuration allocates fits the memory budget."""
+    budget, source = memory_budget(daemon)
+    if budget is None:
+        return
+    needs = memory_needs(streams)
+    total = sum(n for *_, n in needs)
+    if total <= budget:
+        return
+    needs.sort(key=lambda need: -need[-1])
+    key, value, _, _ = needs[0]
+    parts = ", ".join(f"{k}: {what} {_size(n)}" for k, _, what, n in needs[:3])
+    raise loader.fail(key, value, f"a configuration that fits in {_size(budget)} ({source}); "
+                      f"it needs {_size(total)} ({parts})")
+
+
+def parse(text: str, path: str = "<config>", *, host: bool = True) -> Config:
+    """Validate configuration text completely; raise ConfigError on the first problem.
+
+    With `host` (``daqd validate``, ``run``, ``start``), what depends on the
+    machine is checked too: that every directory to be written in is
+    writable, and that the memory the configuration allocates fits the
+    budget.  Clients of a running daemon (``status``, ``stop``, ``stats``)
+    leave it out, since the daemon holds that memory itself.
+    """
     loader = _Loader(path)
     try:
         data = tomllib.loads(text)
@@ -467,6 +699,10 @@ def parse(text: str, path: str = "<config>") -> Config:
     _check_endpoint(loader, "zmq.stats", zmq_cfg.stats, zmq_cfg)
     _check_endpoint(loader, "zmq.control", zmq_cfg.control, zmq_cfg)
     _check_control_access(loader, zmq_cfg)
+    if host:
+        _check_ipc_directory(loader, "zmq.stats", zmq_cfg.stats)
+        _check_ipc_directory(loader, "zmq.control", zmq_cfg.control)
+        _check_directory(loader, "daemon.pidfile", daemon.pidfile, Path(daemon.pidfile).parent)
     raw_streams = data.get("stream", [])
     if not isinstance(raw_streams, list) or not raw_streams:
         raise loader.fail("stream", raw_streams, "one or more [[stream]] tables")
@@ -500,8 +736,11 @@ def parse(text: str, path: str = "<config>") -> Config:
                                       f"a port no other source uses ({bound[host_port]} "
                                       "has it)")
                 bound[host_port] = f"{where}.sources[{k}]"
-        _check_stream(loader, i, stream)
+        _check_stream(loader, i, stream, host)
         streams.append(stream)
+    _check_files(loader, streams)
+    if host:
+        _check_memory(loader, daemon, streams)
     simulate = _simulators(loader, data.get("simulate", []), bound)
     return Config(path=path, text=text, daemon=daemon, zmq=zmq_cfg, streams=tuple(streams),
                   simulate=simulate)
@@ -528,13 +767,16 @@ def default_config_text() -> str:
     return importlib.resources.files("daqd.data").joinpath(DEFAULT_CONFIG_NAME).read_text()
 
 
-def load(path: str | os.PathLike | None = None) -> Config:
-    """Read and validate a configuration file (the built-in default when None)."""
+def load(path: str | os.PathLike | None = None, *, host: bool = True) -> Config:
+    """Read and validate a configuration file (the built-in default when None).
+
+    `host`: check the machine too (writable directories, memory; see `parse`).
+    """
     if path is None:
-        return parse(default_config_text(), f"<built-in {DEFAULT_CONFIG_NAME}>")
+        return parse(default_config_text(), f"<built-in {DEFAULT_CONFIG_NAME}>", host=host)
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
-    return parse(text, str(path))
+    return parse(text, str(path), host=host)

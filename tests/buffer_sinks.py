@@ -149,3 +149,13 @@ def check_numbered(record: Any) -> int:
     n = record.cnt
     assert record.items == {0x3300: n.to_bytes(8, "little") * (4 + n % 13)}, n
     return n
+
+
+def flush_never(buffer: Any) -> bool:
+    """A flush predicate (``buffer_sinks:flush_never``) that is never due."""
+    return False
+
+
+def flush_always(buffer: Any) -> bool:
+    """A flush predicate (``buffer_sinks:flush_always``) that is always due."""
+    return True

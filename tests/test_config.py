@@ -99,7 +99,64 @@ BAD = [
      "stop_on_stop_item = false"),
     ("[[stream]]\nname = 'a'\nsources = ['tcp://127.0.0.1:7000?once=yes']\n",
      "once='yes' must be 1 or 0"),
+    # issue 12, finding 6: what `run` would crash on or run although wrong
+    ("[zmq]\ninterval = inf\n", "zmq.interval = inf: expected a finite number"),
+    ("[daemon]\nmemory_budget = 1000\n", "daemon.memory_budget = 1000: expected 0 or at least "
+     "1048576"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\nmax_heap_size = 4096\n[stream.chunk]\n",
+     "stream[0].chunk.heap_bytes = 8192: expected at most max_heap_size (4096)"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.chunk]\ntimestamp_step = "
+     f"{1 << 56}\nheaps_per_chunk = 128\n", "stream[0].chunk.timestamp_step"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.chunk]\nextra_items = [-1]\n",
+     "stream[0].chunk.extra_items[0] = -1: expected at least 0"),
+    ("[[stream]]\nname = 'a'\nsources = ["
+     + ", ".join(f"'sim:W1?heaps={i + 1}'" for i in range(65))
+     + "]\n[stream.chunk]\n", "stream[0].sources = ['sim:W1?heaps=1'"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.chunk]\ndtype = 'M8[ns]'\n",
+     "expected a fixed-size numeric dtype"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.chunk]\ndtype = '(2,)i1'\n",
+     "expected a fixed-size numeric dtype"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.buffer]\ncapacity = 4\n"
+     "flush_count = 4\nflush_bytes = 4194304\n[stream.chunk]\nheaps_per_chunk = 8\n",
+     "stream[0].buffer.flush_bytes = 4194304: expected at most capacity x the largest record"),
+    ("[[stream]]\nname = 'a/b'\nsources = ['sim:W1']\n", "stream[0].name = 'a/b'"),
+    ('[[stream]]\nname = "a\\nb"\nsources = ["sim:W1"]\n', "stream[0].name = 'a\\nb'"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[[stream.sinks]]\nkind = 'binary'\n"
+     "path = '{tmp}/{seq}.x'\n[[stream.sinks]]\nkind = 'text'\npath = '{tmp}/{chunk_id}.x'\n",
+     "stream[0].sinks[1].path = '{tmp}/{chunk_id}.x': expected a file name no other sink"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.buffer]\nwal = '{tmp}/a.x'\n"
+     "[[stream.sinks]]\nkind = 'binary'\npath = '{tmp}/{stream}.x'\n",
+     "stream[0].buffer.wal = '{tmp}/a.x': expected a file name no other sink"),
+    ("[daemon]\npidfile = '/proc/nope/daqd.pid'\n", "daemon.pidfile = '/proc/nope/daqd.pid'"),
+    ("[zmq]\ncontrol = 'ipc:///proc/nope/control'\n", "zmq.control = 'ipc:///proc/nope/control'"),
+    ("[zmq]\nstats = 'ipc:///tmp/" + "x" * 120 + "'\n", "expected an ipc:// path of at most 107"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.buffer]\nflush_custom = "
+     "['shutil:copy']\n", "shutil:copy(src, dst, *, follow_symlinks=True) cannot be called"),
 ]
+
+
+def test_every_numeric_key_has_a_range():
+    """`minimum` and `maximum` on every number (and list of numbers) of the schema."""
+    import dataclasses
+
+    from daqd.config import SECTIONS
+
+    missing = [f"{table}.{f.name}" for table, cls in SECTIONS.items()
+               for f in dataclasses.fields(cls)
+               if f.type in ("int", "float", "tuple[int, ...]")
+               and not {"minimum", "maximum"} <= set(f.metadata)]
+    assert missing == []
+
+
+def test_clients_skip_the_machine_checks(tmp_path):
+    """Writable directories and the memory budget are the starting daemon's, not a client's."""
+    text = ("[daemon]\nmemory_budget = 1048576\n[[stream]]\nname = 'a'\nsources = ['sim:W1']\n"
+            "[stream.chunk]\n[[stream.sinks]]\nkind = 'binary'\npath = '/proc/nope/x.bin'\n")
+    with pytest.raises(ConfigError, match="a path whose directory can be created"):
+        parse(text, "x.toml")
+    assert parse(text, "x.toml", host=False).daemon.memory_budget == 1048576
+    with pytest.raises(ConfigError, match="fits in 1.0 MiB"):
+        parse(text.replace("/proc/nope/x.bin", str(tmp_path / "x.bin")), "x.toml")
 
 
 @pytest.mark.parametrize(("text", "message"), BAD)
@@ -109,4 +166,4 @@ def test_each_problem_is_one_line_naming_it(tmp_path, text, message):
     line = str(info.value)
     assert "\n" not in line
     assert line.startswith("bad.toml: ")
-    assert message in line
+    assert message.replace("{tmp}", str(tmp_path)) in line

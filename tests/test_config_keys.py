@@ -39,7 +39,7 @@ from daemon_helpers import free_port
 from spead_packets import packet, sim_packets
 
 from daqd import _spead
-from daqd.config import Config, parse, schema_keys
+from daqd.config import Config, ConfigError, parse, schema_keys
 from daqd.pipeline.buffers import build_buffer
 from daqd.pipeline.records import ChunkRecord, HeapRecord
 from daqd.recv.builder import build_receiver, build_stream
@@ -329,6 +329,16 @@ def log_is_json(w: World) -> bool:
     return all(e is not None for e in w.run["events"])
 
 
+def refuses_a_bigger_pool(w: World) -> bool:
+    """Whether the configuration with a pool of 4096 chunks (256 MiB here) is over budget."""
+    text = w.config.text.replace("heaps_per_chunk = 8", "heaps_per_chunk = 8\npool = 4096")
+    try:
+        parse(text, w.config.path)
+    except ConfigError as exc:
+        return "stream[0].chunk.pool = 4096: expected a configuration that fits" in str(exc)
+    return False
+
+
 def curve_keys(tmp: Path) -> tuple[str, str]:
     keys = tmp / "keys"
     clients = tmp / "clients"
@@ -349,6 +359,7 @@ CASES: dict[str, Case] = {
     "daemon.log_level": Case("warning", lambda w: any(
         e and e.get("event") == "ready" for e in w.run["events"]), False),
     "daemon.prometheus": Case("127.0.0.1:0", lambda w: w.daemon.metrics is not None, True),
+    "daemon.memory_budget": Case(64 << 20, refuses_a_bigger_pool, True),
     # [zmq]: the daemon's sockets
     "zmq.stats": Case("", lambda w: w.daemon.publisher is None, True),
     "zmq.control": Case("", lambda w: w.daemon.control is None, True),
@@ -373,7 +384,8 @@ CASES: dict[str, Case] = {
         "W3", 4))).stats()["heaps_complete"], 4),
     "stream.max_packet_size": Case(512, lambda w: w.received(0, bytes(1000))[
         "packets_rejected_truncated"], 1),
-    "stream.max_heap_size": Case(4096, stream_attr("max_heap_size"), 4096),
+    "stream.max_heap_size": Case(4096, stream_attr("max_heap_size"), 4096,
+                                 also={"stream.chunk.heap_bytes": 4096}),   # heaps must fit
     "stream.socket_buffer": Case(65536, rcvbuf, 2 * 65536),
     "stream.max_live_heap_bytes": Case(1 << 20, World.heap_mode_refusals, 4),
     # a stop heap between two runs of heaps: counted as one (a boundary), or,
@@ -400,15 +412,17 @@ CASES: dict[str, Case] = {
     "stream.chunk.eviction": Case("lossy", group("lossless"), False),
     # [stream.buffer]
     "stream.buffer.kind": Case("fifo", buffer_attr("kind"), "fifo"),
-    "stream.buffer.capacity": Case(7, buffer_attr("capacity"), 7),
+    "stream.buffer.capacity": Case(7, buffer_attr("capacity"), 7,
+                                   also={"stream.buffer.flush_count": 4}),  # <= capacity
     "stream.buffer.when_full": Case("drop-newest", buffer_attr("when_full"), "drop-newest"),
     "stream.buffer.block_timeout": Case(0.25, buffer_attr("block_timeout"), 0.25),
     "stream.buffer.flush_count": Case(2, lambda w: policy_due(w, 2, 1), "count"),
     "stream.buffer.flush_bytes": Case(100, lambda w: policy_due(w, 1, 200), "bytes"),
     "stream.buffer.flush_interval": Case(0.25, lambda w: w.buffer.policy.interval, 0.25),
     "stream.buffer.flush_when": Case("all", lambda w: policy_due(w, 20, 1), None),   # all: age
-    "stream.buffer.flush_custom": Case(["builtins:id"], lambda w: policy_due(w, 0, 0),
-                                       "custom:builtins:id"),
+    "stream.buffer.flush_custom": Case(["buffer_sinks:flush_always"],
+                                       lambda w: policy_due(w, 0, 0),
+                                       "custom:buffer_sinks:flush_always"),
     "stream.buffer.wal": Case("{tmp}/other.wal", lambda w: str(w.buffer.wal.path),
                               "{tmp}/other.wal"),
     "stream.buffer.wal_fsync": Case("never", lambda w: w.buffer.wal.fsync, "never"),

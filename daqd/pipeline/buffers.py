@@ -42,10 +42,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from daqd.errors import UsageProblem
 from daqd.logs import RepeatedErrors
 from daqd.pipeline.flush import Flusher, FlushPolicy
 from daqd.pipeline.records import Record, decode_record
-from daqd.pipeline.wal import DoneMark, WalFull, WriteAheadLog
+from daqd.pipeline.wal import DoneMark, WalFormatError, WalFull, WriteAheadLog
 
 if TYPE_CHECKING:
     from daqd.config import BufferConfig
@@ -994,6 +995,40 @@ class Buffer:
         return replayed
 
 
+class WalUnavailable(UsageProblem):
+    """The write-ahead log cannot be opened (another daemon holds it, another format, ...)."""
+
+
+#: Bytes one buffered record costs beside its data (slot, entry, record object).
+ENTRY_BYTES = 256
+#: Bytes a record's write-ahead log frame adds to its data (frame, record and item headers).
+WAL_RECORD_SLACK = 4096
+
+
+def memory_needs(config: BufferConfig, record_bytes: int, shares_pool: bool
+                 ) -> list[tuple[str, str, int]]:
+    """List what a buffer built from `config` may hold: (key, what, bytes) triples.
+
+    Parameters
+    ----------
+    record_bytes : int
+        Bytes of one record (its largest or expected size).
+    shares_pool : bool
+        The records live in memory allocated elsewhere (chunk records are the
+        chunk pool's), so the buffer holds only references to them.
+
+    A write-ahead log replays into fresh records (decoded copies, up to
+    `capacity` of them) and encodes each record before appending it.
+    """
+    own = 0 if shares_pool else record_bytes
+    needs = [("capacity", "buffer (capacity x record)", config.capacity * (ENTRY_BYTES + own))]
+    if config.wal:
+        replay = config.capacity * record_bytes if shares_pool else 0
+        needs.append(("wal", "write-ahead log (replayed copies, a record encoded)",
+                      replay + record_bytes + WAL_RECORD_SLACK))
+    return needs
+
+
 def build_buffer(config: BufferConfig, sinks: Sequence[Any] = (),
                  recover: RecoverSink | None = None, *, name: str = "", wal: bool = True,
                  clock: Callable[[], float] = time.monotonic,
@@ -1024,14 +1059,26 @@ def build_buffer(config: BufferConfig, sinks: Sequence[Any] = (),
     -------
     Buffer
         Recovered and ready for `put`; start a `Flusher` on it.
+
+    Raises
+    ------
+    WalUnavailable
+        The write-ahead log cannot be opened: one line naming it (e.g. another
+        daemon holds it).
     """
     policy = FlushPolicy.from_config(config, clock=clock)
     write_ahead = None
     if config.wal and wal:
         path = Path(config.wal.format(stream=name))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_ahead = WriteAheadLog(path, fsync=config.wal_fsync,
-                                    max_bytes=config.wal_max_bytes)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_ahead = WriteAheadLog(path, fsync=config.wal_fsync,
+                                        max_bytes=config.wal_max_bytes)
+        except OSError as exc:      # e.g. in use by another daemon: one line, as a port in use
+            raise WalUnavailable(f"{path}: cannot open the write-ahead log: "
+                                 f"{exc.strerror or exc}") from None
+        except WalFormatError as exc:
+            raise WalUnavailable(str(exc)) from None
     buffer = Buffer(config.kind, config.capacity, config.when_full, policy, wal=write_ahead,
                     block_timeout=config.block_timeout, error_interval=error_interval)
     for i, sink in enumerate(sinks):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import importlib
+import inspect
 import os
 import select
 import threading
@@ -69,7 +70,41 @@ def resolve_predicate(spec: str) -> Predicate:
             raise ValueError(f"{module_name} has no attribute {attr}") from None
     if not callable(target):
         raise ValueError(f"{spec} is not callable")
+    check_predicate(target, spec)
     return target
+
+
+def check_predicate(target: Any, spec: str) -> None:
+    """Check, without calling it, that `target` can be called as ``target(buffer)``.
+
+    It must be a Python function or method (or an object with a Python
+    ``__call__``) whose parameters take the buffer as their one positional
+    argument.  A built-in or C function is refused: what it accepts cannot be
+    inspected (``os:system`` has one parameter too, a shell command).
+
+    Raises
+    ------
+    ValueError
+        One line saying why.
+    """
+    if isinstance(target, type):
+        raise ValueError(f"{spec} is a class; name a function f(buffer) -> bool")
+    call = inspect.getattr_static(type(target), "__call__", None)
+    python = inspect.isfunction(target) or inspect.isfunction(call) or (
+        inspect.ismethod(target) and inspect.isfunction(target.__func__))
+    if not python:
+        raise ValueError(f"{spec} is a built-in or C function, whose parameters cannot be "
+                         "checked; name a Python function f(buffer) -> bool")
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        raise ValueError(f"{spec}: its parameters cannot be read; name a Python function "
+                         "f(buffer) -> bool") from None
+    try:
+        signature.bind(None)
+    except TypeError:
+        raise ValueError(f"{spec}{signature} cannot be called with the buffer as its one "
+                         "argument; name a function f(buffer) -> bool") from None
 
 
 # Seconds between checks for files to rotate by age on an idle stream.

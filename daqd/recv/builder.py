@@ -56,6 +56,66 @@ def build_group(chunk: ChunkConfig) -> Any:
     return _spead.ChunkGroup(**group_arguments(chunk))
 
 
+#: Bytes a chunk's data is rounded up to in the pool (ChunkGroup: each chunk page-aligned),
+#: and the alignment slack of the whole pool (a huge page).
+CHUNK_ALIGN = 4096
+POOL_SLACK = 2 << 20
+#: Bytes of a live-heap slot's bookkeeping (LiveHeap, HeapStorage, free stack), payload aside.
+LIVE_SLOT_BYTES = 256
+
+
+def chunk_bytes(chunk: ChunkConfig) -> int:
+    """Bytes of one chunk: its data (page-aligned in the pool), presence flags and extras."""
+    slots = chunk.heaps_per_chunk * chunk.substreams
+    data = -(-slots * chunk.heap_bytes // CHUNK_ALIGN) * CHUNK_ALIGN
+    presence = slots * (chunk.heap_bytes // chunk.packet_presence if chunk.packet_presence else 1)
+    return data + presence + slots * len(chunk.extra_items) * 8
+
+
+def largest_record_bytes(section: StreamConfig) -> int:
+    """Bytes of the largest record the stream makes: a chunk, or a heap of max_heap_size."""
+    return chunk_bytes(section.chunk) if section.chunk is not None else section.max_heap_size
+
+
+def expected_record_bytes(section: StreamConfig) -> int:
+    """Bytes of a record as the memory budget counts it: a chunk, or a one-packet heap.
+
+    Heap mode carries small heaps (slow control, metadata, events), so a heap
+    record is counted as one packet; a stream of large heaps may hold up to
+    ``capacity x max_heap_size`` in its buffer.
+    """
+    if section.chunk is not None:
+        return chunk_bytes(section.chunk)
+    return min(section.max_heap_size, section.max_packet_size)
+
+
+def live_heap_bytes(section: StreamConfig) -> int:
+    """Bytes the partial heaps of a stream may hold at once, at most (all its sources).
+
+    Every source has a window of ``max_heaps`` live heaps.  In heap mode their
+    payloads together stay within ``max_live_heap_bytes`` per source (the
+    window evicts or refuses beyond it); in chunk mode the payload goes straight
+    into a chunk (counted with the pool) and only the slot's bookkeeping remains.
+    """
+    payload = 0
+    if section.chunk is None:
+        payload = min(section.max_live_heap_bytes, section.max_heaps * section.max_heap_size)
+    return len(section.sources) * (section.max_heaps * LIVE_SLOT_BYTES + payload)
+
+
+def memory_needs(section: StreamConfig) -> list[tuple[str, str, int]]:
+    """List what the receive side of `section` may allocate: (key, what, bytes) triples.
+
+    `key` is the ``[[stream]]``-relative key that sizes it most.
+    """
+    if section.chunk is None:
+        return [("max_live_heap_bytes", "live heaps (max_live_heap_bytes per source)",
+                 live_heap_bytes(section))]
+    return [("max_heaps", "live heaps", live_heap_bytes(section)),
+            ("chunk.pool", "chunk pool (pool x chunk)",
+             section.chunk.pool * chunk_bytes(section.chunk) + POOL_SLACK)]
+
+
 def build_stream(section: StreamConfig, group: Any = None) -> Any:
     """Make one compiled stream of `section`: a `ChunkStream` of `group`, or a `HeapStream`.
 

@@ -148,14 +148,19 @@ def test_no_condition_is_never_due():
 def test_predicates_are_resolved_from_module_function_strings():
     assert resolve_predicate("os.path:exists") is os.path.exists
     for spec, why in [("nocolon", "module:function"), ("daqd_no_such_mod:f", "cannot import"),
-                      ("os.path:no_such_fn", "has no attribute"), ("os:sep", "not callable")]:
+                      ("os.path:no_such_fn", "has no attribute"), ("os:sep", "not callable"),
+                      # checked, never called: a C function's parameters say nothing
+                      ("os:system", "built-in or C function"),
+                      ("operator:truth", "built-in or C function"),
+                      ("collections:OrderedDict", "is a class"),
+                      ("shutil:copy", "cannot be called with the buffer")]:
         with pytest.raises(ValueError, match=why):
             resolve_predicate(spec)
-    policy = FlushPolicy.from_config(BufferConfig(flush_custom=("operator:not_",),
+    policy = FlushPolicy.from_config(BufferConfig(flush_custom=("buffer_sinks:flush_never",),
                                                   flush_count=0, flush_interval=0))
-    assert policy.due(FakeBuffer()) is None     # not_(buffer) is False
-    policy = FlushPolicy.from_config(BufferConfig(flush_custom=("operator:truth",)))
-    assert policy.due(FakeBuffer()) == "custom:operator:truth"
+    assert policy.due(FakeBuffer()) is None
+    policy = FlushPolicy.from_config(BufferConfig(flush_custom=("buffer_sinks:flush_always",)))
+    assert policy.due(FakeBuffer()) == "custom:buffer_sinks:flush_always"
 
 
 def test_config_names_the_key_of_an_unresolvable_predicate():

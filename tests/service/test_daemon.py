@@ -118,7 +118,7 @@ def test_every_control_request(tmp_path):
     cfg = write_config(tmp_path, chunk_stream_config(
         tmp_path, port=port, buffer=buffer_toml(
             kind="circular", capacity=16, when_full="overwrite-oldest",
-            flush_count=0, flush_interval=0)))
+            flush_count=0, flush_interval=3600)))     # flushed on demand only
     daemon = DaemonProcess(cfg)
     try:
         endpoint = daemon.ready()["control"]
@@ -263,7 +263,7 @@ def test_sighup_reopens_and_sigusr1_flushes(tmp_path):
     cfg = write_config(tmp_path, chunk_stream_config(
         tmp_path, port=port, buffer=buffer_toml(
             kind="fifo", capacity=64,
-            flush_count=0, flush_interval=0)))
+            flush_count=0, flush_interval=3600)))     # flushed on demand only
     daemon = DaemonProcess(cfg)
     try:
         endpoint = daemon.ready()["control"]

@@ -104,13 +104,13 @@ def expected_line(n: int) -> str:
 def wal_config(tmp: Path, port: int, rotate: bool) -> str:
     """A heap-mode stream with a WAL-backed FIFO buffer, a text and a binary sink.
 
-    With `rotate`, the sinks start a new file every ~50 records (text: lines of
+    With `rotate`, the sinks start a new file every ~70 records (text: lines of
     about 60 bytes) and 40 records (binary: 4096 header bytes and 40 records
     of 24), so most flushes
     (150 records or 0.25 s) rotate, and a kill often falls between a file's
     rotation and the done mark that lets it be published.
     """
-    text_rotation = "rotate_bytes = 3000" if rotate else ""
+    text_rotation = "rotate_bytes = 4096" if rotate else ""      # the least rotate_bytes
     binary_rotation = f"rotate_bytes = {4096 + 40 * PAYLOAD_BYTES}" if rotate else ""
     return daemon_toml(tmp, "wal-daqd", 0.1) + udp_stream_toml(STREAM, port) + f"""
 [stream.buffer]
