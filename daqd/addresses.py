@@ -7,7 +7,9 @@ sockets are bound.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -87,3 +89,23 @@ def ipc_path(endpoint: str) -> str | None:
     if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
         return None
     return endpoint[len("ipc://"):]
+
+
+def open_to_others(directory: str) -> str | None:
+    """Say why other users could reach a socket file in `directory`, or None.
+
+    A socket file is made 0600 only after libzmq has bound it, and a peer that
+    connects in between keeps its connection: so a control socket is private
+    only in a directory no one else may enter (0700, owned by this user).  A
+    missing directory is fine: the daemon makes it 0700.
+    """
+    try:
+        info = os.stat(directory)
+    except FileNotFoundError:
+        return None
+    if info.st_uid != os.geteuid():
+        return f"{directory} belongs to another user (uid {info.st_uid})"
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        return f"{directory} is mode {mode:04o}: other users may enter it"
+    return None

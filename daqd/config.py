@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from daqd import _spead, logs
-from daqd.addresses import ipc_path, is_local_endpoint, split_host_port
+from daqd.addresses import ipc_path, is_local_endpoint, open_to_others, split_host_port
 from daqd.errors import SourceError, UsageProblem
 from daqd.pipeline import buffers, flush
 from daqd.pipeline import wal as wal_log
@@ -402,11 +402,21 @@ def _check_control_access(loader: _Loader, zmq_cfg: ZmqConfig) -> None:
                           "any local user control the daemon over TCP")
 
 
-def _check_ipc_directory(loader: _Loader, key: str, endpoint: str) -> None:
-    """Check an ``ipc://`` socket file's directory: writable, or creatable (the daemon makes it)."""
+def _check_ipc_directory(loader: _Loader, key: str, endpoint: str, private: bool) -> None:
+    """Check an ``ipc://`` socket file's directory: writable, or creatable.
+
+    The daemon makes a missing one 0700.  `private` (a control socket without
+    CURVE): no one else may enter an existing one.
+    """
     path = ipc_path(endpoint)
-    if path is not None and path != "*":
-        _check_directory(loader, key, endpoint, Path(path).parent)
+    if path is None or path == "*":
+        return
+    directory = Path(path).parent
+    _check_directory(loader, key, endpoint, directory)
+    why = open_to_others(str(directory)) if private else None
+    if why is not None:
+        raise loader.fail(key, endpoint, f"a socket in a directory only this user may enter "
+                          f"(a missing one is made 0700), or CURVE keys: {why}")
 
 
 def _try_mkdir(loader: _Loader, key: str, value: str, directory: Path, existing: Path) -> None:
@@ -700,8 +710,9 @@ def parse(text: str, path: str = "<config>", *, host: bool = True) -> Config:
     _check_endpoint(loader, "zmq.control", zmq_cfg.control, zmq_cfg)
     _check_control_access(loader, zmq_cfg)
     if host:
-        _check_ipc_directory(loader, "zmq.stats", zmq_cfg.stats)
-        _check_ipc_directory(loader, "zmq.control", zmq_cfg.control)
+        _check_ipc_directory(loader, "zmq.stats", zmq_cfg.stats, private=False)
+        _check_ipc_directory(loader, "zmq.control", zmq_cfg.control,
+                             private=not zmq_cfg.curve_secret_key)
         _check_directory(loader, "daemon.pidfile", daemon.pidfile, Path(daemon.pidfile).parent)
     raw_streams = data.get("stream", [])
     if not isinstance(raw_streams, list) or not raw_streams:

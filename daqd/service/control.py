@@ -153,6 +153,7 @@ class ControlServer(SocketServer):
 
     socket_type = zmq.ROUTER
     what = "control"
+    private = True
     thread_name = "daqd-control"
 
     def start(self) -> None:

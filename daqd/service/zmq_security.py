@@ -10,10 +10,11 @@ key, or with a key not in that directory, fails the handshake: it receives no
 statistics and its control requests never reach the daemon.
 
 An ``ipc://`` socket file is the owner's alone: its directory is made 0700
-when the daemon creates it, and the socket file is made 0600 right after the
-bind, before the socket is served (`bind_checked`).  Linux lets a process
-connect to a Unix socket only with write permission on its file; the private
-directory keeps it out of reach where that rule is not enforced.
+when the daemon creates it, and the socket file is made 0600 after the bind
+(`bind_checked`).  libzmq accepts connections from the bind on, and a peer
+connected before the chmod keeps its connection, so a private socket (the
+control socket without CURVE) is refused in a directory others may enter
+(`daqd.addresses.open_to_others`): the 0700 directory is what keeps them out.
 
 `Security` is the server side (one per `zmq.Context`: libzmq has one ZAP
 handler per context) and `ClientSecurity` the client side used by
@@ -32,7 +33,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from daqd.addresses import ipc_path, is_local_endpoint
+from daqd.addresses import ipc_path, is_local_endpoint, open_to_others
 from daqd.errors import UsageProblem
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def check_bind(endpoint: str, security: Security | None) -> None:
 
 
 def bind_checked(socket: zmq.Socket, endpoint: str, security: Security | None,
-                 what: str) -> str:
+                 what: str, private: bool = False) -> str:
     """Apply `security` to a server socket and bind it, or close it and explain.
 
     Parameters
@@ -78,6 +79,9 @@ def bind_checked(socket: zmq.Socket, endpoint: str, security: Security | None,
         Server-side CURVE; required for a non-local endpoint.
     what : str
         What the socket is for ("statistics", "control"), for the message.
+    private : bool
+        Only this user may connect (control): without CURVE, an ``ipc://``
+        socket must be in a directory no one else may enter.
 
     Returns
     -------
@@ -95,7 +99,8 @@ def bind_checked(socket: zmq.Socket, endpoint: str, security: Security | None,
             security.apply(socket)
         path = ipc_path(endpoint)
         if path is not None and path != "*":
-            _private_directory(endpoint, os.path.dirname(path) or ".", what)
+            _private_directory(endpoint, os.path.dirname(path) or ".", what,
+                               private and security is None)
         try:
             socket.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -115,18 +120,21 @@ def bind_checked(socket: zmq.Socket, endpoint: str, security: Security | None,
     return bound
 
 
-def _private_directory(endpoint: str, directory: str, what: str) -> None:
-    """Make the directory of an ipc:// socket 0700 if it is missing; warn if others may enter."""
+def _private_directory(endpoint: str, directory: str, what: str, private: bool) -> None:
+    """Make the directory of an ipc:// socket 0700 if it is missing.
+
+    `private`: refuse one others may enter (they could connect between the
+    bind and the chmod).
+    """
+    why = open_to_others(directory) if private else None
+    if why is not None:
+        raise UsageProblem(f"{endpoint}: the {what} socket needs a directory only this user "
+                           f"may enter, or CURVE keys: {why}")
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        mode = os.stat(directory).st_mode
     except OSError as exc:
         raise UsageProblem(f"{endpoint}: cannot make the directory of the {what} socket: "
                            f"{exc.strerror}") from None
-    if mode & 0o077:
-        log.warning("ipc socket directory is open to other users; the socket file is made "
-                    "0600 (a directory of its own, mode 0700, keeps it private everywhere)",
-                    endpoint=endpoint, directory=directory, mode=oct(mode & 0o777))
 
 
 def _load_keypair(path: str | os.PathLike[str], what: str) -> tuple[bytes, bytes | None]:

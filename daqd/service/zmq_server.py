@@ -17,8 +17,9 @@ from daqd.service.zmq_security import Security, bind_checked
 class SocketServer(ThreadOwner):
     """Base of the daemon's server sockets (`ControlServer`, `StatsPublisher`).
 
-    Subclasses set `socket_type`, `what` (named in bind errors) and
-    `thread_name`, and give `_configure(sock)` and `_run(sock)`.
+    Subclasses set `socket_type`, `what` (named in bind errors), `private`
+    (only this user may connect: the control socket) and `thread_name`, and
+    give `_configure(sock)` and `_run(sock)`.
 
     Parameters
     ----------
@@ -33,6 +34,7 @@ class SocketServer(ThreadOwner):
 
     socket_type: int = zmq.PAIR
     what = "server"
+    private = False
     thread_name = "daqd-server"
 
     def __init__(self, context: zmq.Context, endpoint: str, security: Security | None):
@@ -56,7 +58,8 @@ class SocketServer(ThreadOwner):
             raise RuntimeError("start() may be called only once")
         sock = self.context.socket(self.socket_type)
         self._configure(sock)
-        self.endpoint = bind_checked(sock, self.endpoint, self._security, self.what)
+        self.endpoint = bind_checked(sock, self.endpoint, self._security, self.what,
+                                     self.private)
         self._socket = sock
         self._thread = threading.Thread(target=self._run, args=(sock,), name=self.thread_name,
                                         daemon=True)

@@ -9,6 +9,7 @@ refuse it with one line and status 2.  With CURVE it works as before.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -18,6 +19,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -122,34 +124,57 @@ def as_nobody(endpoint: str) -> dict[str, str]:
     return json.loads(data)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to run a client as user nobody")
-@pytest.mark.parametrize("where", ["own directory", "shared directory"])
-def test_another_user_can_neither_connect_nor_stop_the_daemon(tmp_path, where):
-    # A directory any user may enter, as /tmp or /run are; "own directory": the
-    # socket in a directory the daemon makes (0700), "shared directory": the
-    # socket file straight in the shared one, so only its own mode (0600)
-    # protects it.  The daemon runs with umask 0, so no umask helps either.
+@contextlib.contextmanager
+def shared_directory() -> Iterator[Path]:
+    """A directory any user may enter, as /tmp or /run are (removed afterwards)."""
     shared = Path(tempfile.mkdtemp(prefix="daqd-ctl-", dir="/tmp"))
     shared.chmod(0o755)
-    endpoint = f"ipc://{shared}/ctl/daqd.sock" if where == "own directory" else \
-        f"ipc://{shared}/daqd.sock"
-    text = chunk_stream_config(tmp_path).replace(control_endpoint(tmp_path), endpoint)
-    old_umask = os.umask(0)
     try:
-        daemon = DaemonProcess(write_config(tmp_path, text))
+        yield shared
     finally:
-        os.umask(old_umask)
-    try:
-        assert daemon.ready()["control"] == endpoint
-        tried = as_nobody(endpoint)
-        assert tried == {"connect": "Permission denied", "stop": "no reply"}
-        assert control(endpoint, {"command": "status"})["state"] == "running"   # the owner
-        assert daemon.stop() == 0
-    finally:
-        daemon.close()
         for path in sorted(shared.rglob("*"), reverse=True):
             path.rmdir() if path.is_dir() else path.unlink()
         shared.rmdir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to run a client as user nobody")
+def test_another_user_can_neither_connect_nor_stop_the_daemon(tmp_path):
+    # The socket in a directory the daemon makes (0700) inside a shared one.
+    # The daemon runs with umask 0, so no umask helps.
+    with shared_directory() as shared:
+        endpoint = f"ipc://{shared}/ctl/daqd.sock"
+        text = chunk_stream_config(tmp_path).replace(control_endpoint(tmp_path), endpoint)
+        old_umask = os.umask(0)
+        try:
+            daemon = DaemonProcess(write_config(tmp_path, text))
+        finally:
+            os.umask(old_umask)
+        try:
+            assert daemon.ready()["control"] == endpoint
+            tried = as_nobody(endpoint)
+            assert tried == {"connect": "Permission denied", "stop": "no reply"}
+            assert control(endpoint, {"command": "status"})["state"] == "running"  # the owner
+            assert daemon.stop() == 0
+        finally:
+            daemon.close()
+
+
+def test_a_control_socket_straight_in_a_shared_directory_is_one_line_and_status_2(tmp_path):
+    """libzmq serves the socket from the bind on, before the daemon can make it 0600, and a
+    connection made then survives the chmod: only a directory others cannot enter is safe."""
+    with shared_directory() as shared:
+        endpoint = f"ipc://{shared}/daqd.sock"
+        cfg = write_config(tmp_path, chunk_stream_config(tmp_path).replace(
+            control_endpoint(tmp_path), endpoint))
+        for command in ("validate", "run"):
+            result = subprocess.run([sys.executable, "-m", "daqd", command, "--config", str(cfg)],
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 2, (command, result.stderr)
+            assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+            assert f"zmq.control = '{endpoint}': expected a socket in a directory only this " \
+                   f"user may enter" in result.stderr, result.stderr
+            assert f"{shared} is mode 0755" in result.stderr
+        assert not (shared / "daqd.sock").exists()
 
 
 # ----------------------------------------------------------------------

@@ -11,9 +11,11 @@ statistics interval so the last line before the restart names it.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,18 +40,26 @@ WATCHDOG_USEC = 2_000_000          # checks every second (idle loops poll every 
 STALLED = "adc0:flusher"
 
 
-def pings(sock: socket.socket, within: float) -> int:
-    """Count the WATCHDOG=1 datagrams that arrive within `within` seconds."""
+def pings(sock: socket.socket, until: Callable[[int], bool], timeout: float = 20.0) -> int:
+    """Count WATCHDOG=1 datagrams until ``until(count)`` holds (checked after each
+    datagram and every 0.1 s); fails after `timeout`, an upper bound only."""
     count = 0
-    deadline = time.monotonic() + within
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
+    deadline = time.monotonic() + timeout
+    while not until(count):
+        assert time.monotonic() < deadline, f"{count} pings and still waiting"
+        sock.settimeout(0.1)
         try:
             message = sock.recv(4096).decode()
         except TimeoutError:
-            break
+            continue
         count += "WATCHDOG=1" in message.splitlines()
     return count
+
+
+def withheld(daemon: DaemonProcess) -> int:
+    """Watchdog checks that sent nothing, as the daemon last logged them."""
+    lines = [e for e in daemon.events if e.get("event") == "watchdog withheld: threads stalled"]
+    return lines[-1]["withheld"] if lines else 0
 
 
 def last_event(daemon: DaemonProcess) -> dict:
@@ -70,18 +80,23 @@ def test_a_wedged_flusher_stops_the_watchdog_pings_and_the_log_names_it(tmp_path
     daemon = DaemonProcess(cfg, env=env)
     try:
         daemon.ready()
-        assert pings(notify, 3.5) >= 2                       # healthy: fed every second
+        pings(notify, lambda n: n >= 2)                      # healthy: fed each check
         marker.touch()
         wait_until(Path(f"{marker}.entered").exists, 10, "the flusher wedged")
         stalled = daemon.wait_event("heartbeat stalled; not feeding the systemd watchdog")
         assert stalled["stalled"] == [STALLED]
-        pings(notify, 0.1)                                   # what was sent before
-        assert pings(notify, 3.5) == 0                       # 3 checks, none fed
+        notify.settimeout(0.1)
+        with contextlib.suppress(TimeoutError):              # what was sent before
+            while True:
+                notify.recv(4096)
+        # Three more checks by the daemon's own count, and not one ping among them.
+        start = withheld(daemon)
+        assert pings(notify, lambda n: n > 0 or withheld(daemon) >= start + 3) == 0
         wait_until(lambda: last_event(daemon)["event"] == "watchdog withheld: threads stalled",
                    10, "the withheld line last")
         assert last_event(daemon)["stalled"] == [STALLED]
         marker.unlink()                                      # the flusher comes back
-        assert pings(notify, 3.5) >= 2
+        pings(notify, lambda n: n >= 2)
         assert daemon.stop() == 0
     finally:
         daemon.close()
