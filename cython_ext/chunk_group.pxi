@@ -28,6 +28,13 @@
 # lets go of the evicted chunks for it at once; a stream inside a batch lets go
 # of them at the end of the batch.  Its later heaps for them are too old.
 #
+# A stop heap on a capture-boundary stream (stop_boundary) puts the stream "at
+# a boundary": it lets go of its chunks and holds no lossless eviction back.
+# Once every stream of the group is at a boundary or finished, the group
+# closes the capture: every open chunk is completed, the window un-anchored,
+# each stream starts afresh (boundary_reached).  Until then a stream at its
+# boundary writes to no chunk the group still has open (too old).
+#
 # Every wait on the group (a free chunk, a lossless eviction) releases the group
 # lock, so after it nothing is assumed: ChunkGroup.extend() re-reads the whole
 # window state and starts over.  A lone ChunkStream is a group of one.
@@ -117,6 +124,12 @@ cdef struct StreamWindow:
     Py_ssize_t *chunks          # a ring of max_chunks entries
     bint parked                 # lossy group: not inside a batch, writes to no chunk
     bint finished
+    # At a capture boundary: the stream had a stop heap and has placed no heap
+    # since (its window is empty and holds no lossless eviction back).  Once
+    # every stream of the group is at a boundary or finished, the group
+    # completes its open chunks and starts afresh (ChunkGroup.boundary_reached).
+    bint at_boundary
+    uint64_t epoch              # the group's `boundaries` when the window was last reset
     size_t slot                 # index in the group's stream_heads and windows
     # The stream's waits on the group (worker_blocked, worker_blocked_ns), kept
     # here rather than in its batch counters so that stats() sees a wait while
@@ -276,6 +289,7 @@ cdef class ChunkGroup:
     cdef StreamWindow *windows[<int>MAX_GROUP_STREAMS]
     cdef size_t n_streams
     cdef readonly bint ended            # every stream ended, every chunk handed over
+    cdef readonly uint64_t boundaries   # captures the group closed (boundary_reached)
     cdef volatile bint stop_waiting
     cdef readonly bint drop_when_full
     cdef readonly bint lossless
@@ -558,7 +572,7 @@ cdef class ChunkGroup:
 
     cdef void win_publish(self, StreamWindow *w) noexcept nogil:
         """Record how far a stream has moved on (lossless eviction waits on it)."""
-        cdef uint64_t head = UINT64_MAX if w.finished else w.head
+        cdef uint64_t head = UINT64_MAX if w.finished or w.at_boundary else w.head
         if self.stream_heads[w.slot] != head:
             self.stream_heads[w.slot] = head
             self.wake()
@@ -655,12 +669,16 @@ cdef class ChunkGroup:
         cdef bint gated
         cdef timespec until
         cdef Py_ssize_t c
-        if not self.anchored:
-            self.anchored = True
-            self.head_chunk = self.tail_chunk = chunk_id
-            self.head_hint = chunk_id
-            self.head_pos = self.tail_pos = 0
-        while chunk_id >= self.tail_chunk:
+        while True:
+            if not self.anchored:
+                # The first heap, or the first after a capture boundary (also one
+                # that closed while this stream waited).
+                self.anchored = True
+                self.head_chunk = self.tail_chunk = chunk_id
+                self.head_hint = chunk_id
+                self.head_pos = self.tail_pos = 0
+            if chunk_id < self.tail_chunk:
+                break
             if self.head_chunk != self.tail_chunk and (
                     chunk_id - self.tail_chunk >= max_chunks
                     or self.tail_chunk - self.head_chunk == max_chunks):
@@ -719,6 +737,42 @@ cdef class ChunkGroup:
         if pos >= self.max_chunks:
             pos -= self.max_chunks
         return self.window[pos]
+
+    cdef bint boundary_reached(self, uint64_t *stats) noexcept nogil:
+        """Close the capture if every stream is at a capture boundary or finished
+        (one at least at a boundary): every open chunk is completed, the window
+        un-anchored (the next heap, whatever its chunk id, starts a new one),
+        and each stream starts afresh, as a new one (its head 0, so a lossless
+        eviction waits for its first heap; its window reset by its next heap,
+        `ChunkStream.sync_epoch`).  A stream whose stop heap never comes (a dead
+        source) keeps this from happening: the group's window stays where it
+        was, and later heaps behind it are counted as too old.  Returns True
+        when the capture was closed."""
+        cdef size_t i
+        cdef bint any_boundary = False
+        cdef StreamWindow *w
+        for i in range(self.n_streams):
+            w = self.windows[i]
+            if w.finished:
+                continue
+            if not w.at_boundary:
+                return False
+            any_boundary = True
+        if not any_boundary:
+            return False
+        # Every stream's window is empty: each evicted chunk goes to the data ring.
+        while self.head_chunk != self.tail_chunk:
+            self.evict_head(stats)
+        self.close_ready(stats)
+        self.anchored = False
+        self.boundaries += 1
+        for i in range(self.n_streams):
+            w = self.windows[i]
+            if not w.finished:
+                w.at_boundary = False
+                self.stream_heads[i] = 0
+        self.wake()
+        return True
 
     cdef void stream_ended(self, uint64_t *stats) noexcept nogil:
         """One stream has finished; after the last one every chunk is handed over."""

@@ -111,6 +111,14 @@ cdef class ChunkStream(WindowStream):
             self.group.close_ready(stats)
         pthread_mutex_unlock(&self.group.lock)
 
+    cdef void sync_epoch(self) noexcept nogil:
+        """(Group lock held.)  After the group closed a capture (boundary_reached),
+        this stream's window, empty since its boundary, starts afresh at 0."""
+        if self.win.epoch != self.group.boundaries:
+            self.win.epoch = self.group.boundaries
+            self.win.head = self.win.tail = 0
+            self.win.head_pos = 0
+
     cdef void forget_placements(self) noexcept nogil:
         """Live heaps lose their slots (their chunks are about to leave for good)."""
         cdef size_t i
@@ -131,6 +139,13 @@ cdef class ChunkStream(WindowStream):
             out[0] = self.win.chunks[pos]
             return N_STATS if out[0] >= 0 else STAT_CHUNK_HEAPS_NO_FREE_CHUNK
         pthread_mutex_lock(&self.group.lock)
+        self.sync_epoch()
+        if self.win.at_boundary and self.group.anchored and cid < self.group.tail_chunk:
+            # After its stop heap, before the group closed the capture (another
+            # stream's stop heap has not come): a chunk still open for the
+            # previous capture is not this stream's to write to any more.
+            pthread_mutex_unlock(&self.group.lock)
+            return STAT_CHUNK_HEAPS_TOO_OLD
         if self.group.anchored and (cid < self.group.head_chunk or cid < self.win.head):
             self.too_old_run += 1
             if (self.too_old_reset == 0 or self.too_old_run < self.too_old_reset
@@ -147,9 +162,11 @@ cdef class ChunkStream(WindowStream):
             self.group.win_publish(&self.win)
         self.too_old_run = 0
         self.group.extend(&self.win, cid, stats)
+        self.sync_epoch()                           # a capture closed while it waited
         if cid < self.group.head_chunk or cid < self.win.head:
             verdict = STAT_CHUNK_HEAPS_TOO_OLD      # evicted while this stream waited
         else:
+            self.win.at_boundary = False            # published with its window next
             self.group.win_acquire_to(&self.win, cid)
             out[0] = self.group.window_chunk(cid)
             if out[0] < 0:
@@ -309,28 +326,26 @@ cdef class ChunkStream(WindowStream):
         self.win.finished = True
         self.group.win_release_below(&self.win, self.win.tail)     # publishes "finished"
         self.group.stream_ended(stats)
+        if not self.group.ended:
+            self.group.boundary_reached(stats)  # the others may all be at a boundary
         self.group.close_ready(stats)
         pthread_mutex_unlock(&self.group.lock)
 
     cdef void boundary_nogil(self, uint64_t *stats) noexcept nogil:
         """A stop heap on a capture-boundary stream: live heaps leave, then the
-        stream lets go of its chunks.  Alone in its group, it completes every open
-        chunk and un-anchors the window, so the next capture starts a new window
-        at whatever chunk id comes (lower or higher); in a group of several, the
-        chunks complete once the other streams let go of them too, and a later
-        heap behind the group's window is counted as too old."""
+        stream lets go of its chunks and is at a boundary.  Once every stream of
+        the group is (or has finished; alone in its group, at once), the group
+        completes every open chunk and un-anchors the window, so the next
+        capture starts a new window at whatever chunk id comes (lower or
+        higher).  Until then this stream's heaps for chunks the group still
+        has open, or behind its window, are counted as too old."""
         window_flush(&self.w, stats, self)
         self.forget_placements()
         self.too_old_run = 0
         pthread_mutex_lock(&self.group.lock)
+        self.win.at_boundary = True         # holds no lossless eviction back from now on
         self.group.win_release_below(&self.win, self.win.tail)
-        if self.group.n_streams == 1:
-            while self.group.head_chunk != self.group.tail_chunk:
-                self.group.evict_head(stats)
-            self.group.anchored = False
-            self.win.head = self.win.tail = 0
-            self.win.head_pos = 0
-            self.group.win_publish(&self.win)
+        self.group.boundary_reached(stats)
         self.group.close_ready(stats)
         pthread_mutex_unlock(&self.group.lock)
 

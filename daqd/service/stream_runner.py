@@ -12,10 +12,11 @@ the shutdown):
 - one flusher thread per buffer (daqd.pipeline.flush), the only caller of the sinks.
 
 A stop heap is a capture boundary unless ``exit_on_stop_heap``: the compiled
-stream hands over what it holds (heaps; chunk mode: its open chunks) and goes
-on; once those records are in the buffer (heap mode: at once; chunk mode:
-when the consumer has emptied the data ring) the buffer is flushed and the
-sinks finish their files, so a capture's records are in files of their own.
+stream hands over what it holds (heaps; chunk mode: its open chunks, once
+every source of the chunk group has had its stop heap or ended) and goes on;
+once those records are in the buffer (heap mode: at once; chunk mode: when the
+consumer has emptied the data ring) the buffer is flushed and the sinks finish
+their files, so a capture's records are in files of their own.
 
 Shutdown (`stop`): readers are told to stop (a UDP reader first hands over
 what its socket held at the stop) and joined, each stream finishes
@@ -86,7 +87,6 @@ class StreamRunner:
         self.recorder = HeapRecorder(config.name)   # heap mode: heaps into records
         self.baseline: dict[str, int] = {}
         self.not_captured = 0               # records let go while capture was stopped
-        self.boundary = threading.Event()   # chunk mode: flush once the data ring is empty
         self.buffer: Any = None
         self.flusher: Any = None
         self.packet_buffer: Any = None
@@ -205,8 +205,8 @@ class StreamRunner:
         log.info("capture boundary", stream=self.name, source=source.uri, stop_heaps=stop_heaps)
         if heap_mode:
             self._close_capture()
-        else:
-            self.boundary.set()         # the consumer does, once it has the chunks
+        # Chunk mode: the group closes the capture once every source is at a
+        # boundary (ChunkGroup.boundaries); the consumer then writes it.
 
     def _close_capture(self) -> None:
         """Write what the buffer holds, then finish the sinks' files (in that order)."""
@@ -248,10 +248,17 @@ class StreamRunner:
         buffer.put(record)
 
     def _consume_chunks(self) -> None:
+        closed = self.group.boundaries
+        pending = False
         while True:
-            if self.boundary.is_set() and self.group.data_ring_size == 0:
-                # Every chunk a stop heap completed is in the buffer now.
-                self.boundary.clear()
+            if self.group.boundaries != closed:
+                # Every source of the group had its stop heap (or ended): the
+                # group completed the capture's chunks, into the data ring.
+                closed = self.group.boundaries
+                pending = True
+            if pending and self.group.data_ring_size == 0:
+                # Every chunk of the capture is in the buffer now.
+                pending = False
                 self._close_capture()
             try:
                 chunk = self.group.get(POLL)

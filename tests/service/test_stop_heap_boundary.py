@@ -23,6 +23,7 @@ from daemon_helpers import (
     daemon_toml,
     free_port,
     sinks_toml,
+    toml_table,
     udp_stream_toml,
     w1_payloads,
     wait_until,
@@ -149,3 +150,76 @@ def test_heap_mode_writes_the_heaps_before_the_stop_heap_in_their_own_file(tmp_p
     for path, expected in zip(files, (payloads[:5], payloads[5:]), strict=True):
         got = path.read_bytes()[read_header(str(path))["header_bytes"]:]
         assert got == b"".join(expected)
+
+
+def test_two_sources_of_one_chunk_group_close_the_capture_at_the_second_stop_heap(tmp_path):
+    """Two UDP sources filling one chunk group (config/digitiser.toml's shape), even heaps
+    from one, odd heaps from the other.  The first stop heap completes nothing; the second
+    completes every open chunk, written in a file of its own; the senders then restart at
+    timestamp 0 and the second capture is written whole too."""
+    ports = (free_port(), free_port())
+    uris = [f"udp://127.0.0.1:{port}" for port in ports]
+    cfg = (daemon_toml(tmp_path)
+           + toml_table("stream", array=True, name="adc0", sources=uris, socket_buffer=4 << 20)
+           + f"""
+[stream.chunk]
+timestamp_item = 0x1600
+timestamp_step = 8192
+heaps_per_chunk = {HEAPS_PER_CHUNK}
+heap_bytes = {HEAP}
+max_chunks = 2
+pool = 16
+eviction = "lossless"
+"""
+           + buffer_toml(kind="fifo", capacity=64, when_full="block", flush_count=60,
+                         flush_interval=3600.0)
+           + sinks_toml(tmp_path, "binary"))
+    daemon = DaemonProcess(write_config(tmp_path, cfg))
+    senders = [W1Sender(port, heaps=24) for port in ports]
+    data = tmp_path / "data"
+    try:
+        endpoint = daemon.ready()["control"]
+
+        def stream() -> dict:
+            return control(endpoint, {"command": "status"})["streams"]["adc0"]
+
+        def capture() -> None:
+            """W1 heaps 0-23 (chunks 0-2): even ones from the first source, odd from the other."""
+            for k, sender in enumerate(senders):
+                for packet in sender.packets[k::2]:
+                    sender.sock.send(packet)
+
+        capture()
+        wait_until(lambda: stream()["counters"]["chunk_heaps_placed"] == 24, what="24 heaps")
+        assert stream()["counters"]["chunks_completed"] == 1   # chunks 1 and 2 are open
+        senders[0].sock.send(_spead.stop_packet(1000))
+        wait_until(lambda: stream()["counters"]["stop_heaps"] == 1, what="the first stop heap")
+        first_stop = stream()
+        assert first_stop["counters"]["chunks_completed"] == 1
+        assert first_stop["buffer"]["records_flushed"] == 0
+        senders[1].sock.send(_spead.stop_packet(1000))
+        wait_until(lambda: stream()["buffer"]["records_flushed"] == 3,
+                   what="the open chunks written at the second stop heap")
+        wait_until(lambda: len(list(data.glob("*.bin"))) == 1, what="the capture's file finished")
+        assert stream()["counters"]["chunks_completed"] == 3
+        capture()                                       # both senders restarted at 0
+        wait_until(lambda: stream()["counters"]["chunk_heaps_placed"] == 48,
+                   what="the second capture's heaps")
+        counters = stream()["counters"]
+        assert counters["chunk_heaps_too_old"] == 0 and counters["stop_heaps"] == 2
+        assert daemon.proc.poll() is None
+        assert daemon.stop() == 0
+    finally:
+        for sender in senders:
+            sender.close()
+        daemon.close()
+    assert sorted(e["source"] for e in daemon.events
+                  if e.get("event") == "capture boundary") == sorted(uris)
+    files = sorted(data.glob("*.bin"))
+    assert len(files) == 2
+    expected = chunks_of(range(24))
+    for path in files:
+        got = written(path)
+        assert sorted(got) == [0, 1, 2], path.name
+        for chunk_id, chunk in expected.items():
+            np.testing.assert_array_equal(got[chunk_id], chunk, err_msg=f"{path.name} {chunk_id}")
