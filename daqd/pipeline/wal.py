@@ -8,15 +8,23 @@ then its payload::
 (little-endian; the CRC covers the first four header fields and the payload).
 Kinds:
 
-- ``H`` header: JSON ``{"version": 1, "next_seq": N}``, first in every file.
+- ``H`` header: JSON ``{"version": 1, "next_seq": N, "first_seq": F}``, first
+  in every file; no record numbered below F is in the file (a compaction left
+  those out).  ``first_seq`` is absent (or null) in logs written before it
+  was recorded.
 - ``R`` record: ``Record.encode()`` bytes of record number `seq`.
-- ``D`` done mark: JSON ``{"sinks": {name: {"seq": S, "checkpoint": {...}}}}``.
+- ``D`` done mark: JSON ``{"sinks": {name: {"seq": S, "checkpoint": {...}}},
+  "first_seq": F, "next_seq": N}`` (F as in the header, a second copy in every
+  mark; N one past the highest record number logged so far).
   Sink `name` has written (or lost, counted) every record up to S, and its
   output then stood at `checkpoint`; the sink was synced first, and the files
   the checkpoint lists as pending are published (``commit()``) only after
   this frame is written.  Later marks update earlier ones per sink.
-- ``S`` skip mark: JSON ``{"seqs": [...]}``, records that left the buffer
-  without being written (overwritten, popped, cleared); never replayed.
+- ``S`` skip mark: JSON ``{"seqs": [...], "next_seq": N}``, records that left
+  the buffer without being written (overwritten, popped, cleared); never
+  replayed.  A compaction writes one with ``"absent": [[a, b], ...]``: the
+  numbers in [a, b) from F up are not in the file (skipped, or counted lost
+  before).
 
 Opening a log reads it from the start.  A frame that is short, has the
 wrong magic or kind, fails its CRC or numbers a record out of order is bad.
@@ -24,15 +32,24 @@ If a good frame follows (header and CRC check out, found by scanning forward
 for the magic), the bytes between are a corrupt region: skipped, counted
 (``corrupt_regions``, ``corrupt_bytes``) and the records it held counted
 exactly in ``records_lost`` (from the record numbers on either side, less
-those skipped or already done for every sink); the log is then compacted, so
-the region is gone.  Bytes of a payload that only look like a frame are never
-taken: their CRC must check out too.  A bad frame with no good one after it
-is the torn tail a crash in the middle of an append leaves: the file is
-truncated there (``torn_truncations``, ``torn_bytes``), so a torn frame is
-never replayed as data.
+those skipped or already done for every sink, and none below F); the log is
+then compacted, so the region is gone.  Bytes of a payload that only look
+like a frame are never taken: their CRC must check out too.  A bad frame with
+no good one after it is corrupt too if it is whole (it ends within the file:
+its CRC fails, or checks out only with another magic, kind or length).  The
+regions after the last good record held the larger of: the numbers below the
+highest ``next_seq`` a header, done or skip mark gives, and one record per
+region that is one whole record frame; they take the next numbers, so none
+is used twice.  With neither the header nor any done mark readable, F is
+taken to be the first good record's number (logged: a region before it
+counts as holding none).  A bad frame that runs past the end of the file (or
+has no recognisable header) is the torn tail a crash in the middle of an
+append leaves: the file is truncated there (``torn_truncations``,
+``torn_bytes``), so a torn frame is never replayed as data.
 
-Compaction rewrites the file as a header, the current done marks and the
-records some sink still needs, into ``PATH.compact``, fsyncs it and renames it
+Compaction rewrites the file as a header, the current done marks (if any),
+a skip mark of the numbers absent from F up (if any) and the records some
+sink still needs, into ``PATH.compact``, fsyncs it and renames it
 over the log (then fsyncs the directory): a crash leaves either the old or the
 new file, and a stale ``PATH.compact`` is removed at the next open.
 
@@ -103,6 +120,17 @@ def frame(kind: bytes, seq: int, payload: bytes) -> tuple[bytes, bytes]:
     return head + _CRC.pack(zlib.crc32(payload, zlib.crc32(head))), payload
 
 
+@dataclass
+class _Gap:
+    """A corrupt region met while opening."""
+
+    offset: int
+    nbytes: int
+    after: int          # the last good record's number before it (-1: none)
+    before: int         # the next good record's number after it (-1: none yet)
+    kind: bytes | None  # the region is one whole frame of this kind (None: unknown)
+
+
 def _json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
@@ -155,6 +183,12 @@ class WriteAheadLog:
         self._unsynced = False
         self._counts: collections.Counter[str] = collections.Counter()
         self._skips_read: set[int] = set()      # while opening: every skip mark's records
+        self._absent_read: list[tuple[int, int]] = []   # while opening: compaction's holes
+        # The first record number this file can hold (a compaction left out those
+        # below); None for a log written before it was recorded.
+        self._first_seq: int | None = None
+        self._floor_known = False       # while opening: a header or done mark was read
+        self._first_record: int | None = None   # while opening: the first good record
         self._open()
 
     # -- opening and recovery ------------------------------------------------
@@ -184,9 +218,10 @@ class WriteAheadLog:
             self._counts["torn_bytes"] += size - good
         self._size = good
         self._skips_read.clear()
+        self._absent_read.clear()
         if good == 0:
-            self._append_locked(KIND_HEADER, 0, _json(
-                {"version": VERSION, "next_seq": self._next_seq}))
+            self._first_seq = self._next_seq
+            self._append_locked(KIND_HEADER, 0, self._header_payload(self._first_seq))
             self._sync_locked()
             if self.fsync != "never":
                 fsync_path(self.path.parent, directory=True)      # the new file's name, too
@@ -199,7 +234,9 @@ class WriteAheadLog:
 
         A bad frame followed by a good one is a corrupt region in the middle:
         it is skipped (`_resync`), and the records it held are counted lost.
-        A bad frame with no good one after it is the torn tail.
+        A bad frame with no good one after it is a corrupt complete frame if
+        it is whole (`_whole_frame`): skipped and counted like a region;
+        otherwise it is the torn tail.
         """
         with open(self.path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -208,32 +245,47 @@ class WriteAheadLog:
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 offset = 0
                 last_record = -1
-                gaps: list[tuple[int, int, int, int]] = []  # (offset, bytes, after, before)
+                gaps: list[_Gap] = []
                 while offset < size:
                     why, end = self._check_frame(data, offset, last_record)
                     if why is None:
                         kind, seq = self._take_frame(data, offset, end)
                         if kind == KIND_RECORD:
-                            if gaps and gaps[-1][3] < 0:
-                                gaps[-1] = (*gaps[-1][:3], seq)
+                            if gaps and gaps[-1].before < 0:
+                                gaps[-1].before = seq
                             last_record = seq
+                            if self._first_record is None:
+                                self._first_record = seq
                         offset = end
                         continue
                     found = self._resync(data, offset, last_record)
+                    # (a record numbered out of order has a good CRC: not a damaged frame)
+                    sane = why != "record numbers out of order"
                     if found is None:
-                        log.warning("write-ahead log has a torn or corrupt tail; truncated",
-                                    path=str(self.path), offset=offset, why=why,
-                                    discarded_bytes=size - offset)
-                        self._count_gaps(gaps)
-                        return offset
-                    if gaps and gaps[-1][3] < 0:    # no record since the last region
-                        gaps[-1] = (*gaps[-1][:3], gaps[-1][2] + 1)
-                    gaps.append((offset, found - offset, last_record, -1))
-                    log.warning("write-ahead log has a corrupt frame; skipped to the next good "
-                                "one", path=str(self.path), offset=offset, why=why,
+                        whole = self._whole_frame(data, offset, size) if sane else None
+                        if whole is None:
+                            log.warning("write-ahead log has a torn or corrupt tail; truncated",
+                                        path=str(self.path), offset=offset, why=why,
+                                        discarded_bytes=size - offset)
+                            break
+                        # A complete frame that fails its CRC with nothing good after
+                        # it: corrupt, not torn (a torn frame runs past the end).
+                        found = whole[2]
+                    else:
+                        whole = self._whole_frame(data, offset, found) if sane else None
+                        if whole is not None and whole[2] != found:
+                            whole = None        # more than one frame: what it held is unknown
+                    if gaps and gaps[-1].before < 0:    # no record since the last region
+                        gaps[-1].before = gaps[-1].after + 1
+                    gaps.append(_Gap(offset, found - offset, last_record, -1,
+                                     None if whole is None else whole[0]))
+                    event = ("write-ahead log has a corrupt frame; skipped to the next good one"
+                             if found < size else "write-ahead log has a corrupt last frame; "
+                             "skipped")
+                    log.warning(event, path=str(self.path), offset=offset, why=why,
                                 skipped_bytes=found - offset)
                     offset = found
-                self._count_gaps(gaps)
+                self._count_gaps(gaps, last_record)
                 return offset
 
     def _check_frame(self, data: mmap.mmap, offset: int,
@@ -267,6 +319,38 @@ class WriteAheadLog:
             return b"", seq
         return kind, seq
 
+    def _whole_frame(self, data: mmap.mmap, offset: int,
+                     limit: int) -> tuple[bytes, int, int] | None:
+        """Return the bad frame at `offset` if it is whole, (kind, seq, end); else None.
+
+        The frame must end by `limit` (the next good frame, or the end of the
+        file).  A crash in the middle of an append leaves a prefix of a good
+        frame: its header, if complete, is intact and says the frame runs past
+        the end of the file, so it is never whole.  A frame that ends in time
+        is whole, and damaged: its kind is the one its header gives, unless the
+        CRC checks out with the magic and another kind (then those bytes were
+        the damaged ones), or with the length that makes it end at `limit` (the
+        length was).  A bad magic with no CRC that checks out: not a frame.
+        """
+        if offset + HEADER_BYTES > limit:
+            return None
+        magic, kind, seq, length = _HEAD.unpack_from(data, offset)
+        (crc,) = _CRC.unpack_from(data, offset + _HEAD.size)
+        end = offset + HEADER_BYTES + length
+        if end <= limit:
+            payload = data[offset + HEADER_BYTES:end]
+            for k in _KINDS:
+                if zlib.crc32(payload, zlib.crc32(_HEAD.pack(MAGIC, k, seq, length))) == crc:
+                    return k, seq, end
+        if magic != MAGIC or kind not in _KINDS:
+            return None
+        rest = limit - offset - HEADER_BYTES
+        if rest != length and zlib.crc32(
+                data[offset + HEADER_BYTES:limit], zlib.crc32(_HEAD.pack(magic, kind, seq, rest))) \
+                == crc:
+            return kind, seq, limit
+        return (kind, seq, end) if end <= limit else None
+
     def _resync(self, data: mmap.mmap, bad: int, last_record: int) -> int | None:
         """Find the next good frame after the bad one at `bad`: its offset, or None.
 
@@ -289,26 +373,101 @@ class WriteAheadLog:
             candidate = data.find(MAGIC, candidate + 1)
         return None
 
-    def _count_gaps(self, gaps: list[tuple[int, int, int, int]]) -> None:
+    def _count_gaps(self, gaps: list[_Gap], last_record: int) -> None:
         """Count the records lost in skipped regions, exactly, from the record numbers.
 
         Record numbers increase by one from frame to frame, except where
         records were skipped (never to be written) or every sink is done with
-        them (a compaction leaves both out): the numbers missing between the
-        good records on either side of a region, less those, were in it.
+        them (a compaction leaves both out, and lists the numbers it left out
+        above its first record): the numbers missing between the good records
+        on either side of a region, less those, were in it.  Below the floor
+        (`_floor`) no number counts.
+
+        After the last good record there is no number on the far side: the
+        regions there held the records numbered below the highest `next_seq`
+        a header, done or skip mark gives, and at least one for each region
+        that is one whole record frame (a corrupt last frame, or one followed
+        by control frames only); they take the next numbers, so that none is
+        used twice.
         """
-        done = self._min_done()
-        for offset, nbytes, after, before in gaps:
-            if before < 0:
-                before = self._next_seq     # no record after it: up to the last number seen
-            lost = sum(1 for seq in range(max(after, done) + 1, before)
-                       if seq not in self._skips_read)
+        if not gaps:
+            return
+        floor, file_floor = self._floor()
+        counts = []
+        for gap in gaps:
+            if gap.after == last_record:
+                break               # the regions after the last good record: below
+            counts.append(self._not_absent(max(gap.after + 1, floor), gap.before))
+        tail = gaps[len(counts):]
+        if tail:
+            first = max(last_record + 1, file_floor)
+            held = max(self._not_absent(first, self._next_seq),
+                       sum(1 for gap in tail if gap.kind == KIND_RECORD))
+            numbers = self._present_numbers(first, held)
+            if numbers:
+                self._next_seq = max(self._next_seq, numbers[-1] + 1)
+            lost = sum(1 for seq in numbers if seq >= floor)
+            # One each to the whole record frames (as far as there are), the rest to the last.
+            for gap in tail:
+                counts.append(min(lost, int(gap.kind == KIND_RECORD)))
+                lost -= counts[-1]
+            counts[-1] += lost
+        for gap, lost in zip(gaps, counts, strict=True):
             self._counts["corrupt_regions"] += 1
-            self._counts["corrupt_bytes"] += nbytes
+            self._counts["corrupt_bytes"] += gap.nbytes
             self._counts["records_lost"] += lost
             log.error("write-ahead log: a corrupt region was skipped; the records in it are "
-                      "lost", path=str(self.path), offset=offset, bytes=nbytes,
-                      records_lost=lost, after_record=after, next_record=before)
+                      "lost", path=str(self.path), offset=gap.offset, bytes=gap.nbytes,
+                      records_lost=lost, after_record=gap.after,
+                      next_record=gap.before if gap.before >= 0 else None)
+
+    def _floor(self) -> tuple[int, int]:
+        """Return the lowest record number a region can have lost, and the file held.
+
+        The file holds no record below its first number (`first_seq`, in the
+        header and in every done mark); one every sink is done with is not
+        lost.  With neither a header nor a done mark readable, the file's
+        first number is taken to be the first good record's: a region before
+        it is then counted as holding none (logged).  A log written before
+        `first_seq` was recorded: from 0.
+        """
+        if self._first_seq is not None:
+            file_floor = self._first_seq
+        elif self._floor_known:
+            file_floor = 0
+        else:
+            log.warning("write-ahead log: neither its header nor a done mark is readable; "
+                        "records before the first readable one are not counted",
+                        path=str(self.path), first_record=self._first_record)
+            file_floor = self._first_record if self._first_record is not None else self._next_seq
+        return max(file_floor, self._min_done() + 1), file_floor
+
+    def _not_absent(self, low: int, high: int) -> int:
+        """Return how many numbers in [low, high) no skip mark or compaction left out."""
+        if high <= low:
+            return 0
+        absent = sum(max(0, min(high, b) - max(low, a)) for a, b in self._absent_read)
+        absent += sum(1 for seq in self._skips_read if low <= seq < high and not any(
+            a <= seq < b for a, b in self._absent_read))
+        return high - low - absent
+
+    def _present_numbers(self, low: int, count: int) -> list[int]:
+        """Return the first `count` numbers from `low` up that nothing left out."""
+        numbers: list[int] = []
+        seq = low
+        while len(numbers) < count:
+            for a, b in self._absent_read:
+                if a <= seq < b:
+                    seq = b
+            if seq in self._skips_read:
+                seq += 1
+                continue
+            numbers.append(seq)
+            seq += 1
+        return numbers
+
+    def _header_payload(self, first_seq: int | None) -> bytes:
+        return _json({"version": VERSION, "next_seq": self._next_seq, "first_seq": first_seq})
 
     def _apply(self, kind: bytes, seq: int, payload: bytes, offset: int) -> None:
         """Take one good frame into the in-memory state."""
@@ -324,14 +483,26 @@ class WriteAheadLog:
                 raise WalFormatError(f"{self.path}: write-ahead log format version "
                                      f"{info['version']}, this daqd reads {VERSION}")
             self._next_seq = max(self._next_seq, int(info["next_seq"]))
+            self._take_first_seq(info)
         elif kind == KIND_DONE:
-            for name, mark in json.loads(payload)["sinks"].items():
+            info = json.loads(payload)
+            for name, mark in info["sinks"].items():
                 self._done[name] = DoneMark(int(mark["seq"]), dict(mark["checkpoint"]))
                 self._next_seq = max(self._next_seq, int(mark["seq"]) + 1)
+            self._take_first_seq(info)
         else:
-            for skipped in json.loads(payload)["seqs"]:
+            info = json.loads(payload)
+            self._next_seq = max(self._next_seq, int(info.get("next_seq", 0)))
+            for skipped in info["seqs"]:
                 self._skip_locked(int(skipped))
                 self._skips_read.add(int(skipped))
+            self._absent_read += [(int(a), int(b)) for a, b in info.get("absent", ())]
+
+    def _take_first_seq(self, info: dict[str, Any]) -> None:
+        self._next_seq = max(self._next_seq, int(info.get("next_seq", 0)))
+        self._floor_known = True
+        if info.get("first_seq") is not None:
+            self._first_seq = int(info["first_seq"])
 
     @property
     def next_seq(self) -> int:
@@ -401,9 +572,7 @@ class WriteAheadLog:
         """
         with self._lock:
             done = dict(marks) if replace else {**self._done, **marks}
-            payload = _json({"sinks": {name: {"seq": m.seq, "checkpoint": m.checkpoint}
-                                       for name, m in done.items()}})
-            self._append_locked(KIND_DONE, 0, payload)
+            self._append_locked(KIND_DONE, 0, self._done_payload(done, self._first_seq))
             self._done = done
             self._counts["done_marks"] += 1
             if self.fsync != "never":
@@ -418,7 +587,7 @@ class WriteAheadLog:
             seqs = [s for s in seqs if s in self._where and s not in self._skipped]
             if not seqs:
                 return              # not in the log any more: nothing to say
-            self._append_locked(KIND_SKIP, 0, _json({"seqs": seqs}))
+            self._append_locked(KIND_SKIP, 0, _json({"seqs": seqs, "next_seq": self._next_seq}))
             for seq in seqs:
                 self._skip_locked(seq)
             self._counts["skip_marks"] += 1
@@ -484,6 +653,11 @@ class WriteAheadLog:
         self._unsynced = False
         self._counts["fsyncs"] += 1
 
+    def _done_payload(self, done: Mapping[str, DoneMark], first_seq: int | None) -> bytes:
+        return _json({"sinks": {name: {"seq": m.seq, "checkpoint": m.checkpoint}
+                                for name, m in done.items()},
+                      "first_seq": first_seq, "next_seq": self._next_seq})
+
     def _min_done(self) -> int:
         return min((m.seq for m in self._done.values()), default=-1)
 
@@ -510,15 +684,26 @@ class WriteAheadLog:
         self._prune_locked()
         tmp = self._compact_path()
         keep = [s for s in self._order if s not in self._skipped]
+        first_seq = keep[0] if keep else self._next_seq
+        # The numbers between the records kept (and after the last) are records
+        # skipped or already counted lost: say so, or a corrupt region next to
+        # them would count them lost (again).
+        absent, expected = [], first_seq
+        for seq in [*keep, self._next_seq]:
+            if seq > expected:
+                absent.append([expected, seq])
+            expected = seq + 1
+        frames = [(KIND_HEADER, self._header_payload(first_seq))]
+        if self._done:
+            frames.append((KIND_DONE, self._done_payload(self._done, first_seq)))
+        if absent:
+            frames.append((KIND_SKIP, _json({"seqs": [], "absent": absent,
+                                             "next_seq": self._next_seq})))
         where: dict[int, tuple[int, int]] = {}
         fd = -1
         try:
             with open(tmp, "wb") as out:
-                for kind, payload in (
-                        (KIND_HEADER, _json({"version": VERSION, "next_seq": self._next_seq})),
-                        (KIND_DONE, _json({"sinks": {
-                            n: {"seq": m.seq, "checkpoint": m.checkpoint}
-                            for n, m in self._done.items()}}))):
+                for kind, payload in frames:
                     out.write(b"".join(frame(kind, 0, payload)))
                 for seq in keep:
                     offset, size = self._where[seq]
@@ -545,6 +730,7 @@ class WriteAheadLog:
         self._order = collections.deque(keep)
         self._where = where
         self._skipped = set()
+        self._first_seq = first_seq
         self._live_bytes = sum(s for _, s in where.values())
         self._unsynced = False
         self._counts["compactions"] += 1

@@ -84,8 +84,6 @@ def damage(path, how, last_frame_start):
         del data[-3:]
     elif how == "mid_header":
         del data[last_frame_start + HEADER_BYTES // 2:]
-    elif how == "bad_crc":
-        data[-1] ^= 0xFF
     elif how == "zeros":
         data += bytes(100)
     elif how == "half_frame_after":
@@ -94,9 +92,10 @@ def damage(path, how, last_frame_start):
     return len(data)
 
 
-@pytest.mark.parametrize("how", ["mid_payload", "mid_header", "bad_crc", "zeros",
-                                 "half_frame_after"])
+@pytest.mark.parametrize("how", ["mid_payload", "mid_header", "zeros", "half_frame_after"])
 def test_a_torn_or_corrupt_tail_is_truncated_and_counted(tmp_path, how):
+    # A whole last frame with a bad CRC is not torn but corrupt: its record is
+    # counted lost (tests/pipeline/test_wal_resync.py).
     path = tmp_path / "w"
     wal = WriteAheadLog(path, fsync="never")
     for n in range(3):
