@@ -84,6 +84,8 @@ cpdef enum StatIndex:
     STAT_TCP_CONNECTIONS_REFUSED                # peers closed at once: every peer slot was taken
     STAT_TCP_BYTES_RECEIVED                     # bytes read from peers
     STAT_TCP_BYTES_TRUNCATED                    # bytes of a packet cut off by its peer closing
+    STAT_TCP_CONNECTIONS_EVICTED                # idlest peer closed to make room for a new one
+    STAT_TCP_CONNECTIONS_IDLE_CLOSED            # peers closed after idle_timeout without a byte
     N_STATS                                     # not a counter: how many there are
 
 

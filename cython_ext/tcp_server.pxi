@@ -11,6 +11,13 @@
 # packet (its bytes counted as tcp_bytes_truncated).  `once` keeps spead2's
 # behaviour: one connection, and the source ends when it closes.
 #
+# Idle peers cannot lock the port: when every slot is taken, a new connection
+# evicts the peer that has sent nothing for the longest time
+# (tcp_connections_evicted), and a peer that sends nothing for `idle_timeout`
+# seconds is closed (tcp_connections_idle_closed); either way its partial
+# packet's bytes count as tcp_bytes_truncated, as for a peer that closes.  The
+# clock (CLOCK_MONOTONIC) is read once per poll, never per packet.
+#
 # Peer slots and their buffers are allocated on first use and kept, so a new
 # connection allocates nothing once as many peers have come before.
 
@@ -37,7 +44,7 @@ cdef extern from "<netinet/in.h>" nogil:
     uint32_t ntohl(uint32_t value)
 
 cdef enum:
-    # Connections served at once; more are accepted and closed at once (counted).
+    # Connections served at once; a newcomer beyond them evicts the idlest (counted).
     MAX_TCP_PEERS = 16
     # Connection events kept for take_events() between two calls; more are only counted.
     TCP_EVENTS = 64
@@ -53,10 +60,20 @@ cdef struct TcpPeer:
     uint32_t addr               # host byte order
     uint16_t port
     uint64_t received           # bytes read from this connection
+    uint64_t active_ns          # monotonic time of its accept or its last bytes
+
+
+cdef enum TcpEventKind:
+    TCP_ACCEPTED
+    TCP_CLOSED                  # by the peer (or a reset)
+    TCP_EVICTED                 # by us: the idlest, to make room for a new peer
+    TCP_IDLE_CLOSED             # by us: nothing for idle_timeout
+
+_TCP_EVENT_NAMES = ("accepted", "closed", "evicted", "idle closed")
 
 
 cdef struct TcpEvent:
-    bint closed                 # else accepted
+    TcpEventKind kind
     uint32_t addr
     uint16_t port
     uint64_t received
@@ -80,6 +97,8 @@ cdef class TcpServerReader(Reader):
     once : bool
         spead2's behaviour: serve the first connection only; the reader ends
         when it closes.
+    idle_timeout : float
+        Seconds a peer may send nothing before it is closed (0: never).
     """
 
     cdef int listen_fd
@@ -88,6 +107,8 @@ cdef class TcpServerReader(Reader):
     cdef size_t max_packet_size
     cdef size_t bufsize
     cdef int timeout_ms
+    cdef uint64_t idle_timeout_ns   # 0: idle peers stay (until evicted by a newcomer)
+    cdef uint64_t now_ns            # the clock, read once per poll
     cdef readonly bint once
     cdef bint served                # once: the one connection has come and gone
     cdef bint accept_failed         # accept() failed (e.g. EMFILE): skip the listener once
@@ -95,6 +116,7 @@ cdef class TcpServerReader(Reader):
     cdef int pfd_peer[<int>MAX_TCP_PEERS + 1]
     cdef TcpEvent events[<int>TCP_EVENTS]
     cdef size_t n_events
+    cdef uint64_t events_lost[4]    # per TcpEventKind: events past TCP_EVENTS, not kept
     cdef pthread_mutex_t lock       # slots and events, against peers()/take_events()
 
     def __cinit__(self, *args, **kwargs):
@@ -106,8 +128,12 @@ cdef class TcpServerReader(Reader):
         pthread_mutex_init(&self.lock, NULL)
 
     def __init__(self, int fd, *, size_t max_packet_size=DEFAULT_MAX_PACKET_SIZE,
-                 size_t batch=64, int timeout_ms=200, bint once=False):
+                 size_t batch=64, int timeout_ms=200, bint once=False,
+                 double idle_timeout=0.0):
+        if not 0.0 <= idle_timeout <= 1e9:
+            raise ValueError(f"idle_timeout={idle_timeout}: expected 0 to 1e9 seconds")
         self.alloc_batch(batch)
+        self.idle_timeout_ns = <uint64_t>(idle_timeout * 1e9)
         self.listen_fd = fd
         self.max_packet_size = max_packet_size
         self.bufsize = max(<size_t>TCP_PEER_BUFFER, 2 * max_packet_size + 16)
@@ -142,11 +168,12 @@ cdef class TcpServerReader(Reader):
     # ------------------------------------------------------------------
     # connections (receive thread, no GIL)
 
-    cdef void note_event(self, const TcpPeer *p, bint closed) noexcept nogil:
+    cdef void note_event(self, const TcpPeer *p, TcpEventKind kind) noexcept nogil:
         """Keep a connection event for take_events() (lock held)."""
         if self.n_events == TCP_EVENTS:
-            return                  # counted all the same; only the log line is lost
-        self.events[self.n_events].closed = closed
+            self.events_lost[<int>kind] += 1    # counted all the same; only its peer is lost
+            return
+        self.events[self.n_events].kind = kind
         self.events[self.n_events].addr = p.addr
         self.events[self.n_events].port = p.port
         self.events[self.n_events].received = p.received
@@ -177,6 +204,11 @@ cdef class TcpServerReader(Reader):
                 if self.slots[i].fd < 0:
                     p = &self.slots[i]
                     break
+            if p == NULL and not self.once:
+                # Every slot taken: the idlest peer makes room (if any may).
+                p = self.idlest()
+                if p != NULL:
+                    self.drop_peer(p, TCP_EVICTED, STAT_TCP_CONNECTIONS_EVICTED, stats)
             if p != NULL and p.bs.buf == NULL:
                 p.bs.buf = <uint8_t *>malloc(self.bufsize)
                 p.bs.bufsize = self.bufsize
@@ -191,7 +223,8 @@ cdef class TcpServerReader(Reader):
             p.addr = ntohl(addr.sin_addr.s_addr)
             p.port = ntohs(addr.sin_port)
             p.received = 0
-            self.note_event(p, False)
+            p.active_ns = self.now_ns
+            self.note_event(p, TCP_ACCEPTED)
             if self.once:
                 # spead2: the acceptor is closed once its one connection is made.
                 close_fd(self.listen_fd)
@@ -204,17 +237,65 @@ cdef class TcpServerReader(Reader):
         pthread_mutex_lock(&self.lock)
         close_fd(p.fd)
         p.fd = -1
-        self.note_event(p, True)
+        self.note_event(p, TCP_CLOSED)
         pthread_mutex_unlock(&self.lock)
         stats[<int>STAT_TCP_CONNECTIONS_CLOSED] += 1
         if self.once:
             self.served = True
+
+    cdef TcpPeer *idlest(self) noexcept nogil:
+        """The open peer that has sent nothing for the longest time (slots all taken).
+
+        Never one whose bytes read in this poll are still to be cut into
+        packets (they may hold whole ones), nor one whose stream has ended
+        (it closes by itself once they are); NULL if every peer is such.
+        """
+        cdef size_t i
+        cdef TcpPeer *p = NULL
+        cdef TcpPeer *q
+        for i in range(<size_t>MAX_TCP_PEERS):
+            q = &self.slots[i]
+            if q.fd < 0 or q.bs.eof or (q.active_ns == self.now_ns and q.bs.end > q.bs.start):
+                continue
+            if p == NULL or q.active_ns < p.active_ns:
+                p = q
+        return p
+
+    cdef void drop_peer(self, TcpPeer *p, TcpEventKind kind, StatIndex reason,
+                        uint64_t *stats) noexcept nogil:
+        """Close a peer we give up on (evicted, idle): its partial packet is truncated.
+
+        Only called where every whole packet buffered has been cut up already
+        (fill() polls once take_buffered() has left nothing but partial ones).
+        """
+        stats[<int>STAT_TCP_BYTES_TRUNCATED] += p.bs.end - p.bs.start
+        p.bs.start = p.bs.end = p.bs.to_skip = 0
+        pthread_mutex_lock(&self.lock)
+        close_fd(p.fd)
+        p.fd = -1
+        self.note_event(p, kind)
+        pthread_mutex_unlock(&self.lock)
+        stats[<int>reason] += 1
+        if self.once:
+            self.served = True      # its one connection is over, as if it had closed
+
+    cdef void close_idle(self, uint64_t *stats) noexcept nogil:
+        """Close the peers that have sent nothing for idle_timeout."""
+        cdef size_t i
+        if self.idle_timeout_ns == 0:
+            return
+        for i in range(<size_t>MAX_TCP_PEERS):
+            if self.slots[i].fd >= 0 and not self.slots[i].bs.eof \
+                    and self.now_ns - self.slots[i].active_ns >= self.idle_timeout_ns:
+                self.drop_peer(&self.slots[i], TCP_IDLE_CLOSED,
+                               STAT_TCP_CONNECTIONS_IDLE_CLOSED, stats)
 
     cdef void read_peer(self, TcpPeer *p, uint64_t *stats) noexcept nogil:
         cdef size_t count = 0
         cdef int rc = bytes_read(&p.bs, p.fd, &count)
         if rc > 0:
             p.received += count
+            p.active_ns = self.now_ns
             stats[<int>STAT_TCP_BYTES_RECEIVED] += count
         elif rc == READ_EOF or rc == READ_ERROR:
             p.bs.eof = True         # closed or reset: what it sent is still cut up
@@ -275,18 +356,21 @@ cdef class TcpServerReader(Reader):
                 self.pfd_peer[nfds] = <int>i
                 nfds += 1
         got = poll(self.pfds, nfds, self.timeout_ms)
+        self.now_ns = monotonic_ns()
         if got == 0 or (got < 0 and errno == EINTR):
+            self.close_idle(stats)
             return READ_AGAIN
         if got < 0:
             self.errno_value = errno
             return READ_ERROR
+        # Peers first, so that a peer's bytes count as activity before a
+        # newcomer looks for the idlest one to evict.
         for j in range(nfds):
-            if self.pfds[j].revents == 0:
-                continue
-            if self.pfd_peer[j] < 0:
-                self.accept_peers(stats)
-            else:
+            if self.pfds[j].revents != 0 and self.pfd_peer[j] >= 0:
                 self.read_peer(&self.slots[self.pfd_peer[j]], stats)
+        if nfds > 0 and self.pfd_peer[0] < 0 and self.pfds[0].revents != 0:
+            self.accept_peers(stats)
+        self.close_idle(stats)
         self.take_buffered(stats)
         return <int>self.n if self.n > 0 else READ_AGAIN
 
@@ -309,11 +393,15 @@ cdef class TcpServerReader(Reader):
         return out
 
     def take_events(self):
-        """Connections accepted and closed since the last call, oldest first:
-        ``("accepted" | "closed", "HOST:PORT", bytes received)`` (at most 64
-        between two calls; the counters count every one)."""
+        """Connections accepted and ended since the last call, oldest first:
+        ``(what, "HOST:PORT", bytes received)``, `what` one of ``"accepted"``,
+        ``"closed"`` (by the peer), ``"evicted"`` (the idlest peer, for a new
+        one), ``"idle closed"``.  At most 64 are kept between two calls; for
+        the others, one ``(what, None, count)`` each at the end (the
+        counters count every one)."""
         cdef size_t i
         cdef TcpEvent e
+        cdef int k
         out = []
         if self.n_events == 0:
             return out
@@ -322,8 +410,12 @@ cdef class TcpServerReader(Reader):
         try:
             for i in range(self.n_events):
                 e = self.events[i]
-                out.append(("closed" if e.closed else "accepted", _peer_name(e.addr, e.port),
+                out.append((_TCP_EVENT_NAMES[<int>e.kind], _peer_name(e.addr, e.port),
                             e.received))
+            for k in range(4):
+                if self.events_lost[k]:
+                    out.append((_TCP_EVENT_NAMES[k], None, self.events_lost[k]))
+                    self.events_lost[k] = 0
             self.n_events = 0
         finally:
             pthread_mutex_unlock(&self.lock)

@@ -282,13 +282,16 @@ class RepeatedErrors:
     """Log an error once, then a summary (count, last error) once per interval.
 
     An error that comes per record, packet or write (a full disk) would
-    otherwise write a line each time.  The first occurrence of a `key` is
-    logged at once, as it is; later ones are counted, and at most once per
+    otherwise write a line each time; so would an event that network input
+    can repeat at will (a TCP connection, a stop heap: `info`, with `first` a
+    few).  The first `first` occurrences of a `key` are
+    logged at once, as they are; later ones are counted, and at most once per
     `interval` a line ``"<event> (repeated)"`` gives ``repeats`` (since the
     previous line), ``total`` (since it started) and the last occurrence's
     fields.  Once a key has not come for a whole interval, a last line
     ``"<event> (stopped)"`` gives its ``total`` (and any repeats not yet told),
-    and the next occurrence is logged at once again.  Counters elsewhere keep
+    and the next occurrence is logged at once again.  Summaries of an error or
+    a warning are warnings; summaries of an info event are info lines.  Counters elsewhere keep
     the exact numbers; ``total`` matches them for as long as the error lasts.
 
     Summaries are written when an occurrence finds the interval over, and by
@@ -305,15 +308,20 @@ class RepeatedErrors:
         statistics interval).
     clock : callable
         Monotonic seconds.
+    first : int
+        Occurrences of a key logged as they come before they are only counted.
     """
 
     def __init__(self, logger: Any, interval: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, first: int = 1):
         if interval <= 0:
             raise ValueError(f"interval: {interval} is not positive")
+        if first < 1:
+            raise ValueError(f"first: {first} is not positive")
         self.logger = logger
         self.interval = interval
         self.clock = clock
+        self.first = first
         self._lock = threading.Lock()
         self._repeats: dict[str, _Repeats] = {}
 
@@ -325,8 +333,15 @@ class RepeatedErrors:
         """Count an occurrence of `key` (level warning)."""
         self.log("warning", key, event, **fields)
 
+    def info(self, key: str, event: str, **fields: Any) -> None:
+        """Count an occurrence of event `key` (level info)."""
+        self.log("info", key, event, **fields)
+
     def log(self, level: str, key: str, event: str, **fields: Any) -> None:
-        """Count an occurrence of `key`: its first line, a summary if one is due, or nothing."""
+        """Count an occurrence of `key`: its line, a summary if one is due, or nothing.
+
+        Its line: the first `first` occurrences of a run are logged as they are.
+        """
         now = self.clock()
         lines = []
         with self._lock:
@@ -338,10 +353,14 @@ class RepeatedErrors:
             else:
                 repeats.event, repeats.level, repeats.fields = event, level, fields
                 repeats.total += 1
-                repeats.since_line += 1
                 repeats.last_seen = now
-                if now - repeats.last_line >= self.interval:
-                    lines.append(self._summary_locked(repeats, now, "repeated"))
+                if repeats.total <= self.first:      # one of the first few: as it is
+                    repeats.last_line = now
+                    lines.append((level, event, fields))
+                else:
+                    repeats.since_line += 1
+                    if now - repeats.last_line >= self.interval:
+                        lines.append(self._summary_locked(repeats, now, "repeated"))
         self._write(lines)
 
     def summarise(self) -> None:
@@ -373,7 +392,9 @@ class RepeatedErrors:
 
     def _summary_locked(self, repeats: _Repeats, now: float,
                         what: str) -> tuple[str, str, dict[str, Any]]:
-        line = (repeats.level if what == "repeated" else "warning",
+        level = repeats.level if what == "repeated" or repeats.level in ("info", "debug") \
+            else "warning"
+        line = (level,
                 f"{repeats.event} ({what})",
                 {**{k: v for k, v in repeats.fields.items() if k != "exc_info"},
                  "repeats": repeats.since_line, "total": repeats.total,

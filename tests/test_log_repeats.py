@@ -49,3 +49,20 @@ def test_keys_are_counted_apart_and_close_tells_what_is_left():
     assert [(e["event"], e.get("total")) for e in logs] == [
         ("a failed", None), ("b failed", None), ("c failed", None),
         ("a failed (stopped)", 5), ("b failed (stopped)", 5)]
+
+
+def test_info_events_log_the_first_few_then_info_summaries():
+    clock = Clock()
+    events = RepeatedErrors(structlog.get_logger("t"), interval=1.0, clock=clock, first=3)
+    with capture_logs() as logs:
+        for i in range(500):                # 500 connections over 1.25 s
+            events.info("peer", "tcp peer accepted", peer=f"p{i}")
+            clock.now += 0.0025
+            events.summarise()
+        clock.now += 1.0
+        events.summarise()
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("tcp peer accepted", "info")] * 3 + [
+        ("tcp peer accepted (repeated)", "info"), ("tcp peer accepted (stopped)", "info")]
+    assert [e["peer"] for e in logs[:3]] == ["p0", "p1", "p2"]
+    assert 3 + sum(e["repeats"] for e in logs[3:]) == 500 == logs[-1]["total"]

@@ -125,10 +125,16 @@ def _open_udp(u: SourceUri, max_packet_size: int, socket_buffer: int) -> Source:
     return Source(uri, reader, warnings, sock=sock, address=sock.getsockname())
 
 
+#: tcp:// listen backlog: a burst of connections waits for accept() rather
+#: than having its SYNs dropped (retried by the peers only after a second).
+LISTEN_BACKLOG = 128
+
+
 def _open_tcp(u: SourceUri, max_packet_size: int, socket_buffer: int) -> Source:
     """Listen, served by a TcpServerReader: peers one after another or at once.
 
-    ``?once=1``: the first peer only, as spead2's TCP reader.
+    ``?once=1``: the first peer only, as spead2's TCP reader;
+    ``?idle_timeout=SECONDS``: a peer silent for so long is closed (0: never).
     """
     uri, host, port = u.text, u.host, u.port
     once = u.switch("once", False)
@@ -138,13 +144,14 @@ def _open_tcp(u: SourceUri, max_packet_size: int, socket_buffer: int) -> Source:
         # Accepted connections inherit the listener's receive buffer.
         warnings = set_receive_buffer(sock, socket_buffer, uri)
         sock.bind((host, port))
-        sock.listen(_spead.TCP_MAX_PEERS)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
         address = sock.getsockname()
     except OSError as exc:
         sock.close()
         raise SourceError(f"{uri}: cannot listen: {exc.strerror}") from None
-    reader = _spead.TcpServerReader(sock.detach(), max_packet_size=max_packet_size, once=once)
+    reader = _spead.TcpServerReader(sock.detach(), max_packet_size=max_packet_size, once=once,
+                                    idle_timeout=u.idle_timeout)
     return Source(uri, reader, warnings, address=address)
 
 

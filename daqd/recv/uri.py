@@ -10,7 +10,10 @@ as at ``run``.
 ``udp://HOST:PORT``                 options ``interface=ADDR`` (multicast),
                                     ``gro=1|0``
 ``tcp://HOST:PORT``                 ``once=1|0``: serve one connection, as
-                                    spead2 does (default: sender after sender)
+                                    spead2 does (default: sender after sender);
+                                    ``idle_timeout=SECONDS``: close a peer that
+                                    sends nothing for so long (default 60, 0:
+                                    never)
 ``pcap:PATH``                       ``port=P``: keep one destination port
 ``file:PATH`` (``-``: stdin)        (no options)
 ``sim:W1`` (``W2``, ``W3``)         ``rate=BYTES_PER_S``, ``heaps=N``
@@ -33,7 +36,7 @@ from daqd.errors import SourceError
 #: scheme -> the query options it takes
 OPTIONS: Mapping[str, frozenset[str]] = {
     "udp": frozenset({"interface", "gro"}),
-    "tcp": frozenset({"once"}),
+    "tcp": frozenset({"once", "idle_timeout"}),
     "pcap": frozenset({"port"}),
     "file": frozenset(),
     "sim": frozenset({"rate", "heaps"}),
@@ -41,6 +44,10 @@ OPTIONS: Mapping[str, frozenset[str]] = {
 SCHEMES = tuple(OPTIONS)
 #: Schemes whose sources listen on a port (and may be a [[simulate]] target).
 NETWORK_SCHEMES = ("udp", "tcp")
+
+#: tcp:// ``idle_timeout=`` when not given (seconds), and the largest accepted.
+TCP_IDLE_TIMEOUT = 60.0
+TCP_IDLE_TIMEOUT_MAX = 7 * 86400
 
 _SWITCH = {"1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
 
@@ -111,6 +118,12 @@ class SourceUri:
         return value
 
     @property
+    def idle_timeout(self) -> float:
+        """``tcp://``: seconds a peer may send nothing before it is closed (0: never)."""
+        value = self.number("idle_timeout", float, 0, TCP_IDLE_TIMEOUT_MAX)
+        return TCP_IDLE_TIMEOUT if value is None else float(value)
+
+    @property
     def udp_port(self) -> int | None:
         """The UDP port this source's packets are addressed to, where it says.
 
@@ -172,6 +185,7 @@ def parse_uri(text: str, schemes: tuple[str, ...] = SCHEMES) -> SourceUri:
     uri.udp_port  # noqa: B018  (checks port=)
     uri.number("rate", float, 0)
     uri.number("heaps", int, 1)
+    uri.idle_timeout  # noqa: B018  (checks idle_timeout=)
     return uri
 
 

@@ -137,6 +137,8 @@ class Daemon:
                     s.running for s in self.simulators):
                 self.stop_reason = "sources ended"
                 break
+            for runner in self.runners:
+                runner.summarise_logs()
             if now - last_log >= interval:
                 last_log = now
                 self._log_interval()

@@ -16,7 +16,13 @@ stream hands over what it holds (heaps; chunk mode: its open chunks, once
 every source of the chunk group has had its stop heap or ended) and goes on;
 once those records are in the buffer (heap mode: at once; chunk mode: when the
 consumer has emptied the data ring) the buffer is flushed and the sinks finish
-their files, so a capture's records are in files of their own.
+their files, so a capture's records are in files of their own; but a boundary
+within BOUNDARY_REOPEN_INTERVAL of the last one that started new files only
+flushes (a sender of stop heap after stop heap must not make a file each).
+
+What network input can repeat at will (TCP connections, capture boundaries)
+is logged through `RepeatedErrors`: the first few lines of each kind, then a
+summary per statistics interval; the counters carry the exact numbers.
 
 Shutdown (`stop`): readers are told to stop (a UDP reader first hands over
 what its socket held at the stop) and joined, each stream finishes
@@ -35,6 +41,7 @@ from typing import Any
 import structlog
 
 from daqd.config import Config, StreamConfig
+from daqd.logs import RepeatedErrors
 from daqd.pipeline.buffers import build_buffer
 from daqd.pipeline.flush import Flusher
 from daqd.pipeline.records import PacketRecord
@@ -50,12 +57,20 @@ TAP_PACKETS = 1 << 16
 TAP_PERIOD = 0.05
 # Poll period of the threads' loops (seconds): bounds how long a stop takes.
 POLL = 0.2
+# Seconds after a boundary that started new files during which another boundary
+# flushes but goes on writing the same files.
+BOUNDARY_REOPEN_INTERVAL = 1.0
+# Lines of one kind of TCP connection event (or capture boundary) logged as they
+# come, per source, before they are summarised once per statistics interval.
+EVENT_LINES = 3
 # Per-source counters in the statistics (every counter is in the stream's sums).
 SOURCE_COUNTERS = ("packets", "bytes", "heaps", "batches", "packets_dropped_socket_buffer",
                    "incomplete_heaps_evicted", "chunk_heaps_too_old", "stop_heaps")
 # ... and a tcp:// listener's (besides "peers", its open connections' bytes).
 TCP_SOURCE_COUNTERS = ("tcp_connections_accepted", "tcp_connections_closed",
-                       "tcp_connections_refused", "tcp_bytes_received", "tcp_bytes_truncated")
+                       "tcp_connections_refused", "tcp_connections_evicted",
+                       "tcp_connections_idle_closed", "tcp_bytes_received",
+                       "tcp_bytes_truncated")
 # Gauges, not sums: never reset, never turned into rates.
 GAUGE_COUNTERS = frozenset(name.name.lower() for name in MAXIMA)
 
@@ -93,6 +108,11 @@ class StreamRunner:
         self.packet_flusher: Any = None
         self.sinks: list[Any] = []
         self.packet_sinks: list[Any] = []
+        # Connection events and capture boundaries: a few lines, then summaries.
+        self.events = RepeatedErrors(log, whole.zmq.interval, first=EVENT_LINES)
+        self.boundary_lock = threading.Lock()
+        self.last_boundary_reopen: float | None = None
+        self.boundary_reopens_skipped = 0
 
     # ------------------------------------------------------------------
     # startup: allocate, bind, start
@@ -202,21 +222,40 @@ class StreamRunner:
 
     def _capture_boundary(self, source: Source, stop_heaps: int, heap_mode: bool) -> None:
         """Have what a stop heap closed written (it has been handed over already)."""
-        log.info("capture boundary", stream=self.name, source=source.uri, stop_heaps=stop_heaps)
+        self.events.info(f"boundary:{source.uri}", "capture boundary", stream=self.name,
+                         source=source.uri, stop_heaps=stop_heaps)
         if heap_mode:
             self._close_capture()
         # Chunk mode: the group closes the capture once every source is at a
         # boundary (ChunkGroup.boundaries); the consumer then writes it.
 
     def _close_capture(self) -> None:
-        """Write what the buffer holds, then finish the sinks' files (in that order)."""
+        """Write what the buffer holds, then finish the sinks' files (in that order).
+
+        Within BOUNDARY_REOPEN_INTERVAL of the last boundary that started new
+        files, only the flush (counted in ``boundary_reopens_skipped``).
+        """
         self.flush("stop heap")
+        now = time.monotonic()
+        with self.boundary_lock:
+            last = self.last_boundary_reopen
+            if last is not None and now - last < BOUNDARY_REOPEN_INTERVAL:
+                self.boundary_reopens_skipped += 1
+                return
+            self.last_boundary_reopen = now
         self.reopen()
 
     def _log_connections(self, source: Source) -> None:
         for event, peer, received in source.reader.take_events():
-            log.info(f"tcp peer {event}", stream=self.name, source=source.uri, peer=peer,
-                     bytes=received)
+            # peer None: `received` more events the reader counted but did not keep
+            for _ in range(1 if peer is not None else received):
+                self.events.info(f"tcp peer {event}:{source.uri}", f"tcp peer {event}",
+                                 stream=self.name, source=source.uri, peer=peer,
+                                 bytes=received if peer is not None else None)
+
+    def summarise_logs(self) -> None:
+        """Write the summaries of repeated events that are due (the daemon calls it often)."""
+        self.events.summarise()
 
     def _finish(self, source: Source, stream: Any) -> None:
         if self.group is not None:
@@ -325,6 +364,7 @@ class StreamRunner:
         # final statistics and log line have them.
         self.receiver.poll_sources()
         self.receiver.close()
+        self.events.close()
 
     def flush(self, reason: str) -> None:
         """Ask the flushers for a flush (thread-safe, returns at once)."""
@@ -364,6 +404,7 @@ class StreamRunner:
                 else:
                     total[name] = total.get(name, 0) + value
         total["records_not_captured"] = self.not_captured
+        total["boundary_reopens_skipped"] = self.boundary_reopens_skipped
         total.update(self.recorder.counters())
         return total
 

@@ -88,18 +88,20 @@ def test_a_peer_closing_mid_packet_counts_the_cut_bytes_and_others_go_on(served)
     b.close()
 
 
-def test_peers_beyond_the_limit_are_refused_and_counted(served):
+def test_peers_beyond_the_limit_make_the_idlest_give_way(served):
+    """All come at once, none sends: the one too many evicts one of them."""
     conns = [served.connect() for _ in range(_spead.TCP_MAX_PEERS + 1)]
-    served.until(lambda s: s["tcp_connections_accepted"] + s["tcp_connections_refused"]
-                 == _spead.TCP_MAX_PEERS + 1)
+    served.until(lambda s: s["tcp_connections_accepted"] == _spead.TCP_MAX_PEERS + 1)
     stats = served.stream.stats()
-    assert stats["tcp_connections_accepted"] == _spead.TCP_MAX_PEERS
-    assert stats["tcp_connections_refused"] == 1
+    assert stats["tcp_connections_evicted"] == 1
+    assert stats["tcp_connections_refused"] == 0
+    assert len(served.source.reader.peers()) == _spead.TCP_MAX_PEERS
     for c in conns:
         c.close()
     served.until(lambda s: s["tcp_connections_closed"] == _spead.TCP_MAX_PEERS)
     again = served.connect()                # slots free again: served
-    served.until(lambda s: s["tcp_connections_accepted"] == _spead.TCP_MAX_PEERS + 1)
+    served.until(lambda s: s["tcp_connections_accepted"] == _spead.TCP_MAX_PEERS + 2)
+    assert served.stream.stats()["tcp_connections_evicted"] == 1
     again.close()
 
 
@@ -114,5 +116,68 @@ def test_once_serves_one_peer_and_ends_with_it():
         first.close()
         assert s.until(lambda st: False) == -1
         assert len(s.heaps) == 3
+    finally:
+        s.close()
+
+
+def test_idle_peers_in_every_slot_do_not_lock_out_a_sender(served):
+    """Sixteen idle connections, then a real sender: the idlest peer is evicted for it."""
+    first = served.connect()
+    served.until(lambda s: s["tcp_connections_accepted"] == 1)
+    first.sendall(sim_packets("W1", 1)[0][:100])        # a partial packet, then silence
+    served.until(lambda s: s["tcp_bytes_received"] == 100)
+    idle = [first] + [served.connect() for _ in range(_spead.TCP_MAX_PEERS - 1)]
+    served.until(lambda s: s["tcp_connections_accepted"] == _spead.TCP_MAX_PEERS)
+    sender = served.connect()
+    sender.sendall(b"".join(sim_packets("W1", 10)))
+    sender.close()
+    served.until(lambda s: s["heaps_complete"] == 10 and s["tcp_connections_closed"] == 1)
+    stats = served.stream.stats()
+    assert stats["tcp_connections_accepted"] == _spead.TCP_MAX_PEERS + 1
+    assert stats["tcp_connections_refused"] == 0
+    assert stats["tcp_connections_evicted"] == 1
+    assert stats["tcp_bytes_truncated"] == 100          # the evicted peer's partial packet
+    events = served.source.reader.take_events()
+    assert [e[0] for e in events][-3:] == ["evicted", "accepted", "closed"]
+    assert events[-3][2] == 100
+    first.settimeout(10)
+    try:
+        assert first.recv(1) == b""                     # the evicted one: closed by us
+    except ConnectionResetError:
+        pass                                            # (or reset: its bytes went unread)
+    for c in idle:
+        c.close()
+
+
+def test_a_peer_idle_for_idle_timeout_is_closed_and_counted():
+    s = Served("?idle_timeout=0.2")
+    try:
+        idle = s.connect()
+        s.until(lambda st: st["tcp_connections_accepted"] == 1)
+        idle.sendall(sim_packets("W1", 1)[0][:100])
+        s.until(lambda st: st["tcp_connections_idle_closed"] == 1)
+        stats = s.stream.stats()
+        assert stats["tcp_bytes_truncated"] == 100
+        assert stats["tcp_connections_closed"] == 0
+        assert s.source.reader.peers() == {}
+        sender = s.connect()                # the source goes on serving
+        sender.sendall(b"".join(sim_packets("W1", 3)))
+        sender.close()
+        s.until(lambda st: st["heaps_complete"] == 3 and st["tcp_connections_closed"] == 1)
+        assert [e[0] for e in s.source.reader.take_events()] == [
+            "accepted", "idle closed", "accepted", "closed"]
+        idle.close()
+    finally:
+        s.close()
+
+
+def test_once_ends_when_its_one_peer_is_closed_for_idleness():
+    s = Served("?once=1&idle_timeout=0.2")
+    try:
+        idle = s.connect()
+        assert s.until(lambda st: False) == -1      # the source ended with its one peer
+        stats = s.stream.stats()
+        assert stats["tcp_connections_idle_closed"] == 1
+        idle.close()
     finally:
         s.close()

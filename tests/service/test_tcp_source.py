@@ -8,6 +8,7 @@ their own; ``?once=1`` keeps spead2's one-connection behaviour.
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from daemon_helpers import (
 )
 
 from daqd import _spead
+from daqd.service.stream_runner import BOUNDARY_REOPEN_INTERVAL, EVENT_LINES
 from daqd.sinks.binary import load as load_binary
 from daqd.sinks.binary import read_header
 from daqd.tools.simulate import simulate
@@ -165,3 +167,137 @@ def test_once_ends_the_source_when_its_one_peer_closes(tmp_path):
     assert ended and ended[0]["reason"] == "sources ended"
     files = sorted((tmp_path / "data").glob("*.bin"))
     assert sum(load_binary(str(f))[1].shape[0] for f in files) == heaps // HEAPS_PER_CHUNK
+
+
+def heap_mode_config(tmp: Path, uri: str, interval: float = 0.2) -> Path:
+    """One heap-mode stream on `uri`, binary files under tmp/data, nothing flushed by itself."""
+    return write_config(tmp, daemon_toml(tmp, interval=interval)
+                        + toml_table("stream", array=True, name="adc0", sources=[uri])
+                        + buffer_toml(kind="fifo", capacity=100000, when_full="block",
+                                      flush_count=100000, flush_interval=3600.0)
+                        + sinks_toml(tmp, "binary"))
+
+
+def heaps_written(tmp: Path) -> list[bytes]:
+    """The heap payloads in the binary files under tmp/data, file after file."""
+    out = []
+    for path in sorted((tmp / "data").glob("*.bin")):
+        data = path.read_bytes()[read_header(str(path))["header_bytes"]:]
+        out += [data[i:i + 8192] for i in range(0, len(data), 8192)]
+    return out
+
+
+def told(events: list[dict], event: str) -> int:
+    """How many times the log says `event` came: its lines, and the totals of its summaries.
+
+    A run of `event` is its first lines, then summaries (``(repeated)``), ended
+    by a ``(stopped)`` line whose ``total`` counts the whole run.
+    """
+    count = run = 0
+    for e in events:
+        name = e.get("event")
+        if name == event:
+            run += 1
+        elif name == f"{event} (stopped)":
+            count += e["total"]
+            run = 0
+    return count + run
+
+
+def test_sixteen_idle_connections_do_not_lock_out_the_sender(tmp_path):
+    port = free_port(socket.SOCK_STREAM)
+    uri = f"tcp://127.0.0.1:{port}"
+    daemon = DaemonProcess(heap_mode_config(tmp_path, uri))
+    idle: list[socket.socket] = []
+    heaps = 10
+    try:
+        endpoint = daemon.ready()["control"]
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5)
+                for _ in range(_spead.TCP_MAX_PEERS)]
+        wait_until(lambda: source_stats(endpoint, uri)["tcp_connections_accepted"]
+                   == _spead.TCP_MAX_PEERS, what="16 idle peers")
+        simulate(uri, "W1", heaps=heaps, rate=0.0, stop=False)
+        wait_until(lambda: source_stats(endpoint, uri)["tcp_connections_closed"] == 1,
+                   what="the sender served and closed")
+        stats = source_stats(endpoint, uri)
+        counters = control(endpoint, {"command": "status"})["streams"]["adc0"]["counters"]
+        assert counters["heaps_complete"] == heaps
+        assert stats["tcp_connections_accepted"] == _spead.TCP_MAX_PEERS + 1
+        assert stats["tcp_connections_evicted"] == 1
+        assert stats["tcp_connections_refused"] == 0
+        assert len(stats["peers"]) == _spead.TCP_MAX_PEERS - 1
+        assert daemon.stop() == 0
+    finally:
+        for c in idle:
+            c.close()
+        daemon.close()
+    assert heaps_written(tmp_path) == w1_payloads(heaps)
+    assert [e["event"] for e in daemon.events if e.get("event") == "tcp peer evicted"] == [
+        "tcp peer evicted"]
+
+
+def test_many_connections_log_a_handful_of_lines_and_summaries_that_count_them(tmp_path):
+    port = free_port(socket.SOCK_STREAM)
+    uri = f"tcp://127.0.0.1:{port}"
+    daemon = DaemonProcess(heap_mode_config(tmp_path, uri, interval=60.0))
+    attempts = 300
+    try:
+        endpoint = daemon.ready()["control"]
+        for _ in range(attempts):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+        def ended(s: dict) -> int:
+            # A burst may fill every slot with peers that came in the same poll:
+            # then the one too many is refused (none of them is idle yet).
+            return (s["tcp_connections_closed"] + s["tcp_connections_refused"]
+                    + s["tcp_connections_evicted"])
+
+        wait_until(lambda: ended(source_stats(endpoint, uri)) == attempts,
+                   timeout=60, what="every peer ended")
+        stats = source_stats(endpoint, uri)
+        assert daemon.proc.poll() is None
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    assert stats["tcp_connections_accepted"] + stats["tcp_connections_refused"] == attempts
+    assert stats["peers"] == {}
+    # Per kind (accepted, closed, evicted): the first 3, a summary per statistics
+    # interval (60 s: none is due within the test) and the last line.
+    lines = [e for e in daemon.events if str(e.get("event")).startswith("tcp peer")]
+    assert len(lines) <= 3 * (EVENT_LINES + 2), [e["event"] for e in lines]
+    assert told(daemon.events, "tcp peer accepted") == stats["tcp_connections_accepted"]
+    assert told(daemon.events, "tcp peer closed") == stats["tcp_connections_closed"]
+    assert told(daemon.events, "tcp peer evicted") == stats["tcp_connections_evicted"]
+
+
+def test_many_stop_heaps_give_a_bounded_number_of_lines_and_files(tmp_path):
+    port = free_port(socket.SOCK_STREAM)
+    uri = f"tcp://127.0.0.1:{port}"
+    daemon = DaemonProcess(heap_mode_config(tmp_path, uri, interval=60.0))
+    captures = 100
+    packets = w1_packets(captures)
+    try:
+        endpoint = daemon.ready()["control"]
+        sender = socket.create_connection(("127.0.0.1", port), timeout=5)
+        start = time.monotonic()
+        for i, packet in enumerate(packets):
+            # A heap, then a stop heap: a capture boundary each, as they come.
+            sender.sendall(packet + _spead.stop_packet(1_000_000 + i))
+            wait_until(lambda n=i + 1: control(endpoint, {"command": "status"})["streams"][
+                "adc0"]["counters"]["stop_heaps"] == n, what=f"stop heap {i + 1}")
+        elapsed = time.monotonic() - start
+        sender.close()
+        counters = control(endpoint, {"command": "status"})["streams"]["adc0"]["counters"]
+        assert counters["stop_heaps"] == captures
+        assert counters["heaps_complete"] == captures
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    boundary = [e for e in daemon.events if str(e.get("event")).startswith("capture boundary")]
+    assert len(boundary) <= EVENT_LINES + 2, [e["event"] for e in boundary]
+    assert told(daemon.events, "capture boundary") == captures
+    # At most one new file per BOUNDARY_REOPEN_INTERVAL of boundaries, plus the first.
+    files = list((tmp_path / "data").glob("*.bin"))
+    assert len(files) <= 2 + elapsed / BOUNDARY_REOPEN_INTERVAL, len(files)
+    assert counters["boundary_reopens_skipped"] >= captures - len(files)
+    assert heaps_written(tmp_path) == w1_payloads(captures)     # every heap, in order
