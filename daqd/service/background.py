@@ -48,7 +48,8 @@ def start(config: Config, log_file: Path, timeout: float = 30.0,
     pid = read_pid(config.daemon.pidfile)
     if pid is not None:
         raise DaemonAlreadyRunning(config.daemon.pidfile, pid)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+    # The daemon's own directory (0700), as the pidfile makes it.
+    log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="daqd-start-") as tmp:
         address = os.path.join(tmp, "notify")
         ready = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

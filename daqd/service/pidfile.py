@@ -103,7 +103,9 @@ class PidFile:
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already held by this process")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # A directory made here is the daemon's own (0700): its control socket
+            # may live beside the pidfile, and must be reachable by this user only.
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._fd, stale = self._take()
         except OSError as exc:
             raise PidFileError(
