@@ -33,7 +33,7 @@ snapshot                                      exposed as
                                               ``daqd_buffer_fill_ratio``)
 ... a flag                                    ``daqd_buffer_K{...}`` (gauge, 0/1)
 ``buffers[S][K][R]`` (by reason)              ``daqd_buffer_K_total{...,reason=R}``
-``buffers[S].wal[K]``                         ``daqd_buffer_wal_K_total`` (`WAL_GAUGES`: gauges;
+``buffers[S]["wal"][K]``                      ``daqd_buffer_wal_K_total`` (`WAL_GAUGES`: gauges;
                                               its ``bytes``: ``daqd_buffer_wal_size_bytes``)
 ``buffers[S].sinks[N][K]`` (the buffer's      ``daqd_buffer_sink_K_total{...,sink=N}``
 account of sink N: written, lost, backlog)    (``..._lost_by_reason_total`` with ``reason=R``),
@@ -90,7 +90,7 @@ _TABLES = {"buffers": "buffer", "sinks": "sink"}
 #: Numbers in a buffer's or sink's statistics that go up and down; every other
 #: number there is monotonic and exposed as a counter.
 TABLE_GAUGES = frozenset({"capacity", "size", "fill", "unfinished_files", "backlog"})
-#: ... and in a write-ahead log's (``buffers[S].wal``): its size, what it holds.
+#: ... and in a write-ahead log's (``buffers[S]["wal"]``): its size, what it holds.
 WAL_GAUGES = frozenset({"bytes", "live_bytes", "live_records", "next_seq"})
 
 
