@@ -54,6 +54,7 @@ def test_wheel_holds_every_package_and_the_default_configuration(installed_wheel
     for package in packages:
         assert f"{package}/__init__.py" in names, package
     assert "daqd/data/daqd.toml" in names
+    assert "daqd/data/grafana/daqd.json" in names          # the Grafana dashboard
     assert "daqd/include/daqd_place.h" in names
     assert any(n.startswith("daqd/_spead.") and n.endswith(".so") for n in names)
 

@@ -438,14 +438,16 @@ def test_prometheus_endpoint_shows_the_published_counters(tmp_path):
         if sender is not None:
             sender.close()
         daemon.close()
-    label = '{stream="adc0"}'
+    label = '{daemon="test-daqd",stream="adc0"}'
     assert stream["counters"]["packets"] == heaps
     for name in ("packets", "heaps", "chunks_completed", "chunk_heaps_placed"):
         assert samples[f"daqd_{name}_total{label}"] == stream["counters"][name], name
     buffer = status["buffers"]["adc0"]
-    for name in ("records_accepted", "records_flushed", "bytes_flushed"):
-        assert samples[f"daqd_buffer_{name}_total{label}"] == buffer[name], name
-    assert samples['daqd_state{state="running"}'] == 1
+    for name, metric in (("records_accepted", "records_accepted"),
+                         ("records_flushed", "records_flushed"),
+                         ("bytes_flushed", "flushed_bytes")):
+        assert samples[f"daqd_buffer_{metric}_total{label}"] == buffer[name], name
+    assert samples['daqd_state{daemon="test-daqd",state="running"}'] == 1
     info = f'daqd_info{{daemon="test-daqd",version="{daqd.__version__}"}}'
     assert samples[info] == 1
 

@@ -26,12 +26,22 @@ def make_snapshot():
                                   "packets_rejected_bad_magic": 3},
                      "gauges": {"buffer_fill": 5},
                      "rates": {"packets": 100.0},
-                     "sources": ["udp://127.0.0.1:7148"], "capturing": True},
-            "adc1": {"counters": {"packets": np.uint64(7), "heaps": 1, "max_batch": 1}},
+                     "sources": {"udp://127.0.0.1:7148": {"packets": 1000, "bytes": 8000},
+                                 "tcp://127.0.0.1:7149": {
+                                     "packets": 200, "tcp_bytes_received": 1600,
+                                     "peers": {"127.0.0.1:40000": 1600}}},
+                     "heaps_missing_per_substream": [0, 6, 2],
+                     "capturing": True},
+            "adc1": {"counters": {"packets": np.uint64(7), "heaps": 1, "max_batch": 1,
+                                  "worker_blocked_ns": 2_500_000_000,
+                                  "stream_bytes_skipped": 12, "chunk_heaps_rejected_size": 4}},
         },
         "buffers": {"adc0": {"kind": "circular", "capacity": 64, "size": 5, "fill": 0.078125,
                              "records_flushed": 100, "records_dropped": 4,
-                             "dropped": {"full": 3, "sink-failed": 1}}},
+                             "bytes_flushed": 4096,
+                             "dropped": {"full": 3, "sink-failed": 1},
+                             "wal": {"path": "wal/adc0.wal", "bytes": 9000, "live_records": 3,
+                                     "records": 120, "torn_bytes": 17}}},
         "sinks": {"adc0": [{"name": "hdf5-0", "kind": "hdf5", "bytes": 1 << 20, "files": 2,
                             "errors": 0, "last_error": "", "unfinished_files": 1,
                             "current_file": "data/adc0.h5.tmp"},
@@ -48,13 +58,19 @@ def scrape(server):
         return response.read().decode()
 
 
-def samples(text):
-    """{(sample name, frozenset of labels): value} and {family name: type}."""
+def samples(text, daemon="daqd-test"):
+    """{(sample name, frozenset of labels but ``daemon``): value} and {family name: type}.
+
+    Every daqd sample must carry the label ``daemon`` = `daemon`.
+    """
     values, types = {}, {}
     for family in text_string_to_metric_families(text):
         types[family.name] = family.type
         for sample in family.samples:
-            values[sample.name, frozenset(sample.labels.items())] = sample.value
+            labels = dict(sample.labels)
+            if sample.name.startswith("daqd_"):
+                assert labels.pop("daemon") == daemon, sample
+            values[sample.name, frozenset(labels.items())] = sample.value
     return values, types
 
 
@@ -76,9 +92,9 @@ def test_a_scrape_carries_the_snapshot_with_counter_and_gauge_types(server, snap
     assert values["daqd_packets_total", stream0] == 1200
     assert values["daqd_packets_total", stream1] == 7
     assert values["daqd_heaps_total", stream0] == 150
-    assert values["daqd_packets_rejected_bad_magic_total", stream0] == 3
+    assert values["daqd_packets_rejected_total", stream0 | {("reason", "bad_magic")}] == 3
     assert values["daqd_max_batch", stream0] == 64                  # a maximum: a gauge
-    assert values["daqd_buffer_fill", stream0] == 0.078125
+    assert values["daqd_buffer_fill_ratio", stream0] == 0.078125
     assert types["daqd_packets"] == "counter" and types["daqd_max_batch"] == "gauge"
     assert values["daqd_buffer_capacity", stream0] == 64
     assert values["daqd_buffer_size", stream0] == 5
@@ -96,10 +112,39 @@ def test_a_scrape_carries_the_snapshot_with_counter_and_gauge_types(server, snap
     assert values["daqd_sink_failing", pcap] == 1 and types["daqd_sink_failing"] == "gauge"
     assert values["daqd_uptime_seconds", frozenset()] == 12.5
     assert values["daqd_state", frozenset({("state", "running")})] == 1
-    assert values["daqd_info", frozenset({("daemon", "daqd-test"), ("version", __version__)})]
+    assert values["daqd_info", frozenset({("version", __version__)})] == 1
+    # Prometheus' conventions (NAME_RULES): units last, reasons as labels
+    assert types["daqd_buffer_fill_ratio"] == "gauge"
+    assert values["daqd_buffer_flushed_bytes_total", stream0] == 4096
+    assert values["daqd_worker_blocked_seconds_total", stream1] == 2.5
+    assert values["daqd_stream_skipped_bytes_total", stream1] == 12
+    assert values["daqd_chunk_heaps_rejected_total", stream1 | {("reason", "size")}] == 4
+    assert values["daqd_buffer_wal_size_bytes", stream0] == 9000
+    assert types["daqd_buffer_wal_size_bytes"] == "gauge"
+    assert values["daqd_buffer_wal_live_records", stream0] == 3
+    assert values["daqd_buffer_wal_records_total", stream0] == 120
+    assert values["daqd_buffer_wal_torn_bytes_total", stream0] == 17
+    # the stream's buffer_fill gauge is the buffer's size: exposed once, as daqd_buffer_size
+    assert not any(name.startswith("daqd_buffer_fill") and name != "daqd_buffer_fill_ratio"
+                   for name, _ in values)
+    udp = stream0 | {("source", "udp://127.0.0.1:7148")}
+    tcp = stream0 | {("source", "tcp://127.0.0.1:7149")}
+    assert values["daqd_source_packets_total", udp] == 1000
+    assert values["daqd_source_bytes_total", udp] == 8000
+    assert values["daqd_source_packets_total", tcp] == 200
+    assert values["daqd_source_tcp_received_bytes_total", tcp] == 1600
+    assert types["daqd_source_packets"] == "counter"
+    for substream, missing in enumerate([0, 6, 2]):
+        assert values["daqd_substream_heaps_missing_total",
+                      stream0 | {("substream", str(substream))}] == missing
+    assert types["daqd_substream_heaps_missing"] == "counter"
+    assert values["daqd_capturing", stream0] == 1
     names = {name for name, _ in values}
+    assert not any("peers" in name or "127.0.0.1:40000" in str(labels)
+                   for name, labels in values)
     assert not any(word in name for name in names
-                   for word in ("rates", "kind", "last_error", "current_file", "sources"))
+                   for word in ("rates", "kind", "last_error", "current_file", "sources", "path",
+                                "_ns"))
     assert any(name.startswith("process_") for name in names)
 
 
@@ -107,9 +152,8 @@ def test_a_name_in_the_snapshot_wins_over_the_servers(snapshot):
     snapshot["daemon"] = "from-snapshot"
     with MetricsServer("127.0.0.1:0", lambda: snapshot, daemon="daqd-test",
                        process_metrics=False) as server:
-        values, _ = samples(scrape(server))
-    assert [dict(labels)["daemon"] for name, labels in values if name == "daqd_info"] == [
-        "from-snapshot"]
+        values, _ = samples(scrape(server), daemon="from-snapshot")
+    assert values["daqd_info", frozenset({("version", __version__)})] == 1
 
 
 def test_every_scrape_reads_a_fresh_snapshot(server, snapshot):
@@ -132,7 +176,7 @@ def test_a_counter_also_listed_as_gauge_is_one_gauge_sample(snapshot, server):
     snapshot["streams"]["adc1"]["counters"]["chunks_open"] = 9
     snapshot["streams"]["adc1"]["gauges"] = {"chunks_open": 9}
     text = scrape(server)
-    assert text.count('daqd_chunks_open{stream="adc1"}') == 1
+    assert text.count('daqd_chunks_open{daemon="daqd-test",stream="adc1"}') == 1
     values, types = samples(text)
     assert types["daqd_chunks_open"] == "gauge"
     assert values["daqd_chunks_open", frozenset({("stream", "adc1")})] == 9
@@ -255,7 +299,7 @@ def test_each_sinks_account_in_the_buffer_is_exposed_per_sink_and_reason():
     lost = account["failing"]["lost_by_reason"]["backlog_overflow"]
     assert lost > 0 and lost + account["failing"]["backlog"] == 10
     with MetricsServer("127.0.0.1:0", lambda: snap) as running:
-        values, types = samples(scrape(running))
+        values, types = samples(scrape(running), daemon="")
     failing_labels = frozenset({("stream", "adc0"), ("sink", "failing")})
     assert values["daqd_buffer_sink_written_total",
                   frozenset({("stream", "adc0"), ("sink", "healthy")})] == 10
