@@ -155,6 +155,7 @@ def stop(config_path: str | None, endpoint: str | None, curve_secret_key: str | 
     if endpoint or security is not None:
         _stop_by_request(_control_endpoint(cfg, endpoint), security, timeout)
         return
+    assert cfg is not None              # loaded whenever there is no --endpoint
     try:
         pid = background.stop(cfg, timeout)
     except background.DaemonFailed as exc:
