@@ -23,7 +23,7 @@ class Commands(click.Group):
     """
 
     TOOLS = {"dump": "daqd.tools.dump", "simulate": "daqd.tools.simulate",
-             "bench": "daqd.tools.bench.command"}
+             "bench": "daqd.tools.bench.command", "keygen": "daqd.tools.keygen"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """Name every command, the tools' too."""
@@ -50,6 +50,25 @@ CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
     help="Configuration file (default: the built-in one, config/daqd.toml in the "
          "source tree, shipped in the package).")
+
+
+def curve_options(command: Any) -> Any:
+    """``--curve-secret-key`` and ``--curve-server-key``: a client of a daemon with CURVE."""
+    command = click.option(
+        "--curve-server-key", "curve_server_key", type=click.Path(dir_okay=False),
+        default=None, help="The daemon's public key file (default: zmq.curve_server_key, "
+        "else the public half of zmq.curve_secret_key).")(command)
+    return click.option(
+        "--curve-secret-key", "curve_secret_key", type=click.Path(dir_okay=False),
+        default=None, help="This client's CURVE secret key file, as `daqd keygen` writes it "
+        "(default: the configuration's zmq.curve_client_secret_key).")(command)
+
+
+def _client_security(cfg: Any, secret_key: str | None, server_key: str | None) -> Any:
+    """Choose a client's CURVE keys: the options, else the configuration's (or None)."""
+    from daqd.service.zmq_security import ClientSecurity
+
+    return ClientSecurity.choose(cfg.zmq if cfg is not None else None, secret_key, server_key)
 
 
 def _load(config_path: str | None, host: bool = True) -> Any:
@@ -117,12 +136,26 @@ def start(config_path: str | None, log_file: str | None, timeout: float) -> None
 
 @cli.command()
 @CONFIG_OPTION
+@click.option("--endpoint", default=None,
+              help="Ask this control endpoint to stop, rather than signal the pidfile's pid.")
+@curve_options
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
               help="Seconds to wait for the drain.")
-def stop(config_path: str | None, timeout: float) -> None:
-    """Stop the background daemon: SIGTERM, then wait until it has drained and exited."""
+def stop(config_path: str | None, endpoint: str | None, curve_secret_key: str | None,
+         curve_server_key: str | None, timeout: float) -> None:
+    """Stop the background daemon: SIGTERM, then wait until it has drained and exited.
+
+    With --endpoint or CURVE keys (options or zmq.curve_client_secret_key),
+    a ``stop`` request to the control socket instead, then wait until it
+    stops answering (a daemon on another host).
+    """
     from daqd.service import background
-    cfg = _load(config_path, host=False)
+    cfg = _load(config_path, host=False) if config_path or not endpoint else None
+    security = _client_security(cfg, curve_secret_key, curve_server_key)
+    if endpoint or security is not None:
+        _stop_by_request(_control_endpoint(cfg, endpoint), security, timeout)
+        return
+    assert cfg is not None              # loaded whenever there is no --endpoint
     try:
         pid = background.stop(cfg, timeout)
     except background.DaemonFailed as exc:
@@ -134,48 +167,113 @@ def stop(config_path: str | None, timeout: float) -> None:
         click.echo(f"daqd: stopped, pid {pid}", err=True)
 
 
+def _control_endpoint(cfg: Any, endpoint: str | None) -> str:
+    """``--endpoint``, else the configuration's ``zmq.control``."""
+    if endpoint:
+        return endpoint
+    if not cfg.zmq.control:
+        raise UsageProblem(f"{cfg.path}: zmq.control is off; no control socket to ask")
+    return str(cfg.zmq.control)
+
+
+def _stop_by_request(endpoint: str, security: Any, timeout: float) -> None:
+    """``stop`` to the control socket; wait until the socket stops answering (drained)."""
+    import time
+
+    from daqd.service.zmq_clients import DaemonUnreachable, request
+
+    reply = request(endpoint, "stop", security=security)
+    if not reply.get("ok", False):
+        click.echo(f"daqd: error: {reply.get('error', 'stop refused')}", err=True)
+        sys.exit(1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            request(endpoint, "status", timeout=0.5, security=security)
+        except DaemonUnreachable:
+            click.echo(f"daqd: stopped, {endpoint}", err=True)
+            return
+        time.sleep(0.1)
+    click.echo(f"daqd: error: {endpoint} still answers {timeout:g} s after stop", err=True)
+    sys.exit(1)
+
+
 @cli.command()
 @CONFIG_OPTION
+@click.option("--endpoint", default=None,
+              help="Control endpoint to ask (default: the configuration's zmq.control).")
+@curve_options
 @click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True)
-def status(config_path: str | None, as_json: bool, timeout: float) -> None:
+def status(config_path: str | None, endpoint: str | None, curve_secret_key: str | None,
+           curve_server_key: str | None, as_json: bool, timeout: float) -> None:
     """Ask the daemon's control socket: state, uptime, per-stream rates and counters."""
     from daqd.service.zmq_clients import format_status, request
 
-    cfg = _load(config_path, host=False)
-    if not cfg.zmq.control:
-        raise UsageProblem(f"{cfg.path}: zmq.control is off; no control socket to ask")
-    reply = request(cfg.zmq.control, "status", timeout=timeout)
+    cfg = _load(config_path, host=False) if config_path or not endpoint else None
+    security = _client_security(cfg, curve_secret_key, curve_server_key)
+    reply = request(_control_endpoint(cfg, endpoint), "status", timeout=timeout,
+                    security=security)
     click.echo(json.dumps(reply) if as_json else format_status(reply))
     if not reply.get("ok", False):
         sys.exit(1)
 
 
+#: Seconds ``daqd stats`` with CURVE keys waits for a first message (a wrong key: silence).
+CURVE_FIRST_TIMEOUT = 10.0
+
+
 @cli.command()
 @click.option("--endpoint", "endpoints", multiple=True,
               help="Statistics endpoint (repeatable; default: the configuration's zmq.stats).")
-@CONFIG_OPTION
+@click.option("--config", "config_paths", type=click.Path(dir_okay=False), multiple=True,
+              help="Configuration file whose zmq.stats to subscribe to (repeatable; default: "
+                   "the built-in one, when no --endpoint is given).")
+@curve_options
+@click.option("--merge", is_flag=True,
+              help="Print the totals of each stream name across the daemons (counters and "
+                   "rates added) instead of each daemon's messages.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="Stop after this many messages.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
-              help="Give up when no message comes for this many seconds.")
-def stats(endpoints: tuple[str, ...], config_path: str | None, as_json: bool,
-          count: int | None, timeout: float | None) -> None:
+              help="Give up when no message comes for this many seconds (with CURVE keys, "
+                   f"the first message: {CURVE_FIRST_TIMEOUT:g} s unless given).")
+def stats(endpoints: tuple[str, ...], config_paths: tuple[str, ...],
+          curve_secret_key: str | None, curve_server_key: str | None, merge: bool,
+          as_json: bool, count: int | None, timeout: float | None) -> None:
     """Subscribe to one or more daemons' statistics and print them as they come."""
+    from daqd.service.stats_totals import Totals
     from daqd.service.zmq_clients import format_stats_table, subscribe
 
-    if not endpoints:
-        cfg = _load(config_path, host=False)
+    configs = [_load(path, host=False) for path in config_paths]
+    if not endpoints and not configs:
+        configs = [_load(None, host=False)]
+    for cfg in configs:
         if not cfg.zmq.stats:
             raise UsageProblem(f"{cfg.path}: zmq.stats is off; give --endpoint")
-        endpoints = (cfg.zmq.stats,)
+    endpoints = (*endpoints, *(cfg.zmq.stats for cfg in configs))
+    security = _client_security(configs[0] if configs else None, curve_secret_key,
+                                curve_server_key)
+    totals = Totals() if merge else None
+    shown = 0
     try:
-        for topic, message in subscribe(endpoints, count=count, timeout=timeout):
+        for topic, message in subscribe(
+                endpoints, timeout=timeout, security=security,
+                topics=("stats.",) if merge else ("stats.", "status"),
+                first_timeout=CURVE_FIRST_TIMEOUT if security is not None else None):
+            if totals is not None:
+                merged = totals.update(message)
+                if merged is None:
+                    continue
+                topic, message = f"stats.{merged['stream']}", merged
             if as_json:
                 click.echo(json.dumps({"topic": topic, **message}))
             else:
                 click.echo(format_stats_table(message))
+            shown += 1
+            if count is not None and shown >= count:
+                return
     except KeyboardInterrupt:
         return
 
@@ -210,4 +308,4 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(2)
     except UsageProblem as exc:
         click.echo(f"daqd: error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(exc.exit_status)

@@ -103,6 +103,9 @@ class ZmqConfig:
     interval: float = key(1.0, minimum=0.01, maximum=HOUR)
     curve_secret_key: str = ""          # path of a zmq.auth secret key file
     curve_clients: str = ""             # directory of allowed client public keys
+    curve_client_secret_key: str = ""   # clients (daqd status/stats/stop): their secret key file
+    curve_server_key: str = ""          # clients: the daemon's public key file ("": the public
+    #                                     half of curve_secret_key, when the client may read it)
     stats_hwm: int = key(100, minimum=1, maximum=1_000_000)  # messages queued per subscriber
     stats_nodrop: bool = False          # refuse (and count) rather than drop silently
     control_insecure_tcp: bool = False  # allow a tcp:// control socket without CURVE

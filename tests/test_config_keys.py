@@ -46,6 +46,7 @@ from daqd.recv.builder import build_receiver, build_stream
 from daqd.recv.uri import stream_udp_port
 from daqd.recv.workloads import WorkloadSender
 from daqd.service.daemon import Daemon
+from daqd.service.zmq_security import ClientSecurity
 from daqd.sinks import build_sinks
 
 
@@ -349,6 +350,18 @@ def curve_keys(tmp: Path) -> tuple[str, str]:
     return secret, str(clients)
 
 
+def client_keys(w: World) -> tuple[bytes, bytes] | None:
+    """What ``daqd status --config`` takes from the [zmq] keys: (client public, server public)."""
+    security = ClientSecurity.choose(w.config.zmq)
+    return None if security is None else (security.public_key, security.server_key)
+
+
+def key_files(secret: str, clients: str) -> tuple[bytes, bytes]:
+    """The public keys of the client and the server `curve_keys` wrote."""
+    return (zmq.auth.load_certificate(Path(clients) / "client.key_secret")[0],
+            zmq.auth.load_certificate(secret)[0])
+
+
 CASES: dict[str, Case] = {
     # [daemon]: applied by `daqd run`
     "daemon.name": Case("lab-7", lambda w: {e["daemon"] for e in w.run["events"]
@@ -372,6 +385,12 @@ CASES: dict[str, Case] = {
     "zmq.curve_clients": Case("{clients}", lambda w: w.daemon.security and str(
                               w.daemon.security.clients_dir),
                               "{clients}", also={"zmq.curve_secret_key": "{secret}"}),
+    # [zmq] keys of the command-line clients (the server key: its own, or the daemon's)
+    "zmq.curve_client_secret_key": Case("{client_secret}", client_keys, "{client_keys}",
+                                        also={"zmq.curve_secret_key": "{secret}",
+                                              "zmq.curve_clients": "{clients}"}),
+    "zmq.curve_server_key": Case("{server_public}", client_keys, "{client_keys}",
+                                 also={"zmq.curve_client_secret_key": "{client_secret}"}),
     "zmq.stats_hwm": Case(7, lambda w: w.daemon.publisher._socket.getsockopt(zmq.SNDHWM), 7),
     "zmq.stats_nodrop": Case(True, lambda w: w.daemon.publisher.nodrop, True),
     # [[stream]]: the receive side
@@ -466,7 +485,9 @@ def keys_dir(tmp_path_factory):
 def build(tmp: Path, case: Case | None, key: str, ports: tuple[int, int],
           keys: tuple[str, str]) -> World:
     subst = {"tmp": str(tmp), "port": str(ports[0]), "port2": str(ports[1]),
-             "secret": keys[0], "clients": keys[1]}
+             "secret": keys[0], "clients": keys[1],
+             "client_secret": str(Path(keys[1]) / "client.key_secret"),
+             "server_public": keys[0].removesuffix("_secret")}
 
     def fill(v: Any) -> Any:
         if isinstance(v, str):
@@ -514,6 +535,8 @@ def test_key_takes_effect(key, tmp_path, keys_dir):
         if isinstance(expect, str):
             expect = expect.replace("{tmp}", str(tmp_path / "case")).replace(
                 "{clients}", keys_dir[1])
+        if expect == "{client_keys}":
+            expect = key_files(*keys_dir)
         if expect == ["{port2}"]:
             expect = [ports[1]]
         assert after == expect, f"{key}: {after!r}\n{log}"

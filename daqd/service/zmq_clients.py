@@ -30,11 +30,22 @@ _DROP_WORDS = ("rejected", "dropped", "skipped", "discarded", "truncated", "too_
 
 
 class DaemonUnreachable(UsageProblem):
-    """No reply or message from a daemon's socket within the timeout (one line)."""
+    """No reply or message from a daemon's socket within the timeout (one line).
+
+    Not a person's mistake as such (the daemon may be down, or a CURVE key
+    wrong): the command line exits with status 1.
+    """
+
+    exit_status = 1
 
 
 class BadReply(UsageProblem):
     """A reply or message that is not a JSON object (one line)."""
+
+
+def _wrong_key(endpoints: str, timeout: float) -> str:
+    """Say why a CURVE client heard nothing (a failed handshake is silent), in one line."""
+    return f"no reply from {endpoints} in {timeout:g} s; wrong CURVE key?"
 
 
 def _context(context: zmq.Context | None) -> zmq.Context:
@@ -90,9 +101,10 @@ def request(endpoint: str, command: str, args: Mapping[str, Any] | None = None,
         payload = json.dumps({**dict(args or {}), "command": command}).encode()
         sock.send_multipart([b"", payload])    # the REQ envelope: empty delimiter frame
         if not sock.poll(int(timeout * 1000), zmq.POLLIN):
-            keys = " and the CURVE keys accepted" if security is not None else ""
+            if security is not None:
+                raise DaemonUnreachable(_wrong_key(endpoint, timeout))
             raise DaemonUnreachable(f"{endpoint}: no reply to {command!r} within {timeout:g} s "
-                                    f"(is the daemon running{keys}?)")
+                                    "(is the daemon running?)")
         frames = sock.recv_multipart()
     finally:
         sock.close()
@@ -110,7 +122,7 @@ def request(endpoint: str, command: str, args: Mapping[str, Any] | None = None,
 def subscribe(endpoints: str | Iterable[str], count: int | None = None,
               timeout: float | None = None, topics: Iterable[str] = ("stats.", "status"),
               security: ClientSecurity | None = None, context: zmq.Context | None = None,
-              ) -> Iterator[tuple[str, dict[str, Any]]]:
+              first_timeout: float | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield statistics messages from one or more daemons as they come.
 
     Parameters
@@ -127,6 +139,9 @@ def subscribe(endpoints: str | Iterable[str], count: int | None = None,
         CURVE client keys, for daemons with ``zmq.curve_secret_key``.
     context : zmq.Context, optional
         Defaults to the process's shared context.
+    first_timeout : float, optional
+        Longest wait for the first message, when `timeout` is None (a CURVE
+        client with a wrong key hears nothing, forever).
 
     Yields
     ------
@@ -153,14 +168,18 @@ def subscribe(endpoints: str | Iterable[str], count: int | None = None,
             _connect(sock, endpoint)
         received = 0
         while count is None or received < count:
-            deadline = None if timeout is None else time.monotonic() + timeout
+            limit = first_timeout if timeout is None and received == 0 else timeout
+            deadline = None if limit is None else time.monotonic() + limit
             while True:
                 wait = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
                 if wait > 0 and sock.poll(int(wait * 1000) or 1, zmq.POLLIN):
                     break
                 if deadline is not None and time.monotonic() >= deadline:
+                    assert limit is not None
+                    if security is not None:
+                        raise DaemonUnreachable(_wrong_key(", ".join(endpoints), limit))
                     raise DaemonUnreachable(f"{', '.join(endpoints)}: no statistics within "
-                                            f"{timeout:g} s (is the daemon running?)")
+                                            f"{limit:g} s (is the daemon running?)")
             frames = sock.recv_multipart()
             if len(frames) != 2:
                 continue

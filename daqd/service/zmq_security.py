@@ -300,6 +300,47 @@ class ClientSecurity:
         server_public, _ = _load_keypair(server_key_file, "daemon's CURVE public key")
         return cls(public, secret, server_public)
 
+    @classmethod
+    def choose(cls, cfg: ZmqConfig | None, secret_key_file: str | None = None,
+               server_key_file: str | None = None) -> ClientSecurity | None:
+        """Choose a command-line client's CURVE keys: its options, else the ``[zmq]`` keys.
+
+        Parameters
+        ----------
+        cfg : daqd.config.ZmqConfig or None
+            The ``[zmq]`` table of ``--config``, if one was given.
+        secret_key_file : str, optional
+            ``--curve-secret-key``: the client's ``.key_secret`` file; else
+            ``zmq.curve_client_secret_key``.
+        server_key_file : str, optional
+            ``--curve-server-key``: the daemon's public ``.key`` file; else
+            ``zmq.curve_server_key``, else the public half of the daemon's own
+            ``zmq.curve_secret_key`` (a client running as the daemon's user).
+
+        Returns
+        -------
+        ClientSecurity or None
+            None when no client secret key is given anywhere (no CURVE).
+
+        Raises
+        ------
+        UsageProblem
+            A server key without a client key, no server key to be found, or
+            a key file that cannot be read.
+        """
+        secret = secret_key_file or (cfg.curve_client_secret_key if cfg is not None else "")
+        server = server_key_file or (cfg.curve_server_key or cfg.curve_secret_key
+                                     if cfg is not None else "")
+        if not secret:
+            if server_key_file:
+                raise UsageProblem(f"--curve-server-key {server_key_file}: expected "
+                                   "--curve-secret-key (or zmq.curve_client_secret_key) too")
+            return None
+        if not server:
+            raise UsageProblem(f"{secret}: a CURVE client key needs the daemon's public key: "
+                               "expected --curve-server-key (or zmq.curve_server_key)")
+        return cls.from_files(secret, server)
+
     def apply(self, socket: zmq.Socket) -> None:
         """Make `socket` a CURVE client of the daemon; call before connect."""
         socket.curve_secretkey = self._secret_key

@@ -154,7 +154,10 @@ def test_an_unknown_or_keyless_client_gets_nothing_and_cannot_control(ctx, curve
     with pytest.raises(DaemonUnreachable):
         next(subscribe(pub.endpoint, count=1, timeout=REFUSED, security=security,
                        context=ctx))
-    with pytest.raises(DaemonUnreachable, match="no reply to 'stop'"):
+    # with keys, the one line a person sees says what is likely wrong
+    words = "no reply to 'stop'" if security is None else \
+        f"^no reply from {srv.endpoint} in {REFUSED:g} s; wrong CURVE key\\?$"
+    with pytest.raises(DaemonUnreachable, match=words):
         request(srv.endpoint, "stop", timeout=REFUSED, security=security, context=ctx)
     # the server is up and answering authorised clients, yet never ran the intruder's stop
     assert request(srv.endpoint, "status", security=client_keys(made, "client"),
