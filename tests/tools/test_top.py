@@ -1,0 +1,153 @@
+"""``daqd top`` driven headless (Textual's pilot) against a real daemon fed known heaps."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Static
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cli_helpers import assert_one_line_error
+from cli_helpers import daqd as run_daqd
+from daemon_helpers import (
+    W1Sender,
+    chunk_daemon,
+    daemon_toml,
+    free_port,
+    write_config,
+)
+
+from daqd.tools.top.app import DetailScreen, TopApp
+from daqd.tools.top.feed import Feed
+from daqd.tools.top.model import Monitor
+
+pytestmark = pytest.mark.network
+
+
+def table_text(app: TopApp) -> list[list[str]]:
+    """The main table's rows as the screen shows them (the totals row last)."""
+    table = app.query_one("#streams", DataTable)
+    return [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+def head_text(app: TopApp) -> str:
+    return str(app.query_one("#head", Static).render())
+
+
+async def until(pilot, check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Let the app run until `check()` holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} not seen within {timeout} s"
+        await pilot.pause(0.1)
+
+
+def column(name: str) -> int:
+    from daqd.tools.top.cells import COLUMNS
+
+    return COLUMNS.index(name)
+
+
+def test_top_shows_a_live_daemon_its_loss_keys_and_then_stale(tmp_path: Path):
+    with chunk_daemon(tmp_path) as (daemon, ready, port):
+        sender = W1Sender(port, heaps=256)
+        sender.send(64)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as bad:
+            for _ in range(3):                      # not SPEAD: rejected, bad magic
+                bad.sendto(b"\x00" * 64, ("127.0.0.1", port))
+        endpoint = ready["stats"]
+        app = TopApp(Feed([endpoint]), Monitor([endpoint], stale_after=1.0))
+
+        async def drive() -> None:
+            async with app.run_test(size=(220, 30)) as pilot:
+                def packets_shown(n: int) -> Callable[[], bool]:
+                    return lambda: any(r[1] == "adc0" and r[column("packets")] == f"{n:,}"
+                                       for r in table_text(app)[:-1])
+
+                await until(pilot, packets_shown(67), "67 packets on adc0's row")
+                row = table_text(app)[0]
+                assert row[column("daemon")] == "test-daqd"
+                assert row[column("loss (total)")] == "3"
+                assert row[column("largest reason")] == "packets_rejected_bad_magic"
+                assert row[column("heaps|chunks/s")].endswith("chunks")
+                totals = table_text(app)[-1]
+                assert totals[0] == "TOTAL" and totals[column("packets")] == "67"
+                assert totals[column("loss (total)")] == "3"
+
+                # s: the sort changes, and the header says which
+                assert "sort: name" in head_text(app)
+                await pilot.press("s")
+                assert "sort: packets/s" in head_text(app)
+
+                # p: the screen freezes while statistics go on arriving
+                await pilot.press("p")
+                assert "PAUSED" in head_text(app)
+                sender.send(32)
+                await until(pilot, lambda: app.monitor.rows[(endpoint, "adc0")]
+                            .counters.get("packets") == 99, "99 packets in the model")
+                assert table_text(app)[0][column("packets")] == "67"
+                await pilot.press("p")
+                await until(pilot, packets_shown(99), "99 packets after resuming")
+
+                # enter: the stream's detail, every counter; escape goes back
+                await pilot.press("enter")
+                assert isinstance(app.screen, DetailScreen)
+                detail = str(app.screen.query_one("#detail", Static).render())
+                assert "test-daqd/adc0" in detail
+                for name in ("packets", "heaps", "chunks_completed",
+                             "packets_rejected_bad_magic", "chunk_heaps_too_old"):
+                    assert f"\n  {name} " in detail
+                assert "packets_rejected_bad_magic: 3" in detail
+                assert "binary:" in detail and "text:" in detail
+                await pilot.press("escape")
+                assert not isinstance(app.screen, DetailScreen)
+
+                # the daemon stops: its row stays, marked stale, and the screen still runs
+                sender.close()
+                assert daemon.stop() == 0
+                await until(pilot, lambda: table_text(app)[0][column("daemon")]
+                            == "test-daqd (stale)", "the stale mark")
+                assert table_text(app)[0][1] == "adc0"
+                assert table_text(app)[-1][column("packets/s")] == "0.0"
+
+                await pilot.press("q")
+            assert app.return_code == 0
+
+        asyncio.run(asyncio.wait_for(drive(), 90))
+
+
+def test_top_waits_for_a_silent_endpoint_without_blocking(tmp_path: Path):
+    """Nothing publishes at the endpoint: the screen runs and says whom it waits for."""
+    endpoint = f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+    app = TopApp(Feed([endpoint]), Monitor([endpoint]))
+
+    async def drive() -> None:
+        async with app.run_test() as pilot:
+            await until(pilot, lambda: f"waiting for: {endpoint}" in head_text(app), "waiting")
+            assert table_text(app) == [table_text(app)[-1]]       # only the totals row
+            await pilot.press("s")
+            assert "sort: packets/s" in head_text(app)
+            await pilot.press("q")
+
+    asyncio.run(asyncio.wait_for(drive(), 30))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "give --endpoint E or --config F"),
+    (["--endpoint", "nonsense"], "--endpoint nonsense: not a ZeroMQ endpoint"),
+])
+def test_top_bad_arguments_are_one_line_and_status_2(args: list[str], message: str):
+    assert_one_line_error(run_daqd("top", *args), message)
+
+
+def test_top_config_with_a_wildcard_stats_port_is_a_usage_problem(tmp_path: Path):
+    path = write_config(tmp_path, daemon_toml(tmp_path) + "[[stream]]\nname = \"a\"\n"
+                        "sources = [\"udp://127.0.0.1:7148\"]\n")
+    assert_one_line_error(run_daqd("top", "--config", str(path)), "wildcard port")
