@@ -151,3 +151,69 @@ def test_top_config_with_a_wildcard_stats_port_is_a_usage_problem(tmp_path: Path
     path = write_config(tmp_path, daemon_toml(tmp_path) + "[[stream]]\nname = \"a\"\n"
                         "sources = [\"udp://127.0.0.1:7148\"]\n")
     assert_one_line_error(run_daqd("top", "--config", str(path)), "wildcard port")
+
+
+def test_top_two_daemons_from_their_configurations_and_the_totals_row(tmp_path: Path):
+    """Endpoints taken from two configurations; one row each and their sum in TOTAL."""
+    from daemon_helpers import DaemonProcess, chunk_stream_config
+
+    from daqd.tools.top.command import endpoints_of
+
+    daemons, senders, paths = [], [], []
+    try:
+        for i, heaps in enumerate((40, 24)):
+            tmp = tmp_path / f"d{i}"
+            tmp.mkdir()
+            port, stats = free_port(), f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+            text = chunk_stream_config(tmp, port=port).replace(
+                'stats = "tcp://127.0.0.1:*"', f'stats = "{stats}"').replace(
+                'name = "test-daqd"', f'name = "daq{i}"')
+            paths.append(str(write_config(tmp, text)))
+            daemons.append(DaemonProcess(Path(paths[-1])))
+            daemons[-1].ready()
+            senders.append(W1Sender(port, heaps=heaps))
+            senders[-1].send(heaps)
+        endpoints = endpoints_of((), tuple(paths))
+        assert len(endpoints) == 2
+        app = TopApp(Feed(endpoints), Monitor(endpoints))
+
+        async def drive() -> None:
+            async with app.run_test(size=(220, 30)) as pilot:
+                await until(pilot, lambda: table_text(app)[-1][column("packets")] == "64",
+                            "64 packets in the totals row")
+                rows = table_text(app)
+                assert [(r[0], r[1], r[column("packets")]) for r in rows[:-1]] == [
+                    ("daq0", "adc0", "40"), ("daq1", "adc0", "24")]
+                assert rows[-1][:2] == ["TOTAL", "2 stream(s)"]
+                await pilot.press("q")
+
+        asyncio.run(asyncio.wait_for(drive(), 60))
+    finally:
+        for sender in senders:
+            sender.close()
+        for daemon in daemons:
+            daemon.close()
+
+
+def test_fill_bar_and_substream_strip():
+    from daqd.tools.top.cells import bar, strip
+
+    assert bar(None) == "-"
+    assert bar(0.5) == "█████░░░░░  50%"
+    assert bar(1.0) == "██████████ 100%"
+    assert strip([]) == "-"
+    assert strip([0, 0, 0]) == "···"
+    assert strip([0, 8, 4, 1]) == "·█▄▁"
+
+
+def test_top_print_after_prints_the_table_as_text(tmp_path: Path):
+    with chunk_daemon(tmp_path) as (daemon, ready, port):
+        sender = W1Sender(port, heaps=32)
+        sender.send(32)
+        sender.close()
+        done = run_daqd("top", "--endpoint", ready["stats"], "--print-after", "1.5")
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[0].split()[:4] == ["daemon", "stream", "packets", "packets/s"]
+        assert lines[1].split()[:3] == ["test-daqd", "adc0", "32"]
+        assert lines[2].split()[:4] == ["TOTAL", "1", "stream(s)", "32"]

@@ -85,3 +85,12 @@ def detail_lines(row: StreamRow) -> list[str]:
     if not row.sinks:
         lines.append("    none")
     return lines
+
+
+def table_lines(rows: list[StreamRow], totals: Totals) -> list[str]:
+    """Render the monitor's table as plain text (``daqd top --print-after``)."""
+    grid = [COLUMNS, *(row_cells(r) for r in rows), totals_cells(totals)]
+    widths = [max(len(line[i]) for line in grid) for i in range(len(COLUMNS))]
+    return ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
+                      for i, (cell, w) in enumerate(zip(line, widths, strict=True))).rstrip()
+            for line in grid]
