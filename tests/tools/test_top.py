@@ -109,9 +109,10 @@ def test_top_shows_a_live_daemon_its_loss_keys_and_then_stale(tmp_path: Path):
                 await pilot.press("escape")
                 assert not isinstance(app.screen, DetailScreen)
 
-                # the daemon stops: its row stays, marked stale, and the screen still runs
+                # the daemon dies (SIGKILL, no last word): its row stays, marked stale,
+                # and the screen still runs
                 sender.close()
-                assert daemon.stop() == 0
+                daemon.close()
                 await until(pilot, lambda: table_text(app)[0][column("daemon")]
                             == "test-daqd (stale)", "the stale mark")
                 assert table_text(app)[0][1] == "adc0"
@@ -185,6 +186,14 @@ def test_top_two_daemons_from_their_configurations_and_the_totals_row(tmp_path: 
                 assert [(r[0], r[1], r[column("packets")]) for r in rows[:-1]] == [
                     ("daq0", "adc0", "40"), ("daq1", "adc0", "24")]
                 assert rows[-1][:2] == ["TOTAL", "2 stream(s)"]
+
+                # one daemon stops cleanly: its last status says so, then it goes stale;
+                # the totals keep its counts and drop its rates
+                assert daemons[0].stop() == 0
+                await until(pilot, lambda: table_text(app)[0][0] == "daq0 (stopped, stale)",
+                            "daq0 stopped and stale", timeout=20)
+                assert table_text(app)[1][0] == "daq1"
+                assert table_text(app)[-1][column("packets")] == "64"
                 await pilot.press("q")
 
         asyncio.run(asyncio.wait_for(drive(), 60))
@@ -217,3 +226,14 @@ def test_top_print_after_prints_the_table_as_text(tmp_path: Path):
         assert lines[0].split()[:4] == ["daemon", "stream", "packets", "packets/s"]
         assert lines[1].split()[:3] == ["test-daqd", "adc0", "32"]
         assert lines[2].split()[:4] == ["TOTAL", "1", "stream(s)", "32"]
+
+
+def test_top_is_listed_and_has_help():
+    assert " top " in run_daqd("--help").stdout
+    done = run_daqd("top", "--help")
+    assert done.returncode == 0 and done.stderr == ""
+    assert "q quits, p pauses" in " ".join(done.stdout.split())
+
+
+def test_top_missing_configuration_is_one_line(tmp_path: Path):
+    assert_one_line_error(run_daqd("top", "--config", str(tmp_path / "nope.toml")), "nope.toml")

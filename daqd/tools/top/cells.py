@@ -44,11 +44,18 @@ def strip(missing: list[int]) -> str:
     return "".join("·" if m == 0 else _BLOCKS[max(1, round(m / worst * 8))] for m in missing)
 
 
+def marks(row: StreamRow) -> str:
+    """Return `` (stopped, stale)`` and the like: a state other than running, staleness."""
+    notes = [row.state] if row.state and row.state != "running" else []
+    notes += ["stale"] if row.stale else []
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 def row_cells(row: StreamRow) -> tuple[str, ...]:
     """Return the cells of a stream's row, in `COLUMNS` order."""
     files, nbytes, errors = row.sink_totals()
     unit = "chunks" if row.chunk_mode else "heaps"
-    daemon = f"{row.daemon} (stale)" if row.stale else row.daemon
+    daemon = row.daemon + marks(row)
     packets = int(row.counters.get("packets", 0))
     return (daemon, row.stream, f"{packets:,}", rate(row.packets_rate), f"{row.gbits_rate:.3f}",
             f"{rate(row.units_rate)} {unit}", f"{row.loss_interval:,}", f"{row.loss_total:,}",
@@ -67,8 +74,7 @@ def totals_cells(t: Totals) -> tuple[str, ...]:
 def detail_lines(row: StreamRow) -> list[str]:
     """List every counter with its rate, the losses by reason, the buffer and the sinks."""
     counters, rates = row.counters, row.rates
-    lines = [f"{row.daemon}/{row.stream}  ({row.endpoint})"
-             + ("  STALE" if row.stale else ""), ""]
+    lines = [f"{row.daemon}/{row.stream}  ({row.endpoint}){marks(row)}", ""]
     width = max((len(k) for k in counters), default=0)
     for name, value in counters.items():
         r = rates.get(name)

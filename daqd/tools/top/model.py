@@ -40,6 +40,7 @@ class StreamRow:
     loss_interval: int = 0
     substream_interval: list[int] = field(default_factory=list)
     stale: bool = False
+    state: str = ""                          # the daemon's, from its newest status message
 
     @property
     def counters(self) -> dict[str, Any]:
@@ -192,6 +193,7 @@ class Monitor:
         """Every row, staleness updated, in the current sort order."""
         for row in self.rows.values():
             row.stale = self.is_stale(row.endpoint, now)
+            row.state = str(self.status.get(row.endpoint, {}).get("state", ""))
         _, key, reverse = SORTS[self.sort]
         return sorted(self.rows.values(), key=key, reverse=reverse)  # type: ignore[no-any-return]
 
