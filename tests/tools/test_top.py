@@ -237,3 +237,55 @@ def test_top_is_listed_and_has_help():
 
 def test_top_missing_configuration_is_one_line(tmp_path: Path):
     assert_one_line_error(run_daqd("top", "--config", str(tmp_path / "nope.toml")), "nope.toml")
+
+
+def test_top_substream_loss_strip_against_known_missing_heaps(tmp_path: Path):
+    """Four substreams; substream 2 loses a heap in each of 6 chunks, substream 3 in one."""
+    from daemon_helpers import DaemonProcess, sinks_toml, udp_stream_toml
+    from spead_packets import heap_packets
+
+    port = free_port()
+    text = daemon_toml(tmp_path) + udp_stream_toml("adc0", port) + """
+[stream.chunk]
+timestamp_item = 0x1600
+timestamp_step = 8192
+heaps_per_chunk = 2
+heap_bytes = 64
+substream_item = 0x4101
+substreams = 4
+max_chunks = 2
+pool = 16
+""" + sinks_toml(tmp_path, "binary")
+    daemon = DaemonProcess(write_config(tmp_path, text))
+    try:
+        ready = daemon.ready()
+        packets, cnt = [], 1
+        for chunk in range(10):          # chunks 6-9 only push 0-5 out of the window
+            for slot in range(2):
+                for sub in range(4):
+                    lost = chunk < 6 and (sub == 2 and slot == 0 or
+                                          sub == 3 and slot == 1 and chunk == 4)
+                    if not lost:
+                        packets += heap_packets(cnt, [(0x1600, (chunk * 2 + slot) * 8192),
+                                                      (0x4101, sub), (0x3000, bytes(64))])
+                    cnt += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for p in packets:
+                s.sendto(p, ("127.0.0.1", port))
+        endpoint = ready["stats"]
+        app = TopApp(Feed([endpoint]), Monitor([endpoint]))
+
+        async def drive() -> None:
+            async with app.run_test(size=(220, 30)) as pilot:
+                def strip_shown() -> bool:
+                    rows = table_text(app)
+                    return len(rows) == 2 and rows[0][column("substream loss")] == "··█▁"
+                await until(pilot, strip_shown, "the strip ··█▁")
+                await pilot.press("enter")
+                detail = str(app.screen.query_one("#detail", Static).render())
+                assert "heaps missing per substream since start: [0, 0, 6, 1]" in detail
+                await pilot.press("q")
+
+        asyncio.run(asyncio.wait_for(drive(), 60))
+    finally:
+        daemon.close()

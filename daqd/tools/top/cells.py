@@ -35,7 +35,7 @@ def bar(fill: float | None, width: int = 10) -> str:
 
 
 def strip(missing: list[int]) -> str:
-    """Draw one character per substream: heaps missing in the last interval, to scale."""
+    """Draw one character per substream: heaps missing, the worst substream a full block."""
     if not missing:
         return "-"
     worst = max(missing)
@@ -60,7 +60,7 @@ def row_cells(row: StreamRow) -> tuple[str, ...]:
     return (daemon, row.stream, f"{packets:,}", rate(row.packets_rate), f"{row.gbits_rate:.3f}",
             f"{rate(row.units_rate)} {unit}", f"{row.loss_interval:,}", f"{row.loss_total:,}",
             row.top_reason or "-", bar(row.fill), f"{files:,}", size(nbytes), f"{errors:,}",
-            strip(row.substream_interval))
+            strip(row.substream_missing))
 
 
 def totals_cells(t: Totals) -> tuple[str, ...]:
@@ -81,6 +81,9 @@ def detail_lines(row: StreamRow) -> list[str]:
         lines.append(f"  {name:<{width}}  {value:>16,}" + (f"  {r:,.1f}/s" if r else ""))
     lines += ["", f"  loss since start {row.loss_total:,}, last interval {row.loss_interval:,}"]
     lines += [f"    {k}: {v:,}" for k, v in row.losses.items() if v]
+    if row.substream_missing:
+        lines.append(f"  heaps missing per substream since start: {row.substream_missing}, "
+                     f"last interval: {row.substream_interval or '-'}")
     lines += ["", f"  buffer fill {bar(row.fill)}", "  sinks:"]
     for sink in row.sinks:
         lines.append(f"    {sink.get('name', '?')}: files {sink.get('files', 0):,}, "

@@ -90,6 +90,12 @@ class StreamRow:
         return name if count else ""
 
     @property
+    def substream_missing(self) -> list[int]:
+        """Chunk mode: heaps missing per substream since start (completed chunks)."""
+        missing = self.message.get("heaps_missing_per_substream")
+        return [int(_num(m)) for m in missing] if isinstance(missing, list) else []
+
+    @property
     def fill(self) -> float | None:
         """The stream's buffer fill, 0 to 1 (None without a buffer)."""
         buffer = self.message.get("buffer")
@@ -164,10 +170,9 @@ class Monitor:
         row = StreamRow(endpoint, str(message.get("daemon", "?")), stream, message, now)
         if old is not None:
             row.loss_interval = max(0, row.loss_total - old.loss_total)
-            new = row.message.get("heaps_missing_per_substream") or []
-            before = old.message.get("heaps_missing_per_substream") or []
-            row.substream_interval = [max(0, int(_num(n)) - int(_num(b)))
-                                      for n, b in zip(new, before, strict=False)]
+            row.substream_interval = [
+                max(0, n - b)
+                for n, b in zip(row.substream_missing, old.substream_missing, strict=False)]
         self.rows[key] = row
 
     def is_stale(self, endpoint: str, now: float) -> bool:
