@@ -106,6 +106,9 @@ def test_top_shows_a_live_daemon_its_loss_keys_and_then_stale(tmp_path: Path):
                     assert f"\n  {name} " in detail
                 assert "packets_rejected_bad_magic: 3" in detail
                 assert "binary:" in detail and "text:" in detail
+                await pilot.press("p")                      # p works here too
+                assert app.paused and "PAUSED" in head_text(app)
+                await pilot.press("p")
                 await pilot.press("escape")
                 assert not isinstance(app.screen, DetailScreen)
 

@@ -22,7 +22,8 @@ class DetailScreen(Screen[None]):
     """One stream in full: every counter, rates, losses by reason, sinks."""
 
     BINDINGS: ClassVar[list[Any]] = [Binding("escape,enter,backspace", "app.pop_screen", "back"),
-                                     Binding("q", "app.quit", "quit")]
+                                     Binding("q", "app.quit", "quit"),
+                                     Binding("p", "app.pause", "pause")]
 
     def __init__(self, key: tuple[str, str]):
         super().__init__()
@@ -35,13 +36,15 @@ class DetailScreen(Screen[None]):
 
     def on_mount(self) -> None:
         """Show the row now and at every tick."""
-        self.refresh_detail()
+        self.refresh_detail(force=True)
         self.set_interval(TICK, self.refresh_detail)
 
-    def refresh_detail(self) -> None:
-        """Redraw from the monitor's newest state."""
+    def refresh_detail(self, force: bool = False) -> None:
+        """Redraw from the monitor's newest state (not while paused, unless `force`)."""
         app = self.app
         assert isinstance(app, TopApp)
+        if app.paused and not force:
+            return
         app.monitor.view(time.monotonic())      # staleness up to date
         row = app.monitor.rows.get(self.key)
         text = "\n".join(cells.detail_lines(row)) if row is not None else "gone"
@@ -62,13 +65,15 @@ class TopApp(App[None]):
         self.monitor = monitor
         self.paused = False
         self.keys: list[tuple[str, str]] = []     # table row -> monitor row
+        self.table: DataTable[str] = DataTable(id="streams", cursor_type="row",
+                                               zebra_stripes=True)
+        self.head = Static(id="head")
 
     def compose(self) -> ComposeResult:
         """Lay out the header line, the table and the key help."""
-        yield Static(id="head")
-        table: DataTable[str] = DataTable(id="streams", cursor_type="row", zebra_stripes=True)
-        table.add_columns(*cells.COLUMNS)
-        yield table
+        self.table.add_columns(*cells.COLUMNS)
+        yield self.head
+        yield self.table
         yield Footer()
 
     def on_mount(self) -> None:
@@ -91,7 +96,7 @@ class TopApp(App[None]):
     def redraw(self, now: float) -> None:
         """Rebuild the table from the monitor."""
         rows = self.monitor.view(now)
-        table = self.query_one("#streams", DataTable)
+        table = self.table
         cursor = self.keys[table.cursor_row] if 0 <= table.cursor_row < len(self.keys) else None
         table.clear()
         self.keys = []
@@ -107,7 +112,7 @@ class TopApp(App[None]):
             head.append("PAUSED")
         if silent:
             head.append("waiting for: " + ", ".join(silent))
-        self.query_one("#head", Static).update("  ".join(head))
+        self.head.update("  ".join(head))
 
     def action_pause(self) -> None:
         """Freeze the screen, or let it run again."""
