@@ -23,7 +23,8 @@ class Commands(click.Group):
     """
 
     TOOLS = {"dump": "daqd.tools.dump", "simulate": "daqd.tools.simulate",
-             "bench": "daqd.tools.bench.command", "keygen": "daqd.tools.keygen"}
+             "bench": "daqd.tools.bench.command", "keygen": "daqd.tools.keygen",
+             "top": "daqd.tools.top.command"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """Name every command, the tools' too."""

@@ -31,3 +31,10 @@ CHUNK_HEAP_DROP_COUNTERS = tuple(
     if s.name.startswith("CHUNK_HEAPS_REJECTED")
     or s.name in ("CHUNK_HEAPS_TOO_OLD", "CHUNK_HEAPS_NO_FREE_CHUNK")
 )
+
+#: Every counted loss, one counter per reason: packets not used, heaps not placed,
+#: packets the kernel dropped for want of socket buffer, partial heaps evicted
+#: unfinished.  ``daqd top`` sums them (units differ: packets and heaps) and names
+#: the largest.
+LOSS_COUNTERS = (*DROP_COUNTERS, *CHUNK_HEAP_DROP_COUNTERS, "packets_dropped_socket_buffer",
+                 "incomplete_heaps_evicted")
