@@ -11,6 +11,7 @@ import click
 
 from daqd import __version__, logs
 from daqd.errors import UsageProblem
+from daqd.service.client_keys import client_security, curve_options
 
 CONTEXT = {"auto_envvar_prefix": "DAQD", "help_option_names": ["-h", "--help"]}
 
@@ -51,25 +52,6 @@ CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
     help="Configuration file (default: the built-in one, config/daqd.toml in the "
          "source tree, shipped in the package).")
-
-
-def curve_options(command: Any) -> Any:
-    """``--curve-secret-key`` and ``--curve-server-key``: a client of a daemon with CURVE."""
-    command = click.option(
-        "--curve-server-key", "curve_server_key", type=click.Path(dir_okay=False),
-        default=None, help="The daemon's public key file (default: zmq.curve_server_key, "
-        "else the public half of zmq.curve_secret_key).")(command)
-    return click.option(
-        "--curve-secret-key", "curve_secret_key", type=click.Path(dir_okay=False),
-        default=None, help="This client's CURVE secret key file, as `daqd keygen` writes it "
-        "(default: the configuration's zmq.curve_client_secret_key).")(command)
-
-
-def _client_security(cfg: Any, secret_key: str | None, server_key: str | None) -> Any:
-    """Choose a client's CURVE keys: the options, else the configuration's (or None)."""
-    from daqd.service.zmq_security import ClientSecurity
-
-    return ClientSecurity.choose(cfg.zmq if cfg is not None else None, secret_key, server_key)
 
 
 def _load(config_path: str | None, host: bool = True) -> Any:
@@ -152,7 +134,7 @@ def stop(config_path: str | None, endpoint: str | None, curve_secret_key: str | 
     """
     from daqd.service import background
     cfg = _load(config_path, host=False) if config_path or not endpoint else None
-    security = _client_security(cfg, curve_secret_key, curve_server_key)
+    security = client_security(cfg, curve_secret_key, curve_server_key)
     if endpoint or security is not None:
         _stop_by_request(_control_endpoint(cfg, endpoint), security, timeout)
         return
@@ -212,7 +194,7 @@ def status(config_path: str | None, endpoint: str | None, curve_secret_key: str 
     from daqd.service.zmq_clients import format_status, request
 
     cfg = _load(config_path, host=False) if config_path or not endpoint else None
-    security = _client_security(cfg, curve_secret_key, curve_server_key)
+    security = client_security(cfg, curve_secret_key, curve_server_key)
     reply = request(_control_endpoint(cfg, endpoint), "status", timeout=timeout,
                     security=security)
     click.echo(json.dumps(reply) if as_json else format_status(reply))
@@ -254,7 +236,7 @@ def stats(endpoints: tuple[str, ...], config_paths: tuple[str, ...],
         if not cfg.zmq.stats:
             raise UsageProblem(f"{cfg.path}: zmq.stats is off; give --endpoint")
     endpoints = (*endpoints, *(cfg.zmq.stats for cfg in configs))
-    security = _client_security(configs[0] if configs else None, curve_secret_key,
+    security = client_security(configs[0] if configs else None, curve_secret_key,
                                 curve_server_key)
     totals = Totals() if merge else None
     shown = 0

@@ -142,3 +142,17 @@ def test_a_server_key_without_a_client_key_is_a_usage_error(running):
                 "--curve-server-key", str(made["server"][0]))
     assert proc.returncode == 2 and "expected --curve-secret-key" in proc.stderr
     assert len(proc.stderr.splitlines()) == 1
+
+
+def test_top_reaches_a_curve_daemon_with_the_keys_and_sees_nothing_without(running):
+    """``daqd top`` takes the same key options: with them the daemon's row is shown,
+    without them (or with an intruder's key) the daemon is never heard from."""
+    daemon, ready, made = running
+    proc = daqd("top", "--endpoint", ready["stats"], "--print-after", "3", *key_options(made))
+    assert proc.returncode == 0, proc.stderr
+    assert "curved" in proc.stdout and "adc0" in proc.stdout
+    for options in ([], key_options(made, "intruder")):
+        proc = daqd("top", "--endpoint", ready["stats"], "--print-after", "1.5", *options)
+        assert proc.returncode == 0, proc.stderr
+        assert "adc0" not in proc.stdout, proc.stdout
+        assert f"no statistics from {ready['stats']}" in proc.stdout

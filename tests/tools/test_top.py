@@ -177,7 +177,9 @@ def test_top_two_daemons_from_their_configurations_and_the_totals_row(tmp_path: 
             daemons[-1].ready()
             senders.append(W1Sender(port, heaps=heaps))
             senders[-1].send(heaps)
-        endpoints = endpoints_of((), tuple(paths))
+        from daqd.config import load
+
+        endpoints = endpoints_of((), [load(p, host=False) for p in paths])
         assert len(endpoints) == 2
         app = TopApp(Feed(endpoints), Monitor(endpoints))
 

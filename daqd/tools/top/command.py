@@ -8,9 +8,10 @@ from typing import Any
 import click
 
 from daqd.errors import UsageProblem
+from daqd.service.client_keys import client_security, curve_options
 
 
-def endpoints_of(endpoints: tuple[str, ...], config_paths: tuple[str, ...]) -> list[str]:
+def endpoints_of(endpoints: tuple[str, ...], configs: list[Any]) -> list[str]:
     """Return the statistics endpoints: `endpoints`, then each configuration's ``zmq.stats``.
 
     Raises
@@ -19,11 +20,8 @@ def endpoints_of(endpoints: tuple[str, ...], config_paths: tuple[str, ...]) -> l
         When none is given, or a configuration has statistics off or on a
         wildcard port (which a client cannot connect to).
     """
-    from daqd.config import load
-
     out = list(endpoints)
-    for path in config_paths:
-        cfg = load(path, host=False)
+    for cfg in configs:
         if not cfg.zmq.stats:
             raise UsageProblem(f"{cfg.path}: zmq.stats is off; no statistics to watch")
         if cfg.zmq.stats.endswith(":*"):
@@ -47,18 +45,25 @@ def endpoints_of(endpoints: tuple[str, ...], config_paths: tuple[str, ...]) -> l
 @click.option("--print-after", type=click.FloatRange(min=0.1), default=None, metavar="S",
               help="No screen: listen for S seconds, print the table as text and exit "
                    "(for scripts and logs).")
+@curve_options
 def command(endpoints: tuple[str, ...], config_paths: tuple[str, ...],
-            stale_after: float, print_after: float | None) -> None:
+            stale_after: float, print_after: float | None, curve_secret_key: str | None,
+            curve_server_key: str | None) -> None:
     """Full-screen live monitor of one or many daemons.
 
     One row per daemon and stream, a totals row; keys: q quits, p pauses,
     s changes the sort, enter opens the selected stream's detail.
     """
+    from daqd.config import load
     from daqd.tools.top.feed import Feed
     from daqd.tools.top.model import Monitor
 
-    watched = endpoints_of(endpoints, config_paths)
-    feed = Feed(watched)
+    configs = [load(path, host=False) for path in config_paths]
+    watched = endpoints_of(endpoints, configs)
+    # CURVE: the options, else the first configuration's [zmq] client keys.
+    security = client_security(configs[0] if configs else None, curve_secret_key,
+                               curve_server_key)
+    feed = Feed(watched, security)
     monitor = Monitor(watched, stale_after)
     if print_after is not None:
         click.echo("\n".join(_listen(feed, monitor, print_after)))

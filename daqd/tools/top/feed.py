@@ -26,6 +26,8 @@ class Feed:
     ----------
     endpoints : list of str
         Statistics endpoints (``zmq.stats`` of each daemon).
+    security : ClientSecurity or None
+        CURVE client keys for daemons that publish with CURVE (all of them).
 
     Raises
     ------
@@ -33,7 +35,7 @@ class Feed:
         When an endpoint is not one ZeroMQ can connect to.
     """
 
-    def __init__(self, endpoints: list[str]):
+    def __init__(self, endpoints: list[str], security: Any = None):
         self.context = zmq.Context()
         self.sockets: list[tuple[str, zmq.Socket]] = []
         try:
@@ -41,6 +43,8 @@ class Feed:
                 sock = self.context.socket(zmq.SUB)
                 sock.linger = 0
                 self.sockets.append((endpoint, sock))
+                if security is not None:
+                    security.apply(sock)
                 sock.subscribe(b"stats.")
                 sock.subscribe(b"status")
                 try:
