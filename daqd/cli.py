@@ -23,7 +23,7 @@ class Commands(click.Group):
     """
 
     TOOLS = {"dump": "daqd.tools.dump", "simulate": "daqd.tools.simulate",
-             "bench": "daqd.tools.bench.command"}
+             "bench": "daqd.tools.bench.command", "plot": "daqd.tools.plot"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """Name every command, the tools' too."""
