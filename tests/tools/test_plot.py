@@ -221,3 +221,27 @@ def test_without_matplotlib_the_install_command_is_named(daemon_files):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert_one_line_error(proc, "pip install 'daqd[plot]'")
+
+
+def test_files_with_stream_time_give_utc(daemon_files, tmp_path):
+    """``sync_time``/``timestamp_rate`` attributes (``[stream.time]``, INTERFACES.md) give each
+    record's UTC: ISO text or Unix seconds; a ``utc`` dataset is taken as written."""
+    from daqd.tools.chunkfile import open_chunk_file
+
+    h5_path, _ = daemon_files
+    copy = tmp_path / "t.h5"
+    copy.write_bytes(h5_path.read_bytes())
+    with h5py.File(copy, "r+") as h5:
+        h5.attrs["sync_time"] = "2026-12-07T00:00:00Z"
+        h5.attrs["timestamp_rate"] = 1712e6
+        ts = h5["timestamp"][:]
+    with open_chunk_file(str(copy)) as f:
+        (block,) = list(f.blocks(data=False))
+    assert np.allclose(block.utc, 1796601600.0 + ts / 1712e6)
+    assert daqd("plot", str(copy), "-o", str(tmp_path / "t.png")).returncode == 0
+    with h5py.File(copy, "r+") as h5:
+        h5.attrs["sync_time"] = 1796601600.0
+        h5.create_dataset("utc", data=np.arange(CHUNKS, dtype=np.float64) + 5.0)
+    with open_chunk_file(str(copy)) as f:
+        (block,) = list(f.blocks(data=False))
+    assert list(block.utc) == [5.0 + i for i in range(CHUNKS)]
