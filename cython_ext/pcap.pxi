@@ -94,6 +94,10 @@ cdef class PcapReader(Reader):
     cdef uint32_t linktype
     cdef int port
 
+    def progress(self):
+        """(bytes of the capture read so far, its size)."""
+        return self.offset, self.size
+
     def __init__(self, data, *, int port=-1, size_t batch=64):
         self.alloc_batch(batch)
         self.finite = True

@@ -170,6 +170,14 @@ cdef class Reader:
         then hands over what its socket held at the stop before it ends)."""
         self.stop_flag = True
 
+    def progress(self):
+        """(bytes consumed, bytes in all) of a finite source, for progress reports.
+
+        Read from another thread while the reader runs (an estimate, never a
+        count): 0 in all where the size is not known (a network source).
+        """
+        return 0, 0
+
     def close(self):
         """Release the source's OS resources (idempotent)."""
 
@@ -350,6 +358,18 @@ cdef class ByteStreamReader(Reader):
     cdef int timeout_ms
     cdef object keepalive       # the Python buffer or file object behind fd/buf
     cdef const uint8_t[::1] view
+
+    def progress(self):
+        """(bytes read from the file so far, its size); (0, 0) for a pipe or memory."""
+        if self.fd < 0:
+            return 0, 0
+        try:
+            st = os.fstat(self.fd)
+            if not (st.st_mode & 0o170000 == 0o100000):     # not a regular file
+                return 0, 0
+            return os.lseek(self.fd, 0, os.SEEK_CUR), st.st_size
+        except OSError:
+            return 0, 0
 
     def __init__(self, object source, *, size_t max_packet_size=DEFAULT_MAX_PACKET_SIZE,
                  size_t batch=64, size_t bufsize=4 << 20, int timeout_ms=200,

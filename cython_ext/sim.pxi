@@ -119,6 +119,10 @@ cdef class SimReader(Reader):
         """Packets in the whole finite stream (0 when endless)."""
         return self.heaps * self.packets_per_heap
 
+    def progress(self):
+        """(bytes of whole packets generated so far, of the whole stream; 0 when endless)."""
+        return self.next_packet * self.packet_size, self.total_packets * self.packet_size
+
     cdef void pace(self, size_t n) noexcept nogil:
         """Sleep until `n` more packets are due at the configured rate."""
         cdef uint64_t now, due

@@ -25,7 +25,8 @@ class Commands(click.Group):
 
     TOOLS = {"dump": "daqd.tools.dump", "simulate": "daqd.tools.simulate",
              "bench": "daqd.tools.bench.command", "keygen": "daqd.tools.keygen",
-             "top": "daqd.tools.top.command"}
+             "top": "daqd.tools.top.command",
+             "plot": "daqd.tools.plot"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """Name every command, the tools' too."""

@@ -15,6 +15,8 @@ from daqd import _spead
 from daqd.recv.descriptors import DESCRIPTOR_ID, decode_descriptors
 from daqd.recv.heap_records import PACKET_STRUCTURE_IDS
 from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE, Source, open_source
+from daqd.tools.progress import Progress
+from daqd.tools.progress import options as progress_options
 
 # Packet-structure items and descriptors are not printed as items (INTERFACES.md).
 STRUCTURE_IDS = PACKET_STRUCTURE_IDS | {DESCRIPTOR_ID}
@@ -70,11 +72,16 @@ def run_dump(
     out: TextIO,
     err: TextIO,
     max_live_heap_bytes: int = _spead.DEFAULT_MAX_LIVE_HEAP_BYTES,
+    progress: str = "off",
+    progress_interval: float = 10.0,
 ) -> dict[str, int]:
     """Print heaps as JSON lines; returns the stream's counters.
 
     SIGINT and SIGTERM end the dump cleanly: the partial heaps still live are
     flushed (and printed with ``--incomplete``) and the counters summarised.
+    `progress` (``daqd.tools.progress.MODES``) reports how far a finite source
+    (``file:``, ``pcap:``, ``sim:`` with heaps) has been read; a network source
+    has no size, so none.
     """
     stream = _spead.HeapStream(
         max_heaps=max_heaps,
@@ -91,9 +98,14 @@ def run_dump(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     printed = 0
+    decoded = [0]
     started = time.monotonic()
+    reader = source.reader
+    report = Progress("dump", reader.progress, lambda: decoded[0],
+                      mode=progress if source.finite else "off", interval=progress_interval)
     try:
         for heap in receive_heaps(source, stream, lambda: interrupted[0]):
+            decoded[0] += 1
             if not heap.complete and not incomplete:
                 continue
             if count is not None and printed >= count:
@@ -107,6 +119,7 @@ def run_dump(
         # The reader of our output went away (e.g. `| head`): not an error.
         sys.stdout = None  # type: ignore[assignment]
     finally:
+        report.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
         if source.reader is not None:
@@ -145,9 +158,11 @@ INT = click.IntRange
               help="Payload bytes the partial heaps may hold together (else the oldest "
                    "are evicted; a heap larger on its own is refused and counted).")
 @click.option("--count", type=INT(min=0), default=None, help="Stop after printing this many heaps.")
+@progress_options
 def command(source: str, max_heaps: int, allow_out_of_order: bool, incomplete: bool,
          stop_on_stop_item: bool, max_packet_size: int, max_heap_size: int,
-         max_live_heap_bytes: int, count: int | None) -> None:
+         max_live_heap_bytes: int, count: int | None, progress: str,
+         progress_interval: float) -> None:
     """Decode SOURCE and print one JSON line per heap; counters go to stderr.
 
     SOURCE is udp://HOST:PORT, tcp://HOST:PORT, pcap:PATH, file:PATH (file:- for
@@ -159,4 +174,5 @@ def command(source: str, max_heaps: int, allow_out_of_order: bool, incomplete: b
     run_dump(src, max_heaps=max_heaps, allow_out_of_order=allow_out_of_order,
              incomplete=incomplete, stop_on_stop_item=stop_on_stop_item,
              max_heap_size=max_heap_size, count=count, out=sys.stdout, err=sys.stderr,
-             max_live_heap_bytes=max_live_heap_bytes)
+             max_live_heap_bytes=max_live_heap_bytes, progress=progress,
+             progress_interval=progress_interval)

@@ -15,11 +15,13 @@ from daqd.errors import UsageProblem
 from daqd.recv.uri import parse_uri
 from daqd.recv.workloads import WORKLOADS, connect, send, workload
 from daqd.sinks.pcap import DEFAULT_UDP_PORT
+from daqd.tools.progress import Progress
+from daqd.tools.progress import options as progress_options
 
 
 def simulate(
     target: str, workload_name: str, *, rate: float, heaps: int, stop: bool,
-    port: int = DEFAULT_UDP_PORT
+    port: int = DEFAULT_UDP_PORT, progress: str = "off", progress_interval: float = 10.0
 ) -> dict[str, Any]:
     """Send `heaps` heaps of a workload to `target`; returns what was sent.
 
@@ -28,7 +30,8 @@ def simulate(
     ``file:PATH`` (packets back to back; ``file:-`` is standard output) and
     ``pcap:PATH`` or any path ending in ``.pcap`` (a classic pcap file of
     UDP frames to `port`, or to the target's ``?port=P``).  A stop heap
-    follows unless `stop` is False.
+    follows unless `stop` is False.  `progress` (``daqd.tools.progress.MODES``)
+    reports bytes, heaps, rate and ETA while sending.
     """
     try:
         w = workload(workload_name)
@@ -62,8 +65,12 @@ def simulate(
                 closer.write(_spead.PCAP_FILE_HEADER)
                 closer.flush()
     started = time.monotonic()
+    heap_size = source.packet_size * source.packets_per_heap
     try:
-        packets, nbytes, dropped = send(source, fd, mode, heaps=heaps, stop=stop, port=port)
+        with Progress("simulate", source.progress, lambda: source.progress()[0] // heap_size,
+                      mode=progress, interval=progress_interval):
+            packets, nbytes, dropped = send(source, fd, mode, heaps=heaps, stop=stop,
+                                            port=port)
     finally:
         if closer is not None:
             closer.close()
@@ -91,10 +98,13 @@ def simulate(
               help="End with a stream-control stop heap.")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_UDP_PORT, show_default=True,
               help="UDP destination port written into pcap frames.")
-def command(target: str, workload: str, rate: float, heaps: int, stop: bool, port: int) -> None:
+@progress_options
+def command(target: str, workload: str, rate: float, heaps: int, stop: bool, port: int,
+            progress: str, progress_interval: float) -> None:
     """Send a reference workload to TARGET (udp://, tcp://, file:PATH, pcap:PATH)."""
     try:
-        result = simulate(target, workload, rate=rate, heaps=heaps, stop=stop, port=port)
+        result = simulate(target, workload, rate=rate, heaps=heaps, stop=stop, port=port,
+                          progress=progress, progress_interval=progress_interval)
     except KeyboardInterrupt:
         return
     click.echo(json.dumps(result), err=True)
