@@ -165,6 +165,17 @@ class Receiver:
         """Whether heaps are placed into chunks (else they become heap records)."""
         return self.group is not None
 
+    @property
+    def chunks_to_spare(self) -> int | None:
+        """Chunk mode: completed chunks the pool can leave waiting for the disk.
+
+        That is ``pool - max_chunks`` (at least 1): the window still fills
+        ``max_chunks``.  None in heap mode.
+        """
+        if self.group is None:
+            return None
+        return max(1, self.section.chunk.pool - self.section.chunk.max_chunks)
+
     def open(self) -> list[str]:
         """Open every source and make its compiled stream; the warnings to pass on.
 

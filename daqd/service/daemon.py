@@ -28,6 +28,7 @@ import zmq
 
 from daqd import __version__
 from daqd.config import Config
+from daqd.recv.counters import LOSS_COUNTERS
 from daqd.recv.workloads import WorkloadSender
 from daqd.service.control import COMMANDS, ControlServer
 from daqd.service.metrics import MetricsServer
@@ -147,10 +148,12 @@ class Daemon:
         """One log line per interval: the headline counters of each stream."""
         for runner in self.runners:
             c = runner.raw_counters()
-            fields = {k: c.get(k, 0) for k in LOG_COUNTERS}
+            fields: dict[str, Any] = {k: c.get(k, 0) for k in LOG_COUNTERS}
             if runner.buffer is not None:
                 b = runner.buffer.stats()
                 fields["records_flushed"] = b.get("records_flushed", 0)
+                fields["records_dropped"] = b.get("records_dropped", 0)
+            fields["lost"] = _losses(c)         # since start, every reason that is not zero
             self.log.info("stats", stream=runner.name, **fields)
         if self.watchdog is not None and self.watchdog.stalled:
             # Repeated each interval, so the last line before systemd's kill names them.
@@ -364,13 +367,22 @@ class Daemon:
         }
 
 
-def _summary(runner: StreamRunner) -> dict[str, int]:
+def _summary(runner: StreamRunner) -> dict[str, Any]:
+    """Return the figures of the last log line: what came, what was written, every loss."""
     c = runner.raw_counters()
-    out = {k: c.get(k, 0) for k in ("packets", "heaps", "chunks_completed",
-                                     "packets_dropped_socket_buffer")}
+    out: dict[str, Any] = {k: c.get(k, 0) for k in ("packets", "heaps", "chunks_completed",
+                                                     "packets_dropped_socket_buffer")}
     if runner.buffer is not None:
-        out["records_flushed"] = runner.buffer.stats().get("records_flushed", 0)
+        b = runner.buffer.stats()
+        out["records_flushed"] = b.get("records_flushed", 0)
+        out["records_dropped"] = b.get("records_dropped", 0)
+    out["lost"] = _losses(c)
     return out
+
+
+def _losses(counters: dict[str, int]) -> dict[str, int]:
+    """Every loss counter (`LOSS_COUNTERS`) that is not zero, by name."""
+    return {k: int(counters[k]) for k in LOSS_COUNTERS if counters.get(k)}
 
 
 def run(config: Config, duration: float | None = None, pidfile: PidFile | None = None) -> int:
