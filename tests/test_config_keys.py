@@ -17,6 +17,7 @@ Builders used, as the daemon uses them: `daqd.recv.builder.build_receiver`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -264,7 +265,9 @@ class World:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         pidfiles: set[str] = set()
         while proc.poll() is None:
-            pidfiles |= {str(p.relative_to(self.tmp)) for p in self.tmp.rglob("*.pid")}
+            # (The loader's trial mkdir of a missing directory may vanish under rglob.)
+            with contextlib.suppress(FileNotFoundError):
+                pidfiles |= {str(p.relative_to(self.tmp)) for p in self.tmp.rglob("*.pid")}
             time.sleep(0.02)
         _, err = proc.communicate(timeout=60)
         events = []

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -1032,7 +1033,7 @@ def memory_needs(config: BufferConfig, record_bytes: int, shares_pool: bool
 def build_buffer(config: BufferConfig, sinks: Sequence[Any] = (),
                  recover: RecoverSink | None = None, *, name: str = "", wal: bool = True,
                  clock: Callable[[], float] = time.monotonic,
-                 error_interval: float = 10.0) -> Buffer:
+                 error_interval: float = 10.0, flush_at_most: int | None = None) -> Buffer:
     """Build a ready buffer from a ``[stream.buffer]`` table.
 
     Parameters
@@ -1054,6 +1055,10 @@ def build_buffer(config: BufferConfig, sinks: Sequence[Any] = (),
     error_interval : float
         Seconds between summaries of a repeating error (the daemon's
         statistics interval).
+    flush_at_most : int, optional
+        Flush once this many records are held, whatever ``flush_count`` says
+        (when it is off or larger): chunk records hold pool chunks until
+        written, and the receive side needs the pool's others.
 
     Returns
     -------
@@ -1066,6 +1071,8 @@ def build_buffer(config: BufferConfig, sinks: Sequence[Any] = (),
         The write-ahead log cannot be opened: one line naming it (e.g. another
         daemon holds it).
     """
+    if flush_at_most is not None and not 0 < config.flush_count <= flush_at_most:
+        config = dataclasses.replace(config, flush_count=flush_at_most)
     policy = FlushPolicy.from_config(config, clock=clock)
     write_ahead = None
     if config.wal and wal:

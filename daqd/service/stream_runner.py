@@ -33,7 +33,6 @@ kernel's drop counts are read a last time before the sockets close.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -136,16 +135,11 @@ class StreamRunner:
 
         # A repeating error (a full disk) is summarised once per statistics interval.
         every = self.whole.zmq.interval
-        buffer_config = c.buffer
-        spare = self.receiver.chunks_to_spare
-        if spare is not None and not 0 < buffer_config.flush_count <= spare:
-            # Chunk records hold pool chunks until written: a buffer that waited for
-            # more than the pool can spare would starve the receive side (heaps
-            # counted as chunk_heaps_no_free_chunk), so it also flushes at `spare`.
-            buffer_config = dataclasses.replace(buffer_config, flush_count=spare)
         if self.sinks:
-            self.buffer = build_buffer(buffer_config, self.sinks, name=self.name, recover=recover,
-                                       error_interval=every)
+            # Chunk records hold pool chunks until written: flush by what the pool can spare.
+            self.buffer = build_buffer(c.buffer, self.sinks, name=self.name, recover=recover,
+                                       error_interval=every,
+                                       flush_at_most=self.receiver.chunks_to_spare)
             self.flusher = Flusher(self.buffer)
         if self.packet_sinks:
             # Raw packets get a buffer of their own (no WAL: pcap is a diagnostic copy).
