@@ -212,6 +212,20 @@ class Receiver:
         self.poll_sources()
         return [stream.stats() for stream in self.streams]
 
+    def replay_progress(self) -> dict[str, tuple[int, int]]:
+        """How far each finite source (``file:``, ``pcap:``) of known size has been read.
+
+        ``{uri: (bytes read, bytes in all)}``; network sources, pipes and
+        ``sim:`` without a size are left out.  Safe from any thread (an estimate).
+        """
+        out = {}
+        for source in self.sources:
+            if source.reader is not None:
+                done, total = source.reader.progress()
+                if total:
+                    out[source.uri] = (int(done), int(total))
+        return out
+
     def close(self) -> None:
         """Release every source's sockets, files and mappings."""
         for source in self.sources:

@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -83,6 +84,7 @@ class Daemon:
         self.watchdog: Watchdog | None = None
         self.signals_seen = 0
         self.log = log.bind(daemon=self.name)
+        self._replay = ReplayProgress()
 
     # ------------------------------------------------------------------
     # lifecycle
@@ -154,6 +156,9 @@ class Daemon:
                 fields["records_flushed"] = b.get("records_flushed", 0)
                 fields["records_dropped"] = b.get("records_dropped", 0)
             fields["lost"] = _losses(c)         # since start, every reason that is not zero
+            replay = self._replay.report(runner.name, runner.receiver.replay_progress())
+            if replay:
+                fields["replay"] = replay
             self.log.info("stats", stream=runner.name, **fields)
         if self.watchdog is not None and self.watchdog.stalled:
             # Repeated each interval, so the last line before systemd's kill names them.
@@ -378,6 +383,36 @@ def _summary(runner: StreamRunner) -> dict[str, Any]:
         out["records_dropped"] = b.get("records_dropped", 0)
     out["lost"] = _losses(c)
     return out
+
+
+class ReplayProgress:
+    """Progress of finite sources (``file:``, ``pcap:``) for the interval log line.
+
+    Each report gives, per source, the bytes read and in all, the percentage,
+    the rate since the previous report and, from it, the seconds still to go.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def report(self, stream: str, progress: dict[str, tuple[int, int]]
+               ) -> dict[str, dict[str, Any]]:
+        """Return ``{uri: {done_bytes, total_bytes, percent[, rate_bytes_s, eta_s]}}``."""
+        now = self.clock()
+        out: dict[str, dict[str, Any]] = {}
+        for uri, (done, total) in progress.items():
+            entry: dict[str, Any] = {"done_bytes": done, "total_bytes": total,
+                                     "percent": round(100 * done / total, 1)}
+            before = self.last.get((stream, uri))
+            if before is not None and now > before[0] and done >= before[1]:
+                rate = (done - before[1]) / (now - before[0])
+                entry["rate_bytes_s"] = round(rate)
+                if rate > 0 and done < total:
+                    entry["eta_s"] = round((total - done) / rate, 1)
+            self.last[(stream, uri)] = (now, done)
+            out[uri] = entry
+        return out
 
 
 def _losses(counters: dict[str, int]) -> dict[str, int]:

@@ -436,6 +436,10 @@ class StreamRunner:
         gauges.update(self.receiver.gauges())
         if self.receiver.chunk_mode:
             out["heaps_missing_per_substream"] = self.receiver.heaps_missing_per_substream()
+        replay = self.receiver.replay_progress()
+        if replay:                      # file: and pcap: sources: bytes read of their size
+            out["replay"] = {uri: {"done_bytes": d, "total_bytes": t}
+                             for uri, (d, t) in replay.items()}
         if self.buffer is not None:
             out["buffer"] = self.buffer.stats()
             gauges["buffer_fill"] = self.buffer.size()
