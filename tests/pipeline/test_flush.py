@@ -289,6 +289,23 @@ def test_a_full_buffer_asks_for_a_flush_whatever_the_policy():
     assert sink.cnts == [0, 1, 2]
 
 
+def test_a_full_drop_newest_buffer_asks_for_a_flush_whatever_the_policy():
+    """drop-newest: the record that finds the buffer full is dropped, and the flusher is
+    woken to make room for the next ones (the policy alone would never flush)."""
+    buffer, sink, flusher = started(FlushPolicy(), capacity=2, when_full="drop-newest")
+    try:
+        assert buffer.put(CountingRecord(0)) and buffer.put(CountingRecord(1))
+        assert not buffer.put(CountingRecord(2))
+        assert sink.written.wait(10), "a full drop-newest buffer never asked for a flush"
+        stats = buffer.stats()
+        assert stats["flushes_by_reason"] == {"full": 1}
+        assert stats["dropped"] == {"drop_newest": 1}
+        assert buffer.put(CountingRecord(3))            # room again, without the timer
+    finally:
+        flusher.stop(timeout=10)
+    assert sink.cnts == [0, 1, 3]
+
+
 def test_build_buffer_from_config(tmp_path):
     config = BufferConfig(kind="fifo", capacity=8, flush_count=2, flush_interval=0,
                           wal=str(tmp_path / "{stream}" / "buffer.wal"), wal_fsync="never")
