@@ -199,8 +199,7 @@ def test_an_idle_stream_is_flushed_by_the_timer():
         assert sink.written.wait(interval + 5)
         arrived = time.monotonic()
         assert sink.cnts == [0]
-        assert arrived - last_flush >= interval
-        assert arrived - last_flush <= interval + 1.0       # interval + slack
+        assert arrived - last_flush >= interval             # not before its time
         assert buffer.stats()["flushes_by_reason"] == {"age": 1}
     finally:
         flusher.stop(timeout=10)
