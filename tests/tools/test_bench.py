@@ -7,7 +7,6 @@ timed tests.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,7 +19,6 @@ from cli_helpers import assert_one_line_error
 from cli_helpers import daqd as run_daqd
 
 TIMEOUT = 120
-HAVE_SPEAD2 = importlib.util.find_spec("spead2") is not None
 
 
 def daqd(*args: str, timeout: float = TIMEOUT):
@@ -62,7 +60,6 @@ def test_memory_json():
         assert key in report["machine"]
 
 
-@pytest.mark.skipif(not HAVE_SPEAD2, reason="spead2 is not installed")
 def test_memory_vs_spead2_json():
     proc = daqd("bench", "--workload", "W3", "--mode", "memory", "--runs", "1",
                 "--heaps", "100", "--vs-spead2", "--json", "--quiet")
@@ -110,7 +107,6 @@ def test_search_rate_bisects():
 
 
 @pytest.mark.network
-@pytest.mark.skipif(not HAVE_SPEAD2, reason="spead2 is not installed")
 def test_udp_runs():
     """A short UDP search with both receivers (structure only, not figures).
 
@@ -141,7 +137,6 @@ def test_udp_runs():
 
 
 @pytest.mark.network
-@pytest.mark.skipif(not HAVE_SPEAD2, reason="spead2 is not installed")
 def test_udp_on_the_machines_loopback_without_gro():
     proc = daqd("bench", "--workload", "W1", "--mode", "udp", "--vs-spead2",
                 "--trial-seconds", "0.1", "--steps", "0", "--cost-trials", "0", "--udp-runs",
@@ -194,7 +189,6 @@ def test_bench_imports_without_spead2():
 
 
 @pytest.mark.benchmark
-@pytest.mark.skipif(not HAVE_SPEAD2, reason="spead2 is not installed")
 def test_full_benchmark():
     """The whole benchmark (minutes): runs to the end and reports every workload."""
     proc = daqd("bench", "--vs-spead2", "--json", "--quiet", timeout=3600)
