@@ -272,15 +272,12 @@ def test_second_signal_during_drain_exits_at_once(tmp_path):
         daemon.wait_event("draining")
         time.sleep(0.5)
         assert daemon.proc.poll() is None           # still draining (blocked put)
-        started = time.monotonic()
         daemon.signal(signal.SIGTERM)
-        code = daemon.wait(25)
-        waited = time.monotonic() - started
+        code = daemon.wait(25)                      # bounded below the 30 s block_timeout
     finally:
         daemon.close()
     assert code == 1
-    assert waited < 20                               # not the 30 s block_timeout
-    assert any("second signal" in ln for ln in daemon.lines)
+    assert json.loads(daemon.lines[-1])["event"].startswith("second signal")
 
 
 def test_sighup_reopens_and_sigusr1_flushes(tmp_path):
