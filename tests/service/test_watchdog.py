@@ -6,7 +6,9 @@ the timeout.  While healthy it sends ``WATCHDOG=1``; once its flusher is
 wedged for real (a flush predicate that never returns, as a write to a hung
 disk would not: tests/stall_flusher.py) the pings stop, so systemd would
 restart it, and its log says which stream and thread stalled, repeated each
-statistics interval so the last line before the restart names it.
+statistics interval so the last line before the restart names it.  A receive
+thread blocked in the buffer's put (when_full = "block" behind that flusher)
+is named too, and a stop sends STOPPING=1 (issue 18).
 """
 
 from __future__ import annotations
