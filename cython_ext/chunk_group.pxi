@@ -891,6 +891,12 @@ cdef class ChunkGroup:
         """Completed chunks waiting for the consumer."""
         return self.data_count
 
+    @property
+    def waiting_streams(self):
+        """Streams waiting on the group right now (for a free chunk, or for the window to
+        move): what a test orders its threads by, instead of sleeping."""
+        return self.n_waiting
+
     def stats(self):
         """The counters of every stream of the group, summed (maxima: the maximum)."""
         cdef uint64_t total[<int>N_STATS]

@@ -40,7 +40,9 @@ class Commands(click.Group):
         return super().get_command(ctx, name)
 
 
-@click.group(cls=Commands, context_settings=CONTEXT)
+# no_args_is_help=False: ``daqd`` alone is a usage error ("Missing command.", one line,
+# status 2), not click's whole help as an error message (click >= 8.2) or as success (8.1).
+@click.group(cls=Commands, context_settings=CONTEXT, no_args_is_help=False)
 @click.version_option(__version__, prog_name="daqd")
 def cli() -> None:
     """daqd: receive, buffer and record SPEAD streams."""

@@ -36,9 +36,10 @@ def test_help(args):
     assert proc.stderr == ""
 
 
-def test_no_arguments_is_not_a_traceback():
+def test_no_arguments_is_a_one_line_usage_error():
     proc = daqd()
-    assert "Traceback" not in proc.stderr
+    assert_one_line_error(proc, "Missing command")
+    assert proc.stderr.rstrip().endswith("(see 'daqd --help')")
 
 
 # ---------------------------------------------------------------------------
@@ -75,10 +76,8 @@ def test_udp_port_in_use():
 
 def test_bad_option_value_is_one_line():
     proc = daqd("dump", "sim:W1?heaps=1", "--max-heaps", "0")
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
-    assert proc.stderr.startswith("daqd: error:")
+    assert_one_line_error(proc, "'--max-heaps'")
+    assert "0 is not in the range x>=1" in proc.stderr, proc.stderr
 
 
 def test_simulate_bad_target(tmp_path):
@@ -198,7 +197,9 @@ def test_dump_into_closed_pipe_no_traceback():
     err = err.decode()
     assert "Traceback" not in err, err
     assert "BrokenPipeError" not in err and "Exception ignored" not in err, err
-    assert proc.returncode in (0, 1, 141, -13), proc.returncode
+    assert proc.returncode == 0, proc.returncode          # the reader leaving is no error
+    printed = json.loads(err.strip().splitlines()[-1])["heaps_printed"]
+    assert 1 <= printed < 2000                              # it stopped writing early
 
 
 def test_dump_head_via_shell():

@@ -15,23 +15,33 @@ from spead_packets import heap_packets
 from daqd import _spead, _spead2compat
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "place_hook"
-TS, FREQ = 0x1600, 0x4103
+TRUSTING = Path(__file__).resolve().parent / "trusting_place"
+TS, FREQ, SLOT, OFFSET = 0x1600, 0x4103, 0x4104, 0x4105
 STEP, HPC, FIRST, PER_HEAP, SUBS, HEAP_BYTES = 256, 4, 1024, 64, 4, 256
+
+
+def build_hook(source: Path, name: str, work: Path):
+    """Build a hook as the example's README says, in a scratch copy, and import it."""
+    for file in (f"{name}.pyx", "setup.py"):
+        shutil.copy(source / file, work / file)
+    subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], cwd=work,
+                   check=True, capture_output=True)
+    so = next(work.glob(f"{name}*.so"))
+    spec = importlib.util.spec_from_file_location(name, so)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def frequency_place(tmp_path_factory):
-    """Build the example exactly as its README says, in a scratch copy."""
-    work = tmp_path_factory.mktemp("place_hook")
-    for name in ("frequency_place.pyx", "setup.py"):
-        shutil.copy(EXAMPLE / name, work / name)
-    subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], cwd=work,
-                   check=True, capture_output=True)
-    so = next(work.glob("frequency_place*.so"))
-    spec = importlib.util.spec_from_file_location("frequency_place", so)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return build_hook(EXAMPLE, "frequency_place", tmp_path_factory.mktemp("place_hook"))
+
+
+@pytest.fixture(scope="module")
+def trusting_place(tmp_path_factory):
+    """A buggy hook: slot and offset taken from the packet unchecked."""
+    return build_hook(TRUSTING, "trusting_place", tmp_path_factory.mktemp("trusting_place"))
 
 
 def make_stream(module, **kwargs):
@@ -130,3 +140,38 @@ def test_hook_data_matches_declarative_layout(frequency_place):
         assert a[0] == b[0]
         np.testing.assert_array_equal(a[1], b[1])
         np.testing.assert_array_equal(a[2], b[2])
+
+
+def test_a_buggy_hook_cannot_place_outside_the_chunk(trusting_place):
+    """daqd checks a hook's slot and offset against the chunk's shape: a heap the hook
+    puts (partly) outside the chunk is rejected and counted, and nothing is written."""
+    hook = trusting_place.TrustingPlacement(STEP, TS, SLOT, OFFSET)
+    # one substream, no packet presence: HPC slots, HPC * HEAP_BYTES data bytes per chunk
+    stream = _spead.ChunkStream(timestamp_step=STEP, heaps_per_chunk=HPC, heap_bytes=HEAP_BYTES,
+                                place=hook.place, place_items=hook.items, max_chunks=1, pool=4)
+    chunk_bytes = HPC * HEAP_BYTES
+    wrong = [(HPC, 0),                                 # slot one past the last
+             (1, chunk_bytes),                         # data just past the chunk
+             (2, chunk_bytes - HEAP_BYTES // 2)]       # data overrunning the end by half a heap
+    packets = []
+    for cnt, (slot, offset) in enumerate(wrong, start=1):
+        packets += heap_packets(cnt, [(TS, 0), (SLOT, slot), (OFFSET, offset),
+                                      (0x3300, bytes([0xEE]) * HEAP_BYTES)], packet_payload=128)
+    packets += heap_packets(9, [(TS, 0), (SLOT, 1), (OFFSET, HEAP_BYTES),
+                                (0x3300, bytes([9]) * HEAP_BYTES)], packet_payload=128)
+    stream.add_packets(packets)
+    stream.finish()
+    stats = stream.stats()
+    assert stats["chunk_heaps_rejected_placement"] == len(wrong)
+    assert stats["chunk_heaps_placed"] == 1
+    chunks = []
+    while (chunk := stream.get(0)) is not None:
+        with chunk:
+            chunks.append((chunk.chunk_id, chunk.present.copy(), chunk.data.copy()))
+    assert len(chunks) == 1
+    chunk_id, present, data = chunks[0]
+    assert chunk_id == 0
+    assert present.ravel().tolist() == [0, 1, 0, 0]
+    assert (data.reshape(HPC, HEAP_BYTES)[1] == 9).all()
+    assert not (data == 0xEE).any()
+    assert stream.pool_counts()["free"] == 4

@@ -720,9 +720,13 @@ def test_lossy_idle_stream_spead2():
     queues = [spead2.InprocQueue(), spead2.InprocQueue()]
     idle.add_inproc_reader(queues[0])
     busy.add_inproc_reader(queues[1])
-    for p in small_heap(100, 1):
+    idle_packets = small_heap(100, 1)
+    for p in idle_packets:
         queues[0].add_packet(p)
-    time.sleep(0.05)
+    deadline = time.monotonic() + 5             # stream 1's heap placed before stream 0's
+    while idle.stats["packets"] < len(idle_packets):
+        assert time.monotonic() < deadline, "spead2 did not take stream 1's packets"
+        time.sleep(0.001)
     for p in IDLE_BUSY_PACKETS:
         queues[1].add_packet(p)
     ready = []
@@ -821,9 +825,9 @@ def _print_free_chunk_race() -> None:
     b.add_packets(b_first)
     threads = [threading.Thread(target=a.add_packets, args=(a_second,)),
                threading.Thread(target=b.add_packets, args=(b_second,))]
-    for t in threads:
+    for waiting, t in enumerate(threads, start=1):
         t.start()
-        time.sleep(0.1)
+        until_waiting(group, waiting)            # a waits first, then b too
     got = []
     with group.get(5.0) as chunk:
         got.append((int(chunk.chunk_id), chunk.present.reshape(-1).tolist()))
@@ -843,7 +847,7 @@ def test_streams_waiting_for_a_free_chunk():
     assert result is not None, "daqd hung"
     stats = result["stats"]
     assert stats["chunk_heaps_no_free_chunk"] == 0
-    assert stats["worker_blocked"] >= 1                        # (both, unless b came late)
+    assert stats["worker_blocked"] == 2                        # a, then b, waited
     # every chunk back in the pool, and every placed heap in a delivered chunk
     assert result["pool"] == {"free": 2, "open": 0, "ready": 0, "held": 0}
     assert result["chunks"] == [[0, [1, 1]], [1, [1, 1]], [2, [1, 1]]]
@@ -856,6 +860,16 @@ def test_streams_waiting_for_a_free_chunk():
 def _print_daqd_hook_chunks(bias: int, n_heaps: int) -> None:
     """Subprocess entry point: daqd_hook_chunks as JSON on stdout."""
     print(json.dumps(daqd_hook_chunks(bias, n_heaps)))
+
+
+def until_waiting(group, streams: int, timeout: float = 5.0) -> None:
+    """Wait (bounded) until `streams` streams of `group` wait on it: threads ordered by
+    the group's own state, not by sleeping."""
+    deadline = time.monotonic() + timeout
+    while group.waiting_streams < streams:
+        assert time.monotonic() < deadline, \
+            f"{group.waiting_streams} streams waiting after {timeout} s, not {streams}"
+        time.sleep(0.001)
 
 
 def run_in_subprocess(call: str, timeout: float):
@@ -938,8 +952,8 @@ def test_unblock_stop(eviction):
                               args=([p for i in range(0, 40, 2) for p in small_heap(i + 1, i)],))
     consumer.start()
     feeder.start()
-    time.sleep(0.1)
-    assert feeder.is_alive(), "the busy stream should be blocked"
+    until_waiting(group, 1)                              # the busy stream is blocked
+    assert feeder.is_alive()
     group.stop_waiting_for_chunks()
     feeder.join(10)
     assert not feeder.is_alive()

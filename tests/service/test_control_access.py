@@ -38,7 +38,7 @@ from daemon_helpers import (
     write_config,
 )
 
-from daqd.service.zmq_clients import request
+from daqd.service.zmq_clients import DaemonUnreachable, request, subscribe
 from daqd.service.zmq_security import ClientSecurity
 
 pytestmark = pytest.mark.network
@@ -225,6 +225,37 @@ def test_a_tcp_control_socket_with_curve_works_as_before(tmp_path):
         assert endpoint.startswith("tcp://127.0.0.1:")
         security = ClientSecurity.from_files(client_secret, server_public)
         assert request(endpoint, "status", security=security)["state"] == "running"
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+
+
+def test_the_daemon_serves_control_and_stats_only_to_allowed_curve_keys(tmp_path):
+    """The real daemon with CURVE: a client with no key or a key not in curve_clients gets
+    no reply and no statistics; the allowed key gets both (statistics every 0.2 s)."""
+    keys, clients = tmp_path / "keys", tmp_path / "clients"
+    keys.mkdir()
+    clients.mkdir()
+    server_public, server_secret = zmq.auth.create_certificates(str(keys), "server")
+    client_public, client_secret = zmq.auth.create_certificates(str(keys), "client")
+    _, intruder_secret = zmq.auth.create_certificates(str(keys), "intruder")
+    Path(client_public).rename(clients / "client.key")
+    daemon = DaemonProcess(tcp_control_config(
+        tmp_path, f'\ncurve_secret_key = "{server_secret}"\ncurve_clients = "{clients}"'))
+    try:
+        ready = daemon.ready()
+        endpoint, stats = ready["control"], ready["stats"]
+        allowed = ClientSecurity.from_files(client_secret, server_public)
+        intruder = ClientSecurity.from_files(intruder_secret, server_public)
+        assert request(endpoint, "status", security=allowed, timeout=10)["state"] == "running"
+        for security in (None, intruder):
+            with pytest.raises(DaemonUnreachable):
+                request(endpoint, "status", security=security, timeout=1.0)
+            with pytest.raises(DaemonUnreachable):
+                next(subscribe(stats, count=1, timeout=1.5, security=security))
+        topic, message = next(subscribe(stats, count=1, timeout=10, security=allowed))
+        assert message["daemon"] == "test-daqd"
+        assert request(endpoint, "status", security=allowed, timeout=10)["state"] == "running"
         assert daemon.stop() == 0
     finally:
         daemon.close()

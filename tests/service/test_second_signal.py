@@ -1,4 +1,5 @@
-"""A second SIGTERM/SIGINT cuts the drain short, and says what it discarded (issue 12, 9).
+"""SIGINT drains as SIGTERM does; a second SIGTERM/SIGINT cuts the drain short, and says
+what it discarded (issue 12, 9; issue 18).
 
 The real daemon, a heap-mode stream fed over loopback TCP (lossless, so every
 heap sent is accepted whatever the machine's load), one text sink.  A
@@ -52,7 +53,8 @@ def lines_in_files(directory: Path) -> int:
     return sum(len(path.read_text().splitlines()) for path in directory.iterdir())
 
 
-def test_second_sigterm_counts_what_it_discards_and_removes_the_pidfile(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_second_signal_counts_what_it_discards_and_removes_the_pidfile(tmp_path, signum):
     port = free_port(socket.SOCK_STREAM)
     marker = tmp_path / "stall"
     packets = sim_packets("W2", WRITTEN + DISCARDED)         # one packet per heap
@@ -83,10 +85,10 @@ def test_second_sigterm_counts_what_it_discards_and_removes_the_pidfile(tmp_path
                    20, "every heap accepted")
         accepted = buffer_stats(endpoint)["records_accepted"]
         assert pidfile.exists()
-        daemon.signal(signal.SIGTERM)
-        daemon.wait_event("draining")
+        daemon.signal(signum)
+        assert daemon.wait_event("draining")["reason"] == signum.name
         assert daemon.proc.poll() is None                     # the drain cannot finish
-        daemon.signal(signal.SIGTERM)
+        daemon.signal(signum)
         code = daemon.wait(30)
         final = sub.until(lambda topic, m: topic == "status" and m["state"] == "interrupted",
                           10)[1]
@@ -99,8 +101,49 @@ def test_second_sigterm_counts_what_it_discards_and_removes_the_pidfile(tmp_path
     assert not pidfile.exists()
     last = json.loads(daemon.lines[-1])
     assert last["event"].startswith("second signal")
+    assert last["signal"] == signum.name
     written = lines_in_files(tmp_path / "data")
     assert written == WRITTEN
     assert last["discarded"] == {"adc0": {"records": accepted - written}}
     assert last["discarded_total"] == accepted - written == DISCARDED
     assert final["discarded"] == last["discarded"]
+
+
+def test_sigint_drains_writes_everything_and_exits_0(tmp_path):
+    """One SIGINT (Ctrl-C in a terminal) is a stop like SIGTERM: every record accepted is
+    written (none had been: the flush thresholds are far away), a last "stopped" status is
+    published, the pidfile is removed, exit 0."""
+    port = free_port(socket.SOCK_STREAM)
+    heaps = 500
+    stream = toml_table("stream", array=True, name="adc0", sources=[f"tcp://127.0.0.1:{port}"])
+    cfg = write_config(tmp_path, daemon_toml(tmp_path) + stream
+                       + buffer_toml(kind="fifo", capacity=4 * heaps, when_full="block",
+                                     flush_count=4 * heaps, flush_interval=3600.0)
+                       + sinks_toml(tmp_path, "text", header=False))
+    pidfile = tmp_path / "run" / "daqd.pid"
+    daemon = DaemonProcess(cfg)
+    sub = sender = None
+    try:
+        ready = daemon.ready()
+        endpoint = ready["control"]
+        sub = Subscriber(ready["stats"])
+        sender = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sender.sendall(b"".join(sim_packets("W2", heaps)))
+        wait_until(lambda: buffer_stats(endpoint)["records_accepted"] == heaps, 20,
+                   "every heap accepted")
+        assert buffer_stats(endpoint)["records_flushed"] == 0
+        daemon.signal(signal.SIGINT)
+        code = daemon.wait(60)
+        final = sub.until(lambda topic, m: topic == "status" and m["state"] == "stopped", 10)[1]
+    finally:
+        for closable in (sub, sender):
+            if closable is not None:
+                closable.close()
+        daemon.close()
+    assert code == 0, "\n".join(daemon.lines[-10:])
+    assert [e["reason"] for e in daemon.events if e.get("event") == "draining"] == ["SIGINT"]
+    assert daemon.events[-1]["event"] == "stopped"
+    assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in daemon.lines)
+    assert final["buffers"]["adc0"]["records_flushed"] == heaps
+    assert not pidfile.exists()
+    assert lines_in_files(tmp_path / "data") == heaps

@@ -147,3 +147,34 @@ def test_fraction_present_counts_heap_slots_with_packet_presence():
     assert (fields["heaps_present"], fields["heaps"]) == (63, 64)
     assert fields["fraction_present"] == pytest.approx(63 / 64)
     assert record.fraction_present == fields["heaps_present"] / fields["heaps"]
+
+
+def test_unsized_packets_are_counted_by_the_daemon_and_do_not_disturb_placement(tmp_path):
+    """A second angle on packets_rejected_unsized (tests/core/test_chunk_placement.py feeds
+    a ChunkStream directly): the real daemon, chunk mode, UDP.  Packets without HEAP_SIZE,
+    sent between W1's, are counted in the status and the statistics, and every W1 heap is
+    still placed."""
+    from daemon_helpers import W1Sender, chunk_daemon, control, wait_until
+    from spead_packets import imm, packet
+
+    unsized = [packet(900 + i, bytes(64), items=[imm(0x1600, 8192 * i)], with_size=False)
+               for i in range(25)]
+    with chunk_daemon(tmp_path) as (daemon, ready, port):
+        endpoint = ready["control"]
+        sender = W1Sender(port, heaps=64)
+        try:
+            sender.send(32)
+            for p in unsized:
+                sender.sock.send(p)
+            sender.send(32)
+        finally:
+            sender.close()
+
+        def counters():
+            return control(endpoint, {"command": "status"})["streams"]["adc0"]["counters"]
+
+        wait_until(lambda: counters()["packets"] == 64 + len(unsized), 20, "every packet read")
+        got = counters()
+        assert daemon.stop() == 0
+    assert got["packets_rejected_unsized"] == len(unsized)
+    assert got["chunk_heaps_placed"] == 64

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -118,11 +119,20 @@ def test_the_template_differs_from_the_single_unit_only_by_instance():
         assert all("%i" in value for value in template[key])
 
 
-def test_the_command_line_the_units_run_exists():
+@pytest.mark.parametrize("unit", ["daqd.service", "daqd@.service"])
+def test_the_command_line_the_units_run_exists(unit):
+    """Each unit's ExecStart parses as a daqd command line: the command, every option and
+    every choice exist (click parses it as the installed script would, without running)."""
+    import click
+
     from daqd.cli import cli
 
-    if "run" not in cli.commands:
-        pytest.skip("daqd run is not written yet")
-    options = {opt: param for param in cli.commands["run"].params for opt in param.opts}
-    assert "--config" in options
-    assert "json" in options["--log-format"].type.choices
+    (exec_start,) = directives(UNITS / unit)[("Service", "ExecStart")]
+    program, *argv = shlex.split(exec_start)
+    assert program == PLACEHOLDER
+    with click.Context(cli) as group:
+        command = cli.get_command(group, argv[0])
+    assert command is not None, f"{unit}: daqd has no command {argv[0]!r}"
+    with command.make_context(argv[0], argv[1:]) as ctx:
+        assert ctx.params["config_path"].startswith("/etc/daqd/")
+        assert ctx.params["log_format"] == "json"

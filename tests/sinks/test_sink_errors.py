@@ -40,9 +40,26 @@ def make_record(kind, i):
                        np.ones((4, 1), np.uint8))
 
 
+def rolled_back(sink, kind, tmp, size_before):
+    """After a failed write: the file holds what its checkpoint says and no more.
+
+    Byte sinks are cut back to the checkpoint's bytes.  HDF5 cannot cut bytes
+    out of a file: every dataset is back to the checkpoint's rows, and the file
+    is no larger than before the write (the reservation that failed was given
+    back), read through the sink's own open handle (HDF5 opens a file once).
+    """
+    state = sink.checkpoint()["file"]
+    if kind != "hdf5":
+        return os.path.getsize(tmp) == state["bytes"]
+    h5 = sink._file.handle
+    rows = {name: h5[name].shape[0] for name in ("data", "present", "chunk_id", "timestamp")}
+    return rows == dict.fromkeys(rows, state["rows"]) and os.path.getsize(tmp) <= size_before
+
+
 # The same, for child processes.
-RECORDS = ("import numpy as np\nfrom daqd.pipeline.records import ChunkRecord, PacketRecord\n"
-           f"HEAP_BYTES = {HEAP_BYTES}\n" + inspect.getsource(make_record))
+RECORDS = ("import numpy as np, os\nfrom daqd.pipeline.records import ChunkRecord, PacketRecord\n"
+           f"HEAP_BYTES = {HEAP_BYTES}\n" + inspect.getsource(make_record)
+           + inspect.getsource(rolled_back))
 
 
 def read_ids(kind, path):
@@ -105,12 +122,12 @@ SIZE_LIMITED_WRITER = RECORDS + textwrap.dedent("""
     i = 1
     while failure is None and i < 100:
         batch = [make_record(kind, i), make_record(kind, i + 1)]
+        size_before = os.path.getsize(tmp)
         try:
             sink.write(batch)
         except OSError as exc:
             failure = exc.errno
-            cut_back = os.path.getsize(tmp) <= sink.checkpoint()["file"]["bytes"] \\
-                if kind != "hdf5" else True
+            cut_back = rolled_back(sink, kind, tmp, size_before)
             try:
                 sink.write(batch)                        # still too big: fails again
                 again = None
@@ -171,16 +188,17 @@ def test_full_file_system_enospc(small_fs, kind):
     written, failure, i = [], None, 0
     while failure is None:
         batch = [make_record(kind, i), make_record(kind, i + 1)]
+        tmp = sink.checkpoint()["file"]["tmp"] if i else None
+        size_before = os.path.getsize(tmp) if tmp else 0
         try:
             sink.write(batch)
         except OSError as exc:
             failure = exc.errno
+            # Data of the failed flush was cut back, not left on the full disk.
+            assert tmp is not None and rolled_back(sink, kind, tmp, size_before)
             with pytest.raises(OSError):
                 sink.write(batch)                        # still full
-            # Data of the failed flush was cut back, not left on the full disk.
-            if kind != "hdf5":
-                tmp = sink.checkpoint()["file"]["tmp"]
-                assert os.path.getsize(tmp) == sink.checkpoint()["file"]["bytes"]
+            assert rolled_back(sink, kind, tmp, size_before)
             ballast.unlink()                              # an operator frees space
             sink.write(batch)
         written += [i, i + 1]

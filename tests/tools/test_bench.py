@@ -7,7 +7,6 @@ timed tests.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,7 +19,6 @@ from cli_helpers import assert_one_line_error
 from cli_helpers import daqd as run_daqd
 
 TIMEOUT = 120
-HAVE_SPEAD2 = importlib.util.find_spec("spead2") is not None
 
 
 def daqd(*args: str, timeout: float = TIMEOUT):
@@ -62,7 +60,6 @@ def test_memory_json():
         assert key in report["machine"]
 
 
-@pytest.mark.skipif(not HAVE_SPEAD2, reason="spead2 is not installed")
 def test_memory_vs_spead2_json():
     proc = daqd("bench", "--workload", "W3", "--mode", "memory", "--runs", "1",
                 "--heaps", "100", "--vs-spead2", "--json", "--quiet")
@@ -110,7 +107,6 @@ def test_search_rate_bisects():
 
 
 @pytest.mark.network
-@pytest.mark.skipif(not HAVE_SPEAD2, reason="spead2 is not installed")
 def test_udp_runs():
     """A short UDP search with both receivers (structure only, not figures).
 
@@ -141,7 +137,6 @@ def test_udp_runs():
 
 
 @pytest.mark.network
-@pytest.mark.skipif(not HAVE_SPEAD2, reason="spead2 is not installed")
 def test_udp_on_the_machines_loopback_without_gro():
     proc = daqd("bench", "--workload", "W1", "--mode", "udp", "--vs-spead2",
                 "--trial-seconds", "0.1", "--steps", "0", "--cost-trials", "0", "--udp-runs",
@@ -194,7 +189,6 @@ def test_bench_imports_without_spead2():
 
 
 @pytest.mark.benchmark
-@pytest.mark.skipif(not HAVE_SPEAD2, reason="spead2 is not installed")
 def test_full_benchmark():
     """The whole benchmark (minutes): runs to the end and reports every workload."""
     proc = daqd("bench", "--vs-spead2", "--json", "--quiet", timeout=3600)
@@ -456,10 +450,21 @@ def test_udp_report_text_and_json_round_trip():
 
 @pytest.mark.parametrize("catch_up", [True, False])
 def test_sim_reader_pacing_without_catch_up(catch_up):
-    """A paced SimReader that fell behind bursts to catch up, or (catch_up=False) does not."""
+    """A paced SimReader that fell behind bursts to catch up, or (catch_up=False) does not.
+
+    Measured by what the sending thread did, not by how long it took: a burst
+    never sleeps (no voluntary context switch: writes to a memfd do not block),
+    while a restarted schedule sleeps before nearly every batch.  A loaded
+    machine adds involuntary switches only.  The paced send's lower bound on
+    its duration is safe: load can only lengthen it.
+    """
+    import resource
     import time
 
     from daqd import _spead
+
+    def sleeps() -> int:
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
 
     rate = 100_000                                  # packets/s
     sim = _spead.SimReader("W2", rate=rate * 1080, batch=60, catch_up=catch_up)
@@ -467,15 +472,16 @@ def test_sim_reader_pacing_without_catch_up(catch_up):
     try:
         _spead.send(sim, fd, "stream", max_packets=60)
         time.sleep(0.1)                             # 10 000 packets behind
-        start = time.perf_counter()
-        _spead.send(sim, fd, "stream", max_packets=1200)     # 12 ms of schedule
-        took = time.perf_counter() - start
+        start, slept = time.perf_counter(), sleeps()
+        _spead.send(sim, fd, "stream", max_packets=1200)     # 12 ms of schedule, 20 batches
+        took, slept = time.perf_counter() - start, sleeps() - slept
     finally:
         os.close(fd)
     if catch_up:
-        assert took < 0.008 and sim.schedule_resets == 0
+        assert slept <= 2 and sim.schedule_resets == 0, slept
     else:
-        assert took > 0.010 and sim.schedule_resets >= 1
+        assert slept >= 10 and sim.schedule_resets >= 1, slept
+        assert took > 0.010
 
 
 @pytest.mark.network
