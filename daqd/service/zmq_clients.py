@@ -180,16 +180,10 @@ def subscribe(endpoints: str | Iterable[str], count: int | None = None,
                         raise DaemonUnreachable(_wrong_key(", ".join(endpoints), limit))
                     raise DaemonUnreachable(f"{', '.join(endpoints)}: no statistics within "
                                             f"{limit:g} s (is the daemon running?)")
-            frames = sock.recv_multipart()
-            if len(frames) != 2:
-                continue
-            try:
-                topic, message = frames[0].decode(), json.loads(frames[1])
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                continue
-            if isinstance(message, dict):
+            decoded = decode_message(sock.recv_multipart())
+            if decoded is not None:
                 received += 1
-                yield topic, message
+                yield decoded
     finally:
         sock.close()
 
@@ -200,7 +194,19 @@ def _int(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
-def _bytes(n: float) -> str:
+def decode_message(frames: list[bytes]) -> tuple[str, dict[str, Any]] | None:
+    """Return a statistics message's (topic, body), or None for frames that are not one."""
+    if len(frames) != 2:
+        return None
+    try:
+        topic, message = frames[0].decode(), json.loads(frames[1])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return (topic, message) if isinstance(message, dict) else None
+
+
+def format_bytes(n: float) -> str:
+    """Format bytes in binary units (``1.5 MiB``)."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -223,7 +229,7 @@ def _duration(seconds: Any) -> str:
 def _rate(name: str, rate: Any) -> str:
     if not isinstance(rate, int | float):
         return ""
-    return f"{_bytes(rate)}/s" if "bytes" in name else f"{rate:,.1f}/s"
+    return f"{format_bytes(rate)}/s" if "bytes" in name else f"{rate:,.1f}/s"
 
 
 def _value(name: str, value: Any) -> str:
@@ -232,7 +238,7 @@ def _value(name: str, value: Any) -> str:
             return f"{value:.0%}"
         return f"{value:,.3g}"
     if isinstance(value, int) and not isinstance(value, bool) and "bytes" in name:
-        return f"{value:,} ({_bytes(value)})" if value >= 1024 else f"{value:,}"
+        return f"{value:,} ({format_bytes(value)})" if value >= 1024 else f"{value:,}"
     if isinstance(value, Mapping):
         return ", ".join(f"{k} {_value(str(k), v)}" for k, v in value.items()) or "-"
     if isinstance(value, list):
@@ -338,7 +344,7 @@ def _status_lines(status: Mapping[str, Any], shown: Iterable[str] = ()) -> list[
     if isinstance(process.get("cpu"), int | float):
         head.append(f"cpu {process['cpu']:.0%}")
     if isinstance(process.get("rss_bytes"), int):
-        head.append(f"rss {_bytes(process['rss_bytes'])}")
+        head.append(f"rss {format_bytes(process['rss_bytes'])}")
     if "pid" in process:
         head.append(f"pid {process['pid']}")
     lines = ["  ".join(head)]

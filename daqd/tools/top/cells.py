@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from daqd.service.zmq_clients import format_bytes
 from daqd.tools.top.model import StreamRow, Totals
 
 COLUMNS = ("daemon", "stream", "packets", "packets/s", "Gbit/s", "heaps|chunks/s", "loss (last)",
@@ -14,15 +15,6 @@ _BLOCKS = " ▁▂▃▄▅▆▇█"
 def rate(value: float) -> str:
     """Format a rate with thousands separators."""
     return f"{value:,.1f}"
-
-
-def size(n: float) -> str:
-    """Format bytes in binary units."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 def bar(fill: float | None, width: int = 10) -> str:
@@ -59,7 +51,7 @@ def row_cells(row: StreamRow) -> tuple[str, ...]:
     packets = int(row.counters.get("packets", 0))
     return (daemon, row.stream, f"{packets:,}", rate(row.packets_rate), f"{row.gbits_rate:.3f}",
             f"{rate(row.units_rate)} {unit}", f"{row.loss_interval:,}", f"{row.loss_total:,}",
-            row.top_reason or "-", bar(row.fill), f"{files:,}", size(nbytes), f"{errors:,}",
+            row.top_reason or "-", bar(row.fill), f"{files:,}", format_bytes(nbytes), f"{errors:,}",
             strip(row.substream_missing))
 
 
@@ -68,7 +60,7 @@ def totals_cells(t: Totals) -> tuple[str, ...]:
     return ("TOTAL", f"{t.streams} stream(s)", f"{t.packets:,}", rate(t.packets_rate),
             f"{t.gbits_rate:.3f}",
             rate(t.units_rate), f"{t.loss_interval:,}", f"{t.loss_total:,}", "", "",
-            f"{t.files:,}", size(t.bytes), f"{t.errors:,}", "")
+            f"{t.files:,}", format_bytes(t.bytes), f"{t.errors:,}", "")
 
 
 def detail_lines(row: StreamRow) -> list[str]:

@@ -8,12 +8,12 @@ timer, and a daemon that stops publishing cannot hold the screen.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import zmq
 
 from daqd.errors import UsageProblem
+from daqd.service.zmq_clients import decode_message
 
 #: Most messages taken per endpoint in one `Feed.poll` (the screen stays responsive).
 MAX_PER_POLL = 256
@@ -65,14 +65,9 @@ class Feed:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                if len(frames) != 2:
-                    continue
-                try:
-                    topic, message = frames[0].decode(), json.loads(frames[1])
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    continue
-                if isinstance(message, dict):
-                    out.append((endpoint, topic, message))
+                decoded = decode_message(frames)
+                if decoded is not None:
+                    out.append((endpoint, *decoded))
         return out
 
     def close(self) -> None:
