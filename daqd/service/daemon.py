@@ -149,13 +149,7 @@ class Daemon:
     def _log_interval(self) -> None:
         """One log line per interval: the headline counters of each stream."""
         for runner in self.runners:
-            c = runner.raw_counters()
-            fields: dict[str, Any] = {k: c.get(k, 0) for k in LOG_COUNTERS}
-            if runner.buffer is not None:
-                b = runner.buffer.stats()
-                fields["records_flushed"] = b.get("records_flushed", 0)
-                fields["records_dropped"] = b.get("records_dropped", 0)
-            fields["lost"] = _losses(c)         # since start, every reason that is not zero
+            fields = _figures(runner, LOG_COUNTERS)
             replay = self._replay.report(runner.name, runner.receiver.replay_progress())
             if replay:
                 fields["replay"] = replay
@@ -374,14 +368,23 @@ class Daemon:
 
 def _summary(runner: StreamRunner) -> dict[str, Any]:
     """Return the figures of the last log line: what came, what was written, every loss."""
+    return _figures(runner, ("packets", "heaps", "chunks_completed",
+                             "packets_dropped_socket_buffer"))
+
+
+def _figures(runner: StreamRunner, counters: tuple[str, ...]) -> dict[str, Any]:
+    """Return a stream's `counters`, its buffer's records written and dropped, and losses.
+
+    ``lost`` holds every loss counter (`LOSS_COUNTERS`) that is not zero since
+    start, by name.
+    """
     c = runner.raw_counters()
-    out: dict[str, Any] = {k: c.get(k, 0) for k in ("packets", "heaps", "chunks_completed",
-                                                     "packets_dropped_socket_buffer")}
+    out: dict[str, Any] = {k: c.get(k, 0) for k in counters}
     if runner.buffer is not None:
         b = runner.buffer.stats()
         out["records_flushed"] = b.get("records_flushed", 0)
         out["records_dropped"] = b.get("records_dropped", 0)
-    out["lost"] = _losses(c)
+    out["lost"] = {k: int(c[k]) for k in LOSS_COUNTERS if c.get(k)}
     return out
 
 
@@ -413,11 +416,6 @@ class ReplayProgress:
             self.last[(stream, uri)] = (now, done)
             out[uri] = entry
         return out
-
-
-def _losses(counters: dict[str, int]) -> dict[str, int]:
-    """Every loss counter (`LOSS_COUNTERS`) that is not zero, by name."""
-    return {k: int(counters[k]) for k in LOSS_COUNTERS if counters.get(k)}
 
 
 def run(config: Config, duration: float | None = None, pidfile: PidFile | None = None) -> int:

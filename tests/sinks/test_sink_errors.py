@@ -26,6 +26,10 @@ from daqd.pipeline.records import ChunkRecord, PacketRecord
 from daqd.sinks import SinkContext, make_sink
 from daqd.sinks.binary import load
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fs_helpers import small_tmpfs
+
 KINDS = ["binary", "text", "pcap", "hdf5"]
 HEAP_BYTES = 16384                       # 4 heaps: 64 KiB records
 CHUNK = ChunkConfig(heaps_per_chunk=4, heap_bytes=HEAP_BYTES)
@@ -166,17 +170,8 @@ def test_file_size_limit_efbig(tmp_path, kind):
 @pytest.fixture
 def small_fs(tmp_path):
     """A 2 MiB tmpfs mounted for the test (skipped where mounting is not allowed)."""
-    mount_point = tmp_path / "fs"
-    mount_point.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-                       check=True, capture_output=True, timeout=10)
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here ({exc})")
-    try:
+    with small_tmpfs(tmp_path / "fs", "2m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False, timeout=10)
 
 
 @pytest.mark.parametrize("kind", KINDS)
