@@ -27,6 +27,7 @@ from daqd.addresses import ipc_path, is_local_endpoint, open_to_others, split_ho
 from daqd.errors import SourceError, UsageProblem
 from daqd.pipeline import buffers, flush
 from daqd.pipeline import wal as wal_log
+from daqd.pipeline.datatime import Clock, TimeError, Timeline, parse_utc
 from daqd.recv import builder as recv_builder
 from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE, DEFAULT_SOCKET_BUFFER
 from daqd.recv.uri import NETWORK_SCHEMES, parse_uri
@@ -187,6 +188,32 @@ class SinkConfig:
 
 
 @dataclass(frozen=True)
+class TimeConfig:
+    """The `[stream.time]` table: the instrument's clock (`daqd.pipeline.datatime`).
+
+    Attributes
+    ----------
+    sync_time : str
+        UTC of timestamp 0: ISO 8601 (a TOML date-time too) or Unix seconds;
+        "" = no clock (data time in ticks only).
+    timestamp_rate : float
+        Timestamp ticks per second (e.g. the ADC sample rate); 0 = no clock.
+    timestamp_item : int
+        Heap mode: the immediate item holding a heap's timestamp; -1 = a
+        heap's data time is its arrival.
+    """
+
+    sync_time: str = ""
+    timestamp_rate: float = key(0.0, minimum=1e-6, maximum=1e15, off=0.0)
+    timestamp_item: int = key(-1, minimum=-1, maximum=ITEM_ID_MAX)
+
+    @property
+    def clock(self) -> Clock:
+        """The clock these keys describe (maybe not configured)."""
+        return Clock(self.sync_time or None, self.timestamp_rate or None)
+
+
+@dataclass(frozen=True)
 class StreamConfig:
     """One `[[stream]]` entry (`daqd.recv.builder.build_receiver` builds its receive side)."""
 
@@ -205,6 +232,16 @@ class StreamConfig:
     chunk: ChunkConfig | None = None
     buffer: BufferConfig = field(default_factory=BufferConfig)
     sinks: tuple[SinkConfig, ...] = ()
+    time: TimeConfig = field(default_factory=TimeConfig)
+
+    @property
+    def timeline(self) -> Timeline:
+        """The stream's data time (`daqd.pipeline.datatime.Timeline`) from these keys."""
+        c = self.chunk
+        item = self.time.timestamp_item
+        return Timeline(self.time.clock,
+                        c.timestamp_step * c.heaps_per_chunk if c is not None else None,
+                        item if c is None and item >= 0 else None)
 
 
 @dataclass(frozen=True)
@@ -240,10 +277,10 @@ class Config:
 SECTIONS: dict[str, type] = {
     "daemon": DaemonConfig, "zmq": ZmqConfig, "stream": StreamConfig,
     "stream.chunk": ChunkConfig, "stream.buffer": BufferConfig, "stream.sinks": SinkConfig,
-    "simulate": SimulateConfig,
+    "stream.time": TimeConfig, "simulate": SimulateConfig,
 }
 # Fields that hold nested tables, filled by parse().
-NESTED = ("ChunkConfig | None", "BufferConfig", "tuple[SinkConfig, ...]")
+NESTED = ("ChunkConfig | None", "BufferConfig", "tuple[SinkConfig, ...]", "TimeConfig")
 
 
 def schema_keys() -> list[str]:
@@ -280,7 +317,9 @@ class _Loader:
 
     def value(self, f: dataclasses.Field, value: Any, key: str) -> Any:
         kind = f.type
-        if kind == "bool":
+        if f.name == "sync_time":
+            value = self.utc(value, key)
+        elif kind == "bool":
             if not isinstance(value, bool):
                 raise self.fail(key, value, "true or false")
         elif kind == "int":
@@ -304,6 +343,7 @@ class _Loader:
             return tuple(value)
         elif f.name == "flush_custom":
             value = self.predicates(value, key)
+
         elif kind.startswith("tuple[str"):
             if not isinstance(value, list) or not value or not all(
                     isinstance(v, str) for v in value):
@@ -325,6 +365,18 @@ class _Loader:
             raise self.fail(key, value, f"{off}at least {metadata['minimum']}")
         if "maximum" in metadata and value > metadata["maximum"]:
             raise self.fail(key, value, f"{off}at most {metadata['maximum']}")
+
+    def utc(self, value: Any, key: str) -> str:
+        """Check a UTC time (ISO 8601, a TOML date-time, Unix seconds); return it as text."""
+        if isinstance(value, str) and not value:
+            return ""
+        try:
+            parse_utc(value, key)
+        except TimeError:
+            raise self.fail(key, value, "a UTC time: ISO 8601 (2026-12-07T00:00:00Z), a TOML "
+                            "date-time or Unix seconds") from None
+        return value.isoformat() if hasattr(value, "isoformat") else \
+            value if isinstance(value, str) else repr(value)
 
     def predicates(self, value: Any, key: str) -> tuple[str, ...]:
         """Check flush predicates: "module:function" strings that import now."""
@@ -529,6 +581,19 @@ def _check_chunk(loader: _Loader, where: str, s: StreamConfig, c: ChunkConfig) -
                           f"a divisor of heap_bytes ({c.heap_bytes})")
 
 
+def _check_time(loader: _Loader, where: str, s: StreamConfig) -> None:
+    """Check the clock has both halves, and the heap-mode timestamp item is in heap mode."""
+    t = s.time
+    if bool(t.sync_time) != bool(t.timestamp_rate):
+        missing, given = ("timestamp_rate", "sync_time") if t.sync_time else \
+            ("sync_time", "timestamp_rate")
+        raise loader.fail(f"{where}.time.{missing}", getattr(t, missing),
+                          f"a value with {given} (a clock needs both)")
+    if s.chunk is not None and t.timestamp_item >= 0:
+        raise loader.fail(f"{where}.time.timestamp_item", t.timestamp_item,
+                          "-1 in chunk mode (the chunk's timestamp is chunk.timestamp_item)")
+
+
 def _check_flush(loader: _Loader, where: str, s: StreamConfig) -> None:
     """Flush conditions that can fire: one at least, none beyond what the buffer holds."""
     b = s.buffer
@@ -583,6 +648,7 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
     c = s.chunk
     if c is not None:
         _check_chunk(loader, where, s, c)
+    _check_time(loader, where, s)
     _check_flush(loader, where, s)
     for j, sink in enumerate(s.sinks):
         # The directory part before the first {field} is the one that must exist.
@@ -732,6 +798,8 @@ def parse(text: str, path: str = "<config>", *, host: bool = True) -> Config:
         if "buffer" in raw:
             values["buffer"] = BufferConfig(**loader.table(BufferConfig, raw["buffer"],
                                                            f"{where}.buffer"))
+        if "time" in raw:
+            values["time"] = TimeConfig(**loader.table(TimeConfig, raw["time"], f"{where}.time"))
         raw_sinks = raw.get("sinks", [])
         if not isinstance(raw_sinks, list):
             raise loader.fail(f"{where}.sinks", raw_sinks, "[[stream.sinks]] tables")

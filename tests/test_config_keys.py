@@ -47,6 +47,7 @@ from daqd.recv.builder import build_receiver, build_stream
 from daqd.recv.uri import stream_udp_port
 from daqd.recv.workloads import WorkloadSender
 from daqd.service.daemon import Daemon
+from daqd.service.stream_runner import StreamRunner
 from daqd.service.zmq_security import ClientSecurity
 from daqd.sinks import build_sinks
 
@@ -98,15 +99,22 @@ def to_toml(tables: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: A value of `Case.also` that removes the key (a table) from the base.
+DELETE = object()
+
+
 def set_key(tables: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``table.key`` (``stream``/``simulate`` mean their first entry)."""
+    """Set ``table.key`` (``stream``/``simulate`` mean their first entry), or remove it."""
     *path, key = dotted.split(".")
     node: Any = tables
     for part in path:
-        node = node[part]
+        node = node.setdefault(part, {})
         if isinstance(node, list):
             node = node[0]
-    node[key] = value
+    if value is DELETE:
+        node.pop(key, None)
+    else:
+        node[key] = value
 
 
 # ----------------------------------------------------------------------
@@ -343,6 +351,23 @@ def refuses_a_bigger_pool(w: World) -> bool:
     return False
 
 
+def data_time(w: World) -> dict[str, Any]:
+    """The daemon's status of the stream once the simulator's chunks are in: its data time."""
+    deadline = time.monotonic() + 20
+    while True:
+        stream = w.daemon.on_status({})["streams"]["adc0"]
+        if stream["newest_timestamp"] is not None or time.monotonic() > deadline:
+            return {k: v for k, v in stream.items() if k.startswith("newest_")}
+        time.sleep(0.05)
+
+
+def heap_data_time(w: World) -> int | None:
+    """The newest data time a stream runner notes for a heap holding 777 in item 0x1600."""
+    runner = StreamRunner(w.stream, w.config)
+    runner._observe(HeapRecord(1, {0x1600: 777}))
+    return runner.data_time()["newest_timestamp"]
+
+
 def curve_keys(tmp: Path) -> tuple[str, str]:
     keys = tmp / "keys"
     clients = tmp / "clients"
@@ -463,6 +488,16 @@ CASES: dict[str, Case] = {
                                   ["0!", "1!", "2!", "3!"],
                                   also={"stream.sinks.kind": "text",
                                         "stream.sinks.path": "{tmp}/data/t.txt"}),
+    # [stream.time]: the instrument's clock, in the daemon's status (the simulator's
+    # last chunk starts at 8 x 8192 = 65536 ticks)
+    "stream.time.sync_time": Case("1000", data_time, {"newest_timestamp": 65536,
+                                                      "newest_utc": 1000.0 + 65536},
+                                  also={"stream.time.timestamp_rate": 1.0}),
+    "stream.time.timestamp_rate": Case(2.0, data_time, {"newest_timestamp": 65536,
+                                                        "newest_utc": 32768.0},
+                                       also={"stream.time.sync_time": "0"}),
+    "stream.time.timestamp_item": Case(0x1600, heap_data_time, 777,
+                                       also={"stream.chunk": DELETE}),
     # [[simulate]]: the built-in sender
     "simulate.target": Case("udp://127.0.0.1:{port2}", lambda w: w.sent["ports"], ["{port2}"],
                             also={"stream.sources": ["udp://127.0.0.1:{port}",

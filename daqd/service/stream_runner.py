@@ -113,6 +113,9 @@ class StreamRunner:
         self.boundary_lock = threading.Lock()
         self.last_boundary_reopen: float | None = None
         self.boundary_reopens_skipped = 0
+        # Data time ([stream.time]): each record's span; the newest record's start.
+        self.timeline = config.timeline
+        self.newest_timestamp: int | None = None
 
     # ------------------------------------------------------------------
     # startup: allocate, bind, start
@@ -274,12 +277,19 @@ class StreamRunner:
         if self.buffer is None:
             return                  # no sink keeps records: none are made (nor decoded)
         for record in self.recorder.records(heaps):
+            self._observe(record)
             self._put(self.buffer, record)
 
     def _put_tap(self, reader: Any) -> None:
         taken = reader.take_tap()
         if taken is not None:
             self._put(self.packet_buffer, PacketRecord(*taken))
+
+    def _observe(self, record: Any) -> None:
+        """Note a record's data time (chunk or heap records, before capture decides)."""
+        start = self.timeline.span(record)[0]
+        if self.newest_timestamp is None or start > self.newest_timestamp:
+            self.newest_timestamp = start
 
     def _put(self, buffer: Any, record: Any) -> None:
         if not self.capturing:
@@ -308,6 +318,7 @@ class StreamRunner:
             if chunk is None:                   # every stream finished, ring drained
                 return
             record = self.receiver.chunk_record(chunk)
+            self._observe(record)
             if self.buffer is None:
                 record.release()
                 continue
@@ -422,6 +433,17 @@ class StreamRunner:
                 out[source.uri]["peers"] = source.reader.peers()
         return out
 
+    def data_time(self) -> dict[str, Any]:
+        """``newest_timestamp`` (ticks) and, with a clock, ``newest_utc`` (Unix seconds)."""
+        newest = self.newest_timestamp
+        if newest is None:
+            return {"newest_timestamp": None}
+        out: dict[str, Any] = {"newest_timestamp": newest}
+        utc = self.timeline.utc(newest)
+        if utc is not None:
+            out["newest_utc"] = utc
+        return out
+
     def snapshot(self) -> dict[str, Any]:
         """Build the stream's part of a statistics message (JSON-able)."""
         per_source = self.receiver.source_stats()
@@ -433,6 +455,7 @@ class StreamRunner:
         out: dict[str, Any] = {"counters": counters, "gauges": gauges,
                                "sources": self.source_counters(per_source),
                                "capturing": self.capturing}
+        out.update(self.data_time())
         gauges.update(self.receiver.gauges())
         if self.receiver.chunk_mode:
             out["heaps_missing_per_substream"] = self.receiver.heaps_missing_per_substream()
