@@ -241,6 +241,38 @@ class Timeline:
         return out
 
 
+@dataclass(eq=False)
+class CaptureBlock:
+    """A capture block: its id, and the data time it covers, ``[start, stop)`` in ticks.
+
+    The records a block admits carry it (`ChunkRecord.capture_block`, ...),
+    so the sinks see in-band where one block's files end and the next's
+    begin, and write `metadata` into each file.  `start` is None for a block
+    started "now" (its first record then says where it began); `stop` is
+    None until a stop is requested, and is set (once) by that request.
+    """
+
+    id: str
+    start: int | None = None
+    stop: int | None = None
+
+    def metadata(self, timeline: Timeline | None = None) -> dict[str, Any]:
+        """``capture_block_id``, ``capture_start``, ``capture_stop`` (ticks; -1 = open).
+
+        With a `timeline` that has UTC, ``capture_start_utc`` and
+        ``capture_stop_utc`` (Unix seconds) too.
+        """
+        out: dict[str, Any] = {"capture_block_id": self.id,
+                               "capture_start": -1 if self.start is None else self.start,
+                               "capture_stop": -1 if self.stop is None else self.stop}
+        if timeline is not None and timeline.has_utc:
+            for name in ("start", "stop"):
+                ticks = getattr(self, name)
+                if ticks is not None:
+                    out[f"capture_{name}_utc"] = timeline.utc(ticks)
+        return out
+
+
 def overlaps(span: tuple[int, int], start: int, end: int) -> bool:
     """Whether a record's data time ``[span)`` overlaps the window ``[start, end)``."""
     return span[0] < end and span[1] > start

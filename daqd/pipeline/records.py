@@ -14,6 +14,9 @@ keeps:
 Every record has `nbytes` (payload bytes, for byte thresholds and sink
 accounting), `release()` (idempotent) and `encode()`; `decode_record()` turns
 `encode()`'s bytes back into a record (the write-ahead log stores these).
+Chunk and heap records carry the `capture_block` that admitted them (None
+outside capture blocks): the sinks start a block's files on it and write its
+id, start and stop into them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from daqd.pipeline.datatime import CaptureBlock
 from daqd.pipeline.items import EMPTY_DESCRIPTORS, DecodedItems, ItemDescriptors
 
 # encode() layouts: a kind byte, then a fixed header, then the variable parts.
@@ -74,6 +78,7 @@ class ChunkRecord:
     extra: np.ndarray | None = None
     received: float = field(default_factory=time.time)
     _release: Callable[[], None] | None = field(default=None, repr=False)
+    capture_block: CaptureBlock | None = field(default=None, repr=False, kw_only=True)
 
     @classmethod
     def from_chunk(cls, chunk: Any, extra: bool = True) -> ChunkRecord:
@@ -159,6 +164,7 @@ class HeapRecord:
     descriptors: ItemDescriptors = field(default_factory=lambda: EMPTY_DESCRIPTORS)
     address_bits: int = 48
     _decoded: DecodedItems | None = field(default=None, init=False, repr=False)
+    capture_block: CaptureBlock | None = field(default=None, repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
         if not isinstance(self.descriptors, ItemDescriptors):

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from daqd.pipeline.datatime import Clock, Timeline
 from daqd.pipeline.records import PacketRecord
 
 if TYPE_CHECKING:   # daqd.config imports daqd.sinks.paths to check sink keys
@@ -54,6 +55,12 @@ class SinkContext:
     clock, wall_clock : callable
         Monotonic seconds (rotation ages) and Unix seconds (file names,
         headers); replaceable in tests.
+    timeline : Timeline
+        The stream's data time (`daqd.pipeline.datatime`): record spans, and
+        UTC when ``[stream.time]`` configures a clock.
+    metadata : dict
+        Further file metadata of this sink's files (e.g. an event file's
+        trigger window), written with the stream's own.
     """
 
     stream: str
@@ -63,12 +70,16 @@ class SinkContext:
     udp_port: int | None = None
     clock: Callable[[], float] = field(default=time.monotonic, compare=False)
     wall_clock: Callable[[], float] = field(default=time.time, compare=False)
+    timeline: Timeline = field(default_factory=lambda: Timeline(Clock()), compare=False)
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def for_stream(cls, stream: StreamConfig, sink: SinkConfig, config_text: str = "",
-                   udp_port: int | None = None) -> SinkContext:
-        """Build the context of one of `stream`'s sinks."""
-        return cls(stream.name, sink, stream.chunk, config_text, udp_port)
+                   udp_port: int | None = None, metadata: dict[str, Any] | None = None,
+                   ) -> SinkContext:
+        """Build the context of one of `stream`'s sinks (`metadata`: see the class)."""
+        return cls(stream.name, sink, stream.chunk, config_text, udp_port,
+                   timeline=stream.timeline, metadata=dict(metadata or {}))
 
 
 def sink_class(kind: str) -> type:
