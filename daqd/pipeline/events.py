@@ -162,7 +162,7 @@ class TriggerEvent:
                     break
         except Exception as exc:  # a writer must report, never vanish silently
             self.errors.append(f"{type(exc).__name__}: {exc}")
-            log.error("trigger event failed", event=self.number, error=self.errors[-1],
+            log.error("trigger event failed", event_number=self.number, error=self.errors[-1],
                       exc_info=True)
         finally:
             retention.unwatch(self)
@@ -187,7 +187,7 @@ class TriggerEvent:
         except OSError as exc:
             self.failed += len(records)
             self.errors.append(str(exc))
-            log.error("trigger event write failed", event=self.number, path=self.path,
+            log.error("trigger event write failed", event_number=self.number, path=self.path,
                       records=len(records), error=str(exc))
         else:
             self.written += len(records)
@@ -364,8 +364,8 @@ class Triggers:
         event.thread = threading.Thread(target=event.run, args=(held, self.retention, self._done),
                                         name=f"{self.name}:event-{number}", daemon=True)
         event.thread.start()
-        log.info("trigger event", stream=self.name, event=number, label=label, start=start,
-                 end=end, path=path, records_retained=len(held))
+        log.info("trigger event", stream=self.name, event_number=number, label=label,
+                 start=start, end=end, path=path, records_retained=len(held))
         return reply
 
     def _expected_until(self, event: TriggerEvent, newest_end: int | None) -> int | None:
@@ -388,7 +388,9 @@ class Triggers:
             c["trigger_records_lagging"] += event.lagging
             c["trigger_records_failed"] += event.failed
             c["trigger_errors"] += len(event.errors)
-        log.info("trigger event written", stream=self.name, **event.describe())
+        fields = event.describe()
+        fields["event_number"] = fields.pop("event")   # structlog's own key is "event"
+        log.info("trigger event written", stream=self.name, **fields)
 
     def counters(self) -> dict[str, int]:
         """Return the stream's trigger counters (monotonic)."""
