@@ -18,7 +18,7 @@ from daqd import _spead
 from daqd.config import parse
 from daqd.pipeline.datatime import Clock, TimeError, Timeline
 from daqd.pipeline.events import TriggerError, Triggers, build_triggers
-from daqd.pipeline.records import ChunkRecord
+from daqd.pipeline.records import ChunkRecord, HeapRecord
 from daqd.pipeline.retention import Retention, build_retention
 from daqd.sinks import build_event_sink
 from daqd.sinks.binary import load as load_binary
@@ -236,3 +236,36 @@ def test_build_retention_from_the_section(tmp_path):
     stream = config(tmp_path)
     retention = build_retention(stream.trigger, stream.timeline)
     assert (retention.ticks, retention.max_records) == (10 * C, 11)
+
+
+def test_heap_mode_retains_by_the_timestamp_item_and_writes_text_events(tmp_path):
+    text = f"""
+[daemon]
+pidfile = "{tmp_path}/run/daqd.pid"
+[[stream]]
+name = "slow"
+sources = ["udp://127.0.0.1:7148"]
+[stream.time]
+sync_time = "0"
+timestamp_rate = 1000
+timestamp_item = 0x1600
+[stream.trigger]
+retain_seconds = 0.05
+max_post_seconds = 0.01
+kind = "text"
+path = "{tmp_path}/events/{{stream}}-{{label}}.txt"
+"""
+    stream = parse(text, host=False).streams[0]
+    triggers = triggers_of(stream)
+    for t in range(100):                           # heap t carries timestamp t (1 ms each)
+        triggers.retention.add(HeapRecord(t, {0x1600: t, 0x1000: t * 10}))
+    assert triggers.retention.status() == {"oldest_timestamp": 50, "newest_timestamp": 99,
+                                           "records": 50, "bytes": 50 * 16}
+    reply = triggers.start(*triggers.window({"start": 60, "end": 70, "label": "h"}))
+    assert reply["records_retained"] == 10 and reply["records_missing"] is None
+    triggers.close()
+    lines = [line.split()[0] for line in Path(reply["path"]).read_text().splitlines()
+             if not line.startswith("#")]
+    assert lines == [str(t) for t in range(60, 70)]
+    counts = triggers.counters()
+    assert (counts["trigger_records_written"], counts["trigger_records_missing"]) == (10, 0)
