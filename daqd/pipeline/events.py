@@ -46,6 +46,8 @@ log = structlog.get_logger("daqd.trigger")
 EVENT_GRACE = 10.0
 #: Seconds the writer waits for a record before it looks at its end conditions again.
 POLL = 0.1
+#: Records of an event written (then let go) at a time.
+WRITE_BATCH = 16
 #: Seconds `Triggers.close` waits for each event's writer.
 CLOSE_TIMEOUT = 30.0
 #: A label: part of file names, so letters, digits and ``._+-``, at most 64.
@@ -139,8 +141,9 @@ class TriggerEvent:
         """Write `held` (records held now), then what is offered, until the event ends."""
         reason = "error"
         try:
-            self._write(held)
-            held = []
+            while held:             # in batches: each batch's chunks go back to the pool
+                batch, held = held[:WRITE_BATCH], held[WRITE_BATCH:]
+                self._write(batch)
             while True:
                 with self._changed:
                     if not self._queue and not self._complete and not self._stop_reason:
