@@ -342,7 +342,7 @@ class Triggers:
 
 
     def start(self, start: int, end: int, label: str) -> dict[str, Any]:
-        """Start an event for a window `window` accepted; return the reply's part for it."""
+        """Start the event of a window `window` accepted; return its part of the reply."""
         with self._lock:
             if self.closed:
                 raise TriggerError(f"stream {self.name} is stopping")
