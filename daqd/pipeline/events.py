@@ -340,7 +340,6 @@ class Triggers:
                                f"({newest_end}); max_post_seconds allows {self.post_ticks}")
         return start, end, label
 
-
     def start(self, start: int, end: int, label: str) -> dict[str, Any]:
         """Start the event of a window `window` accepted; return its part of the reply."""
         with self._lock:
