@@ -8,6 +8,7 @@ missing or one too many shows in the pool's own counts.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from daqd import _spead
 from daqd.config import parse
 from daqd.pipeline.datatime import Clock, TimeError, Timeline
-from daqd.pipeline.events import TriggerError, Triggers, build_triggers
+from daqd.pipeline.events import TriggerError, TriggerEvent, Triggers, build_triggers
 from daqd.pipeline.records import ChunkRecord, HeapRecord
 from daqd.pipeline.retention import Retention, build_retention
 from daqd.sinks import build_event_sink
@@ -269,3 +270,46 @@ path = "{tmp_path}/events/{{stream}}-{{label}}.txt"
     assert lines == [str(t) for t in range(60, 70)]
     counts = triggers.counters()
     assert (counts["trigger_records_written"], counts["trigger_records_missing"]) == (10, 0)
+
+
+def test_records_offered_beyond_the_queue_limit_are_counted_lagging_not_held(tmp_path):
+    stream = config(tmp_path)
+    sink, path = build_event_sink(stream, stream.trigger, 1, "lag", (0, 10 * C))
+    retention = Retention(TIMELINE, 10 * C, 11)
+    event = TriggerEvent(1, "lag", 0, 10 * C, path, sink, TIMELINE, time.monotonic() + 5,
+                         queue_limit=3)
+    assert retention.watch(event) == []
+    pool = Pool()
+    for record in pool.records(6):                 # the writer has not started: 3 queue up
+        retention.add(record)
+        record.release()
+    assert event.lagging == 3 and pool.stream.pool_counts()["held"] == 6   # retention's 6
+    event.stop("stream stopped")
+    event.run([], retention, lambda e: None)
+    assert (event.written, event.lagging, event.missing, event.state) == (3, 3, 4,
+                                                                          "stream stopped")
+    retention.close()
+    assert pool.whole()
+    assert load_binary(path)[1].shape[0] == 3
+
+
+def test_an_event_stops_waiting_at_its_wall_clock_bound(tmp_path):
+    stream = config(tmp_path)
+    sink, path = build_event_sink(stream, stream.trigger, 1, "late", (0, 4 * C))
+    retention = Retention(TIMELINE, 10 * C, 11)
+    pool = Pool()
+    for record in pool.records(2):
+        retention.add(record)
+        record.release()
+    event = TriggerEvent(1, "late", 0, 4 * C, path, sink, TIMELINE, time.monotonic() + 0.2)
+    event.run(retention.watch(event), retention, lambda e: None)
+    assert (event.state, event.written, event.missing) == ("timeout", 2, 2)
+    meta = sink.context.metadata                   # what the sink writes into the file
+    assert {k: meta[k] for k in ("event", "trigger_label", "trigger_start", "trigger_end",
+                                 "trigger_start_utc", "trigger_end_utc", "records_written",
+                                 "records_missing", "trigger_ended")} == {
+        "event": 1, "trigger_label": "late", "trigger_start": 0, "trigger_end": 4 * C,
+        "trigger_start_utc": 0.0, "trigger_end_utc": 0.04, "records_written": 2,
+        "records_missing": 2, "trigger_ended": "timeout"}
+    retention.close()
+    assert pool.whole()
