@@ -405,6 +405,11 @@ class Triggers:
             live = list(self._live)
         return [event.describe() for event in live]
 
+    @property
+    def writing(self) -> int:
+        """Events still being written, read without the lock (a second signal's count)."""
+        return len(self._live)
+
     def close(self, timeout: float = CLOSE_TIMEOUT) -> list[str]:
         """End every event (``stream stopped``) and wait for its writer; the problems met."""
         with self._lock:

@@ -222,7 +222,9 @@ class Daemon:
         has written (waiting, being written, or kept for a failing sink);
         ``packet_records``: the same for the raw-packet buffer of pcap sinks;
         ``chunks``: chunk mode, completed chunks in the data ring that never
-        reached the buffer.  Open chunks and live partial heaps are not counted.
+        reached the buffer; ``trigger_events``: triggered events cut short
+        before their file was finished.  Open chunks and live partial heaps
+        are not counted.
         """
         out = {}
         for runner in self.runners:
@@ -231,6 +233,8 @@ class Daemon:
                 counts["packet_records"] = runner.packet_buffer.size()
             if runner.group is not None:
                 counts["chunks"] = runner.group.data_ring_size
+            if runner.triggers is not None:
+                counts["trigger_events"] = runner.triggers.writing
             out[runner.name] = counts
         return out
 
