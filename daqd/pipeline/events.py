@@ -35,7 +35,7 @@ import structlog
 
 from daqd.errors import UsageProblem
 from daqd.pipeline.datatime import Timeline, parse_instant
-from daqd.pipeline.retention import Retention, build_retention, post_ticks, seconds_to_ticks
+from daqd.pipeline.retention import Retention, build_retention, post_ticks
 
 if TYPE_CHECKING:
     from daqd.config import TriggerConfig
@@ -327,8 +327,8 @@ class Triggers:
             end = self.timeline.ticks(parse_instant(args["end"], "end"), "end")
         else:
             pre, post = (_seconds(args[k], k) for k in ("pre", "post"))
-            start = newest - seconds_to_ticks(self.timeline, pre, "pre")
-            end = newest + seconds_to_ticks(self.timeline, post, "post")
+            start = newest - self.timeline.seconds_to_ticks(pre, "pre")
+            end = newest + self.timeline.seconds_to_ticks(post, "post")
         if end <= start:
             raise TriggerError(f"end ({end}) is not after start ({start}): the window is empty")
         if end - start > self.retain_ticks + self.post_ticks:

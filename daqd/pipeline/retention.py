@@ -19,11 +19,10 @@ overlaps it, with a hold of their own, and told how far data time has come.
 from __future__ import annotations
 
 import bisect
-import math
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
-from daqd.pipeline.datatime import ARRIVAL_RATE, Timeline, overlaps
+from daqd.pipeline.datatime import Timeline, overlaps
 
 if TYPE_CHECKING:
     from daqd.config import TriggerConfig
@@ -42,27 +41,20 @@ class Watcher(Protocol):
         """Note that data time has reached `newest_end` (the newest record's span's end)."""
 
 
-def seconds_to_ticks(timeline: Timeline, seconds: float, what: str = "duration") -> int:
-    """Ticks of data time in `seconds` (heaps timed by arrival, no clock: nanoseconds).
+def retain_ticks(trigger: TriggerConfig, timeline: Timeline) -> int:
+    """Ticks of data time in ``retain_seconds`` (heaps timed by arrival: the arrival clock's).
 
     Raises
     ------
     TimeError
         The stream's data time is in ticks with no ``timestamp_rate``.
     """
-    if timeline.by_arrival and not timeline.clock.timestamp_rate:
-        return math.ceil(seconds * ARRIVAL_RATE)
-    return timeline.seconds_to_ticks(seconds, what)
-
-
-def retain_ticks(trigger: TriggerConfig, timeline: Timeline) -> int:
-    """Ticks of data time in ``retain_seconds`` (`seconds_to_ticks`)."""
-    return seconds_to_ticks(timeline, trigger.retain_seconds, "trigger.retain_seconds")
+    return timeline.seconds_to_ticks(trigger.retain_seconds, "trigger.retain_seconds")
 
 
 def post_ticks(trigger: TriggerConfig, timeline: Timeline) -> int:
-    """Ticks of data time in ``max_post_seconds`` (`seconds_to_ticks`)."""
-    return seconds_to_ticks(timeline, trigger.max_post_seconds, "trigger.max_post_seconds")
+    """Ticks of data time in ``max_post_seconds`` (see `retain_ticks`)."""
+    return timeline.seconds_to_ticks(trigger.max_post_seconds, "trigger.max_post_seconds")
 
 
 def retained_chunks(trigger: TriggerConfig, timeline: Timeline) -> int | None:
@@ -214,4 +206,4 @@ def build_retention(trigger: TriggerConfig, timeline: Timeline) -> Retention:
 
 
 __all__ = ["Retention", "Watcher", "build_retention", "post_ticks", "retain_ticks",
-           "retained_chunks", "seconds_to_ticks"]
+           "retained_chunks"]
