@@ -205,6 +205,50 @@ def status(config_path: str | None, endpoint: str | None, curve_secret_key: str 
         sys.exit(1)
 
 
+@cli.command()
+@CONFIG_OPTION
+@click.option("--endpoint", default=None,
+              help="Control endpoint to ask (default: the configuration's zmq.control).")
+@curve_options
+@click.option("--stream", default=None,
+              help="The stream (default: every stream with [stream.trigger]).")
+@click.option("--start", default=None, metavar="T",
+              help="Window start: ticks, or UTC (ISO 8601, or @UNIX_SECONDS) with [stream.time].")
+@click.option("--end", default=None, metavar="T", help="Window end (excluded), as --start.")
+@click.option("--pre", type=click.FloatRange(min=0), default=None, metavar="S",
+              help="Seconds of data time before the newest data.")
+@click.option("--post", type=click.FloatRange(min=0), default=None, metavar="S",
+              help="Seconds of data time after the newest data.")
+@click.option("--label", default=None, help="The event's label (in its file name).")
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True)
+def trigger(config_path: str | None, endpoint: str | None, curve_secret_key: str | None,
+            curve_server_key: str | None, stream: str | None, start: str | None,
+            end: str | None, pre: float | None, post: float | None, label: str | None,
+            as_json: bool, timeout: float) -> None:
+    """Write a window of data time to an event file of its own (per stream).
+
+    The window is --start and --end, or --pre and --post seconds around the
+    newest data time.  Prints each stream's event number and file name; the
+    file is written while the command returns.
+    """
+    from daqd.service.zmq_clients import format_trigger, request
+
+    if (start is None) != (end is None) or (pre is None) != (post is None) \
+            or (start is None) == (pre is None):
+        raise click.UsageError("give --start and --end, or --pre and --post")
+    args: dict[str, Any] = {k: v for k, v in (("stream", stream), ("start", start),
+                                              ("end", end), ("pre", pre), ("post", post),
+                                              ("label", label)) if v is not None}
+    cfg = _load(config_path, host=False) if config_path or not endpoint else None
+    security = client_security(cfg, curve_secret_key, curve_server_key)
+    reply = request(_control_endpoint(cfg, endpoint), "trigger", args, timeout=timeout,
+                    security=security)
+    if not reply.get("ok", False):
+        raise UsageProblem(str(reply.get("error", "trigger refused")))
+    click.echo(json.dumps(reply) if as_json else format_trigger(reply))
+
+
 #: Seconds ``daqd stats`` with CURVE keys waits for a first message (a wrong key: silence).
 CURVE_FIRST_TIMEOUT = 10.0
 

@@ -28,14 +28,22 @@ from daqd.errors import SourceError, UsageProblem
 from daqd.pipeline import buffers, flush
 from daqd.pipeline import wal as wal_log
 from daqd.pipeline.datatime import Clock, TimeError, Timeline, parse_utc
+from daqd.pipeline.retention import retain_ticks, retained_chunks
 from daqd.recv import builder as recv_builder
 from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE, DEFAULT_SOCKET_BUFFER
 from daqd.recv.uri import NETWORK_SCHEMES, parse_uri
 from daqd.recv.uri import SCHEMES as SOURCE_SCHEMES
 from daqd.recv.workloads import WORKLOADS
+from daqd.sinks import EVENT_KINDS
 from daqd.sinks import KINDS as SINK_KINDS
 from daqd.sinks.base import FSYNC_POLICIES as SINK_FSYNC_POLICIES
-from daqd.sinks.paths import PATH_FIELDS, PATH_FIELDS_BY_KIND, PathTemplate, template_glob
+from daqd.sinks.paths import (
+    EVENT_PATH_FIELDS,
+    PATH_FIELDS,
+    PATH_FIELDS_BY_KIND,
+    PathTemplate,
+    template_glob,
+)
 from daqd.sinks.text import check_template
 
 #: The built-in default configuration (no hardware needed), shipped as package data.
@@ -214,6 +222,35 @@ class TimeConfig:
 
 
 @dataclass(frozen=True)
+class TriggerConfig:
+    """The `[stream.trigger]` table: data time retained, and where triggered events go.
+
+    `daqd.pipeline.retention.build_retention` builds the retention from it,
+    `daqd.sinks.build_event_sink` each event's file, and
+    `daqd.pipeline.events.Triggers` checks and runs the requests.
+
+    Attributes
+    ----------
+    path : str
+        Event file name template: ``{stream}``, ``{label}``, ``{event}``,
+        ``{start:STRFTIME}`` (the window's start, UTC).
+    retain_seconds : float
+        Data time kept in memory for triggers, at least (chunk mode: ``pool``
+        must hold it, beside ``max_chunks``).
+    kind : str
+        The sink kind of event files: ``binary``, ``text`` or ``hdf5``.
+    max_post_seconds : float
+        How far past the newest data time a window may reach (seconds of
+        data time); an event waits at most this + 10 s of wall-clock time.
+    """
+
+    path: str = key()
+    retain_seconds: float = key(2.0, minimum=1e-6, maximum=DAY)
+    kind: str = key("hdf5", choices=EVENT_KINDS)
+    max_post_seconds: float = key(10.0, minimum=0, maximum=DAY)
+
+
+@dataclass(frozen=True)
 class StreamConfig:
     """One `[[stream]]` entry (`daqd.recv.builder.build_receiver` builds its receive side)."""
 
@@ -233,6 +270,7 @@ class StreamConfig:
     buffer: BufferConfig = field(default_factory=BufferConfig)
     sinks: tuple[SinkConfig, ...] = ()
     time: TimeConfig = field(default_factory=TimeConfig)
+    trigger: TriggerConfig | None = None
 
     @property
     def timeline(self) -> Timeline:
@@ -277,10 +315,11 @@ class Config:
 SECTIONS: dict[str, type] = {
     "daemon": DaemonConfig, "zmq": ZmqConfig, "stream": StreamConfig,
     "stream.chunk": ChunkConfig, "stream.buffer": BufferConfig, "stream.sinks": SinkConfig,
-    "stream.time": TimeConfig, "simulate": SimulateConfig,
+    "stream.time": TimeConfig, "stream.trigger": TriggerConfig, "simulate": SimulateConfig,
 }
 # Fields that hold nested tables, filled by parse().
-NESTED = ("ChunkConfig | None", "BufferConfig", "tuple[SinkConfig, ...]", "TimeConfig")
+NESTED = ("ChunkConfig | None", "BufferConfig", "tuple[SinkConfig, ...]", "TimeConfig",
+          "TriggerConfig | None")
 
 
 def schema_keys() -> list[str]:
@@ -594,6 +633,39 @@ def _check_time(loader: _Loader, where: str, s: StreamConfig) -> None:
                           "-1 in chunk mode (the chunk's timestamp is chunk.timestamp_item)")
 
 
+def _check_trigger(loader: _Loader, where: str, s: StreamConfig, host: bool) -> None:
+    """Check ``[stream.trigger]``: seconds that become ticks, a pool that holds them, a path."""
+    t = s.trigger
+    if t is None:
+        return
+    try:
+        template = PathTemplate(t.path, EVENT_PATH_FIELDS)
+    except ValueError as exc:
+        raise loader.fail(f"{where}.trigger.path", t.path,
+                          f"a file name template ({exc})") from None
+    if host:
+        _check_directory(loader, f"{where}.trigger.path", t.path, template.static_directory)
+    if t.kind == "hdf5" and s.chunk is None:
+        raise loader.fail(f"{where}.trigger.kind", t.kind,
+                          "binary or text (hdf5 event files need chunk mode)")
+    timeline = s.timeline
+    if not timeline.by_arrival and not s.time.timestamp_rate:
+        mode = "chunks" if s.chunk is not None else "heap timestamps"
+        raise loader.fail(f"{where}.trigger.retain_seconds", t.retain_seconds,
+                          f"a [stream.time] timestamp_rate to turn seconds into {mode}")
+    c = s.chunk
+    retained = retained_chunks(t, timeline)
+    if c is not None and retained is not None:
+        need = c.max_chunks + retained + 1
+        if c.pool < need:
+            raise loader.fail(
+                f"{where}.chunk.pool", c.pool,
+                f"at least {need}: max_chunks ({c.max_chunks}) + the chunks retain_seconds "
+                f"= {t.retain_seconds:g} holds ({retained}, of {timeline.chunk_ticks} ticks "
+                f"at {s.time.timestamp_rate:g} ticks/s; {retain_ticks(t, timeline)} ticks) "
+                "+ 1 for the buffer to write from")
+
+
 def _check_flush(loader: _Loader, where: str, s: StreamConfig) -> None:
     """Flush conditions that can fire: one at least, none beyond what the buffer holds."""
     b = s.buffer
@@ -649,6 +721,7 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
     if c is not None:
         _check_chunk(loader, where, s, c)
     _check_time(loader, where, s)
+    _check_trigger(loader, where, s, host)
     _check_flush(loader, where, s)
     for j, sink in enumerate(s.sinks):
         # The directory part before the first {field} is the one that must exist.
@@ -673,6 +746,9 @@ def _check_files(loader: _Loader, streams: Sequence[StreamConfig]) -> None:
                  for j, sink in enumerate(s.sinks)]
         if s.buffer.wal:
             named.append((f"stream[{i}].buffer.wal", s.buffer.wal, glob.escape(_wal_path(s))))
+        if s.trigger is not None:
+            named.append((f"stream[{i}].trigger.path", s.trigger.path,
+                          template_glob(s.trigger.path, s.name)))
         for key, value, pattern in named:
             pattern = os.path.normpath(os.path.abspath(pattern))
             if pattern in writers:
@@ -800,6 +876,9 @@ def parse(text: str, path: str = "<config>", *, host: bool = True) -> Config:
                                                            f"{where}.buffer"))
         if "time" in raw:
             values["time"] = TimeConfig(**loader.table(TimeConfig, raw["time"], f"{where}.time"))
+        if "trigger" in raw:
+            values["trigger"] = TriggerConfig(**loader.table(TriggerConfig, raw["trigger"],
+                                                             f"{where}.trigger"))
         raw_sinks = raw.get("sinks", [])
         if not isinstance(raw_sinks, list):
             raise loader.fail(f"{where}.sinks", raw_sinks, "[[stream.sinks]] tables")

@@ -37,6 +37,11 @@ def test_good_configuration_loads_into_frozen_objects(tmp_path):
         stream.name = "other"
 
 
+# A chunk stream for [stream.trigger] cases (chunks of 65536 ticks), and a clock for it.
+TRIGGERED = ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.chunk]\nheaps_per_chunk = 8\n"
+             "max_chunks = 2\npool = 16\n")
+CLOCK = "[stream.time]\nsync_time = 0\ntimestamp_rate = 6553600\n"
+
 BAD = [
     ("[daemon]\nnmae = 'x'\n", "daemon.nmae"),
     ("[daemon]\nlog_level = 'loud'\n", "daemon.log_level = 'loud': expected one of debug"),
@@ -132,6 +137,31 @@ BAD = [
     ("[zmq]\nstats = 'ipc:///tmp/" + "x" * 120 + "'\n", "expected an ipc:// path of at most 107"),
     ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.buffer]\nflush_custom = "
      "['shutil:copy']\n", "shutil:copy(src, dst, *, follow_symlinks=True) cannot be called"),
+    # [stream.trigger] (issue 13): seconds need a rate, the pool must hold them, a path
+    (TRIGGERED + "[stream.trigger]\npath = '{tmp}/e.bin'\n",
+     "stream[0].trigger.retain_seconds = 2.0: expected a [stream.time] timestamp_rate to "
+     "turn seconds into chunks"),
+    (TRIGGERED.replace("pool = 16", "pool = 13") + CLOCK
+     + "[stream.trigger]\npath = '{tmp}/e.bin'\nretain_seconds = 0.1\n",
+     "stream[0].chunk.pool = 13: expected at least 14: max_chunks (2) + the chunks "
+     "retain_seconds = 0.1 holds (11, of 65536 ticks at 6.5536e+06 ticks/s; 655360 ticks) + 1 "
+     "for the buffer to write from"),
+    (TRIGGERED + CLOCK + "[stream.trigger]\npath = '{tmp}/{seq}.bin'\n",
+     "stream[0].trigger.path = '{tmp}/{seq}.bin': expected a file name template (unknown "
+     "field {seq}; the fields are {stream}, {label}, {event}, {start})"),
+    (TRIGGERED + CLOCK + "[stream.trigger]\npath = '{tmp}/e.pcap'\nkind = 'pcap'\n",
+     "stream[0].trigger.kind = 'pcap': expected one of binary, text, hdf5"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.trigger]\npath = '{tmp}/e.x'\n",
+     "stream[0].trigger.kind = 'hdf5': expected binary or text (hdf5 event files need chunk "
+     "mode)"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.trigger]\n",
+     "stream[0].trigger: missing key path"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.time]\ntimestamp_item = 5632\n"
+     "[stream.trigger]\npath = '{tmp}/e.x'\nkind = 'text'\n",
+     "expected a [stream.time] timestamp_rate to turn seconds into heap timestamps"),
+    (TRIGGERED + CLOCK + "[stream.trigger]\npath = '{tmp}/a.x'\nretain_seconds = 0.01\n"
+     "[[stream.sinks]]\nkind = 'binary'\npath = '{tmp}/{stream}.x'\n",
+     "stream[0].trigger.path = '{tmp}/a.x': expected a file name no other sink"),
 ]
 
 

@@ -42,14 +42,16 @@ from spead_packets import packet, sim_packets
 from daqd import _spead
 from daqd.config import Config, ConfigError, parse, schema_keys
 from daqd.pipeline.buffers import build_buffer
+from daqd.pipeline.events import build_triggers
 from daqd.pipeline.records import ChunkRecord, HeapRecord
+from daqd.pipeline.retention import build_retention
 from daqd.recv.builder import build_receiver, build_stream
 from daqd.recv.uri import stream_udp_port
 from daqd.recv.workloads import WorkloadSender
 from daqd.service.daemon import Daemon
 from daqd.service.stream_runner import StreamRunner
 from daqd.service.zmq_security import ClientSecurity
-from daqd.sinks import build_sinks
+from daqd.sinks import build_event_sink, build_sinks
 
 
 def base_tables(tmp: Path, port: int, port2: int) -> dict[str, Any]:
@@ -368,6 +370,38 @@ def heap_data_time(w: World) -> int | None:
     return runner.data_time()["newest_timestamp"]
 
 
+def retention_ticks(w: World) -> int | None:
+    """Ticks the stream's retention keeps (`build_retention` from ``[stream.trigger]``)."""
+    stream = w.stream
+    if stream.trigger is None:
+        return None
+    return build_retention(stream.trigger, stream.timeline).ticks
+
+
+def post_ticks(w: World) -> int | None:
+    """Ticks past the newest data a trigger window may reach (`build_triggers`)."""
+    stream = w.stream
+    if stream.trigger is None:
+        return None
+    return build_triggers(stream.trigger, stream.timeline, lambda *a: (None, ""),
+                          stream.name).post_ticks
+
+
+def event_sink(w: World) -> str | None:
+    """The kind and file name of event 1 labelled "x" (`build_event_sink`), as one string."""
+    stream = w.stream
+    if stream.trigger is None:
+        return None
+    sink, path = build_event_sink(stream, stream.trigger, 1, "x", (0, 65536))
+    return f"{sink.kind} {path}"
+
+
+#: [stream.trigger] needs a clock (chunks of 65536 ticks: 100 a second) and an event path.
+TRIGGERED = {"stream.time.sync_time": "0", "stream.time.timestamp_rate": 6553600.0,
+             "stream.trigger.path": "{tmp}/events/{stream}-{event:03d}-{label}.bin",
+             "stream.trigger.retain_seconds": 0.1}
+
+
 def curve_keys(tmp: Path) -> tuple[str, str]:
     keys = tmp / "keys"
     clients = tmp / "clients"
@@ -498,6 +532,18 @@ CASES: dict[str, Case] = {
                                        also={"stream.time.sync_time": "0"}),
     "stream.time.timestamp_item": Case(0x1600, heap_data_time, 777,
                                        also={"stream.chunk": DELETE}),
+    # [stream.trigger]: retention for triggers and event files (pool 16 = max_chunks 4 +
+    # 11 chunks of 0.1 s + 1)
+    "stream.trigger.retain_seconds": Case(0.05, retention_ticks, 327680,
+                                          also={**TRIGGERED, "stream.trigger.retain_seconds":
+                                                0.05}),
+    "stream.trigger.max_post_seconds": Case(0.5, post_ticks, 3276800, also=TRIGGERED),
+    "stream.trigger.kind": Case("text", event_sink,
+                                "text {tmp}/events/adc0-001-x.bin", also=TRIGGERED),
+    "stream.trigger.path": Case("{tmp}/ev/{label}-{event:02d}-{start:%H%M%S}.bin", event_sink,
+                                "hdf5 {tmp}/ev/x-01-000000.bin",
+                                also={k: v for k, v in TRIGGERED.items()
+                                      if k != "stream.trigger.path"}),
     # [[simulate]]: the built-in sender
     "simulate.target": Case("udp://127.0.0.1:{port2}", lambda w: w.sent["ports"], ["{port2}"],
                             also={"stream.sources": ["udp://127.0.0.1:{port}",

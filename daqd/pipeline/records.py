@@ -12,8 +12,12 @@ keeps:
 - `PacketRecord`: a batch of raw packets as received, for the pcap sink.
 
 Every record has `nbytes` (payload bytes, for byte thresholds and sink
-accounting), `release()` (idempotent) and `encode()`; `decode_record()` turns
+accounting), `hold()`, `release()` and `encode()`; `decode_record()` turns
 `encode()`'s bytes back into a record (the write-ahead log stores these).
+A record may have several holders (the buffer, the trigger retention, an
+event being written): each `hold()` is one more `release()` owed, and a chunk
+record gives its chunk back to the pool on the last release (thread-safe);
+releases beyond the last do nothing.
 Chunk and heap records carry the `capture_block` that admitted them (None
 outside capture blocks): the sinks start a block's files on it and write its
 id, start and stop into them.
@@ -22,6 +26,7 @@ id, start and stop into them.
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +53,8 @@ _ITEM = struct.Struct("<QBQ")
 _DESCRIBED = struct.Struct("<BI")
 # packets: receive time, number of packets
 _PACKETS_HEAD = struct.Struct("<dI")
+# Guards every chunk record's hold count (holds are taken a few times per chunk).
+_HOLDS = threading.Lock()
 
 
 def slots_present(present: np.ndarray) -> np.ndarray:
@@ -66,9 +73,11 @@ def slots_present(present: np.ndarray) -> np.ndarray:
 class ChunkRecord:
     """A completed chunk: `data`, `present`, optional `extra`, `chunk_id`, `timestamp`.
 
-    The arrays are views of the pool chunk (no copy) until `release()`; after
-    that they must not be read.  Records decoded from the write-ahead log own
-    their arrays and have nothing to release.
+    The arrays are views of the pool chunk (no copy) until the last
+    `release()`; after that they must not be read.  The record is made with
+    one hold (its maker's); `hold()` adds one for another holder.  Records
+    decoded from the write-ahead log own their arrays and have nothing to
+    release.
     """
 
     chunk_id: int
@@ -79,6 +88,7 @@ class ChunkRecord:
     received: float = field(default_factory=time.time)
     _release: Callable[[], None] | None = field(default=None, repr=False)
     capture_block: CaptureBlock | None = field(default=None, repr=False, kw_only=True)
+    _holds: int = field(default=1, init=False, repr=False)
 
     @classmethod
     def from_chunk(cls, chunk: Any, extra: bool = True) -> ChunkRecord:
@@ -118,9 +128,34 @@ class ChunkRecord:
         slots = self.slots_present
         return float(np.count_nonzero(slots)) / slots.size if slots.size else 0.0
 
+    @property
+    def holds(self) -> int:
+        """Holders that have not released the record yet (0: the chunk is back in the pool)."""
+        return self._holds
+
+    def hold(self) -> ChunkRecord:
+        """Take one more hold (another holder now owes a `release()`); return the record.
+
+        Raises
+        ------
+        ValueError
+            The record was released by its last holder: its chunk may be reused.
+        """
+        with _HOLDS:
+            if self._holds <= 0:
+                raise ValueError(f"chunk {self.chunk_id} was released; it cannot be held")
+            self._holds += 1
+        return self
+
     def release(self) -> None:
-        """Give the chunk back to the pool (once; later calls do nothing)."""
-        release, self._release = self._release, None
+        """Drop one hold; the last gives the chunk back to the pool (later calls do nothing)."""
+        with _HOLDS:
+            if self._holds <= 0:
+                return
+            self._holds -= 1
+            if self._holds:
+                return
+            release, self._release = self._release, None
         if release is not None:
             release()
 
@@ -200,6 +235,10 @@ class HeapRecord:
         """The addressed items' bytes, in item id order (what the binary sink writes)."""
         return b"".join(v for _, v in sorted(self.items.items()) if isinstance(v, bytes))
 
+    def hold(self) -> HeapRecord:
+        """Nothing to count: a heap record owns its values (returns the record)."""
+        return self
+
     def release(self) -> None:
         """Nothing to give back: a heap record owns its values."""
 
@@ -242,6 +281,10 @@ class PacketRecord:
         ends = np.cumsum(self.lengths, dtype=np.int64)
         starts = ends - self.lengths
         return [view[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+
+    def hold(self) -> PacketRecord:
+        """Nothing to count (returns the record)."""
+        return self
 
     def release(self) -> None:
         """Nothing to give back."""

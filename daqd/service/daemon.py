@@ -29,6 +29,7 @@ import zmq
 
 from daqd import __version__
 from daqd.config import Config
+from daqd.errors import UsageProblem
 from daqd.recv.counters import LOSS_COUNTERS
 from daqd.recv.workloads import WorkloadSender
 from daqd.service.control import COMMANDS, ControlServer
@@ -221,7 +222,9 @@ class Daemon:
         has written (waiting, being written, or kept for a failing sink);
         ``packet_records``: the same for the raw-packet buffer of pcap sinks;
         ``chunks``: chunk mode, completed chunks in the data ring that never
-        reached the buffer.  Open chunks and live partial heaps are not counted.
+        reached the buffer; ``trigger_events``: triggered events cut short
+        before their file was finished.  Open chunks and live partial heaps
+        are not counted.
         """
         out = {}
         for runner in self.runners:
@@ -230,6 +233,8 @@ class Daemon:
                 counts["packet_records"] = runner.packet_buffer.size()
             if runner.group is not None:
                 counts["chunks"] = runner.group.data_ring_size
+            if runner.triggers is not None:
+                counts["trigger_events"] = runner.triggers.writing
             out[runner.name] = counts
         return out
 
@@ -298,11 +303,45 @@ class Daemon:
         return {"flushing": [r.name for r in self.runners]}
 
     def on_trigger(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Control ``trigger``: dump the buffers' content (transient capture)."""
+        """Control ``trigger``: write a window of data time to an event file per stream.
+
+        Arguments (`daqd.pipeline.events.Triggers.window`): ``start`` and
+        ``end``, or ``pre`` and ``post``, or neither (what is retained now);
+        ``label``; ``stream`` (default: every stream with ``[stream.trigger]``).
+        Every stream's window is checked before any event starts.  The reply:
+        ``streams`` (per stream: ``event``, ``path``, the window, the records
+        retained and already missing), and with one stream its entry at the top.
+        """
+        args = dict(args)
+        streams = self._trigger_streams(args.pop("stream", None))
+        windows = [(runner, runner.triggers.window(args)) for runner in streams
+                   if runner.triggers is not None]
+        replies = {}
+        for runner, window in windows:
+            assert runner.triggers is not None
+            replies[runner.name] = runner.triggers.start(*window)
+        out: dict[str, Any] = {"streams": replies}
+        if len(replies) == 1:
+            name, reply = next(iter(replies.items()))
+            out.update(reply, stream=name)
+        return out
+
+    def _trigger_streams(self, name: Any) -> list[StreamRunner]:
+        """Return the streams a trigger is for: `name`, or every one with ``[stream.trigger]``."""
+        if name is None:
+            streams = [r for r in self.runners if r.triggers is not None]
+            if not streams:
+                raise UsageProblem("no stream has a [stream.trigger] table: nothing retains "
+                                   "data for triggers")
+            return streams
         for runner in self.runners:
-            runner.trigger()
-        self.log.info("trigger", label=str(args.get("label", "")))
-        return {"triggered": [r.name for r in self.runners]}
+            if runner.name == name:
+                if runner.triggers is None:
+                    raise UsageProblem(f"stream {name!r} has no [stream.trigger] table: it "
+                                       "retains no data for triggers")
+                return [runner]
+        raise UsageProblem(f"unknown stream {name!r} (streams: "
+                           + ", ".join(r.name for r in self.runners) + ")")
 
     def on_stop(self, args: dict[str, Any]) -> dict[str, Any]:
         """Control ``stop``: drain and exit, as on SIGTERM."""
@@ -368,8 +407,10 @@ class Daemon:
 
 def _summary(runner: StreamRunner) -> dict[str, Any]:
     """Return the figures of the last log line: what came, what was written, every loss."""
-    return _figures(runner, ("packets", "heaps", "chunks_completed",
-                             "packets_dropped_socket_buffer"))
+    out = _figures(runner, ("packets", "heaps", "chunks_completed",
+                            "packets_dropped_socket_buffer"))
+    out.update(runner.pool_figures())
+    return out
 
 
 def _figures(runner: StreamRunner, counters: tuple[str, ...]) -> dict[str, Any]:

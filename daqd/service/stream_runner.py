@@ -9,7 +9,10 @@ the shutdown):
   `PacketRecord`s; a ``tcp://`` listener's connections are logged here;
 - chunk mode: one consumer thread taking completed chunks from the group's
   data ring into the buffer as `ChunkRecord`s (no copy);
-- one flusher thread per buffer (daqd.pipeline.flush), the only caller of the sinks.
+- one flusher thread per buffer (daqd.pipeline.flush), the only caller of the sinks;
+- with ``[stream.trigger]``: one writer thread per triggered event
+  (`daqd.pipeline.events`), fed from the retention the receive side (heap
+  mode) or the consumer (chunk mode) adds every record to, capturing or not.
 
 A stop heap is a capture boundary unless ``exit_on_stop_heap``: the compiled
 stream hands over what it holds (heaps; chunk mode: its open chunks, once
@@ -43,13 +46,14 @@ import structlog
 from daqd.config import Config, StreamConfig
 from daqd.logs import RepeatedErrors
 from daqd.pipeline.buffers import build_buffer
+from daqd.pipeline.events import Triggers, build_triggers
 from daqd.pipeline.flush import Flusher
 from daqd.pipeline.records import PacketRecord
 from daqd.recv.builder import Receiver, build_receiver
 from daqd.recv.counters import MAXIMA
 from daqd.recv.heap_records import HeapRecorder
 from daqd.recv.sources import Source
-from daqd.sinks import build_sinks, recover_sink
+from daqd.sinks import build_event_sink, build_sinks, recover_sink
 
 # Packet tap (pcap sinks): room between two takes, and how often it is taken.
 TAP_BYTES = 64 << 20
@@ -116,6 +120,8 @@ class StreamRunner:
         # Data time ([stream.time]): each record's span; the newest record's start.
         self.timeline = config.timeline
         self.newest_timestamp: int | None = None
+        # [stream.trigger]: the records retained for triggers, and the events.
+        self.triggers: Triggers | None = None
 
     # ------------------------------------------------------------------
     # startup: allocate, bind, start
@@ -131,6 +137,13 @@ class StreamRunner:
         """
         c = self.config
         self.receiver = build_receiver(c)
+        if c.trigger is not None:
+            trigger = c.trigger
+
+            def event_sink(number: int, label: str, start: int, end: int) -> tuple[Any, str]:
+                return build_event_sink(c, trigger, number, label, (start, end), self.whole.text)
+
+            self.triggers = build_triggers(trigger, self.timeline, event_sink, self.name)
         self.sinks, self.packet_sinks = build_sinks(c, self.whole.text, self.receiver.udp_port)
 
         def recover(sink: Any, state: dict[str, Any]) -> None:
@@ -274,11 +287,14 @@ class StreamRunner:
                  stopped_by_item=bool(stream.stopped))
 
     def _put_heaps(self, heaps: list[Any]) -> None:
-        if self.buffer is None:
-            return                  # no sink keeps records: none are made (nor decoded)
+        if self.buffer is None and self.triggers is None:
+            return                  # nothing keeps records: none are made (nor decoded)
         for record in self.recorder.records(heaps):
             self._observe(record)
-            self._put(self.buffer, record)
+            if self.triggers is not None:
+                self.triggers.retention.add(record)
+            if self.buffer is not None:
+                self._put(self.buffer, record)
 
     def _put_tap(self, reader: Any) -> None:
         taken = reader.take_tap()
@@ -319,6 +335,8 @@ class StreamRunner:
                 return
             record = self.receiver.chunk_record(chunk)
             self._observe(record)
+            if self.triggers is not None:
+                self.triggers.retention.add(record)     # a hold of its own
             if self.buffer is None:
                 record.release()
                 continue
@@ -361,6 +379,10 @@ class StreamRunner:
         for flusher in (self.flusher, self.packet_flusher):
             if flusher is not None:
                 flusher.stop()
+        if self.triggers is not None:
+            # Events still waiting for data end ("stream stopped"), then every hold goes.
+            self.errors.extend(self.triggers.close())
+            self.triggers.retention.close()
         # What a failing sink never wrote is counted and released here (with a
         # WAL it is written at the next start); the WAL is closed.
         for buffer in (self.buffer, self.packet_buffer):
@@ -384,12 +406,6 @@ class StreamRunner:
         for flusher in (self.flusher, self.packet_flusher):
             if flusher is not None:
                 flusher.request_flush(reason)
-
-    def trigger(self) -> None:
-        """Dump the buffer's current content to the sinks (transient capture)."""
-        for flusher in (self.flusher, self.packet_flusher):
-            if flusher is not None:
-                flusher.request_trigger()
 
     def reopen(self) -> None:
         """SIGHUP: finalise the sinks' current files; writing goes on in new ones."""
@@ -418,6 +434,8 @@ class StreamRunner:
                     total[name] = total.get(name, 0) + value
         total["records_not_captured"] = self.not_captured
         total["boundary_reopens_skipped"] = self.boundary_reopens_skipped
+        if self.triggers is not None:
+            total.update(self.triggers.counters())
         total.update(self.recorder.counters())
         return total
 
@@ -444,6 +462,23 @@ class StreamRunner:
             out["newest_utc"] = utc
         return out
 
+    def retained_since(self, ticks: int) -> list[Any]:
+        """Return the retained records whose data time starts at or after `ticks`, oldest first.
+
+        Each carries one extra hold for the caller to release (a capture block
+        starting in the past).  Empty without ``[stream.trigger]``.
+        """
+        if self.triggers is None:
+            return []
+        return self.triggers.retention.retained_since(ticks)
+
+    def pool_figures(self) -> dict[str, int]:
+        """Chunk mode: ``pool`` and ``pool_free`` (the free ring); empty in heap mode."""
+        if self.group is None:
+            return {}
+        gauges = self.receiver.gauges()
+        return {"pool": gauges["pool"], "pool_free": gauges["free_ring"]}
+
     def snapshot(self) -> dict[str, Any]:
         """Build the stream's part of a statistics message (JSON-able)."""
         per_source = self.receiver.source_stats()
@@ -456,6 +491,9 @@ class StreamRunner:
                                "sources": self.source_counters(per_source),
                                "capturing": self.capturing}
         out.update(self.data_time())
+        if self.triggers is not None:
+            out["retained"] = self.triggers.retention.status()
+            out["events"] = self.triggers.in_flight()
         gauges.update(self.receiver.gauges())
         if self.receiver.chunk_mode:
             out["heaps_missing_per_substream"] = self.receiver.heaps_missing_per_substream()

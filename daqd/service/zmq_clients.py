@@ -420,3 +420,23 @@ def format_status(reply: Mapping[str, Any]) -> str:
         for name, stream in streams.items():
             lines += _stream_lines(str(name), stream if isinstance(stream, Mapping) else {})
     return "\n".join(lines)
+
+
+def format_trigger(reply: Mapping[str, Any]) -> str:
+    """Render a ``trigger`` control reply for ``daqd trigger``: a line per stream.
+
+    ``adc0: event 3 -> events/adc0-00003-frb.h5 [start, end) ticks, 12 retained, 0 missing``.
+    """
+    lines = []
+    streams = reply.get("streams") or {}
+    for name, event in streams.items() if isinstance(streams, Mapping) else ():
+        if not isinstance(event, Mapping):
+            continue
+        line = (f"{name}: event {event.get('event')} -> {event.get('path')} "
+                f"[{event.get('start')}, {event.get('end')}) ticks")
+        if "records_retained" in event:
+            line += f", {event['records_retained']} retained"
+        if event.get("records_missing") is not None:
+            line += f", {event['records_missing']} missing"
+        lines.append(line)
+    return "\n".join(lines)

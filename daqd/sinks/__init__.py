@@ -9,6 +9,10 @@ Every sink follows the Sink protocol of docs/dev-pipeline.md::
     sink.sync(); sink.checkpoint(); sink.commit(); sink.reopen(); sink.close(); sink.stats()
     recover_sink(context, state)    # after a crash, with the last checkpoint()
 
+An event file (``[stream.trigger]``, `daqd.pipeline.events`) is made by
+`build_event_sink`: one sink of the trigger's kind writing one file, whose
+name is chosen (free) when the event is asked for.
+
 The kinds are imported when first used, so loading a configuration does not
 import h5py.
 """
@@ -23,10 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from daqd.pipeline.datatime import Clock, Timeline
 from daqd.pipeline.records import PacketRecord
+from daqd.sinks.paths import event_path
 
 if TYPE_CHECKING:   # daqd.config imports daqd.sinks.paths to check sink keys
-    from daqd.config import ChunkConfig, SinkConfig, StreamConfig
+    from daqd.config import ChunkConfig, SinkConfig, StreamConfig, TriggerConfig
 
+#: Sink kinds an event file may be (``[stream.trigger] kind``): those of records.
+EVENT_KINDS = ("binary", "text", "hdf5")
 #: kind -> (module, class)
 KINDS = {
     "binary": ("daqd.sinks.binary", "BinarySink"),
@@ -117,6 +124,66 @@ def build_sinks(stream: StreamConfig, config_text: str = "", udp_port: int | Non
     return records, packets
 
 
+@dataclass(frozen=True)
+class EventFileConfig:
+    """An event file's sink settings: a `SinkConfig`'s keys, for one file of a given name.
+
+    No rotation, fsynced before it is published, with the kind's header.
+    """
+
+    kind: str
+    path: str
+    rotate_bytes: int = 0
+    rotate_seconds: float = 0.0
+    fsync: str = "on-rotate"
+    header: bool = True
+    template: str = ""
+
+
+def build_event_sink(stream: StreamConfig, trigger: TriggerConfig, event: int, label: str,
+                     window: tuple[int, int], config_text: str = "",
+                     wall_clock: Callable[[], float] = time.time) -> tuple[Any, str]:
+    """Make the sink of one triggered event, and name its file.
+
+    Parameters
+    ----------
+    stream : StreamConfig
+        The stream (its name, chunk layout and data time).
+    trigger : TriggerConfig
+        Its ``[stream.trigger]`` section: ``kind`` and ``path``.
+    event : int
+        The event's number in the stream (``{event}``).
+    label : str
+        The trigger's label (``{label}``; checked by the caller).
+    window : (int, int)
+        The window ``[start, end)`` in ticks.
+    config_text : str
+        The configuration file's text (HDF5 files store it).
+
+    Returns
+    -------
+    sink, path
+        The sink (no file yet) and the name the file will have.  Its
+        `SinkContext.metadata` holds ``event``, ``trigger_label``,
+        ``trigger_start`` and ``trigger_end`` (ticks; with a clock also
+        ``trigger_start_utc``, ``trigger_end_utc``).
+    """
+    timeline = stream.timeline
+    start_utc = timeline.utc(window[0])
+    path = event_path(trigger.path, stream.name, label, event,
+                      start_utc if start_utc is not None else wall_clock())
+    metadata: dict[str, Any] = {"event": event, "trigger_label": label,
+                                "trigger_start": window[0], "trigger_end": window[1]}
+    if start_utc is not None:
+        metadata["trigger_start_utc"] = start_utc
+        metadata["trigger_end_utc"] = timeline.utc(window[1])
+    literal = path.replace("{", "{{").replace("}", "}}")
+    config: Any = EventFileConfig(trigger.kind, literal)
+    context = SinkContext(stream.name, config, stream.chunk, config_text, None,
+                          wall_clock=wall_clock, timeline=timeline, metadata=metadata)
+    return make_sink(context), path
+
+
 def make_sink(context: SinkContext) -> Any:
     """Make the sink `context.config` describes (no file is created before a write).
 
@@ -165,4 +232,5 @@ def recover_sink(context: SinkContext, state: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-__all__ = ["KINDS", "SinkContext", "build_sinks", "make_sink", "recover_sink", "sink_class"]
+__all__ = ["EVENT_KINDS", "KINDS", "EventFileConfig", "SinkContext", "build_event_sink",
+           "build_sinks", "make_sink", "recover_sink", "sink_class"]

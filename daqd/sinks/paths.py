@@ -11,6 +11,12 @@ A sink's ``path`` is a `str.format` template with these fields:
 ``{chunk_id}``
     the first record's chunk id (chunk mode) or heap counter (heap mode).
 
+An event file's ``path`` (``[stream.trigger]``) has its own fields,
+`EVENT_PATH_FIELDS`: ``{stream}``, ``{label}`` (the trigger's label),
+``{event}`` (its number in the stream, e.g. ``{event:05d}``) and
+``{start:STRFTIME}`` (the UTC of the window's start with a clock, else of the
+request); `event_path` fills them in.
+
 A file is written as ``FINAL.tmp`` in its final directory and published by
 `publish`, which never replaces an existing file: the name moves on (the next
 ``{seq}``, or ``.1``, ``.2``, ... before the extension when the template has
@@ -30,10 +36,12 @@ TMP_SUFFIX = ".tmp"
 PATH_FIELDS = ("stream", "start", "seq", "chunk_id")
 #: Kinds whose records have no chunk id or heap counter.
 PATH_FIELDS_BY_KIND = {"pcap": ("stream", "start", "seq")}
+#: Fields of an event file's path (``[stream.trigger] path``).
+EVENT_PATH_FIELDS = ("stream", "label", "event", "start")
 
 # A sample of every field, to check a template's format specs once, at load time.
 _SAMPLE = {"stream": "adc0", "start": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
-           "seq": 0, "chunk_id": 0}
+           "seq": 0, "chunk_id": 0, "label": "frb", "event": 1}
 
 
 def template_fields(template: str) -> list[tuple[str, str]]:
@@ -105,6 +113,21 @@ class PathTemplate:
         """Return the final name for a file started at Unix time `start`."""
         when = dt.datetime.fromtimestamp(start, dt.UTC)
         return self.template.format(stream=stream, start=when, seq=seq, chunk_id=chunk_id)
+
+
+def event_path(template: str, stream: str, label: str, event: int, start: float) -> str:
+    """Return a free name for an event file: `template` filled in, numbered if taken.
+
+    `start` is Unix seconds (``{start:STRFTIME}``).  A name already used (by a
+    file, or its ``.tmp``) gets ``.1``, ``.2``, ... before the extension.
+    """
+    when = dt.datetime.fromtimestamp(start, dt.UTC)
+    name = template.format(stream=stream, label=label, event=event, start=when)
+    for n in range(100000):
+        candidate = with_suffix_number(name, n)
+        if is_free(candidate):
+            return candidate
+    raise OSError(errno.EEXIST, "no free file name", name)
 
 
 def template_glob(template: str, stream: str | None = None) -> str:

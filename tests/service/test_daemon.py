@@ -142,7 +142,12 @@ def test_every_control_request(tmp_path):
         assert control(endpoint, {"command": "capture-start"})["ok"]
         sender.send(2 * HEAPS_PER_CHUNK)           # chunks 6 and 7 complete
         wait_until(lambda: buffered(endpoint) == 2)
-        assert control(endpoint, {"command": "trigger", "label": "test"})["ok"]
+        # trigger writes event files of their own (issue 13): never the buffer into the
+        # running sinks; without [stream.trigger] it is refused, and the buffer stays
+        reply = control(endpoint, {"command": "trigger", "label": "test"})
+        assert reply["ok"] is False and "no stream has a [stream.trigger]" in reply["error"]
+        assert buffered(endpoint) == 2
+        assert control(endpoint, {"command": "flush"})["ok"]
         wait_until(lambda: buffered(endpoint) == 0)
         reset = control(endpoint, {"command": "reset-counters"})
         assert reset["ok"]
@@ -156,7 +161,7 @@ def test_every_control_request(tmp_path):
     finally:
         daemon.close()
     assert not list((tmp_path / "data").glob("*.tmp"))
-    # 4 flushed, 2 let go while not capturing, 2 triggered, 2 closed by the stop
+    # 4 flushed, 2 let go while not capturing, 2 flushed, 2 closed by the stop
     ids = [int(line.split()[0]) for f in sorted((tmp_path / "data").glob("*.txt"))
            for line in f.read_text().splitlines() if not line.startswith("#")]
     assert ids == [0, 1, 2, 3, 6, 7, 8, 9]
