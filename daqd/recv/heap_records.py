@@ -71,6 +71,11 @@ class HeapRecorder:
             self._count(record)
             yield record
 
+    def known_descriptors(self) -> list[dict[str, Any]]:
+        """Return the newest descriptor of each item id seen so far, by id (for file headers)."""
+        with self._lock:
+            return [self.descriptors[k] for k in sorted(self.descriptors)]
+
     def _count(self, record: HeapRecord) -> None:
         undescribed, failed = len(record.items), 0
         if record.descriptors:

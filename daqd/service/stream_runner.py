@@ -131,7 +131,9 @@ class StreamRunner:
         """
         c = self.config
         self.receiver = build_receiver(c)
-        self.sinks, self.packet_sinks = build_sinks(c, self.whole.text, self.receiver.udp_port)
+        # Files describe the stream's items with the descriptors received so far.
+        self.sinks, self.packet_sinks = build_sinks(c, self.whole.text, self.receiver.udp_port,
+                                                    self.recorder.known_descriptors)
 
         def recover(sink: Any, state: dict[str, Any]) -> None:
             recover_sink(sink.context, state)

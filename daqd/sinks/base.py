@@ -224,7 +224,20 @@ class FileSink:
         raise NotImplementedError
 
     def _seal(self, f: SinkFile) -> None:
-        """Write the metadata known only when `f` is finished (`file_metadata`); optional."""
+        """Write the metadata known only when `f` is finished (`file_metadata`); optional.
+
+        Called before the finished file's fsync.  Raises OSError (inside a
+        write: the write is undone; otherwise counted, the file kept with the
+        metadata it had).
+        """
+
+    def _seal_quietly(self, f: SinkFile) -> None:
+        if f.handle is None:
+            return
+        try:
+            self._seal(f)
+        except OSError as exc:      # the file stays good, with the metadata it had
+            self._note_error(exc)
 
     # ------------------------------------------------------------------
     # File metadata
@@ -362,6 +375,7 @@ class FileSink:
             self._note_error(exc)
             self._file = f
             return
+        self._seal_quietly(f)
         try:
             if self.config.fsync != "never":
                 self._sync_file(f)
@@ -504,6 +518,7 @@ class FileSink:
                 if f is None or self._rotates_before(f, piece, segment, segment_bytes):
                     if f is not None:
                         self._append_segment(f, segment)
+                        self._seal(f)
                         finished.append(f)
                     segment, segment_bytes = [], 0
                     f = self._start_file(piece, now)
@@ -666,12 +681,7 @@ class FileSink:
             f.dir_synced = True
 
     def _finish(self, f: SinkFile) -> None:
-        """Seal and close `f` and make it pending (published by `commit`); never raises."""
-        if f.handle is not None:
-            try:
-                self._seal(f)
-            except OSError as exc:      # the file stays good, with its metadata at start
-                self._note_error(exc)
+        """Close `f` and make it pending (published by `commit`); never raises."""
         try:
             self._close(f)
         except OSError as exc:
@@ -724,6 +734,7 @@ class FileSink:
             self._lose(f, "vanished while being written")
             return
         if self.config.rotate_seconds and now - f.opened >= self.config.rotate_seconds:
+            self._seal_quietly(f)
             if self.config.fsync != "never":
                 self._sync_file(f)
             self._file = None
