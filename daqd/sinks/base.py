@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from daqd.pipeline.datatime import ARRIVAL_CLOCK
 from daqd.pipeline.durable import fsync_directory_of, fsync_path
 from daqd.sinks.paths import (
+    PATH_FIELDS,
     TMP_SUFFIX,
     PathTemplate,
     is_free,
@@ -172,7 +173,7 @@ class FileSink:
     kind = ""
     accepts: tuple[type, ...] = ()
     #: Fields the path template may use.
-    path_fields: tuple[str, ...] = ("stream", "start", "seq", "chunk_id")
+    path_fields: tuple[str, ...] = PATH_FIELDS
     #: Whether `_close` writes to the file (HDF5 writes its last metadata then).
     close_writes = False
 
