@@ -213,6 +213,8 @@ class StreamRunner:
             self.heartbeats[index] += 1
             if heap_mode:
                 self._put_heaps(stream.pop_ready())
+            elif stream.descriptor_bytes:       # descriptor heaps fit no chunk: kept aside
+                self.recorder.add_descriptor_packets(stream.take_descriptor_packets())
             if self.packet_sinks and time.monotonic() - last_tap >= TAP_PERIOD:
                 self._put_tap(reader)
                 last_tap = time.monotonic()
@@ -267,6 +269,7 @@ class StreamRunner:
     def _finish(self, source: Source, stream: Any) -> None:
         if self.group is not None:
             stream.finish()
+            self.recorder.add_descriptor_packets(stream.take_descriptor_packets())
         else:
             self._put_heaps(stream.flush())
         if source.reader is not None and self.packet_sinks:

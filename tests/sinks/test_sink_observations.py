@@ -362,27 +362,55 @@ def test_recovery_writes_the_span_and_block_of_what_the_file_keeps(tmp_path, kin
 # Descriptors: what spead2 sent, in the files
 
 
-def test_heap_mode_files_carry_the_descriptors_spead2_sent(tmp_path):
+def descriptor_heaps(first_cnt: int = 1) -> tuple[bytes, bytes]:
+    """spead2's bytes of a heap with descriptors and values, and of one with values only."""
     import spead2
     import spead2.send
-
-    from daqd import _spead
-    from daqd.recv.heap_records import HeapRecorder
-    from daqd.recv.sources import open_source
 
     ig = spead2.send.ItemGroup(flavour=spead2.Flavour(4, 64, 48, 0))
     ig.add_item(0x1600, "timestamp", "ADC sample counter", shape=(), format=[("u", 48)])
     ig.add_item(0x1700, "temperature", "cryostat stage 2, K", shape=(2,), dtype=">f4")
     ig["timestamp"].value = 1234
     ig["temperature"].value = np.array([4.5, 4.25], ">f4")
-    stream_bytes = spead2.send.BytesStream(spead2.ThreadPool())
-    stream_bytes.send_heap(ig.get_heap(descriptors="all", data="all"))
-    ig["timestamp"].value = 1240
-    stream_bytes.send_heap(ig.get_heap(descriptors="none", data="all"))
-    source = tmp_path / "heaps.spead"
-    source.write_bytes(stream_bytes.getvalue())
+    out = []
+    for descriptors, ts in (("all", 1234), ("none", 1240)):
+        ig["timestamp"].value = ts
+        stream = spead2.send.BytesStream(spead2.ThreadPool())
+        stream.set_cnt_sequence(first_cnt, 1)
+        stream.send_heap(ig.get_heap(descriptors=descriptors, data="all"))
+        first_cnt += 1
+        out.append(stream.getvalue())
+    return out[0], out[1]
 
-    text = f"""
+
+def check_descriptors(found: list[dict]) -> None:
+    got = {d["id"]: d for d in found}
+    assert got[0x1600]["name"] == "timestamp" and got[0x1600]["format"] == [["u", 48]]
+    assert got[0x1600]["description"] == "ADC sample counter"
+    assert got[0x1700]["name"] == "temperature"
+    assert "'>f4'" in got[0x1700]["dtype"] and "(2,)" in got[0x1700]["dtype"]
+
+
+def run_daemon(tmp: Path, stream_toml: str) -> None:
+    daemon = DaemonProcess(write_config(tmp, f"""
+[daemon]
+pidfile = "{tmp}/run/daqd.pid"
+
+[zmq]
+stats = ""
+control = ""
+{stream_toml}"""))
+    try:
+        assert daemon.wait() == 0, "\n".join(daemon.lines[-20:])    # a finite source
+    finally:
+        daemon.close()
+
+
+def test_heap_mode_files_carry_the_descriptors_spead2_sent(tmp_path):
+    with_descriptors, values_only = descriptor_heaps()
+    source = tmp_path / "heaps.spead"
+    source.write_bytes(with_descriptors + values_only)
+    run_daemon(tmp_path, f"""
 [[stream]]
 name = "sensors"
 sources = ["file:{source}"]
@@ -397,24 +425,42 @@ path = "{tmp_path}/{{stream}}.bin"
 kind = "text"
 path = "{tmp_path}/{{stream}}.txt"
 template = "{{cnt}} {{utc:%H:%M:%S.%f}} {{temperature:.2f}}"
-"""
-    stream = parse(text).streams[0]
-    recorder = HeapRecorder("sensors")
-    sinks, _ = build_sinks(stream, "", descriptors=recorder.known_descriptors)
-    heaps = _spead.HeapStream(max_heaps=4)
-    records = list(recorder.records(heaps.run(open_source(f"file:{source}").reader)))
-    assert [r.items[0x1600] for r in records] == [1234, 1240]
-    for sink in sinks:
-        sink.write(records)
-        sink.close()
+""")
     meta = read_header(str(tmp_path / "sensors.bin"))
-    got = {d["id"]: d for d in meta["spead_descriptors"]}
-    assert got[0x1600]["name"] == "timestamp" and got[0x1600]["format"] == [["u", 48]]
-    assert got[0x1600]["description"] == "ADC sample counter"
-    assert got[0x1700]["name"] == "temperature"
-    assert "'>f4'" in got[0x1700]["dtype"] and "(2,)" in got[0x1700]["dtype"]
+    check_descriptors(meta["spead_descriptors"])
     assert (meta["written_start"], meta["written_end"]) == (1234, 1241)
     assert meta["sync_time"] == SYNC_UNIX and meta["timestamp_rate"] == RATE
     lines = (tmp_path / "sensors.txt").read_text().splitlines()
-    stamp = dt.datetime.fromtimestamp(exact_utc(1234), dt.UTC).strftime("%H:%M:%S.%f")
-    assert lines[-2].split()[1:] == [stamp, "[4.50,4.25]"]
+    stamps = [dt.datetime.fromtimestamp(exact_utc(t), dt.UTC).strftime("%H:%M:%S.%f")
+              for t in (1234, 1240)]
+    assert [line.split()[1:] for line in lines[2:]] == [[s, "[4.50,4.25]"] for s in stamps]
+
+
+def test_chunk_mode_files_carry_the_descriptors_spead2_sent(tmp_path):
+    from spead_packets import sim_packets
+
+    with_descriptors, _ = descriptor_heaps(first_cnt=10**6)
+    source = tmp_path / "w1.spead"
+    packets = sim_packets("W1", 2 * HPC)
+    # The descriptor heap arrives between the chunks, as a sender reissues them.
+    source.write_bytes(b"".join(packets[:HPC]) + with_descriptors + b"".join(packets[HPC:]))
+    run_daemon(tmp_path, f"""
+[[stream]]
+name = "adc0"
+sources = ["file:{source}"]
+[stream.chunk]
+heaps_per_chunk = {HPC}
+heap_bytes = 8192
+timestamp_step = {STEP}
+[[stream.sinks]]
+kind = "hdf5"
+path = "{tmp_path}/{{stream}}.h5"
+[[stream.sinks]]
+kind = "binary"
+path = "{tmp_path}/{{stream}}.bin"
+""")
+    with h5py.File(tmp_path / "adc0.h5") as h5:
+        assert h5["chunk_id"][:].tolist() == [0, 1]
+        check_descriptors(json.loads(h5.attrs["spead_descriptors"]))   # set when finished
+        assert "sync_time" not in h5.attrs and "utc" not in h5   # no [stream.time]
+    check_descriptors(read_header(str(tmp_path / "adc0.bin"))["spead_descriptors"])
