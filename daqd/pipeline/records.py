@@ -16,13 +16,17 @@ accounting), `release()` (idempotent) and `encode()`; `decode_record()` turns
 `encode()`'s bytes back into a record (the write-ahead log stores these).
 Chunk and heap records carry the `capture_block` that admitted them (None
 outside capture blocks): the sinks start a block's files on it and write its
-id, start and stop into them.
+id, start and stop into them.  `encode()` keeps it (records replayed from the
+log share one block object per id and start), and a record outside blocks
+encodes as before.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +52,39 @@ _ITEM = struct.Struct("<QBQ")
 _DESCRIBED = struct.Struct("<BI")
 # packets: receive time, number of packets
 _PACKETS_HEAD = struct.Struct("<dI")
+# A record in a capture block: _IN_BLOCK (the length of the block's JSON: id,
+# start, stop), the JSON, then the record's own encoding.
+_KIND_IN_BLOCK = b"B"
+_IN_BLOCK = struct.Struct("<I")
+# Blocks decoded so far, by (id, start): the records of one block replayed from
+# the write-ahead log share one CaptureBlock, as they did when they were made
+# (the sinks start a new file when a record's block is another object).
+_DECODED_BLOCKS: weakref.WeakValueDictionary[tuple[str, int | None], CaptureBlock] = \
+    weakref.WeakValueDictionary()
+
+
+def _in_block(block: CaptureBlock | None, encoded: bytes) -> bytes:
+    """Return `encoded` as it is, or inside its capture block's wrapper (kind ``B``)."""
+    if block is None:
+        return encoded
+    meta = json.dumps({"id": block.id, "start": block.start, "stop": block.stop}).encode()
+    return b"".join((_KIND_IN_BLOCK, _IN_BLOCK.pack(len(meta)), meta, encoded))
+
+
+def _decode_block(body: memoryview) -> tuple[CaptureBlock, memoryview]:
+    """Return the capture block of a kind ``B`` record (shared, see above) and its record."""
+    (size,) = _IN_BLOCK.unpack_from(body)
+    try:
+        meta = json.loads(bytes(body[_IN_BLOCK.size:_IN_BLOCK.size + size]))
+        key = (str(meta["id"]), meta["start"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"bad capture block in a record: {exc}") from None
+    block = _DECODED_BLOCKS.get(key)
+    if block is None:
+        block = _DECODED_BLOCKS[key] = CaptureBlock(key[0], meta["start"], meta["stop"])
+    elif block.stop is None:
+        block.stop = meta["stop"]
+    return block, body[_IN_BLOCK.size + size:]
 
 
 def slots_present(present: np.ndarray) -> np.ndarray:
@@ -137,12 +174,12 @@ class ChunkRecord:
             f"<B{len(shapes[1])}QB{len(shapes[2])}Q{len(shapes[0])}Q",
             len(shapes[1]), *shapes[1], len(shapes[2]), *shapes[2], *shapes[0],
         )
-        return b"".join((
+        return _in_block(self.capture_block, b"".join((
             _KIND_CHUNK, head, dtype, dims,
             np.ascontiguousarray(self.data).tobytes(),
             np.ascontiguousarray(self.present).tobytes(),
             np.ascontiguousarray(extra, dtype=np.uint64).tobytes(),
-        ))
+        )))
 
 
 @dataclass(eq=False)
@@ -220,7 +257,7 @@ class HeapRecord:
                 parts.append(_ITEM.pack(item_id, 1, value))
         if described:
             parts += [_DESCRIBED.pack(self.address_bits, len(described)), described]
-        return b"".join(parts)
+        return _in_block(self.capture_block, b"".join(parts))
 
 
 @dataclass(eq=False)
@@ -267,6 +304,13 @@ def decode_record(blob: bytes) -> Record:
     view = memoryview(blob)
     kind, body = bytes(view[:1]), view[1:]
     try:
+        if kind == _KIND_IN_BLOCK:
+            block, inner = _decode_block(body)
+            record = decode_record(inner)
+            if isinstance(record, PacketRecord):
+                raise ValueError("a packet record in a capture block")
+            record.capture_block = block
+            return record
         if kind == _KIND_CHUNK:
             return _decode_chunk(body)
         if kind in (_KIND_HEAP, _KIND_DESCRIBED_HEAP):

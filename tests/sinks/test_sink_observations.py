@@ -27,7 +27,7 @@ from daemon_helpers import DaemonProcess, write_config
 
 from daqd.config import parse
 from daqd.pipeline.datatime import CaptureBlock
-from daqd.pipeline.records import ChunkRecord
+from daqd.pipeline.records import ChunkRecord, HeapRecord
 from daqd.sinks import build_sinks, recover_sink
 from daqd.sinks.binary import load, read_header
 
@@ -464,3 +464,36 @@ path = "{tmp_path}/{{stream}}.bin"
         check_descriptors(json.loads(h5.attrs["spead_descriptors"]))   # set when finished
         assert "sync_time" not in h5.attrs and "utc" not in h5   # no [stream.time]
     check_descriptors(read_header(str(tmp_path / "adc0.bin"))["spead_descriptors"])
+
+
+# ----------------------------------------------------------------------
+# Capture blocks through the write-ahead log
+
+
+def test_records_replayed_from_the_log_keep_their_capture_block(tmp_path):
+    from daqd.pipeline.records import decode_record
+    from daqd.pipeline.wal import WriteAheadLog
+
+    for d in ("h5", "bin", "txt"):
+        (tmp_path / d).mkdir()
+    a = CaptureBlock("cb-a", start=16, stop=48)
+    records = [chunk(i, blk) for i, blk in enumerate([None, a, a, a, None])]
+    heap = HeapRecord(7, {0x1600: 5}, received=1.5, capture_block=a)
+    wal = WriteAheadLog(tmp_path / "w", fsync="never")
+    for seq, record in enumerate([*records, heap]):
+        wal.append(seq, record.encode())
+    wal.close()
+    wal = WriteAheadLog(tmp_path / "w", fsync="never")      # as after a restart
+    replayed = [decode_record(blob) for _, blob in wal.records(-1)]
+    wal.close()
+    assert replayed[0].capture_block is None and replayed[4].capture_block is None
+    block = replayed[1].capture_block
+    assert (block.id, block.start, block.stop) == ("cb-a", 16, 48)
+    assert replayed[2].capture_block is block and replayed[5].capture_block is block
+    assert records[1].encode() == replayed[1].encode()
+    sinks, _ = build_sinks(parse(config_text(tmp_path)).streams[0], "")
+    for sink in sinks:
+        sink.write(replayed[:5])
+        sink.close()
+    names = sorted(p.name for p in (tmp_path / "h5").iterdir())
+    assert names == ["adc0-cb-a-1.h5", "adc0-none-0.h5", "adc0-none-2.h5"]
