@@ -126,6 +126,10 @@ def test_binary_header_has_the_clock_and_the_written_span(daemon_files):
     assert meta["written_end_utc"] == exact_utc(ts[-1] + CHUNK_TICKS)
     assert meta["header_bytes"] % 4096 == 0 and meta["spead_descriptors"] == []
     assert "capture_block_id" not in meta
+    from daqd.tools.chunkfile import open_chunk_file
+
+    with open_chunk_file(str(daemon_files / "adc0.bin")) as f:      # what daqd plot reads
+        assert (f.sync_time, f.timestamp_rate) == (SYNC_UNIX, RATE)
 
 
 def test_text_utc_field_and_clock_line(daemon_files):
@@ -137,6 +141,31 @@ def test_text_utc_field_and_clock_line(daemon_files):
     for _, ts, utc, block in rows:
         want = dt.datetime.fromtimestamp(exact_utc(int(ts)), dt.UTC)
         assert utc == want.strftime("%Y-%m-%dT%H:%M:%S.%f") and block == "none"
+
+
+@pytest.mark.parametrize("kind", ["hdf5", "binary"])
+def test_an_event_sinks_metadata_goes_into_its_files(tmp_path, kind):
+    from daqd.sinks import SinkContext, make_sink
+
+    stream = parse(config_text(tmp_path)).streams[0]
+    (section,) = [s for s in stream.sinks if s.kind == kind]
+    event = {"trigger_label": "frb-123", "trigger_start": 24, "trigger_end": 40,
+             "records_missing": 0, "note": None}
+    sink = make_sink(SinkContext.for_stream(stream, section, metadata=event))
+    sink.write([chunk(i, None) for i in (3, 4)])
+    sink.close()
+    (path,) = [p for p in tmp_path.rglob(f"*.{'h5' if kind == 'hdf5' else 'bin'}")]
+    if kind == "hdf5":
+        with h5py.File(path) as h5:
+            meta = dict(h5.attrs)
+        assert "note" not in meta                                   # None: no attribute
+    else:
+        meta = read_header(str(path))
+        assert meta["note"] is None
+    assert {k: meta[k] for k in event if k != "note"} == \
+        {"trigger_label": "frb-123", "trigger_start": 24, "trigger_end": 40,
+         "records_missing": 0}
+    assert (meta["written_start"], meta["written_end"]) == (24, 40)
 
 
 def test_utc_in_a_template_needs_the_clock(tmp_path):
