@@ -45,7 +45,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from daqd.pipeline.datatime import ARRIVAL_CLOCK
+from daqd.pipeline.datatime import ARRIVAL_CLOCK, CaptureBlock
 from daqd.pipeline.durable import fsync_directory_of, fsync_path
 from daqd.sinks.paths import (
     PATH_FIELDS,
@@ -91,7 +91,7 @@ class SinkFile:
     dirty: bool = True              # written (or created) since it was last fsynced
     dir_synced: bool = False
     broken: bool = False            # a failed rollback closed it; reopen before use
-    block: Any = None               # the CaptureBlock of its records (None: outside blocks)
+    block: CaptureBlock | None = None   # the capture block of its records (None: outside)
     written: tuple[int, int] | None = None   # data time its records cover, [start, end) ticks
 
     def describe(self) -> dict[str, Any]:
@@ -106,9 +106,8 @@ class SinkFile:
         return out
 
     @staticmethod
-    def recovered(state: dict[str, Any]) -> tuple[Any, tuple[int, int] | None]:
+    def recovered(state: dict[str, Any]) -> tuple[CaptureBlock | None, tuple[int, int] | None]:
         """Return the capture block and written span a `describe` dict holds (after a crash)."""
-        from daqd.pipeline.datatime import CaptureBlock
         block = state.get("capture_block")
         written = state.get("written_start"), state.get("written_end")
         return (CaptureBlock(**block) if block else None,
