@@ -13,6 +13,14 @@
 # slot in the chunk; a heap that leaves the window complete sets its presence
 # (spead2's ready).
 
+cdef enum:
+    DESCRIPTOR_HEAPS = 4              # descriptor heaps whose later packets are recognised
+    DESCRIPTOR_BUFFER = 65536         # bytes of their packets kept between two takes
+
+#: Bytes of descriptor-heap packets a chunk stream keeps between two takes.
+DESCRIPTOR_PACKET_BYTES = DESCRIPTOR_BUFFER
+
+
 @cython.final
 cdef class ChunkStream(WindowStream):
     """Chunk-mode receive stream (DESIGN.md, INTERFACES.md [stream.chunk]).
@@ -44,6 +52,13 @@ cdef class ChunkStream(WindowStream):
     cdef readonly uint64_t too_old_reset
     cdef StreamWindow win               # this stream's window of the group's chunks
     cdef uint64_t too_old_run
+    # Descriptor heaps fit no chunk: their packets are kept here for Python
+    # (`take_descriptor_packets`), each as a native uint32 length and the bytes.
+    cdef uint8_t *desc_buf
+    cdef readonly size_t descriptor_bytes
+    cdef int64_t desc_cnts[DESCRIPTOR_HEAPS]
+    cdef size_t desc_next
+    cdef readonly uint64_t descriptor_packets_dropped
 
     def __init__(self, ChunkGroup group=None, *, size_t max_heaps=DEFAULT_MAX_HEAPS,
                  bint allow_out_of_order=False, bint stop_on_stop_item=True,
@@ -66,6 +81,11 @@ cdef class ChunkStream(WindowStream):
         for i in range(group.max_chunks):
             self.win.chunks[i] = -1
         self.win.parked = True          # outside a batch (it holds no chunk yet)
+        self.desc_buf = <uint8_t *>malloc(DESCRIPTOR_BUFFER)
+        if self.desc_buf == NULL:
+            raise MemoryError()
+        for i in range(<size_t>DESCRIPTOR_HEAPS):
+            self.desc_cnts[i] = -1
         cdef bint ended
         with nogil:
             pthread_mutex_lock(&group.lock)
@@ -83,6 +103,7 @@ cdef class ChunkStream(WindowStream):
 
     def __dealloc__(self):
         free(self.win.chunks)
+        free(self.desc_buf)
 
     def __getattr__(self, name):
         # Layout, pool and consumer side live in the group.
@@ -302,6 +323,61 @@ cdef class ChunkStream(WindowStream):
                 h.present[<size_t>p.payload_offset // self.group.packet_presence] = 1
         elif not h.empty:
             stats[<int>STAT_CHUNK_PACKETS_DISCARDED] += 1
+            self.keep_descriptor_packet(p)
+
+    cdef void keep_descriptor_packet(self, const PacketHeader *p) noexcept nogil:
+        """Copy a discarded packet of a descriptor heap for `take_descriptor_packets`.
+
+        A packet belongs to a descriptor heap when it carries an addressed
+        DESCRIPTOR_ID pointer, or when its heap counter is one of the last
+        DESCRIPTOR_HEAPS such heaps' (its later packets).  Packets that do not
+        fit what is left of the buffer are counted in descriptor_packets_dropped.
+        """
+        cdef size_t i
+        cdef int j
+        cdef uint64_t ptr
+        cdef uint32_t size
+        cdef bint known = False
+        for i in range(<size_t>DESCRIPTOR_HEAPS):
+            if self.desc_cnts[i] == p.heap_cnt:
+                known = True
+                break
+        if not known:
+            for j in range(p.n_items):
+                ptr = load_be64(p.pointers + 8 * j)
+                if not ptr_is_immediate(ptr) \
+                        and ptr_id(ptr, p.heap_address_bits) == DESCRIPTOR_ID:
+                    known = True
+                    break
+            if not known:
+                return
+            self.desc_cnts[self.desc_next % DESCRIPTOR_HEAPS] = p.heap_cnt
+            self.desc_next += 1
+        if self.descriptor_bytes + sizeof(uint32_t) + p.size > DESCRIPTOR_BUFFER:
+            self.descriptor_packets_dropped += 1
+            return
+        size = <uint32_t>p.size
+        memcpy(self.desc_buf + self.descriptor_bytes, &size, sizeof(uint32_t))
+        memcpy(self.desc_buf + self.descriptor_bytes + sizeof(uint32_t), p.pointers - 8, p.size)
+        self.descriptor_bytes += sizeof(uint32_t) + p.size
+
+    def take_descriptor_packets(self):
+        """Return the packets of descriptor heaps kept since the last call (bytes, in order).
+
+        Descriptor heaps fit no chunk, so the placement discards them; their
+        packets are kept (up to DESCRIPTOR_PACKET_BYTES between two calls) for
+        `daqd.recv.descriptors` to decode.  Call it from the thread that runs
+        `process`, between batches.
+        """
+        cdef list out = []
+        cdef size_t pos = 0
+        cdef uint32_t size
+        while pos < self.descriptor_bytes:
+            memcpy(&size, self.desc_buf + pos, sizeof(uint32_t))
+            out.append(self.desc_buf[pos + sizeof(uint32_t):pos + sizeof(uint32_t) + size])
+            pos += sizeof(uint32_t) + size
+        self.descriptor_bytes = 0
+        return out
 
     cdef inline void on_ready(self, const LiveHeap *h, uint64_t *stats) noexcept nogil:
         """A heap left the window (counted there): a complete one sets its presence."""

@@ -172,7 +172,7 @@ class SinkConfig:
         ``binary``, ``text``, ``pcap`` or ``hdf5`` (hdf5 needs chunk mode).
     path : str
         File name template: ``{stream}``, ``{start:STRFTIME}`` (UTC), ``{seq}``
-        and, except for pcap, ``{chunk_id}``.
+        and, except for pcap, ``{chunk_id}`` and ``{capture_block}``.
     rotate_bytes, rotate_seconds : int, float
         Start a new file before one would exceed this size, or once one is
         this old; 0 = never.
@@ -531,8 +531,9 @@ def _try_mkdir(loader: _Loader, key: str, value: str, directory: Path, existing:
 
 
 def _check_sink_templates(loader: _Loader, where: str, sink: SinkConfig,
-                          chunk: ChunkConfig | None) -> Path:
+                          s: StreamConfig) -> Path:
     """Check a sink's path and text templates; return the path's field-free directory."""
+    chunk = s.chunk
     allowed = PATH_FIELDS_BY_KIND.get(sink.kind, PATH_FIELDS)
     try:
         template = PathTemplate(sink.path, allowed)
@@ -543,7 +544,7 @@ def _check_sink_templates(loader: _Loader, where: str, sink: SinkConfig,
                           f'"" (only text sinks have a template; this is {sink.kind})')
     if sink.kind == "text" and sink.template:
         try:
-            check_template(sink.template, chunk is not None)
+            check_template(sink.template, chunk is not None, s.timeline.has_utc)
         except ValueError as exc:
             raise loader.fail(f"{where}.template", sink.template,
                               f"a line template ({exc})") from None
@@ -725,7 +726,7 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
     _check_flush(loader, where, s)
     for j, sink in enumerate(s.sinks):
         # The directory part before the first {field} is the one that must exist.
-        directory = _check_sink_templates(loader, f"{where}.sinks[{j}]", sink, c)
+        directory = _check_sink_templates(loader, f"{where}.sinks[{j}]", sink, s)
         if host:
             _check_directory(loader, f"{where}.sinks[{j}].path", sink.path, directory)
         if sink.kind == "hdf5" and c is None:

@@ -20,14 +20,18 @@ record gives its chunk back to the pool on the last release (thread-safe);
 releases beyond the last do nothing.
 Chunk and heap records carry the `capture_block` that admitted them (None
 outside capture blocks): the sinks start a block's files on it and write its
-id, start and stop into them.
+id, start and stop into them.  `encode()` keeps it (records replayed from the
+log share one block object per id and start), and a record outside blocks
+encodes as before.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +59,40 @@ _DESCRIBED = struct.Struct("<BI")
 _PACKETS_HEAD = struct.Struct("<dI")
 # Guards every chunk record's hold count (holds are taken a few times per chunk).
 _HOLDS = threading.Lock()
+
+# A record in a capture block: _IN_BLOCK (the length of the block's JSON: id,
+# start, stop), the JSON, then the record's own encoding.
+_KIND_IN_BLOCK = b"B"
+_IN_BLOCK = struct.Struct("<I")
+# Blocks decoded so far, by (id, start): the records of one block replayed from
+# the write-ahead log share one CaptureBlock, as they did when they were made
+# (the sinks start a new file when a record's block is another object).
+_DECODED_BLOCKS: weakref.WeakValueDictionary[tuple[str, int | None], CaptureBlock] = \
+    weakref.WeakValueDictionary()
+
+
+def _in_block(block: CaptureBlock | None, encoded: bytes) -> bytes:
+    """Return `encoded` as it is, or inside its capture block's wrapper (kind ``B``)."""
+    if block is None:
+        return encoded
+    meta = json.dumps({"id": block.id, "start": block.start, "stop": block.stop}).encode()
+    return b"".join((_KIND_IN_BLOCK, _IN_BLOCK.pack(len(meta)), meta, encoded))
+
+
+def _decode_block(body: memoryview) -> tuple[CaptureBlock, memoryview]:
+    """Return the capture block of a kind ``B`` record (shared, see above) and its record."""
+    (size,) = _IN_BLOCK.unpack_from(body)
+    try:
+        meta = json.loads(bytes(body[_IN_BLOCK.size:_IN_BLOCK.size + size]))
+        key = (str(meta["id"]), meta["start"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"bad capture block in a record: {exc}") from None
+    block = _DECODED_BLOCKS.get(key)
+    if block is None:
+        block = _DECODED_BLOCKS[key] = CaptureBlock(key[0], meta["start"], meta["stop"])
+    elif block.stop is None:
+        block.stop = meta["stop"]
+    return block, body[_IN_BLOCK.size + size:]
 
 
 def slots_present(present: np.ndarray) -> np.ndarray:
@@ -172,12 +210,12 @@ class ChunkRecord:
             f"<B{len(shapes[1])}QB{len(shapes[2])}Q{len(shapes[0])}Q",
             len(shapes[1]), *shapes[1], len(shapes[2]), *shapes[2], *shapes[0],
         )
-        return b"".join((
+        return _in_block(self.capture_block, b"".join((
             _KIND_CHUNK, head, dtype, dims,
             np.ascontiguousarray(self.data).tobytes(),
             np.ascontiguousarray(self.present).tobytes(),
             np.ascontiguousarray(extra, dtype=np.uint64).tobytes(),
-        ))
+        )))
 
 
 @dataclass(eq=False)
@@ -259,7 +297,7 @@ class HeapRecord:
                 parts.append(_ITEM.pack(item_id, 1, value))
         if described:
             parts += [_DESCRIBED.pack(self.address_bits, len(described)), described]
-        return b"".join(parts)
+        return _in_block(self.capture_block, b"".join(parts))
 
 
 @dataclass(eq=False)
@@ -310,6 +348,13 @@ def decode_record(blob: bytes) -> Record:
     view = memoryview(blob)
     kind, body = bytes(view[:1]), view[1:]
     try:
+        if kind == _KIND_IN_BLOCK:
+            block, inner = _decode_block(body)
+            record = decode_record(inner)
+            if isinstance(record, PacketRecord):
+                raise ValueError("a packet record in a capture block")
+            record.capture_block = block
+            return record
         if kind == _KIND_CHUNK:
             return _decode_chunk(body)
         if kind in (_KIND_HEAP, _KIND_DESCRIBED_HEAP):

@@ -3,7 +3,9 @@
 A descriptor's value is itself a SPEAD packet stream; `decode_descriptors`
 decodes it with the same compiled assembler, as spead2 does (one live heap,
 contiguous heaps only, a heap without a descriptor id is ignored), into
-plain JSON-able dicts (``daqd dump`` prints them).  What the descriptors do
+plain JSON-able dicts (``daqd dump`` prints them).  In chunk mode, where
+descriptor heaps fit no chunk, the compiled stream keeps their packets and
+`descriptors_from_packets` reads them.  What the descriptors do
 to item values is `daqd.pipeline.items`.
 """
 
@@ -82,4 +84,22 @@ def decode_descriptors(heap: Any) -> list[dict[str, Any]]:
                 descriptor = _descriptor_from_heap(inner)
                 if descriptor is not None:
                     found.append(descriptor)
+    return found
+
+
+def descriptors_from_packets(packets: list[bytes]) -> list[dict[str, Any]]:
+    """Descriptors carried by the heaps these packets make (a chunk stream's kept packets).
+
+    `packets` are those `daqd._spead.ChunkStream.take_descriptor_packets`
+    returns: the packets of descriptor heaps, which no chunk holds.  They are
+    assembled as heap mode would (out of order allowed), and the complete
+    heaps' descriptors returned in order.
+    """
+    if not packets:
+        return []
+    stream = _spead.HeapStream(max_heaps=4, allow_out_of_order=True)
+    found = []
+    for heap in stream.run(_spead.ByteListReader(packets)):
+        if heap.complete:
+            found.extend(decode_descriptors(heap))
     return found

@@ -21,7 +21,7 @@ import structlog
 
 from daqd.pipeline.items import EMPTY_DESCRIPTORS
 from daqd.pipeline.records import HeapRecord
-from daqd.recv.descriptors import DESCRIPTOR_ID, decode_descriptors
+from daqd.recv.descriptors import DESCRIPTOR_ID, decode_descriptors, descriptors_from_packets
 
 #: Stream control (start, stop): it makes no record.
 STREAM_CTRL_ID = 0x6
@@ -70,6 +70,20 @@ class HeapRecorder:
                 continue
             self._count(record)
             yield record
+
+    def add_descriptor_packets(self, packets: list[bytes]) -> None:
+        """Take in the descriptors of a chunk stream's descriptor-heap packets."""
+        found = descriptors_from_packets(packets)
+        if found:
+            with self._lock:
+                for d in found:
+                    self.descriptors[d["id"]] = d
+                self.item_descriptors = self.item_descriptors.updated(found)
+
+    def known_descriptors(self) -> list[dict[str, Any]]:
+        """Return the newest descriptor of each item id seen so far, by id (for file headers)."""
+        with self._lock:
+            return [self.descriptors[k] for k in sorted(self.descriptors)]
 
     def _count(self, record: HeapRecord) -> None:
         undescribed, failed = len(record.items), 0

@@ -144,7 +144,9 @@ class StreamRunner:
                 return build_event_sink(c, trigger, number, label, (start, end), self.whole.text)
 
             self.triggers = build_triggers(trigger, self.timeline, event_sink, self.name)
-        self.sinks, self.packet_sinks = build_sinks(c, self.whole.text, self.receiver.udp_port)
+        # Files describe the stream's items with the descriptors received so far.
+        self.sinks, self.packet_sinks = build_sinks(c, self.whole.text, self.receiver.udp_port,
+                                                    self.recorder.known_descriptors)
 
         def recover(sink: Any, state: dict[str, Any]) -> None:
             recover_sink(sink.context, state)
@@ -224,6 +226,8 @@ class StreamRunner:
             self.heartbeats[index] += 1
             if heap_mode:
                 self._put_heaps(stream.pop_ready())
+            elif stream.descriptor_bytes:       # descriptor heaps fit no chunk: kept aside
+                self.recorder.add_descriptor_packets(stream.take_descriptor_packets())
             if self.packet_sinks and time.monotonic() - last_tap >= TAP_PERIOD:
                 self._put_tap(reader)
                 last_tap = time.monotonic()
@@ -278,6 +282,7 @@ class StreamRunner:
     def _finish(self, source: Source, stream: Any) -> None:
         if self.group is not None:
             stream.finish()
+            self.recorder.add_descriptor_packets(stream.take_descriptor_packets())
         else:
             self._put_heaps(stream.flush())
         if source.reader is not None and self.packet_sinks:

@@ -64,10 +64,16 @@ class SinkContext:
         headers); replaceable in tests.
     timeline : Timeline
         The stream's data time (`daqd.pipeline.datatime`): record spans, and
-        UTC when ``[stream.time]`` configures a clock.
+        UTC when ``[stream.time]`` configures a clock.  Default: no clock,
+        chunks spanning ``heaps_per_chunk * timestamp_step`` from `chunk`.
     metadata : dict
         Further file metadata of this sink's files (e.g. an event file's
         trigger window), written with the stream's own.
+    descriptors : callable
+        The stream's SPEAD item descriptors known so far, as
+        `daqd.recv.descriptors.decode_descriptors` gives them (a list of
+        dicts: ``id``, ``name``, ``description``, ``shape``, ``format``,
+        ``dtype``); read when a file starts and when it is finished.
     """
 
     stream: str
@@ -77,16 +83,25 @@ class SinkContext:
     udp_port: int | None = None
     clock: Callable[[], float] = field(default=time.monotonic, compare=False)
     wall_clock: Callable[[], float] = field(default=time.time, compare=False)
-    timeline: Timeline = field(default_factory=lambda: Timeline(Clock()), compare=False)
+    timeline: Timeline = field(default=None, compare=False)  # type: ignore[assignment]
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+    descriptors: Callable[[], list[dict[str, Any]]] = field(default=list, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.timeline is None:       # no clock; chunks still span their timestamps
+            chunk = self.chunk
+            ticks = chunk.timestamp_step * chunk.heaps_per_chunk if chunk is not None else None
+            object.__setattr__(self, "timeline", Timeline(Clock(), ticks))
 
     @classmethod
     def for_stream(cls, stream: StreamConfig, sink: SinkConfig, config_text: str = "",
                    udp_port: int | None = None, metadata: dict[str, Any] | None = None,
+                   descriptors: Callable[[], list[dict[str, Any]]] | None = None,
                    ) -> SinkContext:
-        """Build the context of one of `stream`'s sinks (`metadata`: see the class)."""
+        """Build the context of one of `stream`'s sinks (`metadata`, `descriptors`: see above)."""
         return cls(stream.name, sink, stream.chunk, config_text, udp_port,
-                   timeline=stream.timeline, metadata=dict(metadata or {}))
+                   timeline=stream.timeline, metadata=dict(metadata or {}),
+                   descriptors=descriptors or list)
 
 
 def sink_class(kind: str) -> type:
@@ -106,9 +121,13 @@ def sink_class(kind: str) -> type:
     return cls
 
 
-def build_sinks(stream: StreamConfig, config_text: str = "", udp_port: int | None = None
+def build_sinks(stream: StreamConfig, config_text: str = "", udp_port: int | None = None,
+                descriptors: Callable[[], list[dict[str, Any]]] | None = None,
                 ) -> tuple[list[Any], list[Any]]:
     """Make the sinks of a stream's ``[[stream.sinks]]`` sections, in order.
+
+    `descriptors` gives the stream's SPEAD descriptors known so far
+    (`SinkContext.descriptors`), for the files to describe their items.
 
     Returns
     -------
@@ -119,7 +138,8 @@ def build_sinks(stream: StreamConfig, config_text: str = "", udp_port: int | Non
     records: list[Any] = []
     packets: list[Any] = []
     for section in stream.sinks:
-        sink = make_sink(SinkContext.for_stream(stream, section, config_text, udp_port))
+        sink = make_sink(SinkContext.for_stream(stream, section, config_text, udp_port,
+                                                descriptors=descriptors))
         (packets if PacketRecord in sink.accepts else records).append(sink)
     return records, packets
 

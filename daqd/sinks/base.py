@@ -22,6 +22,18 @@ is logged, so that a crash never leaves a published file holding records the
 log will replay.  `close()` finishes the current file and publishes
 everything.  After a crash, `recover` publishes the pending files a checkpoint
 lists and leaves any other ``.tmp`` file alone.
+
+Observations (`daqd.pipeline.datatime`): a file holds the records of one
+capture block, or of none.  A record whose `capture_block` is not the
+file's starts a new file, decided record by record as the HDF5 "chunk id
+goes back" rule is, so exactly whatever the flush boundaries.  Each file
+knows the data time its records cover, ``written_start`` / ``written_end``
+(ticks, ``[start, end)``, from `Timeline.span`), kept through rollbacks
+(`_Mark`) and checkpoints (so `recover` can write them), and `file_metadata`
+gives what the formats write into a file: the stream's clock, the sink's
+extra metadata (an event file's trigger window), the capture block (id,
+start, stop) and the written span.  Formats write it when a file starts and
+again when it is finished (`_seal`: a block's stop may be set meanwhile).
 """
 
 from __future__ import annotations
@@ -33,8 +45,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from daqd.pipeline.datatime import ARRIVAL_CLOCK, CaptureBlock
 from daqd.pipeline.durable import fsync_directory_of, fsync_path
 from daqd.sinks.paths import (
+    PATH_FIELDS,
     TMP_SUFFIX,
     PathTemplate,
     is_free,
@@ -58,6 +72,7 @@ class Piece:
     payload: Any
     key: int = 0                # chunk id (or heap counter) for {chunk_id} and ordering
     dropped: int = 0            # parts of the record the format could not hold (pcap)
+    span: tuple[int, int] | None = None     # data time [start, end) in ticks (set by FileSink)
 
 
 @dataclass
@@ -76,11 +91,27 @@ class SinkFile:
     dirty: bool = True              # written (or created) since it was last fsynced
     dir_synced: bool = False
     broken: bool = False            # a failed rollback closed it; reopen before use
+    block: CaptureBlock | None = None   # the capture block of its records (None: outside)
+    written: tuple[int, int] | None = None   # data time its records cover, [start, end) ticks
 
     def describe(self) -> dict[str, Any]:
         """Where this file stands (for `FileSink.checkpoint`)."""
-        return {"tmp": self.tmp, "final": self.final, "seq": self.seq,
-                "bytes": self.bytes, "records": self.records}
+        out = {"tmp": self.tmp, "final": self.final, "seq": self.seq,
+               "bytes": self.bytes, "records": self.records}
+        if self.written is not None:
+            out["written_start"], out["written_end"] = self.written
+        if self.block is not None:
+            b = self.block
+            out["capture_block"] = {"id": b.id, "start": b.start, "stop": b.stop}
+        return out
+
+    @staticmethod
+    def recovered(state: dict[str, Any]) -> tuple[CaptureBlock | None, tuple[int, int] | None]:
+        """Return the capture block and written span a `describe` dict holds (after a crash)."""
+        block = state.get("capture_block")
+        written = state.get("written_start"), state.get("written_end")
+        return (CaptureBlock(**block) if block else None,
+                None if None in written else (int(written[0]), int(written[1])))
 
     def describe_pending(self) -> dict[str, Any]:
         """Describe this file as pending, waiting to be published (`FileSink.checkpoint`)."""
@@ -94,6 +125,7 @@ class _Mark:
     bytes: int
     records: int
     last_key: int | None
+    written: tuple[int, int] | None = None
 
 
 @dataclass
@@ -140,7 +172,7 @@ class FileSink:
     kind = ""
     accepts: tuple[type, ...] = ()
     #: Fields the path template may use.
-    path_fields: tuple[str, ...] = ("stream", "start", "seq", "chunk_id")
+    path_fields: tuple[str, ...] = PATH_FIELDS
     #: Whether `_close` writes to the file (HDF5 writes its last metadata then).
     close_writes = False
 
@@ -190,6 +222,53 @@ class FileSink:
     def _reopen(self, f: SinkFile) -> None:
         """Open `f.tmp` again after a failure closed it; cut it back to f.bytes/records."""
         raise NotImplementedError
+
+    def _seal(self, f: SinkFile) -> None:
+        """Write the metadata known only when `f` is finished (`file_metadata`); optional.
+
+        Called before the finished file's fsync.  Raises OSError (inside a
+        write: the write is undone; otherwise counted, the file kept with the
+        metadata it had).
+        """
+
+    def _seal_quietly(self, f: SinkFile) -> None:
+        if f.handle is None:
+            return
+        try:
+            self._seal(f)
+        except OSError as exc:      # the file stays good, with the metadata it had
+            self._note_error(exc)
+
+    # ------------------------------------------------------------------
+    # File metadata
+
+    def file_metadata(self, f: SinkFile | None = None, *, block: Any = None,
+                      written: tuple[int, int] | None = None) -> dict[str, Any]:
+        """Return what a file says of its observation, for the formats to write.
+
+        The stream's clock (``sync_time``, ``timestamp_rate``: Unix seconds
+        and ticks per second, when ``[stream.time]`` configures it), this
+        sink's extra metadata (`SinkContext.metadata`), the capture block of
+        the file's records (`CaptureBlock.metadata`: ``capture_block_id``,
+        ``capture_start``, ``capture_stop``, -1 = open, and their ``_utc``)
+        and the data time the records cover, ``written_start`` /
+        ``written_end`` (ticks, -1 while the file has none), with their
+        ``_utc`` when the stream has a clock.  From `f`, or from `block` and
+        `written` (recovery).
+        """
+        if f is not None:
+            block, written = f.block, f.written
+        timeline = self.context.timeline
+        # Not the arrival clock of a heap stream without one: it is no instrument's.
+        out: dict[str, Any] = {} if timeline.clock is ARRIVAL_CLOCK else timeline.clock.metadata()
+        out.update(self.context.metadata)
+        if block is not None:
+            out.update(block.metadata(timeline))
+        out["written_start"], out["written_end"] = written if written is not None else (-1, -1)
+        if written is not None and timeline.has_utc:
+            out["written_start_utc"] = timeline.utc(written[0])
+            out["written_end_utc"] = timeline.utc(written[1])
+        return out
 
     # ------------------------------------------------------------------
     # The Sink protocol
@@ -296,6 +375,7 @@ class FileSink:
             self._note_error(exc)
             self._file = f
             return
+        self._seal_quietly(f)
         try:
             if self.config.fsync != "never":
                 self._sync_file(f)
@@ -413,17 +493,21 @@ class FileSink:
             if not isinstance(record, self.accepts):
                 continue
             try:
-                pieces.append(self._encode(record))
+                piece = self._encode(record)
             except ValueError as exc:
                 # A record this format cannot hold (e.g. a text template field it
                 # lacks): retrying would fail forever, so it is counted, not raised.
                 self._counts.lost_records += 1
                 self._note_error(exc)
+                continue
+            piece.span = self.context.timeline.span(record)
+            pieces.append(piece)
         return pieces
 
     def _write_pieces(self, pieces: list[Piece], now: float) -> None:
         start = self._file
-        mark = _Mark(start.bytes, start.records, start.last_key) if start else None
+        mark = _Mark(start.bytes, start.records, start.last_key, start.written) if start \
+            else None
         created: list[SinkFile] = []
         finished: list[SinkFile] = []
         try:
@@ -434,6 +518,7 @@ class FileSink:
                 if f is None or self._rotates_before(f, piece, segment, segment_bytes):
                     if f is not None:
                         self._append_segment(f, segment)
+                        self._seal(f)
                         finished.append(f)
                     segment, segment_bytes = [], 0
                     f = self._start_file(piece, now)
@@ -470,6 +555,9 @@ class FileSink:
         size = f.bytes + segment_bytes + piece.size
         if self.config.rotate_bytes and size > self.config.rotate_bytes:
             return True
+        block = getattr(segment[-1].record, "capture_block", None) if segment else f.block
+        if getattr(piece.record, "capture_block", None) is not block:
+            return True                 # one capture block (or none) per file
         last = segment[-1].key if segment else f.last_key
         return last is not None and self._starts_new_file_after(last, piece)
 
@@ -485,6 +573,13 @@ class FileSink:
         f.bytes += sum(p.size for p in segment)
         f.records += len(segment)
         f.last_key = segment[-1].key
+        spans = [p.span for p in segment if p.span is not None]
+        if spans:
+            lo = min(s[0] for s in spans)
+            hi = max(s[1] for s in spans)
+            if f.written is not None:
+                lo, hi = min(lo, f.written[0]), max(hi, f.written[1])
+            f.written = (lo, hi)
 
     def _undo(self, start: SinkFile | None, mark: _Mark | None, created: list[SinkFile]) -> None:
         for f in created:
@@ -502,6 +597,7 @@ class FileSink:
         # Always cut back: a failed write may have left part of a record behind
         # without the counters having moved.
         start.bytes, start.records, start.last_key = mark.bytes, mark.records, mark.last_key
+        start.written = mark.written
         start.dirty = True
         try:
             self._cut_back(start, mark)
@@ -528,11 +624,9 @@ class FileSink:
         seq = self._seq
         final = ""
         for attempt in range(100000):
-            if self.template.uses_seq:
-                final = self.template.render(self.context.stream, start, seq, first.key)
-            else:
-                final = with_suffix_number(
-                    self.template.render(self.context.stream, start, seq, first.key), attempt)
+            name = self.template.render(self.context.stream, start, seq, first.key,
+                                        getattr(first.record, "capture_block", None))
+            final = name if self.template.uses_seq else with_suffix_number(name, attempt)
             if is_free(final, reserved):
                 break
             if self.template.uses_seq:
@@ -540,7 +634,8 @@ class FileSink:
         directory = os.path.dirname(final)
         if directory:
             os.makedirs(directory, exist_ok=True)
-        f = SinkFile(final=final, tmp=final + TMP_SUFFIX, seq=seq, opened=now)
+        f = SinkFile(final=final, tmp=final + TMP_SUFFIX, seq=seq, opened=now,
+                     block=getattr(first.record, "capture_block", None))
         try:
             self._create(f, first)
             st = os.stat(f.tmp)
@@ -639,6 +734,7 @@ class FileSink:
             self._lose(f, "vanished while being written")
             return
         if self.config.rotate_seconds and now - f.opened >= self.config.rotate_seconds:
+            self._seal_quietly(f)
             if self.config.fsync != "never":
                 self._sync_file(f)
             self._file = None

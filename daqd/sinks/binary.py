@@ -27,6 +27,24 @@ which `load` does.  In heap mode each record is the heap's payload: its
 addressed items' bytes in item id order (`HeapRecord.payload`), with no
 length prefix; ``record_bytes`` is null.  With ``header = false`` the file
 holds the records only.
+
+The observation (`FileSink.file_metadata`, the same keys as the HDF5
+attributes): ``sync_time`` and ``timestamp_rate`` with ``[stream.time]``
+(a record's UTC is ``sync_time + timestamp / timestamp_rate``); the sink's
+extra metadata (an event file's trigger window); ``capture_block_id``,
+``capture_start``, ``capture_stop`` (ticks, -1 = open) and their ``_utc``
+inside a capture block; ``written_start`` / ``written_end``, the data time
+the records cover (ticks, ``[start, end)``) and their ``_utc``; and
+``spead_descriptors``, the stream's SPEAD item descriptors (``id``,
+``name``, ``description``, ``shape``, ``format``, ``dtype``).
+
+The header is written when the file starts, with ``written_start`` and
+``written_end`` -1, and rewritten in place, at the same size H, when the
+file is finished (or recovered after a crash): then it has the written
+span and the block's stop.  H is chosen at the start with `HEADER_SPARE`
+bytes of padding to spare for this.  Readers take the JSON object as it
+is, so files of earlier versions (without these keys) read the same;
+`read_header` never needs more than the prefix and H bytes.
 """
 
 from __future__ import annotations
@@ -40,11 +58,13 @@ import numpy as np
 
 import daqd
 from daqd.pipeline.records import ChunkRecord, HeapRecord
-from daqd.sinks.base import ByteSink, Piece
+from daqd.sinks.base import ByteSink, Piece, SinkFile, write_all
 
 MAGIC = b"DAQDBIN1"
 FORMAT = "daqd.binary/1"
 _ALIGN = 4096
+#: Padding a header keeps, when the file starts, for what it gains when it is finished.
+HEADER_SPARE = 1024
 _PREFIX = struct.Struct("<8sI")
 
 
@@ -91,18 +111,68 @@ class BinarySink(ByteSink):
                 heap_bytes=chunk.heap_bytes, extra_items=list(chunk.extra_items))
         else:
             meta.update(mode="heap", dtype="|u1", record_shape=None, record_bytes=None)
-        return encode_header(meta)
+        meta.update(self.file_metadata(block=getattr(first.record, "capture_block", None)))
+        meta["spead_descriptors"] = self.context.descriptors()
+        return encode_header(meta, spare=HEADER_SPARE)
+
+    def _seal(self, f: SinkFile) -> None:
+        if self.config.header:
+            try:
+                rewrite_header(f.tmp, self._finished_metadata(f), f.handle)
+            except ValueError as exc:   # cannot fit: the header stays as it started
+                self._note_error(exc)
+
+    def _finished_metadata(self, f: SinkFile | None = None, **state: Any) -> dict[str, Any]:
+        return {**self.file_metadata(f, **state),
+                "spead_descriptors": self.context.descriptors()}
+
+    @classmethod
+    def recover_file(cls, context: Any, path: str, state: dict[str, Any]) -> str:
+        """Cut `path` back to the checkpointed bytes and rewrite its header's finish keys."""
+        done = super().recover_file(context, path, state)
+        if context.config.header:
+            block, written = SinkFile.recovered(state)
+            rewrite_header(path, cls(context)._finished_metadata(block=block, written=written))
+        return done
 
 
-def encode_header(meta: dict[str, Any]) -> bytes:
-    """Encode the header for `meta` (``header_bytes`` is filled in)."""
-    size = _ALIGN
+def encode_header(meta: dict[str, Any], *, spare: int = 0, size: int | None = None) -> bytes:
+    """Encode the header for `meta` (``header_bytes`` is filled in).
+
+    The size is the smallest multiple of 4096 that leaves `spare` bytes of
+    padding, or exactly `size` (ValueError if `meta` does not fit).
+    """
+    fixed = size is not None
+    size = size or _ALIGN
     while True:
         text = json.dumps({**meta, "header_bytes": size}, indent=1).encode()
         room = size - _PREFIX.size - 1
-        if len(text) <= room:
+        if len(text) + (0 if fixed else spare) <= room:
             return _PREFIX.pack(MAGIC, size) + text + b" " * (room - len(text)) + b"\n"
+        if fixed:
+            raise ValueError(f"header of {len(text)} bytes does not fit in {size}")
         size += _ALIGN
+
+
+def rewrite_header(path: str, update: dict[str, Any], fd: int | None = None) -> None:
+    """Rewrite the header of `path` in place with the keys of `update`, at its size.
+
+    Writes through `fd` when given (the sink's open file).  If the update
+    does not fit, it is written without ``spead_descriptors`` (the header
+    keeps those it had); if even that does not fit, ValueError.
+    """
+    meta = read_header(path)
+    size = int(meta["header_bytes"])
+    try:
+        data = encode_header({**meta, **update}, size=size)
+    except ValueError:
+        update = {k: v for k, v in update.items() if k != "spead_descriptors"}
+        data = encode_header({**meta, **update}, size=size)
+    if fd is not None:
+        write_all(fd, [data], 0)
+        return
+    with open(path, "r+b") as f:
+        f.write(data)
 
 
 def read_header(path: str) -> dict[str, Any]:

@@ -10,10 +10,29 @@ Layout of one file (n = chunks written so far)::
     packet_present  (n, heaps_per_chunk, substreams, packets_per_heap)    uint8, with
                                                                           packet_presence
 
+    utc         (n,)                                                      float64, with a clock
+
 File attributes: ``daqd_version``, ``stream``, ``config`` (the TOML text),
 ``timestamp_step``, ``heaps_per_chunk``, ``substreams``; also ``heap_bytes``
 and ``extra_items``.  With packet presence, ``present`` is 1 only where every
 packet of the heap arrived, and ``packet_present`` has the detail.
+
+The observation (`FileSink.file_metadata`): with ``[stream.time]``,
+``sync_time`` (Unix seconds of timestamp 0) and ``timestamp_rate`` (ticks
+per second) and the ``utc`` dataset, each chunk's first slot in Unix
+seconds (``sync_time + timestamp / timestamp_rate``, computed exactly, then
+rounded to float64); every entry of the sink's extra metadata (an event
+file's ``trigger_label``, ``trigger_start``, ``trigger_end``, ...); the
+capture block's ``capture_block_id``, ``capture_start``, ``capture_stop``
+(ticks, -1 = open) and their ``_utc``; ``written_start`` / ``written_end``,
+the data time the file's chunks cover (``[first timestamp, last timestamp +
+heaps_per_chunk * timestamp_step)``, ticks; -1 until the file is finished)
+and their ``_utc``; and ``spead_descriptors``, the stream's SPEAD item
+descriptors as JSON (a list of ``id``, ``name``, ``description``,
+``shape``, ``format``, ``dtype``; ``[]`` when none were received).  The
+attributes are written when the file starts and again when it is finished,
+so the stop of a block and the written span are those of the finished file;
+after a crash, recovery writes them for what the file keeps.
 
 Every dataset is resizable along n.  ``data``, ``present``, ``extra`` and
 ``packet_present`` are chunked by one record, so a record is written (with
@@ -38,6 +57,7 @@ flushed after every write, so the file on disk is consistent between writes
 from __future__ import annotations
 
 import errno
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -81,8 +101,10 @@ class Hdf5Sink(FileSink):
         self.samples = chunk.heap_bytes // self.dtype.itemsize
         self.extra_count = len(chunk.extra_items)
         self.packets = chunk.heap_bytes // chunk.packet_presence if chunk.packet_presence else 0
+        self.with_utc = context.timeline.has_utc
         self.row_bytes = (chunk.heaps_per_chunk * chunk.substreams
-                          * (chunk.heap_bytes + 1 + 8 * self.extra_count + self.packets) + 16)
+                          * (chunk.heap_bytes + 1 + 8 * self.extra_count + self.packets)
+                          + 16 + 8 * self.with_utc)
 
     # ------------------------------------------------------------------
     # Records
@@ -113,7 +135,9 @@ class Hdf5Sink(FileSink):
                 if extra.size != self.slots[0] * self.slots[1] * self.extra_count:
                     raise ValueError(f"chunk {record.chunk_id}: extra shape "
                                      f"{record.extra.shape} does not fit the layout")
-        payload = (data, present, extra, packet_present, record.chunk_id, record.timestamp)
+        utc = self.context.timeline.utc(record.timestamp) if self.with_utc else None
+        payload = (data, present, extra, packet_present, record.chunk_id, record.timestamp,
+                   utc)
         return Piece(record, self.row_bytes, payload, record.chunk_id)
 
     def _starts_new_file_after(self, last_key: int, piece: Piece) -> bool:
@@ -154,6 +178,9 @@ class Hdf5Sink(FileSink):
                 h5.create_dataset("packet_present", (0, *rows, self.packets), np.uint8,
                                   maxshape=(None, *rows, self.packets),
                                   chunks=(1, *rows, self.packets))
+            if self.with_utc:
+                h5.create_dataset("utc", (0,), np.float64, maxshape=(None,),
+                                  chunks=(INDEX_CHUNK_ROWS,))
             attrs = h5.attrs
             attrs["daqd_version"] = daqd.__version__
             attrs["stream"] = self.context.stream
@@ -163,13 +190,27 @@ class Hdf5Sink(FileSink):
             attrs["substreams"] = chunk.substreams
             attrs["heap_bytes"] = chunk.heap_bytes
             attrs["extra_items"] = np.asarray(chunk.extra_items, np.int64)
+            self._write_metadata(h5, f)
             h5.flush()
         except (OSError, RuntimeError, ValueError) as exc:
             raise _as_oserror(exc, f.tmp) from None
 
+    def _write_metadata(self, h5: h5py.File, f: SinkFile | None = None, **state: Any) -> None:
+        """Write `file_metadata` and the descriptors as attributes (see the module docstring)."""
+        write_attributes(h5, self.file_metadata(f, **state))
+        h5.attrs["spead_descriptors"] = json.dumps(self.context.descriptors())
+
+    def _seal(self, f: SinkFile) -> None:
+        h5 = f.handle
+        try:
+            self._reserve(h5, _METADATA_SLACK)
+            self._write_metadata(h5, f)
+            h5.flush()
+        except (OSError, RuntimeError, ValueError, TypeError) as exc:
+            raise _as_oserror(exc, f.tmp) from None
+
     def _datasets(self, h5: h5py.File) -> list[h5py.Dataset]:
-        return [h5[name] for name in ("data", "present", "chunk_id", "timestamp", "extra",
-                                      "packet_present") if name in h5]
+        return [h5[name] for name in DATASETS if name in h5]
 
     def _append(self, f: SinkFile, pieces: Sequence[Piece]) -> None:
         h5 = f.handle
@@ -182,7 +223,7 @@ class Hdf5Sink(FileSink):
             extra = h5["extra"].id if self.extra_count else None
             packet_present = h5["packet_present"].id if self.packets else None
             for row, piece in enumerate(pieces, n0):
-                d, p, e, pp, _, _ = piece.payload
+                d, p, e, pp = piece.payload[:4]
                 data.write_direct_chunk((row, 0, 0, 0), d)
                 present.write_direct_chunk((row, 0, 0), p)
                 if extra is not None:
@@ -191,6 +232,8 @@ class Hdf5Sink(FileSink):
                     packet_present.write_direct_chunk((row, 0, 0, 0), pp)
             h5["chunk_id"][n0:n1] = np.array([p.payload[4] for p in pieces], np.int64)
             h5["timestamp"][n0:n1] = np.array([p.payload[5] for p in pieces], np.uint64)
+            if self.with_utc:
+                h5["utc"][n0:n1] = np.array([p.payload[6] for p in pieces], np.float64)
             h5.flush()
         except (OSError, RuntimeError, ValueError) as exc:
             raise _as_oserror(exc, f.tmp) from None
@@ -255,15 +298,43 @@ class Hdf5Sink(FileSink):
 
     @classmethod
     def recover_file(cls, context: Any, path: str, state: dict[str, Any]) -> str:
-        """Resize every dataset of `path` back to the checkpointed rows."""
+        """Resize every dataset of `path` back to the checkpointed rows; write the metadata.
+
+        The written span is that of the timestamps kept; the capture block is
+        the checkpoint's (its stop as it was then).
+        """
         rows = int(state.get("rows", state["records"]))
         with h5py.File(path, "r+") as h5:
             have = h5["chunk_id"].shape[0]
             if have < rows:
                 raise OSError(errno.EIO, f"has {have} rows, fewer than its checkpoint's "
                               f"{rows}", path)
-            for name in ("data", "present", "chunk_id", "timestamp", "extra",
-                         "packet_present"):
+            for name in DATASETS:
                 if name in h5:
                     h5[name].resize(rows, axis=0)
+            block, _ = SinkFile.recovered(state)
+            written = None
+            if rows:
+                ts = np.asarray(h5["timestamp"][:], np.uint64)
+                written = int(ts.min()), int(ts.max()) + context.timeline.chunk_ticks
+            cls(context)._write_metadata(h5, block=block, written=written)
         return f"cut from {have} to {rows} rows"
+
+
+#: The datasets with one row per chunk (resized together).
+DATASETS = ("data", "present", "chunk_id", "timestamp", "extra", "packet_present", "utc")
+
+
+def write_attributes(h5: h5py.File, metadata: dict[str, Any]) -> None:
+    """Set `metadata` as file attributes: numbers and text as they are, None removes one.
+
+    Lists and dicts are stored as JSON text.
+    """
+    for name, value in metadata.items():
+        if value is None:
+            if name in h5.attrs:
+                del h5.attrs[name]
+            continue
+        if isinstance(value, dict | list | tuple):
+            value = json.dumps(value)
+        h5.attrs[name] = value

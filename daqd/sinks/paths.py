@@ -9,7 +9,12 @@ A sink's ``path`` is a `str.format` template with these fields:
 ``{seq}``
     the file's sequence number in this run (0, 1, ...; e.g. ``{seq:04d}``);
 ``{chunk_id}``
-    the first record's chunk id (chunk mode) or heap counter (heap mode).
+    the first record's chunk id (chunk mode) or heap counter (heap mode);
+``{capture_block}``
+    the id of the capture block whose records the file holds (`block_name`):
+    ``none`` outside capture blocks.  A record of another block than the
+    file's (or of a block after none, or none after a block) starts a new
+    file (`daqd.sinks.base`), so a file never mixes two blocks.
 
 An event file's ``path`` (``[stream.trigger]``) has its own fields,
 `EVENT_PATH_FIELDS`: ``{stream}``, ``{label}`` (the trigger's label),
@@ -31,17 +36,34 @@ import glob
 import os
 import string
 from pathlib import Path
+from typing import Any
 
 TMP_SUFFIX = ".tmp"
-PATH_FIELDS = ("stream", "start", "seq", "chunk_id")
-#: Kinds whose records have no chunk id or heap counter.
+PATH_FIELDS = ("stream", "start", "seq", "chunk_id", "capture_block")
+#: Kinds whose records have no chunk id or heap counter, nor a capture block.
 PATH_FIELDS_BY_KIND = {"pcap": ("stream", "start", "seq")}
 #: Fields of an event file's path (``[stream.trigger] path``).
 EVENT_PATH_FIELDS = ("stream", "label", "event", "start")
+#: What ``{capture_block}`` renders to for records outside any capture block.
+NO_CAPTURE_BLOCK = "none"
 
 # A sample of every field, to check a template's format specs once, at load time.
 _SAMPLE = {"stream": "adc0", "start": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
-           "seq": 0, "chunk_id": 0, "label": "frb", "event": 1}
+           "seq": 0, "chunk_id": 0, "capture_block": "cb0", "label": "frb", "event": 1}
+
+
+def block_name(block: Any) -> str:
+    """``{capture_block}``: a capture block's id, `NO_CAPTURE_BLOCK` for None.
+
+    A path separator or NUL in an id becomes ``_``, so an id names one file,
+    never a directory.
+    """
+    if block is None:
+        return NO_CAPTURE_BLOCK
+    name = str(block.id)
+    for bad in {"/", os.sep, "\0"}:
+        name = name.replace(bad, "_")
+    return name
 
 
 def template_fields(template: str) -> list[tuple[str, str]]:
@@ -109,10 +131,15 @@ class PathTemplate:
             return Path(head).parent if not head.endswith(("/", os.sep)) else Path(head)
         return Path(self.template).parent
 
-    def render(self, stream: str, start: float, seq: int, chunk_id: int) -> str:
-        """Return the final name for a file started at Unix time `start`."""
+    def render(self, stream: str, start: float, seq: int, chunk_id: int,
+               capture_block: Any = None) -> str:
+        """Return the final name for a file started at Unix time `start`.
+
+        `capture_block` is the first record's `CaptureBlock` (or None).
+        """
         when = dt.datetime.fromtimestamp(start, dt.UTC)
-        return self.template.format(stream=stream, start=when, seq=seq, chunk_id=chunk_id)
+        return self.template.format(stream=stream, start=when, seq=seq, chunk_id=chunk_id,
+                                    capture_block=block_name(capture_block))
 
 
 def event_path(template: str, stream: str, label: str, event: int, start: float) -> str:

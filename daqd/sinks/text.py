@@ -12,7 +12,16 @@ default.  Chunk mode (`ChunkRecord`) fields:
 ``nbytes``
     data bytes;
 ``received``, ``time``
-    when the record was made: Unix seconds (float), and UTC ISO 8601.
+    when the record was made: Unix seconds (float), and UTC ISO 8601;
+``utc``
+    the UTC of the chunk's first heap slot, from the stream's clock
+    (``[stream.time]``; refused without one), a `datetime`, so
+    ``{utc:%H:%M:%S.%f}`` works (to the microsecond); ``{utc}`` alone is
+    ``2026-12-07 00:00:01.500000+00:00`` and ``{utc:%Y-%m-%dT%H:%M:%S.%fZ}``
+    ISO 8601 with a ``T``;
+``capture_block``
+    the id of the record's capture block, ``none`` outside capture blocks
+    (as the path field).
 
 Default: ``{chunk_id} {timestamp} {fraction_present:.6f} {heaps_present}``.
 
@@ -20,6 +29,10 @@ Heap mode (`HeapRecord`) fields:
 
 ``cnt``, ``nbytes``, ``received``, ``time``
     the heap counter, the items' bytes, and when the record was made;
+``utc``, ``capture_block``
+    as in chunk mode; a heap's UTC is that of its timestamp item
+    (``[stream.time] timestamp_item``, which then needs the clock), else of
+    its arrival;
 ``NAME`` (any other field name)
     the item of that name in the stream's descriptors, decoded as spead2's
     ``ItemGroup`` would (`daqd.pipeline.items`), e.g. ``{temperature:.2f}``;
@@ -53,7 +66,10 @@ written as ``\n``, so one record stays one line.  Default: ``{cnt} {values}``.
 With ``header = true`` (the default) each file starts with one line, ``#``
 and the template with every field replaced by its name, e.g.
 ``# chunk_id timestamp fraction_present heaps_present``, so numpy.loadtxt
-and pandas read the files directly.
+and pandas read the files directly.  When the stream has a clock
+(``[stream.time]``) a line before it gives it, e.g.
+``# sync_time=1796601600.0 timestamp_rate=1712000000.0`` (Unix seconds,
+ticks per second).
 """
 
 from __future__ import annotations
@@ -66,19 +82,25 @@ from typing import Any
 
 import numpy as np
 
+from daqd.pipeline.datatime import Timeline
 from daqd.pipeline.records import ChunkRecord, HeapRecord
 from daqd.sinks.base import ByteSink, Piece
-from daqd.sinks.paths import field_root, template_fields
+from daqd.sinks.paths import block_name, field_root, template_fields
 
 CHUNK_FIELDS = ("chunk_id", "timestamp", "fraction_present", "heaps_present", "heaps",
-                "nbytes", "received", "time")
-HEAP_FIELDS = ("cnt", "nbytes", "received", "time", "items", "item", "values")
+                "nbytes", "received", "time", "utc", "capture_block")
+HEAP_FIELDS = ("cnt", "nbytes", "received", "time", "utc", "capture_block", "items", "item",
+               "values")
+#: Fields that need the stream's clock.
+UTC_FIELDS = ("utc",)
 CHUNK_TEMPLATE = "{chunk_id} {timestamp} {fraction_present:.6f} {heaps_present}"
 HEAP_TEMPLATE = "{cnt} {values}"
 
 _SAMPLE_CHUNK = {"chunk_id": 1, "timestamp": 8192, "fraction_present": 0.5,
                  "heaps_present": 1, "heaps": 2, "nbytes": 16, "received": 1.5,
-                 "time": "2026-01-02T03:04:05.000000+00:00"}
+                 "time": "2026-01-02T03:04:05.000000+00:00",
+                 "utc": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+                 "capture_block": "cb0"}
 _FORMAT_ERRORS = (ValueError, KeyError, IndexError, AttributeError, TypeError)
 
 
@@ -111,19 +133,24 @@ def _check_heap_field(name: str) -> None:
                          "({items[5632]} or {items[0x1600]}); by name: {item[NAME]}")
 
 
-def check_template(template: str, chunk_mode: bool) -> None:
-    """Check a text sink template for the stream's mode.
+def check_template(template: str, chunk_mode: bool, has_utc: bool = False) -> None:
+    """Check a text sink template for the stream's mode (`has_utc`: its records have UTC).
 
     Raises
     ------
     ValueError
-        An unknown field (chunk mode), an ``items[KEY]`` whose key is not an
-        item id, a format spec the field's value cannot take, or a line break
-        (one record is one line).
+        An unknown field (chunk mode), ``{utc}`` without a clock, an
+        ``items[KEY]`` whose key is not an item id, a format spec the field's
+        value cannot take, or a line break (one record is one line).
     """
     if "\n" in template or "\r" in template:
         raise ValueError("a line break (one record is one line)")
     fields = template_fields(template)
+    if not has_utc:
+        for name, _ in fields:
+            if field_root(name) in UTC_FIELDS:
+                raise ValueError(f"{{{name}}} needs the stream's clock ([stream.time] "
+                                 "sync_time and timestamp_rate)")
     if chunk_mode:
         for name, _ in fields:
             if field_root(name) not in CHUNK_FIELDS:
@@ -137,7 +164,8 @@ def check_template(template: str, chunk_mode: bool) -> None:
     for name, _ in fields:
         _check_heap_field(name)
     try:
-        _HEAP_FORMATTER.vformat(template, (), _HeapFields(HeapRecord(1, {}, received=1.5)))
+        _HEAP_FORMATTER.vformat(template, (), _HeapFields(HeapRecord(1, {}, received=1.5),
+                                                           _SAMPLE_CHUNK["utc"]))
     except _FORMAT_ERRORS as exc:
         raise ValueError(f"cannot be formatted: {exc}") from None
 
@@ -239,9 +267,10 @@ def _listed(value: Any) -> str:
 class _HeapFields(dict):  # type: ignore[type-arg]
     """A heap record's template fields; the costly ones, and item names, on demand."""
 
-    def __init__(self, record: HeapRecord):
+    def __init__(self, record: HeapRecord, utc: dt.datetime | None = None):
         super().__init__(cnt=record.cnt, nbytes=record.nbytes, received=record.received,
-                         time=_iso(record.received))
+                         time=_iso(record.received), utc=utc,
+                         capture_block=block_name(record.capture_block))
         self.record = record
 
     def __missing__(self, key: str) -> Any:
@@ -269,22 +298,29 @@ def _iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="microseconds")
 
 
-def chunk_fields(record: ChunkRecord) -> dict[str, Any]:
-    """Return the template fields of a chunk record."""
+def _datetime(utc: float | None) -> dt.datetime | None:
+    return None if utc is None else dt.datetime.fromtimestamp(utc, dt.UTC)
+
+
+def chunk_fields(record: ChunkRecord, timeline: Timeline | None = None) -> dict[str, Any]:
+    """Return the template fields of a chunk record (``utc`` from `timeline`'s clock)."""
     return {
         "chunk_id": record.chunk_id, "timestamp": record.timestamp,
         "fraction_present": record.fraction_present,
         "heaps_present": record.heaps_present, "heaps": record.heaps,
         "nbytes": record.nbytes, "received": record.received, "time": _iso(record.received),
+        "utc": _datetime(timeline.utc(record.timestamp)) if timeline is not None else None,
+        "capture_block": block_name(record.capture_block),
     }
 
 
-def heap_fields(record: HeapRecord) -> dict[str, Any]:
+def heap_fields(record: HeapRecord, timeline: Timeline | None = None) -> dict[str, Any]:
     """Return the template fields of a heap record (a mapping filled on demand)."""
-    return _HeapFields(record)
+    utc = timeline.utc(timeline.span(record)[0]) if timeline is not None else None
+    return _HeapFields(record, _datetime(utc))
 
 
-def format_heap(template: str, record: HeapRecord) -> str:
+def format_heap(template: str, record: HeapRecord, timeline: Timeline | None = None) -> str:
     """Format one heap record through `template` (no line break added).
 
     Raises
@@ -292,7 +328,7 @@ def format_heap(template: str, record: HeapRecord) -> str:
     ValueError, KeyError, IndexError, AttributeError, TypeError
         A field the record's values cannot format as asked.
     """
-    return _HEAP_FORMATTER.vformat(template, (), _HeapFields(record))
+    return _HEAP_FORMATTER.vformat(template, (), heap_fields(record, timeline))
 
 
 def _one_line(line: str) -> str:
@@ -312,15 +348,16 @@ class TextSink(ByteSink):
         self.accepts = (ChunkRecord,) if chunk_mode else (HeapRecord,)
         self.line_template = self.config.template or (
             CHUNK_TEMPLATE if chunk_mode else HEAP_TEMPLATE)
-        check_template(self.line_template, chunk_mode)
+        self.timeline = context.timeline if context.timeline.has_utc else None
+        check_template(self.line_template, chunk_mode, self.timeline is not None)
         self._chunk_mode = chunk_mode
 
     def _encode(self, record: Any) -> Piece:
         try:
             if self._chunk_mode:
-                line = self.line_template.format(**chunk_fields(record))
+                line = self.line_template.format(**chunk_fields(record, self.timeline))
             else:
-                line = format_heap(self.line_template, record)
+                line = format_heap(self.line_template, record, self.timeline)
         except _FORMAT_ERRORS as exc:
             raise ValueError(f"template {self.line_template!r}: {exc}") from None
         data = (_one_line(line) + "\n").encode()
@@ -328,4 +365,9 @@ class TextSink(ByteSink):
         return Piece(record, len(data), [data], key)
 
     def _header(self, first: Piece) -> bytes:
-        return (header_line(self.line_template) + "\n").encode()
+        clock = self.file_metadata(block=None)
+        lines = [header_line(self.line_template)]
+        if "sync_time" in clock:
+            lines.insert(0, f"# sync_time={clock['sync_time']!r} "
+                            f"timestamp_rate={clock['timestamp_rate']!r}")
+        return "".join(line + "\n" for line in lines).encode()

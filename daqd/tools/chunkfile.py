@@ -6,7 +6,8 @@ What each format holds (INTERFACES.md, ``daqd/sinks/binary.py``):
   ``chunk_id`` and ``timestamp`` per record, and ``sync_time`` /
   ``timestamp_rate`` attributes (and a ``utc`` dataset) when the stream has
   ``[stream.time]``;
-- a **binary** file has the records' ``data`` only, after its JSON header:
+- a **binary** file has the records' ``data`` only, after its JSON header
+  (which has ``sync_time`` / ``timestamp_rate`` with ``[stream.time]``):
   no presence, no chunk ids, no timestamps.  A missing slot there is whatever
   the pool chunk held, so no loss map can be drawn from it.
 
@@ -187,10 +188,12 @@ def _open_binary(path: str) -> ChunkFile:
     except (ValueError, KeyError) as exc:
         raise UsageProblem(f"{path}: {exc}") from None
     hpc, subs, samples = (int(x) for x in meta["record_shape"])
+    sync, rate = meta.get("sync_time"), meta.get("timestamp_rate")
     return ChunkFile(path=path, kind="binary", stream=str(meta.get("stream", "")),
                      records=int(data.shape[0]), heaps_per_chunk=hpc, substreams=subs,
-                     dtype=np.dtype(meta["dtype"]), samples=samples, sync_time=None,
-                     timestamp_rate=None, _memmap=data)
+                     dtype=np.dtype(meta["dtype"]), samples=samples,
+                     sync_time=None if sync is None else _unix_seconds(sync),
+                     timestamp_rate=None if rate is None else float(rate), _memmap=data)
 
 
 def open_chunk_file(path: str) -> ChunkFile:

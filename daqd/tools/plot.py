@@ -123,6 +123,17 @@ def _bin_rows(values: np.ndarray, size: int, how: str) -> np.ndarray:
 
 def write_picture(f: ChunkFile, output: str) -> tuple[int, int]:
     """Write the whole picture (the three panels); return (missing slots, slots)."""
+    fig, missing, slots = draw_picture(f)
+    fig.savefig(output, format="png")
+    return missing, slots
+
+
+def draw_picture(f: ChunkFile) -> tuple[Any, int, int]:
+    """Draw the whole picture; return (the matplotlib Figure, missing slots, slots).
+
+    The fraction panel's axes are labelled ``fraction``, its x axis UTC
+    (``datetime64``) when the file gives each record's UTC, else data time.
+    """
     _matplotlib()
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -187,7 +198,7 @@ def write_picture(f: ChunkFile, output: str) -> tuple[int, int]:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
 
-    ax = fig.add_axes(FRACTION_BOX)
+    ax = fig.add_axes(FRACTION_BOX, label="fraction")
     if f.has_presence:
         fraction = present.mean(axis=1)
         if utc is not None:
@@ -212,8 +223,7 @@ def write_picture(f: ChunkFile, output: str) -> tuple[int, int]:
             db = 10 * np.log10(_bin_rows(power, size, "nanmean"))
         finite = db[np.isfinite(db)]
         lo, hi = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
-        cmap = colormaps["viridis"].copy()
-        cmap.set_bad(missing_colour)
+        cmap = colormaps["viridis"].with_extremes(bad=missing_colour)
         image = ax.imshow(np.ma.masked_invalid(db), aspect="auto", interpolation="nearest",
                           origin="upper", extent=extent, cmap=cmap,
                           vmin=lo, vmax=max(hi, lo + 1e-6))
@@ -227,8 +237,7 @@ def write_picture(f: ChunkFile, output: str) -> tuple[int, int]:
         cax.set_axis_off()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    fig.savefig(output, format="png")
-    return missing, present.size
+    return fig, missing, present.size
 
 
 @click.command("plot")

@@ -245,3 +245,56 @@ def test_files_with_stream_time_give_utc(daemon_files, tmp_path):
     with open_chunk_file(str(copy)) as f:
         (block,) = list(f.blocks(data=False))
     assert list(block.utc) == [5.0 + i for i in range(CHUNKS)]
+
+
+def clocked_file(tmp_path, clock: bool) -> Path:
+    """An hdf5 file written by the sink `build_sinks` makes, with or without ``[stream.time]``."""
+    from daqd.config import parse
+    from daqd.sinks import build_sinks
+
+    time = '[stream.time]\nsync_time = "2026-12-07T00:00:00Z"\ntimestamp_rate = 1712e6\n'
+    stream = parse(f"""
+[[stream]]
+name = "adc0"
+sources = ["udp://127.0.0.1:7148"]
+{time if clock else ""}
+[stream.chunk]
+heaps_per_chunk = 4
+heap_bytes = 16
+timestamp_step = 8192
+[[stream.sinks]]
+kind = "hdf5"
+path = "{tmp_path}/{{stream}}.h5"
+""").streams[0]
+    (sink,), _ = build_sinks(stream)
+    present = [np.array([[1], [1], [0], [1]], np.uint8), np.ones((4, 1), np.uint8),
+               np.zeros((4, 1), np.uint8)]
+    sink.write([ChunkRecord(i, 10**12 + i * 4 * 8192, np.full((4, 1, 16), i, np.uint8), p)
+                for i, p in enumerate(present)])
+    sink.close()
+    return tmp_path / "adc0.h5"
+
+
+@pytest.mark.parametrize("clock", [True, False])
+def test_fraction_present_is_drawn_against_utc_when_the_file_has_the_clock(tmp_path, clock):
+    from daqd.tools.chunkfile import open_chunk_file
+
+    path = clocked_file(tmp_path, clock)
+    with h5py.File(path) as h5:
+        assert ("utc" in h5) == clock
+        ts = h5["timestamp"][:]
+    with open_chunk_file(str(path)) as f:
+        fig, missing, slots = plot.draw_picture(f)
+    assert (missing, slots) == (5, 12)
+    (ax,) = [a for a in fig.axes if a.get_label() == "fraction"]
+    (line,) = ax.get_lines()
+    assert list(line.get_ydata()) == [0.75, 1.0, 0.0]
+    x = line.get_xdata()
+    if clock:
+        assert ax.get_xlabel() == "UTC"
+        utc = 1796601600 + ts.astype(np.float64) / 1712e6
+        assert list(x) == list((utc * 1e6).astype("datetime64[us]"))
+        assert str(x[0]).startswith("2026-12-07T00:09:44.11")  # 10**12 ticks: 584.1 s after
+    else:
+        assert ax.get_xlabel() == "data time (timestamp ticks)"
+        assert list(x) == ts.astype(np.float64).tolist()
