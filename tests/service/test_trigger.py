@@ -135,6 +135,16 @@ def test_triggers_write_their_windows_from_memory_and_from_what_arrives_later(tm
     assert chunks.shape[0] == 40
     np.testing.assert_array_equal(event_data(str(events / "adc0-002-b.h5")),
                                   chunks[25:35])
+    # An event file says what was asked, what it holds, what is missing, and when (UTC).
+    with h5py.File(events / "adc0-003-old.h5") as f:
+        attrs = dict(f.attrs)
+        utc = f["utc"][:]
+    assert (attrs["event"], attrs["trigger_label"]) == (3, "old")
+    assert (attrs["trigger_start"], attrs["trigger_end"]) == (3 * C, 13 * C)
+    assert (attrs["written_start"], attrs["written_end"]) == (8 * C, 13 * C)
+    assert attrs["records_missing"] == 5
+    assert attrs["sync_time"] == 1796601600 and attrs["timestamp_rate"] == C / 0.01
+    assert utc.tolist() == pytest.approx([1796601600 + k * 0.01 for k in range(8, 13)])
 
 
 def spead2_chunk_heaps(port: int) -> tuple[spead2.send.UdpStream, spead2.send.ItemGroup]:
