@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import spead2.send
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cli_helpers import assert_one_line_error, daqd
 from daemon_helpers import (
     DaemonProcess,
     W1Sender,
@@ -172,3 +174,40 @@ def test_spead2_sender_and_ticks_select_the_chunks_between_boundaries(tmp_path):
     assert timestamps == [3 * CHUNK, 4 * CHUNK, 5 * CHUNK, 6 * CHUNK]
     heap_values = data.reshape(4, HEAPS_PER_CHUNK, -1)[:, :, 0].reshape(-1).tolist()
     assert heap_values == [i % 251 for i in range(3 * HEAPS_PER_CHUNK, 7 * HEAPS_PER_CHUNK)]
+
+
+def test_daqd_capture_command_and_status(tmp_path):
+    """``daqd capture start|stop`` against the daemon; ``daqd status`` shows the block."""
+    cfg = write_config(tmp_path, chunk_stream_config(tmp_path, extra=CLOCK))
+    daemon = DaemonProcess(cfg)
+    try:
+        daemon.ready()
+        stop = daqd("capture", "stop", "--config", str(cfg))
+        assert stop.returncode == 0, stop.stderr
+        assert stop.stdout.startswith("adc0: stopped, block "), stop.stdout
+        start = daqd("capture", "start", "--config", str(cfg), "--stream", "adc0",
+                     "--at", "2026-12-07T00:00:02Z", "--id", "cli-1")
+        assert start.returncode == 0, start.stderr
+        assert start.stdout == ("adc0: start-pending, block cli-1, start 131072 "
+                                "(2026-12-07T00:00:02.000000Z), stop none\n")
+        # the daemon refuses (a block is pending): its one line, exit status 1
+        again = daqd("capture", "start", "--config", str(cfg), "--at", "5")
+        assert again.returncode == 1 and again.stdout == ""
+        assert again.stderr == ("daqd: error: capture-start: capture block cli-1 is "
+                                "start-pending; stop it first (capture-stop)\n")
+        unknown = daqd("capture", "stop", "--config", str(cfg), "--stream", "adc9")
+        assert unknown.returncode == 1 and "unknown stream 'adc9'" in unknown.stderr
+        # bad arguments, refused before asking: one line, exit status 2
+        assert_one_line_error(daqd("capture", "stop", "--config", str(cfg), "--at", "1.5"),
+                              "--at")
+        assert_one_line_error(daqd("capture", "start", "--config", str(cfg), "--id", "a b"),
+                              "--id")
+        assert_one_line_error(daqd("capture", "--config", str(cfg)), "--config")
+        status = daqd("status", "--config", str(cfg))
+        assert "  capture: start-pending, block cli-1, start 131072 " \
+               "(2026-12-07T00:00:02.000000Z), stop none" in status.stdout.splitlines()
+        reply = json.loads(daqd("status", "--config", str(cfg), "--json").stdout)
+        assert reply["streams"]["adc0"]["capture"]["id"] == "cli-1"
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
