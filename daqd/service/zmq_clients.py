@@ -17,6 +17,7 @@ from typing import Any
 import zmq
 
 from daqd.errors import UsageProblem
+from daqd.pipeline.datatime import format_utc
 from daqd.recv.counters import CHUNK_HEAP_DROP_COUNTERS, DROP_COUNTERS
 from daqd.service.zmq_security import ClientSecurity
 
@@ -351,6 +352,10 @@ def _stream_lines(name: str, message: Mapping[str, Any]) -> list[str]:
             lines += _sink_lines(value)
         elif key == "capture" and isinstance(value, Mapping):
             lines.append(f"  capture: {format_capture(value)}")
+        elif key == "newest_timestamp":         # ticks as --at takes them, UTC as ISO 8601
+            lines.append(f"  {key}: {value if value is not None else '-'}")
+        elif key == "newest_utc" and isinstance(value, int | float):
+            lines.append(f"  {key}: {format_utc(value)}")
         else:
             lines.append(f"  {key}: {_value(str(key), value)}")
     return lines

@@ -206,6 +206,7 @@ def test_daqd_capture_command_and_status(tmp_path):
         status = daqd("status", "--config", str(cfg))
         assert "  capture: start-pending, block cli-1, start 131072 " \
                "(2026-12-07T00:00:02.000000Z), stop none" in status.stdout.splitlines()
+        assert "  newest_timestamp: -" in status.stdout.splitlines()      # no data yet
         reply = json.loads(daqd("status", "--config", str(cfg), "--json").stdout)
         assert reply["streams"]["adc0"]["capture"]["id"] == "cli-1"
         assert daemon.stop() == 0
