@@ -570,5 +570,6 @@ def _block_fields(runner: StreamRunner, block: CaptureBlock | None) -> dict[str,
     for name in ("start", "stop"):
         ticks = getattr(block, name)
         if ticks is not None:
-            out.update({name: ticks, f"{name}_utc": runner.timeline.describe(ticks).get("utc")})
+            out.update({f"{name}_{k}" if k == "utc" else name: v
+                        for k, v in runner.timeline.describe(ticks).items()})
     return out

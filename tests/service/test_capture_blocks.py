@@ -29,6 +29,9 @@ from daemon_helpers import (
 )
 from spead2_helpers import THREAD_POOL
 
+from daqd.config import parse
+from daqd.pipeline.records import ChunkRecord
+from daqd.service.stream_runner import StreamRunner
 from daqd.sinks.binary import load as load_binary
 
 pytestmark = pytest.mark.network
@@ -212,3 +215,39 @@ def test_daqd_capture_command_and_status(tmp_path):
         assert daemon.stop() == 0
     finally:
         daemon.close()
+
+
+class Retaining(StreamRunner):
+    """A stream runner whose retention holds chunks 0-7 (the hook the trigger's retention fills)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.released: list[int] = []
+
+    def retained_since(self, ticks: int) -> list[Any]:
+        def record(i: int) -> ChunkRecord:
+            return ChunkRecord(i, i * CHUNK, np.zeros((HEAPS_PER_CHUNK, 1, 8192), np.uint8),
+                               np.ones((HEAPS_PER_CHUNK, 1), np.uint8),
+                               _release=lambda: self.released.append(i))
+        return [record(i) for i in range(8) if (i + 1) * CHUNK > ticks]
+
+
+def test_a_start_in_the_past_writes_the_records_still_held(tmp_path):
+    """capture-start at a past tick: the retained records from there on enter the block."""
+    config = parse(chunk_stream_config(tmp_path, sinks=sinks_toml(tmp_path, "binary")),
+                   str(tmp_path / "daqd.toml"))
+    runner = Retaining(config.streams[0], config)
+    runner.open()
+    try:
+        runner.gate.observe(ChunkRecord(7, 7 * CHUNK, np.zeros(1), np.ones(1)))   # seen: 0-7
+        runner.capture_stop(None)
+        # tick 3 x CHUNK + 5 is inside chunk 3: chunks 3-7 overlap the block
+        reply = runner.capture_start(3 * CHUNK + 5, "past")
+        assert reply["retained"] == 5 and reply["state"] == "capturing"
+        assert runner.buffer.size() == 5 and runner.released == []
+        assert runner.raw_counters()["records_before_capture"] == 0    # 0-2: never returned
+    finally:
+        runner.stop(5)
+    assert sorted(runner.released) == [3, 4, 5, 6, 7]     # written, then let go
+    _, data = load_binary(str(published(tmp_path / "data", "*.bin")[0]))
+    assert data.shape[0] == 5
