@@ -125,16 +125,19 @@ class CaptureGate:
             self.newest_end = span[1]
 
     def admit(self, record: Any, span: tuple[int, int] | None = None) -> tuple[bool, bool]:
-        """Decide on `record` (already `observe`d when `span` is given).
+        """Note and decide on `record` (`span`: given when it was `observe`d already).
 
         Returns ``(admitted, stop_passed)``: an admitted record carries the
         block (``record.capture_block``); one that is not is counted (the
         caller releases it).  `stop_passed` is true exactly once per block,
         for the record that shows its stop has passed.
         """
+        noted = span is not None
         if span is None:
-            span = self.observe(record)
-        with self._lock:
+            span = self.timeline.span(record)
+        with self._lock:                    # once per record: this is the heap-mode path
+            if not noted:
+                self._note(span)
             block = self.block
             if block is None:
                 self._counts["after_capture"] += 1
@@ -142,8 +145,7 @@ class CaptureGate:
             start = -_FAR if block.start is None else block.start
             stop = _FAR if block.stop is None else block.stop
             passed = False
-            if block.stop is not None and not self._passed and self.newest is not None \
-                    and self.newest >= block.stop:
+            if stop <= (self.newest or 0) and not self._passed and block.stop is not None:
                 self._passed = passed = True
             if overlaps(span, start, stop):
                 record.capture_block = block

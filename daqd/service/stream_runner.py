@@ -281,7 +281,7 @@ class StreamRunner:
         if self.buffer is None:
             return                  # no sink keeps records: none are made (nor decoded)
         for record in self.recorder.records(heaps):
-            self._put(record, self._observe(record))
+            self._put(record)                   # noted and decided at once
 
     def _put_tap(self, reader: Any) -> None:
         taken = reader.take_tap()
@@ -299,6 +299,8 @@ class StreamRunner:
 
     def _put(self, record: Any, span: tuple[int, int] | None = None) -> None:
         """Into the buffer if the capture gate admits it (else released, counted).
+
+        `span`: the record's data time if `_observe` noted it already.
 
         When the record shows the block's stop has passed, the block's files
         are finished (`_end_block`).
