@@ -20,6 +20,12 @@ their files, so a capture's records are in files of their own; but a boundary
 within BOUNDARY_REOPEN_INTERVAL of the last one that started new files only
 flushes (a sender of stop heap after stop heap must not make a file each).
 
+Capture blocks (`daqd.pipeline.capture`): every chunk and heap record passes
+the stream's `CaptureGate` on its way into the buffer; the records of the
+capture block carry it, the others are released and counted by reason.  When
+a block's stop has passed, the buffer is flushed and the sinks finish their
+files, as for a stop heap (but always: a person asked for it).
+
 What network input can repeat at will (TCP connections, capture boundaries)
 is logged through `RepeatedErrors`: the first few lines of each kind, then a
 summary per statistics interval; the counters carry the exact numbers.
@@ -120,6 +126,9 @@ class StreamRunner:
         # by it, and note the newest (`gate.newest`).
         self.timeline = config.timeline
         self.gate = CaptureGate(self.timeline, started=started)
+        # Records enter the buffer one at a time, so a start in the past puts the
+        # retained records in before any newer one (files in data-time order).
+        self.admission = threading.Lock()
 
     # ------------------------------------------------------------------
     # startup: allocate, bind, start
@@ -298,17 +307,17 @@ class StreamRunner:
         return self.gate.observe(record)
 
     def _put(self, record: Any, span: tuple[int, int] | None = None) -> None:
-        """Into the buffer if the capture gate admits it (else released, counted).
+        """Put `record` into the buffer if the capture gate admits it (else release it).
 
-        `span`: the record's data time if `_observe` noted it already.
-
-        When the record shows the block's stop has passed, the block's files
-        are finished (`_end_block`).
+        `span`: the record's data time if `_observe` noted it already.  A
+        record not admitted is counted by the gate.  When the record shows the
+        block's stop has passed, the block's files are finished (`_end_block`).
         """
-        admitted, passed = self.gate.admit(record, span)
-        if admitted:
-            self.buffer.put(record)
-        else:
+        with self.admission:
+            admitted, passed = self.gate.admit(record, span)
+            if admitted:
+                self.buffer.put(record)
+        if not admitted:
             record.release()
         if passed:
             self._end_block()
@@ -422,14 +431,11 @@ class StreamRunner:
         held: the records `retained_since` gives are admitted (counted in the
         reply's ``retained``).  Raises `CaptureError` while a block is open.
         """
-        block = self.gate.start(at, block_id, now)
         retained = 0
-        if at is not None:
-            for record in self.retained_since(at):
-                if self.buffer is None:
-                    record.release()
-                    continue
-                admitted, _ = self.gate.admit(record)
+        with self.admission:                # no newer record overtakes the retained ones
+            block = self.gate.start(at, block_id, now)
+            for record in self.retained_since(at) if at is not None else ():
+                admitted = self.buffer is not None and self.gate.admit(record)[0]
                 if admitted:
                     self.buffer.put(record)
                     retained += 1
