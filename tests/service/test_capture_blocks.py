@@ -21,8 +21,11 @@ from daemon_helpers import (
     W1Sender,
     chunk_stream_config,
     control,
+    daemon_toml,
     free_port,
     sinks_toml,
+    toml_table,
+    udp_stream_toml,
     w1_payloads,
     wait_until,
     write_config,
@@ -251,3 +254,45 @@ def test_a_start_in_the_past_writes_the_records_still_held(tmp_path):
     assert sorted(runner.released) == [3, 4, 5, 6, 7]     # written, then let go
     _, data = load_binary(str(published(tmp_path / "data", "*.bin")[0]))
     assert data.shape[0] == 5
+
+
+def test_heap_mode_out_of_order_timestamps_select_exactly_by_value(tmp_path):
+    """Heap mode, timed by an item (0x1600), sent shuffled: [20, 40) writes exactly 20-39."""
+    port = free_port()
+    text = (daemon_toml(tmp_path) + udp_stream_toml("adc0", port)
+            + toml_table("stream.time", timestamp_item=0x1600)
+            + toml_table("stream.buffer", kind="fifo", capacity=64, flush_count=8,
+                         flush_interval=0.5)
+            + toml_table("stream.sinks", array=True, kind="text",
+                         path=f"{tmp_path}/data/{{stream}}-{{seq:04d}}.txt",
+                         template="{cnt} {items[0x1600]}"))
+    daemon = DaemonProcess(write_config(tmp_path, text))
+    order = np.random.default_rng(13).permutation(60).tolist()
+    try:
+        endpoint = daemon.ready()["control"]
+        assert ask(endpoint, "capture-stop")["ok"]
+        assert ask(endpoint, "capture-start", at=20, id="shuffled")["ok"]
+        assert ask(endpoint, "capture-stop", at=40)["ok"]
+        ig = spead2.send.ItemGroup(flavour=spead2.Flavour(4, 64, 48))
+        ig.add_item(0x1600, "timestamp", "sample counter", (), format=[("u", 48)])
+        ig.add_item(0x1700, "value", "a reading", (), format=[("u", 32)])
+        stream = spead2.send.UdpStream(THREAD_POOL, [("127.0.0.1", port)],
+                                       spead2.send.StreamConfig(max_packet_size=1472,
+                                                                rate=2e6))
+        for cnt, ts in enumerate(order, 1):
+            ig["timestamp"].value = ts
+            ig["value"].value = ts
+            stream.send_heap(ig.get_heap(descriptors="none", data="all"), cnt)
+        wait_until(lambda: counters(endpoint)["heaps"] == 60, what="60 heaps")
+        c = counters(endpoint)
+        assert (c["records_before_capture"], c["records_after_capture"]) == (20, 20)
+        assert capture(endpoint)["state"] == "stopped"
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    lines = [line.split() for path in published(tmp_path / "data", "*.txt")
+             for line in path.read_text().splitlines() if not line.startswith("#")]
+    assert sorted(int(ts) for _, ts in lines) == list(range(20, 40))
+    # in the order they came, each with its own heap counter
+    assert [int(ts) for _, ts in lines] == [ts for ts in order if 20 <= ts < 40]
+    assert all(int(cnt) == order.index(int(ts)) + 1 for cnt, ts in lines)
