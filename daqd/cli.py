@@ -321,6 +321,96 @@ def validate(config_path: str) -> None:
                       for s in cfg.streams)
     click.echo(f"{cfg.path}: valid: {modes}; memory {memory_summary(cfg)}")
 
+
+
+# ----------------------------------------------------------------------
+# capture blocks (daqd.pipeline.capture): the control requests capture-start/-stop
+
+def _capture_options(command: Any) -> Any:
+    """Add the options of ``daqd capture start`` and ``stop``: where, which stream, when."""
+    for option in reversed((
+            CONFIG_OPTION,
+            click.option("--endpoint", default=None,
+                         help="Control endpoint to ask (default: the configuration's "
+                              "zmq.control)."),
+            curve_options,
+            click.option("--stream", default=None,
+                         help="The stream (default: every stream of the daemon)."),
+            click.option("--at", default=None, metavar="T",
+                         help="Data time: ticks (an integer), or UTC with the stream's "
+                              "[stream.time] clock (ISO 8601, or @UNIX_SECONDS); default now."),
+            click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON."),
+            click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0,
+                         show_default=True))):
+        command = option(command)
+    return command
+
+
+@cli.group(no_args_is_help=False)
+def capture() -> None:
+    """Capture blocks: start or stop writing at a data timestamp.
+
+    A block [start, stop) writes exactly the records whose data time overlaps
+    it (with chunk-boundary ticks, exactly the chunks between them).
+    """
+
+
+@capture.command("start")
+@_capture_options
+@click.option("--id", "block_id", default=None,
+              help="The capture-block id (letters, digits, '.', '_', '-'; default: the "
+                   "start's UTC Unix seconds, see the README).")
+def capture_start(block_id: str | None, **options: Any) -> None:
+    """Start a capture block at --at (default: now)."""
+    from daqd.pipeline.capture import check_id
+
+    if block_id is not None:
+        _option_problem("--id", check_id, block_id)
+    _capture("capture-start", {"id": block_id}, **options)
+
+
+@capture.command("stop")
+@_capture_options
+def capture_stop(**options: Any) -> None:
+    """Stop the capture block at --at (default: now); receiving goes on."""
+    _capture("capture-stop", {}, **options)
+
+
+def _option_problem(name: str, check: Any, value: Any) -> Any:
+    """Run `check(value)`; a refusal names the option (one line, exit status 2)."""
+    try:
+        return check(value)
+    except UsageProblem as exc:
+        message = str(exc).split(": ", 1)[-1]
+        raise click.BadParameter(message, param_hint=name) from None
+
+
+def _capture(command: str, args: dict[str, Any], config_path: str | None,
+             endpoint: str | None, curve_secret_key: str | None, curve_server_key: str | None,
+             stream: str | None, at: str | None, as_json: bool, timeout: float) -> None:
+    """Send ``capture-start``/``capture-stop``; print each stream's block, or the refusal."""
+    from daqd.pipeline.datatime import parse_instant
+    from daqd.service.zmq_clients import format_capture, request
+
+    if at is not None:
+        _option_problem("--at", parse_instant, at)
+    cfg = _load(config_path, host=False) if config_path or not endpoint else None
+    security = client_security(cfg, curve_secret_key, curve_server_key)
+    args = {**args, "stream": stream, "at": at}
+    reply = request(_control_endpoint(cfg, endpoint), command,
+                    {k: v for k, v in args.items() if v is not None}, timeout=timeout,
+                    security=security)
+    if as_json:
+        click.echo(json.dumps(reply))
+    if not reply.get("ok", False):
+        if not as_json:
+            click.echo(f"daqd: error: {reply.get('error', command + ' refused')}", err=True)
+        sys.exit(1)
+    if not as_json:
+        for name, block in (reply.get("capture") or {}).items():
+            click.echo(f"{name}: {format_capture(block)}")
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: click without its multi-line usage errors.
 

@@ -30,11 +30,14 @@ import zmq
 from daqd import __version__
 from daqd.config import Config
 from daqd.errors import UsageProblem
+from daqd.pipeline.capture import check_id
+from daqd.pipeline.datatime import parse_instant
 from daqd.recv.counters import LOSS_COUNTERS
 from daqd.recv.workloads import WorkloadSender
 from daqd.service.control import COMMANDS, ControlServer
 from daqd.service.metrics import MetricsServer
 from daqd.service.pidfile import PidFile
+from daqd.service.request_args import check_names, pick_streams
 from daqd.service.sdnotify import Notifier, Watchdog, watchdog_interval
 from daqd.service.stats_publisher import StatsPublisher
 from daqd.service.stream_runner import StreamRunner
@@ -72,7 +75,9 @@ class Daemon:
         self.name = config.daemon.name
         self.state = "starting"
         self.started = time.monotonic()
-        self.runners = [StreamRunner(s, config) for s in config.streams]
+        # The capture block open from the start is named after this (daqd.pipeline.capture).
+        started = time.time()
+        self.runners = [StreamRunner(s, config, started) for s in config.streams]
         self.simulators = [WorkloadSender(s) for s in config.simulate]
         self.stop_requested = threading.Event()
         self.stop_reason = ""
@@ -350,18 +355,41 @@ class Daemon:
         return {"state": "draining"}
 
     def on_capture_start(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Control ``capture-start``: records go to the buffers again."""
-        for runner in self.runners:
-            runner.capturing = True
-        self.log.info("capture started")
-        return {"capturing": True}
+        """Control ``capture-start``: a capture block from data time ``at`` (default: now).
+
+        Arguments: ``at`` (ticks, or UTC with the stream's clock), ``id`` (a
+        capture-block id; default generated, see `daqd.pipeline.capture`),
+        ``stream`` (default: every stream).  Every stream is checked before
+        any starts; the reply gives each stream's block (``capture``).
+        """
+        check_names(args, ("at", "id", "stream"))
+        runners = pick_streams(self.runners, args.get("stream"))
+        at = None if args.get("at") is None else parse_instant(args["at"], "at")
+        block_id = args.get("id")
+        if block_id is not None:
+            check_id(block_id)
+        plan = [(runner, runner.capture_ticks(at)) for runner in runners]
+        for runner, _ in plan:
+            runner.gate.check_start(block_id)
+        now = time.time()
+        capture = {runner.name: runner.capture_start(ticks, block_id, now)
+                   for runner, ticks in plan}
+        return {"capture": capture}
 
     def on_capture_stop(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Control ``capture-stop``: keep receiving, stop writing (records let go are counted)."""
-        for runner in self.runners:
-            runner.capturing = False
-        self.log.info("capture stopped (still receiving)")
-        return {"capturing": False}
+        """Control ``capture-stop``: end the capture block at data time ``at`` (default: now).
+
+        Arguments: ``at``, ``stream`` (default: every stream).  Receiving goes
+        on; records after the stop are counted (``records_after_capture``).
+        A stream already stopped is left so.
+        """
+        check_names(args, ("at", "stream"))
+        runners = pick_streams(self.runners, args.get("stream"))
+        at = None if args.get("at") is None else parse_instant(args["at"], "at")
+        plan = [(runner, runner.capture_ticks(at)) for runner in runners]
+        for runner, ticks in plan:
+            runner.gate.check_stop(ticks)
+        return {"capture": {runner.name: runner.capture_stop(ticks) for runner, ticks in plan}}
 
     def on_reset_counters(self, args: dict[str, Any]) -> dict[str, Any]:
         """Control ``reset-counters``: counters start from zero again."""

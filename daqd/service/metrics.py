@@ -25,6 +25,8 @@ snapshot                                      exposed as
 ``streams[S].gauges[G]``                      ``daqd_G{daemon,stream=S}`` (but ``buffer_fill``,
                                               which is ``daqd_buffer_size``)
 ``streams[S].capturing``                      ``daqd_capturing{daemon,stream=S}`` (0/1)
+``streams[S].gauges.newest_timestamp``        ``daqd_newest_timestamp_ticks`` (data time;
+                                              ``data_time_lag_seconds``: UTC now - its UTC)
 ``streams[S].sources[U][K]``                  ``daqd_source_K_total{daemon,stream=S,source=U}``
 ``streams[S].heaps_missing_per_substream[i]`` ``daqd_substream_heaps_missing_total``
                                               ``{daemon,stream=S,substream=i}``
@@ -132,6 +134,8 @@ NAME_RULES: tuple[NameRule, ...] = (
     # the stream's gauge "buffer_fill" is the buffer's size: daqd_buffer_size
     NameRule(r"\.buffer_fill", ""),
     NameRule(r"source\.peers", ""),                       # one series per peer: too many
+    # data time: the newest record's timestamp is in the instrument's ticks
+    NameRule(r"\.newest_timestamp", "newest_timestamp_ticks"),
 )
 
 

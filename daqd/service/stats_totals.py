@@ -5,7 +5,8 @@ An instrument split over several daemons (or hosts) publishes a
 adds their ``counters``, ``rates`` and ``gauges`` (pool and ring sizes,
 buffer fill, live heap bytes: all amounts); a maximum-mode counter such as
 ``max_batch``, published as a gauge, takes the largest value instead
-(`daqd.recv.counters.MAXIMA`);
+(`daqd.recv.counters.MAXIMA`), and so do the data-time gauges (the newest
+data time, the largest lag);
 `Totals` keeps each daemon's latest message and says when a stream's totals
 are due.  ``daqd stats --merge`` prints the merged messages, and a totals
 row across daemons (``daqd top``) is meant to be this module's `Totals`.
@@ -20,6 +21,9 @@ from daqd.recv.counters import MAXIMA
 
 #: Counters and gauges merged by taking the largest value, not the sum.
 MAXIMUM_COUNTERS = frozenset(stat.name.lower() for stat in MAXIMA)
+#: Gauges of data time (`daqd.service.stream_runner`): instants, not amounts; merged
+#: by the largest, the newest data time and the worst lag behind UTC.
+DATA_TIME_GAUGES = frozenset({"newest_timestamp", "data_time_lag_seconds"})
 
 #: The ``daemon`` of a merged message; ``daemons`` lists those merged.
 MERGED = "merged"
@@ -73,7 +77,7 @@ def merge(messages: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     for message in messages:
         _add(counters, message.get("counters") or {}, MAXIMUM_COUNTERS)
         _add(rates, message.get("rates") or {}, frozenset())
-        _add(gauges, message.get("gauges") or {}, MAXIMUM_COUNTERS)
+        _add(gauges, message.get("gauges") or {}, MAXIMUM_COUNTERS | DATA_TIME_GAUGES)
     times = [m["time"] for m in messages if _number(m.get("time"))]
     merged: dict[str, Any] = {
         "schema": messages[0].get("schema"), "daemon": MERGED,

@@ -23,6 +23,12 @@ their files, so a capture's records are in files of their own; but a boundary
 within BOUNDARY_REOPEN_INTERVAL of the last one that started new files only
 flushes (a sender of stop heap after stop heap must not make a file each).
 
+Capture blocks (`daqd.pipeline.capture`): every chunk and heap record passes
+the stream's `CaptureGate` on its way into the buffer; the records of the
+capture block carry it, the others are released and counted by reason.  When
+a block's stop has passed, the buffer is flushed and the sinks finish their
+files, as for a stop heap (but always: a person asked for it).
+
 What network input can repeat at will (TCP connections, capture boundaries)
 is logged through `RepeatedErrors`: the first few lines of each kind, then a
 summary per statistics interval; the counters carry the exact numbers.
@@ -46,6 +52,8 @@ import structlog
 from daqd.config import Config, StreamConfig
 from daqd.logs import RepeatedErrors
 from daqd.pipeline.buffers import build_buffer
+from daqd.pipeline.capture import CaptureGate
+from daqd.pipeline.datatime import CaptureBlock, Instant
 from daqd.pipeline.events import Triggers, build_triggers
 from daqd.pipeline.flush import Flusher
 from daqd.pipeline.records import PacketRecord
@@ -90,22 +98,23 @@ class StreamRunner:
         The stream's validated configuration.
     whole : Config
         The whole configuration (its text goes into file headers).
+    started : float, optional
+        Unix seconds of the daemon's start: the id of the capture block open
+        from the start (`daqd.pipeline.capture`); default now.
     """
 
-    def __init__(self, config: StreamConfig, whole: Config):
+    def __init__(self, config: StreamConfig, whole: Config, started: float | None = None):
         self.config = config
         self.name = config.name
         self.whole = whole
         self.receiver = Receiver(config)       # built (pool allocated) by open()
         self.threads: list[threading.Thread] = []
         self.stopping = threading.Event()
-        self.capturing = True
         self.heartbeats: list[int] = []     # per source: receive loop iterations (watchdog)
         self.ended_sources = 0
         self.errors: list[str] = []
         self.recorder = HeapRecorder(config.name)   # heap mode: heaps into records
         self.baseline: dict[str, int] = {}
-        self.not_captured = 0               # records let go while capture was stopped
         self.buffer: Any = None
         self.flusher: Any = None
         self.packet_buffer: Any = None
@@ -117,11 +126,15 @@ class StreamRunner:
         self.boundary_lock = threading.Lock()
         self.last_boundary_reopen: float | None = None
         self.boundary_reopens_skipped = 0
-        # Data time ([stream.time]): each record's span; the newest record's start.
+        # Data time ([stream.time]): each record's span; capture blocks admit records
+        # by it, and note the newest (`gate.newest`).
         self.timeline = config.timeline
-        self.newest_timestamp: int | None = None
         # [stream.trigger]: the records retained for triggers, and the events.
         self.triggers: Triggers | None = None
+        self.gate = CaptureGate(self.timeline, started=started)
+        # Records enter the buffer one at a time, so a start in the past puts the
+        # retained records in before any newer one (files in data-time order).
+        self.admission = threading.Lock()
 
     # ------------------------------------------------------------------
     # startup: allocate, bind, start
@@ -295,29 +308,47 @@ class StreamRunner:
         if self.buffer is None and self.triggers is None:
             return                  # nothing keeps records: none are made (nor decoded)
         for record in self.recorder.records(heaps):
-            self._observe(record)
+            span = self._observe(record)
             if self.triggers is not None:
-                self.triggers.retention.add(record)
+                self.triggers.retention.add(record)     # a hold of its own
             if self.buffer is not None:
-                self._put(self.buffer, record)
+                self._put(record, span)             # noted and decided at once
 
     def _put_tap(self, reader: Any) -> None:
         taken = reader.take_tap()
-        if taken is not None:
-            self._put(self.packet_buffer, PacketRecord(*taken))
-
-    def _observe(self, record: Any) -> None:
-        """Note a record's data time (chunk or heap records, before capture decides)."""
-        start = self.timeline.span(record)[0]
-        if self.newest_timestamp is None or start > self.newest_timestamp:
-            self.newest_timestamp = start
-
-    def _put(self, buffer: Any, record: Any) -> None:
-        if not self.capturing:
-            self.not_captured += 1
-            record.release()
+        if taken is None:
             return
-        buffer.put(record)
+        record = PacketRecord(*taken)
+        if self.gate.admit_packets():
+            self.packet_buffer.put(record)
+        else:
+            record.release()
+
+    def _observe(self, record: Any) -> tuple[int, int]:
+        """Note a record's data time (chunk or heap records, before capture decides); its span."""
+        return self.gate.observe(record)
+
+    def _put(self, record: Any, span: tuple[int, int] | None = None) -> None:
+        """Put `record` into the buffer if the capture gate admits it (else release it).
+
+        `span`: the record's data time if `_observe` noted it already.  A
+        record not admitted is counted by the gate.  When the record shows the
+        block's stop has passed, the block's files are finished (`_end_block`).
+        """
+        with self.admission:
+            admitted, passed = self.gate.admit(record, span)
+            if admitted:
+                self.buffer.put(record)
+        if not admitted:
+            record.release()
+        if passed:
+            self._end_block()
+
+    def _end_block(self) -> None:
+        """Write what is buffered and finish the files: a capture block's stop has passed."""
+        log.info("capture block ended", stream=self.name, **_block_fields(self, self.gate.block))
+        self.flush("capture stop")
+        self.reopen()
 
     def _consume_chunks(self) -> None:
         closed = self.group.boundaries
@@ -339,13 +370,13 @@ class StreamRunner:
             if chunk is None:                   # every stream finished, ring drained
                 return
             record = self.receiver.chunk_record(chunk)
-            self._observe(record)
+            span = self._observe(record)
             if self.triggers is not None:
                 self.triggers.retention.add(record)     # a hold of its own
             if self.buffer is None:
                 record.release()
                 continue
-            self._put(self.buffer, record)
+            self._put(record, span)
 
     # ------------------------------------------------------------------
     # control
@@ -406,6 +437,56 @@ class StreamRunner:
         self.receiver.close()
         self.events.close()
 
+    @property
+    def capturing(self) -> bool:
+        """A capture block is open (``capturing`` or ``stop-pending``)."""
+        return self.gate.state in ("capturing", "stop-pending")
+
+    @property
+    def newest_timestamp(self) -> int | None:
+        """The start of the newest record's data time (ticks), None before the first."""
+        return self.gate.newest
+
+    def capture_ticks(self, at: Instant | None) -> int | None:
+        """Resolve a request's ``at`` in the stream's data time (`TimeError`: no clock for UTC)."""
+        return None if at is None else self.timeline.ticks(at, "at")
+
+    def capture_start(self, at: int | None, block_id: str | None = None,
+                      now: float | None = None) -> dict[str, Any]:
+        """Start a capture block at data time `at` (None: now); return the gate's status.
+
+        A start before the newest data time starts at the oldest record still
+        held: the records `retained_since` gives are admitted (counted in the
+        reply's ``retained``).  Raises `CaptureError` while a block is open.
+        """
+        retained = 0
+        with self.admission:                # no newer record overtakes the retained ones
+            block = self.gate.start(at, block_id, now)
+            for record in self.retained_since(at) if at is not None else ():
+                admitted = self.buffer is not None and self.gate.admit(record)[0]
+                if admitted:
+                    self.buffer.put(record)
+                    retained += 1
+                else:
+                    record.release()
+        log.info("capture block scheduled" if at is not None else "capture block started",
+                 stream=self.name, retained=retained, **_block_fields(self, block))
+        return {**self.gate.status(), "retained": retained}
+
+    def capture_stop(self, at: int | None) -> dict[str, Any]:
+        """Stop the capture block at data time `at` (None: now); return the gate's status.
+
+        A stop that has passed already finishes the block's files at once.
+        Raises `CaptureError` for a stop not after the block's start.
+        """
+        block, passed = self.gate.stop(at)
+        if block is not None:
+            log.info("capture stop scheduled", stream=self.name, passed=passed,
+                     **_block_fields(self, block))
+        if passed:
+            self._end_block()
+        return self.gate.status()
+
     def flush(self, reason: str) -> None:
         """Ask the flushers for a flush (thread-safe, returns at once)."""
         for flusher in (self.flusher, self.packet_flusher):
@@ -437,7 +518,7 @@ class StreamRunner:
                     total[name] = max(total.get(name, 0), value)
                 else:
                     total[name] = total.get(name, 0) + value
-        total["records_not_captured"] = self.not_captured
+        total.update(self.gate.counters())
         total["boundary_reopens_skipped"] = self.boundary_reopens_skipped
         if self.triggers is not None:
             total.update(self.triggers.counters())
@@ -458,7 +539,7 @@ class StreamRunner:
 
     def data_time(self) -> dict[str, Any]:
         """``newest_timestamp`` (ticks) and, with a clock, ``newest_utc`` (Unix seconds)."""
-        newest = self.newest_timestamp
+        newest = self.gate.newest
         if newest is None:
             return {"newest_timestamp": None}
         out: dict[str, Any] = {"newest_timestamp": newest}
@@ -494,11 +575,16 @@ class StreamRunner:
                                   if name in counters}
         out: dict[str, Any] = {"counters": counters, "gauges": gauges,
                                "sources": self.source_counters(per_source),
-                               "capturing": self.capturing}
+                               "capturing": self.capturing, "capture": self.gate.status()}
         out.update(self.data_time())
         if self.triggers is not None:
             out["retained"] = self.triggers.retention.status()
             out["events"] = self.triggers.in_flight()
+        # Data time as gauges (Prometheus): the newest record's, and how far it lags UTC.
+        if out["newest_timestamp"] is not None:
+            gauges["newest_timestamp"] = out["newest_timestamp"]
+        if out.get("newest_utc") is not None:
+            gauges["data_time_lag_seconds"] = round(time.time() - out["newest_utc"], 6)
         gauges.update(self.receiver.gauges())
         if self.receiver.chunk_mode:
             out["heaps_missing_per_substream"] = self.receiver.heaps_missing_per_substream()
@@ -516,3 +602,16 @@ class StreamRunner:
         if self.errors:
             out["errors"] = list(self.errors)
         return out
+
+
+def _block_fields(runner: StreamRunner, block: CaptureBlock | None) -> dict[str, Any]:
+    """Return a capture block's id, start and stop (ticks; UTC with a clock) for a log line."""
+    if block is None:
+        return {}
+    out: dict[str, Any] = {"block": block.id}
+    for name in ("start", "stop"):
+        ticks = getattr(block, name)
+        if ticks is not None:
+            out.update({f"{name}_{k}" if k == "utc" else name: v
+                        for k, v in runner.timeline.describe(ticks).items()})
+    return out

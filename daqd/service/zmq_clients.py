@@ -17,6 +17,7 @@ from typing import Any
 import zmq
 
 from daqd.errors import UsageProblem
+from daqd.pipeline.datatime import format_utc
 from daqd.recv.counters import CHUNK_HEAP_DROP_COUNTERS, DROP_COUNTERS
 from daqd.service.zmq_security import ClientSecurity
 
@@ -298,6 +299,25 @@ def _is_drop(name: str) -> bool:
         or any(word in name for word in _DROP_WORDS)
 
 
+def format_capture(capture: Mapping[str, Any]) -> str:
+    """Describe a stream's capture block on one line (``capture`` of its status).
+
+    ``start-pending, block obs-1, start 262144 (2026-12-07T00:00:04.000000Z),
+    stop 655360 (...)``; a start "now" has no tick: ``start now``.
+    """
+    def instant(value: Any, none: str) -> str:
+        if not isinstance(value, Mapping):
+            return none
+        utc = f" ({value['utc']})" if value.get("utc") else ""
+        return f"{value.get('timestamp')}{utc}"       # as --at takes it: no separators
+
+    state = str(capture.get("state", "?"))
+    if capture.get("id") is None:
+        return state
+    return (f"{state}, block {capture['id']}, start {instant(capture.get('start'), 'now')}, "
+            f"stop {instant(capture.get('stop'), 'none')}")
+
+
 def _stream_lines(name: str, message: Mapping[str, Any]) -> list[str]:
     counters = dict(message.get("counters") or {})
     rates = dict(message.get("rates") or {})
@@ -330,6 +350,12 @@ def _stream_lines(name: str, message: Mapping[str, Any]) -> list[str]:
         if key == "sinks" and _is_sink_list(value):
             lines.append("  sinks:")
             lines += _sink_lines(value)
+        elif key == "capture" and isinstance(value, Mapping):
+            lines.append(f"  capture: {format_capture(value)}")
+        elif key == "newest_timestamp":         # ticks as --at takes them, UTC as ISO 8601
+            lines.append(f"  {key}: {value if value is not None else '-'}")
+        elif key == "newest_utc" and isinstance(value, int | float):
+            lines.append(f"  {key}: {format_utc(value)}")
         else:
             lines.append(f"  {key}: {_value(str(key), value)}")
     return lines

@@ -1,4 +1,4 @@
-"""``daqd status``/``stats``/``stop`` reaching a real daemon that speaks CURVE on TCP,
+"""``daqd status``/``stats``/``stop``/``capture`` reaching a real daemon that speaks CURVE on TCP,
 with keys written by ``daqd keygen``: right keys work, a wrong client or server key
 gives one line and exit status 1."""
 
@@ -84,6 +84,9 @@ def test_right_keys_reach_status_and_stats(running):
     assert proc.returncode == 0, proc.stderr
     messages = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(messages) == 2 and {m["daemon"] for m in messages} == {"curved"}
+    proc = daqd("capture", "stop", "--endpoint", ready["control"], "--json", *key_options(made))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["capture"]["adc0"]["state"] == "stopped"
 
 
 @pytest.mark.parametrize("client, server", [("intruder", "server"), ("client", "intruder")])
@@ -94,6 +97,8 @@ def test_a_wrong_key_is_one_line_and_status_1(running, client, server):
                           "--timeout", str(REFUSED), *options), ready["control"])
     assert_wrong_key(daqd("stats", "--endpoint", ready["stats"],
                           "--timeout", str(REFUSED), *options), ready["stats"])
+    assert_wrong_key(daqd("capture", "start", "--endpoint", ready["control"],
+                          "--timeout", str(REFUSED), *options), ready["control"])
     proc = daqd("stop", "--endpoint", ready["control"], "--timeout", "5", *options)
     assert proc.returncode == 1 and "wrong CURVE key?" in proc.stderr, proc.stderr
     assert len(proc.stderr.splitlines()) == 1

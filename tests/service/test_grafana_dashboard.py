@@ -119,7 +119,10 @@ def test_every_metric_the_dashboard_queries_is_exposed_by_a_real_daemon(tmp_path
     assert len({name for _, name, _ in used}) >= 20          # the extraction found them
 
     port, metrics_port = free_port(), free_port(socket.SOCK_STREAM)
-    config = chunk_stream_config(tmp_path, port=port, sinks=sinks_toml(tmp_path, "hdf5"))
+    # with the instrument's clock ([stream.time]), so data-time metrics are exposed too
+    config = chunk_stream_config(tmp_path, port=port, sinks=sinks_toml(tmp_path, "hdf5"),
+                                 extra='[stream.time]\nsync_time = "2026-12-07T00:00:00Z"\n'
+                                       'timestamp_rate = 1712e6\n')
     config = config.replace("[daemon]\n", f'[daemon]\nprometheus = "127.0.0.1:{metrics_port}"\n',
                             1)
     daemon = DaemonProcess(write_config(tmp_path, config))

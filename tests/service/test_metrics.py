@@ -24,7 +24,8 @@ def make_snapshot():
         "streams": {
             "adc0": {"counters": {"packets": 1200, "heaps": 150, "max_batch": 64,
                                   "packets_rejected_bad_magic": 3},
-                     "gauges": {"buffer_fill": 5},
+                     "gauges": {"buffer_fill": 5, "newest_timestamp": 1 << 40,
+                                "data_time_lag_seconds": 0.25},
                      "rates": {"packets": 100.0},
                      "sources": {"udp://127.0.0.1:7148": {"packets": 1000, "bytes": 8000},
                                  "tcp://127.0.0.1:7149": {
@@ -139,6 +140,9 @@ def test_a_scrape_carries_the_snapshot_with_counter_and_gauge_types(server, snap
                       stream0 | {("substream", str(substream))}] == missing
     assert types["daqd_substream_heaps_missing"] == "counter"
     assert values["daqd_capturing", stream0] == 1
+    assert values["daqd_newest_timestamp_ticks", stream0] == 1 << 40     # data time
+    assert values["daqd_data_time_lag_seconds", stream0] == 0.25
+    assert types["daqd_newest_timestamp_ticks"] == types["daqd_data_time_lag_seconds"] == "gauge"
     names = {name for name, _ in values}
     assert not any("peers" in name or "127.0.0.1:40000" in str(labels)
                    for name, labels in values)

@@ -88,6 +88,12 @@ def message(daemon, stream="adc0", gauges=None, **counters):
             "gauges": gauges or {}}
 
 
+def test_merge_keeps_the_newest_data_time_and_the_worst_lag():
+    got = merge([message("a", gauges={"newest_timestamp": 1 << 40, "data_time_lag_seconds": 0.5}),
+                 message("b", gauges={"newest_timestamp": 5, "data_time_lag_seconds": 2.0})])
+    assert got["gauges"] == {"newest_timestamp": 1 << 40, "data_time_lag_seconds": 2.0}
+
+
 def test_merge_sums_rates_and_gauges_and_keeps_the_largest_maximum():
     got = merge([message("a", gauges={"max_batch": 8, "pool": 16}, heaps=3, packets=6),
                  message("b", gauges={"max_batch": 2, "pool": 4}, heaps=5, packets=1)])

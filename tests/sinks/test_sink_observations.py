@@ -100,8 +100,17 @@ template = "{{chunk_id}} {{timestamp}} {{utc:%Y-%m-%dT%H:%M:%S.%f}} {{capture_bl
     return tmp / "data"
 
 
+def startup_block(daemon_files: Path) -> str:
+    """The id of the capture block the daemon opened at startup (its start, Unix seconds)."""
+    (path,) = daemon_files.glob("adc0-*.h5")
+    block = path.stem.removeprefix("adc0-")
+    assert block.isdigit(), path
+    return block
+
+
 def test_hdf5_utc_is_the_clock_of_every_record(daemon_files):
-    with h5py.File(daemon_files / "adc0-none.h5") as h5:      # outside capture blocks
+    block = startup_block(daemon_files)
+    with h5py.File(daemon_files / f"adc0-{block}.h5") as h5:    # the block open at startup
         ts = h5["timestamp"][:].tolist()
         assert len(ts) == CHUNKS and ts == sorted(ts)
         assert h5["utc"].dtype == np.float64 and h5["utc"].shape == (CHUNKS,)
@@ -111,21 +120,22 @@ def test_hdf5_utc_is_the_clock_of_every_record(daemon_files):
     assert (attrs["written_start"], attrs["written_end"]) == (ts[0], ts[-1] + CHUNK_TICKS)
     assert attrs["written_start_utc"] == exact_utc(ts[0])
     assert attrs["written_end_utc"] == exact_utc(ts[-1] + CHUNK_TICKS)
-    assert "capture_block_id" not in attrs
+    assert (attrs["capture_block_id"], attrs["capture_stop"]) == (block, -1)
     assert json.loads(attrs["spead_descriptors"]) == []      # chunk mode keeps none (yet)
 
 
 def test_binary_header_has_the_clock_and_the_written_span(daemon_files):
     meta, data = load(str(daemon_files / "adc0.bin"))
     assert len(data) == CHUNKS
-    with h5py.File(daemon_files / "adc0-none.h5") as h5:
+    block = startup_block(daemon_files)
+    with h5py.File(daemon_files / f"adc0-{block}.h5") as h5:
         ts = h5["timestamp"][:].tolist()
     assert meta["sync_time"] == SYNC_UNIX and meta["timestamp_rate"] == RATE
     # The header was rewritten in place when the file was finished, at its size.
     assert (meta["written_start"], meta["written_end"]) == (ts[0], ts[-1] + CHUNK_TICKS)
     assert meta["written_end_utc"] == exact_utc(ts[-1] + CHUNK_TICKS)
     assert meta["header_bytes"] % 4096 == 0 and meta["spead_descriptors"] == []
-    assert "capture_block_id" not in meta
+    assert meta["capture_block_id"] == block
     from daqd.tools.chunkfile import open_chunk_file
 
     with open_chunk_file(str(daemon_files / "adc0.bin")) as f:      # what daqd plot reads
@@ -140,7 +150,8 @@ def test_text_utc_field_and_clock_line(daemon_files):
     assert len(rows) == CHUNKS
     for _, ts, utc, block in rows:
         want = dt.datetime.fromtimestamp(exact_utc(int(ts)), dt.UTC)
-        assert utc == want.strftime("%Y-%m-%dT%H:%M:%S.%f") and block == "none"
+        assert utc == want.strftime("%Y-%m-%dT%H:%M:%S.%f")
+        assert block == startup_block(daemon_files)
 
 
 @pytest.mark.parametrize("kind", ["hdf5", "binary"])

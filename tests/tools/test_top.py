@@ -127,6 +127,38 @@ def test_top_shows_a_live_daemon_its_loss_keys_and_then_stale(tmp_path: Path):
         asyncio.run(asyncio.wait_for(drive(), 90))
 
 
+def test_top_shows_the_newest_data_time_in_utc_or_ticks(tmp_path: Path):
+    """With [stream.time], the newest chunk's UTC and its lag; without, its ticks."""
+    clock = '[stream.time]\nsync_time = "2026-12-07T00:00:00Z"\ntimestamp_rate = 65536.0\n'
+    for name in "ab":
+        (tmp_path / name).mkdir()
+    with chunk_daemon(tmp_path / "a", extra=clock) as (_, ready, port), \
+            chunk_daemon(tmp_path / "b") as (_, ready_b, port_b):
+        for p in (port, port_b):
+            sender = W1Sender(p, heaps=64)
+            sender.send(64)             # chunks 0-7 begun; 0-5 complete (max_chunks 2)
+            sender.close()
+        endpoints = [ready["stats"], ready_b["stats"]]
+        app = TopApp(Feed(endpoints), Monitor(endpoints))
+
+        async def drive() -> None:
+            async with app.run_test(size=(260, 30)) as pilot:
+                def shown() -> list[str]:
+                    return sorted(r[column("newest data")] for r in table_text(app)[:-1])
+
+                # chunk 5 starts at 5 x 65536 ticks: 00:00:05 UTC at 65536 ticks per second
+                await until(pilot, lambda: len(shown()) == 2 and shown()[1] == "327680"
+                            and shown()[0].startswith("00:00:05.000 (lag "), "data times")
+                float(shown()[0].split("lag ")[1].split(" s)")[0].replace(",", ""))   # a number
+                await pilot.press("enter")
+                detail = str(app.screen.query_one("#detail", Static).render())
+                assert "\n  newest data time: " in detail
+                assert "\n  capture: capturing, block " in detail
+                await pilot.press("q")
+
+        asyncio.run(asyncio.wait_for(drive(), 60))
+
+
 def test_top_waits_for_a_silent_endpoint_without_blocking(tmp_path: Path):
     """Nothing publishes at the endpoint: the screen runs and says whom it waits for."""
     endpoint = f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}"

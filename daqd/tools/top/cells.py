@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from daqd.service.zmq_clients import format_bytes
+import time
+
+from daqd.service.zmq_clients import format_bytes, format_capture
 from daqd.tools.top.model import StreamRow, Totals
 
-COLUMNS = ("daemon", "stream", "packets", "packets/s", "Gbit/s", "heaps|chunks/s", "loss (last)",
-           "loss (total)", "largest reason", "buffer fill", "files", "bytes", "sink errors",
-           "substream loss")
+COLUMNS = ("daemon", "stream", "packets", "packets/s", "Gbit/s", "heaps|chunks/s", "newest data",
+           "loss (last)", "loss (total)", "largest reason", "buffer fill", "files", "bytes",
+           "sink errors", "substream loss")
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 
@@ -36,6 +38,17 @@ def strip(missing: list[int]) -> str:
     return "".join("·" if m == 0 else _BLOCKS[max(1, round(m / worst * 8))] for m in missing)
 
 
+def data_time(row: StreamRow) -> str:
+    """Show the newest data time: UTC ``HH:MM:SS.mmm`` and its lag behind now, else ticks."""
+    utc = row.newest_utc
+    if utc is not None:
+        stamp = time.strftime("%H:%M:%S", time.gmtime(utc)) + f".{int(utc % 1 * 1000):03d}"
+        lag = row.data_lag
+        return stamp + (f" (lag {lag:,.1f} s)" if lag is not None else "")
+    ticks = row.newest_timestamp
+    return "-" if ticks is None else str(ticks)
+
+
 def marks(row: StreamRow) -> str:
     """Return `` (stopped, stale)`` and the like: a state other than running, staleness."""
     notes = [row.state] if row.state and row.state != "running" else []
@@ -50,7 +63,8 @@ def row_cells(row: StreamRow) -> tuple[str, ...]:
     daemon = row.daemon + marks(row)
     packets = int(row.counters.get("packets", 0))
     return (daemon, row.stream, f"{packets:,}", rate(row.packets_rate), f"{row.gbits_rate:.3f}",
-            f"{rate(row.units_rate)} {unit}", f"{row.loss_interval:,}", f"{row.loss_total:,}",
+            f"{rate(row.units_rate)} {unit}", data_time(row), f"{row.loss_interval:,}",
+            f"{row.loss_total:,}",
             row.top_reason or "-", bar(row.fill), f"{files:,}", format_bytes(nbytes), f"{errors:,}",
             strip(row.substream_missing))
 
@@ -59,7 +73,7 @@ def totals_cells(t: Totals) -> tuple[str, ...]:
     """Return the totals row, in `COLUMNS` order."""
     return ("TOTAL", f"{t.streams} stream(s)", f"{t.packets:,}", rate(t.packets_rate),
             f"{t.gbits_rate:.3f}",
-            rate(t.units_rate), f"{t.loss_interval:,}", f"{t.loss_total:,}", "", "",
+            rate(t.units_rate), "", f"{t.loss_interval:,}", f"{t.loss_total:,}", "", "",
             f"{t.files:,}", format_bytes(t.bytes), f"{t.errors:,}", "")
 
 
@@ -71,6 +85,11 @@ def detail_lines(row: StreamRow) -> list[str]:
     for name, value in counters.items():
         r = rates.get(name)
         lines.append(f"  {name:<{width}}  {value:>16,}" + (f"  {r:,.1f}/s" if r else ""))
+    lines += ["", f"  newest data time: {data_time(row)}"
+              + (f", {row.newest_timestamp} ticks" if row.newest_utc is not None else "")]
+    capture = row.message.get("capture")
+    if isinstance(capture, dict):
+        lines.append(f"  capture: {format_capture(capture)}")
     lines += ["", f"  loss since start {row.loss_total:,}, last interval {row.loss_interval:,}"]
     lines += [f"    {k}: {v:,}" for k, v in row.losses.items() if v]
     if row.substream_missing:

@@ -73,6 +73,24 @@ class StreamRow:
         return _num(self.rates.get("chunks_completed" if self.chunk_mode else "heaps"))
 
     @property
+    def newest_timestamp(self) -> int | None:
+        """The newest record's data time in ticks (None before the first)."""
+        value = self.message.get("newest_timestamp")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def newest_utc(self) -> float | None:
+        """The newest record's data time as Unix seconds (with the stream's clock)."""
+        value = self.message.get("newest_utc")
+        return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def data_lag(self) -> float | None:
+        """Seconds the newest data time is behind UTC, as the daemon measured it."""
+        value = (self.message.get("gauges") or {}).get("data_time_lag_seconds")
+        return float(value) if isinstance(value, int | float) else None
+
+    @property
     def losses(self) -> dict[str, int]:
         """Every loss reason's count since start."""
         c = self.counters

@@ -1,0 +1,152 @@
+"""The capture gate: blocks admit exactly the records overlapping them, whatever the order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from daqd.pipeline.capture import REASONS, CaptureError, CaptureGate
+from daqd.pipeline.datatime import Clock, Timeline
+from daqd.pipeline.records import ChunkRecord, HeapRecord
+
+CHUNK = 8 * 8192                                   # heaps_per_chunk x timestamp_step
+CHUNKS = Timeline(Clock(), chunk_ticks=CHUNK)
+HEAPS = Timeline(Clock(), timestamp_item=0x1600)
+CLOCKED = Timeline(Clock("2026-12-07T00:00:00Z", 1712e6), chunk_ticks=CHUNK)
+
+
+def chunk(i: int) -> ChunkRecord:
+    return ChunkRecord(i, i * CHUNK, np.zeros((1, 1, 1), np.uint8), np.ones((1, 1), np.uint8))
+
+
+def heap(ts: int) -> HeapRecord:
+    return HeapRecord(ts, {0x1600: ts})
+
+
+def run(gate: CaptureGate, records: list) -> tuple[list, list[bool]]:
+    """Admit `records` in order: those admitted, and each record's "stop passed"."""
+    admitted, passes = [], []
+    for record in records:
+        ok, passed = gate.admit(record)
+        passes.append(passed)
+        if ok:
+            admitted.append(record)
+    return admitted, passes
+
+
+def test_chunk_boundaries_select_exactly_the_chunks_between():
+    gate = CaptureGate(CHUNKS, capturing=False)
+    assert gate.state == "stopped"
+    block = gate.start(4 * CHUNK, "obs-1")
+    assert gate.state == "start-pending"
+    gate.stop(10 * CHUNK)
+    assert gate.state == "start-pending"
+    admitted, passes = run(gate, [chunk(i) for i in range(16)])
+    assert [r.chunk_id for r in admitted] == [4, 5, 6, 7, 8, 9]
+    assert all(r.capture_block is block for r in admitted)
+    assert passes.index(True) == 10 and passes.count(True) == 1   # chunk 10: the stop passed
+    assert gate.state == "stopped"
+    assert gate.counters() == {"records_before_capture": 4, "records_after_capture": 6,
+                               "records_not_captured": 10}
+    assert block.metadata(CHUNKS) == {"capture_block_id": "obs-1", "capture_start": 4 * CHUNK,
+                                      "capture_stop": 10 * CHUNK}
+
+
+def test_ticks_inside_chunks_select_every_chunk_they_touch():
+    gate = CaptureGate(CHUNKS, capturing=False)
+    gate.start(4 * CHUNK + 1)
+    gate.stop(9 * CHUNK + 1)
+    admitted, _ = run(gate, [chunk(i) for i in range(12)])
+    assert [r.chunk_id for r in admitted] == [4, 5, 6, 7, 8, 9]
+
+
+@given(st.permutations(range(200)), st.integers(0, 199), st.integers(1, 100))
+def test_out_of_order_heaps_select_exactly_by_span(order, start, length):
+    """Heap mode, timestamps in any order: admitted == the heaps inside [start, stop)."""
+    gate = CaptureGate(HEAPS, capturing=False)
+    gate.start(start, "b")
+    gate.stop(start + length)
+    admitted, passes = run(gate, [heap(ts) for ts in order])
+    assert sorted(r.cnt for r in admitted) == list(range(start, min(start + length, 200)))
+    counts = gate.counters()
+    assert counts["records_before_capture"] == start
+    assert counts["records_after_capture"] == max(0, 200 - start - length)
+    assert passes.count(True) == (1 if start + length < 200 else 0)
+
+
+def test_stop_now_ends_at_the_newest_record_and_passes_at_once():
+    gate = CaptureGate(CHUNKS, started=1796601600.5)
+    assert gate.state == "capturing" and gate.block.id == "1796601600"
+    admitted, _ = run(gate, [chunk(i) for i in range(3)])
+    assert len(admitted) == 3 and gate.block.start is None
+    block, passed = gate.stop()
+    assert passed and block.stop == 3 * CHUNK and gate.state == "stopped"
+    admitted, passes = run(gate, [chunk(3), chunk(2)])    # chunk 2: a straggler of the block
+    assert [r.chunk_id for r in admitted] == [2] and passes == [False, False]
+    assert gate.stop() == (None, False)                   # nothing to stop
+
+
+def test_a_stop_behind_what_was_written_is_moved_to_its_end():
+    gate = CaptureGate(CHUNKS)
+    run(gate, [chunk(i) for i in range(5)])
+    block, passed = gate.stop(2 * CHUNK)
+    assert block.stop == 5 * CHUNK and passed
+
+
+def test_a_pending_start_is_cancelled_by_a_stop_now():
+    gate = CaptureGate(CHUNKS, capturing=False)
+    gate.start(8 * CHUNK)
+    block, passed = gate.stop()
+    assert passed and block.stop == block.start and gate.state == "stopped"
+    admitted, _ = run(gate, [chunk(i) for i in range(12)])
+    assert admitted == []
+
+
+def test_refusals_are_one_line():
+    gate = CaptureGate(CHUNKS, capturing=False)
+    gate.start(4 * CHUNK)
+    with pytest.raises(CaptureError, match=r"start-pending; stop it first"):
+        gate.start(8 * CHUNK)
+    with pytest.raises(CaptureError, match=r"the stop \(262144\) is not after the block's "
+                                           r"start \(262144\)"):
+        gate.stop(4 * CHUNK)
+    gate.stop()
+    for bad in (5, "", "a/b", "../x", "x" * 129):
+        with pytest.raises(CaptureError, match="^id: expected a capture-block id"):
+            gate.start(None, bad)
+    assert gate.state == "stopped"
+
+
+def test_generated_ids_are_utc_seconds_or_ticks_and_never_repeat():
+    gate = CaptureGate(CLOCKED, capturing=False)
+    assert gate.start(1712 * 10**6 * 5).id == "1796601605"     # 5 s after sync_time
+    gate.stop()
+    assert gate.start(1712 * 10**6 * 5 + 1).id == "1796601605-2"
+    gate.stop()
+    ticks_only = CaptureGate(CHUNKS, capturing=False)
+    assert ticks_only.start(524288).id == "t524288"
+
+
+def test_status_gives_ticks_and_utc():
+    gate = CaptureGate(CLOCKED, capturing=False)
+    gate.start(1712 * 10**6, "cal")
+    gate.stop(2 * 1712 * 10**6)
+    status = gate.status()
+    assert status == {"state": "start-pending", "id": "cal",
+                      "start": {"timestamp": 1712 * 10**6, "utc": "2026-12-07T00:00:01.000000Z"},
+                      "stop": {"timestamp": 2 * 1712 * 10**6,
+                               "utc": "2026-12-07T00:00:02.000000Z"}}
+
+
+def test_packets_follow_the_state():
+    gate = CaptureGate(CHUNKS, capturing=False)
+    assert not gate.admit_packets()
+    gate.start(4 * CHUNK)
+    assert not gate.admit_packets()                       # start pending
+    run(gate, [chunk(4)])
+    assert gate.admit_packets()
+    assert gate.counters()["records_after_capture"] == 1
+    assert gate.counters()["records_before_capture"] == 1
+    assert set(REASONS) == {"before_capture", "after_capture"}
