@@ -37,6 +37,8 @@ from daqd.sinks import KINDS as SINK_KINDS
 from daqd.sinks.base import FSYNC_POLICIES as SINK_FSYNC_POLICIES
 from daqd.sinks.paths import PATH_FIELDS, PATH_FIELDS_BY_KIND, PathTemplate, template_glob
 from daqd.sinks.text import check_template
+from daqd.sinks.zarr_layout import CODECS as ZARR_CODECS
+from daqd.sinks.zarr_layout import ZARR_KEYS, ZarrLayout, is_local, local_root
 
 #: The built-in default configuration (no hardware needed), shipped as package data.
 DEFAULT_CONFIG_NAME = "daqd.toml"
@@ -175,6 +177,12 @@ class SinkConfig:
         Write the binary header or the text header line (pcap always has one).
     template : str
         Text sinks: the line template ("" = the mode's default).
+    substreams_total, substream_offset, substream_chunk, origin, codec
+        Zarr sinks (`daqd.sinks.zarr_store`): the store's whole substream axis
+        (0 = this stream's ``substreams``), where this daemon's substreams go
+        in it, substreams per Zarr chunk along that axis (0 = this daemon's
+        whole region), the data timestamp of time index 0, and the
+        compression (``""``, ``zstd``, ``blosc``).
     """
 
     kind: str = key(choices=SINK_KINDS)
@@ -185,6 +193,11 @@ class SinkConfig:
     fsync: str = key("on-rotate", choices=SINK_FSYNC_POLICIES)
     header: bool = True
     template: str = ""
+    substreams_total: int = key(0, minimum=1, maximum=1 << 24, off=0)
+    substream_offset: int = key(0, minimum=0, maximum=1 << 24)
+    substream_chunk: int = key(0, minimum=1, maximum=1 << 24, off=0)
+    origin: int = key(0, minimum=0, maximum=(1 << 64) - 1)
+    codec: str = key("", choices=ZARR_CODECS)
 
 
 @dataclass(frozen=True)
@@ -653,12 +666,49 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
     for j, sink in enumerate(s.sinks):
         # The directory part before the first {field} is the one that must exist.
         directory = _check_sink_templates(loader, f"{where}.sinks[{j}]", sink, c)
-        if host:
+        if sink.kind == "zarr" and is_local(sink.path):
+            directory = Path(local_root(sink.path.split("{", 1)[0])).parent
+        if host and (sink.kind != "zarr" or is_local(sink.path)):
             _check_directory(loader, f"{where}.sinks[{j}].path", sink.path, directory)
-        if sink.kind == "hdf5" and c is None:
+        if sink.kind in ("hdf5", "zarr") and c is None:
             raise loader.fail(f"{where}.sinks[{j}].kind", sink.kind,
-                              "binary, text or pcap (hdf5 sinks need chunk mode)")
+                              f"binary, text or pcap ({sink.kind} sinks need chunk mode)")
+        _check_zarr_sink(loader, f"{where}.sinks[{j}]", s, sink, host)
     _check_wal(loader, where, s, host)
+
+
+def _check_zarr_sink(loader: _Loader, where: str, s: StreamConfig, sink: SinkConfig,
+                     host: bool) -> None:
+    """Zarr keys only on zarr sinks; a zarr sink's region, chunking and existing store."""
+    defaults = SinkConfig(kind=sink.kind, path=sink.path)
+    if sink.kind != "zarr":
+        for name in ZARR_KEYS:
+            if getattr(sink, name) != getattr(defaults, name):
+                raise loader.fail(f"{where}.{name}", getattr(sink, name),
+                                  f"no value (a zarr sink key; this sink is {sink.kind})")
+        return
+    for name in ("rotate_bytes", "rotate_seconds", "header", "template"):
+        if getattr(sink, name) != getattr(defaults, name):
+            raise loader.fail(f"{where}.{name}", getattr(sink, name),
+                              "no value (a zarr store is one per stream, with no header)")
+    assert s.chunk is not None
+    layout = ZarrLayout.from_config(sink, s.chunk, clock=s.timeline.has_utc)
+    name, problem = layout.problem()
+    if problem:
+        raise loader.fail(f"{where}.{name}", getattr(sink, name), problem)
+    if host:
+        from daqd.sinks.zarr_store import LayoutMismatch, check_layout, find_layout
+        url = sink.path.format(stream=s.name)
+        try:
+            found = find_layout(url)
+            if found is not None:
+                check_layout(found, layout, url)
+        except LayoutMismatch as exc:
+            raise loader.fail(f"{where}.path", sink.path,
+                              f"a store this daemon's layout fits ({exc})") from None
+        except OSError as exc:
+            raise loader.fail(f"{where}.path", sink.path,
+                              f"a Zarr store that can be opened ({exc})") from None
 
 
 def _check_files(loader: _Loader, streams: Sequence[StreamConfig]) -> None:

@@ -1,4 +1,4 @@
-"""Sinks: where a buffer's flushes go (binary, text, pcap and hdf5 files).
+"""Sinks: where a buffer's flushes go (binary, text, pcap and hdf5 files; zarr stores).
 
 Every sink follows the Sink protocol of docs/dev-pipeline.md::
 
@@ -10,7 +10,7 @@ Every sink follows the Sink protocol of docs/dev-pipeline.md::
     recover_sink(context, state)    # after a crash, with the last checkpoint()
 
 The kinds are imported when first used, so loading a configuration does not
-import h5py.
+import h5py or zarr.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ KINDS = {
     "text": ("daqd.sinks.text", "TextSink"),
     "pcap": ("daqd.sinks.pcap", "PcapSink"),
     "hdf5": ("daqd.sinks.hdf5", "Hdf5Sink"),
+    "zarr": ("daqd.sinks.zarr", "ZarrSink"),
 }
 
 
@@ -88,7 +89,7 @@ def sink_class(kind: str) -> type:
     Raises
     ------
     ValueError
-        `kind` is not binary, text, pcap or hdf5.
+        `kind` is not binary, text, pcap, hdf5 or zarr.
     """
     try:
         module, name = KINDS[kind]

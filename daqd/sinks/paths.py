@@ -28,8 +28,11 @@ from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
 PATH_FIELDS = ("stream", "start", "seq", "chunk_id")
-#: Kinds whose records have no chunk id or heap counter.
-PATH_FIELDS_BY_KIND = {"pcap": ("stream", "start", "seq")}
+#: Kinds with fewer fields: pcap records have no chunk id or heap counter; a zarr
+#: store is one per stream.
+PATH_FIELDS_BY_KIND = {"pcap": ("stream", "start", "seq"),
+                       # one store per stream, written for good: no file fields
+                       "zarr": ("stream",)}
 
 # A sample of every field, to check a template's format specs once, at load time.
 _SAMPLE = {"stream": "adc0", "start": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),

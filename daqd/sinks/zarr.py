@@ -1,0 +1,345 @@
+"""The ``zarr`` sink: chunk records into one Zarr store that many daemons write at once.
+
+The store, its layout and how its time axis grows are `daqd.sinks.zarr_store`'s.
+This module implements the Sink protocol of docs/dev-pipeline.md on it.  A
+store is not a file, so there is nothing to rotate or publish; the
+guarantees are those of the file sinks, kept another way:
+
+- **Readers never see half a record.**  One `write()` writes every record's
+  ``data``, ``extra``, ``timestamp`` and ``utc`` chunks first, and only then
+  their ``present`` chunks, so a reader that trusts ``present`` never reads a
+  slot whose data is not all there.  Each chunk is one store write (atomic on
+  a local path: a temporary file renamed; a single PUT on an object store).
+- **All or nothing, retried.**  If anything fails, `write()` raises
+  `OSError` and the buffer retries the same records at its next flush: they
+  rewrite the same chunks, since a record's place is its time index, so a
+  retry (or a record the write-ahead log replays after a crash) never
+  duplicates anything.  A failed write may leave some of its records'
+  chunks written, complete ones visible through ``present``, which the retry
+  writes again with the same bytes.
+- **Counted.**  Failures are counted in ``errors`` (``last_error`` says
+  why); records not written, by reason, in ``lost`` (``before_origin``: a
+  timestamp before ``origin``; ``layout``: a record of another shape), and
+  in ``lost_records``.
+- **Durable when asked.**  `sync()` (the write-ahead log calls it before a
+  done mark) fsyncs every chunk file written since the last one and their
+  directories (local stores; an object store's PUT is durable when it
+  returns).  ``fsync = "every-flush"`` does so in every `write()`.
+- **Restart in place.**  After a crash there is nothing to cut back
+  (`recover`): records are placed by their timestamps, and replayed ones
+  rewrite their own slots.  A restarted daemon opens the store and goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from zarr.core.sync import sync as zarr_sync
+
+import daqd
+from daqd.pipeline.records import ChunkRecord, slots_present
+from daqd.sinks.base import describe_error
+from daqd.sinks.zarr_layout import ZarrLayout, is_local, local_root
+from daqd.sinks.zarr_store import (
+    MISSING_EXTRA,
+    LayoutMismatch,
+    grow,
+    open_or_create,
+    resize_lock,
+    safe_name,
+    write_attrs,
+)
+
+#: Reasons a record is not written (``stats()["lost"]``).
+LOST_REASONS = ("before_origin", "layout")
+
+
+def _as_oserror(exc: BaseException, where: str) -> OSError:
+    """Zarr and fsspec report failures in several classes; make them OSError."""
+    if isinstance(exc, OSError):
+        return exc
+    return OSError(errno.EIO, f"zarr: {type(exc).__name__}: {exc}", where)
+
+
+class ZarrSink:
+    """Chunk records into the stream's Zarr store (`daqd.sinks.zarr_store`).
+
+    Parameters
+    ----------
+    context : SinkContext
+        The stream, this sink's configuration, the chunk layout and timeline.
+    """
+
+    kind = "zarr"
+    accepts = (ChunkRecord,)
+
+    def __init__(self, context: Any):
+        if context.chunk is None:
+            raise ValueError("zarr sinks need chunk mode ([stream.chunk])")
+        self.context = context
+        self.config = context.config
+        self.url = self.config.path.format(stream=context.stream)
+        self.name = f"zarr:{self.config.path}"
+        self.timeline = context.timeline
+        self.layout = ZarrLayout.from_config(self.config, context.chunk,
+                                             clock=self.timeline.has_utc)
+        self.local = is_local(self.url)
+        self._group: Any = None
+        self._arrays: dict[str, Any] = {}   # name -> zarr AsyncArray (shape as last read)
+        self._extent = 0                    # smallest time extent of the arrays, as last read
+        self._high = -1                     # highest time index this sink has written
+        self._blocks: dict[str, dict[str, Any]] = {}   # capture block metadata written
+        self._dirty: set[str] = set()       # local chunk files written since the last fsync
+        self._counts = {"bytes": 0, "records": 0, "errors": 0, "last_error": ""}
+        self._lost = dict.fromkeys(LOST_REASONS, 0)
+
+    # ------------------------------------------------------------------
+    # The Sink protocol
+
+    def write(self, records: Iterable[Any]) -> None:
+        """Write one flush's records (data first, then presence); see the module docstring.
+
+        Raises
+        ------
+        OSError
+            The store could not be written (or has another layout); the
+            records are retried at the next flush.
+        """
+        rows = []
+        for record in records:
+            if not isinstance(record, ChunkRecord):
+                continue
+            index = self.layout.index(record.timestamp)
+            if index < 0:
+                self._lose("before_origin", f"chunk {record.chunk_id}: timestamp "
+                           f"{record.timestamp} is before origin ({self.layout.origin})")
+                continue
+            try:
+                rows.append(self._encode(index, record))
+            except ValueError as exc:
+                self._lose("layout", str(exc))
+        try:
+            self._open()
+            if rows:
+                self._write_rows(rows)
+                if self.config.fsync == "every-flush":
+                    self._fsync_dirty()
+        except Exception as exc:
+            error = _as_oserror(exc, self.url)
+            self._note_error(error)
+            raise error from None
+        self._counts["records"] += len(rows)
+        self._counts["bytes"] += sum(r[1].nbytes for r in rows)
+
+    def sync(self) -> None:
+        """Make every chunk written so far durable (local stores: fsync files and directories).
+
+        Raises
+        ------
+        OSError
+            Something may not be on disk; it is tried again at the next sync.
+        """
+        try:
+            self._fsync_dirty()
+        except OSError as exc:
+            self._note_error(exc)
+            raise
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Where the output stands: nothing to cut back or publish (records place themselves)."""
+        return {"kind": self.kind, "path": self.config.path, "file": None, "pending": []}
+
+    def commit(self) -> None:
+        """Publish nothing: a record is visible once its ``present`` chunk is written."""
+
+    def reopen(self) -> None:
+        """Open the store afresh at the next write (SIGHUP); never raises."""
+        self._group = None
+
+    def hold(self) -> None:
+        """Nothing to hold back: replayed records rewrite their own slots."""
+
+    def close(self) -> None:
+        """Check the time axis still holds what was written (object stores); sync; never raises."""
+        try:
+            if self._group is not None and not self.local and self._high >= 0:
+                self._grow(self._high)
+            if self.config.fsync != "never":
+                self._fsync_dirty()
+        except Exception as exc:
+            self._note_error(_as_oserror(exc, self.url))
+        self._group = None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: bytes, records, errors, last_error, lost_records, lost (by reason)."""
+        c = self._counts
+        return {
+            "name": self.name, "kind": self.kind, "bytes": c["bytes"], "records": c["records"],
+            "files": 0, "errors": c["errors"], "last_error": c["last_error"],
+            "lost_records": sum(self._lost.values()), "lost": dict(self._lost),
+            "current_file": self.url if self._group is not None else "", "last_file": "",
+            "unfinished_files": 0, "time_extent": self._extent, "last_index": self._high,
+        }
+
+    @classmethod
+    def recover(cls, context: Any, state: dict[str, Any]) -> dict[str, Any]:
+        """After a crash: nothing to repair; the records the log replays rewrite their slots."""
+        return {"file": None, "action": "nothing to cut back: replayed records rewrite their "
+                "own slots", "published": [], "orphans": [], "error": ""}
+
+    # ------------------------------------------------------------------
+    # Writing
+
+    def _encode(self, index: int, record: ChunkRecord) -> tuple[Any, ...]:
+        lay = self.layout
+        shape = (lay.heaps_per_chunk, lay.substreams, lay.samples)
+        data = np.asarray(record.data)
+        if data.nbytes != shape[0] * shape[1] * lay.samples * np.dtype(lay.dtype).itemsize:
+            raise ValueError(f"chunk {record.chunk_id}: data shape {data.shape} does not fit "
+                             f"the layout {shape}")
+        data = data.view(lay.dtype).reshape(shape) if data.dtype != np.dtype(lay.dtype) \
+            else data.reshape(shape)
+        present = slots_present(record.present).astype(np.uint8).reshape(shape[:2])
+        extra = None
+        if lay.extra_items:
+            n = len(lay.extra_items)
+            if record.extra is None:
+                extra = np.full((*shape[:2], n), MISSING_EXTRA, np.uint64)
+            else:
+                extra = np.asarray(record.extra, np.uint64).reshape(*shape[:2], n)
+        return index, data, present, extra, record
+
+    def _open(self) -> None:
+        """Open (or create) the store and this writer's record of itself, once."""
+        if self._group is not None:
+            return
+        attrs: dict[str, Any] = {"stream": self.context.stream,
+                                 "timestamp_step": self.layout.timestamp_step,
+                                 "heaps_per_chunk": self.layout.heaps_per_chunk,
+                                 "substreams": self.layout.substreams_total,
+                                 "heap_bytes": self.layout.heap_bytes,
+                                 "extra_items": list(self.layout.extra_items),
+                                 "origin": self.layout.origin,
+                                 **self.timeline.clock.metadata(), **self.context.metadata}
+        group, _ = open_or_create(self.url, self.layout, attrs)
+        write_attrs(group, f"writers/{self.layout.substream_offset}", {
+            "daqd_version": daqd.__version__, "stream": self.context.stream,
+            "substream_offset": self.layout.substream_offset,
+            "substreams": self.layout.substreams, "config": self.context.config_text,
+            **self.context.metadata})
+        self._group = group
+        self._blocks.clear()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        group = self._group
+        self._arrays = {name: group[name]._async_array for name in
+                        ("data", "present", "timestamp", "utc", "extra") if name in group}
+        self._extent = min(a.shape[0] for a in self._arrays.values())
+
+    def _grow(self, index: int) -> None:
+        with resize_lock(self.url):
+            self._extent = grow(self._group, index)
+        self._refresh()
+
+    def _write_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        high = max(r[0] for r in rows)
+        if high >= self._extent:
+            self._grow(high)
+        elif not self.local:
+            self._grow(max(high, self._high))     # repair a resize another writer lost
+        lay, arrays = self.layout, self._arrays
+        region = lay.region
+        first: list[tuple[Any, Any, Any]] = []
+        last: list[tuple[Any, Any, Any]] = []
+        for index, data, present, extra, record in rows:
+            first.append((arrays["data"], (index, slice(None), region), data))
+            first.append((arrays["timestamp"], index, np.uint64(record.timestamp)))
+            if "utc" in arrays:
+                first.append((arrays["utc"], index, self.timeline.utc(record.timestamp)))
+            if extra is not None:
+                first.append((arrays["extra"], (index, slice(None), region), extra))
+            last.append((arrays["present"], (index, slice(None), region), present))
+        _set_all(first)
+        _set_all(last)                      # presence only once every data chunk is there
+        self._high = max(self._high, high)
+        if self.local and self.config.fsync != "never":
+            self._note_dirty(rows)
+        self._write_blocks(rows)
+
+    def _write_blocks(self, rows: list[tuple[Any, ...]]) -> None:
+        """Write each capture block's metadata (``capture_blocks/<id>``) when it changes."""
+        for *_, record in rows:
+            block = record.capture_block
+            if block is None:
+                continue
+            meta = block.metadata(self.timeline)
+            if self._blocks.get(block.id) != meta:
+                write_attrs(self._group, f"capture_blocks/{safe_name(block.id)}", meta)
+                self._blocks[block.id] = meta
+
+    # ------------------------------------------------------------------
+    # Durability (local stores)
+
+    def _note_dirty(self, rows: list[tuple[Any, ...]]) -> None:
+        root = os.path.abspath(local_root(self.url))
+        sc = self.layout.substream_chunk
+        chunks = range(self.layout.substream_offset // sc,
+                       (self.layout.substream_offset + self.layout.substreams) // sc)
+        for index, *_ in rows:
+            for name, array in self._arrays.items():
+                meta = array.metadata
+                ndim = len(meta.shape)
+                coords = [(index,) + (0,) * (ndim - 1)] if ndim < 3 else \
+                    [(index, 0, c) + (0,) * (ndim - 3) for c in chunks]
+                for coord in coords:
+                    self._dirty.add(os.path.join(root, name, meta.encode_chunk_key(coord)))
+
+    def _fsync_dirty(self) -> None:
+        if not self._dirty:
+            return
+        root = os.path.abspath(local_root(self.url))
+        directories: set[str] = set()
+        for path in sorted(self._dirty):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            directory = os.path.dirname(path)
+            while directory.startswith(root) and directory not in directories:
+                directories.add(directory)      # new directories too, up to the store's root
+                directory = os.path.dirname(directory)
+        for directory in sorted(directories):
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._dirty.clear()
+
+    # ------------------------------------------------------------------
+    # Counting
+
+    def _lose(self, reason: str, why: str) -> None:
+        self._lost[reason] += 1
+        self._counts["errors"] += 1
+        self._counts["last_error"] = why
+
+    def _note_error(self, exc: BaseException) -> None:
+        self._counts["errors"] += 1
+        self._counts["last_error"] = str(exc) if isinstance(exc, LayoutMismatch) \
+            else describe_error(exc)
+
+
+def _set_all(writes: list[tuple[Any, Any, Any]]) -> None:
+    """Write every (async array, selection, value) at once, on zarr's event loop."""
+    async def run() -> None:
+        await asyncio.gather(*(array.setitem(selection, value)
+                               for array, selection, value in writes))
+    zarr_sync(run())
