@@ -279,7 +279,7 @@ class ZarrSink:
         self._write_blocks(rows)
 
     def _put(self, array: Any, index: int, value: np.ndarray) -> list[Any]:
-        """Return the writes (coroutines) of this daemon's region of `array` at `index`.
+        """Return the writes (function, arguments) of this daemon's region of `array` at `index`.
 
         An array without compression (its only codec ``bytes``, no sharding)
         has chunks that are the values' bytes, little-endian, C order (the
@@ -298,13 +298,13 @@ class ZarrSink:
             parts = [((index, 0, first + k) + (0,) * (value.ndim - 2),
                       value[:, k * sc:(k + 1) * sc]) for k in range(lay.substreams // sc)]
         if not _plain_bytes(array):
-            return [array.setitem(selection, value)]
+            return [(array.setitem, selection, value)]
         store, prefix = array.store_path.store, array.store_path.path
         meta = array.metadata
         dtype = np.dtype(meta.dtype.to_native_dtype()).newbyteorder("<")
-        return [store.set(f"{prefix}/{meta.encode_chunk_key(coords)}",
-                          _BUFFER.from_array_like(
-                              np.ascontiguousarray(part, dtype).reshape(-1).view(np.uint8)))
+        return [(store.set, f"{prefix}/{meta.encode_chunk_key(coords)}",
+                 _BUFFER.from_array_like(
+                     np.ascontiguousarray(part, dtype).reshape(-1).view(np.uint8)))
                 for coords, part in parts]
 
     def _write_blocks(self, rows: list[tuple[Any, ...]]) -> None:
@@ -379,7 +379,7 @@ def _plain_bytes(array: Any) -> bool:
 
 
 def _run_all(writes: list[Any]) -> None:
-    """Run every write (a coroutine) at once, on zarr's event loop."""
+    """Run every write (an async function and its arguments) at once, on zarr's event loop."""
     async def run() -> None:
-        await asyncio.gather(*writes)
+        await asyncio.gather(*(write(*args) for write, *args in writes))
     zarr_sync(run())
