@@ -50,6 +50,7 @@ from daqd.sinks.zarr_layout import ZarrLayout, is_local, local_root
 from daqd.sinks.zarr_store import (
     MISSING_EXTRA,
     LayoutMismatch,
+    group_attrs,
     grow,
     open_or_create,
     resize_lock,
@@ -221,14 +222,8 @@ class ZarrSink:
         """Open (or create) the store and this writer's record of itself, once."""
         if self._group is not None:
             return
-        attrs: dict[str, Any] = {"stream": self.context.stream,
-                                 "timestamp_step": self.layout.timestamp_step,
-                                 "heaps_per_chunk": self.layout.heaps_per_chunk,
-                                 "substreams": self.layout.substreams_total,
-                                 "heap_bytes": self.layout.heap_bytes,
-                                 "extra_items": list(self.layout.extra_items),
-                                 "origin": self.layout.origin,
-                                 **self.timeline.clock.metadata(), **self.context.metadata}
+        attrs = group_attrs(self.context.stream, self.layout, self.timeline,
+                            self.context.metadata)
         group, _ = open_or_create(self.url, self.layout, attrs)
         write_attrs(group, f"writers/{self.layout.substream_offset}", {
             "daqd_version": daqd.__version__, "stream": self.context.stream,

@@ -213,6 +213,20 @@ def open_or_create(url: str, layout: ZarrLayout, attrs: dict[str, Any] | None = 
         return group, True
 
 
+def group_attrs(stream: str, layout: ZarrLayout, timeline: Any,
+                metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return the group attributes besides the layout: what an HDF5 chunk file carries.
+
+    ``stream``, ``timestamp_step``, ``heaps_per_chunk``, ``substreams`` (the
+    whole axis), ``heap_bytes``, ``extra_items``, ``origin``, the clock
+    (``sync_time``, ``timestamp_rate``) and `metadata` (`SinkContext.metadata`).
+    """
+    return {"stream": stream, "timestamp_step": layout.timestamp_step,
+            "heaps_per_chunk": layout.heaps_per_chunk, "substreams": layout.substreams_total,
+            "heap_bytes": layout.heap_bytes, "extra_items": list(layout.extra_items),
+            "origin": layout.origin, **timeline.clock.metadata(), **(metadata or {})}
+
+
 def grow(group: Any, index: int) -> int:
     """Grow every time array of `group` to hold `index`, reading each shape afresh.
 
