@@ -6,7 +6,7 @@ store is not a file, so there is nothing to rotate or publish; the
 guarantees are those of the file sinks, kept another way:
 
 - **Readers never see half a record.**  One `write()` writes every record's
-  ``data``, ``extra``, ``timestamp`` and ``utc`` chunks first, and only then
+  ``data`` and ``extra`` chunks (and the time coordinates) first, and only then
   their ``present`` chunks, so a reader that trusts ``present`` never reads a
   slot whose data is not all there.  Each chunk is one store write (atomic on
   a local path: a temporary file renamed; a single PUT on an object store).
@@ -48,6 +48,7 @@ from daqd.pipeline.records import ChunkRecord, slots_present
 from daqd.sinks.base import describe_error
 from daqd.sinks.zarr_layout import ZarrLayout, is_local, local_root
 from daqd.sinks.zarr_store import (
+    COORD_CHUNK,
     MISSING_EXTRA,
     LayoutMismatch,
     group_attrs,
@@ -99,6 +100,7 @@ class ZarrSink:
         self._high = -1                     # highest time index this sink has written
         self._blocks: dict[str, dict[str, Any]] = {}   # capture block metadata written
         self._dirty: set[str] = set()       # local chunk files written since the last fsync
+        self._coords: set[int] = set()      # coordinate chunks written whole
         self._counts = {"bytes": 0, "records": 0, "errors": 0, "last_error": ""}
         self._lost = dict.fromkeys(LOST_REASONS, 0)
 
@@ -257,12 +259,9 @@ class ZarrSink:
         arrays = self._arrays
         first: list[Any] = []
         last: list[Any] = []
-        for index, data, present, extra, record in rows:
+        for index, data, present, extra, _ in rows:
             first += self._put(arrays["data"], index, data)
-            first += self._put(arrays["timestamp"], index, np.uint64(record.timestamp))
-            if "utc" in arrays:
-                first += self._put(arrays["utc"], index,
-                                   np.float64(self.timeline.utc(record.timestamp)))
+            first += self._coordinates(index)
             if extra is not None:
                 first += self._put(arrays["extra"], index, extra)
             last += self._put(arrays["present"], index, present)
@@ -272,6 +271,28 @@ class ZarrSink:
         if self.local and self.config.fsync != "never":
             self._note_dirty(rows)
         self._write_blocks(rows)
+
+    def _coordinates(self, index: int) -> list[Any]:
+        """Return the writes of the ``timestamp`` (and ``utc``) chunk holding `index`, once.
+
+        The whole chunk's values (a function of the index alone) are written,
+        so every writer writes the same bytes.  A chunk cut short by the end
+        of the time axis is written again by later records, until it is whole.
+        """
+        k = index // COORD_CHUNK
+        if k in self._coords:
+            return []
+        start = k * COORD_CHUNK
+        stop = min(start + COORD_CHUNK, self._extent)
+        if stop == start + COORD_CHUNK:
+            self._coords.add(k)
+        ticks = self.layout.origin + np.arange(start, stop, dtype=np.uint64) \
+            * np.uint64(self.layout.chunk_ticks)
+        writes = [(self._arrays["timestamp"].setitem, slice(start, stop), ticks)]
+        if "utc" in self._arrays:
+            utc = np.array([self.timeline.utc(int(t)) for t in ticks], np.float64)
+            writes.append((self._arrays["utc"].setitem, slice(start, stop), utc))
+        return writes
 
     def _put(self, array: Any, index: int, value: np.ndarray) -> list[Any]:
         """Return the writes (function, arguments) of this daemon's region of `array` at `index`.
@@ -283,17 +304,12 @@ class ZarrSink:
         codec pipeline, which took about half the time of a write.
         """
         lay = self.layout
-        if value.ndim == 0:
-            selection: Any = index
-            parts = [((index,), value.reshape(1))]
-        else:
-            selection = (index, slice(None), lay.region)
-            sc = lay.substream_chunk
-            first = lay.substream_offset // sc
-            parts = [((index, 0, first + k) + (0,) * (value.ndim - 2),
-                      value[:, k * sc:(k + 1) * sc]) for k in range(lay.substreams // sc)]
         if not _plain_bytes(array):
-            return [(array.setitem, selection, value)]
+            return [(array.setitem, (index, slice(None), lay.region), value)]
+        sc = lay.substream_chunk
+        first = lay.substream_offset // sc
+        parts = [((index, 0, first + k) + (0,) * (value.ndim - 2),
+                  value[:, k * sc:(k + 1) * sc]) for k in range(lay.substreams // sc)]
         store, prefix = array.store_path.store, array.store_path.path
         meta = array.metadata
         dtype = np.dtype(meta.dtype.to_native_dtype()).newbyteorder("<")
@@ -325,7 +341,7 @@ class ZarrSink:
             for name, array in self._arrays.items():
                 meta = array.metadata
                 ndim = len(meta.shape)
-                coords = [(index,) + (0,) * (ndim - 1)] if ndim < 3 else \
+                coords = [(index // COORD_CHUNK,)] if ndim == 1 else \
                     [(index, 0, c) + (0,) * (ndim - 3) for c in chunks]
                 for coord in coords:
                     self._dirty.add(os.path.join(root, name, meta.encode_chunk_key(coord)))

@@ -80,6 +80,9 @@ class ZarrLayout:
             return "substream_offset", (
                 f"substream_offset + substreams ({self.substream_offset} + {self.substreams}) "
                 f"at most substreams_total ({self.substreams_total})")
+        if self.origin % self.chunk_ticks:
+            return "origin", (f"a multiple of timestamp_step x heaps_per_chunk "
+                              f"({self.chunk_ticks}), so that each time index is one chunk")
         c = self.substream_chunk
         if self.substreams % c or self.substream_offset % c or self.substreams_total % c:
             return "substream_chunk", (

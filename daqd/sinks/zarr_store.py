@@ -8,15 +8,20 @@ daemons agree on it without talking and a restarted daemon goes on in place::
 
     data        (time, heaps_per_chunk, substreams_total, samples)   configured dtype
     present     (time, heaps_per_chunk, substreams_total)            uint8, 1 = heap received
-    timestamp   (time,)                                              uint64
+    timestamp   (time,)                                              uint64, a chunk's first slot
     utc         (time,)                                              float64, with a clock
     extra       (time, heaps_per_chunk, substreams_total, n_extra)   uint64, when configured
 
-Every array is chunked by one record along time; ``data``, ``present`` and
-``extra`` are chunked by ``substream_chunk`` along the substream axis, whose
-boundaries fall on every daemon's region, so no two daemons ever write the
-same Zarr chunk (``timestamp`` and ``utc`` chunks are written by each daemon
-with the same bytes).  The group's attributes hold the layout
+``data``, ``present`` and ``extra`` are chunked by one record along time and
+by ``substream_chunk`` along the substream axis, whose boundaries fall on
+every daemon's region, so no two daemons ever write the same Zarr chunk.
+``timestamp`` and ``utc`` are the time axis's coordinates, a function of the
+index alone (``origin`` a multiple of a chunk's ticks, ``timestamp =
+origin + index * timestamp_step * heaps_per_chunk``): they are chunked by
+`COORD_CHUNK` records, and whichever daemon first writes a record in such a
+chunk writes the whole chunk's values, the same bytes any other would write.
+A time index no daemon wrote has ``present == 0`` everywhere; its
+coordinates are there if a record near it was written.  The group's attributes hold the layout
 (``daqd_layout``, checked by every later writer), ``daqd_version``,
 ``stream`` and the clock; ``writers/<offset>`` holds each daemon's own
 (its configuration, its region) and ``capture_blocks/<id>`` each capture
@@ -62,6 +67,8 @@ MIN_EXTENT = 1024
 #: ``timestamp`` of a time index no record was written at, and ``extra`` where a
 #: record has no extra items.
 MISSING = MISSING_EXTRA = 2**64 - 1
+#: Records per chunk of the time coordinates (``timestamp``, ``utc``).
+COORD_CHUNK = 1024
 #: Chunk keys ``c.T.0.S.0``: one directory per array rather than directories
 #: per time index, which cost a third of a local write's time.
 CHUNK_KEYS = {"name": "default", "separator": "."}
@@ -122,20 +129,20 @@ def _compressors(codec: str) -> Any:
 
 def _specs(layout: ZarrLayout) -> dict[str, tuple[tuple[int, ...], Any, tuple[int, ...],
                                                    list[str], Any]]:
-    """Map each array to (shape after time, dtype, chunk after time, dimensions, fill)."""
+    """Map each array to (shape after time, dtype, chunks (time too), dimensions, fill)."""
     hpc, total, sc = layout.heaps_per_chunk, layout.substreams_total, layout.substream_chunk
     specs = {
-        "data": ((hpc, total, layout.samples), np.dtype(layout.dtype), (hpc, sc, layout.samples),
-                 ["time", "heap", "substream", "sample"], 0),
-        "present": ((hpc, total), np.dtype(np.uint8), (hpc, sc),
+        "data": ((hpc, total, layout.samples), np.dtype(layout.dtype),
+                 (1, hpc, sc, layout.samples), ["time", "heap", "substream", "sample"], 0),
+        "present": ((hpc, total), np.dtype(np.uint8), (1, hpc, sc),
                     ["time", "heap", "substream"], 0),
-        "timestamp": ((), np.dtype(np.uint64), (), ["time"], MISSING),
+        "timestamp": ((), np.dtype(np.uint64), (COORD_CHUNK,), ["time"], MISSING),
     }
     if layout.clock:
-        specs["utc"] = ((), np.dtype(np.float64), (), ["time"], np.nan)
+        specs["utc"] = ((), np.dtype(np.float64), (COORD_CHUNK,), ["time"], np.nan)
     if layout.extra_items:
         n = len(layout.extra_items)
-        specs["extra"] = ((hpc, total, n), np.dtype(np.uint64), (hpc, sc, n),
+        specs["extra"] = ((hpc, total, n), np.dtype(np.uint64), (1, hpc, sc, n),
                           ["time", "heap", "substream", "extra_item"], MISSING_EXTRA)
     return specs
 
@@ -206,7 +213,7 @@ def open_or_create(url: str, layout: ZarrLayout, attrs: dict[str, Any] | None = 
         extent = max(records, MIN_EXTENT)
         compressors = _compressors(layout.codec)
         for name, (shape, dtype, chunks, dims, fill) in _specs(layout).items():
-            group.create_array(name, shape=(extent, *shape), dtype=dtype, chunks=(1, *chunks),
+            group.create_array(name, shape=(extent, *shape), dtype=dtype, chunks=chunks,
                                fill_value=fill, dimension_names=dims,
                                chunk_key_encoding=CHUNK_KEYS,
                                compressors=compressors if name in ("data", "extra") else None)

@@ -47,6 +47,7 @@ ZARR = 'kind = "zarr"\npath = "{tmp}/data/{{stream}}.zarr"\n'
     (ZARR + "substreams_total = 4\nsubstream_offset = 2\nsubstream_chunk = 4",
      "substream_chunk", "chunk"),
     (ZARR + 'codec = "gzip"', "codec", "chunk"),
+    (ZARR + "origin = 100", "origin", "chunk"),
     (ZARR + "rotate_bytes = 8192", "rotate_bytes", "chunk"),
     (ZARR, "kind", "heap"),
     ('kind = "binary"\npath = "{tmp}/data/x.bin"\norigin = 5', "origin", "chunk"),
@@ -85,11 +86,11 @@ def test_zarr_init_creates_and_validate_then_refuses_another_layout(tmp_path):
     assert daqd("validate", "--config", str(path)).returncode == 0
 
     other = tmp_path / "b.toml"
-    other.write_text(config_text(tmp_path, sink + "\norigin = 8192"))
+    other.write_text(config_text(tmp_path, sink + "\norigin = 32768"))
     for command in ("validate", "zarr-init"):
         proc = daqd(command, "--config", str(other))
         assert_one_line_error(proc, "origin")
-        assert "the store's origin is 0, this daemon's is 8192" in proc.stderr
+        assert "the store's origin is 0, this daemon's is 32768" in proc.stderr
 
 
 def test_zarr_init_without_a_zarr_sink_is_one_line(tmp_path):

@@ -22,7 +22,7 @@ from daqd.config import parse
 from daqd.pipeline.datatime import CaptureBlock
 from daqd.pipeline.records import ChunkRecord
 from daqd.sinks import SinkContext, make_sink, recover_sink
-from daqd.sinks.zarr_store import MIN_EXTENT, extent_for
+from daqd.sinks.zarr_store import COORD_CHUNK, MIN_EXTENT, extent_for
 
 HPC, SUBS, HEAP = 4, 2, 64
 TICKS = 100 * HPC           # timestamp_step 100
@@ -95,7 +95,8 @@ def test_two_regions_fill_one_array_and_presence_is_exact():
     np.testing.assert_array_equal(present, want)
     np.testing.assert_array_equal(g["data"][1, :, 0:2], record(1, 1, missing=((3, 1),)).data)
     np.testing.assert_array_equal(g["data"][1, :, 2:4], record(1, 2).data)
-    assert list(g["timestamp"][:4]) == [0, TICKS, 2 * TICKS, 2**64 - 1]
+    # The time coordinate: one per index, written by chunks of COORD_CHUNK records.
+    np.testing.assert_array_equal(g["timestamp"][:], np.arange(MIN_EXTENT) * TICKS)
     assert g.attrs["daqd_layout"]["substreams_total"] == 4
     assert set(g["writers"].group_keys()) == {"0", "2"}
     assert a.stats()["records"] == 2 and a.stats()["errors"] == 0
@@ -143,6 +144,8 @@ def test_a_store_of_another_layout_is_refused_in_one_line():
         other.write([record(1, origin=TICKS)])
     message = str(info.value)
     assert "\n" not in message and "origin" in message, message
+    assert message.endswith(f"the store's origin is 0, this daemon's is {TICKS} (every "
+                            "writer needs the same layout)"), message
     assert other.stats()["errors"] == 1 and other.stats()["last_error"] == message
     assert not opened(other.context)["present"][1:].any()
 
@@ -187,6 +190,7 @@ def test_chunks_along_substreams_and_extra_items_and_utc_and_capture_blocks():
     g = opened(ctx)
     assert g["data"].chunks == (1, HPC, 1, HEAP // 2)
     assert list(g["utc"][:2]) == [1000.0, 1000.0 + TICKS / 100]
+    assert g["timestamp"].chunks == g["utc"].chunks == (COORD_CHUNK,)
     assert g["extra"][0, :, 2:].tolist() == [[[2**64 - 1]] * 2] * HPC
     assert (g["extra"][1, :, 2:] == 9).all() and (g["extra"][1, :, :2] == 2**64 - 1).all()
     assert g.attrs["sync_time"] == 1000.0 and g.attrs["timestamp_rate"] == 100.0
@@ -201,6 +205,7 @@ def test_local_store_sync_and_presence_written_after_data(tmp_path):
     sink.sync()
     files = sorted(p.name for p in (tmp_path / "adc0.zarr" / "present").iterdir())
     assert files == ["c.0.0.0", "c.1.0.0", "zarr.json"]
+    assert sink._dirty == set()
     # Presence was written after data: no data chunk is newer than its presence chunk.
     for i in range(2):
         data = (tmp_path / "adc0.zarr" / "data" / f"c.{i}.0.0.0").stat().st_mtime_ns
