@@ -33,6 +33,7 @@ guarantees are those of the file sinks, kept another way:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 from collections.abc import Iterable
@@ -48,7 +49,7 @@ from zarr.core.sync import sync as zarr_sync
 import daqd
 from daqd.pipeline.durable import fsync_path
 from daqd.pipeline.records import ChunkRecord, slots_present
-from daqd.sinks.base import describe_error
+from daqd.sinks.base import describe_error, write_all
 from daqd.sinks.zarr_layout import ZarrLayout, is_local, local_root
 from daqd.sinks.zarr_store import (
     COORD_CHUNK,
@@ -99,6 +100,7 @@ class ZarrSink:
         self.layout = ZarrLayout.from_config(self.config, context.chunk,
                                              clock=self.timeline.has_utc)
         self.local = is_local(self.url)
+        self._root = os.path.abspath(local_root(self.url)) if self.local else ""
         self._group: Any = None
         self._arrays: dict[str, Any] = {}   # name -> zarr AsyncArray (shape as last read)
         self._extent = 0                    # smallest time extent of the arrays, as last read
@@ -310,7 +312,11 @@ class ZarrSink:
         has chunks that are the values' bytes, little-endian, C order (the
         Zarr v3 ``bytes`` codec), so each chunk is given to the store as
         such: the same bytes `setitem` would write, without its indexing and
-        codec pipeline, which took about half the time of a write.
+        codec pipeline, which took about half the time of a write.  On a local
+        store they are written as zarr's `LocalStore` writes them (a temporary
+        file renamed, `write_chunk_file`), from this thread: zarr's store hands
+        each chunk to a worker thread through its event loop, which cost as
+        much CPU time as the writing itself.
         """
         lay = self.layout
         if not _plain_bytes(array):
@@ -322,10 +328,15 @@ class ZarrSink:
         store, prefix = array.store_path.store, array.store_path.path
         meta = array.metadata
         dtype = np.dtype(meta.dtype.to_native_dtype()).newbyteorder("<")
-        return [(store.set, f"{prefix}/{meta.encode_chunk_key(coords)}",
-                 _BUFFER.from_array_like(
-                     np.ascontiguousarray(part, dtype).reshape(-1).view(np.uint8)))
-                for coords, part in parts]
+        writes = []
+        for coords, part in parts:
+            key = f"{prefix}/{meta.encode_chunk_key(coords)}"
+            data = np.ascontiguousarray(part, dtype).reshape(-1).view(np.uint8)
+            if self.local:
+                writes.append((write_chunk_file, os.path.join(self._root, key), data))
+            else:
+                writes.append((store.set, key, _BUFFER.from_array_like(data)))
+        return writes
 
     def _write_blocks(self, rows: list[tuple[Any, ...]]) -> None:
         """Write each capture block's metadata (``capture_blocks/<id>``) when it changes."""
@@ -342,7 +353,7 @@ class ZarrSink:
     # Durability (local stores)
 
     def _note_dirty(self, rows: list[tuple[Any, ...]]) -> None:
-        root = os.path.abspath(local_root(self.url))
+        root = self._root
         sc = self.layout.substream_chunk
         chunks = range(self.layout.substream_offset // sc,
                        (self.layout.substream_offset + self.layout.substreams) // sc)
@@ -364,7 +375,7 @@ class ZarrSink:
         """
         if not self._dirty:
             return
-        root = os.path.abspath(local_root(self.url))
+        root = self._root
         directories: set[str] = set()
         for path in self._dirty:
             directory = os.path.dirname(path)
@@ -398,7 +409,36 @@ def _plain_bytes(array: Any) -> bool:
 
 
 def _run_all(writes: list[Any]) -> None:
-    """Run every write (an async function and its arguments) at once, on zarr's event loop."""
-    async def run() -> None:
-        await asyncio.gather(*(write(*args) for write, *args in writes))
-    zarr_sync(run())
+    """Run every write (a function and its arguments): async ones at once, on zarr's loop."""
+    waits = [(write, args) for write, *args in writes if asyncio.iscoroutinefunction(write)]
+    for write, *args in writes:
+        if not asyncio.iscoroutinefunction(write):
+            write(*args)
+    if waits:
+        async def run() -> None:
+            await asyncio.gather(*(write(*args) for write, args in waits))
+        zarr_sync(run())
+
+
+def write_chunk_file(path: str, data: np.ndarray) -> None:
+    """Write one chunk of a local store as zarr's `LocalStore` does: a temporary file renamed.
+
+    A reader sees the old chunk or the new one, never half of one.  The
+    array's directory is made again if something removed it.
+    """
+    tmp = f"{path}.{os.getpid()}.partial"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            write_all(fd, [data], 0)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
