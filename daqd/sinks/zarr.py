@@ -200,7 +200,7 @@ class ZarrSink:
             "files": 0, "errors": c["errors"], "last_error": c["last_error"],
             "lost_records": sum(self._lost.values()), "lost": dict(self._lost),
             "current_file": self.url if self._group is not None else "", "last_file": "",
-            "unfinished_files": 0, "time_extent": self._extent, "last_index": self._high,
+            "unfinished_files": 0,
         }
 
     @classmethod
