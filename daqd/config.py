@@ -706,9 +706,10 @@ def _check_zarr_sink(loader: _Loader, where: str, s: StreamConfig, sink: SinkCon
         except LayoutMismatch as exc:
             raise loader.fail(f"{where}.path", sink.path,
                               f"a store this daemon's layout fits ({exc})") from None
-        except OSError as exc:
-            raise loader.fail(f"{where}.path", sink.path,
-                              f"a Zarr store that can be opened ({exc})") from None
+        except (OSError, ImportError, ValueError) as exc:
+            # e.g. s3:// without s3fs: fsspec raises ImportError naming the package
+            raise loader.fail(f"{where}.path", sink.path, "a Zarr store that can be opened "
+                              f"({type(exc).__name__}: {exc})") from None
 
 
 def _check_files(loader: _Loader, streams: Sequence[StreamConfig]) -> None:

@@ -138,8 +138,8 @@ class ZarrSink:
             except ValueError as exc:
                 self._lose("layout", str(exc))
         try:
-            self._open()
-            if rows:
+            if rows:                # (an idle stream's timer flush opens nothing)
+                self._open()
                 self._write_rows(rows)
                 if self.config.fsync == "every-flush":
                     self._fsync_dirty()

@@ -238,3 +238,26 @@ def test_a_full_disk_is_counted_and_the_records_retried_complete(tmp_path):
         assert g["present"][:40, :, :2].all()
         np.testing.assert_array_equal(g["data"][39, :, :2], records[-1].data)
         assert sink.stats()["records"] == 40
+
+
+def test_a_failing_store_does_not_hold_the_other_sinks_back(tmp_path):
+    from daqd.config import BufferConfig
+    from daqd.pipeline.buffers import build_buffer
+
+    url = memory_url()
+    make_sink(context(url)).write([record(0)])
+    failing = make_sink(context(url, origin=TICKS))         # another layout: every write fails
+    binary = make_sink(SinkContext("adc0", failing.config.__class__(
+        "binary", str(tmp_path / "{stream}.bin")), failing.context.chunk))
+    buffer = build_buffer(BufferConfig(kind="fifo", capacity=16, flush_count=0,
+                                       flush_interval=0), [failing, binary], name="adc0")
+    for i in range(1, 5):
+        assert buffer.put(record(i, origin=TICKS))
+    buffer.flush("test")
+    stats = buffer.stats()["sinks"]
+    assert stats[binary.name]["written"] == 4 and stats[binary.name]["errors"] == 0
+    assert stats[failing.name]["written"] == 0 and stats[failing.name]["errors"] == 1
+    assert "origin" in stats[failing.name]["last_error"]
+    assert failing.stats()["errors"] == 1
+    buffer.close()
+    binary.close()
