@@ -108,6 +108,7 @@ class ZarrSink:
         self._blocks: dict[str, dict[str, Any]] = {}   # capture block metadata written
         self._dirty: set[str] = set()       # local chunk files written since the last fsync
         self._coords: set[int] = set()      # coordinate chunks written whole
+        self._coords_due: set[int] = set()  # ... and those this flush writes whole
         self._fsyncs: ThreadPoolExecutor | None = None
         self._counts = {"bytes": 0, "records": 0, "errors": 0, "last_error": ""}
         self._lost = dict.fromkeys(LOST_REASONS, 0)
@@ -276,7 +277,11 @@ class ZarrSink:
             if extra is not None:
                 first += self._put(arrays["extra"], index, extra)
             last += self._put(arrays["present"], index, present)
-        _run_all(first)
+        try:
+            _run_all(first)
+        finally:
+            due, self._coords_due = self._coords_due, set()
+        self._coords |= due
         _run_all(last)                      # presence only once every data chunk is there
         self._high = max(self._high, high)
         if self.local and self.config.fsync != "never":
@@ -291,12 +296,12 @@ class ZarrSink:
         of the time axis is written again by later records, until it is whole.
         """
         k = index // COORD_CHUNK
-        if k in self._coords:
+        if k in self._coords or k in self._coords_due:
             return []
         start = k * COORD_CHUNK
         stop = min(start + COORD_CHUNK, self._extent)
         if stop == start + COORD_CHUNK:
-            self._coords.add(k)
+            self._coords_due.add(k)         # done once this flush's writes have succeeded
         ticks = self.layout.origin + np.arange(start, stop, dtype=np.uint64) \
             * np.uint64(self.layout.chunk_ticks)
         writes = [(self._arrays["timestamp"].setitem, slice(start, stop), ticks)]

@@ -237,6 +237,7 @@ def test_a_full_disk_is_counted_and_the_records_retried_complete(tmp_path):
         g = zarr.open_group(str(mnt / "adc0.zarr"), mode="r")
         assert g["present"][:40, :, :2].all()
         np.testing.assert_array_equal(g["data"][39, :, :2], records[-1].data)
+        np.testing.assert_array_equal(g["timestamp"][:40], np.arange(40) * TICKS)
         assert sink.stats()["records"] == 40
 
 
