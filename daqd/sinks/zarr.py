@@ -110,7 +110,8 @@ class ZarrSink:
         self._coords: set[int] = set()      # coordinate chunks written whole
         self._coords_due: set[int] = set()  # ... and those this flush writes whole
         self._fsyncs: ThreadPoolExecutor | None = None
-        self._counts = {"bytes": 0, "records": 0, "errors": 0, "last_error": ""}
+        self._counts: dict[str, Any] = {"bytes": 0, "records": 0, "errors": 0,
+                                        "last_error": ""}
         self._lost = dict.fromkeys(LOST_REASONS, 0)
 
     # ------------------------------------------------------------------
@@ -304,7 +305,7 @@ class ZarrSink:
             self._coords_due.add(k)         # done once this flush's writes have succeeded
         ticks = self.layout.origin + np.arange(start, stop, dtype=np.uint64) \
             * np.uint64(self.layout.chunk_ticks)
-        writes = [(self._arrays["timestamp"].setitem, slice(start, stop), ticks)]
+        writes: list[Any] = [(self._arrays["timestamp"].setitem, slice(start, stop), ticks)]
         if "utc" in self._arrays:
             utc = np.array([self.timeline.utc(int(t)) for t in ticks], np.float64)
             writes.append((self._arrays["utc"].setitem, slice(start, stop), utc))
@@ -333,7 +334,7 @@ class ZarrSink:
         store, prefix = array.store_path.store, array.store_path.path
         meta = array.metadata
         dtype = np.dtype(meta.dtype.to_native_dtype()).newbyteorder("<")
-        writes = []
+        writes: list[Any] = []
         for coords, part in parts:
             key = f"{prefix}/{meta.encode_chunk_key(coords)}"
             data = np.ascontiguousarray(part, dtype).reshape(-1).view(np.uint8)

@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import zarr
 import zarr.storage
+from zarr.codecs import BloscCodec, ZstdCodec
 
 import daqd
 from daqd.sinks.zarr_layout import ZarrLayout, is_local, local_root
@@ -71,7 +72,7 @@ MISSING = MISSING_EXTRA = 2**64 - 1
 COORD_CHUNK = 1024
 #: Chunk keys ``c.T.0.S.0``: one directory per array rather than directories
 #: per time index, which cost a third of a local write's time.
-CHUNK_KEYS = {"name": "default", "separator": "."}
+CHUNK_KEYS: dict[str, Any] = {"name": "default", "separator": "."}
 #: Arrays along time, in the order they are resized (``present`` last).
 TIME_ARRAYS = ("data", "extra", "timestamp", "utc", "present")
 
@@ -121,17 +122,16 @@ def extent_for(index: int) -> int:
 
 def _compressors(codec: str) -> Any:
     if codec == "zstd":
-        return zarr.codecs.ZstdCodec(level=1)
+        return ZstdCodec(level=1)
     if codec == "blosc":
-        return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+        return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
     return None
 
 
-def _specs(layout: ZarrLayout) -> dict[str, tuple[tuple[int, ...], Any, tuple[int, ...],
-                                                   list[str], Any]]:
+def _specs(layout: ZarrLayout) -> dict[str, tuple[Any, ...]]:
     """Map each array to (shape after time, dtype, chunks (time too), dimensions, fill)."""
     hpc, total, sc = layout.heaps_per_chunk, layout.substreams_total, layout.substream_chunk
-    specs = {
+    specs: dict[str, tuple[Any, ...]] = {
         "data": ((hpc, total, layout.samples), np.dtype(layout.dtype),
                  (1, hpc, sc, layout.samples), ["time", "heap", "substream", "sample"], 0),
         "present": ((hpc, total), np.dtype(np.uint8), (1, hpc, sc),
