@@ -717,15 +717,31 @@ def _check_files(loader: _Loader, streams: Sequence[StreamConfig]) -> None:
 
     Paths are compared with ``{stream}`` filled in and every other field as a
     wildcard, so ``{seq}`` and ``{chunk_id}`` in the same place collide too.
+    Zarr sinks of several streams may share a store (its writers each have
+    a region of their own): their substream regions must not overlap.
     """
     writers: dict[str, str] = {}
+    regions: dict[str, list[tuple[str, range]]] = {}     # zarr store -> (key, substreams)
     for i, s in enumerate(streams):
-        named = [(f"stream[{i}].sinks[{j}].path", sink.path, template_glob(sink.path, s.name))
-                 for j, sink in enumerate(s.sinks)]
+        named = [(f"stream[{i}].sinks[{j}].path", sink.path, template_glob(sink.path, s.name),
+                  sink) for j, sink in enumerate(s.sinks)]
         if s.buffer.wal:
-            named.append((f"stream[{i}].buffer.wal", s.buffer.wal, glob.escape(_wal_path(s))))
-        for key, value, pattern in named:
+            named.append((f"stream[{i}].buffer.wal", s.buffer.wal, glob.escape(_wal_path(s)),
+                          None))
+        for key, value, pattern, sink in named:
             pattern = os.path.normpath(os.path.abspath(pattern))
+            if sink is not None and sink.kind == "zarr" and s.chunk is not None:
+                mine = range(sink.substream_offset, sink.substream_offset + s.chunk.substreams)
+                for other, theirs in regions.setdefault(pattern, []):
+                    if set(mine) & set(theirs):
+                        raise loader.fail(f"{key[:-len('.path')]}.substream_offset",
+                                          sink.substream_offset,
+                                          f"a substream region of the store {pattern} that "
+                                          f"{other} does not write (it has substreams "
+                                          f"{theirs.start}-{theirs.stop - 1})")
+                regions[pattern].append((key, mine))
+                if len(regions[pattern]) > 1:
+                    continue            # the store's first zarr sink stands for it below
             if pattern in writers:
                 raise loader.fail(key, value, "a file name no other sink or write-ahead log "
                                   f"uses ({writers[pattern]} writes {pattern})")

@@ -99,3 +99,34 @@ def test_zarr_init_without_a_zarr_sink_is_one_line(tmp_path):
     assert_one_line_error(daqd("zarr-init", "--config", str(path)), "no zarr sink")
     assert_one_line_error(daqd("zarr-init", "--config", str(path), "--stream", "nope"),
                           "--stream")
+
+
+def two_streams(tmp: Path, offsets: tuple[int, int]) -> str:
+    streams = ""
+    for k, offset in enumerate(offsets):
+        streams += f"""
+[[stream]]
+name = "s{k}"
+sources = ["udp://127.0.0.1:{7990 + k}"]
+[stream.chunk]
+heaps_per_chunk = 4
+heap_bytes = 64
+substream_item = 0x4101
+substreams = 2
+[[stream.sinks]]
+kind = "zarr"
+path = "{tmp}/data/obs.zarr"
+substreams_total = 4
+substream_offset = {offset}
+"""
+    return f'[daemon]\npidfile = "{tmp}/run/daqd.pid"\n[zmq]\nstats = ""\ncontrol = ""\n' \
+        + streams
+
+
+def test_streams_of_one_daemon_may_share_a_store_in_regions_of_their_own(tmp_path):
+    cfg = parse(two_streams(tmp_path, (0, 2)), "z.toml")
+    assert [s.sinks[0].substream_offset for s in cfg.streams] == [0, 2]
+    with pytest.raises(ConfigError) as info:
+        parse(two_streams(tmp_path, (2, 2)), "z.toml")
+    assert "stream[1].sinks[0].substream_offset = 2" in str(info.value), str(info.value)
+    assert "stream[0].sinks[0].path does not write (it has substreams 2-3)" in str(info.value)
