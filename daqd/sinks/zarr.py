@@ -42,7 +42,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from zarr.codecs import BytesCodec
+from zarr.codecs import BytesCodec, Endian
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync as zarr_sync
 
@@ -411,7 +411,8 @@ class ZarrSink:
 def _plain_bytes(array: Any) -> bool:
     """Whether `array`'s chunks are its values' bytes (the ``bytes`` codec alone)."""
     codecs = array.metadata.codecs
-    return len(codecs) == 1 and isinstance(codecs[0], BytesCodec) and bool(array.store_path.path)
+    return (len(codecs) == 1 and isinstance(codecs[0], BytesCodec)
+            and codecs[0].endian in (None, Endian.little) and bool(array.store_path.path))
 
 
 def _run_all(writes: list[Any]) -> None:

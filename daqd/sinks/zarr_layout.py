@@ -48,7 +48,9 @@ class ZarrLayout:
         return cls(
             heaps_per_chunk=chunk.heaps_per_chunk, substreams_total=total,
             substream_chunk=sink.substream_chunk or chunk.substreams,
-            samples=chunk.heap_bytes // dtype.itemsize, dtype=dtype.str,
+            samples=chunk.heap_bytes // dtype.itemsize,
+            # a record dtype ("i1,i1": complex int8) by its text: .str would lose the fields
+            dtype=str(chunk.dtype) if dtype.fields else dtype.str,
             extra_items=tuple(chunk.extra_items), timestamp_step=chunk.timestamp_step,
             heap_bytes=chunk.heap_bytes, origin=sink.origin, codec=sink.codec, clock=clock,
             substream_offset=sink.substream_offset, substreams=chunk.substreams)
