@@ -666,8 +666,8 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
     for j, sink in enumerate(s.sinks):
         # The directory part before the first {field} is the one that must exist.
         directory = _check_sink_templates(loader, f"{where}.sinks[{j}]", sink, c)
-        if sink.kind == "zarr" and is_local(sink.path):
-            directory = Path(local_root(sink.path.split("{", 1)[0])).parent
+        if sink.kind == "zarr" and is_local(sink.path):     # the store's directory's
+            directory = Path(local_root(sink.path.format(stream=s.name))).parent
         if host and (sink.kind != "zarr" or is_local(sink.path)):
             _check_directory(loader, f"{where}.sinks[{j}].path", sink.path, directory)
         if sink.kind in ("hdf5", "zarr") and c is None:

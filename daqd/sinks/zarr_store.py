@@ -202,6 +202,9 @@ def open_or_create(url: str, layout: ZarrLayout, attrs: dict[str, Any] | None = 
             group = zarr.open_group(store, mode="r+")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             group = None
+            if is_local(url) and os.listdir(local_root(url)):
+                raise LayoutMismatch(f"{url}: a directory that is neither empty nor a Zarr "
+                                     "group; not writing a store into it") from None
         if group is not None:
             check_layout(_store_layout(group), layout, url)
             if records:

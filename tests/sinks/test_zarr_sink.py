@@ -150,6 +150,15 @@ def test_a_store_of_another_layout_is_refused_in_one_line():
     assert not opened(other.context)["present"][1:].any()
 
 
+def test_a_directory_of_other_files_is_not_made_a_store(tmp_path):
+    (tmp_path / "adc0.zarr").mkdir()
+    (tmp_path / "adc0.zarr" / "notes.txt").write_text("mine")
+    sink = make_sink(context(str(tmp_path / "{stream}.zarr")))
+    with pytest.raises(OSError, match="neither empty nor a Zarr group"):
+        sink.write([record(0)])
+    assert sorted(p.name for p in (tmp_path / "adc0.zarr").iterdir()) == ["notes.txt"]
+
+
 def test_the_time_axis_grows_in_powers_of_two_and_a_lost_resize_is_repaired():
     url = memory_url()
     sink = make_sink(context(url))
