@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -233,6 +234,26 @@ def test_local_store_sync_and_presence_written_after_data(tmp_path):
         data = (tmp_path / "adc0.zarr" / "data" / f"c.{i}.0.0.0").stat().st_mtime_ns
         present = (tmp_path / "adc0.zarr" / "present" / f"c.{i}.0.0").stat().st_mtime_ns
         assert data <= present
+
+
+@pytest.mark.parametrize("policy", ["never", "on-rotate"])
+def test_sync_makes_every_written_file_durable_whatever_the_policy(tmp_path, monkeypatch,
+                                                                    policy):
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(
+        f"/proc/self/fd/{fd}")), real(fd)))
+    sink = make_sink(context(str(tmp_path / "{stream}.zarr"), fsync=policy))
+    sink.write([record(0), record(1)])
+    assert synced == []                     # neither policy fsyncs in write()
+    sink.sync()                             # what the write-ahead log asks before a mark
+    store = tmp_path / "adc0.zarr"
+    files = {str(p) for p in store.rglob("*") if p.is_file()}
+    assert files <= set(synced), files - set(synced)     # data, present, coordinates, metadata
+    assert str(store) in synced and str(store / "data") in synced      # their directories
+    synced.clear()
+    sink.sync()
+    assert synced == []                     # nothing new to sync
 
 
 def test_a_full_disk_is_counted_and_the_records_retried_complete(tmp_path):
