@@ -26,7 +26,7 @@ class Commands(click.Group):
     TOOLS = {"dump": "daqd.tools.dump", "simulate": "daqd.tools.simulate",
              "bench": "daqd.tools.bench.command", "keygen": "daqd.tools.keygen",
              "top": "daqd.tools.top.command",
-             "plot": "daqd.tools.plot"}
+             "plot": "daqd.tools.plot", "zarr-init": "daqd.tools.zarr_init"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """Name every command, the tools' too."""

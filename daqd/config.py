@@ -45,6 +45,8 @@ from daqd.sinks.paths import (
     template_glob,
 )
 from daqd.sinks.text import check_template
+from daqd.sinks.zarr_layout import CODECS as ZARR_CODECS
+from daqd.sinks.zarr_layout import ZARR_KEYS, ZarrLayout, is_local, local_root
 
 #: The built-in default configuration (no hardware needed), shipped as package data.
 DEFAULT_CONFIG_NAME = "daqd.toml"
@@ -183,6 +185,12 @@ class SinkConfig:
         Write the binary header or the text header line (pcap always has one).
     template : str
         Text sinks: the line template ("" = the mode's default).
+    substreams_total, substream_offset, substream_chunk, origin, codec
+        Zarr sinks (`daqd.sinks.zarr_store`): the store's whole substream axis
+        (0 = this stream's ``substreams``), where this daemon's substreams go
+        in it, substreams per Zarr chunk along that axis (0 = this daemon's
+        whole region), the data timestamp of time index 0, and the
+        compression (``""``, ``zstd``, ``blosc``).
     """
 
     kind: str = key(choices=SINK_KINDS)
@@ -193,6 +201,11 @@ class SinkConfig:
     fsync: str = key("on-rotate", choices=SINK_FSYNC_POLICIES)
     header: bool = True
     template: str = ""
+    substreams_total: int = key(0, minimum=1, maximum=1 << 24, off=0)
+    substream_offset: int = key(0, minimum=0, maximum=1 << 24)
+    substream_chunk: int = key(0, minimum=1, maximum=1 << 24, off=0)
+    origin: int = key(0, minimum=0, maximum=(1 << 64) - 1)
+    codec: str = key("", choices=ZARR_CODECS)
 
 
 @dataclass(frozen=True)
@@ -727,12 +740,50 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
     for j, sink in enumerate(s.sinks):
         # The directory part before the first {field} is the one that must exist.
         directory = _check_sink_templates(loader, f"{where}.sinks[{j}]", sink, s)
-        if host:
+        if sink.kind == "zarr" and is_local(sink.path):     # the store's directory's
+            directory = Path(local_root(sink.path.format(stream=s.name))).parent
+        if host and (sink.kind != "zarr" or is_local(sink.path)):
             _check_directory(loader, f"{where}.sinks[{j}].path", sink.path, directory)
-        if sink.kind == "hdf5" and c is None:
+        if sink.kind in ("hdf5", "zarr") and c is None:
             raise loader.fail(f"{where}.sinks[{j}].kind", sink.kind,
-                              "binary, text or pcap (hdf5 sinks need chunk mode)")
+                              f"binary, text or pcap ({sink.kind} sinks need chunk mode)")
+        _check_zarr_sink(loader, f"{where}.sinks[{j}]", s, sink, host)
     _check_wal(loader, where, s, host)
+
+
+def _check_zarr_sink(loader: _Loader, where: str, s: StreamConfig, sink: SinkConfig,
+                     host: bool) -> None:
+    """Zarr keys only on zarr sinks; a zarr sink's region, chunking and existing store."""
+    defaults = SinkConfig(kind=sink.kind, path=sink.path)
+    if sink.kind != "zarr":
+        for name in ZARR_KEYS:
+            if getattr(sink, name) != getattr(defaults, name):
+                raise loader.fail(f"{where}.{name}", getattr(sink, name),
+                                  f"no value (a zarr sink key; this sink is {sink.kind})")
+        return
+    for name in ("rotate_bytes", "rotate_seconds", "header", "template"):
+        if getattr(sink, name) != getattr(defaults, name):
+            raise loader.fail(f"{where}.{name}", getattr(sink, name),
+                              "no value (a zarr store is one per stream, with no header)")
+    assert s.chunk is not None
+    layout = ZarrLayout.from_config(sink, s.chunk, clock=s.timeline.has_utc)
+    name, problem = layout.problem()
+    if problem:
+        raise loader.fail(f"{where}.{name}", getattr(sink, name), problem)
+    if host:
+        from daqd.sinks.zarr_store import LayoutMismatch, check_layout, find_layout
+        url = sink.path.format(stream=s.name)
+        try:
+            found = find_layout(url)
+            if found is not None:
+                check_layout(found, layout, url)
+        except LayoutMismatch as exc:
+            raise loader.fail(f"{where}.path", sink.path,
+                              f"a store this daemon's layout fits ({exc})") from None
+        except (OSError, ImportError, ValueError) as exc:
+            # e.g. s3:// without s3fs: fsspec raises ImportError naming the package
+            raise loader.fail(f"{where}.path", sink.path, "a Zarr store that can be opened "
+                              f"({type(exc).__name__}: {exc})") from None
 
 
 def _check_files(loader: _Loader, streams: Sequence[StreamConfig]) -> None:
@@ -740,18 +791,34 @@ def _check_files(loader: _Loader, streams: Sequence[StreamConfig]) -> None:
 
     Paths are compared with ``{stream}`` filled in and every other field as a
     wildcard, so ``{seq}`` and ``{chunk_id}`` in the same place collide too.
+    Zarr sinks of several streams may share a store (its writers each have
+    a region of their own): their substream regions must not overlap.
     """
     writers: dict[str, str] = {}
+    regions: dict[str, list[tuple[str, range]]] = {}     # zarr store -> (key, substreams)
     for i, s in enumerate(streams):
-        named = [(f"stream[{i}].sinks[{j}].path", sink.path, template_glob(sink.path, s.name))
-                 for j, sink in enumerate(s.sinks)]
+        named = [(f"stream[{i}].sinks[{j}].path", sink.path, template_glob(sink.path, s.name),
+                  sink) for j, sink in enumerate(s.sinks)]
         if s.buffer.wal:
-            named.append((f"stream[{i}].buffer.wal", s.buffer.wal, glob.escape(_wal_path(s))))
+            named.append((f"stream[{i}].buffer.wal", s.buffer.wal, glob.escape(_wal_path(s)),
+                          None))
         if s.trigger is not None:
             named.append((f"stream[{i}].trigger.path", s.trigger.path,
-                          template_glob(s.trigger.path, s.name)))
-        for key, value, pattern in named:
+                          template_glob(s.trigger.path, s.name), None))
+        for key, value, pattern, sink in named:
             pattern = os.path.normpath(os.path.abspath(pattern))
+            if sink is not None and sink.kind == "zarr" and s.chunk is not None:
+                mine = range(sink.substream_offset, sink.substream_offset + s.chunk.substreams)
+                for other, theirs in regions.setdefault(pattern, []):
+                    if set(mine) & set(theirs):
+                        raise loader.fail(f"{key[:-len('.path')]}.substream_offset",
+                                          sink.substream_offset,
+                                          f"a substream region of the store {pattern} that "
+                                          f"{other} does not write (it has substreams "
+                                          f"{theirs.start}-{theirs.stop - 1})")
+                regions[pattern].append((key, mine))
+                if len(regions[pattern]) > 1:
+                    continue            # the store's first zarr sink stands for it below
             if pattern in writers:
                 raise loader.fail(key, value, "a file name no other sink or write-ahead log "
                                   f"uses ({writers[pattern]} writes {pattern})")

@@ -290,6 +290,24 @@ class World:
         return {"events": events, "pidfiles": sorted(pidfiles), "stderr": err[-3000:]}
 
 
+def zarr_store(what: Callable[[Any, Any], Any]) -> Callable[[World], Any]:
+    """Write the four records of `World.files` through the first sink; if it is a zarr
+    sink, `what(store group, sink stats)`, else None."""
+    def probe(w: World) -> Any:
+        assert w.files is not None          # writes the records
+        if w.sinks[0].kind != "zarr":
+            return None
+        import zarr
+
+        group = zarr.open_group(str(w.tmp / "data" / "adc0.zarr"), mode="r")
+        return what(group, w.sinks[0].stats())
+    return probe
+
+
+#: Keys a zarr sink needs for the zarr cases.
+ZARR = {"stream.sinks.kind": "zarr", "stream.sinks.path": "{tmp}/data/{stream}.zarr"}
+
+
 #: A case whose probe's result is only compared with the base's, not with a value.
 UNCHECKED = object()
 
@@ -522,6 +540,22 @@ CASES: dict[str, Case] = {
                                   ["0!", "1!", "2!", "3!"],
                                   also={"stream.sinks.kind": "text",
                                         "stream.sinks.path": "{tmp}/data/t.txt"}),
+    # zarr sinks: the store's layout and this daemon's region of it
+    "stream.sinks.substreams_total": Case(4, zarr_store(lambda g, _: g["data"].shape[2]), 4,
+                                          also=ZARR),
+    "stream.sinks.substream_offset": Case(
+        2, zarr_store(lambda g, _: np.flatnonzero(g["present"][:4].any(axis=(0, 1))).tolist()),
+        [2], also={**ZARR, "stream.sinks.substreams_total": 4}),
+    "stream.sinks.substream_chunk": Case(
+        1, zarr_store(lambda g, _: g["data"].chunks[2]), 1,
+        also={**ZARR, "stream.chunk.substream_item": 0x4101, "stream.chunk.substreams": 2}),
+    "stream.sinks.origin": Case(
+        2 * 8192 * 8, zarr_store(lambda g, st: (st["lost"]["before_origin"],
+                                                g["timestamp"][:2].tolist())),
+        (2, [2 * 8192 * 8, 3 * 8192 * 8]), also=ZARR),
+    "stream.sinks.codec": Case("zstd", zarr_store(
+        lambda g, _: [type(c).__name__ for c in g["data"].compressors]), ["ZstdCodec"],
+        also=ZARR),
     # [stream.time]: the instrument's clock, in the daemon's status (the simulator's
     # last chunk starts at 8 x 8192 = 65536 ticks)
     "stream.time.sync_time": Case("1000", data_time, {"newest_timestamp": 65536,

@@ -1,4 +1,4 @@
-"""Sinks: where a buffer's flushes go (binary, text, pcap and hdf5 files).
+"""Sinks: where a buffer's flushes go (binary, text, pcap and hdf5 files; zarr stores).
 
 Every sink follows the Sink protocol of docs/dev-pipeline.md::
 
@@ -14,7 +14,7 @@ An event file (``[stream.trigger]``, `daqd.pipeline.events`) is made by
 name is chosen (free) when the event is asked for.
 
 The kinds are imported when first used, so loading a configuration does not
-import h5py.
+import h5py or zarr.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ KINDS = {
     "text": ("daqd.sinks.text", "TextSink"),
     "pcap": ("daqd.sinks.pcap", "PcapSink"),
     "hdf5": ("daqd.sinks.hdf5", "Hdf5Sink"),
+    "zarr": ("daqd.sinks.zarr", "ZarrSink"),
 }
 
 
@@ -110,7 +111,7 @@ def sink_class(kind: str) -> type:
     Raises
     ------
     ValueError
-        `kind` is not binary, text, pcap or hdf5.
+        `kind` is not binary, text, pcap, hdf5 or zarr.
     """
     try:
         module, name = KINDS[kind]

@@ -40,8 +40,9 @@ from typing import Any
 
 TMP_SUFFIX = ".tmp"
 PATH_FIELDS = ("stream", "start", "seq", "chunk_id", "capture_block")
-#: Kinds whose records have no chunk id or heap counter, nor a capture block.
-PATH_FIELDS_BY_KIND = {"pcap": ("stream", "start", "seq")}
+#: Kinds with fewer fields: pcap records have no chunk id or heap counter, nor a
+#: capture block; a zarr store is one per stream, written for good: no file fields.
+PATH_FIELDS_BY_KIND = {"pcap": ("stream", "start", "seq"), "zarr": ("stream",)}
 #: Fields of an event file's path (``[stream.trigger] path``).
 EVENT_PATH_FIELDS = ("stream", "label", "event", "start")
 #: What ``{capture_block}`` renders to for records outside any capture block.

@@ -1,4 +1,4 @@
-"""Chunk-mode files read back in blocks of records: HDF5 sink files and binary sink files.
+"""Chunk-mode files read back in blocks of records: HDF5 and binary sink files, Zarr stores.
 
 What each format holds (INTERFACES.md, ``daqd/sinks/binary.py``):
 
@@ -6,6 +6,9 @@ What each format holds (INTERFACES.md, ``daqd/sinks/binary.py``):
   ``chunk_id`` and ``timestamp`` per record, and ``sync_time`` /
   ``timestamp_rate`` attributes (and a ``utc`` dataset) when the stream has
   ``[stream.time]``;
+- a **Zarr** store (the zarr sink's, a directory or an fsspec URL) has the same
+  arrays as an HDF5 file, indexed by time index rather than record; it is read
+  from its first to its last time index with a heap present;
 - a **binary** file has the records' ``data`` only, after its JSON header
   (which has ``sync_time`` / ``timestamp_rate`` with ``[stream.time]``):
   no presence, no chunk ids, no timestamps.  A missing slot there is whatever
@@ -18,6 +21,7 @@ number of records at a time, and reads ``data`` only when asked to.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +67,7 @@ class ChunkFile:
     """A chunk-mode file opened for reading (`open_chunk_file`)."""
 
     path: str
-    kind: str                      # "hdf5" | "binary"
+    kind: str                      # "hdf5" | "zarr" | "binary"
     stream: str
     records: int
     heaps_per_chunk: int
@@ -73,13 +77,14 @@ class ChunkFile:
     sync_time: float | None        # Unix seconds of timestamp 0, if the file says
     timestamp_rate: float | None   # timestamp ticks per second, if the file says
     chunk_ids: np.ndarray | None = None    # per record (hdf5 files)
-    _h5: Any = None
+    _h5: Any = None                # an h5py File, or a zarr Group: the same names
     _memmap: np.ndarray | None = None
+    first: int = 0                 # the first time index read (zarr stores)
 
     @property
     def has_presence(self) -> bool:
         """Whether the file records which heap slots were received."""
-        return self.kind == "hdf5"
+        return self.kind in ("hdf5", "zarr")
 
     @property
     def slots(self) -> int:
@@ -113,12 +118,13 @@ class ChunkFile:
             stop = min(self.records, start + rows)
             if self._h5 is not None:
                 h5 = self._h5
-                ts = np.asarray(h5["timestamp"][start:stop])
-                utc = np.asarray(h5["utc"][start:stop]) if "utc" in h5 else None
+                at = slice(self.first + start, self.first + stop)
+                ts = np.asarray(h5["timestamp"][at])
+                utc = np.asarray(h5["utc"][at]) if "utc" in h5 else None
                 if utc is None and self.sync_time is not None and self.timestamp_rate:
                     utc = self.sync_time + ts.astype(np.float64) / self.timestamp_rate
-                yield Block(start, ts, utc, np.asarray(h5["present"][start:stop]),
-                            np.asarray(h5["data"][start:stop]) if data else None)
+                yield Block(start, ts, utc, np.asarray(h5["present"][at]),
+                            np.asarray(h5["data"][at]) if data else None)
             else:
                 assert self._memmap is not None
                 yield Block(start, None, None, None,
@@ -127,7 +133,8 @@ class ChunkFile:
     def close(self) -> None:
         """Close the file."""
         if self._h5 is not None:
-            self._h5.close()
+            if self.kind == "hdf5":
+                self._h5.close()
             self._h5 = None
         self._memmap = None
 
@@ -180,6 +187,38 @@ def _open_hdf5(path: str) -> ChunkFile:
         raise
 
 
+def _open_zarr(path: str) -> ChunkFile:
+    """Open a zarr sink's store: its time indexes from the first to the last with a heap."""
+    import zarr
+
+    try:
+        group = zarr.open_group(path, mode="r")
+        layout = group.attrs.get("daqd_layout")
+        if not isinstance(layout, dict) or "present" not in group or "data" not in group:
+            raise UsageProblem(f"{path}: not a daqd Zarr store (no daqd_layout attribute)")
+        present, data = group["present"], group["data"]
+        written: list[int] = []
+        step = max(1, BLOCK_BYTES // max(1, present.nbytes // max(1, present.shape[0])))
+        for start in range(0, present.shape[0], step):      # bounded reads, as blocks()
+            rows = np.flatnonzero(np.asarray(present[start:start + step]).any(axis=(1, 2)))
+            if rows.size:
+                written += [start + int(rows[0]), start + int(rows[-1])]
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageProblem(f"{path}: cannot read as a Zarr store: {exc}") from None
+    first, last = (min(written), max(written)) if written else (0, -1)
+    sync, rate = group.attrs.get("sync_time"), group.attrs.get("timestamp_rate")
+    origin_id = int(layout["origin"]) // (int(layout["timestamp_step"])
+                                          * int(layout["heaps_per_chunk"]))
+    return ChunkFile(
+        path=path, kind="zarr", stream=str(group.attrs.get("stream", "")),
+        records=last - first + 1, heaps_per_chunk=int(data.shape[1]),
+        substreams=int(data.shape[2]), dtype=np.dtype(layout["dtype"]),
+        samples=int(data.shape[3]), sync_time=None if sync is None else _unix_seconds(sync),
+        timestamp_rate=None if rate is None else float(rate),
+        chunk_ids=origin_id + np.arange(first, last + 1, dtype=np.int64), _h5=group,
+        first=first)
+
+
 def _open_binary(path: str) -> ChunkFile:
     from daqd.sinks.binary import load
 
@@ -197,7 +236,7 @@ def _open_binary(path: str) -> ChunkFile:
 
 
 def open_chunk_file(path: str) -> ChunkFile:
-    """Open an HDF5 or binary chunk-mode sink file.
+    """Open an HDF5 or binary chunk-mode sink file, or a zarr sink's store (a directory).
 
     Raises
     ------
@@ -206,6 +245,8 @@ def open_chunk_file(path: str) -> ChunkFile:
     """
     from daqd.sinks.binary import MAGIC
 
+    if "://" in path or os.path.isdir(path):
+        return _open_zarr(path)
     try:
         with open(path, "rb") as f:
             head = f.read(8)

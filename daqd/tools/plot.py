@@ -1,4 +1,4 @@
-"""``daqd plot``: a chunk-mode file (HDF5 or binary) as a PNG.
+"""``daqd plot``: a chunk-mode file (HDF5 or binary) or a zarr sink's store as a PNG.
 
 The whole picture (the default) has three panels, one above the other:
 
@@ -21,6 +21,10 @@ in a bin where it is in any of its rows; its power is the mean).
 ``--loss-map`` writes the loss map alone, one pixel per slot and one row per
 chunk id as above, the file read a block of records at a time (``present``
 and ``chunk_id`` only, never ``data``).
+
+A Zarr store (a directory, or an fsspec URL) is drawn as an HDF5 file is, from
+its first to its last time index with a heap present, its chunk ids those of
+the time indexes (``daqd.tools.chunkfile``).
 
 Binary files carry no presence (``daqd/sinks/binary.py``): their picture is
 the data overview alone, every slot taken as it was written, and
@@ -241,14 +245,15 @@ def draw_picture(f: ChunkFile) -> tuple[Any, int, int]:
 
 
 @click.command("plot")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="PNG to write (default: FILE.png).")
 @click.option("--loss-map", "loss_map", is_flag=True,
               help="Only the loss map, one pixel per heap slot and one row per record, the "
-                   "file read a block at a time (for large files; HDF5 files only).")
+                   "file read a block at a time (for large files; HDF5 files and Zarr "
+                   "stores only).")
 def command(file: str, output: str | None, loss_map: bool) -> None:
-    """Draw a chunk-mode file (HDF5 or binary) as a PNG.
+    """Draw a chunk-mode file (HDF5 or binary) or a zarr sink's store as a PNG.
 
     The loss map (records x heap slots x substreams, missing slots in red),
     the fraction of slots present per record against UTC or data time, and

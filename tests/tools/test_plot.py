@@ -76,6 +76,10 @@ path = "{tmp}/data/{{stream}}.h5"
 [[stream.sinks]]
 kind = "binary"
 path = "{tmp}/data/{{stream}}.bin"
+
+[[stream.sinks]]
+kind = "zarr"
+path = "{tmp}/data/{{stream}}.zarr"
 """)
     daemon = DaemonProcess(cfg)
     try:
@@ -110,6 +114,21 @@ def test_loss_map_alone_is_one_pixel_per_slot_red_where_heaps_were_lost(daemon_f
     missing = expected_missing()
     assert (pixels[missing] == plot.MISSING_RGB).all()
     assert (pixels[~missing] == plot.PRESENT_RGB).all()
+
+
+def test_a_zarr_store_gives_the_same_loss_map(daemon_files, tmp_path):
+    h5_path, _ = daemon_files
+    out = tmp_path / "loss.png"
+    proc = daqd("plot", str(h5_path.with_suffix(".zarr")), "--loss-map", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{CHUNKS} records; {len(DROPPED)} of {CHUNKS * HPC} heap slots missing" \
+        in proc.stderr
+    pixels = rgb(out)
+    assert pixels.shape == (CHUNKS, HPC, 3)
+    assert (pixels[expected_missing()] == plot.MISSING_RGB).all()
+    assert (pixels[~expected_missing()] == plot.PRESENT_RGB).all()
+    whole = daqd("plot", str(h5_path.with_suffix(".zarr")), "-o", str(tmp_path / "all.png"))
+    assert whole.returncode == 0, whole.stderr
 
 
 def box_pixel(box, shape, row, col, rows, cols):
