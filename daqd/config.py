@@ -36,6 +36,7 @@ from daqd.recv.uri import SCHEMES as SOURCE_SCHEMES
 from daqd.recv.workloads import WORKLOADS
 from daqd.sinks import EVENT_KINDS
 from daqd.sinks import KINDS as SINK_KINDS
+from daqd.sinks import sink_class
 from daqd.sinks.base import FSYNC_POLICIES as SINK_FSYNC_POLICIES
 from daqd.sinks.paths import (
     EVENT_PATH_FIELDS,
@@ -171,7 +172,9 @@ class SinkConfig:
     Attributes
     ----------
     kind : str
-        ``binary``, ``text``, ``pcap`` or ``hdf5`` (hdf5 needs chunk mode).
+        ``binary``, ``text``, ``pcap``, ``hdf5``, ``zarr`` (these two need
+        chunk mode), or a kind an installed package adds (entry point group
+        ``daqd.sinks``; checked against the Sink protocol when loaded).
     path : str
         File name template: ``{stream}``, ``{start:STRFTIME}`` (UTC), ``{seq}``
         and, except for pcap, ``{chunk_id}`` and ``{capture_block}``.
@@ -193,7 +196,7 @@ class SinkConfig:
         compression (``""``, ``zstd``, ``blosc``).
     """
 
-    kind: str = key(choices=SINK_KINDS)
+    kind: str = key()                   # SINK_KINDS or an entry point's (_check_sink_kind)
     path: str = key()
     # A file smaller than a file-system block holds less than it wastes: 0 or >= 4096.
     rotate_bytes: int = key(0, minimum=4096, maximum=1 << 50, off=0)
@@ -738,17 +741,29 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
     _check_trigger(loader, where, s, host)
     _check_flush(loader, where, s)
     for j, sink in enumerate(s.sinks):
+        _check_sink_kind(loader, f"{where}.sinks[{j}].kind", sink.kind)
         # The directory part before the first {field} is the one that must exist.
         directory = _check_sink_templates(loader, f"{where}.sinks[{j}]", sink, s)
         if sink.kind == "zarr" and is_local(sink.path):     # the store's directory's
             directory = Path(local_root(sink.path.format(stream=s.name))).parent
-        if host and (sink.kind != "zarr" or is_local(sink.path)):
+        # A kind of another package's says itself what its path means.
+        if host and sink.kind in SINK_KINDS and (sink.kind != "zarr" or is_local(sink.path)):
             _check_directory(loader, f"{where}.sinks[{j}].path", sink.path, directory)
         if sink.kind in ("hdf5", "zarr") and c is None:
             raise loader.fail(f"{where}.sinks[{j}].kind", sink.kind,
                               f"binary, text or pcap ({sink.kind} sinks need chunk mode)")
         _check_zarr_sink(loader, f"{where}.sinks[{j}]", s, sink, host)
     _check_wal(loader, where, s, host)
+
+
+def _check_sink_kind(loader: _Loader, key: str, kind: str) -> None:
+    """A built-in sink kind, or an entry point's that loads and has the Sink protocol."""
+    if kind in SINK_KINDS:
+        return                          # imported when used (h5py, zarr)
+    try:
+        sink_class(kind)
+    except ValueError as exc:
+        raise loader.fail(key, kind, f"a sink kind ({exc})") from None
 
 
 def _check_zarr_sink(loader: _Loader, where: str, s: StreamConfig, sink: SinkConfig,
