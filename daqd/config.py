@@ -26,6 +26,7 @@ from daqd import _spead, logs
 from daqd.addresses import ipc_path, is_local_endpoint, open_to_others, split_host_port
 from daqd.errors import SourceError, UsageProblem
 from daqd.pipeline import buffers, flush
+from daqd.pipeline import process as process_step
 from daqd.pipeline import wal as wal_log
 from daqd.pipeline.datatime import Clock, TimeError, Timeline, parse_utc
 from daqd.pipeline.retention import retain_ticks, retained_chunks
@@ -267,6 +268,23 @@ class TriggerConfig:
 
 
 @dataclass(frozen=True)
+class ProcessConfig:
+    """The `[stream.process]` table: a processing step (`daqd.pipeline.process`).
+
+    Attributes
+    ----------
+    call : str
+        ``"package.module:name"``: the step (a callable), or a class made once
+        with `options` into the step.  Chunk mode only.
+    options : dict
+        Keyword arguments of the class (a TOML table).
+    """
+
+    call: str = key()
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class StreamConfig:
     """One `[[stream]]` entry (`daqd.recv.builder.build_receiver` builds its receive side)."""
 
@@ -287,6 +305,7 @@ class StreamConfig:
     sinks: tuple[SinkConfig, ...] = ()
     time: TimeConfig = field(default_factory=TimeConfig)
     trigger: TriggerConfig | None = None
+    process: ProcessConfig | None = None
 
     @property
     def timeline(self) -> Timeline:
@@ -331,11 +350,12 @@ class Config:
 SECTIONS: dict[str, type] = {
     "daemon": DaemonConfig, "zmq": ZmqConfig, "stream": StreamConfig,
     "stream.chunk": ChunkConfig, "stream.buffer": BufferConfig, "stream.sinks": SinkConfig,
-    "stream.time": TimeConfig, "stream.trigger": TriggerConfig, "simulate": SimulateConfig,
+    "stream.time": TimeConfig, "stream.trigger": TriggerConfig, "stream.process": ProcessConfig,
+    "simulate": SimulateConfig,
 }
 # Fields that hold nested tables, filled by parse().
 NESTED = ("ChunkConfig | None", "BufferConfig", "tuple[SinkConfig, ...]", "TimeConfig",
-          "TriggerConfig | None")
+          "TriggerConfig | None", "ProcessConfig | None")
 
 
 def schema_keys() -> list[str]:
@@ -398,6 +418,9 @@ class _Loader:
             return tuple(value)
         elif f.name == "flush_custom":
             value = self.predicates(value, key)
+        elif kind.startswith("dict["):
+            if not isinstance(value, dict):
+                raise self.fail(key, value, "a table")
 
         elif kind.startswith("tuple[str"):
             if not isinstance(value, list) or not value or not all(
@@ -737,6 +760,7 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
     c = s.chunk
     if c is not None:
         _check_chunk(loader, where, s, c)
+    s = _check_process(loader, where, s)    # the rest checks the records as written
     _check_time(loader, where, s)
     _check_trigger(loader, where, s, host)
     _check_flush(loader, where, s)
@@ -754,6 +778,23 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
                               f"binary, text or pcap ({sink.kind} sinks need chunk mode)")
         _check_zarr_sink(loader, f"{where}.sinks[{j}]", s, sink, host)
     _check_wal(loader, where, s, host)
+
+
+def _check_process(loader: _Loader, where: str, s: StreamConfig) -> StreamConfig:
+    """Import and make the processing step (its layout too); return the stream as written."""
+    p = s.process
+    if p is None:
+        return s
+    if s.chunk is None:
+        raise loader.fail(f"{where}.process.call", p.call,
+                          "no processing step in heap mode (it needs [stream.chunk])")
+    try:
+        processor = process_step.build_process(s)
+    except ValueError as exc:
+        raise loader.fail(f"{where}.process.call", p.call,
+                          f'"package.module:name" naming a processing step ({exc})') from None
+    out: StreamConfig = processor.stream(s)
+    return out
 
 
 def _check_sink_kind(loader: _Loader, key: str, kind: str) -> None:
@@ -962,6 +1003,9 @@ def parse(text: str, path: str = "<config>", *, host: bool = True) -> Config:
         if "trigger" in raw:
             values["trigger"] = TriggerConfig(**loader.table(TriggerConfig, raw["trigger"],
                                                              f"{where}.trigger"))
+        if "process" in raw:
+            values["process"] = ProcessConfig(**loader.table(ProcessConfig, raw["process"],
+                                                             f"{where}.process"))
         raw_sinks = raw.get("sinks", [])
         if not isinstance(raw_sinks, list):
             raise loader.fail(f"{where}.sinks", raw_sinks, "[[stream.sinks]] tables")

@@ -11,10 +11,7 @@ Sink protocol, is one line from ``daqd validate``.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,11 +19,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from cli_helpers import assert_one_line_error, daqd
-from daemon_helpers import REPO, DaemonProcess, daemon_toml, toml_table, write_config
+from daemon_helpers import DaemonProcess, daemon_toml, toml_table, write_config
+from example_helpers import install_example, with_site
 
 from daqd.recv.workloads import WORKLOADS
 
-EXAMPLE = REPO / "examples" / "udp_summary_sink"
 HEAPS = 64
 HEAPS_PER_CHUNK = 8
 
@@ -34,20 +31,7 @@ HEAPS_PER_CHUNK = 8
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """The example sink package, pip-installed into a directory of its own."""
-    tmp = tmp_path_factory.mktemp("udp_summary_sink")
-    source = tmp / "src"
-    shutil.copytree(EXAMPLE, source)        # the build leaves its files beside the source
-    target = tmp / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(source)],
-                   check=True, timeout=120)
-    return target
-
-
-def with_site(site: Path) -> dict[str, str]:
-    """The environment of a daqd that sees the installed package."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (os.environ.get("PYTHONPATH", ""), str(site)) if p)}
+    return install_example("udp_summary_sink", tmp_path_factory.mktemp("udp_summary_sink"))
 
 
 def config_text(tmp: Path, sink_path: str, kind: str = "udp-summary") -> str:
