@@ -35,9 +35,8 @@ from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE, DEFAULT_SOCKET_BUFFER
 from daqd.recv.uri import NETWORK_SCHEMES, parse_uri
 from daqd.recv.uri import SCHEMES as SOURCE_SCHEMES
 from daqd.recv.workloads import WORKLOADS
-from daqd.sinks import EVENT_KINDS
+from daqd.sinks import EVENT_KINDS, sink_class
 from daqd.sinks import KINDS as SINK_KINDS
-from daqd.sinks import sink_class
 from daqd.sinks.base import FSYNC_POLICIES as SINK_FSYNC_POLICIES
 from daqd.sinks.paths import (
     EVENT_PATH_FIELDS,
@@ -798,7 +797,7 @@ def _check_process(loader: _Loader, where: str, s: StreamConfig) -> StreamConfig
 
 
 def _check_sink_kind(loader: _Loader, key: str, kind: str) -> None:
-    """A built-in sink kind, or an entry point's that loads and has the Sink protocol."""
+    """Check a sink kind: built in, or an entry point's that loads and has the Sink protocol."""
     if kind in SINK_KINDS:
         return                          # imported when used (h5py, zarr)
     try:

@@ -200,8 +200,12 @@ class Processor:
                 self._counts[name] += 1
 
     def counters(self) -> dict[str, Any]:
-        """``process_records``, ``process_outputs``, ``process_errors``, ``process_seconds``
-        and ``records_<reason>`` for each of `REASONS`."""
+        """Return the step's counters.
+
+        ``process_records`` (chunks given), ``process_outputs`` (records
+        made), ``process_errors``, ``process_seconds`` (time in the step) and
+        ``records_<reason>`` for each of `REASONS`.
+        """
         with self._lock:
             return {**self._counts, "process_seconds": round(self._seconds, 6)}
 

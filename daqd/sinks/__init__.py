@@ -297,6 +297,6 @@ def recover_sink(context: SinkContext, state: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-__all__ = ["ENTRY_POINT_GROUP", "EVENT_KINDS", "KINDS", "PROTOCOL", "EventFileConfig", "SinkContext", "build_event_sink",
-           "build_sinks", "check_protocol", "kinds", "make_sink", "recover_sink",
-           "sink_class"]
+__all__ = ["ENTRY_POINT_GROUP", "EVENT_KINDS", "KINDS", "PROTOCOL", "EventFileConfig",
+           "SinkContext", "build_event_sink", "build_sinks", "check_protocol", "kinds",
+           "make_sink", "recover_sink", "sink_class"]
