@@ -294,6 +294,12 @@ def recover_sink(context: SinkContext, state: dict[str, Any]) -> dict[str, Any]:
         from daqd.sinks.base import describe_error
         report = {"file": None, "action": "", "published": [], "orphans": [],
                   "error": describe_error(exc)}
+    except Exception as exc:
+        if context.config.kind in KINDS:
+            raise
+        # Another package's kind: its failure is reported, the daemon starts.
+        report = {"file": None, "action": "", "published": [], "orphans": [],
+                  "error": f"{type(exc).__name__}: {exc}"}
     return report
 
 
