@@ -90,3 +90,23 @@ def test_a_layout_of_another_type_is_refused():
 
     with pytest.raises(ValueError, match="dataclasses.replace"):
         Processor(Bad(), CHUNK)
+
+
+def test_heap_mode_has_no_processing_step(tmp_path):
+    from daqd.config import ConfigError, parse
+
+    text = ('[[stream]]\nname = "a"\nsources = ["sim:W1"]\n'
+            '[stream.process]\ncall = "process_steps:passthrough"\n'
+            f'[[stream.sinks]]\nkind = "binary"\npath = "{tmp_path}/x.bin"\n')
+    with pytest.raises(ConfigError, match=r"stream\[0\]\.process\.call .*heap mode"):
+        parse(text, host=False)
+
+
+def test_options_must_be_a_table(tmp_path):
+    from daqd.config import ConfigError, parse
+
+    text = ('[[stream]]\nname = "a"\nsources = ["sim:W1"]\n[stream.chunk]\n'
+            '[stream.process]\ncall = "process_steps:Scale"\noptions = 3\n'
+            f'[[stream.sinks]]\nkind = "binary"\npath = "{tmp_path}/x.bin"\n')
+    with pytest.raises(ConfigError, match=r"stream\[0\]\.process\.options = 3: expected a table"):
+        parse(text, host=False)

@@ -40,9 +40,9 @@ def config_text(tmp: Path, process: dict, heaps: int = HEAPS) -> str:
     """W1 from the built-in generator in chunk mode, through `process`, into hdf5 and binary."""
     return (daemon_toml(tmp)
             + toml_table("stream", array=True, name="adc0", sources=[f"sim:W1?heaps={heaps}"])
-            # A pool of 4 chunks for 12 integrated: each must go back once the step used it.
+            # A pool of 6 chunks for 12 integrated: each must go back once the step used it.
             + toml_table("stream.chunk", heaps_per_chunk=HEAPS_PER_CHUNK, heap_bytes=8192,
-                         max_chunks=2, pool=4)
+                         max_chunks=2, pool=6)
             + toml_table("stream.buffer", kind="fifo", flush_count=2, flush_interval=0.2)
             + "[stream.process]\n" + "".join(f"{k} = {v}\n" for k, v in process.items())
             + "".join(toml_table("stream.sinks", array=True, kind=kind,
