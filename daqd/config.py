@@ -912,8 +912,12 @@ def memory_needs(streams: Sequence[StreamConfig]) -> list[tuple[str, Any, str, i
     for i, s in enumerate(streams):
         parts = recv_builder.memory_needs(s)
         if s.sinks:
+            # A processing step's records are its own (its layout), not pool chunks.
+            step = process_step.build_process(s) if s.process is not None else None
+            written = step.stream(s) if step is not None else s
             parts += [(f"buffer.{k}", what, n) for k, what, n in buffers.memory_needs(
-                s.buffer, recv_builder.expected_record_bytes(s), shares_pool=s.chunk is not None)]
+                s.buffer, recv_builder.expected_record_bytes(written),
+                shares_pool=s.chunk is not None and step is None)]
         for key, what, n in parts:
             value: Any = s
             for name in key.split("."):

@@ -373,18 +373,17 @@ class StreamRunner:
                 closed = self.group.boundaries
                 pending = True
             if pending and self.group.data_ring_size == 0:
-                # Every chunk of the capture is in the buffer now.
+                # Every chunk of the capture is in the buffer now (and what
+                # a processing step held of it).
                 pending = False
+                self._finish_step()
                 self._close_capture()
             try:
                 chunk = self.group.get(POLL)
             except TimeoutError:
                 continue
             if chunk is None:                   # every stream finished, ring drained
-                if self.process is not None:
-                    last = self.process.finish()
-                    if last is not None:
-                        self._keep(last)
+                self._finish_step()
                 return
             record = self.receiver.chunk_record(chunk)
             if self.process is not None:
@@ -392,6 +391,13 @@ class StreamRunner:
                 if record is None:
                     continue
             self._keep(record)
+
+    def _finish_step(self) -> None:
+        """Keep what the processing step holds (a capture boundary, the stream's end)."""
+        if self.process is not None:
+            last = self.process.finish()
+            if last is not None:
+                self._keep(last)
 
     def _keep(self, record: Any) -> None:
         """Note a chunk record's data time, retain it for triggers and buffer it."""

@@ -19,7 +19,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from cli_helpers import assert_one_line_error, daqd
-from daemon_helpers import DaemonProcess, daemon_toml, toml_table, w1_payloads, write_config
+from daemon_helpers import (
+    DaemonProcess,
+    daemon_toml,
+    free_port,
+    send_w1,
+    toml_table,
+    w1_payloads,
+    wait_until,
+    write_config,
+)
 from example_helpers import install_example, with_site
 
 from daqd.tools.chunkfile import open_chunk_file
@@ -129,3 +138,32 @@ def test_a_step_that_cannot_be_made_is_one_line(tmp_path, site, process, problem
     proc = daqd("validate", "--config", str(config), env=with_site(site))
     assert_one_line_error(proc, "stream[0].process.call")
     assert problem in proc.stderr
+
+
+def test_a_capture_boundary_ends_the_integration(tmp_path, site):
+    """A stop heap on a UDP source: the group in progress is written into that capture's file."""
+    port = free_port()
+    text = config_text(tmp_path, {"call": '"daqd_integrate:Integrator"',
+                                  "options": f"{{ chunks = {CHUNKS} }}"})
+    text = text.replace(f'sources = ["sim:W1?heaps={HEAPS}"]',
+                        f'sources = ["udp://127.0.0.1:{port}"]\nsocket_buffer = 4194304')
+    config = write_config(tmp_path, text)
+    daemon = DaemonProcess(config, env={"PYTHONPATH": with_site(site)["PYTHONPATH"]})
+    try:
+        daemon.ready()
+        chunks = CHUNKS + 2                 # one whole group, then half of one
+        send_w1(port, chunks * HEAPS_PER_CHUNK, stop=True)
+        wait_until(lambda: list((tmp_path / "data").glob("*.h5")), 20, "the capture's file")
+        (h5,) = sorted((tmp_path / "data").glob("*.h5"))
+        with h5py.File(h5) as f:
+            assert f["chunk_id"][:].tolist() == [0, 1]
+            present = f["present"][:]
+            data = f["data"][:]
+        assert present[0].all() and not present[1].any()    # the half group: not all there
+        payloads = np.frombuffer(b"".join(w1_payloads(chunks * HEAPS_PER_CHUNK)), np.uint8)
+        heaps = payloads.reshape(chunks, HEAPS_PER_CHUNK, 1, 8192).astype(np.uint32)
+        np.testing.assert_array_equal(data[0], heaps[:CHUNKS].sum(axis=0))
+        np.testing.assert_array_equal(data[1], heaps[CHUNKS:].sum(axis=0))
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
