@@ -19,8 +19,9 @@ itself (no options).  The step
   ``(heaps_per_chunk, substreams, heap_bytes // itemsize)``, one record
   spanning ``heaps_per_chunk * timestamp_step`` ticks of data time.  Without
   it the layout stays the stream's;
-- may have ``finish()``: called once when the stream has ended, it returns
-  a last record (what an integrator held) or None.
+- may have ``finish()``: called at each capture boundary (stop heaps) and
+  when the stream has ended, it returns a last record (what an integrator
+  held) or None.
 
 A record the step returns that does not fit its layout (shape, dtype) is
 dropped, counted under ``records_process_bad_layout``; an exception drops the
@@ -164,7 +165,7 @@ class Processor:
         return self._checked(out)
 
     def finish(self) -> ChunkRecord | None:
-        """Ask the step for what it holds (``finish()``) once the stream has ended."""
+        """Ask the step for what it holds (``finish()``): a capture boundary, the stream's end."""
         method = getattr(self.step, "finish", None)
         if method is None:
             return None
