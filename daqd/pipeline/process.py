@@ -23,10 +23,11 @@ itself (no options).  The step
   when the stream has ended, it returns a last record (what an integrator
   held) or None.
 
-A record the step returns that does not fit its layout (shape, dtype) is
-dropped, counted under ``records_process_bad_layout``; an exception drops the
-record given, counted under ``records_process_error`` and in
-``process_errors`` (logged once, then summarised), and the stream goes on.
+A record the step returns that does not fit its layout (the shapes of
+``data``, ``present`` and ``extra``, the dtype) is dropped, counted under
+``records_process_bad_layout``; an exception drops the record given, counted
+under ``records_process_error`` and in ``process_errors`` (logged once, then
+summarised), and the stream goes on.
 ``process_seconds`` adds up the time spent in the step.
 """
 
@@ -181,10 +182,9 @@ class Processor:
     def _checked(self, out: Any) -> ChunkRecord | None:
         if out is None:
             return None
-        if not isinstance(out, ChunkRecord) or out.data.shape != self.shape \
-                or out.data.dtype != self.dtype:
-            got = (f"{out.data.dtype}{list(out.data.shape)}" if isinstance(out, ChunkRecord)
-                   else type(out).__name__)
+        if not isinstance(out, ChunkRecord) or not self._fits(out):
+            got = (f"{out.data.dtype}{list(out.data.shape)}, present {list(out.present.shape)}"
+                   if isinstance(out, ChunkRecord) else type(out).__name__)
             self._count("records_process_bad_layout")
             self.errors.error("layout", "processing step output does not fit its layout",
                               stream=self.name, expected=f"{self.dtype}{list(self.shape)}",
@@ -194,6 +194,17 @@ class Processor:
             return None
         self._count("process_outputs")
         return out
+
+    def _fits(self, out: ChunkRecord) -> bool:
+        """Tell whether `out`'s arrays have the layout's shapes and dtype (the sinks' needs)."""
+        layout = self.layout
+        slots = self.shape[:2]
+        packets = (layout.heap_bytes // layout.packet_presence,) \
+            if getattr(layout, "packet_presence", 0) else ()
+        extra = len(getattr(layout, "extra_items", ()))
+        return (out.data.shape == self.shape and out.data.dtype == self.dtype
+                and out.present.shape == slots + packets
+                and (out.extra is None or out.extra.shape == (*slots, extra)))
 
     def _count(self, *names: str) -> None:
         with self._lock:

@@ -110,3 +110,13 @@ def test_options_must_be_a_table(tmp_path):
             f'[[stream.sinks]]\nkind = "binary"\npath = "{tmp_path}/x.bin"\n')
     with pytest.raises(ConfigError, match=r"stream\[0\]\.process\.options = 3: expected a table"):
         parse(text, host=False)
+
+
+def test_a_record_whose_presence_does_not_fit_is_dropped():
+    def bad_present(record):
+        return ChunkRecord(record.chunk_id, 0, record.data.copy(), np.ones((4, 2), np.uint8))
+
+    step = Processor(bad_present, CHUNK)
+    released: list[int] = []
+    assert step(record(released)) is None
+    assert step.counters()["records_process_bad_layout"] == 1
