@@ -35,8 +35,9 @@ from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE, DEFAULT_SOCKET_BUFFER
 from daqd.recv.uri import NETWORK_SCHEMES, parse_uri
 from daqd.recv.uri import SCHEMES as SOURCE_SCHEMES
 from daqd.recv.workloads import WORKLOADS
-from daqd.sinks import EVENT_KINDS, sink_class
+from daqd.sinks import EVENT_KINDS
 from daqd.sinks import KINDS as SINK_KINDS
+from daqd.sinks import check_config as check_sink_config
 from daqd.sinks.base import FSYNC_POLICIES as SINK_FSYNC_POLICIES
 from daqd.sinks.paths import (
     EVENT_PATH_FIELDS,
@@ -764,7 +765,7 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
     _check_trigger(loader, where, s, host)
     _check_flush(loader, where, s)
     for j, sink in enumerate(s.sinks):
-        _check_sink_kind(loader, f"{where}.sinks[{j}].kind", sink.kind)
+        _check_sink_kind(loader, f"{where}.sinks[{j}].kind", sink)
         # The directory part before the first {field} is the one that must exist.
         directory = _check_sink_templates(loader, f"{where}.sinks[{j}]", sink, s)
         if sink.kind == "zarr" and is_local(sink.path):     # the store's directory's
@@ -796,14 +797,18 @@ def _check_process(loader: _Loader, where: str, s: StreamConfig) -> StreamConfig
     return out
 
 
-def _check_sink_kind(loader: _Loader, key: str, kind: str) -> None:
-    """Check a sink kind: built in, or an entry point's that loads and has the Sink protocol."""
-    if kind in SINK_KINDS:
+def _check_sink_kind(loader: _Loader, key: str, sink: SinkConfig) -> None:
+    """Check a sink's kind: built in, or an entry point's that loads and has the protocol.
+
+    The entry must also pass the class's optional ``check``
+    (`daqd.sinks.check_config`).
+    """
+    if sink.kind in SINK_KINDS:
         return                          # imported when used (h5py, zarr)
     try:
-        sink_class(kind)
+        check_sink_config(sink)
     except ValueError as exc:
-        raise loader.fail(key, kind, f"a sink kind ({exc})") from None
+        raise loader.fail(key, sink.kind, f"a sink kind ({exc})") from None
 
 
 def _check_zarr_sink(loader: _Loader, where: str, s: StreamConfig, sink: SinkConfig,

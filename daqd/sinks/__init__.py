@@ -17,7 +17,9 @@ The kinds are imported when first used, so loading a configuration does not
 import h5py or zarr.  Other packages add kinds through entry points of the
 group ``daqd.sinks`` (`ENTRY_POINT_GROUP`): the name is the kind, the object a
 class with the Sink protocol's methods (`PROTOCOL`), made as the built-in ones
-are, ``cls(context)``, and recovered as they are, ``cls.recover(context, state)``.
+are, ``cls(context)``, and recovered as they are, ``cls.recover(context, state)``;
+an optional class method ``check(config)`` refuses settings at validate
+(`check_config`).
 `kinds` lists them all; `sink_class` finds one and checks it.
 """
 
@@ -166,6 +168,29 @@ def sink_class(kind: str) -> type:
     return cls  # type: ignore[no-any-return]
 
 
+def check_config(config: Any) -> None:
+    """Check a ``[[stream.sinks]]`` entry of a kind from another package, before a run.
+
+    The class's optional ``check(config)`` class method raises ValueError
+    (one line) for settings it cannot work with, e.g. a `path` that is not the
+    address it expects; built-in kinds are checked by `daqd.config`.
+
+    Raises
+    ------
+    ValueError
+        The kind is unknown or its class lacks the protocol (`sink_class`), or
+        its ``check`` refused the entry.
+    """
+    cls = sink_class(config.kind)
+    check = getattr(cls, "check", None)
+    if config.kind in KINDS or check is None:
+        return
+    try:
+        check(config)
+    except Exception as exc:    # another package's check: its message, one line
+        raise ValueError(f"sink kind {config.kind!r}: {exc}") from None
+
+
 def build_sinks(stream: StreamConfig, config_text: str = "", udp_port: int | None = None,
                 descriptors: Callable[[], list[dict[str, Any]]] | None = None,
                 ) -> tuple[list[Any], list[Any]]:
@@ -304,5 +329,5 @@ def recover_sink(context: SinkContext, state: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["ENTRY_POINT_GROUP", "EVENT_KINDS", "KINDS", "PROTOCOL", "EventFileConfig",
-           "SinkContext", "build_event_sink", "build_sinks", "check_protocol", "kinds",
-           "make_sink", "recover_sink", "sink_class"]
+           "SinkContext", "build_event_sink", "build_sinks", "check_config", "check_protocol",
+           "kinds", "make_sink", "recover_sink", "sink_class"]

@@ -72,6 +72,14 @@ def test_uninstalled_kind_is_one_line(tmp_path):
     assert "udp-summary" in proc.stderr and "binary" in proc.stderr
 
 
+def test_a_path_the_kind_refuses_is_one_line(tmp_path, site):
+    """The class's own check (``udp_summary_sink``: a udp:// address) runs at validate."""
+    config = write_config(tmp_path, config_text(tmp_path, "data/summaries.txt"))
+    proc = daqd("validate", "--config", str(config), env=with_site(site))
+    assert_one_line_error(proc, "stream[0].sinks[0].kind")
+    assert "expected udp://HOST:PORT" in proc.stderr
+
+
 def test_class_without_the_protocol_is_one_line(tmp_path):
     """A package whose entry point names a class lacking commit and recover."""
     site = tmp_path / "site"

@@ -61,6 +61,11 @@ class UdpSummarySink:
         self.counts = {"records": 0, "bytes": 0, "datagrams": 0, "errors": 0}
         self.last_error = ""
 
+    @classmethod
+    def check(cls, config: Any) -> None:
+        """Refuse a `path` that is not ``udp://HOST:PORT`` (``daqd validate`` calls this)."""
+        _address(config.path)
+
     def write(self, records: Iterable[Any]) -> None:
         """Prepare one datagram per record; `commit` sends them."""
         stream = self.context.stream
