@@ -26,6 +26,7 @@ from daqd import _spead, logs
 from daqd.addresses import ipc_path, is_local_endpoint, open_to_others, split_host_port
 from daqd.errors import SourceError, UsageProblem
 from daqd.pipeline import buffers, flush
+from daqd.pipeline import process as process_step
 from daqd.pipeline import wal as wal_log
 from daqd.pipeline.datatime import Clock, TimeError, Timeline, parse_utc
 from daqd.pipeline.retention import retain_ticks, retained_chunks
@@ -36,6 +37,7 @@ from daqd.recv.uri import SCHEMES as SOURCE_SCHEMES
 from daqd.recv.workloads import WORKLOADS
 from daqd.sinks import EVENT_KINDS
 from daqd.sinks import KINDS as SINK_KINDS
+from daqd.sinks import check_config as check_sink_config
 from daqd.sinks.base import FSYNC_POLICIES as SINK_FSYNC_POLICIES
 from daqd.sinks.paths import (
     EVENT_PATH_FIELDS,
@@ -171,7 +173,9 @@ class SinkConfig:
     Attributes
     ----------
     kind : str
-        ``binary``, ``text``, ``pcap`` or ``hdf5`` (hdf5 needs chunk mode).
+        ``binary``, ``text``, ``pcap``, ``hdf5``, ``zarr`` (these two need
+        chunk mode), or a kind an installed package adds (entry point group
+        ``daqd.sinks``; checked against the Sink protocol when loaded).
     path : str
         File name template: ``{stream}``, ``{start:STRFTIME}`` (UTC), ``{seq}``
         and, except for pcap, ``{chunk_id}`` and ``{capture_block}``.
@@ -193,7 +197,7 @@ class SinkConfig:
         compression (``""``, ``zstd``, ``blosc``).
     """
 
-    kind: str = key(choices=SINK_KINDS)
+    kind: str = key()                   # SINK_KINDS or an entry point's (_check_sink_kind)
     path: str = key()
     # A file smaller than a file-system block holds less than it wastes: 0 or >= 4096.
     rotate_bytes: int = key(0, minimum=4096, maximum=1 << 50, off=0)
@@ -264,6 +268,23 @@ class TriggerConfig:
 
 
 @dataclass(frozen=True)
+class ProcessConfig:
+    """The `[stream.process]` table: a processing step (`daqd.pipeline.process`).
+
+    Attributes
+    ----------
+    call : str
+        ``"package.module:name"``: the step (a callable), or a class made once
+        with `options` into the step.  Chunk mode only.
+    options : dict
+        Keyword arguments of the class (a TOML table).
+    """
+
+    call: str = key()
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class StreamConfig:
     """One `[[stream]]` entry (`daqd.recv.builder.build_receiver` builds its receive side)."""
 
@@ -284,6 +305,7 @@ class StreamConfig:
     sinks: tuple[SinkConfig, ...] = ()
     time: TimeConfig = field(default_factory=TimeConfig)
     trigger: TriggerConfig | None = None
+    process: ProcessConfig | None = None
 
     @property
     def timeline(self) -> Timeline:
@@ -328,11 +350,12 @@ class Config:
 SECTIONS: dict[str, type] = {
     "daemon": DaemonConfig, "zmq": ZmqConfig, "stream": StreamConfig,
     "stream.chunk": ChunkConfig, "stream.buffer": BufferConfig, "stream.sinks": SinkConfig,
-    "stream.time": TimeConfig, "stream.trigger": TriggerConfig, "simulate": SimulateConfig,
+    "stream.time": TimeConfig, "stream.trigger": TriggerConfig, "stream.process": ProcessConfig,
+    "simulate": SimulateConfig,
 }
 # Fields that hold nested tables, filled by parse().
 NESTED = ("ChunkConfig | None", "BufferConfig", "tuple[SinkConfig, ...]", "TimeConfig",
-          "TriggerConfig | None")
+          "TriggerConfig | None", "ProcessConfig | None")
 
 
 def schema_keys() -> list[str]:
@@ -395,6 +418,9 @@ class _Loader:
             return tuple(value)
         elif f.name == "flush_custom":
             value = self.predicates(value, key)
+        elif kind.startswith("dict["):
+            if not isinstance(value, dict):
+                raise self.fail(key, value, "a table")
 
         elif kind.startswith("tuple[str"):
             if not isinstance(value, list) or not value or not all(
@@ -734,21 +760,55 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
     c = s.chunk
     if c is not None:
         _check_chunk(loader, where, s, c)
+    s = _check_process(loader, where, s)    # the rest checks the records as written
     _check_time(loader, where, s)
     _check_trigger(loader, where, s, host)
     _check_flush(loader, where, s)
     for j, sink in enumerate(s.sinks):
+        _check_sink_kind(loader, f"{where}.sinks[{j}].kind", sink)
         # The directory part before the first {field} is the one that must exist.
         directory = _check_sink_templates(loader, f"{where}.sinks[{j}]", sink, s)
         if sink.kind == "zarr" and is_local(sink.path):     # the store's directory's
             directory = Path(local_root(sink.path.format(stream=s.name))).parent
-        if host and (sink.kind != "zarr" or is_local(sink.path)):
+        # A kind of another package's says itself what its path means.
+        if host and sink.kind in SINK_KINDS and (sink.kind != "zarr" or is_local(sink.path)):
             _check_directory(loader, f"{where}.sinks[{j}].path", sink.path, directory)
         if sink.kind in ("hdf5", "zarr") and c is None:
             raise loader.fail(f"{where}.sinks[{j}].kind", sink.kind,
                               f"binary, text or pcap ({sink.kind} sinks need chunk mode)")
         _check_zarr_sink(loader, f"{where}.sinks[{j}]", s, sink, host)
     _check_wal(loader, where, s, host)
+
+
+def _check_process(loader: _Loader, where: str, s: StreamConfig) -> StreamConfig:
+    """Import and make the processing step (its layout too); return the stream as written."""
+    p = s.process
+    if p is None:
+        return s
+    if s.chunk is None:
+        raise loader.fail(f"{where}.process.call", p.call,
+                          "no processing step in heap mode (it needs [stream.chunk])")
+    try:
+        processor = process_step.build_process(s)
+    except ValueError as exc:
+        raise loader.fail(f"{where}.process.call", p.call,
+                          f'"package.module:name" naming a processing step ({exc})') from None
+    out: StreamConfig = processor.stream(s)
+    return out
+
+
+def _check_sink_kind(loader: _Loader, key: str, sink: SinkConfig) -> None:
+    """Check a sink's kind: built in, or an entry point's that loads and has the protocol.
+
+    The entry must also pass the class's optional ``check``
+    (`daqd.sinks.check_config`).
+    """
+    if sink.kind in SINK_KINDS:
+        return                          # imported when used (h5py, zarr)
+    try:
+        check_sink_config(sink)
+    except ValueError as exc:
+        raise loader.fail(key, sink.kind, f"a sink kind ({exc})") from None
 
 
 def _check_zarr_sink(loader: _Loader, where: str, s: StreamConfig, sink: SinkConfig,
@@ -857,8 +917,12 @@ def memory_needs(streams: Sequence[StreamConfig]) -> list[tuple[str, Any, str, i
     for i, s in enumerate(streams):
         parts = recv_builder.memory_needs(s)
         if s.sinks:
+            # A processing step's records are its own (its layout), not pool chunks.
+            step = process_step.build_process(s) if s.process is not None else None
+            written = step.stream(s) if step is not None else s
             parts += [(f"buffer.{k}", what, n) for k, what, n in buffers.memory_needs(
-                s.buffer, recv_builder.expected_record_bytes(s), shares_pool=s.chunk is not None)]
+                s.buffer, recv_builder.expected_record_bytes(written),
+                shares_pool=s.chunk is not None and step is None)]
         for key, what, n in parts:
             value: Any = s
             for name in key.split("."):
@@ -947,6 +1011,9 @@ def parse(text: str, path: str = "<config>", *, host: bool = True) -> Config:
         if "trigger" in raw:
             values["trigger"] = TriggerConfig(**loader.table(TriggerConfig, raw["trigger"],
                                                              f"{where}.trigger"))
+        if "process" in raw:
+            values["process"] = ProcessConfig(**loader.table(ProcessConfig, raw["process"],
+                                                             f"{where}.process"))
         raw_sinks = raw.get("sinks", [])
         if not isinstance(raw_sinks, list):
             raise loader.fail(f"{where}.sinks", raw_sinks, "[[stream.sinks]] tables")

@@ -43,6 +43,7 @@ from daqd import _spead
 from daqd.config import Config, ConfigError, parse, schema_keys
 from daqd.pipeline.buffers import build_buffer
 from daqd.pipeline.events import build_triggers
+from daqd.pipeline.process import build_process
 from daqd.pipeline.records import ChunkRecord, HeapRecord
 from daqd.pipeline.retention import build_retention
 from daqd.recv.builder import build_receiver, build_stream
@@ -420,6 +421,17 @@ TRIGGERED = {"stream.time.sync_time": "0", "stream.time.timestamp_rate": 6553600
              "stream.trigger.retain_seconds": 0.1}
 
 
+def processed(w: World) -> tuple[str, int] | None:
+    """Run a chunk of 1s through the step `build_process` makes: its dtype and first sample."""
+    step = build_process(w.stream)
+    if step is None:
+        return None
+    chunk = w.stream.chunk
+    shape = (chunk.heaps_per_chunk, chunk.substreams, chunk.heap_bytes)
+    out = step(ChunkRecord(0, 0, np.ones(shape, np.uint8), np.ones(shape[:2], np.uint8)))
+    return out.data.dtype.name, int(out.data.flat[0])
+
+
 def curve_keys(tmp: Path) -> tuple[str, str]:
     keys = tmp / "keys"
     clients = tmp / "clients"
@@ -578,6 +590,10 @@ CASES: dict[str, Case] = {
                                 "hdf5 {tmp}/ev/x-01-000000.bin",
                                 also={k: v for k, v in TRIGGERED.items()
                                       if k != "stream.trigger.path"}),
+    # [stream.process]: the processing step, made by its builder (tests/process_steps.py)
+    "stream.process.call": Case("process_steps:Scale", processed, ("uint16", 2)),
+    "stream.process.options": Case({"factor": 5, "dtype": "uint32"}, processed, ("uint32", 5),
+                                   also={"stream.process.call": "process_steps:Scale"}),
     # [[simulate]]: the built-in sender
     "simulate.target": Case("udp://127.0.0.1:{port2}", lambda w: w.sent["ports"], ["{port2}"],
                             also={"stream.sources": ["udp://127.0.0.1:{port}",

@@ -48,12 +48,13 @@ def test_the_service_names_no_other_layers_keys_nor_item_ids():
     from daqd import config
 
     keys = {f.name for cls in (config.StreamConfig, config.ChunkConfig, config.BufferConfig,
-                                config.SinkConfig, config.SimulateConfig, config.TriggerConfig)
+                                config.SinkConfig, config.SimulateConfig, config.TriggerConfig,
+                                config.ProcessConfig)
             for f in dataclasses.fields(cls)}
     # Section names and a stream's name are structure; `stop`, `path`, `kind` and
     # `sources` are also the names of methods and attributes of other objects.
-    structure = {"name", "sources", "chunk", "buffer", "sinks", "time", "trigger", "stop",
-                 "path", "kind"}
+    structure = {"name", "sources", "chunk", "buffer", "sinks", "time", "trigger", "process",
+                 "stop", "path", "kind"}
     found = []
     for path in sorted((ROOT / "daqd" / "service").glob("*.py")):
         text = path.read_text()

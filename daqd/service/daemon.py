@@ -438,6 +438,8 @@ def _summary(runner: StreamRunner) -> dict[str, Any]:
     out = _figures(runner, ("packets", "heaps", "chunks_completed",
                             "packets_dropped_socket_buffer"))
     out.update(runner.pool_figures())
+    if runner.process is not None:      # [stream.process]: its calls, errors, time
+        out["process"] = runner.process.counters()
     return out
 
 

@@ -8,7 +8,10 @@ the shutdown):
   a packet tap (when a pcap sink is configured) is emptied here into
   `PacketRecord`s; a ``tcp://`` listener's connections are logged here;
 - chunk mode: one consumer thread taking completed chunks from the group's
-  data ring into the buffer as `ChunkRecord`s (no copy);
+  data ring into the buffer as `ChunkRecord`s (no copy); with
+  ``[stream.process]`` it runs the processing step on each first
+  (`daqd.pipeline.process`), and the sinks, the trigger's event files and the
+  data time follow the step's record layout;
 - one flusher thread per buffer (daqd.pipeline.flush), the only caller of the sinks;
 - with ``[stream.trigger]``: one writer thread per triggered event
   (`daqd.pipeline.events`), fed from the retention the receive side (heap
@@ -56,6 +59,7 @@ from daqd.pipeline.capture import CaptureGate
 from daqd.pipeline.datatime import CaptureBlock, Instant
 from daqd.pipeline.events import Triggers, build_triggers
 from daqd.pipeline.flush import Flusher
+from daqd.pipeline.process import build_process
 from daqd.pipeline.records import PacketRecord
 from daqd.recv.builder import Receiver, build_receiver
 from daqd.recv.counters import MAXIMA
@@ -107,6 +111,10 @@ class StreamRunner:
         self.config = config
         self.name = config.name
         self.whole = whole
+        # [stream.process]: the step, and the stream as its records are written
+        # (the sinks', the event files' and the data time's layout).
+        self.process = build_process(config, whole.zmq.interval)
+        self.written = config if self.process is None else self.process.stream(config)
         self.receiver = Receiver(config)       # built (pool allocated) by open()
         self.threads: list[threading.Thread] = []
         self.stopping = threading.Event()
@@ -128,7 +136,7 @@ class StreamRunner:
         self.boundary_reopens_skipped = 0
         # Data time ([stream.time]): each record's span; capture blocks admit records
         # by it, and note the newest (`gate.newest`).
-        self.timeline = config.timeline
+        self.timeline = self.written.timeline
         # [stream.trigger]: the records retained for triggers, and the events.
         self.triggers: Triggers | None = None
         self.gate = CaptureGate(self.timeline, started=started)
@@ -150,15 +158,18 @@ class StreamRunner:
         """
         c = self.config
         self.receiver = build_receiver(c)
+        written = self.written
         if c.trigger is not None:
             trigger = c.trigger
 
             def event_sink(number: int, label: str, start: int, end: int) -> tuple[Any, str]:
-                return build_event_sink(c, trigger, number, label, (start, end), self.whole.text)
+                return build_event_sink(written, trigger, number, label, (start, end),
+                                        self.whole.text)
 
             self.triggers = build_triggers(trigger, self.timeline, event_sink, self.name)
         # Files describe the stream's items with the descriptors received so far.
-        self.sinks, self.packet_sinks = build_sinks(c, self.whole.text, self.receiver.udp_port,
+        self.sinks, self.packet_sinks = build_sinks(written, self.whole.text,
+                                                    self.receiver.udp_port,
                                                     self.recorder.known_descriptors)
 
         def recover(sink: Any, state: dict[str, Any]) -> None:
@@ -291,6 +302,8 @@ class StreamRunner:
     def summarise_logs(self) -> None:
         """Write the summaries of repeated events that are due (the daemon calls it often)."""
         self.events.summarise()
+        if self.process is not None:
+            self.process.errors.summarise()
 
     def _finish(self, source: Source, stream: Any) -> None:
         if self.group is not None:
@@ -360,23 +373,41 @@ class StreamRunner:
                 closed = self.group.boundaries
                 pending = True
             if pending and self.group.data_ring_size == 0:
-                # Every chunk of the capture is in the buffer now.
+                # Every chunk of the capture is in the buffer now (and what
+                # a processing step held of it).
                 pending = False
+                self._finish_step()
                 self._close_capture()
             try:
                 chunk = self.group.get(POLL)
             except TimeoutError:
                 continue
             if chunk is None:                   # every stream finished, ring drained
+                self._finish_step()
                 return
             record = self.receiver.chunk_record(chunk)
-            span = self._observe(record)
-            if self.triggers is not None:
-                self.triggers.retention.add(record)     # a hold of its own
-            if self.buffer is None:
-                record.release()
-                continue
-            self._put(record, span)
+            if self.process is not None:
+                record = self.process(record)   # the pool chunk released once used
+                if record is None:
+                    continue
+            self._keep(record)
+
+    def _finish_step(self) -> None:
+        """Keep what the processing step holds (a capture boundary, the stream's end)."""
+        if self.process is not None:
+            last = self.process.finish()
+            if last is not None:
+                self._keep(last)
+
+    def _keep(self, record: Any) -> None:
+        """Note a chunk record's data time, retain it for triggers and buffer it."""
+        span = self._observe(record)
+        if self.triggers is not None:
+            self.triggers.retention.add(record)     # a hold of its own
+        if self.buffer is None:
+            record.release()
+            return
+        self._put(record, span)
 
     # ------------------------------------------------------------------
     # control
@@ -436,6 +467,8 @@ class StreamRunner:
         self.receiver.poll_sources()
         self.receiver.close()
         self.events.close()
+        if self.process is not None:
+            self.process.errors.close()
 
     @property
     def capturing(self) -> bool:
@@ -522,6 +555,8 @@ class StreamRunner:
         total["boundary_reopens_skipped"] = self.boundary_reopens_skipped
         if self.triggers is not None:
             total.update(self.triggers.counters())
+        if self.process is not None:
+            total.update(self.process.counters())
         total.update(self.recorder.counters())
         return total
 

@@ -14,12 +14,20 @@ An event file (``[stream.trigger]``, `daqd.pipeline.events`) is made by
 name is chosen (free) when the event is asked for.
 
 The kinds are imported when first used, so loading a configuration does not
-import h5py or zarr.
+import h5py or zarr.  Other packages add kinds through entry points of the
+group ``daqd.sinks`` (`ENTRY_POINT_GROUP`): the name is the kind, the object a
+class with the Sink protocol's methods (`PROTOCOL`), made as the built-in ones
+are, ``cls(context)``, and recovered as they are, ``cls.recover(context, state)``;
+an optional class method ``check(config)`` refuses settings at validate
+(`check_config`).
+`kinds` lists them all; `sink_class` finds one and checks it.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +50,32 @@ KINDS = {
     "hdf5": ("daqd.sinks.hdf5", "Hdf5Sink"),
     "zarr": ("daqd.sinks.zarr", "ZarrSink"),
 }
+#: The entry point group through which other packages add sink kinds.
+ENTRY_POINT_GROUP = "daqd.sinks"
+#: The Sink protocol (docs/dev-pipeline.md): what a sink class must have.
+PROTOCOL = ("write", "sync", "checkpoint", "commit", "reopen", "close", "stats", "recover")
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    """Return the sink kinds installed packages declare, by name (read each time: installs)."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def kinds() -> tuple[str, ...]:
+    """Return every sink kind: the built-in ones (`KINDS`), then those of entry points."""
+    return (*KINDS, *(name for name in sorted(_entry_points()) if name not in KINDS))
+
+
+def check_protocol(cls: Any) -> str:
+    """Return what `cls` lacks of the Sink protocol ("" when it has it all)."""
+    if not inspect.isclass(cls):
+        return f"{cls!r} is not a class"
+    missing = [name for name in PROTOCOL if not callable(getattr(cls, name, None))]
+    if missing:
+        return f"{cls.__module__}.{cls.__qualname__} has no " + ", ".join(missing)
+    if not hasattr(cls, "accepts"):
+        return f"{cls.__module__}.{cls.__qualname__} has no accepts (the record types it writes)"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -106,20 +140,55 @@ class SinkContext:
 
 
 def sink_class(kind: str) -> type:
-    """Return the class that implements sink `kind`.
+    """Return the class that implements sink `kind` (built in, or an entry point's).
 
     Raises
     ------
     ValueError
-        `kind` is not binary, text, pcap, hdf5 or zarr.
+        `kind` is none of `kinds()`, or its entry point does not load, or
+        what it names lacks part of the Sink protocol (one line saying what).
     """
-    try:
+    if kind in KINDS:
         module, name = KINDS[kind]
-    except KeyError:
+        builtin: type = getattr(importlib.import_module(module), name)
+        return builtin
+    entry = _entry_points().get(kind)
+    if entry is None:
         raise ValueError(f"unknown sink kind {kind!r} (expected "
-                         + ", ".join(KINDS) + ")") from None
-    cls: type = getattr(importlib.import_module(module), name)
-    return cls
+                         + ", ".join(kinds()) + ")")
+    try:
+        cls = entry.load()
+    except Exception as exc:    # whatever a package's import raises: one line
+        raise ValueError(f"sink kind {kind!r}: entry point {entry.value} does not load "
+                         f"({type(exc).__name__}: {exc})") from None
+    problem = check_protocol(cls)
+    if problem:
+        raise ValueError(f"sink kind {kind!r}: {problem} (the Sink protocol: "
+                         + ", ".join(PROTOCOL) + ")")
+    return cls  # type: ignore[no-any-return]
+
+
+def check_config(config: Any) -> None:
+    """Check a ``[[stream.sinks]]`` entry of a kind from another package, before a run.
+
+    The class's optional ``check(config)`` class method raises ValueError
+    (one line) for settings it cannot work with, e.g. a `path` that is not the
+    address it expects; built-in kinds are checked by `daqd.config`.
+
+    Raises
+    ------
+    ValueError
+        The kind is unknown or its class lacks the protocol (`sink_class`), or
+        its ``check`` refused the entry.
+    """
+    cls = sink_class(config.kind)
+    check = getattr(cls, "check", None)
+    if config.kind in KINDS or check is None:
+        return
+    try:
+        check(config)
+    except Exception as exc:    # another package's check: its message, one line
+        raise ValueError(f"sink kind {config.kind!r}: {exc}") from None
 
 
 def build_sinks(stream: StreamConfig, config_text: str = "", udp_port: int | None = None,
@@ -250,8 +319,15 @@ def recover_sink(context: SinkContext, state: dict[str, Any]) -> dict[str, Any]:
         from daqd.sinks.base import describe_error
         report = {"file": None, "action": "", "published": [], "orphans": [],
                   "error": describe_error(exc)}
+    except Exception as exc:
+        if context.config.kind in KINDS:
+            raise
+        # Another package's kind: its failure is reported, the daemon starts.
+        report = {"file": None, "action": "", "published": [], "orphans": [],
+                  "error": f"{type(exc).__name__}: {exc}"}
     return report
 
 
-__all__ = ["EVENT_KINDS", "KINDS", "EventFileConfig", "SinkContext", "build_event_sink",
-           "build_sinks", "make_sink", "recover_sink", "sink_class"]
+__all__ = ["ENTRY_POINT_GROUP", "EVENT_KINDS", "KINDS", "PROTOCOL", "EventFileConfig",
+           "SinkContext", "build_event_sink", "build_sinks", "check_config", "check_protocol",
+           "kinds", "make_sink", "recover_sink", "sink_class"]
