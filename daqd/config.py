@@ -30,6 +30,7 @@ from daqd.pipeline import wal as wal_log
 from daqd.pipeline.datatime import Clock, TimeError, Timeline, parse_utc
 from daqd.pipeline.retention import retain_ticks, retained_chunks
 from daqd.recv import builder as recv_builder
+from daqd.recv.bug_compat import parse_bug_compat
 from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE, DEFAULT_SOCKET_BUFFER
 from daqd.recv.uri import NETWORK_SCHEMES, parse_uri
 from daqd.recv.uri import SCHEMES as SOURCE_SCHEMES
@@ -279,6 +280,8 @@ class StreamConfig:
     # Heap mode, per source: payload bytes its live (partial) heaps may hold together.
     max_live_heap_bytes: int = key(_spead.DEFAULT_MAX_LIVE_HEAP_BYTES,
                                    minimum=_spead.MIN_MAX_LIVE_HEAP_BYTES, maximum=1 << 40)
+    # spead2's bug_compat: "pyspead-0.5.2" or BUG_COMPAT_* names joined with | (recv.bug_compat)
+    bug_compat: str = ""
     chunk: ChunkConfig | None = None
     buffer: BufferConfig = field(default_factory=BufferConfig)
     sinks: tuple[SinkConfig, ...] = ()
@@ -395,6 +398,13 @@ class _Loader:
             return tuple(value)
         elif f.name == "flush_custom":
             value = self.predicates(value, key)
+        elif f.name == "bug_compat":
+            if not isinstance(value, str):
+                raise self.fail(key, value, "a string")
+            try:
+                parse_bug_compat(value)
+            except ValueError as exc:
+                raise ConfigError(f"{self.path}: {key} = {value!r}: {exc}") from None
 
         elif kind.startswith("tuple[str"):
             if not isinstance(value, list) or not value or not all(
