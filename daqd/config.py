@@ -374,6 +374,13 @@ class _Loader:
         kind = f.type
         if f.name == "sync_time":
             value = self.utc(value, key)
+        elif f.name == "bug_compat":
+            if not isinstance(value, str):
+                raise self.fail(key, value, "a string")
+            try:
+                parse_bug_compat(value)
+            except ValueError as exc:
+                raise ConfigError(f"{self.path}: {key} = {value!r}: {exc}") from None
         elif kind == "bool":
             if not isinstance(value, bool):
                 raise self.fail(key, value, "true or false")
@@ -398,13 +405,6 @@ class _Loader:
             return tuple(value)
         elif f.name == "flush_custom":
             value = self.predicates(value, key)
-        elif f.name == "bug_compat":
-            if not isinstance(value, str):
-                raise self.fail(key, value, "a string")
-            try:
-                parse_bug_compat(value)
-            except ValueError as exc:
-                raise ConfigError(f"{self.path}: {key} = {value!r}: {exc}") from None
 
         elif kind.startswith("tuple[str"):
             if not isinstance(value, list) or not value or not all(

@@ -46,6 +46,7 @@ from daqd.pipeline.events import build_triggers
 from daqd.pipeline.records import ChunkRecord, HeapRecord
 from daqd.pipeline.retention import build_retention
 from daqd.recv.builder import build_receiver, build_stream
+from daqd.recv.heap_records import build_recorder
 from daqd.recv.uri import stream_udp_port
 from daqd.recv.workloads import WorkloadSender
 from daqd.service.daemon import Daemon
@@ -388,6 +389,22 @@ def heap_data_time(w: World) -> int | None:
     return runner.data_time()["newest_timestamp"]
 
 
+def pyspead_shape(w: World) -> list[Any]:
+    """The shape the stream's recorder (`build_recorder`) reads from a PySPEAD-0.5.2-style
+    descriptor of shape (2, 3): 8-byte shape fields, bit 1 marking a variable dimension."""
+    import spead2
+    import spead2.send
+    from spead2_helpers import THREAD_POOL, split_packets
+
+    ig = spead2.send.ItemGroup(flavour=spead2.Flavour(4, 64, 40, spead2.BUG_COMPAT_PYSPEAD_0_5_2))
+    ig.add_item(0x1000, "matrix", "", (2, 3), format=[("u", 16)])
+    out = spead2.send.BytesStream(THREAD_POOL, spead2.send.StreamConfig())
+    out.send_heap(ig.get_heap(descriptors="all", data="none"), 1)
+    recorder = build_recorder(w.stream)
+    recorder.add_descriptor_packets(split_packets(out.getvalue()))
+    return recorder.known_descriptors()[0]["shape"]
+
+
 def retention_ticks(w: World) -> int | None:
     """Ticks the stream's retention keeps (`build_retention` from ``[stream.trigger]``)."""
     stream = w.stream
@@ -489,6 +506,7 @@ CASES: dict[str, Case] = {
     "stream.max_live_heap_bytes": Case(1 << 20, World.heap_mode_refusals, 4),
     # a stop heap between two runs of heaps: counted as one (a boundary), or,
     # not being stream control, not at all; with exit_on_stop_heap it ends the stream
+    "stream.bug_compat": Case("pyspead-0.5.2", pyspead_shape, [2, 3]),
     "stream.stop_on_stop_item": Case(False, lambda w: w.fed(
         [*sim_packets("W1", 2), _spead.stop_packet(3), *sim_packets("W1", 2)]).stop_heaps, 0),
     "stream.exit_on_stop_heap": Case(True, lambda w: w.fed(

@@ -11,6 +11,7 @@ descriptor packets.  Also the issue's example and the text form's checks.
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import spead2.recv
 import spead2.send
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_helpers import assert_one_line_error, daqd
 from spead2_helpers import THREAD_POOL, split_packets
 
 from daqd import _spead
@@ -184,3 +186,24 @@ def test_text_form_is_spead2s_masks(text, mask):
 def test_text_form_refuses_other_names(text):
     with pytest.raises(ValueError, match="is not a bug_compat flag"):
         bc.parse_bug_compat(text)
+
+
+@pytest.mark.parametrize("flags", ["pyspead-0.5.2", "BUG_COMPAT_DESCRIPTOR_WIDTHS|"
+                                   "BUG_COMPAT_SHAPE_BIT_1|BUG_COMPAT_SWAP_ENDIAN", ""])
+def test_dump_bug_compat_prints_spead2s_descriptors(tmp_path, flags):
+    path = tmp_path / "old.spead"
+    path.write_bytes(b"".join(sent(bc.BUG_COMPAT_PYSPEAD_0_5_2, heaps=1)))
+    proc = daqd("dump", f"file:{path}", *(["--bug-compat", flags] if flags else []))
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stdout.splitlines()
+    printed = json.loads(line)["descriptors"]
+    (theirs,) = spead2_heaps(sent(bc.BUG_COMPAT_PYSPEAD_0_5_2, heaps=1),
+                             bc.parse_bug_compat(flags))
+    assert ours(printed) == spead2_descriptors(theirs)
+    shape = {d["name"]: d["shape"] for d in printed}["matrix"]
+    assert (shape == [2, 3]) == bool(flags)
+
+
+def test_dump_refuses_an_unknown_flag_in_one_line():
+    proc = daqd("dump", "sim:W1?heaps=1", "--bug-compat", "BUG_COMPAT_ALL")
+    assert_one_line_error(proc, "--bug-compat")
