@@ -125,7 +125,7 @@ cdef inline StatIndex _heaps_on_packet(Window *w, LiveHeap *h, const PacketHeade
     if status != N_STATS:
         return status
     if p.payload_length > 0:
-        memcpy(st.payload + p.payload_offset, p.payload, <size_t>p.payload_length)
+        w.copy(st.payload + p.payload_offset, p.payload, <size_t>p.payload_length)
     stats[<int>STAT_PAYLOAD_BYTES] += <uint64_t>p.payload_length
     return N_STATS
 
@@ -305,6 +305,9 @@ cdef class HeapStream(WindowStream):
         Payload bytes the live (partial) heaps may reserve together: a heap
         that needs more evicts the oldest others; one that alone would need
         more is refused (``packets_rejected_heap_over_budget``).
+    memcpy : str, optional
+        The payload copy, one of `MEMCPY_MODES` (spead2's ``memcpy``); ``auto``
+        (the default) is ``"standard"``: Python reads a heap's payload next.
     """
 
     cdef ReadyHeaps ready
@@ -312,10 +315,11 @@ cdef class HeapStream(WindowStream):
     def __cinit__(self, size_t max_heaps=DEFAULT_MAX_HEAPS, bint allow_out_of_order=False,
                   int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE, bint stop_on_stop_item=True,
                   int64_t max_live_heap_bytes=DEFAULT_MAX_LIVE_HEAP_BYTES,
-                  bint stop_boundary=False):
+                  bint stop_boundary=False, memcpy="auto"):
         self.ready.cap = max_heaps + READY_ROUND
         self.init_window(max_heaps, max_heap_size, max_live_heap_bytes, allow_out_of_order,
                          stop_on_stop_item, stop_boundary, self.ready.cap)
+        self.init_copy(memcpy, "standard")
         self.ready.heaps = <LiveHeap *>malloc(self.ready.cap * sizeof(LiveHeap))
         if self.ready.heaps == NULL:
             raise MemoryError()
@@ -324,7 +328,10 @@ cdef class HeapStream(WindowStream):
         free(self.ready.heaps)
 
     cdef int receive(self, Reader reader, uint64_t *stats, size_t *used) noexcept nogil:
-        return window_receive(&self.w, reader, stats, used, &self.ready)
+        cdef int rc = window_receive(&self.w, reader, stats, used, &self.ready)
+        if self.w.copy != daqd_copy_standard:
+            daqd_copy_fence()       # streaming stores visible before any thread reads a heap
+        return rc
 
     def pop_ready(self):
         """Heaps that have left assembly since the last call, in order."""

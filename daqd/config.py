@@ -282,6 +282,8 @@ class StreamConfig:
                                    minimum=_spead.MIN_MAX_LIVE_HEAP_BYTES, maximum=1 << 40)
     # spead2's bug_compat: "pyspead-0.5.2" or BUG_COMPAT_* names joined with | (recv.bug_compat)
     bug_compat: str = ""
+    # spead2's memcpy: the payload copy (auto: standard in heap mode, nontemporal in chunk mode)
+    memcpy: str = key("auto", choices=_spead.MEMCPY_MODES)
     chunk: ChunkConfig | None = None
     buffer: BufferConfig = field(default_factory=BufferConfig)
     sinks: tuple[SinkConfig, ...] = ()

@@ -506,6 +506,7 @@ CASES: dict[str, Case] = {
     "stream.max_live_heap_bytes": Case(1 << 20, World.heap_mode_refusals, 4),
     # a stop heap between two runs of heaps: counted as one (a boundary), or,
     # not being stream control, not at all; with exit_on_stop_heap it ends the stream
+    "stream.memcpy": Case("standard", lambda w: w.receiver.streams[0].memcpy, "standard"),
     "stream.bug_compat": Case("pyspead-0.5.2", pyspead_shape, [2, 3]),
     "stream.stop_on_stop_item": Case(False, lambda w: w.fed(
         [*sim_packets("W1", 2), _spead.stop_packet(3), *sim_packets("W1", 2)]).stop_heaps, 0),
