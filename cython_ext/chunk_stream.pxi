@@ -50,6 +50,10 @@ cdef class ChunkStream(WindowStream):
         The payload copy, one of `MEMCPY_MODES` (spead2's ``memcpy``); ``auto``
         (the default) is ``"nontemporal"``: a chunk is written once and read much later,
         so caching it would only evict the receive buffers.
+    allow_unsized_heaps
+        Accepted for the stream keys both modes share, and forced false, as
+        spead2's chunk stream forces it: a heap is placed from its first
+        packet, which must say the heap's size (``packets_rejected_unsized``).
     """
 
     cdef readonly ChunkGroup group
@@ -68,7 +72,7 @@ cdef class ChunkStream(WindowStream):
                  bint allow_out_of_order=False, bint stop_on_stop_item=True,
                  bint stop_boundary=False, int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE,
                  int64_t max_live_heap_bytes=DEFAULT_MAX_LIVE_HEAP_BYTES, too_old_reset=None,
-                 memcpy="auto", **group_kwargs):
+                 memcpy="auto", allow_unsized_heaps=False, **group_kwargs):
         window_check(max_heaps, max_heap_size, max_live_heap_bytes)
         if group is None:
             group = ChunkGroup(**group_kwargs)

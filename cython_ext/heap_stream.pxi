@@ -308,6 +308,9 @@ cdef class HeapStream(WindowStream):
     memcpy : str, optional
         The payload copy, one of `MEMCPY_MODES` (spead2's ``memcpy``); ``auto``
         (the default) is ``"standard"``: Python reads a heap's payload next.
+    allow_unsized_heaps : bool
+        Take packets without HEAP_SIZE (spead2's default); false: reject them
+        (``packets_rejected_unsized``), as spead2's ``allow_unsized_heaps=False``.
     """
 
     cdef ReadyHeaps ready
@@ -315,11 +318,12 @@ cdef class HeapStream(WindowStream):
     def __cinit__(self, size_t max_heaps=DEFAULT_MAX_HEAPS, bint allow_out_of_order=False,
                   int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE, bint stop_on_stop_item=True,
                   int64_t max_live_heap_bytes=DEFAULT_MAX_LIVE_HEAP_BYTES,
-                  bint stop_boundary=False, memcpy="auto"):
+                  bint stop_boundary=False, memcpy="auto", bint allow_unsized_heaps=True):
         self.ready.cap = max_heaps + READY_ROUND
         self.init_window(max_heaps, max_heap_size, max_live_heap_bytes, allow_out_of_order,
                          stop_on_stop_item, stop_boundary, self.ready.cap)
         self.init_copy(memcpy, "standard")
+        self.w.allow_unsized_heaps = self.allow_unsized_heaps = allow_unsized_heaps
         self.ready.heaps = <LiveHeap *>malloc(self.ready.cap * sizeof(LiveHeap))
         if self.ready.heaps == NULL:
             raise MemoryError()

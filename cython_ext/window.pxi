@@ -247,6 +247,7 @@ cdef struct Window:
     bint allow_out_of_order
     bint stop_on_stop_item
     bint stop_boundary          # a stop heap flushes and the stream goes on
+    bint allow_unsized_heaps    # heap mode: packets without HEAP_SIZE are taken (spead2)
     # state
     bint stopped                # a stop item has ended the stream
     bint closed                 # no packet is taken any more (stopped, or finished)
@@ -473,6 +474,9 @@ cdef inline void window_add_packet(Window *w, const PacketHeader *p, uint64_t *s
             stats[<int>STAT_PACKETS_REJECTED_UNSIZED] += 1  # chunk placement needs HEAP_SIZE
             return
     else:
+        if p.heap_length < 0 and not w.allow_unsized_heaps:
+            stats[<int>STAT_PACKETS_REJECTED_UNSIZED] += 1  # spead2: "it has no HEAP_LEN"
+            return
         verdict = packet_too_large(w, p)
         if verdict != N_STATS:
             stats[<int>verdict] += 1
@@ -651,6 +655,7 @@ cdef class WindowStream:
     cdef readonly bint stop_on_stop_item    # a stop item ends the stream
     cdef readonly bint stop_boundary        # ... or, with this, is a capture boundary
     cdef readonly str memcpy                # the payload copy: standard or nontemporal
+    cdef readonly bint allow_unsized_heaps  # packets without HEAP_SIZE are taken (heap mode)
     # Kernel drops found by poll_source() (the statistics path, with the GIL),
     # added in by stats(): the receive loop's own count is in `counters`.
     cdef uint64_t polled_drops

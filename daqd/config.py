@@ -284,6 +284,8 @@ class StreamConfig:
     bug_compat: str = ""
     # spead2's memcpy: the payload copy (auto: standard in heap mode, nontemporal in chunk mode)
     memcpy: str = key("auto", choices=_spead.MEMCPY_MODES)
+    # spead2's allow_unsized_heaps: heap mode takes packets without HEAP_SIZE (chunk mode never)
+    allow_unsized_heaps: bool = True
     chunk: ChunkConfig | None = None
     buffer: BufferConfig = field(default_factory=BufferConfig)
     sinks: tuple[SinkConfig, ...] = ()

@@ -173,6 +173,13 @@ class World:
                             for i in range(4)])
         return stream.stats()["packets_rejected_heap_over_budget"]
 
+    def heap_mode_unsized(self) -> int:
+        """Feed an unsized heap to the stream heap mode builds from the section; the
+        packets it rejects as unsized."""
+        stream = build_stream(self.stream)      # no chunk group: a HeapStream
+        stream.add_packets([packet(1, bytes(64), with_size=False)])
+        return stream.stats()["packets_rejected_unsized"]
+
     def first_chunk_present_ndim(self) -> int:
         """Feed a chunk's worth of W1 heaps, end the stream; the chunk's ``present`` dimensions."""
         self.fed(sim_packets("W1", self.stream.chunk.heaps_per_chunk)).finish()
@@ -506,6 +513,7 @@ CASES: dict[str, Case] = {
     "stream.max_live_heap_bytes": Case(1 << 20, World.heap_mode_refusals, 4),
     # a stop heap between two runs of heaps: counted as one (a boundary), or,
     # not being stream control, not at all; with exit_on_stop_heap it ends the stream
+    "stream.allow_unsized_heaps": Case(False, World.heap_mode_unsized, 1),
     "stream.memcpy": Case("standard", lambda w: w.receiver.streams[0].memcpy, "standard"),
     "stream.bug_compat": Case("pyspead-0.5.2", pyspead_shape, [2, 3]),
     "stream.stop_on_stop_item": Case(False, lambda w: w.fed(

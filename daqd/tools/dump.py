@@ -79,6 +79,8 @@ def run_dump(
     progress: str = "off",
     progress_interval: float = 10.0,
     bug_compat: int = 0,
+    allow_unsized_heaps: bool = True,
+    memcpy: str = "auto",
 ) -> dict[str, int]:
     """Print heaps as JSON lines; returns the stream's counters.
 
@@ -86,7 +88,8 @@ def run_dump(
     flushed (and printed with ``--incomplete``) and the counters summarised.
     `progress` (``daqd.tools.progress.MODES``) reports how far a finite source
     (``file:``, ``pcap:``, ``sim:`` with heaps) has been read; a network source
-    has no size, so none.  `bug_compat` is spead2's mask for descriptors.
+    has no size, so none.  `bug_compat` is spead2's mask for descriptors;
+    `allow_unsized_heaps` and `memcpy` are the stream's (``HeapStream``).
     """
     stream = _spead.HeapStream(
         max_heaps=max_heaps,
@@ -94,6 +97,8 @@ def run_dump(
         max_heap_size=max_heap_size,
         stop_on_stop_item=stop_on_stop_item,
         max_live_heap_bytes=max_live_heap_bytes,
+        allow_unsized_heaps=allow_unsized_heaps,
+        memcpy=memcpy,
     )
     interrupted = [False]
 
@@ -172,12 +177,16 @@ def _bug_compat(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--bug-compat", default="", callback=_bug_compat, metavar="FLAGS",
               help="spead2's bug_compat for descriptors: pyspead-0.5.2, or BUG_COMPAT_* "
                    "names joined with |.")
+@click.option("--allow-unsized-heaps/--no-allow-unsized-heaps", default=True,
+              show_default=True, help="Take packets without HEAP_SIZE (spead2's default).")
+@click.option("--memcpy", type=click.Choice(_spead.MEMCPY_MODES), default="auto",
+              show_default=True, help="The payload copy (auto: standard in heap mode).")
 @click.option("--count", type=INT(min=0), default=None, help="Stop after printing this many heaps.")
 @progress_options
 def command(source: str, max_heaps: int, allow_out_of_order: bool, incomplete: bool,
          stop_on_stop_item: bool, max_packet_size: int, max_heap_size: int,
-         max_live_heap_bytes: int, bug_compat: int, count: int | None, progress: str,
-         progress_interval: float) -> None:
+         max_live_heap_bytes: int, bug_compat: int, allow_unsized_heaps: bool, memcpy: str,
+         count: int | None, progress: str, progress_interval: float) -> None:
     """Decode SOURCE and print one JSON line per heap; counters go to stderr.
 
     SOURCE is udp://HOST:PORT, tcp://HOST:PORT, pcap:PATH, file:PATH (file:- for
@@ -190,4 +199,5 @@ def command(source: str, max_heaps: int, allow_out_of_order: bool, incomplete: b
              incomplete=incomplete, stop_on_stop_item=stop_on_stop_item,
              max_heap_size=max_heap_size, count=count, out=sys.stdout, err=sys.stderr,
              max_live_heap_bytes=max_live_heap_bytes, progress=progress,
-             progress_interval=progress_interval, bug_compat=bug_compat)
+             progress_interval=progress_interval, bug_compat=bug_compat,
+             allow_unsized_heaps=allow_unsized_heaps, memcpy=memcpy)
