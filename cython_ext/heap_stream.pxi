@@ -197,13 +197,18 @@ class Heap:
         ``"complete"``, ``"evicted"`` or ``"flushed"``.
     address_bits : int
         XX of the heap's SPEAD-64-XX flavour.
+    payload_ranges : list of (int, int), or None
+        An incomplete heap's received payload as sorted ``[start, end)``
+        ranges, adjacent ones merged (spead2's ``IncompleteHeap.payload_ranges``
+        with ``incomplete_keep_payload_ranges``; in order, one range from 0);
+        None for a complete heap.
     """
 
     __slots__ = ("cnt", "complete", "items", "received", "length", "reason",
-                 "address_bits", "n_packets")
+                 "address_bits", "n_packets", "payload_ranges")
 
     def __init__(self, cnt, complete, items, received, length, reason, address_bits,
-                 n_packets):
+                 n_packets, payload_ranges=None):
         self.cnt = cnt
         self.complete = complete
         self.items = items
@@ -212,6 +217,7 @@ class Heap:
         self.reason = reason
         self.address_bits = address_bits
         self.n_packets = n_packets
+        self.payload_ranges = payload_ranges
 
     def _control_values(self):
         for item in self.items:
@@ -280,9 +286,16 @@ cdef object heap_from_live(LiveHeap *h):
                 items.append(Item(item_id, False, st.payload[start:end]))
         finally:
             free(keys)
-    complete = contiguous
-    return Heap(h.cnt, complete, items, h.received_length, h.heap_length,
-                _REASONS[h.reason], bits, h.n_packets)
+    cdef list ranges = None
+    if not contiguous:
+        if st.n_ranges:
+            ranges = [(st.ranges[2 * i], st.ranges[2 * i + 1]) for i in range(st.n_ranges)]
+        elif h.received_length > 0:
+            ranges = [(0, h.received_length)]   # in order: what arrived runs from 0
+        else:
+            ranges = []
+    return Heap(h.cnt, contiguous, items, h.received_length, h.heap_length,
+                _REASONS[h.reason], bits, h.n_packets, ranges)
 
 
 cdef class HeapStream(WindowStream):

@@ -37,6 +37,7 @@ def heap_record(heap: Any, bug_compat: int = 0) -> dict[str, Any]:
     if not heap.complete:
         record["received"] = heap.received
         record["length"] = heap.length
+        record["payload_ranges"] = [list(r) for r in heap.payload_ranges]
         return record
     record["items"] = [
         {"id": item.id, "immediate": True, "value": item.value}
