@@ -83,6 +83,17 @@ def _numpy_header(header: str) -> tuple[tuple[int, ...], str, np.dtype]:
     return tuple(int(x) for x in shape), "F" if d["fortran_order"] else "C", dtype
 
 
+def numpy_header_shape(header: str) -> tuple[int, ...]:
+    """Return the shape a ``.npy`` header declares.
+
+    Raises
+    ------
+    ValueError
+        `header` is not a numpy header spead2 accepts.
+    """
+    return _numpy_header(header)[0]
+
+
 def swapped_numpy_header(header: str) -> str:
     """Return `header` (a ``.npy`` header) with its dtype's byte order swapped.
 
