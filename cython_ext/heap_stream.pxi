@@ -324,19 +324,29 @@ cdef class HeapStream(WindowStream):
     allow_unsized_heaps : bool
         Take packets without HEAP_SIZE (spead2's default); false: reject them
         (``packets_rejected_unsized``), as spead2's ``allow_unsized_heaps=False``.
+    contiguous_only : bool
+        Hand out only heaps whose payload arrived contiguously (``complete``),
+        as spead2's ring stream with ``contiguous_only=True`` (its default);
+        the others are still counted (``incomplete_heaps_*``).  By default
+        False: every heap is handed out, an incomplete one flagged, with its
+        ``payload_ranges`` (spead2's ``contiguous_only=False`` with
+        ``incomplete_keep_payload_ranges``).
     """
 
     cdef ReadyHeaps ready
+    cdef readonly bint contiguous_only
 
     def __cinit__(self, size_t max_heaps=DEFAULT_MAX_HEAPS, bint allow_out_of_order=False,
                   int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE, bint stop_on_stop_item=True,
                   int64_t max_live_heap_bytes=DEFAULT_MAX_LIVE_HEAP_BYTES,
-                  bint stop_boundary=False, memcpy="auto", bint allow_unsized_heaps=True):
+                  bint stop_boundary=False, memcpy="auto", bint allow_unsized_heaps=True,
+                  bint contiguous_only=False):
         self.ready.cap = max_heaps + READY_ROUND
         self.init_window(max_heaps, max_heap_size, max_live_heap_bytes, allow_out_of_order,
                          stop_on_stop_item, stop_boundary, self.ready.cap)
         self.init_copy(memcpy, "standard")
         self.w.allow_unsized_heaps = self.allow_unsized_heaps = allow_unsized_heaps
+        self.contiguous_only = contiguous_only
         self.ready.heaps = <LiveHeap *>malloc(self.ready.cap * sizeof(LiveHeap))
         if self.ready.heaps == NULL:
             raise MemoryError()
@@ -354,9 +364,13 @@ cdef class HeapStream(WindowStream):
         """Heaps that have left assembly since the last call, in order."""
         cdef list out = []
         cdef size_t i
+        cdef LiveHeap *h
         try:
             for i in range(self.ready.n):
-                out.append(heap_from_live(&self.ready.heaps[i]))
+                h = &self.ready.heaps[i]
+                if self.contiguous_only and h.received_length != h.min_length:
+                    continue            # incomplete: counted, not handed out
+                out.append(heap_from_live(h))
         finally:
             for i in range(self.ready.n):
                 window_release_storage(&self.w, self.ready.heaps[i].st)

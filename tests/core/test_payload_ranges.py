@@ -113,3 +113,23 @@ def test_dump_incomplete_prints_them(tmp_path):
     assert [{k: r[k] for k in ("cnt", "received", "length", "payload_ranges")}
             if not r["complete"] else {"cnt": r["cnt"], "complete": True}
             for r in printed] == expected
+
+
+@pytest.mark.parametrize("allow_out_of_order", [False, True])
+@pytest.mark.parametrize("contiguous_only", [True, False])
+def test_contiguous_only_hands_out_what_spead2_does(contiguous_only, allow_out_of_order):
+    packets = workload()
+    stream = spead2.recv.Stream(
+        h.THREAD_POOL,
+        spead2.recv.StreamConfig(max_heaps=3, allow_out_of_order=allow_out_of_order),
+        spead2.recv.RingStreamConfig(contiguous_only=contiguous_only))
+    stream.add_inproc_reader(sp.inproc_queue(spead2, packets))
+    theirs = h.collect_spead2(stream)
+    stats = {n: stream.stats[n] for n in ("heaps", "incomplete_heaps_evicted",
+                                          "incomplete_heaps_flushed")}
+    ours = _spead.HeapStream(max_heaps=3, allow_out_of_order=allow_out_of_order,
+                             contiguous_only=contiguous_only)
+    got = [h.daqd_record(x) for x in ours.add_packets(packets) + ours.flush()]
+    assert got == theirs
+    assert any(not r["complete"] for r in got) is not contiguous_only
+    assert {n: ours.stats()[n] for n in stats} == stats
