@@ -40,8 +40,7 @@ TestDecode.test_substreams                      n/a: HeapStream has no substream
                                                 per-substream heap windows); daqd has one window
 TestDecode.test_incomplete_heaps                test_incomplete_heaps (length, received, counters);
                                                 test_incomplete_heap_items_are_not_handed_out;
-                                                payload_ranges n/a (no incomplete_keep_payload_
-                                                ranges option)
+                                                payload_ranges: tests/core/test_payload_ranges.py
 TestDecode.test_is_start_of_stream              test_is_start_of_stream
 TestDecode.test_is_end_of_stream                test_is_end_of_stream
 TestDecode.test_no_stop_on_stop_item            test_no_stop_on_stop_item
@@ -73,8 +72,10 @@ TestStreamConfig.test_bad_kwarg                 test_stream_config_bad_kwarg
 TestStreamConfig.test_stats                     n/a: no user-defined statistics (fixed counters)
 TestRingStreamConfig.test_default_construct     n/a: heap mode has no heap ring (process/pop_ready
 TestRingStreamConfig.test_set_get               return heaps; buffering is in daqd.pipeline); it
-TestRingStreamConfig.test_heaps_zero            always acts as contiguous_only=False (incomplete
-                                                heaps delivered, flagged)
+TestRingStreamConfig.test_heaps_zero            acts as contiguous_only=False by default
+                                                (incomplete heaps delivered, flagged);
+                                                HeapStream(contiguous_only=True) as spead2's
+                                                default: tests/core/test_payload_ranges.py
 TestUdpIbvConfig.* (10 cases: test_default_construct, test_kwargs_construct,
     test_default_buffer_size, test_bad_max_poll, test_bad_max_size, test_no_endpoints,
     test_ipv6_endpoints, test_no_interface_address, test_bad_interface_address,
