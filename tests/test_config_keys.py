@@ -32,11 +32,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import spead2
+import spead2.send
 import zmq
 import zmq.auth
 
 sys.path.insert(0, str(Path(__file__).parent))
 from daemon_helpers import free_port
+from spead2_helpers import THREAD_POOL, split_packets
 from spead_packets import packet, sim_packets
 
 from daqd import _spead
@@ -399,10 +402,6 @@ def heap_data_time(w: World) -> int | None:
 def pyspead_shape(w: World) -> list[Any]:
     """The shape the stream's recorder (`build_recorder`) reads from a PySPEAD-0.5.2-style
     descriptor of shape (2, 3): 8-byte shape fields, bit 1 marking a variable dimension."""
-    import spead2
-    import spead2.send
-    from spead2_helpers import THREAD_POOL, split_packets
-
     ig = spead2.send.ItemGroup(flavour=spead2.Flavour(4, 64, 40, spead2.BUG_COMPAT_PYSPEAD_0_5_2))
     ig.add_item(0x1000, "matrix", "", (2, 3), format=[("u", 16)])
     out = spead2.send.BytesStream(THREAD_POOL, spead2.send.StreamConfig())
