@@ -51,11 +51,6 @@ from libc.errno cimport ETIMEDOUT
 
 import numpy as np
 
-cdef extern from "daqd_copy.h" nogil:
-    void daqd_copy_init()
-    void daqd_copy_payload(uint8_t *dst, const uint8_t *src, size_t n)
-    void daqd_copy_fence()
-
 cdef extern from "daqd_place.h" nogil:
     ctypedef struct daqd_place_data:
         const uint8_t *packet

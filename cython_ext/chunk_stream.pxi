@@ -46,6 +46,14 @@ cdef class ChunkStream(WindowStream):
         default two chunks' worth of heaps.  Only a stream alone in its group
         re-anchors (in a group of several, a stream left behind by the others,
         even once they have finished, would deliver chunk ids again).
+    memcpy
+        The payload copy, one of `MEMCPY_MODES` (spead2's ``memcpy``); ``auto``
+        (the default) is ``"nontemporal"``: a chunk is written once and read much later,
+        so caching it would only evict the receive buffers.
+    allow_unsized_heaps
+        Accepted for the stream keys both modes share, and forced false, as
+        spead2's chunk stream forces it: a heap is placed from its first
+        packet, which must say the heap's size (``packets_rejected_unsized``).
     """
 
     cdef readonly ChunkGroup group
@@ -64,7 +72,7 @@ cdef class ChunkStream(WindowStream):
                  bint allow_out_of_order=False, bint stop_on_stop_item=True,
                  bint stop_boundary=False, int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE,
                  int64_t max_live_heap_bytes=DEFAULT_MAX_LIVE_HEAP_BYTES, too_old_reset=None,
-                 **group_kwargs):
+                 memcpy="auto", allow_unsized_heaps=False, **group_kwargs):
         window_check(max_heaps, max_heap_size, max_live_heap_bytes)
         if group is None:
             group = ChunkGroup(**group_kwargs)
@@ -74,6 +82,7 @@ cdef class ChunkStream(WindowStream):
         self.too_old_reset = 2 * group.n_slots if too_old_reset is None else too_old_reset
         self.init_window(max_heaps, max_heap_size, max_live_heap_bytes, allow_out_of_order,
                          stop_on_stop_item, stop_boundary, 0)
+        self.init_copy(memcpy, "nontemporal")
         self.win.chunks = <Py_ssize_t *>malloc(group.max_chunks * sizeof(Py_ssize_t))
         if self.win.chunks == NULL:
             raise MemoryError()
@@ -316,8 +325,7 @@ cdef class ChunkStream(WindowStream):
                     stats[<int>verdict] += 1
         if self.writable(h):
             if p.payload_length > 0:
-                daqd_copy_payload(h.dest + p.payload_offset, p.payload,
-                                  <size_t>p.payload_length)
+                self.w.copy(h.dest + p.payload_offset, p.payload, <size_t>p.payload_length)
                 stats[<int>STAT_PAYLOAD_BYTES] += <uint64_t>p.payload_length
             if self.group.packet_presence:
                 h.present[<size_t>p.payload_offset // self.group.packet_presence] = 1

@@ -8,6 +8,10 @@
  * glibc memcpy (DESIGN.md).  The caller issues daqd_copy_fence() once per
  * batch, before the chunk can be seen by another thread.  Small copies and
  * other architectures use memcpy.
+ *
+ * A stream's `memcpy` choice (spead2's MEMCPY_STD / MEMCPY_NONTEMPORAL) is one
+ * of the two daqd_copy_fn below, set once per stream: the receive loop calls
+ * it through a pointer, with no test per packet.
  */
 #ifndef DAQD_COPY_H
 #define DAQD_COPY_H
@@ -117,5 +121,18 @@ static inline void daqd_copy_payload(uint8_t *dst, const uint8_t *src, size_t n)
 static inline void daqd_copy_fence(void) {}
 
 #endif
+
+/* The two payload copies a stream chooses from (its `memcpy`). */
+typedef void (*daqd_copy_fn)(uint8_t *dst, const uint8_t *src, size_t n);
+
+static void daqd_copy_standard(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    memcpy(dst, src, n);
+}
+
+static void daqd_copy_nontemporal(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    daqd_copy_payload(dst, src, n);
+}
 
 #endif /* DAQD_COPY_H */

@@ -125,7 +125,7 @@ cdef inline StatIndex _heaps_on_packet(Window *w, LiveHeap *h, const PacketHeade
     if status != N_STATS:
         return status
     if p.payload_length > 0:
-        memcpy(st.payload + p.payload_offset, p.payload, <size_t>p.payload_length)
+        w.copy(st.payload + p.payload_offset, p.payload, <size_t>p.payload_length)
     stats[<int>STAT_PAYLOAD_BYTES] += <uint64_t>p.payload_length
     return N_STATS
 
@@ -197,13 +197,18 @@ class Heap:
         ``"complete"``, ``"evicted"`` or ``"flushed"``.
     address_bits : int
         XX of the heap's SPEAD-64-XX flavour.
+    payload_ranges : list of (int, int), or None
+        An incomplete heap's received payload as sorted ``[start, end)``
+        ranges, adjacent ones merged (spead2's ``IncompleteHeap.payload_ranges``
+        with ``incomplete_keep_payload_ranges``; in order, one range from 0);
+        None for a complete heap.
     """
 
     __slots__ = ("cnt", "complete", "items", "received", "length", "reason",
-                 "address_bits", "n_packets")
+                 "address_bits", "n_packets", "payload_ranges")
 
     def __init__(self, cnt, complete, items, received, length, reason, address_bits,
-                 n_packets):
+                 n_packets, payload_ranges=None):
         self.cnt = cnt
         self.complete = complete
         self.items = items
@@ -212,6 +217,7 @@ class Heap:
         self.reason = reason
         self.address_bits = address_bits
         self.n_packets = n_packets
+        self.payload_ranges = payload_ranges
 
     def _control_values(self):
         for item in self.items:
@@ -280,9 +286,16 @@ cdef object heap_from_live(LiveHeap *h):
                 items.append(Item(item_id, False, st.payload[start:end]))
         finally:
             free(keys)
-    complete = contiguous
-    return Heap(h.cnt, complete, items, h.received_length, h.heap_length,
-                _REASONS[h.reason], bits, h.n_packets)
+    cdef list ranges = None
+    if not contiguous:
+        if st.n_ranges:
+            ranges = [(st.ranges[2 * i], st.ranges[2 * i + 1]) for i in range(st.n_ranges)]
+        elif h.received_length > 0:
+            ranges = [(0, h.received_length)]   # in order: what arrived runs from 0
+        else:
+            ranges = []
+    return Heap(h.cnt, contiguous, items, h.received_length, h.heap_length,
+                _REASONS[h.reason], bits, h.n_packets, ranges)
 
 
 cdef class HeapStream(WindowStream):
@@ -305,17 +318,35 @@ cdef class HeapStream(WindowStream):
         Payload bytes the live (partial) heaps may reserve together: a heap
         that needs more evicts the oldest others; one that alone would need
         more is refused (``packets_rejected_heap_over_budget``).
+    memcpy : str, optional
+        The payload copy, one of `MEMCPY_MODES` (spead2's ``memcpy``); ``auto``
+        (the default) is ``"standard"``: Python reads a heap's payload next.
+    allow_unsized_heaps : bool
+        Take packets without HEAP_SIZE (spead2's default); false: reject them
+        (``packets_rejected_unsized``), as spead2's ``allow_unsized_heaps=False``.
+    contiguous_only : bool
+        Hand out only heaps whose payload arrived contiguously (``complete``),
+        as spead2's ring stream with ``contiguous_only=True`` (its default);
+        the others are still counted (``incomplete_heaps_*``).  By default
+        False: every heap is handed out, an incomplete one flagged, with its
+        ``payload_ranges`` (spead2's ``contiguous_only=False`` with
+        ``incomplete_keep_payload_ranges``).
     """
 
     cdef ReadyHeaps ready
+    cdef readonly bint contiguous_only
 
     def __cinit__(self, size_t max_heaps=DEFAULT_MAX_HEAPS, bint allow_out_of_order=False,
                   int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE, bint stop_on_stop_item=True,
                   int64_t max_live_heap_bytes=DEFAULT_MAX_LIVE_HEAP_BYTES,
-                  bint stop_boundary=False):
+                  bint stop_boundary=False, memcpy="auto", bint allow_unsized_heaps=True,
+                  bint contiguous_only=False):
         self.ready.cap = max_heaps + READY_ROUND
         self.init_window(max_heaps, max_heap_size, max_live_heap_bytes, allow_out_of_order,
                          stop_on_stop_item, stop_boundary, self.ready.cap)
+        self.init_copy(memcpy, "standard")
+        self.w.allow_unsized_heaps = self.allow_unsized_heaps = allow_unsized_heaps
+        self.contiguous_only = contiguous_only
         self.ready.heaps = <LiveHeap *>malloc(self.ready.cap * sizeof(LiveHeap))
         if self.ready.heaps == NULL:
             raise MemoryError()
@@ -324,15 +355,22 @@ cdef class HeapStream(WindowStream):
         free(self.ready.heaps)
 
     cdef int receive(self, Reader reader, uint64_t *stats, size_t *used) noexcept nogil:
-        return window_receive(&self.w, reader, stats, used, &self.ready)
+        cdef int rc = window_receive(&self.w, reader, stats, used, &self.ready)
+        if self.w.copy != daqd_copy_standard:
+            daqd_copy_fence()       # streaming stores visible before any thread reads a heap
+        return rc
 
     def pop_ready(self):
         """Heaps that have left assembly since the last call, in order."""
         cdef list out = []
         cdef size_t i
+        cdef LiveHeap *h
         try:
             for i in range(self.ready.n):
-                out.append(heap_from_live(&self.ready.heaps[i]))
+                h = &self.ready.heaps[i]
+                if self.contiguous_only and h.received_length != h.min_length:
+                    continue            # incomplete: counted, not handed out
+                out.append(heap_from_live(h))
         finally:
             for i in range(self.ready.n):
                 window_release_storage(&self.w, self.ready.heaps[i].st)

@@ -53,7 +53,7 @@ cpdef enum StatIndex:
     STAT_PACKETS_REJECTED_AFTER_STOP            # arrived after the stream stopped
     STAT_PACKETS_REJECTED_TRUNCATED             # datagram longer than max_packet_size
     STAT_PACKETS_REJECTED_NO_MEMORY             # allocation for the heap failed
-    STAT_PACKETS_REJECTED_UNSIZED               # chunk mode: packet without HEAP_SIZE
+    STAT_PACKETS_REJECTED_UNSIZED               # no HEAP_SIZE (chunk mode; allow_unsized_heaps off)
     STAT_PACKETS_REJECTED_HEAP_OVER_BUDGET      # heap mode: heap alone over max_live_heap_bytes
     # reader-level counters
     STAT_STREAM_BYTES_SKIPPED                   # bytes skipped to resynchronise a byte stream

@@ -224,14 +224,30 @@ ctypedef fused WindowOwner:
     ChunkStream
 
 
+cdef extern from "daqd_copy.h" nogil:
+    ctypedef void (*daqd_copy_fn)(uint8_t *dst, const uint8_t *src, size_t n) noexcept nogil
+    void daqd_copy_standard(uint8_t *dst, const uint8_t *src, size_t n)
+    void daqd_copy_nontemporal(uint8_t *dst, const uint8_t *src, size_t n)
+    void daqd_copy_init()
+    void daqd_copy_fence()
+
+#: A stream's payload copies (its ``memcpy``): spead2's MEMCPY_STD and
+#: MEMCPY_NONTEMPORAL, and ``auto`` (the default), as its mode always has
+#: copied: heap mode with memcpy (Python reads the heap next), chunk mode with
+#: streaming stores (a sink reads the chunk much later).
+MEMCPY_MODES = ("auto", "standard", "nontemporal")
+
+
 cdef struct Window:
     # configuration
+    daqd_copy_fn copy           # the payload copy (the stream's memcpy)
     size_t max_heaps
     int64_t max_heap_size
     int64_t max_live_heap_bytes  # heap mode: payload bytes of the live heaps together
     bint allow_out_of_order
     bint stop_on_stop_item
     bint stop_boundary          # a stop heap flushes and the stream goes on
+    bint allow_unsized_heaps    # heap mode: packets without HEAP_SIZE are taken (spead2)
     # state
     bint stopped                # a stop item has ended the stream
     bint closed                 # no packet is taken any more (stopped, or finished)
@@ -458,6 +474,9 @@ cdef inline void window_add_packet(Window *w, const PacketHeader *p, uint64_t *s
             stats[<int>STAT_PACKETS_REJECTED_UNSIZED] += 1  # chunk placement needs HEAP_SIZE
             return
     else:
+        if p.heap_length < 0 and not w.allow_unsized_heaps:
+            stats[<int>STAT_PACKETS_REJECTED_UNSIZED] += 1  # spead2: "it has no HEAP_LEN"
+            return
         verdict = packet_too_large(w, p)
         if verdict != N_STATS:
             stats[<int>verdict] += 1
@@ -635,6 +654,8 @@ cdef class WindowStream:
     cdef readonly int64_t max_live_heap_bytes   # heap mode: payload bytes of the live heaps
     cdef readonly bint stop_on_stop_item    # a stop item ends the stream
     cdef readonly bint stop_boundary        # ... or, with this, is a capture boundary
+    cdef readonly str memcpy                # the payload copy: standard or nontemporal
+    cdef readonly bint allow_unsized_heaps  # packets without HEAP_SIZE are taken (heap mode)
     # Kernel drops found by poll_source() (the statistics path, with the GIL),
     # added in by stats(): the receive loop's own count is in `counters`.
     cdef uint64_t polled_drops
@@ -660,6 +681,17 @@ cdef class WindowStream:
         self.allow_out_of_order = allow_out_of_order
         self.stop_on_stop_item = stop_on_stop_item
         self.stop_boundary = stop_boundary
+        return 0
+
+    cdef int init_copy(self, memcpy, str default) except -1:
+        """Choose the payload copy: `memcpy` (one of MEMCPY_MODES; auto: the mode's `default`)."""
+        if memcpy not in MEMCPY_MODES:
+            raise ValueError(f"memcpy must be one of {', '.join(MEMCPY_MODES)}, not {memcpy!r}")
+        if memcpy == "auto":
+            memcpy = default
+        daqd_copy_init()
+        self.w.copy = daqd_copy_standard if memcpy == "standard" else daqd_copy_nontemporal
+        self.memcpy = memcpy
         return 0
 
     cdef int receive(self, Reader reader, uint64_t *stats, size_t *used) noexcept nogil:

@@ -31,6 +31,7 @@ from daqd.pipeline import wal as wal_log
 from daqd.pipeline.datatime import Clock, TimeError, Timeline, parse_utc
 from daqd.pipeline.retention import retain_ticks, retained_chunks
 from daqd.recv import builder as recv_builder
+from daqd.recv.bug_compat import parse_bug_compat
 from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE, DEFAULT_SOCKET_BUFFER
 from daqd.recv.uri import NETWORK_SCHEMES, parse_uri
 from daqd.recv.uri import SCHEMES as SOURCE_SCHEMES
@@ -300,6 +301,12 @@ class StreamConfig:
     # Heap mode, per source: payload bytes its live (partial) heaps may hold together.
     max_live_heap_bytes: int = key(_spead.DEFAULT_MAX_LIVE_HEAP_BYTES,
                                    minimum=_spead.MIN_MAX_LIVE_HEAP_BYTES, maximum=1 << 40)
+    # spead2's bug_compat: "pyspead-0.5.2" or BUG_COMPAT_* names joined with | (recv.bug_compat)
+    bug_compat: str = ""
+    # spead2's memcpy: the payload copy (auto: standard in heap mode, nontemporal in chunk mode)
+    memcpy: str = key("auto", choices=_spead.MEMCPY_MODES)
+    # spead2's allow_unsized_heaps: heap mode takes packets without HEAP_SIZE (chunk mode never)
+    allow_unsized_heaps: bool = True
     chunk: ChunkConfig | None = None
     buffer: BufferConfig = field(default_factory=BufferConfig)
     sinks: tuple[SinkConfig, ...] = ()
@@ -394,6 +401,13 @@ class _Loader:
         kind = f.type
         if f.name == "sync_time":
             value = self.utc(value, key)
+        elif f.name == "bug_compat":
+            if not isinstance(value, str):
+                raise self.fail(key, value, "a string")
+            try:
+                parse_bug_compat(value)
+            except ValueError as exc:
+                raise ConfigError(f"{self.path}: {key} = {value!r}: {exc}") from None
         elif kind == "bool":
             if not isinstance(value, bool):
                 raise self.fail(key, value, "true or false")

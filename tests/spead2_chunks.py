@@ -50,7 +50,7 @@ THREAD_POOL = spead2.ThreadPool()
 LAYOUT_KEYS = ("timestamp_item", "timestamp_step", "heaps_per_chunk", "heap_bytes",
                "substream_item", "substreams", "extra_items", "packet_presence")
 #: Stream arguments both receivers understand.
-STREAM_KEYS = ("max_chunks", "max_heaps", "allow_out_of_order", "stop_on_stop_item")
+STREAM_KEYS = ("max_chunks", "max_heaps", "allow_out_of_order", "stop_on_stop_item", "memcpy")
 #: daqd-only arguments (ChunkStream); spead2 has no equivalent.
 DAQD_ONLY_KEYS = ("too_old_reset", "zero_missing", "when_full", "wait_timeout",
                   "max_heap_size", "pool", "batch", "allow_no_free_chunk", "reader")
@@ -115,6 +115,7 @@ def spead2_chunk_receive(packets: Sequence[bytes], *, dtype: str = "uint8",
                          max_chunks: int = 4, max_heaps: int = 8,
                          allow_out_of_order: bool = False, stop_on_stop_item: bool = True,
                          transport: str = "inproc", timeout: float = 30.0,
+                         memcpy: str = "auto",
                          **layout: Any) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Chunks spead2's ChunkRingStream delivers for `packets`, and its counters.
 
@@ -138,7 +139,8 @@ def spead2_chunk_receive(packets: Sequence[bytes], *, dtype: str = "uint8",
         chunk_config.enable_packet_presence(lay["packet_presence"])
     stream_config = spead2.recv.StreamConfig(
         max_heaps=max_heaps, allow_out_of_order=allow_out_of_order,
-        stop_on_stop_item=stop_on_stop_item)
+        stop_on_stop_item=stop_on_stop_item,
+        memcpy=spead2.MEMCPY_NONTEMPORAL if memcpy == "nontemporal" else spead2.MEMCPY_STD)
     pool = max_chunks + 2
     data_ring = spead2.recv.ChunkRingbuffer(pool)
     free_ring = spead2.recv.ChunkRingbuffer(pool)

@@ -43,6 +43,11 @@ TRIGGERED = ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\n[stream.chunk]\nheap
 CLOCK = "[stream.time]\nsync_time = 0\ntimestamp_rate = 6553600\n"
 
 BAD = [
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\nbug_compat = 'pyspead'\n",
+     "stream[0].bug_compat = 'pyspead': 'pyspead' is not a bug_compat flag: expected \"\" or "
+     "one or more of pyspead-0.5.2, BUG_COMPAT_DESCRIPTOR_WIDTHS"),
+    ("[[stream]]\nname = 'a'\nsources = ['sim:W1']\nbug_compat = 7\n",
+     "stream[0].bug_compat = 7: expected a string"),
     ("[daemon]\nnmae = 'x'\n", "daemon.nmae"),
     ("[daemon]\nlog_level = 'loud'\n", "daemon.log_level = 'loud': expected one of debug"),
     ("[zmq]\ninterval = 'fast'\n", "zmq.interval = 'fast': expected a number"),

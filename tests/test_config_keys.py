@@ -32,11 +32,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import spead2
+import spead2.send
 import zmq
 import zmq.auth
 
 sys.path.insert(0, str(Path(__file__).parent))
 from daemon_helpers import free_port
+from spead2_helpers import THREAD_POOL, split_packets
 from spead_packets import packet, sim_packets
 
 from daqd import _spead
@@ -47,6 +50,7 @@ from daqd.pipeline.process import build_process
 from daqd.pipeline.records import ChunkRecord, HeapRecord
 from daqd.pipeline.retention import build_retention
 from daqd.recv.builder import build_receiver, build_stream
+from daqd.recv.heap_records import build_recorder
 from daqd.recv.uri import stream_udp_port
 from daqd.recv.workloads import WorkloadSender
 from daqd.service.daemon import Daemon
@@ -172,6 +176,13 @@ class World:
         stream.add_packets([packet(1, bytes(1024), offset=i * 1024, heap_size=2 << 20)
                             for i in range(4)])
         return stream.stats()["packets_rejected_heap_over_budget"]
+
+    def heap_mode_unsized(self) -> int:
+        """Feed an unsized heap to the stream heap mode builds from the section; the
+        packets it rejects as unsized."""
+        stream = build_stream(self.stream)      # no chunk group: a HeapStream
+        stream.add_packets([packet(1, bytes(64), with_size=False)])
+        return stream.stats()["packets_rejected_unsized"]
 
     def first_chunk_present_ndim(self) -> int:
         """Feed a chunk's worth of W1 heaps, end the stream; the chunk's ``present`` dimensions."""
@@ -389,6 +400,18 @@ def heap_data_time(w: World) -> int | None:
     return runner.data_time()["newest_timestamp"]
 
 
+def pyspead_shape(w: World) -> list[Any]:
+    """The shape the stream's recorder (`build_recorder`) reads from a PySPEAD-0.5.2-style
+    descriptor of shape (2, 3): 8-byte shape fields, bit 1 marking a variable dimension."""
+    ig = spead2.send.ItemGroup(flavour=spead2.Flavour(4, 64, 40, spead2.BUG_COMPAT_PYSPEAD_0_5_2))
+    ig.add_item(0x1000, "matrix", "", (2, 3), format=[("u", 16)])
+    out = spead2.send.BytesStream(THREAD_POOL, spead2.send.StreamConfig())
+    out.send_heap(ig.get_heap(descriptors="all", data="none"), 1)
+    recorder = build_recorder(w.stream)
+    recorder.add_descriptor_packets(split_packets(out.getvalue()))
+    return recorder.known_descriptors()[0]["shape"]
+
+
 def retention_ticks(w: World) -> int | None:
     """Ticks the stream's retention keeps (`build_retention` from ``[stream.trigger]``)."""
     stream = w.stream
@@ -501,6 +524,9 @@ CASES: dict[str, Case] = {
     "stream.max_live_heap_bytes": Case(1 << 20, World.heap_mode_refusals, 4),
     # a stop heap between two runs of heaps: counted as one (a boundary), or,
     # not being stream control, not at all; with exit_on_stop_heap it ends the stream
+    "stream.allow_unsized_heaps": Case(False, World.heap_mode_unsized, 1),
+    "stream.memcpy": Case("standard", lambda w: w.receiver.streams[0].memcpy, "standard"),
+    "stream.bug_compat": Case("pyspead-0.5.2", pyspead_shape, [2, 3]),
     "stream.stop_on_stop_item": Case(False, lambda w: w.fed(
         [*sim_packets("W1", 2), _spead.stop_packet(3), *sim_packets("W1", 2)]).stop_heaps, 0),
     "stream.exit_on_stop_heap": Case(True, lambda w: w.fed(

@@ -83,6 +83,34 @@ def _numpy_header(header: str) -> tuple[tuple[int, ...], str, np.dtype]:
     return tuple(int(x) for x in shape), "F" if d["fortran_order"] else "C", dtype
 
 
+def numpy_header_shape(header: str) -> tuple[int, ...]:
+    """Return the shape a ``.npy`` header declares.
+
+    Raises
+    ------
+    ValueError
+        `header` is not a numpy header spead2 accepts.
+    """
+    return _numpy_header(header)[0]
+
+
+def swapped_numpy_header(header: str) -> str:
+    """Return `header` (a ``.npy`` header) with its dtype's byte order swapped.
+
+    What spead2's ``Descriptor.from_raw`` does to the numpy header of a
+    stream with ``BUG_COMPAT_SWAP_ENDIAN`` (``dtype.newbyteorder()``), written
+    back as spead2 writes a header.
+
+    Raises
+    ------
+    ValueError
+        `header` is not a numpy header spead2 accepts.
+    """
+    shape, order, dtype = _numpy_header(header)
+    return repr({"descr": np.lib.format.dtype_to_descr(dtype.newbyteorder()),
+                 "fortran_order": order == "F", "shape": shape})
+
+
 def _bit_fields(data: bytes, elements: int, fields: tuple[tuple[str, int], ...]
                 ) -> list[list[Any]]:
     """Read `elements` records of `fields` from `data`, most significant bit first.

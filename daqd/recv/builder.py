@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 #: ``[[stream]]`` keys that are arguments of the compiled stream (HeapStream, ChunkStream).
 STREAM_KEYS = ("max_heaps", "allow_out_of_order", "max_heap_size", "stop_on_stop_item",
-               "max_live_heap_bytes")
+               "max_live_heap_bytes", "memcpy", "allow_unsized_heaps")
 #: ``[[stream]]`` keys that are arguments of `open_source`.
 SOURCE_KEYS = ("max_packet_size", "socket_buffer")
 

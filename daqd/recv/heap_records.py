@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from daqd.pipeline.items import EMPTY_DESCRIPTORS
 from daqd.pipeline.records import HeapRecord
+from daqd.recv.bug_compat import parse_bug_compat
 from daqd.recv.descriptors import DESCRIPTOR_ID, decode_descriptors, descriptors_from_packets
+
+if TYPE_CHECKING:
+    from daqd.config import StreamConfig
 
 #: Stream control (start, stop): it makes no record.
 STREAM_CTRL_ID = 0x6
@@ -43,10 +47,13 @@ class HeapRecorder:
     ----------
     stream : str
         The stream's name, for log lines.
+    bug_compat : int
+        The protocol bugs its descriptors are read with (`daqd.recv.bug_compat`).
     """
 
-    def __init__(self, stream: str):
+    def __init__(self, stream: str, bug_compat: int = 0):
         self.stream = stream
+        self.bug_compat = bug_compat
         self.descriptors: dict[int, dict[str, Any]] = {}   # id -> the newest descriptor
         self.item_descriptors = EMPTY_DESCRIPTORS   # what records are decoded against
         self.undescribed_items = 0          # record items without a descriptor (kept raw)
@@ -59,7 +66,7 @@ class HeapRecorder:
             if not heap.complete:
                 continue
             if any(item.id == DESCRIPTOR_ID for item in heap.items):
-                found = decode_descriptors(heap)
+                found = decode_descriptors(heap, self.bug_compat)
                 with self._lock:
                     for d in found:
                         self.descriptors[d["id"]] = d
@@ -73,7 +80,7 @@ class HeapRecorder:
 
     def add_descriptor_packets(self, packets: list[bytes]) -> None:
         """Take in the descriptors of a chunk stream's descriptor-heap packets."""
-        found = descriptors_from_packets(packets)
+        found = descriptors_from_packets(packets, self.bug_compat)
         if found:
             with self._lock:
                 for d in found:
@@ -106,3 +113,8 @@ class HeapRecorder:
         """Return the recorder's counters (monotonic)."""
         return {"records_undescribed_items": self.undescribed_items,
                 "records_undecoded_items": self.undecoded_items}
+
+
+def build_recorder(section: StreamConfig) -> HeapRecorder:
+    """Make the heap recorder of a ``[[stream]]`` section (its ``name`` and ``bug_compat``)."""
+    return HeapRecorder(section.name, bug_compat=parse_bug_compat(section.bug_compat))

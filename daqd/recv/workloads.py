@@ -16,6 +16,7 @@ from typing import Any
 
 from daqd import _spead
 from daqd.errors import UsageProblem
+from daqd.recv.descriptor_heap import descriptor_heap
 from daqd.recv.uri import parse_uri
 
 #: The immediate item every workload heap carries its timestamp in (SimReader's).
@@ -24,6 +25,10 @@ TIMESTAMP_ITEM: int = _spead.WORKLOAD_TIMESTAMP_ITEM
 PACKET_HEADER_BYTES: int = _spead.WORKLOAD_HEADER_BYTES
 #: HEAP_CNT of the first heap a SimReader makes (by default).
 FIRST_CNT: int = _spead.WORKLOAD_FIRST_CNT
+#: The addressed item every workload heap carries its samples in (SimReader's).
+DATA_ITEM: int = _spead.WORKLOAD_DATA_ITEM
+#: The item a workload's descriptor heap carries the workload's name in.
+NAME_ITEM = 0x3301
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,34 @@ class Workload:
         """Return the chunk layout (ChunkGroup / Spead2Placement arguments) of this workload."""
         return {"timestamp_item": TIMESTAMP_ITEM, "timestamp_step": self.timestamp_step,
                 "heaps_per_chunk": heaps_per_chunk, "heap_bytes": self.heap_bytes}
+
+    def descriptors(self) -> list[dict[str, Any]]:
+        """Return the workload's items described (`daqd.recv.descriptors`' dicts).
+
+        The timestamp (a 48-bit format), the samples (a numpy header:
+        little-endian 16-bit words) and the workload's name (8-bit characters
+        of variable length): a format, a numpy header and a variable
+        dimension, what each ``bug_compat`` flag changes.
+        """
+        samples = repr({"descr": "<u2", "fortran_order": False,
+                        "shape": (self.heap_bytes // 2,)})
+        return [
+            {"id": TIMESTAMP_ITEM, "name": "timestamp", "description": "the heap's timestamp",
+             "shape": [], "format": [["u", 48]], "dtype": None},
+            {"id": DATA_ITEM, "name": "samples", "description": "the heap's samples",
+             "shape": [], "format": [], "dtype": samples},
+            {"id": NAME_ITEM, "name": "workload", "description": "the reference workload",
+             "shape": [None], "format": [["c", 8]], "dtype": None},
+        ]
+
+    def descriptor_packet(self, cnt: int, bug_compat: int = 0) -> bytes:
+        """Return heap `cnt` of the workload's descriptors and its name.
+
+        Written as spead2 writes it in a stream with `bug_compat`
+        (`daqd.recv.descriptor_heap`).
+        """
+        return descriptor_heap(cnt, self.descriptors(), bug_compat,
+                               items=[(NAME_ITEM, self.name.encode())])
 
     def udp_batch(self, gso: bool = True) -> int:
         """Packets per SimReader batch for sending this workload over UDP.

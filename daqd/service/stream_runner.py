@@ -63,7 +63,7 @@ from daqd.pipeline.process import build_process
 from daqd.pipeline.records import PacketRecord
 from daqd.recv.builder import Receiver, build_receiver
 from daqd.recv.counters import MAXIMA
-from daqd.recv.heap_records import HeapRecorder
+from daqd.recv.heap_records import build_recorder
 from daqd.recv.sources import Source
 from daqd.sinks import build_event_sink, build_sinks, recover_sink
 
@@ -121,7 +121,7 @@ class StreamRunner:
         self.heartbeats: list[int] = []     # per source: receive loop iterations (watchdog)
         self.ended_sources = 0
         self.errors: list[str] = []
-        self.recorder = HeapRecorder(config.name)   # heap mode: heaps into records
+        self.recorder = build_recorder(config)   # heap mode: heaps into records
         self.baseline: dict[str, int] = {}
         self.buffer: Any = None
         self.flusher: Any = None

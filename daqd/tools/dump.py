@@ -12,6 +12,7 @@ from typing import Any, TextIO
 import click
 
 from daqd import _spead
+from daqd.recv.bug_compat import parse_bug_compat
 from daqd.recv.descriptors import DESCRIPTOR_ID, decode_descriptors
 from daqd.recv.heap_records import PACKET_STRUCTURE_IDS
 from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE, Source, open_source
@@ -22,8 +23,11 @@ from daqd.tools.progress import options as progress_options
 STRUCTURE_IDS = PACKET_STRUCTURE_IDS | {DESCRIPTOR_ID}
 
 
-def heap_record(heap: Any) -> dict[str, Any]:
-    """Build the JSON object INTERFACES.md specifies for one heap."""
+def heap_record(heap: Any, bug_compat: int = 0) -> dict[str, Any]:
+    """Build the JSON object INTERFACES.md specifies for one heap.
+
+    `bug_compat` is the mask its descriptors are read with (`daqd.recv.bug_compat`).
+    """
     record: dict[str, Any] = {
         "cnt": heap.cnt,
         "complete": heap.complete,
@@ -33,6 +37,7 @@ def heap_record(heap: Any) -> dict[str, Any]:
     if not heap.complete:
         record["received"] = heap.received
         record["length"] = heap.length
+        record["payload_ranges"] = [list(r) for r in heap.payload_ranges]
         return record
     record["items"] = [
         {"id": item.id, "immediate": True, "value": item.value}
@@ -41,7 +46,7 @@ def heap_record(heap: Any) -> dict[str, Any]:
         for item in heap.items
         if item.id not in STRUCTURE_IDS
     ]
-    descriptors = decode_descriptors(heap)
+    descriptors = decode_descriptors(heap, bug_compat)
     if descriptors:
         record["descriptors"] = descriptors
     return record
@@ -74,6 +79,9 @@ def run_dump(
     max_live_heap_bytes: int = _spead.DEFAULT_MAX_LIVE_HEAP_BYTES,
     progress: str = "off",
     progress_interval: float = 10.0,
+    bug_compat: int = 0,
+    allow_unsized_heaps: bool = True,
+    memcpy: str = "auto",
 ) -> dict[str, int]:
     """Print heaps as JSON lines; returns the stream's counters.
 
@@ -81,7 +89,8 @@ def run_dump(
     flushed (and printed with ``--incomplete``) and the counters summarised.
     `progress` (``daqd.tools.progress.MODES``) reports how far a finite source
     (``file:``, ``pcap:``, ``sim:`` with heaps) has been read; a network source
-    has no size, so none.
+    has no size, so none.  `bug_compat` is spead2's mask for descriptors;
+    `allow_unsized_heaps` and `memcpy` are the stream's (``HeapStream``).
     """
     stream = _spead.HeapStream(
         max_heaps=max_heaps,
@@ -89,6 +98,8 @@ def run_dump(
         max_heap_size=max_heap_size,
         stop_on_stop_item=stop_on_stop_item,
         max_live_heap_bytes=max_live_heap_bytes,
+        allow_unsized_heaps=allow_unsized_heaps,
+        memcpy=memcpy,
     )
     interrupted = [False]
 
@@ -112,7 +123,7 @@ def run_dump(
                 interrupted[0] = True
                 source.stop()
                 continue
-            out.write(json.dumps(heap_record(heap), separators=(", ", ": ")) + "\n")
+            out.write(json.dumps(heap_record(heap, bug_compat), separators=(", ", ": ")) + "\n")
             printed += 1
         out.flush()
     except BrokenPipeError:
@@ -138,6 +149,13 @@ def run_dump(
 INT = click.IntRange
 
 
+def _bug_compat(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_bug_compat(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command("dump")
 @click.argument("source")
 @click.option("--max-heaps", type=INT(min=1), default=_spead.DEFAULT_MAX_HEAPS,
@@ -157,12 +175,19 @@ INT = click.IntRange
               default=_spead.DEFAULT_MAX_LIVE_HEAP_BYTES, show_default=True,
               help="Payload bytes the partial heaps may hold together (else the oldest "
                    "are evicted; a heap larger on its own is refused and counted).")
+@click.option("--bug-compat", default="", callback=_bug_compat, metavar="FLAGS",
+              help="spead2's bug_compat for descriptors: pyspead-0.5.2, or BUG_COMPAT_* "
+                   "names joined with |.")
+@click.option("--allow-unsized-heaps/--no-allow-unsized-heaps", default=True,
+              show_default=True, help="Take packets without HEAP_SIZE (spead2's default).")
+@click.option("--memcpy", type=click.Choice(_spead.MEMCPY_MODES), default="auto",
+              show_default=True, help="The payload copy (auto: standard in heap mode).")
 @click.option("--count", type=INT(min=0), default=None, help="Stop after printing this many heaps.")
 @progress_options
 def command(source: str, max_heaps: int, allow_out_of_order: bool, incomplete: bool,
          stop_on_stop_item: bool, max_packet_size: int, max_heap_size: int,
-         max_live_heap_bytes: int, count: int | None, progress: str,
-         progress_interval: float) -> None:
+         max_live_heap_bytes: int, bug_compat: int, allow_unsized_heaps: bool, memcpy: str,
+         count: int | None, progress: str, progress_interval: float) -> None:
     """Decode SOURCE and print one JSON line per heap; counters go to stderr.
 
     SOURCE is udp://HOST:PORT, tcp://HOST:PORT, pcap:PATH, file:PATH (file:- for
@@ -175,4 +200,5 @@ def command(source: str, max_heaps: int, allow_out_of_order: bool, incomplete: b
              incomplete=incomplete, stop_on_stop_item=stop_on_stop_item,
              max_heap_size=max_heap_size, count=count, out=sys.stdout, err=sys.stderr,
              max_live_heap_bytes=max_live_heap_bytes, progress=progress,
-             progress_interval=progress_interval)
+             progress_interval=progress_interval, bug_compat=bug_compat,
+             allow_unsized_heaps=allow_unsized_heaps, memcpy=memcpy)

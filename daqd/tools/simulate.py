@@ -12,6 +12,7 @@ import click
 
 from daqd import _spead
 from daqd.errors import UsageProblem
+from daqd.recv.bug_compat import parse_bug_compat
 from daqd.recv.uri import parse_uri
 from daqd.recv.workloads import WORKLOADS, connect, send, workload
 from daqd.sinks.pcap import DEFAULT_UDP_PORT
@@ -21,7 +22,8 @@ from daqd.tools.progress import options as progress_options
 
 def simulate(
     target: str, workload_name: str, *, rate: float, heaps: int, stop: bool,
-    port: int = DEFAULT_UDP_PORT, progress: str = "off", progress_interval: float = 10.0
+    port: int = DEFAULT_UDP_PORT, progress: str = "off", progress_interval: float = 10.0,
+    descriptors: bool = False, bug_compat: int = 0,
 ) -> dict[str, Any]:
     """Send `heaps` heaps of a workload to `target`; returns what was sent.
 
@@ -30,8 +32,11 @@ def simulate(
     ``file:PATH`` (packets back to back; ``file:-`` is standard output) and
     ``pcap:PATH`` or any path ending in ``.pcap`` (a classic pcap file of
     UDP frames to `port`, or to the target's ``?port=P``).  A stop heap
-    follows unless `stop` is False.  `progress` (``daqd.tools.progress.MODES``)
-    reports bytes, heaps, rate and ETA while sending.
+    follows unless `stop` is False.  With `descriptors` (or a `bug_compat`
+    mask) a heap of the workload's descriptors goes first, written as spead2
+    writes them in a stream with those bugs (`Workload.descriptor_packet`).
+    `progress` (``daqd.tools.progress.MODES``) reports bytes, heaps, rate and
+    ETA while sending.
     """
     try:
         w = workload(workload_name)
@@ -66,6 +71,9 @@ def simulate(
                 closer.flush()
     started = time.monotonic()
     heap_size = source.packet_size * source.packets_per_heap
+    if descriptors or bug_compat:
+        first = w.descriptor_packet(source.first_cnt - 1, bug_compat)
+        _spead.send(_spead.ByteListReader([first]), fd, mode, port=port)
     try:
         with Progress("simulate", source.progress, lambda: source.progress()[0] // heap_size,
                       mode=progress, interval=progress_interval):
@@ -87,6 +95,13 @@ def simulate(
     }
 
 
+def _bug_compat(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_bug_compat(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command("simulate")
 @click.argument("target")
 @click.option("--workload", type=click.Choice(list(WORKLOADS)), default="W1", show_default=True)
@@ -98,13 +113,19 @@ def simulate(
               help="End with a stream-control stop heap.")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_UDP_PORT, show_default=True,
               help="UDP destination port written into pcap frames.")
+@click.option("--descriptors", is_flag=True,
+              help="Send a heap of the workload's descriptors first.")
+@click.option("--bug-compat", default="", callback=_bug_compat, metavar="FLAGS",
+              help="Write the descriptors with spead2's bug_compat (implies --descriptors): "
+                   "pyspead-0.5.2, or BUG_COMPAT_* names joined with |.")
 @progress_options
 def command(target: str, workload: str, rate: float, heaps: int, stop: bool, port: int,
-            progress: str, progress_interval: float) -> None:
+            descriptors: bool, bug_compat: int, progress: str, progress_interval: float) -> None:
     """Send a reference workload to TARGET (udp://, tcp://, file:PATH, pcap:PATH)."""
     try:
         result = simulate(target, workload, rate=rate, heaps=heaps, stop=stop, port=port,
-                          progress=progress, progress_interval=progress_interval)
+                          progress=progress, progress_interval=progress_interval,
+                          descriptors=descriptors, bug_compat=bug_compat)
     except KeyboardInterrupt:
         return
     click.echo(json.dumps(result), err=True)

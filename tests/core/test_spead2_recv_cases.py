@@ -40,8 +40,7 @@ TestDecode.test_substreams                      n/a: HeapStream has no substream
                                                 per-substream heap windows); daqd has one window
 TestDecode.test_incomplete_heaps                test_incomplete_heaps (length, received, counters);
                                                 test_incomplete_heap_items_are_not_handed_out;
-                                                payload_ranges n/a (no incomplete_keep_payload_
-                                                ranges option)
+                                                payload_ranges: tests/core/test_payload_ranges.py
 TestDecode.test_is_start_of_stream              test_is_start_of_stream
 TestDecode.test_is_end_of_stream                test_is_end_of_stream
 TestDecode.test_no_stop_on_stop_item            test_no_stop_on_stop_item
@@ -53,26 +52,30 @@ TestDecode.test_nonascii_value                  test_decode_case[nonascii_value]
 TestDecode.test_nonascii_name                   test_decode_case[nonascii_name]
 TestDecode.test_nonascii_description            test_decode_case[nonascii_description]
 TestDecode.test_no_heap_size                    test_no_heap_size
-TestDecode.test_disallow_unsized_heaps          n/a: heap mode has no allow_unsized_heaps switch; it
-                                                always behaves as spead2's default (True, see
-                                                test_no_heap_size); chunk mode rejects unsized
-                                                packets, a documented difference
+TestDecode.test_disallow_unsized_heaps          test_disallow_unsized_heaps (allow_unsized_heaps
+                                                False and True); chunk mode forces it false, as
+                                                spead2's chunk stream does
                                                 (test_chunk_placement.py::test_unsized_heaps)
 TestDecode.test_bad_offset                      test_bad_offset
 TestStreamConfig.test_default_construct         test_stream_config_default_construct (max_heaps,
-                                                stop_on_stop_item, allow_out_of_order); bug_compat,
-                                                memcpy, stream_id, stats n/a (no such options)
+                                                stop_on_stop_item, allow_out_of_order,
+                                                allow_unsized_heaps); bug_compat: tests/recv/
+                                                test_bug_compat.py; memcpy: tests/core/
+                                                test_memcpy.py; stream_id, stats n/a
 TestStreamConfig.test_set_get                   test_stream_config_kwargs_construct (daqd's options
                                                 are fixed at construction, read-only afterwards)
 TestStreamConfig.test_kwargs_construct          test_stream_config_kwargs_construct
 TestStreamConfig.test_max_heaps_zero            test_stream_config_max_heaps_zero
-TestStreamConfig.test_bad_bug_compat            n/a: no bug_compat (SPEAD-64-XX per the spec only)
+TestStreamConfig.test_bad_bug_compat            tests/recv/test_bug_compat.py::
+                                                test_text_form_refuses_other_names
 TestStreamConfig.test_bad_kwarg                 test_stream_config_bad_kwarg
 TestStreamConfig.test_stats                     n/a: no user-defined statistics (fixed counters)
 TestRingStreamConfig.test_default_construct     n/a: heap mode has no heap ring (process/pop_ready
 TestRingStreamConfig.test_set_get               return heaps; buffering is in daqd.pipeline); it
-TestRingStreamConfig.test_heaps_zero            always acts as contiguous_only=False (incomplete
-                                                heaps delivered, flagged)
+TestRingStreamConfig.test_heaps_zero            acts as contiguous_only=False by default
+                                                (incomplete heaps delivered, flagged);
+                                                HeapStream(contiguous_only=True) as spead2's
+                                                default: tests/core/test_payload_ranges.py
 TestUdpIbvConfig.* (10 cases: test_default_construct, test_kwargs_construct,
     test_default_buffer_size, test_bad_max_poll, test_bad_max_size, test_no_endpoints,
     test_ipv6_endpoints, test_no_interface_address, test_bad_interface_address,
@@ -435,6 +438,22 @@ def test_no_heap_size(transport):
 
 
 @TRANSPORTS
+@pytest.mark.parametrize("allow", [False, True])
+def test_disallow_unsized_heaps(transport, allow):
+    """Packets without HEAP_SIZE are rejected when disallowed; sized heaps go on."""
+    unsized = sp.raw_packet([sp.imm(sp.HEAP_CNT_ID, 1), sp.addr(0x1000, 0),
+                             sp.imm(sp.HEAP_OFFSET_ID, 0), sp.imm(sp.PAYLOAD_LENGTH_ID, 64)],
+                            bytes(range(64)))
+    sized = sp.packet(2, bytes(32), items=[sp.addr(0x1000, 0)])
+    records = assert_same([unsized, sized], transport, allow_unsized_heaps=allow)
+    # An unsized heap never completes: it leaves the window at the end (flushed)
+    assert [r["cnt"] for r in records] == ([2, 1] if allow else [2])
+    stream = _spead.HeapStream(allow_unsized_heaps=allow)
+    stream.add_packets([unsized, sized])
+    assert stream.stats()["packets_rejected_unsized"] == (0 if allow else 1)
+
+
+@TRANSPORTS
 def test_bad_offset(transport):
     """An item address (65) beyond HEAP_SIZE (64): never a usable heap.
 
@@ -462,7 +481,7 @@ def test_stream_config_default_construct():
     assert ref.max_heaps == spead2.recv.StreamConfig.DEFAULT_MAX_HEAPS == 4
     assert stream.allow_out_of_order is ref.allow_out_of_order is False
     assert stream.stop_on_stop_item is ref.stop_on_stop_item is True
-    assert ref.allow_unsized_heaps is True          # daqd: always (test_no_heap_size)
+    assert stream.allow_unsized_heaps is ref.allow_unsized_heaps is True
 
 
 def test_stream_config_kwargs_construct():
