@@ -154,7 +154,8 @@ class StreamRunner:
             trigger = c.trigger
 
             def event_sink(number: int, label: str, start: int, end: int) -> tuple[Any, str]:
-                return build_event_sink(c, trigger, number, label, (start, end), self.whole.text)
+                return build_event_sink(c, trigger, number, label, (start, end), self.whole.text,
+                                        descriptors=self.recorder.known_descriptors)
 
             self.triggers = build_triggers(trigger, self.timeline, event_sink, self.name)
         # Files describe the stream's items with the descriptors received so far.
