@@ -190,6 +190,9 @@ def test_spead2_sender_bad_arguments_and_the_cli(tmp_path):
             "give start and end, or pre and post": {"pre": 0.01},
             "label": {"pre": 0.01, "post": 0.01, "label": "../x"},
             "not a UTC time": {"start": "yesterday", "end": 3 * C},
+            "unknown argument 'bogus'; it takes start, end, pre, post, label, stream":
+                {"start": 1, "end": 2, "bogus": 1},
+            "stream: expected a stream's name": {"stream": 7, "pre": 0.01, "post": 0.01},
         }
         for words, args in bad.items():
             reply = trigger(endpoint, **args)
