@@ -365,8 +365,8 @@ class Daemon:
         if block_id is not None:
             check_id(block_id)
         plan = [(runner, runner.capture_ticks(at)) for runner in runners]
-        for runner, _ in plan:
-            runner.gate.check_start(block_id)
+        for runner, ticks in plan:
+            runner.gate.check_start(block_id, ticks)
         now = time.time()
         capture = {runner.name: runner.capture_start(ticks, block_id, now)
                    for runner, ticks in plan}

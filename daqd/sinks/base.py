@@ -353,6 +353,12 @@ class FileSink:
         except OSError as exc:
             self._note_error(exc)
 
+    @property
+    def current_block(self) -> CaptureBlock | None:
+        """The capture block of the current file's records (None: no file, or outside blocks)."""
+        f = self._file
+        return f.block if f is not None else None
+
     def reopen(self) -> None:
         """Finish the current file (SIGHUP); the next write starts a new one.
 

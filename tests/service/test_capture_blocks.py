@@ -35,6 +35,7 @@ from spead2_helpers import THREAD_POOL
 from daqd.config import parse
 from daqd.pipeline.records import ChunkRecord
 from daqd.service.stream_runner import StreamRunner
+from daqd.service.zmq_clients import format_capture
 from daqd.sinks.binary import load as load_binary
 
 pytestmark = pytest.mark.network
@@ -297,3 +298,54 @@ def test_heap_mode_out_of_order_timestamps_select_exactly_by_value(tmp_path):
     # in the order they came, each with its own heap counter
     assert [int(ts) for _, ts in lines] == [ts for ts in order if 20 <= ts < 40]
     assert all(int(cnt) == order.index(int(ts)) + 1 for cnt, ts in lines)
+
+
+def test_blocks_back_to_back_write_two_sets_of_files_with_exact_chunks(tmp_path):
+    """[3, 7) then [7, 10), the second scheduled while the first's stop is pending."""
+    port = free_port()
+    sinks = "".join(toml_table("stream.sinks", array=True, kind=kind,
+                               path=f"{tmp_path}/data/{{stream}}-{{capture_block}}.{ext}")
+                    for kind, ext in (("hdf5", "h5"), ("binary", "bin")))
+    # Flushed by 4 records: a flush may hold records of both blocks.
+    cfg = write_config(tmp_path, chunk_stream_config(tmp_path, port=port, sinks=sinks))
+    daemon = DaemonProcess(cfg)
+    try:
+        endpoint = daemon.ready()["control"]
+        assert ask(endpoint, "capture-stop")["ok"]
+        assert ask(endpoint, "capture-start", at=3 * CHUNK, id="a")["ok"]
+        assert ask(endpoint, "capture-stop", at=7 * CHUNK)["ok"]
+        refused(endpoint, {"command": "capture-start", "at": 6 * CHUNK, "id": "b"},
+                "a next block may start there or later")
+        started = ask(endpoint, "capture-start", at=7 * CHUNK, id="b")
+        assert started["ok"], started
+        assert started["capture"]["adc0"]["next"]["id"] == "b"
+        assert ask(endpoint, "capture-stop", at=10 * CHUNK)["ok"]      # b's stop
+        status = capture(endpoint)
+        assert (status["id"], status["next"]["stop"]) == ("a", {"timestamp": 10 * CHUNK})
+        assert format_capture(status) == ("start-pending, block a, start 196608, stop 458752; "
+                                          "next block b, start 458752, stop 655360")
+        sender = W1Sender(port)
+        sender.send(14 * HEAPS_PER_CHUNK)           # chunks 0-11 complete (max_chunks 2)
+        wait_until(lambda: capture(endpoint)["state"] == "stopped"
+                   and capture(endpoint)["id"] == "b", what="b's stop")
+        wait_until(lambda: len(published(tmp_path / "data", "*.h5")) == 2
+                   and len(published(tmp_path / "data", "*.bin")) == 2, what="the files")
+        wait_until(lambda: counters(endpoint)["records_not_captured"] == 3 + 2,
+                   what="chunks 0-2 and 10-11 let go")
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "adc0-a.bin", "adc0-a.h5", "adc0-b.bin", "adc0-b.h5"]
+    payloads = w1_payloads(10 * HEAPS_PER_CHUNK)
+    for block, (first, end) in {"a": (3, 7), "b": (7, 10)}.items():
+        with h5py.File(tmp_path / "data" / f"adc0-{block}.h5") as f:
+            assert f["chunk_id"][:].tolist() == list(range(first, end)), block
+            assert f.attrs["capture_block_id"] == block
+            assert (f.attrs["capture_start"], f.attrs["capture_stop"]) == (first * CHUNK,
+                                                                           end * CHUNK)
+        meta, data = load_binary(str(tmp_path / "data" / f"adc0-{block}.bin"))
+        assert meta["capture_block_id"] == block
+        expected = np.frombuffer(b"".join(payloads[first * HEAPS_PER_CHUNK:
+                                                   end * HEAPS_PER_CHUNK]), np.uint8)
+        np.testing.assert_array_equal(data.reshape(-1), expected)
