@@ -55,6 +55,10 @@ CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
     help="Configuration file (default: the built-in one, config/daqd.toml in the "
          "source tree, shipped in the package).")
+# The control endpoint of a client command (status, trigger, capture).
+ENDPOINT_OPTION = click.option(
+    "--endpoint", default=None,
+    help="Control endpoint to ask (default: the configuration's zmq.control).")
 
 
 def _load(config_path: str | None, host: bool = True) -> Any:
@@ -186,8 +190,7 @@ def _stop_by_request(endpoint: str, security: Any, timeout: float) -> None:
 
 @cli.command()
 @CONFIG_OPTION
-@click.option("--endpoint", default=None,
-              help="Control endpoint to ask (default: the configuration's zmq.control).")
+@ENDPOINT_OPTION
 @curve_options
 @click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True)
@@ -207,8 +210,7 @@ def status(config_path: str | None, endpoint: str | None, curve_secret_key: str 
 
 @cli.command()
 @CONFIG_OPTION
-@click.option("--endpoint", default=None,
-              help="Control endpoint to ask (default: the configuration's zmq.control).")
+@ENDPOINT_OPTION
 @curve_options
 @click.option("--stream", default=None,
               help="The stream (default: every stream with [stream.trigger]).")
@@ -330,9 +332,7 @@ def _capture_options(command: Any) -> Any:
     """Add the options of ``daqd capture start`` and ``stop``: where, which stream, when."""
     for option in reversed((
             CONFIG_OPTION,
-            click.option("--endpoint", default=None,
-                         help="Control endpoint to ask (default: the configuration's "
-                              "zmq.control)."),
+            ENDPOINT_OPTION,
             curve_options,
             click.option("--stream", default=None,
                          help="The stream (default: every stream of the daemon)."),
