@@ -312,3 +312,38 @@ def test_an_event_stops_waiting_at_its_wall_clock_bound(tmp_path):
         "records_missing": 2, "trigger_ended": "timeout"}
     retention.close()
     assert pool.whole()
+
+
+def test_a_trigger_that_races_the_stop_ends_with_it(tmp_path):
+    """The stream stops while an event's file is being made: the event ends at once too."""
+    stream = config(tmp_path)
+    made: list[Any] = []
+
+    def sink(number: int, label: str, start: int, end: int) -> Any:
+        made.append(threading.Thread(target=triggers.close))   # the stop comes now
+        made[-1].start()
+        deadline = time.monotonic() + 10
+        while not triggers.closed:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        return build_event_sink(stream, stream.trigger, number, label, (start, end))
+
+    triggers = build_triggers(stream.trigger, stream.timeline, sink, stream.name)
+    pool = Pool()
+    for record in pool.records(12):
+        triggers.retention.add(record)
+        record.release()
+    # A window into the future: it would wait for data until max_post_seconds + EVENT_GRACE.
+    reply = triggers.start(*triggers.window({"pre": 0.02, "post": 0.05, "label": "late"}))
+    made[0].join(10)            # close() waited for the start, then for the event
+    assert not made[0].is_alive()
+    assert not [t for t in threading.enumerate() if t.name.endswith("event-1")], \
+        "the event outlived the stream's stop"
+    with pytest.raises(TriggerError, match="is stopping"):
+        triggers.start(0, C, "after")
+    assert triggers.in_flight() == []
+    triggers.retention.close()
+    assert pool.whole()
+    assert (tmp_path / "events").is_dir() and reply["path"].endswith("adc0-1-late.bin")
+    meta, chunks = load_binary(reply["path"])
+    assert meta["trigger_ended"] == "stream stopped" and chunks.shape[0] == 3
