@@ -463,8 +463,8 @@ class StreamRunner:
         """Start a capture block at data time `at` (None: now); return the gate's status.
 
         A start before the newest data time starts at the oldest record still
-        held: the records `retained_since` gives are admitted (counted in the
-        reply's ``retained``).  While a stop is pending, a start at or after
+        held: the records `retained_since` gives that no block took already
+        are admitted (counted in the reply's ``retained``).  While a stop is pending, a start at or after
         it is the next block, back to back (`CaptureGate.start`).  Raises
         `CaptureError` while a block is open otherwise.
         """
@@ -474,7 +474,10 @@ class StreamRunner:
             past = [] if at is None or block is not self.gate.block \
                 else self.retained_since(at)            # (a next block has none)
             for record in past:
-                admitted = self.buffer is not None and self.gate.admit(record)[0]
+                # One the last block wrote stays its own (its file; and it may still
+                # be in the buffer with it): the new block takes what no block took.
+                admitted = self.buffer is not None and record.capture_block is None \
+                    and self.gate.admit(record)[0]
                 if admitted:
                     self.buffer.put(record)
                     retained += 1

@@ -349,3 +349,32 @@ def test_blocks_back_to_back_write_two_sets_of_files_with_exact_chunks(tmp_path)
         expected = np.frombuffer(b"".join(payloads[first * HEAPS_PER_CHUNK:
                                                    end * HEAPS_PER_CHUNK]), np.uint8)
         np.testing.assert_array_equal(data.reshape(-1), expected)
+
+
+def test_a_start_in_the_past_takes_no_record_the_last_block_wrote(tmp_path):
+    """Stop now, then start in the past: the records the stopped block took stay its own."""
+    trigger = toml_table("stream.trigger", retain_seconds=10.0, kind="binary",
+                         path=f"{tmp_path}/events/{{stream}}-{{event}}.bin")
+    config = parse(chunk_stream_config(tmp_path, sinks=sinks_toml(tmp_path, "binary"),
+                                       extra=CLOCK + trigger), str(tmp_path / "daqd.toml"))
+    runner = StreamRunner(config.streams[0], config)
+    runner.open()
+    first = runner.gate.block
+    records = [ChunkRecord(i, i * CHUNK, np.zeros((HEAPS_PER_CHUNK, 1, 8192), np.uint8),
+                           np.ones((HEAPS_PER_CHUNK, 1), np.uint8)) for i in range(6)]
+    try:
+        for record in records:              # as the chunk consumer does
+            span = runner._observe(record)
+            runner.triggers.retention.add(record)
+            runner._put(record, span)
+        runner.capture_stop(None)
+        assert first.stop == 6 * CHUNK
+        reply = runner.capture_start(2 * CHUNK, "again")
+        assert reply["retained"] == 0                   # 2-5 are the first block's
+        assert all(r.capture_block is first for r in records)
+        assert runner.buffer.size() == 6
+    finally:
+        runner.stop(5)
+    (written,) = published(tmp_path / "data", "*.bin")
+    meta, data = load_binary(str(written))
+    assert meta["capture_block_id"] == first.id and data.shape[0] == 6
