@@ -464,9 +464,10 @@ class StreamRunner:
 
         A start before the newest data time starts at the oldest record still
         held: the records `retained_since` gives that no block took already
-        are admitted (counted in the reply's ``retained``).  While a stop is pending, a start at or after
-        it is the next block, back to back (`CaptureGate.start`).  Raises
-        `CaptureError` while a block is open otherwise.
+        are admitted (counted in the reply's ``retained``).  While a stop is
+        pending, a start at or after it is the next block, back to back
+        (`CaptureGate.start`).  Raises `CaptureError` while a block is open
+        otherwise.
         """
         retained = 0
         with self.admission:                # no newer record overtakes the retained ones

@@ -316,6 +316,9 @@ def test_blocks_back_to_back_write_two_sets_of_files_with_exact_chunks(tmp_path)
         assert ask(endpoint, "capture-stop", at=7 * CHUNK)["ok"]
         refused(endpoint, {"command": "capture-start", "at": 6 * CHUNK, "id": "b"},
                 "a next block may start there or later")
+        refused(endpoint, {"command": "capture-start", "at": "2026-12-07T00:00:07Z", "id": "b"},
+                "at: a UTC time needs the stream's clock ([stream.time] sync_time and "
+                "timestamp_rate); give ticks instead")          # no [stream.time] here
         started = ask(endpoint, "capture-start", at=7 * CHUNK, id="b")
         assert started["ok"], started
         assert started["capture"]["adc0"]["next"]["id"] == "b"
@@ -378,3 +381,41 @@ def test_a_start_in_the_past_takes_no_record_the_last_block_wrote(tmp_path):
     (written,) = published(tmp_path / "data", "*.bin")
     meta, data = load_binary(str(written))
     assert meta["capture_block_id"] == first.id and data.shape[0] == 6
+
+
+def test_spead2_sender_chunk_mode_block_lands_on_the_exact_chunks(tmp_path):
+    """spead2 sends chunks 0-13; the block [00:00:04 UTC, tick 10 x CHUNK) writes 4-9 exactly."""
+    port = free_port()
+    cfg = write_config(tmp_path, chunk_stream_config(
+        tmp_path, port=port, sinks=sinks_toml(tmp_path, "hdf5"), extra=CLOCK))
+    daemon = DaemonProcess(cfg)
+    try:
+        endpoint = daemon.ready()["control"]
+        assert ask(endpoint, "capture-stop")["ok"]
+        started = ask(endpoint, "capture-start", at="2026-12-07T00:00:04Z", id="spead2")
+        assert started["capture"]["adc0"]["start"]["timestamp"] == 4 * CHUNK  # UTC = ticks
+        assert ask(endpoint, "capture-stop", at=10 * CHUNK)["capture"]["adc0"]["stop"] == {
+            "timestamp": 10 * CHUNK, "utc": "2026-12-07T00:00:10.000000Z"}
+        stream = spead2.send.UdpStream(THREAD_POOL, [("127.0.0.1", port)],
+                                       spead2.send.StreamConfig(rate=50e6, max_packet_size=9000))
+        items = spead2.send.ItemGroup(flavour=spead2.Flavour(4, 64, 48))
+        items.add_item(0x1600, "timestamp", "ADC sample counter", (), format=[("u", 48)])
+        items.add_item(0x3000, "adc", "samples", (8192,), dtype=np.uint8)
+        for heap in range(14 * HEAPS_PER_CHUNK):
+            items["timestamp"].value = heap * 8192
+            items["adc"].value = np.full(8192, heap % 256, np.uint8)
+            stream.send_heap(items.get_heap(descriptors="none", data="all"))
+        wait_until(lambda: capture(endpoint)["state"] == "stopped", what="the stop")
+        wait_until(lambda: counters(endpoint)["records_not_captured"] == 4 + 2,
+                   what="chunks 0-3 and 10-11 let go")
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    (h5,) = published(tmp_path / "data", "*.h5")
+    with h5py.File(h5) as f:
+        assert f["chunk_id"][:].tolist() == list(range(4, 10))
+        assert f["utc"][:].tolist() == [SYNC + k for k in range(4, 10)]   # a chunk a second
+        data = f["data"][:].reshape(6 * HEAPS_PER_CHUNK, -1)
+        assert f.attrs["capture_block_id"] == "spead2"
+    heaps = np.arange(4 * HEAPS_PER_CHUNK, 10 * HEAPS_PER_CHUNK) % 256
+    assert (data == heaps[:, None]).all()
