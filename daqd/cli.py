@@ -246,9 +246,23 @@ def trigger(config_path: str | None, endpoint: str | None, curve_secret_key: str
     security = client_security(cfg, curve_secret_key, curve_server_key)
     reply = request(_control_endpoint(cfg, endpoint), "trigger", args, timeout=timeout,
                     security=security)
+    _answered(reply, "trigger", as_json)
+    if not as_json:
+        click.echo(format_trigger(reply))
+
+
+def _answered(reply: dict[str, Any], command: str, as_json: bool) -> None:
+    """Print a request's reply as JSON if asked; a refusal is one line and status 2.
+
+    The daemon refuses a request whose arguments (a person's) it cannot use,
+    so a refusal is a usage problem, as a bad option is.
+    """
+    if as_json:
+        click.echo(json.dumps(reply))
     if not reply.get("ok", False):
-        raise UsageProblem(str(reply.get("error", "trigger refused")))
-    click.echo(json.dumps(reply) if as_json else format_trigger(reply))
+        error = str(reply.get("error", f"{command} refused"))
+        prefix = f"{command}: "
+        raise UsageProblem(error if error.startswith(prefix) else prefix + error)
 
 
 #: Seconds ``daqd stats`` with CURVE keys waits for a first message (a wrong key: silence).
@@ -400,12 +414,7 @@ def _capture(command: str, args: dict[str, Any], config_path: str | None,
     reply = request(_control_endpoint(cfg, endpoint), command,
                     {k: v for k, v in args.items() if v is not None}, timeout=timeout,
                     security=security)
-    if as_json:
-        click.echo(json.dumps(reply))
-    if not reply.get("ok", False):
-        if not as_json:
-            click.echo(f"daqd: error: {reply.get('error', command + ' refused')}", err=True)
-        sys.exit(1)
+    _answered(reply, command, as_json)
     if not as_json:
         for name, block in (reply.get("capture") or {}).items():
             click.echo(f"{name}: {format_capture(block)}")

@@ -197,13 +197,15 @@ def test_daqd_capture_command_and_status(tmp_path):
         assert start.returncode == 0, start.stderr
         assert start.stdout == ("adc0: start-pending, block cli-1, start 131072 "
                                 "(2026-12-07T00:00:02.000000Z), stop none\n")
-        # the daemon refuses (a block is pending): its one line, exit status 1
+        # the daemon refuses (a block is pending): its one line, exit status 2 (as trigger)
         again = daqd("capture", "start", "--config", str(cfg), "--at", "5")
-        assert again.returncode == 1 and again.stdout == ""
+        assert again.returncode == 2 and again.stdout == ""
         assert again.stderr == ("daqd: error: capture-start: capture block cli-1 is "
                                 "start-pending; stop it first (capture-stop)\n")
         unknown = daqd("capture", "stop", "--config", str(cfg), "--stream", "adc9")
-        assert unknown.returncode == 1 and "unknown stream 'adc9'" in unknown.stderr
+        assert_one_line_error(unknown, "unknown stream 'adc9'")
+        as_json = daqd("capture", "stop", "--config", str(cfg), "--stream", "adc9", "--json")
+        assert as_json.returncode == 2 and json.loads(as_json.stdout)["ok"] is False
         # bad arguments, refused before asking: one line, exit status 2
         assert_one_line_error(daqd("capture", "stop", "--config", str(cfg), "--at", "1.5"),
                               "--at")
