@@ -48,7 +48,9 @@ gets ``t`` and the ticks (``t524288``).  A generated id equal to the last
 block's gets a suffix (``-2``, ``-3``, ...).
 
 Packet records (raw packets for pcap sinks) have no data time: they are
-written while a block is open (``capturing``, ``stop-pending``).
+written while a block is open (``capturing``, ``stop-pending``); so are heap
+records without the stream's ``timestamp_item`` (`Timeline.timed`), which
+move no data time either.
 
 `CaptureGate` is thread-safe: receive threads admit records while the control
 thread schedules starts and stops.
@@ -128,10 +130,14 @@ class CaptureGate:
     # records
 
     def observe(self, record: Any) -> tuple[int, int]:
-        """Note `record`'s data time as seen; return its span ``[start, end)`` in ticks."""
+        """Note `record`'s data time as seen; return its span ``[start, end)`` in ticks.
+
+        A record without its data time (`Timeline.timed`) is not noted.
+        """
         span = self.timeline.span(record)
-        with self._lock:
-            self._note(span)
+        if self.timeline.timed(record):
+            with self._lock:
+                self._note(span)
         return span
 
     def _note(self, span: tuple[int, int]) -> None:
@@ -150,6 +156,14 @@ class CaptureGate:
         passed (exactly once per block), else None; a next block scheduled
         at that stop then takes over, and decides on this record.
         """
+        if not self.timeline.timed(record):
+            # No data time (a heap without the timestamp item): written while a
+            # block is open, as raw packets are; it moves no data time.
+            with self._lock:
+                admitted = self._admit_by_state()
+                if admitted:
+                    record.capture_block = self.block
+                return admitted, None
         noted = span is not None
         if span is None:
             span = self.timeline.span(record)
@@ -181,11 +195,15 @@ class CaptureGate:
     def admit_packets(self) -> bool:
         """Whether raw packets (no data time) are written now; counts them if not."""
         with self._lock:
-            state = self._state()
-            if state in ("capturing", "stop-pending"):
-                return True
-            self._counts["before_capture" if state == "start-pending" else "after_capture"] += 1
-            return False
+            return self._admit_by_state()
+
+    def _admit_by_state(self) -> bool:
+        """Admit what has no data time while a block is open; count it otherwise (locked)."""
+        state = self._state()
+        if state in ("capturing", "stop-pending"):
+            return True
+        self._counts["before_capture" if state == "start-pending" else "after_capture"] += 1
+        return False
 
     def counters(self) -> dict[str, int]:
         """``records_<reason>`` for each of `REASONS`, and their sum ``records_not_captured``."""

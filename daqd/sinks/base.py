@@ -506,7 +506,8 @@ class FileSink:
                 self._counts.lost_records += 1
                 self._note_error(exc)
                 continue
-            piece.span = self.context.timeline.span(record)
+            timeline = self.context.timeline
+            piece.span = timeline.span(record) if timeline.timed(record) else None
             pieces.append(piece)
         return pieces
 

@@ -190,3 +190,19 @@ def test_packets_follow_the_state():
     assert gate.counters()["records_after_capture"] == 1
     assert gate.counters()["records_before_capture"] == 1
     assert set(REASONS) == {"before_capture", "after_capture"}
+
+
+def test_a_heap_without_the_timestamp_item_moves_no_data_time():
+    """Network input: a heap lacking timestamp_item neither passes a stop nor starts a block."""
+    gate = CaptureGate(HEAPS, capturing=False)
+    gate.start(60, "b")
+    gate.stop(80)
+    untimed = HeapRecord(100, {0x1700: 1})          # timed by arrival it would be ~1.8e18
+    assert gate.admit(untimed) == (False, None)     # start pending: not written, counted
+    assert gate.state == "start-pending" and gate.newest is None
+    admitted, passes = run(gate, [heap(t) for t in range(55, 70)])
+    assert [r.items[0x1600] for r in admitted] == list(range(60, 70)) and not any(passes)
+    other = HeapRecord(101, {0x1700: 2})
+    assert gate.admit(other) == (True, None) and other.capture_block is gate.block
+    assert gate.state == "stop-pending" and gate.newest == 69
+    assert gate.counters()["records_before_capture"] == 1 + 5

@@ -348,3 +348,13 @@ def test_a_trigger_that_races_the_stop_ends_with_it(tmp_path):
     assert (tmp_path / "events").is_dir() and reply["path"].endswith("adc0-1-late.bin")
     meta, chunks = load_binary(reply["path"])
     assert meta["trigger_ended"] == "stream stopped" and chunks.shape[0] == 3
+
+
+def test_a_heap_without_the_timestamp_item_is_not_retained_and_evicts_nothing(tmp_path):
+    timeline = Timeline(Clock(), timestamp_item=0x1600)
+    retention = Retention(timeline, ticks=100)
+    for ts in range(50):
+        retention.add(HeapRecord(ts, {0x1600: ts, 0x1700: 1}))
+    retention.add(HeapRecord(99, {0x1700: 1}))      # arrival-timed it would push all out
+    assert retention.status()["records"] == 50
+    assert (retention.oldest_start(), retention.newest_end) == (0, 50)
