@@ -353,9 +353,10 @@ class StreamRunner:
         """
         log.info("capture block ended", stream=self.name, **_block_fields(self, block))
         self.flush("capture stop")
-        for flusher in (self.flusher, self.packet_flusher):
-            if flusher is not None:
-                flusher.request_reopen(block)
+        if self.flusher is not None:
+            self.flusher.request_reopen(block)
+        if self.packet_flusher is not None:     # raw packets have no block: a new file now
+            self.packet_flusher.request_reopen()
 
     def _consume_chunks(self) -> None:
         closed = self.group.boundaries
