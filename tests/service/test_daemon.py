@@ -315,7 +315,9 @@ def test_sighup_reopens_and_sigusr1_flushes(tmp_path):
     finally:
         daemon.close()
     # The daemon's own account first: every chunk completed reached the files.
-    stopped = next(e for e in daemon.events if e.get("event") == "stopped")["adc0"]
+    last = next(e for e in daemon.events if e.get("event") == "stopped")
+    stopped = last["adc0"]
+    assert last["errors"] == 0, "\n".join(daemon.lines[-30:])    # no thread failed
     assert (stopped["chunks_completed"], stopped["records_flushed"], stopped["lost"]) \
         == (7, 7, {}), stopped
     files = sorted((tmp_path / "data").glob("*.bin"))
