@@ -66,7 +66,6 @@ cdef class ChunkStream(WindowStream):
     cdef readonly size_t descriptor_bytes
     cdef int64_t desc_cnts[DESCRIPTOR_HEAPS]
     cdef size_t desc_next
-    cdef readonly uint64_t descriptor_packets_dropped
 
     def __init__(self, ChunkGroup group=None, *, size_t max_heaps=DEFAULT_MAX_HEAPS,
                  bint allow_out_of_order=False, bint stop_on_stop_item=True,
@@ -331,15 +330,16 @@ cdef class ChunkStream(WindowStream):
                 h.present[<size_t>p.payload_offset // self.group.packet_presence] = 1
         elif not h.empty:
             stats[<int>STAT_CHUNK_PACKETS_DISCARDED] += 1
-            self.keep_descriptor_packet(p)
+            self.keep_descriptor_packet(p, stats)
 
-    cdef void keep_descriptor_packet(self, const PacketHeader *p) noexcept nogil:
+    cdef void keep_descriptor_packet(self, const PacketHeader *p,
+                                     uint64_t *stats) noexcept nogil:
         """Copy a discarded packet of a descriptor heap for `take_descriptor_packets`.
 
         A packet belongs to a descriptor heap when it carries an addressed
         DESCRIPTOR_ID pointer, or when its heap counter is one of the last
         DESCRIPTOR_HEAPS such heaps' (its later packets).  Packets that do not
-        fit what is left of the buffer are counted in descriptor_packets_dropped.
+        fit what is left of the buffer are counted (STAT_DESCRIPTOR_PACKETS_DROPPED).
         """
         cdef size_t i
         cdef int j
@@ -362,7 +362,7 @@ cdef class ChunkStream(WindowStream):
             self.desc_cnts[self.desc_next % DESCRIPTOR_HEAPS] = p.heap_cnt
             self.desc_next += 1
         if self.descriptor_bytes + sizeof(uint32_t) + p.size > DESCRIPTOR_BUFFER:
-            self.descriptor_packets_dropped += 1
+            stats[<int>STAT_DESCRIPTOR_PACKETS_DROPPED] += 1
             return
         size = <uint32_t>p.size
         memcpy(self.desc_buf + self.descriptor_bytes, &size, sizeof(uint32_t))

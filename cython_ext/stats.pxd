@@ -78,6 +78,7 @@ cpdef enum StatIndex:
     STAT_CHUNK_PACKETS_DISCARDED                # packets of heaps not placed, or whose chunk left
     STAT_CHUNK_SLOTS_MISSING                    # slots of completed chunks without a complete heap
     STAT_CHUNK_WINDOW_RESETS                    # window re-anchored after a run of too-old heaps
+    STAT_DESCRIPTOR_PACKETS_DROPPED             # descriptor heaps' packets with no room kept aside
     # tcp:// sources (the listener serves sender after sender)
     STAT_TCP_CONNECTIONS_ACCEPTED               # peers accepted
     STAT_TCP_CONNECTIONS_CLOSED                 # peers that closed (or reset) their connection

@@ -55,6 +55,10 @@ CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
     help="Configuration file (default: the built-in one, config/daqd.toml in the "
          "source tree, shipped in the package).")
+# The control endpoint of a client command (status, trigger, capture).
+ENDPOINT_OPTION = click.option(
+    "--endpoint", default=None,
+    help="Control endpoint to ask (default: the configuration's zmq.control).")
 
 
 def _load(config_path: str | None, host: bool = True) -> Any:
@@ -186,8 +190,7 @@ def _stop_by_request(endpoint: str, security: Any, timeout: float) -> None:
 
 @cli.command()
 @CONFIG_OPTION
-@click.option("--endpoint", default=None,
-              help="Control endpoint to ask (default: the configuration's zmq.control).")
+@ENDPOINT_OPTION
 @curve_options
 @click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True)
@@ -207,8 +210,7 @@ def status(config_path: str | None, endpoint: str | None, curve_secret_key: str 
 
 @cli.command()
 @CONFIG_OPTION
-@click.option("--endpoint", default=None,
-              help="Control endpoint to ask (default: the configuration's zmq.control).")
+@ENDPOINT_OPTION
 @curve_options
 @click.option("--stream", default=None,
               help="The stream (default: every stream with [stream.trigger]).")
@@ -244,9 +246,23 @@ def trigger(config_path: str | None, endpoint: str | None, curve_secret_key: str
     security = client_security(cfg, curve_secret_key, curve_server_key)
     reply = request(_control_endpoint(cfg, endpoint), "trigger", args, timeout=timeout,
                     security=security)
+    _answered(reply, "trigger", as_json)
+    if not as_json:
+        click.echo(format_trigger(reply))
+
+
+def _answered(reply: dict[str, Any], command: str, as_json: bool) -> None:
+    """Print a request's reply as JSON if asked; a refusal is one line and status 2.
+
+    The daemon refuses a request whose arguments (a person's) it cannot use,
+    so a refusal is a usage problem, as a bad option is.
+    """
+    if as_json:
+        click.echo(json.dumps(reply))
     if not reply.get("ok", False):
-        raise UsageProblem(str(reply.get("error", "trigger refused")))
-    click.echo(json.dumps(reply) if as_json else format_trigger(reply))
+        error = str(reply.get("error", f"{command} refused"))
+        prefix = f"{command}: "
+        raise UsageProblem(error if error.startswith(prefix) else prefix + error)
 
 
 #: Seconds ``daqd stats`` with CURVE keys waits for a first message (a wrong key: silence).
@@ -330,9 +346,7 @@ def _capture_options(command: Any) -> Any:
     """Add the options of ``daqd capture start`` and ``stop``: where, which stream, when."""
     for option in reversed((
             CONFIG_OPTION,
-            click.option("--endpoint", default=None,
-                         help="Control endpoint to ask (default: the configuration's "
-                              "zmq.control)."),
+            ENDPOINT_OPTION,
             curve_options,
             click.option("--stream", default=None,
                          help="The stream (default: every stream of the daemon)."),
@@ -400,12 +414,7 @@ def _capture(command: str, args: dict[str, Any], config_path: str | None,
     reply = request(_control_endpoint(cfg, endpoint), command,
                     {k: v for k, v in args.items() if v is not None}, timeout=timeout,
                     security=security)
-    if as_json:
-        click.echo(json.dumps(reply))
-    if not reply.get("ok", False):
-        if not as_json:
-            click.echo(f"daqd: error: {reply.get('error', command + ' refused')}", err=True)
-        sys.exit(1)
+    _answered(reply, command, as_json)
     if not as_json:
         for name, block in (reply.get("capture") or {}).items():
             click.echo(f"{name}: {format_capture(block)}")

@@ -737,17 +737,22 @@ class Buffer:
         # The protocol says commit() never raises: anything it does is counted.
         _call_each(sinks, "commit", Exception, self._errors)
 
-    def reopen_sinks(self) -> None:
+    def reopen_sinks(self, block: Any = None) -> None:
         """SIGHUP: every sink finishes its current file (in the flusher's thread).
 
+        `block`: a capture block whose stop has passed; only sinks whose
+        current file holds its records (``current_block``; sinks without
+        files: all) finish it, so a file the next block began is not cut.
         The finished files are published once a done mark lists them (with a
         write-ahead log), or at once.
         """
         flusher = self._flusher
         if flusher is not None and flusher.running and threading.get_ident() != flusher.ident:
-            flusher.request_reopen()
+            flusher.request_reopen(block)
             return
         sinks = list(self._sinks)
+        if block is not None:
+            sinks = [s for s in sinks if getattr(s.sink, "current_block", block) is block]
         self._reopen(sinks)
         self._commit(self._mark_done(sinks) if self.wal is not None else sinks)
 

@@ -20,6 +20,15 @@ The gate holds one block at a time, the current or the last one.  Its state
 ``stopped``
     the last block's stop has passed (or there is no block).
 
+Back to back: while a stop is scheduled, a block may be started at or after
+that stop; it is the *next* block (in the status, ``next``), and takes over
+when the current block's stop passes, so the record that passes it is the
+next block's first (the sinks start its files in-band, and finish only the
+files of the block that ended).  A record that overlaps both blocks (a
+chunk across a stop not on a chunk boundary) is the first block's.  A stop
+asked for while a next block is scheduled is that block's (a stop "now"
+cancels it).
+
 A stop *has passed* once a record at or after it arrives (the newest data time
 reaches it), or at once for a stop "now" or in the past; `admit` and `stop`
 say so exactly once, so the caller flushes and has the sinks finish the
@@ -39,7 +48,9 @@ gets ``t`` and the ticks (``t524288``).  A generated id equal to the last
 block's gets a suffix (``-2``, ``-3``, ...).
 
 Packet records (raw packets for pcap sinks) have no data time: they are
-written while a block is open (``capturing``, ``stop-pending``).
+written while a block is open (``capturing``, ``stop-pending``); so are heap
+records without the stream's ``timestamp_item`` (`Timeline.timed`), which
+move no data time either.
 
 `CaptureGate` is thread-safe: receive threads admit records while the control
 thread schedules starts and stops.
@@ -67,6 +78,12 @@ _FAR = 1 << 80          # beyond any tick: the open ends of a block
 
 class CaptureError(UsageProblem):
     """A capture request that cannot be served (one line naming why)."""
+
+
+def _bounds(block: CaptureBlock) -> tuple[int, int]:
+    """Return a block's ``[start, stop)`` in ticks, its open ends beyond any tick."""
+    return (-_FAR if block.start is None else block.start,
+            _FAR if block.stop is None else block.stop)
 
 
 def check_id(value: Any) -> str:
@@ -99,6 +116,7 @@ class CaptureGate:
         self.wall_clock = wall_clock
         self._lock = threading.Lock()
         self.block: CaptureBlock | None = None
+        self.next: CaptureBlock | None = None   # back to back: starts at the block's stop
         self._passed = False                # the block's stop has passed
         self.newest: int | None = None      # start of the newest record's span (ticks)
         self.newest_end: int | None = None
@@ -112,10 +130,14 @@ class CaptureGate:
     # records
 
     def observe(self, record: Any) -> tuple[int, int]:
-        """Note `record`'s data time as seen; return its span ``[start, end)`` in ticks."""
+        """Note `record`'s data time as seen; return its span ``[start, end)`` in ticks.
+
+        A record without its data time (`Timeline.timed`) is not noted.
+        """
         span = self.timeline.span(record)
-        with self._lock:
-            self._note(span)
+        if self.timeline.timed(record):
+            with self._lock:
+                self._note(span)
         return span
 
     def _note(self, span: tuple[int, int]) -> None:
@@ -124,14 +146,24 @@ class CaptureGate:
         if self.newest_end is None or span[1] > self.newest_end:
             self.newest_end = span[1]
 
-    def admit(self, record: Any, span: tuple[int, int] | None = None) -> tuple[bool, bool]:
+    def admit(self, record: Any, span: tuple[int, int] | None = None
+              ) -> tuple[bool, CaptureBlock | None]:
         """Note and decide on `record` (`span`: given when it was `observe`d already).
 
-        Returns ``(admitted, stop_passed)``: an admitted record carries the
-        block (``record.capture_block``); one that is not is counted (the
-        caller releases it).  `stop_passed` is true exactly once per block,
-        for the record that shows its stop has passed.
+        Returns ``(admitted, ended)``: an admitted record carries the block
+        (``record.capture_block``); one that is not is counted (the caller
+        releases it).  `ended` is the block whose stop this record shows has
+        passed (exactly once per block), else None; a next block scheduled
+        at that stop then takes over, and decides on this record.
         """
+        if not self.timeline.timed(record):
+            # No data time (a heap without the timestamp item): written while a
+            # block is open, as raw packets are; it moves no data time.
+            with self._lock:
+                admitted = self._admit_by_state()
+                if admitted:
+                    record.capture_block = self.block
+                return admitted, None
         noted = span is not None
         if span is None:
             span = self.timeline.span(record)
@@ -141,28 +173,37 @@ class CaptureGate:
             block = self.block
             if block is None:
                 self._counts["after_capture"] += 1
-                return False, False
-            start = -_FAR if block.start is None else block.start
-            stop = _FAR if block.stop is None else block.stop
-            passed = False
-            if stop <= (self.newest or 0) and not self._passed and block.stop is not None:
-                self._passed = passed = True
+                return False, None
+            ended = None
+            if block.stop is not None and block.stop <= (self.newest or 0) \
+                    and not self._passed and not overlaps(span, *_bounds(block)):
+                ended = block
+                self._passed = True
+                if self.next is not None:       # back to back: the next block's turn
+                    block, self.block, self.next = self.next, self.next, None
+                    self._passed = False
+                    self._admitted_end = None
+            start, stop = _bounds(block)
             if overlaps(span, start, stop):
                 record.capture_block = block
                 if self._admitted_end is None or span[1] > self._admitted_end:
                     self._admitted_end = span[1]
-                return True, passed
+                return True, ended
             self._counts["before_capture" if span[1] <= start else "after_capture"] += 1
-            return False, passed
+            return False, ended
 
     def admit_packets(self) -> bool:
         """Whether raw packets (no data time) are written now; counts them if not."""
         with self._lock:
-            state = self._state()
-            if state in ("capturing", "stop-pending"):
-                return True
-            self._counts["before_capture" if state == "start-pending" else "after_capture"] += 1
-            return False
+            return self._admit_by_state()
+
+    def _admit_by_state(self) -> bool:
+        """Admit what has no data time while a block is open; count it otherwise (locked)."""
+        state = self._state()
+        if state in ("capturing", "stop-pending"):
+            return True
+        self._counts["before_capture" if state == "start-pending" else "after_capture"] += 1
+        return False
 
     def counters(self) -> dict[str, int]:
         """``records_<reason>`` for each of `REASONS`, and their sum ``records_not_captured``."""
@@ -199,32 +240,49 @@ class CaptureGate:
         """Begin a block at data time `at` (ticks; None: now), named `block_id` (or generated).
 
         `now` is the wall clock of the request (generated ids of "now"
-        starts; one value for every stream of a request).  Raises
-        `CaptureError` while a block is open or scheduled.
+        starts; one value for every stream of a request).  While a stop is
+        pending, a start at or after it is the next block (back to back).
+        Raises `CaptureError` while a block is open or scheduled otherwise.
         """
         with self._lock:
-            self._check_start(block_id)
+            after = self._check_start(block_id, at)
             if block_id is None:
                 block_id = self._generate_id(at, self.wall_clock() if now is None else now)
-            self.block = CaptureBlock(block_id, at)
+            block = CaptureBlock(block_id, at)
             self._ids.add(block_id)
+            if after:
+                self.next = block
+                return block
+            self.block = block
             self._passed = False
             self._admitted_end = None
-            return self.block
+            return block
 
-    def check_start(self, block_id: str | None = None) -> None:
+    def check_start(self, block_id: str | None = None, at: int | None = None) -> None:
         """Raise the `CaptureError` that `start` would raise now, if any (changes nothing)."""
         with self._lock:
-            self._check_start(block_id)
+            self._check_start(block_id, at)
 
-    def _check_start(self, block_id: str | None) -> None:
+    def _check_start(self, block_id: str | None, at: int | None) -> bool:
+        """Check a start; return whether it is the next block, back to back."""
         if block_id is not None:
             check_id(block_id)
         state = self._state()
-        if state != "stopped":
-            assert self.block is not None
-            raise CaptureError(f"capture block {self.block.id} is {state}; stop it first "
-                               "(capture-stop)")
+        if state == "stopped":
+            return False
+        block = self.block
+        assert block is not None
+        if block.stop is not None and self.next is None and at is not None:
+            if at >= block.stop:
+                return True
+            raise CaptureError(f"at: capture block {block.id} stops at {self._say(block.stop)}; "
+                               f"a next block may start there or later, not at {self._say(at)}")
+        if self.next is not None:
+            raise CaptureError(f"capture block {block.id} is {state} and {self.next.id} is "
+                               "next; stop it first (capture-stop)")
+        hint = " or start at or after its stop" if block.stop is not None else ""
+        raise CaptureError(f"capture block {block.id} is {state}; stop it first "
+                           f"(capture-stop){hint}")
 
     def _generate_id(self, at: int | None, now: float) -> str:
         if at is None:
@@ -245,9 +303,20 @@ class CaptureGate:
         stop: already stopped) and whether its stop has passed already, so
         its files are to be finished now.  A block whose start is still
         pending is cancelled by a stop "now" (its stop becomes its start).
-        Raises `CaptureError` for a stop not after the block's start.
+        With a next block scheduled (back to back) the stop is the next
+        block's: "now" cancels it.  Raises `CaptureError` for a stop not
+        after the block's start.
         """
         with self._lock:
+            self._check_stop(at)
+            nxt = self.next
+            if nxt is not None:
+                if at is None:
+                    self.next = None        # cancelled before it began
+                    nxt.stop = nxt.start
+                else:
+                    nxt.stop = at
+                return nxt, False
             state = self._state()
             block = self.block
             if state == "stopped" or block is None:
@@ -260,8 +329,6 @@ class CaptureGate:
                     ends = [e for e in (self.newest_end, self._admitted_end, block.start)
                             if e is not None]
                     at = max(ends) if ends else 0
-            else:
-                self._check_stop(at)
             assert at is not None
             clamped = self._admitted_end is not None and at < self._admitted_end
             if clamped:
@@ -279,8 +346,8 @@ class CaptureGate:
             self._check_stop(at)
 
     def _check_stop(self, at: int | None) -> None:
-        block = self.block
-        if at is not None and block is not None and not self._passed \
+        block = self.next if self.next is not None else self.block
+        if at is not None and block is not None and (self.next is not None or not self._passed) \
                 and block.start is not None and at <= block.start:
             raise CaptureError(f"at: the stop ({self._say(at)}) is not after the "
                                f"block's start ({self._say(block.start)})")
@@ -293,7 +360,11 @@ class CaptureGate:
     # status
 
     def status(self) -> dict[str, Any]:
-        """``state``, ``id``, ``start``, ``stop`` (each ``{"timestamp", "utc"}`` or None)."""
+        """``state``, ``id``, ``start``, ``stop`` (each ``{"timestamp", "utc"}`` or None).
+
+        With a next block scheduled (back to back), ``next``: its ``id``,
+        ``start`` and ``stop``.
+        """
         with self._lock:
             block = self.block
             out: dict[str, Any] = {"state": self._state(),
@@ -301,4 +372,9 @@ class CaptureGate:
             for name in ("start", "stop"):
                 ticks = getattr(block, name) if block is not None else None
                 out[name] = None if ticks is None else self.timeline.describe(ticks)
+            nxt = self.next
+            if nxt is not None:
+                out["next"] = {"id": nxt.id, **{
+                    name: None if getattr(nxt, name) is None
+                    else self.timeline.describe(getattr(nxt, name)) for name in ("start", "stop")}}
             return out

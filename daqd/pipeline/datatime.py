@@ -211,6 +211,19 @@ class Timeline:
         tick = int((record.received - self._sync) * self._rate)   # arrival: a float suffices
         return tick, tick + 1
 
+    def timed(self, record: Any) -> bool:
+        """Whether `record` carries its data time (`span` is then the instrument's).
+
+        False for a heap without the stream's ``timestamp_item``: its span is
+        its arrival, on another scale than the items' ticks, so it must not
+        move data time (the newest record, what the retention keeps, whether
+        a block's stop has passed).
+        """
+        if self.timestamp_item is None or self.chunk_ticks is not None \
+                and hasattr(record, "chunk_id"):
+            return True
+        return isinstance(getattr(record, "items", {}).get(self.timestamp_item), int)
+
     def utc(self, ticks: int | float) -> float | None:
         """Unix seconds of `ticks`, or None when the stream has no clock."""
         return self.clock.utc(ticks) if self.has_utc else None

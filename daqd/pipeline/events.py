@@ -284,6 +284,8 @@ class Triggers:
         self.name = name
         self._lock = threading.Lock()
         self._next = 1
+        self._starting = 0                  # starts under way (`close` waits for them)
+        self._started = threading.Condition(self._lock)
         self._live: list[TriggerEvent] = []
         self._counts = {"trigger_events": 0, "trigger_records_written": 0,
                         "trigger_records_missing": 0, "trigger_records_lagging": 0,
@@ -293,6 +295,9 @@ class Triggers:
     def window(self, args: dict[str, Any]) -> tuple[int, int, str]:
         """Check a request's arguments; return its window ``(start, end)`` and label.
 
+        Argument names other than `ARGUMENTS` are the caller's to refuse
+        (the service's `check_names`, for every control request).
+
         ``start`` and ``end`` (ticks or UTC), or ``pre`` and ``post`` (seconds
         around the newest data time), or neither: everything held now.
 
@@ -301,10 +306,6 @@ class Triggers:
         TriggerError, TimeError
             One line naming what is wrong.
         """
-        unknown = sorted(set(args) - set(ARGUMENTS))
-        if unknown:
-            raise TriggerError(f"unknown argument {unknown[0]!r} (expected "
-                               + ", ".join(ARGUMENTS) + ")")
         label = args.get("label", DEFAULT_LABEL)
         if not isinstance(label, str) or not LABEL.fullmatch(label):
             raise TriggerError(f"label {label!r}: expected 1-64 letters, digits and ._+- "
@@ -341,31 +342,44 @@ class Triggers:
         return start, end, label
 
     def start(self, start: int, end: int, label: str) -> dict[str, Any]:
-        """Start the event of a window `window` accepted; return its part of the reply."""
+        """Start the event of a window `window` accepted; return its part of the reply.
+
+        Refused once the stream is stopping; `close` waits for a start under
+        way, so an event either ends with the stream's stop or is refused.
+        """
         with self._lock:
             if self.closed:
                 raise TriggerError(f"stream {self.name} is stopping")
             number = self._next
             self._next += 1
-        sink, path = self.make_sink(number, label, start, end)
-        limit = self.retention.max_records
-        event = TriggerEvent(number, label, start, end, path, sink, self.timeline,
-                             time.monotonic() + self.max_post_seconds + EVENT_GRACE, limit)
-        held = self.retention.watch(event)
-        newest_end = self.retention.newest_end
-        if newest_end is not None:
-            event.reached(newest_end)
-        reply = event.describe()
-        reply["records_retained"] = len(held)
-        expected_now = self._expected_until(event, newest_end)
-        if expected_now is not None:
-            reply["records_missing"] = max(0, expected_now - len(held))
-        with self._lock:
-            self._live.append(event)
-            self._counts["trigger_events"] += 1
-        event.thread = threading.Thread(target=event.run, args=(held, self.retention, self._done),
-                                        name=f"{self.name}:event-{number}", daemon=True)
-        event.thread.start()
+            self._starting += 1
+        try:
+            sink, path = self.make_sink(number, label, start, end)
+            limit = self.retention.max_records
+            event = TriggerEvent(number, label, start, end, path, sink, self.timeline,
+                                 time.monotonic() + self.max_post_seconds + EVENT_GRACE, limit)
+            held = self.retention.watch(event)
+            newest_end = self.retention.newest_end
+            if newest_end is not None:
+                event.reached(newest_end)
+            reply = event.describe()
+            reply["records_retained"] = len(held)
+            expected_now = self._expected_until(event, newest_end)
+            if expected_now is not None:
+                reply["records_missing"] = max(0, expected_now - len(held))
+            with self._lock:
+                self._live.append(event)
+                self._counts["trigger_events"] += 1
+                if self.closed:     # the stream began to stop meanwhile: end with it
+                    event.stop("stream stopped")
+            event.thread = threading.Thread(target=event.run,
+                                            args=(held, self.retention, self._done),
+                                            name=f"{self.name}:event-{number}", daemon=True)
+            event.thread.start()
+        finally:
+            with self._lock:
+                self._starting -= 1
+                self._started.notify_all()
         log.info("trigger event", stream=self.name, event_number=number, label=label,
                  start=start, end=end, path=path, records_retained=len(held))
         return reply
@@ -412,11 +426,12 @@ class Triggers:
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> list[str]:
         """End every event (``stream stopped``) and wait for its writer; the problems met."""
+        deadline = time.monotonic() + timeout
         with self._lock:
             self.closed = True
+            self._started.wait_for(lambda: self._starting == 0, timeout)
             live = list(self._live)
         problems = []
-        deadline = time.monotonic() + timeout
         for event in live:
             event.stop("stream stopped")
         for event in live:

@@ -246,7 +246,9 @@ class Flusher:
     def __init__(self, buffer: Any, *, poll: float = 0.25):
         self.buffer = buffer
         self.poll = poll
-        self._requests: collections.deque[tuple[str, str, _Outcome | None]] = collections.deque()
+        # (kind, reason, outcome); a "reopen" carries the capture block whose files
+        # to finish in place of its reason (None: every file, SIGHUP).
+        self._requests: collections.deque[tuple[str, Any, _Outcome | None]] = collections.deque()
         self._due_reason: str | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # The pipe stays open as long as this object lives: a late request
@@ -272,9 +274,14 @@ class Flusher:
         self._requests.append(("trigger", "trigger", None))
         self._wake()
 
-    def request_reopen(self) -> None:
-        """Ask the sinks to finish their current files (SIGHUP) and return at once."""
-        self._requests.append(("reopen", "reopen", None))
+    def request_reopen(self, block: Any = None) -> None:
+        """Ask the sinks to finish their current files (SIGHUP) and return at once.
+
+        `block`: only files of that capture block (its stop has passed); a file
+        the next block's records have begun already is left to go on.  Served
+        in order with flushes: what was put before the request is written first.
+        """
+        self._requests.append(("reopen", block, None))
         self._wake()
 
     def wake_due(self, reason: str) -> None:
@@ -380,7 +387,7 @@ class Flusher:
                         stop = True
                         continue
                     if kind == "reopen":
-                        buffer.reopen_sinks()
+                        buffer.reopen_sinks(reason)     # (the block, see _requests)
                         continue
                     flushed = buffer.flush_now(reason, trigger=kind == "trigger")
                     self.flushes += 1

@@ -98,7 +98,13 @@ class Retention:
         self.closed = False
 
     def add(self, record: Any) -> None:
-        """Hold `record`, evict what is no longer needed, offer it to the watchers."""
+        """Hold `record`, evict what is no longer needed, offer it to the watchers.
+
+        A record without its data time (`Timeline.timed`) is not held: no
+        window can select it, and it must not push the others out.
+        """
+        if not self.timeline.timed(record):
+            return
         start, end = self.timeline.span(record)
         with self._lock:
             if self.closed:

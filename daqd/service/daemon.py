@@ -29,15 +29,15 @@ import zmq
 
 from daqd import __version__
 from daqd.config import Config
-from daqd.errors import UsageProblem
 from daqd.pipeline.capture import check_id
 from daqd.pipeline.datatime import parse_instant
+from daqd.pipeline.events import ARGUMENTS as TRIGGER_ARGUMENTS
 from daqd.recv.counters import LOSS_COUNTERS
 from daqd.recv.workloads import WorkloadSender
 from daqd.service.control import COMMANDS, ControlServer
 from daqd.service.metrics import MetricsServer
 from daqd.service.pidfile import PidFile
-from daqd.service.request_args import check_names, pick_streams
+from daqd.service.request_args import RequestArgumentError, check_names, pick_streams
 from daqd.service.sdnotify import Notifier, Watchdog, watchdog_interval
 from daqd.service.stats_publisher import StatsPublisher
 from daqd.service.stream_runner import StreamRunner
@@ -317,6 +317,7 @@ class Daemon:
         ``streams`` (per stream: ``event``, ``path``, the window, the records
         retained and already missing), and with one stream its entry at the top.
         """
+        check_names(args, (*TRIGGER_ARGUMENTS, "stream"))
         args = dict(args)
         streams = self._trigger_streams(args.pop("stream", None))
         windows = [(runner, runner.triggers.window(args)) for runner in streams
@@ -333,20 +334,15 @@ class Daemon:
 
     def _trigger_streams(self, name: Any) -> list[StreamRunner]:
         """Return the streams a trigger is for: `name`, or every one with ``[stream.trigger]``."""
-        if name is None:
-            streams = [r for r in self.runners if r.triggers is not None]
-            if not streams:
-                raise UsageProblem("no stream has a [stream.trigger] table: nothing retains "
-                                   "data for triggers")
-            return streams
-        for runner in self.runners:
-            if runner.name == name:
-                if runner.triggers is None:
-                    raise UsageProblem(f"stream {name!r} has no [stream.trigger] table: it "
+        streams = pick_streams(self.runners, name)
+        if name is not None and streams[0].triggers is None:
+            raise RequestArgumentError(f"stream {name!r} has no [stream.trigger] table: it "
                                        "retains no data for triggers")
-                return [runner]
-        raise UsageProblem(f"unknown stream {name!r} (streams: "
-                           + ", ".join(r.name for r in self.runners) + ")")
+        streams = [r for r in streams if r.triggers is not None]
+        if not streams:
+            raise RequestArgumentError("no stream has a [stream.trigger] table: nothing "
+                                       "retains data for triggers")
+        return streams
 
     def on_stop(self, args: dict[str, Any]) -> dict[str, Any]:
         """Control ``stop``: drain and exit, as on SIGTERM."""
@@ -369,8 +365,8 @@ class Daemon:
         if block_id is not None:
             check_id(block_id)
         plan = [(runner, runner.capture_ticks(at)) for runner in runners]
-        for runner, _ in plan:
-            runner.gate.check_start(block_id)
+        for runner, ticks in plan:
+            runner.gate.check_start(block_id, ticks)
         now = time.time()
         capture = {runner.name: runner.capture_start(ticks, block_id, now)
                    for runner, ticks in plan}

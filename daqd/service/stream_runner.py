@@ -164,7 +164,8 @@ class StreamRunner:
 
             def event_sink(number: int, label: str, start: int, end: int) -> tuple[Any, str]:
                 return build_event_sink(written, trigger, number, label, (start, end),
-                                        self.whole.text)
+                                        self.whole.text,
+                                        descriptors=self.recorder.known_descriptors)
 
             self.triggers = build_triggers(trigger, self.timeline, event_sink, self.name)
         # Files describe the stream's items with the descriptors received so far.
@@ -349,19 +350,26 @@ class StreamRunner:
         block's stop has passed, the block's files are finished (`_end_block`).
         """
         with self.admission:
-            admitted, passed = self.gate.admit(record, span)
+            admitted, ended = self.gate.admit(record, span)
             if admitted:
                 self.buffer.put(record)
         if not admitted:
             record.release()
-        if passed:
-            self._end_block()
+        if ended is not None:
+            self._end_block(ended)
 
-    def _end_block(self) -> None:
-        """Write what is buffered and finish the files: a capture block's stop has passed."""
-        log.info("capture block ended", stream=self.name, **_block_fields(self, self.gate.block))
+    def _end_block(self, block: CaptureBlock) -> None:
+        """Write what is buffered, then finish `block`'s files: its stop has passed.
+
+        Only files of `block` are finished: a next block's records, back to
+        back, start files of their own in-band and go on in them.
+        """
+        log.info("capture block ended", stream=self.name, **_block_fields(self, block))
         self.flush("capture stop")
-        self.reopen()
+        if self.flusher is not None:
+            self.flusher.request_reopen(block)
+        if self.packet_flusher is not None:     # raw packets have no block: a new file now
+            self.packet_flusher.request_reopen()
 
     def _consume_chunks(self) -> None:
         closed = self.group.boundaries
@@ -489,14 +497,22 @@ class StreamRunner:
         """Start a capture block at data time `at` (None: now); return the gate's status.
 
         A start before the newest data time starts at the oldest record still
-        held: the records `retained_since` gives are admitted (counted in the
-        reply's ``retained``).  Raises `CaptureError` while a block is open.
+        held: the records `retained_since` gives that no block took already
+        are admitted (counted in the reply's ``retained``).  While a stop is
+        pending, a start at or after it is the next block, back to back
+        (`CaptureGate.start`).  Raises `CaptureError` while a block is open
+        otherwise.
         """
         retained = 0
         with self.admission:                # no newer record overtakes the retained ones
             block = self.gate.start(at, block_id, now)
-            for record in self.retained_since(at) if at is not None else ():
-                admitted = self.buffer is not None and self.gate.admit(record)[0]
+            past = [] if at is None or block is not self.gate.block \
+                else self.retained_since(at)            # (a next block has none)
+            for record in past:
+                # One the last block wrote stays its own (its file; and it may still
+                # be in the buffer with it): the new block takes what no block took.
+                admitted = self.buffer is not None and record.capture_block is None \
+                    and self.gate.admit(record)[0]
                 if admitted:
                     self.buffer.put(record)
                     retained += 1
@@ -517,7 +533,8 @@ class StreamRunner:
             log.info("capture stop scheduled", stream=self.name, passed=passed,
                      **_block_fields(self, block))
         if passed:
-            self._end_block()
+            assert block is not None
+            self._end_block(block)
         return self.gate.status()
 
     def flush(self, reason: str) -> None:

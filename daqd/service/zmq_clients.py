@@ -303,7 +303,8 @@ def format_capture(capture: Mapping[str, Any]) -> str:
     """Describe a stream's capture block on one line (``capture`` of its status).
 
     ``start-pending, block obs-1, start 262144 (2026-12-07T00:00:04.000000Z),
-    stop 655360 (...)``; a start "now" has no tick: ``start now``.
+    stop 655360 (...)``; a start "now" has no tick: ``start now``; a next
+    block (back to back) follows: ``; next block obs-2, start ..., stop ...``.
     """
     def instant(value: Any, none: str) -> str:
         if not isinstance(value, Mapping):
@@ -314,8 +315,13 @@ def format_capture(capture: Mapping[str, Any]) -> str:
     state = str(capture.get("state", "?"))
     if capture.get("id") is None:
         return state
-    return (f"{state}, block {capture['id']}, start {instant(capture.get('start'), 'now')}, "
+    line = (f"{state}, block {capture['id']}, start {instant(capture.get('start'), 'now')}, "
             f"stop {instant(capture.get('stop'), 'none')}")
+    nxt = capture.get("next")
+    if isinstance(nxt, Mapping):            # back to back: the block after it
+        line += (f"; next block {nxt.get('id')}, start {instant(nxt.get('start'), 'now')}, "
+                 f"stop {instant(nxt.get('stop'), 'none')}")
+    return line
 
 
 def _stream_lines(name: str, message: Mapping[str, Any]) -> list[str]:

@@ -232,7 +232,9 @@ class EventFileConfig:
 
 def build_event_sink(stream: StreamConfig, trigger: TriggerConfig, event: int, label: str,
                      window: tuple[int, int], config_text: str = "",
-                     wall_clock: Callable[[], float] = time.time) -> tuple[Any, str]:
+                     wall_clock: Callable[[], float] = time.time,
+                     descriptors: Callable[[], list[dict[str, Any]]] | None = None,
+                     ) -> tuple[Any, str]:
     """Make the sink of one triggered event, and name its file.
 
     Parameters
@@ -249,6 +251,10 @@ def build_event_sink(stream: StreamConfig, trigger: TriggerConfig, event: int, l
         The window ``[start, end)`` in ticks.
     config_text : str
         The configuration file's text (HDF5 files store it).
+    wall_clock : callable
+        Unix seconds (the file name's ``{start}`` without a clock).
+    descriptors : callable, optional
+        The stream's SPEAD descriptors known so far (`SinkContext.descriptors`).
 
     Returns
     -------
@@ -270,7 +276,8 @@ def build_event_sink(stream: StreamConfig, trigger: TriggerConfig, event: int, l
     literal = path.replace("{", "{{").replace("}", "}}")
     config: Any = EventFileConfig(trigger.kind, literal)
     context = SinkContext(stream.name, config, stream.chunk, config_text, None,
-                          wall_clock=wall_clock, timeline=timeline, metadata=metadata)
+                          wall_clock=wall_clock, timeline=timeline, metadata=metadata,
+                          descriptors=descriptors or list)
     return make_sink(context), path
 
 

@@ -353,6 +353,12 @@ class FileSink:
         except OSError as exc:
             self._note_error(exc)
 
+    @property
+    def current_block(self) -> CaptureBlock | None:
+        """The capture block of the current file's records (None: no file, or outside blocks)."""
+        f = self._file
+        return f.block if f is not None else None
+
     def reopen(self) -> None:
         """Finish the current file (SIGHUP); the next write starts a new one.
 
@@ -500,7 +506,8 @@ class FileSink:
                 self._counts.lost_records += 1
                 self._note_error(exc)
                 continue
-            piece.span = self.context.timeline.span(record)
+            timeline = self.context.timeline
+            piece.span = timeline.span(record) if timeline.timed(record) else None
             pieces.append(piece)
         return pieces
 

@@ -108,6 +108,7 @@ class ZarrSink:
         self._extent = 0                    # smallest time extent of the arrays, as last read
         self._high = -1                     # highest time index this sink has written
         self._blocks: dict[str, dict[str, Any]] = {}   # capture block metadata written
+        self._descriptors: list[dict[str, Any]] | None = None   # spead_descriptors written
         self._dirty: set[str] = set()       # local store files written since the last fsync
         self._sync_everything = False       # too many to list: sync(2) at the next sync
         self._coords: set[int] = set()      # coordinate chunks written whole
@@ -250,6 +251,7 @@ class ZarrSink:
             **self.context.metadata})
         self._group = group
         self._blocks.clear()
+        self._descriptors = None
         self._refresh()
         offset = self.layout.substream_offset
         self._note("zarr.json", *(f"{name}/zarr.json" for name in self._arrays),
@@ -295,6 +297,7 @@ class ZarrSink:
         if self.local:
             self._note_dirty(rows)
         self._write_blocks(rows)
+        self._write_descriptors()
 
     def _coordinates(self, index: int) -> list[Any]:
         """Return the writes of the ``timestamp`` (and ``utc``) chunk holding `index`, once.
@@ -363,6 +366,24 @@ class ZarrSink:
                 write_attrs(self._group, name, meta)
                 self._blocks[block.id] = meta
                 self._note("capture_blocks/zarr.json", f"{name}/zarr.json")
+
+    def _write_descriptors(self) -> None:
+        """Write the stream's SPEAD descriptors (``spead_descriptors``) when they change.
+
+        Into the group's attributes, as an HDF5 file has them (the
+        read-modify-write of the group's metadata under the store's lock on
+        local stores; writers of one stream send the same descriptors), and
+        into this writer's ``writers/<offset>`` (its own).
+        """
+        descriptors = self.context.descriptors()
+        if descriptors == self._descriptors:
+            return
+        with resize_lock(self.url):
+            self._group.attrs.update({"spead_descriptors": descriptors})
+        name = f"writers/{self.layout.substream_offset}"
+        write_attrs(self._group, name, {"spead_descriptors": descriptors})
+        self._descriptors = descriptors
+        self._note("zarr.json", f"{name}/zarr.json")
 
     # ------------------------------------------------------------------
     # Durability (local stores)

@@ -26,11 +26,11 @@ def heap(ts: int) -> HeapRecord:
 
 
 def run(gate: CaptureGate, records: list) -> tuple[list, list[bool]]:
-    """Admit `records` in order: those admitted, and each record's "stop passed"."""
+    """Admit `records` in order: those admitted, and each record's "a block's stop passed"."""
     admitted, passes = [], []
     for record in records:
-        ok, passed = gate.admit(record)
-        passes.append(passed)
+        ok, ended = gate.admit(record)
+        passes.append(ended is not None)
         if ok:
             admitted.append(record)
     return admitted, passes
@@ -104,6 +104,46 @@ def test_a_pending_start_is_cancelled_by_a_stop_now():
     assert admitted == []
 
 
+def test_blocks_back_to_back_take_over_at_the_stop_exactly():
+    gate = CaptureGate(CHUNKS, capturing=False)
+    a = gate.start(2 * CHUNK, "a")
+    with pytest.raises(CaptureError, match=r"start-pending; stop it first \(capture-stop\)$"):
+        gate.start(6 * CHUNK, "b")              # no stop pending: nothing to follow
+    gate.stop(6 * CHUNK)
+    with pytest.raises(CaptureError, match=r"^at: capture block a stops at 393216; a next "
+                                           r"block may start there or later, not at 327680$"):
+        gate.start(5 * CHUNK, "b")
+    with pytest.raises(CaptureError, match=r"or start at or after its stop$"):
+        gate.start(None, "b")                   # "now" is no place after the stop
+    b = gate.start(6 * CHUNK, "b")
+    assert gate.block is a and gate.next is b
+    assert gate.status()["next"] == {"id": "b", "start": {"timestamp": 6 * CHUNK},
+                                     "stop": None}
+    with pytest.raises(CaptureError, match=r"b is next; stop it first"):
+        gate.start(20 * CHUNK, "c")
+    gate.stop(9 * CHUNK)                        # the stop is the next block's
+    assert (a.stop, b.stop) == (6 * CHUNK, 9 * CHUNK)
+    records = [chunk(i) for i in range(12)]
+    admitted, passes = run(gate, records)
+    assert [(r.chunk_id, r.capture_block.id) for r in admitted] == [
+        (2, "a"), (3, "a"), (4, "a"), (5, "a"), (6, "b"), (7, "b"), (8, "b")]
+    # chunk 6 ends a (and is b's first); chunk 9 ends b
+    assert [i for i, p in enumerate(passes) if p] == [6, 9]
+    assert gate.state == "stopped" and gate.block is b and gate.next is None
+    assert gate.counters()["records_not_captured"] == 2 + 3
+
+
+def test_a_stop_now_cancels_the_next_block():
+    gate = CaptureGate(CHUNKS)
+    run(gate, [chunk(0)])
+    gate.stop(4 * CHUNK)
+    b = gate.start(4 * CHUNK, "b")
+    cancelled, passed = gate.stop()
+    assert cancelled is b and not passed and gate.next is None
+    admitted, _ = run(gate, [chunk(i) for i in range(1, 8)])
+    assert [r.chunk_id for r in admitted] == [1, 2, 3]      # the first block only
+
+
 def test_refusals_are_one_line():
     gate = CaptureGate(CHUNKS, capturing=False)
     gate.start(4 * CHUNK)
@@ -150,3 +190,19 @@ def test_packets_follow_the_state():
     assert gate.counters()["records_after_capture"] == 1
     assert gate.counters()["records_before_capture"] == 1
     assert set(REASONS) == {"before_capture", "after_capture"}
+
+
+def test_a_heap_without_the_timestamp_item_moves_no_data_time():
+    """Network input: a heap lacking timestamp_item neither passes a stop nor starts a block."""
+    gate = CaptureGate(HEAPS, capturing=False)
+    gate.start(60, "b")
+    gate.stop(80)
+    untimed = HeapRecord(100, {0x1700: 1})          # timed by arrival it would be ~1.8e18
+    assert gate.admit(untimed) == (False, None)     # start pending: not written, counted
+    assert gate.state == "start-pending" and gate.newest is None
+    admitted, passes = run(gate, [heap(t) for t in range(55, 70)])
+    assert [r.items[0x1600] for r in admitted] == list(range(60, 70)) and not any(passes)
+    other = HeapRecord(101, {0x1700: 2})
+    assert gate.admit(other) == (True, None) and other.capture_block is gate.block
+    assert gate.state == "stop-pending" and gate.newest == 69
+    assert gate.counters()["records_before_capture"] == 1 + 5

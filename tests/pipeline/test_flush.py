@@ -343,3 +343,41 @@ def test_an_idle_stream_rotates_its_file_by_age_without_a_new_record(tmp_path):
     finally:
         flusher.stop()
         sink.close()
+
+
+def test_a_block_reopen_finishes_that_blocks_file_only(tmp_path):
+    """A block's stop passed: its file is finished, not the next block's, begun meanwhile."""
+    import numpy as np
+
+    from daqd.config import ChunkConfig, SinkConfig
+    from daqd.pipeline.datatime import CaptureBlock
+    from daqd.pipeline.records import ChunkRecord
+    from daqd.sinks import SinkContext, make_sink
+
+    def record(i, block):
+        return ChunkRecord(i, 2 * i, np.zeros((2, 1, 16), np.uint8), np.ones((2, 1), np.uint8),
+                           capture_block=block)
+
+    a, b = CaptureBlock("a", 0, 4), CaptureBlock("b", 4)
+    sink = make_sink(SinkContext("s", SinkConfig(
+        kind="binary", path=str(tmp_path / "{stream}-{capture_block}-{seq}.bin")),
+        chunk=ChunkConfig(heaps_per_chunk=2, heap_bytes=16, timestamp_step=1)))
+    buffer = Buffer("fifo", 8, "block", FlushPolicy())
+    buffer.set_primary_sink(sink)
+    flusher = Flusher(buffer).start()
+    try:
+        for i, block in ((0, a), (1, a), (2, b)):      # b's first came before a's reopen
+            buffer.put(record(i, block))
+        flusher.flush("capture stop")
+        assert sink.current_block is b
+        flusher.request_reopen(a)                       # a's file was finished in-band
+        buffer.put(record(3, b))
+        flusher.flush("more")
+        assert sink.current_block is b                  # b's file goes on
+        flusher.request_reopen(b)
+        flusher.flush("b stopped")
+        assert sink.current_block is None
+    finally:
+        flusher.stop()
+        sink.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s-a-0.bin", "s-b-1.bin"]

@@ -200,7 +200,6 @@ def test_an_event_whose_future_never_comes_ends_with_the_stream(tmp_path):
     ({"pre": 0, "post": 0.07}, "max_post_seconds allows"),
     ({"pre": -1, "post": 0}, "at least 0"),
     ({"start": 1, "pre": 1}, "give start and end, or pre and post"),
-    ({"start": 1, "end": 2, "bogus": 1}, "unknown argument 'bogus'"),
     ({"pre": 0.01, "post": 0, "label": ""}, "label ''"),
     ({"start": 1.5, "end": 2}, "neither ticks"),
 ])
@@ -313,3 +312,49 @@ def test_an_event_stops_waiting_at_its_wall_clock_bound(tmp_path):
         "records_missing": 2, "trigger_ended": "timeout"}
     retention.close()
     assert pool.whole()
+
+
+def test_a_trigger_that_races_the_stop_ends_with_it(tmp_path):
+    """The stream stops while an event's file is being made: the event ends at once too."""
+    stream = config(tmp_path)
+    made: list[Any] = []
+
+    def sink(number: int, label: str, start: int, end: int) -> Any:
+        made.append(threading.Thread(target=triggers.close))   # the stop comes now
+        made[-1].start()
+        deadline = time.monotonic() + 10
+        while not triggers.closed:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        return build_event_sink(stream, stream.trigger, number, label, (start, end))
+
+    triggers = build_triggers(stream.trigger, stream.timeline, sink, stream.name)
+    pool = Pool()
+    for record in pool.records(12):
+        triggers.retention.add(record)
+        record.release()
+    # A window into the future: it would wait for data until max_post_seconds + EVENT_GRACE.
+    before = set(threading.enumerate())
+    reply = triggers.start(*triggers.window({"pre": 0.02, "post": 0.05, "label": "late"}))
+    made[0].join(10)            # close() waited for the start, then for the event
+    assert not made[0].is_alive()
+    assert not [t for t in set(threading.enumerate()) - before
+                if t.name.endswith("event-1")], "the event outlived the stream's stop"
+    with pytest.raises(TriggerError, match="is stopping"):
+        triggers.start(0, C, "after")
+    assert triggers.in_flight() == []
+    triggers.retention.close()
+    assert pool.whole()
+    assert (tmp_path / "events").is_dir() and reply["path"].endswith("adc0-1-late.bin")
+    meta, chunks = load_binary(reply["path"])
+    assert meta["trigger_ended"] == "stream stopped" and chunks.shape[0] == 3
+
+
+def test_a_heap_without_the_timestamp_item_is_not_retained_and_evicts_nothing(tmp_path):
+    timeline = Timeline(Clock(), timestamp_item=0x1600)
+    retention = Retention(timeline, ticks=100)
+    for ts in range(50):
+        retention.add(HeapRecord(ts, {0x1600: ts, 0x1700: 1}))
+    retention.add(HeapRecord(99, {0x1700: 1}))      # arrival-timed it would push all out
+    assert retention.status()["records"] == 50
+    assert (retention.oldest_start(), retention.newest_end) == (0, 50)

@@ -35,6 +35,7 @@ from spead2_helpers import THREAD_POOL
 from daqd.config import parse
 from daqd.pipeline.records import ChunkRecord
 from daqd.service.stream_runner import StreamRunner
+from daqd.service.zmq_clients import format_capture
 from daqd.sinks.binary import load as load_binary
 
 pytestmark = pytest.mark.network
@@ -196,13 +197,15 @@ def test_daqd_capture_command_and_status(tmp_path):
         assert start.returncode == 0, start.stderr
         assert start.stdout == ("adc0: start-pending, block cli-1, start 131072 "
                                 "(2026-12-07T00:00:02.000000Z), stop none\n")
-        # the daemon refuses (a block is pending): its one line, exit status 1
+        # the daemon refuses (a block is pending): its one line, exit status 2 (as trigger)
         again = daqd("capture", "start", "--config", str(cfg), "--at", "5")
-        assert again.returncode == 1 and again.stdout == ""
+        assert again.returncode == 2 and again.stdout == ""
         assert again.stderr == ("daqd: error: capture-start: capture block cli-1 is "
                                 "start-pending; stop it first (capture-stop)\n")
         unknown = daqd("capture", "stop", "--config", str(cfg), "--stream", "adc9")
-        assert unknown.returncode == 1 and "unknown stream 'adc9'" in unknown.stderr
+        assert_one_line_error(unknown, "unknown stream 'adc9'")
+        as_json = daqd("capture", "stop", "--config", str(cfg), "--stream", "adc9", "--json")
+        assert as_json.returncode == 2 and json.loads(as_json.stdout)["ok"] is False
         # bad arguments, refused before asking: one line, exit status 2
         assert_one_line_error(daqd("capture", "stop", "--config", str(cfg), "--at", "1.5"),
                               "--at")
@@ -297,3 +300,124 @@ def test_heap_mode_out_of_order_timestamps_select_exactly_by_value(tmp_path):
     # in the order they came, each with its own heap counter
     assert [int(ts) for _, ts in lines] == [ts for ts in order if 20 <= ts < 40]
     assert all(int(cnt) == order.index(int(ts)) + 1 for cnt, ts in lines)
+
+
+def test_blocks_back_to_back_write_two_sets_of_files_with_exact_chunks(tmp_path):
+    """[3, 7) then [7, 10), the second scheduled while the first's stop is pending."""
+    port = free_port()
+    sinks = "".join(toml_table("stream.sinks", array=True, kind=kind,
+                               path=f"{tmp_path}/data/{{stream}}-{{capture_block}}.{ext}")
+                    for kind, ext in (("hdf5", "h5"), ("binary", "bin")))
+    # Flushed by 4 records: a flush may hold records of both blocks.
+    cfg = write_config(tmp_path, chunk_stream_config(tmp_path, port=port, sinks=sinks))
+    daemon = DaemonProcess(cfg)
+    try:
+        endpoint = daemon.ready()["control"]
+        assert ask(endpoint, "capture-stop")["ok"]
+        assert ask(endpoint, "capture-start", at=3 * CHUNK, id="a")["ok"]
+        assert ask(endpoint, "capture-stop", at=7 * CHUNK)["ok"]
+        refused(endpoint, {"command": "capture-start", "at": 6 * CHUNK, "id": "b"},
+                "a next block may start there or later")
+        refused(endpoint, {"command": "capture-start", "at": "2026-12-07T00:00:07Z", "id": "b"},
+                "at: a UTC time needs the stream's clock ([stream.time] sync_time and "
+                "timestamp_rate); give ticks instead")          # no [stream.time] here
+        started = ask(endpoint, "capture-start", at=7 * CHUNK, id="b")
+        assert started["ok"], started
+        assert started["capture"]["adc0"]["next"]["id"] == "b"
+        assert ask(endpoint, "capture-stop", at=10 * CHUNK)["ok"]      # b's stop
+        status = capture(endpoint)
+        assert (status["id"], status["next"]["stop"]) == ("a", {"timestamp": 10 * CHUNK})
+        assert format_capture(status) == ("start-pending, block a, start 196608, stop 458752; "
+                                          "next block b, start 458752, stop 655360")
+        sender = W1Sender(port)
+        sender.send(14 * HEAPS_PER_CHUNK)           # chunks 0-11 complete (max_chunks 2)
+        wait_until(lambda: capture(endpoint)["state"] == "stopped"
+                   and capture(endpoint)["id"] == "b", what="b's stop")
+        wait_until(lambda: len(published(tmp_path / "data", "*.h5")) == 2
+                   and len(published(tmp_path / "data", "*.bin")) == 2, what="the files")
+        wait_until(lambda: counters(endpoint)["records_not_captured"] == 3 + 2,
+                   what="chunks 0-2 and 10-11 let go")
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "adc0-a.bin", "adc0-a.h5", "adc0-b.bin", "adc0-b.h5"]
+    payloads = w1_payloads(10 * HEAPS_PER_CHUNK)
+    for block, (first, end) in {"a": (3, 7), "b": (7, 10)}.items():
+        with h5py.File(tmp_path / "data" / f"adc0-{block}.h5") as f:
+            assert f["chunk_id"][:].tolist() == list(range(first, end)), block
+            assert f.attrs["capture_block_id"] == block
+            assert (f.attrs["capture_start"], f.attrs["capture_stop"]) == (first * CHUNK,
+                                                                           end * CHUNK)
+        meta, data = load_binary(str(tmp_path / "data" / f"adc0-{block}.bin"))
+        assert meta["capture_block_id"] == block
+        expected = np.frombuffer(b"".join(payloads[first * HEAPS_PER_CHUNK:
+                                                   end * HEAPS_PER_CHUNK]), np.uint8)
+        np.testing.assert_array_equal(data.reshape(-1), expected)
+
+
+def test_a_start_in_the_past_takes_no_record_the_last_block_wrote(tmp_path):
+    """Stop now, then start in the past: the records the stopped block took stay its own."""
+    trigger = toml_table("stream.trigger", retain_seconds=10.0, kind="binary",
+                         path=f"{tmp_path}/events/{{stream}}-{{event}}.bin")
+    config = parse(chunk_stream_config(tmp_path, sinks=sinks_toml(tmp_path, "binary"),
+                                       extra=CLOCK + trigger), str(tmp_path / "daqd.toml"))
+    runner = StreamRunner(config.streams[0], config)
+    runner.open()
+    first = runner.gate.block
+    records = [ChunkRecord(i, i * CHUNK, np.zeros((HEAPS_PER_CHUNK, 1, 8192), np.uint8),
+                           np.ones((HEAPS_PER_CHUNK, 1), np.uint8)) for i in range(6)]
+    try:
+        for record in records:              # as the chunk consumer does
+            span = runner._observe(record)
+            runner.triggers.retention.add(record)
+            runner._put(record, span)
+        runner.capture_stop(None)
+        assert first.stop == 6 * CHUNK
+        reply = runner.capture_start(2 * CHUNK, "again")
+        assert reply["retained"] == 0                   # 2-5 are the first block's
+        assert all(r.capture_block is first for r in records)
+        assert runner.buffer.size() == 6
+    finally:
+        runner.stop(5)
+    (written,) = published(tmp_path / "data", "*.bin")
+    meta, data = load_binary(str(written))
+    assert meta["capture_block_id"] == first.id and data.shape[0] == 6
+
+
+def test_spead2_sender_chunk_mode_block_lands_on_the_exact_chunks(tmp_path):
+    """spead2 sends chunks 0-13; the block [00:00:04 UTC, tick 10 x CHUNK) writes 4-9 exactly."""
+    port = free_port()
+    cfg = write_config(tmp_path, chunk_stream_config(
+        tmp_path, port=port, sinks=sinks_toml(tmp_path, "hdf5"), extra=CLOCK))
+    daemon = DaemonProcess(cfg)
+    try:
+        endpoint = daemon.ready()["control"]
+        assert ask(endpoint, "capture-stop")["ok"]
+        started = ask(endpoint, "capture-start", at="2026-12-07T00:00:04Z", id="spead2")
+        assert started["capture"]["adc0"]["start"]["timestamp"] == 4 * CHUNK  # UTC = ticks
+        assert ask(endpoint, "capture-stop", at=10 * CHUNK)["capture"]["adc0"]["stop"] == {
+            "timestamp": 10 * CHUNK, "utc": "2026-12-07T00:00:10.000000Z"}
+        stream = spead2.send.UdpStream(THREAD_POOL, [("127.0.0.1", port)],
+                                       spead2.send.StreamConfig(rate=50e6, max_packet_size=9000))
+        items = spead2.send.ItemGroup(flavour=spead2.Flavour(4, 64, 48))
+        items.add_item(0x1600, "timestamp", "ADC sample counter", (), format=[("u", 48)])
+        items.add_item(0x3000, "adc", "samples", (8192,), dtype=np.uint8)
+        for heap in range(14 * HEAPS_PER_CHUNK):
+            items["timestamp"].value = heap * 8192
+            items["adc"].value = np.full(8192, heap % 256, np.uint8)
+            stream.send_heap(items.get_heap(descriptors="none", data="all"))
+        wait_until(lambda: capture(endpoint)["state"] == "stopped", what="the stop")
+        wait_until(lambda: counters(endpoint)["records_not_captured"] == 4 + 2,
+                   what="chunks 0-3 and 10-11 let go")
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    (h5,) = published(tmp_path / "data", "*.h5")
+    with h5py.File(h5) as f:
+        assert f["chunk_id"][:].tolist() == list(range(4, 10))
+        assert f["utc"][:].tolist() == [SYNC + k for k in range(4, 10)]   # a chunk a second
+        data = f["data"][:].reshape(6 * HEAPS_PER_CHUNK, -1)
+        assert f.attrs["capture_block_id"] == "spead2"
+    heaps = np.arange(4 * HEAPS_PER_CHUNK, 10 * HEAPS_PER_CHUNK) % 256
+    assert (data == heaps[:, None]).all()

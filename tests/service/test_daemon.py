@@ -113,6 +113,10 @@ def buffered(endpoint):
     return control(endpoint, "status")["streams"]["adc0"]["buffer"]["size"]
 
 
+def stream_counters(endpoint):
+    return control(endpoint, "status")["streams"]["adc0"]["counters"]
+
+
 def test_every_control_request(tmp_path):
     # max_chunks = 2: after sending n chunks' worth of heaps, n - 2 chunks are complete.
     port = free_port()
@@ -304,9 +308,18 @@ def test_sighup_reopens_and_sigusr1_flushes(tmp_path):
         wait_until(lambda: len(list((tmp_path / "data").glob("*.bin"))) == 1)
         sender.send(2 * HEAPS_PER_CHUNK)         # chunks 3, 4 complete
         wait_until(lambda: buffered(endpoint) == 2)
+        # Every heap sent is in the open chunks 5 and 6 before the stop: what the
+        # stop closes does not hang on its reading the socket's rest in time.
+        wait_until(lambda: stream_counters(endpoint)["heaps"] == 7 * HEAPS_PER_CHUNK)
         assert daemon.stop() == 0                              # 5, 6 closed and flushed
     finally:
         daemon.close()
+    # The daemon's own account first: every chunk completed reached the files.
+    last = next(e for e in daemon.events if e.get("event") == "stopped")
+    stopped = last["adc0"]
+    assert last["errors"] == 0, "\n".join(daemon.lines[-30:])    # no thread failed
+    assert (stopped["chunks_completed"], stopped["records_flushed"], stopped["lost"]) \
+        == (7, 7, {}), stopped
     files = sorted((tmp_path / "data").glob("*.bin"))
     assert len(files) == 2                               # one before SIGHUP, one after
     assert binary_chunks(tmp_path).shape[0] == 7

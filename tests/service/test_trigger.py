@@ -178,6 +178,7 @@ def test_spead2_sender_bad_arguments_and_the_cli(tmp_path):
     try:
         endpoint = daemon.ready()["control"]
         stream, items = spead2_chunk_heaps(port)
+        stream.send_heap(items.get_heap(descriptors="all", data="none"))    # event files say
         send_spead2_chunks(stream, items, 0, 12)
         wait_until(lambda: stream_status(endpoint)["newest_timestamp"] == 9 * C)
         bad = {
@@ -189,6 +190,9 @@ def test_spead2_sender_bad_arguments_and_the_cli(tmp_path):
             "give start and end, or pre and post": {"pre": 0.01},
             "label": {"pre": 0.01, "post": 0.01, "label": "../x"},
             "not a UTC time": {"start": "yesterday", "end": 3 * C},
+            "unknown argument 'bogus'; it takes start, end, pre, post, label, stream":
+                {"start": 1, "end": 2, "bogus": 1},
+            "stream: expected a stream's name": {"stream": 7, "pre": 0.01, "post": 0.01},
         }
         for words, args in bad.items():
             reply = trigger(endpoint, **args)
@@ -215,6 +219,9 @@ def test_spead2_sender_bad_arguments_and_the_cli(tmp_path):
     assert stopped["adc0"]["pool_free"] == stopped["adc0"]["pool"]
     meta, chunks = load_binary(path)
     assert meta["stream"] == "adc0" and chunks.shape[0] == 6
+    # The event file describes the stream's items with the descriptors spead2 sent.
+    described = {d["id"]: (d["name"], d["description"]) for d in meta["spead_descriptors"]}
+    assert described == {0x1600: ("timestamp", "ADC sample counter"), 0x3000: ("adc", "samples")}
     # heap h carries h % 256: chunk k holds heaps 8k..8k+7
     expected = (np.arange(4 * HEAPS_PER_CHUNK, 10 * HEAPS_PER_CHUNK) % 256).astype(np.uint8)
     assert (chunks.reshape(6 * HEAPS_PER_CHUNK, -1) == expected[:, None]).all()

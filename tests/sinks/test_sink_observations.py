@@ -498,12 +498,20 @@ path = "{tmp_path}/{{stream}}.h5"
 [[stream.sinks]]
 kind = "binary"
 path = "{tmp_path}/{{stream}}.bin"
+[[stream.sinks]]
+kind = "zarr"
+path = "{tmp_path}/{{stream}}.zarr"
 """)
     with h5py.File(tmp_path / "adc0.h5") as h5:
         assert h5["chunk_id"][:].tolist() == [0, 1]
         check_descriptors(json.loads(h5.attrs["spead_descriptors"]))   # set when finished
         assert "sync_time" not in h5.attrs and "utc" not in h5   # no [stream.time]
     check_descriptors(read_header(str(tmp_path / "adc0.bin"))["spead_descriptors"])
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "adc0.zarr"), mode="r")
+    check_descriptors(group.attrs["spead_descriptors"])         # as the HDF5 file's
+    check_descriptors(group["writers/0"].attrs["spead_descriptors"])
 
 
 # ----------------------------------------------------------------------

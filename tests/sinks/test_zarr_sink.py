@@ -6,6 +6,7 @@ disk is a real small tmpfs (`fs_helpers.small_tmpfs`, skipped without root).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import os
@@ -101,6 +102,22 @@ def test_two_regions_fill_one_array_and_presence_is_exact():
     assert g.attrs["daqd_layout"]["substreams_total"] == 4
     assert set(g["writers"].group_keys()) == {"0", "2"}
     assert a.stats()["records"] == 2 and a.stats()["errors"] == 0
+
+
+def test_the_spead_descriptors_are_group_attributes_kept_up_to_date():
+    known: list[dict] = []
+    ctx = dataclasses.replace(context(memory_url()), descriptors=lambda: list(known))
+    sink = make_sink(ctx)
+    sink.write([record(0)])
+    g = opened(ctx)
+    assert g.attrs["spead_descriptors"] == [] == g["writers/0"].attrs["spead_descriptors"]
+    # A descriptor heap arrives later: the next write says so, in both places.
+    known.append({"id": 0x1600, "name": "timestamp", "description": "ADC sample counter",
+                  "shape": [], "format": [["u", 48]], "dtype": None})
+    sink.write([record(1)])
+    g = opened(ctx)
+    assert g.attrs["spead_descriptors"] == known == g["writers/0"].attrs["spead_descriptors"]
+    assert g.attrs["daqd_layout"]["substreams_total"] == 4      # the rest of the attributes kept
 
 
 def test_a_record_written_again_rewrites_its_own_slots():
