@@ -34,7 +34,8 @@ cdef class ChunkStream(WindowStream):
     ----------
     group : ChunkGroup, optional
         The chunks to fill; by default a new group from the other arguments.
-    max_heaps, allow_out_of_order, stop_on_stop_item, stop_boundary, max_heap_size
+    max_heaps, allow_out_of_order, stop_on_stop_item, stop_boundary, max_heap_size, heap_windows,
+    explicit_start
         As for heap mode; at a capture boundary (stop_boundary) the stream's
         open chunks are completed too (`boundary_nogil`).
     max_live_heap_bytes
@@ -64,8 +65,8 @@ cdef class ChunkStream(WindowStream):
                  bint allow_out_of_order=False, bint stop_on_stop_item=True,
                  bint stop_boundary=False, int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE,
                  int64_t max_live_heap_bytes=DEFAULT_MAX_LIVE_HEAP_BYTES, too_old_reset=None,
-                 **group_kwargs):
-        window_check(max_heaps, max_heap_size, max_live_heap_bytes)
+                 size_t heap_windows=1, bint explicit_start=False, **group_kwargs):
+        window_check(max_heaps, max_heap_size, max_live_heap_bytes, heap_windows)
         if group is None:
             group = ChunkGroup(**group_kwargs)
         elif group_kwargs:
@@ -73,7 +74,9 @@ cdef class ChunkStream(WindowStream):
         self.group = group
         self.too_old_reset = 2 * group.n_slots if too_old_reset is None else too_old_reset
         self.init_window(max_heaps, max_heap_size, max_live_heap_bytes, allow_out_of_order,
-                         stop_on_stop_item, stop_boundary, 0)
+                         stop_on_stop_item, stop_boundary, 0, heap_windows)
+        self.explicit_start = explicit_start
+        self.started = not explicit_start
         self.win.chunks = <Py_ssize_t *>malloc(group.max_chunks * sizeof(Py_ssize_t))
         if self.win.chunks == NULL:
             raise MemoryError()
@@ -143,7 +146,7 @@ cdef class ChunkStream(WindowStream):
     cdef void forget_placements(self) noexcept nogil:
         """Live heaps lose their slots (their chunks are about to leave for good)."""
         cdef size_t i
-        for i in range(self.w.max_heaps):
+        for i in range(self.w.n_live):
             self.w.live[i].chunk_id = -1
 
     cdef StatIndex chunk_for(self, int64_t chunk_id, Py_ssize_t *out,

@@ -96,7 +96,7 @@ cdef StatIndex heap_add_pointers(LiveHeap *h, const PacketHeader *p) noexcept no
 
 cdef inline bint _heaps_have_room(const ReadyHeaps *r, const Window *w) noexcept nogil:
     """Whether one more packet (and a possible stop-flush) fits in the ready list."""
-    return r.n + 2 + w.max_heaps <= r.cap
+    return r.n + 2 + w.n_live <= r.cap
 
 
 cdef inline StatIndex _heaps_on_packet(Window *w, LiveHeap *h, const PacketHeader *p,
@@ -305,6 +305,14 @@ cdef class HeapStream(WindowStream):
         Payload bytes the live (partial) heaps may reserve together: a heap
         that needs more evicts the oldest others; one that alone would need
         more is refused (``packets_rejected_heap_over_budget``).
+    heap_windows : int
+        Rings of ``max_heaps`` live heaps each (spead2's ``substreams``): a
+        heap lives in ring ``heap_cnt % heap_windows``, so heaps of different
+        rings never evict one another.
+    explicit_start : bool
+        Take no packet until `start` (spead2's ``explicit_start``):
+        `process` returns 0 without reading, and the source's packets wait
+        where they are (a socket's buffer; the kernel's drops are counted).
     """
 
     cdef ReadyHeaps ready
@@ -312,10 +320,13 @@ cdef class HeapStream(WindowStream):
     def __cinit__(self, size_t max_heaps=DEFAULT_MAX_HEAPS, bint allow_out_of_order=False,
                   int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE, bint stop_on_stop_item=True,
                   int64_t max_live_heap_bytes=DEFAULT_MAX_LIVE_HEAP_BYTES,
-                  bint stop_boundary=False):
-        self.ready.cap = max_heaps + READY_ROUND
+                  bint stop_boundary=False, size_t heap_windows=1, bint explicit_start=False):
+        window_check(max_heaps, max_heap_size, max_live_heap_bytes, heap_windows)
+        self.ready.cap = max_heaps * heap_windows + READY_ROUND
         self.init_window(max_heaps, max_heap_size, max_live_heap_bytes, allow_out_of_order,
-                         stop_on_stop_item, stop_boundary, self.ready.cap)
+                         stop_on_stop_item, stop_boundary, self.ready.cap, heap_windows)
+        self.explicit_start = explicit_start
+        self.started = not explicit_start
         self.ready.heaps = <LiveHeap *>malloc(self.ready.cap * sizeof(LiveHeap))
         if self.ready.heaps == NULL:
             raise MemoryError()
