@@ -279,6 +279,10 @@ class StreamConfig:
     # Heap mode, per source: payload bytes its live (partial) heaps may hold together.
     max_live_heap_bytes: int = key(_spead.DEFAULT_MAX_LIVE_HEAP_BYTES,
                                    minimum=_spead.MIN_MAX_LIVE_HEAP_BYTES, maximum=1 << 40)
+    # spead2's substreams: rings of max_heaps live heaps, a heap in ring heap_cnt % heap_windows.
+    heap_windows: int = key(1, minimum=1, maximum=_spead.MAX_HEAP_WINDOWS)
+    # spead2's explicit_start: sources bound at start, no packet taken before `start-receiving`.
+    explicit_start: bool = False
     chunk: ChunkConfig | None = None
     buffer: BufferConfig = field(default_factory=BufferConfig)
     sinks: tuple[SinkConfig, ...] = ()

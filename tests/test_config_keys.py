@@ -164,6 +164,12 @@ class World:
             pass
         return stream
 
+    def taken_before_start(self) -> int:
+        """Packets the first source's stream takes from a batch offered before any start."""
+        stream = self.receiver.streams[0]
+        stream.process(_spead.ByteListReader(sim_packets("W1", 1)))
+        return stream.stats()["packets"]
+
     def heap_mode_refusals(self) -> int:
         """Feed a heap announcing 2 MiB to the stream heap mode builds from the section;
         its packets refused as over the live heaps' budget."""
@@ -487,6 +493,10 @@ CASES: dict[str, Case] = {
                                  also={"stream.chunk.heap_bytes": 4096}),   # heaps must fit
     "stream.socket_buffer": Case(65536, rcvbuf, 2 * 65536),
     "stream.max_live_heap_bytes": Case(1 << 20, World.heap_mode_refusals, 4),
+    # sixteen overlapping heaps: evicted from one window of 8 live heaps, not from two
+    "stream.heap_windows": Case(2, lambda w: w.fed(interleaved(sim_packets("W3", 16))).stats()[
+        "incomplete_heaps_evicted"], 0),
+    "stream.explicit_start": Case(True, World.taken_before_start, 0),
     # a stop heap between two runs of heaps: counted as one (a boundary), or,
     # not being stream control, not at all; with exit_on_stop_heap it ends the stream
     "stream.stop_on_stop_item": Case(False, lambda w: w.fed(

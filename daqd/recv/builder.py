@@ -18,6 +18,7 @@ tests/test_config_keys.py shows every key of the schema takes effect.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 #: ``[[stream]]`` keys that are arguments of the compiled stream (HeapStream, ChunkStream).
 STREAM_KEYS = ("max_heaps", "allow_out_of_order", "max_heap_size", "stop_on_stop_item",
-               "max_live_heap_bytes")
+               "max_live_heap_bytes", "heap_windows", "explicit_start")
 #: ``[[stream]]`` keys that are arguments of `open_source`.
 SOURCE_KEYS = ("max_packet_size", "socket_buffer")
 
@@ -92,15 +93,16 @@ def expected_record_bytes(section: StreamConfig) -> int:
 def live_heap_bytes(section: StreamConfig) -> int:
     """Bytes the partial heaps of a stream may hold at once, at most (all its sources).
 
-    Every source has a window of ``max_heaps`` live heaps.  In heap mode their
-    payloads together stay within ``max_live_heap_bytes`` per source (the
+    Every source has ``heap_windows`` windows of ``max_heaps`` live heaps.  In
+    heap mode their payloads together stay within ``max_live_heap_bytes`` per source (the
     window evicts or refuses beyond it); in chunk mode the payload goes straight
     into a chunk (counted with the pool) and only the slot's bookkeeping remains.
     """
     payload = 0
+    slots = section.max_heaps * section.heap_windows
     if section.chunk is None:
-        payload = min(section.max_live_heap_bytes, section.max_heaps * section.max_heap_size)
-    return len(section.sources) * (section.max_heaps * LIVE_SLOT_BYTES + payload)
+        payload = min(section.max_live_heap_bytes, slots * section.max_heap_size)
+    return len(section.sources) * (slots * LIVE_SLOT_BYTES + payload)
 
 
 def memory_needs(section: StreamConfig) -> list[tuple[str, str, int]]:
@@ -159,6 +161,34 @@ class Receiver:
     sources: list[Source] = field(default_factory=list)
     streams: list[Any] = field(default_factory=list)
     _missing: np.ndarray | None = None
+    _started: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        if not self.section.explicit_start:
+            self._started.set()
+
+    @property
+    def waiting_for_start(self) -> bool:
+        """Whether the sources are bound but no packet is taken yet (``explicit_start``)."""
+        return not self._started.is_set()
+
+    def start(self) -> bool:
+        """Let every stream take packets (spead2's ``stream.start()``); safe from any thread.
+
+        Returns
+        -------
+        bool
+            True if the streams were waiting for it, False if they were taking packets already.
+        """
+        waiting = self.waiting_for_start
+        for stream in self.streams:
+            stream.start()
+        self._started.set()
+        return waiting
+
+    def wait_start(self, timeout: float) -> bool:
+        """Wait at most `timeout` seconds for `start`; whether the streams may take packets."""
+        return self._started.wait(timeout)
 
     @property
     def chunk_mode(self) -> bool:
@@ -195,6 +225,9 @@ class Receiver:
         except BaseException:
             self.close()
             raise
+        if not self.waiting_for_start:      # started before the sources opened
+            for stream in self.streams:
+                stream.start()
         return warnings
 
     def poll_sources(self) -> None:

@@ -15,34 +15,18 @@ import logging
 import os
 import sys
 
-import numpy as np
 import pytest
 import spead2
 import spead2.recv
-import spead2.send
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import spead2_helpers as h
+from spead2_senders import heap_packets
 
 from daqd import _spead
 
 logging.getLogger("spead2").setLevel(logging.CRITICAL)
-
-PAYLOAD_ITEM = 0x5000
-PACKET = 256                        # max_packet_size: a 600-byte item takes several packets
-
-
-def heap_packets(cnt: int, nbytes: int) -> list[bytes]:
-    """The datagrams of heap `cnt` (one addressed item of `nbytes`), as spead2 sends them."""
-    ig = spead2.send.ItemGroup(flavour=spead2.Flavour(4, 64, 48, 0))
-    ig.add_item(PAYLOAD_ITEM, "payload", "", shape=(nbytes,), dtype="u1")
-    ig[PAYLOAD_ITEM].value = (np.arange(nbytes) + cnt).astype(np.uint8)
-    stream = spead2.send.BytesStream(h.THREAD_POOL,
-                                     spead2.send.StreamConfig(max_packet_size=PACKET))
-    stream.send_heap(ig.get_heap(descriptors="none", data="all"), cnt)
-    return h.split_packets(stream.getvalue())
-
 
 def two_senders(slow_heaps: int = 3, fast_per_packet: int = 2) -> list[bytes]:
     """Sender 0 (even cnts) sends big heaps packet by packet; between two of its
