@@ -60,6 +60,9 @@ cdef class ChunkStream(WindowStream):
     cdef int64_t desc_cnts[DESCRIPTOR_HEAPS]
     cdef size_t desc_next
     cdef readonly uint64_t descriptor_packets_dropped
+    # The placement hook's own counters (daqd_place.h, ABI v2), added to by the hook.
+    cdef uint64_t place_counts[<int>DAQD_PLACE_MAX_COUNTERS]
+    cdef size_t n_place_counts
 
     def __init__(self, ChunkGroup group=None, *, size_t max_heaps=DEFAULT_MAX_HEAPS,
                  bint allow_out_of_order=False, bint stop_on_stop_item=True,
@@ -72,6 +75,8 @@ cdef class ChunkStream(WindowStream):
         elif group_kwargs:
             raise TypeError(f"layout arguments belong to the group: {', '.join(group_kwargs)}")
         self.group = group
+        memset(self.place_counts, 0, sizeof(self.place_counts))
+        self.n_place_counts = len(group.place_counters)
         self.too_old_reset = 2 * group.n_slots if too_old_reset is None else too_old_reset
         self.init_window(max_heaps, max_heap_size, max_live_heap_bytes, allow_out_of_order,
                          stop_on_stop_item, stop_boundary, 0, heap_windows)
@@ -225,6 +230,8 @@ cdef class ChunkStream(WindowStream):
             pd.heap_offset = 0
             pd.extra = extra
             pd.n_extra = self.group.n_extra
+            pd.counters = self.place_counts
+            pd.n_counters = self.n_place_counts
             self.group.place_fn(&pd, self.group.place_user)
             if pd.chunk_id < 0:
                 return STAT_CHUNK_HEAPS_REJECTED_BY_PLACE
@@ -492,8 +499,12 @@ cdef class ChunkStream(WindowStream):
     def stats(self):
         """A snapshot of this stream's counters, name -> value."""
         cdef uint64_t out[<int>N_STATS]
+        cdef size_t i
         self.snapshot(out)
-        return _stats_dict(out)
+        stats = _stats_dict(out)
+        for i in range(self.n_place_counts):
+            stats["place_" + self.group.place_counters[i]] = self.place_counts[i]
+        return stats
 
     def add_packets(self, packets):
         """Place packets given as bytes objects (tests and tools)."""
