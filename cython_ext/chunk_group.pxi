@@ -130,6 +130,7 @@ def check_place_counters(names, int version):
         raise ValueError(f"placement hook counters named twice: {', '.join(names)}")
     return names
 
+
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
         pass

@@ -30,6 +30,7 @@ from daqd.pipeline import wal as wal_log
 from daqd.pipeline.datatime import Clock, TimeError, Timeline, parse_utc
 from daqd.pipeline.retention import retain_ticks, retained_chunks
 from daqd.recv import builder as recv_builder
+from daqd.recv.place_hooks import load_place_hook
 from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE, DEFAULT_SOCKET_BUFFER
 from daqd.recv.uri import NETWORK_SCHEMES, parse_uri
 from daqd.recv.uri import SCHEMES as SOURCE_SCHEMES
@@ -144,6 +145,10 @@ class ChunkConfig:
     wait_timeout: float = key(1.0, minimum=0, maximum=HOUR)
     packet_presence: int = key(0, minimum=0, maximum=1 << 30)
     eviction: str = key("lossless", choices=_spead.EVICTION)  # several sources: wait for all?
+    # A compiled placement hook, "package.module:name" (daqd.recv.place_hooks), and its
+    # factory's further arguments (a TOML table, kept as sorted (name, value) pairs).
+    place: str = ""
+    place_args: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -399,6 +404,12 @@ class _Loader:
             return tuple(value)
         elif f.name == "flush_custom":
             value = self.predicates(value, key)
+        elif f.name == "place_args":
+            if not isinstance(value, dict) or not all(
+                    isinstance(v, bool | int | float | str) for v in value.values()):
+                raise self.fail(key, value, "a table of numbers, strings and booleans "
+                                "(the place hook factory's keyword arguments)")
+            return tuple(sorted(value.items()))
 
         elif kind.startswith("tuple[str"):
             if not isinstance(value, list) or not value or not all(
@@ -622,9 +633,9 @@ def _check_chunk(loader: _Loader, where: str, s: StreamConfig, c: ChunkConfig) -
     if c.pool < c.max_chunks:
         raise loader.fail(f"{where}.chunk.pool", c.pool,
                           f"at least max_chunks ({c.max_chunks})")
-    if c.substreams > 1 and c.substream_item < 0:
+    if c.substreams > 1 and c.substream_item < 0 and not c.place:
         raise loader.fail(f"{where}.chunk.substreams", c.substreams,
-                          "1, or a substream_item to index the substreams")
+                          "1, or a substream_item (or a place hook) to index the substreams")
     items = 1 + (c.substream_item >= 0) + len(c.extra_items)
     if items > _spead.GROUP_MAX_ITEMS:
         raise loader.fail(f"{where}.chunk.extra_items", list(c.extra_items),
@@ -636,6 +647,15 @@ def _check_chunk(loader: _Loader, where: str, s: StreamConfig, c: ChunkConfig) -
     if c.packet_presence and c.heap_bytes % c.packet_presence:
         raise loader.fail(f"{where}.chunk.packet_presence", c.packet_presence,
                           f"a divisor of heap_bytes ({c.heap_bytes})")
+    if c.place_args and not c.place:
+        raise loader.fail(f"{where}.chunk.place_args", dict(c.place_args),
+                          "no place_args without a place hook")
+    if c.place:
+        try:
+            load_place_hook(c.place, dataclasses.asdict(c), dict(c.place_args))
+        except ValueError as exc:
+            raise loader.fail(f"{where}.chunk.place", c.place, "a compiled placement hook "
+                              f'"package.module:name" ({exc})') from None
 
 
 def _check_time(loader: _Loader, where: str, s: StreamConfig) -> None:

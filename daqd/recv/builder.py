@@ -26,6 +26,7 @@ import numpy as np
 
 from daqd import _spead
 from daqd.pipeline.records import ChunkRecord
+from daqd.recv.place_hooks import load_place_hook
 from daqd.recv.sources import Source, open_source
 from daqd.recv.uri import stream_udp_port
 
@@ -44,11 +45,19 @@ def _arguments(section: Any, keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 def group_arguments(chunk: ChunkConfig) -> dict[str, Any]:
-    """Return the `ChunkGroup` arguments of a ``[stream.chunk]`` section: all its keys."""
+    """Return the `ChunkGroup` arguments of a ``[stream.chunk]`` section: all its keys.
+
+    ``place`` (a ``"package.module:name"`` string) becomes the loaded hook's
+    ``place``, ``place_items`` and ``place_counters``; ``place_args`` are its
+    factory's arguments (`daqd.recv.place_hooks`).
+    """
     args = dataclasses.asdict(chunk)
     if args["substream_item"] < 0:
         args["substream_item"] = None
     args["extra_items"] = list(args["extra_items"])
+    spec, place_args = args.pop("place"), dict(args.pop("place_args"))
+    if spec:
+        args.update(load_place_hook(spec, args, place_args).group_arguments())
     return args
 
 
