@@ -612,7 +612,8 @@ def _check_name(loader: _Loader, key: str, name: str) -> None:
                           "not . or .., no /, no control characters)")
 
 
-def _check_chunk(loader: _Loader, where: str, s: StreamConfig, c: ChunkConfig) -> None:
+def _check_chunk(loader: _Loader, where: str, s: StreamConfig, c: ChunkConfig,
+                 host: bool = True) -> None:
     try:
         dtype = np.dtype(c.dtype)
     except TypeError:
@@ -650,7 +651,7 @@ def _check_chunk(loader: _Loader, where: str, s: StreamConfig, c: ChunkConfig) -
     if c.place_args and not c.place:
         raise loader.fail(f"{where}.chunk.place_args", dict(c.place_args),
                           "no place_args without a place hook")
-    if c.place:
+    if c.place and host:        # the daemon's host (validate, run): a client needs no hook
         try:
             load_place_hook(c.place, dataclasses.asdict(c), dict(c.place_args))
         except ValueError as exc:
@@ -757,7 +758,7 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
                           "not stream control, so none can end the stream)")
     c = s.chunk
     if c is not None:
-        _check_chunk(loader, where, s, c)
+        _check_chunk(loader, where, s, c, host)
     _check_time(loader, where, s)
     _check_trigger(loader, where, s, host)
     _check_flush(loader, where, s)

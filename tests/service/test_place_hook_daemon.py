@@ -135,6 +135,10 @@ def test_the_daemon_places_with_the_hook_and_reports_its_counter(tmp_path, hook_
         with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
         assert 'daqd_place_off_grid_heaps_total{daemon="test-daqd",stream="adc0"} 3.0' in text
+        status = daqd("status", "--config", str(cfg))
+        assert status.returncode == 0, status.stderr
+        assert [line.split()[:2] for line in status.stdout.splitlines()
+                if "place_off_grid_heaps" in line] == [["place_off_grid_heaps", "3"]]
         assert daemon.stop() == 0
     finally:
         daemon.close()
