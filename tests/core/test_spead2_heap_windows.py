@@ -118,3 +118,24 @@ def test_heap_windows_out_of_range(windows):
 def test_chunk_stream_has_heap_windows():
     stream = _spead.ChunkStream(heap_windows=3, max_heaps=2)
     assert (stream.heap_windows, stream.max_heaps) == (3, 2)
+
+
+def test_daqd_dump_heap_windows_matches_spead2(tmp_path):
+    """``daqd dump --heap-windows 2`` prints what spead2 with substreams=2 yields."""
+    import json
+    import subprocess
+
+    packets = two_senders()
+    path = tmp_path / "two.spead"
+    path.write_bytes(b"".join(packets))
+    config = spead2.recv.StreamConfig(max_heaps=2, substreams=2)
+    stream = spead2.recv.Stream(h.THREAD_POOL, config,
+                                spead2.recv.RingStreamConfig(contiguous_only=False))
+    stream.add_buffer_reader(b"".join(packets))
+    expected = h.collect_spead2(stream)
+    proc = subprocess.run([sys.executable, "-m", "daqd", "dump", f"file:{path}", "--max-heaps",
+                           "2", "--heap-windows", "2", "--incomplete"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    got = [h.dump_record(json.loads(line)) for line in proc.stdout.splitlines()]
+    assert got == expected
+    assert all(r["complete"] for r in got)
