@@ -21,7 +21,9 @@ import spead2.recv
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import spead2_chunks as sc
 import spead2_helpers as h
+import spead_packets as sp
 from spead2_senders import heap_packets
 
 from daqd import _spead
@@ -139,3 +141,44 @@ def test_daqd_dump_heap_windows_matches_spead2(tmp_path):
     got = [h.dump_record(json.loads(line)) for line in proc.stdout.splitlines()]
     assert got == expected
     assert all(r["complete"] for r in got)
+
+
+def chunk_senders(heaps: int = 6) -> list[bytes]:
+    """Chunk mode's two senders: sender 0 (even cnts, timestamps 0, 2, 4, ... steps) sends
+    each heap in 8 packets, sender 1 (odd cnts, the odd timestamps) a whole heap of its own
+    between any two of them."""
+    out: list[bytes] = []
+    step, size = 8192, 8192
+    for k in range(heaps):
+        slow = sp.heap_packets(2 * k + 2, [(0x1600, 2 * k * step), (0x3300, bytes([k]) * size)],
+                               packet_payload=1024)
+        fast = sp.heap_packets(2 * k + 3, [(0x1600, (2 * k + 1) * step),
+                                           (0x3300, bytes([100 + k]) * size)],
+                               packet_payload=1024)
+        for i, packet in enumerate(slow):
+            out.append(packet)
+            if i == 0:
+                out.extend(fast)
+    return out
+
+
+@pytest.mark.parametrize("windows", [1, 2])
+def test_chunk_mode_heap_windows_match_spead2_substreams(monkeypatch, windows):
+    """The same senders into chunks: daqd's ChunkStream with heap_windows against spead2's
+    ChunkRingStream with substreams (its StreamConfig given substreams here), chunk for
+    chunk and counter for counter."""
+    real = spead2.recv.StreamConfig
+    monkeypatch.setattr(spead2.recv, "StreamConfig",
+                        lambda **kwargs: real(substreams=windows, **kwargs))
+    packets = chunk_senders()
+    ref, ref_stats = sc.spead2_chunk_receive(packets, max_heaps=1, heaps_per_chunk=4,
+                                             max_chunks=2)
+    got, stats = sc.daqd_chunk_receive(packets, max_heaps=1, heaps_per_chunk=4, max_chunks=2,
+                                       heap_windows=windows)
+    sc.assert_chunks_match(got, ref)
+    assert sc.counter_mismatches(stats, ref_stats) == {}
+    present = sum(int(c["present"].sum()) for c in got)
+    if windows == 2:
+        assert stats["incomplete_heaps_evicted"] == 0 and present == 12
+    else:
+        assert stats["incomplete_heaps_evicted"] > 0 and present < 12
