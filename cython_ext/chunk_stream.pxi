@@ -457,6 +457,7 @@ cdef class ChunkStream(WindowStream):
         the remaining chunks follow.  Release every chunk (``with chunk:``).
         """
         cdef ChunkGroup g = self.group
+        self.check_started()
         while True:
             rc = self.process(reader)
             while (chunk := g.take_ready()) is not None:
@@ -508,6 +509,7 @@ cdef class ChunkStream(WindowStream):
 
     def add_packets(self, packets):
         """Place packets given as bytes objects (tests and tools)."""
+        self.check_started()
         reader = ByteListReader(packets)
         while self.process(reader) >= 0 and not self.w.stopped:
             pass

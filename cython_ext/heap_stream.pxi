@@ -364,6 +364,7 @@ cdef class HeapStream(WindowStream):
     def run(self, Reader reader, bint flush=True):
         """Process `reader` to its end (or a stop item); returns the heaps, in order."""
         cdef list out = []
+        self.check_started()
         while self.process(reader) >= 0:
             out.extend(self.pop_ready())
             if self.w.stopped:

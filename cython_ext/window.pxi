@@ -704,6 +704,12 @@ cdef class WindowStream:
         on its next call."""
         self.started = True
 
+    cdef int check_started(self) except -1:
+        """Refuse to run a stream to its reader's end before its start (it would wait forever)."""
+        if not self.started:
+            raise RuntimeError("the stream was made with explicit_start: call start() first")
+        return 0
+
     @property
     def stopped(self):
         """Whether a stop item has ended the stream."""

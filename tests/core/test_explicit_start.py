@@ -102,3 +102,17 @@ def test_before_the_start_the_socket_buffer_bounds_and_drops_are_counted():
     assert stats["packets_dropped_socket_buffer"] == dropped
     assert 0 < stats["packets"] < len(packets)
     assert stats["packets"] + dropped == len(packets)
+
+
+def test_running_a_stream_before_its_start_is_refused():
+    """run()/add_packets()/chunks() would wait forever for a start nobody can give."""
+    packets = heaps_packets(1, 1)
+    with pytest.raises(RuntimeError, match="explicit_start: call start"):
+        _spead.HeapStream(explicit_start=True).add_packets(packets)
+    with pytest.raises(RuntimeError, match="explicit_start: call start"):
+        _spead.ChunkStream(explicit_start=True).add_packets(packets)
+    with pytest.raises(RuntimeError, match="explicit_start: call start"):
+        next(_spead.ChunkStream(explicit_start=True).chunks(_spead.ByteListReader(packets)))
+    stream = _spead.HeapStream(explicit_start=True)
+    stream.start()
+    assert [heap.cnt for heap in stream.add_packets(packets)] == [1]
