@@ -128,7 +128,9 @@ class ChunkConfig:
     """The `[stream.chunk]` table: chunk mode's declarative layout.
 
     Every key is a `daqd._spead.ChunkGroup` argument of the same name
-    (`daqd.recv.builder.build_group`).
+    (`daqd.recv.builder.build_group`), but ``place`` (a hook's name: its
+    ``place``, ``place_items`` and ``place_counters``) and ``place_args`` (the
+    arguments of the hook's factory): `daqd.recv.place_hooks`.
     """
 
     timestamp_item: int = key(0x1600, minimum=0, maximum=ITEM_ID_MAX)

@@ -6,7 +6,8 @@ stream per source (``HeapStream``, or in chunk mode a ``ChunkStream`` of one
 shared ``ChunkGroup``).  Each key reaches its object here and only here:
 
 - ``[stream.chunk]``: every key is a `ChunkGroup` argument of the same name
-  (`group_arguments`; ``substream_item = -1`` means none);
+  (`group_arguments`; ``substream_item = -1`` means none; ``place`` names a
+  hook loaded with its factory's ``place_args``, `daqd.recv.place_hooks`);
 - ``[[stream]]`` keys of the compiled stream (`STREAM_KEYS`, and
   ``exit_on_stop_heap``: its `stop_boundary` is the opposite) and of the
   sources (`SOURCE_KEYS`); ``name``, ``sources`` and the nested tables are the
