@@ -182,3 +182,16 @@ def test_chunk_mode_heap_windows_match_spead2_substreams(monkeypatch, windows):
         assert stats["incomplete_heaps_evicted"] == 0 and present == 12
     else:
         assert stats["incomplete_heaps_evicted"] > 0 and present < 12
+
+
+def test_live_heap_budget_spans_every_window():
+    """max_live_heap_bytes (daqd's, not spead2's) bounds the live heaps of all windows
+    together: a heap of another window that needs room evicts the oldest."""
+    stream = _spead.HeapStream(max_heaps=2, heap_windows=3, max_live_heap_bytes=1 << 16)
+    first_packets = [heap_packets(cnt, 40000, max_packet_size=9000)[0] for cnt in range(1, 7)]
+    out = stream.add_packets(first_packets)
+    assert stream.live_heap_bytes <= 1 << 16
+    assert len(out) == 6 and all(not heap.complete for heap in out)
+    stats = stream.stats()
+    assert stats["incomplete_heaps_evicted"] == 5       # each new heap evicted the previous
+    assert stats["incomplete_heaps_flushed"] == 1
