@@ -102,6 +102,10 @@ def load_place_hook(spec: str, layout: Mapping[str, Any],
         items = tuple(int(x) for x in getattr(target, "items", ()))
     except (TypeError, ValueError):
         raise ValueError(f"{spec}: its 'items' is not a list of item ids") from None
+    extra = len(layout.get("extra_items", ()))
+    if len(items) + extra > _spead.GROUP_MAX_ITEMS:
+        raise ValueError(f"{spec}: {len(items)} items and {extra} extra_items, more than "
+                         f"{_spead.GROUP_MAX_ITEMS} in all")
     try:
         counters = _spead.check_place_counters(getattr(target, "counters", ()), version)
     except (TypeError, ValueError) as exc:

@@ -28,6 +28,8 @@ from daemon_helpers import (
 from place_hook_build import build_example_hook
 from spead_packets import heap_packets
 
+from daqd import _spead
+
 pytestmark = pytest.mark.network
 
 TS, FREQ = 0x1600, 0x4103
@@ -88,6 +90,9 @@ def test_validate_loads_the_hook(tmp_path, hook_env):
      "FrequencyPlacement(...) failed: TypeError"),
     ("json:dumps", "{}", "dumps(...) failed"),
     ("os:sep", "{}", "neither a hook factory nor a hook"),
+    ("frequency_place:FrequencyPlacement",
+     "{first_channel = 1024, channels_per_heap = 64}\nextra_items = " + str(
+         list(range(0x2000, 0x2000 + _spead.GROUP_MAX_ITEMS - 1))), "extra_items, more than"),
 ])
 def test_validate_refuses_what_is_no_hook(tmp_path, hook_env, place, args, words):
     cfg = write_config(tmp_path, config_text(tmp_path, free_port(), place=place, args=args))
