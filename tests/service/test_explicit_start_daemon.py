@@ -39,6 +39,11 @@ def test_packets_wait_for_start_receiving(tmp_path):
             reply = control(endpoint, {"command": "start-receiving", "stream": "nope"})
             assert reply["ok"] is False and "unknown stream 'nope'" in reply["error"]
             assert stream_status(endpoint)["waiting_for_start"] is True
+            refused = daqd("start-receiving", "--config", str(daemon.config_path),
+                           "--stream", "nope")
+            assert refused.returncode == 1 and "Traceback" not in refused.stderr
+            assert refused.stderr.strip().splitlines() == [
+                "daqd: error: start-receiving: stream: unknown stream 'nope'; streams: adc0"]
 
             proc = daqd("start-receiving", "--config", str(daemon.config_path))
             assert proc.returncode == 0, proc.stderr
