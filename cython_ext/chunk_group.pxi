@@ -63,8 +63,68 @@ cdef extern from "daqd_place.h" nogil:
         size_t heap_offset
         uint64_t *extra
         size_t n_extra
+        uint64_t *counters
+        size_t n_counters
     ctypedef void (*daqd_place_fn)(daqd_place_data *data, void *user_data)
     const char *DAQD_PLACE_CAPSULE
+    const char *DAQD_PLACE_CAPSULE_V2
+    enum: DAQD_PLACE_MAX_COUNTERS
+
+
+#: The placement hook ABI versions this build loads (daqd_place.h), by capsule name.
+PLACE_CAPSULES = {1: DAQD_PLACE_CAPSULE.decode(), 2: DAQD_PLACE_CAPSULE_V2.decode()}
+#: Counters a placement hook may declare (daqd_place.h DAQD_PLACE_MAX_COUNTERS).
+MAX_PLACE_COUNTERS = DAQD_PLACE_MAX_COUNTERS
+
+
+def place_hook_version(place):
+    """The ABI version of a placement hook: 1 or 2 (the name of its capsule).
+
+    Parameters
+    ----------
+    place : capsule or tuple
+        A PyCapsule, or a tuple whose first element is one (the others keep
+        alive what its context points to).
+
+    Raises
+    ------
+    TypeError
+        `place` is neither, or its capsule has a name this build does not know.
+    """
+    capsule = place[0] if isinstance(place, tuple) and place else place
+    if PyCapsule_IsValid(capsule, DAQD_PLACE_CAPSULE):
+        return 1
+    if PyCapsule_IsValid(capsule, DAQD_PLACE_CAPSULE_V2):
+        return 2
+    raise TypeError("place must be a PyCapsule named "
+                    + " or ".join(repr(n) for n in PLACE_CAPSULES.values())
+                    + f" or a tuple starting with one, not {type(capsule).__name__}")
+
+
+def check_place_counters(names, int version):
+    """Check the names of a hook's counters; return them as a tuple.
+
+    Each is a lower-case identifier (``[a-z][a-z0-9_]*``, at most 48
+    characters), once; at most MAX_PLACE_COUNTERS; only a version 2 hook has any.
+    """
+    names = tuple(names)
+    if names and version < 2:
+        raise ValueError(f"a version {version} placement hook ({PLACE_CAPSULES[version]!r}) "
+                         f"has no counters; declare them with {PLACE_CAPSULES[2]!r}")
+    if len(names) > DAQD_PLACE_MAX_COUNTERS:
+        raise ValueError(f"at most {DAQD_PLACE_MAX_COUNTERS} placement hook counters, "
+                         f"not {len(names)}")
+    for name in names:
+        if not (isinstance(name, str) and 0 < len(name) <= 48 and name[0].isascii()
+                and name[0].islower()
+                and all(c.isascii() and (c.islower() or c.isdigit() or c == "_")
+                        for c in name)):
+            raise ValueError(f"placement hook counter {name!r}: not a lower-case "
+                             "identifier of at most 48 characters")
+    if len(set(names)) != len(names):
+        raise ValueError(f"placement hook counters named twice: {', '.join(names)}")
+    return names
+
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
@@ -217,9 +277,12 @@ cdef class ChunkGroup:
         Zero the data of slots without a complete heap when a chunk completes
         (declarative layout only: a hook's offsets are its own).
     place, place_items
-        A compiled placement hook (a capsule named "daqd.place_v1", or a tuple
-        starting with one; see daqd_place.h) and the immediate items it is
-        given; replaces the timestamp/substream rule.
+        A compiled placement hook (a capsule named "daqd.place_v1" or
+        "daqd.place_v2", or a tuple starting with one; see daqd_place.h) and
+        the immediate items it is given; replaces the timestamp/substream rule.
+    place_counters
+        Names of a version 2 hook's own counters (spead2's ``add_stat``): the
+        hook adds to them, each stream reports them as ``place_<name>``.
     """
 
     # layout
@@ -245,6 +308,8 @@ cdef class ChunkGroup:
     cdef size_t n_item_ids
     cdef daqd_place_fn place_fn
     cdef void *place_user
+    cdef readonly tuple place_counters  # the hook's counter names (ABI v2)
+    cdef readonly int place_version     # 0: no hook
     cdef object place_keepalive
     cdef readonly bint zero_missing
     # pool
@@ -298,7 +363,7 @@ cdef class ChunkGroup:
                  substream_item=None, size_t substreams=1, extra_items=(),
                  size_t max_chunks=4, size_t pool=16, str when_full="wait",
                  double wait_timeout=1.0, str eviction="lossless", size_t packet_presence=0,
-                 zero_missing=None, place=None, place_items=()):
+                 zero_missing=None, place=None, place_items=(), place_counters=()):
         if timestamp_step == 0:
             raise ValueError("timestamp_step must be at least 1")
         if heaps_per_chunk == 0 or substreams == 0 or heap_bytes == 0:
@@ -345,12 +410,12 @@ cdef class ChunkGroup:
         self.wait_timeout = wait_timeout
         self.zero_missing = (place is None) if zero_missing is None else zero_missing
         self.streams = []
-        self.setup_items(place, place_items)
+        self.setup_items(place, place_items, place_counters)
         self.allocate_pool()
         self.allocate_state()
         daqd_copy_init()
 
-    cdef setup_items(self, place, place_items):
+    cdef setup_items(self, place, place_items, place_counters):
         ids = list(place_items) if place is not None else (
             [self.timestamp_item] + ([self.substream_item] if self.has_substream else []))
         ids += list(self.extra_items)
@@ -359,16 +424,21 @@ cdef class ChunkGroup:
         self.n_item_ids = len(ids)
         for i, item in enumerate(ids):
             self.item_ids[i] = item
+        self.place_counters = ()
+        self.place_version = 0
         if place is None:
+            if tuple(place_counters):
+                raise ValueError("place_counters without a place hook")
             return
         # A capsule, or (as for spead2) a tuple whose first element is the
         # capsule and whose other elements own whatever the context points to.
         capsule = place[0] if isinstance(place, tuple) and place else place
-        if not PyCapsule_IsValid(capsule, DAQD_PLACE_CAPSULE):
-            raise TypeError(f"place must be a PyCapsule named {DAQD_PLACE_CAPSULE.decode()!r} "
-                            "or a tuple starting with one")
-        self.place_fn = <daqd_place_fn>PyCapsule_GetPointer(capsule, DAQD_PLACE_CAPSULE)
+        version = place_hook_version(place)
+        self.place_counters = check_place_counters(place_counters, version)
+        name = DAQD_PLACE_CAPSULE if version == 1 else DAQD_PLACE_CAPSULE_V2
+        self.place_fn = <daqd_place_fn>PyCapsule_GetPointer(capsule, name)
         self.place_user = PyCapsule_GetContext(capsule)
+        self.place_version = version
         self.place_keepalive = place
 
     cdef allocate_pool(self):

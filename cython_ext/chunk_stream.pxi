@@ -34,7 +34,8 @@ cdef class ChunkStream(WindowStream):
     ----------
     group : ChunkGroup, optional
         The chunks to fill; by default a new group from the other arguments.
-    max_heaps, allow_out_of_order, stop_on_stop_item, stop_boundary, max_heap_size
+    max_heaps, allow_out_of_order, stop_on_stop_item, stop_boundary, max_heap_size, heap_windows,
+    explicit_start
         As for heap mode; at a capture boundary (stop_boundary) the stream's
         open chunks are completed too (`boundary_nogil`).
     max_live_heap_bytes
@@ -66,22 +67,30 @@ cdef class ChunkStream(WindowStream):
     cdef readonly size_t descriptor_bytes
     cdef int64_t desc_cnts[DESCRIPTOR_HEAPS]
     cdef size_t desc_next
+    # The placement hook's own counters (daqd_place.h, ABI v2), added to by the hook.
+    cdef uint64_t place_counts[<int>DAQD_PLACE_MAX_COUNTERS]
+    cdef size_t n_place_counts
 
     def __init__(self, ChunkGroup group=None, *, size_t max_heaps=DEFAULT_MAX_HEAPS,
                  bint allow_out_of_order=False, bint stop_on_stop_item=True,
                  bint stop_boundary=False, int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE,
                  int64_t max_live_heap_bytes=DEFAULT_MAX_LIVE_HEAP_BYTES, too_old_reset=None,
-                 memcpy="auto", allow_unsized_heaps=False, **group_kwargs):
-        window_check(max_heaps, max_heap_size, max_live_heap_bytes)
+                 memcpy="auto", allow_unsized_heaps=False, size_t heap_windows=1,
+                 bint explicit_start=False, **group_kwargs):
+        window_check(max_heaps, max_heap_size, max_live_heap_bytes, heap_windows)
         if group is None:
             group = ChunkGroup(**group_kwargs)
         elif group_kwargs:
             raise TypeError(f"layout arguments belong to the group: {', '.join(group_kwargs)}")
         self.group = group
+        memset(self.place_counts, 0, sizeof(self.place_counts))
+        self.n_place_counts = len(group.place_counters)
         self.too_old_reset = 2 * group.n_slots if too_old_reset is None else too_old_reset
         self.init_window(max_heaps, max_heap_size, max_live_heap_bytes, allow_out_of_order,
-                         stop_on_stop_item, stop_boundary, 0)
+                         stop_on_stop_item, stop_boundary, 0, heap_windows)
         self.init_copy(memcpy, "nontemporal")
+        self.explicit_start = explicit_start
+        self.started = not explicit_start
         self.win.chunks = <Py_ssize_t *>malloc(group.max_chunks * sizeof(Py_ssize_t))
         if self.win.chunks == NULL:
             raise MemoryError()
@@ -151,7 +160,7 @@ cdef class ChunkStream(WindowStream):
     cdef void forget_placements(self) noexcept nogil:
         """Live heaps lose their slots (their chunks are about to leave for good)."""
         cdef size_t i
-        for i in range(self.w.max_heaps):
+        for i in range(self.w.n_live):
             self.w.live[i].chunk_id = -1
 
     cdef StatIndex chunk_for(self, int64_t chunk_id, Py_ssize_t *out,
@@ -230,6 +239,8 @@ cdef class ChunkStream(WindowStream):
             pd.heap_offset = 0
             pd.extra = extra
             pd.n_extra = self.group.n_extra
+            pd.counters = self.place_counts
+            pd.n_counters = self.n_place_counts
             self.group.place_fn(&pd, self.group.place_user)
             if pd.chunk_id < 0:
                 return STAT_CHUNK_HEAPS_REJECTED_BY_PLACE
@@ -455,6 +466,7 @@ cdef class ChunkStream(WindowStream):
         the remaining chunks follow.  Release every chunk (``with chunk:``).
         """
         cdef ChunkGroup g = self.group
+        self.check_started()
         while True:
             rc = self.process(reader)
             while (chunk := g.take_ready()) is not None:
@@ -497,11 +509,16 @@ cdef class ChunkStream(WindowStream):
     def stats(self):
         """A snapshot of this stream's counters, name -> value."""
         cdef uint64_t out[<int>N_STATS]
+        cdef size_t i
         self.snapshot(out)
-        return _stats_dict(out)
+        stats = _stats_dict(out)
+        for i in range(self.n_place_counts):
+            stats["place_" + self.group.place_counters[i]] = self.place_counts[i]
+        return stats
 
     def add_packets(self, packets):
         """Place packets given as bytes objects (tests and tools)."""
+        self.check_started()
         reader = ByteListReader(packets)
         while self.process(reader) >= 0 and not self.w.stopped:
             pass

@@ -96,7 +96,7 @@ cdef StatIndex heap_add_pointers(LiveHeap *h, const PacketHeader *p) noexcept no
 
 cdef inline bint _heaps_have_room(const ReadyHeaps *r, const Window *w) noexcept nogil:
     """Whether one more packet (and a possible stop-flush) fits in the ready list."""
-    return r.n + 2 + w.max_heaps <= r.cap
+    return r.n + 2 + w.n_live <= r.cap
 
 
 cdef inline StatIndex _heaps_on_packet(Window *w, LiveHeap *h, const PacketHeader *p,
@@ -331,6 +331,14 @@ cdef class HeapStream(WindowStream):
         False: every heap is handed out, an incomplete one flagged, with its
         ``payload_ranges`` (spead2's ``contiguous_only=False`` with
         ``incomplete_keep_payload_ranges``).
+    heap_windows : int
+        Rings of ``max_heaps`` live heaps each (spead2's ``substreams``): a
+        heap lives in ring ``heap_cnt % heap_windows``, so heaps of different
+        rings never evict one another.
+    explicit_start : bool
+        Take no packet until `start` (spead2's ``explicit_start``):
+        `process` returns 0 without reading, and the source's packets wait
+        where they are (a socket's buffer; the kernel's drops are counted).
     """
 
     cdef ReadyHeaps ready
@@ -340,13 +348,16 @@ cdef class HeapStream(WindowStream):
                   int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE, bint stop_on_stop_item=True,
                   int64_t max_live_heap_bytes=DEFAULT_MAX_LIVE_HEAP_BYTES,
                   bint stop_boundary=False, memcpy="auto", bint allow_unsized_heaps=True,
-                  bint contiguous_only=False):
-        self.ready.cap = max_heaps + READY_ROUND
+                  bint contiguous_only=False, size_t heap_windows=1, bint explicit_start=False):
+        window_check(max_heaps, max_heap_size, max_live_heap_bytes, heap_windows)
+        self.ready.cap = max_heaps * heap_windows + READY_ROUND
         self.init_window(max_heaps, max_heap_size, max_live_heap_bytes, allow_out_of_order,
-                         stop_on_stop_item, stop_boundary, self.ready.cap)
+                         stop_on_stop_item, stop_boundary, self.ready.cap, heap_windows)
         self.init_copy(memcpy, "standard")
         self.w.allow_unsized_heaps = self.allow_unsized_heaps = allow_unsized_heaps
         self.contiguous_only = contiguous_only
+        self.explicit_start = explicit_start
+        self.started = not explicit_start
         self.ready.heaps = <LiveHeap *>malloc(self.ready.cap * sizeof(LiveHeap))
         if self.ready.heaps == NULL:
             raise MemoryError()
@@ -391,6 +402,7 @@ cdef class HeapStream(WindowStream):
     def run(self, Reader reader, bint flush=True):
         """Process `reader` to its end (or a stop item); returns the heaps, in order."""
         cdef list out = []
+        self.check_started()
         while self.process(reader) >= 0:
             out.extend(self.pop_ready())
             if self.w.stopped:

@@ -6,6 +6,11 @@
 # - a window of `max_heaps` live heaps in a ring; a packet of an unknown heap
 #   takes the next slot, evicting whatever heap was there; a packet that is a
 #   whole heap (PAYLOAD_LENGTH == HEAP_SIZE) never joins a live heap;
+# - `heap_windows` such rings side by side (spead2's StreamConfig.substreams):
+#   a heap lives in ring heap_cnt % heap_windows only, so the heaps of N
+#   senders numbering theirs cnt = k*N + i cannot evict one another; a flush
+#   empties ring 0 first, each ring oldest heap first, as spead2's
+#   flush_unlocked does;
 # - in-order mode accepts a packet only at the offset where the heap's received
 #   bytes end, and starts a heap only from a packet at offset 0 (so a heap with
 #   a lost packet stays incomplete, and a late packet of a finished heap does
@@ -69,6 +74,8 @@ DEFAULT_MAX_HEAP_SIZE = 128 << 20
 DEFAULT_MAX_LIVE_HEAP_BYTES = 64 << 20
 #: The least max_live_heap_bytes accepted: one W3 heap (64 KiB).
 MIN_MAX_LIVE_HEAP_BYTES = 1 << 16
+#: The most heap_windows (spead2's substreams) a stream may have.
+MAX_HEAP_WINDOWS = 4096
 
 cdef class WindowStream
 cdef class ChunkStream(WindowStream)
@@ -241,7 +248,9 @@ MEMCPY_MODES = ("auto", "standard", "nontemporal")
 cdef struct Window:
     # configuration
     daqd_copy_fn copy           # the payload copy (the stream's memcpy)
-    size_t max_heaps
+    size_t max_heaps            # live heaps of one ring
+    size_t n_windows            # rings (heap_windows; spead2's substreams)
+    size_t n_live               # max_heaps * n_windows slots in `live`
     int64_t max_heap_size
     int64_t max_live_heap_bytes  # heap mode: payload bytes of the live heaps together
     bint allow_out_of_order
@@ -251,9 +260,9 @@ cdef struct Window:
     # state
     bint stopped                # a stop item has ended the stream
     bint closed                 # no packet is taken any more (stopped, or finished)
-    size_t head                 # the newest heap's slot
+    size_t *heads               # each ring's newest heap's slot (index into `live`)
     int64_t live_bytes          # heap mode: payload bytes the live heaps reserved
-    LiveHeap *live              # max_heaps slots
+    LiveHeap *live              # n_live slots, ring k at [k * max_heaps, (k + 1) * max_heaps)
     HeapStorage *storage        # n_storage blocks
     HeapStorage **free_storage  # stack of unused blocks
     size_t n_storage
@@ -261,10 +270,12 @@ cdef struct Window:
 
 
 cdef int window_check(size_t max_heaps, int64_t max_heap_size,
-                      int64_t max_live_heap_bytes) except -1:
+                      int64_t max_live_heap_bytes, size_t heap_windows) except -1:
     """The one check of a stream's window arguments (both modes)."""
     if max_heaps < 1:
         raise ValueError("max_heaps must be at least 1")
+    if heap_windows < 1 or heap_windows > MAX_HEAP_WINDOWS:
+        raise ValueError(f"heap_windows must be 1 to {MAX_HEAP_WINDOWS}")
     if max_heap_size < 0:
         raise ValueError("max_heap_size must be >= 0")
     if max_live_heap_bytes < MIN_MAX_LIVE_HEAP_BYTES:
@@ -275,35 +286,39 @@ cdef int window_check(size_t max_heaps, int64_t max_heap_size,
 cdef int window_init(Window *w, size_t max_heaps, int64_t max_heap_size,
                      int64_t max_live_heap_bytes, bint allow_out_of_order,
                      bint stop_on_stop_item, bint stop_boundary,
-                     size_t spare_storage) except -1:
+                     size_t spare_storage, size_t heap_windows) except -1:
     """Allocate an empty window; `spare_storage` blocks beyond one per live slot
     (heap mode: for the heaps waiting in the ready list)."""
-    window_check(max_heaps, max_heap_size, max_live_heap_bytes)
+    window_check(max_heaps, max_heap_size, max_live_heap_bytes, heap_windows)
     memset(w, 0, sizeof(Window))
     w.max_heaps = max_heaps
+    w.n_windows = heap_windows
+    w.n_live = max_heaps * heap_windows
     w.max_heap_size = max_heap_size
     w.max_live_heap_bytes = max_live_heap_bytes
     w.allow_out_of_order = allow_out_of_order
     w.stop_on_stop_item = stop_on_stop_item
     w.stop_boundary = stop_boundary
-    w.n_storage = max_heaps + spare_storage
-    w.live = <LiveHeap *>malloc(max_heaps * sizeof(LiveHeap))
+    w.n_storage = w.n_live + spare_storage
+    w.live = <LiveHeap *>malloc(w.n_live * sizeof(LiveHeap))
+    w.heads = <size_t *>malloc(heap_windows * sizeof(size_t))
     w.storage = <HeapStorage *>malloc(w.n_storage * sizeof(HeapStorage))
     w.free_storage = <HeapStorage **>malloc(w.n_storage * sizeof(HeapStorage *))
-    if w.live == NULL or w.storage == NULL or w.free_storage == NULL:
+    if w.live == NULL or w.heads == NULL or w.storage == NULL or w.free_storage == NULL:
         free(w.storage)
         w.storage = NULL
         window_free(w)
         raise MemoryError()
-    memset(w.live, 0, max_heaps * sizeof(LiveHeap))
+    memset(w.live, 0, w.n_live * sizeof(LiveHeap))
     memset(w.storage, 0, w.n_storage * sizeof(HeapStorage))
     cdef size_t i
-    for i in range(max_heaps):
+    for i in range(w.n_live):
         w.live[i].cnt = -1
     for i in range(w.n_storage):
         w.free_storage[i] = &w.storage[i]
     w.n_free = w.n_storage
-    w.head = max_heaps - 1
+    for i in range(heap_windows):
+        w.heads[i] = i * max_heaps + max_heaps - 1   # so that the first heap takes the ring's start
     return 0
 
 
@@ -313,8 +328,10 @@ cdef void window_free(Window *w) noexcept nogil:
         for i in range(w.n_storage):
             storage_free(&w.storage[i])
     free(w.live)
+    free(w.heads)
     free(w.storage)
     free(w.free_storage)
+    w.heads = NULL
     w.live = NULL
     w.storage = NULL
     w.free_storage = NULL
@@ -359,15 +376,22 @@ cdef inline void window_heap_ready(Window *w, LiveHeap *h, int reason, uint64_t 
         window_drop_heap(w, h)
 
 
+cdef inline size_t window_next_slot(const Window *w, size_t ring, size_t slot) noexcept nogil:
+    """The slot after `slot` in ring `ring` (wrapping round within the ring)."""
+    slot += 1
+    if slot == (ring + 1) * w.max_heaps:
+        slot = ring * w.max_heaps
+    return slot
+
+
 cdef inline void window_flush(Window *w, uint64_t *stats, WindowOwner owner) noexcept nogil:
-    """Every live heap leaves, oldest first (spead2's flush)."""
-    cdef size_t i
-    for i in range(w.max_heaps):
-        w.head += 1
-        if w.head == w.max_heaps:
-            w.head = 0
-        if w.live[w.head].cnt != -1:
-            window_heap_ready(w, &w.live[w.head], READY_FLUSHED, stats, owner)
+    """Every live heap leaves: ring by ring, each oldest first (spead2's flush)."""
+    cdef size_t i, k
+    for k in range(w.n_windows):
+        for i in range(w.max_heaps):
+            w.heads[k] = window_next_slot(w, k, w.heads[k])
+            if w.live[w.heads[k]].cnt != -1:
+                window_heap_ready(w, &w.live[w.heads[k]], READY_FLUSHED, stats, owner)
 
 
 cdef StatIndex packet_too_large(const Window *w, const PacketHeader *p) noexcept nogil:
@@ -397,17 +421,20 @@ cdef bint window_reserve(Window *w, LiveHeap *h, int64_t nbytes, uint64_t *stats
 
     An evicted heap whose bytes can never become items (not contiguous) gives its
     payload memory back at once.  False if `h` alone would exceed the budget.
+    With several rings (heap_windows) they are visited in order, each from its
+    oldest heap on.
     """
-    cdef size_t i, slot = w.head
+    cdef size_t i, k, slot = 0
     cdef LiveHeap *old
     if h.held + nbytes > w.max_live_heap_bytes:
         return False
-    for i in range(w.max_heaps):
+    for i in range(w.n_live):
         if w.live_bytes + nbytes <= w.max_live_heap_bytes:
             break
-        slot += 1                       # from the oldest slot on
-        if slot == w.max_heaps:
-            slot = 0
+        k = i // w.max_heaps
+        if i % w.max_heaps == 0:
+            slot = w.heads[k]
+        slot = window_next_slot(w, k, slot)     # from the ring's oldest slot on
         old = &w.live[slot]
         if old == h or old.cnt == -1:
             continue
@@ -462,7 +489,7 @@ cdef inline StatIndex live_heap_accept(
 cdef inline void window_add_packet(Window *w, const PacketHeader *p, uint64_t *stats,
                                    WindowOwner owner) noexcept nogil:
     """spead2's stream_base::add_packet for one decoded packet."""
-    cdef size_t i
+    cdef size_t i, ring = 0, base
     cdef LiveHeap *h = NULL
     cdef int64_t cnt = p.heap_cnt
     cdef bint whole = p.heap_length >= 0 and p.payload_length == p.heap_length
@@ -481,14 +508,17 @@ cdef inline void window_add_packet(Window *w, const PacketHeader *p, uint64_t *s
         if verdict != N_STATS:
             stats[<int>verdict] += 1
             return
+    if w.n_windows > 1:
+        ring = <size_t>(<uint64_t>cnt % w.n_windows)    # spead2: heap_cnt % substreams
+    base = ring * w.max_heaps
     if whole:
         # A packet that is a whole heap never joins a live heap (spead2): it
         # takes the next slot of the window like any new heap.
         pass
-    elif w.live[w.head].cnt == cnt:
-        h = &w.live[w.head]
+    elif w.live[w.heads[ring]].cnt == cnt:
+        h = &w.live[w.heads[ring]]
     else:
-        for i in range(w.max_heaps):
+        for i in range(base, base + w.max_heaps):
             if w.live[i].cnt == cnt:
                 h = &w.live[i]
                 break
@@ -499,10 +529,8 @@ cdef inline void window_add_packet(Window *w, const PacketHeader *p, uint64_t *s
             # predecessors were lost, or its heap has already left the window.
             stats[<int>STAT_PACKETS_REJECTED_OUT_OF_ORDER] += 1
             return
-        w.head += 1
-        if w.head == w.max_heaps:
-            w.head = 0
-        h = &w.live[w.head]
+        w.heads[ring] = window_next_slot(w, ring, w.heads[ring])
+        h = &w.live[w.heads[ring]]
         if h.cnt != -1:
             window_heap_ready(w, h, READY_EVICTED, stats, owner)
         memset(h, 0, sizeof(LiveHeap))
@@ -648,7 +676,8 @@ cdef class WindowStream:
 
     cdef Window w
     cdef uint64_t counters[<int>N_STATS]
-    cdef readonly size_t max_heaps          # partial heaps alive at once
+    cdef readonly size_t max_heaps          # partial heaps alive at once (per heap window)
+    cdef readonly size_t heap_windows       # rings of live heaps (spead2's substreams)
     cdef readonly bint allow_out_of_order   # a heap's packets in any order
     cdef readonly int64_t max_heap_size     # larger heaps (and range sets) are rejected
     cdef readonly int64_t max_live_heap_bytes   # heap mode: payload bytes of the live heaps
@@ -656,6 +685,8 @@ cdef class WindowStream:
     cdef readonly bint stop_boundary        # ... or, with this, is a capture boundary
     cdef readonly str memcpy                # the payload copy: standard or nontemporal
     cdef readonly bint allow_unsized_heaps  # packets without HEAP_SIZE are taken (heap mode)
+    cdef readonly bint explicit_start       # no packet taken until start()
+    cdef readonly bint started              # start() called (always, without explicit_start)
     # Kernel drops found by poll_source() (the statistics path, with the GIL),
     # added in by stats(): the receive loop's own count is in `counters`.
     cdef uint64_t polled_drops
@@ -672,10 +703,11 @@ cdef class WindowStream:
     cdef int init_window(self, size_t max_heaps, int64_t max_heap_size,
                          int64_t max_live_heap_bytes, bint allow_out_of_order,
                          bint stop_on_stop_item, bint stop_boundary,
-                         size_t spare_storage) except -1:
+                         size_t spare_storage, size_t heap_windows) except -1:
         window_init(&self.w, max_heaps, max_heap_size, max_live_heap_bytes, allow_out_of_order,
-                    stop_on_stop_item, stop_boundary, spare_storage)
+                    stop_on_stop_item, stop_boundary, spare_storage, heap_windows)
         self.max_heaps = max_heaps
+        self.heap_windows = heap_windows
         self.max_heap_size = max_heap_size
         self.max_live_heap_bytes = max_live_heap_bytes
         self.allow_out_of_order = allow_out_of_order
@@ -697,6 +729,18 @@ cdef class WindowStream:
     cdef int receive(self, Reader reader, uint64_t *stats, size_t *used) noexcept nogil:
         """One batch through the window (`window_receive` for the mode's policy)."""
         return READ_ERROR
+
+    def start(self):
+        """Begin taking packets (spead2's ``stream.start()``); with ``explicit_start``
+        nothing is read before.  Idempotent; the thread calling process() sees it
+        on its next call."""
+        self.started = True
+
+    cdef int check_started(self) except -1:
+        """Refuse to run a stream to its reader's end before its start (it would wait forever)."""
+        if not self.started:
+            raise RuntimeError("the stream was made with explicit_start: call start() first")
+        return 0
 
     @property
     def stopped(self):
@@ -745,6 +789,8 @@ cdef class WindowStream:
         cdef uint64_t local[<int>N_STATS]
         cdef int rc
         cdef size_t used = 0
+        if not self.started:
+            return 0                # explicit_start: the packets wait in the source
         memset(local, 0, sizeof(local))
         with nogil:
             rc = self.receive(reader, local, &used)

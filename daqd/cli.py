@@ -420,6 +420,36 @@ def _capture(command: str, args: dict[str, Any], config_path: str | None,
             click.echo(f"{name}: {format_capture(block)}")
 
 
+@cli.command("start-receiving")
+@CONFIG_OPTION
+@click.option("--endpoint", default=None,
+              help="Control endpoint to ask (default: the configuration's zmq.control).")
+@curve_options
+@click.option("--stream", default=None, help="The stream (default: every stream of the daemon).")
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True)
+def start_receiving(config_path: str | None, endpoint: str | None,
+                    curve_secret_key: str | None, curve_server_key: str | None,
+                    stream: str | None, as_json: bool, timeout: float) -> None:
+    """Let streams with explicit_start take packets (spead2's stream.start())."""
+    from daqd.service.zmq_clients import request
+
+    cfg = _load(config_path, host=False) if config_path or not endpoint else None
+    security = client_security(cfg, curve_secret_key, curve_server_key)
+    reply = request(_control_endpoint(cfg, endpoint), "start-receiving",
+                    {"stream": stream} if stream is not None else {}, timeout=timeout,
+                    security=security)
+    if as_json:
+        click.echo(json.dumps(reply))
+    if not reply.get("ok", False):
+        if not as_json:
+            click.echo(f"daqd: error: {reply.get('error', 'start-receiving refused')}", err=True)
+        sys.exit(1)
+    if not as_json:
+        for name, was_waiting in (reply.get("started") or {}).items():
+            click.echo(f"{name}: {'started' if was_waiting else 'already receiving'}")
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: click without its multi-line usage errors.
 

@@ -32,6 +32,7 @@ from daqd.pipeline.datatime import Clock, TimeError, Timeline, parse_utc
 from daqd.pipeline.retention import retain_ticks, retained_chunks
 from daqd.recv import builder as recv_builder
 from daqd.recv.bug_compat import parse_bug_compat
+from daqd.recv.place_hooks import load_place_hook
 from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE, DEFAULT_SOCKET_BUFFER
 from daqd.recv.uri import NETWORK_SCHEMES, parse_uri
 from daqd.recv.uri import SCHEMES as SOURCE_SCHEMES
@@ -130,7 +131,9 @@ class ChunkConfig:
     """The `[stream.chunk]` table: chunk mode's declarative layout.
 
     Every key is a `daqd._spead.ChunkGroup` argument of the same name
-    (`daqd.recv.builder.build_group`).
+    (`daqd.recv.builder.build_group`), but ``place`` (a hook's name: its
+    ``place``, ``place_items`` and ``place_counters``) and ``place_args`` (the
+    arguments of the hook's factory): `daqd.recv.place_hooks`.
     """
 
     timestamp_item: int = key(0x1600, minimum=0, maximum=ITEM_ID_MAX)
@@ -147,6 +150,10 @@ class ChunkConfig:
     wait_timeout: float = key(1.0, minimum=0, maximum=HOUR)
     packet_presence: int = key(0, minimum=0, maximum=1 << 30)
     eviction: str = key("lossless", choices=_spead.EVICTION)  # several sources: wait for all?
+    # A compiled placement hook, "package.module:name" (daqd.recv.place_hooks), and its
+    # factory's further arguments (a TOML table, kept as sorted (name, value) pairs).
+    place: str = ""
+    place_args: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -307,6 +314,10 @@ class StreamConfig:
     memcpy: str = key("auto", choices=_spead.MEMCPY_MODES)
     # spead2's allow_unsized_heaps: heap mode takes packets without HEAP_SIZE (chunk mode never)
     allow_unsized_heaps: bool = True
+    # spead2's substreams: rings of max_heaps live heaps, a heap in ring heap_cnt % heap_windows.
+    heap_windows: int = key(1, minimum=1, maximum=_spead.MAX_HEAP_WINDOWS)
+    # spead2's explicit_start: sources bound at start, no packet taken before `start-receiving`.
+    explicit_start: bool = False
     chunk: ChunkConfig | None = None
     buffer: BufferConfig = field(default_factory=BufferConfig)
     sinks: tuple[SinkConfig, ...] = ()
@@ -432,6 +443,12 @@ class _Loader:
             return tuple(value)
         elif f.name == "flush_custom":
             value = self.predicates(value, key)
+        elif f.name == "place_args":
+            if not isinstance(value, dict) or not all(
+                    isinstance(v, bool | int | float | str) for v in value.values()):
+                raise self.fail(key, value, "a table of numbers, strings and booleans "
+                                "(the place hook factory's keyword arguments)")
+            return tuple(sorted(value.items()))
         elif kind.startswith("dict["):
             if not isinstance(value, dict):
                 raise self.fail(key, value, "a table")
@@ -637,7 +654,8 @@ def _check_name(loader: _Loader, key: str, name: str) -> None:
                           "not . or .., no /, no control characters)")
 
 
-def _check_chunk(loader: _Loader, where: str, s: StreamConfig, c: ChunkConfig) -> None:
+def _check_chunk(loader: _Loader, where: str, s: StreamConfig, c: ChunkConfig,
+                 host: bool = True) -> None:
     try:
         dtype = np.dtype(c.dtype)
     except TypeError:
@@ -658,9 +676,9 @@ def _check_chunk(loader: _Loader, where: str, s: StreamConfig, c: ChunkConfig) -
     if c.pool < c.max_chunks:
         raise loader.fail(f"{where}.chunk.pool", c.pool,
                           f"at least max_chunks ({c.max_chunks})")
-    if c.substreams > 1 and c.substream_item < 0:
+    if c.substreams > 1 and c.substream_item < 0 and not c.place:
         raise loader.fail(f"{where}.chunk.substreams", c.substreams,
-                          "1, or a substream_item to index the substreams")
+                          "1, or a substream_item (or a place hook) to index the substreams")
     items = 1 + (c.substream_item >= 0) + len(c.extra_items)
     if items > _spead.GROUP_MAX_ITEMS:
         raise loader.fail(f"{where}.chunk.extra_items", list(c.extra_items),
@@ -672,6 +690,15 @@ def _check_chunk(loader: _Loader, where: str, s: StreamConfig, c: ChunkConfig) -
     if c.packet_presence and c.heap_bytes % c.packet_presence:
         raise loader.fail(f"{where}.chunk.packet_presence", c.packet_presence,
                           f"a divisor of heap_bytes ({c.heap_bytes})")
+    if c.place_args and not c.place:
+        raise loader.fail(f"{where}.chunk.place_args", dict(c.place_args),
+                          "no place_args without a place hook")
+    if c.place and host:        # the daemon's host (validate, run): a client needs no hook
+        try:
+            load_place_hook(c.place, dataclasses.asdict(c), dict(c.place_args))
+        except ValueError as exc:
+            raise loader.fail(f"{where}.chunk.place", c.place, "a compiled placement hook "
+                              f'"package.module:name" ({exc})') from None
 
 
 def _check_time(loader: _Loader, where: str, s: StreamConfig) -> None:
@@ -773,7 +800,7 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
                           "not stream control, so none can end the stream)")
     c = s.chunk
     if c is not None:
-        _check_chunk(loader, where, s, c)
+        _check_chunk(loader, where, s, c, host)
     s = _check_process(loader, where, s)    # the rest checks the records as written
     _check_time(loader, where, s)
     _check_trigger(loader, where, s, host)

@@ -39,8 +39,9 @@ import zmq.auth
 
 sys.path.insert(0, str(Path(__file__).parent))
 from daemon_helpers import free_port
+from place_hook_build import build_example_hook
 from spead2_helpers import THREAD_POOL, split_packets
-from spead_packets import packet, sim_packets
+from spead_packets import heap_packets, packet, sim_packets
 
 from daqd import _spead
 from daqd.config import Config, ConfigError, parse, schema_keys
@@ -168,6 +169,19 @@ class World:
         while stream.process(reader) >= 0 and not stream.stopped:
             pass
         return stream
+
+    def off_grid_heaps(self) -> int | None:
+        """Feed one heap at channel 5 (timestamp 0, a whole heap of the layout); the place
+        hook's own counter of heaps off its channel grid (None without a hook)."""
+        size = self.stream.chunk.heap_bytes
+        stream = self.fed(heap_packets(1, [(0x1600, 0), (0x4103, 5), (0x3300, bytes(size))]))
+        return stream.stats().get("place_off_grid_heaps")
+
+    def taken_before_start(self) -> int:
+        """Packets the first source's stream takes from a batch offered before any start."""
+        stream = self.receiver.streams[0]
+        stream.process(_spead.ByteListReader(sim_packets("W1", 1)))
+        return stream.stats()["packets"]
 
     def heap_mode_refusals(self) -> int:
         """Feed a heap announcing 2 MiB to the stream heap mode builds from the section;
@@ -477,6 +491,9 @@ def key_files(secret: str, clients: str) -> tuple[bytes, bytes]:
             zmq.auth.load_certificate(secret)[0])
 
 
+#: Arguments of examples/place_hook's factory (first channel 0, 4 channels a heap).
+HOOK_ARGS = {"first_channel": 0, "channels_per_heap": 4}
+
 CASES: dict[str, Case] = {
     # [daemon]: applied by `daqd run`
     "daemon.name": Case("lab-7", lambda w: {e["daemon"] for e in w.run["events"]
@@ -522,6 +539,10 @@ CASES: dict[str, Case] = {
                                  also={"stream.chunk.heap_bytes": 4096}),   # heaps must fit
     "stream.socket_buffer": Case(65536, rcvbuf, 2 * 65536),
     "stream.max_live_heap_bytes": Case(1 << 20, World.heap_mode_refusals, 4),
+    # sixteen overlapping heaps: evicted from one window of 8 live heaps, not from two
+    "stream.heap_windows": Case(2, lambda w: w.fed(interleaved(sim_packets("W3", 16))).stats()[
+        "incomplete_heaps_evicted"], 0),
+    "stream.explicit_start": Case(True, World.taken_before_start, 0),
     # a stop heap between two runs of heaps: counted as one (a boundary), or,
     # not being stream control, not at all; with exit_on_stop_heap it ends the stream
     "stream.allow_unsized_heaps": Case(False, World.heap_mode_unsized, 1),
@@ -531,7 +552,13 @@ CASES: dict[str, Case] = {
         [*sim_packets("W1", 2), _spead.stop_packet(3), *sim_packets("W1", 2)]).stop_heaps, 0),
     "stream.exit_on_stop_heap": Case(True, lambda w: w.fed(
         [*sim_packets("W1", 2), _spead.stop_packet(3), *sim_packets("W1", 2)]).stopped, True),
-    # [stream.chunk]: every key a ChunkGroup argument
+    # [stream.chunk]: every key a ChunkGroup argument (place: the loaded hook's arguments)
+    "stream.chunk.place": Case("frequency_place:FrequencyPlacement", group("place_counters"),
+                               ("off_grid_heaps",), also={"stream.chunk.place_args": HOOK_ARGS}),
+    # channels_per_heap = 4: channel 5 is off the hook's grid, counted by the hook
+    "stream.chunk.place_args": Case(HOOK_ARGS, World.off_grid_heaps, 1,
+                                    also={"stream.chunk.place": "frequency_place:"
+                                          "FrequencyPlacement"}),
     "stream.chunk.timestamp_item": Case(0x1601, group("timestamp_item"), 0x1601),
     "stream.chunk.timestamp_step": Case(4096, group("timestamp_step"), 4096),
     "stream.chunk.heaps_per_chunk": Case(16, group("heaps_per_chunk"), 16),
@@ -682,9 +709,20 @@ def probe(tmp: Path, case: Case | None, key: str, ports: tuple[int, int],
         world.close()
 
 
+@pytest.fixture(scope="module")
+def example_hook(tmp_path_factory):
+    """examples/place_hook built and importable (``frequency_place``) for the place keys."""
+    path = str(build_example_hook(tmp_path_factory.mktemp("place_hook")))
+    sys.path.insert(0, path)
+    yield path
+    sys.path.remove(path)
+
+
 @pytest.mark.network
 @pytest.mark.parametrize("key", sorted(CASES))
-def test_key_takes_effect(key, tmp_path, keys_dir):
+def test_key_takes_effect(key, tmp_path, keys_dir, request):
+    if key.startswith("stream.chunk.place"):
+        request.getfixturevalue("example_hook")
     case = CASES[key]
     ports = (free_port(), free_port())
     (before, base_log), (after, log) = (probe(tmp_path / name, c, key, ports, keys_dir)

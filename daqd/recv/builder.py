@@ -6,7 +6,8 @@ stream per source (``HeapStream``, or in chunk mode a ``ChunkStream`` of one
 shared ``ChunkGroup``).  Each key reaches its object here and only here:
 
 - ``[stream.chunk]``: every key is a `ChunkGroup` argument of the same name
-  (`group_arguments`; ``substream_item = -1`` means none);
+  (`group_arguments`; ``substream_item = -1`` means none; ``place`` names a
+  hook loaded with its factory's ``place_args``, `daqd.recv.place_hooks`);
 - ``[[stream]]`` keys of the compiled stream (`STREAM_KEYS`, and
   ``exit_on_stop_heap``: its `stop_boundary` is the opposite) and of the
   sources (`SOURCE_KEYS`); ``name``, ``sources`` and the nested tables are the
@@ -18,6 +19,7 @@ tests/test_config_keys.py shows every key of the schema takes effect.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,7 @@ import numpy as np
 
 from daqd import _spead
 from daqd.pipeline.records import ChunkRecord
+from daqd.recv.place_hooks import load_place_hook
 from daqd.recv.sources import Source, open_source
 from daqd.recv.uri import stream_udp_port
 
@@ -33,7 +36,8 @@ if TYPE_CHECKING:
 
 #: ``[[stream]]`` keys that are arguments of the compiled stream (HeapStream, ChunkStream).
 STREAM_KEYS = ("max_heaps", "allow_out_of_order", "max_heap_size", "stop_on_stop_item",
-               "max_live_heap_bytes", "memcpy", "allow_unsized_heaps")
+               "max_live_heap_bytes", "memcpy", "allow_unsized_heaps", "heap_windows",
+               "explicit_start")
 #: ``[[stream]]`` keys that are arguments of `open_source`.
 SOURCE_KEYS = ("max_packet_size", "socket_buffer")
 
@@ -43,11 +47,19 @@ def _arguments(section: Any, keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 def group_arguments(chunk: ChunkConfig) -> dict[str, Any]:
-    """Return the `ChunkGroup` arguments of a ``[stream.chunk]`` section: all its keys."""
+    """Return the `ChunkGroup` arguments of a ``[stream.chunk]`` section: all its keys.
+
+    ``place`` (a ``"package.module:name"`` string) becomes the loaded hook's
+    ``place``, ``place_items`` and ``place_counters``; ``place_args`` are its
+    factory's arguments (`daqd.recv.place_hooks`).
+    """
     args = dataclasses.asdict(chunk)
     if args["substream_item"] < 0:
         args["substream_item"] = None
     args["extra_items"] = list(args["extra_items"])
+    spec, place_args = args.pop("place"), dict(args.pop("place_args"))
+    if spec:
+        args.update(load_place_hook(spec, args, place_args).group_arguments())
     return args
 
 
@@ -92,15 +104,16 @@ def expected_record_bytes(section: StreamConfig) -> int:
 def live_heap_bytes(section: StreamConfig) -> int:
     """Bytes the partial heaps of a stream may hold at once, at most (all its sources).
 
-    Every source has a window of ``max_heaps`` live heaps.  In heap mode their
-    payloads together stay within ``max_live_heap_bytes`` per source (the
+    Every source has ``heap_windows`` windows of ``max_heaps`` live heaps.  In
+    heap mode their payloads together stay within ``max_live_heap_bytes`` per source (the
     window evicts or refuses beyond it); in chunk mode the payload goes straight
     into a chunk (counted with the pool) and only the slot's bookkeeping remains.
     """
     payload = 0
+    slots = section.max_heaps * section.heap_windows
     if section.chunk is None:
-        payload = min(section.max_live_heap_bytes, section.max_heaps * section.max_heap_size)
-    return len(section.sources) * (section.max_heaps * LIVE_SLOT_BYTES + payload)
+        payload = min(section.max_live_heap_bytes, slots * section.max_heap_size)
+    return len(section.sources) * (slots * LIVE_SLOT_BYTES + payload)
 
 
 def memory_needs(section: StreamConfig) -> list[tuple[str, str, int]]:
@@ -159,6 +172,34 @@ class Receiver:
     sources: list[Source] = field(default_factory=list)
     streams: list[Any] = field(default_factory=list)
     _missing: np.ndarray | None = None
+    _started: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        if not self.section.explicit_start:
+            self._started.set()
+
+    @property
+    def waiting_for_start(self) -> bool:
+        """Whether the sources are bound but no packet is taken yet (``explicit_start``)."""
+        return not self._started.is_set()
+
+    def start(self) -> bool:
+        """Let every stream take packets (spead2's ``stream.start()``); safe from any thread.
+
+        Returns
+        -------
+        bool
+            True if the streams were waiting for it, False if they were taking packets already.
+        """
+        waiting = self.waiting_for_start
+        for stream in self.streams:
+            stream.start()
+        self._started.set()
+        return waiting
+
+    def wait_start(self, timeout: float) -> bool:
+        """Wait at most `timeout` seconds for `start`; whether the streams may take packets."""
+        return self._started.wait(timeout)
 
     @property
     def chunk_mode(self) -> bool:
@@ -195,6 +236,9 @@ class Receiver:
         except BaseException:
             self.close()
             raise
+        if not self.waiting_for_start:      # started before the sources opened
+            for stream in self.streams:
+                stream.start()
         return warnings
 
     def poll_sources(self) -> None:

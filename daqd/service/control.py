@@ -55,7 +55,7 @@ Handler = Callable[[dict[str, Any]], Mapping[str, Any] | None]
 #: Commands the daemon offers (INTERFACES.md); `ControlServer` serves whatever
 #: its handlers name.
 COMMANDS = ("status", "flush", "trigger", "stop", "capture-start", "capture-stop",
-            "reset-counters")
+            "reset-counters", "start-receiving")
 
 _BARE_COMMAND = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 # Commands polled often enough that logging each at info would be noise.

@@ -387,6 +387,18 @@ class Daemon:
             runner.gate.check_stop(ticks)
         return {"capture": {runner.name: runner.capture_stop(ticks) for runner, ticks in plan}}
 
+    def on_start_receiving(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control ``start-receiving``: streams waiting for a start take packets from now on.
+
+        Arguments: ``stream`` (default: every stream).  The reply's ``started``
+        says, per stream, whether it was waiting (False: it was receiving already).
+        """
+        check_names(args, ("stream",))
+        runners = pick_streams(self.runners, args.get("stream"))
+        started = {runner.name: runner.receiver.start() for runner in runners}
+        self.log.info("receiving started", streams=[n for n, s in started.items() if s])
+        return {"started": started}
+
     def on_reset_counters(self, args: dict[str, Any]) -> dict[str, Any]:
         """Control ``reset-counters``: counters start from zero again."""
         for runner in self.runners:

@@ -243,6 +243,11 @@ class StreamRunner:
         last_tap = time.monotonic()
         stop_heaps = stream.stop_heaps
         serves = source.serves_connections
+        while not self.receiver.wait_start(POLL):   # bound; packets wait in the source
+            self.heartbeats[index] += 1
+            if self.stopping.is_set():
+                self._finish(source, stream)
+                return
         while True:
             if self.stopping.is_set():
                 # The reader hands over what its source held at the stop, then ends.
@@ -627,7 +632,8 @@ class StreamRunner:
                                   if name in counters}
         out: dict[str, Any] = {"counters": counters, "gauges": gauges,
                                "sources": self.source_counters(per_source),
-                               "capturing": self.capturing, "capture": self.gate.status()}
+                               "capturing": self.capturing, "capture": self.gate.status(),
+                               "waiting_for_start": self.receiver.waiting_for_start}
         out.update(self.data_time())
         if self.triggers is not None:
             out["retained"] = self.triggers.retention.status()

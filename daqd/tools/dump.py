@@ -71,6 +71,7 @@ def run_dump(
     max_heaps: int,
     allow_out_of_order: bool,
     incomplete: bool,
+    heap_windows: int = 1,
     stop_on_stop_item: bool,
     max_heap_size: int,
     count: int | None,
@@ -94,6 +95,7 @@ def run_dump(
     """
     stream = _spead.HeapStream(
         max_heaps=max_heaps,
+        heap_windows=heap_windows,
         allow_out_of_order=allow_out_of_order,
         max_heap_size=max_heap_size,
         stop_on_stop_item=stop_on_stop_item,
@@ -159,7 +161,11 @@ def _bug_compat(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.command("dump")
 @click.argument("source")
 @click.option("--max-heaps", type=INT(min=1), default=_spead.DEFAULT_MAX_HEAPS,
-              show_default=True, help="Partial heaps alive at once.")
+              show_default=True, help="Partial heaps alive at once (per heap window).")
+@click.option("--heap-windows", type=INT(min=1, max=_spead.MAX_HEAP_WINDOWS), default=1,
+              show_default=True,
+              help="Windows of --max-heaps live heaps, a heap in window heap_cnt %% N "
+                   "(spead2's substreams).")
 @click.option("--allow-out-of-order", is_flag=True,
               help="Accept the packets of a heap in any order.")
 @click.option("--incomplete", is_flag=True,
@@ -184,10 +190,11 @@ def _bug_compat(ctx: click.Context, param: click.Parameter, value: str) -> int:
               show_default=True, help="The payload copy (auto: standard in heap mode).")
 @click.option("--count", type=INT(min=0), default=None, help="Stop after printing this many heaps.")
 @progress_options
-def command(source: str, max_heaps: int, allow_out_of_order: bool, incomplete: bool,
-         stop_on_stop_item: bool, max_packet_size: int, max_heap_size: int,
-         max_live_heap_bytes: int, bug_compat: int, allow_unsized_heaps: bool, memcpy: str,
-         count: int | None, progress: str, progress_interval: float) -> None:
+def command(source: str, max_heaps: int, heap_windows: int, allow_out_of_order: bool,
+            incomplete: bool, stop_on_stop_item: bool, max_packet_size: int,
+            max_heap_size: int, max_live_heap_bytes: int, bug_compat: int,
+            allow_unsized_heaps: bool, memcpy: str, count: int | None, progress: str,
+            progress_interval: float) -> None:
     """Decode SOURCE and print one JSON line per heap; counters go to stderr.
 
     SOURCE is udp://HOST:PORT, tcp://HOST:PORT, pcap:PATH, file:PATH (file:- for
@@ -196,7 +203,8 @@ def command(source: str, max_heaps: int, allow_out_of_order: bool, incomplete: b
     src = open_source(source, max_packet_size=max_packet_size)
     for warning in src.warnings:
         click.echo(f"daqd: warning: {warning}", err=True)
-    run_dump(src, max_heaps=max_heaps, allow_out_of_order=allow_out_of_order,
+    run_dump(src, max_heaps=max_heaps, heap_windows=heap_windows,
+             allow_out_of_order=allow_out_of_order,
              incomplete=incomplete, stop_on_stop_item=stop_on_stop_item,
              max_heap_size=max_heap_size, count=count, out=sys.stdout, err=sys.stderr,
              max_live_heap_bytes=max_live_heap_bytes, progress=progress,

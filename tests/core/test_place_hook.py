@@ -51,7 +51,7 @@ def make_stream(module, **kwargs):
     return _spead.ChunkStream(
         timestamp_step=STEP, heaps_per_chunk=HPC, heap_bytes=HEAP_BYTES,
         substreams=SUBS, place=hook.place, place_items=hook.items,
-        max_chunks=2, pool=4, **kwargs)
+        place_counters=hook.counters, max_chunks=2, pool=4, **kwargs)
 
 
 def heap(cnt, timestamp, channel, size=HEAP_BYTES):
@@ -95,10 +95,41 @@ def test_hook_rejections_are_counted(frequency_place):
     stream.finish()
     stats = stream.stats()
     assert stats["chunk_heaps_rejected_by_place"] == 3
+    assert stats["place_off_grid_heaps"] == 2        # the hook's own counter (ABI v2)
     assert stats["chunk_heaps_placed"] == 1
     assert stats["chunk_packets_discarded"] == 2 + 2 + 1
     while (chunk := stream.get(0)) is not None:
         chunk.release()
+
+
+def test_hook_counters_are_per_stream_and_abi_versioned(frequency_place, trusting_place):
+    """Each stream of a group keeps the hook's counters of its own heaps; a version 1
+    hook (trusting_place) still loads, and cannot declare counters."""
+    first = make_stream(frequency_place)
+    second = first.group.add_stream()
+    first.add_packets(heap(1, 0, FIRST + 1))
+    second.add_packets(heap(2, 0, FIRST + 1) + heap(3, STEP, FIRST + 3))
+    assert (first.stats()["place_off_grid_heaps"], second.stats()["place_off_grid_heaps"]) \
+        == (1, 2)
+    assert first.group.place_version == 2 and first.group.place_counters == ("off_grid_heaps",)
+    old = trusting_place.TrustingPlacement(STEP, TS, SLOT, OFFSET)
+    assert _spead.place_hook_version(old.place) == 1
+    assert "place_off_grid_heaps" not in _spead.ChunkStream(
+        place=old.place, place_items=old.items, heap_bytes=HEAP_BYTES).stats()
+    with pytest.raises(ValueError, match="version 1 placement hook .* has no counters"):
+        _spead.ChunkStream(place=old.place, place_items=old.items, place_counters=["x"])
+
+
+@pytest.mark.parametrize("names, words", [
+    (["Bad"], "not a lower-case identifier"), (["a", "a"], "named twice"),
+    ([f"c{i}" for i in range(17)], "at most 16")])
+def test_hook_counter_names_are_checked(frequency_place, names, words):
+    hook = frequency_place.FrequencyPlacement(
+        timestamp_step=STEP, heaps_per_chunk=HPC, first_channel=FIRST,
+        channels_per_heap=PER_HEAP, substreams=SUBS, heap_bytes=HEAP_BYTES)
+    with pytest.raises(ValueError, match=words):
+        _spead.ChunkStream(place=hook.place, place_items=hook.items, place_counters=names,
+                           heap_bytes=HEAP_BYTES, substreams=SUBS)
 
 
 def test_place_must_be_a_daqd_capsule():

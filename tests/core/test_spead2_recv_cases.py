@@ -36,8 +36,8 @@ TestDecode.test_duplicate_item_pointers         existing: test_spead_decode.py::
 TestDecode.test_out_of_order_packets            test_out_of_order_packets
 TestDecode.test_out_of_order_disallowed         existing: test_interop_spead2.py::
                                                 test_minimal_in_order_rules[in-order-second-first]
-TestDecode.test_substreams                      n/a: HeapStream has no substreams option (spead2's
-                                                per-substream heap windows); daqd has one window
+TestDecode.test_substreams                      test_spead2_heap_windows.py (heap_windows, spead2's
+                                                substreams: interleaved senders, flush order)
 TestDecode.test_incomplete_heaps                test_incomplete_heaps (length, received, counters);
                                                 test_incomplete_heap_items_are_not_handed_out;
                                                 payload_ranges: tests/core/test_payload_ranges.py
@@ -88,8 +88,8 @@ TestStream.test_no_stop_heap                    existing: test_interop_spead2.py
                                                 test_spead2_stream_from_bytes (heaps/packets
                                                 counters equal spead2's with a stop heap) and
                                                 test_spead_decode.py::test_stop_item_ends_stream_like_spead2
-TestStream.test_reader_after_start              n/a: no explicit_start; readers are passed to
-                                                each process() call
+TestStream.test_reader_after_start              n/a: readers are passed to each process() call;
+                                                explicit_start: test_explicit_start.py
 TestStreamStats.* (12 cases: test_properties, test_getitem_name, test_getitem_name_missing,
     test_getitem_index, test_getitem_index_out_of_range, test_contains, test_len,
     test_custom, test_add, test_add_assign, test_add_mismatched, test_iterate)
