@@ -10,8 +10,8 @@ shared ``ChunkGroup``).  Each key reaches its object here and only here:
   hook loaded with its factory's ``place_args``, `daqd.recv.place_hooks`);
 - ``[[stream]]`` keys of the compiled stream (`STREAM_KEYS`; in heap mode
   `HEAP_STREAM_KEYS` too; and ``exit_on_stop_heap``: its `stop_boundary` is
-  the opposite) and of the sources (`SOURCE_KEYS`); ``name``, ``sources`` and the nested tables are the
-  section's structure.
+  the opposite) and of the sources (`SOURCE_KEYS`); ``name``, ``sources``
+  and the nested tables are the section's structure.
 
 tests/test_config_keys.py shows every key of the schema takes effect.
 """
