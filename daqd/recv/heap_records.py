@@ -75,7 +75,7 @@ class HeapRecorder:
             if not heap.complete:
                 with self._lock:
                     self.incomplete_recorded += 1
-                yield HeapRecord.from_heap(heap, STRUCTURE_IDS, self.item_descriptors)
+                yield HeapRecord.from_heap(heap, STRUCTURE_IDS)   # no items to describe
                 continue
             if any(item.id == DESCRIPTOR_ID for item in heap.items):
                 found = decode_descriptors(heap, self.bug_compat)
