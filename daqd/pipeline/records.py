@@ -36,7 +36,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -225,8 +225,7 @@ class ChunkRecord:
         )))
 
 
-@dataclass(frozen=True)
-class Incomplete:
+class Incomplete(NamedTuple):
     """What an incomplete heap's record keeps of the heap (spead2's ``IncompleteHeap``).
 
     Attributes
@@ -246,9 +245,8 @@ class Incomplete:
 
     @classmethod
     def from_heap(cls, heap: Any) -> Incomplete:
-        """Take them from an incomplete `daqd._spead.Heap`."""
-        return cls(int(heap.length), int(heap.received),
-                   tuple((int(a), int(b)) for a, b in heap.payload_ranges or ()))
+        """Take them from an incomplete `daqd._spead.Heap` (its values are Python ints)."""
+        return cls(heap.length, heap.received, tuple(heap.payload_ranges or ()))
 
 
 @dataclass(eq=False)
