@@ -318,6 +318,8 @@ class StreamConfig:
     heap_windows: int = key(1, minimum=1, maximum=_spead.MAX_HEAP_WINDOWS)
     # spead2's explicit_start: sources bound at start, no packet taken before `start-receiving`.
     explicit_start: bool = False
+    # spead2's contiguous_only: heap mode; false: incomplete heaps become records too.
+    contiguous_only: bool = True
     chunk: ChunkConfig | None = None
     buffer: BufferConfig = field(default_factory=BufferConfig)
     sinks: tuple[SinkConfig, ...] = ()
@@ -801,6 +803,7 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
     c = s.chunk
     if c is not None:
         _check_chunk(loader, where, s, c, host)
+    _check_contiguous_only(loader, where, s)
     s = _check_process(loader, where, s)    # the rest checks the records as written
     _check_time(loader, where, s)
     _check_trigger(loader, where, s, host)
@@ -819,6 +822,30 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
                               f"binary, text or pcap ({sink.kind} sinks need chunk mode)")
         _check_zarr_sink(loader, f"{where}.sinks[{j}]", s, sink, host)
     _check_wal(loader, where, s, host)
+
+
+def _check_contiguous_only(loader: _Loader, where: str, s: StreamConfig) -> None:
+    """Refuse ``contiguous_only = false`` where incomplete heap records cannot go.
+
+    Chunk mode has no heap records (a chunk's ``present`` marks a heap slot
+    that did not arrive whole); a binary sink writes a heap record's payload
+    unframed, and an incomplete heap has none to write.
+    """
+    if s.contiguous_only:
+        return
+    if s.chunk is not None:
+        raise loader.fail(f"{where}.contiguous_only", False,
+                          "true in chunk mode (a chunk's present flags mark the heaps "
+                          "that did not arrive whole)")
+    for j, sink in enumerate(s.sinks):
+        if sink.kind == "binary":
+            raise loader.fail(f"{where}.sinks[{j}].kind", sink.kind,
+                              "text or pcap with contiguous_only = false (a binary sink "
+                              "writes payloads unframed: an incomplete heap has none)")
+    if s.trigger is not None and s.trigger.kind == "binary":
+        raise loader.fail(f"{where}.trigger.kind", s.trigger.kind,
+                          "text with contiguous_only = false (a binary sink writes payloads "
+                          "unframed: an incomplete heap has none)")
 
 
 def _check_process(loader: _Loader, where: str, s: StreamConfig) -> StreamConfig:

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from daemon_helpers import free_port
 from place_hook_build import build_example_hook
 from spead2_helpers import THREAD_POOL, split_packets
+from spead_packets import addr as sp_addr
 from spead_packets import heap_packets, packet, sim_packets
 
 from daqd import _spead
@@ -197,6 +198,15 @@ class World:
         stream = build_stream(self.stream)      # no chunk group: a HeapStream
         stream.add_packets([packet(1, bytes(64), with_size=False)])
         return stream.stats()["packets_rejected_unsized"]
+
+    def heap_mode_incomplete_records(self) -> list[Any]:
+        """Feed a heap missing its second packet to the stream heap mode builds from the
+        section, through the section's recorder: the records' payload ranges."""
+        stream = build_stream(self.stream)      # no chunk group: a HeapStream
+        heaps = stream.add_packets([packet(1, bytes(64), offset=i * 64, heap_size=192,
+                                           items=[sp_addr(0x1000, 0)]) for i in (0, 2)])
+        records = build_recorder(self.stream).records(heaps)
+        return [r.incomplete.payload_ranges for r in records if not r.complete]
 
     def first_chunk_present_ndim(self) -> int:
         """Feed a chunk's worth of W1 heaps, end the stream; the chunk's ``present`` dimensions."""
@@ -546,6 +556,10 @@ CASES: dict[str, Case] = {
     # a stop heap between two runs of heaps: counted as one (a boundary), or,
     # not being stream control, not at all; with exit_on_stop_heap it ends the stream
     "stream.allow_unsized_heaps": Case(False, World.heap_mode_unsized, 1),
+    # an incomplete heap becomes a record (heap mode; a binary sink cannot write it)
+    "stream.contiguous_only": Case(False, World.heap_mode_incomplete_records, [((0, 64),)],
+                                   also={"stream.chunk": DELETE, "stream.sinks.kind": "text",
+                                         "stream.sinks.path": "{tmp}/data/{stream}.txt"}),
     "stream.memcpy": Case("standard", lambda w: w.receiver.streams[0].memcpy, "standard"),
     "stream.bug_compat": Case("pyspead-0.5.2", pyspead_shape, [2, 3]),
     "stream.stop_on_stop_item": Case(False, lambda w: w.fed(

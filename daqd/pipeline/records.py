@@ -8,7 +8,9 @@ keeps:
   is called once, after every sink has written the record (or it is dropped).
 - `HeapRecord`: one complete heap's items (heap mode), raw, with the item
   descriptors the stream knew when the heap arrived; `decode()` gives their
-  values as spead2's ItemGroup would (`daqd.pipeline.items`).
+  values as spead2's ItemGroup would (`daqd.pipeline.items`).  With
+  ``contiguous_only = false`` an incomplete heap is a record too: no items,
+  and its `Incomplete` (heap length, bytes received, payload ranges).
 - `PacketRecord`: a batch of raw packets as received, for the pcap sink.
 
 Every record has `nbytes` (payload bytes, for byte thresholds and sink
@@ -34,7 +36,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -55,6 +57,11 @@ _HEAP_HEAD = struct.Struct("<QdI")
 _ITEM = struct.Struct("<QBQ")
 # after the items of a described heap: address bits, length of the descriptors' JSON
 _DESCRIBED = struct.Struct("<BI")
+# An incomplete heap (no items): _INCOMPLETE_HEAD (cnt, received time, heap length or -1,
+# bytes received, number of ranges), then each payload range as _RANGE (start, end).
+_KIND_INCOMPLETE_HEAP = b"I"
+_INCOMPLETE_HEAD = struct.Struct("<QdqQI")
+_RANGE = struct.Struct("<QQ")
 # packets: receive time, number of packets
 _PACKETS_HEAD = struct.Struct("<dI")
 # Guards every chunk record's hold count (holds are taken a few times per chunk).
@@ -218,6 +225,30 @@ class ChunkRecord:
         )))
 
 
+class Incomplete(NamedTuple):
+    """What an incomplete heap's record keeps of the heap (spead2's ``IncompleteHeap``).
+
+    Attributes
+    ----------
+    heap_length : int
+        HEAP_SIZE, or -1 if no packet carried it (spead2's ``heap_length``).
+    received_bytes : int
+        Payload bytes received (spead2's ``received_length``).
+    payload_ranges : tuple of (int, int)
+        The received payload as sorted ``[start, end)`` ranges, adjacent ones
+        merged (spead2's ``payload_ranges`` with ``incomplete_keep_payload_ranges``).
+    """
+
+    heap_length: int
+    received_bytes: int
+    payload_ranges: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def from_heap(cls, heap: Any) -> Incomplete:
+        """Take them from an incomplete `daqd._spead.Heap` (its values are Python ints)."""
+        return cls(heap.length, heap.received, tuple(heap.payload_ranges or ()))
+
+
 @dataclass(eq=False)
 class HeapRecord:
     """A complete heap's items: id -> int (immediate) or bytes (addressed).
@@ -229,6 +260,10 @@ class HeapRecord:
     (how many bytes an immediate value holds).  Both go into `encode()`, so
     a record replayed from the write-ahead log decodes as it did when it was
     received, whatever the stream has learnt since.
+
+    `incomplete` is None for a complete heap; for an incomplete one (kept
+    with the stream's ``contiguous_only = false``) it says what arrived, and
+    `items` is empty (spead2 gives an incomplete heap no items either).
     """
 
     cnt: int
@@ -238,6 +273,7 @@ class HeapRecord:
     address_bits: int = 48
     _decoded: DecodedItems | None = field(default=None, init=False, repr=False)
     capture_block: CaptureBlock | None = field(default=None, repr=False, kw_only=True)
+    incomplete: Incomplete | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         if not isinstance(self.descriptors, ItemDescriptors):
@@ -246,9 +282,20 @@ class HeapRecord:
     @classmethod
     def from_heap(cls, heap: Any, skip_ids: frozenset[int],
                   descriptors: ItemDescriptors = EMPTY_DESCRIPTORS) -> HeapRecord:
-        """Build from a `daqd._spead.Heap`, leaving out the ids in `skip_ids`."""
+        """Build from a `daqd._spead.Heap`, leaving out the ids in `skip_ids`.
+
+        An incomplete heap gives a record with no items and its `Incomplete`.
+        """
+        if not heap.complete:
+            return cls(heap.cnt, {}, descriptors=descriptors, address_bits=heap.address_bits,
+                       incomplete=Incomplete.from_heap(heap))
         return cls(heap.cnt, {i.id: i.value for i in heap.items if i.id not in skip_ids},
                    descriptors=descriptors, address_bits=heap.address_bits)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole heap arrived (else see `incomplete`)."""
+        return self.incomplete is None
 
     def decode(self) -> DecodedItems:
         """Return the items decoded against `descriptors` (computed once, then kept).
@@ -285,8 +332,17 @@ class HeapRecord:
 
         A record none of whose items has a descriptor encodes as before
         descriptors were kept (kind ``H``); otherwise (kind ``D``) the
-        descriptors of its items and `address_bits` follow the items.
+        descriptors of its items and `address_bits` follow the items.  An
+        incomplete heap's record (kind ``I``) has no items: its cnt, time and
+        `incomplete`.
         """
+        if self.incomplete is not None:
+            inc = self.incomplete
+            return _in_block(self.capture_block, b"".join((
+                _KIND_INCOMPLETE_HEAP,
+                _INCOMPLETE_HEAD.pack(self.cnt, self.received, inc.heap_length,
+                                      inc.received_bytes, len(inc.payload_ranges)),
+                *(_RANGE.pack(a, b) for a, b in inc.payload_ranges))))
         described = self.descriptors.encode(self.items) if self.descriptors else b""
         kind = _KIND_DESCRIBED_HEAP if described else _KIND_HEAP
         parts = [kind, _HEAP_HEAD.pack(self.cnt, self.received, len(self.items))]
@@ -359,6 +415,8 @@ def decode_record(blob: bytes) -> Record:
             return _decode_chunk(body)
         if kind in (_KIND_HEAP, _KIND_DESCRIBED_HEAP):
             return _decode_heap(body, kind == _KIND_DESCRIBED_HEAP)
+        if kind == _KIND_INCOMPLETE_HEAP:
+            return _decode_incomplete_heap(body)
         if kind == _KIND_PACKETS:
             received, count = _PACKETS_HEAD.unpack_from(body)
             pos = _PACKETS_HEAD.size
@@ -420,3 +478,12 @@ def _decode_heap(body: memoryview, described: bool) -> HeapRecord:
     if pos != len(body):
         raise ValueError("trailing bytes after the heap record")
     return HeapRecord(cnt, items, received, descriptors, address_bits)
+
+
+def _decode_incomplete_heap(body: memoryview) -> HeapRecord:
+    cnt, received, length, received_bytes, count = _INCOMPLETE_HEAD.unpack_from(body)
+    if len(body) != _INCOMPLETE_HEAD.size + count * _RANGE.size:
+        raise ValueError("payload ranges do not match the incomplete heap record")
+    ranges = tuple(_RANGE.iter_unpack(body[_INCOMPLETE_HEAD.size:]))
+    return HeapRecord(cnt, {}, received,
+                      incomplete=Incomplete(length, received_bytes, ranges))

@@ -8,10 +8,10 @@ shared ``ChunkGroup``).  Each key reaches its object here and only here:
 - ``[stream.chunk]``: every key is a `ChunkGroup` argument of the same name
   (`group_arguments`; ``substream_item = -1`` means none; ``place`` names a
   hook loaded with its factory's ``place_args``, `daqd.recv.place_hooks`);
-- ``[[stream]]`` keys of the compiled stream (`STREAM_KEYS`, and
-  ``exit_on_stop_heap``: its `stop_boundary` is the opposite) and of the
-  sources (`SOURCE_KEYS`); ``name``, ``sources`` and the nested tables are the
-  section's structure.
+- ``[[stream]]`` keys of the compiled stream (`STREAM_KEYS`; in heap mode
+  `HEAP_STREAM_KEYS` too; and ``exit_on_stop_heap``: its `stop_boundary` is
+  the opposite) and of the sources (`SOURCE_KEYS`); ``name``, ``sources``
+  and the nested tables are the section's structure.
 
 tests/test_config_keys.py shows every key of the schema takes effect.
 """
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 STREAM_KEYS = ("max_heaps", "allow_out_of_order", "max_heap_size", "stop_on_stop_item",
                "max_live_heap_bytes", "memcpy", "allow_unsized_heaps", "heap_windows",
                "explicit_start")
+#: ``[[stream]]`` keys that are arguments of the compiled stream in heap mode only (HeapStream):
+#: ``contiguous_only`` (chunk mode marks an incomplete heap's slot in ``present`` instead).
+HEAP_STREAM_KEYS = ("contiguous_only",)
 #: ``[[stream]]`` keys that are arguments of `open_source`.
 SOURCE_KEYS = ("max_packet_size", "socket_buffer")
 
@@ -134,13 +137,14 @@ def build_stream(section: StreamConfig, group: Any = None) -> Any:
 
     In the daemon a stop heap is a capture boundary (the stream flushes what it
     holds and goes on) unless ``exit_on_stop_heap`` says it ends the stream, as
-    it does a library stream (spead2's behaviour).
+    it does a library stream (spead2's behaviour).  A heap stream hands out
+    incomplete heaps (they become records) only with ``contiguous_only = false``.
     """
     args = _arguments(section, STREAM_KEYS)
     args["stop_boundary"] = not section.exit_on_stop_heap
     if group is not None:
         return group.add_stream(**args)
-    return _spead.HeapStream(**args)
+    return _spead.HeapStream(**args, **_arguments(section, HEAP_STREAM_KEYS))
 
 
 @dataclass

@@ -6,9 +6,13 @@ descriptors apply to its own items.  Each record keeps the descriptors of
 its time (immutable and shared) and is decoded once, here, so sinks read the
 result; items without a descriptor, or whose value does not fit it, stay raw
 and are counted (``records_undescribed_items``, ``records_undecoded_items``).
-Incomplete heaps make no record (the compiled stream counts them as
-``incomplete_heaps_*``), nor do heaps with nothing but packet-structure,
-descriptor and stream-control items (spead2's start and stop heaps).
+Incomplete heaps are counted by the compiled stream (``incomplete_heaps_*``)
+and, with the stream's ``contiguous_only = false`` (`build_stream` hands it
+to the ``HeapStream``, which then hands them out), become records too: no
+items, their heap length, bytes received and payload ranges
+(`daqd.pipeline.records.Incomplete`), counted in ``incomplete_heaps_recorded``.
+Complete heaps with nothing but packet-structure, descriptor and
+stream-control items (spead2's start and stop heaps) make no record.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ log = structlog.get_logger("daqd.stream")
 
 
 class HeapRecorder:
-    """Turns one stream's complete heaps into `HeapRecord`s (thread-safe).
+    """Turns one stream's heaps into `HeapRecord`s (thread-safe).
 
     Several receive threads (one per source) share the stream's descriptors.
 
@@ -58,12 +62,20 @@ class HeapRecorder:
         self.item_descriptors = EMPTY_DESCRIPTORS   # what records are decoded against
         self.undescribed_items = 0          # record items without a descriptor (kept raw)
         self.undecoded_items = 0            # record items their descriptor does not fit (raw)
+        self.incomplete_recorded = 0        # incomplete heaps made into records
         self._lock = threading.Lock()
 
     def records(self, heaps: Iterable[Any]) -> Iterator[HeapRecord]:
-        """Yield the records of `heaps` (``daqd._spead.Heap``), in order."""
+        """Yield the records of `heaps` (``daqd._spead.Heap``), in order.
+
+        The stream hands out incomplete heaps only with ``contiguous_only =
+        false``: each becomes a record (no items, its payload ranges).
+        """
         for heap in heaps:
             if not heap.complete:
+                with self._lock:
+                    self.incomplete_recorded += 1
+                yield HeapRecord.from_heap(heap, STRUCTURE_IDS)   # no items to describe
                 continue
             if any(item.id == DESCRIPTOR_ID for item in heap.items):
                 found = decode_descriptors(heap, self.bug_compat)
@@ -112,7 +124,8 @@ class HeapRecorder:
     def counters(self) -> dict[str, int]:
         """Return the recorder's counters (monotonic)."""
         return {"records_undescribed_items": self.undescribed_items,
-                "records_undecoded_items": self.undecoded_items}
+                "records_undecoded_items": self.undecoded_items,
+                "incomplete_heaps_recorded": self.incomplete_recorded}
 
 
 def build_recorder(section: StreamConfig) -> HeapRecorder:

@@ -29,6 +29,14 @@ Heap mode (`HeapRecord`) fields:
 
 ``cnt``, ``nbytes``, ``received``, ``time``
     the heap counter, the items' bytes, and when the record was made;
+``complete``, ``payload_ranges``
+    ``1`` for a complete heap, ``0`` for an incomplete one (a record only with
+    the stream's ``contiguous_only = false``); an incomplete heap's received
+    payload as JSON ``[[start,end],...]`` (sorted, adjacent ranges merged, as
+    spead2's ``payload_ranges``), ``null`` for a complete heap;
+``heap_length``, ``received_bytes``
+    an incomplete heap's HEAP_SIZE (-1 when no packet carried it) and payload
+    bytes received; ``-1`` for a complete heap;
 ``utc``, ``capture_block``
     as in chunk mode; a heap's UTC is that of its timestamp item
     (``[stream.time] timestamp_item``, which then needs the clock), else of
@@ -50,7 +58,9 @@ Heap mode (`HeapRecord`) fields:
 ``values``
     every item, in id order, separated by spaces: ``NAME=VALUE`` for those
     with a descriptor, ``0xID=RAW`` (raw as in ``items``) for the others;
-    strings are JSON-quoted there.
+    strings are JSON-quoted there (an incomplete heap has no items: with
+    ``contiguous_only = false`` put ``{complete}`` and ``{payload_ranges}`` in
+    the template).
 
 A decoded value formats as itself with the field's format spec: numbers as
 numpy and Python print them (``{name:.3f}``, ``{name:#x}``); an array as
@@ -90,7 +100,7 @@ from daqd.sinks.paths import block_name, field_root, template_fields
 CHUNK_FIELDS = ("chunk_id", "timestamp", "fraction_present", "heaps_present", "heaps",
                 "nbytes", "received", "time", "utc", "capture_block")
 HEAP_FIELDS = ("cnt", "nbytes", "received", "time", "utc", "capture_block", "items", "item",
-               "values")
+               "values", "complete", "payload_ranges", "heap_length", "received_bytes")
 #: Fields that need the stream's clock.
 UTC_FIELDS = ("utc",)
 CHUNK_TEMPLATE = "{chunk_id} {timestamp} {fraction_present:.6f} {heaps_present}"
@@ -268,9 +278,13 @@ class _HeapFields(dict):  # type: ignore[type-arg]
     """A heap record's template fields; the costly ones, and item names, on demand."""
 
     def __init__(self, record: HeapRecord, utc: dt.datetime | None = None):
+        inc = record.incomplete
         super().__init__(cnt=record.cnt, nbytes=record.nbytes, received=record.received,
                          time=_iso(record.received), utc=utc,
-                         capture_block=block_name(record.capture_block))
+                         capture_block=block_name(record.capture_block),
+                         complete=int(inc is None),
+                         heap_length=inc.heap_length if inc is not None else -1,
+                         received_bytes=inc.received_bytes if inc is not None else -1)
         self.record = record
 
     def __missing__(self, key: str) -> Any:
@@ -280,6 +294,10 @@ class _HeapFields(dict):  # type: ignore[type-arg]
                                 for k, v in sorted(record.items.items()))
         elif key == "item":
             value = _ByName(record)
+        elif key == "payload_ranges":
+            inc = record.incomplete
+            value = (json.dumps([list(r) for r in inc.payload_ranges], separators=(",", ":"))
+                     if inc is not None else "null")
         elif key == "values":
             decoded = record.decode()
             value = " ".join(

@@ -14,7 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import spead2
 import spead2.recv
@@ -23,56 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import spead2_helpers as h
 import spead_packets as sp
 from cli_helpers import daqd
+from lossy_heaps import spead2_incomplete, workload
 
 from daqd import _spead
-
-RNG = np.random.default_rng(3)
-
-
-def heap(cnt: int, sizes: list[int], keep: list[int] | None = None, *,
-         sized: bool = True) -> list[bytes]:
-    """Packets of a heap cut into `sizes`; only the `keep` indices (default all)."""
-    total = sum(sizes)
-    out, offset = [], 0
-    for size in sizes:
-        out.append(sp.packet(cnt, bytes(size), offset=offset,
-                             heap_size=total if sized else None, with_size=sized,
-                             items=[sp.addr(0x1000, 0)]))
-        offset += size
-    return [out[i] for i in (range(len(out)) if keep is None else keep)]
-
-
-def workload() -> list[bytes]:
-    packets = []
-    packets += heap(1, [100] * 6, [0, 1, 3, 4])            # a hole
-    packets += heap(2, [64] * 5, [0, 2, 4])                 # two holes
-    packets += heap(3, [10, 20, 30, 40], [3, 2, 1])         # reordered, no start
-    packets += heap(4, [50] * 4, [1, 0, 1, 3])              # repeated
-    packets += heap(5, [32] * 3)                            # complete
-    packets += heap(6, [16] * 4, [0, 1, 3], sized=False)    # unsized, a hole
-    for cnt in range(7, 17):                                # evictions with max_heaps=3
-        sizes = [int(s) for s in RNG.integers(1, 200, 5)]
-        keep = sorted(RNG.choice(5, int(RNG.integers(1, 5)), replace=False).tolist())
-        if RNG.integers(2):
-            keep.reverse()
-        packets += heap(cnt, sizes, keep)
-    return packets
-
-
-def spead2_incomplete(packets: list[bytes], allow_out_of_order: bool) -> list[dict]:
-    stream = spead2.recv.Stream(
-        h.THREAD_POOL,
-        spead2.recv.StreamConfig(max_heaps=3, allow_out_of_order=allow_out_of_order),
-        spead2.recv.RingStreamConfig(contiguous_only=False, incomplete_keep_payload_ranges=True))
-    stream.add_inproc_reader(sp.inproc_queue(spead2, packets))
-    out = []
-    for x in stream:
-        if isinstance(x, spead2.recv.IncompleteHeap):
-            out.append({"cnt": x.cnt, "received": x.received_length, "length": x.heap_length,
-                        "payload_ranges": [list(r) for r in x.payload_ranges]})
-        else:
-            out.append({"cnt": x.cnt, "complete": True})
-    return out
 
 
 def daqd_incomplete(packets: list[bytes], allow_out_of_order: bool) -> list[dict]:
