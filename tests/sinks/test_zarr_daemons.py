@@ -127,7 +127,10 @@ wal = "{tmp_path}/wal/{{stream}}.wal"
     finally:
         daemon.close()
     kept = read_store(store)["present"]
-    assert kept[:4].any() and not kept[4:].any()    # four written; two in the log only
+    written = int(kept.any(axis=(1, 2)).sum())
+    # Four written, two in the log only; or, when the flusher woke late on a busy
+    # machine, one flush of all six (the log then still holds them until its done mark).
+    assert written in (4, 6) and not kept[written:].any()
 
     daemon = DaemonProcess(cfg)
     try:
@@ -140,7 +143,7 @@ wal = "{tmp_path}/wal/{{stream}}.wal"
         daemon.close()
     assert code == 0, "\n".join(daemon.lines[-20:])
     (recovered,) = [e for e in daemon.events if e["event"] == "recovered from the write-ahead log"]
-    assert (recovered["replayed"], recovered["records_lost"]) == (2, 0)
+    assert recovered["records_lost"] == 0 and recovered["replayed"] >= 6 - written
     lost_at_kill = every_heap(range(6, 8), subs)
     want_present, want_data = expected(CHUNKS, 2,
                                        every_heap(range(CHUNKS), subs) - dropped - lost_at_kill)
