@@ -14,7 +14,6 @@ signal handler or Python.  Sinks are only ever called from that thread.
 from __future__ import annotations
 
 import collections
-import importlib
 import inspect
 import os
 import select
@@ -25,6 +24,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
+from daqd.user_code import import_object
 
 if TYPE_CHECKING:
     from daqd.config import BufferConfig
@@ -56,18 +57,7 @@ def resolve_predicate(spec: str) -> Predicate:
     ValueError
         One line saying why `spec` names no callable.
     """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError('not of the form "module:function"')
-    try:
-        target: Any = importlib.import_module(module_name)
-    except Exception as exc:    # any failure of the user's module is a config problem
-        raise ValueError(f"cannot import {module_name} ({type(exc).__name__}: {exc})") from None
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ValueError(f"{module_name} has no attribute {attr}") from None
+    target: Any = import_object(spec, "module:function")
     if not callable(target):
         raise ValueError(f"{spec} is not callable")
     check_predicate(target, spec)

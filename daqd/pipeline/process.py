@@ -34,7 +34,6 @@ summarised), and the stream goes on.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import threading
 import time
 from typing import Any
@@ -44,6 +43,7 @@ import structlog
 
 from daqd.logs import RepeatedErrors
 from daqd.pipeline.records import ChunkRecord
+from daqd.user_code import import_object
 
 #: Why a record given to the step was not used: ``records_<reason>``.
 REASONS = ("process_error", "process_bad_layout")
@@ -59,18 +59,7 @@ def resolve(spec: str, options: dict[str, Any] | None = None) -> Any:
     ValueError
         One line saying why `spec` gives no step.
     """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError('not of the form "package.module:name"')
-    try:
-        target: Any = importlib.import_module(module_name)
-    except Exception as exc:    # any failure of the user's module is a config problem
-        raise ValueError(f"cannot import {module_name} ({type(exc).__name__}: {exc})") from None
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ValueError(f"{module_name} has no attribute {attr}") from None
+    target: Any = import_object(spec)
     options = dict(options or {})
     if isinstance(target, type):
         try:

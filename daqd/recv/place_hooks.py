@@ -13,12 +13,12 @@ says in one line what is wrong (``daqd validate`` calls it too).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from daqd import _spead
+from daqd.user_code import import_object
 
 #: The layout keys (``[stream.chunk]``) a hook factory is called with.
 LAYOUT_KEYS = ("timestamp_step", "heaps_per_chunk", "substreams", "heap_bytes")
@@ -37,29 +37,6 @@ class PlaceHook:
         """Return the hook as `ChunkGroup` keyword arguments."""
         return {"place": self.place, "place_items": list(self.items),
                 "place_counters": list(self.counters)}
-
-
-def resolve(spec: str) -> Any:
-    """Import the object a ``"package.module:name"`` string names (`name` may be dotted).
-
-    Raises
-    ------
-    ValueError
-        One line saying why `spec` names nothing.
-    """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError('not of the form "package.module:name"')
-    try:
-        target: Any = importlib.import_module(module_name)
-    except Exception as exc:    # any failure of the user's module is a config problem
-        raise ValueError(f"cannot import {module_name} ({type(exc).__name__}: {exc})") from None
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ValueError(f"{module_name} has no attribute {attr}") from None
-    return target
 
 
 def load_place_hook(spec: str, layout: Mapping[str, Any],
@@ -81,7 +58,7 @@ def load_place_hook(spec: str, layout: Mapping[str, Any],
         One line: not importable, the call failed, no capsule of a known ABI
         version, bad items or counter names.
     """
-    target = resolve(spec)
+    target = import_object(spec)
     if isinstance(target, type) or not hasattr(target, "place"):   # a class: a factory
         if not callable(target):
             raise ValueError(f"{spec} is neither a hook factory nor a hook (no 'place')")

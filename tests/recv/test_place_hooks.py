@@ -10,7 +10,8 @@ import types
 
 import pytest
 
-from daqd.recv.place_hooks import load_place_hook, resolve
+from daqd.recv.place_hooks import load_place_hook
+from daqd.user_code import import_object
 
 LAYOUT = {"timestamp_step": 256, "heaps_per_chunk": 4, "substreams": 1, "heap_bytes": 256,
           "extra_items": []}
@@ -18,8 +19,8 @@ LAYOUT = {"timestamp_step": 256, "heaps_per_chunk": 4, "substreams": 1, "heap_by
 
 def test_resolve_needs_module_and_name():
     with pytest.raises(ValueError, match='not of the form "package.module:name"'):
-        resolve("json.dumps")
-    assert resolve("json:JSONDecoder.decode").__name__ == "decode"
+        import_object("json.dumps")
+    assert import_object("json:JSONDecoder.decode").__name__ == "decode"
 
 
 def test_a_factory_returning_no_capsule_is_refused():
