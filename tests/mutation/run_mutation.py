@@ -60,7 +60,7 @@ TESTS = {
     "daqd/pipeline/records.py": ["pipeline/test_buffers.py", "sinks/test_sink_formats.py"],
     "daqd/sinks/base.py": ["sinks/test_sink_files.py", "sinks/test_sink_errors.py",
                            "sinks/test_sink_rotation_props.py"],
-    "daqd/sinks/paths.py": ["sinks/test_sink_files.py"],
+    "daqd/sinks/paths.py": ["sinks/test_sink_files.py", "sinks/test_paths.py"],
     "daqd/sinks/binary.py": ["sinks/test_sink_formats.py", "sinks/test_sink_files.py"],
     "daqd/sinks/text.py": ["sinks/test_sink_formats.py", "sinks/test_sink_files.py"],
 }
