@@ -91,3 +91,35 @@ def test_file_names_are_in_utc_whatever_the_local_time_zone(local_time_not_utc):
 def test_the_capture_block_field_names_the_block_in_one_path_component(block, name):
     template = PathTemplate("d/{capture_block}/{stream}-{seq}.bin")
     assert template.render("adc0", 0.0, 1, 0, capture_block=block) == f"d/{name}/adc0-1.bin"
+
+
+@pytest.mark.parametrize(("template", "words"), [
+    ("d/{}.bin", "positional fields ({}) are not allowed; name the field"),
+    ("d/{0}.bin", "positional fields ({}) are not allowed; name the field"),
+    ("d/{stream}-{when}.bin", "unknown field {when}; the fields are {stream}, {start}, {seq}, "
+                              "{chunk_id}, {capture_block}"),
+    ("d/{stream}/", "names a directory, not a file"),
+    ("", "names a directory, not a file"),
+])
+def test_a_bad_template_is_refused_in_words(template, words):
+    with pytest.raises(ValueError) as info:
+        PathTemplate(template)
+    assert str(info.value) == words
+
+
+def test_fields_keep_their_specs_in_order():
+    assert paths.template_fields("{stream}/{start:%Y}{seq:04d}.{chunk_id}") == \
+        [("stream", ""), ("start", "%Y"), ("seq", "04d"), ("chunk_id", "")]
+    assert PathTemplate("d/{start.year}-{capture_block[0]}.bin").uses_seq is False
+
+
+@pytest.mark.parametrize(("template", "pattern"), [
+    ("d/{stream}-{seq}.bin", "d/adc0-*.bin"),
+    ("d/{stream!r}-{seq}.bin", "d/'adc0'-*.bin"),
+    ("d/{stream!s:>6}/{start:%H}.bin", "d/  adc0/*.bin"),
+    ("d/{stream!a}.bin", "d/'adc0'.bin"),
+    ("d/{stream:{seq}}.bin", "d/*.bin"),            # a nested spec: any name
+    ("d/[{stream}].bin", "d/[[]adc0].bin"),          # literal text escaped
+])
+def test_a_streams_glob_matches_its_own_names_only(template, pattern):
+    assert paths.template_glob(template, "adc0") == pattern
