@@ -5,6 +5,8 @@ These kill mutants of ``Flusher.flush``, ``trigger`` and ``_ask`` in
 (``python tests/mutation/run_mutation.py flush``).
 """
 
+import gc
+import os
 import sys
 import threading
 from pathlib import Path
@@ -26,6 +28,7 @@ def running():
     flusher = Flusher(buffer).start()
     yield buffer, sink, flusher
     assert flusher.stop()
+    assert flusher.error is None
 
 
 def test_flush_waits_for_the_records_and_counts_its_reason(running):
@@ -39,6 +42,7 @@ def test_flush_waits_for_the_records_and_counts_its_reason(running):
     stats = buffer.stats()
     assert stats["flushes_by_reason"] == {"request": 1, "operator": 1}
     assert (stats["flushes"], stats["triggers"]) == (2, 0)
+    assert flusher.flushes == 2
 
 
 def test_trigger_is_a_flush_counted_as_a_trigger(running):
@@ -60,7 +64,45 @@ def test_a_flusher_not_started_says_so():
             ask()
 
 
-def test_a_flush_that_does_not_finish_in_time_returns_none():
+def test_a_flusher_stopped_makes_a_final_flush_and_gives_the_sinks_back(running):
+    buffer, sink, flusher = running
+    buffer.put(CountingRecord(1))
+    assert flusher.stop()
+    assert sink.cnts == [1]
+    assert buffer.stats()["flushes_by_reason"] == {"stop": 1}
+    buffer.put(CountingRecord(2))
+    assert buffer.flush("after") == 1                   # in this thread, no flusher now
+    assert threading.get_ident() in sink.threads
+
+
+def test_a_flusher_never_started_stops_with_a_final_flush_here():
+    sink = MemorySink()
+    buffer = Buffer("fifo", capacity=4, policy=FlushPolicy())
+    buffer.set_primary_sink(sink)
+    buffer.put(CountingRecord(3))
+    assert Flusher(buffer).stop() is True
+    assert sink.cnts == [3]
+    assert buffer.stats()["flushes_by_reason"] == {"stop": 1}
+
+
+def test_the_flusher_thread_is_named_daemonic_and_started_once(running):
+    _, _, flusher = running
+    thread = next(t for t in threading.enumerate() if t.ident == flusher.ident)
+    assert (thread.name, thread.daemon) == ("daqd-flusher", True)
+    with pytest.raises(RuntimeError, match="^the flusher has already been started$"):
+        flusher.start()
+
+
+def test_a_dropped_flusher_closes_its_wake_up_pipe():
+    buffer = Buffer("fifo", capacity=4, policy=FlushPolicy())
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        Flusher(buffer)
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_flush_that_does_not_finish_in_time_returns_none(json_logs):
     entered, release = threading.Event(), threading.Event()
 
     def stall(records):
@@ -76,7 +118,12 @@ def test_a_flush_that_does_not_finish_in_time_returns_none():
         assert flusher.flush(timeout=0.2) is None        # the sink is still writing
         assert entered.is_set()
         assert flusher.trigger(timeout=0.2) is None      # queued behind it
+        assert flusher.stop(timeout=0.2) is False        # still stuck in the sink
+        errors = [e for e in json_logs() if e.get("level") == "error"]
+        assert [(e["event"], e["timeout"]) for e in errors] == [("flusher did not stop", 0.2)]
+        assert flusher.running
     finally:
         release.set()
         assert flusher.stop()
     assert sink.cnts == [0]
+    assert not flusher.running
