@@ -127,3 +127,36 @@ def test_a_flush_that_does_not_finish_in_time_returns_none(json_logs):
         assert flusher.stop()
     assert sink.cnts == [0]
     assert not flusher.running
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"count": -1}, "count, nbytes and interval must not be negative"),
+    ({"nbytes": -1}, "count, nbytes and interval must not be negative"),
+    ({"interval": -0.5}, "count, nbytes and interval must not be negative"),
+    ({"when": "most"}, "when: 'most' is not one of any, all"),
+])
+def test_a_bad_policy_is_refused_in_words(kwargs, words):
+    with pytest.raises(ValueError) as info:
+        FlushPolicy(**kwargs)
+    assert str(info.value) == words
+
+
+class Full:
+    def __call__(self, buffer):
+        return True
+
+    def check(self, buffer):
+        return True
+
+
+def always(buffer):
+    return True
+
+
+def test_a_custom_predicate_is_named_in_the_reason_by_its_qualified_name():
+    assert FlushPolicy(custom=[always]).due(None) == "custom:always"
+    assert FlushPolicy(custom=[Full().check]).due(None) == "custom:Full.check"
+    full = Full()
+    assert FlushPolicy(custom=[full]).due(None) == f"custom:{full!r}"   # no __qualname__
+    assert FlushPolicy(custom=[("mine", always)]).due(None) == "custom:mine"
+    assert FlushPolicy().due(None) is None          # no condition: never due by itself
