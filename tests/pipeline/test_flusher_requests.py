@@ -99,7 +99,8 @@ def test_a_dropped_flusher_closes_its_wake_up_pipe():
     for _ in range(20):
         Flusher(buffer)
     gc.collect()
-    assert len(os.listdir("/proc/self/fd")) == before
+    # 40 descriptors were opened; another thread may hold a few of its own meanwhile.
+    assert len(os.listdir("/proc/self/fd")) < before + 10
 
 
 def test_a_flush_that_does_not_finish_in_time_returns_none(json_logs):
@@ -116,7 +117,7 @@ def test_a_flush_that_does_not_finish_in_time_returns_none(json_logs):
     try:
         buffer.put(CountingRecord(0))
         assert flusher.flush(timeout=0.2) is None        # the sink is still writing
-        assert entered.is_set()
+        assert entered.wait(30)
         assert flusher.trigger(timeout=0.2) is None      # queued behind it
         assert flusher.stop(timeout=0.2) is False        # still stuck in the sink
         errors = [e for e in json_logs() if e.get("level") == "error"]
