@@ -408,11 +408,12 @@ def refuses_a_bigger_pool(w: World) -> bool:
 
 
 def data_time(w: World) -> dict[str, Any]:
-    """The daemon's status of the stream once the simulator's chunks are in: its data time."""
+    """The daemon's status of the stream once the simulator's last chunk (timestamp 65536)
+    is in: its data time. (The first chunk alone gives timestamp 0 on a loaded machine.)"""
     deadline = time.monotonic() + 20
     while True:
         stream = w.daemon.on_status({})["streams"]["adc0"]
-        if stream["newest_timestamp"] is not None or time.monotonic() > deadline:
+        if (stream["newest_timestamp"] or 0) >= 65536 or time.monotonic() > deadline:
             return {k: v for k, v in stream.items() if k.startswith("newest_")}
         time.sleep(0.05)
 
