@@ -1,9 +1,11 @@
 """A ``file:`` replay in the daemon reports how far it has read (issue 14, item 6).
 
-The replay is held half way for real: the flusher is wedged (tests/stall_flusher.py),
-the small buffer fills, and the receive thread blocks in ``put`` with part of the
-file read.  The statistics then carry ``replay``: bytes read of the file's size;
-once the flusher moves again the replay runs to the end and the daemon exits.
+The replay is held part way for real: the receive thread is wedged at its first
+record, in the flush predicate it asks (tests/stall_flusher.py), with the first
+read of the file done.  (Wedging the flusher instead raced: a flusher woken by
+the producers' count never asks the predicate itself.)  The statistics then
+carry ``replay``: bytes read of the file's size; once the thread moves again
+the replay runs to the end and the daemon exits.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from daemon_helpers import (
     wait_until,
     write_config,
 )
-from stall_flusher import SPEC, stall_environment
+from stall_flusher import RECEIVER_SPEC, stall_environment
 
 from daqd.service.daemon import ReplayProgress
 
@@ -38,20 +40,20 @@ def test_a_held_file_replay_reports_bytes_read_of_its_size(tmp_path):
     assert made.returncode == 0, made.stderr
     size = source.stat().st_size
     marker = tmp_path / "stall"
-    marker.touch()                                   # the flusher wedges at its first flush
+    marker.touch()                          # the receive thread wedges at its first record
     text = (daemon_toml(tmp_path, interval=0.1)
             + toml_table("stream", array=True, name="replay", sources=[f"file:{source}"])
             + buffer_toml(kind="fifo", capacity=64, when_full="block", flush_count=8,
-                          flush_custom=[SPEC])
+                          flush_custom=[RECEIVER_SPEC])
             + sinks_toml(tmp_path, "text"))
     daemon = DaemonProcess(write_config(tmp_path, text), env=stall_environment(marker))
     try:
         ready = daemon.ready()
-        wait_until(Path(f"{marker}.entered").exists, 20, "the flusher wedged")
+        wait_until(Path(f"{marker}.entered").exists, 20, "the receive thread wedged")
         held = control(ready["control"], {"command": "status"})["streams"]["replay"][
             "replay"][f"file:{source}"]
         assert held["total_bytes"] == size
-        assert 0 < held["done_bytes"] < size          # held part way: the buffer is full
+        assert 0 < held["done_bytes"] < size          # held part way: its first read
         marker.unlink()
         assert daemon.wait(60) == 0                     # the replay ran to its end
     finally:
