@@ -160,9 +160,17 @@ class DaemonProcess:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("daemon did not exit:\n" + "\n".join(self.lines[-30:])) from None
+            # SIGABRT: the daemon's faulthandler writes every thread's stack to
+            # stderr, so a hang says where it hangs.
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self._reader.join(5)
+            raise AssertionError("daemon did not exit (its stacks at SIGABRT last):\n"
+                                 + "\n".join(self.lines[-120:])) from None
         self._reader.join(5)
         return code
 
