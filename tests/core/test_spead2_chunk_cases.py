@@ -723,10 +723,7 @@ def test_lossy_idle_stream_spead2():
     idle_packets = small_heap(100, 1)
     for p in idle_packets:
         queues[0].add_packet(p)
-    deadline = time.monotonic() + 5             # stream 1's heap placed before stream 0's
-    while idle.stats["packets"] < len(idle_packets):
-        assert time.monotonic() < deadline, "spead2 did not take stream 1's packets"
-        time.sleep(0.001)
+    until_taken(idle, len(idle_packets))        # stream 1's heap placed before stream 0's
     for p in IDLE_BUSY_PACKETS:
         queues[1].add_packet(p)
     ready = []
@@ -783,11 +780,15 @@ def test_streams_waiting_for_a_free_chunk_spead2():
     queues = [spead2.InprocQueue(), spead2.InprocQueue()]
     a.add_inproc_reader(queues[0])
     b.add_inproc_reader(queues[1])
-    for queue, packets in ((queues[0], a_first), (queues[1], b_first), (queues[0], a_second),
-                           (queues[1], b_second)):
+    # Chunks 0 and 1 get both streams' heaps before either asks for chunk 2: each
+    # first feed is taken (spead2's own packet count) before the next is queued.
+    for stream, queue, packets in ((a, queues[0], a_first), (b, queues[1], b_first)):
         for p in packets:
             queue.add_packet(p)
-        time.sleep(0.1)
+        until_taken(stream, len(packets))
+    for queue, packets in ((queues[0], a_second), (queues[1], b_second)):
+        for p in packets:
+            queue.add_packet(p)
     got = []
 
     def take(chunk) -> None:
@@ -796,9 +797,8 @@ def test_streams_waiting_for_a_free_chunk_spead2():
         present[:] = 0
         group.add_free_chunk(chunk)
 
-    take(group.data_ringbuffer.get())           # chunk 0 back to the free ring
-    time.sleep(0.1)
-    for q in queues:
+    take(group.data_ringbuffer.get())           # chunk 0, once a stream asks for chunk 2
+    for q in queues:                            # (a stop comes after the queued packets)
         q.stop()
     for chunk in group.data_ringbuffer:         # the rest, once both streams have ended
         take(chunk)
@@ -860,6 +860,14 @@ def test_streams_waiting_for_a_free_chunk():
 def _print_daqd_hook_chunks(bias: int, n_heaps: int) -> None:
     """Subprocess entry point: daqd_hook_chunks as JSON on stdout."""
     print(json.dumps(daqd_hook_chunks(bias, n_heaps)))
+
+
+def until_taken(stream, packets: int, timeout: float = 5.0) -> None:
+    """Wait (bounded) until spead2 `stream` has taken `packets` packets (its own count)."""
+    deadline = time.monotonic() + timeout
+    while stream.stats["packets"] < packets:
+        assert time.monotonic() < deadline, f"spead2 took {stream.stats['packets']} packets"
+        time.sleep(0.001)
 
 
 def until_waiting(group, streams: int, timeout: float = 5.0) -> None:
