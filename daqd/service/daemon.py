@@ -47,6 +47,8 @@ log = structlog.get_logger("daqd.daemon")
 
 # Exit status when a second signal cuts the drain short.
 EXIT_INTERRUPTED = 1
+#: A stream's thread failed (or did not stop) during the run: drained, but not cleanly.
+EXIT_FAILED = 1
 # Seconds the drain may take per stream before it is reported as stuck.
 DRAIN_TIMEOUT = 60.0
 # Seconds a second signal gives the last status message to leave before the exit.
@@ -142,6 +144,12 @@ class Daemon:
             if deadline is not None and now >= deadline:
                 self.stop_reason = "duration"
                 break
+            failed = [r.name for r in self.runners if r.failed]
+            if failed:
+                # A stream without its thread would only fill its pool and drop:
+                # drain what it has, then exit 1 (systemd restarts it).
+                self.stop_reason = "thread failed: " + ", ".join(failed)
+                break
             if all(r.ended for r in self.runners) and not any(
                     s.running for s in self.simulators):
                 self.stop_reason = "sources ended"
@@ -186,6 +194,7 @@ class Daemon:
         for runner in self.runners:
             runner.stop(DRAIN_TIMEOUT)
         errors = [e for r in self.runners for e in r.errors]
+        failures = [e for r in self.runners for e in r.failures]
         if self.control is not None:
             self.control.stop()
         self.state = "stopped"
@@ -199,6 +208,12 @@ class Daemon:
             self.context.term()
         self.log.info("stopped", errors=len(errors),
                       **{r.name: _summary(r) for r in self.runners})
+        if failures:
+            # A thread that failed (or never stopped) may have left data unwritten:
+            # not a clean drain, so systemd's Restart=on-failure sees it.  (A
+            # failing sink's losses are counted; the drain itself went well.)
+            self.log.error("stopped after a thread failed", failures=failures)
+            return EXIT_FAILED
         return 0
 
     # ------------------------------------------------------------------

@@ -121,6 +121,9 @@ class StreamRunner:
         self.heartbeats: list[int] = []     # per source: receive loop iterations (watchdog)
         self.ended_sources = 0
         self.errors: list[str] = []
+        # The errors that are a thread's failure (not a sink's, which is counted):
+        # they end the run and make its exit status 1.
+        self.failures: list[str] = []
         self.recorder = build_recorder(config)   # heap mode: heaps into records
         self.baseline: dict[str, int] = {}
         self.buffer: Any = None
@@ -229,6 +232,7 @@ class StreamRunner:
             target(*args)
         except Exception as exc:  # a thread must report, never vanish silently
             message = f"{threading.current_thread().name}: {type(exc).__name__}: {exc}"
+            self.failures.append(message)
             self.errors.append(message)
             log.error("thread failed", stream=self.name, error=message, exc_info=True)
 
@@ -439,6 +443,12 @@ class StreamRunner:
         return out
 
     @property
+    def failed(self) -> bool:
+        """A thread of the stream failed (its error logged), or a flusher did."""
+        return bool(self.failures) or any(
+            f is not None and f.error is not None for f in (self.flusher, self.packet_flusher))
+
+    @property
     def ended(self) -> bool:
         """Every source has ended (finite sources, stop items)."""
         return self.ended_sources >= len(self.sources)
@@ -454,11 +464,18 @@ class StreamRunner:
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
-                self.errors.append(f"{thread.name}: did not stop within {timeout} s")
+                self.failures.append(f"{thread.name}: did not stop within {timeout} s")
+                self.errors.append(self.failures[-1])
                 log.error("thread did not stop", stream=self.name, thread=thread.name)
         for flusher in (self.flusher, self.packet_flusher):
             if flusher is not None:
-                flusher.stop()
+                if not flusher.stop():
+                    self.failures.append(f"flusher: did not stop within {timeout} s")
+                    self.errors.append(self.failures[-1])
+                if flusher.error is not None:
+                    self.failures.append(f"flusher: {type(flusher.error).__name__}: "
+                                         f"{flusher.error}")
+                    self.errors.append(self.failures[-1])
         if self.triggers is not None:
             # Events still waiting for data end ("stream stopped"), then every hold goes.
             self.errors.extend(self.triggers.close())

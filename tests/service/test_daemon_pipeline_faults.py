@@ -82,10 +82,12 @@ def full_fs(tmp_path):
 
 
 def test_a_sink_on_a_full_disk_costs_the_healthy_sink_nothing(tmp_path, full_fs):
-    port, heaps = free_port(), 30_000
+    # 2048 records: 0.2 s of the sender's rate for the healthy sink's flusher to
+    # fall behind on a loaded machine before the buffer must drop (256 lost some).
+    port, heaps, capacity = free_port(), 30_000, 2048
     bad, good = full_fs / "bad-{seq:04d}.txt", tmp_path / "good" / "good-{seq:04d}.txt"
     config = heap_stream_toml(tmp_path, port, {
-        "kind": "circular", "capacity": 256, "when_full": "drop-newest",
+        "kind": "circular", "capacity": capacity, "when_full": "drop-newest",
         "flush_count": 32, "flush_interval": 0.05}, [bad, good])
     daemon = DaemonProcess(write_config(tmp_path, config))
     try:
@@ -111,12 +113,12 @@ def test_a_sink_on_a_full_disk_costs_the_healthy_sink_nothing(tmp_path, full_fs)
           f"{nonzero(failing.get('lost_by_reason', {}))}")
     # A paced sender: the healthy sink keeps up, so the buffer drops nothing
     # for it (when_full never fires) and its files hold every record.
-    assert accepted == heaps and buffer["dropped"] == {"unwritten_at_close": 256}
+    assert accepted == heaps and buffer["dropped"] == {"unwritten_at_close": capacity}
     assert text_cnts(tmp_path / "good", "good-") == list(range(1, heaps + 1))
     assert healthy["written"] == heaps and healthy["lost"] == 0
     assert failing["written"] == 0 and failing["lost"] == heaps
-    assert nonzero(failing["lost_by_reason"]) == {"backlog_overflow": heaps - 256,
-                                         "unwritten_at_close": 256}
+    assert nonzero(failing["lost_by_reason"]) == {"backlog_overflow": heaps - capacity,
+                                                  "unwritten_at_close": capacity}
     assert failing["failing"] and "No space left" in failing["last_error"]
 
 
