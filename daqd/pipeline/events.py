@@ -187,11 +187,13 @@ class TriggerEvent:
         try:
             self.sink.write(records)
             self.sink.commit()
-        except OSError as exc:
+        except Exception as exc:  # a sink from another package may raise anything
+            # Counted as failed, whatever the sink raised, and the event goes on.
+            error = str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
             self.failed += len(records)
-            self.errors.append(str(exc))
+            self.errors.append(error)
             log.error("trigger event write failed", event_number=self.number, path=self.path,
-                      records=len(records), error=str(exc))
+                      records=len(records), error=error)
         else:
             self.written += len(records)
             for record in records:

@@ -194,6 +194,50 @@ def test_an_event_whose_future_never_comes_ends_with_the_stream(tmp_path):
     assert pool.whole()
 
 
+def test_a_sink_that_raises_a_non_oserror_counts_its_records_failed(tmp_path):
+    """A sink kind from another package may raise anything: its records are failed,
+    not missing, and the event goes on writing the next ones."""
+    stream = config(tmp_path)
+    calls = []
+
+    def sink(number: int, label: str, start: int, end: int) -> Any:
+        made, path = build_event_sink(stream, stream.trigger, number, label, (start, end))
+        write = made.write
+
+        def first_write_raises(records: list[Any]) -> None:
+            calls.append(len(records))
+            if len(calls) == 1:
+                raise ValueError("a buggy sink")
+            write(records)
+
+        made.write = first_write_raises
+        return made, path
+
+    triggers = build_triggers(stream.trigger, stream.timeline, sink, stream.name)
+    pool = Pool()
+    for record in pool.records(5):                 # chunks 0-4 held
+        triggers.retention.add(record)
+        record.release()
+    reply = triggers.start(*triggers.window({"pre": 0.03, "post": 0.03}))
+    deadline = time.monotonic() + 10
+    while not calls:                               # the held records' write raised
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    for record in pool.records(3):                 # 5, 6, 7: the same event goes on
+        triggers.retention.add(record)
+        record.release()
+    triggers.close()
+    triggers.retention.close()
+    counts = triggers.counters()
+    assert calls == [4, 1, 1]                      # chunks 1-4 held; 5 and 6 (7 is past)
+    assert counts["trigger_records_failed"] == 4
+    assert counts["trigger_records_written"] == 2
+    assert counts["trigger_records_missing"] == 0
+    _, data = load_binary(reply["path"])
+    assert data.shape[0] == 2
+    assert pool.whole()
+
+
 @pytest.mark.parametrize(("args", "words"), [
     ({"start": 10, "end": 10}, "is not after start"),
     ({"start": 0, "end": 100 * C}, "longer than retain_seconds + max_post_seconds"),
