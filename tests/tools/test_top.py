@@ -127,6 +127,25 @@ def test_top_shows_a_live_daemon_its_loss_keys_and_then_stale(tmp_path: Path):
         asyncio.run(asyncio.wait_for(drive(), 90))
 
 
+def test_top_marks_a_stream_waiting_for_start_until_it_starts(tmp_path: Path):
+    """``explicit_start``: the row says the stream waits for ``start-receiving``."""
+    with chunk_daemon(tmp_path, stream_keys={"explicit_start": True}) as (daemon, ready, _):
+        endpoint = ready["stats"]
+        app = TopApp(Feed([endpoint]), Monitor([endpoint], stale_after=5.0))
+
+        async def drive() -> None:
+            async with app.run_test(size=(220, 30)) as pilot:
+                await until(pilot, lambda: table_text(app)[0][column("daemon")]
+                            == "test-daqd (waiting for start)", "the waiting mark")
+                started = run_daqd("start-receiving", "--config", str(daemon.config_path))
+                assert started.returncode == 0, started.stderr
+                await until(pilot, lambda: table_text(app)[0][column("daemon")]
+                            == "test-daqd", "the mark gone once started")
+                await pilot.press("q")
+
+        asyncio.run(asyncio.wait_for(drive(), 60))
+
+
 def test_top_shows_the_newest_data_time_in_utc_or_ticks(tmp_path: Path):
     """With [stream.time], the newest chunk's UTC and its lag; without, its ticks."""
     clock = '[stream.time]\nsync_time = "2026-12-07T00:00:00Z"\ntimestamp_rate = 65536.0\n'

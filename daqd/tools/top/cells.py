@@ -50,8 +50,13 @@ def data_time(row: StreamRow) -> str:
 
 
 def marks(row: StreamRow) -> str:
-    """Return `` (stopped, stale)`` and the like: a state other than running, staleness."""
+    """Return `` (stopped, stale)`` and the like.
+
+    The notes: a state other than running, a stream bound but waiting for
+    ``start-receiving`` (``explicit_start``), staleness.
+    """
     notes = [row.state] if row.state and row.state != "running" else []
+    notes += ["waiting for start"] if row.message.get("waiting_for_start") is True else []
     notes += ["stale"] if row.stale else []
     return f" ({', '.join(notes)})" if notes else ""
 
