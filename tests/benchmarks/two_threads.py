@@ -101,10 +101,12 @@ class Run:
 
 
 def run_group(workload: str, buffers: list[np.ndarray], *, pin: bool, verify: bool,
-              eviction: str = "lossless", batch: int = 64) -> Run:
+              eviction: str = "lossless", batch: int = 64, max_chunks: int = MAX_CHUNKS,
+              stream_chunks: int = 0) -> Run:
     """Place `buffers` (one receive thread each) into one ChunkGroup; consume every chunk."""
-    group = _spead.ChunkGroup(**layout(workload), max_chunks=MAX_CHUNKS, pool=POOL,
-                              eviction=eviction)
+    group = _spead.ChunkGroup(**layout(workload), max_chunks=max_chunks,
+                              stream_chunks=stream_chunks,
+                              pool=POOL + max_chunks - MAX_CHUNKS, eviction=eviction)
     streams = [group.add_stream(max_heaps=MAX_HEAPS) for _ in buffers]
     readers = [_spead.ByteStreamReader(b, max_packet_size=MAX_PACKET_SIZE, batch=batch)
                for b in buffers]
@@ -147,7 +149,8 @@ def run_group(workload: str, buffers: list[np.ndarray], *, pin: bool, verify: bo
 
 
 def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
-          verify: bool, eviction: str = "lossless", batch: int = 64) -> dict[str, Any]:
+          verify: bool, eviction: str = "lossless", batch: int = 64,
+          max_chunks: int = MAX_CHUNKS, stream_chunks: int = 0) -> dict[str, Any]:
     """Interleaved runs of one and two threads; medians and ratios."""
     w = WORKLOADS[workload]
     buf = workload_buffer(workload, heaps)
@@ -158,13 +161,15 @@ def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
     for i in range(runs + 1):           # run 0 of each: warm-up (and --verify), not counted
         for kind, buffers in kinds.items():
             run = run_group(workload, buffers, pin=pin, verify=verify and i == 0,
-                            eviction=eviction, batch=batch)
+                            eviction=eviction, batch=batch, max_chunks=max_chunks,
+                            stream_chunks=stream_chunks)
             if run.present != heaps and (eviction == "lossless" or kind == "one"):
                 raise BenchError(f"{workload} {kind}: {run.present} heaps present of {heaps}")
             if i:
                 results[kind].append(run)
     out: dict[str, Any] = {"workload": workload, "heaps": heaps, "packets": packets,
                            "split": split, "eviction": eviction, "batch": batch,
+                           "max_chunks": max_chunks, "stream_chunks": stream_chunks or max_chunks,
                            "runs": runs}
     for kind, rs in results.items():
         seconds = statistics.median(r.seconds for r in rs)
@@ -200,6 +205,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", choices=["heaps", "chunks"], default="heaps")
     parser.add_argument("--eviction", choices=["lossless", "lossy"], default="lossless")
     parser.add_argument("--batch", type=int, default=64, help="packets per reader batch")
+    parser.add_argument("--max-chunks", type=int, default=MAX_CHUNKS,
+                        help="the group's window (pool grows with it)")
+    parser.add_argument("--stream-chunks", type=int, default=0,
+                        help="each stream's window (0: max-chunks)")
     parser.add_argument("--pin", action="store_true")
     parser.add_argument("--verify", action="store_true")
     parser.add_argument("--json", action="store_true")
@@ -214,11 +223,13 @@ def main(argv: list[str] | None = None) -> None:
         heaps = args.heaps or default_heaps(workload)
         heaps -= heaps % (2 * HEAPS_PER_CHUNK)
         report = bench(workload, runs=args.runs, heaps=heaps, split=args.split, pin=args.pin,
-                       verify=args.verify, eviction=args.eviction, batch=args.batch)
+                       verify=args.verify, eviction=args.eviction, batch=args.batch,
+                       max_chunks=args.max_chunks, stream_chunks=args.stream_chunks)
         reports.append(report)
         if not args.json:
             one, two = report["one"], report["two"]
-            print(f"{workload} ({args.split}, {args.eviction}, batch {args.batch}): one thread "
+            print(f"{workload} ({args.split}, {args.eviction}, batch {args.batch}, max_chunks "
+                  f"{report['max_chunks']}, stream_chunks {report['stream_chunks']}): one thread "
                   f"{one['mpkt_per_s']:.2f} Mpkt/s ({one['gbit_per_s']:.1f} Gbit/s, "
                   f"{one['cpu_ns_per_packet']:.0f} ns CPU/pkt); two threads "
                   f"{two['mpkt_per_s']:.2f} Mpkt/s ({two['gbit_per_s']:.1f} Gbit/s, "
