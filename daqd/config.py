@@ -147,6 +147,9 @@ class ChunkConfig:
     substreams: int = key(1, minimum=1, maximum=1 << 16)
     extra_items: tuple[int, ...] = key((), minimum=0, maximum=ITEM_ID_MAX)
     max_chunks: int = key(4, minimum=1, maximum=1 << 16)
+    # Each source's (each receive thread's) own window of chunks, at most max_chunks;
+    # 0: max_chunks.  Narrower, lossless sources need not meet at every new chunk.
+    stream_chunks: int = key(0, minimum=1, maximum=1 << 16, off=0)
     pool: int = key(16, minimum=1, maximum=1 << 20)
     when_full: str = key("wait", choices=_spead.WHEN_FULL)
     wait_timeout: float = key(1.0, minimum=0, maximum=HOUR)
@@ -686,6 +689,10 @@ def _check_chunk(loader: _Loader, where: str, s: StreamConfig, c: ChunkConfig,
     if c.pool < c.max_chunks:
         raise loader.fail(f"{where}.chunk.pool", c.pool,
                           f"at least max_chunks ({c.max_chunks})")
+    if c.stream_chunks > c.max_chunks:
+        raise loader.fail(f"{where}.chunk.stream_chunks", c.stream_chunks,
+                          f"0 or at most max_chunks ({c.max_chunks}): a source's window lies "
+                          "within the stream's")
     if c.substreams > 1 and c.substream_item < 0 and not c.place:
         raise loader.fail(f"{where}.chunk.substreams", c.substreams,
                           "1, or a substream_item (or a place hook) to index the substreams")

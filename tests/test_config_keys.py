@@ -606,6 +606,7 @@ CASES: dict[str, Case] = {
                                     also={"stream.chunk.substream_item": 0x4101}),
     "stream.chunk.extra_items": Case([0x4103], group("extra_items"), (0x4103,)),
     "stream.chunk.max_chunks": Case(2, group("max_chunks"), 2),
+    "stream.chunk.stream_chunks": Case(2, group("stream_chunks"), 2),
     "stream.chunk.pool": Case(6, group("pool"), 6),
     "stream.chunk.when_full": Case("drop", group("drop_when_full"), True),
     "stream.chunk.wait_timeout": Case(0.25, group("wait_timeout"), 0.25),

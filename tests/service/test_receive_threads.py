@@ -203,7 +203,7 @@ def test_every_receive_thread_has_a_heartbeat_and_its_cpu(tmp_path):
         daemon.shutdown()
 
 
-# (the stream's keys, the source, what the one line names)
+# (the stream's keys, ``chunk.`` for [stream.chunk]'s; the source; what the one line names)
 REFUSED = {
     "file-source": ({"threads": 2}, "file:/dev/null",
                     "stream[0].threads = 2: expected 1 for sources[0] = 'file:/dev/null'"),
@@ -218,6 +218,9 @@ REFUSED = {
                      "a CPU this process may run on"),
     "more-cpus-than-threads": ({"affinity": [0, 0]}, "udp://127.0.0.1:{port}",
                                "stream[0].affinity = [0, 0]: expected at most 1 CPUs"),
+    "stream-chunks-beyond-max-chunks": ({"chunk.stream_chunks": 5}, "udp://127.0.0.1:{port}",
+                                        "stream[0].chunk.stream_chunks = 5: expected 0 or at "
+                                        "most max_chunks (4)"),
 }
 
 
@@ -225,11 +228,13 @@ REFUSED = {
 def test_validate_and_run_refuse_with_one_line(case, tmp_path):
     keys, source, named = REFUSED[case]
     port = free_port()
-    eviction = "lossless" if case == "lossless-eviction" else "lossy"
+    chunk = {k.removeprefix("chunk."): v for k, v in keys.items() if k.startswith("chunk.")}
+    stream = {k: v for k, v in keys.items() if not k.startswith("chunk.")}
+    chunk.setdefault("eviction", "lossless" if case == "lossless-eviction" else "lossy")
     text = (daemon_toml(tmp_path)
             + toml_table("stream", array=True, name="adc0",
-                         sources=[source.format(port=port)], **keys)
-            + toml_table("stream.chunk", eviction=eviction))
+                         sources=[source.format(port=port)], **stream)
+            + toml_table("stream.chunk", **chunk))
     config = write_config(tmp_path, text)
     for command in ("validate", "run"):
         assert_one_line_error(daqd(command, "--config", str(config)), named)
