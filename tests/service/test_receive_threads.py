@@ -179,6 +179,41 @@ def test_two_threads_on_one_port_fill_every_chunk_and_count_exactly(tmp_path):
 
 
 @pytest.mark.network
+def test_heap_mode_two_threads_make_every_heap_a_record(tmp_path):
+    """Heap mode: each thread its own heap stream; every heap of both flows is a record."""
+    port = free_port()
+    uri = f"udp://127.0.0.1:{port}"
+    text = (daemon_toml(tmp_path)
+            + toml_table("stream", array=True, name="adc0", sources=[uri],
+                         socket_buffer=4 << 20, threads=2)
+            + toml_table("stream.buffer", kind="fifo", capacity=64, flush_count=8,
+                         flush_interval=0.2)
+            + toml_table("stream.sinks", array=True, kind="text",
+                         path=f"{tmp_path}/data/{{stream}}-{{seq:04d}}.txt",
+                         template="{cnt} {items[0x4101]} {items[0x1600]}", header=False))
+    daemon = DaemonProcess(write_config(tmp_path, text))
+    try:
+        endpoint = daemon.ready()["control"]
+        senders, probes = two_flows(endpoint, uri, port)
+        sent = [send_substream(sock, port, s) for s, sock in enumerate(senders)]
+        wait_until(lambda: status(endpoint)["counters"]["packets"] == sum(sent) + sum(probes),
+                   timeout=30, what="every packet counted")
+        per_thread = status(endpoint)["sources"][uri]["threads"]
+        assert [t["packets"] for t in per_thread] == [sent[i] + probes[i] for i in range(2)]
+        assert [t["stop_heaps"] for t in per_thread] == [1, 1]
+        for sock in senders:
+            sock.close()
+    finally:
+        assert daemon.stop() == 0, "\n".join(daemon.lines[-20:])
+    # (Each stop heap is a capture boundary: the files may be more than one.)
+    lines = [line for path in sorted((tmp_path / "data").glob("*.txt"))
+             for line in path.read_text().split("\n")]
+    records = sorted(tuple(int(x) for x in line.split()[1:]) for line in lines if line.strip())
+    assert records == sorted((s, (c * HPC + h) * STEP) for s in range(2) for c in range(CHUNKS)
+                             for h in range(HPC))
+
+
+@pytest.mark.network
 def test_every_receive_thread_has_a_heartbeat_and_its_cpu(tmp_path):
     """The watchdog's heartbeat names each receive thread; each runs on its CPU."""
     port = free_port()
