@@ -39,6 +39,7 @@ from daemon_helpers import (
 
 from daqd.config import parse
 from daqd.service.daemon import Daemon
+from daqd.service.metrics import SnapshotCollector
 
 HPC = 8                 # heaps per chunk
 STEP = 1024             # timestamp step
@@ -273,3 +274,18 @@ def test_validate_and_run_refuse_with_one_line(case, tmp_path):
     config = write_config(tmp_path, text)
     for command in ("validate", "run"):
         assert_one_line_error(daqd(command, "--config", str(config)), named)
+
+
+def test_prometheus_has_each_threads_counters_beside_the_sums():
+    snapshot = {"daemon": "d", "state": "running", "uptime": 1.0, "streams": {"adc0": {
+        "counters": {"packets": 5},
+        "sources": {"udp://127.0.0.1:7148": {"packets": 5, "threads": [{"packets": 2},
+                                                                       {"packets": 3}]}}}}}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in SnapshotCollector(lambda: snapshot).collect()
+               for s in family.samples}
+    labels = (("daemon", "d"), ("source", "udp://127.0.0.1:7148"), ("stream", "adc0"))
+    assert samples["daqd_source_packets_total", labels] == 5
+    for k, n in enumerate((2, 3)):
+        assert samples["daqd_source_thread_packets_total",
+                       tuple(sorted((*labels, ("thread", str(k)))))] == n
