@@ -22,6 +22,9 @@ DEFAULT_MAX_PACKET_SIZE: int = _spead.DEFAULT_MAX_PACKET_SIZE
 DEFAULT_SOCKET_BUFFER = 8 << 20
 # <linux/in.h>; Python's socket module does not export it.
 IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
+#: Why a multicast source takes one receive thread only (`split_problem`).
+MULTICAST_SPLIT = ("every socket joined to a multicast group gets each datagram; only "
+                   "unicast udp:// can be split")
 
 
 @dataclass
@@ -221,10 +224,6 @@ def _open_sim(u: SourceUri) -> Source:
     rate = u.number("rate", float, 0) or 0.0
     heaps = u.number("heaps", int, 1) or 0
     return Source(u.text, _spead.SimReader(u.path, heaps=heaps, rate=rate))
-
-
-MULTICAST_SPLIT = ("every socket joined to a multicast group gets each datagram; only "
-                   "unicast udp:// can be split")
 
 
 def split_problem(uri: str) -> str:
