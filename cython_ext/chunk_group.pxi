@@ -18,9 +18,10 @@
 # unused chunks, the data ring of completed ones, and the group's window.  Any
 # number of ChunkStreams (one per NIC, per polarisation, ...) fill the same
 # chunks, each from its own thread, as spead2's chunk stream groups do.  Each
-# stream keeps its own window of the chunks it writes to (a StreamWindow),
-# holding a reference ("writer") on each, so the group lock is taken once per
-# chunk, never per heap.  A chunk the group evicts is handed to the data ring
+# stream keeps its own window of the chunks it writes to (a StreamWindow, of
+# stream_chunks chunks, max_chunks unless narrower), holding a reference
+# ("writer") on each, so the group lock is taken once per chunk, never per
+# heap.  A chunk the group evicts is handed to the data ring
 # only when no stream writes to it any more.  In "lossless" eviction the
 # evicting stream waits until every other stream has moved past it.  In "lossy"
 # eviction nobody waits: a stream that is not inside a batch (idle, blocked on
@@ -264,6 +265,13 @@ cdef class ChunkGroup:
         (2**64 - 1 where the heap's first packet lacks one).
     max_chunks, pool
         Chunks open at once; chunks allocated (pool >= max_chunks).
+    stream_chunks
+        Each stream's own window: the chunks behind its newest one it may still
+        write to (0: max_chunks; at most max_chunks).  spead2 has the two apart
+        too (ChunkStreamConfig.max_chunks, ChunkStreamGroupConfig.max_chunks).
+        Equal, a lossless group's streams meet at every new chunk (it opens only
+        once each stream needs it); narrower, a stream may run up to
+        ``max_chunks - stream_chunks`` chunks ahead of the slowest first.
     when_full, wait_timeout
         No free chunk: "wait" up to wait_timeout seconds for the consumer, then
         drop; "drop" at once.  Both count (worker_blocked, chunk_heaps_no_free_chunk).
@@ -338,6 +346,7 @@ cdef class ChunkGroup:
     cdef size_t *closing                # evicted chunks waiting for their writers
     cdef size_t closing_head, closing_count
     cdef readonly size_t max_chunks
+    cdef readonly size_t stream_chunks  # a stream's window (<= max_chunks)
     cdef bint anchored
     cdef uint64_t head_chunk, tail_chunk
     cdef size_t head_pos, tail_pos
@@ -361,7 +370,8 @@ cdef class ChunkGroup:
     def __init__(self, *, uint64_t timestamp_item=0x1600, uint64_t timestamp_step=8192,
                  size_t heaps_per_chunk=64, size_t heap_bytes=8192, dtype="uint8",
                  substream_item=None, size_t substreams=1, extra_items=(),
-                 size_t max_chunks=4, size_t pool=16, str when_full="wait",
+                 size_t max_chunks=4, size_t pool=16, size_t stream_chunks=0,
+                 str when_full="wait",
                  double wait_timeout=1.0, str eviction="lossless", size_t packet_presence=0,
                  zero_missing=None, place=None, place_items=(), place_counters=()):
         if timestamp_step == 0:
@@ -372,6 +382,9 @@ cdef class ChunkGroup:
             raise ValueError("max_chunks must be at least 1")
         if pool < max_chunks:
             raise ValueError(f"pool ({pool}) must be at least max_chunks ({max_chunks})")
+        if stream_chunks > max_chunks:
+            raise ValueError(f"stream_chunks ({stream_chunks}) must be at most max_chunks "
+                             f"({max_chunks})")
         if when_full not in WHEN_FULL:
             raise ValueError(f"when_full must be one of {', '.join(WHEN_FULL)}, not {when_full!r}")
         if eviction not in EVICTION:
@@ -404,6 +417,7 @@ cdef class ChunkGroup:
         self.chunk_stride = (self.chunk_bytes + 4095) & ~(<size_t>4095)
         self.present_per_chunk = self.n_slots * self.packets_per_heap
         self.max_chunks = max_chunks
+        self.stream_chunks = stream_chunks or max_chunks
         self.pool = pool
         self.drop_when_full = when_full == "drop"
         self.lossless = eviction == "lossless"
@@ -660,8 +674,10 @@ cdef class ChunkGroup:
         self.win_publish(w)
 
     cdef void win_acquire_to(self, StreamWindow *w, uint64_t chunk_id) noexcept nogil:
-        """Extend a stream's window to `chunk_id` (head_chunk <= chunk_id < tail_chunk)."""
-        cdef uint64_t low = chunk_id + 1 - self.max_chunks if chunk_id >= self.max_chunks else 0
+        """Extend a stream's window to `chunk_id` (head_chunk <= chunk_id < tail_chunk):
+        it holds at most stream_chunks chunks (its ring has room for max_chunks)."""
+        cdef uint64_t width = self.stream_chunks
+        cdef uint64_t low = chunk_id + 1 - width if chunk_id >= width else 0
         cdef size_t pos
         cdef Py_ssize_t c
         if low < self.head_chunk:

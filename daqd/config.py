@@ -33,7 +33,7 @@ from daqd.pipeline.retention import retain_ticks, retained_chunks
 from daqd.recv import builder as recv_builder
 from daqd.recv.bug_compat import parse_bug_compat
 from daqd.recv.place_hooks import load_place_hook
-from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE, DEFAULT_SOCKET_BUFFER
+from daqd.recv.sources import DEFAULT_MAX_PACKET_SIZE, DEFAULT_SOCKET_BUFFER, split_problem
 from daqd.recv.uri import NETWORK_SCHEMES, parse_uri
 from daqd.recv.uri import SCHEMES as SOURCE_SCHEMES
 from daqd.recv.workloads import WORKLOADS
@@ -89,6 +89,8 @@ HOUR = 3600.0
 DAY = 86400.0
 #: setsockopt takes a C int.
 INT_MAX = (1 << 31) - 1
+#: The highest CPU number Linux knows (NR_CPUS is at most 8192).
+MAX_CPU = 8191
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,9 @@ class ChunkConfig:
     substreams: int = key(1, minimum=1, maximum=1 << 16)
     extra_items: tuple[int, ...] = key((), minimum=0, maximum=ITEM_ID_MAX)
     max_chunks: int = key(4, minimum=1, maximum=1 << 16)
+    # Each source's (each receive thread's) own window of chunks, at most max_chunks;
+    # 0: max_chunks.  Narrower, lossless sources need not meet at every new chunk.
+    stream_chunks: int = key(0, minimum=1, maximum=1 << 16, off=0)
     pool: int = key(16, minimum=1, maximum=1 << 20)
     when_full: str = key("wait", choices=_spead.WHEN_FULL)
     wait_timeout: float = key(1.0, minimum=0, maximum=HOUR)
@@ -320,6 +325,12 @@ class StreamConfig:
     explicit_start: bool = False
     # spead2's contiguous_only: heap mode; false: incomplete heaps become records too.
     contiguous_only: bool = True
+    # Receive threads per source: udp:// (unicast) only, each its own SO_REUSEPORT socket
+    # on the same address, its own compiled stream and thread (daqd.recv.builder).
+    threads: int = key(1, minimum=1, maximum=_spead.GROUP_MAX_STREAMS)
+    # CPUs the receive threads pin themselves to, thread i to affinity[i % len] (spead2's
+    # ThreadPool affinity); empty: not pinned.
+    affinity: tuple[int, ...] = key((), minimum=0, maximum=MAX_CPU)
     chunk: ChunkConfig | None = None
     buffer: BufferConfig = field(default_factory=BufferConfig)
     sinks: tuple[SinkConfig, ...] = ()
@@ -678,6 +689,10 @@ def _check_chunk(loader: _Loader, where: str, s: StreamConfig, c: ChunkConfig,
     if c.pool < c.max_chunks:
         raise loader.fail(f"{where}.chunk.pool", c.pool,
                           f"at least max_chunks ({c.max_chunks})")
+    if c.stream_chunks > c.max_chunks:
+        raise loader.fail(f"{where}.chunk.stream_chunks", c.stream_chunks,
+                          f"0 or at most max_chunks ({c.max_chunks}): a source's window lies "
+                          "within the stream's")
     if c.substreams > 1 and c.substream_item < 0 and not c.place:
         raise loader.fail(f"{where}.chunk.substreams", c.substreams,
                           "1, or a substream_item (or a place hook) to index the substreams")
@@ -686,9 +701,9 @@ def _check_chunk(loader: _Loader, where: str, s: StreamConfig, c: ChunkConfig,
         raise loader.fail(f"{where}.chunk.extra_items", list(c.extra_items),
                           f"at most {_spead.GROUP_MAX_ITEMS} items with the timestamp and "
                           "substream items")
-    if len(s.sources) > _spead.GROUP_MAX_STREAMS:
+    if len(s.sources) * s.threads > _spead.GROUP_MAX_STREAMS:
         raise loader.fail(f"{where}.sources", list(s.sources),
-                          f"at most {_spead.GROUP_MAX_STREAMS} sources in chunk mode")
+                          f"at most {_spead.GROUP_MAX_STREAMS} sources x threads in chunk mode")
     if c.packet_presence and c.heap_bytes % c.packet_presence:
         raise loader.fail(f"{where}.chunk.packet_presence", c.packet_presence,
                           f"a divisor of heap_bytes ({c.heap_bytes})")
@@ -803,6 +818,7 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
     c = s.chunk
     if c is not None:
         _check_chunk(loader, where, s, c, host)
+    _check_threads(loader, where, s, host)
     _check_contiguous_only(loader, where, s)
     s = _check_process(loader, where, s)    # the rest checks the records as written
     _check_time(loader, where, s)
@@ -822,6 +838,38 @@ def _check_stream(loader: _Loader, i: int, s: StreamConfig, host: bool) -> None:
                               f"binary, text or pcap ({sink.kind} sinks need chunk mode)")
         _check_zarr_sink(loader, f"{where}.sinks[{j}]", s, sink, host)
     _check_wal(loader, where, s, host)
+
+
+def _check_threads(loader: _Loader, where: str, s: StreamConfig, host: bool) -> None:
+    """Check ``threads`` (sources that can be split, lossy eviction) and ``affinity``.
+
+    Several sockets on one port are fed by the kernel's flow hash, so one may
+    get no flow at all: a lossless chunk group would wait for it for ever.
+    `host`: each CPU must be one this process may run on.
+    """
+    if s.threads > 1:
+        for k, uri in enumerate(s.sources):
+            problem = split_problem(uri)
+            if problem:
+                raise loader.fail(f"{where}.threads", s.threads,
+                                  f"1 for sources[{k}] = {uri!r} ({problem})")
+        if s.chunk is not None and s.chunk.eviction == "lossless":
+            raise loader.fail(f"{where}.threads", s.threads,
+                              '1 with chunk.eviction = "lossless" (the kernel may hash no '
+                              "flow to a socket, whose thread would then hold every chunk "
+                              'back); set chunk.eviction = "lossy"')
+    receive_threads = len(s.sources) * s.threads
+    if len(s.affinity) > receive_threads:
+        raise loader.fail(f"{where}.affinity", list(s.affinity),
+                          f"at most {receive_threads} CPUs (one per receive thread: "
+                          f"{len(s.sources)} sources x threads = {s.threads})")
+    if host and s.affinity:
+        allowed = os.sched_getaffinity(0)
+        for k, cpu in enumerate(s.affinity):
+            if cpu not in allowed:
+                raise loader.fail(f"{where}.affinity[{k}]", cpu,
+                                  "a CPU this process may run on (one of "
+                                  f"{', '.join(map(str, sorted(allowed)))})")
 
 
 def _check_contiguous_only(loader: _Loader, where: str, s: StreamConfig) -> None:

@@ -418,6 +418,25 @@ def data_time(w: World) -> dict[str, Any]:
         time.sleep(0.05)
 
 
+def receive_sockets(w: World) -> tuple[int, int]:
+    """The compiled streams the receive side opens, and the addresses their sockets bound."""
+    return len(w.receiver.streams), len({source.address for source in w.receiver.sources})
+
+
+#: A CPU this process may run on (the last one: with two or more, not all of them).
+LAST_CPU = max(os.sched_getaffinity(0))
+
+
+def receive_thread_cpus(w: World) -> list[int]:
+    """The CPUs the daemon's first receive thread may run on, once it runs its loop."""
+    runner = w.daemon.runners[0]
+    deadline = time.monotonic() + 20
+    while not runner.heartbeats or runner.heartbeats[0] == 0:
+        assert time.monotonic() < deadline, "the receive thread never ran its loop"
+        time.sleep(0.02)
+    return sorted(os.sched_getaffinity(runner.threads[0].native_id))
+
+
 def heap_data_time(w: World) -> int | None:
     """The newest data time a stream runner notes for a heap holding 777 in item 0x1600."""
     runner = StreamRunner(w.stream, w.config)
@@ -561,6 +580,9 @@ CASES: dict[str, Case] = {
     "stream.contiguous_only": Case(False, World.heap_mode_incomplete_records, [((0, 64),)],
                                    also={"stream.chunk": DELETE, "stream.sinks.kind": "text",
                                          "stream.sinks.path": "{tmp}/data/{stream}.txt"}),
+    # two SO_REUSEPORT sockets on the source's one address, a compiled stream each
+    "stream.threads": Case(2, receive_sockets, (2, 1), also={"stream.chunk.eviction": "lossy"}),
+    "stream.affinity": Case([LAST_CPU], receive_thread_cpus, [LAST_CPU]),
     "stream.memcpy": Case("standard", lambda w: w.receiver.streams[0].memcpy, "standard"),
     "stream.bug_compat": Case("pyspead-0.5.2", pyspead_shape, [2, 3]),
     "stream.stop_on_stop_item": Case(False, lambda w: w.fed(
@@ -584,6 +606,7 @@ CASES: dict[str, Case] = {
                                     also={"stream.chunk.substream_item": 0x4101}),
     "stream.chunk.extra_items": Case([0x4103], group("extra_items"), (0x4103,)),
     "stream.chunk.max_chunks": Case(2, group("max_chunks"), 2),
+    "stream.chunk.stream_chunks": Case(2, group("stream_chunks"), 2),
     "stream.chunk.pool": Case(6, group("pool"), 6),
     "stream.chunk.when_full": Case("drop", group("drop_when_full"), True),
     "stream.chunk.wait_timeout": Case(0.25, group("wait_timeout"), 0.25),

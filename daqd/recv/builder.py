@@ -10,8 +10,10 @@ shared ``ChunkGroup``).  Each key reaches its object here and only here:
   hook loaded with its factory's ``place_args``, `daqd.recv.place_hooks`);
 - ``[[stream]]`` keys of the compiled stream (`STREAM_KEYS`; in heap mode
   `HEAP_STREAM_KEYS` too; and ``exit_on_stop_heap``: its `stop_boundary` is
-  the opposite) and of the sources (`SOURCE_KEYS`); ``name``, ``sources``
-  and the nested tables are the section's structure.
+  the opposite), of the sources (`SOURCE_KEYS`) and of the receive threads
+  (`THREAD_KEYS`: a socket, compiled stream and thread each, pinned to a CPU
+  by `Source.pin_thread`); ``name``, ``sources`` and the nested tables are
+  the section's structure.
 
 tests/test_config_keys.py shows every key of the schema takes effect.
 """
@@ -28,7 +30,7 @@ import numpy as np
 from daqd import _spead
 from daqd.pipeline.records import ChunkRecord
 from daqd.recv.place_hooks import load_place_hook
-from daqd.recv.sources import Source, open_source
+from daqd.recv.sources import Source, open_sources
 from daqd.recv.uri import stream_udp_port
 
 if TYPE_CHECKING:
@@ -43,6 +45,9 @@ STREAM_KEYS = ("max_heaps", "allow_out_of_order", "max_heap_size", "stop_on_stop
 HEAP_STREAM_KEYS = ("contiguous_only",)
 #: ``[[stream]]`` keys that are arguments of `open_source`.
 SOURCE_KEYS = ("max_packet_size", "socket_buffer")
+#: ``[[stream]]`` keys of the receive threads: ``threads`` (sockets per source,
+#: `open_sources`) and ``affinity`` (each one's CPU, `Source.cpu`).
+THREAD_KEYS = ("threads", "affinity")
 
 
 def _arguments(section: Any, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -107,16 +112,17 @@ def expected_record_bytes(section: StreamConfig) -> int:
 def live_heap_bytes(section: StreamConfig) -> int:
     """Bytes the partial heaps of a stream may hold at once, at most (all its sources).
 
-    Every source has ``heap_windows`` windows of ``max_heaps`` live heaps.  In
-    heap mode their payloads together stay within ``max_live_heap_bytes`` per source (the
-    window evicts or refuses beyond it); in chunk mode the payload goes straight
+    Every source (each of its ``threads``) has ``heap_windows`` windows of
+    ``max_heaps`` live heaps.  In heap mode their payloads together stay within
+    ``max_live_heap_bytes`` per source and thread (the window evicts or
+    refuses beyond it); in chunk mode the payload goes straight
     into a chunk (counted with the pool) and only the slot's bookkeeping remains.
     """
     payload = 0
     slots = section.max_heaps * section.heap_windows
     if section.chunk is None:
         payload = min(section.max_live_heap_bytes, slots * section.max_heap_size)
-    return len(section.sources) * (slots * LIVE_SLOT_BYTES + payload)
+    return len(section.sources) * section.threads * (slots * LIVE_SLOT_BYTES + payload)
 
 
 def memory_needs(section: StreamConfig) -> list[tuple[str, str, int]]:
@@ -165,7 +171,8 @@ class Receiver:
         The UDP port the stream's packets are addressed to, where a source
         says (pcap frames).
     sources : list of Source
-        Once open: one per URI, in the section's order (sockets bound).
+        Once open: one per URI and receive thread (``threads`` sockets of a
+        ``udp://`` URI, one after the other), in the section's order (sockets bound).
     streams : list
         The compiled stream of each source (same order).
     """
@@ -231,12 +238,17 @@ class Receiver:
             open are closed.
         """
         warnings: list[str] = []
+        threads, affinity = self.section.threads, self.section.affinity
         try:
             for uri in self.section.sources:
-                source = open_source(uri, **_arguments(self.section, SOURCE_KEYS))
-                warnings.extend(source.warnings)
-                self.sources.append(source)
-                self.streams.append(build_stream(self.section, self.group))
+                opened = open_sources(uri, threads, **_arguments(self.section, SOURCE_KEYS))
+                warnings.extend(opened[0].warnings)     # the same for each of its sockets
+                for k, source in enumerate(opened):
+                    i = len(self.sources)
+                    source.thread = f"{uri}#{k}" if threads > 1 else uri
+                    source.cpu = affinity[i % len(affinity)] if affinity else None
+                    self.sources.append(source)
+                    self.streams.append(build_stream(self.section, self.group))
         except BaseException:
             self.close()
             raise

@@ -22,6 +22,9 @@ DEFAULT_MAX_PACKET_SIZE: int = _spead.DEFAULT_MAX_PACKET_SIZE
 DEFAULT_SOCKET_BUFFER = 8 << 20
 # <linux/in.h>; Python's socket module does not export it.
 IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
+#: Why a multicast source takes one receive thread only (`split_problem`).
+MULTICAST_SPLIT = ("every socket joined to a multicast group gets each datagram; only "
+                   "unicast udp:// can be split")
 
 
 @dataclass
@@ -40,6 +43,11 @@ class Source:
         ``udp://``: the bound socket the reader receives from.
     address : tuple or None
         ``udp://``, ``tcp://``: the (host, port) bound.
+    thread : str
+        The name of its receive thread: the URI, or ``URI#k`` for the k-th of a
+        source's several threads (`daqd.recv.builder.Receiver.open` sets it).
+    cpu : int or None
+        The CPU its receive thread runs on (`pin_thread`); None: any.
     """
 
     uri: str
@@ -47,6 +55,27 @@ class Source:
     warnings: list[str] = field(default_factory=list)
     sock: socket.socket | None = None
     address: tuple[str, int] | None = None
+    thread: str = ""
+    cpu: int | None = None
+
+    def __post_init__(self) -> None:
+        self.thread = self.thread or self.uri
+
+    def pin_thread(self) -> None:
+        """Pin the calling thread (its receive thread) to `cpu`, if one is set (Linux).
+
+        Raises
+        ------
+        SourceError
+            The kernel refuses the CPU (e.g. taken away since the configuration was checked).
+        """
+        if self.cpu is None:
+            return
+        try:
+            os.sched_setaffinity(0, {self.cpu})     # 0: the calling thread
+        except OSError as exc:
+            raise SourceError(f"{self.thread}: cannot run on CPU {self.cpu}: "
+                              f"{exc.strerror}") from None
 
     @property
     def finite(self) -> bool:
@@ -82,8 +111,11 @@ def set_receive_buffer(sock: socket.socket, requested: int, uri: str) -> list[st
     return []
 
 
-def _open_udp(u: SourceUri, max_packet_size: int, socket_buffer: int) -> Source:
-    uri, host, port, params = u.text, u.host, u.port, u.options
+def _open_udp(u: SourceUri, max_packet_size: int, socket_buffer: int,
+              reuse_port: bool = False, port: int | None = None) -> Source:
+    """Bind a UDP socket (`reuse_port`: SO_REUSEPORT, on `port` if given, else the URI's)."""
+    uri, host, params = u.text, u.host, u.options
+    port = u.port if port is None else port
     gro = u.switch("gro", True)
     try:
         addr = ipaddress.ip_address(socket.gethostbyname(host))
@@ -93,6 +125,8 @@ def _open_udp(u: SourceUri, max_packet_size: int, socket_buffer: int) -> Source:
     try:
         warnings = set_receive_buffer(sock, socket_buffer, uri)
         if addr.is_multicast:
+            if reuse_port:
+                raise SourceError(f"{uri}: {host} is a multicast group: {MULTICAST_SPLIT}")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((str(addr), port))
             interface = params.get("interface", "0.0.0.0")
@@ -110,6 +144,8 @@ def _open_udp(u: SourceUri, max_packet_size: int, socket_buffer: int) -> Source:
         else:
             if "interface" in params:
                 raise SourceError(f"{uri}: interface= applies to multicast groups only")
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((str(addr), port))
         sock.setblocking(False)
     except SourceError:
@@ -188,6 +224,59 @@ def _open_sim(u: SourceUri) -> Source:
     rate = u.number("rate", float, 0) or 0.0
     heaps = u.number("heaps", int, 1) or 0
     return Source(u.text, _spead.SimReader(u.path, heaps=heaps, rate=rate))
+
+
+def split_problem(uri: str) -> str:
+    """Why `uri` cannot take several receive threads ("" if it can).
+
+    Only a unicast ``udp://`` source can: one SO_REUSEPORT socket per thread,
+    the kernel spreading flows over them by their hash.  A multicast group
+    gives every socket that joined it a copy of each datagram; a file, a pipe,
+    a pcap file, the generator and a TCP listener are one stream of bytes.
+    """
+    u = parse_uri(uri)
+    if u.scheme != "udp":
+        return f"a {u.scheme} source is one stream of packets; only udp:// can be split"
+    try:
+        multicast = ipaddress.ip_address(u.host).is_multicast
+    except ValueError:
+        multicast = False           # a host name: resolved (and checked) when opened
+    if multicast:
+        return MULTICAST_SPLIT
+    return ""
+
+
+def open_sources(uri: str, threads: int = 1, **options: Any) -> list[Source]:
+    """Open a source URI once per receive thread (`open_source` arguments in `options`).
+
+    ``threads > 1``: unicast ``udp://`` only (`split_problem`); `threads`
+    sockets bound to the same address with SO_REUSEPORT (the first one's, so
+    port 0 works), each with its own reader.
+
+    Raises
+    ------
+    SourceError
+        One line naming the URI and the problem; the sockets already open are closed.
+    """
+    if threads == 1:
+        return [open_source(uri, **options)]
+    problem = split_problem(uri)
+    if problem:
+        raise SourceError(f"{uri}: {threads} threads: {problem}")
+    u = parse_uri(uri)
+    out: list[Source] = []
+    try:
+        for _ in range(threads):
+            port = out[0].address[1] if out and out[0].address else None
+            source = _open_udp(u, options.get("max_packet_size", DEFAULT_MAX_PACKET_SIZE),
+                               options.get("socket_buffer", DEFAULT_SOCKET_BUFFER),
+                               reuse_port=True, port=port)
+            out.append(source)
+    except BaseException:
+        for source in out:
+            source.close()
+        raise
+    return out
 
 
 def open_source(

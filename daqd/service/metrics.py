@@ -28,6 +28,8 @@ snapshot                                      exposed as
 ``streams[S].gauges.newest_timestamp``        ``daqd_newest_timestamp_ticks`` (data time;
                                               ``data_time_lag_seconds``: UTC now - its UTC)
 ``streams[S].sources[U][K]``                  ``daqd_source_K_total{daemon,stream=S,source=U}``
+``streams[S].sources[U].threads[k][K]``       ``daqd_source_thread_K_total{...,source=U,thread=k}``
+(a source's receive threads, ``threads``)     (the source's own series are their sums)
 ``streams[S].heaps_missing_per_substream[i]`` ``daqd_substream_heaps_missing_total``
                                               ``{daemon,stream=S,substream=i}``
 ``buffers[S][K]``, a number                   ``daqd_buffer_K_total{daemon,stream=S}``
@@ -269,6 +271,11 @@ def _add_stream(out: _Families, labels: dict[str, str], fields: Mapping[str, Any
             for key, value in numbers.items():
                 out.add_key("counter", "source", str(key), {**labels, "source": str(source)},
                             value)
+            threads = numbers.get("threads")
+            for k, entry in enumerate(threads if isinstance(threads, list) else ()):
+                for key, value in (entry.items() if isinstance(entry, Mapping) else ()):
+                    out.add_key("counter", "source_thread", str(key),
+                                {**labels, "source": str(source), "thread": str(k)}, value)
     for substream, missing in enumerate(fields.get("heaps_missing_per_substream") or ()):
         out.add("counter", "substream_heaps_missing",
                 "Heap slots of completed chunks without a complete heap, per substream.",

@@ -217,7 +217,7 @@ class StreamRunner:
                 flusher.start()
         self.heartbeats = [0] * len(self.sources)
         for i, (source, stream) in enumerate(zip(self.sources, self.streams, strict=True)):
-            self._thread(f"{self.name}:{source.uri}", self._receive, i, source, stream)
+            self._thread(f"{self.name}:{source.thread}", self._receive, i, source, stream)
         if self.group is not None:
             self._thread(f"{self.name}:chunks", self._consume_chunks)
 
@@ -240,6 +240,7 @@ class StreamRunner:
     # the threads
 
     def _receive(self, index: int, source: Source, stream: Any) -> None:
+        source.pin_thread()         # its CPU, if the stream's section names one
         reader = source.reader
         if self.packet_sinks:
             reader.enable_tap(TAP_BYTES, TAP_PACKETS)
@@ -432,7 +433,8 @@ class StreamRunner:
     def live_heartbeats(self) -> dict[str, int]:
         """Loop counters of the stream's threads still running, by thread name (watchdog).
 
-        ``STREAM:SOURCE_URI`` for a receive thread, ``STREAM:flusher`` (and
+        ``STREAM:SOURCE_URI`` for a receive thread (``STREAM:SOURCE_URI#k`` for
+        each of a source's several), ``STREAM:flusher`` (and
         ``STREAM:packet-flusher``) for the flusher of the buffer (of raw packets).
         """
         out = {thread.name: count for count, thread in zip(self.heartbeats, self.threads,
@@ -600,15 +602,27 @@ class StreamRunner:
         return total
 
     def source_counters(self, per_source: list[dict[str, int]]) -> dict[str, dict[str, Any]]:
-        """Each source's own headline counters (the stream's are their sums)."""
-        out = {}
+        """Each source's own headline counters (the stream's are their sums).
+
+        A source with several receive threads has the sums of its threads'
+        counters, and each thread's own under ``threads`` (a list, thread k
+        first at k).
+        """
+        out: dict[str, dict[str, Any]] = {}
         for source, c in zip(self.sources, per_source, strict=True):
-            out[source.uri] = {name: c[name] for name in SOURCE_COUNTERS}
-            out[source.uri]["packets_rejected"] = sum(
+            mine: dict[str, Any] = {name: c[name] for name in SOURCE_COUNTERS}
+            mine["packets_rejected"] = sum(
                 v for k, v in c.items() if k.startswith("packets_rejected_"))
             if source.serves_connections:
-                out[source.uri].update({name: c[name] for name in TCP_SOURCE_COUNTERS})
-                out[source.uri]["peers"] = source.reader.peers()
+                mine.update({name: c[name] for name in TCP_SOURCE_COUNTERS})
+                mine["peers"] = source.reader.peers()
+            if source.thread == source.uri:
+                out[source.uri] = mine
+                continue
+            total = out.setdefault(source.uri, {"threads": []})
+            total["threads"].append(mine)
+            for name, value in mine.items():
+                total[name] = total.get(name, 0) + value
         return out
 
     def data_time(self) -> dict[str, Any]:

@@ -1,0 +1,262 @@
+"""Two receive threads placing into one ChunkGroup against one thread doing all, from memory.
+
+Run: ``python tests/benchmarks/two_threads.py [W1 W2 W3] [--runs N] [--heaps N]
+[--split heaps|chunks] [--eviction lossless|lossy] [--batch N] [--pin] [--json]``.
+
+The packets of a reference workload are built once in memory (about 512 MiB
+per workload by default), then split in two halves: ``--split heaps`` (the
+default) gives the even heaps to one half and the odd heaps to the other, so
+both threads write into every chunk, as two flows of one stream do (two
+substreams, two senders' timestamps); ``--split chunks`` gives alternate
+chunks to each.  Each run is one of:
+
+- **one thread**: a ChunkGroup with one ChunkStream, whose thread reads the
+  whole buffer (one ``ByteStreamReader``);
+- **two threads**: the same group with two ChunkStreams, each its own
+  thread and ``ByteStreamReader`` over its half.  ``--eviction lossless``
+  (the default) loses nothing, so the figures compare the same work; but a
+  lossless group makes its streams meet at every new chunk (a stream's
+  window holds the last ``max_chunks`` chunks it wrote, the group's window is
+  as wide, so the newest chunk can open only once every stream needs it):
+  ``worker_blocked`` counts those waits.  ``--eviction lossy`` (what the
+  daemon's ``threads`` need) never waits, and a stream that falls
+  ``max_chunks`` chunks behind the other loses heaps, as too old: with
+  readers from memory, unpaced, that is most of the time, so the figures
+  report the heaps present rather than failing.
+
+In both, the main thread is the consumer: it takes every completed chunk
+from the group's data ring, counts its present heaps and releases it.  The
+runs alternate (one, two, one, two, ...), and the figures are medians: the
+wall time of each (packets per second), the speedup (one thread's median time
+over two threads'), the process CPU time per packet (every thread of the
+process: the receive threads and the consumer), and the speedup by CPU time
+(the one receive thread's CPU time over the busier of the two threads': what
+two cores of their own would give, if the waits cost nothing), which a shared
+machine leaves steadier than the wall time.  Every run must see every heap present
+(else it stops with an error); ``--verify`` also checks every byte of the
+first run of each kind.  ``--pin`` pins the receive threads to CPUs 0 and 1
+(the one-thread run to CPU 0).
+"""
+
+from __future__ import annotations
+
+import os
+
+# numpy's OpenBLAS threads would spin beside the receive threads (no BLAS is used here).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from daqd import _spead
+from daqd.recv.workloads import WORKLOADS
+from daqd.tools.bench.memory import BenchError, check_chunk, workload_buffer
+from daqd.tools.bench.params import (
+    HEAPS_PER_CHUNK,
+    MAX_CHUNKS,
+    MAX_HEAPS,
+    MAX_PACKET_SIZE,
+    POOL,
+    layout,
+)
+
+#: Packet bytes per workload buffer (both halves together).
+TARGET_BYTES = 512 << 20
+
+
+def default_heaps(workload: str) -> int:
+    """Heaps in about TARGET_BYTES, a whole even number of chunks."""
+    w = WORKLOADS[workload]
+    heaps = TARGET_BYTES // (w.packet_size * w.packets_per_heap)
+    step = 2 * HEAPS_PER_CHUNK
+    return max(step, heaps - heaps % step)
+
+
+def halves(workload: str, buf: np.ndarray, split: str) -> list[np.ndarray]:
+    """The packets of `buf` in two contiguous buffers: even/odd heaps or chunks."""
+    w = WORKLOADS[workload]
+    per_heap = w.packets_per_heap * w.packet_size
+    heaps = buf.reshape(-1, per_heap)
+    if split == "heaps":
+        return [np.ascontiguousarray(heaps[k::2]).reshape(-1) for k in range(2)]
+    chunks = heaps.reshape(-1, HEAPS_PER_CHUNK * per_heap)
+    return [np.ascontiguousarray(chunks[k::2]).reshape(-1) for k in range(2)]
+
+
+@dataclass
+class Run:
+    """One run's figures."""
+
+    seconds: float
+    cpu_seconds: float
+    present: int
+    blocked: int                # waits of the streams on the group (worker_blocked)
+    thread_cpu: list[float]     # each receive thread's own CPU time (seconds)
+
+
+def run_group(workload: str, buffers: list[np.ndarray], *, pin: bool, verify: bool,
+              eviction: str = "lossless", batch: int = 64, max_chunks: int = MAX_CHUNKS,
+              stream_chunks: int = 0) -> Run:
+    """Place `buffers` (one receive thread each) into one ChunkGroup; consume every chunk."""
+    group = _spead.ChunkGroup(**layout(workload), max_chunks=max_chunks,
+                              stream_chunks=stream_chunks,
+                              pool=POOL + max_chunks - MAX_CHUNKS, eviction=eviction)
+    streams = [group.add_stream(max_heaps=MAX_HEAPS) for _ in buffers]
+    readers = [_spead.ByteStreamReader(b, max_packet_size=MAX_PACKET_SIZE, batch=batch)
+               for b in buffers]
+    errors: list[BaseException] = []
+    thread_cpu = [0.0] * len(buffers)
+    go = threading.Barrier(len(buffers) + 1)
+
+    def receive(k: int) -> None:
+        try:
+            if pin:
+                cpus = sorted(os.sched_getaffinity(0))
+                os.sched_setaffinity(0, {cpus[k % len(cpus)]})
+            go.wait()
+            stream, reader = streams[k], readers[k]
+            started = time.thread_time()
+            while stream.process(reader) >= 0 and not stream.stopped:
+                pass
+            stream.finish()
+            thread_cpu[k] = time.thread_time() - started
+        except BaseException as exc:        # reported by the main thread
+            errors.append(exc)
+            go.abort()
+
+    threads = [threading.Thread(target=receive, args=(k,)) for k in range(len(buffers))]
+    for t in threads:
+        t.start()
+    present = 0
+    count = np.count_nonzero
+    go.wait()
+    cpu0, start = time.process_time(), time.perf_counter()
+    while (chunk := group.get()) is not None:
+        present += count(chunk.present)
+        if verify:
+            check_chunk(workload, chunk.chunk_id, chunk.data, chunk.present)
+        chunk.release()
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    blocked = sum(s.stats()["worker_blocked"] for s in streams)
+    return Run(seconds, cpu, int(present), blocked, thread_cpu)
+
+
+def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
+          verify: bool, eviction: str = "lossless", batch: int = 64,
+          max_chunks: int = MAX_CHUNKS, stream_chunks: int = 0) -> dict[str, Any]:
+    """Interleaved runs of one and two threads; medians and ratios."""
+    w = WORKLOADS[workload]
+    buf = workload_buffer(workload, heaps)
+    parts = halves(workload, buf, split)
+    packets = heaps * w.packets_per_heap
+    kinds = {"one": [buf], "two": parts}
+    results: dict[str, list[Run]] = {"one": [], "two": []}
+    for i in range(runs + 1):           # run 0 of each: warm-up (and --verify), not counted
+        for kind, buffers in kinds.items():
+            run = run_group(workload, buffers, pin=pin, verify=verify and i == 0,
+                            eviction=eviction, batch=batch, max_chunks=max_chunks,
+                            stream_chunks=stream_chunks)
+            # --split chunks: the group's window starts at the first heap it sees,
+            # which may be the second stream's (chunk 1): chunk 0 is then too old.
+            lost = HEAPS_PER_CHUNK if split == "chunks" and kind == "two" else 0
+            if run.present < heaps - lost and (eviction == "lossless" or kind == "one"):
+                raise BenchError(f"{workload} {kind}: {run.present} heaps present of {heaps}")
+            if i:
+                results[kind].append(run)
+    out: dict[str, Any] = {"workload": workload, "heaps": heaps, "packets": packets,
+                           "split": split, "eviction": eviction, "batch": batch,
+                           "max_chunks": max_chunks, "stream_chunks": stream_chunks or max_chunks,
+                           "runs": runs}
+    for kind, rs in results.items():
+        seconds = statistics.median(r.seconds for r in rs)
+        cpu = statistics.median(r.cpu_seconds for r in rs)
+        out[kind] = {"seconds": seconds, "mpkt_per_s": packets / seconds / 1e6,
+                     "gbit_per_s": heaps * w.heap_bytes * 8 / seconds / 1e9,
+                     "cpu_ns_per_packet": cpu / packets * 1e9,
+                     "present": statistics.median(r.present / heaps for r in rs),
+                     "blocked_per_chunk": statistics.median(
+                         r.blocked * HEAPS_PER_CHUNK / heaps for r in rs),
+                     "all_seconds": [round(r.seconds, 4) for r in rs]}
+    for kind, rs in results.items():
+        out[kind]["busiest_thread_cpu_seconds"] = statistics.median(max(r.thread_cpu)
+                                                                    for r in rs)
+    out["speedup"] = out["one"]["seconds"] / out["two"]["seconds"]
+    # What two cores of its own would give: the one thread's CPU time over the busier
+    # of the two threads' (neither counts time it was preempted or asleep).
+    out["cpu_speedup"] = (out["one"]["busiest_thread_cpu_seconds"]
+                          / out["two"]["busiest_thread_cpu_seconds"])
+    out["cpu_ratio"] = out["two"]["cpu_ns_per_packet"] / out["one"]["cpu_ns_per_packet"]
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workloads", nargs="*", metavar="W1|W2|W3")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--heaps", type=int, default=None)
+    parser.add_argument("--split", choices=["heaps", "chunks"], default="heaps")
+    parser.add_argument("--eviction", choices=["lossless", "lossy"], default="lossless")
+    parser.add_argument("--batch", type=int, default=64, help="packets per reader batch")
+    parser.add_argument("--max-chunks", type=int, default=MAX_CHUNKS,
+                        help="the group's window (pool grows with it)")
+    parser.add_argument("--stream-chunks", type=int, default=0,
+                        help="each stream's window (0: max-chunks)")
+    parser.add_argument("--pin", action="store_true")
+    parser.add_argument("--verify", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    for w in args.workloads:
+        if w not in WORKLOADS:
+            parser.error(f"unknown workload {w!r} (expected W1, W2 or W3)")
+    print(f"{cpu_model()}, {os.cpu_count()} CPUs, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", file=sys.stderr)
+    reports = []
+    for workload in args.workloads or list(WORKLOADS):
+        heaps = args.heaps or default_heaps(workload)
+        heaps -= heaps % (2 * HEAPS_PER_CHUNK)
+        report = bench(workload, runs=args.runs, heaps=heaps, split=args.split, pin=args.pin,
+                       verify=args.verify, eviction=args.eviction, batch=args.batch,
+                       max_chunks=args.max_chunks, stream_chunks=args.stream_chunks)
+        reports.append(report)
+        if not args.json:
+            one, two = report["one"], report["two"]
+            print(f"{workload} ({args.split}, {args.eviction}, batch {args.batch}, max_chunks "
+                  f"{report['max_chunks']}, stream_chunks {report['stream_chunks']}): one thread "
+                  f"{one['mpkt_per_s']:.2f} Mpkt/s ({one['gbit_per_s']:.1f} Gbit/s, "
+                  f"{one['cpu_ns_per_packet']:.0f} ns CPU/pkt); two threads "
+                  f"{two['mpkt_per_s']:.2f} Mpkt/s ({two['gbit_per_s']:.1f} Gbit/s, "
+                  f"{two['cpu_ns_per_packet']:.0f} ns CPU/pkt, {two['present']:.1%} of heaps, "
+                  f"{two['blocked_per_chunk']:.2f} waits/chunk); speedup "
+                  f"{report['speedup']:.2f}x (receive threads' CPU time: "
+                  f"{report['cpu_speedup']:.2f}x), CPU per packet x{report['cpu_ratio']:.2f}",
+                  flush=True)
+    if args.json:
+        print(json.dumps(reports))
+
+
+if __name__ == "__main__":
+    main()
