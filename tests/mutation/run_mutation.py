@@ -63,8 +63,10 @@ TESTS = {
                            "sinks/test_sink_rotation_props.py"],
     "daqd/sinks/paths.py": ["sinks/test_sink_files.py", "sinks/test_paths.py",
                             "test_config.py"],
-    "daqd/sinks/binary.py": ["sinks/test_sink_formats.py", "sinks/test_sink_files.py"],
-    "daqd/sinks/text.py": ["sinks/test_sink_formats.py", "sinks/test_sink_files.py"],
+    "daqd/sinks/binary.py": ["sinks/test_sink_formats.py", "sinks/test_sink_files.py",
+                             "sinks/test_sink_observations.py"],
+    "daqd/sinks/text.py": ["sinks/test_sink_formats.py", "sinks/test_sink_files.py",
+                           "sinks/test_sink_observations.py", "test_config.py"],
 }
 
 # A mutant's outcome, as `mutmut results --all true` prints it.
