@@ -136,6 +136,7 @@ def test_memory_and_descriptors_stay_flat(tmp_path):
               f"{series_summary('fds', fds)}; first half max rss {max(s[1] for s in first)}, "
               f"second half max rss {max(s[1] for s in second)}")
     print(report)
+    print("samples (s, rss_kib, fds):", [(round(t), r, f) for t, r, f in samples])
     assert max(s[1] for s in second) <= max(s[1] for s in first) + RSS_MARGIN_KIB, report
     assert max(s[2] for s in second) <= max(s[2] for s in first), report
     assert removed >= 1, "the sink never rotated"
