@@ -1,7 +1,7 @@
 """The whole daemon against the library, in one run: ``file:`` on tmpfs → chunks → binary sink.
 
 Run: ``python tests/benchmarks/daemon_vs_library.py [W1 W2 W3] [--runs N] [--mib M]
-[--dir /dev/shm] [--json]``.
+[--dir /dev/shm] [--heaps-per-chunk H] [--json]``.
 
 Per workload, the same packets (about `--mib` MiB, a whole number of
 chunks, built by the compiled generator) go two ways, interleaved run by run
@@ -57,9 +57,12 @@ import numpy as np
 
 from daqd import _spead
 from daqd.recv.workloads import WORKLOADS
-from daqd.tools.bench.params import HEAPS_PER_CHUNK, MAX_CHUNKS, MAX_HEAPS, POOL
+from daqd.tools.bench.params import HEAPS_PER_CHUNK as DEFAULT_HEAPS_PER_CHUNK
+from daqd.tools.bench.params import MAX_CHUNKS, MAX_HEAPS, POOL
 
 FLUSH_COUNT = 4
+# Heaps per chunk of both (``--heaps-per-chunk``; default ``daqd bench``'s).
+HEAPS_PER_CHUNK = DEFAULT_HEAPS_PER_CHUNK
 
 
 def cpu_model() -> str:
@@ -243,8 +246,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--mib", type=int, default=1024, help="packet MiB per workload")
     parser.add_argument("--dir", default="/dev/shm", help="tmpfs for the packets and output")
+    parser.add_argument("--heaps-per-chunk", type=int, default=DEFAULT_HEAPS_PER_CHUNK,
+                        help="chunk layout of both (default: daqd bench's)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    global HEAPS_PER_CHUNK
+    HEAPS_PER_CHUNK = args.heaps_per_chunk
     for name in args.workloads:
         if name not in WORKLOADS:
             parser.error(f"unknown workload {name!r} (expected W1, W2 or W3)")
@@ -257,11 +264,12 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     header = {"cpu": cpu_model(), "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-              "cores": os.cpu_count()}
+              "cores": os.cpu_count(), "heaps_per_chunk": HEAPS_PER_CHUNK}
     if args.json:
         print(json.dumps({**header, "results": results}))
         return
-    print(f"{header['date']}  {header['cpu']}  ({header['cores']} CPUs)")
+    print(f"{header['date']}  {header['cpu']}  ({header['cores']} CPUs), "
+          f"{HEAPS_PER_CHUNK} heaps per chunk, medians of {args.runs} interleaved runs")
     who = ("daemon", "library", "write_limit")
     print(f"{'workload':8} " + " ".join(f"{w:>27}" for w in who)
           + f" {'daemon/library':>15} {'daemon/write limit':>19}")
