@@ -96,7 +96,7 @@ def _in_block(block: CaptureBlock | None, parts: Parts) -> Parts:
 
 def _bytes_of(array: np.ndarray) -> memoryview:
     """Return the bytes of `array` in C order as a flat view (copied only if not contiguous)."""
-    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
 def _decode_block(body: memoryview) -> tuple[CaptureBlock, memoryview]:
