@@ -8,7 +8,9 @@ resident memory (``VmRSS`` of ``/proc/PID/status``) and its open file
 descriptors (``/proc/PID/fd``).  After the warm-up (the first fifth, at least
 5 s: the pool, the buffer, the log and the interpreter's caches fill up), the
 second half of the samples must stay within a small margin of the first
-half's highest (RSS), and never above it (descriptors).  At the end every
+half's highest (RSS); the descriptors' floor must not rise, nor their count
+go more than one above the first half's (a file being rotated holds one more
+for a moment).  At the end every
 heap and every chunk is accounted for: written, or counted under a named
 reason.
 
@@ -138,7 +140,10 @@ def test_memory_and_descriptors_stay_flat(tmp_path):
     print(report)
     print("samples (s, rss_kib, fds):", [(round(t), r, f) for t, r, f in samples])
     assert max(s[1] for s in second) <= max(s[1] for s in first) + RSS_MARGIN_KIB, report
-    assert max(s[2] for s in second) <= max(s[2] for s in first), report
+    # A leak raises the floor; a file being rotated (or the log being compacted)
+    # holds one descriptor more for a moment, which a sample may catch.
+    assert min(s[2] for s in second) <= min(s[2] for s in first), report
+    assert max(s[2] for s in second) <= max(s[2] for s in first) + 1, report
     assert removed >= 1, "the sink never rotated"
 
     # Every heap and chunk is accounted for: written, or counted under a named reason.
