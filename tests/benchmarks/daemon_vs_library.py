@@ -34,7 +34,12 @@ Both use the chunk layout of ``daqd bench`` (64 heaps per chunk,
 ``max_chunks`` 4, ``pool`` 16, ``max_heaps`` 8).  The output file is removed
 after each daemon run; an untimed run of each goes first.  Printed per
 workload: the medians (Gbit/s of payload, Mpkt/s), daemon/library,
-daemon/write limit, and the CPU model.
+daemon/write limit, and the CPU model; then the CPU seconds each took per
+GiB of payload (the daemon's from ``/proc/PID/stat`` at its ``ready`` line to
+its exit, every thread; the others' ``process_time``), which a loaded machine
+disturbs far less than the times, and the daemon's CPU over the library's
+plus the write limit's: what the daemon spends beyond placing the packets
+and writing the chunks (its read copy, Python, hand-over).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -130,19 +136,41 @@ path = "{work}/out/{{stream}}.bin"
 """
 
 
-def run_daemon(config: Path, out: Path, heaps: int, heap_bytes: int) -> float:
-    """Run the daemon once; return the seconds from its ``ready`` line to its last write."""
-    proc = subprocess.run([sys.executable, "-m", "daqd", "run", "--config", str(config)],
-                          capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"daemon exited {proc.returncode}:\n{proc.stderr[-2000:]}")
-    events = {}
-    for line in proc.stderr.splitlines():
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU seconds of the children waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_daemon(config: Path, out: Path, heaps: int, heap_bytes: int) -> tuple[float, float]:
+    """Run the daemon once; return the seconds from its ``ready`` line to its last write,
+    and its CPU seconds after ``ready`` (every thread; its shutdown included)."""
+    cpu_before = children_cpu()
+    proc = subprocess.Popen([sys.executable, "-m", "daqd", "run", "--config", str(config)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    events: dict[str, Any] = {}
+    lines = []
+    cpu_at_ready = None
+    for line in proc.stderr:
+        lines.append(line)
         try:
             event = json.loads(line)
         except json.JSONDecodeError:
             continue
         events.setdefault(event.get("event"), event)
+        if cpu_at_ready is None and event.get("event") == "ready":
+            cpu_at_ready = process_cpu(proc.pid)
+    if proc.wait(600) != 0 or cpu_at_ready is None:
+        raise RuntimeError(f"daemon exited {proc.returncode}:\n{''.join(lines[-20:])}")
+    cpu = children_cpu() - cpu_before - cpu_at_ready
     files = list(out.glob("*.bin"))
     if len(files) != 1:
         raise RuntimeError(f"expected one output file, found {files}")
@@ -157,28 +185,29 @@ def run_daemon(config: Path, out: Path, heaps: int, heap_bytes: int) -> float:
     if written.st_size != heaps * heap_bytes:
         raise RuntimeError(f"output holds {written.st_size} bytes, not {heaps * heap_bytes}")
     files[0].unlink()
-    return written.st_mtime_ns / 1e9 - ready.timestamp()
+    return written.st_mtime_ns / 1e9 - ready.timestamp(), cpu
 
 
-def run_library(workload: str, buf: np.ndarray, heaps: int) -> float:
-    """One pass of `buf` through ChunkStream + ByteStreamReader; return the seconds."""
+def run_library(workload: str, buf: np.ndarray, heaps: int) -> tuple[float, float]:
+    """One pass of `buf` through ChunkStream + ByteStreamReader; (seconds, CPU seconds)."""
     layout = WORKLOADS[workload].layout(HEAPS_PER_CHUNK)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     stream = _spead.ChunkStream(**layout, max_chunks=MAX_CHUNKS, pool=POOL, max_heaps=MAX_HEAPS)
     reader = _spead.ByteStreamReader(buf)
     present = 0
     for chunk in stream.chunks(reader):
         present += int(np.count_nonzero(chunk.present))
         chunk.release()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     if present != heaps:
         raise RuntimeError(f"library: {present} of {heaps} heaps")
-    return seconds
+    return seconds, cpu
 
 
-def run_write_limit(path: Path, chunks: list[np.ndarray], count: int) -> float:
-    """Write `count` chunks (taking `chunks` in turn) to a new `path` as the sink would; seconds."""
-    start = time.perf_counter()
+def run_write_limit(path: Path, chunks: list[np.ndarray], count: int) -> tuple[float, float]:
+    """Write `count` chunks (taking `chunks` in turn) to a new `path` as the sink would;
+    (seconds, CPU seconds)."""
+    start, cpu = time.perf_counter(), time.process_time()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         for first in range(0, count, FLUSH_COUNT):
@@ -190,9 +219,9 @@ def run_write_limit(path: Path, chunks: list[np.ndarray], count: int) -> float:
                     raise RuntimeError(f"short write to {path}")
     finally:
         os.close(fd)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     path.unlink()
-    return seconds
+    return seconds, cpu
 
 
 def bench(workload: str, work: Path, runs: int, mib: int,
@@ -217,16 +246,22 @@ def bench(workload: str, work: Path, runs: int, mib: int,
         for run in runners.values():            # untimed
             run()
         times: dict[str, list[float]] = {who: [] for who in runners}
+        cpus: dict[str, list[float]] = {who: [] for who in runners}
         for i in range(runs):
             order = list(runners)[i % 3:] + list(runners)[:i % 3]
             order = order if i % 2 == 0 else order[::-1]
             for who in order:
-                times[who].append(runners[who]())
+                seconds, cpu = runners[who]()
+                times[who].append(seconds)
+                cpus[who].append(cpu)
             log(f"{workload}: run {i + 1}/{runs}: "
-                + ", ".join(f"{who} {times[who][-1]:.3f} s" for who in runners))
+                + ", ".join(f"{who} {times[who][-1]:.3f} s ({cpus[who][-1]:.2f} s CPU)"
+                            for who in runners))
     finally:
         packets.unlink(missing_ok=True)
     medians = {who: statistics.median(t) for who, t in times.items()}
+    cpu = {who: statistics.median(c) for who, c in cpus.items()}
+    gib = heaps * w.heap_bytes / 2**30
     payload = heaps * w.heap_bytes
     packet_count = heaps * w.packets_per_heap
     return {
@@ -237,6 +272,11 @@ def bench(workload: str, work: Path, runs: int, mib: int,
         "mpkt_per_s": {who: packet_count / m / 1e6 for who, m in medians.items()},
         "daemon_over_library": medians["library"] / medians["daemon"],
         "daemon_over_write_limit": medians["write_limit"] / medians["daemon"],
+        "cpu_seconds": {who: [round(c, 3) for c in cs] for who, cs in cpus.items()},
+        "cpu_s_per_gib": {who: c / gib for who, c in cpu.items()},
+        # CPU the daemon spends beyond the library's work and the sink's write.
+        "daemon_cpu_over_copies": cpu["daemon"] / (cpu["library"] + cpu["write_limit"]),
+        "payload_gib": gib,
     }
 
 
@@ -277,6 +317,13 @@ def main(argv: list[str] | None = None) -> None:
         cells = [f"{r['gbit_per_s'][w]:6.2f} Gbit/s {r['mpkt_per_s'][w]:5.2f} Mpkt/s" for w in who]
         print(f"{r['workload']:8} " + " ".join(f"{c:>27}" for c in cells)
               + f" {r['daemon_over_library']:15.2f} {r['daemon_over_write_limit']:19.2f}")
+    print("CPU seconds per GiB of payload (medians; the daemon's after its ready line, "
+          "every thread):")
+    print(f"{'workload':8} " + " ".join(f"{w:>12}" for w in who)
+          + f" {'daemon/(library+write limit)':>29}")
+    for r in results:
+        print(f"{r['workload']:8} " + " ".join(f"{r['cpu_s_per_gib'][w]:12.3f}" for w in who)
+              + f" {r['daemon_cpu_over_copies']:29.2f}")
 
 
 if __name__ == "__main__":
