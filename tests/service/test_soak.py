@@ -15,7 +15,8 @@ heap and every chunk is accounted for: written, or counted under a named
 reason.
 
 ``DAQD_SOAK_SECONDS`` sets the duration (default 600, the issue's ten
-minutes; 30 is a quick try).  Marked ``slow``.
+minutes; 30 is a quick try); ``DAQD_SOAK_DIR`` an existing directory for the
+log and the files instead of a new one in /dev/shm.  Marked ``slow``.
 """
 
 from __future__ import annotations
