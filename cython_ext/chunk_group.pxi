@@ -874,31 +874,33 @@ cdef class ChunkGroup:
         if c >= self.pool or self.state[c] != CHUNK_HELD:
             raise RuntimeError(f"chunk {c} released twice or never handed out")
         cdef uint8_t *present = self.present_base + c * self.present_per_chunk
-        with nogil:
-            memset(present, 0, self.present_per_chunk)
-            if self.n_extra:
-                memset(self.extra_base + c * self.n_slots * self.n_extra, 0,
-                       self.n_slots * self.n_extra * sizeof(uint64_t))
-            pthread_mutex_lock(&self.lock)
-            self.state[c] = CHUNK_FREE
-            self.chunk_ids[c] = -1
-            self.free_ring[(self.free_head + self.free_count) % self.pool] = c
-            self.free_count += 1
-            self.wake()
-            pthread_mutex_unlock(&self.lock)
+        # With the GIL held: the work is short (the lock is only ever held
+        # briefly, by threads that never wait for the GIL meanwhile), and a
+        # thread that gave the GIL up here would wait for it again behind the
+        # other Python threads (the consumer's and flusher's per-chunk calls).
+        memset(present, 0, self.present_per_chunk)
+        if self.n_extra:
+            memset(self.extra_base + c * self.n_slots * self.n_extra, 0,
+                   self.n_slots * self.n_extra * sizeof(uint64_t))
+        pthread_mutex_lock(&self.lock)
+        self.state[c] = CHUNK_FREE
+        self.chunk_ids[c] = -1
+        self.free_ring[(self.free_head + self.free_count) % self.pool] = c
+        self.free_count += 1
+        self.wake()
+        pthread_mutex_unlock(&self.lock)
         return 0
 
     cdef Chunk take_ready(self):
         """The next chunk of the data ring, or None."""
         cdef Py_ssize_t c = -1
-        with nogil:
-            pthread_mutex_lock(&self.lock)
-            if self.data_count:
-                c = <Py_ssize_t>self.data_ring[self.data_head]
-                self.data_head = (self.data_head + 1) % self.pool
-                self.data_count -= 1
-                self.state[c] = CHUNK_HELD
-            pthread_mutex_unlock(&self.lock)
+        pthread_mutex_lock(&self.lock)          # the GIL kept: see release_chunk
+        if self.data_count:
+            c = <Py_ssize_t>self.data_ring[self.data_head]
+            self.data_head = (self.data_head + 1) % self.pool
+            self.data_count -= 1
+            self.state[c] = CHUNK_HELD
+        pthread_mutex_unlock(&self.lock)
         return self.chunk_objects[c] if c >= 0 else None
 
     def get(self, timeout=None):
@@ -914,6 +916,10 @@ cdef class ChunkGroup:
         cdef timespec until
         cdef bint forever = timeout is None
         cdef int rc = 0
+        # A chunk that is ready already is taken without giving the GIL up.
+        chunk = self.take_ready()
+        if chunk is not None:
+            return chunk
         if not forever:
             until = deadline_after(max(0.0, timeout))
         while True:

@@ -432,7 +432,7 @@ class Buffer:
     def _log(self, seq: int, record: Record) -> str | None:
         """Append `record` to the WAL; None when logged, else the drop reason."""
         assert self.wal is not None
-        payload = record.encode()
+        payload = record.encode_parts()     # views of the record's data: no copy
         deadline = None
         while True:
             try:

@@ -14,8 +14,13 @@ keeps:
 - `PacketRecord`: a batch of raw packets as received, for the pcap sink.
 
 Every record has `nbytes` (payload bytes, for byte thresholds and sink
-accounting), `hold()`, `release()` and `encode()`; `decode_record()` turns
-`encode()`'s bytes back into a record (the write-ahead log stores these).
+accounting), `hold()`, `release()`, `encode_parts()` and `encode()`;
+`decode_record()` turns `encode()`'s bytes back into a record (the
+write-ahead log stores these).  `encode_parts()` gives the same bytes as a
+list of buffers without copying the record's data: a chunk record's parts
+are views of its chunk's arrays, which the write-ahead log writes (and
+checksums) in place, so a chunk's data is never copied on its way into the
+log.
 A record may have several holders (the buffer, the trigger retention, an
 event being written): each `hold()` is one more `release()` owed, and a chunk
 record gives its chunk back to the pool on the last release (thread-safe);
@@ -64,6 +69,9 @@ _INCOMPLETE_HEAD = struct.Struct("<QdqQI")
 _RANGE = struct.Struct("<QQ")
 # packets: receive time, number of packets
 _PACKETS_HEAD = struct.Struct("<dI")
+# encode_parts(): the encoding as buffers written back to back (bytes, or views
+# of a record's arrays).
+Parts = list[bytes | memoryview]
 # Guards every chunk record's hold count (holds are taken a few times per chunk).
 _HOLDS = threading.Lock()
 
@@ -78,12 +86,17 @@ _DECODED_BLOCKS: weakref.WeakValueDictionary[tuple[str, int | None], CaptureBloc
     weakref.WeakValueDictionary()
 
 
-def _in_block(block: CaptureBlock | None, encoded: bytes) -> bytes:
-    """Return `encoded` as it is, or inside its capture block's wrapper (kind ``B``)."""
+def _in_block(block: CaptureBlock | None, parts: Parts) -> Parts:
+    """Return `parts` as they are, or after their capture block's wrapper (kind ``B``)."""
     if block is None:
-        return encoded
+        return parts
     meta = json.dumps({"id": block.id, "start": block.start, "stop": block.stop}).encode()
-    return b"".join((_KIND_IN_BLOCK, _IN_BLOCK.pack(len(meta)), meta, encoded))
+    return [_KIND_IN_BLOCK, _IN_BLOCK.pack(len(meta)), meta, *parts]
+
+
+def _bytes_of(array: np.ndarray) -> memoryview:
+    """Return the bytes of `array` in C order as a flat view (copied only if not contiguous)."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
 def _decode_block(body: memoryview) -> tuple[CaptureBlock, memoryview]:
@@ -206,6 +219,14 @@ class ChunkRecord:
 
     def encode(self) -> bytes:
         """Serialise for the write-ahead log (`decode_record` inverts it)."""
+        return b"".join(self.encode_parts())
+
+    def encode_parts(self) -> Parts:
+        """Return `encode()`'s bytes as buffers: headers, then views of the arrays (no copy).
+
+        The views are of the pool chunk: they must be used before the last
+        `release()`.
+        """
         dtype = self.data.dtype.str.encode()
         extra = self.extra if self.extra is not None else np.zeros((0,), np.uint64)
         shapes = (self.data.shape, self.present.shape, extra.shape)
@@ -217,12 +238,12 @@ class ChunkRecord:
             f"<B{len(shapes[1])}QB{len(shapes[2])}Q{len(shapes[0])}Q",
             len(shapes[1]), *shapes[1], len(shapes[2]), *shapes[2], *shapes[0],
         )
-        return _in_block(self.capture_block, b"".join((
-            _KIND_CHUNK, head, dtype, dims,
-            np.ascontiguousarray(self.data).tobytes(),
-            np.ascontiguousarray(self.present).tobytes(),
-            np.ascontiguousarray(extra, dtype=np.uint64).tobytes(),
-        )))
+        return _in_block(self.capture_block, [
+            _KIND_CHUNK + head + dtype + dims,
+            _bytes_of(self.data),
+            _bytes_of(self.present),
+            _bytes_of(np.asarray(extra, dtype=np.uint64)),
+        ])
 
 
 class Incomplete(NamedTuple):
@@ -328,7 +349,11 @@ class HeapRecord:
         """Nothing to give back: a heap record owns its values."""
 
     def encode(self) -> bytes:
-        """Serialise for the write-ahead log (`decode_record` inverts it).
+        """Serialise for the write-ahead log (`decode_record` inverts it)."""
+        return b"".join(self.encode_parts())
+
+    def encode_parts(self) -> Parts:
+        """Return `encode()`'s bytes as buffers (the item values are not copied).
 
         A record none of whose items has a descriptor encodes as before
         descriptors were kept (kind ``H``); otherwise (kind ``D``) the
@@ -338,14 +363,14 @@ class HeapRecord:
         """
         if self.incomplete is not None:
             inc = self.incomplete
-            return _in_block(self.capture_block, b"".join((
+            return _in_block(self.capture_block, [
                 _KIND_INCOMPLETE_HEAP,
                 _INCOMPLETE_HEAD.pack(self.cnt, self.received, inc.heap_length,
                                       inc.received_bytes, len(inc.payload_ranges)),
-                *(_RANGE.pack(a, b) for a, b in inc.payload_ranges))))
+                *(_RANGE.pack(a, b) for a, b in inc.payload_ranges)])
         described = self.descriptors.encode(self.items) if self.descriptors else b""
         kind = _KIND_DESCRIBED_HEAP if described else _KIND_HEAP
-        parts = [kind, _HEAP_HEAD.pack(self.cnt, self.received, len(self.items))]
+        parts: Parts = [kind, _HEAP_HEAD.pack(self.cnt, self.received, len(self.items))]
         for item_id, value in self.items.items():
             if isinstance(value, bytes):
                 parts += [_ITEM.pack(item_id, 0, len(value)), value]
@@ -353,7 +378,7 @@ class HeapRecord:
                 parts.append(_ITEM.pack(item_id, 1, value))
         if described:
             parts += [_DESCRIBED.pack(self.address_bits, len(described)), described]
-        return _in_block(self.capture_block, b"".join(parts))
+        return _in_block(self.capture_block, parts)
 
 
 @dataclass(eq=False)
@@ -385,9 +410,13 @@ class PacketRecord:
 
     def encode(self) -> bytes:
         """Serialise for the write-ahead log (`decode_record` inverts it)."""
+        return b"".join(self.encode_parts())
+
+    def encode_parts(self) -> Parts:
+        """Return `encode()`'s bytes as buffers (the packets are not copied)."""
         lengths = np.ascontiguousarray(self.lengths, dtype="<u4")
-        return b"".join((_KIND_PACKETS, _PACKETS_HEAD.pack(self.received, len(lengths)),
-                         lengths.tobytes(), self.blob))
+        return [_KIND_PACKETS, _PACKETS_HEAD.pack(self.received, len(lengths)),
+                _bytes_of(lengths), self.blob]
 
 
 Record = ChunkRecord | HeapRecord | PacketRecord

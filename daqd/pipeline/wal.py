@@ -74,7 +74,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,10 @@ _KINDS = (KIND_HEADER, KIND_RECORD, KIND_DONE, KIND_SKIP)
 _HEAD = struct.Struct("<4scQI")
 _CRC = struct.Struct("<I")
 HEADER_BYTES = _HEAD.size + _CRC.size
+# Buffers one writev() takes at most.
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
+# A payload: bytes, or buffers written back to back (`Record.encode_parts()`).
+Buffer = bytes | bytearray | memoryview
 # Compact after a flush once the file is this big and at least half of it is dead.
 COMPACT_BYTES = 64 << 20
 
@@ -116,8 +120,41 @@ class DoneMark:
 
 def frame(kind: bytes, seq: int, payload: bytes) -> tuple[bytes, bytes]:
     """Build a frame: its header and its payload, to be written back to back."""
-    head = _HEAD.pack(MAGIC, kind, seq, len(payload))
-    return head + _CRC.pack(zlib.crc32(payload, zlib.crc32(head))), payload
+    return frame_head(kind, seq, [payload]), payload
+
+
+def frame_head(kind: bytes, seq: int, parts: Sequence[Buffer]) -> bytes:
+    """Build the header of a frame whose payload is `parts` back to back.
+
+    The CRC is computed over the parts where they are (no copy is made).
+    """
+    views = [memoryview(part).cast("B") for part in parts]
+    head = _HEAD.pack(MAGIC, kind, seq, sum(v.nbytes for v in views))
+    crc = zlib.crc32(head)
+    for view in views:
+        crc = zlib.crc32(view, crc)
+    return head + _CRC.pack(crc)
+
+
+def write_parts(fd: int, parts: Sequence[Buffer]) -> int:
+    """Write `parts` back to back at the file's position: writev, no copy; return the bytes.
+
+    A short write (rare for regular files) goes on from where it stopped;
+    at most IOV_MAX buffers go into one call.
+    """
+    views = [v for v in (memoryview(part).cast("B") for part in parts) if v.nbytes]
+    total = 0
+    while views:
+        batch = views[:_IOV_MAX]
+        written = os.writev(fd, batch)
+        total += written
+        while written:
+            if written >= views[0].nbytes:
+                written -= views.pop(0).nbytes
+            else:
+                views[0] = views[0][written:]
+                written = 0
+    return total
 
 
 @dataclass
@@ -530,8 +567,12 @@ class WriteAheadLog:
 
     # -- appending -----------------------------------------------------------
 
-    def append(self, seq: int, payload: bytes) -> None:
+    def append(self, seq: int, payload: Buffer | Sequence[Buffer]) -> None:
         """Log record number `seq` (numbers must increase).
+
+        `payload` is the record's encoding, as bytes or as the buffers
+        `encode_parts()` gives: those are checksummed and written where they
+        are, so a chunk's data is not copied.
 
         Raises
         ------
@@ -540,7 +581,8 @@ class WriteAheadLog:
         OSError
             The write failed; the file was rolled back to where it was.
         """
-        size = HEADER_BYTES + len(payload)
+        parts = [payload] if isinstance(payload, bytes | bytearray | memoryview) else payload
+        size = HEADER_BYTES + sum(memoryview(part).nbytes for part in parts)
         with self._lock:
             if seq < self._next_seq:
                 raise ValueError(f"record {seq} is not after {self._next_seq - 1}")
@@ -551,7 +593,7 @@ class WriteAheadLog:
                     self._counts["full"] += 1
                     raise WalFull(f"{self.path}: {self._size} + {size} bytes > "
                                   f"max_bytes {self.max_bytes}")
-            offset = self._append_locked(KIND_RECORD, seq, payload)
+            offset = self._append_locked(KIND_RECORD, seq, parts)
             self._order.append(seq)
             self._where[seq] = (offset, size)
             self._live_bytes += size
@@ -628,16 +670,13 @@ class WriteAheadLog:
 
     # -- internals (lock held) ----------------------------------------------
 
-    def _append_locked(self, kind: bytes, seq: int, payload: bytes) -> int:
+    def _append_locked(self, kind: bytes, seq: int, payload: bytes | Sequence[Buffer]) -> int:
         """Write one frame at the end; roll back on failure.  Its offset."""
-        head, body = frame(kind, seq, payload)
-        start, total = self._size, len(head) + len(body)
+        parts = [payload] if isinstance(payload, bytes) else payload
+        head = frame_head(kind, seq, parts)
+        start = self._size
         try:
-            written = os.writev(self._fd, [head, body])
-            if written < total:         # rare for regular files: finish the rest
-                rest = memoryview(head + body)[written:]
-                while rest:
-                    rest = rest[os.write(self._fd, rest):]
+            total = write_parts(self._fd, [head, *parts])
         except OSError:
             try:
                 os.ftruncate(self._fd, start)

@@ -294,11 +294,15 @@ class Receiver:
     def chunk_record(self, chunk: Any) -> ChunkRecord:
         """Wrap a completed chunk as a record (no copy), counting its missing heap slots."""
         record = ChunkRecord.from_chunk(chunk)
-        slots = record.slots_present            # (heaps_per_chunk, substreams)
-        missing = slots.shape[0] - np.count_nonzero(slots, axis=0)
+        present = record.present
         if self._missing is None:
-            self._missing = np.zeros(slots.shape[1], np.int64)
-        self._missing += missing
+            self._missing = np.zeros(present.shape[1], np.int64)
+        if present.ndim == 2 and present.shape[1] == 1:
+            # One substream, a flag per slot: the quick count (a chunk a few µs sooner).
+            self._missing[0] += present.shape[0] - np.count_nonzero(present)
+        else:
+            slots = record.slots_present        # (heaps_per_chunk, substreams)
+            self._missing += slots.shape[0] - np.count_nonzero(slots, axis=0)
         return record
 
     def heaps_missing_per_substream(self) -> list[int]:
