@@ -288,27 +288,21 @@ cdef class ChunkStream(WindowStream):
     # ------------------------------------------------------------------
     # Packets
 
-    cdef void scan_pointers(self, LiveHeap *h, const PacketHeader *p,
-                            int64_t *items) noexcept nogil:
-        """Update min_length and the stop flag of `h`; item values into `items`."""
+    cdef inline void scan_items(self, const PacketHeader *p, int64_t *items) noexcept nogil:
+        """The values of the placement's immediate items in packet `p` into `items`
+        (a heap's first packet; what every packet's pointers say of the heap itself,
+        decode_packet has gathered)."""
         cdef int i
         cdef size_t j
-        cdef uint64_t ptr, item_id, value
+        cdef uint64_t ptr, item_id
         cdef int bits = p.heap_address_bits
         for i in range(p.n_items):
             ptr = load_be64(p.pointers + 8 * i)
-            value = ptr_value(ptr, bits)
-            if not ptr_is_immediate(ptr):
-                if <int64_t>value > h.min_length:
-                    h.min_length = <int64_t>value
-                continue
-            item_id = ptr_id(ptr, bits)
-            if item_id == STREAM_CTRL_ID and value == CTRL_STREAM_STOP:
-                h.end_of_stream = True
-            if items != NULL:
+            if ptr_is_immediate(ptr):
+                item_id = ptr_id(ptr, bits)
                 for j in range(self.group.n_item_ids):
                     if self.group.item_ids[j] == item_id:
-                        items[j] = <int64_t>value
+                        items[j] = <int64_t>ptr_value(ptr, bits)
 
     cdef inline bint writable(self, const LiveHeap *h) noexcept nogil:
         """Whether the heap's chunk is still in this stream's window."""
@@ -321,12 +315,14 @@ cdef class ChunkStream(WindowStream):
         cdef int64_t items[<int>MAX_PLACE_ITEMS]
         cdef StatIndex verdict
         cdef size_t i
-        if not new_heap:
-            self.scan_pointers(h, p, NULL)
-        else:
+        if p.max_address > h.min_length:
+            h.min_length = p.max_address
+        if p.stream_stop:
+            h.end_of_stream = True
+        if new_heap:
             for i in range(self.group.n_item_ids):
                 items[i] = -1
-            self.scan_pointers(h, p, items)
+            self.scan_items(p, items)
             if not h.empty:
                 verdict = self.place(h, p, items, stats)
                 if verdict == N_STATS:

@@ -68,6 +68,8 @@ cdef struct PacketHeader:
     const uint8_t *pointers     # first item pointer (big-endian, unaligned)
     const uint8_t *payload      # first payload byte
     size_t size                 # bytes of the whole packet
+    int64_t max_address         # largest address of an addressed item (-1: none)
+    bint stream_stop            # an immediate STREAM_CTRL item says CTRL_STREAM_STOP
 
 
 cdef inline bint ptr_is_immediate(uint64_t p) noexcept nogil:
@@ -115,21 +117,31 @@ cdef inline DecodeStatus decode_packet(
     cdef int64_t heap_length = -1
     cdef int64_t payload_offset = -1
     cdef int64_t payload_length = -1
+    cdef int64_t max_address = -1, value
+    cdef bint stream_stop = False
     cdef uint64_t p, item_id
     cdef uint64_t value_mask = (1ULL << address_bits) - 1
     cdef int i
+    # One pass over the pointers gathers everything a stream needs of them
+    # besides the items a chunk placement asks for (chunk_stream.pxi reads
+    # those on a heap's first packet): no other pass on later packets.
     for i in range(n_items):
         p = load_be64(data + 8 + 8 * i)
+        value = <int64_t>(p & value_mask)
         if p >> 63:
             item_id = (p & 0x7FFFFFFFFFFFFFFFULL) >> address_bits
             if item_id == HEAP_CNT_ID:
-                heap_cnt = <int64_t>(p & value_mask)
+                heap_cnt = value
             elif item_id == HEAP_LENGTH_ID:
-                heap_length = <int64_t>(p & value_mask)
+                heap_length = value
             elif item_id == PAYLOAD_OFFSET_ID:
-                payload_offset = <int64_t>(p & value_mask)
+                payload_offset = value
             elif item_id == PAYLOAD_LENGTH_ID:
-                payload_length = <int64_t>(p & value_mask)
+                payload_length = value
+            elif item_id == STREAM_CTRL_ID and value == CTRL_STREAM_STOP:
+                stream_stop = True
+        elif value > max_address:
+            max_address = value
     cdef uint64_t size = <uint64_t>payload_length + <uint64_t>n_items * 8 + 8
     if heap_cnt == -1 or payload_offset == -1 or payload_length == -1:
         # The size is known (for a byte stream to skip the packet whole)
@@ -150,4 +162,6 @@ cdef inline DecodeStatus decode_packet(
     out.pointers = data + 8
     out.payload = data + 8 + 8 * <size_t>n_items
     out.size = <size_t>size
+    out.max_address = max_address
+    out.stream_stop = stream_stop
     return DECODE_OK

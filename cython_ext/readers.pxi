@@ -2,7 +2,9 @@
 #
 # Reader.fill() runs inside the stream's nogil region.  It sets `n` packets in
 # `pkt_data`/`pkt_len` (pointers into the reader's own buffer, valid until the
-# next fill) and returns:
+# next fill) and, when `pkt_hdr` is not NULL (a reader that decodes each packet
+# to find where it ends: a byte stream), each packet's decoded header there, so
+# that the stream does not decode it again; fill() returns:
 #   > 0          packets in the batch
 #   READ_AGAIN   nothing arrived within the poll timeout; call again
 #   READ_EOF     the source has ended
@@ -80,6 +82,7 @@ cdef class Reader:
 
     cdef const uint8_t **pkt_data
     cdef size_t *pkt_len
+    cdef PacketHeader *pkt_hdr  # NULL, or each packet's header, decoded by fill()
     cdef size_t capacity        # packets per batch
     cdef size_t n               # packets in the current batch
     cdef size_t pos             # packets of the batch already consumed
@@ -96,17 +99,24 @@ cdef class Reader:
     def __cinit__(self, *args, **kwargs):
         self.capacity = 0
 
-    cdef int alloc_batch(self, size_t capacity) except -1:
+    cdef int alloc_batch(self, size_t capacity, bint decoded=False) except -1:
+        """Allocate the batch arrays (`decoded`: the headers too, for a reader
+        whose fill() decodes every packet it hands out)."""
         self.capacity = capacity
         self.pkt_data = <const uint8_t **>malloc(capacity * sizeof(uint8_t *))
         self.pkt_len = <size_t *>malloc(capacity * sizeof(size_t))
         if self.pkt_data == NULL or self.pkt_len == NULL:
             raise MemoryError()
+        if decoded:
+            self.pkt_hdr = <PacketHeader *>malloc(capacity * sizeof(PacketHeader))
+            if self.pkt_hdr == NULL:
+                raise MemoryError()
         return 0
 
     def __dealloc__(self):
         free(self.pkt_data)
         free(self.pkt_len)
+        free(self.pkt_hdr)
         free(self.tap_buf)
         free(self.tap_lens)
 
@@ -290,6 +300,8 @@ cdef int bytes_take(ByteStream *s, Reader r, size_t max_packet_size, StatIndex c
         limit = avail if avail < max_packet_size else max_packet_size
         status = decode_packet(s.buf + s.start, limit, &hdr)
         if status == DECODE_OK:
+            if r.pkt_hdr != NULL:
+                r.pkt_hdr[r.n] = hdr
             r.pkt_data[r.n] = s.buf + s.start
             r.pkt_len[r.n] = hdr.size
             r.n += 1
@@ -374,7 +386,7 @@ cdef class ByteStreamReader(Reader):
     def __init__(self, object source, *, size_t max_packet_size=DEFAULT_MAX_PACKET_SIZE,
                  size_t batch=64, size_t bufsize=4 << 20, int timeout_ms=200,
                  bint finite=True):
-        self.alloc_batch(batch)
+        self.alloc_batch(batch, True)
         self.max_packet_size = max_packet_size
         self.timeout_ms = timeout_ms
         self.finite = finite

@@ -597,12 +597,14 @@ cdef inline void window_add_packet(Window *w, const PacketHeader *p, uint64_t *s
 
 
 cdef inline size_t window_add_batch(
-    Window *w, const uint8_t **data, const size_t *length, size_t n, uint64_t *stats,
-    WindowOwner owner
+    Window *w, const uint8_t **data, const size_t *length, const PacketHeader *decoded,
+    size_t n, uint64_t *stats, WindowOwner owner
 ) noexcept nogil:
     """Decode and add packets until done (or, heap mode, the ready list is full).
 
-    Returns how many packets were consumed.
+    `decoded` is NULL, or the packets' headers as the reader decoded them (a
+    byte stream decodes each packet to cut it out: decoding it again here would
+    give the same header).  Returns how many packets were consumed.
     """
     cdef PacketHeader hdr
     cdef DecodeStatus status
@@ -615,6 +617,9 @@ cdef inline size_t window_add_batch(
             return i
         stats[<int>STAT_PACKETS] += 1
         stats[<int>STAT_BYTES] += length[i]
+        if decoded != NULL:
+            window_add_packet(w, &decoded[i], stats, owner)
+            continue
         status = decode_packet(data[i], length[i], &hdr)
         if status == DECODE_OK and hdr.size != length[i]:
             # spead2 discards a datagram whose header describes fewer bytes
@@ -650,7 +655,8 @@ cdef inline int window_receive(Window *w, Reader reader, uint64_t *stats, size_t
         if WindowOwner is ChunkStream:
             _chunks_on_batch(owner, True, stats)
         used[0] = window_add_batch(w, reader.pkt_data + reader.pos, reader.pkt_len + reader.pos,
-                                   reader.n - reader.pos, stats, owner)
+                                   reader.pkt_hdr + reader.pos if reader.pkt_hdr != NULL
+                                   else NULL, reader.n - reader.pos, stats, owner)
         reader.pos += used[0]
         if WindowOwner is ChunkStream:
             _chunks_on_batch(owner, False, stats)
