@@ -306,6 +306,7 @@ cdef class ChunkGroup:
     # placement items: [timestamp, substream?, extras...] or the hook's place_items
     cdef uint64_t item_ids[<int>MAX_PLACE_ITEMS]
     cdef size_t n_item_ids
+    cdef bint structure_items           # an item id of HEAP_CNT .. PAYLOAD_LENGTH among them
     cdef daqd_place_fn place_fn
     cdef void *place_user
     cdef readonly tuple place_counters  # the hook's counter names (ABI v2)
@@ -422,8 +423,11 @@ cdef class ChunkGroup:
         if len(ids) > MAX_PLACE_ITEMS:
             raise ValueError(f"at most {MAX_PLACE_ITEMS} placement and extra items")
         self.n_item_ids = len(ids)
+        self.structure_items = False
         for i, item in enumerate(ids):
             self.item_ids[i] = item
+            if HEAP_CNT_ID <= item <= PAYLOAD_LENGTH_ID:
+                self.structure_items = True
         self.place_counters = ()
         self.place_version = 0
         if place is None:

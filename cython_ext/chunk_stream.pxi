@@ -291,17 +291,38 @@ cdef class ChunkStream(WindowStream):
     cdef inline void scan_items(self, const PacketHeader *p, int64_t *items) noexcept nogil:
         """The values of the placement's immediate items in packet `p` into `items`
         (a heap's first packet; what every packet's pointers say of the heap itself,
-        decode_packet has gathered)."""
+        decode_packet has gathered).
+
+        Only the pointers decode_packet marked in `other_immediates` are looked
+        at, unless the packet has more than 64 pointers or the placement asks
+        for a packet-structure item itself (`ChunkGroup.structure_items`).
+        """
         cdef int i
         cdef size_t j
         cdef uint64_t ptr, item_id
         cdef int bits = p.heap_address_bits
-        for i in range(p.n_items):
+        # Locals: `items` could alias the group's arrays as far as gcc knows.
+        cdef size_t n_ids = self.group.n_item_ids
+        cdef const uint64_t *ids = self.group.item_ids
+        cdef uint64_t todo = p.other_immediates
+        cdef int first = p.n_items
+        if self.group.structure_items or p.n_items > 64:
+            todo = 0
+            first = 0
+        while todo:
+            i = count_trailing_zeros(todo)
+            todo &= todo - 1
+            ptr = load_be64(p.pointers + 8 * i)
+            item_id = ptr_id(ptr, bits)
+            for j in range(n_ids):
+                if ids[j] == item_id:
+                    items[j] = <int64_t>ptr_value(ptr, bits)
+        for i in range(first, p.n_items):
             ptr = load_be64(p.pointers + 8 * i)
             if ptr_is_immediate(ptr):
                 item_id = ptr_id(ptr, bits)
-                for j in range(self.group.n_item_ids):
-                    if self.group.item_ids[j] == item_id:
+                for j in range(n_ids):
+                    if ids[j] == item_id:
                         items[j] = <int64_t>ptr_value(ptr, bits)
 
     cdef inline bint writable(self, const LiveHeap *h) noexcept nogil:

@@ -31,6 +31,9 @@ cdef extern from "daqd_endian.h" nogil:
     void store_le32(void *p, uint32_t v)
     void store_le16(void *p, uint16_t v)
 
+cdef extern from *:
+    int count_trailing_zeros "__builtin_ctzll"(unsigned long long x) noexcept nogil
+
 cdef enum:
     SPEAD_MAGIC = 0x53
     SPEAD_VERSION = 4
@@ -70,6 +73,8 @@ cdef struct PacketHeader:
     size_t size                 # bytes of the whole packet
     int64_t max_address         # largest address of an addressed item (-1: none)
     bint stream_stop            # an immediate STREAM_CTRL item says CTRL_STREAM_STOP
+    uint64_t other_immediates   # bit i: pointer i is immediate, not HEAP_CNT, HEAP_SIZE,
+                                # HEAP_OFFSET or PAYLOAD_LENGTH (0 with over 64 pointers)
 
 
 cdef inline bint ptr_is_immediate(uint64_t p) noexcept nogil:
@@ -113,12 +118,14 @@ cdef inline DecodeStatus decode_packet(
     cdef int n_items = load_be16(data + 6)
     if <size_t>n_items * 8 + 8 > max_size:
         return DECODE_ITEMS_OVERFLOW
-    cdef int64_t heap_cnt = -1
-    cdef int64_t heap_length = -1
-    cdef int64_t payload_offset = -1
-    cdef int64_t payload_length = -1
+    # The four packet-structure items by id - 1 (HEAP_CNT, HEAP_SIZE,
+    # HEAP_OFFSET, PAYLOAD_LENGTH), -1 while absent: one bounds test and a
+    # store per pointer, not a chain of compares.
+    cdef int64_t fields[4]
+    fields[0] = fields[1] = fields[2] = fields[3] = -1
     cdef int64_t max_address = -1, value
     cdef bint stream_stop = False
+    cdef uint64_t other_immediates = 0
     cdef uint64_t p, item_id
     cdef uint64_t value_mask = (1ULL << address_bits) - 1
     cdef int i
@@ -130,18 +137,18 @@ cdef inline DecodeStatus decode_packet(
         value = <int64_t>(p & value_mask)
         if p >> 63:
             item_id = (p & 0x7FFFFFFFFFFFFFFFULL) >> address_bits
-            if item_id == HEAP_CNT_ID:
-                heap_cnt = value
-            elif item_id == HEAP_LENGTH_ID:
-                heap_length = value
-            elif item_id == PAYLOAD_OFFSET_ID:
-                payload_offset = value
-            elif item_id == PAYLOAD_LENGTH_ID:
-                payload_length = value
-            elif item_id == STREAM_CTRL_ID and value == CTRL_STREAM_STOP:
-                stream_stop = True
+            if item_id - HEAP_CNT_ID < 4:
+                fields[item_id - HEAP_CNT_ID] = value
+            else:
+                other_immediates |= 1ULL << (i & 63)     # meaningless past 64: see below
+                if item_id == STREAM_CTRL_ID and value == CTRL_STREAM_STOP:
+                    stream_stop = True
         elif value > max_address:
             max_address = value
+    cdef int64_t heap_cnt = fields[0]
+    cdef int64_t heap_length = fields[1]
+    cdef int64_t payload_offset = fields[2]
+    cdef int64_t payload_length = fields[3]
     cdef uint64_t size = <uint64_t>payload_length + <uint64_t>n_items * 8 + 8
     if heap_cnt == -1 or payload_offset == -1 or payload_length == -1:
         # The size is known (for a byte stream to skip the packet whole)
@@ -164,4 +171,5 @@ cdef inline DecodeStatus decode_packet(
     out.size = <size_t>size
     out.max_address = max_address
     out.stream_stop = stream_stop
+    out.other_immediates = other_immediates if n_items <= 64 else 0
     return DECODE_OK

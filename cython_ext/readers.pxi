@@ -277,6 +277,7 @@ cdef int bytes_take(ByteStream *s, Reader r, size_t max_packet_size, StatIndex c
     `cut_stat` (a file: stream_bytes_skipped; a TCP peer: tcp_bytes_truncated).
     """
     cdef PacketHeader hdr
+    cdef PacketHeader *out
     cdef DecodeStatus status
     cdef size_t avail, limit
     cdef bint cut
@@ -298,15 +299,16 @@ cdef int bytes_take(ByteStream *s, Reader r, size_t max_packet_size, StatIndex c
         if avail == 0:
             return TAKE_END if s.eof else TAKE_MORE
         limit = avail if avail < max_packet_size else max_packet_size
-        status = decode_packet(s.buf + s.start, limit, &hdr)
+        # Decoded straight into the batch's header (a reader that keeps them).
+        out = &r.pkt_hdr[r.n] if r.pkt_hdr != NULL else &hdr
+        status = decode_packet(s.buf + s.start, limit, out)
         if status == DECODE_OK:
-            if r.pkt_hdr != NULL:
-                r.pkt_hdr[r.n] = hdr
             r.pkt_data[r.n] = s.buf + s.start
-            r.pkt_len[r.n] = hdr.size
+            r.pkt_len[r.n] = out.size
             r.n += 1
-            s.start += hdr.size
+            s.start += out.size
             continue
+        hdr.size = out.size
         if (status == DECODE_PAYLOAD_LENGTH and hdr.size > max_packet_size) \
                 or status == DECODE_PAYLOAD_OUTSIDE_HEAP \
                 or (status == DECODE_MISSING_ITEMS and hdr.size > 0):
