@@ -221,7 +221,7 @@ cdef class ChunkStream(WindowStream):
         """Decide where the heap of first packet `p` goes; N_STATS when placed."""
         cdef int64_t chunk_id
         cdef size_t slot, heap_index, heap_offset, last_present
-        cdef uint64_t index, substream = 0
+        cdef uint64_t index, timestamp, substream = 0
         cdef daqd_place_data pd
         cdef uint64_t extra[<int>MAX_PLACE_ITEMS]
         cdef size_t first_extra = self.group.n_item_ids - self.group.n_extra
@@ -260,16 +260,26 @@ cdef class ChunkStream(WindowStream):
                 return STAT_CHUNK_HEAPS_REJECTED_SIZE
             if items[0] < 0:
                 return STAT_CHUNK_HEAPS_REJECTED_NO_TIMESTAMP
-            if <uint64_t>items[0] % self.group.timestamp_step:
-                return STAT_CHUNK_HEAPS_REJECTED_MISALIGNED
+            timestamp = <uint64_t>items[0]
+            if self.group.step_shift >= 0:
+                if timestamp & (self.group.timestamp_step - 1):
+                    return STAT_CHUNK_HEAPS_REJECTED_MISALIGNED
+                index = timestamp >> self.group.step_shift
+            else:
+                if timestamp % self.group.timestamp_step:
+                    return STAT_CHUNK_HEAPS_REJECTED_MISALIGNED
+                index = timestamp // self.group.timestamp_step
             if self.group.has_substream:
                 if items[1] < 0 or <uint64_t>items[1] >= self.group.substreams:
                     return STAT_CHUNK_HEAPS_REJECTED_SUBSTREAM
                 substream = <uint64_t>items[1]
-            index = <uint64_t>items[0] // self.group.timestamp_step
-            chunk_id = <int64_t>(index // self.group.heaps_per_chunk)
-            slot = (<size_t>(index % self.group.heaps_per_chunk) * self.group.substreams
-                    + <size_t>substream)
+            if self.group.chunk_shift >= 0:
+                chunk_id = <int64_t>(index >> self.group.chunk_shift)
+                slot = <size_t>(index & (self.group.heaps_per_chunk - 1))
+            else:
+                chunk_id = <int64_t>(index // self.group.heaps_per_chunk)
+                slot = <size_t>(index % self.group.heaps_per_chunk)
+            slot = slot * self.group.substreams + <size_t>substream
             heap_index = slot * self.group.packets_per_heap
             heap_offset = slot * self.group.heap_bytes
         cdef Py_ssize_t c = -1

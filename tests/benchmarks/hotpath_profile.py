@@ -21,10 +21,11 @@ from daqd.tools.bench.memory import daqd_chunk_stream, workload_buffer
 from daqd.tools.bench.params import HEAPS_PER_CHUNK, MAX_PACKET_SIZE
 
 
-def one_pass(workload: str, buf) -> int:
+def one_pass(workload: str, buf, batch: int | None = None) -> int:
     """Run `buf` once through a chunk stream; return the heaps present."""
     stream = daqd_chunk_stream(workload)
-    reader = _spead.ByteStreamReader(buf, max_packet_size=MAX_PACKET_SIZE)
+    kwargs = {"batch": batch} if batch else {}
+    reader = _spead.ByteStreamReader(buf, max_packet_size=MAX_PACKET_SIZE, **kwargs)
     for chunk in stream.chunks(reader):
         chunk.release()
     return stream.stats()["chunk_heaps_present"]
@@ -35,10 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("workload", choices=sorted(WORKLOADS))
     parser.add_argument("--heaps", type=int, default=64 * HEAPS_PER_CHUNK)
     parser.add_argument("--passes", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=None,
+                        help="the reader's batch (default: ByteStreamReader's)")
     args = parser.parse_args(argv)
     buf = workload_buffer(args.workload, args.heaps)
     for _ in range(args.passes):
-        present = one_pass(args.workload, buf)
+        present = one_pass(args.workload, buf, args.batch)
         if present != args.heaps:
             raise SystemExit(f"{args.workload}: {present} of {args.heaps} heaps present")
     packets = args.heaps * WORKLOADS[args.workload].packets_per_heap
