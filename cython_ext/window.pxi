@@ -596,6 +596,23 @@ cdef inline void window_add_packet(Window *w, const PacketHeader *p, uint64_t *s
             _chunks_on_stop(owner, stats)
 
 
+cdef inline void prefetch_payload(const PacketHeader *p) noexcept nogil:
+    """Ask for every cache line of a packet's payload (the next one's, while this
+    one is placed).
+
+    A byte stream's packets come from memory the reader has not read (a file
+    buffer, a buffer handed in): without it the payload copy waits on each
+    page's first lines.  From memory it took W2 from 0.35 to 0.5 of the copy
+    limit and W1, W3 from 0.7 to 0.8 (README, "Where the time goes").  A UDP
+    batch, just written by the kernel, is in the cache already: it is not
+    prefetched.
+    """
+    cdef size_t k = 0
+    while k < <size_t>p.payload_length:
+        cache_prefetch(p.payload + k)
+        k += 64
+
+
 cdef inline size_t window_add_batch(
     Window *w, const uint8_t **data, const size_t *length, const PacketHeader *decoded,
     size_t n, uint64_t *stats, WindowOwner owner
@@ -618,6 +635,8 @@ cdef inline size_t window_add_batch(
         stats[<int>STAT_PACKETS] += 1
         stats[<int>STAT_BYTES] += length[i]
         if decoded != NULL:
+            if i + 1 < n:
+                prefetch_payload(&decoded[i + 1])
             window_add_packet(w, &decoded[i], stats, owner)
             continue
         status = decode_packet(data[i], length[i], &hdr)

@@ -6,8 +6,8 @@ Three receivers take the same pre-built packet buffer (``daqd bench``'s, about
 1 GiB per workload), interleaved, each run in turn; medians of ``--runs``:
 
 - daqd: ``ChunkStream.chunks(ByteStreamReader(buffer))``, every chunk released
-  (`daqd.tools.bench.memory.memory_run_daqd`);
-- spead2: ``ChunkRingStream`` with ``add_buffer_reader`` (``memory_run_spead2``);
+  (the loop of `daqd.tools.bench.memory.memory_run_daqd`, same stream);
+- spead2: ``ChunkRingStream`` with ``add_buffer_reader`` (``memory_run_spead2``'s);
 - copy: the copy limit, a compiled loop that does no SPEAD work at all: it copies
   exactly each packet's payload bytes, from the same buffer, to the place daqd
   puts them in a pool of 16 pre-touched chunks (huge-page aligned, as daqd's),
@@ -16,8 +16,10 @@ Three receivers take the same pre-built packet buffer (``daqd bench``'s, about
 
 The loop is compiled here with ``cc -O3`` (as the extension is built) into a
 temporary directory; `daqd bench` will carry its own.  Prints each receiver's
-throughput and daqd's ratios to spead2 and to the copy.  A figure for the README,
-never a test.
+throughput and daqd's ratios to spead2 and to the copy, from wall-clock time and
+from the process's CPU time (spead2's reader thread included; on a machine shared
+with other work the CPU-time ratios move less).  A figure for the README, never a
+test.
 """
 
 from __future__ import annotations
@@ -32,14 +34,16 @@ from pathlib import Path
 
 import numpy as np
 
+from daqd import _spead
 from daqd.recv.workloads import WORKLOADS
 from daqd.tools.bench.memory import (
+    daqd_chunk_stream,
     default_memory_heaps,
-    memory_run_daqd,
-    memory_run_spead2,
+    import_spead2,
+    spead2_chunk_stream,
     workload_buffer,
 )
-from daqd.tools.bench.params import HEAPS_PER_CHUNK, POOL
+from daqd.tools.bench.params import HEAPS_PER_CHUNK, MAX_PACKET_SIZE, POOL
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,13 +111,47 @@ class CopyLimit:
         self.raw = raw
         self.pool.fill(1)
 
-    def run(self) -> float:
-        """Seconds for one pass of the copy loop over the whole buffer."""
-        start = time.perf_counter()
+    def run(self) -> tuple[float, float]:
+        """Seconds (wall, CPU) for one pass of the copy loop over the whole buffer."""
+        start, cpu = time.perf_counter(), time.process_time()
         self.so.copy_limit(self.buf.ctypes.data, self.n, self.packet, self.header,
                            self.per_heap, HEAPS_PER_CHUNK, POOL, self.stride,
                            self.pool.ctypes.data)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
+
+
+def daqd_run(workload: str, buf: np.ndarray) -> tuple[float, float]:
+    """Seconds (wall, CPU) of `memory_run_daqd`'s loop: the stream is made untimed."""
+    stream = daqd_chunk_stream(workload)
+    reader = _spead.ByteStreamReader(buf, max_packet_size=MAX_PACKET_SIZE)
+    present = 0
+    start, cpu = time.perf_counter(), time.process_time()
+    for chunk in stream.chunks(reader):
+        present += np.count_nonzero(chunk.present)
+        chunk.release()
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    if present != buf.nbytes // WORKLOADS[workload].packet_size // \
+            WORKLOADS[workload].packets_per_heap:
+        raise SystemExit(f"{workload}: daqd lost heaps from memory")
+    return wall, cpu
+
+
+def spead2_run(workload: str, buf: np.ndarray) -> tuple[float, float]:
+    """Seconds (wall, CPU, its reader thread included) of `memory_run_spead2`'s loop."""
+    spead2 = import_spead2()
+    stream, data_ring, _pool = spead2_chunk_stream(spead2, workload)
+    present = 0
+    start, cpu = time.perf_counter(), time.process_time()
+    stream.add_buffer_reader(buf)
+    for chunk in data_ring:
+        present += np.count_nonzero(chunk.present)
+        stream.add_free_chunk(chunk)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    stream.stop()
+    if present != buf.nbytes // WORKLOADS[workload].packet_size // \
+            WORKLOADS[workload].packets_per_heap:
+        raise SystemExit(f"{workload}: spead2 lost heaps from memory")
+    return wall, cpu
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,28 +167,32 @@ def main(argv: list[str] | None = None) -> None:
             buf = workload_buffer(workload, heaps)
             limit = CopyLimit(so, workload, buf)
             runners = {
-                "daqd": lambda: memory_run_daqd(workload, buf)[0],  # noqa: B023
-                "spead2": lambda: memory_run_spead2(workload, buf)[0],  # noqa: B023
+                "daqd": lambda: daqd_run(workload, buf),  # noqa: B023
+                "spead2": lambda: spead2_run(workload, buf),  # noqa: B023
                 "copy": limit.run,
             }
             for run in runners.values():
                 run()               # warm-up, untimed
             times: dict[str, list[float]] = {r: [] for r in runners}
+            cpu: dict[str, list[float]] = {r: [] for r in runners}
             for i in range(args.runs):
                 order = list(runners)
                 order = order[i % 3:] + order[:i % 3]
                 for r in order:
-                    times[r].append(runners[r]())
-            med = {r: statistics.median(t) for r, t in times.items()}
+                    wall, cpu_seconds = runners[r]()
+                    times[r].append(wall)
+                    cpu[r].append(cpu_seconds)
             w = WORKLOADS[workload]
             payload = heaps * w.heap_bytes
             packets = heaps * w.packets_per_heap
-            line = ", ".join(f"{r} {payload * 8 / m / 1e9:.1f} Gbit/s {packets / m / 1e6:.2f} Mpkt/s"
-                             for r, m in med.items())
-            print(f"{workload} ({buf.nbytes / 2**20:.0f} MiB, median of {args.runs}): {line}; "
-                  f"daqd/spead2 {med['spead2'] / med['daqd']:.2f}, "
-                  f"daqd/copy {med['copy'] / med['daqd']:.2f}, "
-                  f"spead2/copy {med['copy'] / med['spead2']:.2f}", flush=True)
+            for what, samples in (("wall", times), ("cpu", cpu)):
+                med = {r: statistics.median(t) for r, t in samples.items()}
+                line = ", ".join(f"{r} {payload * 8 / m / 1e9:.1f} Gbit/s "
+                                 f"{packets / m / 1e6:.2f} Mpkt/s" for r, m in med.items())
+                print(f"{workload} {what} ({buf.nbytes / 2**20:.0f} MiB, median of {args.runs}): "
+                      f"{line}; daqd/spead2 {med['spead2'] / med['daqd']:.2f}, "
+                      f"daqd/copy {med['copy'] / med['daqd']:.2f}, "
+                      f"spead2/copy {med['copy'] / med['spead2']:.2f}", flush=True)
 
 
 if __name__ == "__main__":
