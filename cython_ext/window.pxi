@@ -607,10 +607,17 @@ cdef inline void prefetch_payload(const PacketHeader *p) noexcept nogil:
     batch, just written by the kernel, is in the cache already: it is not
     prefetched.
     """
-    cdef size_t k = 0
-    while k < <size_t>p.payload_length:
-        cache_prefetch(p.payload + k)
-        k += 64
+    cdef const uint8_t *q = p.payload
+    cdef const uint8_t *end = p.payload + p.payload_length
+    while q + 256 <= end:               # four lines a turn: a quarter of the loop's overhead
+        cache_prefetch(q)
+        cache_prefetch(q + 64)
+        cache_prefetch(q + 128)
+        cache_prefetch(q + 192)
+        q += 256
+    while q < end:
+        cache_prefetch(q)
+        q += 64
 
 
 cdef inline size_t window_add_batch(
