@@ -75,8 +75,9 @@ cdef struct PacketHeader:
     size_t size                 # bytes of the whole packet
     int64_t max_address         # largest address of an addressed item (-1: none)
     bint stream_stop            # an immediate STREAM_CTRL item says CTRL_STREAM_STOP
-    uint64_t other_immediates   # bit i: pointer i is immediate, not HEAP_CNT, HEAP_SIZE,
-                                # HEAP_OFFSET or PAYLOAD_LENGTH (0 with over 64 pointers)
+    # bit i: pointer i is immediate and none of HEAP_CNT, HEAP_SIZE, HEAP_OFFSET,
+    # PAYLOAD_LENGTH (0 when there are over 64 pointers)
+    uint64_t other_immediates
 
 
 cdef inline bint ptr_is_immediate(uint64_t p) noexcept nogil:
