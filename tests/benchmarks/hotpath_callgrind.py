@@ -64,6 +64,7 @@ PARTS: dict[str, str] = {
     "bytes_take": "reader",
     "bytes_resync": "reader",
     "fill": "reader",
+    "prefetch_payload": "prefetch (next payload)",
     "daqd_copy_stream_avx2": "copy",
     "daqd_copy_stream_sse2": "copy",
     "daqd_copy_payload": "copy",
