@@ -11,7 +11,9 @@ headers the reader decoded (``ByteStreamReader`` over the bytes, and over a
 file); the chunks and counters must agree.  The cases are the ones the faster
 paths treat apart: more than 64 pointers, the placement item past the 64th,
 pointers spread over a heap's packets, and a placement on a packet-structure
-item (HEAP_CNT).
+item (HEAP_CNT).  The placement's shifts (a power-of-two timestamp_step or
+heaps_per_chunk, in place of a division) are checked against spead2's
+placement, which divides.
 """
 
 from __future__ import annotations
@@ -142,3 +144,24 @@ def test_placement_on_heap_cnt(tmp_path):
         for a, b in zip(chunks, list_chunks, strict=True):
             np.testing.assert_array_equal(a["data"], b["data"])
     assert memory_stats["chunk_heaps_present"] == 30
+
+
+@pytest.mark.parametrize(("step", "per_chunk"), [(128, 16), (128, 10), (100, 16), (100, 10)],
+                         ids=["shifts", "step_shift", "chunk_shift", "divisions"])
+def test_placement_shifts_and_divisions(step, per_chunk, tmp_path):
+    """Placement by shifts (a power-of-two timestamp_step or heaps_per_chunk) and by
+    division agree with spead2's placement (Spead2Placement, which divides),
+    misaligned timestamps included."""
+    rng = np.random.default_rng(16)
+    positions = np.sort(rng.choice(6 * per_chunk, size=3 * per_chunk, replace=False))
+    packets = []
+    for cnt, pos in enumerate(positions, start=1):
+        ts = int(pos) * step + (int(rng.integers(1, step)) if cnt % 7 == 0 else 0)
+        packets += heap_packets(cnt, [(POSITION_ID, ts), (PAYLOAD_ID, payload(cnt).tobytes())])
+    packets.append(stop_heap(len(positions) + 1))
+    layout = {"timestamp_item": POSITION_ID, "timestamp_step": step,
+              "heaps_per_chunk": per_chunk, "heap_bytes": HEAP_BYTES}
+    chunks, stats = check(packets, tmp_path, **layout, **STREAM)
+    misaligned = len(positions) // 7
+    assert stats["chunk_heaps_rejected_misaligned"] == misaligned
+    assert stats["chunk_heaps_present"] == len(positions) - misaligned
