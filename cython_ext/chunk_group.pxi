@@ -204,6 +204,17 @@ cdef inline timespec deadline_after(double seconds) noexcept nogil:
     return ts
 
 
+cdef inline int log2_exact(uint64_t x) noexcept nogil:
+    """log2(x) when `x` is a power of two, else -1."""
+    if x == 0 or (x & (x - 1)) != 0:
+        return -1
+    cdef int shift = 0
+    while x > 1:
+        x >>= 1
+        shift += 1
+    return shift
+
+
 cdef class ChunkGroup
 
 
@@ -306,6 +317,11 @@ cdef class ChunkGroup:
     cdef size_t packets_per_heap        # presence bytes per slot
     cdef bint has_substream
     cdef uint64_t chunk_step            # timestamp span of one chunk
+    # Placement without a division where the layout allows (a 64-bit div is
+    # tens of cycles): log2 of timestamp_step and heaps_per_chunk when powers
+    # of two, else -1 (set_shifts).
+    cdef int step_shift
+    cdef int chunk_shift
     cdef size_t n_slots                 # heaps_per_chunk * substreams
     cdef size_t chunk_bytes
     cdef size_t chunk_stride
@@ -314,6 +330,7 @@ cdef class ChunkGroup:
     # placement items: [timestamp, substream?, extras...] or the hook's place_items
     cdef uint64_t item_ids[<int>MAX_PLACE_ITEMS]
     cdef size_t n_item_ids
+    cdef bint structure_items           # an item id of HEAP_CNT .. PAYLOAD_LENGTH among them
     cdef daqd_place_fn place_fn
     cdef void *place_user
     cdef readonly tuple place_counters  # the hook's counter names (ABI v2)
@@ -412,6 +429,8 @@ cdef class ChunkGroup:
         self.packet_presence = packet_presence
         self.packets_per_heap = heap_bytes // packet_presence if packet_presence else 1
         self.chunk_step = timestamp_step * heaps_per_chunk
+        self.step_shift = log2_exact(timestamp_step)
+        self.chunk_shift = log2_exact(heaps_per_chunk)
         self.n_slots = heaps_per_chunk * substreams
         self.chunk_bytes = self.n_slots * heap_bytes
         self.chunk_stride = (self.chunk_bytes + 4095) & ~(<size_t>4095)
@@ -436,8 +455,11 @@ cdef class ChunkGroup:
         if len(ids) > MAX_PLACE_ITEMS:
             raise ValueError(f"at most {MAX_PLACE_ITEMS} placement and extra items")
         self.n_item_ids = len(ids)
+        self.structure_items = False
         for i, item in enumerate(ids):
             self.item_ids[i] = item
+            if HEAP_CNT_ID <= item <= PAYLOAD_LENGTH_ID:
+                self.structure_items = True
         self.place_counters = ()
         self.place_version = 0
         if place is None:

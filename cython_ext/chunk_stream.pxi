@@ -221,7 +221,7 @@ cdef class ChunkStream(WindowStream):
         """Decide where the heap of first packet `p` goes; N_STATS when placed."""
         cdef int64_t chunk_id
         cdef size_t slot, heap_index, heap_offset, last_present
-        cdef uint64_t index, substream = 0
+        cdef uint64_t index, timestamp, substream = 0
         cdef daqd_place_data pd
         cdef uint64_t extra[<int>MAX_PLACE_ITEMS]
         cdef size_t first_extra = self.group.n_item_ids - self.group.n_extra
@@ -260,16 +260,26 @@ cdef class ChunkStream(WindowStream):
                 return STAT_CHUNK_HEAPS_REJECTED_SIZE
             if items[0] < 0:
                 return STAT_CHUNK_HEAPS_REJECTED_NO_TIMESTAMP
-            if <uint64_t>items[0] % self.group.timestamp_step:
-                return STAT_CHUNK_HEAPS_REJECTED_MISALIGNED
+            timestamp = <uint64_t>items[0]
+            if self.group.step_shift >= 0:
+                if timestamp & (self.group.timestamp_step - 1):
+                    return STAT_CHUNK_HEAPS_REJECTED_MISALIGNED
+                index = timestamp >> self.group.step_shift
+            else:
+                if timestamp % self.group.timestamp_step:
+                    return STAT_CHUNK_HEAPS_REJECTED_MISALIGNED
+                index = timestamp // self.group.timestamp_step
             if self.group.has_substream:
                 if items[1] < 0 or <uint64_t>items[1] >= self.group.substreams:
                     return STAT_CHUNK_HEAPS_REJECTED_SUBSTREAM
                 substream = <uint64_t>items[1]
-            index = <uint64_t>items[0] // self.group.timestamp_step
-            chunk_id = <int64_t>(index // self.group.heaps_per_chunk)
-            slot = (<size_t>(index % self.group.heaps_per_chunk) * self.group.substreams
-                    + <size_t>substream)
+            if self.group.chunk_shift >= 0:
+                chunk_id = <int64_t>(index >> self.group.chunk_shift)
+                slot = <size_t>(index & (self.group.heaps_per_chunk - 1))
+            else:
+                chunk_id = <int64_t>(index // self.group.heaps_per_chunk)
+                slot = <size_t>(index % self.group.heaps_per_chunk)
+            slot = slot * self.group.substreams + <size_t>substream
             heap_index = slot * self.group.packets_per_heap
             heap_offset = slot * self.group.heap_bytes
         cdef Py_ssize_t c = -1
@@ -288,27 +298,42 @@ cdef class ChunkStream(WindowStream):
     # ------------------------------------------------------------------
     # Packets
 
-    cdef void scan_pointers(self, LiveHeap *h, const PacketHeader *p,
-                            int64_t *items) noexcept nogil:
-        """Update min_length and the stop flag of `h`; item values into `items`."""
+    cdef inline void scan_items(self, const PacketHeader *p, int64_t *items) noexcept nogil:
+        """The values of the placement's immediate items in packet `p` into `items`
+        (a heap's first packet; what every packet's pointers say of the heap itself,
+        decode_packet has gathered).
+
+        Only the pointers decode_packet marked in `other_immediates` are looked
+        at, unless the packet has more than 64 pointers or the placement asks
+        for a packet-structure item itself (`ChunkGroup.structure_items`).
+        """
         cdef int i
         cdef size_t j
-        cdef uint64_t ptr, item_id, value
+        cdef uint64_t ptr, item_id
         cdef int bits = p.heap_address_bits
-        for i in range(p.n_items):
+        # Locals: `items` could alias the group's arrays as far as gcc knows.
+        cdef size_t n_ids = self.group.n_item_ids
+        cdef const uint64_t *ids = self.group.item_ids
+        cdef uint64_t todo = p.other_immediates
+        cdef int first = p.n_items
+        if self.group.structure_items or p.n_items > 64:
+            todo = 0
+            first = 0
+        while todo:
+            i = count_trailing_zeros(todo)
+            todo &= todo - 1
             ptr = load_be64(p.pointers + 8 * i)
-            value = ptr_value(ptr, bits)
-            if not ptr_is_immediate(ptr):
-                if <int64_t>value > h.min_length:
-                    h.min_length = <int64_t>value
-                continue
             item_id = ptr_id(ptr, bits)
-            if item_id == STREAM_CTRL_ID and value == CTRL_STREAM_STOP:
-                h.end_of_stream = True
-            if items != NULL:
-                for j in range(self.group.n_item_ids):
-                    if self.group.item_ids[j] == item_id:
-                        items[j] = <int64_t>value
+            for j in range(n_ids):
+                if ids[j] == item_id:
+                    items[j] = <int64_t>ptr_value(ptr, bits)
+        for i in range(first, p.n_items):
+            ptr = load_be64(p.pointers + 8 * i)
+            if ptr_is_immediate(ptr):
+                item_id = ptr_id(ptr, bits)
+                for j in range(n_ids):
+                    if ids[j] == item_id:
+                        items[j] = <int64_t>ptr_value(ptr, bits)
 
     cdef inline bint writable(self, const LiveHeap *h) noexcept nogil:
         """Whether the heap's chunk is still in this stream's window."""
@@ -321,12 +346,14 @@ cdef class ChunkStream(WindowStream):
         cdef int64_t items[<int>MAX_PLACE_ITEMS]
         cdef StatIndex verdict
         cdef size_t i
-        if not new_heap:
-            self.scan_pointers(h, p, NULL)
-        else:
+        if p.max_address > h.min_length:
+            h.min_length = p.max_address
+        if p.stream_stop:
+            h.end_of_stream = True
+        if new_heap:
             for i in range(self.group.n_item_ids):
                 items[i] = -1
-            self.scan_pointers(h, p, items)
+            self.scan_items(p, items)
             if not h.empty:
                 verdict = self.place(h, p, items, stats)
                 if verdict == N_STATS:

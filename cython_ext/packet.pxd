@@ -31,6 +31,11 @@ cdef extern from "daqd_endian.h" nogil:
     void store_le32(void *p, uint32_t v)
     void store_le16(void *p, uint16_t v)
 
+cdef extern from *:
+    int count_trailing_zeros "__builtin_ctzll"(unsigned long long x) noexcept nogil
+    # A hint (prefetcht0): never faults, whatever the address.
+    void cache_prefetch "__builtin_prefetch"(const void *p) noexcept nogil
+
 cdef enum:
     SPEAD_MAGIC = 0x53
     SPEAD_VERSION = 4
@@ -68,6 +73,11 @@ cdef struct PacketHeader:
     const uint8_t *pointers     # first item pointer (big-endian, unaligned)
     const uint8_t *payload      # first payload byte
     size_t size                 # bytes of the whole packet
+    int64_t max_address         # largest address of an addressed item (-1: none)
+    bint stream_stop            # an immediate STREAM_CTRL item says CTRL_STREAM_STOP
+    # bit i: pointer i is immediate and none of HEAP_CNT, HEAP_SIZE, HEAP_OFFSET,
+    # PAYLOAD_LENGTH (0 when there are over 64 pointers)
+    uint64_t other_immediates
 
 
 cdef inline bint ptr_is_immediate(uint64_t p) noexcept nogil:
@@ -111,25 +121,37 @@ cdef inline DecodeStatus decode_packet(
     cdef int n_items = load_be16(data + 6)
     if <size_t>n_items * 8 + 8 > max_size:
         return DECODE_ITEMS_OVERFLOW
-    cdef int64_t heap_cnt = -1
-    cdef int64_t heap_length = -1
-    cdef int64_t payload_offset = -1
-    cdef int64_t payload_length = -1
+    # The four packet-structure items by id - 1 (HEAP_CNT, HEAP_SIZE,
+    # HEAP_OFFSET, PAYLOAD_LENGTH), -1 while absent: one bounds test and a
+    # store per pointer, not a chain of compares.
+    cdef int64_t fields[4]
+    fields[0] = fields[1] = fields[2] = fields[3] = -1
+    cdef int64_t max_address = -1, value
+    cdef bint stream_stop = False
+    cdef uint64_t other_immediates = 0
     cdef uint64_t p, item_id
     cdef uint64_t value_mask = (1ULL << address_bits) - 1
     cdef int i
+    # One pass over the pointers gathers everything a stream needs of them
+    # besides the items a chunk placement asks for (chunk_stream.pxi reads
+    # those on a heap's first packet): no other pass on later packets.
     for i in range(n_items):
         p = load_be64(data + 8 + 8 * i)
+        value = <int64_t>(p & value_mask)
         if p >> 63:
             item_id = (p & 0x7FFFFFFFFFFFFFFFULL) >> address_bits
-            if item_id == HEAP_CNT_ID:
-                heap_cnt = <int64_t>(p & value_mask)
-            elif item_id == HEAP_LENGTH_ID:
-                heap_length = <int64_t>(p & value_mask)
-            elif item_id == PAYLOAD_OFFSET_ID:
-                payload_offset = <int64_t>(p & value_mask)
-            elif item_id == PAYLOAD_LENGTH_ID:
-                payload_length = <int64_t>(p & value_mask)
+            if item_id - HEAP_CNT_ID < 4:
+                fields[item_id - HEAP_CNT_ID] = value
+            else:
+                other_immediates |= 1ULL << (i & 63)     # meaningless past 64: see below
+                if item_id == STREAM_CTRL_ID and value == CTRL_STREAM_STOP:
+                    stream_stop = True
+        elif value > max_address:
+            max_address = value
+    cdef int64_t heap_cnt = fields[0]
+    cdef int64_t heap_length = fields[1]
+    cdef int64_t payload_offset = fields[2]
+    cdef int64_t payload_length = fields[3]
     cdef uint64_t size = <uint64_t>payload_length + <uint64_t>n_items * 8 + 8
     if heap_cnt == -1 or payload_offset == -1 or payload_length == -1:
         # The size is known (for a byte stream to skip the packet whole)
@@ -150,4 +172,7 @@ cdef inline DecodeStatus decode_packet(
     out.pointers = data + 8
     out.payload = data + 8 + 8 * <size_t>n_items
     out.size = <size_t>size
+    out.max_address = max_address
+    out.stream_stop = stream_stop
+    out.other_immediates = other_immediates if n_items <= 64 else 0
     return DECODE_OK

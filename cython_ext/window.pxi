@@ -596,15 +596,42 @@ cdef inline void window_add_packet(Window *w, const PacketHeader *p, uint64_t *s
             _chunks_on_stop(owner, stats)
 
 
+cdef inline void prefetch_payload(const PacketHeader *p) noexcept nogil:
+    """Ask for every cache line of a packet's payload (the next one's, while this
+    one is placed).
+
+    A byte stream's packets come from memory the reader has not read (a file
+    buffer, a buffer handed in): without it the payload copy waits on each
+    page's first lines.  From memory it took W2 from 0.35 to 0.5 of the copy
+    limit and W1, W3 from 0.7 to 0.8 (README, "Where the time goes").  A UDP
+    batch, just written by the kernel, is in the cache already: it is not
+    prefetched.
+    """
+    cdef const uint8_t *q = p.payload
+    cdef const uint8_t *end = p.payload + p.payload_length
+    while q + 256 <= end:               # four lines a turn: a quarter of the loop's overhead
+        cache_prefetch(q)
+        cache_prefetch(q + 64)
+        cache_prefetch(q + 128)
+        cache_prefetch(q + 192)
+        q += 256
+    while q < end:
+        cache_prefetch(q)
+        q += 64
+
+
 cdef inline size_t window_add_batch(
-    Window *w, const uint8_t **data, const size_t *length, size_t n, uint64_t *stats,
-    WindowOwner owner
+    Window *w, const uint8_t **data, const size_t *length, const PacketHeader *decoded,
+    size_t n, uint64_t *stats, WindowOwner owner
 ) noexcept nogil:
     """Decode and add packets until done (or, heap mode, the ready list is full).
 
-    Returns how many packets were consumed.
+    `decoded` is NULL, or the packets' headers as the reader decoded them (a
+    byte stream decodes each packet to cut it out: decoding it again here would
+    give the same header).  Returns how many packets were consumed.
     """
     cdef PacketHeader hdr
+    cdef const PacketHeader *p
     cdef DecodeStatus status
     cdef size_t i
     for i in range(n):
@@ -615,15 +642,22 @@ cdef inline size_t window_add_batch(
             return i
         stats[<int>STAT_PACKETS] += 1
         stats[<int>STAT_BYTES] += length[i]
-        status = decode_packet(data[i], length[i], &hdr)
-        if status == DECODE_OK and hdr.size != length[i]:
-            # spead2 discards a datagram whose header describes fewer bytes
-            # than it holds (byte-stream readers always pass exact sizes).
-            status = DECODE_PAYLOAD_LENGTH
-        if status != DECODE_OK:
-            stats[<int>decode_status_stat(status)] += 1
-            continue
-        window_add_packet(w, &hdr, stats, owner)
+        if decoded != NULL:
+            if i + 1 < n:
+                prefetch_payload(&decoded[i + 1])
+            p = &decoded[i]
+        else:
+            status = decode_packet(data[i], length[i], &hdr)
+            if status == DECODE_OK and hdr.size != length[i]:
+                # spead2 discards a datagram whose header describes fewer bytes
+                # than it holds (byte-stream readers always pass exact sizes).
+                status = DECODE_PAYLOAD_LENGTH
+            if status != DECODE_OK:
+                stats[<int>decode_status_stat(status)] += 1
+                continue
+            p = &hdr
+        # One call site, so that gcc inlines the window into the batch loop.
+        window_add_packet(w, p, stats, owner)
     return n
 
 
@@ -650,7 +684,8 @@ cdef inline int window_receive(Window *w, Reader reader, uint64_t *stats, size_t
         if WindowOwner is ChunkStream:
             _chunks_on_batch(owner, True, stats)
         used[0] = window_add_batch(w, reader.pkt_data + reader.pos, reader.pkt_len + reader.pos,
-                                   reader.n - reader.pos, stats, owner)
+                                   reader.pkt_hdr + reader.pos if reader.pkt_hdr != NULL
+                                   else NULL, reader.n - reader.pos, stats, owner)
         reader.pos += used[0]
         if WindowOwner is ChunkStream:
             _chunks_on_batch(owner, False, stats)
