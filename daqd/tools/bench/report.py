@@ -17,6 +17,9 @@ from daqd.tools.bench.params import (
     layout,
 )
 
+#: The UDP socket limit's receiver name (`daqd._spead.RawUdpReceiver`: it only counts).
+RAW = "raw"
+
 
 @dataclass
 class MemoryResult:
@@ -130,6 +133,8 @@ class BenchReport:
 
     machine: dict[str, Any]
     memory: list[MemoryResult] = field(default_factory=list)
+    # The copy limit from memory (`daqd.tools.bench.copy_limit`), named by its copy
+    memory_limits: list[MemoryResult] = field(default_factory=list)
     udp: list[UdpResult] = field(default_factory=list)
     cost: list[CostResult] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
@@ -147,6 +152,8 @@ class BenchReport:
         out = asdict(self)
         out["ratios"] = {
             "memory": _ratios(self.memory),
+            "memory_of_copy_limit": of_copy_limit(self.memory, self.memory_limits),
+            "udp_of_socket_limit": of_socket_limit(self.udp),
             "udp": udp_spread(self.udp),
             "udp_cpu_per_packet_sustained": udp_cpu_ratios(self.udp),
             "udp_cpu_per_packet_fixed_rate": cost_ratios(self.cost),
@@ -177,6 +184,7 @@ def report_from_json(data: dict[str, Any]) -> BenchReport:
     return BenchReport(
         machine=data["machine"],
         memory=[MemoryResult(**m) for m in data.get("memory", [])],
+        memory_limits=[MemoryResult(**m) for m in data.get("memory_limits", [])],
         udp=udp,
         cost=[CostResult(**c) for c in data.get("cost", [])],
         durations=data.get("durations", {}),
@@ -198,6 +206,41 @@ def _ratios(results: Iterable[MemoryResult]) -> dict[str, float | None]:
         if (w, "daqd") in by and (w, "spead2") in by:
             ratios[w] = by[w, "daqd"] / by[w, "spead2"] if by[w, "spead2"] else None
     return ratios
+
+
+def of_copy_limit(results: Iterable[MemoryResult], limits: Iterable[MemoryResult]
+                  ) -> dict[str, dict[str, dict[str, float]]]:
+    """Map workload -> receiver -> copy -> the receiver's rate as a fraction of that copy's.
+
+    The copies are the limits of `daqd.tools.bench.copy_limit` (``nontemporal``,
+    the copy daqd's chunk mode makes, is the limit; ``standard`` for reference).
+    """
+    rates = {(c.workload, c.receiver): c.heaps_per_s for c in limits}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for r in results:
+        for (w, copy), rate in rates.items():
+            if w == r.workload and rate:
+                out.setdefault(w, {}).setdefault(r.receiver, {})[copy] = r.heaps_per_s / rate
+    return out
+
+
+def of_socket_limit(results: Iterable[UdpResult]) -> dict[str, dict[str, Any]]:
+    """Map workload -> receiver -> its median sustained rate as a fraction of the raw receiver's.
+
+    ``{"ratio", "kind"}``; the kind as in `udp_ratios` (``at least`` when the
+    receiver's median is a lower bound, ``at most`` when the raw receiver's is).
+    """
+    by = {(r.workload, r.receiver): r for r in results}
+    out: dict[str, dict[str, Any]] = {}
+    for (w, name), u in by.items():
+        raw = by.get((w, RAW))
+        if name == RAW or raw is None:
+            continue
+        kind = _kind(u.sender_limited, raw.sender_limited)
+        ratio = (u.packets_per_s / raw.packets_per_s
+                 if raw.packets_per_s and kind != "both sender-limited" else None)
+        out.setdefault(w, {})[name] = {"ratio": ratio, "kind": kind}
+    return out
 
 
 def _pairs(results: Iterable[UdpResult]) -> dict[str, tuple[UdpResult, UdpResult]]:
@@ -415,6 +458,46 @@ def _format_udp(report: BenchReport) -> list[str]:
     return lines
 
 
+def _format_memory(report: BenchReport, ratios: dict[str, Any]) -> list[str]:
+    """Format the from-memory part of `format_report`: receivers, then their copy limits."""
+    first = report.memory[0]
+    lines = [
+        f"From memory (median of {len(first.seconds)} interleaved runs; "
+        "every heap and byte checked)",
+        f"{'workload':8} {'receiver':8} {'MiB':>6} {'kheaps/s':>10} {'Mpkt/s':>8} "
+        f"{'Gbit/s':>8} {'median s':>9} {'other':>5} {'daqd/spead2':>12} {'of copy':>8} "
+        f"{'of memcpy':>9}",
+    ]
+    of_copy = ratios["memory_of_copy_limit"]
+    for w in dict.fromkeys(r.workload for r in report.memory):
+        for r in [m for m in report.memory if m.workload == w]:
+            ratio = ratios["memory"].get(w) if r.receiver == "spead2" else None
+            fractions = of_copy.get(w, {}).get(r.receiver, {})
+            lines.append(
+                f"{w:8} {r.receiver:8} {r.buffer_bytes / 2**20:6.0f} "
+                f"{r.heaps_per_s / 1e3:10.1f} {r.packets_per_s / 1e6:8.3f} "
+                f"{r.gbit_per_s:8.2f} {r.median_seconds:9.4f} {fmt_cores(r.other_load):>5} "
+                f"{'' if ratio is None else f'{ratio:.2f}':>12} "
+                f"{fmt_percent(fractions.get('nontemporal')) if fractions else '':>8} "
+                f"{fmt_percent(fractions.get('standard')) if fractions else '':>9}"
+            )
+        for c in [m for m in report.memory_limits if m.workload == w]:
+            name = {"nontemporal": "copy", "standard": "memcpy"}.get(c.receiver, c.receiver)
+            lines.append(
+                f"{w:8} {name:8} {c.buffer_bytes / 2**20:6.0f} "
+                f"{c.heaps_per_s / 1e3:10.1f} {c.packets_per_s / 1e6:8.3f} "
+                f"{c.gbit_per_s:8.2f} {c.median_seconds:9.4f} {fmt_cores(c.other_load):>5} "
+                f"{'':>12} {'limit' if c.receiver == 'nontemporal' else '':>8}"
+            )
+    if report.memory_limits:
+        lines.append(
+            "(copy: the copy limit, only the payload copies of the same packets into a "
+            "pre-touched pool of the same chunk layout, with the non-temporal copy of daqd's "
+            "chunk mode, in the same rounds; memcpy: the same with the standard memcpy; "
+            "of copy, of memcpy: the receiver's rate as a fraction of each)")
+    return lines
+
+
 def format_report(report: BenchReport) -> str:
     """Format the report as a plain-text table."""
     m = report.machine
@@ -432,22 +515,7 @@ def format_report(report: BenchReport) -> str:
     ]
     ratios = report.to_json()["ratios"]
     if report.memory:
-        first = report.memory[0]
-        lines += [
-            "",
-            f"From memory (median of {len(first.seconds)} interleaved runs; "
-            "every heap and byte checked)",
-            f"{'workload':8} {'receiver':8} {'MiB':>6} {'kheaps/s':>10} {'Mpkt/s':>8} "
-            f"{'Gbit/s':>8} {'median s':>9} {'other':>5} {'daqd/spead2':>12}",
-        ]
-        for r in report.memory:
-            ratio = ratios["memory"].get(r.workload) if r.receiver == "spead2" else None
-            lines.append(
-                f"{r.workload:8} {r.receiver:8} {r.buffer_bytes / 2**20:6.0f} "
-                f"{r.heaps_per_s / 1e3:10.1f} {r.packets_per_s / 1e6:8.3f} "
-                f"{r.gbit_per_s:8.2f} {r.median_seconds:9.4f} {fmt_cores(r.other_load):>5} "
-                f"{'' if ratio is None else f'{ratio:.2f}':>12}"
-            )
+        lines += ["", *_format_memory(report, ratios)]
     if report.udp:
         lines += ["", *_format_udp(report)]
     if report.cost:

@@ -160,8 +160,10 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
     if mode in ("memory", "all"):
         for w in workloads:
             start = time.perf_counter()
-            report.memory += bench_memory(w, receivers, runs=runs, heaps=heaps,
-                                          wait_idle=wait_idle, log=log)
+            found, limits = bench_memory(w, receivers, runs=runs, heaps=heaps,
+                                         wait_idle=wait_idle, log=log)
+            report.memory += found
+            report.memory_limits += limits
             report.durations[f"memory {w}"] = time.perf_counter() - start
     if mode in ("udp", "all"):
         options = dict(workloads=list(workloads), receivers=receivers,
