@@ -66,6 +66,7 @@ class Trial:
     receiver_gro: bool | None = None    # daqd: its socket had UDP GRO (None: spead2)
     receiver_core_busy: float | None = None     # the receiver's CPU busy, with softirq
     core_us_per_packet: float | None = None     # that CPU's busy time per packet sent
+    packets_counted: int | None = None  # the raw receiver: datagrams it counted (else None)
 
 
 @dataclass
@@ -455,6 +456,38 @@ def _format_udp(report: BenchReport) -> list[str]:
     if limited:
         lines.append(f"{', '.join(limited)}: both receivers took all the sender could "
                      "send in some run, so there is no rate ratio; see the CPU time below")
+    return lines + _format_socket_limit(report)
+
+
+def _limit_rate(u: UdpResult) -> str:
+    return f"{'>=' if u.sender_limited else ''}{fmt_kpps(u.packets_per_s)}".rjust(12)
+
+
+def _format_socket_limit(report: BenchReport) -> list[str]:
+    """Format the socket limit (the raw receiver) and each receiver as a fraction of it."""
+    by = {(u.workload, u.receiver): u for u in report.udp}
+    fractions = of_socket_limit(report.udp)
+    if not fractions:
+        return []
+    names = list(dict.fromkeys(u.receiver for u in report.udp if u.receiver != RAW))
+    lines = [
+        "",
+        f"Socket limit over loopback UDP: the raw receiver ({RAW}: recvmmsg on a socket set "
+        "up as daqd's, same buffer and GRO setting, counting datagrams only), in the same "
+        "searches; medians, kpkt/s ('>=': a lower bound)",
+        f"{'workload':8} {RAW:>12} " + " ".join(f"{n:>12} {n + '/' + RAW:>12}" for n in names),
+    ]
+    for w, x in fractions.items():
+        cells = [_limit_rate(by[w, RAW])]
+        for n in names:
+            f = x.get(n)
+            if f is None or f["ratio"] is None:
+                fraction = "n/a"
+            else:
+                prefix = {"at least": ">= ", "at most": "<= "}.get(f["kind"], "")
+                fraction = prefix + fmt_percent(f["ratio"])
+            cells += [_limit_rate(by[w, n]), f"{fraction:>12}"]
+        lines.append(f"{w:8} " + " ".join(cells))
     return lines
 
 

@@ -73,6 +73,7 @@ from daqd.recv.workloads import WORKLOADS
 from daqd.tools.bench.machine import machine_info
 from daqd.tools.bench.memory import bench_memory, import_spead2
 from daqd.tools.bench.report import (
+    RAW,
     BenchReport,
     report_from_json,
 )
@@ -91,7 +92,7 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
               trial_seconds: float = 1.0, ladder: int = 6, steps: int = 5,
               retries: int = 1, wait_idle: float = 0.0, socket_buffer: int = SOCKET_BUFFER,
               cost_trials: int = 3, sender_gso: bool = True, udp_runs: int = 3,
-              loopback: str = "auto", daqd_gro: bool = True,
+              loopback: str = "auto", daqd_gro: bool = True, limits: bool = True,
               log: Callable[[str], None] = lambda _: None) -> BenchReport:
     """Run the chunk-mode benchmarks.
 
@@ -138,6 +139,11 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
     daqd_gro : bool
         daqd's UDP socket asks for UDP GRO, as it does by default in the
         daemon; False gives daqd the kernel's per-datagram path, as spead2's.
+        The raw receiver's socket follows it.
+    limits : bool
+        Also measure the machine's limits, in the same rounds and searches:
+        from memory the copy limit (`daqd.tools.bench.copy_limit`), over UDP
+        the raw receiver (``RAW``, `daqd._spead.RawUdpReceiver`).
     log : callable
         Receives one line per step (progress).
     """
@@ -160,13 +166,13 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
     if mode in ("memory", "all"):
         for w in workloads:
             start = time.perf_counter()
-            found, limits = bench_memory(w, receivers, runs=runs, heaps=heaps,
-                                         wait_idle=wait_idle, log=log)
-            report.memory += found
-            report.memory_limits += limits
+            measured, copies = bench_memory(w, receivers, runs=runs, heaps=heaps,
+                                            wait_idle=wait_idle, limits=limits, log=log)
+            report.memory += measured
+            report.memory_limits += copies
             report.durations[f"memory {w}"] = time.perf_counter() - start
     if mode in ("udp", "all"):
-        options = dict(workloads=list(workloads), receivers=receivers,
+        options = dict(workloads=list(workloads), receivers=receivers + ([RAW] if limits else []),
                        trial_seconds=trial_seconds, ladder=ladder, steps=steps,
                        retries=retries, wait_idle=wait_idle, socket_buffer=socket_buffer,
                        cost_trials=cost_trials, sender_gso=sender_gso, udp_runs=udp_runs,

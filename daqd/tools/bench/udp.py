@@ -37,6 +37,7 @@ from daqd.tools.bench.params import (
     packet_size,
 )
 from daqd.tools.bench.report import (
+    RAW,
     BenchReport,
     CostResult,
     Trial,
@@ -255,7 +256,9 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
               gso: bool = True, gro: bool = True) -> Trial:
     """One trial: `seconds` of `workload` at `rate` packets/s into a fresh receiver.
 
-    It passes (``ok``) when fewer than 0.1 % of the heaps sent were lost
+    `receiver`: ``daqd``, ``spead2`` or `RAW` (the socket limit,
+    `daqd._spead.RawUdpReceiver`, whose loss is counted in datagrams).  It
+    passes (``ok``) when fewer than 0.1 % of the heaps sent were lost
     and the receiver was no more than `lag_limit_ms` behind the sender at its
     end.  `gso`: the sender sends with UDP GSO (where the kernel allows it);
     `gro`: daqd's socket asks for UDP GRO (see `_spead.UdpReader`).
@@ -265,7 +268,8 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
     port = sock.getsockname()[1]
     count = np.count_nonzero
     present = 0
-    daqd_drops = receiver_gro = None
+    counted: int | None = None          # the raw receiver's datagrams
+    daqd_drops = receiver_gro = blocked = None
     try:
         if receiver == "daqd":
             stream = daqd_chunk_stream(workload)
@@ -273,6 +277,13 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
             receiver_gro = reader.gro
             watch = _Watch(sender, reader.stop, grace=1.0)
             chunks, recycle = stream.chunks(reader), _spead.Chunk.release
+        elif receiver == RAW:
+            # The socket limit: the same socket setup as daqd's, only counted;
+            # the stop heap (shorter than any data packet) ends it.
+            raw = _spead.RawUdpReceiver(sock, min_size=packet_size(workload),
+                                        max_packet_size=MAX_PACKET_SIZE, gro=gro)
+            receiver_gro = raw.gro
+            watch = _Watch(sender, raw.stop, grace=1.0)
         else:
             stream, data_ring, _pool = spead2_chunk_stream(spead2, workload)
             stream.add_udp_reader(sock, max_size=MAX_PACKET_SIZE)
@@ -284,9 +295,12 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
         cpu = time.process_time()
         sender.start(workload, port, rate, seconds, gso)
         watch.start()
-        for chunk in chunks:
-            present += count(chunk.present)
-            recycle(chunk)
+        if receiver == RAW:
+            counted = raw.run()
+        else:
+            for chunk in chunks:
+                present += count(chunk.present)
+                recycle(chunk)
         end = time.perf_counter()
         cpu, wall = time.process_time() - cpu, end - wall
         user = _user_seconds() - user
@@ -294,7 +308,7 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
             stats = stream.stats()
             daqd_drops = stats["packets_dropped_socket_buffer"]
             blocked = stats["worker_blocked"]
-        else:
+        elif receiver != RAW:
             stream.stop()
             blocked = stream.stats["worker_blocked"]
         other, steal = load.cores()
@@ -310,10 +324,18 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
         raise BenchError("the sender process died")
     lag = 1e3 * (end - reply["end"]) if "end" in reply else None
     sent = reply["packets"] // per_heap
-    if present > sent:
-        raise BenchError(f"{workload}: {receiver} reports {present} heaps present of "
-                         f"{sent} sent")
-    loss = (sent - present) / sent if sent else 1.0
+    if counted is not None:
+        # Packets, not heaps: the raw receiver sees no heaps.
+        if counted > reply["packets"]:
+            raise BenchError(f"{workload}: the raw receiver counted {counted} datagrams of "
+                             f"{reply['packets']} sent")
+        present = counted // per_heap
+        loss = (reply["packets"] - counted) / reply["packets"] if reply["packets"] else 1.0
+    else:
+        if present > sent:
+            raise BenchError(f"{workload}: {receiver} reports {present} heaps present of "
+                             f"{sent} sent")
+        loss = (sent - present) / sent if sent else 1.0
     return Trial(
         requested_pps=rate, offered_pps=reply["packets"] / reply["seconds"],
         heaps_sent=sent, heaps_present=present, loss=loss,
@@ -331,6 +353,7 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
         receiver_core_busy=core_busy,
         core_us_per_packet=(1e6 * core_seconds / reply["packets"]
                             if core_seconds is not None and reply["packets"] else None),
+        packets_counted=counted,
     )
 
 
