@@ -18,6 +18,7 @@ import numpy as np
 
 from daqd import _spead
 from daqd.recv.workloads import WORKLOADS
+from daqd.tools.bench.chunk_check import check_chunk
 from daqd.tools.bench.params import HEAPS_PER_CHUNK, POOL, layout
 
 HUGE_PAGE = 2 << 20
@@ -141,8 +142,6 @@ class CopyLimit:
 
     def check(self) -> None:
         """Check the chunks the last pass left in the pool hold their heaps' bytes."""
-        from daqd.tools.bench.memory import check_chunk  # (memory imports this module)
-
         chunk_ids = self.heaps // HEAPS_PER_CHUNK
         for chunk_id in np.unique(chunk_ids)[-self.pool.count:]:
             present = np.zeros(HEAPS_PER_CHUNK, np.uint8)

@@ -15,7 +15,8 @@ import numpy as np
 
 from daqd import _spead, _spead2compat
 from daqd.errors import UsageProblem
-from daqd.recv.workloads import FIRST_CNT, WORKLOADS
+from daqd.recv.workloads import WORKLOADS
+from daqd.tools.bench.chunk_check import BenchError, check_chunk
 from daqd.tools.bench.copy_limit import COPIES, CopyLimit, PoolBlock
 from daqd.tools.bench.machine import LoadMonitor, wait_until_quiet
 from daqd.tools.bench.params import (
@@ -32,10 +33,6 @@ from daqd.tools.bench.report import (
 )
 
 MEMORY_TARGET_BYTES = 1 << 30   # packet bytes per from-memory buffer
-
-
-class BenchError(RuntimeError):
-    """A benchmark produced a wrong result (a missing heap, a misplaced byte)."""
 
 
 class MissingDependency(UsageProblem):
@@ -71,34 +68,6 @@ def workload_buffer(workload: str, heaps: int) -> np.ndarray:
     finally:
         os.close(fd)
     return buf
-
-
-def _pattern(workload: str) -> np.ndarray:
-    w = WORKLOADS[workload]
-    heap_bytes, per_heap = w.heap_bytes, w.packets_per_heap
-    payload = heap_bytes // per_heap
-    return ((np.arange(payload) * 7 + 3) & 0xFF).astype(np.uint8)
-
-
-def check_chunk(workload: str, chunk_id: int, data: np.ndarray, present: np.ndarray) -> None:
-    """Check every present slot of a chunk holds its heap's bytes (SimReader layout).
-
-    Each packet's payload starts with the big-endian ``HEAP_CNT << 16 | packet
-    index``; the rest is a fixed pattern.
-    """
-    w = WORKLOADS[workload]
-    heap_bytes, per_heap = w.heap_bytes, w.packets_per_heap
-    payload = heap_bytes // per_heap
-    slots = np.flatnonzero(np.asarray(present).reshape(HEAPS_PER_CHUNK))
-    packets = np.asarray(data).reshape(HEAPS_PER_CHUNK, per_heap, payload)[slots]
-    marker = np.ascontiguousarray(packets[:, :, :8]).view(">u8")[..., 0]
-    heap = chunk_id * HEAPS_PER_CHUNK + slots.astype(np.int64)
-    expected = ((heap + FIRST_CNT)[:, None] << 16) | np.arange(per_heap)[None, :]
-    if not np.array_equal(marker, expected):
-        raise BenchError(f"{workload}: chunk {chunk_id} holds heaps in the wrong slots")
-    if not np.array_equal(packets[:, :, 8:], np.broadcast_to(_pattern(workload)[8:],
-                                                             packets[:, :, 8:].shape)):
-        raise BenchError(f"{workload}: chunk {chunk_id} holds corrupted payload bytes")
 
 
 def import_spead2() -> Any:
