@@ -67,6 +67,10 @@ class Trial:
     receiver_core_busy: float | None = None     # the receiver's CPU busy, with softirq
     core_us_per_packet: float | None = None     # that CPU's busy time per packet sent
     packets_counted: int | None = None  # the raw receiver: datagrams it counted (else None)
+    # Datagrams dropped at the receiver CPU's input backlog (RPS), before any socket
+    backlog_drops: int | None = None
+    # Time the receiver's threads waited, runnable, for a CPU / trial time (schedstat)
+    run_delay: float | None = None
 
 
 @dataclass
@@ -430,6 +434,7 @@ def _format_udp(report: BenchReport) -> list[str]:
         "meanwhile; next rate tried: the slowest rate above that failed, paced (the rate "
         "asked for) or full speed (offered), losing >= 0.1 % or ending too far behind)"
     )
+    lines += _loss_sites(report.udp)
     spread = udp_spread(report.udp)
     lines += [
         "",
@@ -461,6 +466,26 @@ def _format_udp(report: BenchReport) -> list[str]:
 
 def _limit_rate(u: UdpResult) -> str:
     return f"{'>=' if u.sender_limited else ''}{fmt_kpps(u.packets_per_s)}".rjust(12)
+
+
+def _loss_sites(results: Iterable[UdpResult]) -> list[str]:
+    """Where the failed trials lost their datagrams: the socket buffer or the CPU's backlog."""
+    lines = []
+    for u in results:
+        failed = [t for t in u.trials if not t.ok]
+        if not any(t.backlog_drops is not None for t in failed):
+            continue
+        socket_drops = sum(t.kernel_drops or 0 for t in failed)
+        backlog = sum(t.backlog_drops or 0 for t in failed)
+        late = sum(1 for t in failed if t.loss < LOSS_LIMIT)
+        lines.append(f"{u.workload} {u.receiver}: {len(failed)} failed trials: datagrams "
+                     f"dropped at the socket buffer {socket_drops}, at the receiver CPU's "
+                     f"input backlog {backlog}; {late} failed only by ending late")
+    if lines:
+        lines.insert(0, "Where the failed trials lost datagrams (the backlog: the receiving "
+                        "CPU's RPS queue, net.core.netdev_max_backlog, before any socket; "
+                        "it counts every datagram that CPU dropped meanwhile)")
+    return lines
 
 
 def _format_socket_limit(report: BenchReport) -> list[str]:

@@ -23,7 +23,12 @@ import numpy as np
 
 from daqd import _spead
 from daqd.recv.workloads import FIRST_CNT, WORKLOADS, udp_batch
-from daqd.tools.bench.machine import CoreMonitor, LoadMonitor, wait_until_quiet
+from daqd.tools.bench.machine import (
+    CoreMonitor,
+    LoadMonitor,
+    run_delay_seconds,
+    wait_until_quiet,
+)
 from daqd.tools.bench.memory import (
     BenchError,
     daqd_chunk_stream,
@@ -291,6 +296,7 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
             chunks, recycle = data_ring, stream.add_free_chunk
         load = LoadMonitor(sender.proc.pid)
         core = CoreMonitor()
+        waited = run_delay_seconds()
         user, wall = _user_seconds(), time.perf_counter()
         cpu = time.process_time()
         sender.start(workload, port, rate, seconds, gso)
@@ -313,6 +319,10 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
             blocked = stream.stats["worker_blocked"]
         other, steal = load.cores()
         core_busy, core_seconds = core.busy()
+        backlog = core.backlog_drops()
+        if waited is not None:
+            after = run_delay_seconds()
+            waited = None if after is None else after - waited
         watch.done.set()
         watch.join()
         drops = kernel_drops(sock)
@@ -354,6 +364,8 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
         core_us_per_packet=(1e6 * core_seconds / reply["packets"]
                             if core_seconds is not None and reply["packets"] else None),
         packets_counted=counted,
+        backlog_drops=backlog,
+        run_delay=waited / wall if waited is not None and wall > 0 else None,
     )
 
 
@@ -521,7 +533,9 @@ def bench_udp(workload: str, receivers: Sequence[str], sender: Sender, *,
         log(f"{workload} udp {receiver} run {run + 1}: {asked}: offered "
             f"{t.offered_pps / 1e3:.0f} kpkt/s, loss {100 * t.loss:.3f} % "
             f"({t.heaps_sent - t.heaps_present} of {t.heaps_sent} heaps; kernel drops "
-            f"{t.kernel_drops}{blocked}; rx CPU {100 * t.receiver_cpu:.0f} %, core "
+            f"{t.kernel_drops}, backlog {'?' if t.backlog_drops is None else t.backlog_drops}"
+            f"{blocked}; rx CPU {100 * t.receiver_cpu:.0f} %, waiting for it "
+            f"{'?' if t.run_delay is None else f'{100 * t.run_delay:.0f}'} %, core "
             f"{'?' if t.receiver_core_busy is None else f'{100 * t.receiver_core_busy:.0f}'} %; "
             f"other load {fmt_cores(t.other_load)}, steal {fmt_cores(t.steal)} cores) "
             f"{'ok' if t.ok else 'FAIL'}"
