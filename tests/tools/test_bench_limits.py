@@ -242,3 +242,24 @@ def test_bench_udp_reports_the_socket_limit():
     assert lines[start + 1].split() == ["workload", "raw", "daqd", "daqd/raw"]
     assert lines[start + 2].split()[0] == "W2"
     assert lines[start + 2].split()[-1].endswith("%") or "n/a" in lines[start + 2]
+
+
+# ----------------------------------------------------------------------
+# What the UDP trials say about the machine
+
+
+def test_backlog_drops_and_run_delay_are_read():
+    """The per-CPU backlog drop count and this process's run-queue wait, from /proc."""
+    import time
+
+    from daqd.tools.bench.machine import backlog_drops, run_delay_seconds
+
+    cpus = sorted(os.sched_getaffinity(0))
+    assert all(isinstance(backlog_drops(c), int) and backlog_drops(c) >= 0 for c in cpus)
+    assert backlog_drops(10_000) is None                # no such CPU
+    before = run_delay_seconds()
+    assert before is not None and before >= 0
+    t = time.process_time()
+    while time.process_time() - t < 0.05:               # run: the wait can only grow
+        pass
+    assert run_delay_seconds() >= before
