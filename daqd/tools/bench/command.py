@@ -9,7 +9,7 @@ import click
 
 from daqd.recv.workloads import WORKLOADS
 from daqd.tools.bench.report import format_report
-from daqd.tools.bench.run import LOOPBACKS, MODES, run_bench
+from daqd.tools.bench.run import LOOPBACKS, MODES, RAW_GROS, run_bench
 
 
 @click.command("bench")
@@ -56,6 +56,9 @@ from daqd.tools.bench.run import LOOPBACKS, MODES, run_bench
               help="Also measure the machine's limits in the same rounds: from memory the "
               "copy limit (the payload copies alone), over UDP the raw receiver (recvmmsg on "
               "the same socket setup, counting datagrams only).")
+@click.option("--raw-gro", type=click.Choice(list(RAW_GROS)), default="same", show_default=True,
+              help="UDP: the raw receiver's socket with daqd's GRO setting, without GRO "
+              "(daqd with GRO against the socket without it, in one run), or both.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 def command(workloads: tuple[str, ...], as_json: bool, quiet: bool, **options: Any) -> None:
     """Run the chunk-mode throughput benchmarks and print figures (and ratios).

@@ -17,8 +17,11 @@ from daqd.tools.bench.params import (
     layout,
 )
 
-#: The UDP socket limit's receiver name (`daqd._spead.RawUdpReceiver`: it only counts).
+#: The UDP socket limit's receiver name (`daqd._spead.RawUdpReceiver`: it only counts),
+#: on a socket with daqd's GRO setting; and the same without GRO whatever daqd's.
 RAW = "raw"
+RAW_NO_GRO = "raw-nogro"
+LIMITS = (RAW, RAW_NO_GRO)
 
 
 @dataclass
@@ -159,6 +162,7 @@ class BenchReport:
             "memory": _ratios(self.memory),
             "memory_of_copy_limit": of_copy_limit(self.memory, self.memory_limits),
             "udp_of_socket_limit": of_socket_limit(self.udp),
+            "udp_of_socket_limit_without_gro": of_socket_limit(self.udp, RAW_NO_GRO),
             "udp": udp_spread(self.udp),
             "udp_cpu_per_packet_sustained": udp_cpu_ratios(self.udp),
             "udp_cpu_per_packet_fixed_rate": cost_ratios(self.cost),
@@ -229,17 +233,19 @@ def of_copy_limit(results: Iterable[MemoryResult], limits: Iterable[MemoryResult
     return out
 
 
-def of_socket_limit(results: Iterable[UdpResult]) -> dict[str, dict[str, Any]]:
-    """Map workload -> receiver -> its median sustained rate as a fraction of the raw receiver's.
+def of_socket_limit(results: Iterable[UdpResult], limit: str = RAW
+                    ) -> dict[str, dict[str, Any]]:
+    """Map workload -> receiver -> its median sustained rate as a fraction of `limit`'s.
 
-    ``{"ratio", "kind"}``; the kind as in `udp_ratios` (``at least`` when the
-    receiver's median is a lower bound, ``at most`` when the raw receiver's is).
+    `limit` is one of `LIMITS` (the raw receiver); ``{"ratio", "kind"}``; the
+    kind as in `udp_ratios` (``at least`` when the receiver's median is a
+    lower bound, ``at most`` when the raw receiver's is).
     """
     by = {(r.workload, r.receiver): r for r in results}
     out: dict[str, dict[str, Any]] = {}
     for (w, name), u in by.items():
-        raw = by.get((w, RAW))
-        if name == RAW or raw is None:
+        raw = by.get((w, limit))
+        if name in LIMITS or raw is None:
             continue
         kind = _kind(u.sender_limited, raw.sender_limited)
         ratio = (u.packets_per_s / raw.packets_per_s
@@ -461,7 +467,7 @@ def _format_udp(report: BenchReport) -> list[str]:
     if limited:
         lines.append(f"{', '.join(limited)}: both receivers took all the sender could "
                      "send in some run, so there is no rate ratio; see the CPU time below")
-    return lines + _format_socket_limit(report)
+    return lines + _format_socket_limit(report) + _format_socket_limit(report, RAW_NO_GRO)
 
 
 def _limit_rate(u: UdpResult) -> str:
@@ -488,22 +494,25 @@ def _loss_sites(results: Iterable[UdpResult]) -> list[str]:
     return lines
 
 
-def _format_socket_limit(report: BenchReport) -> list[str]:
-    """Format the socket limit (the raw receiver) and each receiver as a fraction of it."""
+def _format_socket_limit(report: BenchReport, limit: str = RAW) -> list[str]:
+    """Format the socket limit (a raw receiver, `limit`) and each receiver as a fraction of it."""
     by = {(u.workload, u.receiver): u for u in report.udp}
-    fractions = of_socket_limit(report.udp)
+    fractions = of_socket_limit(report.udp, limit)
     if not fractions:
         return []
-    names = list(dict.fromkeys(u.receiver for u in report.udp if u.receiver != RAW))
+    names = list(dict.fromkeys(u.receiver for u in report.udp if u.receiver not in LIMITS))
+    gro = ("same buffer and GRO setting" if limit == RAW else
+           "same buffer, without UDP GRO whatever daqd's setting")
     lines = [
         "",
-        f"Socket limit over loopback UDP: the raw receiver ({RAW}: recvmmsg on a socket set "
-        "up as daqd's, same buffer and GRO setting, counting datagrams only), in the same "
+        f"Socket limit over loopback UDP: the raw receiver ({limit}: recvmmsg on a socket set "
+        f"up as daqd's, {gro}, counting datagrams only), in the same "
         "searches; medians, kpkt/s ('>=': a lower bound)",
-        f"{'workload':8} {RAW:>12} " + " ".join(f"{n:>12} {n + '/' + RAW:>12}" for n in names),
+        f"{'workload':8} {limit:>12} " + " ".join(f"{n:>12} {n + '/' + limit:>12}"
+                                                 for n in names),
     ]
     for w, x in fractions.items():
-        cells = [_limit_rate(by[w, RAW])]
+        cells = [_limit_rate(by[w, limit])]
         for n in names:
             f = x.get(n)
             if f is None or f["ratio"] is None:

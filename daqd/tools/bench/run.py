@@ -74,6 +74,7 @@ from daqd.tools.bench.machine import machine_info
 from daqd.tools.bench.memory import bench_memory, import_spead2
 from daqd.tools.bench.report import (
     RAW,
+    RAW_NO_GRO,
     BenchReport,
     report_from_json,
 )
@@ -82,6 +83,8 @@ from daqd.tools.bench.udp import SOCKET_BUFFER, merge_udp, pick_cpus, run_udp
 WORKLOAD_NAMES = tuple(WORKLOADS)
 MODES = ("memory", "udp", "all")
 LOOPBACKS = ("auto", "rps", "shared")
+#: --raw-gro: the raw receiver(s) over UDP, with daqd's GRO setting, without GRO, or both.
+RAW_GROS = {"same": (RAW,), "off": (RAW_NO_GRO,), "both": (RAW, RAW_NO_GRO)}
 
 # ----------------------------------------------------------------------
 # The whole run (its results and table: daqd.tools.bench.report)
@@ -93,6 +96,7 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
               retries: int = 1, wait_idle: float = 0.0, socket_buffer: int = SOCKET_BUFFER,
               cost_trials: int = 3, sender_gso: bool = True, udp_runs: int = 3,
               loopback: str = "auto", daqd_gro: bool = True, limits: bool = True,
+              raw_gro: str = "same",
               log: Callable[[str], None] = lambda _: None) -> BenchReport:
     """Run the chunk-mode benchmarks.
 
@@ -144,6 +148,10 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
         Also measure the machine's limits, in the same rounds and searches:
         from memory the copy limit (`daqd.tools.bench.copy_limit`), over UDP
         the raw receiver (``RAW``, `daqd._spead.RawUdpReceiver`).
+    raw_gro : str
+        The raw receivers over UDP (`RAW_GROS`): ``same`` (default), one with
+        daqd's GRO setting; ``off``, one without GRO (``RAW_NO_GRO``: daqd with
+        GRO against the socket without it, in one run); ``both``.
     log : callable
         Receives one line per step (progress).
     """
@@ -156,6 +164,8 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
         raise UsageProblem("--runs: must be at least 1")
     if udp_runs < 1:
         raise UsageProblem("--udp-runs: must be at least 1")
+    if raw_gro not in RAW_GROS:
+        raise UsageProblem(f"--raw-gro: {raw_gro!r} is not one of {', '.join(RAW_GROS)}")
     if loopback not in LOOPBACKS:
         raise UsageProblem(f"--loopback: {loopback!r} is not one of {', '.join(LOOPBACKS)}")
     receivers = ["daqd"]
@@ -172,7 +182,8 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
             report.memory_limits += copies
             report.durations[f"memory {w}"] = time.perf_counter() - start
     if mode in ("udp", "all"):
-        options = dict(workloads=list(workloads), receivers=receivers + ([RAW] if limits else []),
+        raw = list(RAW_GROS[raw_gro]) if limits else []
+        options = dict(workloads=list(workloads), receivers=receivers + raw,
                        trial_seconds=trial_seconds, ladder=ladder, steps=steps,
                        retries=retries, wait_idle=wait_idle, socket_buffer=socket_buffer,
                        cost_trials=cost_trials, sender_gso=sender_gso, udp_runs=udp_runs,

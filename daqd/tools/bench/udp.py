@@ -42,6 +42,7 @@ from daqd.tools.bench.params import (
     packet_size,
 )
 from daqd.tools.bench.report import (
+    LIMITS,
     RAW,
     BenchReport,
     CostResult,
@@ -261,8 +262,9 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
               gso: bool = True, gro: bool = True) -> Trial:
     """One trial: `seconds` of `workload` at `rate` packets/s into a fresh receiver.
 
-    `receiver`: ``daqd``, ``spead2`` or `RAW` (the socket limit,
-    `daqd._spead.RawUdpReceiver`, whose loss is counted in datagrams).  It
+    `receiver`: ``daqd``, ``spead2``, `RAW` (the socket limit,
+    `daqd._spead.RawUdpReceiver`, whose loss is counted in datagrams) or
+    `RAW_NO_GRO` (the same, never with GRO).  It
     passes (``ok``) when fewer than 0.1 % of the heaps sent were lost
     and the receiver was no more than `lag_limit_ms` behind the sender at its
     end.  `gso`: the sender sends with UDP GSO (where the kernel allows it);
@@ -282,11 +284,12 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
             receiver_gro = reader.gro
             watch = _Watch(sender, reader.stop, grace=1.0)
             chunks, recycle = stream.chunks(reader), _spead.Chunk.release
-        elif receiver == RAW:
+        elif receiver in LIMITS:
             # The socket limit: the same socket setup as daqd's, only counted;
             # the stop heap (shorter than any data packet) ends it.
             raw = _spead.RawUdpReceiver(sock, min_size=packet_size(workload),
-                                        max_packet_size=MAX_PACKET_SIZE, gro=gro)
+                                        max_packet_size=MAX_PACKET_SIZE,
+                                        gro=gro and receiver == RAW)
             receiver_gro = raw.gro
             watch = _Watch(sender, raw.stop, grace=1.0)
         else:
@@ -301,7 +304,7 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
         cpu = time.process_time()
         sender.start(workload, port, rate, seconds, gso)
         watch.start()
-        if receiver == RAW:
+        if receiver in LIMITS:
             counted = raw.run()
         else:
             for chunk in chunks:
@@ -314,7 +317,7 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
             stats = stream.stats()
             daqd_drops = stats["packets_dropped_socket_buffer"]
             blocked = stats["worker_blocked"]
-        elif receiver != RAW:
+        elif receiver not in LIMITS:
             stream.stop()
             blocked = stream.stats["worker_blocked"]
         other, steal = load.cores()
