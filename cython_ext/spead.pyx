@@ -29,6 +29,8 @@ include "sim.pxi"
 include "chunk_group.pxi"
 include "chunk_stream.pxi"
 include "tcp_server.pxi"
+include "copy_limit.pxi"    # daqd bench: the machine's limits
+include "raw_udp.pxi"
 
 
 #: Every counter's name, in StatIndex order: the member names of stats.pxd's

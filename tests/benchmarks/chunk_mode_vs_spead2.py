@@ -9,7 +9,10 @@ max_chunks 4, pool 16, max_heaps 8) and every chunk passes through Python:
 daqd ``ChunkStream.chunks(ByteStreamReader(buffer))`` with ``release()``,
 spead2 ``ChunkRingStream`` + ``add_buffer_reader`` with the data ring iterated
 and ``add_free_chunk``.  Medians of interleaved runs; every heap is checked
-present, and every byte of an untimed first run is checked in place.
+present, and every byte of an untimed first run is checked in place.  The
+copy limit (the payload copies alone, `daqd.tools.bench.copy_limit`) takes its
+turn in the same rounds, and over UDP the raw receiver (the socket limit) in
+the same searches; each receiver is given as a fraction of them.
 
 Over loopback UDP, the same sender process (``_spead.send`` with UDP GSO, pinned to one
 core) feeds each receiver (pinned to the other) through the same socket setup

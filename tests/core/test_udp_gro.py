@@ -200,3 +200,21 @@ def test_stop_still_hands_over_datagrams_already_received():
             rest += got[0]
     assert len(first) == 4
     assert b"".join(first + rest) == bytes(workload_stream("W2", 60))
+
+
+@needs_gso_gro
+@pytest.mark.parametrize("batch, max_packet_size, messages", [
+    (64, 9200, 8), (64, 1500, 1), (4, 9200, 1), (512, 9200, 71),
+])
+def test_gro_slots_take_no_more_bytes_than_a_batch_without(batch, max_packet_size, messages):
+    """With GRO a recvmmsg takes at most the bytes of `batch` datagrams (64 KiB slots).
+
+    So the datagrams are still in the core's cache when they are copied to
+    their chunks (64 slots of 64 KiB spilled it); at least one slot.
+    """
+    sock, reader = receiver(batch=batch, max_packet_size=max_packet_size)
+    plain_sock, plain = receiver(False, batch=batch, max_packet_size=max_packet_size)
+    with sock, plain_sock:
+        assert reader.gro and reader.messages == messages
+        assert messages * 65536 <= max(65536, batch * (max_packet_size + 1))
+        assert plain.messages == batch

@@ -41,7 +41,7 @@ def test_memory_table():
     assert "Traceback" not in proc.stderr
     assert "From memory" in proc.stdout
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("W2 ")]
-    assert [row[1] for row in rows] == ["daqd"]
+    assert [row[1] for row in rows] == ["daqd", "copy", "memcpy"]   # the copy limits after
     assert "AMD" in proc.stdout or "machine:" in proc.stdout
 
 
@@ -123,7 +123,8 @@ def test_udp_runs():
     if os.geteuid() == 0 and rps_before is not None:
         assert report["loopback"].startswith("a private network namespace"), report["loopback"]
     assert report["daqd_gro"].startswith("with UDP GRO") or "refused" in report["daqd_gro"]
-    assert [u["receiver"] for u in report["udp"]] == ["daqd", "spead2"]
+    assert [u["receiver"] for u in report["udp"]] == ["daqd", "spead2", "raw"]
+    assert set(report["ratios"]["udp_of_socket_limit"]["W2"]) == {"daqd", "spead2"}
     for u in report["udp"]:
         assert u["trials"], u
         for t in u["trials"]:
@@ -132,7 +133,7 @@ def test_udp_runs():
     assert report["socket_buffer"] > 0
     assert "GSO" in report["sender"] or "sendmmsg" in report["sender"]
     if all(u["sustained"] for u in report["udp"]):
-        assert [c["receiver"] for c in report["cost"]] == ["daqd", "spead2"]
+        assert [c["receiver"] for c in report["cost"]] == ["daqd", "spead2", "raw"]
         assert all(len(c["losses"]) == 1 for c in report["cost"])
 
 
@@ -194,7 +195,8 @@ def test_full_benchmark():
     proc = daqd("bench", "--vs-spead2", "--json", "--quiet", timeout=3600)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert len(report["memory"]) == 6 and len(report["udp"]) == 6
+    assert len(report["memory"]) == 6 and len(report["udp"]) == 9     # daqd, spead2, raw
+    assert len(report["memory_limits"]) == 6                          # two copies each
     text = subprocess.run([sys.executable, "-c", (
         "import json, sys; from daqd.tools.bench.report import format_report, report_from_json; "
         "print(format_report(report_from_json(json.load(sys.stdin))))")],
@@ -499,6 +501,6 @@ def test_refused_namespace_falls_back_or_fails(monkeypatch):
     assert report.loopback.startswith("the machine's loopback")
     assert "Operation not permitted" in report.loopback
     assert any("no private namespace with RPS" in line for line in lines)
-    assert [u.receiver for u in report.udp] == ["daqd"] and report.udp[0].trials
+    assert [u.receiver for u in report.udp] == ["daqd", "raw"] and report.udp[0].trials
     with pytest.raises(UsageProblem, match="--loopback rps: cannot set up the namespace"):
         run_bench(["W2"], mode="udp", loopback="rps")

@@ -9,7 +9,7 @@ import click
 
 from daqd.recv.workloads import WORKLOADS
 from daqd.tools.bench.report import format_report
-from daqd.tools.bench.run import LOOPBACKS, MODES, run_bench
+from daqd.tools.bench.run import LOOPBACKS, MODES, RAW_GROS, run_bench
 
 
 @click.command("bench")
@@ -52,14 +52,22 @@ from daqd.tools.bench.run import LOOPBACKS, MODES, run_bench
 @click.option("--daqd-gro/--no-daqd-gro", default=True, show_default=True,
               help="UDP: daqd's socket asks for UDP GRO, as the daemon's does by default "
               "(--no-daqd-gro: the kernel's per-datagram path, as spead2 uses).")
+@click.option("--limits/--no-limits", default=True, show_default=True,
+              help="Also measure the machine's limits in the same rounds: from memory the "
+              "copy limit (the payload copies alone), over UDP the raw receiver (recvmmsg on "
+              "the same socket setup, counting datagrams only).")
+@click.option("--raw-gro", type=click.Choice(list(RAW_GROS)), default="same", show_default=True,
+              help="UDP: the raw receiver's socket with daqd's GRO setting, without GRO "
+              "(daqd with GRO against the socket without it, in one run), or both.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 def command(workloads: tuple[str, ...], as_json: bool, quiet: bool, **options: Any) -> None:
     """Run the chunk-mode throughput benchmarks and print figures (and ratios).
 
     memory: one pre-built buffer of the workload through daqd's chunk path
-    (and spead2's ChunkRingStream), medians of interleaved runs.  udp: the
-    highest rate each receiver sustains over loopback with < 0.1 % heap loss,
-    medians of --udp-runs searches.
+    (and spead2's ChunkRingStream), medians of interleaved runs, beside the
+    copy limit (the payload copies alone).  udp: the highest rate each
+    receiver sustains over loopback with < 0.1 % heap loss, medians of
+    --udp-runs searches, beside the raw receiver (the socket limit).
     """
     def log(line: str) -> None:
         if not quiet:

@@ -69,6 +69,42 @@ def _core_ticks(cpu: int) -> tuple[int, int] | None:
     return None
 
 
+def run_delay_seconds() -> float | None:
+    """Seconds this process's threads have waited for a CPU while runnable (schedstat).
+
+    The second field of ``/proc/self/task/*/schedstat``: time on a run queue,
+    not running.  A receiver that waits there is held back by other work on
+    its CPU, not by its own.
+    """
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    total = 0
+    for task in tasks:
+        text = _read(f"/proc/self/task/{task}/schedstat")
+        if text:
+            total += int(text.split()[1])
+    return total / 1e9
+
+
+def backlog_drops(cpu: int) -> int | None:
+    """Packets the kernel dropped at `cpu`'s input backlog so far (/proc/net/softnet_stat).
+
+    With RPS every datagram waits in the receiving CPU's backlog (at most
+    net.core.netdev_max_backlog of them) until that CPU's softirq takes it
+    to the socket; when the softirq falls behind, the backlog overflows and
+    the datagram is dropped before any socket sees it (the second column).
+    """
+    for i, line in enumerate((_read("/proc/net/softnet_stat") or "").splitlines()):
+        fields = line.split()
+        # The 13th field is the CPU's number (kernels since 5.x); else the line's order.
+        index = int(fields[12], 16) if len(fields) > 12 else i
+        if index == cpu and len(fields) > 1:
+            return int(fields[1], 16)
+    return None
+
+
 class CoreMonitor:
     """How busy this process's CPU was (when it is pinned to one), from /proc/stat.
 
@@ -82,6 +118,14 @@ class CoreMonitor:
         self.hz = os.sysconf("SC_CLK_TCK")
         self.cpu = next(iter(cpus)) if len(cpus) == 1 else None
         self.start = _core_ticks(self.cpu) if self.cpu is not None else None
+        self.backlog = backlog_drops(self.cpu) if self.cpu is not None else None
+
+    def backlog_drops(self) -> int | None:
+        """Packets dropped at the CPU's input backlog since the start (`backlog_drops`)."""
+        if self.cpu is None or self.backlog is None:
+            return None
+        now = backlog_drops(self.cpu)
+        return None if now is None else now - self.backlog
 
     def busy(self) -> tuple[float, float] | tuple[None, None]:
         """(fraction of the CPU's non-stolen time it was busy, busy seconds) since the start."""

@@ -5,7 +5,6 @@ See `daqd.tools.bench.run` for the method.
 
 from __future__ import annotations
 
-import mmap
 import os
 import statistics
 import time
@@ -16,7 +15,9 @@ import numpy as np
 
 from daqd import _spead, _spead2compat
 from daqd.errors import UsageProblem
-from daqd.recv.workloads import FIRST_CNT, WORKLOADS
+from daqd.recv.workloads import WORKLOADS
+from daqd.tools.bench.chunk_check import BenchError, check_chunk
+from daqd.tools.bench.copy_limit import COPIES, CopyLimit, PoolBlock
 from daqd.tools.bench.machine import LoadMonitor, wait_until_quiet
 from daqd.tools.bench.params import (
     HEAPS_PER_CHUNK,
@@ -32,11 +33,6 @@ from daqd.tools.bench.report import (
 )
 
 MEMORY_TARGET_BYTES = 1 << 30   # packet bytes per from-memory buffer
-HUGE_PAGE = 2 << 20
-
-
-class BenchError(RuntimeError):
-    """A benchmark produced a wrong result (a missing heap, a misplaced byte)."""
 
 
 class MissingDependency(UsageProblem):
@@ -74,34 +70,6 @@ def workload_buffer(workload: str, heaps: int) -> np.ndarray:
     return buf
 
 
-def _pattern(workload: str) -> np.ndarray:
-    w = WORKLOADS[workload]
-    heap_bytes, per_heap = w.heap_bytes, w.packets_per_heap
-    payload = heap_bytes // per_heap
-    return ((np.arange(payload) * 7 + 3) & 0xFF).astype(np.uint8)
-
-
-def check_chunk(workload: str, chunk_id: int, data: np.ndarray, present: np.ndarray) -> None:
-    """Check every present slot of a chunk holds its heap's bytes (SimReader layout).
-
-    Each packet's payload starts with the big-endian ``HEAP_CNT << 16 | packet
-    index``; the rest is a fixed pattern.
-    """
-    w = WORKLOADS[workload]
-    heap_bytes, per_heap = w.heap_bytes, w.packets_per_heap
-    payload = heap_bytes // per_heap
-    slots = np.flatnonzero(np.asarray(present).reshape(HEAPS_PER_CHUNK))
-    packets = np.asarray(data).reshape(HEAPS_PER_CHUNK, per_heap, payload)[slots]
-    marker = np.ascontiguousarray(packets[:, :, :8]).view(">u8")[..., 0]
-    heap = chunk_id * HEAPS_PER_CHUNK + slots.astype(np.int64)
-    expected = ((heap + FIRST_CNT)[:, None] << 16) | np.arange(per_heap)[None, :]
-    if not np.array_equal(marker, expected):
-        raise BenchError(f"{workload}: chunk {chunk_id} holds heaps in the wrong slots")
-    if not np.array_equal(packets[:, :, 8:], np.broadcast_to(_pattern(workload)[8:],
-                                                             packets[:, :, 8:].shape)):
-        raise BenchError(f"{workload}: chunk {chunk_id} holds corrupted payload bytes")
-
-
 def import_spead2() -> Any:
     """spead2 and spead2.recv, or one line saying that it is missing."""
     try:
@@ -115,30 +83,16 @@ def import_spead2() -> Any:
 
 
 class Spead2Chunks:
-    """A spead2 chunk pool laid out as daqd's own: one pre-touched block.
+    """A spead2 chunk pool laid out as daqd's own: one pre-touched block (`PoolBlock`).
 
-    The block is aligned to a huge page and advised for transparent huge
-    pages, each chunk starts on a page, as ChunkStream allocates its pool, so
-    neither receiver gets better memory than the other.
+    So neither receiver gets better memory than the other.
     """
 
     def __init__(self, spead2: Any, workload: str, count: int = POOL) -> None:
-        heap_bytes = layout(workload)["heap_bytes"]
-        chunk_bytes = HEAPS_PER_CHUNK * heap_bytes
-        stride = (chunk_bytes + 4095) & ~4095
-        total = count * stride
-        self.map = mmap.mmap(-1, total + HUGE_PAGE)
-        raw = np.frombuffer(self.map, np.uint8)
-        skip = (-raw.ctypes.data) % HUGE_PAGE
-        if hasattr(mmap, "MADV_HUGEPAGE"):
-            self.map.madvise(mmap.MADV_HUGEPAGE, skip, total - total % HUGE_PAGE)
-        block = raw[skip:skip + total]
-        block.fill(0)
+        self.block = PoolBlock(workload, count)
         self.chunks = [
-            spead2.recv.Chunk(
-                present=np.zeros(HEAPS_PER_CHUNK, np.uint8),
-                data=block[i * stride:i * stride + chunk_bytes],
-            )
+            spead2.recv.Chunk(present=np.zeros(HEAPS_PER_CHUNK, np.uint8),
+                              data=self.block.chunk(i))
             for i in range(count)
         ]
 
@@ -222,15 +176,19 @@ RUNNERS: dict[str, Callable[..., tuple[float, int]]] = {
 
 
 def bench_memory(workload: str, receivers: Sequence[str], *, runs: int, heaps: int | None = None,
-                 wait_idle: float = 0.0,
-                 log: Callable[[str], None] = lambda _: None) -> list[MemoryResult]:
-    """Median from-memory throughput of each receiver on `workload`.
+                 wait_idle: float = 0.0, limits: bool = True,
+                 log: Callable[[str], None] = lambda _: None
+                 ) -> tuple[list[MemoryResult], list[MemoryResult]]:
+    """Median from-memory throughput of each receiver on `workload`, and the copy limit.
 
     An untimed first run of each receiver checks every placed byte; then
     `runs` timed runs alternate between the receivers (the first one swaps
-    every run).  Every run must yield every heap.  With `wait_idle`, each
-    round of runs first waits up to that many seconds for other processes to
-    leave the CPUs alone.
+    every run).  Every run must yield every heap.  With `limits`, the copy
+    limit (`daqd.tools.bench.copy_limit`: the payload copies alone, with each
+    of `COPIES`) takes its turn in the same rounds, as a receiver would.  With
+    `wait_idle`, each round of runs first waits up to that many seconds for
+    other processes to leave the CPUs alone.  Returns (the receivers'
+    results, the copy limits' results, named by their copy).
     """
     heaps = heaps or default_memory_heaps(workload)
     w = WORKLOADS[workload]
@@ -239,39 +197,45 @@ def bench_memory(workload: str, receivers: Sequence[str], *, runs: int, heaps: i
     buf = workload_buffer(workload, heaps)
     log(f"{workload}: built {buf.nbytes / 2**20:.0f} MiB of packets ({heaps} heaps) "
         f"in {time.perf_counter() - t:.1f} s")
-    times: dict[str, list[float]] = {r: [] for r in receivers}
-    for r in receivers:
-        seconds, present = RUNNERS[r](workload, buf, verify=True)
+    runners: dict[str, Callable[..., tuple[float, int]]] = {r: RUNNERS[r] for r in receivers}
+    copies = {m: CopyLimit(workload, buf, m) for m in (COPIES if limits else ())}
+    runners.update(copies)
+    times: dict[str, list[float]] = {r: [] for r in runners}
+    for r, run in runners.items():
+        seconds, present = run(workload, buf, verify=True)
         _expect_all(workload, r, present, heaps)
-        log(f"{workload}: {r} checked every byte (untimed warm-up, {seconds:.3f} s)")
+        log(f"{workload}: {r if r in receivers else f'{r} copy'} checked every byte "
+            f"(untimed warm-up, {seconds:.3f} s)")
     load = LoadMonitor()
     for i in range(runs):
         if wait_idle:
             waited = wait_until_quiet(wait_idle)
             if waited > 0.5:
                 log(f"{workload}: waited {waited:.1f} s for the CPUs to be idle")
-        order = list(receivers) if i % 2 == 0 else list(reversed(receivers))
+        order = list(runners) if i % 2 == 0 else list(reversed(runners))
         for r in order:
-            seconds, present = RUNNERS[r](workload, buf)
+            seconds, present = runners[r](workload, buf)
             _expect_all(workload, r, present, heaps)
             times[r].append(seconds)
         log(f"{workload}: run {i + 1}/{runs}: "
-            + ", ".join(f"{r} {times[r][-1]:.3f} s" for r in receivers))
+            + ", ".join(f"{r} {times[r][-1]:.3f} s" for r in runners))
     other, steal = load.cores()
     if other is not None and other > 0.1:
         log(f"{workload}: other processes used {other:.2f} cores meanwhile")
-    results = []
-    for r in receivers:
+    results: list[MemoryResult] = []
+    for r in runners:
         median = statistics.median(times[r])
         results.append(MemoryResult(
-            workload=workload, receiver=r, heaps=heaps, packets=heaps * per_heap,
-            payload_bytes=heaps * heap_bytes, buffer_bytes=int(buf.nbytes),
+            workload=workload, receiver=r, heaps=heaps,
+            packets=copies[r].plan.copies if r in copies else heaps * per_heap,
+            payload_bytes=copies[r].copied if r in copies else heaps * heap_bytes,
+            buffer_bytes=int(buf.nbytes),
             seconds=[round(s, 6) for s in times[r]], median_seconds=median,
             heaps_per_s=heaps / median, packets_per_s=heaps * per_heap / median,
             gbit_per_s=heaps * heap_bytes * 8 / median / 1e9,
             other_load=other, steal=steal,
         ))
-    return results
+    return results[:len(receivers)], results[len(receivers):]
 
 
 def _expect_all(workload: str, receiver: str, present: int, heaps: int) -> None:

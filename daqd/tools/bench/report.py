@@ -17,6 +17,12 @@ from daqd.tools.bench.params import (
     layout,
 )
 
+#: The UDP socket limit's receiver name (`daqd._spead.RawUdpReceiver`: it only counts),
+#: on a socket with daqd's GRO setting; and the same without GRO whatever daqd's.
+RAW = "raw"
+RAW_NO_GRO = "raw-nogro"
+LIMITS = (RAW, RAW_NO_GRO)
+
 
 @dataclass
 class MemoryResult:
@@ -63,6 +69,11 @@ class Trial:
     receiver_gro: bool | None = None    # daqd: its socket had UDP GRO (None: spead2)
     receiver_core_busy: float | None = None     # the receiver's CPU busy, with softirq
     core_us_per_packet: float | None = None     # that CPU's busy time per packet sent
+    packets_counted: int | None = None  # the raw receiver: datagrams it counted (else None)
+    # Datagrams dropped at the receiver CPU's input backlog (RPS), before any socket
+    backlog_drops: int | None = None
+    # Time the receiver's threads waited, runnable, for a CPU / trial time (schedstat)
+    run_delay: float | None = None
 
 
 @dataclass
@@ -130,6 +141,8 @@ class BenchReport:
 
     machine: dict[str, Any]
     memory: list[MemoryResult] = field(default_factory=list)
+    # The copy limit from memory (`daqd.tools.bench.copy_limit`), named by its copy
+    memory_limits: list[MemoryResult] = field(default_factory=list)
     udp: list[UdpResult] = field(default_factory=list)
     cost: list[CostResult] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
@@ -147,6 +160,9 @@ class BenchReport:
         out = asdict(self)
         out["ratios"] = {
             "memory": _ratios(self.memory),
+            "memory_of_copy_limit": of_copy_limit(self.memory, self.memory_limits),
+            "udp_of_socket_limit": of_socket_limit(self.udp),
+            "udp_of_socket_limit_without_gro": of_socket_limit(self.udp, RAW_NO_GRO),
             "udp": udp_spread(self.udp),
             "udp_cpu_per_packet_sustained": udp_cpu_ratios(self.udp),
             "udp_cpu_per_packet_fixed_rate": cost_ratios(self.cost),
@@ -177,6 +193,7 @@ def report_from_json(data: dict[str, Any]) -> BenchReport:
     return BenchReport(
         machine=data["machine"],
         memory=[MemoryResult(**m) for m in data.get("memory", [])],
+        memory_limits=[MemoryResult(**m) for m in data.get("memory_limits", [])],
         udp=udp,
         cost=[CostResult(**c) for c in data.get("cost", [])],
         durations=data.get("durations", {}),
@@ -198,6 +215,43 @@ def _ratios(results: Iterable[MemoryResult]) -> dict[str, float | None]:
         if (w, "daqd") in by and (w, "spead2") in by:
             ratios[w] = by[w, "daqd"] / by[w, "spead2"] if by[w, "spead2"] else None
     return ratios
+
+
+def of_copy_limit(results: Iterable[MemoryResult], limits: Iterable[MemoryResult]
+                  ) -> dict[str, dict[str, dict[str, float]]]:
+    """Map workload -> receiver -> copy -> the receiver's rate as a fraction of that copy's.
+
+    The copies are the limits of `daqd.tools.bench.copy_limit` (``nontemporal``,
+    the copy daqd's chunk mode makes, is the limit; ``standard`` for reference).
+    """
+    rates = {(c.workload, c.receiver): c.heaps_per_s for c in limits}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for r in results:
+        for (w, copy), rate in rates.items():
+            if w == r.workload and rate:
+                out.setdefault(w, {}).setdefault(r.receiver, {})[copy] = r.heaps_per_s / rate
+    return out
+
+
+def of_socket_limit(results: Iterable[UdpResult], limit: str = RAW
+                    ) -> dict[str, dict[str, Any]]:
+    """Map workload -> receiver -> its median sustained rate as a fraction of `limit`'s.
+
+    `limit` is one of `LIMITS` (the raw receiver); ``{"ratio", "kind"}``; the
+    kind as in `udp_ratios` (``at least`` when the receiver's median is a
+    lower bound, ``at most`` when the raw receiver's is).
+    """
+    by = {(r.workload, r.receiver): r for r in results}
+    out: dict[str, dict[str, Any]] = {}
+    for (w, name), u in by.items():
+        raw = by.get((w, limit))
+        if name in LIMITS or raw is None:
+            continue
+        kind = _kind(u.sender_limited, raw.sender_limited)
+        ratio = (u.packets_per_s / raw.packets_per_s
+                 if raw.packets_per_s and kind != "both sender-limited" else None)
+        out.setdefault(w, {})[name] = {"ratio": ratio, "kind": kind}
+    return out
 
 
 def _pairs(results: Iterable[UdpResult]) -> dict[str, tuple[UdpResult, UdpResult]]:
@@ -386,6 +440,7 @@ def _format_udp(report: BenchReport) -> list[str]:
         "meanwhile; next rate tried: the slowest rate above that failed, paced (the rate "
         "asked for) or full speed (offered), losing >= 0.1 % or ending too far behind)"
     )
+    lines += _loss_sites(report.udp)
     spread = udp_spread(report.udp)
     lines += [
         "",
@@ -412,6 +467,101 @@ def _format_udp(report: BenchReport) -> list[str]:
     if limited:
         lines.append(f"{', '.join(limited)}: both receivers took all the sender could "
                      "send in some run, so there is no rate ratio; see the CPU time below")
+    return lines + _format_socket_limit(report) + _format_socket_limit(report, RAW_NO_GRO)
+
+
+def _limit_rate(u: UdpResult) -> str:
+    return f"{'>=' if u.sender_limited else ''}{fmt_kpps(u.packets_per_s)}".rjust(12)
+
+
+def _loss_sites(results: Iterable[UdpResult]) -> list[str]:
+    """Where the failed trials lost their datagrams: the socket buffer or the CPU's backlog."""
+    lines = []
+    for u in results:
+        failed = [t for t in u.trials if not t.ok]
+        if not any(t.backlog_drops is not None for t in failed):
+            continue
+        socket_drops = sum(t.kernel_drops or 0 for t in failed)
+        backlog = sum(t.backlog_drops or 0 for t in failed)
+        late = sum(1 for t in failed if t.loss < LOSS_LIMIT)
+        lines.append(f"{u.workload} {u.receiver}: {len(failed)} failed trials: datagrams "
+                     f"dropped at the socket buffer {socket_drops}, at the receiver CPU's "
+                     f"input backlog {backlog}; {late} failed only by ending late")
+    if lines:
+        lines.insert(0, "Where the failed trials lost datagrams (the backlog: the receiving "
+                        "CPU's RPS queue, net.core.netdev_max_backlog, before any socket; "
+                        "it counts every datagram that CPU dropped meanwhile)")
+    return lines
+
+
+def _format_socket_limit(report: BenchReport, limit: str = RAW) -> list[str]:
+    """Format the socket limit (a raw receiver, `limit`) and each receiver as a fraction of it."""
+    by = {(u.workload, u.receiver): u for u in report.udp}
+    fractions = of_socket_limit(report.udp, limit)
+    if not fractions:
+        return []
+    names = list(dict.fromkeys(u.receiver for u in report.udp if u.receiver not in LIMITS))
+    gro = ("same buffer and GRO setting" if limit == RAW else
+           "same buffer, without UDP GRO whatever daqd's setting")
+    lines = [
+        "",
+        f"Socket limit over loopback UDP: the raw receiver ({limit}: recvmmsg on a socket set "
+        f"up as daqd's, {gro}, counting datagrams only), in the same "
+        "searches; medians, kpkt/s ('>=': a lower bound)",
+        f"{'workload':8} {limit:>12} " + " ".join(f"{n:>12} {n + '/' + limit:>12}"
+                                                 for n in names),
+    ]
+    for w, x in fractions.items():
+        cells = [_limit_rate(by[w, limit])]
+        for n in names:
+            f = x.get(n)
+            if f is None or f["ratio"] is None:
+                fraction = "n/a"
+            else:
+                prefix = {"at least": ">= ", "at most": "<= "}.get(f["kind"], "")
+                fraction = prefix + fmt_percent(f["ratio"])
+            cells += [_limit_rate(by[w, n]), f"{fraction:>12}"]
+        lines.append(f"{w:8} " + " ".join(cells))
+    return lines
+
+
+def _format_memory(report: BenchReport, ratios: dict[str, Any]) -> list[str]:
+    """Format the from-memory part of `format_report`: receivers, then their copy limits."""
+    first = report.memory[0]
+    lines = [
+        f"From memory (median of {len(first.seconds)} interleaved runs; "
+        "every heap and byte checked)",
+        f"{'workload':8} {'receiver':8} {'MiB':>6} {'kheaps/s':>10} {'Mpkt/s':>8} "
+        f"{'Gbit/s':>8} {'median s':>9} {'other':>5} {'daqd/spead2':>12} {'of copy':>8} "
+        f"{'of memcpy':>9}",
+    ]
+    of_copy = ratios["memory_of_copy_limit"]
+    for w in dict.fromkeys(r.workload for r in report.memory):
+        for r in [m for m in report.memory if m.workload == w]:
+            ratio = ratios["memory"].get(w) if r.receiver == "spead2" else None
+            fractions = of_copy.get(w, {}).get(r.receiver, {})
+            lines.append(
+                f"{w:8} {r.receiver:8} {r.buffer_bytes / 2**20:6.0f} "
+                f"{r.heaps_per_s / 1e3:10.1f} {r.packets_per_s / 1e6:8.3f} "
+                f"{r.gbit_per_s:8.2f} {r.median_seconds:9.4f} {fmt_cores(r.other_load):>5} "
+                f"{'' if ratio is None else f'{ratio:.2f}':>12} "
+                f"{fmt_percent(fractions.get('nontemporal')) if fractions else '':>8} "
+                f"{fmt_percent(fractions.get('standard')) if fractions else '':>9}"
+            )
+        for c in [m for m in report.memory_limits if m.workload == w]:
+            name = {"nontemporal": "copy", "standard": "memcpy"}.get(c.receiver, c.receiver)
+            lines.append(
+                f"{w:8} {name:8} {c.buffer_bytes / 2**20:6.0f} "
+                f"{c.heaps_per_s / 1e3:10.1f} {c.packets_per_s / 1e6:8.3f} "
+                f"{c.gbit_per_s:8.2f} {c.median_seconds:9.4f} {fmt_cores(c.other_load):>5} "
+                f"{'':>12} {'limit' if c.receiver == 'nontemporal' else '':>8}"
+            )
+    if report.memory_limits:
+        lines.append(
+            "(copy: the copy limit, only the payload copies of the same packets into a "
+            "pre-touched pool of the same chunk layout, with the non-temporal copy of daqd's "
+            "chunk mode, in the same rounds; memcpy: the same with the standard memcpy; "
+            "of copy, of memcpy: the receiver's rate as a fraction of each)")
     return lines
 
 
@@ -432,22 +582,7 @@ def format_report(report: BenchReport) -> str:
     ]
     ratios = report.to_json()["ratios"]
     if report.memory:
-        first = report.memory[0]
-        lines += [
-            "",
-            f"From memory (median of {len(first.seconds)} interleaved runs; "
-            "every heap and byte checked)",
-            f"{'workload':8} {'receiver':8} {'MiB':>6} {'kheaps/s':>10} {'Mpkt/s':>8} "
-            f"{'Gbit/s':>8} {'median s':>9} {'other':>5} {'daqd/spead2':>12}",
-        ]
-        for r in report.memory:
-            ratio = ratios["memory"].get(r.workload) if r.receiver == "spead2" else None
-            lines.append(
-                f"{r.workload:8} {r.receiver:8} {r.buffer_bytes / 2**20:6.0f} "
-                f"{r.heaps_per_s / 1e3:10.1f} {r.packets_per_s / 1e6:8.3f} "
-                f"{r.gbit_per_s:8.2f} {r.median_seconds:9.4f} {fmt_cores(r.other_load):>5} "
-                f"{'' if ratio is None else f'{ratio:.2f}':>12}"
-            )
+        lines += ["", *_format_memory(report, ratios)]
     if report.udp:
         lines += ["", *_format_udp(report)]
     if report.cost:

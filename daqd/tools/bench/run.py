@@ -73,6 +73,8 @@ from daqd.recv.workloads import WORKLOADS
 from daqd.tools.bench.machine import machine_info
 from daqd.tools.bench.memory import bench_memory, import_spead2
 from daqd.tools.bench.report import (
+    RAW,
+    RAW_NO_GRO,
     BenchReport,
     report_from_json,
 )
@@ -81,6 +83,8 @@ from daqd.tools.bench.udp import SOCKET_BUFFER, merge_udp, pick_cpus, run_udp
 WORKLOAD_NAMES = tuple(WORKLOADS)
 MODES = ("memory", "udp", "all")
 LOOPBACKS = ("auto", "rps", "shared")
+#: --raw-gro: the raw receiver(s) over UDP, with daqd's GRO setting, without GRO, or both.
+RAW_GROS = {"same": (RAW,), "off": (RAW_NO_GRO,), "both": (RAW, RAW_NO_GRO)}
 
 # ----------------------------------------------------------------------
 # The whole run (its results and table: daqd.tools.bench.report)
@@ -91,7 +95,8 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
               trial_seconds: float = 1.0, ladder: int = 6, steps: int = 5,
               retries: int = 1, wait_idle: float = 0.0, socket_buffer: int = SOCKET_BUFFER,
               cost_trials: int = 3, sender_gso: bool = True, udp_runs: int = 3,
-              loopback: str = "auto", daqd_gro: bool = True,
+              loopback: str = "auto", daqd_gro: bool = True, limits: bool = True,
+              raw_gro: str = "same",
               log: Callable[[str], None] = lambda _: None) -> BenchReport:
     """Run the chunk-mode benchmarks.
 
@@ -138,6 +143,15 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
     daqd_gro : bool
         daqd's UDP socket asks for UDP GRO, as it does by default in the
         daemon; False gives daqd the kernel's per-datagram path, as spead2's.
+        The raw receiver's socket follows it.
+    limits : bool
+        Also measure the machine's limits, in the same rounds and searches:
+        from memory the copy limit (`daqd.tools.bench.copy_limit`), over UDP
+        the raw receiver (``RAW``, `daqd._spead.RawUdpReceiver`).
+    raw_gro : str
+        The raw receivers over UDP (`RAW_GROS`): ``same`` (default), one with
+        daqd's GRO setting; ``off``, one without GRO (``RAW_NO_GRO``: daqd with
+        GRO against the socket without it, in one run); ``both``.
     log : callable
         Receives one line per step (progress).
     """
@@ -150,6 +164,8 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
         raise UsageProblem("--runs: must be at least 1")
     if udp_runs < 1:
         raise UsageProblem("--udp-runs: must be at least 1")
+    if raw_gro not in RAW_GROS:
+        raise UsageProblem(f"--raw-gro: {raw_gro!r} is not one of {', '.join(RAW_GROS)}")
     if loopback not in LOOPBACKS:
         raise UsageProblem(f"--loopback: {loopback!r} is not one of {', '.join(LOOPBACKS)}")
     receivers = ["daqd"]
@@ -160,11 +176,14 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
     if mode in ("memory", "all"):
         for w in workloads:
             start = time.perf_counter()
-            report.memory += bench_memory(w, receivers, runs=runs, heaps=heaps,
-                                          wait_idle=wait_idle, log=log)
+            measured, copies = bench_memory(w, receivers, runs=runs, heaps=heaps,
+                                            wait_idle=wait_idle, limits=limits, log=log)
+            report.memory += measured
+            report.memory_limits += copies
             report.durations[f"memory {w}"] = time.perf_counter() - start
     if mode in ("udp", "all"):
-        options = dict(workloads=list(workloads), receivers=receivers,
+        raw = list(RAW_GROS[raw_gro]) if limits else []
+        options = dict(workloads=list(workloads), receivers=receivers + raw,
                        trial_seconds=trial_seconds, ladder=ladder, steps=steps,
                        retries=retries, wait_idle=wait_idle, socket_buffer=socket_buffer,
                        cost_trials=cost_trials, sender_gso=sender_gso, udp_runs=udp_runs,

@@ -23,7 +23,12 @@ import numpy as np
 
 from daqd import _spead
 from daqd.recv.workloads import FIRST_CNT, WORKLOADS, udp_batch
-from daqd.tools.bench.machine import CoreMonitor, LoadMonitor, wait_until_quiet
+from daqd.tools.bench.machine import (
+    CoreMonitor,
+    LoadMonitor,
+    run_delay_seconds,
+    wait_until_quiet,
+)
 from daqd.tools.bench.memory import (
     BenchError,
     daqd_chunk_stream,
@@ -37,6 +42,8 @@ from daqd.tools.bench.params import (
     packet_size,
 )
 from daqd.tools.bench.report import (
+    LIMITS,
+    RAW,
     BenchReport,
     CostResult,
     Trial,
@@ -255,7 +262,10 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
               gso: bool = True, gro: bool = True) -> Trial:
     """One trial: `seconds` of `workload` at `rate` packets/s into a fresh receiver.
 
-    It passes (``ok``) when fewer than 0.1 % of the heaps sent were lost
+    `receiver`: ``daqd``, ``spead2``, `RAW` (the socket limit,
+    `daqd._spead.RawUdpReceiver`, whose loss is counted in datagrams) or
+    `RAW_NO_GRO` (the same, never with GRO).  It
+    passes (``ok``) when fewer than 0.1 % of the heaps sent were lost
     and the receiver was no more than `lag_limit_ms` behind the sender at its
     end.  `gso`: the sender sends with UDP GSO (where the kernel allows it);
     `gro`: daqd's socket asks for UDP GRO (see `_spead.UdpReader`).
@@ -265,7 +275,8 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
     port = sock.getsockname()[1]
     count = np.count_nonzero
     present = 0
-    daqd_drops = receiver_gro = None
+    counted: int | None = None          # the raw receiver's datagrams
+    daqd_drops = receiver_gro = blocked = None
     try:
         if receiver == "daqd":
             stream = daqd_chunk_stream(workload)
@@ -273,6 +284,14 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
             receiver_gro = reader.gro
             watch = _Watch(sender, reader.stop, grace=1.0)
             chunks, recycle = stream.chunks(reader), _spead.Chunk.release
+        elif receiver in LIMITS:
+            # The socket limit: the same socket setup as daqd's, only counted;
+            # the stop heap (shorter than any data packet) ends it.
+            raw = _spead.RawUdpReceiver(sock, min_size=packet_size(workload),
+                                        max_packet_size=MAX_PACKET_SIZE,
+                                        gro=gro and receiver == RAW)
+            receiver_gro = raw.gro
+            watch = _Watch(sender, raw.stop, grace=1.0)
         else:
             stream, data_ring, _pool = spead2_chunk_stream(spead2, workload)
             stream.add_udp_reader(sock, max_size=MAX_PACKET_SIZE)
@@ -280,13 +299,17 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
             chunks, recycle = data_ring, stream.add_free_chunk
         load = LoadMonitor(sender.proc.pid)
         core = CoreMonitor()
+        waited = run_delay_seconds()
         user, wall = _user_seconds(), time.perf_counter()
         cpu = time.process_time()
         sender.start(workload, port, rate, seconds, gso)
         watch.start()
-        for chunk in chunks:
-            present += count(chunk.present)
-            recycle(chunk)
+        if receiver in LIMITS:
+            counted = raw.run()
+        else:
+            for chunk in chunks:
+                present += count(chunk.present)
+                recycle(chunk)
         end = time.perf_counter()
         cpu, wall = time.process_time() - cpu, end - wall
         user = _user_seconds() - user
@@ -294,11 +317,15 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
             stats = stream.stats()
             daqd_drops = stats["packets_dropped_socket_buffer"]
             blocked = stats["worker_blocked"]
-        else:
+        elif receiver not in LIMITS:
             stream.stop()
             blocked = stream.stats["worker_blocked"]
         other, steal = load.cores()
         core_busy, core_seconds = core.busy()
+        backlog = core.backlog_drops()
+        if waited is not None:
+            after = run_delay_seconds()
+            waited = None if after is None else after - waited
         watch.done.set()
         watch.join()
         drops = kernel_drops(sock)
@@ -310,10 +337,18 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
         raise BenchError("the sender process died")
     lag = 1e3 * (end - reply["end"]) if "end" in reply else None
     sent = reply["packets"] // per_heap
-    if present > sent:
-        raise BenchError(f"{workload}: {receiver} reports {present} heaps present of "
-                         f"{sent} sent")
-    loss = (sent - present) / sent if sent else 1.0
+    if counted is not None:
+        # Packets, not heaps: the raw receiver sees no heaps.
+        if counted > reply["packets"]:
+            raise BenchError(f"{workload}: the raw receiver counted {counted} datagrams of "
+                             f"{reply['packets']} sent")
+        present = counted // per_heap
+        loss = (reply["packets"] - counted) / reply["packets"] if reply["packets"] else 1.0
+    else:
+        if present > sent:
+            raise BenchError(f"{workload}: {receiver} reports {present} heaps present of "
+                             f"{sent} sent")
+        loss = (sent - present) / sent if sent else 1.0
     return Trial(
         requested_pps=rate, offered_pps=reply["packets"] / reply["seconds"],
         heaps_sent=sent, heaps_present=present, loss=loss,
@@ -331,6 +366,9 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
         receiver_core_busy=core_busy,
         core_us_per_packet=(1e6 * core_seconds / reply["packets"]
                             if core_seconds is not None and reply["packets"] else None),
+        packets_counted=counted,
+        backlog_drops=backlog,
+        run_delay=waited / wall if waited is not None and wall > 0 else None,
     )
 
 
@@ -498,7 +536,9 @@ def bench_udp(workload: str, receivers: Sequence[str], sender: Sender, *,
         log(f"{workload} udp {receiver} run {run + 1}: {asked}: offered "
             f"{t.offered_pps / 1e3:.0f} kpkt/s, loss {100 * t.loss:.3f} % "
             f"({t.heaps_sent - t.heaps_present} of {t.heaps_sent} heaps; kernel drops "
-            f"{t.kernel_drops}{blocked}; rx CPU {100 * t.receiver_cpu:.0f} %, core "
+            f"{t.kernel_drops}, backlog {'?' if t.backlog_drops is None else t.backlog_drops}"
+            f"{blocked}; rx CPU {100 * t.receiver_cpu:.0f} %, waiting for it "
+            f"{'?' if t.run_delay is None else f'{100 * t.run_delay:.0f}'} %, core "
             f"{'?' if t.receiver_core_busy is None else f'{100 * t.receiver_core_busy:.0f}'} %; "
             f"other load {fmt_cores(t.other_load)}, steal {fmt_cores(t.steal)} cores) "
             f"{'ok' if t.ok else 'FAIL'}"

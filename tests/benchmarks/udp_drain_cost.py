@@ -1,0 +1,105 @@
+"""CPU time per packet of draining a full UDP socket: the raw receiver beside daqd.
+
+Run: ``python tests/benchmarks/udp_drain_cost.py W1 [--packets N] [--gro|--no-gro]
+[--rounds R] [--receivers raw,daqd,daqd-standard]``.
+
+Each round, for each receiver in turn (the order alternating): a fresh
+socket (the bench's, `daqd.tools.bench.udp.receive_socket`, 512 MiB) with the
+receiver made on it (so that UDP GRO is on before anything arrives), then
+`--packets` packets of the workload sent to it from this thread (UDP GSO,
+untimed; without RPS the kernel's receive path up to the socket runs in
+this send), then the receiver drains it to the stop heap.  The drain's user
+and system CPU time (getrusage of this thread) per packet is the receiver's
+own cost: recvmmsg's copy out of the socket (system) and its work in user
+space.  ``raw`` is `daqd._spead.RawUdpReceiver` (counts only); ``daqd`` the
+bench's ChunkStream on a UdpReader; ``daqd-standard`` the same with
+``memcpy="standard"``.  CPU time, not wall time, so a loaded machine shifts
+it less; medians over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import socket
+import statistics
+
+from daqd import _spead
+from daqd.recv.workloads import FIRST_CNT, WORKLOADS, udp_batch
+from daqd.tools.bench.memory import daqd_chunk_stream
+from daqd.tools.bench.params import MAX_CHUNKS, MAX_HEAPS, MAX_PACKET_SIZE, POOL, layout
+from daqd.tools.bench.udp import kernel_drops, receive_socket
+
+RECEIVERS = ("raw", "daqd", "daqd-standard")
+
+
+def _cpu() -> tuple[float, float]:
+    r = resource.getrusage(resource.RUSAGE_THREAD)
+    return r.ru_utime, r.ru_stime
+
+
+def drain(receiver: str, workload: str, heaps: int, gro: bool) -> tuple[float, float]:
+    """Fill a socket with `heaps` heaps of `workload`, drain it: (user, system) us/packet."""
+    w = WORKLOADS[workload]
+    sock, _, _ = receive_socket(512 << 20)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        tx.connect(sock.getsockname())
+        if receiver == "raw":
+            raw = _spead.RawUdpReceiver(sock, min_size=w.packet_size,
+                                        max_packet_size=MAX_PACKET_SIZE, gro=gro)
+        else:
+            stream = (daqd_chunk_stream(workload) if receiver == "daqd" else
+                      _spead.ChunkStream(**layout(workload), max_chunks=MAX_CHUNKS, pool=POOL,
+                                         max_heaps=MAX_HEAPS, memcpy="standard"))
+            reader = _spead.UdpReader(sock, max_packet_size=MAX_PACKET_SIZE, gro=gro)
+        sim = _spead.SimReader(workload, heaps=heaps, batch=udp_batch(workload),
+                               first_cnt=FIRST_CNT)
+        _spead.send(sim, tx.fileno(), "udp", gso=True)
+        stop = _spead.ByteListReader([_spead.stop_packet(FIRST_CNT + heaps)])
+        _spead.send(stop, tx.fileno(), "udp")
+        if kernel_drops(sock):
+            raise RuntimeError("the socket dropped datagrams: fewer --packets")
+        user, system = _cpu()
+        if receiver == "raw":
+            got = raw.run()
+        else:
+            got = 0
+            for chunk in stream.chunks(reader):
+                got += int(chunk.present.sum()) * w.packets_per_heap
+                chunk.release()
+        user2, system2 = _cpu()
+    finally:
+        tx.close()
+        sock.close()
+    if got != heaps * w.packets_per_heap:
+        raise RuntimeError(f"{receiver} received {got} of {heaps * w.packets_per_heap} packets")
+    return 1e6 * (user2 - user) / got, 1e6 * (system2 - system) / got
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workload", choices=list(WORKLOADS))
+    parser.add_argument("--packets", type=int, default=20000)
+    parser.add_argument("--gro", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--receivers", default=",".join(RECEIVERS))
+    args = parser.parse_args(argv)
+    receivers = args.receivers.split(",")
+    if any(r not in RECEIVERS for r in receivers):
+        parser.error(f"--receivers: among {', '.join(RECEIVERS)}")
+    heaps = args.packets // WORKLOADS[args.workload].packets_per_heap
+    got: dict[str, list[tuple[float, float]]] = {r: [] for r in receivers}
+    for i in range(args.rounds):
+        for r in receivers if i % 2 == 0 else list(reversed(receivers)):
+            got[r].append(drain(r, args.workload, heaps, args.gro))
+    for r, runs in got.items():
+        user = statistics.median(u for u, _ in runs)
+        system = statistics.median(s for _, s in runs)
+        print(f"{args.workload} gro={int(args.gro)} {r:13} user {user:.3f} us/pkt  "
+              f"system {system:.3f} us/pkt  total {user + system:.3f}")
+
+
+if __name__ == "__main__":
+    main()
