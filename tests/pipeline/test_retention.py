@@ -229,7 +229,8 @@ def test_a_sink_that_raises_a_non_oserror_counts_its_records_failed(tmp_path):
     triggers.close()
     triggers.retention.close()
     counts = triggers.counters()
-    assert calls == [4, 1, 1]                      # chunks 1-4 held; 5 and 6 (7 is past)
+    # chunks 1-4 held, one write; then 5 and 6 (7 is past), one or two writes
+    assert calls[0] == 4 and sum(calls[1:]) == 2
     assert counts["trigger_records_failed"] == 4
     assert counts["trigger_records_written"] == 2
     assert counts["trigger_records_missing"] == 0
