@@ -18,7 +18,7 @@ from daqd.config import ChunkConfig, SinkConfig
 from daqd.pipeline.datatime import CaptureBlock, Clock, Timeline
 from daqd.pipeline.records import ChunkRecord, HeapRecord, Incomplete
 from daqd.sinks import SinkContext, make_sink
-from daqd.sinks.text import HEAP_FIELDS, check_template, format_value
+from daqd.sinks.text import HEAP_FIELDS, check_template, format_heap, format_value
 
 SYNC = 1796601600.0                 # 2026-12-07T00:00:00Z
 RATE = 1e6
@@ -134,6 +134,10 @@ def test_format_value_of_each_python_and_numpy_kind():
     assert format_value(255, "#06x") == "0x00ff"
 
 
+def test_format_heap_without_a_timeline():
+    assert format_heap("{cnt} {unit}", heap()) == "9 deg C"
+
+
 @pytest.mark.parametrize("text, written", [
     (b"a\nb", "a\\nb"), (b"a\rb", "a\\rb"), (b"a\r\nb", "a\\r\\nb"), (b"ab", "ab")])
 def test_a_line_break_in_a_value_is_escaped(tmp_path, text, written):
@@ -195,6 +199,8 @@ CHUNK_LIST = ("{chunk_id}, {timestamp}, {fraction_present}, {heaps_present}, {he
 
 @pytest.mark.parametrize("template, chunk_mode, has_utc, message", [
     ("{0}", False, True, "positional fields ({}) are not allowed; name the field"),
+    ("{0.real}", False, True, "positional fields ({}) are not allowed; name the field"),
+    ("{1[0]}", False, True, "positional fields ({}) are not allowed; name the field"),
     ("{chunk_id}", False, True,
      "unknown field {chunk_id}: a chunk-mode field; heap mode has " + HEAP_LIST
      + " and item names (an item named chunk_id: {item[chunk_id]})"),
