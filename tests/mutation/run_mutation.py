@@ -64,9 +64,10 @@ TESTS = {
     "daqd/sinks/paths.py": ["sinks/test_sink_files.py", "sinks/test_paths.py",
                             "test_config.py"],
     "daqd/sinks/binary.py": ["sinks/test_sink_formats.py", "sinks/test_sink_files.py",
-                             "sinks/test_sink_observations.py"],
+                             "sinks/test_sink_observations.py", "sinks/test_binary_format.py"],
     "daqd/sinks/text.py": ["sinks/test_sink_formats.py", "sinks/test_sink_files.py",
-                           "sinks/test_sink_observations.py", "test_config.py"],
+                           "sinks/test_sink_observations.py", "test_config.py",
+                           "sinks/test_text_format.py"],
 }
 
 # A mutant's outcome, as `mutmut results --all true` prints it.
