@@ -127,8 +127,19 @@ def slots_present(present: np.ndarray) -> np.ndarray:
     return present.all(axis=-1) if present.ndim > 2 else present != 0
 
 
+class _Logged:
+    """What every record kind shares: its write-ahead log bytes, from its parts."""
+
+    def encode(self) -> bytes:
+        """Serialise for the write-ahead log (`decode_record` inverts it).
+
+        The log itself writes `encode_parts()` without joining them.
+        """
+        return b"".join(self.encode_parts())  # type: ignore[attr-defined]
+
+
 @dataclass(eq=False)
-class ChunkRecord:
+class ChunkRecord(_Logged):
     """A completed chunk: `data`, `present`, optional `extra`, `chunk_id`, `timestamp`.
 
     The arrays are views of the pool chunk (no copy) until the last
@@ -217,10 +228,6 @@ class ChunkRecord:
         if release is not None:
             release()
 
-    def encode(self) -> bytes:
-        """Serialise for the write-ahead log (`decode_record` inverts it)."""
-        return b"".join(self.encode_parts())
-
     def encode_parts(self) -> Parts:
         """Return `encode()`'s bytes as buffers: headers, then views of the arrays (no copy).
 
@@ -271,7 +278,7 @@ class Incomplete(NamedTuple):
 
 
 @dataclass(eq=False)
-class HeapRecord:
+class HeapRecord(_Logged):
     """A complete heap's items: id -> int (immediate) or bytes (addressed).
 
     `items` stay raw (the binary sink writes them as they came); `decode()`
@@ -348,10 +355,6 @@ class HeapRecord:
     def release(self) -> None:
         """Nothing to give back: a heap record owns its values."""
 
-    def encode(self) -> bytes:
-        """Serialise for the write-ahead log (`decode_record` inverts it)."""
-        return b"".join(self.encode_parts())
-
     def encode_parts(self) -> Parts:
         """Return `encode()`'s bytes as buffers (the item values are not copied).
 
@@ -382,7 +385,7 @@ class HeapRecord:
 
 
 @dataclass(eq=False)
-class PacketRecord:
+class PacketRecord(_Logged):
     """A batch of raw packets as received: `blob` holds them back to back."""
 
     blob: bytes
@@ -407,10 +410,6 @@ class PacketRecord:
 
     def release(self) -> None:
         """Nothing to give back."""
-
-    def encode(self) -> bytes:
-        """Serialise for the write-ahead log (`decode_record` inverts it)."""
-        return b"".join(self.encode_parts())
 
     def encode_parts(self) -> Parts:
         """Return `encode()`'s bytes as buffers (the packets are not copied)."""
