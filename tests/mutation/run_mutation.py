@@ -52,7 +52,9 @@ PRIORITY = [
 # tests/pipeline and tests/sinks.
 TESTS = {
     "daqd/pipeline/buffers.py": ["pipeline/test_buffers.py", "pipeline/test_buffer_props.py",
-                                 "pipeline/test_flush.py"],
+                                 "pipeline/test_flush.py", "pipeline/test_sink_isolation.py",
+                                 "pipeline/test_wal.py", "pipeline/test_wal_props.py",
+                                 "pipeline/test_wal_resync.py", "pipeline/test_wal_no_copy.py"],
     "daqd/pipeline/flush.py": ["pipeline/test_flush.py", "pipeline/test_buffer_props.py",
                                "pipeline/test_sink_isolation.py",
                                "pipeline/test_flusher_requests.py", "test_config.py"],
