@@ -49,8 +49,13 @@ def _stall_if(this_thread: bool) -> bool:
     return False
 
 
-def stall_environment(marker: Path) -> dict[str, str]:
-    """The environment a daemon needs to import this module and watch `marker`."""
+def daemon_import_environment() -> dict[str, str]:
+    """The environment a daemon needs to import a module of ``tests/`` (a predicate)."""
     here = str(Path(__file__).resolve().parent)
     path = os.environ.get("PYTHONPATH", "")
-    return {ENVIRONMENT: str(marker), "PYTHONPATH": f"{here}:{path}" if path else here}
+    return {"PYTHONPATH": f"{here}:{path}" if path else here}
+
+
+def stall_environment(marker: Path) -> dict[str, str]:
+    """The environment a daemon needs to import this module and watch `marker`."""
+    return {ENVIRONMENT: str(marker), **daemon_import_environment()}

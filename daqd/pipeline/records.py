@@ -135,7 +135,11 @@ class _Logged:
 
         The log itself writes `encode_parts()` without joining them.
         """
-        return b"".join(self.encode_parts())  # type: ignore[attr-defined]
+        return b"".join(self.encode_parts())
+
+    def encode_parts(self) -> Parts:
+        """Return the record's log bytes as buffers, not joined (each kind has its own)."""
+        raise NotImplementedError
 
 
 @dataclass(eq=False)

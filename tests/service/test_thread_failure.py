@@ -22,15 +22,14 @@ from daemon_helpers import (
     write_config,
 )
 from failing_flush import SPEC
-from stall_flusher import stall_environment
+from stall_flusher import daemon_import_environment
 
 
 def test_a_failed_chunk_thread_drains_and_exits_1_naming_it(tmp_path):
     port = free_port()
     text = chunk_stream_config(tmp_path, port=port, buffer=buffer_toml(
         kind="fifo", capacity=64, when_full="block", flush_custom=[SPEC]))
-    daemon = DaemonProcess(write_config(tmp_path, text),
-                           env=stall_environment(tmp_path / "unused"))
+    daemon = DaemonProcess(write_config(tmp_path, text), env=daemon_import_environment())
     try:
         daemon.ready()
         send_w1(port, 64)                   # the first chunk's put raises
