@@ -477,6 +477,9 @@ cdef class ChunkStream(WindowStream):
     cdef int receive(self, Reader reader, uint64_t *stats, size_t *used) noexcept nogil:
         return window_receive(&self.w, reader, stats, used, self)
 
+    cdef bint wants_python(self, Reader reader) noexcept nogil:
+        return self.descriptor_bytes > 0 or WindowStream.wants_python(self, reader)
+
     def finish(self):
         """End this stream: live heaps are flushed, its chunks let go; the
         last stream of a group to finish hands every open chunk to the data ring."""

@@ -371,6 +371,9 @@ cdef class HeapStream(WindowStream):
             daqd_copy_fence()       # streaming stores visible before any thread reads a heap
         return rc
 
+    cdef bint wants_python(self, Reader reader) noexcept nogil:
+        return self.ready.n > 0 or WindowStream.wants_python(self, reader)
+
     def pop_ready(self):
         """Heaps that have left assembly since the last call, in order."""
         cdef list out = []

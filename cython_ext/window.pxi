@@ -677,7 +677,8 @@ cdef inline int window_receive(Window *w, Reader reader, uint64_t *stats, size_t
         rc = reader.fill(stats)
         if rc > 0:
             stats[<int>STAT_BATCHES] += 1
-            stats[<int>STAT_MAX_BATCH] = reader.n
+            if reader.n > stats[<int>STAT_MAX_BATCH]:     # (several batches per process())
+                stats[<int>STAT_MAX_BATCH] = reader.n
             if reader.tap_buf != NULL:
                 reader.tap_batch(stats)
     if reader.pos < reader.n:
@@ -806,8 +807,22 @@ cdef class WindowStream:
         """Add what poll_source() counted into a snapshot of the counters."""
         out[<int>STAT_PACKETS_DROPPED_SOCKET_BUFFER] += self.polled_drops
 
-    def process(self, Reader reader):
-        """Receive one batch from `reader` and assemble or place it (GIL released throughout).
+    cdef bint wants_python(self, Reader reader) noexcept nogil:
+        """Whether the caller of process() has work to do now (what a batch left for it):
+        here, a packet tap half full (a subclass adds its own)."""
+        return reader.tap_buf != NULL and (2 * reader.tap_n >= reader.tap_packets_cap
+                                           or 2 * reader.tap_used >= reader.tap_bytes_cap)
+
+    def process(self, Reader reader, double budget=0.0):
+        """Receive from `reader` and assemble or place it (GIL released throughout).
+
+        One batch, or, with a `budget` (seconds), batch after batch for up to
+        that long: a receive thread then takes the GIL about once per budget
+        rather than once per batch, and never waits for it behind the
+        consumer's and flusher's Python code in between.  The loop ends early
+        when the reader has nothing (or has no more), a stop item arrived, or
+        the batch left the caller something to take (ready heaps, descriptor
+        heaps, a packet tap half full).
 
         Only one thread may call process() on a stream (and, in chunk mode, finish()).
 
@@ -823,11 +838,19 @@ cdef class WindowStream:
         """
         cdef uint64_t local[<int>N_STATS]
         cdef int rc
-        cdef size_t used = 0
+        cdef size_t used = 0, step
+        cdef uint64_t until
         if not self.started:
             return 0                # explicit_start: the packets wait in the source
         memset(local, 0, sizeof(local))
         with nogil:
-            rc = self.receive(reader, local, &used)
+            until = monotonic_ns() + <uint64_t>(budget * 1e9) if budget > 0 else 0
+            while True:
+                rc = self.receive(reader, local, &step)
+                used += step
+                if rc <= 0 or until == 0 or self.w.stopped or reader.eof \
+                        or local[<int>STAT_STOP_HEAPS] != 0 \
+                        or self.wants_python(reader) or monotonic_ns() >= until:
+                    break
             merge_stats(self.counters, local)
         return receive_result(reader, rc, used)

@@ -231,11 +231,15 @@ class Buffer:
     error_interval : float
         Seconds between the summaries of an error that repeats (a WAL or sink
         on a full disk): logged once, then summarised (`RepeatedErrors`).
+    flush_slice : int, optional
+        Most records a flush writes before it releases them and goes on
+        with the next ones (default: all at once); see `flush_now`.
     """
 
     def __init__(self, kind: str = "circular", capacity: int = 64, when_full: str = "block",
                  policy: FlushPolicy | None = None, wal: WriteAheadLog | None = None,
-                 block_timeout: float = 1.0, error_interval: float = 10.0):
+                 block_timeout: float = 1.0, error_interval: float = 10.0,
+                 flush_slice: int | None = None):
         if kind not in KINDS:
             raise ValueError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
         if when_full not in WHEN_FULL:
@@ -244,12 +248,15 @@ class Buffer:
             raise ValueError(f"capacity: {capacity} is not at least 1")
         if block_timeout < 0:
             raise ValueError(f"block_timeout: {block_timeout} is negative")
+        if flush_slice is not None and flush_slice < 1:
+            raise ValueError(f"flush_slice: {flush_slice} is not at least 1")
         self.kind = kind
         self.capacity = capacity
         self.when_full = when_full
         self.policy = policy if policy is not None else FlushPolicy()
         self.wal = wal
         self.block_timeout = block_timeout
+        self.flush_slice = flush_slice
         storage = _Ring if kind == "circular" else _Queue
         # `held`: taken by a flush (being written, or kept for a failing sink);
         # only the flush touches it while one runs.  `waiting`: not yet taken.
@@ -542,32 +549,62 @@ class Buffer:
         """Flush in this thread (the flusher's, or the only consumer's).
 
         `due`: the policy asked for it; a failing sink is then retried only
-        every `FAILING_SINK_RETRY` seconds.
+        every `FAILING_SINK_RETRY` seconds.  The records waiting when it
+        starts are written in slices of at most `flush_slice` (if set), each
+        released once every sink has written it: a flush that took every
+        chunk record at once would leave the receive side no pool chunk
+        while it writes them all.  Records put meanwhile wait for the next.
         """
         with self._lock:
             if self._flushing:
                 return 0                # re-entered (e.g. from a sink): nothing to add
             self._flushing = True
-            while len(self._waiting):
-                self._held.append(self._waiting.popleft())
-            entries = list(self._held)
-            sinks = list(self._sinks)
+            left = len(self._waiting)
             self.policy.reset()
             self._flushes[reason] += 1
             if trigger:
                 self._triggers += 1
+        released = 0
+        failed: set[int] = set()        # sinks whose write failed in an earlier slice
+        try:
+            first = True
+            while first or left:
+                take = left if self.flush_slice is None else min(left, self.flush_slice)
+                released += self._flush_slice(take, due, failed, sync_wal=first)
+                left -= take
+                first = False
+        finally:
+            with self._lock:
+                self._flushing = False
+                self._flush_ends += 1
+                self._changed.notify_all()
+        return released
+
+    def _flush_slice(self, take: int, due: bool, failed: set[int], sync_wal: bool) -> int:
+        """Write `take` more waiting records, and the held ones of lagging sinks.
+
+        Releases what every sink has written.  `_flushing` is set throughout;
+        a record evicted from the waiting ones meanwhile is not waited for.  A
+        sink whose write fails is added to `failed` (ids) and not tried again
+        in the same flush.
+        """
+        with self._lock:
+            for _ in range(min(take, len(self._waiting))):
+                self._held.append(self._waiting.popleft())
+            entries = list(self._held)
+            sinks = list(self._sinks)
         # While `_flushing` is set the producer only takes the oldest held
         # records of sinks that fell behind (backlog overflow; released after
         # the sink write in progress) and moves their cursors, so the sinks
         # are written (and synced) without the lock.
         released: list[Entry] = []
         try:
-            if self.wal is not None:
+            if self.wal is not None and sync_wal:
                 self._sync_wal()
             seqs = [seq for seq, _ in entries]
             now = time.monotonic()
             for state in sinks:
-                if due and state.failing and now < state.retry_at:
+                if id(state) in failed or (due and state.failing and now < state.retry_at):
                     continue            # falls behind; its backlog overflows if need be
                 with self._lock:
                     batch = entries[bisect.bisect_left(seqs, state.cursor):]
@@ -575,6 +612,8 @@ class Buffer:
                         state.writing_end = batch[-1][0] + 1
                 if batch:
                     written = self._write(state, batch)
+                    if not written:
+                        failed.add(id(state))
                     with self._lock:
                         self._settle_write_locked(state, written)
                         deferred, self._deferred = self._deferred, []
@@ -591,9 +630,7 @@ class Buffer:
                     released.append(self._held.popleft())
                 self._flushed += len(released)
                 self._bytes_flushed += sum(r.nbytes for _, r in released)
-                self._flushing = False
-                self._flush_ends += 1
-                self._changed.notify_all()
+                self._changed.notify_all()      # room made (a put may wait for it)
             self._after_evictions(deferred)
             for _, record in released:
                 record.release()
@@ -1063,7 +1100,9 @@ def build_buffer(config: BufferConfig, sinks: Sequence[Any] = (),
     flush_at_most : int, optional
         Flush once this many records are held, whatever ``flush_count`` says
         (when it is off or larger): chunk records hold pool chunks until
-        written, and the receive side needs the pool's others.
+        written, and the receive side needs the pool's others.  A flush then
+        writes them in slices of half that, each released once written, so
+        the receive side fills one half while the other is written.
 
     Returns
     -------
@@ -1092,7 +1131,8 @@ def build_buffer(config: BufferConfig, sinks: Sequence[Any] = (),
         except WalFormatError as exc:
             raise WalUnavailable(str(exc)) from None
     buffer = Buffer(config.kind, config.capacity, config.when_full, policy, wal=write_ahead,
-                    block_timeout=config.block_timeout, error_interval=error_interval)
+                    block_timeout=config.block_timeout, error_interval=error_interval,
+                    flush_slice=None if flush_at_most is None else max(1, flush_at_most // 2))
     for i, sink in enumerate(sinks):
         if i == 0:
             buffer.set_primary_sink(sink)

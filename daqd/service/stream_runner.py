@@ -73,6 +73,11 @@ TAP_PACKETS = 1 << 16
 TAP_PERIOD = 0.05
 # Poll period of the threads' loops (seconds): bounds how long a stop takes.
 POLL = 0.2
+# A receive thread's process() call goes on from batch to batch for up to
+# this long (it returns earlier when it has something for this thread), so
+# the thread takes the GIL about a thousand times a second, not once per
+# batch: every take may wait behind the consumer's and flusher's Python code.
+RECEIVE_BUDGET = 0.001
 # Seconds after a boundary that started new files during which another boundary
 # flushes but goes on writing the same files.
 BOUNDARY_REOPEN_INTERVAL = 1.0
@@ -257,7 +262,7 @@ class StreamRunner:
             if self.stopping.is_set():
                 # The reader hands over what its source held at the stop, then ends.
                 reader.stop()
-            rc = stream.process(reader)
+            rc = stream.process(reader, RECEIVE_BUDGET)
             self.heartbeats[index] += 1
             if heap_mode:
                 self._put_heaps(stream.pop_ready())

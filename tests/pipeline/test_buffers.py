@@ -427,3 +427,52 @@ def test_a_chunk_goes_back_only_when_every_sink_has_written_it():
     assert buffer.stats()["sinks"]["bad"]["lost"] == 2
     assert releases == dict.fromkeys(range(8), 1)
     assert stream.pool_counts() == {"free": POOL, "open": 0, "ready": 0, "held": 0}
+
+
+def test_a_flush_writes_in_slices_and_releases_each_before_the_next():
+    """Chunk records hold pool chunks: a long flush gives them back slice by slice."""
+    released_at_write = []
+    late = []
+
+    def on_write(recs):
+        released_at_write.append([r.releases for r in records])
+        if not late:                    # a record put while the flush runs waits
+            late.extend(fill(buffer, 1, start=100)[0])
+
+    sink = MemorySink("slices", on_write=on_write)
+    buffer = Buffer("fifo", capacity=16, flush_slice=3)
+    buffer.set_primary_sink(sink)
+    records, _ = fill(buffer, 8)
+    assert buffer.flush("request") == 8
+    assert [[r.cnt for r in batch] for batch in sink.batches] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert released_at_write == [[0] * 8, [1] * 3 + [0] * 5, [1] * 6 + [0] * 2]
+    assert [r.releases for r in records] == [1] * 8
+    assert buffer.stats()["flushes_by_reason"] == {"request": 1}    # one flush, three slices
+    assert buffer.size() == 1 and late[0].releases == 0     # the late record: next flush
+    assert buffer.flush() == 1 and sink.cnts[-1] == 100
+
+
+def test_a_sink_that_fails_in_one_slice_is_not_tried_again_in_that_flush():
+    good, bad = MemorySink("good"), MemorySink("bad")
+    bad.fail = True
+    tries = []
+    bad.on_write = lambda recs: tries.append(len(recs))
+    buffer = Buffer("fifo", capacity=16, flush_slice=2)
+    buffer.set_primary_sink(good)
+    buffer.add_custom_sink(bad)
+    records, _ = fill(buffer, 6)
+    assert buffer.flush() == 0                  # good wrote all; bad holds them back
+    assert [len(b) for b in good.batches] == [2, 2, 2] and tries == [2]
+    assert buffer.stats()["sinks"]["bad"]["errors"] == 1
+    bad.fail = False
+    assert buffer.flush() == 6 and bad.cnts == list(range(6))
+    assert [r.releases for r in records] == [1] * 6
+
+
+def test_build_buffer_slices_chunk_flushes_by_half_what_the_pool_spares():
+    from daqd.config import BufferConfig
+    from daqd.pipeline.buffers import build_buffer
+
+    assert build_buffer(BufferConfig(), [MemorySink()], flush_at_most=12).flush_slice == 6
+    assert build_buffer(BufferConfig(), [MemorySink()], flush_at_most=1).flush_slice == 1
+    assert build_buffer(BufferConfig(), [MemorySink()]).flush_slice is None    # heap mode
