@@ -152,6 +152,12 @@ static inline void *daqd_map_file(int fd, size_t size)
     return base;
 }
 
+/* Put zero pages over a whole mapping (the file let go, the addresses kept). */
+static inline void daqd_map_zeros(void *base, size_t size)
+{
+    mmap(base, size, PROT_READ, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+}
+
 /* Where slot `i`'s mapping holds zeros from (SIZE_MAX: nowhere); read after
    daqd_map_truncations (acquire). */
 static inline size_t daqd_map_zeroed_from(int i)

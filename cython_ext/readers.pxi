@@ -376,6 +376,7 @@ cdef extern from "daqd_sigbus.h" nogil:
     void *daqd_map_file(int fd, size_t size)
     int daqd_populate_read(const void *addr, size_t length)
     int munmap(void *addr, size_t length)
+    void daqd_map_zeros(void *base, size_t size)
 
 cdef extern from "<errno.h>" nogil:
     enum: EMFILE_MAPS "EMFILE"
@@ -549,21 +550,27 @@ cdef class ByteStreamReader(Reader):
             return None
         return self.map_size, self.map_end
 
-    cdef void unmap(self) noexcept:
+    cdef void map_release(self, bint unmap) noexcept:
+        """Let the file go: its pages replaced by zero pages (`unmap` False: the
+        addresses stay readable, so a receive thread that did not stop still
+        reads nothing but zeros), or unmapped."""
         if self.map_slot >= 0:
             daqd_map_unregister(self.map_slot)
             self.map_slot = -1
-        if self.map_base != NULL:
+        if self.map_base == NULL:
+            return
+        if unmap:
             munmap(self.map_base, self.map_size)
             self.map_base = NULL
-            self.bs.buf = NULL
-            self.bs.start = self.bs.end = 0
-            self.bs.to_skip = 0
-            self.bs.eof = True
+        else:
+            daqd_map_zeros(self.map_base, self.map_size)
+        self.bs.end = self.bs.start
+        self.bs.to_skip = 0
+        self.bs.eof = True
 
     def __dealloc__(self):
         if self.mapped:
-            self.unmap()
+            self.map_release(True)
         elif self.fd >= 0:
             free(self.bs.buf)
 
@@ -573,7 +580,7 @@ cdef class ByteStreamReader(Reader):
 
     def close(self):
         if self.mapped:
-            self.unmap()
+            self.map_release(False)     # unmapped when the reader goes
         if self.keepalive is not None and hasattr(self.keepalive, "close"):
             self.keepalive.close()
 

@@ -7,7 +7,7 @@ into its 4 MiB buffer (the way before), the mapping with each 4 MiB window
 populated in one call (MADV_POPULATE_READ, the daemon's way), and the mapping
 faulted page by page.  Opening and closing (the munmap) are in each trial.
 CPU time (``time.process_time``), because the machine is shared; trials
-interleaved, medians; the ratio is to read().
+interleaved (in a shuffled order each round), medians; the ratio is to read().
 
     python tests/benchmarks/mapped_file_cpu.py [W1 W2 W3] [--runs 5] [--mib 512]
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -71,6 +72,7 @@ def main() -> None:
     print("| workload | " + " | ".join(f"{w} (CPU s/GiB)" for w in WAYS)
           + " | mapped / read() | no populate / read() |")
     print("|---" * (len(WAYS) + 3) + "|")
+    rng = random.Random(16)
     with tempfile.TemporaryDirectory(dir=args.dir) as work:
         for workload in args.workloads:
             path = Path(work) / f"{workload}.spead"
@@ -78,9 +80,11 @@ def main() -> None:
             gib = path.stat().st_size / (1 << 30)
             one_pass(workload, path, heaps, WAYS["read()"])         # warm up
             cpu: dict[str, list[float]] = {w: [] for w in WAYS}
+            order = list(WAYS)
             for _ in range(args.runs):
-                for way, options in WAYS.items():
-                    cpu[way].append(one_pass(workload, path, heaps, options) / gib)
+                rng.shuffle(order)          # no way always follows another
+                for way in order:
+                    cpu[way].append(one_pass(workload, path, heaps, WAYS[way]) / gib)
             med = {w: statistics.median(v) for w, v in cpu.items()}
             print(f"| {workload} | " + " | ".join(f"{med[w]:.3f}" for w in WAYS)
                   + f" | {med['mapped'] / med['read()']:.2f}"

@@ -272,3 +272,21 @@ def test_a_sigbus_not_about_a_mapped_file_reaches_faulthandler(tmp_path):
     assert done.stdout.split() == ["before"]
     assert done.returncode != 0
     assert "Fatal Python error: Bus error" in done.stderr
+
+
+def test_a_reader_closed_while_read_ends_and_its_addresses_stay_readable(tmp_path):
+    """close() lets the file go at once, but a receive thread that did not stop
+    (the daemon closes its sources after a timed-out join) reads zeros, never an
+    unmapped page; the addresses go with the reader."""
+    path = tmp_path / "w1.spead"
+    build_file(path, "W1", 1000)
+    reader = open_reader(path, mapped=True)
+    first = reader.read_batch()
+    assert len(first[0]) == 64
+    done = reader.progress()[0]
+    reader.close()
+    assert reader.read_batch() is None
+    assert reader.progress()[0] == done
+    stream = _spead.HeapStream()
+    assert stream.run(reader) == []
+    del reader
