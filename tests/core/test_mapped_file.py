@@ -274,10 +274,9 @@ def test_a_sigbus_not_about_a_mapped_file_reaches_faulthandler(tmp_path):
     assert "Fatal Python error: Bus error" in done.stderr
 
 
-def test_a_reader_closed_while_read_ends_and_its_addresses_stay_readable(tmp_path):
-    """close() lets the file go at once, but a receive thread that did not stop
-    (the daemon closes its sources after a timed-out join) reads zeros, never an
-    unmapped page; the addresses go with the reader."""
+def test_a_reader_closed_part_way_ends_there(tmp_path):
+    """close() lets the file go at once (zero pages over it; unmapped when the
+    reader goes): the reader ends where it was, a stream over it too."""
     path = tmp_path / "w1.spead"
     build_file(path, "W1", 1000)
     reader = open_reader(path, mapped=True)
