@@ -205,8 +205,9 @@ def _open_file(u: SourceUri, max_packet_size: int) -> Source:
 
     A regular file is mapped read-only at its size now (a file that grows is
     read to that size; one truncated while it is read ends there, the bytes
-    lost counted as ``file_bytes_truncated``); stdin (``file:-``), a FIFO or a
-    device is read with read() until its end.
+    lost counted as ``file_bytes_truncated``); stdin (``file:-``), a FIFO, a
+    device, a file that says it is empty (``/proc``) and a file its file
+    system will not map are read with read() until their end.
     """
     uri, path = u.text, u.path
     if path == "-":
@@ -216,13 +217,16 @@ def _open_file(u: SourceUri, max_packet_size: int) -> Source:
         f = open(path, "rb")
     except OSError as exc:
         raise SourceError(f"{uri}: cannot open: {exc.strerror}") from None
-    try:
-        regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
-        reader = _spead.ByteStreamReader(f.fileno(), max_packet_size=max_packet_size,
-                                         mapped=regular)
-    except OSError as exc:
-        f.close()
-        raise SourceError(f"{uri}: cannot map: {exc.strerror}") from None
+    st = os.fstat(f.fileno())
+    reader = None
+    if stat.S_ISREG(st.st_mode) and st.st_size > 0:
+        try:
+            reader = _spead.ByteStreamReader(f.fileno(), max_packet_size=max_packet_size,
+                                             mapped=True)
+        except OSError:
+            reader = None           # not mappable (ENODEV): read() it
+    if reader is None:
+        reader = _spead.ByteStreamReader(f.fileno(), max_packet_size=max_packet_size)
     reader.keep(f)
     return Source(uri, reader)
 

@@ -180,6 +180,18 @@ def test_only_a_regular_file_is_mapped(tmp_path):
         _spead.ByteStreamReader(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK), mapped=True)
 
 
+def test_a_file_that_says_it_is_empty_is_read():
+    """``/proc`` files say they hold 0 bytes: read() finds their bytes (not SPEAD)."""
+    source = open_source("file:/proc/self/status")
+    try:
+        assert not source.reader.mapped
+        stream = _spead.HeapStream()
+        stream.run(source.reader)
+        assert stream.stats()["stream_bytes_skipped"] > 100
+    finally:
+        source.close()
+
+
 def run_child(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run `code` in a child Python with daqd importable; its result."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONFAULTHANDLER="1")
