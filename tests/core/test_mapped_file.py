@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
@@ -192,9 +193,13 @@ def test_a_file_that_says_it_is_empty_is_read():
         source.close()
 
 
-def run_child(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_child(code: str, timeout: float = 120,
+              faulthandler: bool = True) -> subprocess.CompletedProcess:
     """Run `code` in a child Python with daqd importable; its result."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONFAULTHANDLER="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("PYTHONFAULTHANDLER", None)
+    if faulthandler:
+        env["PYTHONFAULTHANDLER"] = "1"
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=ROOT)
 
@@ -264,7 +269,8 @@ def test_a_file_truncated_while_mapped_ends_there_counted(tmp_path, heaps, cut_a
 SIGBUS_NOT_OURS = """
     import faulthandler, mmap, os
     from daqd import _spead
-    faulthandler.enable()
+    if {faulthandler}:
+        faulthandler.enable()
     path = {path!r}
     for name in (path, path + ".ours"):
         with open(name, "wb") as f:
@@ -280,10 +286,18 @@ SIGBUS_NOT_OURS = """
 
 
 def test_a_sigbus_not_about_a_mapped_file_reaches_faulthandler(tmp_path):
-    done = run_child(SIGBUS_NOT_OURS.format(path=str(tmp_path / "x.bin")))
+    done = run_child(SIGBUS_NOT_OURS.format(path=str(tmp_path / "x.bin"), faulthandler=True))
     assert done.stdout.split() == ["before"]
     assert done.returncode != 0
     assert "Fatal Python error: Bus error" in done.stderr
+
+
+def test_without_faulthandler_a_sigbus_not_ours_kills_as_before(tmp_path):
+    done = run_child(SIGBUS_NOT_OURS.format(path=str(tmp_path / "x.bin"), faulthandler=False),
+                     faulthandler=False)
+    assert done.stdout.split() == ["before"]
+    assert done.returncode == -signal.SIGBUS            # the default action
+    assert "Fatal Python error" not in done.stderr
 
 
 def test_a_reader_closed_part_way_ends_there(tmp_path):
