@@ -13,6 +13,7 @@
 
 from libc.errno cimport errno, EINTR, EAGAIN
 from posix.unistd cimport read, write
+from posix.stat cimport struct_stat, fstat, S_ISREG
 from posix.time cimport clock_gettime, CLOCK_MONOTONIC, timespec, nanosleep
 
 import numpy as np
@@ -366,6 +367,29 @@ cdef int bytes_read(ByteStream *s, int fd, size_t *count) noexcept nogil:
     return 1
 
 
+cdef extern from "daqd_sigbus.h" nogil:
+    int daqd_sigbus_install()
+    int daqd_map_register(const void *base, size_t size)
+    void daqd_map_unregister(int slot)
+    unsigned daqd_map_truncations(int slot)
+    size_t daqd_map_zeroed_from(int slot)
+    void *daqd_map_file(int fd, size_t size)
+    int daqd_populate_read(const void *addr, size_t length)
+    int munmap(void *addr, size_t length)
+    void daqd_map_zeros(void *base, size_t size)
+
+cdef extern from "<errno.h>" nogil:
+    enum: EMFILE_MAPS "EMFILE"
+
+cdef enum:
+    # A mapped file is shown to the cutter this many bytes at a time (the
+    # read() path's buffer size): each window is populated in one call
+    # (MADV_POPULATE_READ) before the cutter touches it, and the file's size
+    # is checked before each, so a truncation is mostly seen before any page
+    # beyond the new end is touched; garbage is never searched beyond it.
+    MAP_WINDOW = 4 << 20
+
+
 cdef class ByteStreamReader(Reader):
     """Packets back to back on a byte stream (file, stdin, TCP, memory).
 
@@ -385,9 +409,20 @@ cdef class ByteStreamReader(Reader):
     cdef int timeout_ms
     cdef object keepalive       # the Python buffer or file object behind fd/buf
     cdef const uint8_t[::1] view
+    # A mapped regular file (`mapped`): bs.buf is the mapping, bs.end the end of
+    # the window the cutter may see.
+    cdef readonly bint mapped
+    cdef uint8_t *map_base      # NULL: nothing mapped (not mapped, empty, or closed)
+    cdef size_t map_size        # bytes mapped (the file's size when opened)
+    cdef size_t map_end         # where the file's bytes end (map_size, less once truncated)
+    cdef int map_slot           # its slot in daqd_sigbus.h's registry; -1: none
+    cdef unsigned map_faults    # the slot's truncation faults already dealt with
+    cdef bint map_populate      # MADV_POPULATE_READ is used (see `populate`)
 
     def progress(self):
         """(bytes read from the file so far, its size); (0, 0) for a pipe or memory."""
+        if self.mapped:
+            return self.bs.start, self.map_end
         if self.fd < 0:
             return 0, 0
         try:
@@ -400,12 +435,23 @@ cdef class ByteStreamReader(Reader):
 
     def __init__(self, object source, *, size_t max_packet_size=DEFAULT_MAX_PACKET_SIZE,
                  size_t batch=64, size_t bufsize=4 << 20, int timeout_ms=200,
-                 bint finite=True):
+                 bint finite=True, bint mapped=False, bint populate=True):
+        """Read `source`: a file descriptor, or a buffer (bytes, memoryview, ...).
+
+        `mapped`: `source` is the descriptor of a regular file, read through a
+        read-only mapping of its size now rather than with read() (a file that
+        grows is read to that size); truncation while it is read is survived
+        (`truncation`).  `populate`: each window of the mapping is populated in
+        one call (MADV_POPULATE_READ) before it is cut.
+        """
         self.alloc_batch(batch, True)
         self.max_packet_size = max_packet_size
         self.timeout_ms = timeout_ms
         self.finite = finite
-        if isinstance(source, int):
+        self.map_slot = -1
+        if mapped:
+            self.map_open(source, populate)
+        elif isinstance(source, int):
             self.fd = source
             self.bs.bufsize = max(bufsize, 2 * max_packet_size + 16)
             self.bs.buf = <uint8_t *>malloc(self.bs.bufsize)
@@ -420,8 +466,112 @@ cdef class ByteStreamReader(Reader):
             if self.bs.end:
                 self.bs.buf = <uint8_t *>&self.view[0]
 
+    cdef int map_open(self, int fd, bint populate) except -1:
+        """Map regular file `fd` and show the cutter its first window."""
+        cdef struct_stat st
+        cdef void *base
+        if fstat(fd, &st) != 0:
+            raise OSError(errno, os.strerror(errno))
+        if not S_ISREG(st.st_mode):
+            raise ValueError("only a regular file can be mapped")
+        self.fd = fd
+        self.mapped = True
+        self.bs.eof = True
+        if st.st_size == 0:
+            return 0                    # nothing to map (mmap refuses 0 bytes)
+        if daqd_sigbus_install() != 0:
+            raise OSError(errno, os.strerror(errno))
+        base = daqd_map_file(fd, <size_t>st.st_size)
+        if base == NULL:
+            raise OSError(errno, os.strerror(errno))
+        self.map_slot = daqd_map_register(base, <size_t>st.st_size)
+        if self.map_slot < 0:
+            munmap(base, <size_t>st.st_size)
+            raise OSError(EMFILE_MAPS, "too many files mapped at once")
+        self.map_base = <uint8_t *>base
+        self.map_size = self.map_end = <size_t>st.st_size
+        self.map_populate = populate
+        self.bs.buf = self.map_base
+        self.bs.bufsize = self.map_size
+        self.bs.eof = False
+        self.map_advance(NULL)
+        return 0
+
+    cdef void map_advance(self, uint64_t *stats) noexcept nogil:
+        """Show the cutter the next window of the mapping (the file's size checked first)."""
+        cdef struct_stat st
+        cdef size_t end
+        if fstat(self.fd, &st) == 0 and <size_t>st.st_size < self.map_end:
+            self.map_cut(<size_t>st.st_size, stats)
+        end = self.bs.end + MAP_WINDOW
+        if end > self.map_end:
+            end = self.map_end
+        if self.map_populate and end > self.bs.end:
+            if daqd_populate_read(self.bs.buf + self.bs.end, end - self.bs.end) == 1:
+                self.map_populate = False   # Linux < 5.14: faults taken page by page
+        if end > self.bs.end:
+            self.bs.end = end
+        self.bs.eof = self.bs.end == self.map_end
+
+    cdef bint map_check(self, uint64_t *stats) noexcept nogil:
+        """After a fault inside the mapping (file truncated, or unreadable), end
+        the file where its bytes end now; whether it did."""
+        cdef struct_stat st
+        cdef unsigned faults = daqd_map_truncations(self.map_slot)
+        cdef size_t size
+        if faults == self.map_faults:
+            return False
+        size = daqd_map_zeroed_from(self.map_slot)
+        self.map_faults = faults
+        if fstat(self.fd, &st) == 0 and <size_t>st.st_size < size:
+            size = <size_t>st.st_size
+        self.map_cut(size, stats)
+        return True
+
+    cdef void map_cut(self, size_t size, uint64_t *stats) noexcept nogil:
+        """The file's bytes now end at `size`: end the stream there (or where
+        the packets handed out end) and count the bytes lost (`stats` NULL:
+        nothing cut yet, nothing to count)."""
+        cdef size_t end = size if size < self.map_end else self.map_end
+        if end < self.bs.start:
+            end = self.bs.start         # already handed out (may have held zeros)
+        if stats != NULL:
+            stats[<int>STAT_FILE_BYTES_TRUNCATED] += self.map_end - end
+        self.map_end = end
+        if self.bs.end > end:
+            self.bs.end = end
+        self.bs.eof = self.bs.end == self.map_end
+
+    @property
+    def truncation(self):
+        """None, or (size when opened, where its bytes ended) of a mapped file that
+        was truncated (or became unreadable) while it was read."""
+        if self.map_end == self.map_size:
+            return None
+        return self.map_size, self.map_end
+
+    cdef void map_release(self, bint unmap) noexcept:
+        """Let the file go: its pages replaced by zero pages (`unmap` False: the
+        addresses stay readable, so a receive thread that did not stop still
+        reads nothing but zeros), or unmapped."""
+        if self.map_slot >= 0:
+            daqd_map_unregister(self.map_slot)
+            self.map_slot = -1
+        if self.map_base == NULL:
+            return
+        if unmap:
+            munmap(self.map_base, self.map_size)
+            self.map_base = NULL
+        else:
+            daqd_map_zeros(self.map_base, self.map_size)
+        self.bs.end = self.bs.start
+        self.bs.to_skip = 0
+        self.bs.eof = True
+
     def __dealloc__(self):
-        if self.fd >= 0:
+        if self.mapped:
+            self.map_release(True)
+        elif self.fd >= 0:
             free(self.bs.buf)
 
     def keep(self, obj):
@@ -429,6 +579,8 @@ cdef class ByteStreamReader(Reader):
         self.keepalive = obj
 
     def close(self):
+        if self.mapped:
+            self.map_release(False)     # unmapped when the reader goes
         if self.keepalive is not None and hasattr(self.keepalive, "close"):
             self.keepalive.close()
 
@@ -453,14 +605,30 @@ cdef class ByteStreamReader(Reader):
 
     cdef int fill(self, uint64_t *stats) noexcept nogil:
         cdef int rc
+        # A mapped file: the cut as it stood before bytes_take, to cut again
+        # from if a page faulted meanwhile (the cutter then read zeros).
+        cdef uint64_t before[<int>N_STATS]
+        cdef size_t start = 0, to_skip = 0
         self.n = 0
         self.pos = 0
         while True:
             if self.stop_flag:
                 self.eof = True
                 return READ_EOF
+            if self.map_slot >= 0:
+                self.map_check(stats)   # a fault since the last batch was cut
+                memcpy(before, stats, sizeof(before))
+                start = self.bs.start
+                to_skip = self.bs.to_skip
             rc = bytes_take(&self.bs, self, self.max_packet_size, STAT_STREAM_BYTES_SKIPPED,
                             stats)
+            if self.map_slot >= 0 and \
+                    daqd_map_truncations(self.map_slot) != self.map_faults:
+                memcpy(stats, before, sizeof(before))
+                self.bs.start = start
+                self.bs.to_skip = to_skip
+                self.n = 0
+                continue                # cut again, up to the file's end now
             if rc == TAKE_FULL:
                 return <int>self.n
             if rc == TAKE_END:
@@ -468,6 +636,9 @@ cdef class ByteStreamReader(Reader):
                 return <int>self.n if self.n > 0 else READ_EOF
             if self.n > 0:
                 return <int>self.n      # hand over what we have before reading
+            if self.mapped:
+                self.map_advance(stats)
+                continue
             rc = self.read_more()
             if rc == READ_EOF:
                 self.bs.eof = True

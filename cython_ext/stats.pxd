@@ -63,6 +63,7 @@ cpdef enum StatIndex:
     STAT_PCAP_RECORDS_TRUNCATED                 # pcap record cut short (file or frame end)
     STAT_PACKETS_DROPPED_SOCKET_BUFFER          # datagrams the kernel dropped (socket buffer full)
     STAT_PACKETS_TAP_DROPPED                    # packets the packet tap (pcap sink) had no room for
+    STAT_FILE_BYTES_TRUNCATED                   # bytes of a mapped file: lost to it being truncated
     # chunk mode; a heap is counted once, on its first packet
     STAT_CHUNKS_COMPLETED                       # chunks handed to the data ring
     STAT_CHUNK_HEAPS_PLACED                     # heaps given a slot in an open chunk

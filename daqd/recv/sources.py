@@ -10,6 +10,7 @@ import ipaddress
 import mmap
 import os
 import socket
+import stat
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +82,14 @@ class Source:
     def finite(self) -> bool:
         """Whether the source ends by itself."""
         return bool(self.reader is not None and self.reader.finite)
+
+    @property
+    def truncation(self) -> tuple[int, int] | None:
+        """Say where a mapped ``file:`` truncated while it was read ended.
+
+        (Its size when opened, where its bytes ended); None if it was not.
+        """
+        return getattr(self.reader, "truncation", None)
 
     @property
     def serves_connections(self) -> bool:
@@ -192,6 +201,14 @@ def _open_tcp(u: SourceUri, max_packet_size: int, socket_buffer: int) -> Source:
 
 
 def _open_file(u: SourceUri, max_packet_size: int) -> Source:
+    """Open a ``file:`` source: a regular file is read through a mapping, else read().
+
+    A regular file is mapped read-only at its size now (a file that grows is
+    read to that size; one truncated while it is read ends there, the bytes
+    lost counted as ``file_bytes_truncated``); stdin (``file:-``), a FIFO, a
+    device, a file that says it is empty (``/proc``) and a file its file
+    system will not map are read with read() until their end.
+    """
     uri, path = u.text, u.path
     if path == "-":
         reader = _spead.ByteStreamReader(sys.stdin.fileno(), max_packet_size=max_packet_size)
@@ -200,7 +217,16 @@ def _open_file(u: SourceUri, max_packet_size: int) -> Source:
         f = open(path, "rb")
     except OSError as exc:
         raise SourceError(f"{uri}: cannot open: {exc.strerror}") from None
-    reader = _spead.ByteStreamReader(f.fileno(), max_packet_size=max_packet_size)
+    st = os.fstat(f.fileno())
+    reader = None
+    if stat.S_ISREG(st.st_mode) and st.st_size > 0:
+        try:
+            reader = _spead.ByteStreamReader(f.fileno(), max_packet_size=max_packet_size,
+                                             mapped=True)
+        except OSError:
+            reader = None           # not mappable (ENODEV): read() it
+    if reader is None:
+        reader = _spead.ByteStreamReader(f.fileno(), max_packet_size=max_packet_size)
     reader.keep(f)
     return Source(uri, reader)
 

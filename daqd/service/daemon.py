@@ -459,7 +459,7 @@ class Daemon:
 def _summary(runner: StreamRunner) -> dict[str, Any]:
     """Return the figures of the last log line: what came, what was written, every loss."""
     out = _figures(runner, ("packets", "heaps", "chunks_completed",
-                            "packets_dropped_socket_buffer"))
+                            "packets_dropped_socket_buffer", "file_bytes_truncated"))
     out.update(runner.pool_figures())
     if runner.process is not None:      # [stream.process]: its calls, errors, time
         out["process"] = runner.process.counters()

@@ -329,6 +329,11 @@ class StreamRunner:
             self._put_heaps(stream.flush())
         if source.reader is not None and self.packet_sinks:
             self._put_tap(source.reader)
+        truncation = source.truncation
+        if truncation is not None:
+            log.warning("file truncated while being read", stream=self.name, source=source.uri,
+                        size_at_open=truncation[0], size_read=truncation[1],
+                        bytes_lost=truncation[0] - truncation[1])
         self.ended_sources += 1
         log.info("source ended", stream=self.name, source=source.uri,
                  stopped_by_item=bool(stream.stopped))

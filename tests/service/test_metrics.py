@@ -35,7 +35,8 @@ def make_snapshot():
                      "capturing": True},
             "adc1": {"counters": {"packets": np.uint64(7), "heaps": 1, "max_batch": 1,
                                   "worker_blocked_ns": 2_500_000_000,
-                                  "stream_bytes_skipped": 12, "chunk_heaps_rejected_size": 4}},
+                                  "stream_bytes_skipped": 12, "chunk_heaps_rejected_size": 4,
+                                  "file_bytes_truncated": 300}},
         },
         "buffers": {"adc0": {"kind": "circular", "capacity": 64, "size": 5, "fill": 0.078125,
                              "records_flushed": 100, "records_dropped": 4,
@@ -119,6 +120,7 @@ def test_a_scrape_carries_the_snapshot_with_counter_and_gauge_types(server, snap
     assert values["daqd_buffer_flushed_bytes_total", stream0] == 4096
     assert values["daqd_worker_blocked_seconds_total", stream1] == 2.5
     assert values["daqd_stream_skipped_bytes_total", stream1] == 12
+    assert values["daqd_file_truncated_bytes_total", stream1] == 300
     assert values["daqd_chunk_heaps_rejected_total", stream1 | {("reason", "size")}] == 4
     assert values["daqd_buffer_wal_size_bytes", stream0] == 9000
     assert types["daqd_buffer_wal_size_bytes"] == "gauge"
