@@ -170,6 +170,7 @@ class _SinkState:
     writing_end: int = -1
     overflowed_in_write: int = 0
     retry_at: float = 0.0       # failing: monotonic time of the next policy-driven retry
+    write_seconds: float = 0.0  # time spent in its write() calls (is the disk the bottleneck?)
 
     @property
     def lost(self) -> int:
@@ -188,7 +189,7 @@ class _SinkState:
                 "lost": self.lost, "backlog": backlog,
                 "lost_by_reason": {r: self.lost_by[r] for r in SINK_LOSS_REASONS},
                 "sync_errors": self.sync_errors, "failing": self.failing,
-                "last_error": self.last_error}
+                "last_error": self.last_error, "write_seconds": self.write_seconds}
 
 
 def _call_each(sinks: list[_SinkState], method: str, failure: type[Exception],
@@ -674,9 +675,11 @@ class Buffer:
 
     def _write(self, state: _SinkState, batch: list[Entry]) -> bool:
         records = [record for _, record in batch]
+        start = time.perf_counter()
         try:
             state.sink.write(records)
         except Exception as exc:
+            state.write_seconds += time.perf_counter() - start
             # The protocol says OSError after rollback; anything else is a bug
             # in the sink, counted and logged the same way (with a traceback)
             # so that one sink cannot stop the others.
@@ -695,6 +698,7 @@ class Buffer:
             state.failing = True
             state.retry_at = time.monotonic() + FAILING_SINK_RETRY
             return False
+        state.write_seconds += time.perf_counter() - start
         if state.failing:
             log.info("sink writing again", sink=state.name, failed_flushes=state.failed_flushes)
             state.failing = False

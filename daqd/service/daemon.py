@@ -461,6 +461,9 @@ def _summary(runner: StreamRunner) -> dict[str, Any]:
     out = _figures(runner, ("packets", "heaps", "chunks_completed",
                             "packets_dropped_socket_buffer", "file_bytes_truncated"))
     out.update(runner.pool_figures())
+    if runner.buffer is not None:       # how long each sink spent writing (the disk's share)
+        out["write_seconds"] = {name: round(account["write_seconds"], 3)
+                                for name, account in runner.buffer.stats()["sinks"].items()}
     if runner.process is not None:      # [stream.process]: its calls, errors, time
         out["process"] = runner.process.counters()
     return out

@@ -41,6 +41,11 @@ disturbs far less than the times, and the daemon's CPU over the library's
 plus the write limit's: what the daemon spends beyond placing the packets
 and writing the chunks (its read copy, Python, hand-over).
 
+"sink busy" is the median fraction of the daemon's time (as above) its sink
+spent in ``write()`` (``write_seconds`` in its last log line): near 100 %,
+the daemon goes as fast as its sink can write, whatever the write limit
+measured in this process says.
+
 "daemon/slower" is the daemon over the slower of the library and the write
 limit: the receive side and the sink's writes run on two cores at once, so
 that is as fast as any daemon that receives and writes can go.  On a VM
@@ -80,6 +85,10 @@ from daqd.tools.bench.params import MAX_CHUNKS, MAX_HEAPS, POOL
 # (the buffer writes a long flush in slices of half what the pool spares).
 DAEMON_POOL = 64
 FLUSH_COUNT = 16
+# Per daemon run: the fraction of its time its sink spent in write() (the
+# ``write_seconds`` of its last log line over its time): near 1, the daemon
+# goes as fast as its writes.
+SINK_BUSY: list[float] = []
 # Heaps per chunk of both (``--heaps-per-chunk``; default ``daqd bench``'s).
 HEAPS_PER_CHUNK = DEFAULT_HEAPS_PER_CHUNK
 
@@ -198,7 +207,9 @@ def run_daemon(config: Path, out: Path, heaps: int, heap_bytes: int) -> tuple[fl
     if written.st_size != heaps * heap_bytes:
         raise RuntimeError(f"output holds {written.st_size} bytes, not {heaps * heap_bytes}")
     files[0].unlink()
-    return written.st_mtime_ns / 1e9 - ready.timestamp(), cpu
+    seconds = written.st_mtime_ns / 1e9 - ready.timestamp()
+    SINK_BUSY.append(sum(figures["write_seconds"].values()) / seconds)
+    return seconds, cpu
 
 
 def run_library(workload: str, buf: np.ndarray, heaps: int) -> tuple[float, float]:
@@ -258,6 +269,7 @@ def bench(workload: str, work: Path, runs: int, mib: int,
     try:
         for run in runners.values():            # untimed
             run()
+        SINK_BUSY.clear()
         times: dict[str, list[float]] = {who: [] for who in runners}
         cpus: dict[str, list[float]] = {who: [] for who in runners}
         for i in range(runs):
@@ -288,6 +300,7 @@ def bench(workload: str, work: Path, runs: int, mib: int,
         # The receive side and the sink's write run on two cores at once: the
         # slower of the two is as fast as any daemon doing both can be.
         "daemon_over_ceiling": max(medians["library"], medians["write_limit"]) / medians["daemon"],
+        "sink_busy": statistics.median(SINK_BUSY),
         "cpu_seconds": {who: [round(c, 3) for c in cs] for who, cs in cpus.items()},
         "cpu_s_per_gib": {who: c / gib for who, c in cpu.items()},
         # CPU the daemon spends beyond the library's work and the sink's write.
@@ -297,6 +310,7 @@ def bench(workload: str, work: Path, runs: int, mib: int,
 
 
 def main(argv: list[str] | None = None) -> None:
+    global HEAPS_PER_CHUNK, DAEMON_POOL, FLUSH_COUNT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workloads", nargs="*", metavar="W1|W2|W3")
     parser.add_argument("--runs", type=int, default=5)
@@ -310,7 +324,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="the daemon's flush_count (and the write limit's chunks per writev)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    global HEAPS_PER_CHUNK, DAEMON_POOL, FLUSH_COUNT
     HEAPS_PER_CHUNK = args.heaps_per_chunk
     DAEMON_POOL, FLUSH_COUNT = args.daemon_pool, args.flush_count
     for name in args.workloads:
@@ -335,12 +348,13 @@ def main(argv: list[str] | None = None) -> None:
           f"{FLUSH_COUNT}, medians of {args.runs} interleaved runs")
     who = ("daemon", "library", "write_limit")
     print(f"{'workload':8} " + " ".join(f"{w:>27}" for w in who)
-          + f" {'daemon/library':>15} {'daemon/write limit':>19} {'daemon/slower':>14}")
+          + f" {'daemon/library':>15} {'daemon/write limit':>19} {'daemon/slower':>14}"
+          + f" {'sink busy':>10}")
     for r in results:
         cells = [f"{r['gbit_per_s'][w]:6.2f} Gbit/s {r['mpkt_per_s'][w]:5.2f} Mpkt/s" for w in who]
         print(f"{r['workload']:8} " + " ".join(f"{c:>27}" for c in cells)
               + f" {r['daemon_over_library']:15.2f} {r['daemon_over_write_limit']:19.2f}"
-              + f" {r['daemon_over_ceiling']:14.2f}")
+              + f" {r['daemon_over_ceiling']:14.2f} {r['sink_busy']:10.0%}")
     print("CPU seconds per GiB of payload (medians; the daemon's after its ready line, "
           "every thread):")
     print(f"{'workload':8} " + " ".join(f"{w:>12}" for w in who)

@@ -476,3 +476,20 @@ def test_build_buffer_slices_chunk_flushes_by_half_what_the_pool_spares():
     assert build_buffer(BufferConfig(), [MemorySink()], flush_at_most=12).flush_slice == 6
     assert build_buffer(BufferConfig(), [MemorySink()], flush_at_most=1).flush_slice == 1
     assert build_buffer(BufferConfig(), [MemorySink()]).flush_slice is None    # heap mode
+
+
+def test_each_sink_counts_the_time_its_writes_take():
+    """``write_seconds``: time in the sink's write() calls, failed ones included."""
+    import time
+
+    slow = MemorySink("slow", on_write=lambda recs: time.sleep(0.05))
+    failing = MemorySink("failing", on_write=lambda recs: time.sleep(0.02))
+    failing.fail = True
+    buffer = Buffer("fifo", capacity=8)
+    buffer.set_primary_sink(slow)
+    buffer.add_custom_sink(failing)
+    fill(buffer, 2)
+    buffer.flush()
+    sinks = buffer.stats()["sinks"]
+    assert sinks["slow"]["write_seconds"] >= 0.05        # a sleep lasts at least that
+    assert sinks["failing"]["write_seconds"] >= 0.02

@@ -45,3 +45,6 @@ def test_a_file_replay_with_the_default_pool_writes_every_chunk(tmp_path, flush_
     assert figures["lost"] == {}, figures
     assert figures["heaps"] == HEAPS
     assert figures["chunks_completed"] == figures["records_flushed"] == HEAPS // 64
+    # The last line also says how long the sink spent writing (its share of the run).
+    (seconds,) = figures["write_seconds"].values()
+    assert seconds > 0

@@ -314,4 +314,8 @@ def test_each_sinks_account_in_the_buffer_is_exposed_per_sink_and_reason():
     assert values["daqd_buffer_sink_backlog", failing_labels] == account["failing"]["backlog"]
     assert types["daqd_buffer_sink_backlog"] == "gauge"
     assert values["daqd_buffer_sink_failing", failing_labels] == 1
+    healthy_labels = frozenset({("stream", "adc0"), ("sink", "healthy")})
+    assert values["daqd_buffer_sink_write_seconds_total", healthy_labels] \
+        == account["healthy"]["write_seconds"] > 0
+    assert types["daqd_buffer_sink_write_seconds"] == "counter"
     buffer.close()
