@@ -561,6 +561,7 @@ class Buffer:
                 return 0                # re-entered (e.g. from a sink): nothing to add
             self._flushing = True
             left = len(self._waiting)
+            sinks = list(self._sinks)
             self.policy.reset()
             self._flushes[reason] += 1
             if trigger:
@@ -574,6 +575,9 @@ class Buffer:
                 released += self._flush_slice(take, due, failed, sync_wal=first)
                 left -= take
                 first = False
+            # One done mark (a sync of each sink) and one commit per flush,
+            # however many slices: a slice's records only needed writing.
+            self._commit(self._mark_done(sinks) if self.wal is not None else sinks)
         finally:
             with self._lock:
                 self._flushing = False
@@ -584,10 +588,11 @@ class Buffer:
     def _flush_slice(self, take: int, due: bool, failed: set[int], sync_wal: bool) -> int:
         """Write `take` more waiting records, and the held ones of lagging sinks.
 
-        Releases what every sink has written.  `_flushing` is set throughout;
-        a record evicted from the waiting ones meanwhile is not waited for.  A
-        sink whose write fails is added to `failed` (ids) and not tried again
-        in the same flush.
+        Releases what every sink has written (its done mark and commit come
+        at the end of the flush: the write-ahead log still holds it).
+        `_flushing` is set throughout; a record evicted from the waiting ones
+        meanwhile is not waited for.  A sink whose write fails is added to
+        `failed` (ids) and not tried again in the same flush.
         """
         with self._lock:
             for _ in range(min(take, len(self._waiting))):
@@ -619,7 +624,6 @@ class Buffer:
                         self._settle_write_locked(state, written)
                         deferred, self._deferred = self._deferred, []
                     self._after_evictions(deferred)
-            self._commit(self._mark_done(sinks) if self.wal is not None else sinks)
         finally:
             with self._lock:
                 for state in sinks:

@@ -448,6 +448,7 @@ def test_a_flush_writes_in_slices_and_releases_each_before_the_next():
     assert released_at_write == [[0] * 8, [1] * 3 + [0] * 5, [1] * 6 + [0] * 2]
     assert [r.releases for r in records] == [1] * 8
     assert buffer.stats()["flushes_by_reason"] == {"request": 1}    # one flush, three slices
+    assert sink.commits == 1                    # one commit (and done mark) per flush
     assert buffer.size() == 1 and late[0].releases == 0     # the late record: next flush
     assert buffer.flush() == 1 and sink.cnts[-1] == 100
 
