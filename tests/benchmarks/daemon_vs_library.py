@@ -25,7 +25,7 @@ chunks, built by the compiled generator) go two ways, interleaved run by run
   the last chunk: what ``daqd bench`` measures from memory.
 - **write limit**: in this process, the same payload bytes written to a
   fresh file in the same tmpfs directory as the sink writes them
-  (``FLUSH_COUNT`` chunks per ``writev``, from `POOL` chunk-sized buffers
+  (``FLUSH_COUNT`` chunks per ``writev``, from `DAEMON_POOL` chunk-sized buffers
   taken in turn), timed from the open to the close: what the kernel's
   tmpfs write alone allows, the ceiling of any daemon that writes its data
   out (the daemon's receive side runs on the other core meanwhile).
@@ -46,6 +46,16 @@ spent in ``write()`` (``write_seconds`` in its last log line): near 100 %,
 the daemon goes as fast as its sink can write, whatever the write limit
 measured in this process says.
 
+- **pipeline limit**: in this process, the daemon's data path with nothing
+  but a queue between its ends: the packets file mapped as the daemon maps
+  it, ``ChunkStream`` with the daemon's pool in this thread, a writer thread
+  writing the chunks as soon as they come (what has come, up to
+  ``FLUSH_COUNT``, per ``pwritev``) to a new file beside the sink's and
+  giving them back.  Both cores work at once,
+  as in the daemon, so the memory traffic of receiving and writing meet as
+  they do there; the daemon over it is what its records, buffer, flusher and
+  sink cost.
+
 "daemon/slower" is the daemon over the slower of the library and the write
 limit: the receive side and the sink's writes run on two cores at once, so
 that is as fast as any daemon that receives and writes can go.  On a VM
@@ -62,12 +72,14 @@ import datetime as dt
 import json
 import os
 import platform
+import queue
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -248,6 +260,58 @@ def run_write_limit(path: Path, chunks: list[np.ndarray], count: int) -> tuple[f
     return seconds, cpu
 
 
+def run_pipeline_limit(workload: str, packets: Path, out: Path, heaps: int
+                       ) -> tuple[float, float]:
+    """The daemon's data path with nothing but a queue between its two ends; (seconds, CPU).
+
+    The packets file mapped as the daemon maps it, `ChunkStream` with the
+    daemon's pool in this thread, and a writer thread writing the chunks to a
+    new `out` as they come (up to ``FLUSH_COUNT`` per ``pwritev``) and giving
+    them back: both cores busy at once, as in the daemon, with no records,
+    buffer or sink.
+    """
+    layout = WORKLOADS[workload].layout(HEAPS_PER_CHUNK)
+    chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    written = [0]
+
+    def writer(fd: int) -> None:
+        # What has arrived, up to FLUSH_COUNT chunks, per write: as soon as it can.
+        ended = False
+        while not ended:
+            batch = [chunks.get()]
+            while len(batch) < FLUSH_COUNT and not chunks.empty():
+                batch.append(chunks.get())
+            if batch[-1] is None:
+                ended = True
+                batch.pop()
+            if batch:
+                written[0] += os.pwritev(fd, [c.data for c in batch], written[0])
+                for c in batch:
+                    c.release()
+
+    # The pool is allocated (and touched) first, as the daemon's is before its ready line.
+    stream = _spead.ChunkStream(**layout, max_chunks=MAX_CHUNKS, pool=DAEMON_POOL,
+                                max_heaps=MAX_HEAPS)
+    start, cpu = time.perf_counter(), time.process_time()
+    with open(packets, "rb") as f:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        thread = threading.Thread(target=writer, args=(fd,))
+        thread.start()
+        try:
+            for chunk in stream.chunks(_spead.ByteStreamReader(f.fileno(), mapped=True)):
+                chunks.put(chunk)
+        finally:
+            chunks.put(None)
+            thread.join()
+            os.close(fd)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    size = out.stat().st_size
+    out.unlink()
+    if size != heaps * WORKLOADS[workload].heap_bytes:
+        raise RuntimeError(f"pipeline limit: wrote {size} bytes")
+    return seconds, cpu
+
+
 def bench(workload: str, work: Path, runs: int, mib: int,
           log: Any = lambda line: None) -> dict[str, Any]:
     """Interleaved runs of the daemon and the library on `workload`; the medians and ratio."""
@@ -259,12 +323,13 @@ def bench(workload: str, work: Path, runs: int, mib: int,
     config = work / f"{workload}.toml"
     config.write_text(daemon_config(work, workload, packets))
     chunk_bytes = HEAPS_PER_CHUNK * w.heap_bytes
-    pool = [np.full(chunk_bytes, i, np.uint8) for i in range(POOL)]
+    pool = [np.full(chunk_bytes, i, np.uint8) for i in range(DAEMON_POOL)]
     runners = {
         "daemon": lambda: run_daemon(config, work / "out", heaps, w.heap_bytes),
         "library": lambda: run_library(workload, buf, heaps),
         "write_limit": lambda: run_write_limit(work / "limit.bin", pool,
                                                heaps // HEAPS_PER_CHUNK),
+        "pipeline": lambda: run_pipeline_limit(workload, packets, work / "pipeline.bin", heaps),
     }
     try:
         for run in runners.values():            # untimed
@@ -273,7 +338,8 @@ def bench(workload: str, work: Path, runs: int, mib: int,
         times: dict[str, list[float]] = {who: [] for who in runners}
         cpus: dict[str, list[float]] = {who: [] for who in runners}
         for i in range(runs):
-            order = list(runners)[i % 3:] + list(runners)[:i % 3]
+            n = len(runners)
+            order = list(runners)[i % n:] + list(runners)[:i % n]
             order = order if i % 2 == 0 else order[::-1]
             for who in order:
                 seconds, cpu = runners[who]()
@@ -300,6 +366,7 @@ def bench(workload: str, work: Path, runs: int, mib: int,
         # The receive side and the sink's write run on two cores at once: the
         # slower of the two is as fast as any daemon doing both can be.
         "daemon_over_ceiling": max(medians["library"], medians["write_limit"]) / medians["daemon"],
+        "daemon_over_pipeline": medians["pipeline"] / medians["daemon"],
         "sink_busy": statistics.median(SINK_BUSY),
         "cpu_seconds": {who: [round(c, 3) for c in cs] for who, cs in cpus.items()},
         "cpu_s_per_gib": {who: c / gib for who, c in cpu.items()},
@@ -346,15 +413,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{header['date']}  {header['cpu']}  ({header['cores']} CPUs), "
           f"{HEAPS_PER_CHUNK} heaps per chunk, the daemon's pool {DAEMON_POOL} and flush_count "
           f"{FLUSH_COUNT}, medians of {args.runs} interleaved runs")
-    who = ("daemon", "library", "write_limit")
-    print(f"{'workload':8} " + " ".join(f"{w:>27}" for w in who)
-          + f" {'daemon/library':>15} {'daemon/write limit':>19} {'daemon/slower':>14}"
-          + f" {'sink busy':>10}")
+    who = ("daemon", "library", "write_limit", "pipeline")
+    print(f"{'workload':8} " + " ".join(f"{w:>27}" for w in who))
     for r in results:
         cells = [f"{r['gbit_per_s'][w]:6.2f} Gbit/s {r['mpkt_per_s'][w]:5.2f} Mpkt/s" for w in who]
-        print(f"{r['workload']:8} " + " ".join(f"{c:>27}" for c in cells)
-              + f" {r['daemon_over_library']:15.2f} {r['daemon_over_write_limit']:19.2f}"
-              + f" {r['daemon_over_ceiling']:14.2f} {r['sink_busy']:10.0%}")
+        print(f"{r['workload']:8} " + " ".join(f"{c:>27}" for c in cells))
+    ratios = {"daemon/library": "daemon_over_library",
+              "daemon/write limit": "daemon_over_write_limit",
+              "daemon/slower": "daemon_over_ceiling", "daemon/pipeline": "daemon_over_pipeline"}
+    print(f"{'workload':8} " + " ".join(f"{k:>19}" for k in ratios) + f" {'sink busy':>10}")
+    for r in results:
+        print(f"{r['workload']:8} " + " ".join(f"{r[k]:19.2f}" for k in ratios.values())
+              + f" {r['sink_busy']:10.0%}")
     print("CPU seconds per GiB of payload (medians; the daemon's after its ready line, "
           "every thread):")
     print(f"{'workload':8} " + " ".join(f"{w:>12}" for w in who)
