@@ -10,7 +10,8 @@
 # never spans two peers, and a peer that closes mid-packet costs only that
 # packet (its bytes counted as tcp_bytes_truncated).  As ByteStreamReader, it
 # hands the stream each packet's header, decoded while cutting it out, so the
-# window does not decode it again (`pkt_hdr`).  `once` keeps spead2's
+# window does not decode it again (`pkt_hdr`); it does not prefetch their
+# payloads, which read() has just written.  `once` keeps spead2's
 # behaviour: one connection, and the source ends when it closes.
 #
 # Idle peers cannot lock the port: when every slot is taken, a new connection

@@ -15,7 +15,9 @@ process (not traced by valgrind: ``--trace-children=no`` is the default) that
 connects once and writes the workload's packets back to back, as spead2's
 ``TcpStream`` sends them; the source is ``tcp://127.0.0.1:PORT?once=1``, so the
 stream ends when the sender closes.  Without valgrind it prints the seconds of
-the receive loop too (a loopback figure: sender and receiver share the machine).
+the receive loop too, and the CPU time of the receiving thread in it (user and
+system: the kernel's copies of ``read()`` included), a loopback figure: sender and
+receiver share the machine, so compare builds only within one run, interleaved.
 """
 
 from __future__ import annotations
@@ -53,10 +55,11 @@ def main(argv: list[str] | None = None) -> None:
         sender = subprocess.Popen([sys.executable, "-c", SENDER, f.name, str(port)])
         try:
             stream = daqd_chunk_stream(args.workload)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.thread_time()
             for chunk in stream.chunks(source.reader):
                 chunk.release()
             seconds = time.perf_counter() - start
+            cpu = time.thread_time() - cpu_start
         finally:
             source.close()
             sender.wait(timeout=60)
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     packets = args.heaps * WORKLOADS[args.workload].packets_per_heap
     print(f"{args.workload}: {packets} packets over TCP, "
           f"{stats['chunk_heaps_present']} of {args.heaps} heaps present, "
-          f"{seconds:.3f} s in the receive loop")
+          f"{seconds:.3f} s in the receive loop, {cpu:.3f} s of its CPU")
     if stats["chunk_heaps_present"] != args.heaps:
         raise SystemExit(f"{args.workload}: heaps lost {stats}")
 
