@@ -84,6 +84,10 @@ cdef class Reader:
     cdef const uint8_t **pkt_data
     cdef size_t *pkt_len
     cdef PacketHeader *pkt_hdr  # NULL, or each packet's header, decoded by fill()
+    # With pkt_hdr: the window prefetches each next packet's payload while it
+    # places one (bytes from memory or a file, not in the cache yet); not for
+    # bytes a read() from a socket has just written (window.pxi, prefetch_payload).
+    cdef bint prefetch_payloads
     cdef size_t capacity        # packets per batch
     cdef size_t n               # packets in the current batch
     cdef size_t pos             # packets of the batch already consumed
@@ -445,6 +449,7 @@ cdef class ByteStreamReader(Reader):
         one call (MADV_POPULATE_READ) before it is cut.
         """
         self.alloc_batch(batch, True)
+        self.prefetch_payloads = True
         self.max_packet_size = max_packet_size
         self.timeout_ms = timeout_ms
         self.finite = finite

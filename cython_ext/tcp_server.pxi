@@ -8,7 +8,10 @@
 # the peers together, accept whoever is waiting and read whatever arrived.
 # Each peer's bytes are a ByteStream of their own (readers.pxi), so a packet
 # never spans two peers, and a peer that closes mid-packet costs only that
-# packet (its bytes counted as tcp_bytes_truncated).  `once` keeps spead2's
+# packet (its bytes counted as tcp_bytes_truncated).  As ByteStreamReader, it
+# hands the stream each packet's header, decoded while cutting it out, so the
+# window does not decode it again (`pkt_hdr`); it does not prefetch their
+# payloads, which read() has just written.  `once` keeps spead2's
 # behaviour: one connection, and the source ends when it closes.
 #
 # Idle peers cannot lock the port: when every slot is taken, a new connection
@@ -132,7 +135,7 @@ cdef class TcpServerReader(Reader):
                  double idle_timeout=0.0):
         if not 0.0 <= idle_timeout <= 1e9:
             raise ValueError(f"idle_timeout={idle_timeout}: expected 0 to 1e9 seconds")
-        self.alloc_batch(batch)
+        self.alloc_batch(batch, True)     # bytes_take decodes: the stream need not again
         self.idle_timeout_ns = <uint64_t>(idle_timeout * 1e9)
         self.listen_fd = fd
         self.max_packet_size = max_packet_size

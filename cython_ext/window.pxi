@@ -604,8 +604,8 @@ cdef inline void prefetch_payload(const PacketHeader *p) noexcept nogil:
     buffer, a buffer handed in): without it the payload copy waits on each
     page's first lines.  From memory it took W2 from 0.35 to 0.5 of the copy
     limit and W1, W3 from 0.7 to 0.8 (README, "Where the time goes").  A UDP
-    batch, just written by the kernel, is in the cache already: it is not
-    prefetched.
+    batch or a TCP peer's buffer, just written by the kernel, is in the cache
+    already: it is not prefetched (`Reader.prefetch_payloads`).
     """
     cdef const uint8_t *q = p.payload
     cdef const uint8_t *end = p.payload + p.payload_length
@@ -622,13 +622,14 @@ cdef inline void prefetch_payload(const PacketHeader *p) noexcept nogil:
 
 cdef inline size_t window_add_batch(
     Window *w, const uint8_t **data, const size_t *length, const PacketHeader *decoded,
-    size_t n, uint64_t *stats, WindowOwner owner
+    bint prefetch, size_t n, uint64_t *stats, WindowOwner owner
 ) noexcept nogil:
     """Decode and add packets until done (or, heap mode, the ready list is full).
 
     `decoded` is NULL, or the packets' headers as the reader decoded them (a
     byte stream decodes each packet to cut it out: decoding it again here would
-    give the same header).  Returns how many packets were consumed.
+    give the same header); with them, `prefetch`: prefetch each next packet's
+    payload.  Returns how many packets were consumed.
     """
     cdef PacketHeader hdr
     cdef const PacketHeader *p
@@ -643,7 +644,7 @@ cdef inline size_t window_add_batch(
         stats[<int>STAT_PACKETS] += 1
         stats[<int>STAT_BYTES] += length[i]
         if decoded != NULL:
-            if i + 1 < n:
+            if prefetch and i + 1 < n:
                 prefetch_payload(&decoded[i + 1])
             p = &decoded[i]
         else:
@@ -686,7 +687,8 @@ cdef inline int window_receive(Window *w, Reader reader, uint64_t *stats, size_t
             _chunks_on_batch(owner, True, stats)
         used[0] = window_add_batch(w, reader.pkt_data + reader.pos, reader.pkt_len + reader.pos,
                                    reader.pkt_hdr + reader.pos if reader.pkt_hdr != NULL
-                                   else NULL, reader.n - reader.pos, stats, owner)
+                                   else NULL, reader.prefetch_payloads, reader.n - reader.pos,
+                                   stats, owner)
         reader.pos += used[0]
         if WindowOwner is ChunkStream:
             _chunks_on_batch(owner, False, stats)

@@ -332,10 +332,20 @@ def validate(config_path: str) -> None:
     from daqd.config import memory_summary
 
     cfg = _load(config_path)
-    modes = ", ".join(f"{s.name} ({'chunk' if s.chunk else 'heap'} mode, "
-                      f"{len(s.sources)} source(s), {len(s.sinks)} sink(s))"
-                      for s in cfg.streams)
+    modes = ", ".join(_stream_summary(s) for s in cfg.streams)
     click.echo(f"{cfg.path}: valid: {modes}; memory {memory_summary(cfg)}")
+
+
+def _stream_summary(s: Any) -> str:
+    """Return one stream's part of ``validate``'s line.
+
+    Its mode, sources, receive threads (``threads``, and ``affinity`` when set) and
+    sinks, e.g. ``adc0 (chunk mode, 1 source(s) x 2 thread(s), affinity [0, 1], 1 sink(s))``.
+    """
+    affinity = f", affinity {list(s.affinity)}" if s.affinity else ""
+    return (f"{s.name} ({'chunk' if s.chunk else 'heap'} mode, "
+            f"{len(s.sources)} source(s) x {s.threads} thread(s){affinity}, "
+            f"{len(s.sinks)} sink(s))")
 
 
 

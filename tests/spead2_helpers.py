@@ -2,7 +2,8 @@
 
 spead2 is the reference decoder: the functions here decode bytes or lists of
 datagrams with spead2 and with daqd and turn both results into the same plain
-records, so that tests can compare them with ``==``.  There is also a small
+records, so that tests can compare them with ``==``; `spead2_chunk_group`
+makes spead2's chunk stream group for a daqd chunk layout.  There is also a small
 pcap-file writer (Ethernet with or without an 802.1Q tag, Linux cooked
 capture v1/v2, either byte order, micro- or nanosecond timestamps) so that
 pcap input can be built without external tools.
@@ -18,11 +19,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import spead2
 import spead2.recv
 import spead2.send
 
-from daqd import _spead
+from daqd import _spead, _spead2compat
 from daqd.recv.descriptors import decode_descriptors
 
 # Items spead2's Python Heap.get_items() leaves out besides ids 0..4:
@@ -255,6 +257,59 @@ def spead2_decode_packets(packets: Sequence[bytes], *, max_heaps: int = 4,
     q.stop()
     records = collect_spead2(stream)
     return records, stream.stats
+
+
+def spead2_chunk_group(layout: dict[str, Any], *, streams: int, max_chunks: int, chunks: int,
+                       lossless: bool = True, stream_chunks: int | None = None,
+                       max_heaps: int = 4) -> tuple[Any, list[Any]]:
+    """Make a spead2 ``ChunkStreamRingGroup`` placing as daqd's `layout` does.
+
+    Parameters
+    ----------
+    layout : dict
+        daqd's layout arguments (``Spead2Placement``: timestamp_step,
+        heaps_per_chunk, heap_bytes, ...).  With ``substreams`` in it, a chunk's
+        present is (heaps_per_chunk, substreams) and its data (heaps_per_chunk,
+        substreams, heap_bytes), the shapes of daqd's chunks; else both are flat.
+    streams : int
+        Members of the group, each on a thread pool of its own (a lossless
+        member blocks its pool's thread while it waits).
+    max_chunks : int
+        The group's window (``ChunkStreamGroupConfig.max_chunks``).
+    chunks : int
+        Free chunks given to the group, zeroed; its rings hold as many.
+    lossless : bool
+        Eviction mode LOSSLESS (else LOSSY).
+    stream_chunks : int, optional
+        Each stream's window (``ChunkStreamConfig.max_chunks``); default the group's.
+    max_heaps : int
+        Each stream's ``StreamConfig.max_heaps``.
+
+    Returns
+    -------
+    tuple
+        The group and its members (streams, with no reader yet).
+    """
+    placement = _spead2compat.Spead2Placement(**layout)
+    mode = spead2.recv.ChunkStreamGroupConfig.EvictionMode
+    group = spead2.recv.ChunkStreamRingGroup(
+        spead2.recv.ChunkStreamGroupConfig(max_chunks=max_chunks,
+                                           eviction_mode=mode.LOSSLESS if lossless else mode.LOSSY),
+        spead2.recv.ChunkRingbuffer(chunks), spead2.recv.ChunkRingbuffer(chunks))
+    hpc, heap_bytes = layout["heaps_per_chunk"], layout["heap_bytes"]
+    shape = (hpc, layout["substreams"]) if "substreams" in layout else (hpc,)
+    for _ in range(chunks):
+        data = np.zeros((*shape, heap_bytes), np.uint8)
+        group.add_free_chunk(spead2.recv.Chunk(
+            present=np.zeros(shape, np.uint8),
+            data=data if len(shape) > 1 else data.reshape(-1)))
+    config = spead2.recv.ChunkStreamConfig(
+        items=placement.items, place=placement.place,
+        max_chunks=max_chunks if stream_chunks is None else stream_chunks)
+    stream_config = spead2.recv.StreamConfig(max_heaps=max_heaps)
+    members = [group.emplace_back(spead2.ThreadPool(), stream_config, config)
+               for _ in range(streams)]
+    return group, members
 
 
 def daqd_stream(max_heaps: int = 4, allow_out_of_order: bool = False,

@@ -35,6 +35,7 @@ CHUNK_HEAP_DROP_COUNTERS = tuple(
 #: Every counted loss, one counter per reason: packets not used, heaps not placed,
 #: packets the kernel dropped for want of socket buffer, partial heaps evicted
 #: unfinished.  ``daqd top`` sums them (units differ: packets and heaps) and names
-#: the largest.
+#: the largest.  Byte counters (stream_bytes_skipped, tcp_bytes_truncated,
+#: file_bytes_truncated) are not here: docs/monitoring.md, "What counts as loss".
 LOSS_COUNTERS = (*DROP_COUNTERS, *CHUNK_HEAP_DROP_COUNTERS, "packets_dropped_socket_buffer",
                  "incomplete_heaps_evicted")

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import spead2
-import spead2.recv
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import spead2_helpers as h
 from spead_packets import heap_packets
 
-from daqd import _spead, _spead2compat
+from daqd import _spead
 
 TS, POL, DATA = 0x1600, 0x4101, 0x3300
 STEP, HPC, HEAP_BYTES, MAX_CHUNKS, POOL = 512, 8, 512, 3, 8
@@ -63,6 +62,24 @@ def finish_after(packets):
         stream.add_packets(packets)
         stream.finish()
     return feed
+
+
+def spead2_take(group, count):
+    """Take the first `count` non-empty chunks of a spead2 group with two substreams.
+
+    They come as `collect` gives daqd's, missing heaps' data zero; each chunk goes
+    back to the group zeroed.
+    """
+    out = []
+    for chunk in group.data_ringbuffer:
+        present = np.array(chunk.present)
+        if present.any():
+            out.append((chunk.chunk_id, np.array(chunk.data) * present[..., None], present))
+        chunk.data[:] = 0
+        group.add_free_chunk(chunk)
+        if len(out) == count:
+            break
+    return out
 
 
 def check_data(chunks):
@@ -147,31 +164,11 @@ def test_group_matches_spead2_chunk_stream_group():
     feeds = [pol_packets(p, n) for p in (0, 1)]
     _, _, ours = run_group("lossless", [finish_after(f) for f in feeds])
 
-    placement = _spead2compat.Spead2Placement(**LAYOUT)
-    config = spead2.recv.ChunkStreamGroupConfig(
-        max_chunks=MAX_CHUNKS,
-        eviction_mode=spead2.recv.ChunkStreamGroupConfig.EvictionMode.LOSSLESS)
-    data_ring = spead2.recv.ChunkRingbuffer(POOL)
-    free_ring = spead2.recv.ChunkRingbuffer(POOL)
-    group = spead2.recv.ChunkStreamRingGroup(config, data_ring, free_ring)
-    for _ in range(POOL):
-        group.add_free_chunk(spead2.recv.Chunk(
-            present=np.zeros((HPC, 2), np.uint8), data=np.zeros((HPC, 2, HEAP_BYTES), np.uint8)))
-    chunk_config = spead2.recv.ChunkStreamConfig(items=placement.items, max_chunks=MAX_CHUNKS,
-                                                 place=placement.place)
-    members = [group.emplace_back(spead2.ThreadPool(), spead2.recv.StreamConfig(max_heaps=4),
-                                  chunk_config) for _ in feeds]
+    group, members = h.spead2_chunk_group(LAYOUT, streams=len(feeds), max_chunks=MAX_CHUNKS,
+                                          chunks=POOL)
     for member, packets in zip(members, feeds, strict=True):
         member.add_buffer_reader(b"".join(packets))
-    theirs = []
-    for chunk in data_ring:
-        if chunk.present.any():
-            present = np.array(chunk.present)
-            theirs.append((chunk.chunk_id, np.array(chunk.data) * present[..., None], present))
-        chunk.data[:] = 0
-        group.add_free_chunk(chunk)
-        if len(theirs) == n // HPC:
-            break
+    theirs = spead2_take(group, n // HPC)
     group.stop()
     assert len(ours) == len(theirs) == n // HPC
     for (a_id, a_data, a_present), (b_id, b_data, b_present) in zip(ours, theirs, strict=True):

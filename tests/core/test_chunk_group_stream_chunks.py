@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import spead2
-import spead2.recv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_chunk_group import HPC, LAYOUT, check_data, finish_after, pol_packets
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import spead2_helpers as h
+from test_chunk_group import HPC, LAYOUT, check_data, finish_after, pol_packets, spead2_take
 
-from daqd import _spead, _spead2compat
+from daqd import _spead
 
 GROUP_CHUNKS, STREAM_CHUNKS, POOL = 6, 3, 12
 
@@ -59,32 +59,11 @@ def daqd_chunks(stream_chunks, feeds):
 
 
 def spead2_chunks(stream_chunks, feeds):
-    placement = _spead2compat.Spead2Placement(**LAYOUT)
-    config = spead2.recv.ChunkStreamGroupConfig(
-        max_chunks=GROUP_CHUNKS,
-        eviction_mode=spead2.recv.ChunkStreamGroupConfig.EvictionMode.LOSSLESS)
-    data_ring = spead2.recv.ChunkRingbuffer(POOL)
-    free_ring = spead2.recv.ChunkRingbuffer(POOL)
-    group = spead2.recv.ChunkStreamRingGroup(config, data_ring, free_ring)
-    for _ in range(POOL):
-        group.add_free_chunk(spead2.recv.Chunk(
-            present=np.zeros((HPC, 2), np.uint8),
-            data=np.zeros((HPC, 2, LAYOUT["heap_bytes"]), np.uint8)))
-    chunk_config = spead2.recv.ChunkStreamConfig(items=placement.items, max_chunks=stream_chunks,
-                                                 place=placement.place)
-    members = [group.emplace_back(spead2.ThreadPool(), spead2.recv.StreamConfig(max_heaps=4),
-                                  chunk_config) for _ in feeds]
+    group, members = h.spead2_chunk_group(LAYOUT, streams=len(feeds), max_chunks=GROUP_CHUNKS,
+                                          chunks=POOL, stream_chunks=stream_chunks)
     for member, packets in zip(members, feeds, strict=True):
         member.add_buffer_reader(b"".join(packets))
-    out = []
-    for chunk in data_ring:
-        present = np.array(chunk.present)
-        if present.any():
-            out.append((chunk.chunk_id, np.array(chunk.data) * present[..., None], present))
-        chunk.data[:] = 0
-        group.add_free_chunk(chunk)
-        if len(out) == 6:
-            break
+    out = spead2_take(group, 6)
     stats = [member.stats["too_old_heaps"] for member in members]
     group.stop()
     return out, stats

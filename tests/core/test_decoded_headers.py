@@ -8,7 +8,9 @@ heap's later packets are not scanned again and its first packet only at those.
 Each case runs the same packets through spead2 4.5.1's ``ChunkRingStream``,
 through daqd with packets the stream decodes itself (``ByteListReader``) and with
 headers the reader decoded (``ByteStreamReader`` over the bytes, and over a
-file); the chunks and counters must agree.  The cases are the ones the faster
+file; ``TcpServerReader`` behind a ``tcp://`` source on 127.0.0.1, spead2's
+``TcpStream`` sending the heaps spead2 built, a socket the hand-made packets);
+the chunks and counters must agree.  The cases are the ones the faster
 paths treat apart: more than 64 pointers, the placement item past the 64th,
 pointers spread over a heap's packets, and a placement on a packet-structure
 item (HEAP_CNT).  The placement's shifts (a power-of-two timestamp_step or
@@ -19,7 +21,9 @@ placement, which divides.
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -33,6 +37,7 @@ import spead2_helpers as h
 from spead_packets import heap_packets, stop_heap
 
 from daqd import _spead
+from daqd.recv.sources import open_source
 
 HEAP_BYTES = 1024
 HEAPS_PER_CHUNK = 10
@@ -42,15 +47,17 @@ LAYOUT = {"timestamp_item": POSITION_ID, "timestamp_step": 1,
 STREAM = {"max_chunks": 4, "max_heaps": 16}
 # Counters that depend on how packets are batched, not on what they are.
 BATCHING = ("batches", "max_batch")
+# A tcp:// source: once=1, the stream ends with its one sender; a sender
+# silent for so long is closed (a bounded wait if it stalls).
+TCP_SOURCE = "tcp://127.0.0.1:0?once=1&idle_timeout=20"
 
 
 def payload(position: int) -> np.ndarray:
     return ((np.arange(HEAP_BYTES) + position) & 0xFF).astype(np.uint8)
 
 
-def many_item_packets(positions, fillers: int, *, max_packet_size: int = 9000,
-                      repeat_pointers: bool = False) -> list[bytes]:
-    """spead2's sender: heaps with `fillers` immediate items ahead of the position."""
+def many_item_heaps(positions, fillers: int) -> list:
+    """spead2's send heaps with `fillers` immediate items ahead of the position, and the end."""
     ig = spead2.send.ItemGroup()
     for k in range(fillers):
         ig.add_item(FILLER_ID + k, f"filler{k}", "", (), format=[("u", 32)])
@@ -64,12 +71,84 @@ def many_item_packets(positions, fillers: int, *, max_packet_size: int = 9000,
         ig["payload"].value = payload(i)
         heaps.append(ig.get_heap(descriptors="none", data="all"))
     heaps.append(ig.get_end())
-    return h.split_packets(h.spead2_stream_bytes(heaps, max_packet_size=max_packet_size,
-                                                 repeat_pointers=repeat_pointers))
+    return heaps
 
 
-def daqd_three_ways(packets: list[bytes], tmp_path, **kwargs):
-    """daqd's chunks and counters: stream-decoded, reader-decoded from memory, from a file."""
+def heap_bytes(heaps: list, max_packet_size: int = 9000, repeat_pointers: bool = False) -> bytes:
+    """The bytes spead2 sends for `heaps` (its BytesStream; its TcpStream sends the same)."""
+    return h.spead2_stream_bytes(heaps, max_packet_size=max_packet_size,
+                                 repeat_pointers=repeat_pointers)
+
+
+class Spead2TcpSender:
+    """spead2's ``TcpStream`` sending `heaps` to 127.0.0.1:`port`, as a tcp:// sender."""
+
+    def __init__(self, heaps: list, max_packet_size: int = 9000, repeat_pointers: bool = False):
+        self.heaps = heaps
+        self.config = spead2.send.StreamConfig(max_packet_size=max_packet_size)
+        self.repeat_pointers = repeat_pointers
+
+    def connect(self, port: int):
+        """Connect (the listener's backlog takes it); return what sends and closes."""
+        stream = spead2.send.TcpStream(h.THREAD_POOL, [("127.0.0.1", port)], self.config)
+
+        def send() -> None:
+            nonlocal stream
+            try:
+                for heap in self.heaps:
+                    heap.repeat_pointers = self.repeat_pointers
+                    stream.send_heap(heap)
+            finally:
+                del stream              # closes the connection: the once=1 source ends
+
+        return send
+
+
+class SocketSender:
+    """A plain socket writing `data` to 127.0.0.1:`port` and closing, as a tcp:// sender."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def connect(self, port: int):
+        """Connect (the listener's backlog takes it); return what sends and closes."""
+        sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+
+        def send() -> None:
+            with sock:
+                sock.sendall(self.data)
+
+        return send
+
+
+def daqd_tcp_run(sender, **kwargs):
+    """daqd's chunks and counters through a tcp:// source, `sender` sending from a thread."""
+    source = open_source(TCP_SOURCE)
+    errors: list[BaseException] = []
+
+    def run(send) -> None:
+        try:
+            send()
+        except BaseException as exc:    # re-raised below, in the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, args=(sender.connect(source.address[1]),))
+    thread.start()
+    try:
+        result = sc.daqd_chunk_receive(reader=source.reader, **kwargs)
+    finally:
+        source.close()
+        thread.join(30)
+    assert not thread.is_alive(), "the sender did not finish"
+    if errors:
+        raise errors[0]
+    assert result[1]["tcp_connections_accepted"] == 1
+    return result
+
+
+def daqd_runs(packets: list[bytes], tmp_path, sender, **kwargs):
+    """daqd's chunks and counters: stream-decoded, reader-decoded from memory, from a
+    file and from `sender` over TCP."""
     list_run = sc.daqd_chunk_receive(packets, batch=len(packets), **kwargs)
     data = b"".join(packets)
     memory_run = sc.daqd_chunk_receive(reader=_spead.ByteStreamReader(data), **kwargs)
@@ -77,20 +156,30 @@ def daqd_three_ways(packets: list[bytes], tmp_path, **kwargs):
     path.write_bytes(data)
     with open(path, "rb") as f:
         file_run = sc.daqd_chunk_receive(reader=_spead.ByteStreamReader(f.fileno()), **kwargs)
-    return list_run, memory_run, file_run
+    tcp_run = daqd_tcp_run(sender or SocketSender(data), **kwargs)
+    return list_run, memory_run, file_run, tcp_run
 
 
-def check(packets: list[bytes], tmp_path, **kwargs) -> tuple[list, dict]:
-    """Every daqd path agrees with spead2 and with each other; daqd's chunks and counters."""
+def same_counters(stats: dict, other: dict) -> bool:
+    """Whether two runs counted alike, but for batching and the TCP connection's own."""
+    def kept(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in BATCHING and not k.startswith("tcp_")}
+    return kept(stats) == kept(other)
+
+
+def check(packets: list[bytes], tmp_path, sender=None, **kwargs) -> tuple[list, dict]:
+    """Every daqd path agrees with spead2 and with each other; daqd's chunks and counters.
+
+    `sender` sends the packets over TCP (default: a socket writing their bytes).
+    """
     s2_kwargs, dq_kwargs = sc.split_kwargs(kwargs)
     ref, s2_stats = sc.spead2_chunk_receive(packets, **s2_kwargs)
-    runs = daqd_three_ways(packets, tmp_path, **dq_kwargs)
+    runs = daqd_runs(packets, tmp_path, sender, **dq_kwargs)
     first_chunks, first_stats = runs[0]
     for chunks, stats in runs:
         sc.assert_chunks_match(chunks, ref)
         assert sc.counter_mismatches(stats, s2_stats) == {}
-        assert {k: v for k, v in stats.items() if k not in BATCHING} == \
-            {k: v for k, v in first_stats.items() if k not in BATCHING}
+        assert same_counters(stats, first_stats)
     return first_chunks, first_stats
 
 
@@ -102,8 +191,9 @@ def placed_positions(chunks) -> list[int]:
 @pytest.mark.parametrize("fillers", [3, 58, 70], ids=["few", "64_pointers", "past_64"])
 def test_position_among_many_pointers(fillers, tmp_path):
     """The placement item found wherever it is among a packet's pointers."""
-    packets = many_item_packets(range(25), fillers)
-    chunks, stats = check(packets, tmp_path, **LAYOUT, **STREAM)
+    heaps = many_item_heaps(range(25), fillers)
+    packets = h.split_packets(heap_bytes(heaps))
+    chunks, stats = check(packets, tmp_path, Spead2TcpSender(heaps), **LAYOUT, **STREAM)
     assert placed_positions(chunks) == list(range(25))
     assert stats["chunk_heaps_present"] == 25
     for c in chunks:
@@ -118,10 +208,11 @@ def test_pointers_spread_over_a_heaps_packets(repeat_pointers, fillers, tmp_path
     """Small packets: a heap's pointers over several packets (or repeated in each);
     where the position is not in a heap's first packet the heap is not placed, by
     spead2's rule, on every path alike."""
-    packets = many_item_packets(range(12), fillers, max_packet_size=200,
-                                repeat_pointers=repeat_pointers)
+    heaps = many_item_heaps(range(12), fillers)
+    packets = h.split_packets(heap_bytes(heaps, 200, repeat_pointers))
     assert len(packets) > 3 * 12
-    chunks, stats = check(packets, tmp_path, **LAYOUT, **STREAM)
+    chunks, stats = check(packets, tmp_path, Spead2TcpSender(heaps, 200, repeat_pointers),
+                          **LAYOUT, **STREAM)
     if repeat_pointers:
         assert stats["chunk_heaps_present"] == 12
     else:
@@ -136,10 +227,10 @@ def test_placement_on_heap_cnt(tmp_path):
     packets.append(stop_heap(31))
     layout = {"timestamp_item": 1, "timestamp_step": 1, "heaps_per_chunk": HEAPS_PER_CHUNK,
               "heap_bytes": HEAP_BYTES}
-    (list_chunks, _), (memory_chunks, memory_stats), (file_chunks, _) = daqd_three_ways(
-        packets, tmp_path, **layout, **STREAM)
+    (list_chunks, _), (memory_chunks, memory_stats), (file_chunks, _), (tcp_chunks, _) = \
+        daqd_runs(packets, tmp_path, None, **layout, **STREAM)
     assert placed_positions(list_chunks) == list(range(1, 31))
-    for chunks in (memory_chunks, file_chunks):
+    for chunks in (memory_chunks, file_chunks, tcp_chunks):
         assert placed_positions(chunks) == list(range(1, 31))
         for a, b in zip(chunks, list_chunks, strict=True):
             np.testing.assert_array_equal(a["data"], b["data"])

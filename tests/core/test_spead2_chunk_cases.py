@@ -123,7 +123,7 @@ import spead2_chunks as sc
 import spead2_helpers as h
 from spead_packets import heap_packets, inproc_queue
 
-from daqd import _spead, _spead2compat
+from daqd import _spead
 
 HEAP_PAYLOAD_SIZE = 1024
 HEAPS_PER_CHUNK = 10
@@ -522,32 +522,12 @@ def group_packets(scenario: str) -> list[list[bytes]]:
     return per
 
 
-def spead2_group(n_streams: int, layout: dict, max_chunks: int, lossless: bool, chunks: int):
-    """A spead2 ChunkStreamRingGroup on `layout` with `chunks` free chunks: (group, members)."""
-    placement = _spead2compat.Spead2Placement(**layout)
-    mode = spead2.recv.ChunkStreamGroupConfig.EvictionMode
-    data_ring, free_ring = spead2.recv.ChunkRingbuffer(chunks), spead2.recv.ChunkRingbuffer(chunks)
-    group = spead2.recv.ChunkStreamRingGroup(
-        spead2.recv.ChunkStreamGroupConfig(max_chunks=max_chunks,
-                                           eviction_mode=mode.LOSSLESS if lossless else mode.LOSSY),
-        data_ring, free_ring)
-    for _ in range(chunks):
-        group.add_free_chunk(spead2.recv.Chunk(
-            present=np.zeros(layout["heaps_per_chunk"], np.uint8),
-            data=np.zeros(layout["heaps_per_chunk"] * layout["heap_bytes"], np.uint8)))
-    config = spead2.recv.ChunkStreamConfig(items=placement.items, max_chunks=max_chunks,
-                                           place=placement.place)
-    # a thread pool per member: a lossless member blocks its pool's thread while it waits
-    members = [group.emplace_back(spead2.ThreadPool(), spead2.recv.StreamConfig(max_heaps=128),
-                                  config) for _ in range(n_streams)]
-    return group, members
-
-
 def spead2_group_chunks(per_stream: list[list[bytes]], layout: dict = LAYOUT,
                         max_chunks: int = 4) -> tuple[list[tuple[int, list, bytes]], int]:
     """spead2's lossless group (deterministic): non-empty chunks (id, present, data), and
     its too-old heaps."""
-    group, members = spead2_group(len(per_stream), layout, max_chunks, True, 4)
+    group, members = h.spead2_chunk_group(layout, streams=len(per_stream), max_chunks=max_chunks,
+                                            chunks=4, max_heaps=128)
     for member, packets in zip(members, per_stream, strict=True):
         member.add_inproc_reader(inproc_queue(spead2, packets))
     out = []
@@ -716,7 +696,8 @@ IDLE_BUSY_PACKETS = [p for i in range(0, 20, 2) for p in small_heap(i + 1, i)]
 
 def test_lossy_idle_stream_spead2():
     """The reference for the next test: spead2 4.5.1's lossy group, stream 1's queue open."""
-    group, (idle, busy) = spead2_group(2, SMALL, 2, False, 16)
+    group, (idle, busy) = h.spead2_chunk_group(SMALL, streams=2, max_chunks=2, chunks=16,
+                                               lossless=False, max_heaps=128)
     queues = [spead2.InprocQueue(), spead2.InprocQueue()]
     idle.add_inproc_reader(queues[0])
     busy.add_inproc_reader(queues[1])
@@ -776,7 +757,8 @@ def test_streams_waiting_for_a_free_chunk_spead2():
     with 2 chunks in all.  Its stream asking for chunk 2 waits for a free chunk (holding
     the group's lock); the other then finds chunk 2 open: every heap is placed."""
     a_first, b_first, a_second, b_second = _free_chunk_race_feeds()
-    group, (a, b) = spead2_group(2, SMALL, 2, False, 2)
+    group, (a, b) = h.spead2_chunk_group(SMALL, streams=2, max_chunks=2, chunks=2,
+                                         lossless=False, max_heaps=128)
     queues = [spead2.InprocQueue(), spead2.InprocQueue()]
     a.add_inproc_reader(queues[0])
     b.add_inproc_reader(queues[1])

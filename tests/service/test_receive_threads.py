@@ -276,6 +276,23 @@ def test_validate_and_run_refuse_with_one_line(case, tmp_path):
         assert_one_line_error(daqd(command, "--config", str(config)), named)
 
 
+@pytest.mark.parametrize("keys", [{}, {"threads": 2}, {"threads": 2, "affinity": "cpus"}],
+                         ids=["one", "two", "two-pinned"])
+def test_validate_names_the_receive_threads(keys, tmp_path):
+    """``daqd validate``'s line gives each stream's ``threads``, and ``affinity`` when set."""
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    if keys.get("affinity"):
+        keys = {**keys, "affinity": cpus}
+    config = write_config(tmp_path, threads_toml(tmp_path, free_port(), **keys))
+    checked = daqd("validate", "--config", str(config))
+    assert checked.returncode == 0, checked.stderr
+    threads = keys.get("threads", 1)
+    pinned = f", affinity {cpus}" if "affinity" in keys else ""
+    assert f": valid: adc0 (chunk mode, 1 source(s) x {threads} thread(s){pinned}, 1 sink(s)); " \
+        in checked.stdout
+    assert ("affinity" in checked.stdout) == bool(pinned)
+
+
 def test_prometheus_has_each_threads_counters_beside_the_sums():
     snapshot = {"daemon": "d", "state": "running", "uptime": 1.0, "streams": {"adc0": {
         "counters": {"packets": 5},
