@@ -1,7 +1,8 @@
 """Two receive threads placing into one ChunkGroup against one thread doing all, from memory.
 
 Run: ``python tests/benchmarks/two_threads.py [W1 W2 W3] [--runs N] [--heaps N]
-[--split heaps|chunks] [--eviction lossless|lossy] [--batch N] [--pin] [--json]``.
+[--split heaps|chunks] [--eviction lossless|lossy] [--batch N] [--budget S] [--pin]
+[--json]``.
 
 The packets of a reference workload are built once in memory (about 512 MiB
 per workload by default), then split in two halves: ``--split heaps`` (the
@@ -35,7 +36,10 @@ two cores of their own would give, if the waits cost nothing), which a shared
 machine leaves steadier than the wall time.  Every run must see every heap present
 (else it stops with an error); ``--verify`` also checks every byte of the
 first run of each kind.  ``--pin`` pins the receive threads to CPUs 0 and 1
-(the one-thread run to CPU 0).
+(the one-thread run to CPU 0).  ``--budget`` is the seconds one ``process()``
+call goes on from batch to batch (the daemon's ``RECEIVE_BUDGET``, 1 ms, by
+default; 0: one batch per call, so a receive thread takes the GIL once per
+batch and waits for it behind the consumer's and the other thread's Python).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ import numpy as np
 
 from daqd import _spead
 from daqd.recv.workloads import WORKLOADS
+from daqd.service.stream_runner import RECEIVE_BUDGET
 from daqd.tools.bench.memory import BenchError, check_chunk, workload_buffer
 from daqd.tools.bench.params import (
     HEAPS_PER_CHUNK,
@@ -105,7 +110,7 @@ class Run:
 
 def run_group(workload: str, buffers: list[np.ndarray], *, pin: bool, verify: bool,
               eviction: str = "lossless", batch: int = 64, max_chunks: int = MAX_CHUNKS,
-              stream_chunks: int = 0) -> Run:
+              stream_chunks: int = 0, budget: float = RECEIVE_BUDGET) -> Run:
     """Place `buffers` (one receive thread each) into one ChunkGroup; consume every chunk."""
     group = _spead.ChunkGroup(**layout(workload), max_chunks=max_chunks,
                               stream_chunks=stream_chunks,
@@ -125,7 +130,7 @@ def run_group(workload: str, buffers: list[np.ndarray], *, pin: bool, verify: bo
             go.wait()
             stream, reader = streams[k], readers[k]
             started = time.thread_time()
-            while stream.process(reader) >= 0 and not stream.stopped:
+            while stream.process(reader, budget) >= 0 and not stream.stopped:
                 pass
             stream.finish()
             thread_cpu[k] = time.thread_time() - started
@@ -156,7 +161,8 @@ def run_group(workload: str, buffers: list[np.ndarray], *, pin: bool, verify: bo
 
 def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
           verify: bool, eviction: str = "lossless", batch: int = 64,
-          max_chunks: int = MAX_CHUNKS, stream_chunks: int = 0) -> dict[str, Any]:
+          max_chunks: int = MAX_CHUNKS, stream_chunks: int = 0,
+          budget: float = RECEIVE_BUDGET) -> dict[str, Any]:
     """Interleaved runs of one and two threads; medians and ratios."""
     w = WORKLOADS[workload]
     buf = workload_buffer(workload, heaps)
@@ -168,7 +174,7 @@ def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
         for kind, buffers in kinds.items():
             run = run_group(workload, buffers, pin=pin, verify=verify and i == 0,
                             eviction=eviction, batch=batch, max_chunks=max_chunks,
-                            stream_chunks=stream_chunks)
+                            stream_chunks=stream_chunks, budget=budget)
             # --split chunks: the group's window starts at the first heap it sees,
             # which may be the second stream's (chunk 1): chunk 0 is then too old.
             lost = HEAPS_PER_CHUNK if split == "chunks" and kind == "two" else 0
@@ -179,7 +185,7 @@ def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
     out: dict[str, Any] = {"workload": workload, "heaps": heaps, "packets": packets,
                            "split": split, "eviction": eviction, "batch": batch,
                            "max_chunks": max_chunks, "stream_chunks": stream_chunks or max_chunks,
-                           "runs": runs}
+                           "budget": budget, "runs": runs}
     for kind, rs in results.items():
         seconds = statistics.median(r.seconds for r in rs)
         cpu = statistics.median(r.cpu_seconds for r in rs)
@@ -221,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", choices=["heaps", "chunks"], default="heaps")
     parser.add_argument("--eviction", choices=["lossless", "lossy"], default="lossless")
     parser.add_argument("--batch", type=int, default=64, help="packets per reader batch")
+    parser.add_argument("--budget", type=float, default=RECEIVE_BUDGET,
+                        help="seconds per process() call (0: one batch)")
     parser.add_argument("--max-chunks", type=int, default=MAX_CHUNKS,
                         help="the group's window (pool grows with it)")
     parser.add_argument("--stream-chunks", type=int, default=0,
@@ -240,11 +248,13 @@ def main(argv: list[str] | None = None) -> None:
         heaps -= heaps % (2 * HEAPS_PER_CHUNK)
         report = bench(workload, runs=args.runs, heaps=heaps, split=args.split, pin=args.pin,
                        verify=args.verify, eviction=args.eviction, batch=args.batch,
-                       max_chunks=args.max_chunks, stream_chunks=args.stream_chunks)
+                       max_chunks=args.max_chunks, stream_chunks=args.stream_chunks,
+                       budget=args.budget)
         reports.append(report)
         if not args.json:
             one, two = report["one"], report["two"]
-            print(f"{workload} ({args.split}, {args.eviction}, batch {args.batch}, max_chunks "
+            print(f"{workload} ({args.split}, {args.eviction}, batch {args.batch}, budget "
+                  f"{args.budget:g} s, max_chunks "
                   f"{report['max_chunks']}, stream_chunks {report['stream_chunks']}): one thread "
                   f"{one['mpkt_per_s']:.2f} Mpkt/s ({one['gbit_per_s']:.1f} Gbit/s, "
                   f"{one['cpu_ns_per_packet']:.0f} ns CPU/pkt); two threads "
