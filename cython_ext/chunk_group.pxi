@@ -147,11 +147,19 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_broadcast(pthread_cond_t *c)
     int pthread_cond_signal(pthread_cond_t *c)
 
+cdef extern from "daqd_spin.h" nogil:
+    void daqd_cpu_relax()
+    int daqd_mutex_init(pthread_mutex_t *m)
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
 cdef extern from "<sys/mman.h>" nogil:
     int madvise(void *addr, size_t length, int advice)
     enum: MADV_HUGEPAGE
 
 cdef enum:
+    SPIN_PAUSES = 32            # pause instructions between two checks of a spin
     MAX_PLACE_ITEMS = 64
     MAX_GROUP_STREAMS = 64
     HUGE_PAGE = 2 << 20
@@ -166,6 +174,8 @@ WHEN_FULL = ("wait", "drop")
 GROUP_MAX_ITEMS = MAX_PLACE_ITEMS
 GROUP_MAX_STREAMS = MAX_GROUP_STREAMS
 EVICTION = ("lossless", "lossy")
+#: Seconds a stream waiting on the group spins before it sleeps (ChunkGroup's `spin`).
+DEFAULT_SPIN = 50e-6
 
 
 cdef struct StreamWindow:
@@ -283,6 +293,11 @@ cdef class ChunkGroup:
         Equal, a lossless group's streams meet at every new chunk (it opens only
         once each stream needs it); narrower, a stream may run up to
         ``max_chunks - stream_chunks`` chunks ahead of the slowest first.
+    spin
+        Seconds a stream that has to wait on the group (a lossless eviction, a
+        free chunk) spins, yielding its CPU between checks, before it sleeps on
+        the group's condition variable: most such waits are shorter than the
+        sleep and wake-up (0: sleep at once).
     when_full, wait_timeout
         No free chunk: "wait" up to wait_timeout seconds for the consumer, then
         drop; "drop" at once.  Both count (worker_blocked, chunk_heaps_no_free_chunk).
@@ -354,7 +369,11 @@ cdef class ChunkGroup:
     cdef pthread_mutex_t lock
     cdef pthread_cond_t wake_cond       # the window, a stream head or the free ring changed
     cdef pthread_cond_t data_cond
-    cdef size_t n_waiting               # streams waiting on wake_cond
+    cdef size_t n_waiting               # streams asleep on wake_cond
+    cdef size_t n_spinning              # streams spinning before they sleep (spin_for_wake)
+    # wake() calls: a waiter spins on it (read without the lock) before it sleeps
+    cdef volatile uint64_t wake_seq
+    cdef readonly double spin           # seconds a waiter spins before it sleeps
     cdef bint sync_ready
     cdef size_t *free_ring
     cdef size_t free_head, free_count
@@ -390,7 +409,8 @@ cdef class ChunkGroup:
                  size_t max_chunks=4, size_t pool=16, size_t stream_chunks=0,
                  str when_full="wait",
                  double wait_timeout=1.0, str eviction="lossless", size_t packet_presence=0,
-                 zero_missing=None, place=None, place_items=(), place_counters=()):
+                 zero_missing=None, place=None, place_items=(), place_counters=(),
+                 double spin=DEFAULT_SPIN):
         if timestamp_step == 0:
             raise ValueError("timestamp_step must be at least 1")
         if heaps_per_chunk == 0 or substreams == 0 or heap_bytes == 0:
@@ -408,6 +428,8 @@ cdef class ChunkGroup:
             raise ValueError(f"eviction must be one of {', '.join(EVICTION)}, not {eviction!r}")
         if wait_timeout < 0:
             raise ValueError("wait_timeout must be >= 0")
+        if not 0 <= spin <= 0.01:
+            raise ValueError(f"spin must be between 0 and 0.01 seconds, not {spin}")
         self.dtype = np.dtype(dtype)
         if heap_bytes % self.dtype.itemsize:
             raise ValueError(f"heap_bytes ({heap_bytes}) is not a multiple of the "
@@ -441,6 +463,7 @@ cdef class ChunkGroup:
         self.drop_when_full = when_full == "drop"
         self.lossless = eviction == "lossless"
         self.wait_timeout = wait_timeout
+        self.spin = spin
         self.zero_missing = (place is None) if zero_missing is None else zero_missing
         self.streams = []
         self.setup_items(place, place_items, place_counters)
@@ -539,7 +562,7 @@ cdef class ChunkGroup:
             self.free_ring[i] = i
         self.free_count = self.pool
         cdef pthread_condattr_t attr
-        pthread_mutex_init(&self.lock, NULL)
+        daqd_mutex_init(&self.lock)        # adaptive: spins briefly when taken
         pthread_condattr_init(&attr)
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
         pthread_cond_init(&self.wake_cond, &attr)
@@ -565,6 +588,7 @@ cdef class ChunkGroup:
 
     cdef inline void wake(self) noexcept nogil:
         """Wake every stream waiting on the group: something they wait for changed."""
+        self.wake_seq += 1                  # ends the spin of a waiter not yet asleep
         if self.n_waiting:
             pthread_cond_broadcast(&self.wake_cond)
 
@@ -586,14 +610,50 @@ cdef class ChunkGroup:
             parked = by.parked
             by.parked = True
             by.blocked_since = monotonic_ns()
-        self.n_waiting += 1
-        rc = pthread_cond_timedwait(&self.wake_cond, &self.lock, until)
-        self.n_waiting -= 1
+        if self.spin_for_wake(until):
+            rc = 0
+        else:
+            self.n_waiting += 1
+            rc = pthread_cond_timedwait(&self.wake_cond, &self.lock, until)
+            self.n_waiting -= 1
         if by != NULL:
             by.parked = parked
             by.blocked_ns += monotonic_ns() - by.blocked_since
             by.blocked_since = 0
         return rc
+
+    cdef bint spin_for_wake(self, const timespec *deadline) noexcept nogil:
+        """Spin (the lock released) up to `spin` seconds, and not past `deadline`, for
+        a wake(); True if one came.
+
+        The waits between receive threads are mostly shorter than a sleep on
+        the condition variable and the wake-up that ends it (daqd_spin.h).
+        The spinner yields its CPU between checks, so a thread it waits for
+        that shares the CPU (the consumer) still runs.  Either way the caller
+        holds the lock again on return; a wake() after the last check finds it
+        asleep (n_waiting), as the lock is held from that check to the sleep.
+        """
+        cdef uint64_t seq = self.wake_seq
+        cdef uint64_t now, until
+        cdef int i
+        if self.spin <= 0 or self.stop_waiting:
+            return False
+        self.n_spinning += 1
+        pthread_mutex_unlock(&self.lock)
+        now = monotonic_ns()
+        until = now + <uint64_t>(self.spin * 1e9)
+        if <uint64_t>deadline.tv_sec * 1000000000ULL + <uint64_t>deadline.tv_nsec < until:
+            until = <uint64_t>deadline.tv_sec * 1000000000ULL + <uint64_t>deadline.tv_nsec
+        while self.wake_seq == seq and not self.stop_waiting and now < until:
+            for i in range(SPIN_PAUSES):
+                daqd_cpu_relax()
+            if self.wake_seq != seq:
+                break
+            sched_yield()
+            now = monotonic_ns()
+        pthread_mutex_lock(&self.lock)
+        self.n_spinning -= 1
+        return self.wake_seq != seq or self.stop_waiting
 
     cdef inline void note_blocked(self, StreamWindow *by, uint64_t *stats) noexcept nogil:
         """A stream starts waiting on the group (counted once per chunk it waits for)."""
@@ -1003,8 +1063,8 @@ cdef class ChunkGroup:
     @property
     def waiting_streams(self):
         """Streams waiting on the group right now (for a free chunk, or for the window to
-        move): what a test orders its threads by, instead of sleeping."""
-        return self.n_waiting
+        move; spinning or asleep): what a test orders its threads by, instead of sleeping."""
+        return self.n_waiting + self.n_spinning
 
     def stats(self):
         """The counters of every stream of the group, summed (maxima: the maximum)."""

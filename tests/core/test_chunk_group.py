@@ -196,6 +196,17 @@ def test_layout_arguments_belong_to_the_group():
         _spead.ChunkGroup(eviction="sometimes")
 
 
+@pytest.mark.parametrize("spin", [-1e-6, 0.0100001, float("nan")])
+def test_spin_out_of_range_is_refused(spin):
+    with pytest.raises(ValueError, match="spin must be between 0 and 0.01 seconds"):
+        _spead.ChunkGroup(**LAYOUT, spin=spin)
+
+
+def test_spin_defaults_to_the_module_constant():
+    assert _spead.ChunkGroup(**LAYOUT).spin == _spead.DEFAULT_SPIN > 0
+    assert _spead.ChunkGroup(**LAYOUT, spin=0).spin == 0
+
+
 def wait_for(predicate, timeout=10.0):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -203,10 +214,13 @@ def wait_for(predicate, timeout=10.0):
         time.sleep(0.005)
 
 
-def test_blocked_time_grows_while_the_stream_is_blocked():
+@pytest.mark.parametrize("spin", [0.0, _spead.DEFAULT_SPIN, 0.01])
+def test_blocked_time_grows_while_the_stream_is_blocked(spin):
     """Lossless, one stream silent: the other waits on it, and stats() shows the wait
-    (worker_blocked, worker_blocked_ns) while it lasts, not only after the batch."""
-    group = _spead.ChunkGroup(**LAYOUT, max_chunks=MAX_CHUNKS, pool=POOL, eviction="lossless")
+    (worker_blocked, worker_blocked_ns) while it lasts, not only after the batch; a
+    wait that spins before it sleeps (`spin`) is one wait, counted from its start."""
+    group = _spead.ChunkGroup(**LAYOUT, max_chunks=MAX_CHUNKS, pool=POOL, eviction="lossless",
+                              spin=spin)
     busy, silent = group.add_stream(max_heaps=4), group.add_stream(max_heaps=4)
     n = (MAX_CHUNKS + 2) * HPC
     chunks = []
@@ -216,6 +230,7 @@ def test_blocked_time_grows_while_the_stream_is_blocked():
     feeder.start()
     try:
         wait_for(lambda: busy.stats()["worker_blocked"] >= 1)
+        wait_for(lambda: group.waiting_streams == 1)    # spinning or asleep
         first = busy.stats()["worker_blocked_ns"]
         time.sleep(0.3)
         second = busy.stats()
