@@ -1,8 +1,7 @@
 /* Short waits between receive threads without a sleep.
  *
  * The threads of a chunk group wait on each other for a few microseconds at a
- * time (a lossless eviction waiting for the other stream to move on, a free
- * chunk the consumer is about to release).  A futex sleep and the wake-up
+ * time (a lossless eviction waiting for the other stream to move on).  A futex sleep and the wake-up
  * that ends it cost tens of microseconds on a VM (an inter-processor
  * interrupt through the hypervisor, a context switch each way), more than
  * such a wait.  So the group's lock spins before it sleeps (glibc's adaptive

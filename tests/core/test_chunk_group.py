@@ -202,6 +202,41 @@ def test_spin_out_of_range_is_refused(spin):
         _spead.ChunkGroup(**LAYOUT, spin=spin)
 
 
+@pytest.mark.parametrize("batch", [0, POOL + 1])
+def test_consumer_batch_out_of_range_is_refused(batch):
+    with pytest.raises(ValueError, match=rf"consumer_batch must be between 1 and pool \({POOL}\)"):
+        _spead.ChunkGroup(**LAYOUT, max_chunks=MAX_CHUNKS, pool=POOL, consumer_batch=batch)
+
+
+@pytest.mark.parametrize(("max_chunks", "pool", "batch"), [
+    (3, 8, 2), (4, 16, 6), (16, 64, _spead.CONSUMER_BATCH), (4, 4, 1), (4, 5, 1)])
+def test_consumer_batch_default_is_half_the_spare_chunks(max_chunks, pool, batch):
+    group = _spead.ChunkGroup(**LAYOUT, max_chunks=max_chunks, pool=pool)
+    assert group.consumer_batch == batch
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_a_lingering_consumer_gets_a_lone_chunk(batch):
+    """Once the consumer has taken a chunk it waits for a batch of them, but no longer
+    than CONSUMER_LINGER: a chunk that stays alone is still handed over."""
+    group = _spead.ChunkGroup(**LAYOUT, max_chunks=1, pool=6, consumer_batch=batch)
+    stream = group.add_stream(max_heaps=4)
+    stream.add_packets(pol_packets(0, 2 * HPC))     # chunk 1 evicts chunk 0
+    with group.get(timeout=10) as chunk:
+        assert chunk.chunk_id == 0
+    stream.add_packets(pol_packets(0, HPC, first_chunk=2))     # chunk 1 alone is ready
+    with group.get(timeout=10) as chunk:            # TimeoutError if it waited for a batch
+        assert chunk.chunk_id == 1
+    with pytest.raises(TimeoutError):
+        group.get(timeout=0.05)                     # chunk 2 is still open
+    stream.finish()
+    ids = []
+    for chunk in group:
+        with chunk:
+            ids.append(chunk.chunk_id)
+    assert ids == [2]
+
+
 def test_spin_defaults_to_the_module_constant():
     assert _spead.ChunkGroup(**LAYOUT).spin == _spead.DEFAULT_SPIN > 0
     assert _spead.ChunkGroup(**LAYOUT, spin=0).spin == 0
