@@ -43,7 +43,9 @@ batch and waits for it behind the consumer's and the other thread's Python).
 ``--heaps-per-chunk`` sets the chunk size (64 by default, ``daqd bench``'s),
 ``--spin`` and ``--consumer-batch`` the group's arguments of those names (the
 group's defaults by default; ``--spin 0 --consumer-batch 1``: the group as it
-was before them, a sleep per wait and a wake-up of the consumer per chunk).
+was before them, a sleep per wait and a wake-up of the consumer per chunk);
+``--baseline`` interleaves runs of one and two threads on that group as well,
+and prints each thread count's speed against it (same run).
 
 Where the wall time goes: each thread's time on a CPU, waiting for one (the
 run queue: the other threads of the run, or other work on the machine) and
@@ -198,32 +200,41 @@ def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
           verify: bool, eviction: str = "lossless", batch: int = 64,
           max_chunks: int = MAX_CHUNKS, stream_chunks: int = 0,
           budget: float = RECEIVE_BUDGET, heaps_per_chunk: int = HEAPS_PER_CHUNK,
-          group_args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Interleaved runs of one and two threads; medians and ratios."""
+          group_args: dict[str, Any] | None = None,
+          baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Interleaved runs of one and two threads; medians and ratios.
+
+    With `baseline` (group arguments), one and two threads on a group with those
+    arguments too, interleaved with the others: "one@base" and "two@base".
+    """
     w = WORKLOADS[workload]
     buf = workload_buffer(workload, heaps)
     parts = halves(workload, buf, split, heaps_per_chunk)
     packets = heaps * w.packets_per_heap
-    kinds = {"one": [buf], "two": parts}
-    results: dict[str, list[Run]] = {"one": [], "two": []}
+    kinds = {"one": ([buf], group_args), "two": (parts, group_args)}
+    if baseline is not None:
+        kinds |= {"one@base": ([buf], baseline), "two@base": (parts, baseline)}
+    results: dict[str, list[Run]] = {kind: [] for kind in kinds}
     for i in range(runs + 1):           # run 0 of each: warm-up (and --verify), not counted
-        for kind, buffers in kinds.items():
+        for kind, (buffers, args) in kinds.items():
             run = run_group(workload, buffers, pin=pin, verify=verify and i == 0,
                             eviction=eviction, batch=batch, max_chunks=max_chunks,
                             stream_chunks=stream_chunks, budget=budget,
-                            heaps_per_chunk=heaps_per_chunk, group_args=group_args)
+                            heaps_per_chunk=heaps_per_chunk, group_args=args)
             # --split chunks: the group's window starts at the first heap it sees,
             # which may be the second stream's (chunk 1): chunk 0 is then too old.
-            lost = heaps_per_chunk if split == "chunks" and kind == "two" else 0
-            if run.present < heaps - lost and (eviction == "lossless" or kind == "one"):
+            lost = heaps_per_chunk if split == "chunks" and kind.startswith("two") else 0
+            if run.present < heaps - lost and (eviction == "lossless"
+                                               or kind.startswith("one")):
                 raise BenchError(f"{workload} {kind}: {run.present} heaps present of {heaps}")
             if i:
                 results[kind].append(run)
-    out: dict[str, Any] = {"workload": workload, "heaps": heaps, "packets": packets,
+    out: dict[str, Any] = {"kinds": list(kinds), "workload": workload, "heaps": heaps,
+                           "packets": packets,
                            "split": split, "eviction": eviction, "batch": batch,
                            "max_chunks": max_chunks, "stream_chunks": stream_chunks or max_chunks,
                            "budget": budget, "heaps_per_chunk": heaps_per_chunk,
-                           "group_args": group_args or {}, "runs": runs}
+                           "group_args": group_args or {}, "baseline": baseline, "runs": runs}
     for kind, rs in results.items():
         seconds = statistics.median(r.seconds for r in rs)
         cpu = statistics.median(r.cpu_seconds for r in rs)
@@ -249,6 +260,11 @@ def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
     out["cpu_speedup"] = (out["one"]["busiest_thread_cpu_seconds"]
                           / out["two"]["busiest_thread_cpu_seconds"])
     out["cpu_ratio"] = out["two"]["cpu_ns_per_packet"] / out["one"]["cpu_ns_per_packet"]
+    if baseline is not None:
+        out["base_speedup"] = out["one@base"]["seconds"] / out["two@base"]["seconds"]
+        # the group's arguments against the baseline's, each thread count (same run)
+        out["one_vs_base"] = out["one@base"]["seconds"] / out["one"]["seconds"]
+        out["two_vs_base"] = out["two@base"]["seconds"] / out["two"]["seconds"]
     return out
 
 
@@ -278,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the group's spin (seconds; default: the group's)")
     parser.add_argument("--consumer-batch", type=int, default=None,
                         help="the group's consumer_batch (default: the group's)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also (interleaved) the group with --spin 0 --consumer-batch 1")
     parser.add_argument("--max-chunks", type=int, default=MAX_CHUNKS,
                         help="the group's window (pool grows with it)")
     parser.add_argument("--stream-chunks", type=int, default=0,
@@ -304,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
                        verify=args.verify, eviction=args.eviction, batch=args.batch,
                        max_chunks=args.max_chunks, stream_chunks=args.stream_chunks,
                        budget=args.budget, heaps_per_chunk=args.heaps_per_chunk,
-                       group_args=group_args)
+                       group_args=group_args,
+                       baseline={"spin": 0.0, "consumer_batch": 1} if args.baseline else None)
         reports.append(report)
         if not args.json:
             one, two = report["one"], report["two"]
@@ -320,7 +339,14 @@ def main(argv: list[str] | None = None) -> None:
                   f"{report['speedup']:.2f}x (receive threads' CPU time: "
                   f"{report['cpu_speedup']:.2f}x), CPU per packet x{report['cpu_ratio']:.2f}",
                   flush=True)
-            for kind in ("one", "two"):
+            if args.baseline:
+                print(f"    baseline (spin 0, consumer_batch 1): one thread "
+                      f"{report['one@base']['mpkt_per_s']:.2f} Mpkt/s, two threads "
+                      f"{report['two@base']['mpkt_per_s']:.2f} Mpkt/s, speedup "
+                      f"{report['base_speedup']:.2f}x; against it: one thread "
+                      f"{report['one_vs_base']:.2f}x, two threads {report['two_vs_base']:.2f}x",
+                      flush=True)
+            for kind in report["kinds"]:
                 r, c = report[kind]["receive_sched_seconds"], report[kind]["consumer_sched_seconds"]
                 print(f"    {kind}: busier receive thread {r[0] * 1e3:.1f} ms on a CPU, "
                       f"{r[1] * 1e3:.1f} ms in the run queue, {r[2] * 1e3:.1f} ms asleep; "
