@@ -147,11 +147,19 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_broadcast(pthread_cond_t *c)
     int pthread_cond_signal(pthread_cond_t *c)
 
+cdef extern from "daqd_spin.h" nogil:
+    void daqd_cpu_relax()
+    int daqd_mutex_init(pthread_mutex_t *m)
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
 cdef extern from "<sys/mman.h>" nogil:
     int madvise(void *addr, size_t length, int advice)
     enum: MADV_HUGEPAGE
 
 cdef enum:
+    SPIN_PAUSES = 32            # pause instructions between two checks of a spin
     MAX_PLACE_ITEMS = 64
     MAX_GROUP_STREAMS = 64
     HUGE_PAGE = 2 << 20
@@ -166,6 +174,14 @@ WHEN_FULL = ("wait", "drop")
 GROUP_MAX_ITEMS = MAX_PLACE_ITEMS
 GROUP_MAX_STREAMS = MAX_GROUP_STREAMS
 EVICTION = ("lossless", "lossy")
+#: Seconds a stream waiting on the other streams spins before it sleeps (ChunkGroup's `spin`).
+DEFAULT_SPIN = 50e-6
+#: Most chunks the consumer waits for, once chunks are coming, before it is woken
+#: (ChunkGroup's `consumer_batch`: at most this, and half the chunks the pool has beyond
+#: the window), and the longest it waits for them (seconds).
+CONSUMER_BATCH = 8
+cdef double CONSUMER_LINGER_S = 1e-3
+CONSUMER_LINGER = CONSUMER_LINGER_S
 
 
 cdef struct StreamWindow:
@@ -283,6 +299,20 @@ cdef class ChunkGroup:
         Equal, a lossless group's streams meet at every new chunk (it opens only
         once each stream needs it); narrower, a stream may run up to
         ``max_chunks - stream_chunks`` chunks ahead of the slowest first.
+    consumer_batch
+        Once the consumer is taking chunks, it is woken when this many are
+        ready, or CONSUMER_LINGER (1 ms) after it started waiting, or at once
+        when fewer chunks than this are free: one wake-up per batch rather than
+        per chunk, for a chunk up to 1 ms later (default: CONSUMER_BATCH, at
+        most half the chunks of the pool beyond max_chunks; lossy eviction: 1;
+        1: every chunk at once).  A consumer that found no chunk in its last wait is woken by
+        the first.
+    spin
+        Seconds a stream that has to wait on the other streams (a lossless
+        eviction) spins, yielding its CPU between checks, before it sleeps on
+        the group's condition variable: most such waits are shorter than the
+        sleep and wake-up (0: sleep at once).  A wait for a free chunk never
+        spins (the consumer it waits for may need the CPU).
     when_full, wait_timeout
         No free chunk: "wait" up to wait_timeout seconds for the consumer, then
         drop; "drop" at once.  Both count (worker_blocked, chunk_heaps_no_free_chunk).
@@ -354,7 +384,17 @@ cdef class ChunkGroup:
     cdef pthread_mutex_t lock
     cdef pthread_cond_t wake_cond       # the window, a stream head or the free ring changed
     cdef pthread_cond_t data_cond
-    cdef size_t n_waiting               # streams waiting on wake_cond
+    # The consumer, once chunks are coming (it took one), waits up to
+    # CONSUMER_LINGER for consumer_batch of them (lingering), and the streams
+    # wake it only then: one wake-up per batch, not per chunk (wait_ready).
+    cdef readonly size_t consumer_batch
+    cdef bint consumer_active           # get() handed out a chunk since it last found none
+    cdef bint consumer_lingering        # the consumer waits for a batch (not for one chunk)
+    cdef size_t n_waiting               # streams asleep on wake_cond
+    cdef size_t n_spinning              # streams spinning before they sleep (spin_for_wake)
+    # wake() calls: a waiter spins on it (read without the lock) before it sleeps
+    cdef volatile uint64_t wake_seq
+    cdef readonly double spin           # seconds a waiter spins before it sleeps
     cdef bint sync_ready
     cdef size_t *free_ring
     cdef size_t free_head, free_count
@@ -390,7 +430,8 @@ cdef class ChunkGroup:
                  size_t max_chunks=4, size_t pool=16, size_t stream_chunks=0,
                  str when_full="wait",
                  double wait_timeout=1.0, str eviction="lossless", size_t packet_presence=0,
-                 zero_missing=None, place=None, place_items=(), place_counters=()):
+                 zero_missing=None, place=None, place_items=(), place_counters=(),
+                 double spin=DEFAULT_SPIN, consumer_batch=None):
         if timestamp_step == 0:
             raise ValueError("timestamp_step must be at least 1")
         if heaps_per_chunk == 0 or substreams == 0 or heap_bytes == 0:
@@ -408,6 +449,8 @@ cdef class ChunkGroup:
             raise ValueError(f"eviction must be one of {', '.join(EVICTION)}, not {eviction!r}")
         if wait_timeout < 0:
             raise ValueError("wait_timeout must be >= 0")
+        if not 0 <= spin <= 0.01:
+            raise ValueError(f"spin must be between 0 and 0.01 seconds, not {spin}")
         self.dtype = np.dtype(dtype)
         if heap_bytes % self.dtype.itemsize:
             raise ValueError(f"heap_bytes ({heap_bytes}) is not a multiple of the "
@@ -441,6 +484,16 @@ cdef class ChunkGroup:
         self.drop_when_full = when_full == "drop"
         self.lossless = eviction == "lossless"
         self.wait_timeout = wait_timeout
+        self.spin = spin
+        if consumer_batch is None:
+            # Lossy groups: 1 (measured: two unpaced streams from memory then lost
+            # 35-43 % of W1's heaps as too old, none with a wake-up per chunk).
+            consumer_batch = 1 if eviction == "lossy" else min(
+                CONSUMER_BATCH, max(1, (int(pool) - int(max_chunks)) // 2))
+        if not 1 <= consumer_batch <= pool:
+            raise ValueError(f"consumer_batch must be between 1 and pool ({pool}), "
+                             f"not {consumer_batch}")
+        self.consumer_batch = consumer_batch
         self.zero_missing = (place is None) if zero_missing is None else zero_missing
         self.streams = []
         self.setup_items(place, place_items, place_counters)
@@ -539,7 +592,7 @@ cdef class ChunkGroup:
             self.free_ring[i] = i
         self.free_count = self.pool
         cdef pthread_condattr_t attr
-        pthread_mutex_init(&self.lock, NULL)
+        daqd_mutex_init(&self.lock)        # adaptive: spins briefly when taken
         pthread_condattr_init(&attr)
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
         pthread_cond_init(&self.wake_cond, &attr)
@@ -565,12 +618,17 @@ cdef class ChunkGroup:
 
     cdef inline void wake(self) noexcept nogil:
         """Wake every stream waiting on the group: something they wait for changed."""
+        self.wake_seq += 1                  # ends the spin of a waiter not yet asleep
         if self.n_waiting:
             pthread_cond_broadcast(&self.wake_cond)
 
     cdef int wait_for_change(self, StreamWindow *by, const timespec *until,
-                             uint64_t *stats) noexcept nogil:
+                             uint64_t *stats, bint spin) noexcept nogil:
         """Wait (the lock released) until woken or `until`; 0, or ETIMEDOUT.
+
+        With `spin`, spin first (spin_for_wake): for a wait on the other
+        streams, which run on CPUs of their own.  A wait for a free chunk
+        sleeps at once: the consumer it waits for may need this very CPU.
 
         The waiting stream writes to no chunk meanwhile, so it is parked: it
         lets go of the chunks already evicted first (they may be what the
@@ -586,14 +644,50 @@ cdef class ChunkGroup:
             parked = by.parked
             by.parked = True
             by.blocked_since = monotonic_ns()
-        self.n_waiting += 1
-        rc = pthread_cond_timedwait(&self.wake_cond, &self.lock, until)
-        self.n_waiting -= 1
+        if spin and self.spin_for_wake(until):
+            rc = 0
+        else:
+            self.n_waiting += 1
+            rc = pthread_cond_timedwait(&self.wake_cond, &self.lock, until)
+            self.n_waiting -= 1
         if by != NULL:
             by.parked = parked
             by.blocked_ns += monotonic_ns() - by.blocked_since
             by.blocked_since = 0
         return rc
+
+    cdef bint spin_for_wake(self, const timespec *deadline) noexcept nogil:
+        """Spin (the lock released) up to `spin` seconds, and not past `deadline`, for
+        a wake(); True if one came.
+
+        The waits between receive threads are mostly shorter than a sleep on
+        the condition variable and the wake-up that ends it (daqd_spin.h).
+        The spinner yields its CPU between checks, so a thread it waits for
+        that shares the CPU (the consumer) still runs.  Either way the caller
+        holds the lock again on return; a wake() after the last check finds it
+        asleep (n_waiting), as the lock is held from that check to the sleep.
+        """
+        cdef uint64_t seq = self.wake_seq
+        cdef uint64_t now, until
+        cdef int i
+        if self.spin <= 0 or self.stop_waiting:
+            return False
+        self.n_spinning += 1
+        pthread_mutex_unlock(&self.lock)
+        now = monotonic_ns()
+        until = now + <uint64_t>(self.spin * 1e9)
+        if <uint64_t>deadline.tv_sec * 1000000000ULL + <uint64_t>deadline.tv_nsec < until:
+            until = <uint64_t>deadline.tv_sec * 1000000000ULL + <uint64_t>deadline.tv_nsec
+        while self.wake_seq == seq and not self.stop_waiting and now < until:
+            for i in range(SPIN_PAUSES):
+                daqd_cpu_relax()
+            if self.wake_seq != seq:
+                break
+            sched_yield()
+            now = monotonic_ns()
+        pthread_mutex_lock(&self.lock)
+        self.n_spinning -= 1
+        return self.wake_seq != seq or self.stop_waiting
 
     cdef inline void note_blocked(self, StreamWindow *by, uint64_t *stats) noexcept nogil:
         """A stream starts waiting on the group (counted once per chunk it waits for)."""
@@ -609,7 +703,7 @@ cdef class ChunkGroup:
         if not blocked:
             self.note_blocked(by, stats)
         until = deadline_after(0.2)
-        self.wait_for_change(by, &until, stats)
+        self.wait_for_change(by, &until, stats, True)
         return True
 
     cdef Py_ssize_t take_free(self, uint64_t chunk_id) noexcept nogil:
@@ -647,7 +741,9 @@ cdef class ChunkGroup:
         self.state[c] = CHUNK_READY
         self.data_ring[(self.data_head + self.data_count) % self.pool] = c
         self.data_count += 1
-        pthread_cond_signal(&self.data_cond)
+        if (not self.consumer_lingering or self.data_count >= self.consumer_batch
+                or self.free_count < self.consumer_batch):
+            pthread_cond_signal(&self.data_cond)
 
     cdef void close_ready(self, uint64_t *stats) noexcept nogil:
         """Hand evicted chunks nobody writes to any more to the data ring, in order."""
@@ -815,6 +911,8 @@ cdef class ChunkGroup:
                     continue
                 blocked = self.wait_blocked(by, blocked, stats)
                 continue
+            if self.free_count == 0 and self.consumer_lingering:
+                pthread_cond_signal(&self.data_cond)    # the consumer lingers no more
             if (self.free_count == 0 and not self.drop_when_full and not self.stop_waiting
                     and not timed_out):
                 if not have_deadline:
@@ -823,7 +921,7 @@ cdef class ChunkGroup:
                         blocked = True
                     until = deadline_after(self.wait_timeout)
                     have_deadline = True
-                if self.wait_for_change(by, &until, stats) == ETIMEDOUT:
+                if self.wait_for_change(by, &until, stats, False) == ETIMEDOUT:
                     timed_out = True
                 continue
             c = self.take_free(self.tail_chunk)
@@ -913,6 +1011,42 @@ cdef class ChunkGroup:
         pthread_mutex_unlock(&self.lock)
         return 0
 
+    cdef int wait_ready(self, bint forever, const timespec *until) noexcept nogil:
+        """(Lock held.)  Wait until a chunk is ready or every stream has ended, or
+        `until` unless `forever`; 0, or ETIMEDOUT.
+
+        A consumer that took a chunk last time lingers first: it waits up to
+        CONSUMER_LINGER (and not past `until`) for consumer_batch chunks, and
+        the streams signal it only when there are that many, or fewer free
+        chunks than that (close_chunk), or when one of them finds the free ring
+        empty (extend), so that at high rates it is woken once per batch and
+        the streams never wait (or drop) for a chunk it holds back.  If none came, it waits for the
+        first, and the streams signal it with each chunk.
+        """
+        cdef timespec t
+        cdef int rc = 0
+        if self.consumer_active and self.consumer_batch > 1:
+            t = deadline_after(CONSUMER_LINGER_S)
+            if not forever and (until.tv_sec < t.tv_sec or (
+                    until.tv_sec == t.tv_sec and until.tv_nsec < t.tv_nsec)):
+                t = until[0]
+            self.consumer_lingering = True
+            while (self.data_count < self.consumer_batch
+                   and self.free_count >= self.consumer_batch and not self.ended and rc == 0):
+                rc = pthread_cond_timedwait(&self.data_cond, &self.lock, &t)
+            self.consumer_lingering = False
+            if self.data_count or self.ended:
+                return 0
+            self.consumer_active = False
+            rc = 0
+        while self.data_count == 0 and not self.ended and rc == 0:
+            if forever:
+                t = deadline_after(0.2)
+                pthread_cond_timedwait(&self.data_cond, &self.lock, &t)
+            else:
+                rc = pthread_cond_timedwait(&self.data_cond, &self.lock, until)
+        return rc
+
     cdef Chunk take_ready(self):
         """The next chunk of the data ring, or None."""
         cdef Py_ssize_t c = -1
@@ -922,6 +1056,7 @@ cdef class ChunkGroup:
             self.data_head = (self.data_head + 1) % self.pool
             self.data_count -= 1
             self.state[c] = CHUNK_HELD
+            self.consumer_active = True
         pthread_mutex_unlock(&self.lock)
         return self.chunk_objects[c] if c >= 0 else None
 
@@ -947,12 +1082,7 @@ cdef class ChunkGroup:
         while True:
             with nogil:
                 pthread_mutex_lock(&self.lock)
-                while self.data_count == 0 and not self.ended and rc == 0:
-                    if forever:
-                        until = deadline_after(0.2)
-                        pthread_cond_timedwait(&self.data_cond, &self.lock, &until)
-                    else:
-                        rc = pthread_cond_timedwait(&self.data_cond, &self.lock, &until)
+                rc = self.wait_ready(forever, &until)
                 pthread_mutex_unlock(&self.lock)
             # get() is the only consumer: a chunk seen here is still there.
             chunk = self.take_ready()
@@ -1003,8 +1133,8 @@ cdef class ChunkGroup:
     @property
     def waiting_streams(self):
         """Streams waiting on the group right now (for a free chunk, or for the window to
-        move): what a test orders its threads by, instead of sleeping."""
-        return self.n_waiting
+        move; spinning or asleep): what a test orders its threads by, instead of sleeping."""
+        return self.n_waiting + self.n_spinning
 
     def stats(self):
         """The counters of every stream of the group, summed (maxima: the maximum)."""

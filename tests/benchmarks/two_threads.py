@@ -1,7 +1,8 @@
 """Two receive threads placing into one ChunkGroup against one thread doing all, from memory.
 
 Run: ``python tests/benchmarks/two_threads.py [W1 W2 W3] [--runs N] [--heaps N]
-[--split heaps|chunks] [--eviction lossless|lossy] [--batch N] [--pin] [--json]``.
+[--split heaps|chunks] [--eviction lossless|lossy] [--batch N] [--budget S] [--pin]
+[--heaps-per-chunk N] [--spin S] [--consumer-batch N] [--json]``.
 
 The packets of a reference workload are built once in memory (about 512 MiB
 per workload by default), then split in two halves: ``--split heaps`` (the
@@ -35,7 +36,22 @@ two cores of their own would give, if the waits cost nothing), which a shared
 machine leaves steadier than the wall time.  Every run must see every heap present
 (else it stops with an error); ``--verify`` also checks every byte of the
 first run of each kind.  ``--pin`` pins the receive threads to CPUs 0 and 1
-(the one-thread run to CPU 0).
+(the one-thread run to CPU 0).  ``--budget`` is the seconds one ``process()``
+call goes on from batch to batch (the daemon's ``RECEIVE_BUDGET``, 1 ms, by
+default; 0: one batch per call, so a receive thread takes the GIL once per
+batch and waits for it behind the consumer's and the other thread's Python).
+``--heaps-per-chunk`` sets the chunk size (64 by default, ``daqd bench``'s),
+``--spin`` and ``--consumer-batch`` the group's arguments of those names (the
+group's defaults by default; ``--spin 0 --consumer-batch 1``: the group as it
+was before them, a sleep per wait and a wake-up of the consumer per chunk);
+``--baseline`` interleaves runs of one and two threads on that group as well,
+and prints each thread count's speed against it (same run).
+
+Where the wall time goes: each thread's time on a CPU, waiting for one (the
+run queue: the other threads of the run, or other work on the machine) and
+asleep (waits on the group: the other stream, a free chunk), from
+``/proc/thread-self/schedstat``, medians over the runs, for the receive
+threads (the busier) and the consumer.
 """
 
 from __future__ import annotations
@@ -59,6 +75,7 @@ import numpy as np
 
 from daqd import _spead
 from daqd.recv.workloads import WORKLOADS
+from daqd.service.stream_runner import RECEIVE_BUDGET
 from daqd.tools.bench.memory import BenchError, check_chunk, workload_buffer
 from daqd.tools.bench.params import (
     HEAPS_PER_CHUNK,
@@ -66,29 +83,29 @@ from daqd.tools.bench.params import (
     MAX_HEAPS,
     MAX_PACKET_SIZE,
     POOL,
-    layout,
 )
 
 #: Packet bytes per workload buffer (both halves together).
 TARGET_BYTES = 512 << 20
 
 
-def default_heaps(workload: str) -> int:
+def default_heaps(workload: str, heaps_per_chunk: int = HEAPS_PER_CHUNK) -> int:
     """Heaps in about TARGET_BYTES, a whole even number of chunks."""
     w = WORKLOADS[workload]
     heaps = TARGET_BYTES // (w.packet_size * w.packets_per_heap)
-    step = 2 * HEAPS_PER_CHUNK
+    step = 2 * heaps_per_chunk
     return max(step, heaps - heaps % step)
 
 
-def halves(workload: str, buf: np.ndarray, split: str) -> list[np.ndarray]:
+def halves(workload: str, buf: np.ndarray, split: str,
+           heaps_per_chunk: int = HEAPS_PER_CHUNK) -> list[np.ndarray]:
     """The packets of `buf` in two contiguous buffers: even/odd heaps or chunks."""
     w = WORKLOADS[workload]
     per_heap = w.packets_per_heap * w.packet_size
     heaps = buf.reshape(-1, per_heap)
     if split == "heaps":
         return [np.ascontiguousarray(heaps[k::2]).reshape(-1) for k in range(2)]
-    chunks = heaps.reshape(-1, HEAPS_PER_CHUNK * per_heap)
+    chunks = heaps.reshape(-1, heaps_per_chunk * per_heap)
     return [np.ascontiguousarray(chunks[k::2]).reshape(-1) for k in range(2)]
 
 
@@ -101,20 +118,43 @@ class Run:
     present: int
     blocked: int                # waits of the streams on the group (worker_blocked)
     thread_cpu: list[float]     # each receive thread's own CPU time (seconds)
+    # (on a CPU, in the run queue, asleep) seconds: each receive thread's, then the consumer's
+    sched: list[tuple[float, float, float]]
+
+
+def sched_times() -> tuple[int, int]:
+    """This thread's nanoseconds on a CPU and waiting in the run queue (0, 0: unknown)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            on_cpu, queued = f.read().split()[:2]
+    except (OSError, ValueError):
+        return 0, 0
+    return int(on_cpu), int(queued)
+
+
+def sched_split(before: tuple[int, int], wall: float) -> tuple[float, float, float]:
+    """Seconds on a CPU, in the run queue and asleep since `before`, over `wall` seconds."""
+    after = sched_times()
+    on_cpu, queued = (after[0] - before[0]) / 1e9, (after[1] - before[1]) / 1e9
+    return on_cpu, queued, max(0.0, wall - on_cpu - queued)
 
 
 def run_group(workload: str, buffers: list[np.ndarray], *, pin: bool, verify: bool,
               eviction: str = "lossless", batch: int = 64, max_chunks: int = MAX_CHUNKS,
-              stream_chunks: int = 0) -> Run:
+              stream_chunks: int = 0, budget: float = RECEIVE_BUDGET,
+              heaps_per_chunk: int = HEAPS_PER_CHUNK, group_args: dict[str, Any] | None = None,
+              ) -> Run:
     """Place `buffers` (one receive thread each) into one ChunkGroup; consume every chunk."""
-    group = _spead.ChunkGroup(**layout(workload), max_chunks=max_chunks,
-                              stream_chunks=stream_chunks,
-                              pool=POOL + max_chunks - MAX_CHUNKS, eviction=eviction)
+    group = _spead.ChunkGroup(**WORKLOADS[workload].layout(heaps_per_chunk),
+                              max_chunks=max_chunks, stream_chunks=stream_chunks,
+                              pool=POOL + max_chunks - MAX_CHUNKS, eviction=eviction,
+                              **(group_args or {}))
     streams = [group.add_stream(max_heaps=MAX_HEAPS) for _ in buffers]
     readers = [_spead.ByteStreamReader(b, max_packet_size=MAX_PACKET_SIZE, batch=batch)
                for b in buffers]
     errors: list[BaseException] = []
     thread_cpu = [0.0] * len(buffers)
+    sched: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)] * len(buffers)
     go = threading.Barrier(len(buffers) + 1)
 
     def receive(k: int) -> None:
@@ -124,11 +164,12 @@ def run_group(workload: str, buffers: list[np.ndarray], *, pin: bool, verify: bo
                 os.sched_setaffinity(0, {cpus[k % len(cpus)]})
             go.wait()
             stream, reader = streams[k], readers[k]
-            started = time.thread_time()
-            while stream.process(reader) >= 0 and not stream.stopped:
+            started, sched0, wall0 = time.thread_time(), sched_times(), time.perf_counter()
+            while stream.process(reader, budget) >= 0 and not stream.stopped:
                 pass
             stream.finish()
             thread_cpu[k] = time.thread_time() - started
+            sched[k] = sched_split(sched0, time.perf_counter() - wall0)
         except BaseException as exc:        # reported by the main thread
             errors.append(exc)
             go.abort()
@@ -139,47 +180,61 @@ def run_group(workload: str, buffers: list[np.ndarray], *, pin: bool, verify: bo
     present = 0
     count = np.count_nonzero
     go.wait()
-    cpu0, start = time.process_time(), time.perf_counter()
+    cpu0, start, sched0 = time.process_time(), time.perf_counter(), sched_times()
     while (chunk := group.get()) is not None:
         present += count(chunk.present)
         if verify:
             check_chunk(workload, chunk.chunk_id, chunk.data, chunk.present)
         chunk.release()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    consumer = sched_split(sched0, seconds)
     for t in threads:
         t.join()
     if errors:
         raise errors[0]
     blocked = sum(s.stats()["worker_blocked"] for s in streams)
-    return Run(seconds, cpu, int(present), blocked, thread_cpu)
+    return Run(seconds, cpu, int(present), blocked, thread_cpu, [*sched, consumer])
 
 
 def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
           verify: bool, eviction: str = "lossless", batch: int = 64,
-          max_chunks: int = MAX_CHUNKS, stream_chunks: int = 0) -> dict[str, Any]:
-    """Interleaved runs of one and two threads; medians and ratios."""
+          max_chunks: int = MAX_CHUNKS, stream_chunks: int = 0,
+          budget: float = RECEIVE_BUDGET, heaps_per_chunk: int = HEAPS_PER_CHUNK,
+          group_args: dict[str, Any] | None = None,
+          baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Interleaved runs of one and two threads; medians and ratios.
+
+    With `baseline` (group arguments), one and two threads on a group with those
+    arguments too, interleaved with the others: "one@base" and "two@base".
+    """
     w = WORKLOADS[workload]
     buf = workload_buffer(workload, heaps)
-    parts = halves(workload, buf, split)
+    parts = halves(workload, buf, split, heaps_per_chunk)
     packets = heaps * w.packets_per_heap
-    kinds = {"one": [buf], "two": parts}
-    results: dict[str, list[Run]] = {"one": [], "two": []}
+    kinds = {"one": ([buf], group_args), "two": (parts, group_args)}
+    if baseline is not None:
+        kinds |= {"one@base": ([buf], baseline), "two@base": (parts, baseline)}
+    results: dict[str, list[Run]] = {kind: [] for kind in kinds}
     for i in range(runs + 1):           # run 0 of each: warm-up (and --verify), not counted
-        for kind, buffers in kinds.items():
+        for kind, (buffers, args) in kinds.items():
             run = run_group(workload, buffers, pin=pin, verify=verify and i == 0,
                             eviction=eviction, batch=batch, max_chunks=max_chunks,
-                            stream_chunks=stream_chunks)
+                            stream_chunks=stream_chunks, budget=budget,
+                            heaps_per_chunk=heaps_per_chunk, group_args=args)
             # --split chunks: the group's window starts at the first heap it sees,
             # which may be the second stream's (chunk 1): chunk 0 is then too old.
-            lost = HEAPS_PER_CHUNK if split == "chunks" and kind == "two" else 0
-            if run.present < heaps - lost and (eviction == "lossless" or kind == "one"):
+            lost = heaps_per_chunk if split == "chunks" and kind.startswith("two") else 0
+            if run.present < heaps - lost and (eviction == "lossless"
+                                               or kind.startswith("one")):
                 raise BenchError(f"{workload} {kind}: {run.present} heaps present of {heaps}")
             if i:
                 results[kind].append(run)
-    out: dict[str, Any] = {"workload": workload, "heaps": heaps, "packets": packets,
+    out: dict[str, Any] = {"kinds": list(kinds), "workload": workload, "heaps": heaps,
+                           "packets": packets,
                            "split": split, "eviction": eviction, "batch": batch,
                            "max_chunks": max_chunks, "stream_chunks": stream_chunks or max_chunks,
-                           "runs": runs}
+                           "budget": budget, "heaps_per_chunk": heaps_per_chunk,
+                           "group_args": group_args or {}, "baseline": baseline, "runs": runs}
     for kind, rs in results.items():
         seconds = statistics.median(r.seconds for r in rs)
         cpu = statistics.median(r.cpu_seconds for r in rs)
@@ -188,9 +243,15 @@ def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
                      "cpu_ns_per_packet": cpu / packets * 1e9,
                      "present": statistics.median(r.present / heaps for r in rs),
                      "blocked_per_chunk": statistics.median(
-                         r.blocked * HEAPS_PER_CHUNK / heaps for r in rs),
+                         r.blocked * heaps_per_chunk / heaps for r in rs),
                      "all_seconds": [round(r.seconds, 4) for r in rs]}
     for kind, rs in results.items():
+        # the busier receive thread's and the consumer's (on a CPU, run queue, asleep)
+        busiest = [max(r.sched[:-1], key=lambda t: t[0]) for r in rs]
+        out[kind]["receive_sched_seconds"] = [statistics.median(t[i] for t in busiest)
+                                              for i in range(3)]
+        out[kind]["consumer_sched_seconds"] = [statistics.median(r.sched[-1][i] for r in rs)
+                                               for i in range(3)]
         out[kind]["busiest_thread_cpu_seconds"] = statistics.median(max(r.thread_cpu)
                                                                     for r in rs)
     out["speedup"] = out["one"]["seconds"] / out["two"]["seconds"]
@@ -199,6 +260,11 @@ def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
     out["cpu_speedup"] = (out["one"]["busiest_thread_cpu_seconds"]
                           / out["two"]["busiest_thread_cpu_seconds"])
     out["cpu_ratio"] = out["two"]["cpu_ns_per_packet"] / out["one"]["cpu_ns_per_packet"]
+    if baseline is not None:
+        out["base_speedup"] = out["one@base"]["seconds"] / out["two@base"]["seconds"]
+        # the group's arguments against the baseline's, each thread count (same run)
+        out["one_vs_base"] = out["one@base"]["seconds"] / out["one"]["seconds"]
+        out["two_vs_base"] = out["two@base"]["seconds"] / out["two"]["seconds"]
     return out
 
 
@@ -221,6 +287,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", choices=["heaps", "chunks"], default="heaps")
     parser.add_argument("--eviction", choices=["lossless", "lossy"], default="lossless")
     parser.add_argument("--batch", type=int, default=64, help="packets per reader batch")
+    parser.add_argument("--budget", type=float, default=RECEIVE_BUDGET,
+                        help="seconds per process() call (0: one batch)")
+    parser.add_argument("--heaps-per-chunk", type=int, default=HEAPS_PER_CHUNK)
+    parser.add_argument("--spin", type=float, default=None,
+                        help="the group's spin (seconds; default: the group's)")
+    parser.add_argument("--consumer-batch", type=int, default=None,
+                        help="the group's consumer_batch (default: the group's)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also (interleaved) the group with --spin 0 --consumer-batch 1")
     parser.add_argument("--max-chunks", type=int, default=MAX_CHUNKS,
                         help="the group's window (pool grows with it)")
     parser.add_argument("--stream-chunks", type=int, default=0,
@@ -232,19 +307,29 @@ def main(argv: list[str] | None = None) -> None:
     for w in args.workloads:
         if w not in WORKLOADS:
             parser.error(f"unknown workload {w!r} (expected W1, W2 or W3)")
+    if args.verify and args.heaps_per_chunk != HEAPS_PER_CHUNK:
+        parser.error(f"--verify checks chunks of {HEAPS_PER_CHUNK} heaps only")
+    group_args = {name: value for name, value in (("spin", args.spin),
+                                                  ("consumer_batch", args.consumer_batch))
+                  if value is not None}
     print(f"{cpu_model()}, {os.cpu_count()} CPUs, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", file=sys.stderr)
     reports = []
     for workload in args.workloads or list(WORKLOADS):
-        heaps = args.heaps or default_heaps(workload)
-        heaps -= heaps % (2 * HEAPS_PER_CHUNK)
+        heaps = args.heaps or default_heaps(workload, args.heaps_per_chunk)
+        heaps -= heaps % (2 * args.heaps_per_chunk)
         report = bench(workload, runs=args.runs, heaps=heaps, split=args.split, pin=args.pin,
                        verify=args.verify, eviction=args.eviction, batch=args.batch,
-                       max_chunks=args.max_chunks, stream_chunks=args.stream_chunks)
+                       max_chunks=args.max_chunks, stream_chunks=args.stream_chunks,
+                       budget=args.budget, heaps_per_chunk=args.heaps_per_chunk,
+                       group_args=group_args,
+                       baseline={"spin": 0.0, "consumer_batch": 1} if args.baseline else None)
         reports.append(report)
         if not args.json:
             one, two = report["one"], report["two"]
-            print(f"{workload} ({args.split}, {args.eviction}, batch {args.batch}, max_chunks "
+            print(f"{workload} ({args.split}, {args.eviction}, batch {args.batch}, budget "
+                  f"{args.budget:g} s, {args.heaps_per_chunk} heaps per chunk, "
+                  f"{''.join(f'{k} {v:g}, ' for k, v in group_args.items())}max_chunks "
                   f"{report['max_chunks']}, stream_chunks {report['stream_chunks']}): one thread "
                   f"{one['mpkt_per_s']:.2f} Mpkt/s ({one['gbit_per_s']:.1f} Gbit/s, "
                   f"{one['cpu_ns_per_packet']:.0f} ns CPU/pkt); two threads "
@@ -254,6 +339,19 @@ def main(argv: list[str] | None = None) -> None:
                   f"{report['speedup']:.2f}x (receive threads' CPU time: "
                   f"{report['cpu_speedup']:.2f}x), CPU per packet x{report['cpu_ratio']:.2f}",
                   flush=True)
+            if args.baseline:
+                print(f"    baseline (spin 0, consumer_batch 1): one thread "
+                      f"{report['one@base']['mpkt_per_s']:.2f} Mpkt/s, two threads "
+                      f"{report['two@base']['mpkt_per_s']:.2f} Mpkt/s, speedup "
+                      f"{report['base_speedup']:.2f}x; against it: one thread "
+                      f"{report['one_vs_base']:.2f}x, two threads {report['two_vs_base']:.2f}x",
+                      flush=True)
+            for kind in report["kinds"]:
+                r, c = report[kind]["receive_sched_seconds"], report[kind]["consumer_sched_seconds"]
+                print(f"    {kind}: busier receive thread {r[0] * 1e3:.1f} ms on a CPU, "
+                      f"{r[1] * 1e3:.1f} ms in the run queue, {r[2] * 1e3:.1f} ms asleep; "
+                      f"consumer {c[0] * 1e3:.1f} / {c[1] * 1e3:.1f} / {c[2] * 1e3:.1f} ms",
+                      flush=True)
     if args.json:
         print(json.dumps(reports))
 

@@ -193,6 +193,54 @@ def test_layout_arguments_belong_to_the_group():
         _spead.ChunkGroup(eviction="sometimes")
 
 
+@pytest.mark.parametrize("spin", [-1e-6, 0.0100001, float("nan")])
+def test_spin_out_of_range_is_refused(spin):
+    with pytest.raises(ValueError, match="spin must be between 0 and 0.01 seconds"):
+        _spead.ChunkGroup(**LAYOUT, spin=spin)
+
+
+@pytest.mark.parametrize("batch", [0, POOL + 1])
+def test_consumer_batch_out_of_range_is_refused(batch):
+    with pytest.raises(ValueError, match=rf"consumer_batch must be between 1 and pool \({POOL}\)"):
+        _spead.ChunkGroup(**LAYOUT, max_chunks=MAX_CHUNKS, pool=POOL, consumer_batch=batch)
+
+
+@pytest.mark.parametrize(("max_chunks", "pool", "batch"), [
+    (3, 8, 2), (4, 16, 6), (16, 64, _spead.CONSUMER_BATCH), (4, 4, 1), (4, 5, 1)])
+def test_consumer_batch_default_is_half_the_spare_chunks(max_chunks, pool, batch):
+    group = _spead.ChunkGroup(**LAYOUT, max_chunks=max_chunks, pool=pool)
+    assert group.consumer_batch == batch
+    lossy = _spead.ChunkGroup(**LAYOUT, max_chunks=max_chunks, pool=pool, eviction="lossy")
+    assert lossy.consumer_batch == 1                # a wake-up per chunk, as it was
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_a_lingering_consumer_gets_a_lone_chunk(batch):
+    """Once the consumer has taken a chunk it waits for a batch of them, but no longer
+    than CONSUMER_LINGER: a chunk that stays alone is still handed over."""
+    group = _spead.ChunkGroup(**LAYOUT, max_chunks=1, pool=6, consumer_batch=batch)
+    stream = group.add_stream(max_heaps=4)
+    stream.add_packets(pol_packets(0, 2 * HPC))     # chunk 1 evicts chunk 0
+    with group.get(timeout=10) as chunk:
+        assert chunk.chunk_id == 0
+    stream.add_packets(pol_packets(0, HPC, first_chunk=2))     # chunk 1 alone is ready
+    with group.get(timeout=10) as chunk:            # TimeoutError if it waited for a batch
+        assert chunk.chunk_id == 1
+    with pytest.raises(TimeoutError):
+        group.get(timeout=0.05)                     # chunk 2 is still open
+    stream.finish()
+    ids = []
+    for chunk in group:
+        with chunk:
+            ids.append(chunk.chunk_id)
+    assert ids == [2]
+
+
+def test_spin_defaults_to_the_module_constant():
+    assert _spead.ChunkGroup(**LAYOUT).spin == _spead.DEFAULT_SPIN > 0
+    assert _spead.ChunkGroup(**LAYOUT, spin=0).spin == 0
+
+
 def wait_for(predicate, timeout=10.0):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -200,10 +248,13 @@ def wait_for(predicate, timeout=10.0):
         time.sleep(0.005)
 
 
-def test_blocked_time_grows_while_the_stream_is_blocked():
+@pytest.mark.parametrize("spin", [0.0, _spead.DEFAULT_SPIN, 0.01])
+def test_blocked_time_grows_while_the_stream_is_blocked(spin):
     """Lossless, one stream silent: the other waits on it, and stats() shows the wait
-    (worker_blocked, worker_blocked_ns) while it lasts, not only after the batch."""
-    group = _spead.ChunkGroup(**LAYOUT, max_chunks=MAX_CHUNKS, pool=POOL, eviction="lossless")
+    (worker_blocked, worker_blocked_ns) while it lasts, not only after the batch; a
+    wait that spins before it sleeps (`spin`) is one wait, counted from its start."""
+    group = _spead.ChunkGroup(**LAYOUT, max_chunks=MAX_CHUNKS, pool=POOL, eviction="lossless",
+                              spin=spin)
     busy, silent = group.add_stream(max_heaps=4), group.add_stream(max_heaps=4)
     n = (MAX_CHUNKS + 2) * HPC
     chunks = []
@@ -213,6 +264,7 @@ def test_blocked_time_grows_while_the_stream_is_blocked():
     feeder.start()
     try:
         wait_for(lambda: busy.stats()["worker_blocked"] >= 1)
+        wait_for(lambda: group.waiting_streams == 1)    # spinning or asleep
         first = busy.stats()["worker_blocked_ns"]
         time.sleep(0.3)
         second = busy.stats()

@@ -4,8 +4,9 @@ Each case (one seed) builds a group (2-4 streams, lossy or lossless, max_chunks 
 a pool of max_chunks .. max_chunks + 3, when_full "wait" mostly, sometimes with a wait
 timeout short enough to expire), feeds each stream from its own thread in random
 batches with random pauses (idle streams, jumps ahead, lost heaps, heaps of one to
-three packets), and a consumer thread takes every chunk, checks it and gives it back,
-sometimes late and sometimes holding a second one.  Checked:
+three packets; waits that spin before they sleep, or not), and a consumer thread takes
+every chunk (woken per chunk or per batch), checks it and gives it back, sometimes late
+and sometimes holding a second one.  Checked:
 
 - every chunk is delivered once, in order of chunk id, and the group ends;
 - every present slot holds the payload of the heap at that position (so no stream
@@ -44,6 +45,7 @@ from spead_packets import heap_packets  # noqa: E402
 
 POSITION_ID, PAYLOAD_ID = 0x1000, 0x1001
 HEAP_BYTES = 128
+SPINS = (0.0, 50e-6, 2e-3)      # ChunkGroup(spin=...): none, about the default, long
 
 
 def payload(position: int) -> bytes:
@@ -77,6 +79,13 @@ def make_case(seed: int) -> dict:
         p += 1
     case["positions"] = positions
     case["packet_payload"] = rng.choice([HEAP_BYTES, HEAP_BYTES // 2, 48])
+    # Waits that sleep at once, spin the default time first, or spin long (most wakes
+    # come during the spin; a short wait_timeout ends it).  From the seed, not the rng,
+    # so that the other choices of a seed stay what they were.
+    case["spin"] = SPINS[seed % len(SPINS)]
+    # The consumer woken per chunk, per the default batch, or per `pool` chunks (more
+    # than can ever be ready at once: it lingers until the free ring runs short).
+    case["consumer_batch"] = (1, None, case["pool"])[seed // len(SPINS) % 3]
     return case
 
 
@@ -104,7 +113,8 @@ def run_case(case: dict) -> dict:
         timestamp_item=POSITION_ID, timestamp_step=1, heaps_per_chunk=hpc,
         heap_bytes=HEAP_BYTES, max_chunks=case["max_chunks"], pool=case["pool"],
         eviction=case["eviction"], when_full=case["when_full"],
-        wait_timeout=case["wait_timeout"])
+        wait_timeout=case["wait_timeout"], spin=case["spin"],
+        consumer_batch=case["consumer_batch"])
     feeds = stream_feeds(case)
     streams = [group.add_stream(max_heaps=4) for _ in feeds]
     sent = set(case["positions"])
