@@ -128,9 +128,11 @@ wal = "{tmp_path}/wal/{{stream}}.wal"
         daemon.close()
     kept = read_store(store)["present"]
     written = int(kept.any(axis=(1, 2)).sum())
-    # Four written, two in the log only; or, when the flusher woke late on a busy
-    # machine, one flush of all six (the log then still holds them until its done mark).
-    assert written in (4, 6) and not kept[written:].any()
+    # A flush is due at four records: it writes the four, five or six waiting when
+    # the flusher wakes (chunks reach the buffer in bursts: the group wakes its
+    # consumer once per few chunks); the rest are in the log only (so are all of
+    # them until the flush's done mark).  What was written is the first chunks.
+    assert 4 <= written <= 6 and not kept[written:].any()
 
     daemon = DaemonProcess(cfg)
     try:
