@@ -9,6 +9,7 @@ INTERFACES.md; config/daqd.toml is the built-in default.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import importlib.resources
@@ -597,20 +598,31 @@ def _check_ipc_directory(loader: _Loader, key: str, endpoint: str, private: bool
 
 
 def _try_mkdir(loader: _Loader, key: str, value: str, directory: Path, existing: Path) -> None:
-    """Check that `directory` can be made below `existing` (made, then removed)."""
+    """Check that `directory` can be made below `existing` (made, then removed).
+
+    Another process may make (or use) the same directories meanwhile, e.g. a
+    second daemon started at the same time with a sink beside this one's: a
+    part that exists by then is fine and is left alone, and one this check
+    made but someone has used since stays.
+    """
     made: list[Path] = []
     try:
-        for part in reversed(directory.relative_to(existing).parents[:-1]):
-            (existing / part).mkdir()
-            made.append(existing / part)
-        directory.mkdir()
-        made.append(directory)
+        for path in [*(existing / part for part in
+                       reversed(directory.relative_to(existing).parents[:-1])), directory]:
+            try:
+                path.mkdir()
+            except FileExistsError:
+                if path.is_dir():
+                    continue            # made by someone else meanwhile: not ours
+                raise
+            made.append(path)
     except OSError as exc:
         raise loader.fail(key, value, "a path whose directory can be created "
                           f"({exc.strerror})") from None
     finally:
         for path in reversed(made):
-            path.rmdir()
+            with contextlib.suppress(OSError):     # used by someone else since: kept
+                path.rmdir()
 
 
 def _check_sink_templates(loader: _Loader, where: str, sink: SinkConfig,

@@ -202,3 +202,23 @@ def test_each_problem_is_one_line_naming_it(tmp_path, text, message):
     assert "\n" not in line
     assert line.startswith("bad.toml: ")
     assert message.replace("{tmp}", str(tmp_path)) in line
+
+
+def test_a_sink_directory_made_meanwhile_by_another_daemon_is_fine(tmp_path):
+    """Two daemons started at once, sinks in one missing directory: the second's check
+    finds parts the first made meanwhile (it must not refuse them, nor remove them)."""
+    from daqd.config import _Loader, _try_mkdir
+
+    made_by_other = tmp_path / "data"
+    made_by_other.mkdir()                   # after this daemon saw `data` missing
+    _try_mkdir(_Loader("x.toml"), "stream[0].sinks[0].path", "p", made_by_other / "adc0",
+               tmp_path)
+    assert made_by_other.is_dir() and not (made_by_other / "adc0").exists()
+    (made_by_other / "in-use").mkdir()      # the other daemon's, while this one checks
+    _try_mkdir(_Loader("x.toml"), "stream[0].sinks[0].path", "p", made_by_other / "in-use",
+               tmp_path)
+    assert (made_by_other / "in-use").is_dir()
+    (tmp_path / "file").write_text("")      # a part that exists but is no directory
+    with pytest.raises(ConfigError, match="a path whose directory can be created"):
+        _try_mkdir(_Loader("x.toml"), "stream[0].sinks[0].path", "p", tmp_path / "file" / "d",
+                   tmp_path)
