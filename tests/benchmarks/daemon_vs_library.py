@@ -71,7 +71,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import queue
 import resource
 import shutil
@@ -88,6 +87,7 @@ import numpy as np
 
 from daqd import _spead
 from daqd.recv.workloads import WORKLOADS
+from daqd.tools.bench.machine import cpu_model
 from daqd.tools.bench.params import HEAPS_PER_CHUNK as DEFAULT_HEAPS_PER_CHUNK
 from daqd.tools.bench.params import MAX_CHUNKS, MAX_HEAPS, POOL
 
@@ -103,17 +103,6 @@ FLUSH_COUNT = 16
 SINK_BUSY: list[float] = []
 # Heaps per chunk of both (``--heaps-per-chunk``; default ``daqd bench``'s).
 HEAPS_PER_CHUNK = DEFAULT_HEAPS_PER_CHUNK
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``lscpu``'s "Model name"), or the platform's processor."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def build_file(path: Path, workload: str, mib: int) -> int:

@@ -13,7 +13,6 @@ the step's own ``process_seconds`` per chunk.  Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ from daqd import _spead
 from daqd.config import ChunkConfig
 from daqd.pipeline.process import Processor
 from daqd.pipeline.records import ChunkRecord
+from daqd.tools.bench.machine import cpu_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "integrate"))
 from daqd_integrate import Integrator
@@ -30,17 +30,6 @@ from daqd_integrate import Integrator
 HPC, HEAP_BYTES, STEP = 64, 8192, 8192
 CHUNK = ChunkConfig(timestamp_item=0x1600, timestamp_step=STEP, heaps_per_chunk=HPC,
                     heap_bytes=HEAP_BYTES, max_chunks=2, pool=8)
-
-
-def cpu_model() -> str:
-    """Return the CPU's model name (/proc/cpuinfo), or the platform's processor."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def pool_records(count: int) -> list[ChunkRecord]:

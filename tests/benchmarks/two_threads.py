@@ -63,7 +63,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import threading
@@ -76,6 +75,7 @@ import numpy as np
 from daqd import _spead
 from daqd.recv.workloads import WORKLOADS
 from daqd.service.stream_runner import RECEIVE_BUDGET
+from daqd.tools.bench.machine import cpu_model
 from daqd.tools.bench.memory import BenchError, check_chunk, workload_buffer
 from daqd.tools.bench.params import (
     HEAPS_PER_CHUNK,
@@ -266,17 +266,6 @@ def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
         out["one_vs_base"] = out["one@base"]["seconds"] / out["one"]["seconds"]
         out["two_vs_base"] = out["two@base"]["seconds"] / out["two"]["seconds"]
     return out
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main(argv: list[str] | None = None) -> None:

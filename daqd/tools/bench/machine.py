@@ -178,13 +178,17 @@ class LoadMonitor:
         return max(0.0, other / wall), (end[2] - self.start[2]) / wall
 
 
-def machine_info() -> dict[str, Any]:
-    """Describe the machine the figures were measured on."""
-    cpu = "unknown"
+def cpu_model() -> str:
+    """Return the CPU's model name (/proc/cpuinfo), else the platform's processor."""
     for line in (_read("/proc/cpuinfo") or "").splitlines():
         if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """Describe the machine the figures were measured on."""
+    cpu = cpu_model()
     try:
         import spead2
         spead2_version = spead2.__version__
