@@ -126,6 +126,7 @@ class Run:
     thread_cpu: list[float]     # each receive thread's own CPU time (seconds)
     # (on a CPU, in the run queue, asleep) seconds: each receive thread's, then the consumer's
     sched: list[tuple[float, float, float]]
+    takes: int = 0              # the consumer's get_batch (or get) calls that returned chunks
 
 
 def sched_times() -> tuple[int, int]:
@@ -183,12 +184,13 @@ def run_group(workload: str, buffers: list[np.ndarray], *, pin: bool, verify: bo
     threads = [threading.Thread(target=receive, args=(k,)) for k in range(len(buffers))]
     for t in threads:
         t.start()
-    present = 0
+    present = takes = 0
     count = np.count_nonzero
     go.wait()
     cpu0, start, sched0 = time.process_time(), time.perf_counter(), sched_times()
     if consumer == "batch":
         while chunks := group.get_batch():
+            takes += 1
             for chunk in chunks:
                 present += count(chunk.present)
                 if verify:
@@ -196,6 +198,7 @@ def run_group(workload: str, buffers: list[np.ndarray], *, pin: bool, verify: bo
             group.release_many(chunks)
     else:
         while (chunk := group.get()) is not None:
+            takes += 1
             present += count(chunk.present)
             if verify:
                 check_chunk(workload, chunk.chunk_id, chunk.data, chunk.present)
@@ -207,7 +210,7 @@ def run_group(workload: str, buffers: list[np.ndarray], *, pin: bool, verify: bo
     if errors:
         raise errors[0]
     blocked = sum(s.stats()["worker_blocked"] for s in streams)
-    return Run(seconds, cpu, int(present), blocked, thread_cpu, [*sched, consumer])
+    return Run(seconds, cpu, int(present), blocked, thread_cpu, [*sched, consumer], takes)
 
 
 def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
@@ -266,6 +269,8 @@ def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
                      "present": statistics.median(r.present / heaps for r in rs),
                      "blocked_per_chunk": statistics.median(
                          r.blocked * heaps_per_chunk / heaps for r in rs),
+                     "chunks_per_take": statistics.median(
+                         heaps / heaps_per_chunk / max(1, r.takes) for r in rs),
                      "all_seconds": [round(r.seconds, 4) for r in rs]}
     for kind, rs in results.items():
         # the busier receive thread's and the consumer's (on a CPU, run queue, asleep)
@@ -377,7 +382,8 @@ def main(argv: list[str] | None = None) -> None:
                 r, c = report[kind]["receive_sched_seconds"], report[kind]["consumer_sched_seconds"]
                 print(f"    {kind}: busier receive thread {r[0] * 1e3:.1f} ms on a CPU, "
                       f"{r[1] * 1e3:.1f} ms in the run queue, {r[2] * 1e3:.1f} ms asleep; "
-                      f"consumer {c[0] * 1e3:.1f} / {c[1] * 1e3:.1f} / {c[2] * 1e3:.1f} ms",
+                      f"consumer {c[0] * 1e3:.1f} / {c[1] * 1e3:.1f} / {c[2] * 1e3:.1f} ms, "
+                      f"{report[kind]['chunks_per_take']:.1f} chunks per take",
                       flush=True)
     if args.json:
         print(json.dumps(reports))
