@@ -8,7 +8,9 @@ the shutdown):
   a packet tap (when a pcap sink is configured) is emptied here into
   `PacketRecord`s; a ``tcp://`` listener's connections are logged here;
 - chunk mode: one consumer thread taking completed chunks from the group's
-  data ring into the buffer as `ChunkRecord`s (no copy); with
+  data ring into the buffer as `ChunkRecord`s (no copy), every chunk ready
+  at once (`ChunkGroup.get_batch`: one lock of the group, one of the gate,
+  one of the buffer and one wake-up of the flusher per batch); with
   ``[stream.process]`` it runs the processing step on each first
   (`daqd.pipeline.process`), and the sinks, the trigger's event files and the
   data time follow the step's record layout;
