@@ -167,6 +167,7 @@ cdef enum:
     CHUNK_OPEN = 1              # in the window, being filled
     CHUNK_READY = 2             # in the data ring
     CHUNK_HELD = 3              # handed to the consumer
+    TAKE_BATCH = 64             # chunks get_batch takes from the data ring per lock
 
 WHEN_FULL = ("wait", "drop")
 #: Most placement and extra items a group reads per heap, and most streams (sources)
@@ -1011,6 +1012,47 @@ cdef class ChunkGroup:
         pthread_mutex_unlock(&self.lock)
         return 0
 
+    cdef int release_chunks(self, list chunks) except -1:
+        """Give every chunk of `chunks` back to the free ring under one lock (release_many).
+
+        Checked first, all of them (a Chunk of this group, handed out, once in
+        the list), so that an error releases none.  A chunk's state is set to
+        CHUNK_FREE by the check (nothing reads the state of a held chunk but
+        the consumer, which holds the GIL here) and set back on an error.
+        """
+        cdef Py_ssize_t i, j, n = len(chunks)
+        cdef Chunk chunk
+        cdef size_t c
+        for i in range(n):
+            item = chunks[i]
+            if type(item) is not Chunk or (<Chunk>item).group is not self \
+                    or self.state[(<Chunk>item).index] != CHUNK_HELD:
+                for j in range(i):
+                    self.state[(<Chunk>chunks[j]).index] = CHUNK_HELD
+                if type(item) is not Chunk:
+                    raise TypeError(f"release_many takes Chunks, not {type(item).__name__}")
+                if (<Chunk>item).group is not self:
+                    raise ValueError(f"{item!r} is another group's chunk")
+                raise RuntimeError(f"chunk {(<Chunk>item).index} released twice or never "
+                                   "handed out")
+            self.state[(<Chunk>item).index] = CHUNK_FREE
+        for i in range(n):
+            c = (<Chunk>chunks[i]).index
+            memset(self.present_base + c * self.present_per_chunk, 0, self.present_per_chunk)
+            if self.n_extra:
+                memset(self.extra_base + c * self.n_slots * self.n_extra, 0,
+                       self.n_slots * self.n_extra * sizeof(uint64_t))
+        pthread_mutex_lock(&self.lock)          # the GIL kept: see release_chunk
+        for i in range(n):
+            c = (<Chunk>chunks[i]).index
+            self.chunk_ids[c] = -1
+            self.free_ring[(self.free_head + self.free_count) % self.pool] = c
+            self.free_count += 1
+        if n:
+            self.wake()
+        pthread_mutex_unlock(&self.lock)
+        return 0
+
     cdef int wait_ready(self, bint forever, const timespec *until) noexcept nogil:
         """(Lock held.)  Wait until a chunk is ready or every stream has ended, or
         `until` unless `forever`; 0, or ETIMEDOUT.
@@ -1059,6 +1101,95 @@ cdef class ChunkGroup:
             self.consumer_active = True
         pthread_mutex_unlock(&self.lock)
         return self.chunk_objects[c] if c >= 0 else None
+
+    cdef list take_ready_batch(self, size_t most):
+        """Every chunk of the data ring, oldest first (at most `most`, 0: no limit), under
+        one lock per TAKE_BATCH of them; an empty list if none."""
+        cdef size_t taken[<int>TAKE_BATCH]
+        cdef size_t i, n, c
+        cdef list out = []
+        while True:
+            n = 0
+            pthread_mutex_lock(&self.lock)      # the GIL kept: see release_chunk
+            while self.data_count and n < TAKE_BATCH and (most == 0 or len(out) + n < most):
+                c = self.data_ring[self.data_head]
+                self.data_head = (self.data_head + 1) % self.pool
+                self.data_count -= 1
+                self.state[c] = CHUNK_HELD
+                taken[n] = c
+                n += 1
+            if n:
+                self.consumer_active = True
+            pthread_mutex_unlock(&self.lock)
+            # The chunks' objects exist already: only the list is made, the lock
+            # released (an allocation may run the garbage collector, and a
+            # finaliser might release a chunk, which takes the lock).
+            for i in range(n):
+                out.append(self.chunk_objects[taken[i]])
+            if n < TAKE_BATCH or (most != 0 and <size_t>len(out) >= most):
+                return out
+
+    def get_batch(self, size_t max_chunks=0, timeout=None):
+        """Every completed chunk ready now, oldest first, waiting for the first if need be.
+
+        The same chunks in the same order as as many `get` calls, for one lock
+        of the group (per 64 chunks) rather than one per chunk.
+
+        Parameters
+        ----------
+        max_chunks : int, optional
+            Most chunks returned (0, the default: every chunk ready).
+        timeout : float, optional
+            Longest wait for the first chunk, in seconds (None: no limit).
+
+        Returns
+        -------
+        list of Chunk
+            At least one chunk; empty once every stream has ended and every
+            chunk has been taken (where `get` returns None).
+
+        Raises
+        ------
+        TimeoutError
+            No chunk arrived within `timeout` seconds.
+        """
+        cdef timespec until
+        cdef bint forever = timeout is None
+        cdef int rc = 0
+        cdef list chunks = self.take_ready_batch(max_chunks)
+        if chunks:
+            return chunks
+        if not forever:
+            until = deadline_after(max(0.0, timeout))
+        while True:
+            with nogil:
+                pthread_mutex_lock(&self.lock)
+                rc = self.wait_ready(forever, &until)
+                pthread_mutex_unlock(&self.lock)
+            chunks = self.take_ready_batch(max_chunks)
+            if chunks or self.ended:
+                return chunks
+            if rc != 0:
+                raise TimeoutError(f"no chunk within {timeout} s")
+
+    def release_many(self, chunks):
+        """Give several chunks back to the free ring at once (one lock, one wake-up).
+
+        The same as ``chunk.release()`` for each, in order; the list is checked
+        first, so that an error releases none of its chunks.
+
+        Parameters
+        ----------
+        chunks : iterable of Chunk
+            Chunks of this group handed out by `get` or `get_batch`, each once.
+
+        Raises
+        ------
+        TypeError, ValueError, RuntimeError
+            An item is not a Chunk, is another group's, or is not handed out
+            (released already, or listed twice).
+        """
+        self.release_chunks(chunks if type(chunks) is list else list(chunks))
 
     def get(self, timeout=None):
         """The next completed chunk, waiting for it if need be.

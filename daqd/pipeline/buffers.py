@@ -345,6 +345,41 @@ class Buffer:
         with self._put_lock:
             return self._put(record)
 
+    def put_many(self, records: Sequence[Record]) -> int:
+        """Accept `records` in order, each as `put` would, telling the flusher once.
+
+        Without a write-ahead log, the records the buffer has room for are
+        accepted under one lock and the flush policy is asked once, after
+        them; the rest, if any, go through `put` one at a time (they wait or
+        are dropped under `when_full`, counted).  With a log, every record is
+        logged by `put`.
+
+        Returns
+        -------
+        int
+            The records accepted; a dropped record has been released.
+        """
+        if not self._ready:
+            raise RuntimeError("the buffer has a write-ahead log: call recover() first")
+        accepted = 0
+        with self._put_lock:
+            if self.wal is None:
+                with self._lock:
+                    room = self.capacity - len(self._held) - len(self._waiting)
+                    accepted = max(0, min(room, len(records)))
+                    seq, added = self._next_seq, self.policy.added
+                    for record in records[:accepted]:
+                        self._waiting.append((seq, record))
+                        seq += 1
+                        added(record.nbytes)
+                    self._next_seq = seq
+                    self._accepted += accepted
+                if accepted:
+                    self._maybe_wake()
+            for record in records[accepted:]:
+                accepted += self._put(record)
+        return accepted
+
     def _put(self, record: Record) -> bool:
         evicted: list[Entry] = []
         with self._lock:

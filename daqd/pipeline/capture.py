@@ -61,7 +61,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from daqd.errors import UsageProblem
@@ -140,6 +140,17 @@ class CaptureGate:
                 self._note(span)
         return span
 
+    def observe_many(self, records: Sequence[Any]) -> list[tuple[int, int]]:
+        """`observe` each of `records`, in order, under one lock; return their spans."""
+        timeline = self.timeline
+        spans = [timeline.span(record) for record in records]
+        timed = timeline.timed
+        with self._lock:
+            for record, span in zip(records, spans, strict=True):
+                if timed(record):
+                    self._note(span)
+        return spans
+
     def _note(self, span: tuple[int, int]) -> None:
         if self.newest is None or span[0] > self.newest:
             self.newest = span[0]
@@ -156,41 +167,61 @@ class CaptureGate:
         passed (exactly once per block), else None; a next block scheduled
         at that stop then takes over, and decides on this record.
         """
+        noted = span is not None
+        if span is None and self.timeline.timed(record):
+            span = self.timeline.span(record)
+        with self._lock:                    # once per record: this is the heap-mode path
+            return self._admit_locked(record, span, noted)
+
+    def admit_many(self, records: Sequence[Any]) -> list[tuple[bool, CaptureBlock | None]]:
+        """Note and decide on each of `records`, in order, under one lock.
+
+        Returns each record's ``(admitted, ended)``, exactly as `admit` called
+        on one record after the other (each record's data time is noted just
+        before it is decided on: a later record of the list must not make an
+        earlier one see a stop as passed).
+        """
+        timeline = self.timeline
+        spans = [timeline.span(record) if timeline.timed(record) else None
+                 for record in records]
+        with self._lock:
+            return [self._admit_locked(record, span, False)
+                    for record, span in zip(records, spans, strict=True)]
+
+    def _admit_locked(self, record: Any, span: tuple[int, int] | None, noted: bool
+                      ) -> tuple[bool, CaptureBlock | None]:
+        """Decide on one record (`admit`; the lock held)."""
         if not self.timeline.timed(record):
             # No data time (a heap without the timestamp item): written while a
             # block is open, as raw packets are; it moves no data time.
-            with self._lock:
-                admitted = self._admit_by_state()
-                if admitted:
-                    record.capture_block = self.block
-                return admitted, None
-        noted = span is not None
-        if span is None:
-            span = self.timeline.span(record)
-        with self._lock:                    # once per record: this is the heap-mode path
-            if not noted:
-                self._note(span)
-            block = self.block
-            if block is None:
-                self._counts["after_capture"] += 1
-                return False, None
-            ended = None
-            if block.stop is not None and block.stop <= (self.newest or 0) \
-                    and not self._passed and not overlaps(span, *_bounds(block)):
-                ended = block
-                self._passed = True
-                if self.next is not None:       # back to back: the next block's turn
-                    block, self.block, self.next = self.next, self.next, None
-                    self._passed = False
-                    self._admitted_end = None
-            start, stop = _bounds(block)
-            if overlaps(span, start, stop):
-                record.capture_block = block
-                if self._admitted_end is None or span[1] > self._admitted_end:
-                    self._admitted_end = span[1]
-                return True, ended
-            self._counts["before_capture" if span[1] <= start else "after_capture"] += 1
-            return False, ended
+            admitted = self._admit_by_state()
+            if admitted:
+                record.capture_block = self.block
+            return admitted, None
+        assert span is not None
+        if not noted:
+            self._note(span)
+        block = self.block
+        if block is None:
+            self._counts["after_capture"] += 1
+            return False, None
+        ended = None
+        if block.stop is not None and block.stop <= (self.newest or 0) \
+                and not self._passed and not overlaps(span, *_bounds(block)):
+            ended = block
+            self._passed = True
+            if self.next is not None:       # back to back: the next block's turn
+                block, self.block, self.next = self.next, self.next, None
+                self._passed = False
+                self._admitted_end = None
+        start, stop = _bounds(block)
+        if overlaps(span, start, stop):
+            record.capture_block = block
+            if self._admitted_end is None or span[1] > self._admitted_end:
+                self._admitted_end = span[1]
+            return True, ended
+        self._counts["before_capture" if span[1] <= start else "after_capture"] += 1
+        return False, ended
 
     def admit_packets(self) -> bool:
         """Whether raw packets (no data time) are written now; counts them if not."""

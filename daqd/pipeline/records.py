@@ -39,7 +39,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -166,14 +166,25 @@ class ChunkRecord(_Logged):
     @classmethod
     def from_chunk(cls, chunk: Any, extra: bool = True) -> ChunkRecord:
         """Wrap a `daqd._spead.Chunk` (its arrays are not copied)."""
-        return cls(
-            chunk_id=int(chunk.chunk_id),
-            timestamp=int(chunk.timestamp),
-            data=chunk.data,
-            present=chunk.present,
-            extra=chunk.extra if extra and chunk.extra is not None and chunk.extra.size else None,
-            _release=chunk.release,
-        )
+        return cls.from_chunks((chunk,), extra)[0]
+
+    @classmethod
+    def from_chunks(cls, chunks: Iterable[Any], extra: bool = True) -> list[ChunkRecord]:
+        """Wrap several chunks (a batch of ``ChunkGroup.get_batch``), in order.
+
+        One record per chunk, as `from_chunk` makes it, all with one
+        `received` time (they were handed over together); arguments by
+        position, which costs a fraction of keywords' per record.
+        """
+        received = time.time()
+        out = []
+        for chunk in chunks:
+            more = chunk.extra if extra else None
+            if more is not None and not more.size:
+                more = None
+            out.append(cls(int(chunk.chunk_id), int(chunk.timestamp), chunk.data, chunk.present,
+                           more, received, chunk.release))
+        return out
 
     @property
     def nbytes(self) -> int:

@@ -8,7 +8,9 @@ the shutdown):
   a packet tap (when a pcap sink is configured) is emptied here into
   `PacketRecord`s; a ``tcp://`` listener's connections are logged here;
 - chunk mode: one consumer thread taking completed chunks from the group's
-  data ring into the buffer as `ChunkRecord`s (no copy); with
+  data ring into the buffer as `ChunkRecord`s (no copy), every chunk ready
+  at once (`ChunkGroup.get_batch`: one lock of the group, one of the gate,
+  one of the buffer and one wake-up of the flusher per batch); with
   ``[stream.process]`` it runs the processing step on each first
   (`daqd.pipeline.process`), and the sinks, the trigger's event files and the
   data time follow the step's record layout;
@@ -392,6 +394,13 @@ class StreamRunner:
             self.packet_flusher.request_reopen()
 
     def _consume_chunks(self) -> None:
+        """Take completed chunks from the group in batches into the buffer, in order.
+
+        Each batch is every chunk ready in the data ring (`ChunkGroup.get_batch`,
+        one lock of the group); its records are made together, go one by one
+        through the processing step, then are noted, retained and admitted
+        together (`_keep_many`).
+        """
         closed = self.group.boundaries
         pending = False
         while True:
@@ -407,35 +416,59 @@ class StreamRunner:
                 self._finish_step()
                 self._close_capture()
             try:
-                chunk = self.group.get(POLL)
+                chunks = self.group.get_batch(0, POLL)
             except TimeoutError:
                 continue
-            if chunk is None:                   # every stream finished, ring drained
+            if not chunks:                      # every stream finished, ring drained
                 self._finish_step()
                 return
-            record = self.receiver.chunk_record(chunk)
+            records = self.receiver.chunk_records(chunks)
             if self.process is not None:
-                record = self.process(record)   # the pool chunk released once used
-                if record is None:
-                    continue
-            self._keep(record)
+                # One record at a time: the pool chunk released once used.
+                records = [out for out in map(self.process, records) if out is not None]
+            self._keep_many(records)
 
     def _finish_step(self) -> None:
         """Keep what the processing step holds (a capture boundary, the stream's end)."""
         if self.process is not None:
             last = self.process.finish()
             if last is not None:
-                self._keep(last)
+                self._keep_many([last])
 
-    def _keep(self, record: Any) -> None:
-        """Note a chunk record's data time, retain it for triggers and buffer it."""
-        span = self._observe(record)
-        if self.triggers is not None:
-            self.triggers.retention.add(record)     # a hold of its own
-        if self.buffer is None:
-            record.release()
+    def _keep_many(self, records: list[Any]) -> None:
+        """Note chunk records' data time, retain them for triggers and buffer them, in order.
+
+        With a buffer, the records are retained, noted and admitted under one
+        admission lock (so a capture start in the past, which takes the
+        retained records under it, never takes one the gate has yet to decide
+        on), the gate deciding on the whole list under one lock of its own
+        (`CaptureGate.admit_many`), and put with one `Buffer.put_many`.  What
+        the gate refuses is released (and counted by it); a block whose stop a
+        record shows has passed has its files finished (`_end_block`) once the
+        list is in the buffer.
+        """
+        if not records:
             return
-        self._put(record, span)
+        retention = self.triggers.retention if self.triggers is not None else None
+        if self.buffer is None:
+            self.gate.observe_many(records)
+            for record in records:
+                if retention is not None:
+                    retention.add(record)       # a hold of its own
+                record.release()
+            return
+        with self.admission:
+            if retention is not None:
+                for record in records:
+                    retention.add(record)       # a hold of its own
+            decisions = self.gate.admit_many(records)
+            self.buffer.put_many([record for record, (admitted, _)
+                                  in zip(records, decisions, strict=True) if admitted])
+        for record, (admitted, ended) in zip(records, decisions, strict=True):
+            if not admitted:
+                record.release()
+            if ended is not None:
+                self._end_block(ended)
 
     # ------------------------------------------------------------------
     # control

@@ -2,7 +2,8 @@
 
 Run: ``python tests/benchmarks/two_threads.py [W1 W2 W3] [--runs N] [--heaps N]
 [--split heaps|chunks] [--eviction lossless|lossy] [--batch N] [--budget S] [--pin]
-[--heaps-per-chunk N] [--spin S] [--consumer-batch N] [--json]``.
+[--heaps-per-chunk N] [--spin S] [--consumer-batch N] [--consumer batch|single|both]
+[--json]``.
 
 The packets of a reference workload are built once in memory (about 512 MiB
 per workload by default), then split in two halves: ``--split heaps`` (the
@@ -26,7 +27,12 @@ chunks to each.  Each run is one of:
   report the heaps present rather than failing.
 
 In both, the main thread is the consumer: it takes every completed chunk
-from the group's data ring, counts its present heaps and releases it.  The
+from the group's data ring, counts its present heaps and releases it.  By
+default it does so as the daemon does, a batch at a time
+(``ChunkGroup.get_batch``: every chunk ready, one lock; ``release_many``: one
+lock); ``--consumer single`` is the loop before batches (``get()`` and
+``chunk.release()`` per chunk), and ``--consumer both`` interleaves runs of
+each and prints the batch consumer's speed against the single one (same run).  The
 runs alternate (one, two, one, two, ...), and the figures are medians: the
 wall time of each (packets per second), the speedup (one thread's median time
 over two threads'), the process CPU time per packet (every thread of the
@@ -120,6 +126,7 @@ class Run:
     thread_cpu: list[float]     # each receive thread's own CPU time (seconds)
     # (on a CPU, in the run queue, asleep) seconds: each receive thread's, then the consumer's
     sched: list[tuple[float, float, float]]
+    takes: int = 0              # the consumer's get_batch (or get) calls that returned chunks
 
 
 def sched_times() -> tuple[int, int]:
@@ -143,7 +150,7 @@ def run_group(workload: str, buffers: list[np.ndarray], *, pin: bool, verify: bo
               eviction: str = "lossless", batch: int = 64, max_chunks: int = MAX_CHUNKS,
               stream_chunks: int = 0, budget: float = RECEIVE_BUDGET,
               heaps_per_chunk: int = HEAPS_PER_CHUNK, group_args: dict[str, Any] | None = None,
-              ) -> Run:
+              consumer: str = "batch") -> Run:
     """Place `buffers` (one receive thread each) into one ChunkGroup; consume every chunk."""
     group = _spead.ChunkGroup(**WORKLOADS[workload].layout(heaps_per_chunk),
                               max_chunks=max_chunks, stream_chunks=stream_chunks,
@@ -177,15 +184,25 @@ def run_group(workload: str, buffers: list[np.ndarray], *, pin: bool, verify: bo
     threads = [threading.Thread(target=receive, args=(k,)) for k in range(len(buffers))]
     for t in threads:
         t.start()
-    present = 0
+    present = takes = 0
     count = np.count_nonzero
     go.wait()
     cpu0, start, sched0 = time.process_time(), time.perf_counter(), sched_times()
-    while (chunk := group.get()) is not None:
-        present += count(chunk.present)
-        if verify:
-            check_chunk(workload, chunk.chunk_id, chunk.data, chunk.present)
-        chunk.release()
+    if consumer == "batch":
+        while chunks := group.get_batch():
+            takes += 1
+            for chunk in chunks:
+                present += count(chunk.present)
+                if verify:
+                    check_chunk(workload, chunk.chunk_id, chunk.data, chunk.present)
+            group.release_many(chunks)
+    else:
+        while (chunk := group.get()) is not None:
+            takes += 1
+            present += count(chunk.present)
+            if verify:
+                check_chunk(workload, chunk.chunk_id, chunk.data, chunk.present)
+            chunk.release()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
     consumer = sched_split(sched0, seconds)
     for t in threads:
@@ -193,7 +210,7 @@ def run_group(workload: str, buffers: list[np.ndarray], *, pin: bool, verify: bo
     if errors:
         raise errors[0]
     blocked = sum(s.stats()["worker_blocked"] for s in streams)
-    return Run(seconds, cpu, int(present), blocked, thread_cpu, [*sched, consumer])
+    return Run(seconds, cpu, int(present), blocked, thread_cpu, [*sched, consumer], takes)
 
 
 def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
@@ -201,26 +218,33 @@ def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
           max_chunks: int = MAX_CHUNKS, stream_chunks: int = 0,
           budget: float = RECEIVE_BUDGET, heaps_per_chunk: int = HEAPS_PER_CHUNK,
           group_args: dict[str, Any] | None = None,
-          baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+          baseline: dict[str, Any] | None = None, consumer: str = "batch") -> dict[str, Any]:
     """Interleaved runs of one and two threads; medians and ratios.
 
     With `baseline` (group arguments), one and two threads on a group with those
     arguments too, interleaved with the others: "one@base" and "two@base".
+    `consumer` "batch" or "single" (see the module comment); "both": each
+    kind of run with either consumer, the single one's as "one@single",
+    "two@single" (and "one@base@single", ...).
     """
     w = WORKLOADS[workload]
     buf = workload_buffer(workload, heaps)
     parts = halves(workload, buf, split, heaps_per_chunk)
     packets = heaps * w.packets_per_heap
-    kinds = {"one": ([buf], group_args), "two": (parts, group_args)}
+    kinds: dict[str, tuple[list[np.ndarray], dict[str, Any] | None, str]] = {
+        "one": ([buf], group_args, consumer), "two": (parts, group_args, consumer)}
     if baseline is not None:
-        kinds |= {"one@base": ([buf], baseline), "two@base": (parts, baseline)}
+        kinds |= {"one@base": ([buf], baseline, consumer), "two@base": (parts, baseline, consumer)}
+    if consumer == "both":
+        kinds = {name + suffix: (b, a, how) for name, (b, a, _) in kinds.items()
+                 for suffix, how in (("", "batch"), ("@single", "single"))}
     results: dict[str, list[Run]] = {kind: [] for kind in kinds}
     for i in range(runs + 1):           # run 0 of each: warm-up (and --verify), not counted
-        for kind, (buffers, args) in kinds.items():
+        for kind, (buffers, args, how) in kinds.items():
             run = run_group(workload, buffers, pin=pin, verify=verify and i == 0,
                             eviction=eviction, batch=batch, max_chunks=max_chunks,
                             stream_chunks=stream_chunks, budget=budget,
-                            heaps_per_chunk=heaps_per_chunk, group_args=args)
+                            heaps_per_chunk=heaps_per_chunk, group_args=args, consumer=how)
             # --split chunks: the group's window starts at the first heap it sees,
             # which may be the second stream's (chunk 1): chunk 0 is then too old.
             lost = heaps_per_chunk if split == "chunks" and kind.startswith("two") else 0
@@ -234,7 +258,8 @@ def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
                            "split": split, "eviction": eviction, "batch": batch,
                            "max_chunks": max_chunks, "stream_chunks": stream_chunks or max_chunks,
                            "budget": budget, "heaps_per_chunk": heaps_per_chunk,
-                           "group_args": group_args or {}, "baseline": baseline, "runs": runs}
+                           "group_args": group_args or {}, "baseline": baseline, "runs": runs,
+                           "consumer": consumer}
     for kind, rs in results.items():
         seconds = statistics.median(r.seconds for r in rs)
         cpu = statistics.median(r.cpu_seconds for r in rs)
@@ -244,6 +269,8 @@ def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
                      "present": statistics.median(r.present / heaps for r in rs),
                      "blocked_per_chunk": statistics.median(
                          r.blocked * heaps_per_chunk / heaps for r in rs),
+                     "chunks_per_take": statistics.median(
+                         heaps / heaps_per_chunk / max(1, r.takes) for r in rs),
                      "all_seconds": [round(r.seconds, 4) for r in rs]}
     for kind, rs in results.items():
         # the busier receive thread's and the consumer's (on a CPU, run queue, asleep)
@@ -265,6 +292,11 @@ def bench(workload: str, *, runs: int, heaps: int, split: str, pin: bool,
         # the group's arguments against the baseline's, each thread count (same run)
         out["one_vs_base"] = out["one@base"]["seconds"] / out["one"]["seconds"]
         out["two_vs_base"] = out["two@base"]["seconds"] / out["two"]["seconds"]
+    if consumer == "both":
+        # the batch consumer against the single one, each thread count (same run)
+        for name in ("one", "two"):
+            out[f"{name}_vs_single"] = out[f"{name}@single"]["seconds"] / out[name]["seconds"]
+        out["single_speedup"] = out["one@single"]["seconds"] / out["two@single"]["seconds"]
     return out
 
 
@@ -289,6 +321,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the group's window (pool grows with it)")
     parser.add_argument("--stream-chunks", type=int, default=0,
                         help="each stream's window (0: max-chunks)")
+    parser.add_argument("--consumer", choices=["batch", "single", "both"], default="batch",
+                        help="the consumer's loop: get_batch/release_many, get/release, or "
+                             "runs of each, interleaved")
     parser.add_argument("--pin", action="store_true")
     parser.add_argument("--verify", action="store_true")
     parser.add_argument("--json", action="store_true")
@@ -312,7 +347,8 @@ def main(argv: list[str] | None = None) -> None:
                        max_chunks=args.max_chunks, stream_chunks=args.stream_chunks,
                        budget=args.budget, heaps_per_chunk=args.heaps_per_chunk,
                        group_args=group_args,
-                       baseline={"spin": 0.0, "consumer_batch": 1} if args.baseline else None)
+                       baseline={"spin": 0.0, "consumer_batch": 1} if args.baseline else None,
+                       consumer=args.consumer)
         reports.append(report)
         if not args.json:
             one, two = report["one"], report["two"]
@@ -335,11 +371,19 @@ def main(argv: list[str] | None = None) -> None:
                       f"{report['base_speedup']:.2f}x; against it: one thread "
                       f"{report['one_vs_base']:.2f}x, two threads {report['two_vs_base']:.2f}x",
                       flush=True)
+            if args.consumer == "both":
+                print(f"    single get/release consumer: one thread "
+                      f"{report['one@single']['mpkt_per_s']:.2f} Mpkt/s, two threads "
+                      f"{report['two@single']['mpkt_per_s']:.2f} Mpkt/s, speedup "
+                      f"{report['single_speedup']:.2f}x; batch consumer against it: one "
+                      f"thread {report['one_vs_single']:.2f}x, two threads "
+                      f"{report['two_vs_single']:.2f}x", flush=True)
             for kind in report["kinds"]:
                 r, c = report[kind]["receive_sched_seconds"], report[kind]["consumer_sched_seconds"]
                 print(f"    {kind}: busier receive thread {r[0] * 1e3:.1f} ms on a CPU, "
                       f"{r[1] * 1e3:.1f} ms in the run queue, {r[2] * 1e3:.1f} ms asleep; "
-                      f"consumer {c[0] * 1e3:.1f} / {c[1] * 1e3:.1f} / {c[2] * 1e3:.1f} ms",
+                      f"consumer {c[0] * 1e3:.1f} / {c[1] * 1e3:.1f} / {c[2] * 1e3:.1f} ms, "
+                      f"{report[kind]['chunks_per_take']:.1f} chunks per take",
                       flush=True)
     if args.json:
         print(json.dumps(reports))

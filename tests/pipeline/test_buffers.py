@@ -494,3 +494,76 @@ def test_each_sink_counts_the_time_its_writes_take():
     sinks = buffer.stats()["sinks"]
     assert sinks["slow"]["write_seconds"] >= 0.05        # a sleep lasts at least that
     assert sinks["failing"]["write_seconds"] >= 0.02
+
+
+def put_in_lists(buffer, records, sizes):
+    """`put_many` over `records` cut into lists of `sizes` (cycled); the accepted count."""
+    accepted, i, k = 0, 0, 0
+    while i < len(records):
+        size = sizes[k % len(sizes)]
+        accepted += buffer.put_many(records[i:i + size])
+        i, k = i + size, k + 1
+    return accepted
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("when_full", ["drop-newest", "overwrite-oldest", "block"])
+@pytest.mark.parametrize("wal", [False, True])
+@pytest.mark.parametrize("sizes", [[1], [3], [2, 7, 1], [20]])
+def test_put_many_is_put_of_each(tmp_path, kind, when_full, wal, sizes):
+    """Records put in lists end as when put one by one: accepted, dropped, released,
+    counted and written alike (a list larger than the room left, too)."""
+    outcomes = []
+    for how in ("one", "many"):
+        log = WriteAheadLog(tmp_path / how, fsync="never") if wal else None
+        buffer = Buffer(kind, capacity=5, when_full=when_full, block_timeout=0, wal=log,
+                        policy=FlushPolicy(count=4))
+        sink = MemorySink()
+        buffer.set_primary_sink(sink)
+        if wal:
+            buffer.recover()
+        records = [CountingRecord(i) for i in range(23)]
+        if how == "one":
+            accepted = sum(buffer.put(r) for r in records[:12])
+        else:
+            accepted = put_in_lists(buffer, records[:12], sizes)
+        buffer.flush()                      # room again: the rest fits in part
+        accepted += (sum(buffer.put(r) for r in records[12:]) if how == "one"
+                     else put_in_lists(buffer, records[12:], sizes))
+        buffer.flush()
+        stats = buffer.stats()
+        outcomes.append((accepted, [r.releases for r in records], sink.cnts,
+                         stats["dropped"], stats["records_accepted"], buffer.next_seq))
+        if log is not None:
+            log.close()
+    assert outcomes[1] == outcomes[0]
+    assert outcomes[0][3]                       # some records found the buffer full
+
+
+class CountingFlusher(Flusher):
+    """A flusher that only counts the producer's wake-ups (its thread never started)."""
+
+    def __init__(self, buffer):
+        super().__init__(buffer)
+        self.wakes = 0
+        buffer.attach_flusher(self)         # as start() does
+
+    def wake_due(self, reason):
+        self.wakes += 1
+
+
+def test_put_many_wakes_the_flusher_once_per_list():
+    buffer = Buffer("circular", capacity=16, policy=FlushPolicy(count=1))
+    flusher = CountingFlusher(buffer)
+    for r in [CountingRecord(i) for i in range(8)]:
+        buffer.put(r)
+    assert flusher.wakes == 8
+    buffer.put_many([CountingRecord(i) for i in range(8, 16)])
+    assert flusher.wakes == 9
+    assert buffer.put_many([]) == 0 and flusher.wakes == 9
+
+
+def test_put_many_with_a_wal_needs_recover_first(tmp_path):
+    buffer = Buffer("fifo", wal=WriteAheadLog(tmp_path / "w", fsync="never"))
+    with pytest.raises(RuntimeError, match="recover"):
+        buffer.put_many([CountingRecord(0)])

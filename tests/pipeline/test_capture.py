@@ -206,3 +206,41 @@ def test_a_heap_without_the_timestamp_item_moves_no_data_time():
     assert gate.admit(other) == (True, None) and other.capture_block is gate.block
     assert gate.state == "stop-pending" and gate.newest == 69
     assert gate.counters()["records_before_capture"] == 1 + 5
+
+
+def back_to_back(timeline: Timeline) -> CaptureGate:
+    """A gate with block a [2, 6) chunks, then b [6, 9) scheduled behind it."""
+    gate = CaptureGate(timeline, capturing=False)
+    gate.start(2 * CHUNK, "a")
+    gate.stop(6 * CHUNK)
+    gate.start(6 * CHUNK, "b")
+    gate.stop(9 * CHUNK)
+    return gate
+
+
+@given(st.permutations(range(12)), st.lists(st.integers(1, 12), min_size=1, max_size=12))
+def test_admit_many_decides_as_admit_one_after_the_other(order, sizes):
+    """Records in any order, cut into lists of any sizes: `admit_many` gives each record
+    the decision `admit` gives it (a later record of a list never makes an earlier one
+    see a stop as passed), and the gate ends in the same state."""
+    one, many = back_to_back(CHUNKS), back_to_back(CHUNKS)
+    records_one, records_many = [chunk(i) for i in order], [chunk(i) for i in order]
+    expected = [one.admit(record) for record in records_one]
+    got, i = [], 0
+    while i < len(records_many):
+        size = sizes[len(got) % len(sizes)]
+        got += many.admit_many(records_many[i:i + size])
+        i += size
+    names = [(ok, None if ended is None else ended.id) for ok, ended in got]
+    assert names == [(ok, None if ended is None else ended.id) for ok, ended in expected]
+    assert [r.capture_block and r.capture_block.id for r in records_many] == \
+        [r.capture_block and r.capture_block.id for r in records_one]
+    assert many.counters() == one.counters()
+    assert many.status() == one.status() and many.newest == one.newest
+
+
+def test_observe_many_notes_every_span():
+    gate = CaptureGate(CHUNKS, capturing=False)
+    spans = gate.observe_many([chunk(i) for i in (3, 7, 5)])
+    assert spans == [(i * CHUNK, (i + 1) * CHUNK) for i in (3, 7, 5)]
+    assert (gate.newest, gate.newest_end) == (7 * CHUNK, 8 * CHUNK)

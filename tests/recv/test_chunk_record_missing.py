@@ -1,4 +1,4 @@
-"""`Receiver.chunk_record` counts the heap slots missing per substream (both of its paths).
+"""`Receiver.chunk_record(s)` count the heap slots missing per substream (both of their paths).
 
 A real receiver built from a configuration is fed W1 heaps with some left
 out; the counts must equal what the chunks' ``present`` flags say, for one
@@ -32,8 +32,9 @@ pool = 8
 """
 
 
+@pytest.mark.parametrize("batch", [False, True])
 @pytest.mark.parametrize("substreams", [1, 2])
-def test_missing_slots_per_substream(substreams):
+def test_missing_slots_per_substream(substreams, batch):
     receiver = build_receiver(parse(config_text(substreams), host=False).streams[0])
     receiver.open()
     try:
@@ -48,7 +49,17 @@ def test_missing_slots_per_substream(substreams):
             pass
         stream.finish()
         expected = np.zeros(substreams, np.int64)
-        while (chunk := receiver.group.get(1.0)) is not None:
+        if batch:                       # every chunk in one batch (chunk_records)
+            chunks = receiver.group.get_batch(0, 1.0)
+            assert len(chunks) == 4
+            for chunk in chunks:
+                expected += (np.asarray(chunk.present) == 0).reshape(HPC, substreams).sum(axis=0)
+            records = receiver.chunk_records(chunks)
+            assert [r.chunk_id for r in records] == [c.chunk_id for c in chunks]
+            for record in records:
+                record.release()
+            assert receiver.group.get_batch(0, 1.0) == []
+        while not batch and (chunk := receiver.group.get(1.0)) is not None:
             expected += (np.asarray(chunk.present) == 0).reshape(HPC, substreams).sum(axis=0)
             receiver.chunk_record(chunk).release()
         assert expected.sum() > 0
