@@ -79,6 +79,18 @@ Entry = tuple[int, Record]          # (sequence number, record)
 _entry_seq = operator.itemgetter(0)     # an entry's sequence number (bisect key)
 
 
+def _slice_size(left: int, flush_slice: int) -> int:
+    """Return how many records the next slice of a flush takes.
+
+    That is `flush_slice`, or all that is `left` when what would remain is
+    less than half a slice (it joins this one): a slice may hold up to 1.5
+    times `flush_slice`.  Each slice costs its sinks a write call (and the flusher the system
+    calls that give the GIL up and wait for it back): a flush of 31 records
+    in slices of 30 is one write of 31, not 30 and then 1.
+    """
+    return left if left < flush_slice + (flush_slice + 1) // 2 else flush_slice
+
+
 class _Queue:
     """Entries in a deque that grows as needed (`fifo`; the bound is the buffer's)."""
 
@@ -641,7 +653,7 @@ class Buffer:
         try:
             first = True
             while first or left:
-                take = left if self.flush_slice is None else min(left, self.flush_slice)
+                take = left if self.flush_slice is None else _slice_size(left, self.flush_slice)
                 released += self._flush_slice(take, due, failed, sync_wal=first)
                 left -= take
                 first = False

@@ -24,7 +24,15 @@ write's share of the flusher's time (1.0: the flusher spends its time in the
 kernel's write).  The records' release gives nothing back (numpy arrays, not
 pool chunks): the compiled pool's release is not in the figure.  CPU seconds
 (``process_time``) are printed beside the times: a loaded machine disturbs them
-less.  ``--profile`` prints a cProfile of one flusher run instead.
+less.  ``--profile`` prints a cProfile of one flusher run instead; ``--once``
+makes one untimed run, for ``valgrind --tool=callgrind``: the instructions
+per record are the difference of two record counts, e.g.::
+
+    valgrind --tool=callgrind --callgrind-out-file=cg.N python \
+        tests/benchmarks/flusher_cost.py W2 --once --records N
+
+for N = 1000 and 4000: (total(4000) - total(1000)) / 3000.  They count the
+puts too (the receive side's), and no kernel instruction (the write's copy).
 """
 
 from __future__ import annotations
@@ -154,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", default="/dev/shm", help="tmpfs for the files")
     parser.add_argument("--profile", action="store_true",
                         help="print a cProfile of one flusher run (first workload)")
+    parser.add_argument("--once", action="store_true",
+                        help="one untimed flusher run (first workload), e.g. under callgrind")
     args = parser.parse_args(argv)
     names = args.workloads or ["W2"]
     for name in names:
@@ -161,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"unknown workload {name!r} (expected W1 or W2)")
     work = Path(tempfile.mkdtemp(prefix="daqd-flusher-cost-", dir=args.dir))
     try:
+        if args.once:
+            run_flusher(work, names[0], make_records(*LAYOUTS[names[0]], args.records))
+            return
         if args.profile:
             records = make_records(*LAYOUTS[names[0]], args.records)
             profile = cProfile.Profile()
