@@ -84,9 +84,9 @@ def _slice_size(left: int, flush_slice: int) -> int:
 
     That is `flush_slice`, or all that is `left` when what would remain is
     less than half a slice (it joins this one): a slice may hold up to 1.5
-    times `flush_slice`.  Each slice costs its sinks a write call (and the flusher the system
-    calls that give the GIL up and wait for it back): a flush of 31 records
-    in slices of 30 is one write of 31, not 30 and then 1.
+    times `flush_slice`.  Each slice costs its sinks a write call (and the
+    flusher the system calls that give the GIL up and wait for it back): a
+    flush of 31 records in slices of 30 is one write of 31, not 30 and then 1.
     """
     return left if left < flush_slice + (flush_slice + 1) // 2 else flush_slice
 
@@ -315,8 +315,9 @@ class Buffer:
         Seconds between the summaries of an error that repeats (a WAL or sink
         on a full disk): logged once, then summarised (`RepeatedErrors`).
     flush_slice : int, optional
-        Most records a flush writes before it releases them and goes on
-        with the next ones (default: all at once); see `flush_now`.
+        Records a flush writes before it releases them and goes on with the
+        next ones (default: all at once; a last slice under half a slice
+        joins the one before); see `flush_now`.
     """
 
     def __init__(self, kind: str = "circular", capacity: int = 64, when_full: str = "block",
@@ -633,7 +634,7 @@ class Buffer:
 
         `due`: the policy asked for it; a failing sink is then retried only
         every `FAILING_SINK_RETRY` seconds.  The records waiting when it
-        starts are written in slices of at most `flush_slice` (if set), each
+        starts are written in slices of `flush_slice` (if set; `_slice_size`), each
         released once every sink has written it: a flush that took every
         chunk record at once would leave the receive side no pool chunk
         while it writes them all.  Records put meanwhile wait for the next.
