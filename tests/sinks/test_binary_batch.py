@@ -150,7 +150,8 @@ FAILING_SINK = textwrap.dedent("""
     import json, os, resource, signal, sys
     import numpy as np
     from daqd.config import ChunkConfig, SinkConfig
-        from daqd.pipeline.records import ChunkRecord
+    from daqd.pipeline.buffers import Buffer
+    from daqd.pipeline.records import ChunkRecord
     from daqd.sinks import SinkContext, make_sink
 
     directory, record_bytes = sys.argv[1], int(sys.argv[2])
