@@ -34,6 +34,7 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import operator
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -75,6 +76,19 @@ SINK_LOSS_REASONS = ("backlog_overflow", "overwrite_oldest", "cleared", "unwritt
 RecoverSink = Callable[[Any, dict[str, Any]], Any]
 
 Entry = tuple[int, Record]          # (sequence number, record)
+_entry_seq = operator.itemgetter(0)     # an entry's sequence number (bisect key)
+
+
+def _slice_size(left: int, flush_slice: int) -> int:
+    """Return how many records the next slice of a flush takes.
+
+    That is `flush_slice`, or all that is `left` when what would remain is
+    less than half a slice (it joins this one): a slice may hold up to 1.5
+    times `flush_slice`.  Each slice costs its sinks a write call (and the
+    flusher the system calls that give the GIL up and wait for it back): a
+    flush of 31 records in slices of 30 is one write of 31, not 30 and then 1.
+    """
+    return left if left < flush_slice + (flush_slice + 1) // 2 else flush_slice
 
 
 class _Queue:
@@ -100,6 +114,31 @@ class _Queue:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    # The flush side, a slice at a time (a Python call per slice, not per entry).
+
+    def snapshot(self) -> list[Entry]:
+        """Return the entries, oldest first."""
+        return list(self._entries)
+
+    def take(self, n: int) -> list[Entry]:
+        """Remove and return the `n` oldest entries."""
+        pop = self._entries.popleft
+        return [pop() for _ in range(n)]
+
+    def extend(self, entries: list[Entry]) -> None:
+        """Append `entries` in order."""
+        self._entries.extend(entries)
+
+    def take_below(self, seq: int) -> list[Entry]:
+        """Remove and return the oldest entries whose sequence number is below `seq`."""
+        entries = self._entries
+        n = 0
+        for entry in entries:
+            if entry[0] >= seq:
+                break
+            n += 1
+        return self.take(n)
 
 
 class _Ring:
@@ -146,6 +185,49 @@ class _Ring:
     def clear(self) -> None:
         self._slots = [None] * len(self._slots)
         self._head = self._count = 0
+
+    # The flush side, a slice at a time (a Python call per slice, not per entry).
+
+    def _first(self, n: int) -> list[Entry]:
+        """Return the `n` oldest entries (two slices of the slots at most)."""
+        slots, head = self._slots, self._head
+        end = head + n
+        taken = slots[head:end] if end <= len(slots) else slots[head:] + slots[:end - len(slots)]
+        return taken  # type: ignore[return-value]     # (the first `count` slots are set)
+
+    def snapshot(self) -> list[Entry]:
+        """Return the entries, oldest first."""
+        return self._first(self._count)
+
+    def take(self, n: int) -> list[Entry]:
+        """Remove and return the `n` oldest entries."""
+        if not 0 <= n <= self._count:
+            raise IndexError(f"take {n} of {self._count} entries")
+        taken = self._first(n)
+        slots, head, size = self._slots, self._head, len(self._slots)
+        end = head + n
+        if end <= size:
+            slots[head:end] = [None] * n
+        else:
+            slots[head:] = [None] * (size - head)
+            slots[:end - size] = [None] * (end - size)
+        self._head = end % size
+        self._count -= n
+        return taken
+
+    def extend(self, entries: list[Entry]) -> None:
+        """Append `entries` in order."""
+        for entry in entries:
+            self.append(entry)
+
+    def take_below(self, seq: int) -> list[Entry]:
+        """Remove and return the oldest entries whose sequence number is below `seq`."""
+        n = 0
+        for entry in self._first(self._count):
+            if entry[0] >= seq:
+                break
+            n += 1
+        return self.take(n)
 
 
 @dataclass
@@ -233,8 +315,9 @@ class Buffer:
         Seconds between the summaries of an error that repeats (a WAL or sink
         on a full disk): logged once, then summarised (`RepeatedErrors`).
     flush_slice : int, optional
-        Most records a flush writes before it releases them and goes on
-        with the next ones (default: all at once); see `flush_now`.
+        Records a flush writes before it releases them and goes on with the
+        next ones (default: all at once; a last slice under half a slice
+        joins the one before); see `flush_now`.
     """
 
     def __init__(self, kind: str = "circular", capacity: int = 64, when_full: str = "block",
@@ -586,7 +669,7 @@ class Buffer:
 
         `due`: the policy asked for it; a failing sink is then retried only
         every `FAILING_SINK_RETRY` seconds.  The records waiting when it
-        starts are written in slices of at most `flush_slice` (if set), each
+        starts are written in slices of `flush_slice` (if set; `_slice_size`), each
         released once every sink has written it: a flush that took every
         chunk record at once would leave the receive side no pool chunk
         while it writes them all.  Records put meanwhile wait for the next.
@@ -606,7 +689,7 @@ class Buffer:
         try:
             first = True
             while first or left:
-                take = left if self.flush_slice is None else min(left, self.flush_slice)
+                take = left if self.flush_slice is None else _slice_size(left, self.flush_slice)
                 released += self._flush_slice(take, due, failed, sync_wal=first)
                 left -= take
                 first = False
@@ -630,9 +713,8 @@ class Buffer:
         `failed` (ids) and not tried again in the same flush.
         """
         with self._lock:
-            for _ in range(min(take, len(self._waiting))):
-                self._held.append(self._waiting.popleft())
-            entries = list(self._held)
+            self._held.extend(self._waiting.take(min(take, len(self._waiting))))
+            entries = self._held.snapshot()
             sinks = list(self._sinks)
         # While `_flushing` is set the producer only takes the oldest held
         # records of sinks that fell behind (backlog overflow; released after
@@ -642,17 +724,19 @@ class Buffer:
         try:
             if self.wal is not None and sync_wal:
                 self._sync_wal()
-            seqs = [seq for seq, _ in entries]
+            # Each record's size once per slice: a sink's batch is a tail of `entries`.
+            sizes = [record.nbytes for _, record in entries]
             now = time.monotonic()
             for state in sinks:
                 if id(state) in failed or (due and state.failing and now < state.retry_at):
                     continue            # falls behind; its backlog overflows if need be
                 with self._lock:
-                    batch = entries[bisect.bisect_left(seqs, state.cursor):]
+                    first = bisect.bisect_left(entries, state.cursor, key=_entry_seq)
+                    batch = entries[first:]
                     if batch:
                         state.writing_end = batch[-1][0] + 1
                 if batch:
-                    written = self._write(state, batch)
+                    written = self._write(state, batch, sum(sizes[first:]))
                     if not written:
                         failed.add(id(state))
                     with self._lock:
@@ -665,9 +749,8 @@ class Buffer:
                     self._settle_write_locked(state, False)     # a write that raised
                 deferred, self._deferred = self._deferred, []
                 released, self._written_early = self._written_early, []
-                low = min((s.cursor for s in self._sinks), default=None)
-                while low is not None and len(self._held) and self._held.first_seq() < low:
-                    released.append(self._held.popleft())
+                if self._sinks:
+                    released += self._held.take_below(min(s.cursor for s in self._sinks))
                 self._flushed += len(released)
                 self._bytes_flushed += sum(r.nbytes for _, r in released)
                 self._changed.notify_all()      # room made (a put may wait for it)
@@ -712,7 +795,11 @@ class Buffer:
                 self._flushing = False
                 self._changed.notify_all()
 
-    def _write(self, state: _SinkState, batch: list[Entry]) -> bool:
+    def _write(self, state: _SinkState, batch: list[Entry], nbytes: int | None = None) -> bool:
+        """Write `batch` to one sink; whether it was written (a failure is counted).
+
+        `nbytes`: the records' payload bytes, when the caller has them.
+        """
         records = [record for _, record in batch]
         start = time.perf_counter()
         try:
@@ -743,7 +830,7 @@ class Buffer:
             state.failing = False
             state.failed_flushes = 0
         state.written += len(records)
-        state.bytes += sum(r.nbytes for r in records)
+        state.bytes += sum(r.nbytes for r in records) if nbytes is None else nbytes
         state.unsynced = True
         return True
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import errno
 import glob
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 FSYNC_POLICIES = ("never", "on-rotate", "every-flush")
 
 
-@dataclass
+@dataclass(slots=True)
 class Piece:
     """One record ready to write: its size in the file and its format's payload."""
 
@@ -494,20 +494,25 @@ class FileSink:
     # Writing
 
     def _encode_all(self, records: Iterable[Any]) -> list[Piece]:
+        # Once per record: the lookups are hoisted out of the loop (a flush of
+        # chunk records spends its Python here, not in the kernel's write).
         pieces = []
+        accepts = self.accepts
+        encode = self._encode
+        timeline = self.context.timeline
+        timed, span = timeline.timed, timeline.span
         for record in records:
-            if not isinstance(record, self.accepts):
+            if not isinstance(record, accepts):
                 continue
             try:
-                piece = self._encode(record)
+                piece = encode(record)
             except ValueError as exc:
                 # A record this format cannot hold (e.g. a text template field it
                 # lacks): retrying would fail forever, so it is counted, not raised.
                 self._counts.lost_records += 1
                 self._note_error(exc)
                 continue
-            timeline = self.context.timeline
-            piece.span = timeline.span(record) if timeline.timed(record) else None
+            piece.span = span(record) if timed(record) else None
             pieces.append(piece)
         return pieces
 
@@ -518,23 +523,11 @@ class FileSink:
         created: list[SinkFile] = []
         finished: list[SinkFile] = []
         try:
-            segment: list[Piece] = []
-            segment_bytes = 0
-            for piece in pieces:
-                f = self._file
-                if f is None or self._rotates_before(f, piece, segment, segment_bytes):
-                    if f is not None:
-                        self._append_segment(f, segment)
-                        self._seal(f)
-                        finished.append(f)
-                    segment, segment_bytes = [], 0
-                    f = self._start_file(piece, now)
-                    created.append(f)
-                segment.append(piece)
-                segment_bytes += piece.size
-            current = self._file
-            assert current is not None
-            self._append_segment(current, segment)
+            for f, segment, ends in self._segments(pieces, now, created):
+                self._append_segment(f, segment)
+                if ends:
+                    self._seal(f)
+                    finished.append(f)
             if self.config.fsync == "every-flush":
                 for f in [start, *created] if start is not None else created:
                     if f.dirty:
@@ -551,22 +544,46 @@ class FileSink:
         self._counts.bytes += sum(p.size for p in pieces)
         self._written(pieces)
 
+    def _segments(self, pieces: list[Piece], now: float, created: list[SinkFile]
+                  ) -> Iterator[tuple[SinkFile, list[Piece], bool]]:
+        """Cut `pieces` where a file ends: ``(file, its pieces, whether the file ends)``.
+
+        A piece starts a new file when it would pass ``rotate_bytes``, when its
+        capture block is not the file's, or when the format says it cannot follow
+        the file's last record (`_starts_new_file_after`: HDF5's chunk id going
+        back); a file with no record yet takes any piece (a record too big for
+        ``rotate_bytes`` still gets a file).  Each new file is started (and
+        added to `created`) when the consumer asks for its segment, after the
+        previous one is written.  The last segment's file stays current.
+        """
+        rotate_bytes = self.config.rotate_bytes
+        keyed = type(self)._starts_new_file_after is not FileSink._starts_new_file_after
+        f = self._file
+        segment: list[Piece] = []
+        if f is not None:
+            count, size, block, last = f.records, f.bytes, f.block, f.last_key
+        for piece in pieces:
+            piece_block = getattr(piece.record, "capture_block", None)
+            if f is None or count and (
+                    rotate_bytes and size + piece.size > rotate_bytes
+                    or piece_block is not block
+                    or keyed and last is not None and self._starts_new_file_after(last, piece)):
+                if f is not None:
+                    yield f, segment, True
+                segment = []
+                f = self._start_file(piece, now)
+                created.append(f)
+                count, size, block, last = f.records, f.bytes, f.block, f.last_key
+            segment.append(piece)
+            count += 1
+            size += piece.size
+            block = piece_block
+            last = piece.key
+        if f is not None:
+            yield f, segment, False
+
     def _written(self, pieces: list[Piece]) -> None:
         """Count what a format counts once `pieces` are written for good."""
-
-    def _rotates_before(self, f: SinkFile, piece: Piece, segment: list[Piece],
-                        segment_bytes: int) -> bool:
-        """Whether `piece` must start a new file after `f` plus the unwritten `segment`."""
-        if f.records + len(segment) == 0:
-            return False                # a record too big for rotate_bytes still gets a file
-        size = f.bytes + segment_bytes + piece.size
-        if self.config.rotate_bytes and size > self.config.rotate_bytes:
-            return True
-        block = getattr(segment[-1].record, "capture_block", None) if segment else f.block
-        if getattr(piece.record, "capture_block", None) is not block:
-            return True                 # one capture block (or none) per file
-        last = segment[-1].key if segment else f.last_key
-        return last is not None and self._starts_new_file_after(last, piece)
 
     def _starts_new_file_after(self, last_key: int, piece: Piece) -> bool:
         """Whether `piece` cannot follow a record with `last_key` in one file (HDF5)."""
@@ -577,13 +594,20 @@ class FileSink:
             return
         f.dirty = True
         self._append(f, segment)
-        f.bytes += sum(p.size for p in segment)
+        nbytes = 0
+        lo = hi = None
+        for p in segment:
+            nbytes += p.size
+            span = p.span
+            if span is not None:
+                if lo is None or span[0] < lo:
+                    lo = span[0]
+                if hi is None or span[1] > hi:
+                    hi = span[1]
+        f.bytes += nbytes
         f.records += len(segment)
         f.last_key = segment[-1].key
-        spans = [p.span for p in segment if p.span is not None]
-        if spans:
-            lo = min(s[0] for s in spans)
-            hi = max(s[1] for s in spans)
+        if lo is not None and hi is not None:
             if f.written is not None:
                 lo, hi = min(lo, f.written[0]), max(hi, f.written[1])
             f.written = (lo, hi)
@@ -807,7 +831,7 @@ class ByteSink(FileSink):
 
     def _append(self, f: SinkFile, pieces: Sequence[Piece]) -> None:
         buffers = [b for p in pieces for b in p.payload]
-        write_all(f.handle, buffers, f.bytes)
+        write_all(f.handle, buffers, f.bytes, sum(p.size for p in pieces))
 
     def _cut_back(self, f: SinkFile, mark: _Mark) -> None:
         os.ftruncate(f.handle, mark.bytes)
@@ -843,15 +867,50 @@ class ByteSink(FileSink):
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 1024
 
 
-def write_all(fd: int, buffers: list[Any], offset: int) -> int:
+def write_all(fd: int, buffers: list[Any], offset: int, nbytes: int | None = None) -> int:
     """Write `buffers` at `offset` with as few system calls as possible.
 
-    Returns the bytes written; raises OSError (part may have been written).
+    Parameters
+    ----------
+    fd : int
+        The open file.
+    buffers : list
+        Contiguous bytes-like objects, written in order.
+    offset : int
+        Where the first byte goes.
+    nbytes : int, optional
+        Their total size, when the caller knows it: then a batch of at most
+        IOV_MAX buffers that the kernel writes whole takes one ``pwritev`` and
+        nothing else (no view of each buffer); a short write goes on from
+        where it stopped.
+
+    Returns
+    -------
+    int
+        The bytes written.
+
+    Raises
+    ------
+    OSError
+        Part may have been written (the caller cuts the file back).
     """
+    if nbytes is not None and len(buffers) <= _IOV_MAX:
+        done = os.pwritev(fd, buffers, offset) if nbytes else 0
+        if done == nbytes:
+            return done
+        if done <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+    else:
+        done = 0
     views = [memoryview(b).cast("B") for b in buffers]
     views = [v for v in views if v.nbytes]
-    done = 0
     i = 0
+    n = done
+    while i < len(views) and n >= views[i].nbytes:     # what a short first write wrote
+        n -= views[i].nbytes
+        i += 1
+    if n:
+        views[i] = views[i][n:]
     while i < len(views):
         n = os.pwritev(fd, views[i:i + _IOV_MAX], offset + done)
         if n <= 0:

@@ -453,6 +453,22 @@ def test_a_flush_writes_in_slices_and_releases_each_before_the_next():
     assert buffer.flush() == 1 and sink.cnts[-1] == 100
 
 
+@pytest.mark.parametrize(("waiting", "batches"), [
+    (4, [4]),                   # 3 + 1: the 1 would be a write of its own; it joins
+    (5, [3, 2]),                # 2 is not less than half a slice of 3
+    (7, [3, 4]),
+    (3, [3]),
+])
+def test_a_last_slice_under_half_a_slice_joins_the_one_before(waiting, batches):
+    sink = MemorySink("slices")
+    buffer = Buffer("fifo", capacity=16, flush_slice=3)
+    buffer.set_primary_sink(sink)
+    records, _ = fill(buffer, waiting)
+    assert buffer.flush() == waiting
+    assert [len(batch) for batch in sink.batches] == batches
+    assert sink.cnts == list(range(waiting)) and [r.releases for r in records] == [1] * waiting
+
+
 def test_a_sink_that_fails_in_one_slice_is_not_tried_again_in_that_flush():
     good, bad = MemorySink("good"), MemorySink("bad")
     bad.fail = True
@@ -567,3 +583,33 @@ def test_put_many_with_a_wal_needs_recover_first(tmp_path):
     buffer = Buffer("fifo", wal=WriteAheadLog(tmp_path / "w", fsync="never"))
     with pytest.raises(RuntimeError, match="recover"):
         buffer.put_many([CountingRecord(0)])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_storage_slices_match_entry_by_entry(kind):
+    """`take`, `take_below`, `snapshot` and `extend` (a slice at a time) against a list,
+    across the ring's wrap-around."""
+    from daqd.pipeline.buffers import _Queue, _Ring
+
+    store = (_Ring if kind == "circular" else _Queue)(5)
+    model: list = []
+    seq = 0
+    for step in range(40):
+        while len(model) < 5 and (step % 3 or len(model) < 2):
+            store.append((seq, None))
+            model.append((seq, None))
+            seq += 1
+        assert store.snapshot() == model == list(store)
+        n = step % (len(model) + 1)
+        assert store.take(n) == model[:n]
+        del model[:n]
+        if model:
+            below = model[0][0] + step % 3
+            kept = [e for e in model if e[0] >= below]
+            assert store.take_below(below) == model[:len(model) - len(kept)]
+            model = kept
+        other = (_Ring if kind == "circular" else _Queue)(5)
+        other.extend(model)
+        assert other.snapshot() == model and len(other) == len(model)
+    with pytest.raises(IndexError):
+        store.take(len(model) + 1)

@@ -354,7 +354,7 @@ def test_io_error_with_a_failed_cut_back_is_repaired_by_the_next_write(tmp_path,
     real_pwritev = os.pwritev
 
     def half_then_eio(fd, buffers, offset):
-        real_pwritev(fd, [memoryview(buffers[0])[:1000]], offset)
+        real_pwritev(fd, [memoryview(buffers[0]).cast("B")[:1000]], offset)
         raise OSError(errno.EIO, "Input/output error")
 
     def ftruncate_eio(fd, length):
