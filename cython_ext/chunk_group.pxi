@@ -304,9 +304,10 @@ cdef class ChunkGroup:
         ready, or CONSUMER_LINGER (1 ms) after it started waiting, or at once
         when fewer chunks than this are free: one wake-up per batch rather than
         per chunk, for a chunk up to 1 ms later (default: CONSUMER_BATCH, at
-        most half the chunks of the pool beyond max_chunks; lossy eviction: 1;
-        1: every chunk at once).  A consumer that found no chunk in its last wait is woken by
-        the first.
+        most half the chunks of the pool beyond max_chunks; 1: every chunk at
+        once).  A consumer that found no chunk in its last wait is woken by the
+        first; a lingering one also as soon as a stream leaves fewer than this
+        free (so that no stream waits, or drops, for a chunk it holds back).
     spin
         Seconds a stream that has to wait on the other streams (a lossless
         eviction) spins, yielding its CPU between checks, before it sleeps on
@@ -486,10 +487,10 @@ cdef class ChunkGroup:
         self.wait_timeout = wait_timeout
         self.spin = spin
         if consumer_batch is None:
-            # Lossy groups: 1 (measured: two unpaced streams from memory then lost
-            # 35-43 % of W1's heaps as too old, none with a wake-up per chunk).
-            consumer_batch = 1 if eviction == "lossy" else min(
-                CONSUMER_BATCH, max(1, (int(pool) - int(max_chunks)) // 2))
+            # Lossy groups too: what two unpaced streams from memory lose (as too
+            # old) is the same with a wake-up per chunk (README, "The chunk group:
+            # lossy batches, boundaries per source").
+            consumer_batch = min(CONSUMER_BATCH, max(1, (int(pool) - int(max_chunks)) // 2))
         if not 1 <= consumer_batch <= pool:
             raise ValueError(f"consumer_batch must be between 1 and pool ({pool}), "
                              f"not {consumer_batch}")
@@ -925,6 +926,10 @@ cdef class ChunkGroup:
                     timed_out = True
                 continue
             c = self.take_free(self.tail_chunk)
+            if self.consumer_lingering and self.free_count < self.consumer_batch:
+                # The free ring runs low: the consumer takes what is ready now,
+                # before a stream has to wait (or drop) for a chunk it holds back.
+                pthread_cond_signal(&self.data_cond)
             self.window[self.tail_pos] = c
             self.tail_chunk += 1
             self.tail_pos += 1
@@ -1018,8 +1023,8 @@ cdef class ChunkGroup:
         A consumer that took a chunk last time lingers first: it waits up to
         CONSUMER_LINGER (and not past `until`) for consumer_batch chunks, and
         the streams signal it only when there are that many, or fewer free
-        chunks than that (close_chunk), or when one of them finds the free ring
-        empty (extend), so that at high rates it is woken once per batch and
+        chunks than that (close_chunk, or a stream taking a free chunk in
+        extend), so that at high rates it is woken once per batch and
         the streams never wait (or drop) for a chunk it holds back.  If none came, it waits for the
         first, and the streams signal it with each chunk.
         """
