@@ -201,6 +201,10 @@ cdef struct StreamWindow:
     # every stream of the group is at a boundary or finished, the group
     # completes its open chunks and starts afresh (ChunkGroup.boundary_reached).
     bint at_boundary
+    # Streams with the same key (>= 0; -1: none) are one source's (its receive
+    # threads' sockets): for capture boundaries one stream, so a stop heap on
+    # any of them is the source's boundary (ChunkGroup.boundary_reached).
+    Py_ssize_t boundary_key
     uint64_t epoch              # the group's `boundaries` when the window was last reset
     size_t slot                 # index in the group's stream_heads and windows
     # The stream's waits on the group (worker_blocked, worker_blocked_ns), kept
@@ -946,7 +950,8 @@ cdef class ChunkGroup:
 
     cdef bint boundary_reached(self, uint64_t *stats) noexcept nogil:
         """Close the capture if every stream is at a capture boundary or finished
-        (one at least at a boundary): every open chunk is completed, the window
+        (one at least at a boundary; the streams of one source, `boundary_key`,
+        count as one, at a boundary once any of them is): every open chunk is completed, the window
         un-anchored (the next heap, whatever its chunk id, starts a new one),
         and each stream starts afresh, as a new one (its head 0, so a lossless
         eviction waits for its first heap; its window reset by its next heap,
@@ -961,14 +966,23 @@ cdef class ChunkGroup:
             w = self.windows[i]
             if w.finished:
                 continue
-            if not w.at_boundary:
+            if w.at_boundary:
+                any_boundary = True
+            elif not self.source_at_boundary(w.boundary_key):
                 return False
-            any_boundary = True
         if not any_boundary:
             return False
-        # Every stream's window is empty: each evicted chunk goes to the data ring.
+        # Every evicted chunk goes to the data ring once nobody writes to it: the
+        # streams at a boundary hold none; another stream of a source at its
+        # boundary (a receive thread whose socket had no stop heap) lets go of
+        # its chunks here if parked, else at the end of its batch (and forgets
+        # its heaps' places: ChunkStream.sync_epoch).
         while self.head_chunk != self.tail_chunk:
             self.evict_head(stats)
+        for i in range(self.n_streams):
+            w = self.windows[i]
+            if w.parked and not w.finished and w.head < w.tail:
+                self.win_release_below(w, w.tail)
         self.close_ready(stats)
         self.anchored = False
         self.boundaries += 1
@@ -979,6 +993,18 @@ cdef class ChunkGroup:
                 self.stream_heads[i] = 0
         self.wake()
         return True
+
+    cdef bint source_at_boundary(self, Py_ssize_t key) noexcept nogil:
+        """Whether a stream of source `key` (>= 0) that has not finished is at a boundary."""
+        cdef size_t i
+        cdef StreamWindow *w
+        if key < 0:
+            return False
+        for i in range(self.n_streams):
+            w = self.windows[i]
+            if w.boundary_key == key and w.at_boundary and not w.finished:
+                return True
+        return False
 
     cdef void stream_ended(self, uint64_t *stats) noexcept nogil:
         """One stream has finished; after the last one every chunk is handed over."""
