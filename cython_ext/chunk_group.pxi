@@ -31,8 +31,9 @@
 #
 # A stop heap on a capture-boundary stream (stop_boundary) puts the stream "at
 # a boundary": it lets go of its chunks and holds no lossless eviction back.
-# Once every stream of the group is at a boundary or finished, the group
-# closes the capture: every open chunk is completed, the window un-anchored,
+# Once every stream of the group is at a boundary or finished (the streams of
+# one source, StreamWindow.boundary_key, count as one), the group closes the
+# capture: every open chunk is completed, the window un-anchored,
 # each stream starts afresh (boundary_reached).  Until then a stream at its
 # boundary writes to no chunk the group still has open (too old).
 #
