@@ -807,18 +807,12 @@ cdef class ChunkGroup:
         self.win_publish(w)
 
     cdef void fold_present(self, uint8_t *mine, size_t c) noexcept nogil:
-        """Set chunk `c`'s presence bytes that a stream's own (`mine`) set; zero those.
-
-        Only those bytes are stored: the group's first stream sets the chunk's
-        others meanwhile, without the lock (a read-modify-write of every byte,
-        ``present[i] |= mine[i]``, would undo such a store).
-        """
+        """Set chunk `c`'s presence bytes that a stream's own (`mine`) set; zero those."""
         cdef uint8_t *present = self.present_base + c * self.present_per_chunk
         cdef size_t i
         for i in range(self.present_per_chunk):
-            if mine[i]:
-                present[i] = mine[i]
-                mine[i] = 0
+            present[i] |= mine[i]
+        memset(mine, 0, self.present_per_chunk)
 
     cdef void win_acquire_to(self, StreamWindow *w, uint64_t chunk_id) noexcept nogil:
         """Extend a stream's window to `chunk_id` (head_chunk <= chunk_id < tail_chunk):
