@@ -207,12 +207,6 @@ cdef struct StreamWindow:
     # any of them is the source's boundary (ChunkGroup.boundary_reached).
     Py_ssize_t boundary_key
     uint64_t epoch              # the group's `boundaries` when the window was last reset
-    # The stream's own presence bytes (pool x present_per_chunk, by pool index),
-    # or NULL: it sets the chunks' own.  Every stream but a group's first has
-    # them, so that two streams filling one chunk never write one cache line
-    # per heap; they are folded into the chunk's (and zeroed) when the stream
-    # lets go of the chunk (win_release_below), before the chunk can complete.
-    uint8_t *present
     size_t slot                 # index in the group's stream_heads and windows
     # The stream's waits on the group (worker_blocked, worker_blocked_ns), kept
     # here rather than in its batch counters so that stats() sees a wait while
@@ -787,14 +781,11 @@ cdef class ChunkGroup:
             self.wake()
 
     cdef void win_release_below(self, StreamWindow *w, uint64_t chunk_id) noexcept nogil:
-        """Let go of a stream's chunks older than `chunk_id` (its presence bytes folded
-        into theirs)."""
+        """Let go of a stream's chunks older than `chunk_id`."""
         cdef Py_ssize_t c
         while w.head < w.tail and w.head < chunk_id:
             c = w.chunks[w.head_pos]
             if c >= 0:
-                if w.present != NULL:
-                    self.fold_present(w.present + <size_t>c * self.present_per_chunk, <size_t>c)
                 self.writers[c] -= 1
             w.chunks[w.head_pos] = -1
             w.head += 1
@@ -805,14 +796,6 @@ cdef class ChunkGroup:
             w.head = w.tail = chunk_id
             w.head_pos = 0
         self.win_publish(w)
-
-    cdef void fold_present(self, uint8_t *mine, size_t c) noexcept nogil:
-        """Set chunk `c`'s presence bytes that a stream's own (`mine`) set; zero those."""
-        cdef uint8_t *present = self.present_base + c * self.present_per_chunk
-        cdef size_t i
-        for i in range(self.present_per_chunk):
-            present[i] |= mine[i]
-        memset(mine, 0, self.present_per_chunk)
 
     cdef void win_acquire_to(self, StreamWindow *w, uint64_t chunk_id) noexcept nogil:
         """Extend a stream's window to `chunk_id` (head_chunk <= chunk_id < tail_chunk):

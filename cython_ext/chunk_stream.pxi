@@ -113,18 +113,11 @@ cdef class ChunkStream(WindowStream):
             raise MemoryError()
         for i in range(<size_t>DESCRIPTOR_HEAPS):
             self.desc_cnts[i] = -1
-        # Presence bytes of its own unless it is the group's first stream (StreamWindow).
-        self.win.present = <uint8_t *>calloc(group.pool * group.present_per_chunk, 1)
-        if self.win.present == NULL:
-            raise MemoryError()
         cdef bint ended
         with nogil:
             pthread_mutex_lock(&group.lock)
             ended = group.ended or group.n_streams == MAX_GROUP_STREAMS
             if not ended:
-                if group.n_streams == 0:
-                    free(self.win.present)
-                    self.win.present = NULL
                 group.active_streams += 1
                 self.win.slot = group.n_streams
                 group.stream_heads[self.win.slot] = 0
@@ -137,7 +130,6 @@ cdef class ChunkStream(WindowStream):
 
     def __dealloc__(self):
         free(self.win.chunks)
-        free(self.win.present)
         free(self.desc_buf)
 
     def __getattr__(self, name):
@@ -322,8 +314,7 @@ cdef class ChunkStream(WindowStream):
             return verdict
         h.chunk_id = chunk_id
         h.dest = self.group.data_base + <size_t>c * self.group.chunk_stride + heap_offset
-        h.present = (self.win.present if self.win.present != NULL else self.group.present_base) \
-            + <size_t>c * self.group.present_per_chunk + heap_index
+        h.present = self.group.present_base + <size_t>c * self.group.present_per_chunk + heap_index
         if self.group.n_extra:
             memcpy(self.group.extra_base
                    + (<size_t>c * self.group.n_slots + slot) * self.group.n_extra,

@@ -14,7 +14,7 @@ objects on the receive path.
 import os
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.stdlib cimport malloc, calloc, realloc, free, qsort, abort
+from libc.stdlib cimport malloc, realloc, free, qsort, abort
 from libc.string cimport memcpy, memset, memmove
 
 from packet cimport *
