@@ -31,8 +31,9 @@
 #
 # A stop heap on a capture-boundary stream (stop_boundary) puts the stream "at
 # a boundary": it lets go of its chunks and holds no lossless eviction back.
-# Once every stream of the group is at a boundary or finished, the group
-# closes the capture: every open chunk is completed, the window un-anchored,
+# Once every stream of the group is at a boundary or finished (the streams of
+# one source, StreamWindow.boundary_key, count as one), the group closes the
+# capture: every open chunk is completed, the window un-anchored,
 # each stream starts afresh (boundary_reached).  Until then a stream at its
 # boundary writes to no chunk the group still has open (too old).
 #
@@ -202,6 +203,10 @@ cdef struct StreamWindow:
     # every stream of the group is at a boundary or finished, the group
     # completes its open chunks and starts afresh (ChunkGroup.boundary_reached).
     bint at_boundary
+    # Streams with the same key (>= 0; -1: none) are one source's (its receive
+    # threads' sockets): for capture boundaries one stream, so a stop heap on
+    # any of them is the source's boundary (ChunkGroup.boundary_reached).
+    Py_ssize_t boundary_key
     uint64_t epoch              # the group's `boundaries` when the window was last reset
     size_t slot                 # index in the group's stream_heads and windows
     # The stream's waits on the group (worker_blocked, worker_blocked_ns), kept
@@ -305,9 +310,10 @@ cdef class ChunkGroup:
         ready, or CONSUMER_LINGER (1 ms) after it started waiting, or at once
         when fewer chunks than this are free: one wake-up per batch rather than
         per chunk, for a chunk up to 1 ms later (default: CONSUMER_BATCH, at
-        most half the chunks of the pool beyond max_chunks; lossy eviction: 1;
-        1: every chunk at once).  A consumer that found no chunk in its last wait is woken by
-        the first.
+        most half the chunks of the pool beyond max_chunks; 1: every chunk at
+        once).  A consumer that found no chunk in its last wait is woken by the
+        first; a lingering one also as soon as a stream leaves fewer than this
+        free (so that no stream waits, or drops, for a chunk it holds back).
     spin
         Seconds a stream that has to wait on the other streams (a lossless
         eviction) spins, yielding its CPU between checks, before it sleeps on
@@ -487,10 +493,10 @@ cdef class ChunkGroup:
         self.wait_timeout = wait_timeout
         self.spin = spin
         if consumer_batch is None:
-            # Lossy groups: 1 (measured: two unpaced streams from memory then lost
-            # 35-43 % of W1's heaps as too old, none with a wake-up per chunk).
-            consumer_batch = 1 if eviction == "lossy" else min(
-                CONSUMER_BATCH, max(1, (int(pool) - int(max_chunks)) // 2))
+            # Lossy groups too: what two unpaced streams from memory lose (as too
+            # old) is the same with a wake-up per chunk (README, "The chunk group:
+            # lossy batches, boundaries per source").
+            consumer_batch = min(CONSUMER_BATCH, max(1, (int(pool) - int(max_chunks)) // 2))
         if not 1 <= consumer_batch <= pool:
             raise ValueError(f"consumer_batch must be between 1 and pool ({pool}), "
                              f"not {consumer_batch}")
@@ -926,6 +932,10 @@ cdef class ChunkGroup:
                     timed_out = True
                 continue
             c = self.take_free(self.tail_chunk)
+            if self.consumer_lingering and self.free_count < self.consumer_batch:
+                # The free ring runs low: the consumer takes what is ready now,
+                # before a stream has to wait (or drop) for a chunk it holds back.
+                pthread_cond_signal(&self.data_cond)
             self.window[self.tail_pos] = c
             self.tail_chunk += 1
             self.tail_pos += 1
@@ -942,7 +952,8 @@ cdef class ChunkGroup:
 
     cdef bint boundary_reached(self, uint64_t *stats) noexcept nogil:
         """Close the capture if every stream is at a capture boundary or finished
-        (one at least at a boundary): every open chunk is completed, the window
+        (one at least at a boundary; the streams of one source, `boundary_key`,
+        count as one, at a boundary once any of them is): every open chunk is completed, the window
         un-anchored (the next heap, whatever its chunk id, starts a new one),
         and each stream starts afresh, as a new one (its head 0, so a lossless
         eviction waits for its first heap; its window reset by its next heap,
@@ -957,14 +968,23 @@ cdef class ChunkGroup:
             w = self.windows[i]
             if w.finished:
                 continue
-            if not w.at_boundary:
+            if w.at_boundary:
+                any_boundary = True
+            elif not self.source_at_boundary(w.boundary_key):
                 return False
-            any_boundary = True
         if not any_boundary:
             return False
-        # Every stream's window is empty: each evicted chunk goes to the data ring.
+        # Every evicted chunk goes to the data ring once nobody writes to it: the
+        # streams at a boundary hold none; another stream of a source at its
+        # boundary (a receive thread whose socket had no stop heap) lets go of
+        # its chunks here if parked, else at the end of its batch (and forgets
+        # its heaps' places: ChunkStream.sync_epoch).
         while self.head_chunk != self.tail_chunk:
             self.evict_head(stats)
+        for i in range(self.n_streams):
+            w = self.windows[i]
+            if w.parked and not w.finished and w.head < w.tail:
+                self.win_release_below(w, w.tail)
         self.close_ready(stats)
         self.anchored = False
         self.boundaries += 1
@@ -975,6 +995,18 @@ cdef class ChunkGroup:
                 self.stream_heads[i] = 0
         self.wake()
         return True
+
+    cdef bint source_at_boundary(self, Py_ssize_t key) noexcept nogil:
+        """Whether a stream of source `key` (>= 0) that has not finished is at a boundary."""
+        cdef size_t i
+        cdef StreamWindow *w
+        if key < 0:
+            return False
+        for i in range(self.n_streams):
+            w = self.windows[i]
+            if w.boundary_key == key and w.at_boundary and not w.finished:
+                return True
+        return False
 
     cdef void stream_ended(self, uint64_t *stats) noexcept nogil:
         """One stream has finished; after the last one every chunk is handed over."""
@@ -1060,8 +1092,8 @@ cdef class ChunkGroup:
         A consumer that took a chunk last time lingers first: it waits up to
         CONSUMER_LINGER (and not past `until`) for consumer_batch chunks, and
         the streams signal it only when there are that many, or fewer free
-        chunks than that (close_chunk), or when one of them finds the free ring
-        empty (extend), so that at high rates it is woken once per batch and
+        chunks than that (close_chunk, or a stream taking a free chunk in
+        extend), so that at high rates it is woken once per batch and
         the streams never wait (or drop) for a chunk it holds back.  If none came, it waits for the
         first, and the streams signal it with each chunk.
         """

@@ -16,6 +16,7 @@
 cdef enum:
     DESCRIPTOR_HEAPS = 4              # descriptor heaps whose later packets are recognised
     DESCRIPTOR_BUFFER = 65536         # bytes of their packets kept between two takes
+    LEFT_CHUNK = -2                   # a live heap's chunk_id: placed, its chunk gone since
 
 #: Bytes of descriptor-heap packets a chunk stream keeps between two takes.
 DESCRIPTOR_PACKET_BYTES = DESCRIPTOR_BUFFER
@@ -38,6 +39,12 @@ cdef class ChunkStream(WindowStream):
     explicit_start
         As for heap mode; at a capture boundary (stop_boundary) the stream's
         open chunks are completed too (`boundary_nogil`).
+    boundary_key
+        Streams of the group with the same key (an int >= 0) are one source's,
+        one for capture boundaries: a stop heap on any of them is the source's
+        boundary, the group closing the capture without one on the others
+        (their heaps already placed stay in their chunks).  None: the stream
+        alone (the default).
     max_live_heap_bytes
         Accepted and checked as for heap mode, without effect: a chunk
         stream's heaps reserve no memory of their own (their payload goes
@@ -76,7 +83,7 @@ cdef class ChunkStream(WindowStream):
                  bint stop_boundary=False, int64_t max_heap_size=DEFAULT_MAX_HEAP_SIZE,
                  int64_t max_live_heap_bytes=DEFAULT_MAX_LIVE_HEAP_BYTES, too_old_reset=None,
                  memcpy="auto", allow_unsized_heaps=False, size_t heap_windows=1,
-                 bint explicit_start=False, **group_kwargs):
+                 bint explicit_start=False, boundary_key=None, **group_kwargs):
         window_check(max_heaps, max_heap_size, max_live_heap_bytes, heap_windows)
         if group is None:
             group = ChunkGroup(**group_kwargs)
@@ -98,6 +105,9 @@ cdef class ChunkStream(WindowStream):
         for i in range(group.max_chunks):
             self.win.chunks[i] = -1
         self.win.parked = True          # outside a batch (it holds no chunk yet)
+        if boundary_key is not None and boundary_key < 0:
+            raise ValueError(f"boundary_key must be >= 0 (or None), not {boundary_key}")
+        self.win.boundary_key = -1 if boundary_key is None else boundary_key
         self.desc_buf = <uint8_t *>malloc(DESCRIPTOR_BUFFER)
         if self.desc_buf == NULL:
             raise MemoryError()
@@ -131,10 +141,13 @@ cdef class ChunkStream(WindowStream):
 
     cdef void sync_with_group(self, uint64_t *stats) noexcept nogil:
         """Let go of chunks the group has evicted (lossless: restarts, stops)."""
-        if self.group.head_hint <= self.win.head or self.win.head == self.win.tail:
+        if ((self.group.head_hint <= self.win.head or self.win.head == self.win.tail)
+                and self.win.epoch == self.group.boundaries):
             return
         pthread_mutex_lock(&self.group.lock)
-        self.group.win_release_below(&self.win, self.group.head_chunk)
+        self.sync_epoch(stats)
+        if self.win.head < self.win.tail:
+            self.group.win_release_below(&self.win, self.group.head_chunk)
         self.group.close_ready(stats)
         pthread_mutex_unlock(&self.group.lock)
 
@@ -144,24 +157,37 @@ cdef class ChunkStream(WindowStream):
         group lets go of them itself."""
         pthread_mutex_lock(&self.group.lock)
         self.win.parked = parked
+        self.sync_epoch(stats)
         if self.win.head < self.group.head_chunk and self.win.head < self.win.tail:
             self.group.win_release_below(&self.win, self.group.head_chunk)
             self.group.close_ready(stats)
         pthread_mutex_unlock(&self.group.lock)
 
-    cdef void sync_epoch(self) noexcept nogil:
+    cdef void sync_epoch(self, uint64_t *stats) noexcept nogil:
         """(Group lock held.)  After the group closed a capture (boundary_reached),
-        this stream's window, empty since its boundary, starts afresh at 0."""
+        this stream's window starts afresh at 0.
+
+        It is empty since the stream's boundary, or, for another stream of a
+        source at its boundary (`boundary_key`), holds chunks of the closed
+        capture: it lets go of them and its live heaps lose their places (their
+        later packets are discarded, the heaps counted as too old).
+        """
         if self.win.epoch != self.group.boundaries:
             self.win.epoch = self.group.boundaries
+            if self.win.head < self.win.tail:
+                self.group.win_release_below(&self.win, self.win.tail)
+                self.group.close_ready(stats)
+            self.forget_placements(LEFT_CHUNK)
             self.win.head = self.win.tail = 0
             self.win.head_pos = 0
+            self.group.win_publish(&self.win)      # a new stream's head (0)
 
-    cdef void forget_placements(self) noexcept nogil:
-        """Live heaps lose their slots (their chunks are about to leave for good)."""
+    cdef void forget_placements(self, int64_t mark=-1) noexcept nogil:
+        """Live heaps lose their slots (their chunks are about to leave for good);
+        `mark` LEFT_CHUNK: each is counted as too old when it leaves the window."""
         cdef size_t i
         for i in range(self.w.n_live):
-            self.w.live[i].chunk_id = -1
+            self.w.live[i].chunk_id = mark
 
     cdef StatIndex chunk_for(self, int64_t chunk_id, Py_ssize_t *out,
                              uint64_t *stats) noexcept nogil:
@@ -177,7 +203,7 @@ cdef class ChunkStream(WindowStream):
             out[0] = self.win.chunks[pos]
             return N_STATS if out[0] >= 0 else STAT_CHUNK_HEAPS_NO_FREE_CHUNK
         pthread_mutex_lock(&self.group.lock)
-        self.sync_epoch()
+        self.sync_epoch(stats)
         if self.win.at_boundary and self.group.anchored and cid < self.group.tail_chunk:
             # After its stop heap, before the group closed the capture (another
             # stream's stop heap has not come): a chunk still open for the
@@ -200,7 +226,7 @@ cdef class ChunkStream(WindowStream):
             self.group.win_publish(&self.win)
         self.too_old_run = 0
         self.group.extend(&self.win, cid, stats)
-        self.sync_epoch()                           # a capture closed while it waited
+        self.sync_epoch(stats)                           # a capture closed while it waited
         if cid < self.group.head_chunk or cid < self.win.head:
             verdict = STAT_CHUNK_HEAPS_TOO_OLD      # evicted while this stream waited
         else:
@@ -433,7 +459,7 @@ cdef class ChunkStream(WindowStream):
             if not self.group.packet_presence:
                 h.present[0] = 1
                 stats[<int>STAT_CHUNK_HEAPS_PRESENT] += 1
-        elif h.chunk_id >= 0:
+        elif h.chunk_id >= 0 or h.chunk_id == LEFT_CHUNK:
             # Placed, but its chunk left the window first (spead2 counts it so too).
             stats[<int>STAT_CHUNK_HEAPS_TOO_OLD] += 1
         elif h.empty:

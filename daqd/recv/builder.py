@@ -139,18 +139,20 @@ def memory_needs(section: StreamConfig) -> list[tuple[str, str, int]]:
              section.chunk.pool * chunk_bytes(section.chunk) + POOL_SLACK)]
 
 
-def build_stream(section: StreamConfig, group: Any = None) -> Any:
+def build_stream(section: StreamConfig, group: Any = None, source: int | None = None) -> Any:
     """Make one compiled stream of `section`: a `ChunkStream` of `group`, or a `HeapStream`.
 
     In the daemon a stop heap is a capture boundary (the stream flushes what it
     holds and goes on) unless ``exit_on_stop_heap`` says it ends the stream, as
     it does a library stream (spead2's behaviour).  A heap stream hands out
     incomplete heaps (they become records) only with ``contiguous_only = false``.
+    The chunk streams of one source (index `source`: its ``threads`` sockets)
+    are one for capture boundaries (the group's ``boundary_key``).
     """
     args = _arguments(section, STREAM_KEYS)
     args["stop_boundary"] = not section.exit_on_stop_heap
     if group is not None:
-        return group.add_stream(**args)
+        return group.add_stream(**args, boundary_key=source)
     return _spead.HeapStream(**args, **_arguments(section, HEAP_STREAM_KEYS))
 
 
@@ -241,7 +243,7 @@ class Receiver:
         warnings: list[str] = []
         threads, affinity = self.section.threads, self.section.affinity
         try:
-            for uri in self.section.sources:
+            for n, uri in enumerate(self.section.sources):
                 opened = open_sources(uri, threads, **_arguments(self.section, SOURCE_KEYS))
                 warnings.extend(opened[0].warnings)     # the same for each of its sockets
                 for k, source in enumerate(opened):
@@ -249,7 +251,7 @@ class Receiver:
                     source.thread = f"{uri}#{k}" if threads > 1 else uri
                     source.cpu = affinity[i % len(affinity)] if affinity else None
                     self.sources.append(source)
-                    self.streams.append(build_stream(self.section, self.group))
+                    self.streams.append(build_stream(self.section, self.group, n))
         except BaseException:
             self.close()
             raise

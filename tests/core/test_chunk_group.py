@@ -211,7 +211,7 @@ def test_consumer_batch_default_is_half_the_spare_chunks(max_chunks, pool, batch
     group = _spead.ChunkGroup(**LAYOUT, max_chunks=max_chunks, pool=pool)
     assert group.consumer_batch == batch
     lossy = _spead.ChunkGroup(**LAYOUT, max_chunks=max_chunks, pool=pool, eviction="lossy")
-    assert lossy.consumer_batch == 1                # a wake-up per chunk, as it was
+    assert lossy.consumer_batch == batch            # lossy groups batch too
 
 
 @pytest.mark.parametrize("batch", [1, 4])

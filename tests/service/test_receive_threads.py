@@ -7,8 +7,10 @@ so the test first finds two sender ports whose flows land on different
 sockets: each sends one datagram that is not SPEAD (counted by the receiving
 thread as ``packets_rejected``), read back from the per-thread counters of
 the status.  Then two spead2 senders, one per flow, each send one substream
-of known chunks, and the HDF5 file must hold every chunk complete, with the
-stream's counters the exact sums of its threads'.
+of known chunks, and one of them a stop heap: the HDF5 file must hold every
+chunk complete, with the stream's counters the exact sums of its threads'.
+A source's sockets are one for capture boundaries: one spead2 sender whose
+one flow reaches only one socket closes the capture with its stop heap.
 """
 
 from __future__ import annotations
@@ -114,8 +116,10 @@ def two_flows(endpoint: str, uri: str, port: int) -> tuple[list[socket.socket], 
     return [found[0], found[1]], probes
 
 
-def send_substream(sock: socket.socket, port: int, s: int) -> int:
-    """Send every heap of substream `s` of the CHUNKS chunks from `sock`, then a stop heap.
+def send_substream(sock: socket.socket, port: int, s: int | list[int], *, data: bool = True,
+                   end: bool = True) -> int:
+    """Send every heap of substream `s` (or of each of a list) of the CHUNKS chunks from
+    `sock` (unless not `data`), then a stop heap (if `end`).
 
     Returns the packets sent (one per heap: they fit one datagram).
     """
@@ -125,14 +129,31 @@ def send_substream(sock: socket.socket, port: int, s: int) -> int:
     ig.add_item(TIMESTAMP_ITEM, "timestamp", "", shape=(), format=[("u", 48)])
     ig.add_item(SUBSTREAM_ITEM, "substream", "", shape=(), format=[("u", 48)])
     ig.add_item(PAYLOAD_ITEM, "payload", "", shape=(HEAP_BYTES,), dtype=np.uint8)
+    subs = [s] if isinstance(s, int) else s
+    for c in range(CHUNKS if data else 0):
+        for h in range(HPC):
+            for sub in subs:
+                ig["timestamp"].value = (c * HPC + h) * STEP
+                ig["substream"].value = sub
+                ig["payload"].value = payload(c, h, sub)
+                stream.send_heap(ig.get_heap(descriptors="none", data="all"))
+    if end:
+        stream.send_heap(ig.get_end())
+    return (CHUNKS * HPC * len(subs) if data else 0) + end
+
+
+def check_file(tmp_path: Path) -> None:
+    """One HDF5 file holds the CHUNKS chunks, every heap present and its bytes right."""
+    files = sorted((tmp_path / "data").glob("*.h5"))
+    assert len(files) == 1
+    with h5py.File(files[0]) as f:
+        assert f["chunk_id"][:].tolist() == list(range(CHUNKS))
+        assert f["present"][:].all()
+        data = f["data"][:]
     for c in range(CHUNKS):
         for h in range(HPC):
-            ig["timestamp"].value = (c * HPC + h) * STEP
-            ig["substream"].value = s
-            ig["payload"].value = payload(c, h, s)
-            stream.send_heap(ig.get_heap(descriptors="none", data="all"))
-    stream.send_heap(ig.get_end())
-    return CHUNKS * HPC + 1
+            for s in range(2):
+                assert np.array_equal(data[c, h, s], payload(c, h, s)), (c, h, s)
 
 
 @pytest.mark.network
@@ -143,8 +164,13 @@ def test_two_threads_on_one_port_fill_every_chunk_and_count_exactly(tmp_path):
     try:
         endpoint = daemon.ready()["control"]
         senders, probes = two_flows(endpoint, uri, port)
-        sent = [send_substream(sock, port, s) for s, sock in enumerate(senders)]
-        # The stop heaps of both flows close the capture: every chunk completed.
+        sent = [send_substream(sock, port, s, end=False) for s, sock in enumerate(senders)]
+        wait_until(lambda: thread_packets(endpoint, uri) == [sent[i] + probes[i]
+                                                             for i in range(2)],
+                   timeout=30, what="every heap received")
+        # One stop heap, on the second socket, closes the source's capture (the
+        # source's sockets are one for capture boundaries): every chunk completed.
+        sent[1] += send_substream(senders[1], port, 1, data=False)
         wait_until(lambda: status(endpoint)["counters"]["chunks_completed"] >= CHUNKS,
                    timeout=30, what="every chunk completed")
         stream = status(endpoint)
@@ -154,7 +180,7 @@ def test_two_threads_on_one_port_fill_every_chunk_and_count_exactly(tmp_path):
         # Each socket received its flow and its probes, no more.
         assert [t["packets"] for t in per_thread] == [sent[i] + probes[i] for i in range(2)]
         assert [t["packets_rejected"] for t in per_thread] == probes
-        assert [t["stop_heaps"] for t in per_thread] == [1, 1]
+        assert [t["stop_heaps"] for t in per_thread] == [0, 1]
         # The source's and the stream's figures are the threads' sums.
         for name in ("packets", "bytes", "heaps", "batches", "packets_rejected"):
             assert source[name] == sum(t[name] for t in per_thread), name
@@ -167,16 +193,34 @@ def test_two_threads_on_one_port_fill_every_chunk_and_count_exactly(tmp_path):
             sock.close()
     finally:
         assert daemon.stop() == 0, "\n".join(daemon.lines[-20:])
-    files = sorted((tmp_path / "data").glob("*.h5"))
-    assert len(files) == 1
-    with h5py.File(files[0]) as f:
-        assert f["chunk_id"][:].tolist() == list(range(CHUNKS))
-        assert f["present"][:].all()
-        data = f["data"][:]
-    for c in range(CHUNKS):
-        for h in range(HPC):
-            for s in range(2):
-                assert np.array_equal(data[c, h, s], payload(c, h, s)), (c, h, s)
+    check_file(tmp_path)
+
+
+@pytest.mark.network
+def test_a_stop_heap_closes_the_capture_when_one_socket_has_every_flow(tmp_path):
+    """One sender port: the kernel gives the one flow to one socket, the other gets nothing
+    and never a stop heap; the source's capture still closes at the flow's stop heap."""
+    port = free_port()
+    uri = f"udp://127.0.0.1:{port}"
+    daemon = DaemonProcess(write_config(tmp_path, threads_toml(tmp_path, port, threads=2)))
+    try:
+        endpoint = daemon.ready()["control"]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sent = send_substream(sock, port, [0, 1])
+            wait_until(lambda: status(endpoint)["counters"]["chunks_completed"] >= CHUNKS,
+                       timeout=30, what="every chunk completed at the stop heap")
+        stream = status(endpoint)
+        per_thread = stream["sources"][uri]["threads"]
+        assert sorted(t["packets"] for t in per_thread) == [0, sent]
+        assert sorted(t["stop_heaps"] for t in per_thread) == [0, 1]
+        counters = stream["counters"]
+        assert counters["chunks_completed"] == CHUNKS
+        assert counters["chunk_heaps_present"] == 2 * CHUNKS * HPC
+        assert counters["chunk_heaps_too_old"] == 0
+    finally:
+        assert daemon.stop() == 0, "\n".join(daemon.lines[-20:])
+    check_file(tmp_path)
 
 
 @pytest.mark.network
