@@ -682,7 +682,9 @@ def run_udp(report: BenchReport, *, workloads: Sequence[str], receivers: Sequenc
         os.sched_setaffinity(0, before)
     trials = [t for u in report.udp for t in u.trials]
     report.sender = describe_sender(sender_gso, trials)
-    report.daqd_gro = describe_gro(daqd_gro, trials)
+    # daqd's own trials only: the raw receiver's socket has GRO off with --raw-gro off.
+    report.daqd_gro = describe_gro(daqd_gro, [t for u in report.udp if u.receiver == "daqd"
+                                              for t in u.trials])
 
 
 def merge_udp(report: BenchReport, found: BenchReport) -> None:
