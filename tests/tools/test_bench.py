@@ -148,22 +148,6 @@ def test_udp_on_the_machines_loopback_without_gro():
     assert "receiver on CPU" in proc.stdout or "one CPU" in proc.stdout
 
 
-@pytest.mark.network
-def test_udp_gro_described_from_daqds_trials():
-    """With ``--raw-gro off`` the raw receiver's socket has no GRO; daqd's still has."""
-    proc = daqd("bench", "--workload", "W2", "--mode", "udp", "--trial-seconds", "0.1",
-                "--steps", "0", "--cost-trials", "0", "--udp-runs", "1", "--raw-gro", "off",
-                "--json", "--quiet")
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
-    gro = {u["receiver"]: {t["receiver_gro"] for t in u["trials"]} for u in report["udp"]}
-    assert gro["raw-nogro"] == {False}
-    if gro["daqd"] == {True}:
-        assert report["daqd_gro"].startswith("with UDP GRO"), report["daqd_gro"]
-    else:
-        assert "refused" in report["daqd_gro"], report["daqd_gro"]
-
-
 RPS_CPUS = "/sys/class/net/lo/queues/rx-0/rps_cpus"
 
 

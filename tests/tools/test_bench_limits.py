@@ -24,6 +24,7 @@ from daqd import _spead
 from daqd.recv.workloads import WORKLOADS
 from daqd.tools.bench import memory
 from daqd.tools.bench.copy_limit import CopyLimit, CopyLimitError, PoolBlock, payload_copies
+from daqd.tools.bench.report import format_report, report_from_json
 
 TIMEOUT = 120
 UDP_SEGMENT = 103       # linux/udp.h
@@ -323,6 +324,29 @@ def test_raw_receiver_without_gro_beside_daqd_with_it():
     assert all(t["packets_counted"] is None for t in daqd_trials)
     assert set(report["ratios"]["udp_of_socket_limit_without_gro"]["W2"]) == {"daqd"}
     assert report["ratios"]["udp_of_socket_limit"] == {}
+    # daqd's GRO is described from its own trials, not the raw receiver's.
+    if all(t["receiver_gro"] for t in daqd_trials):
+        assert report["daqd_gro"].startswith("with UDP GRO"), report["daqd_gro"]
+    else:
+        assert "refused" in report["daqd_gro"], report["daqd_gro"]
+
+
+@pytest.mark.network
+def test_raw_receiver_with_the_copy_beside_daqd():
+    """--raw-copy: the socket limit with each payload copied, in the same searches."""
+    proc = daqd("bench", "--workload", "W3", "--mode", "udp", "--trial-seconds", "0.1",
+                "--steps", "0", "--cost-trials", "0", "--udp-runs", "1", "--loopback",
+                "shared", "--raw-copy", "--json", "--quiet", timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [u["receiver"] for u in report["udp"]] == ["daqd", "raw", "raw-copy"]
+    daqd_trials, _, copy_trials = (u["trials"] for u in report["udp"])
+    assert {t["receiver_gro"] for t in copy_trials} == {t["receiver_gro"] for t in daqd_trials}
+    assert all(t["packets_counted"] is not None for t in copy_trials)
+    assert set(report["ratios"]["udp_of_socket_copy_limit"]["W3"]) == {"daqd"}
+    assert set(report["ratios"]["udp_of_socket_limit"]["W3"]) == {"daqd"}
+    text = format_report(report_from_json(report))
+    assert "raw-copy: recvmmsg on a socket set up as daqd's" in text
 
 
 def test_bad_raw_gro_is_one_line():
