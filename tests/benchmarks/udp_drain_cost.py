@@ -1,7 +1,7 @@
 """CPU time per packet of draining a full UDP socket: the raw receiver beside daqd.
 
 Run: ``python tests/benchmarks/udp_drain_cost.py W1 [--packets N] [--gro|--no-gro]
-[--rounds R] [--receivers raw,raw-copy,daqd,daqd-standard]``.
+[--rounds R] [--batch B] [--receivers raw,raw-copy,daqd,daqd-standard]``.
 
 Each round, for each receiver in turn (the order alternating): a fresh
 socket (the bench's, `daqd.tools.bench.udp.receive_socket`, 512 MiB) with the
@@ -43,7 +43,8 @@ def _cpu() -> tuple[float, float, float]:
     return r.ru_utime, r.ru_stime, time.thread_time()
 
 
-def drain(receiver: str, workload: str, heaps: int, gro: bool) -> tuple[float, float, float]:
+def drain(receiver: str, workload: str, heaps: int, gro: bool, batch: int = 64
+          ) -> tuple[float, float, float]:
     """Fill a socket with `heaps` heaps of `workload`, drain it: (user, system, all) us/packet.
 
     User and system come from getrusage, which this kernel keeps in whole
@@ -61,12 +62,14 @@ def drain(receiver: str, workload: str, heaps: int, gro: bool) -> tuple[float, f
                     "copy_bytes": w.heap_bytes // w.packets_per_heap} if receiver == "raw-copy" \
                 else {}
             raw = _spead.RawUdpReceiver(sock, min_size=w.packet_size,
-                                        max_packet_size=MAX_PACKET_SIZE, gro=gro, **copy)
+                                        max_packet_size=MAX_PACKET_SIZE, gro=gro, batch=batch,
+                                        **copy)
         else:
             stream = (daqd_chunk_stream(workload) if receiver == "daqd" else
                       _spead.ChunkStream(**layout(workload), max_chunks=MAX_CHUNKS, pool=POOL,
                                          max_heaps=MAX_HEAPS, memcpy="standard"))
-            reader = _spead.UdpReader(sock, max_packet_size=MAX_PACKET_SIZE, gro=gro)
+            reader = _spead.UdpReader(sock, max_packet_size=MAX_PACKET_SIZE, gro=gro,
+                                      batch=batch)
         sim = _spead.SimReader(workload, heaps=heaps, batch=udp_batch(workload),
                                first_cnt=FIRST_CNT)
         _spead.send(sim, tx.fileno(), "udp", gso=True)
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("workload", choices=list(WORKLOADS))
     parser.add_argument("--packets", type=int, default=20000)
     parser.add_argument("--gro", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--batch", type=int, default=64, help="packets per recvmmsg batch")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--receivers", default=",".join(RECEIVERS))
     args = parser.parse_args(argv)
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     got: dict[str, list[tuple[float, float, float]]] = {r: [] for r in receivers}
     for i in range(args.rounds):
         for r in receivers if i % 2 == 0 else list(reversed(receivers)):
-            got[r].append(drain(r, args.workload, heaps, args.gro))
+            got[r].append(drain(r, args.workload, heaps, args.gro, args.batch))
     for r, runs in got.items():
         user = statistics.median(u for u, _, _ in runs)
         system = statistics.median(s for _, s, _ in runs)
