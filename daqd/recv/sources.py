@@ -173,6 +173,12 @@ def _open_udp(u: SourceUri, max_packet_size: int, socket_buffer: int,
 #: tcp:// listen backlog: a burst of connections waits for accept() rather
 #: than having its SYNs dropped (retried by the peers only after a second).
 LISTEN_BACKLOG = 128
+# Packets per batch of a tcp:// reader.  Its batch is cut from bytes already
+# read (at most 256 KiB buffered per peer), so a larger batch only spares
+# window_receive's per-batch work between packets that are there anyway: for W2
+# (1 KiB packets) 1024 rather than the readers' 64 saves about 5 % of the
+# instructions per packet.
+TCP_BATCH = 1024
 
 
 def _open_tcp(u: SourceUri, max_packet_size: int, socket_buffer: int) -> Source:
@@ -196,7 +202,7 @@ def _open_tcp(u: SourceUri, max_packet_size: int, socket_buffer: int) -> Source:
         sock.close()
         raise SourceError(f"{uri}: cannot listen: {exc.strerror}") from None
     reader = _spead.TcpServerReader(sock.detach(), max_packet_size=max_packet_size, once=once,
-                                    idle_timeout=u.idle_timeout)
+                                    idle_timeout=u.idle_timeout, batch=TCP_BATCH)
     return Source(uri, reader, warnings, address=address)
 
 

@@ -181,3 +181,22 @@ def test_once_ends_when_its_one_peer_is_closed_for_idleness():
         idle.close()
     finally:
         s.close()
+
+
+def test_a_batch_takes_more_than_64_buffered_packets(served):
+    """``tcp://`` batches hold what is buffered, up to `sources.TCP_BATCH`, not 64 packets.
+
+    200 W2 packets (about 216 KB) are all sent and the peer closed before the
+    reader looks; its first read then takes them at once (up to 256 KiB), and
+    the first batch cut from it holds every whole packet read.
+    """
+    from daqd.recv.sources import TCP_BATCH
+
+    packets = sim_packets("W2", 200)
+    peer = served.connect()
+    peer.sendall(b"".join(packets))
+    peer.close()
+    served.until(lambda s: s["packets"] == len(packets))
+    stats = served.stream.stats()
+    assert 64 < stats["max_batch"] <= TCP_BATCH, stats
+    assert stats["batches"] < len(packets) / 64, stats

@@ -24,6 +24,7 @@ from daqd import _spead
 from daqd.recv.workloads import WORKLOADS
 from daqd.tools.bench import memory
 from daqd.tools.bench.copy_limit import CopyLimit, CopyLimitError, PoolBlock, payload_copies
+from daqd.tools.bench.report import format_report, report_from_json
 
 TIMEOUT = 120
 UDP_SEGMENT = 103       # linux/udp.h
@@ -195,6 +196,49 @@ def test_raw_receiver_counts_datagrams_and_gro_segments(gro):
 
 
 @pytest.mark.network
+@pytest.mark.parametrize("gro", [False, True])
+@pytest.mark.parametrize("memcpy", ["nontemporal", "standard"])
+def test_raw_receiver_copies_each_payload(gro, memcpy):
+    """With `dst`, the last `copy_bytes` of every counted datagram go to dst in turn, wrapping."""
+    rx = _receiver_socket()
+    dst = np.zeros(5 * 40, np.uint8)
+    raw = _spead.RawUdpReceiver(rx, min_size=30, gro=gro, dst=dst, copy_bytes=40,
+                                memcpy=memcpy)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        tx.connect(rx.getsockname())
+        for i in range(6):
+            tx.send(bytes([0xA0 + i]) * 80 + bytes([i]) * 40)
+        tx.send(b"s" * 35)                          # counted, shorter than a payload: no copy
+        # One message of 5 datagrams of 100 bytes (UDP GSO), then the end marker.
+        tx.sendmsg([b"".join(bytes([0x40 + k]) * 100 for k in range(5))],
+                   [(socket.SOL_UDP, UDP_SEGMENT, (100).to_bytes(2, sys.byteorder))])
+        tx.send(b"end")
+        assert raw.run() == 12
+        assert raw.copied == 11 * 40
+        # dst slots in order of arrival: 0-4, then 5 -> 0; the GSO datagrams 1, 2, 3, 4, 0.
+        want = [0x40 + 4, 0x40 + 0, 0x40 + 1, 0x40 + 2, 0x40 + 3]
+        assert dst.reshape(5, 40).tolist() == [[v] * 40 for v in want]
+    finally:
+        tx.close()
+        raw.close()
+
+
+@pytest.mark.parametrize("options, what", [
+    ({"copy_bytes": 0}, "copy_bytes=0"),
+    ({"copy_bytes": 201}, "copy_bytes=201"),
+    ({"copy_bytes": 8, "memcpy": "fast"}, "memcpy must be"),
+])
+def test_raw_receiver_copy_arguments_checked(options, what):
+    rx = _receiver_socket()
+    try:
+        with pytest.raises(ValueError, match=what):
+            _spead.RawUdpReceiver(rx, dst=np.zeros(200, np.uint8), **options)
+    finally:
+        rx.close()
+
+
+@pytest.mark.network
 def test_raw_receiver_stops_on_request():
     rx = _receiver_socket()
     raw = _spead.RawUdpReceiver(rx, min_size=100, timeout_ms=20)
@@ -280,6 +324,29 @@ def test_raw_receiver_without_gro_beside_daqd_with_it():
     assert all(t["packets_counted"] is None for t in daqd_trials)
     assert set(report["ratios"]["udp_of_socket_limit_without_gro"]["W2"]) == {"daqd"}
     assert report["ratios"]["udp_of_socket_limit"] == {}
+    # daqd's GRO is described from its own trials, not the raw receiver's.
+    if all(t["receiver_gro"] for t in daqd_trials):
+        assert report["daqd_gro"].startswith("with UDP GRO"), report["daqd_gro"]
+    else:
+        assert "refused" in report["daqd_gro"], report["daqd_gro"]
+
+
+@pytest.mark.network
+def test_raw_receiver_with_the_copy_beside_daqd():
+    """--raw-copy: the socket limit with each payload copied, in the same searches."""
+    proc = daqd("bench", "--workload", "W3", "--mode", "udp", "--trial-seconds", "0.1",
+                "--steps", "0", "--cost-trials", "0", "--udp-runs", "1", "--loopback",
+                "shared", "--raw-copy", "--json", "--quiet", timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [u["receiver"] for u in report["udp"]] == ["daqd", "raw", "raw-copy"]
+    daqd_trials, _, copy_trials = (u["trials"] for u in report["udp"])
+    assert {t["receiver_gro"] for t in copy_trials} == {t["receiver_gro"] for t in daqd_trials}
+    assert all(t["packets_counted"] is not None for t in copy_trials)
+    assert set(report["ratios"]["udp_of_socket_copy_limit"]["W3"]) == {"daqd"}
+    assert set(report["ratios"]["udp_of_socket_limit"]["W3"]) == {"daqd"}
+    text = format_report(report_from_json(report))
+    assert "raw-copy: recvmmsg on a socket set up as daqd's" in text
 
 
 def test_bad_raw_gro_is_one_line():

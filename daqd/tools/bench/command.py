@@ -59,6 +59,9 @@ from daqd.tools.bench.run import LOOPBACKS, MODES, RAW_GROS, run_bench
 @click.option("--raw-gro", type=click.Choice(list(RAW_GROS)), default="same", show_default=True,
               help="UDP: the raw receiver's socket with daqd's GRO setting, without GRO "
               "(daqd with GRO against the socket without it, in one run), or both.")
+@click.option("--raw-copy", is_flag=True,
+              help="UDP: also a raw receiver that copies each payload into chunk memory as "
+              "daqd does (daqd's GRO setting): the socket limit with the copy, no SPEAD work.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 def command(workloads: tuple[str, ...], as_json: bool, quiet: bool, **options: Any) -> None:
     """Run the chunk-mode throughput benchmarks and print figures (and ratios).

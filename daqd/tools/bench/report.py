@@ -18,10 +18,13 @@ from daqd.tools.bench.params import (
 )
 
 #: The UDP socket limit's receiver name (`daqd._spead.RawUdpReceiver`: it only counts),
-#: on a socket with daqd's GRO setting; and the same without GRO whatever daqd's.
+#: on a socket with daqd's GRO setting; the same without GRO whatever daqd's; and
+#: the same (daqd's GRO setting) copying each payload into chunk memory as a
+#: chunk stream does (the socket and the copy, no SPEAD).
 RAW = "raw"
 RAW_NO_GRO = "raw-nogro"
-LIMITS = (RAW, RAW_NO_GRO)
+RAW_COPY = "raw-copy"
+LIMITS = (RAW, RAW_NO_GRO, RAW_COPY)
 
 
 @dataclass
@@ -163,6 +166,7 @@ class BenchReport:
             "memory_of_copy_limit": of_copy_limit(self.memory, self.memory_limits),
             "udp_of_socket_limit": of_socket_limit(self.udp),
             "udp_of_socket_limit_without_gro": of_socket_limit(self.udp, RAW_NO_GRO),
+            "udp_of_socket_copy_limit": of_socket_limit(self.udp, RAW_COPY),
             "udp": udp_spread(self.udp),
             "udp_cpu_per_packet_sustained": udp_cpu_ratios(self.udp),
             "udp_cpu_per_packet_fixed_rate": cost_ratios(self.cost),
@@ -467,7 +471,8 @@ def _format_udp(report: BenchReport) -> list[str]:
     if limited:
         lines.append(f"{', '.join(limited)}: both receivers took all the sender could "
                      "send in some run, so there is no rate ratio; see the CPU time below")
-    return lines + _format_socket_limit(report) + _format_socket_limit(report, RAW_NO_GRO)
+    return (lines + _format_socket_limit(report) + _format_socket_limit(report, RAW_NO_GRO)
+            + _format_socket_limit(report, RAW_COPY))
 
 
 def _limit_rate(u: UdpResult) -> str:
@@ -501,12 +506,15 @@ def _format_socket_limit(report: BenchReport, limit: str = RAW) -> list[str]:
     if not fractions:
         return []
     names = list(dict.fromkeys(u.receiver for u in report.udp if u.receiver not in LIMITS))
-    gro = ("same buffer and GRO setting" if limit == RAW else
-           "same buffer, without UDP GRO whatever daqd's setting")
+    gro = {RAW: "same buffer and GRO setting, counting datagrams only",
+           RAW_NO_GRO: "same buffer, without UDP GRO whatever daqd's setting, counting "
+                       "datagrams only",
+           RAW_COPY: "same buffer and GRO setting, counting datagrams and copying each "
+                     "payload into chunk memory with a chunk stream's copy, no SPEAD work"}[limit]
     lines = [
         "",
         f"Socket limit over loopback UDP: the raw receiver ({limit}: recvmmsg on a socket set "
-        f"up as daqd's, {gro}, counting datagrams only), in the same "
+        f"up as daqd's, {gro}), in the same "
         "searches; medians, kpkt/s ('>=': a lower bound)",
         f"{'workload':8} {limit:>12} " + " ".join(f"{n:>12} {n + '/' + limit:>12}"
                                                  for n in names),

@@ -74,6 +74,7 @@ from daqd.tools.bench.machine import machine_info
 from daqd.tools.bench.memory import bench_memory, import_spead2
 from daqd.tools.bench.report import (
     RAW,
+    RAW_COPY,
     RAW_NO_GRO,
     BenchReport,
     report_from_json,
@@ -96,7 +97,7 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
               retries: int = 1, wait_idle: float = 0.0, socket_buffer: int = SOCKET_BUFFER,
               cost_trials: int = 3, sender_gso: bool = True, udp_runs: int = 3,
               loopback: str = "auto", daqd_gro: bool = True, limits: bool = True,
-              raw_gro: str = "same",
+              raw_gro: str = "same", raw_copy: bool = False,
               log: Callable[[str], None] = lambda _: None) -> BenchReport:
     """Run the chunk-mode benchmarks.
 
@@ -152,6 +153,10 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
         The raw receivers over UDP (`RAW_GROS`): ``same`` (default), one with
         daqd's GRO setting; ``off``, one without GRO (``RAW_NO_GRO``: daqd with
         GRO against the socket without it, in one run); ``both``.
+    raw_copy : bool
+        Over UDP, also the raw receiver that copies each payload into chunk
+        memory (``RAW_COPY``, daqd's GRO setting): the socket limit with the
+        copy a receiver cannot avoid, without SPEAD's work.
     log : callable
         Receives one line per step (progress).
     """
@@ -182,7 +187,7 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
             report.memory_limits += copies
             report.durations[f"memory {w}"] = time.perf_counter() - start
     if mode in ("udp", "all"):
-        raw = list(RAW_GROS[raw_gro]) if limits else []
+        raw = list(RAW_GROS[raw_gro]) + ([RAW_COPY] if raw_copy else []) if limits else []
         options = dict(workloads=list(workloads), receivers=receivers + raw,
                        trial_seconds=trial_seconds, ladder=ladder, steps=steps,
                        retries=retries, wait_idle=wait_idle, socket_buffer=socket_buffer,

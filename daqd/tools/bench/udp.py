@@ -23,6 +23,7 @@ import numpy as np
 
 from daqd import _spead
 from daqd.recv.workloads import FIRST_CNT, WORKLOADS, udp_batch
+from daqd.tools.bench.copy_limit import PoolBlock
 from daqd.tools.bench.machine import (
     CoreMonitor,
     LoadMonitor,
@@ -43,7 +44,8 @@ from daqd.tools.bench.params import (
 )
 from daqd.tools.bench.report import (
     LIMITS,
-    RAW,
+    RAW_COPY,
+    RAW_NO_GRO,
     BenchReport,
     CostResult,
     Trial,
@@ -264,7 +266,8 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
 
     `receiver`: ``daqd``, ``spead2``, `RAW` (the socket limit,
     `daqd._spead.RawUdpReceiver`, whose loss is counted in datagrams) or
-    `RAW_NO_GRO` (the same, never with GRO).  It
+    `RAW_NO_GRO` (the same, never with GRO) or `RAW_COPY` (`RAW` copying
+    each payload into a pool of the bench's chunk layout).  It
     passes (``ok``) when fewer than 0.1 % of the heaps sent were lost
     and the receiver was no more than `lag_limit_ms` behind the sender at its
     end.  `gso`: the sender sends with UDP GSO (where the kernel allows it);
@@ -287,9 +290,13 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
         elif receiver in LIMITS:
             # The socket limit: the same socket setup as daqd's, only counted;
             # the stop heap (shorter than any data packet) ends it.
+            w = WORKLOADS[workload]
+            copy = {"dst": PoolBlock(workload).block,
+                    "copy_bytes": w.heap_bytes // w.packets_per_heap} \
+                if receiver == RAW_COPY else {}
             raw = _spead.RawUdpReceiver(sock, min_size=packet_size(workload),
                                         max_packet_size=MAX_PACKET_SIZE,
-                                        gro=gro and receiver == RAW)
+                                        gro=gro and receiver != RAW_NO_GRO, **copy)
             receiver_gro = raw.gro
             watch = _Watch(sender, raw.stop, grace=1.0)
         else:
@@ -682,7 +689,9 @@ def run_udp(report: BenchReport, *, workloads: Sequence[str], receivers: Sequenc
         os.sched_setaffinity(0, before)
     trials = [t for u in report.udp for t in u.trials]
     report.sender = describe_sender(sender_gso, trials)
-    report.daqd_gro = describe_gro(daqd_gro, trials)
+    # daqd's own trials only: the raw receiver's socket has GRO off with --raw-gro off.
+    report.daqd_gro = describe_gro(daqd_gro, [t for u in report.udp if u.receiver == "daqd"
+                                              for t in u.trials])
 
 
 def merge_udp(report: BenchReport, found: BenchReport) -> None:
