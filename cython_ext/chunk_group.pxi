@@ -409,6 +409,12 @@ cdef class ChunkGroup:
     cdef size_t data_head, data_count
     cdef size_t *closing                # evicted chunks waiting for their writers
     cdef size_t closing_head, closing_count
+    # Chunks of the last closed capture (boundary_reached) still in `closing`,
+    # held by a stream mid-batch (another receive thread of a source at its
+    # boundary): the first ones to leave `closing`, counted down as they go to
+    # the data ring (close_ready).  The consumer closes the capture's files only
+    # once it is 0 (boundary_held).
+    cdef size_t capture_closing
     cdef readonly size_t max_chunks
     cdef readonly size_t stream_chunks  # a stream's window (<= max_chunks)
     cdef bint anchored
@@ -761,6 +767,8 @@ cdef class ChunkGroup:
                 break
             self.closing_head = (self.closing_head + 1) % self.pool
             self.closing_count -= 1
+            if self.capture_closing:
+                self.capture_closing -= 1
             self.close_chunk(c, stats)
 
     cdef uint64_t lowest_stream_head(self) noexcept nogil:
@@ -986,6 +994,10 @@ cdef class ChunkGroup:
             if w.parked and not w.finished and w.head < w.tail:
                 self.win_release_below(w, w.tail)
         self.close_ready(stats)
+        # What is left in `closing` (the window is empty) is the closed
+        # capture's, still held by streams mid-batch; later evictions queue
+        # behind it.
+        self.capture_closing = self.closing_count
         self.anchored = False
         self.boundaries += 1
         for i in range(self.n_streams):
@@ -1292,6 +1304,23 @@ cdef class ChunkGroup:
     def data_ring_size(self):
         """Completed chunks waiting for the consumer."""
         return self.data_count
+
+    @property
+    def boundary_held(self):
+        """Chunks of the last closed capture (`boundaries`) not yet in the data ring.
+
+        A receive thread of a source at its boundary that was inside a batch
+        when the group closed the capture lets go of that capture's chunks at
+        the end of its batch; until then they are counted here, and the
+        capture is not complete in the data ring.  Read under the group lock,
+        so that a chunk counted down here is in `data_ring_size` already.
+        """
+        cdef size_t n
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            n = self.capture_closing
+            pthread_mutex_unlock(&self.lock)
+        return n
 
     @property
     def waiting_streams(self):
