@@ -409,12 +409,14 @@ cdef class ChunkGroup:
     cdef size_t data_head, data_count
     cdef size_t *closing                # evicted chunks waiting for their writers
     cdef size_t closing_head, closing_count
-    # Chunks of the last closed capture (boundary_reached) still in `closing`,
-    # held by a stream mid-batch (another receive thread of a source at its
-    # boundary): the first ones to leave `closing`, counted down as they go to
-    # the data ring (close_ready).  The consumer closes the capture's files only
-    # once it is 0 (boundary_held).
-    cdef size_t capture_closing
+    # Chunks handed to the data ring (close_chunk) and taken from it (take_ready*),
+    # since the start, and how many had been handed over once every chunk of the
+    # last closed capture is (boundary_reached: those handed over by then, and
+    # those still in `closing`, held by a stream mid-batch, e.g. another
+    # receive thread of a source at its boundary, which leave it first).  A
+    # batch taken never goes past capture_end, and the consumer closes the
+    # capture's files once chunks_taken reaches it (capture_untaken).
+    cdef uint64_t chunks_handed, chunks_taken, capture_end
     cdef readonly size_t max_chunks
     cdef readonly size_t stream_chunks  # a stream's window (<= max_chunks)
     cdef bint anchored
@@ -754,6 +756,7 @@ cdef class ChunkGroup:
         self.state[c] = CHUNK_READY
         self.data_ring[(self.data_head + self.data_count) % self.pool] = c
         self.data_count += 1
+        self.chunks_handed += 1
         if (not self.consumer_lingering or self.data_count >= self.consumer_batch
                 or self.free_count < self.consumer_batch):
             pthread_cond_signal(&self.data_cond)
@@ -767,8 +770,6 @@ cdef class ChunkGroup:
                 break
             self.closing_head = (self.closing_head + 1) % self.pool
             self.closing_count -= 1
-            if self.capture_closing:
-                self.capture_closing -= 1
             self.close_chunk(c, stats)
 
     cdef uint64_t lowest_stream_head(self) noexcept nogil:
@@ -997,7 +998,7 @@ cdef class ChunkGroup:
         # What is left in `closing` (the window is empty) is the closed
         # capture's, still held by streams mid-batch; later evictions queue
         # behind it.
-        self.capture_closing = self.closing_count
+        self.capture_end = self.chunks_handed + self.closing_count
         self.anchored = False
         self.boundaries += 1
         for i in range(self.n_streams):
@@ -1141,6 +1142,7 @@ cdef class ChunkGroup:
             c = <Py_ssize_t>self.data_ring[self.data_head]
             self.data_head = (self.data_head + 1) % self.pool
             self.data_count -= 1
+            self.chunks_taken += 1
             self.state[c] = CHUNK_HELD
             self.consumer_active = True
         pthread_mutex_unlock(&self.lock)
@@ -1155,10 +1157,15 @@ cdef class ChunkGroup:
         while True:
             n = 0
             pthread_mutex_lock(&self.lock)      # the GIL kept: see release_chunk
+            if not out and self.chunks_taken < self.capture_end:
+                # Not past the last chunk of a closed capture (capture_untaken).
+                if most == 0 or <uint64_t>most > self.capture_end - self.chunks_taken:
+                    most = <size_t>(self.capture_end - self.chunks_taken)
             while self.data_count and n < TAKE_BATCH and (most == 0 or len(out) + n < most):
                 c = self.data_ring[self.data_head]
                 self.data_head = (self.data_head + 1) % self.pool
                 self.data_count -= 1
+                self.chunks_taken += 1
                 self.state[c] = CHUNK_HELD
                 taken[n] = c
                 n += 1
@@ -1311,16 +1318,30 @@ cdef class ChunkGroup:
 
         A receive thread of a source at its boundary that was inside a batch
         when the group closed the capture lets go of that capture's chunks at
-        the end of its batch; until then they are counted here, and the
-        capture is not complete in the data ring.  Read under the group lock,
-        so that a chunk counted down here is in `data_ring_size` already.
+        the end of its batch; until then they are counted here.
         """
-        cdef size_t n
+        cdef uint64_t end, handed
         with nogil:
             pthread_mutex_lock(&self.lock)
-            n = self.capture_closing
+            end, handed = self.capture_end, self.chunks_handed
             pthread_mutex_unlock(&self.lock)
-        return n
+        return end - handed if end > handed else 0
+
+    @property
+    def capture_untaken(self):
+        """Chunks of the last closed capture (`boundaries`) not yet taken from the data ring.
+
+        Held by a stream (`boundary_held`) or waiting in the data ring: 0 once
+        `get`/`get_batch` returned every chunk of the capture.  `get_batch`
+        never returns chunks of two captures together: a batch ends at the
+        last chunk of a closed capture.
+        """
+        cdef uint64_t end, taken
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            end, taken = self.capture_end, self.chunks_taken
+            pthread_mutex_unlock(&self.lock)
+        return end - taken if end > taken else 0
 
     @property
     def waiting_streams(self):

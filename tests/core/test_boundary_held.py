@@ -3,9 +3,10 @@
 A stop heap on one socket of a source (`boundary_key`) closes the capture at
 once, but a sibling stream inside a batch still holds chunks of that capture
 until the end of its batch.  Until it lets go of them they are counted in
-``ChunkGroup.boundary_held``: the daemon's consumer closes the capture's files
-only once that is 0 and the data ring is empty, so those chunks reach the first
-capture's file, not the next one's.
+``ChunkGroup.boundary_held`` and ``capture_untaken``: the daemon's consumer
+closes the capture's files only once every chunk of the capture was taken
+(``capture_untaken`` 0), and ``get_batch`` never returns chunks of two captures
+together, so those chunks reach the first capture's file, not the next one's.
 
 The sibling is held inside its batch for real: the group's placement hook (a
 ctypes callback, which takes the GIL itself) waits on an event at one heap, so
@@ -91,12 +92,19 @@ def test_chunks_held_mid_batch_at_a_boundary_are_counted_until_let_go():
         # ring yet, so the capture is not complete there (the consumer waits).
         assert group.data_ring_size == 0
         assert group.boundary_held == 2
+        assert group.capture_untaken == 2
     finally:
         go.set()
         worker.join(WAIT)
     assert not worker.is_alive()
     # b's batch ended: it let go of them, and both are in the data ring, in order.
     assert group.boundary_held == 0
+    assert group.capture_untaken == 2
+    # The next capture's first chunk completes behind them (heaps 0-11: chunks
+    # 0-2, two open at most).
+    a.add_packets(heaps(range(3 * HPC)))
+    assert group.data_ring_size == 3
+    # One batch never takes chunks of two captures.
     chunks = group.get_batch(0, 0)
     try:
         assert [c.chunk_id for c in chunks] == [0, 1]
@@ -107,13 +115,12 @@ def test_chunks_held_mid_batch_at_a_boundary_are_counted_until_let_go():
                 assert (c.data[slot] == c.chunk_id * HPC + slot).all()
     finally:
         group.release_many(chunks)
-    # The next capture goes on in chunks of its own.
-    a.add_packets(heaps(range(HPC)))
+    assert group.capture_untaken == 0
     a.finish()
     b.finish()
     assert group.boundary_held == 0
     last = group.get_batch(0, 0)
-    assert [c.chunk_id for c in last] == [0]
+    assert [(c.chunk_id, c.present.sum()) for c in last] == [(0, HPC), (1, HPC), (2, HPC)]
     group.release_many(last)
 
 
