@@ -36,6 +36,10 @@
 # capture: every open chunk is completed, the window un-anchored,
 # each stream starts afresh (boundary_reached).  Until then a stream at its
 # boundary writes to no chunk the group still has open (too old).
+# A stream inside a batch then (another receive thread of the source) keeps
+# the capture's chunks to the end of its batch (boundary_held); capture_end
+# marks the capture's last chunk in the data ring, which no get_batch passes
+# (capture_untaken: the consumer closes the capture's files at 0).
 #
 # Every wait on the group (a free chunk, a lossless eviction) releases the group
 # lock, so after it nothing is assumed: ChunkGroup.extend() re-reads the whole
