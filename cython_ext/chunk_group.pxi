@@ -36,6 +36,10 @@
 # capture: every open chunk is completed, the window un-anchored,
 # each stream starts afresh (boundary_reached).  Until then a stream at its
 # boundary writes to no chunk the group still has open (too old).
+# A stream inside a batch then (another receive thread of the source) keeps
+# the capture's chunks to the end of its batch (boundary_held); capture_end
+# marks the capture's last chunk in the data ring, which no get_batch passes
+# (capture_untaken: the consumer closes the capture's files at 0).
 #
 # Every wait on the group (a free chunk, a lossless eviction) releases the group
 # lock, so after it nothing is assumed: ChunkGroup.extend() re-reads the whole
@@ -409,6 +413,14 @@ cdef class ChunkGroup:
     cdef size_t data_head, data_count
     cdef size_t *closing                # evicted chunks waiting for their writers
     cdef size_t closing_head, closing_count
+    # Chunks handed to the data ring (close_chunk) and taken from it (take_ready*),
+    # since the start, and how many had been handed over once every chunk of the
+    # last closed capture is (boundary_reached: those handed over by then, and
+    # those still in `closing`, held by a stream mid-batch, e.g. another
+    # receive thread of a source at its boundary, which leave it first).  A
+    # batch taken never goes past capture_end, and the consumer closes the
+    # capture's files once chunks_taken reaches it (capture_untaken).
+    cdef uint64_t chunks_handed, chunks_taken, capture_end
     cdef readonly size_t max_chunks
     cdef readonly size_t stream_chunks  # a stream's window (<= max_chunks)
     cdef bint anchored
@@ -748,6 +760,7 @@ cdef class ChunkGroup:
         self.state[c] = CHUNK_READY
         self.data_ring[(self.data_head + self.data_count) % self.pool] = c
         self.data_count += 1
+        self.chunks_handed += 1
         if (not self.consumer_lingering or self.data_count >= self.consumer_batch
                 or self.free_count < self.consumer_batch):
             pthread_cond_signal(&self.data_cond)
@@ -986,6 +999,10 @@ cdef class ChunkGroup:
             if w.parked and not w.finished and w.head < w.tail:
                 self.win_release_below(w, w.tail)
         self.close_ready(stats)
+        # What is left in `closing` (the window is empty) is the closed
+        # capture's, still held by streams mid-batch; later evictions queue
+        # behind it.
+        self.capture_end = self.chunks_handed + self.closing_count
         self.anchored = False
         self.boundaries += 1
         for i in range(self.n_streams):
@@ -1129,6 +1146,7 @@ cdef class ChunkGroup:
             c = <Py_ssize_t>self.data_ring[self.data_head]
             self.data_head = (self.data_head + 1) % self.pool
             self.data_count -= 1
+            self.chunks_taken += 1
             self.state[c] = CHUNK_HELD
             self.consumer_active = True
         pthread_mutex_unlock(&self.lock)
@@ -1143,10 +1161,15 @@ cdef class ChunkGroup:
         while True:
             n = 0
             pthread_mutex_lock(&self.lock)      # the GIL kept: see release_chunk
+            if not out and self.chunks_taken < self.capture_end:
+                # Not past the last chunk of a closed capture (capture_untaken).
+                if most == 0 or <uint64_t>most > self.capture_end - self.chunks_taken:
+                    most = <size_t>(self.capture_end - self.chunks_taken)
             while self.data_count and n < TAKE_BATCH and (most == 0 or len(out) + n < most):
                 c = self.data_ring[self.data_head]
                 self.data_head = (self.data_head + 1) % self.pool
                 self.data_count -= 1
+                self.chunks_taken += 1
                 self.state[c] = CHUNK_HELD
                 taken[n] = c
                 n += 1
@@ -1292,6 +1315,37 @@ cdef class ChunkGroup:
     def data_ring_size(self):
         """Completed chunks waiting for the consumer."""
         return self.data_count
+
+    @property
+    def boundary_held(self):
+        """Chunks of the last closed capture (`boundaries`) not yet in the data ring.
+
+        A receive thread of a source at its boundary that was inside a batch
+        when the group closed the capture lets go of that capture's chunks at
+        the end of its batch; until then they are counted here.
+        """
+        cdef uint64_t end, handed
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            end, handed = self.capture_end, self.chunks_handed
+            pthread_mutex_unlock(&self.lock)
+        return end - handed if end > handed else 0
+
+    @property
+    def capture_untaken(self):
+        """Chunks of the last closed capture (`boundaries`) not yet taken from the data ring.
+
+        Held by a stream (`boundary_held`) or waiting in the data ring: 0 once
+        `get`/`get_batch` returned every chunk of the capture.  `get_batch`
+        never returns chunks of two captures together: a batch ends at the
+        last chunk of a closed capture.
+        """
+        cdef uint64_t end, taken
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            end, taken = self.capture_end, self.chunks_taken
+            pthread_mutex_unlock(&self.lock)
+        return end - taken if end > taken else 0
 
     @property
     def waiting_streams(self):

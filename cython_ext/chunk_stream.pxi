@@ -218,7 +218,7 @@ cdef class ChunkStream(WindowStream):
                 return STAT_CHUNK_HEAPS_TOO_OLD
             # The group's only stream: start afresh at the new chunk.
             stats[<int>STAT_CHUNK_WINDOW_RESETS] += 1
-            self.forget_placements()
+            self.forget_placements(LEFT_CHUNK)     # counted as too old once they leave
             self.group.win_release_below(&self.win, self.win.tail)
             self.group.reanchor(cid, stats)
             self.win.head = self.win.tail = cid

@@ -409,9 +409,11 @@ class StreamRunner:
                 # group completed the capture's chunks, into the data ring.
                 closed = self.group.boundaries
                 pending = True
-            if pending and self.group.data_ring_size == 0:
+            if pending and self.group.capture_untaken == 0:
                 # Every chunk of the capture is in the buffer now (and what
-                # a processing step held of it).
+                # a processing step held of it), also those a receive thread
+                # inside a batch at the boundary held until its batch ended;
+                # a batch never mixes two captures' chunks (capture_untaken).
                 pending = False
                 self._finish_step()
                 self._close_capture()
