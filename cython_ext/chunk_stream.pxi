@@ -44,7 +44,7 @@ cdef class ChunkStream(WindowStream):
         one for capture boundaries: a stop heap on any of them is the source's
         boundary, the group closing the capture without one on the others
         (their heaps already placed stay in their chunks).  None: the stream
-        alone (the default).
+        alone (the default).  Shared keys need a lossy group (ValueError).
     max_live_heap_bytes
         Accepted and checked as for heap mode, without effect: a chunk
         stream's heaps reserve no memory of their own (their payload goes
@@ -108,6 +108,12 @@ cdef class ChunkStream(WindowStream):
         if boundary_key is not None and boundary_key < 0:
             raise ValueError(f"boundary_key must be >= 0 (or None), not {boundary_key}")
         self.win.boundary_key = -1 if boundary_key is None else boundary_key
+        if boundary_key is not None and group.lossless and any(
+                (<ChunkStream>s).win.boundary_key == boundary_key for s in group.streams):
+            # A lossless stream is never parked by its batches, so a sibling's
+            # boundary could let go of its chunks while it writes into them.
+            raise ValueError(f"boundary_key {boundary_key} is another stream's: streams share "
+                             f"a boundary only in a lossy group (eviction='lossy')")
         self.desc_buf = <uint8_t *>malloc(DESCRIPTOR_BUFFER)
         if self.desc_buf == NULL:
             raise MemoryError()

@@ -76,9 +76,8 @@ def completed(group) -> list[tuple[int, list[int]]]:
             out.append((chunk.chunk_id, chunk.present.sum(axis=0).tolist()))
 
 
-@pytest.mark.parametrize("eviction", ["lossy", "lossless"])
-def test_a_stop_heap_on_one_socket_ends_the_sources_capture(eviction):
-    group = _spead.ChunkGroup(**GROUP, eviction=eviction)
+def test_a_stop_heap_on_one_socket_ends_the_sources_capture():
+    group = _spead.ChunkGroup(**GROUP, eviction="lossy")
     # One source's two sockets: pol 0 on the first, pol 1 on the second.
     a, b = (group.add_stream(stop_boundary=True, boundary_key=0) for _ in range(2))
     b_heaps = heaps(1, range(13))
@@ -139,3 +138,12 @@ def test_a_negative_boundary_key_is_refused():
     group = _spead.ChunkGroup(**GROUP)
     with pytest.raises(ValueError, match="boundary_key must be >= 0"):
         group.add_stream(boundary_key=-1)
+
+
+def test_a_shared_boundary_key_needs_a_lossy_group():
+    """A lossless stream is never parked: a sibling's boundary could not let go of its chunks."""
+    group = _spead.ChunkGroup(**GROUP, eviction="lossless")
+    group.add_stream(stop_boundary=True, boundary_key=0)
+    group.add_stream(stop_boundary=True, boundary_key=1)        # keys of their own: fine
+    with pytest.raises(ValueError, match="boundary_key 0 is another stream's"):
+        group.add_stream(stop_boundary=True, boundary_key=0)
