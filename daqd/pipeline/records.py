@@ -268,6 +268,54 @@ class ChunkRecord(_Logged):
         ])
 
 
+def release_records(records: Iterable[Any]) -> None:
+    """Release each of `records` once, as its `release()` would, the chunks together.
+
+    Each record's hold is dropped (under one lock for the chunk records);
+    the chunks whose last hold went are given back with one
+    ``ChunkGroup.release_many`` per group, so a flushed slice wakes the
+    receive threads waiting for a free chunk once rather than once per
+    chunk.  Other records, and chunk records whose release is not a pool
+    chunk's (records made elsewhere, with a callable of their own), are
+    released one by one.
+    """
+    others: list[Any] = []
+    calls: list[Callable[[], None]] = []
+    with _HOLDS:
+        for record in records:
+            if type(record) is not ChunkRecord:
+                others.append(record)
+            elif record._holds > 0:
+                record._holds -= 1
+                if not record._holds and record._release is not None:
+                    calls.append(record._release)
+                    record._release = None
+    for record in others:
+        record.release()
+    by_group: dict[int, tuple[Any, list[Any]]] = {}
+    for call in calls:
+        chunk = getattr(call, "__self__", None)
+        group = getattr(chunk, "group", None)
+        if group is None or getattr(call, "__name__", None) != "release":
+            call()                  # not a pool chunk's release
+        else:
+            by_group.setdefault(id(group), (group, []))[1].append(chunk)
+    for group, chunks in by_group.values():
+        try:
+            group.release_many(chunks)
+        except (TypeError, ValueError, RuntimeError):
+            # A chunk given back already (release_many gave none back): the
+            # others go back one by one, the first error raised as release() would.
+            failed = None
+            for chunk in chunks:
+                try:
+                    chunk.release()
+                except RuntimeError as exc:
+                    failed = failed or exc
+            if failed is not None:
+                raise failed from None
+
+
 class Incomplete(NamedTuple):
     """What an incomplete heap's record keeps of the heap (spead2's ``IncompleteHeap``).
 
