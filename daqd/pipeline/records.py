@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from daqd._spead import Chunk
 from daqd.pipeline.datatime import CaptureBlock
 from daqd.pipeline.items import EMPTY_DESCRIPTORS, DecodedItems, ItemDescriptors
 
@@ -281,26 +282,38 @@ def release_records(records: Iterable[Any]) -> None:
     """
     others: list[Any] = []
     calls: list[Callable[[], None]] = []
+    chunks: list[Any] = []
     with _HOLDS:
         for record in records:
             if type(record) is not ChunkRecord:
                 others.append(record)
-            elif record._holds > 0:
-                record._holds -= 1
-                if not record._holds and record._release is not None:
-                    calls.append(record._release)
-                    record._release = None
+                continue
+            holds = record._holds
+            if holds > 1:
+                record._holds = holds - 1
+            elif holds == 1:
+                record._holds = 0
+                release, record._release = record._release, None
+                if release is None:
+                    continue
+                chunk = getattr(release, "__self__", None)
+                if type(chunk) is Chunk:
+                    chunks.append(chunk)
+                else:
+                    calls.append(release)   # not a pool chunk's release
     for record in others:
         record.release()
-    by_group: dict[int, tuple[Any, list[Any]]] = {}
     for call in calls:
-        chunk = getattr(call, "__self__", None)
-        group = getattr(chunk, "group", None)
-        if group is None or getattr(call, "__name__", None) != "release":
-            call()                  # not a pool chunk's release
-        else:
-            by_group.setdefault(id(group), (group, []))[1].append(chunk)
-    for group, chunks in by_group.values():
+        call()
+    if not chunks:
+        return
+    group = chunks[0].group
+    by_group = {group: chunks}
+    if any(chunk.group is not group for chunk in chunks):
+        by_group = {}
+        for chunk in chunks:
+            by_group.setdefault(chunk.group, []).append(chunk)
+    for group, chunks in by_group.items():
         try:
             group.release_many(chunks)
         except (TypeError, ValueError, RuntimeError):
