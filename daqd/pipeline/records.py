@@ -305,28 +305,34 @@ def release_records(records: Iterable[Any]) -> None:
         record.release()
     for call in calls:
         call()
-    if not chunks:
-        return
-    group = chunks[0].group
-    by_group = {group: chunks}
-    if any(chunk.group is not group for chunk in chunks):
-        by_group = {}
+    if chunks:
+        _give_back(chunks)
+
+
+def _give_back(chunks: list[Any]) -> None:
+    """Give pool chunks back with one ``release_many`` per group.
+
+    A chunk given back already (``release_many`` then gave none back): the
+    others go back one by one and the first error is raised, as ``release()``
+    of each would.
+    """
+    try:
+        chunks[0].group.release_many(chunks)        # checks every chunk first
+    except ValueError:                              # chunks of several groups
+        by_group: dict[Any, list[Any]] = {}
         for chunk in chunks:
             by_group.setdefault(chunk.group, []).append(chunk)
-    for group, chunks in by_group.items():
-        try:
-            group.release_many(chunks)
-        except (TypeError, ValueError, RuntimeError):
-            # A chunk given back already (release_many gave none back): the
-            # others go back one by one, the first error raised as release() would.
-            failed = None
-            for chunk in chunks:
-                try:
-                    chunk.release()
-                except RuntimeError as exc:
-                    failed = failed or exc
-            if failed is not None:
-                raise failed from None
+        for mine in by_group.values():
+            _give_back(mine)
+    except RuntimeError:
+        failed = None
+        for chunk in chunks:
+            try:
+                chunk.release()
+            except RuntimeError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed from None
 
 
 class Incomplete(NamedTuple):
