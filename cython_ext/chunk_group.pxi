@@ -256,7 +256,7 @@ cdef class Chunk:
     must not be used after that.
     """
 
-    cdef ChunkGroup group
+    cdef readonly ChunkGroup group
     cdef readonly size_t index
     cdef readonly object data
     cdef readonly object present

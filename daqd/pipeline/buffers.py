@@ -47,7 +47,7 @@ import structlog
 from daqd.errors import UsageProblem
 from daqd.logs import RepeatedErrors
 from daqd.pipeline.flush import Flusher, FlushPolicy
-from daqd.pipeline.records import Record, decode_record
+from daqd.pipeline.records import Record, decode_record, release_records
 from daqd.pipeline.wal import DoneMark, WalFormatError, WalFull, WriteAheadLog
 
 if TYPE_CHECKING:
@@ -599,10 +599,8 @@ class Buffer:
         """Release evicted records and tell the WAL they will never be written."""
         if not evicted:
             return
-        skipped = []
-        for seq, record in evicted:
-            record.release()
-            skipped.append(seq)
+        release_records([record for _, record in evicted])
+        skipped = [seq for seq, _ in evicted]
         if self.wal is not None:
             try:
                 self.wal.skip(skipped)
@@ -755,8 +753,7 @@ class Buffer:
                 self._bytes_flushed += sum(r.nbytes for _, r in released)
                 self._changed.notify_all()      # room made (a put may wait for it)
             self._after_evictions(deferred)
-            for _, record in released:
-                record.release()
+            release_records([record for _, record in released])
         return len(released)
 
     @staticmethod
@@ -994,8 +991,7 @@ class Buffer:
             if entries:
                 self._dropped["unwritten_at_close"] += len(entries)
             self._ready = False
-        for _, record in entries:
-            record.release()
+        release_records([record for _, record in entries])
         if entries:
             log.warning("buffer closed with records a sink never wrote",
                         records=len(entries), logged=self.wal is not None)

@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from daqd._spead import Chunk
 from daqd.pipeline.datatime import CaptureBlock
 from daqd.pipeline.items import EMPTY_DESCRIPTORS, DecodedItems, ItemDescriptors
 
@@ -266,6 +267,72 @@ class ChunkRecord(_Logged):
             _bytes_of(self.present),
             _bytes_of(np.asarray(extra, dtype=np.uint64)),
         ])
+
+
+def release_records(records: Iterable[Any]) -> None:
+    """Release each of `records` once, as its `release()` would, the chunks together.
+
+    Each record's hold is dropped (under one lock for the chunk records);
+    the chunks whose last hold went are given back with one
+    ``ChunkGroup.release_many`` per group, so a flushed slice wakes the
+    receive threads waiting for a free chunk once rather than once per
+    chunk.  Other records, and chunk records whose release is not a pool
+    chunk's (records made elsewhere, with a callable of their own), are
+    released one by one.
+    """
+    others: list[Any] = []
+    calls: list[Callable[[], None]] = []
+    chunks: list[Any] = []
+    with _HOLDS:
+        for record in records:
+            if type(record) is not ChunkRecord:
+                others.append(record)
+                continue
+            holds = record._holds
+            if holds > 1:
+                record._holds = holds - 1
+            elif holds == 1:
+                record._holds = 0
+                release, record._release = record._release, None
+                if release is None:
+                    continue
+                chunk = getattr(release, "__self__", None)
+                if type(chunk) is Chunk:
+                    chunks.append(chunk)
+                else:
+                    calls.append(release)   # not a pool chunk's release
+    for record in others:
+        record.release()
+    for call in calls:
+        call()
+    if chunks:
+        _give_back(chunks)
+
+
+def _give_back(chunks: list[Any]) -> None:
+    """Give pool chunks back with one ``release_many`` per group.
+
+    A chunk given back already (``release_many`` then gave none back): the
+    others go back one by one and the first error is raised, as ``release()``
+    of each would.
+    """
+    try:
+        chunks[0].group.release_many(chunks)        # checks every chunk first
+    except ValueError:                              # chunks of several groups
+        by_group: dict[Any, list[Any]] = {}
+        for chunk in chunks:
+            by_group.setdefault(chunk.group, []).append(chunk)
+        for mine in by_group.values():
+            _give_back(mine)
+    except RuntimeError:
+        failed = None
+        for chunk in chunks:
+            try:
+                chunk.release()
+            except RuntimeError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed from None
 
 
 class Incomplete(NamedTuple):

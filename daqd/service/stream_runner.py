@@ -341,14 +341,14 @@ class StreamRunner:
                  stopped_by_item=bool(stream.stopped))
 
     def _put_heaps(self, heaps: list[Any]) -> None:
+        """Make the heaps' records and keep them as chunk records are (`_keep_many`).
+
+        The whole list at once: retained and decided on under one admission
+        lock (`CaptureGate.admit_many`), put with one `Buffer.put_many`.
+        """
         if self.buffer is None and self.triggers is None:
             return                  # nothing keeps records: none are made (nor decoded)
-        for record in self.recorder.records(heaps):
-            span = self._observe(record)
-            if self.triggers is not None:
-                self.triggers.retention.add(record)     # a hold of its own
-            if self.buffer is not None:
-                self._put(record, span)             # noted and decided at once
+        self._keep_many(list(self.recorder.records(heaps)))
 
     def _put_tap(self, reader: Any) -> None:
         taken = reader.take_tap()
