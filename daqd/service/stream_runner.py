@@ -438,7 +438,7 @@ class StreamRunner:
                 self._keep_many([last])
 
     def _keep_many(self, records: list[Any]) -> None:
-        """Note chunk records' data time, retain them for triggers and buffer them, in order.
+        """Note records' data time, retain them for triggers and buffer them, in order.
 
         With a buffer, the records are retained, noted and admitted under one
         admission lock (so a capture start in the past, which takes the
