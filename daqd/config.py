@@ -16,7 +16,7 @@ import importlib.resources
 import math
 import os
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ class ConfigError(UsageProblem):
     """A configuration problem, as one line naming file, key, value and expectation."""
 
 
-def key(default: Any = dataclasses.MISSING, *, choices: Sequence[Any] | None = None,
+def key(default: Any = dataclasses.MISSING, *, choices: Collection[Any] | None = None,
         minimum: float | None = None, maximum: float | None = None,
         off: float | None = None) -> Any:
     """Declare a configuration key: its default, and the values it accepts.
@@ -921,6 +921,7 @@ def _check_process(loader: _Loader, where: str, s: StreamConfig) -> StreamConfig
     except ValueError as exc:
         raise loader.fail(f"{where}.process.call", p.call,
                           f'"package.module:name" naming a processing step ({exc})') from None
+    assert processor is not None        # s.process is set: there is a step
     out: StreamConfig = processor.stream(s)
     return out
 
@@ -985,8 +986,9 @@ def _check_files(loader: _Loader, streams: Sequence[StreamConfig]) -> None:
     writers: dict[str, str] = {}
     regions: dict[str, list[tuple[str, range]]] = {}     # zarr store -> (key, substreams)
     for i, s in enumerate(streams):
-        named = [(f"stream[{i}].sinks[{j}].path", sink.path, template_glob(sink.path, s.name),
-                  sink) for j, sink in enumerate(s.sinks)]
+        named: list[tuple[str, str, str, SinkConfig | None]] = [
+            (f"stream[{i}].sinks[{j}].path", sink.path, template_glob(sink.path, s.name), sink)
+            for j, sink in enumerate(s.sinks)]
         if s.buffer.wal:
             named.append((f"stream[{i}].buffer.wal", s.buffer.wal, glob.escape(_wal_path(s)),
                           None))

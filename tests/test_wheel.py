@@ -56,6 +56,8 @@ def test_wheel_holds_every_package_and_the_default_configuration(installed_wheel
     assert "daqd/data/daqd.toml" in names
     assert "daqd/data/grafana/daqd.json" in names          # the Grafana dashboard
     assert "daqd/include/daqd_place.h" in names
+    # the compiled modules' stubs and the PEP 561 marker (mypy sees daqd's types)
+    assert {"daqd/_spead.pyi", "daqd/_spead2compat.pyi", "daqd/py.typed"} <= names
     assert any(n.startswith("daqd/_spead.") and n.endswith(".so") for n in names)
 
 

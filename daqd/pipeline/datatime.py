@@ -142,7 +142,7 @@ class Clock:
         """Both halves are known, so ticks and UTC convert."""
         return self.sync_time is not None and self.timestamp_rate is not None
 
-    def utc(self, ticks: int) -> float:
+    def utc(self, ticks: int | float) -> float:
         """Unix seconds of `ticks` (the clock must be configured)."""
         assert self.sync_time is not None and self.timestamp_rate is not None
         return float(self.sync_time + Fraction(ticks) / self.timestamp_rate)

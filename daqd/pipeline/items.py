@@ -33,10 +33,9 @@ from __future__ import annotations
 import ast
 import json
 import math
-import numbers
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -57,7 +56,7 @@ def _field_dtype(code: str, bits: int) -> str:
     return "O"
 
 
-def _numpy_header(header: str) -> tuple[tuple[int, ...], str, np.dtype]:
+def _numpy_header(header: str) -> tuple[tuple[int, ...], Literal["C", "F"], np.dtype]:
     """Shape, order and dtype of a ``.npy`` header (spead2's ``_parse_numpy_header``)."""
     if len(header) > _MAX_HEADER:
         raise ValueError(f"numpy header of {len(header)} characters (at most {_MAX_HEADER})")
@@ -70,7 +69,7 @@ def _numpy_header(header: str) -> tuple[tuple[int, ...], str, np.dtype]:
                          "shape")
     shape = d["shape"]
     if not isinstance(shape, tuple) or not all(
-            isinstance(x, numbers.Integral) and x >= 0 for x in shape):
+            isinstance(x, int) and x >= 0 for x in shape):
         raise ValueError(f"numpy header shape {shape!r} is not valid")
     if not isinstance(d["fortran_order"], bool):
         raise ValueError(f"numpy header fortran_order {d['fortran_order']!r} is not a bool")
@@ -187,7 +186,7 @@ class ItemDecoder:
         self.id = int(descriptor["id"])
         self.name = str(descriptor.get("name", ""))
         self.shape: tuple[int | None, ...] = ()
-        self.order = "C"
+        self.order: Literal["C", "F"] = "C"
         self.dtype: np.dtype | None = None
         self.native: np.dtype | None = None
         self.fields: tuple[tuple[str, int], ...] = ()

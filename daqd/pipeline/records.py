@@ -125,7 +125,7 @@ def slots_present(present: np.ndarray) -> np.ndarray:
     place that reduction is written (records, sinks, statistics use it).
     """
     present = np.asarray(present)
-    return present.all(axis=-1) if present.ndim > 2 else present != 0
+    return np.asarray(present.all(axis=-1)) if present.ndim > 2 else present != 0
 
 
 class _Logged:
@@ -503,7 +503,7 @@ class PacketRecord(_Logged):
 Record = ChunkRecord | HeapRecord | PacketRecord
 
 
-def decode_record(blob: bytes) -> Record:
+def decode_record(blob: bytes | memoryview) -> Record:
     """Rebuild the record `encode()` produced `blob` from.
 
     Raises

@@ -217,14 +217,14 @@ def _open_file(u: SourceUri, max_packet_size: int) -> Source:
     """
     uri, path = u.text, u.path
     if path == "-":
-        reader = _spead.ByteStreamReader(sys.stdin.fileno(), max_packet_size=max_packet_size)
-        return Source(uri, reader)
+        return Source(uri, _spead.ByteStreamReader(sys.stdin.fileno(),
+                                                   max_packet_size=max_packet_size))
     try:
         f = open(path, "rb")
     except OSError as exc:
         raise SourceError(f"{uri}: cannot open: {exc.strerror}") from None
     st = os.fstat(f.fileno())
-    reader = None
+    reader: _spead.ByteStreamReader | None = None
     if stat.S_ISREG(st.st_mode) and st.st_size > 0:
         try:
             reader = _spead.ByteStreamReader(f.fileno(), max_packet_size=max_packet_size,

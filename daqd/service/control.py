@@ -70,7 +70,7 @@ class RequestError(Exception):
         self.kind = kind
 
 
-def one_line(text: str, limit: int = 300) -> str:
+def one_line(text: object, limit: int = 300) -> str:
     """Collapse whitespace (newlines included) and cut `text` to `limit` characters."""
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[:limit - 3] + "..."

@@ -109,12 +109,14 @@ class Daemon:
             self.context = zmq.Context()
             self.security = Security.from_config(self.context, z)
         if z.stats:
+            assert self.context is not None
             self.publisher = StatsPublisher(self.context, z.stats, z.interval, self.snapshot,
                                             self.name, self.security, sndhwm=z.stats_hwm,
                                             nodrop=z.stats_nodrop)
             self.publisher.start()
         if z.control:
             handlers = {name: getattr(self, "on_" + name.replace("-", "_")) for name in COMMANDS}
+            assert self.context is not None
             self.control = ControlServer(self.context, z.control, handlers, self.security)
             self.control.start()
         if self.config.daemon.prometheus:

@@ -181,7 +181,7 @@ class _Families:
 
     def __init__(self, daemon: str) -> None:
         self.daemon = daemon
-        self.families: dict[str, tuple[Metric, list[str]]] = {}
+        self.families: dict[str, tuple[CounterMetricFamily | GaugeMetricFamily, list[str]]] = {}
         self.conflicts = 0
 
     def add(self, kind: str, name: str, help_text: str, labels: dict[str, str],

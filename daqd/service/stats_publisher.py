@@ -405,16 +405,16 @@ class StatsPublisher(SocketServer):
         """
         return dict(self._stats)
 
-    def stop(self, final: bool = False, timeout: float = 2.0) -> None:
+    def stop(self, timeout: float = 2.0, *, final: bool = False) -> None:
         """Stop the thread and close the socket; idempotent.
 
         Parameters
         ----------
+        timeout : float, optional
+            Seconds to wait for the thread.
         final : bool, optional
             Publish one last round first (e.g. with state ``stopped``), and
             give it up to ``linger`` seconds to get out.
-        timeout : float, optional
-            Seconds to wait for the thread.
         """
         self._join(timeout)
         if final:

@@ -106,7 +106,9 @@ def bind_checked(socket: zmq.Socket, endpoint: str, security: Security | None,
         except zmq.ZMQError as exc:
             raise UsageProblem(f"{endpoint}: cannot bind the {what} socket: "
                                f"{exc.strerror}") from None
-        bound = socket.last_endpoint.decode()
+        last = socket.last_endpoint
+        assert isinstance(last, bytes)     # LAST_ENDPOINT is a bytes option
+        bound = last.decode()
         path = ipc_path(bound)
         if path is not None:
             try:

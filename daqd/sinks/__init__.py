@@ -139,7 +139,7 @@ class SinkContext:
                    descriptors=descriptors or list)
 
 
-def sink_class(kind: str) -> type:
+def sink_class(kind: str) -> type[Any]:
     """Return the class that implements sink `kind` (built in, or an entry point's).
 
     Raises
@@ -150,7 +150,7 @@ def sink_class(kind: str) -> type:
     """
     if kind in KINDS:
         module, name = KINDS[kind]
-        builtin: type = getattr(importlib.import_module(module), name)
+        builtin: type[Any] = getattr(importlib.import_module(module), name)
         return builtin
     entry = _entry_points().get(kind)
     if entry is None:

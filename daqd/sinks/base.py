@@ -109,9 +109,9 @@ class SinkFile:
     def recovered(state: dict[str, Any]) -> tuple[CaptureBlock | None, tuple[int, int] | None]:
         """Return the capture block and written span a `describe` dict holds (after a crash)."""
         block = state.get("capture_block")
-        written = state.get("written_start"), state.get("written_end")
+        start, end = state.get("written_start"), state.get("written_end")
         return (CaptureBlock(**block) if block else None,
-                None if None in written else (int(written[0]), int(written[1])))
+                None if start is None or end is None else (int(start), int(end)))
 
     def describe_pending(self) -> dict[str, Any]:
         """Describe this file as pending, waiting to be published (`FileSink.checkpoint`)."""
@@ -312,12 +312,12 @@ class FileSink:
             for f in list(self._pending):
                 if f.dirty or not f.dir_synced:
                     self._sync_finished(f)
-            f = self._file
-            if f is not None:
-                if f.broken and not self._reopen_broken(f):
-                    raise OSError(errno.ENOENT, "output file vanished", f.tmp)
-                if f.dirty or not f.dir_synced:
-                    self._sync_file(f)
+            current = self._file
+            if current is not None:
+                if current.broken and not self._reopen_broken(current):
+                    raise OSError(errno.ENOENT, "output file vanished", current.tmp)
+                if current.dirty or not current.dir_synced:
+                    self._sync_file(current)
             for directory, path in list(self._unsynced_dirs.items()):
                 fsync_directory_of(path)
                 del self._unsynced_dirs[directory]

@@ -148,6 +148,7 @@ class Hdf5Sink(FileSink):
 
     def _create(self, f: SinkFile, first: Piece) -> None:
         chunk = self.context.chunk
+        assert chunk is not None            # __init__ refuses heap mode
         try:
             h5 = h5py.File(f.tmp, "w-")         # FileExistsError if the name is taken
         except FileExistsError:

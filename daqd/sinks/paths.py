@@ -35,6 +35,7 @@ import errno
 import glob
 import os
 import string
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,7 @@ def template_glob(template: str, stream: str | None = None) -> str:
     matches anything.
     """
     parts = []
-    converters = {"r": repr, "s": str, "a": ascii}
+    converters: dict[str, Callable[[object], str]] = {"r": repr, "s": str, "a": ascii}
     for literal, name, spec, conversion in string.Formatter().parse(template):
         parts.append(glob.escape(literal))
         if name is None:

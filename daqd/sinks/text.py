@@ -84,7 +84,8 @@ ticks per second).
 
 from __future__ import annotations
 
-import _string  # the field-name parser of str.format (what string.Formatter uses)
+# typeshed has no stub for CPython's _string module; mypy cannot see it exists
+import _string  # type: ignore[import-not-found]  # str.format's field-name parser
 import datetime as dt
 import json
 import string
@@ -106,11 +107,12 @@ UTC_FIELDS = ("utc",)
 CHUNK_TEMPLATE = "{chunk_id} {timestamp} {fraction_present:.6f} {heaps_present}"
 HEAP_TEMPLATE = "{cnt} {values}"
 
-_SAMPLE_CHUNK = {"chunk_id": 1, "timestamp": 8192, "fraction_present": 0.5,
-                 "heaps_present": 1, "heaps": 2, "nbytes": 16, "received": 1.5,
-                 "time": "2026-01-02T03:04:05.000000+00:00",
-                 "utc": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
-                 "capture_block": "cb0"}
+_SAMPLE_CHUNK: dict[str, Any] = {
+    "chunk_id": 1, "timestamp": 8192, "fraction_present": 0.5,
+    "heaps_present": 1, "heaps": 2, "nbytes": 16, "received": 1.5,
+    "time": "2026-01-02T03:04:05.000000+00:00",
+    "utc": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+    "capture_block": "cb0"}
 _FORMAT_ERRORS = (ValueError, KeyError, IndexError, AttributeError, TypeError)
 
 
@@ -222,8 +224,9 @@ def format_value(value: Any, spec: str = "") -> str:
         return "[" + ",".join(format_value(v, spec) for v in value) + "]"
     if isinstance(value, np.void):
         if value.dtype.names is None:
-            return format(bytes(value).hex(), spec)
-        return "(" + ",".join(format_value(value[i], spec) for i in range(len(value))) + ")"
+            return format(value.tobytes().hex(), spec)
+        return "(" + ",".join(format_value(value[i], spec)
+                              for i in range(len(value.dtype.names))) + ")"
     if isinstance(value, tuple):
         return "(" + ",".join(format_value(v, spec) for v in value) + ")"
     if isinstance(value, np.bytes_):            # a "c" field of a record

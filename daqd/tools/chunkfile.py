@@ -197,6 +197,8 @@ def _open_zarr(path: str) -> ChunkFile:
         if not isinstance(layout, dict) or "present" not in group or "data" not in group:
             raise UsageProblem(f"{path}: not a daqd Zarr store (no daqd_layout attribute)")
         present, data = group["present"], group["data"]
+        if not isinstance(present, zarr.Array) or not isinstance(data, zarr.Array):
+            raise UsageProblem(f"{path}: not a daqd Zarr store (present, data not arrays)")
         written: list[int] = []
         step = max(1, BLOCK_BYTES // max(1, present.nbytes // max(1, present.shape[0])))
         for start in range(0, present.shape[0], step):      # bounded reads, as blocks()
@@ -206,7 +208,8 @@ def _open_zarr(path: str) -> ChunkFile:
     except (OSError, ValueError, KeyError) as exc:
         raise UsageProblem(f"{path}: cannot read as a Zarr store: {exc}") from None
     first, last = (min(written), max(written)) if written else (0, -1)
-    sync, rate = group.attrs.get("sync_time"), group.attrs.get("timestamp_rate")
+    sync: Any = group.attrs.get("sync_time")           # JSON values, checked as converted
+    rate: Any = group.attrs.get("timestamp_rate")
     origin_id = int(layout["origin"]) // (int(layout["timestamp_step"])
                                           * int(layout["heaps_per_chunk"]))
     return ChunkFile(

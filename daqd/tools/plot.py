@@ -76,7 +76,8 @@ def _matplotlib() -> Any:
 def loss_map_rgb(present: np.ndarray) -> np.ndarray:
     """``(rows, heaps, substreams)`` presence as a ``(rows, heaps*substreams, 3)`` RGB image."""
     flat = present.reshape(present.shape[0], -1).astype(bool)
-    return np.where(flat[..., None], np.uint8(PRESENT_RGB), np.uint8(MISSING_RGB))
+    return np.where(flat[..., None], np.array(PRESENT_RGB, np.uint8),
+                    np.array(MISSING_RGB, np.uint8))
 
 
 def write_loss_map(f: ChunkFile, output: str) -> tuple[int, int]:
@@ -142,6 +143,7 @@ def draw_picture(f: ChunkFile) -> tuple[Any, int, int]:
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
 
     numeric = f.dtype.kind in "biufc"
     row_of = f.row_of_record()
@@ -153,7 +155,9 @@ def draw_picture(f: ChunkFile) -> tuple[Any, int, int]:
     ts = np.zeros(f.records, np.float64)
     utc: np.ndarray | None = None
     for block in f.blocks(data=numeric):
-        end = block.start + (len(block.data) if block.data is not None else len(block.present))
+        rows_of_block = block.data if block.data is not None else block.present
+        assert rows_of_block is not None    # an HDF5 or Zarr block has present
+        end = block.start + len(rows_of_block)
         rows = row_of[block.start:end]
         if block.present is not None:
             present[rows] = block.present.reshape(len(rows), -1)
@@ -182,7 +186,7 @@ def draw_picture(f: ChunkFile) -> tuple[Any, int, int]:
                     + (f" ({absent} chunk(s) absent)" if absent else "") if f.has_presence
                     else "no presence in a binary file"), fontsize=10)
     xlabel = "heap slot" if f.substreams == 1 else "heap slot x substream (substream fastest)"
-    missing_colour = tuple(c / 255 for c in MISSING_RGB)
+    missing_colour = (MISSING_RGB[0] / 255, MISSING_RGB[1] / 255, MISSING_RGB[2] / 255)
     extent = (-0.5, f.slots - 0.5, nrows - 0.5, -0.5)        # integer ticks at cell centres
     first = 0 if f.chunk_ids is None else int(f.chunk_ids[0])
     by_id = f.chunk_ids is not None and np.array_equal(row_of, f.chunk_ids - first)
@@ -232,6 +236,7 @@ def draw_picture(f: ChunkFile) -> tuple[Any, int, int]:
                           origin="upper", extent=extent, cmap=cmap,
                           vmin=lo, vmax=max(hi, lo + 1e-6))
         bar = fig.colorbar(image, cax=cax, label="dB")
+        assert isinstance(bar.formatter, ScalarFormatter)  # a linear colour bar's
         bar.formatter.set_useOffset(False)      # dB values, not an offset and differences
         ax.set_title(f"mean power per slot (|x|^2 over {f.samples} samples){binned}",
                      fontsize=9)

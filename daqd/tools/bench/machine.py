@@ -157,7 +157,7 @@ class LoadMonitor:
     """
 
     def __init__(self, *pids: int) -> None:
-        self.pids = ["self", *pids]
+        self.pids: list[int | str] = ["self", *pids]
         self.hz = os.sysconf("SC_CLK_TCK")
         self.start = self._sample()
 

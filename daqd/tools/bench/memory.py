@@ -58,7 +58,7 @@ def workload_buffer(workload: str, heaps: int) -> np.ndarray:
         _spead.send(sim, fd, "stream")
         size = os.fstat(fd).st_size
         buf = np.empty(size, np.uint8)
-        view = memoryview(buf)
+        view = buf.data
         done = 0
         while done < size:
             got = os.preadv(fd, [view[done:]], done)
@@ -137,7 +137,7 @@ def memory_run_daqd(workload: str, buf: np.ndarray, *, verify: bool = False) -> 
     present = 0
     start = time.perf_counter()
     for chunk in stream.chunks(reader):
-        present += count(chunk.present)
+        present += int(count(chunk.present))
         if verify:
             check_chunk(workload, chunk.chunk_id, chunk.data, chunk.present)
         chunk.release()
@@ -160,7 +160,7 @@ def memory_run_spead2(workload: str, buf: np.ndarray, *, verify: bool = False
     start = time.perf_counter()
     stream.add_buffer_reader(buf)
     for chunk in data_ring:
-        present += count(chunk.present)
+        present += int(count(chunk.present))
         if verify:
             check_chunk(workload, chunk.chunk_id, chunk.data, chunk.present)
         stream.add_free_chunk(chunk)

@@ -462,11 +462,11 @@ def _format_udp(report: BenchReport) -> list[str]:
     for w, x in spread.items():
         prefix = {"at least": ">= ", "at most": "<= "}.get(x["kind"], "")
         ratio = "n/a" if x["ratio"] is None else f"{prefix}{x['ratio']:.2f}"
-        runs = " ".join("-" if r["ratio"] is None else
+        run_ratios = " ".join("-" if r["ratio"] is None else
                         {"at least": ">=", "at most": "<="}.get(r["kind"], "")
                         + f"{r['ratio']:.2f}" for r in x["runs"])
         lines.append(f"{w:8} {cell(x['daqd']):>20} {cell(x['spead2']):>20} {ratio:>12} "
-                     f"{runs:>24}")
+                     f"{run_ratios:>24}")
     limited = [w for w, x in spread.items() if x["kind"] == "both sender-limited"]
     if limited:
         lines.append(f"{', '.join(limited)}: both receivers took all the sender could "

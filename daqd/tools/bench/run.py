@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from daqd.errors import UsageProblem
 from daqd.recv.workloads import WORKLOADS
@@ -188,7 +189,7 @@ def run_bench(workloads: Sequence[str] = WORKLOAD_NAMES, *, vs_spead2: bool = Fa
             report.durations[f"memory {w}"] = time.perf_counter() - start
     if mode in ("udp", "all"):
         raw = list(RAW_GROS[raw_gro]) + ([RAW_COPY] if raw_copy else []) if limits else []
-        options = dict(workloads=list(workloads), receivers=receivers + raw,
+        options: dict[str, Any] = dict(workloads=list(workloads), receivers=receivers + raw,
                        trial_seconds=trial_seconds, ladder=ladder, steps=steps,
                        retries=retries, wait_idle=wait_idle, socket_buffer=socket_buffer,
                        cost_trials=cost_trials, sender_gso=sender_gso, udp_runs=udp_runs,

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import IO, Any
 
 import numpy as np
 
@@ -115,7 +115,7 @@ def _send_trial(workload: str, port: int, rate: float, seconds: float,
                            first_cnt=FIRST_CNT, catch_up=False, max_behind=PACING_SLACK)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     packets = nbytes = dropped = 0
-    info = {"gso": gso, "gso_errno": 0}
+    info: dict[str, Any] = {"gso": gso, "gso_errno": 0}
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         sock.connect(("127.0.0.1", port))
@@ -150,8 +150,8 @@ class Sender:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )
         assert self.proc.stdout is not None and self.proc.stdin is not None
-        self.stdin: TextIO = self.proc.stdin
-        self.stdout: TextIO = self.proc.stdout
+        self.stdin: IO[str] = self.proc.stdin
+        self.stdout: IO[str] = self.proc.stdout
         if self.stdout.readline().strip() != "ready":
             self.close()
             raise BenchError("the sender process did not start")
@@ -291,7 +291,7 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
             # The socket limit: the same socket setup as daqd's, only counted;
             # the stop heap (shorter than any data packet) ends it.
             w = WORKLOADS[workload]
-            copy = {"dst": PoolBlock(workload).block,
+            copy: dict[str, Any] = {"dst": PoolBlock(workload).block,
                     "copy_bytes": w.heap_bytes // w.packets_per_heap} \
                 if receiver == RAW_COPY else {}
             raw = _spead.RawUdpReceiver(sock, min_size=packet_size(workload),
@@ -315,7 +315,7 @@ def udp_trial(receiver: str, workload: str, sender: Sender, rate: float, seconds
             counted = raw.run()
         else:
             for chunk in chunks:
-                present += count(chunk.present)
+                present += int(count(chunk.present))
                 recycle(chunk)
         end = time.perf_counter()
         cpu, wall = time.process_time() - cpu, end - wall
