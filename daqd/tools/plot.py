@@ -146,6 +146,9 @@ def draw_picture(f: ChunkFile) -> tuple[Any, int, int]:
     from matplotlib.ticker import ScalarFormatter
 
     numeric = f.dtype.kind in "biufc"
+    if not numeric and not f.has_presence:
+        raise UsageProblem(f"{f.path}: a {f.kind} file of dtype {f.dtype} records neither "
+                           "numbers nor presence: nothing to draw")
     row_of = f.row_of_record()
     nrows = int(row_of[-1]) + 1
     present = np.zeros((nrows, f.slots), np.uint8)          # rows no record reached: missing

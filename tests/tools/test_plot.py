@@ -227,6 +227,17 @@ def test_a_file_that_cannot_be_drawn_is_one_line(tmp_path, make, name):
     assert_one_line_error(daqd("plot", str(path), "-o", str(tmp_path / "o.png")), name)
 
 
+def test_a_binary_file_of_bytes_has_nothing_to_draw_in_one_line(tmp_path):
+    """A binary file records no presence; of a non-numeric dtype it has no power either."""
+    chunk = ChunkConfig(heaps_per_chunk=4, heap_bytes=64, dtype="S8", max_chunks=2, pool=4)
+    sink = make_sink(SinkContext("x", SinkConfig("binary", str(tmp_path / "x.bin")), chunk, ""))
+    sink.write([ChunkRecord(0, 0, np.zeros((4, 1, 8), "S8"), np.ones((4, 1), np.uint8))])
+    sink.close()
+    (path,) = tmp_path.glob("x*.bin")
+    assert_one_line_error(daqd("plot", str(path), "-o", str(tmp_path / "o.png")),
+                          "records neither numbers nor presence")
+
+
 def test_output_into_a_missing_directory_is_one_line(daemon_files, tmp_path):
     h5_path, _ = daemon_files
     proc = daqd("plot", str(h5_path), "-o", str(tmp_path / "no" / "o.png"))
