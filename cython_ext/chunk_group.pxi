@@ -230,6 +230,23 @@ cdef inline timespec deadline_after(double seconds) noexcept nogil:
     return ts
 
 
+cdef inline size_t count_zero_bytes(const uint8_t *p, size_t n) noexcept nogil:
+    """The bytes of ``p[0:n]`` that are 0, counted eight at a time (a chunk's presence)."""
+    cdef size_t i = 0, nonzero = 0
+    cdef uint64_t x
+    while i + 8 <= n:
+        memcpy(&x, p + i, 8)
+        # The top bit of each byte that is not 0 (no carry leaves a byte), moved to
+        # the bottom; the multiplication sums the eight bytes into the top one.
+        x = (((x & 0x7F7F7F7F7F7F7F7FULL) + 0x7F7F7F7F7F7F7F7FULL) | x) & 0x8080808080808080ULL
+        nonzero += <size_t>(((x >> 7) * 0x0101010101010101ULL) >> 56)
+        i += 8
+    while i < n:
+        nonzero += p[i] != 0
+        i += 1
+    return n - nonzero
+
+
 cdef inline int log2_exact(uint64_t x) noexcept nogil:
     """log2(x) when `x` is a power of two, else -1."""
     if x == 0 or (x & (x - 1)) != 0:
@@ -407,6 +424,12 @@ cdef class ChunkGroup:
     cdef volatile uint64_t wake_seq
     cdef readonly double spin           # seconds a waiter spins before it sleeps
     cdef bint sync_ready
+    # A stream at a chunk change signals the consumer only once it has let go of
+    # the lock (lock_deferring / unlock_deferred): signalled with the lock held,
+    # the consumer would wake only to sleep again on the lock, and the stream's
+    # unlock would have to wake it a second time (two futex wakes per batch).
+    cdef bint defer_data_signal         # set by the lock holder, for as long as it holds it
+    cdef bint data_signal_pending       # a signal of data_cond deferred to the unlock
     cdef size_t *free_ring
     cdef size_t free_head, free_count
     cdef size_t *data_ring
@@ -635,6 +658,27 @@ cdef class ChunkGroup:
     # ------------------------------------------------------------------
     # Pool and rings (lock held)
 
+    cdef inline void signal_data(self) noexcept nogil:
+        """Wake the consumer (data_cond), at once or, deferring, once the lock is let go of."""
+        if self.defer_data_signal:
+            self.data_signal_pending = True
+        else:
+            pthread_cond_signal(&self.data_cond)
+
+    cdef inline void lock_deferring(self) noexcept nogil:
+        """Take the lock; the consumer's wake-ups wait for unlock_deferred."""
+        pthread_mutex_lock(&self.lock)
+        self.defer_data_signal = True
+
+    cdef inline void unlock_deferred(self) noexcept nogil:
+        """Let go of a lock_deferring lock, then wake the consumer if need be."""
+        cdef bint pending = self.data_signal_pending
+        self.defer_data_signal = False
+        self.data_signal_pending = False
+        pthread_mutex_unlock(&self.lock)
+        if pending:
+            pthread_cond_signal(&self.data_cond)
+
     cdef inline void wake(self) noexcept nogil:
         """Wake every stream waiting on the group: something they wait for changed."""
         self.wake_seq += 1                  # ends the spin of a waiter not yet asleep
@@ -655,6 +699,7 @@ cdef class ChunkGroup:
         more for it while it waits.
         """
         cdef bint parked = False
+        cdef bint deferring = self.defer_data_signal
         cdef int rc
         if by != NULL:
             if by.head < self.head_chunk and by.head < by.tail:
@@ -663,12 +708,18 @@ cdef class ChunkGroup:
             parked = by.parked
             by.parked = True
             by.blocked_since = monotonic_ns()
+        # The lock is let go of: the consumer is woken now (others take the lock meanwhile).
+        self.defer_data_signal = False
+        if self.data_signal_pending:
+            self.data_signal_pending = False
+            pthread_cond_signal(&self.data_cond)
         if spin and self.spin_for_wake(until):
             rc = 0
         else:
             self.n_waiting += 1
             rc = pthread_cond_timedwait(&self.wake_cond, &self.lock, until)
             self.n_waiting -= 1
+        self.defer_data_signal = deferring
         if by != NULL:
             by.parked = parked
             by.blocked_ns += monotonic_ns() - by.blocked_since
@@ -743,17 +794,17 @@ cdef class ChunkGroup:
         cdef uint8_t *data = self.data_base + c * self.chunk_stride
         cdef size_t i, missing = 0
         cdef size_t unit = self.heap_bytes // self.packets_per_heap
-        for i in range(self.present_per_chunk):
-            if not present[i]:
-                missing += 1
-                if self.zero_missing:
-                    memset(data + i * unit, 0, unit)
         if self.packet_presence:
             # Count slots, not packets: a slot is missing if any packet is.
-            missing = 0
             for i in range(self.n_slots):
                 if memchr(present + i * self.packets_per_heap, 0, self.packets_per_heap) != NULL:
                     missing += 1
+        else:
+            missing = count_zero_bytes(present, self.present_per_chunk)
+        if missing and self.zero_missing:
+            for i in range(self.present_per_chunk):
+                if not present[i]:
+                    memset(data + i * unit, 0, unit)
         stats[<int>STAT_CHUNK_SLOTS_MISSING] += missing
         stats[<int>STAT_CHUNKS_COMPLETED] += 1
         daqd_copy_fence()       # streaming stores visible before another thread reads
@@ -763,7 +814,7 @@ cdef class ChunkGroup:
         self.chunks_handed += 1
         if (not self.consumer_lingering or self.data_count >= self.consumer_batch
                 or self.free_count < self.consumer_batch):
-            pthread_cond_signal(&self.data_cond)
+            self.signal_data()
 
     cdef void close_ready(self, uint64_t *stats) noexcept nogil:
         """Hand evicted chunks nobody writes to any more to the data ring, in order."""
@@ -932,7 +983,7 @@ cdef class ChunkGroup:
                 blocked = self.wait_blocked(by, blocked, stats)
                 continue
             if self.free_count == 0 and self.consumer_lingering:
-                pthread_cond_signal(&self.data_cond)    # the consumer lingers no more
+                self.signal_data()      # the consumer lingers no more
             if (self.free_count == 0 and not self.drop_when_full and not self.stop_waiting
                     and not timed_out):
                 if not have_deadline:
@@ -948,7 +999,7 @@ cdef class ChunkGroup:
             if self.consumer_lingering and self.free_count < self.consumer_batch:
                 # The free ring runs low: the consumer takes what is ready now,
                 # before a stream has to wait (or drop) for a chunk it holds back.
-                pthread_cond_signal(&self.data_cond)
+                self.signal_data()
             self.window[self.tail_pos] = c
             self.tail_chunk += 1
             self.tail_pos += 1

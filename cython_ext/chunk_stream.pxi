@@ -150,24 +150,24 @@ cdef class ChunkStream(WindowStream):
         if ((self.group.head_hint <= self.win.head or self.win.head == self.win.tail)
                 and self.win.epoch == self.group.boundaries):
             return
-        pthread_mutex_lock(&self.group.lock)
+        self.group.lock_deferring()
         self.sync_epoch(stats)
         if self.win.head < self.win.tail:
             self.group.win_release_below(&self.win, self.group.head_chunk)
         self.group.close_ready(stats)
-        pthread_mutex_unlock(&self.group.lock)
+        self.group.unlock_deferred()
 
     cdef void set_parked(self, bint parked, uint64_t *stats) noexcept nogil:
         """Lossy group: enter (False) or leave (True) a batch.  Either way the
         chunks the group evicted meanwhile are let go of; while parked, the
         group lets go of them itself."""
-        pthread_mutex_lock(&self.group.lock)
+        self.group.lock_deferring()
         self.win.parked = parked
         self.sync_epoch(stats)
         if self.win.head < self.group.head_chunk and self.win.head < self.win.tail:
             self.group.win_release_below(&self.win, self.group.head_chunk)
             self.group.close_ready(stats)
-        pthread_mutex_unlock(&self.group.lock)
+        self.group.unlock_deferred()
 
     cdef void sync_epoch(self, uint64_t *stats) noexcept nogil:
         """(Group lock held.)  After the group closed a capture (boundary_reached),
@@ -208,19 +208,19 @@ cdef class ChunkStream(WindowStream):
                 pos -= self.group.max_chunks
             out[0] = self.win.chunks[pos]
             return N_STATS if out[0] >= 0 else STAT_CHUNK_HEAPS_NO_FREE_CHUNK
-        pthread_mutex_lock(&self.group.lock)
+        self.group.lock_deferring()
         self.sync_epoch(stats)
         if self.win.at_boundary and self.group.anchored and cid < self.group.tail_chunk:
             # After its stop heap, before the group closed the capture (another
             # stream's stop heap has not come): a chunk still open for the
             # previous capture is not this stream's to write to any more.
-            pthread_mutex_unlock(&self.group.lock)
+            self.group.unlock_deferred()
             return STAT_CHUNK_HEAPS_TOO_OLD
         if self.group.anchored and (cid < self.group.head_chunk or cid < self.win.head):
             self.too_old_run += 1
             if (self.too_old_reset == 0 or self.too_old_run < self.too_old_reset
                     or self.group.n_streams > 1):
-                pthread_mutex_unlock(&self.group.lock)
+                self.group.unlock_deferred()
                 return STAT_CHUNK_HEAPS_TOO_OLD
             # The group's only stream: start afresh at the new chunk.
             stats[<int>STAT_CHUNK_WINDOW_RESETS] += 1
@@ -242,7 +242,7 @@ cdef class ChunkStream(WindowStream):
             if out[0] < 0:
                 verdict = STAT_CHUNK_HEAPS_NO_FREE_CHUNK
         self.group.close_ready(stats)
-        pthread_mutex_unlock(&self.group.lock)
+        self.group.unlock_deferred()
         return verdict
 
     # ------------------------------------------------------------------
