@@ -1094,23 +1094,30 @@ cdef class ChunkGroup:
     cdef int release_chunk(self, size_t c) except -1:
         if c >= self.pool or self.state[c] != CHUNK_HELD:
             raise RuntimeError(f"chunk {c} released twice or never handed out")
-        cdef uint8_t *present = self.present_base + c * self.present_per_chunk
         # With the GIL held: the work is short (the lock is only ever held
         # briefly, by threads that never wait for the GIL meanwhile), and a
         # thread that gave the GIL up here would wait for it again behind the
         # other Python threads (the consumer's and flusher's per-chunk calls).
-        memset(present, 0, self.present_per_chunk)
-        if self.n_extra:
-            memset(self.extra_base + c * self.n_slots * self.n_extra, 0,
-                   self.n_slots * self.n_extra * sizeof(uint64_t))
+        self.clear_chunk(c)
         pthread_mutex_lock(&self.lock)
         self.state[c] = CHUNK_FREE
-        self.chunk_ids[c] = -1
-        self.free_ring[(self.free_head + self.free_count) % self.pool] = c
-        self.free_count += 1
+        self.push_free(c)
         self.wake()
         pthread_mutex_unlock(&self.lock)
         return 0
+
+    cdef inline void clear_chunk(self, size_t c) noexcept nogil:
+        """Zero a released chunk's presence and extra items (its data is overwritten)."""
+        memset(self.present_base + c * self.present_per_chunk, 0, self.present_per_chunk)
+        if self.n_extra:
+            memset(self.extra_base + c * self.n_slots * self.n_extra, 0,
+                   self.n_slots * self.n_extra * sizeof(uint64_t))
+
+    cdef inline void push_free(self, size_t c) noexcept nogil:
+        """(Lock held.)  Put released chunk `c` at the end of the free ring."""
+        self.chunk_ids[c] = -1
+        self.free_ring[(self.free_head + self.free_count) % self.pool] = c
+        self.free_count += 1
 
     cdef int release_chunks(self, list chunks) except -1:
         """Give every chunk of `chunks` back to the free ring under one lock (release_many).
@@ -1121,8 +1128,6 @@ cdef class ChunkGroup:
         the consumer, which holds the GIL here) and set back on an error.
         """
         cdef Py_ssize_t i, j, n = len(chunks)
-        cdef Chunk chunk
-        cdef size_t c
         for i in range(n):
             item = chunks[i]
             if type(item) is not Chunk or (<Chunk>item).group is not self \
@@ -1137,17 +1142,10 @@ cdef class ChunkGroup:
                                    "handed out")
             self.state[(<Chunk>item).index] = CHUNK_FREE
         for i in range(n):
-            c = (<Chunk>chunks[i]).index
-            memset(self.present_base + c * self.present_per_chunk, 0, self.present_per_chunk)
-            if self.n_extra:
-                memset(self.extra_base + c * self.n_slots * self.n_extra, 0,
-                       self.n_slots * self.n_extra * sizeof(uint64_t))
+            self.clear_chunk((<Chunk>chunks[i]).index)
         pthread_mutex_lock(&self.lock)          # the GIL kept: see release_chunk
         for i in range(n):
-            c = (<Chunk>chunks[i]).index
-            self.chunk_ids[c] = -1
-            self.free_ring[(self.free_head + self.free_count) % self.pool] = c
-            self.free_count += 1
+            self.push_free((<Chunk>chunks[i]).index)
         if n:
             self.wake()
         pthread_mutex_unlock(&self.lock)

@@ -440,7 +440,7 @@ def receive_thread_cpus(w: World) -> list[int]:
 def heap_data_time(w: World) -> int | None:
     """The newest data time a stream runner notes for a heap holding 777 in item 0x1600."""
     runner = StreamRunner(w.stream, w.config)
-    runner._observe(HeapRecord(1, {0x1600: 777}))
+    runner.gate.observe(HeapRecord(1, {0x1600: 777}))
     return runner.data_time()["newest_timestamp"]
 
 

@@ -450,13 +450,7 @@ class Buffer:
                 with self._lock:
                     room = self.capacity - len(self._held) - len(self._waiting)
                     accepted = max(0, min(room, len(records)))
-                    seq, added = self._next_seq, self.policy.added
-                    for record in records[:accepted]:
-                        self._waiting.append((seq, record))
-                        seq += 1
-                        added(record.nbytes)
-                    self._next_seq = seq
-                    self._accepted += accepted
+                    self._append_locked(records[:accepted])
                 if accepted:
                     self._maybe_wake()
             for record in records[accepted:]:
@@ -476,14 +470,20 @@ class Buffer:
         if reason is not None:
             self._drop(record, reason)
             return False
-        nbytes = record.nbytes
         with self._lock:
-            self._waiting.append((seq, record))
-            self._next_seq = seq + 1
-            self._accepted += 1
-            self.policy.added(nbytes)
+            self._append_locked((record,))      # numbered `seq` (puts are one at a time)
         self._maybe_wake()
         return True
+
+    def _append_locked(self, records: Sequence[Record]) -> None:
+        """Append accepted `records` to the waiting queue, numbered in order (lock held)."""
+        seq, added = self._next_seq, self.policy.added
+        for record in records:
+            self._waiting.append((seq, record))
+            seq += 1
+            added(record.nbytes)
+        self._next_seq = seq
+        self._accepted += len(records)
 
     def _make_room_locked(self, evicted: list[Entry]) -> str | None:
         """Room for one more record (None), or why not: a drop reason, or "wait"."""

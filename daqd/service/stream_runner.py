@@ -360,26 +360,6 @@ class StreamRunner:
         else:
             record.release()
 
-    def _observe(self, record: Any) -> tuple[int, int]:
-        """Note a record's data time (chunk or heap records, before capture decides); its span."""
-        return self.gate.observe(record)
-
-    def _put(self, record: Any, span: tuple[int, int] | None = None) -> None:
-        """Put `record` into the buffer if the capture gate admits it (else release it).
-
-        `span`: the record's data time if `_observe` noted it already.  A
-        record not admitted is counted by the gate.  When the record shows the
-        block's stop has passed, the block's files are finished (`_end_block`).
-        """
-        with self.admission:
-            admitted, ended = self.gate.admit(record, span)
-            if admitted:
-                self.buffer.put(record)
-        if not admitted:
-            record.release()
-        if ended is not None:
-            self._end_block(ended)
-
     def _end_block(self, block: CaptureBlock) -> None:
         """Write what is buffered, then finish `block`'s files: its stop has passed.
 

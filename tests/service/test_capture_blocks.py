@@ -368,10 +368,7 @@ def test_a_start_in_the_past_takes_no_record_the_last_block_wrote(tmp_path):
     records = [ChunkRecord(i, i * CHUNK, np.zeros((HEAPS_PER_CHUNK, 1, 8192), np.uint8),
                            np.ones((HEAPS_PER_CHUNK, 1), np.uint8)) for i in range(6)]
     try:
-        for record in records:              # as the chunk consumer does
-            span = runner._observe(record)
-            runner.triggers.retention.add(record)
-            runner._put(record, span)
+        runner._keep_many(records)          # as the chunk consumer does
         runner.capture_stop(None)
         assert first.stop == 6 * CHUNK
         reply = runner.capture_start(2 * CHUNK, "again")
