@@ -232,7 +232,7 @@ cdef class ChunkStream(WindowStream):
             self.group.win_publish(&self.win)
         self.too_old_run = 0
         self.group.extend(&self.win, cid, stats)
-        self.sync_epoch(stats)                           # a capture closed while it waited
+        self.sync_epoch(stats)             # a capture closed while it waited
         if cid < self.group.head_chunk or cid < self.win.head:
             verdict = STAT_CHUNK_HEAPS_TOO_OLD      # evicted while this stream waited
         else:
